@@ -1,0 +1,59 @@
+"""The SMTP protocol as a sans-I/O state machine (RFC 5321 and its extensions).
+
+The server role is complete: `Connection(SERVER)` parses commands and message content
+into events and serialises the application's `Reply` events, enforcing RFC 5321's
+command order, the limits in `Config`, PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
+(RFC 6152), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030), STARTTLS (RFC 3207) and enhanced
+status codes (RFC 2034, RFC 3463). The client role lands with outbound delivery.
+"""
+
+from sansmail.smtp._config import Config
+from sansmail.smtp._connection import Connection
+from sansmail.smtp._events import (
+    Bdat,
+    ConnectionClosed,
+    Data,
+    EndOfChunk,
+    EndOfMessage,
+    Event,
+    Hello,
+    Help,
+    InvalidCommand,
+    InvalidMessage,
+    Mail,
+    MessageData,
+    Noop,
+    Quit,
+    Rcpt,
+    Reply,
+    Reset,
+    StartTLS,
+    Verify,
+)
+from sansmail.smtp._state import Phase, Stage
+
+__all__ = [
+    "Bdat",
+    "Config",
+    "Connection",
+    "ConnectionClosed",
+    "Data",
+    "EndOfChunk",
+    "EndOfMessage",
+    "Event",
+    "Hello",
+    "Help",
+    "InvalidCommand",
+    "InvalidMessage",
+    "Mail",
+    "MessageData",
+    "Noop",
+    "Phase",
+    "Quit",
+    "Rcpt",
+    "Reply",
+    "Reset",
+    "Stage",
+    "StartTLS",
+    "Verify",
+]

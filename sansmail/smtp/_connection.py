@@ -1,0 +1,382 @@
+"""`Connection`: the SMTP server core's one front door.
+
+Theory of operation
+-------------------
+The application feeds received bytes in (`receive_data`), pulls events out
+(`next_event`) and turns its decisions into bytes (`send`). Nothing here does I/O or
+reads a clock.
+
+Lockstep. `next_event()` parses one command and hands out its event, then returns
+`PAUSED` until the application has sent the `Reply` for it; pipelined commands (RFC 2920)
+wait untouched in the buffer meanwhile, which is all a server needs for PIPELINING. The
+first thing said is the application's greeting; client bytes that arrive before it are
+kept and parsed only after it.
+
+Replies drive the state. What a reply means depends on what it answers and on its class,
+looked up in `_state.REPLY` and `_state.STAGE_AFTER_REPLY`: 354 to DATA starts the
+content, 2xx to MAIL opens a transaction, 2xx to RCPT adds a recipient, any reply to the
+end of the content closes the transaction, 220 to STARTTLS pauses everything until
+`start_tls()`, 221 to QUIT and 421 to anything close the session. The 250 reply to EHLO
+is read back for its extension list (`extensions`): the core accepts SIZE=, BODY=,
+SMTPUTF8, BDAT and STARTTLS only when that reply advertised them, and prefixes enhanced
+status codes only when it advertised ENHANCEDSTATUSCODES.
+
+Errors. A command the core refuses arrives as `InvalidCommand` carrying the reply to send
+(`reply_hint`); so does content it refuses (`InvalidMessage`, after the content was read
+to its end). Too many refused commands, a bare CR or LF in a command line, a command line
+over the hard cap, an unreadable BDAT size, an HTTP request, bytes after QUIT's 221 and
+plaintext buffered at `start_tls()` raise `RemoteProtocolError` with a `reply_hint`
+(None when nothing more should be said): the client side is then in ERROR for good, and
+the application may `send()` that one last reply before closing.
+
+STARTTLS (RFC 3207). After the application's 220 the connection is TLS_PENDING and
+`next_event()` returns PAUSED. The adapter does its handshake and calls `start_tls()`,
+which refuses (RemoteProtocolError) if any plaintext arrived behind the STARTTLS command,
+since it would otherwise be read as if it had come over TLS, and otherwise forgets the
+session (RFC 3207 §4.2): the client must send EHLO again, no greeting is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from sansmail._errors import LocalProtocolError, RemoteProtocolError
+from sansmail._linebuffer import BareNewlineError, LineBuffer, LineTooLongError
+from sansmail._roles import CLIENT, NEED_DATA, PAUSED, SERVER, Role, Signal
+from sansmail.smtp import _codes
+from sansmail.smtp._config import Config
+from sansmail.smtp._events import (
+    Bdat,
+    ConnectionClosed,
+    EndOfChunk,
+    EndOfMessage,
+    Event,
+    Hello,
+    InvalidCommand,
+    Mail,
+    Rcpt,
+    Reply,
+)
+from sansmail.smtp._readers import (
+    BdatReader,
+    CommandError,
+    ContentFilter,
+    DataReader,
+    read_command,
+)
+from sansmail.smtp._state import RECEIVE, REPLY, STAGE_AFTER_REPLY, Phase, Session, Stage
+from sansmail.smtp._writers import read_extensions, write_reply
+
+__all__ = ["Connection"]
+
+_CONNECTION_CLOSED = ConnectionClosed()
+
+# Extensions whose framing the core does not implement: advertising one would promise
+# the client something the readers cannot keep.
+_UNSUPPORTED_EXTENSIONS = ("BINARYMIME",)
+
+
+class Connection:
+    """One SMTP session, seen from the server.
+
+    Args:
+        our_role: `SERVER`. (The client role lands with outbound delivery.)
+        config: limits and switches; `Config()` when omitted.
+    """
+
+    def __init__(self, our_role: Role, *, config: Config | None = None) -> None:
+        if our_role is CLIENT:
+            raise NotImplementedError("the client role lands with outbound delivery")
+        if our_role is not SERVER:
+            raise TypeError(f"our_role must be CLIENT or SERVER, not {our_role!r}")
+        self.our_role = our_role
+        self.config = config if config is not None else Config()
+        self._session = Session(self.config)
+        self._buffer = LineBuffer()
+        self._eof = False
+        self._phase = Phase.GREETING
+        self._our_error = False
+        self._their_error = False
+        self._answering: Event | None = None  # the event the pending reply answers
+        self._reader: DataReader | BdatReader | None = None
+        self._bdat_content: ContentFilter | None = None  # one per BDAT transaction
+        self._skip = 0  # octets of a refused BDAT chunk still to throw away
+        self._skipped: InvalidCommand | None = None  # handed out once they are gone
+        self._invalid_commands = 0
+        self._quit = False
+
+    # --- what the application may look at -------------------------------------------
+
+    @property
+    def their_role(self) -> Role:
+        return CLIENT
+
+    @property
+    def our_state(self) -> Phase:
+        return Phase.ERROR if self._our_error else self._phase
+
+    @property
+    def their_state(self) -> Phase:
+        return Phase.ERROR if self._their_error else self._phase
+
+    @property
+    def stage(self) -> Stage:
+        """Where the session stands in RFC 5321's command order."""
+        return self._session.stage
+
+    @property
+    def extensions(self) -> Mapping[str, str]:
+        """What our last accepted EHLO reply advertised: keyword -> parameters."""
+        return self._session.extensions
+
+    @property
+    def esmtp(self) -> bool:
+        """The client greeted with EHLO and got 250."""
+        return self._session.esmtp
+
+    @property
+    def tls_active(self) -> bool:
+        """`start_tls()` has completed on this connection."""
+        return self._session.tls_active
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """The bytes received and not parsed, and whether EOF was seen."""
+        return bytes(self._buffer), self._eof
+
+    # --- receiving ---------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes received from the client; b"" means it closed its side."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("received data after EOF")
+            self._buffer.append(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event | Signal:
+        """The next event, or NEED_DATA (feed more bytes), or PAUSED (send a reply, or
+        finish the TLS switch, first)."""
+        if self._their_error:
+            raise RemoteProtocolError("the client already broke the protocol")
+        if self._our_error:
+            raise LocalProtocolError("the connection failed on our side (send_failed)")
+        try:
+            phase = self._phase
+            if phase is Phase.COMMAND:
+                return self._next_command()
+            if phase is Phase.DATA or phase is Phase.BDAT:
+                assert self._reader is not None
+                event = self._reader(self._buffer)
+                if event is None:
+                    return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+                return self._handle(event)
+            if phase is Phase.CLOSED:
+                if self._buffer and self._quit:
+                    raise RemoteProtocolError("data after QUIT")
+                return _CONNECTION_CLOSED if self._eof else PAUSED
+            return PAUSED  # GREETING, REPLY, TLS_PENDING
+        except RemoteProtocolError:
+            self._their_error = True
+            raise
+
+    def _next_command(self) -> Event | Signal:
+        buffer = self._buffer
+        if self._skipped is not None:
+            # A refused BDAT: its chunk is read and dropped before the refusal is shown.
+            if self._skip:
+                dropped = min(self._skip, len(buffer))
+                buffer.discard(dropped)
+                self._skip -= dropped
+                if self._skip:
+                    return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+            event: Event = self._skipped
+            self._skipped = None
+            return self._handle(event)
+        try:
+            line = buffer.maybe_extract_line(self.config.command_line_cap)
+        except LineTooLongError:
+            raise RemoteProtocolError(
+                f"command line over {self.config.command_line_cap} octets",
+                _codes.COMMAND_TOO_LONG,
+            ) from None
+        except BareNewlineError as exc:
+            raise RemoteProtocolError(f"{exc} in a command line", _codes.BARE_NEWLINE) from None
+        if line is None:
+            return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+        session = self._session
+        if session.bdat_failed and line.partition(b" ")[0].upper() != b"BDAT":
+            session.bdat_failed = False  # the pipeline behind the refused chunk is drained
+        try:
+            event = read_command(line, session)
+        except CommandError as exc:
+            invalid = InvalidCommand(line=line, reason=exc.reason, reply_hint=exc.reply)
+            if exc.counted:
+                self._invalid_commands += 1
+                if self._invalid_commands > self.config.max_invalid_commands:
+                    raise RemoteProtocolError(
+                        f"more than {self.config.max_invalid_commands} invalid commands",
+                        _codes.TOO_MANY_ERRORS,
+                    ) from None
+            if exc.skip:
+                self._skip = exc.skip
+                self._skipped = invalid
+                return self._next_command()
+            return self._handle(invalid)
+        if type(event) is Bdat:
+            if self._bdat_content is None or session.stage is not Stage.BDAT:
+                self._bdat_content = ContentFilter(self.config, session.size_limit)
+            self._reader = BdatReader(self._bdat_content, event.size, event.last)
+        return self._handle(event)
+
+    def _handle(self, event: Event) -> Event:
+        # The RECEIVE table is the single place the phase moves on input.
+        phase = RECEIVE[self._phase, type(event)]
+        if phase is not Phase.DATA and phase is not Phase.BDAT:
+            self._reader = None
+        if phase is Phase.REPLY:
+            self._answering = event
+        self._phase = phase
+        return event
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send(self, event: Reply) -> bytes:
+        """Check that `event` may be sent now and return its bytes.
+
+        Raises LocalProtocolError (and our side is then in ERROR for good) when the
+        reply is not one the session allows now."""
+        try:
+            return self._send(event)
+        except LocalProtocolError:
+            self._our_error = True
+            raise
+
+    def _send(self, event: Reply) -> bytes:
+        if self._our_error:
+            raise LocalProtocolError("can't send after send_failed()")
+        if type(event) is not Reply:
+            raise LocalProtocolError(f"a server sends Reply events, not {type(event).__name__}")
+        phase = self._phase
+        if phase is Phase.CLOSED:
+            raise LocalProtocolError("the session is closed")
+        session = self._session
+        if self._their_error or event.code == 421:
+            # The last word: the hint after a RemoteProtocolError, or a 421, which
+            # RFC 5321 §3.8 allows at any time.
+            data = self._write(event, enhanced=True)
+            self._phase = Phase.CLOSED
+            self._reader = None
+            return data
+        if phase is Phase.GREETING:
+            answering: Event | None = None
+        elif phase is Phase.REPLY:
+            answering = self._answering
+        else:
+            raise LocalProtocolError(f"no command is waiting for a reply (state {phase.name})")
+        kind = type(answering) if answering is not None else None
+        code = event.code
+        cls = code // 100
+        next_phase = REPLY.get((kind, code)) or REPLY.get((kind, cls))
+        if next_phase is None:
+            what = kind.__name__ if kind is not None else "the greeting"
+            raise LocalProtocolError(f"{code} is not a valid reply to {what}")
+        extensions = None
+        if cls == 2 and isinstance(answering, Hello):
+            extensions = self._check_extensions(event) if answering.extended else {}
+        data = self._write(event, enhanced=kind is not None and kind is not Hello)
+        # Committed: the bytes are the application's to send now.
+        if extensions is not None:
+            assert isinstance(answering, Hello)  # for mypy: extensions come from EHLO/HELO
+            self._set_extensions(extensions)
+            session.esmtp = answering.extended
+        self._move_stage(answering, kind, cls)
+        if next_phase is Phase.DATA:
+            self._reader = DataReader(ContentFilter(self.config, session.size_limit))
+        elif next_phase is Phase.CLOSED:
+            self._quit = True
+        self._phase = next_phase
+        return data
+
+    def _write(self, event: Reply, *, enhanced: bool) -> bytes:
+        extensions = self._session.extensions
+        return write_reply(
+            event,
+            enhanced=enhanced and "ENHANCEDSTATUSCODES" in extensions,
+            utf8="SMTPUTF8" in extensions,
+        )
+
+    def _check_extensions(self, reply: Reply) -> dict[str, str]:
+        extensions = read_extensions(reply)
+        for name in _UNSUPPORTED_EXTENSIONS:
+            if name in extensions:
+                raise LocalProtocolError(f"the SMTP core does not implement {name}")
+        if self._session.tls_active and "STARTTLS" in extensions:
+            # RFC 3207 §4.2: not advertised again once TLS is up.
+            raise LocalProtocolError("STARTTLS advertised under TLS")
+        size = extensions.get("SIZE", "")
+        if size and not (size.isascii() and size.isdigit()):
+            raise LocalProtocolError(f"SIZE parameter must be a number: {size!r}")
+        return extensions
+
+    def _set_extensions(self, extensions: dict[str, str]) -> None:
+        session = self._session
+        session.extensions = MappingProxyType(extensions)
+        limit = self.config.max_message_size
+        advertised = int(extensions.get("SIZE") or 0)
+        # RFC 1870 §3: SIZE 0 (or no number) declares no fixed limit.
+        session.size_limit = min(limit, advertised) if advertised else limit
+
+    def _move_stage(self, answering: Event | None, kind: type[Event] | None, cls: int) -> None:
+        session = self._session
+        stage = session.stage
+        new = STAGE_AFTER_REPLY.get((stage, kind, cls), stage)
+        if new is not stage and new is not Stage.RCPT and new is not Stage.BDAT:
+            # Leaving a transaction, or opening one: the envelope starts afresh.
+            session.recipients = 0
+            session.smtputf8 = False
+            self._bdat_content = None
+        if cls == 2:
+            if kind is Mail:
+                assert isinstance(answering, Mail)
+                session.smtputf8 = answering.smtputf8
+            elif kind is Rcpt:
+                session.recipients += 1
+            elif kind is EndOfMessage:
+                # Postfix counts errors "without delivering mail": a delivered message
+                # wipes the slate.
+                self._invalid_commands = 0
+        elif kind is EndOfChunk:
+            # RFC 3030 §2: chunks already pipelined behind a refused one are dropped.
+            session.bdat_failed = True
+        session.stage = new
+
+    def send_failed(self) -> None:
+        """The bytes of the last `send()` never left: our side is broken for good."""
+        self._our_error = True
+
+    # --- the TLS switch ------------------------------------------------------------------
+
+    def start_tls(self) -> None:
+        """Call after the adapter's TLS handshake, following our 220 to STARTTLS."""
+        if self._phase is not Phase.TLS_PENDING or self._their_error or self._our_error:
+            self._our_error = True
+            raise LocalProtocolError("start_tls() outside a STARTTLS switch")
+        if self._buffer:
+            self._their_error = True
+            raise RemoteProtocolError(
+                f"{len(self._buffer)} octets of plaintext sent after STARTTLS",
+                _codes.PIPELINED_STARTTLS,
+            )
+        # RFC 3207 §4.2: forget everything learnt before the handshake.
+        session = self._session
+        session.stage = Stage.NEED_HELLO
+        session.tls_active = True
+        session.esmtp = False
+        session.recipients = 0
+        session.smtputf8 = False
+        self._set_extensions({})
+        self._bdat_content = None
+        self._phase = Phase.COMMAND

@@ -1,0 +1,11 @@
+"""Local mail storage: the `MailStore` interface the adapter writes through, and
+`MaildirStore`, which delivers into Maildirs under ``<data_dir>/mail/``.
+
+The store does blocking file I/O (and stamps file names with the clock); the adapter calls
+`Delivery.flush`, `Delivery.commit` and `Delivery.abort` from worker threads.
+"""
+
+from sansmail.store._base import Delivery, MailboxId, MailStore
+from sansmail.store._maildir import MaildirStore
+
+__all__ = ["Delivery", "MailStore", "MailboxId", "MaildirStore"]

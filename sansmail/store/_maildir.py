@@ -1,0 +1,435 @@
+"""`MaildirStore`: local delivery into Maildirs, durably, with as few syscalls as we can.
+
+Theory of operation
+-------------------
+Layout (CONTRACT.md, "Where mail lives"): ``<data_dir>/mail/<domain>/<local>/`` holds
+``tmp/``, ``new/`` and ``cur/``. Directories are created on first delivery with mode 0700,
+messages with mode 0600. A domain or local part is used as the directory name as given,
+except that "%", "/" and a leading "." are percent-escaped, so no address can climb out of
+its domain directory or name ``.``/``..``.
+
+A message is stored with LF line ends, as Postfix local(8) and Dovecot write Maildirs. The
+content arrives in wire form (CRLF) and is converted in bulk with ``bytes.replace`` as it
+is written; a CR at the very end of one chunk is held back until the next chunk shows
+whether it starts a CRLF pair.
+
+The one rule is "no 250 before the message is durably stored". `commit` therefore runs:
+
+1. write what is still buffered to ``tmp/<unique>`` (one file, opened with O_EXCL), fsync
+   it, close it;
+2. for every mailbox after the first, hard-link that file into its ``new/`` (same inode;
+   when linking fails, e.g. EXDEV, a copy with its own fsync, renamed into ``new/``);
+3. rename the tmp file into the first mailbox's ``new/``;
+4. fsync every ``new/`` touched; only then return.
+
+The file is complete and on disk before any name for it appears in a ``new/``, so a crash
+at any point leaves either no message or a whole one (possibly in only some mailboxes:
+the client got no 250 and will send it again). Linking from the tmp path (step 2) before
+the rename (step 3) means a reader moving the file out of ``new/`` cannot break the links.
+If any step fails, the names already made are removed before the error propagates.
+
+Names follow the Maildir convention (cr.yp.to/proto/maildir.html) as Dovecot writes them:
+``<secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>,W=<size with CRLF>``. ``S=`` lets a
+reader skip a stat, ``W=`` gives IMAP's RFC822.SIZE without reading the file. The tmp file
+carries the same name without the sizes, which are known only at the end.
+
+Directory fsync, group commit: when many threads finish messages into the same ``new/`` at
+once, one fsync of the directory that *starts after* a thread's rename covers that thread
+too. `_DirSync` keeps a generation counter: a thread asks for the first fsync that starts
+after it arrived, and either runs it or waits for the thread that does.
+
+Thread safety: the store is shared by every worker thread (the unique-name counter, the
+directory caches and the per-directory syncers are locked); one `Delivery` is driven by
+one thread at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import pathlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import attrs
+
+from sansmail.store._base import Delivery, MailboxId, MailStore
+
+__all__ = ["MaildirStore"]
+
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+_O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# link(2) refuses across file systems (EXDEV), past a link limit (EMLINK), or on file
+# systems without hard links (EPERM, ENOTSUP): those fall back to a copy.
+_COPY_ON: Final = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP})
+_CREATE_ATTEMPTS: Final = 5
+
+
+def _escape_component(text: str) -> str:
+    # "/" would nest directories, "." and ".." climb, a leading "." collides with the
+    # Maildir++ folder convention; "%" is escaped so the mapping stays one-to-one.
+    out = text.replace("%", "%25").replace("/", "%2F")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    return out
+
+
+def _escape_hostname(hostname: str) -> str:
+    # The Maildir spec replaces "/" and ":" with octal escapes; "," also goes because it
+    # starts the ",S=" fields, and anything unprintable because it is a file name.
+    out = []
+    for ch in hostname:
+        if ch in "/:,\\" or not ch.isprintable() or ch.isspace():
+            out.append("".join(f"\\{b:03o}" for b in ch.encode()))
+        else:
+            out.append(ch)
+    return "".join(out) or "localhost"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, _O_DIR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DirSync:
+    """Group commit of one directory's fsync.
+
+    `_started` numbers fsyncs as they begin, `_finished` the last one to end. A caller
+    whose rename is done needs an fsync numbered above the `_started` it sees on arrival:
+    one already running may have begun before the rename. While such an fsync is running
+    the caller waits; when none is, it runs the next one itself. A failed fsync fails every
+    caller it was meant to cover.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cond = threading.Condition(threading.Lock())
+        self._started = 0
+        self._finished = 0
+        self._running = False
+        self._waiting: dict[int, int] = {}  # generation -> callers counting on it
+        self._failed: dict[int, OSError] = {}  # generation -> its error, while awaited
+
+    def sync(self) -> None:
+        with self._cond:
+            target = self._started + 1
+            self._waiting[target] = self._waiting.get(target, 0) + 1
+            try:
+                while self._finished < target:
+                    if self._running:
+                        self._cond.wait()
+                        continue
+                    # Nobody is running, so _started == _finished == target - 1: ours is
+                    # exactly generation `target`.
+                    self._running = True
+                    self._started = target
+                    error: OSError | None = None
+                    self._cond.release()
+                    try:
+                        _fsync_dir(self.path)
+                    except OSError as exc:
+                        error = exc
+                    finally:
+                        self._cond.acquire()
+                        self._running = False
+                        self._finished = target
+                        self._cond.notify_all()
+                    if error is not None:
+                        self._failed[target] = error
+                failure = self._failed.get(target)
+            finally:
+                left = self._waiting[target] - 1
+                if left:
+                    self._waiting[target] = left
+                else:
+                    del self._waiting[target]
+                    self._failed.pop(target, None)
+        if failure is not None:
+            raise OSError(failure.errno, f"fsync of {self.path}: {failure.strerror}")
+
+    def sync_alone(self) -> None:
+        _fsync_dir(self.path)
+
+
+@attrs.frozen
+class _Box:
+    """A mailbox whose directories are known to exist."""
+
+    tmp: str
+    new: str
+    new_sync: _DirSync
+
+
+class MaildirStore(MailStore):
+    """Delivers into ``<data_dir>/mail/<domain>/<local>/``; see the module docstring.
+
+    `clock` returns nanoseconds since the epoch (for file names only). `group_commit`
+    shares directory fsyncs between concurrent deliveries; turning it off is for
+    measurement.
+    """
+
+    def __init__(
+        self,
+        data_dir: pathlib.Path,
+        *,
+        hostname: str,
+        clock: Callable[[], int] = time.time_ns,
+        group_commit: bool = True,
+    ) -> None:
+        self.data_dir = pathlib.Path(data_dir)
+        self._mail_dir = os.path.join(os.fspath(self.data_dir), "mail")
+        self._host = _escape_hostname(hostname or socket.gethostname())
+        self._clock = clock
+        self._group_commit = group_commit
+        self._lock = threading.Lock()  # counter, and the creation of directories
+        self._counter = 0
+        self._boxes: dict[MailboxId, _Box] = {}
+        self._durable_dirs: set[str] = set()
+
+    def maildir(self, mailbox: MailboxId) -> pathlib.Path:
+        return pathlib.Path(self._root(mailbox))
+
+    def begin(self, mailboxes: Sequence[MailboxId], *, prefix: bytes) -> Delivery:
+        if not mailboxes:
+            raise ValueError("a delivery needs at least one mailbox")
+        return _MaildirDelivery(self, list(dict.fromkeys(mailboxes)), len(mailboxes), prefix)
+
+    # -- used by deliveries (worker threads) ------------------------------------------
+
+    def _root(self, mailbox: MailboxId) -> str:
+        return os.path.join(
+            self._mail_dir, _escape_component(mailbox.domain), _escape_component(mailbox.local)
+        )
+
+    def _unique(self) -> str:
+        now = self._clock()
+        secs, nanos = divmod(now, 1_000_000_000)
+        with self._lock:
+            self._counter += 1
+            counter = self._counter
+        return f"{secs}.M{nanos // 1000}P{os.getpid()}Q{counter}.{self._host}"
+
+    def _box(self, mailbox: MailboxId) -> _Box:
+        box = self._boxes.get(mailbox)
+        if box is None:
+            box = self._create(mailbox)
+        return box
+
+    def _forget(self, mailbox: MailboxId) -> None:
+        # Someone removed the Maildir under us: believe nothing about its directories.
+        with self._lock:
+            self._boxes.pop(mailbox, None)
+            self._durable_dirs.clear()
+
+    def _create(self, mailbox: MailboxId) -> _Box:
+        # Under the lock so that a second thread cannot see a directory another thread
+        # just made and deliver into it before its entry in the parent is on disk.
+        # Directories that already existed are fsynced once per process anyway: an
+        # earlier process may have died between mkdir and fsync.
+        with self._lock:
+            box = self._boxes.get(mailbox)
+            if box is not None:
+                return box
+            root = self._root(mailbox)
+            domain_dir = os.path.dirname(root)
+            chain = [self._mail_dir, domain_dir, root]
+            for path in chain:
+                if path not in self._durable_dirs:
+                    _mkdir(path)
+                    _fsync_dir(os.path.dirname(path))
+                    self._durable_dirs.add(path)
+            for sub in ("tmp", "new", "cur"):
+                _mkdir(os.path.join(root, sub))
+            _fsync_dir(root)
+            new = os.path.join(root, "new")
+            box = _Box(tmp=os.path.join(root, "tmp"), new=new, new_sync=_DirSync(new))
+            self._boxes[mailbox] = box
+            return box
+
+    def _sync_new(self, box: _Box) -> None:
+        if self._group_commit:
+            box.new_sync.sync()
+        else:
+            box.new_sync.sync_alone()
+
+
+def _mkdir(path: str) -> None:
+    try:
+        os.mkdir(path, _DIR_MODE)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        # data_dir itself is missing: make it (and its parents) like mkdir -p.
+        os.makedirs(path, _DIR_MODE, exist_ok=True)
+
+
+class _MaildirDelivery:
+    """One message on its way into one or more Maildirs (the `Delivery` protocol)."""
+
+    def __init__(
+        self, store: MaildirStore, mailboxes: list[MailboxId], count: int, prefix: bytes
+    ) -> None:
+        self._store = store
+        self._mailboxes = mailboxes  # distinct, in order
+        self._count = count  # names to return, duplicates included
+        head = prefix.replace(b"\r\n", b"\n")
+        self._chunks: list[bytes] = [head] if head else []
+        self._pending = len(head)
+        self._head_size = len(head)
+        self._head_lines = head.count(b"\n")
+        self._size = 0  # content octets, LF form, a held-back CR included
+        self._lines = 0  # LFs in the content: the CRLF size is _size + _lines
+        self._held_cr = False
+        self._fd = -1
+        self._tmp_path: str | None = None
+        self._base = ""
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise RuntimeError("write after commit or abort")
+        if not data:
+            return
+        if self._held_cr:
+            data = b"\r" + data
+            self._held_cr = False
+            self._size -= 1
+        if data.endswith(b"\r"):
+            data = data[:-1]
+            self._held_cr = True
+            self._size += 1
+        chunk = data.replace(b"\r\n", b"\n")
+        if chunk:
+            self._chunks.append(chunk)
+            self._pending += len(chunk)
+            self._size += len(chunk)
+            self._lines += chunk.count(b"\n")
+
+    def flush(self) -> None:
+        if self._done:
+            raise RuntimeError("flush after commit or abort")
+        if self._fd < 0:
+            self._open()
+        if self._chunks:
+            data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks = []
+            self._pending = 0
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+
+    def commit(self) -> list[str]:
+        if self._done:
+            raise RuntimeError("commit after commit or abort")
+        if self._held_cr:
+            self._chunks.append(b"\r")
+            self._pending += 1
+            self._held_cr = False
+        self.flush()
+        assert self._tmp_path is not None
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        total = self._head_size + self._size
+        name = f"{self._base},S={total},W={total + self._head_lines + self._lines}"
+        store = self._store
+        made: list[str] = []
+        try:
+            boxes = [store._box(mailbox) for mailbox in self._mailboxes]
+            for box in boxes[1:]:
+                target = os.path.join(box.new, name)
+                try:
+                    os.link(self._tmp_path, target)
+                except OSError as exc:
+                    if exc.errno not in _COPY_ON:
+                        raise
+                    _copy(self._tmp_path, os.path.join(box.tmp, name), target)
+                made.append(target)
+            target = os.path.join(boxes[0].new, name)
+            os.rename(self._tmp_path, target)
+            self._tmp_path = None
+            made.append(target)
+            for box in boxes:
+                store._sync_new(box)
+        except BaseException:
+            for path in made:
+                _unlink_quietly(path)
+            raise
+        self._done = True
+        return [name] * self._count
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._chunks = []
+        self._pending = 0
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._tmp_path is not None:
+            _unlink_quietly(self._tmp_path)
+            self._tmp_path = None
+
+    def _open(self) -> None:
+        store = self._store
+        mailbox = self._mailboxes[0]
+        for attempt in range(_CREATE_ATTEMPTS):
+            box = store._box(mailbox)
+            base = store._unique()
+            path = os.path.join(box.tmp, base)
+            try:
+                self._fd = os.open(path, _O_CREATE, _FILE_MODE)
+            except FileExistsError:
+                continue  # only a clock stepping back can do this; a new name will do
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                store._forget(mailbox)
+                continue
+            self._base = base
+            self._tmp_path = path
+            return
+        raise OSError(errno.EEXIST, f"cannot create a unique file in {box.tmp}")
+
+
+def _copy(source: str, tmp: str, target: str) -> None:
+    # The fallback when a hard link is impossible: a copy that is as durable as the
+    # original before its name appears in new/.
+    src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(tmp, _O_CREATE, _FILE_MODE)
+        try:
+            while os.sendfile(dst, src, None, 1 << 20):
+                pass
+            os.fsync(dst)
+        except BaseException:
+            os.close(dst)
+            _unlink_quietly(tmp)
+            raise
+        os.close(dst)
+    finally:
+        os.close(src)
+    os.rename(tmp, target)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

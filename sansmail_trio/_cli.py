@@ -1,0 +1,371 @@
+"""The `sansmail-trio` command: argument parsing and the small administrative commands.
+
+Each command loads the configuration the same way (`--config FILE`, else ./sansmail.toml,
+else the embedded default), so `user add` writes to the same data_dir that `serve` reads.
+Bad input of any kind ends in one clear line on stderr and exit status 1, never a
+traceback; argparse's usage errors keep their exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import pathlib
+import re
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+from sansmail import __version__
+from sansmail.address import Address, AddressError, parse_address
+from sansmail.config import (
+    DEFAULT_CONFIG_TOML,
+    Config,
+    ConfigError,
+    load_config,
+    warnings,
+)
+from sansmail.users import UserError, UserStore
+from sansmail_trio._serve import run
+
+__all__ = ["main"]
+
+PROG = "sansmail-trio"
+
+_LDH_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\Z")
+
+
+class CommandError(Exception):
+    """A user error: str() is the one line to print."""
+
+
+# --- help texts -------------------------------------------------------------------------
+
+_MAIN_HELP = f"""\
+sansmail: a mail server (SMTP today; submission, POP3 and IMAP to come) in one process.
+
+Configuration: --config FILE, else ./sansmail.toml when it exists, else the embedded
+default (domain "localhost", data in ./sansmail-data, listeners on 127.0.0.1 ports
+2525 smtp, 2587 submission, 2465 submissions, 2110 pop3, 2995 pop3s, 2143 imap,
+2993 imaps). --config may come before or after the command.
+
+Where mail lives: each user's mailbox is a Maildir at
+<data_dir>/mail/<domain>/<local-part>/ (new/, cur/, tmp/); users are kept in
+<data_dir>/users.json; the outbound queue is <data_dir>/queue/.
+
+examples:
+  {PROG} check-config --config /etc/sansmail.toml
+  printf '%s\\n' 'secret' | {PROG} user add alice@example.test --password-stdin
+  {PROG} serve --config /etc/sansmail.toml
+"""
+
+_SERVE_HELP = f"""\
+Run every listener of the configuration until SIGINT or SIGTERM. The configuration is
+checked first; any problem is printed as file:line: key: message and nothing is started.
+Services not built yet in this version are logged and skipped. The first signal stops
+accepting and lets transactions in flight finish (smtp.shutdown_grace); a second one
+stops at once. Changes made by `{PROG} user ...` take effect within two seconds.
+
+examples:
+  {PROG} serve                       # ./sansmail.toml, or the embedded default
+  {PROG} serve --config /etc/sansmail.toml
+"""
+
+_CHECK_HELP = f"""\
+Validate the configuration without starting anything: print each problem as
+file:line: key: message and exit 1, or print warnings (things that work but may not be
+what you want) and one "config OK" line, and exit 0.
+
+The embedded default configuration, used when there is no file, is:
+
+{DEFAULT_CONFIG_TOML}
+example:
+  {PROG} check-config --config /etc/sansmail.toml
+"""
+
+_USER_HELP = f"""\
+Manage the users who receive mail and may log in. Users live in <data_dir>/users.json
+(passwords stored as argon2id hashes); each user's mail is in the Maildir
+<data_dir>/mail/<domain>/<local-part>/. An address's domain must be one of the
+configured domains. A running server picks up changes within two seconds.
+
+examples:
+  {PROG} user add alice@example.test              # prompts for the password twice
+  printf '%s\\n' 'secret' | {PROG} user add bob@example.test --password-stdin
+  {PROG} user passwd alice@example.test
+  {PROG} user del bob@example.test
+  {PROG} user list
+"""
+
+_STDIN_HELP = (
+    "read the password from the first line of standard input (no prompt, no echo); "
+    "without it, the password is asked twice on the terminal"
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    # --config is accepted before and after the command: the sub-parsers' copy defaults to
+    # SUPPRESS so that, when absent there, it does not overwrite the main parser's value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        type=pathlib.Path,
+        default=argparse.SUPPRESS,
+        help="the configuration file (default: ./sansmail.toml if it exists, else the "
+        "embedded default)",
+    )
+    raw = argparse.RawDescriptionHelpFormatter
+
+    parser = argparse.ArgumentParser(prog=PROG, description=_MAIN_HELP, formatter_class=raw)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=pathlib.Path,
+        default=None,
+        help="the configuration file (default: ./sansmail.toml if it exists, "
+        "else the embedded default)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        run: Callable[[argparse.Namespace], int],
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=description or summary,
+            formatter_class=raw,
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    command(commands, "serve", "run the mail server until SIGINT/SIGTERM", _serve, _SERVE_HELP)
+    command(commands, "check-config", "validate the configuration", _check_config, _CHECK_HELP)
+
+    user = commands.add_parser(
+        "user",
+        parents=[common],
+        help="add, change, delete and list users",
+        description=_USER_HELP,
+        formatter_class=raw,
+    )
+    users = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+    add = command(users, "add", "add a user with a password", _user_add, _USER_HELP)
+    add.add_argument("address", metavar="ADDRESS", help="the user's mail address")
+    add.add_argument("--password-stdin", action="store_true", help=_STDIN_HELP)
+    passwd = command(users, "passwd", "change a user's password", _user_passwd, _USER_HELP)
+    passwd.add_argument("address", metavar="ADDRESS", help="the user's mail address")
+    passwd.add_argument("--password-stdin", action="store_true", help=_STDIN_HELP)
+    delete = command(users, "del", "delete a user (the Maildir is kept)", _user_del, _USER_HELP)
+    delete.add_argument("address", metavar="ADDRESS", help="the user's mail address")
+    command(users, "list", "list the users, one address per line", _user_list, _USER_HELP)
+
+    command(
+        commands,
+        "newaliases",
+        "validate and load the aliases file (not supported yet in this version)",
+        _not_built("aliases are"),
+    )
+
+    queue = commands.add_parser(
+        "queue",
+        parents=[common],
+        help="show or act on the outbound queue (not supported yet in this version)",
+        description="Show the outbound queue (like mailq), retry it now (like postqueue -f) "
+        "or delete a message from it (like postsuper -d). Not supported yet in this version.",
+    )
+    queue_actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+    not_yet = _not_built("the outbound queue is")
+    command(queue_actions, "list", "list queued messages, like mailq", not_yet)
+    command(queue_actions, "flush", "retry every queued message now", not_yet)
+    delete_id = command(queue_actions, "delete", "delete a queued message", not_yet)
+    delete_id.add_argument("id", metavar="ID", help="the queue id shown by `queue list`")
+
+    dkim = commands.add_parser(
+        "dkim",
+        parents=[common],
+        help="DKIM signing keys (not supported yet in this version)",
+        description="Manage DKIM signing keys. Not supported yet in this version.",
+    )
+    dkim_actions = dkim.add_subparsers(dest="dkim_command", metavar="ACTION", required=True)
+    keygen = command(
+        dkim_actions,
+        "keygen",
+        "make a signing key under data_dir and print its DNS TXT record",
+        _not_built("DKIM signing is"),
+    )
+    keygen.add_argument("domain", metavar="DOMAIN", help="the signing domain")
+    keygen.add_argument(
+        "--selector",
+        metavar="NAME",
+        help="the DKIM selector (default: dkim.selector of the configuration)",
+    )
+    return parser
+
+
+# --- the commands -----------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return run(_load(args))
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    found = warnings(config)
+    if config.domains:
+        found.extend(_postmaster_warning(config))
+    for warning in found:
+        print(f"warning: {warning}", file=sys.stderr)
+    listeners = sum(len(addresses) for addresses in config.listen.values())
+    domains = ", ".join(config.domains) or "none"
+    print(f"config OK: {config.source_name}, {listeners} listeners, domains {domains}")
+    return 0
+
+
+def _postmaster_warning(config: Config) -> list[str]:
+    # CONTRACT.md "Where mail lives": postmaster mail falls back to a bare Maildir that
+    # nobody reads unless a user of that name exists.
+    domain = config.domains[0]
+    key = f"postmaster@{domain}"
+    store = _user_store(config)
+    if key in store:
+        return []
+    maildir = config.data_dir / "mail" / domain / "postmaster"
+    return [
+        f"no user {key}: mail to postmaster goes to the Maildir {maildir}/ "
+        f"(create the user with: {PROG} user add {key})"
+    ]
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    config = _load(args)
+    address = _local_address(config, args.address)
+    password = _read_password(args.password_stdin)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    user = _user_store(config).add(address, password)
+    print(f"added {user.address}")
+    return 0
+
+
+def _user_passwd(args: argparse.Namespace) -> int:
+    config = _load(args)
+    address = _local_address(config, args.address)
+    store = _user_store(config)
+    # Check before asking for a password that would be thrown away.
+    if address.key not in store:
+        raise CommandError(f"no such user: {address}")
+    store.set_password(address.key, _read_password(args.password_stdin))
+    print(f"password changed for {address}")
+    return 0
+
+
+def _user_del(args: argparse.Namespace) -> int:
+    config = _load(args)
+    address = _local_address(config, args.address)
+    _user_store(config).delete(address.key)
+    print(f"deleted {address} (its Maildir is kept)")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    config = _load(args)
+    for user in _user_store(config).list():
+        print(user.address)
+    return 0
+
+
+def _not_built(feature: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise CommandError(f"{feature} not supported yet in this version")
+
+    return run
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, default_hostname=_default_hostname())
+
+
+def _default_hostname() -> str:
+    # getfqdn() returns whatever the resolver says, which on containers and laptops can
+    # be an invalid name; the embedded default must still work there.
+    name = socket.getfqdn().rstrip(".")
+    return name if _LDH_NAME.match(name) and len(name) <= 253 else "localhost"
+
+
+def _user_store(config: Config) -> UserStore:
+    return UserStore(config.data_dir / "users.json")
+
+
+def _local_address(config: Config, text: str) -> Address:
+    try:
+        address = parse_address(text)
+    except AddressError as exc:
+        raise CommandError(f"{text!r} is not a valid address: {exc}") from None
+    if address.domain not in config.domains:
+        configured = ", ".join(config.domains) or "none"
+        where = "./sansmail.toml" if config.source is None else str(config.source)
+        raise CommandError(
+            f"{address.domain} is not one of the configured domains ({configured}); "
+            f"add it to domains in {where}"
+        )
+    return address
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            raise CommandError("the password read from standard input is not UTF-8") from None
+        password = line.removesuffix("\n").removesuffix("\r")
+    else:
+        if not sys.stdin.isatty():
+            raise CommandError(
+                "standard input is not a terminal: use --password-stdin to read the "
+                "password from it"
+            )
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            raise CommandError("the passwords do not match")
+    if not password:
+        raise CommandError("empty password refused")
+    return password
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script `sansmail-trio`; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    name = " ".join(
+        getattr(args, dest)
+        for dest in ("command", "user_command", "queue_command", "dkim_command")
+        if hasattr(args, dest)
+    )
+    try:
+        status: int = args.run(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except (CommandError, UserError) as exc:
+        print(f"{PROG}: {name}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"{PROG}: {name}:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return status

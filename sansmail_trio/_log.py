@@ -1,0 +1,54 @@
+"""The mail log: one line per connection event and per message disposition, on stderr.
+
+Modelled on Postfix's mail log so the habits (grep a queue id, fail2ban on the client
+address) carry over::
+
+    2026-11-27T18:40:00.123+00:00 sansmail/smtp[812]: connect from [127.0.0.1]:50210
+    2026-11-27T18:40:00.131+00:00 sansmail/smtp[812]: 5F1C2A9B3E: client=[127.0.0.1]:50210, helo=<box>
+    2026-11-27T18:40:00.134+00:00 sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>, relay=local, size=1234, status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
+    2026-11-27T18:40:00.135+00:00 sansmail/smtp[812]: disconnect from [127.0.0.1]:50210 ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+
+`status` is one of sent, deferred, bounced, rejected (CONTRACT.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+__all__ = ["configure_logging", "get_logger"]
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._pid = os.getpid()
+
+    def format(self, record: logging.LogRecord) -> str:
+        # ISO 8601 with the local offset: sortable, and unambiguous across DST changes.
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        millis = int(record.msecs)
+        zone = time.strftime("%z", time.localtime(record.created))
+        zone = f"{zone[:3]}:{zone[3:]}" if zone else ""
+        name = record.name.replace(".", "/")
+        line = f"{stamp}.{millis:03d}{zone} {name}[{self._pid}]: {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Send sansmail's log to stderr, one line per record."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("sansmail")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def get_logger(service: str) -> logging.Logger:
+    """The logger for one service, named like Postfix's daemons: ``sansmail/smtp``."""
+    return logging.getLogger(f"sansmail.{service}")

@@ -1,0 +1,467 @@
+"""The SMTP service: one session per connection, driving `sansmail.smtp` as a server.
+
+The core parses commands and enforces the protocol; `sansmail.policy` decides recipients;
+`sansmail.store` writes the message. This file only wires them together and owns time:
+per-command timeouts, the thread hand-off for blocking disk work, and shutdown.
+
+Durability rule: the `250` that ends a transaction is sent only after
+`Delivery.commit()` returned, i.e. after the file and every `new/` directory it was linked
+into have been fsync'd. If committing fails the client gets `451 4.3.0` and keeps the
+message (RFC 5321 §4.2.5: a server that cannot take responsibility must not say 250).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError
+from sansmail import smtp, trace
+from sansmail.address import Address
+from sansmail.config import Config
+from sansmail.policy import decide_recipient
+from sansmail.smtp import Reply
+from sansmail.store import Delivery, MailboxId, MailStore
+from sansmail.users import UserStore
+from sansmail_trio._wire import Wire
+
+__all__ = ["SMTPService"]
+
+#: Flush buffered message content to the tmp file in a worker thread past this size, so a
+#: large message never sits whole in memory; smaller ones cost a single thread hop.
+SPILL_THRESHOLD = 1024 * 1024
+
+_HELP = (
+    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY HELP QUIT",
+    "See RFC 5321 for their use",
+)
+
+
+def new_queue_id() -> str:
+    """A Postfix-like queue id: short, upper-case hex, unique enough to grep for."""
+    return secrets.token_hex(5).upper()
+
+
+@attrs.define
+class _Transaction:
+    queue_id: str
+    reverse_path: Address | None
+    smtputf8: bool = False
+    recipients: list[tuple[Address, MailboxId]] = attrs.Factory(list)
+    delivery: Delivery | None = None
+    chunk_size: int = 0
+
+
+@attrs.define
+class _Counters:
+    counts: dict[str, int] = attrs.Factory(dict)
+
+    def bump(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def summary(self) -> str:
+        total = sum(self.counts.values())
+        parts = [f"{k}={v}" for k, v in self.counts.items()]
+        return " ".join([*parts, f"commands={total}"])
+
+
+@attrs.define
+class SMTPService:
+    """Everything the sessions of one `smtp` listener share."""
+
+    config: Config
+    store: MailStore
+    users: UserStore
+    log: logging.Logger
+    service: str = "smtp"
+
+    def core_config(self) -> smtp.Config:
+        c = self.config.smtp
+        return smtp.Config(
+            max_message_size=c.max_message_size,
+            max_recipients=c.max_recipients,
+            max_invalid_commands=c.max_invalid_commands,
+            bare_lf=c.bare_lf,
+        )
+
+    def ehlo_lines(self) -> tuple[str, ...]:
+        c = self.config.smtp
+        return (
+            self.config.hostname,
+            "PIPELINING",
+            f"SIZE {c.max_message_size}",
+            "ENHANCEDSTATUSCODES",
+            "8BITMIME",
+            "SMTPUTF8",
+            "CHUNKING",
+        )
+
+    async def handle(
+        self,
+        stream: trio.abc.Stream,
+        peer: tuple[str, int],
+        *,
+        refuse: Reply | None = None,
+        idle_scope_hook: Callable[[trio.CancelScope | None], None] | None = None,
+    ) -> None:
+        """Run one session to its end. `refuse` is sent as the greeting instead of 220
+        (connection limits, shutdown); `idle_scope_hook` receives the cancel scope of each
+        wait for a command outside a transaction (None when leaving it), so shutdown can
+        interrupt idle sessions and leave transactions in flight alone."""
+        session = _Session(self, stream, peer, idle_scope_hook)
+        await session.run(refuse)
+
+
+class _Session:
+    def __init__(
+        self,
+        service: SMTPService,
+        stream: trio.abc.Stream,
+        peer: tuple[str, int],
+        idle_scope_hook: Callable[[trio.CancelScope | None], None] | None,
+    ) -> None:
+        self.service = service
+        self.config = service.config
+        self.log = service.log
+        self.peer = peer
+        self.client = f"[{peer[0]}]:{peer[1]}"
+        self.conn = smtp.Connection(SERVER, config=service.core_config())
+        self.wire = Wire(stream, self.conn)
+        self.helo = ""
+        self.esmtp = False
+        self.transaction: _Transaction | None = None
+        self.counters = _Counters()
+        self._idle_hook = idle_scope_hook or (lambda scope: None)
+        self.last_words = b""
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self, refuse: Reply | None) -> None:
+        self.log.info("connect from %s", self.client)
+        try:
+            if refuse is not None:
+                await self.wire.send(refuse, flush=True)
+                self.log.info("%s: refused: %d %s", self.client, refuse.code, refuse.text)
+                return
+            await self.reply(220, f"{self.config.hostname} ESMTP sansmail")
+            await self._loop()
+        except RemoteProtocolError as exc:
+            self.log.info("%s: protocol error: %s", self.client, exc)
+            await self._send_hint(exc.reply_hint)
+        except trio.TooSlowError:
+            self.log.info("timeout after %s from %s", self._last_command(), self.client)
+            await self._send_hint(
+                Reply(code=421, lines=f"{self.config.hostname} Error: timeout exceeded",
+                      enhanced="4.4.2")
+            )
+        except _ShuttingDown:
+            await self._send_hint(
+                Reply(code=421, lines=f"{self.config.hostname} Service shutting down",
+                      enhanced="4.3.2")
+            )
+        except LocalProtocolError:
+            self.log.exception("%s: internal error, closing", self.client)
+        except trio.Cancelled:
+            # The shutdown grace period ran out with this session still busy.
+            await self._send_hint(
+                Reply(code=421, lines=f"{self.config.hostname} Service shutting down",
+                      enhanced="4.3.2")
+            )
+            raise
+        finally:
+            await self._abort_transaction()
+            with trio.CancelScope(shield=True):
+                await self.wire.aclose(last_words=self.last_words)
+            self.log.info("disconnect from %s %s", self.client, self.counters.summary())
+
+    async def _loop(self) -> None:
+        handlers: dict[type[smtp.Event], Callable[[smtp.Event], Awaitable[bool]]] = {
+            smtp.Hello: self.on_hello,  # type: ignore[dict-item]
+            smtp.Mail: self.on_mail,  # type: ignore[dict-item]
+            smtp.Rcpt: self.on_rcpt,  # type: ignore[dict-item]
+            smtp.Data: self.on_data,  # type: ignore[dict-item]
+            smtp.Bdat: self.on_bdat,  # type: ignore[dict-item]
+            smtp.MessageData: self.on_message_data,  # type: ignore[dict-item]
+            smtp.EndOfMessage: self.on_end_of_message,  # type: ignore[dict-item]
+            smtp.EndOfChunk: self.on_end_of_chunk,  # type: ignore[dict-item]
+            smtp.InvalidMessage: self.on_invalid_message,  # type: ignore[dict-item]
+            smtp.Reset: self.on_reset,  # type: ignore[dict-item]
+            smtp.Noop: self.on_noop,  # type: ignore[dict-item]
+            smtp.Verify: self.on_verify,  # type: ignore[dict-item]
+            smtp.Help: self.on_help,  # type: ignore[dict-item]
+            smtp.Quit: self.on_quit,  # type: ignore[dict-item]
+            smtp.StartTLS: self.on_starttls,  # type: ignore[dict-item]
+            smtp.InvalidCommand: self.on_invalid_command,  # type: ignore[dict-item]
+            smtp.ConnectionClosed: self.on_closed,  # type: ignore[dict-item]
+        }
+        while True:
+            event = await self._next_event()
+            if event is PAUSED:
+                # The core waits for something only we can do; nothing here leaves it
+                # paused except a bug.
+                raise LocalProtocolError(f"core paused in {self.conn.our_state}")
+            if not await handlers[type(event)](event):
+                return
+
+    async def _next_event(self) -> object:
+        in_message = self.transaction is not None and self.transaction.delivery is not None
+        c = self.config.smtp
+        timeout = c.data_timeout if in_message else c.command_timeout
+        idle = self.transaction is None
+        with trio.fail_after(timeout):
+            if not idle:
+                return await self.wire.next_event()
+            # Replies owed to the client (the 250 that ended its last transaction) leave
+            # before the interruptible wait starts: shutdown cuts the wait, never a reply.
+            await self.wire.flush()
+            with trio.CancelScope() as scope:
+                self._idle_hook(scope)
+                try:
+                    return await self.wire.next_event()
+                finally:
+                    self._idle_hook(None)
+        # Only reached when shutdown cancelled an idle wait.
+        raise _ShuttingDown
+
+    # -- replies ---------------------------------------------------------------------
+
+    async def reply(self, code: int, text: str | tuple[str, ...], enhanced: str | None = None) -> None:
+        await self.wire.send(Reply(code=code, lines=text, enhanced=enhanced))
+
+    async def _send_hint(self, hint: object) -> None:
+        # Sent by the final `aclose()`, after any replies still queued.
+        if isinstance(hint, Reply):
+            self.last_words = _format_last_reply(hint)
+
+    def _last_command(self) -> str:
+        return next(reversed(self.counters.counts), "CONNECT").upper()
+
+    # -- command handlers: each returns False when the session is over ------------------
+
+    async def on_hello(self, event: smtp.Hello) -> bool:
+        self.counters.bump("ehlo" if event.extended else "helo")
+        await self._abort_transaction()
+        self.helo = event.domain
+        self.esmtp = event.extended
+        if event.extended:
+            await self.reply(250, self.ehlo_lines())
+        else:
+            await self.reply(250, self.config.hostname)
+        return True
+
+    def ehlo_lines(self) -> tuple[str, ...]:
+        return self.service.ehlo_lines()
+
+    async def on_mail(self, event: smtp.Mail) -> bool:
+        self.counters.bump("mail")
+        qid = new_queue_id()
+        self.transaction = _Transaction(
+            queue_id=qid, reverse_path=event.reverse_path, smtputf8=event.smtputf8
+        )
+        self.log.info(
+            "%s: client=%s, helo=<%s>, from=<%s>",
+            qid, self.client, _printable(self.helo), _path(event.reverse_path),
+        )
+        await self.reply(250, "Ok", "2.1.0")
+        return True
+
+    async def on_rcpt(self, event: smtp.Rcpt) -> bool:
+        self.counters.bump("rcpt")
+        tx = self.transaction
+        assert tx is not None, "the core only passes RCPT inside a transaction"
+        users = self.service.users
+        decision = decide_recipient(
+            event.forward_path,
+            domains=self.config.domains,
+            user_exists=users.__contains__,
+            recipient_delimiter=self.config.recipient_delimiter,
+        )
+        if decision.mailbox is not None:
+            tx.recipients.append((event.forward_path, decision.mailbox))
+        else:
+            self.log.info(
+                "%s: from=<%s>, to=<%s>, relay=none, status=rejected (%d %s %s)",
+                tx.queue_id, _path(tx.reverse_path), _path(event.forward_path),
+                decision.reply.code, decision.reply.enhanced, decision.reply.text,
+            )
+        await self.wire.send(decision.reply)
+        return True
+
+    async def on_data(self, event: smtp.Data) -> bool:
+        self.counters.bump("data")
+        await self.reply(354, "End data with <CR><LF>.<CR><LF>")
+        self._begin_delivery()
+        return True
+
+    async def on_bdat(self, event: smtp.Bdat) -> bool:
+        self.counters.bump("bdat")
+        tx = self.transaction
+        assert tx is not None, "the core only passes BDAT inside a transaction"
+        if tx.delivery is None:
+            self._begin_delivery()
+        tx.chunk_size = event.size
+        return True
+
+    def _begin_delivery(self) -> None:
+        tx = self.transaction
+        assert tx is not None and tx.recipients
+        mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in tx.recipients))
+        tls = None  # TLS arrives with its own issue; the header will name version and cipher
+        prefix = trace.return_path(tx.reverse_path) + trace.received(
+            helo=self.helo,
+            client_ip=self.peer[0],
+            client_name=None,
+            by=self.config.hostname,
+            protocol=trace.with_protocol(esmtp=self.esmtp, tls=tls is not None, auth=False,
+                                         utf8=tx.smtputf8),
+            queue_id=tx.queue_id,
+            recipient=tx.recipients[0][0] if len(tx.recipients) == 1 else None,
+            when=datetime.datetime.now().astimezone(),
+            tls=tls,
+        )
+        tx.delivery = self.service.store.begin(mailboxes, prefix=prefix)
+
+    async def on_message_data(self, event: smtp.MessageData) -> bool:
+        tx = self.transaction
+        assert tx is not None and tx.delivery is not None
+        tx.delivery.write(event.data)
+        if tx.delivery.pending > SPILL_THRESHOLD:
+            await trio.to_thread.run_sync(tx.delivery.flush)
+        return True
+
+    async def on_end_of_chunk(self, event: smtp.EndOfChunk) -> bool:
+        tx = self.transaction
+        assert tx is not None
+        await self.reply(250, f"{tx.chunk_size} octets received", "2.0.0")
+        return True
+
+    async def on_end_of_message(self, event: smtp.EndOfMessage) -> bool:
+        tx = self.transaction
+        assert tx is not None and tx.delivery is not None
+        delivery = tx.delivery
+        try:
+            # Not cancellable: once the disk work started we wait for its verdict, so a
+            # shutdown can never turn a stored message into an unacknowledged one twice.
+            await trio.to_thread.run_sync(delivery.commit)
+        except OSError as exc:
+            tx.delivery = None
+            await trio.to_thread.run_sync(delivery.abort)
+            self.log.error(
+                "%s: from=<%s>, size=%d, status=deferred (cannot store: %s)",
+                tx.queue_id, _path(tx.reverse_path), delivery.size, exc,
+            )
+            self.transaction = None
+            await self.reply(451, "Local error in processing, message not stored", "4.3.0")
+            return True
+        text = f"Ok: queued as {tx.queue_id}"
+        for address, _mailbox in tx.recipients:
+            self.log.info(
+                "%s: from=<%s>, to=<%s>, relay=local, size=%d, status=sent (250 2.0.0 %s)",
+                tx.queue_id, _path(tx.reverse_path), _path(address), delivery.size, text,
+            )
+        tx.delivery = None
+        self.transaction = None
+        await self.reply(250, text, "2.0.0")
+        return True
+
+    async def on_invalid_message(self, event: smtp.InvalidMessage) -> bool:
+        tx = self.transaction
+        hint = event.reply_hint
+        if tx is not None:
+            for address, _mailbox in tx.recipients:
+                self.log.info(
+                    "%s: from=<%s>, to=<%s>, relay=none, status=rejected (%d %s %s)",
+                    tx.queue_id, _path(tx.reverse_path), _path(address),
+                    hint.code, hint.enhanced or "", hint.text,
+                )
+        await self._abort_transaction()
+        await self.wire.send(hint)
+        return True
+
+    async def on_reset(self, event: smtp.Reset) -> bool:
+        self.counters.bump("rset")
+        await self._abort_transaction()
+        await self.reply(250, "Ok", "2.0.0")
+        return True
+
+    async def on_noop(self, event: smtp.Noop) -> bool:
+        self.counters.bump("noop")
+        await self.reply(250, "Ok", "2.0.0")
+        return True
+
+    async def on_verify(self, event: smtp.Verify) -> bool:
+        self.counters.bump("vrfy")
+        # RFC 5321 §3.5.3: 252 lets us neither confirm nor deny a user, which keeps the
+        # user list from being harvested.
+        await self.reply(252, "Cannot verify the user, but will accept mail for delivery",
+                         "2.5.2")
+        return True
+
+    async def on_help(self, event: smtp.Help) -> bool:
+        self.counters.bump("help")
+        await self.reply(214, _HELP, "2.0.0")
+        return True
+
+    async def on_quit(self, event: smtp.Quit) -> bool:
+        self.counters.bump("quit")
+        await self._abort_transaction()
+        await self.reply(221, "Bye", "2.0.0")
+        return False
+
+    async def on_starttls(self, event: smtp.StartTLS) -> bool:
+        # Not advertised until TLS is configured (the auth/TLS issue); the core refuses
+        # STARTTLS when it was not advertised, so this is unreachable today.
+        self.counters.bump("starttls")
+        await self.reply(454, "TLS not available", "4.7.0")
+        return True
+
+    async def on_invalid_command(self, event: smtp.InvalidCommand) -> bool:
+        self.counters.bump("unknown" if event.reply_hint.code == 500 else "error")
+        self.log.info(
+            "%s: %d %s %s: %s",
+            self.client, event.reply_hint.code, event.reply_hint.enhanced or "",
+            event.reason, _printable(event.line.decode("utf-8", "replace")[:100]),
+        )
+        await self.wire.send(event.reply_hint)
+        return True
+
+    async def on_closed(self, event: smtp.ConnectionClosed) -> bool:
+        if self.transaction is not None:
+            self.log.info("%s: lost connection from %s during transaction",
+                          self.transaction.queue_id, self.client)
+        return False
+
+    async def _abort_transaction(self) -> None:
+        tx, self.transaction = self.transaction, None
+        if tx is not None and tx.delivery is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(tx.delivery.abort)
+
+
+class _ShuttingDown(Exception):
+    """An idle session was interrupted by shutdown."""
+
+
+def _format_last_reply(reply: Reply) -> bytes:
+    enhanced = f"{reply.enhanced} " if reply.enhanced else ""
+    lines = reply.lines
+    out = [f"{reply.code}-{enhanced}{line}\r\n" for line in lines[:-1]]
+    out.append(f"{reply.code} {enhanced}{lines[-1]}\r\n")
+    return "".join(out).encode("utf-8")
+
+
+def _path(address: Address | None) -> str:
+    return "" if address is None else _printable(str(address))
+
+
+
+def _printable(text: str) -> str:
+    """Attacker-controlled text made safe for one log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)

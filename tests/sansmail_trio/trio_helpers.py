@@ -1,0 +1,138 @@
+"""A real sansmail server on 127.0.0.1 (port 0), in the test's own Trio loop."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+import trio
+
+from sansmail.address import parse_address
+from sansmail.config import Config, load_config
+from sansmail.users import UserStore
+from sansmail_trio import serve
+
+
+@attrs.define
+class RunningServer:
+    config: Config
+    host: str
+    port: int
+    shutdown: trio.Event
+    done: trio.Event
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.config.data_dir
+
+    def maildir(self, address: str) -> pathlib.Path:
+        local, _, domain = address.rpartition("@")
+        return self.data_dir / "mail" / domain / local.lower()
+
+    def new_messages(self, address: str) -> list[bytes]:
+        new = self.maildir(address) / "new"
+        if not new.exists():
+            return []
+        return [p.read_bytes() for p in sorted(new.iterdir())]
+
+    def add_user(self, address: str, password: str = "secret") -> None:
+        users = UserStore(self.data_dir / "users.json")
+        users.add(parse_address(address), password)
+
+    async def stop(self) -> None:
+        self.shutdown.set()
+        await self.done.wait()
+
+
+def write_config(tmp_path: pathlib.Path, smtp: Mapping[str, Any] | None = None) -> pathlib.Path:
+    lines = [
+        'hostname = "mx.example.test"',
+        'domains = ["example.test", "other.example"]',
+        'data_dir = "data"',
+        "[listen]",
+        'smtp = "127.0.0.1:0"',
+        "[smtp]",
+    ]
+    for key, value in (smtp or {}).items():
+        lines.append(f"{key} = {value!r}".replace("'", '"'))
+    path = tmp_path / "sansmail.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+StartServer = Callable[..., Any]
+
+
+@pytest.fixture
+def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[StartServer]:
+    async def start(users: tuple[str, ...] = ("alice@example.test",), **smtp: Any) -> RunningServer:
+        config = load_config(write_config(tmp_path, smtp), default_hostname="unused.test")
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        shutdown = trio.Event()
+        done = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await serve(config, shutdown=shutdown, task_status=task_status)
+            finally:
+                done.set()
+
+        store = UserStore(config.data_dir / "users.json")
+        for address in users:
+            store.add(parse_address(address), "secret")
+        bound = await nursery.start(run)
+        host, port = bound["smtp"][0]
+        return RunningServer(config=config, host=host, port=port, shutdown=shutdown, done=done)
+
+    yield start
+    for client in RawClient.opened:
+        client.close()
+    RawClient.opened.clear()
+
+
+class RawClient:
+    """A deliberately dumb blocking client for byte-exact tests (run it in a thread)."""
+
+    #: Every client ever opened, closed by the fixture's teardown, so a test that fails
+    #: half-way does not leak sockets into the next one.
+    opened: ClassVar[list[RawClient]] = []
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        RawClient.opened.append(self)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> list[bytes]:
+        """One complete (possibly multi-line) reply, as its lines without CRLF."""
+        lines: list[bytes] = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r} + {self.buf!r}")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line)
+            if len(line) < 4 or line[3:4] == b" ":
+                return lines
+
+    def code(self) -> int:
+        return int(self.reply()[-1][:3])
+
+    def closed(self) -> bool:
+        """True when the server closed the connection (and sent nothing more)."""
+        try:
+            chunk = self.sock.recv(1)
+        except OSError:
+            return True
+        return chunk == b""
+
+    def close(self) -> None:
+        self.sock.close()
