@@ -69,8 +69,17 @@ class Session:
                 case smtp.Hello(domain=domain, extended=extended):
                     helo, sender, recipients = domain, None, []
                     if extended:
-                        self.reply(250, (self.hostname, "PIPELINING", "8BITMIME",
-                                         "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING"))
+                        self.reply(
+                            250,
+                            (
+                                self.hostname,
+                                "PIPELINING",
+                                "8BITMIME",
+                                "ENHANCEDSTATUSCODES",
+                                "SMTPUTF8",
+                                "CHUNKING",
+                            ),
+                        )
                     else:
                         self.reply(250, self.hostname)
                 case smtp.Mail(reverse_path=path):
@@ -88,14 +97,21 @@ class Session:
                     if delivery is None:
                         qid = secrets.token_hex(5).upper()
                         prefix = trace.return_path(sender) + trace.received(
-                            helo=helo, client_ip=self.peer, client_name=None, by=self.hostname,
-                            protocol="ESMTP", queue_id=qid,
+                            helo=helo,
+                            client_ip=self.peer,
+                            client_name=None,
+                            by=self.hostname,
+                            protocol="ESMTP",
+                            queue_id=qid,
                             recipient=recipients[0] if len(recipients) == 1 else None,
                             when=datetime.datetime.now().astimezone(),
                         )
-                        boxes = list(dict.fromkeys(
-                            MailboxId(domain=r.domain, local=r.local_part.lower())
-                            for r in recipients))
+                        boxes = list(
+                            dict.fromkeys(
+                                MailboxId(domain=r.domain, local=r.local_part.lower())
+                                for r in recipients
+                            )
+                        )
                         delivery = self.store.begin(boxes, prefix=prefix)
                 case smtp.MessageData(data=data):
                     assert delivery is not None
@@ -120,7 +136,7 @@ class Session:
                     self.reply(250, "Ok", "2.0.0")
                 case smtp.Noop() | smtp.Verify() | smtp.Help():
                     code = 252 if isinstance(event, smtp.Verify) else 250
-                    self.reply(code, "Ok", f"2.0.0" if code == 250 else "2.5.2")
+                    self.reply(code, "Ok", "2.0.0" if code == 250 else "2.5.2")
                 case smtp.Quit():
                     self.reply(221, "Bye", "2.0.0")
                     await self.writer.drain()
@@ -131,8 +147,15 @@ class Session:
                     return
 
 
-async def serve(host: str, port: int, data_dir: pathlib.Path, domains: frozenset[str],
-                hostname: str = "localhost", started: asyncio.Event | None = None) -> None:
+async def serve(
+    host: str,
+    port: int,
+    data_dir: pathlib.Path,
+    domains: frozenset[str],
+    *,
+    hostname: str = "localhost",
+    started: asyncio.Event | None = None,
+) -> None:
     store = MaildirStore(data_dir, hostname=hostname)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -153,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=pathlib.Path, default=pathlib.Path("example-data"))
     args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args.host, args.port, args.data_dir.resolve(),
-                          frozenset(d.lower() for d in args.domains)))
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                args.data_dir.resolve(),
+                frozenset(d.lower() for d in args.domains),
+            )
+        )
     except KeyboardInterrupt:
         return 0
     return 0

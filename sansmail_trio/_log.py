@@ -1,13 +1,17 @@
 """The mail log: one line per connection event and per message disposition, on stderr.
 
 Modelled on Postfix's mail log so the habits (grep a queue id, fail2ban on the client
-address) carry over::
+address) carry over. One message, as logged (timestamps and pid shortened)::
 
-    2026-11-27T18:40:00.123+00:00 sansmail/smtp[812]: connect from [127.0.0.1]:50210
-    2026-11-27T18:40:00.131+00:00 sansmail/smtp[812]: 5F1C2A9B3E: client=[127.0.0.1]:50210, helo=<box>
-    2026-11-27T18:40:00.134+00:00 sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>, relay=local, size=1234, status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
-    2026-11-27T18:40:00.135+00:00 sansmail/smtp[812]: disconnect from [127.0.0.1]:50210 ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5
+    ...T18:40:00.123+00:00 sansmail/smtp[812]: connect from [127.0.0.1]:50210
+    ... sansmail/smtp[812]: 5F1C2A9B3E: client=[127.0.0.1]:50210, helo=<box>,
+        from=<a@ex.org>
+    ... sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>, relay=local,
+        size=1234, status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
+    ... sansmail/smtp[812]: disconnect from [127.0.0.1]:50210 ehlo=1 mail=1 rcpt=1
+        data=1 quit=1 commands=5
 
+(each entry is one line in the log; they are wrapped here.)
 `status` is one of sent, deferred, bounced, rejected (CONTRACT.md).
 """
 

@@ -61,11 +61,15 @@ class _Connections:
         if self.shutting_down:
             return Reply(code=421, lines=f"{hostname} Service shutting down", enhanced="4.3.2")
         if self.total >= self.max_total:
-            return Reply(code=421, lines=f"{hostname} Error: too many connections",
-                         enhanced="4.7.0")
+            return Reply(
+                code=421, lines=f"{hostname} Error: too many connections", enhanced="4.7.0"
+            )
         if self.per_ip[ip] >= self.max_per_ip:
-            return Reply(code=421, lines=f"{hostname} Error: too many connections from {ip}",
-                         enhanced="4.7.0")
+            return Reply(
+                code=421,
+                lines=f"{hostname} Error: too many connections from {ip}",
+                enhanced="4.7.0",
+            )
         return None
 
     def opened(self, ip: str) -> None:
@@ -134,8 +138,9 @@ async def serve(
         for name, addresses in config.listen.items():
             if name not in BUILT_SERVICES:
                 shown = ", ".join(f"{h}:{p}" for h, p in addresses)
-                log.warning("%s listener on %s: not built yet in this version, skipped",
-                            name, shown)
+                log.warning(
+                    "%s listener on %s: not built yet in this version, skipped", name, shown
+                )
                 continue
             for host, port in addresses:
                 for listener in await trio.open_tcp_listeners(port, host=host):
@@ -151,8 +156,13 @@ async def serve(
         max_total=config.smtp.max_connections, max_per_ip=config.smtp.max_connections_per_ip
     )
     shown = "; ".join(f"{n} on " + ", ".join(f"{h}:{p}" for h, p in a) for n, a in bound.items())
-    log.info("sansmail %s started: %s; domains=%s; data_dir=%s", __version__,
-             shown or "no listeners", ",".join(config.domains), config.data_dir)
+    log.info(
+        "sansmail %s started: %s; domains=%s; data_dir=%s",
+        __version__,
+        shown or "no listeners",
+        ",".join(config.domains),
+        config.data_dir,
+    )
 
     async with trio.open_nursery() as connection_nursery:
         async with trio.open_nursery() as accept_nursery:
@@ -211,8 +221,9 @@ async def _handle_connection(
         # One nursery per connection: the session's own tasks (none for SMTP today; IMAP
         # IDLE will need one) live and die with it.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_session, service, stream, (ip, port), refuse,
-                               connections.idle_hook())
+            nursery.start_soon(
+                _run_session, service, stream, (ip, port), refuse, connections.idle_hook()
+            )
     finally:
         connections.closed(ip)
 

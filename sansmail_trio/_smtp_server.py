@@ -16,12 +16,12 @@ import datetime
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
 import trio
 
-from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError
-from sansmail import smtp, trace
+from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, smtp, trace
 from sansmail.address import Address
 from sansmail.config import Config
 from sansmail.policy import decide_recipient
@@ -133,7 +133,6 @@ class _Session:
         self.conn = smtp.Connection(SERVER, config=service.core_config())
         self.wire = Wire(stream, self.conn)
         self.helo = ""
-        self.esmtp = False
         self.transaction: _Transaction | None = None
         self.counters = _Counters()
         self._idle_hook = idle_scope_hook or (lambda scope: None)
@@ -156,21 +155,30 @@ class _Session:
         except trio.TooSlowError:
             self.log.info("timeout after %s from %s", self._last_command(), self.client)
             await self._send_hint(
-                Reply(code=421, lines=f"{self.config.hostname} Error: timeout exceeded",
-                      enhanced="4.4.2")
+                Reply(
+                    code=421,
+                    lines=f"{self.config.hostname} Error: timeout exceeded",
+                    enhanced="4.4.2",
+                )
             )
         except _ShuttingDown:
             await self._send_hint(
-                Reply(code=421, lines=f"{self.config.hostname} Service shutting down",
-                      enhanced="4.3.2")
+                Reply(
+                    code=421,
+                    lines=f"{self.config.hostname} Service shutting down",
+                    enhanced="4.3.2",
+                )
             )
         except LocalProtocolError:
             self.log.exception("%s: internal error, closing", self.client)
         except trio.Cancelled:
             # The shutdown grace period ran out with this session still busy.
             await self._send_hint(
-                Reply(code=421, lines=f"{self.config.hostname} Service shutting down",
-                      enhanced="4.3.2")
+                Reply(
+                    code=421,
+                    lines=f"{self.config.hostname} Service shutting down",
+                    enhanced="4.3.2",
+                )
             )
             raise
         finally:
@@ -180,24 +188,24 @@ class _Session:
             self.log.info("disconnect from %s %s", self.client, self.counters.summary())
 
     async def _loop(self) -> None:
-        handlers: dict[type[smtp.Event], Callable[[smtp.Event], Awaitable[bool]]] = {
-            smtp.Hello: self.on_hello,  # type: ignore[dict-item]
-            smtp.Mail: self.on_mail,  # type: ignore[dict-item]
-            smtp.Rcpt: self.on_rcpt,  # type: ignore[dict-item]
-            smtp.Data: self.on_data,  # type: ignore[dict-item]
-            smtp.Bdat: self.on_bdat,  # type: ignore[dict-item]
-            smtp.MessageData: self.on_message_data,  # type: ignore[dict-item]
-            smtp.EndOfMessage: self.on_end_of_message,  # type: ignore[dict-item]
-            smtp.EndOfChunk: self.on_end_of_chunk,  # type: ignore[dict-item]
-            smtp.InvalidMessage: self.on_invalid_message,  # type: ignore[dict-item]
-            smtp.Reset: self.on_reset,  # type: ignore[dict-item]
-            smtp.Noop: self.on_noop,  # type: ignore[dict-item]
-            smtp.Verify: self.on_verify,  # type: ignore[dict-item]
-            smtp.Help: self.on_help,  # type: ignore[dict-item]
-            smtp.Quit: self.on_quit,  # type: ignore[dict-item]
-            smtp.StartTLS: self.on_starttls,  # type: ignore[dict-item]
-            smtp.InvalidCommand: self.on_invalid_command,  # type: ignore[dict-item]
-            smtp.ConnectionClosed: self.on_closed,  # type: ignore[dict-item]
+        handlers: dict[type[smtp.Event], Callable[[Any], Awaitable[bool]]] = {
+            smtp.Hello: self.on_hello,
+            smtp.Mail: self.on_mail,
+            smtp.Rcpt: self.on_rcpt,
+            smtp.Data: self.on_data,
+            smtp.Bdat: self.on_bdat,
+            smtp.MessageData: self.on_message_data,
+            smtp.EndOfMessage: self.on_end_of_message,
+            smtp.EndOfChunk: self.on_end_of_chunk,
+            smtp.InvalidMessage: self.on_invalid_message,
+            smtp.Reset: self.on_reset,
+            smtp.Noop: self.on_noop,
+            smtp.Verify: self.on_verify,
+            smtp.Help: self.on_help,
+            smtp.Quit: self.on_quit,
+            smtp.StartTLS: self.on_starttls,
+            smtp.InvalidCommand: self.on_invalid_command,
+            smtp.ConnectionClosed: self.on_closed,
         }
         while True:
             event = await self._next_event()
@@ -205,6 +213,7 @@ class _Session:
                 # The core waits for something only we can do; nothing here leaves it
                 # paused except a bug.
                 raise LocalProtocolError(f"core paused in {self.conn.our_state}")
+            assert isinstance(event, smtp.Event)
             if not await handlers[type(event)](event):
                 return
 
@@ -230,13 +239,19 @@ class _Session:
 
     # -- replies ---------------------------------------------------------------------
 
-    async def reply(self, code: int, text: str | tuple[str, ...], enhanced: str | None = None) -> None:
+    async def reply(
+        self, code: int, text: str | tuple[str, ...], enhanced: str | None = None
+    ) -> None:
         await self.wire.send(Reply(code=code, lines=text, enhanced=enhanced))
 
     async def _send_hint(self, hint: object) -> None:
         # Sent by the final `aclose()`, after any replies still queued.
         if isinstance(hint, Reply):
-            self.last_words = _format_last_reply(hint)
+            # Serialised outside the connection: it may be in ERROR, or mid-DATA, where
+            # RFC 5321 still allows a closing 421 (§3.8) but the state tables do not.
+            self.last_words = smtp.serialize_reply(
+                hint, enhanced="ENHANCEDSTATUSCODES" in self.conn.extensions, utf8=False
+            )
 
     def _last_command(self) -> str:
         return next(reversed(self.counters.counts), "CONNECT").upper()
@@ -247,7 +262,6 @@ class _Session:
         self.counters.bump("ehlo" if event.extended else "helo")
         await self._abort_transaction()
         self.helo = event.domain
-        self.esmtp = event.extended
         if event.extended:
             await self.reply(250, self.ehlo_lines())
         else:
@@ -265,7 +279,10 @@ class _Session:
         )
         self.log.info(
             "%s: client=%s, helo=<%s>, from=<%s>",
-            qid, self.client, _printable(self.helo), _path(event.reverse_path),
+            qid,
+            self.client,
+            _printable(self.helo),
+            _path(event.reverse_path),
         )
         await self.reply(250, "Ok", "2.1.0")
         return True
@@ -286,8 +303,12 @@ class _Session:
         else:
             self.log.info(
                 "%s: from=<%s>, to=<%s>, relay=none, status=rejected (%d %s %s)",
-                tx.queue_id, _path(tx.reverse_path), _path(event.forward_path),
-                decision.reply.code, decision.reply.enhanced, decision.reply.text,
+                tx.queue_id,
+                _path(tx.reverse_path),
+                _path(event.forward_path),
+                decision.reply.code,
+                decision.reply.enhanced,
+                decision.reply.text,
             )
         await self.wire.send(decision.reply)
         return True
@@ -309,7 +330,8 @@ class _Session:
 
     def _begin_delivery(self) -> None:
         tx = self.transaction
-        assert tx is not None and tx.recipients
+        assert tx is not None
+        assert tx.recipients
         mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in tx.recipients))
         tls = None  # TLS arrives with its own issue; the header will name version and cipher
         prefix = trace.return_path(tx.reverse_path) + trace.received(
@@ -317,8 +339,9 @@ class _Session:
             client_ip=self.peer[0],
             client_name=None,
             by=self.config.hostname,
-            protocol=trace.with_protocol(esmtp=self.esmtp, tls=tls is not None, auth=False,
-                                         utf8=tx.smtputf8),
+            protocol=trace.with_protocol(
+                esmtp=self.conn.esmtp, tls=tls is not None, auth=False, utf8=tx.smtputf8
+            ),
             queue_id=tx.queue_id,
             recipient=tx.recipients[0][0] if len(tx.recipients) == 1 else None,
             when=datetime.datetime.now().astimezone(),
@@ -328,7 +351,8 @@ class _Session:
 
     async def on_message_data(self, event: smtp.MessageData) -> bool:
         tx = self.transaction
-        assert tx is not None and tx.delivery is not None
+        assert tx is not None
+        assert tx.delivery is not None
         tx.delivery.write(event.data)
         if tx.delivery.pending > SPILL_THRESHOLD:
             await trio.to_thread.run_sync(tx.delivery.flush)
@@ -342,7 +366,8 @@ class _Session:
 
     async def on_end_of_message(self, event: smtp.EndOfMessage) -> bool:
         tx = self.transaction
-        assert tx is not None and tx.delivery is not None
+        assert tx is not None
+        assert tx.delivery is not None
         delivery = tx.delivery
         try:
             # Not cancellable: once the disk work started we wait for its verdict, so a
@@ -353,7 +378,10 @@ class _Session:
             await trio.to_thread.run_sync(delivery.abort)
             self.log.error(
                 "%s: from=<%s>, size=%d, status=deferred (cannot store: %s)",
-                tx.queue_id, _path(tx.reverse_path), delivery.size, exc,
+                tx.queue_id,
+                _path(tx.reverse_path),
+                delivery.size,
+                exc,
             )
             self.transaction = None
             await self.reply(451, "Local error in processing, message not stored", "4.3.0")
@@ -362,7 +390,11 @@ class _Session:
         for address, _mailbox in tx.recipients:
             self.log.info(
                 "%s: from=<%s>, to=<%s>, relay=local, size=%d, status=sent (250 2.0.0 %s)",
-                tx.queue_id, _path(tx.reverse_path), _path(address), delivery.size, text,
+                tx.queue_id,
+                _path(tx.reverse_path),
+                _path(address),
+                delivery.size,
+                text,
             )
         tx.delivery = None
         self.transaction = None
@@ -376,8 +408,12 @@ class _Session:
             for address, _mailbox in tx.recipients:
                 self.log.info(
                     "%s: from=<%s>, to=<%s>, relay=none, status=rejected (%d %s %s)",
-                    tx.queue_id, _path(tx.reverse_path), _path(address),
-                    hint.code, hint.enhanced or "", hint.text,
+                    tx.queue_id,
+                    _path(tx.reverse_path),
+                    _path(address),
+                    hint.code,
+                    hint.enhanced or "",
+                    hint.text,
                 )
         await self._abort_transaction()
         await self.wire.send(hint)
@@ -398,8 +434,7 @@ class _Session:
         self.counters.bump("vrfy")
         # RFC 5321 §3.5.3: 252 lets us neither confirm nor deny a user, which keeps the
         # user list from being harvested.
-        await self.reply(252, "Cannot verify the user, but will accept mail for delivery",
-                         "2.5.2")
+        await self.reply(252, "Cannot verify the user, but will accept mail for delivery", "2.5.2")
         return True
 
     async def on_help(self, event: smtp.Help) -> bool:
@@ -424,16 +459,22 @@ class _Session:
         self.counters.bump("unknown" if event.reply_hint.code == 500 else "error")
         self.log.info(
             "%s: %d %s %s: %s",
-            self.client, event.reply_hint.code, event.reply_hint.enhanced or "",
-            event.reason, _printable(event.line.decode("utf-8", "replace")[:100]),
+            self.client,
+            event.reply_hint.code,
+            event.reply_hint.enhanced or "",
+            event.reason,
+            _printable(event.line.decode("utf-8", "replace")[:100]),
         )
         await self.wire.send(event.reply_hint)
         return True
 
     async def on_closed(self, event: smtp.ConnectionClosed) -> bool:
         if self.transaction is not None:
-            self.log.info("%s: lost connection from %s during transaction",
-                          self.transaction.queue_id, self.client)
+            self.log.info(
+                "%s: lost connection from %s during transaction",
+                self.transaction.queue_id,
+                self.client,
+            )
         return False
 
     async def _abort_transaction(self) -> None:
@@ -443,21 +484,12 @@ class _Session:
                 await trio.to_thread.run_sync(tx.delivery.abort)
 
 
-class _ShuttingDown(Exception):
+class _ShuttingDown(Exception):  # noqa: N818  (a signal, not an error)
     """An idle session was interrupted by shutdown."""
-
-
-def _format_last_reply(reply: Reply) -> bytes:
-    enhanced = f"{reply.enhanced} " if reply.enhanced else ""
-    lines = reply.lines
-    out = [f"{reply.code}-{enhanced}{line}\r\n" for line in lines[:-1]]
-    out.append(f"{reply.code} {enhanced}{lines[-1]}\r\n")
-    return "".join(out).encode("utf-8")
 
 
 def _path(address: Address | None) -> str:
     return "" if address is None else _printable(str(address))
-
 
 
 def _printable(text: str) -> str:

@@ -22,6 +22,7 @@ Theory of operation:
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import Any, Protocol
 
@@ -75,7 +76,7 @@ class Wire:
                 data = b""
             if not data:
                 self._eof_fed = True
-            self.conn.receive_data(data)
+            self.conn.receive_data(bytes(data) if isinstance(data, bytearray) else data)
 
     async def send(self, event: Any, *, flush: bool = False) -> None:
         """Serialise `event` through the core and queue its bytes (see module docstring)."""
@@ -111,8 +112,6 @@ class Wire:
         self._outgoing += last_words
         with trio.move_on_after(grace) as scope:
             scope.shield = True
-            try:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.flush()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
         await trio.aclose_forcefully(self.stream)

@@ -15,7 +15,8 @@ EXAMPLE = pathlib.Path(__file__).parent.parent / "examples" / "asyncio_smtp_serv
 
 def load_example():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("asyncio_smtp_server", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -41,8 +42,9 @@ def test_smtplib_delivers_through_the_asyncio_example(tmp_path: pathlib.Path) ->
             stop = control["stop"] = asyncio.Event()
             started = asyncio.Event()
             task = asyncio.create_task(
-                example.serve("127.0.0.1", port, tmp_path, frozenset({"example.test"}),
-                              started=started)
+                example.serve(
+                    "127.0.0.1", port, tmp_path, frozenset({"example.test"}), started=started
+                )
             )
             await started.wait()
             ready.set()

@@ -31,6 +31,7 @@ from sansmail.smtp._events import (
     Verify,
 )
 from sansmail.smtp._state import Phase, Stage
+from sansmail.smtp._writers import write_reply as serialize_reply
 
 __all__ = [
     "Bdat",
@@ -56,4 +57,5 @@ __all__ = [
     "Stage",
     "StartTLS",
     "Verify",
+    "serialize_reply",
 ]

@@ -48,6 +48,7 @@ def test_public_names_are_pinned() -> None:
             "Bdat", "Config", "Connection", "ConnectionClosed", "Data", "EndOfChunk",
             "EndOfMessage", "Event", "Hello", "Help", "InvalidCommand", "InvalidMessage",
             "Mail", "MessageData", "Noop", "Phase", "Quit", "Rcpt", "Reply", "Reset",
+            "serialize_reply",
             "Stage", "StartTLS", "Verify",
         ]
     )  # fmt: skip
