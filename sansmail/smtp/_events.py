@@ -71,7 +71,9 @@ def _freeze_params(value: Mapping[str, str | None] | None) -> Mapping[str, str |
     return MappingProxyType({k.upper(): v for k, v in value.items()})
 
 
-def _params_ok(_inst: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, str | None]) -> None:
+def _params_ok(
+    _inst: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, str | None]
+) -> None:
     for key, val in value.items():
         if not key or not all(c.isascii() and (c.isalnum() or c == "-") for c in key):
             raise ValueError(f"bad ESMTP parameter keyword {key!r}")

@@ -1,0 +1,110 @@
+"""The configuration file: TOML text in, a frozen, validated `Config` out.
+
+The keys and their meaning are fixed by CONTRACT.md (the outside of sansmail). Besides
+those, the ``[smtp]`` table takes these keys of ours:
+
+- ``max_recipients = 1000``: RCPT commands per transaction (Postfix smtpd_recipient_limit;
+  RFC 5321 §4.5.3.1.8 asks servers to accept at least 100).
+- ``max_connections = 200``: simultaneous SMTP connections, all clients together.
+- ``max_connections_per_ip = 20``: simultaneous connections from one address; more are
+  answered ``421 4.7.0``.
+- ``command_timeout = "5m"``: idle time allowed between commands (RFC 5321 §4.5.3.2.7).
+- ``data_timeout = "10m"``: time allowed for the whole DATA content (RFC 5321 §4.5.3.2.6).
+- ``max_invalid_commands = 20``: syntax errors and unknown commands before the session is
+  closed (Postfix smtpd_hard_error_limit).
+- ``shutdown_grace = "30s"``: how long SIGTERM waits for transactions in flight.
+- ``bare_lf = "normalize"``: a bare LF in message content is ``"normalize"``-d to CRLF, or
+  the message is refused (``"reject"``).
+
+Durations are strings with a unit (``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"1w"``) or
+integers (seconds). Sizes are integers (octets). Every key is optional; absent keys take the
+defaults shown in `DEFAULT_CONFIG_TOML`, except ``hostname`` (the machine's FQDN, given by the
+caller), ``data_dir`` (``sansmail-data`` beside the file) and ``[listen]`` (a service that is
+absent is not started).
+
+Choices of ours where CONTRACT.md is silent:
+
+- ``recipient_delimiter`` may hold several characters, each one a delimiter (as in Postfix
+  2.11+); letters, digits, ``@``, ``.``, quotes, brackets and spaces are refused.
+- A listen port of 0 lets the system choose a free port (handy in tests); a listen host may
+  be a name (``localhost:2525``); the same address twice in ``[listen]`` is an error.
+- A relay host or transport next hop written ``[host]:port`` is used as is; written
+  ``host:port`` its MX records are looked up first, as in Postfix; the port defaults to 25.
+  Both become a `NextHop`.
+- Name servers must be IP addresses; the port defaults to 53.
+- ``mynetworks`` entries with host bits set (``10.0.0.1/8``) are refused with a hint.
+- ``recipient_restrictions`` that would make an open relay (no ``reject_unauth_destination``
+  or ``reject`` before the first ``permit``; an exhausted list permits) are refused, as
+  Postfix refuses to start with them.
+- Paths may start with ``~``; ``aliases``, ``tls.cert`` and ``tls.key`` must exist, and the
+  certificate and key must load together.
+
+Every problem in a file is reported, not just the first, each with its line: a file with
+problems raises `ConfigError` carrying all of them; one without returns a `Config` that
+needs no further checking by its users.
+
+The modules: `_model` (the result classes, the fixed lists, the embedded default),
+`_lines` (the line of a key in the text), `_values` (one checker per kind of value),
+`_tables` (reading a table, collecting problems), `_parse` (the sections and the front
+door).
+"""
+
+from sansmail.config._model import (
+    BUILT_SERVICES,
+    DEFAULT_CONFIG_TOML,
+    MECHANISMS,
+    RESTRICTIONS,
+    SERVICES,
+    AntispamConfig,
+    BareLF,
+    Config,
+    ConfigError,
+    DeliveryConfig,
+    DKIMConfig,
+    DKIMMode,
+    DMARCMode,
+    DNSConfig,
+    HostPort,
+    MilterAction,
+    MilterConfig,
+    NextHop,
+    OutboundTLS,
+    PlaintextAuth,
+    Problem,
+    ReverseDNSMode,
+    SMTPConfig,
+    SPFMode,
+    TLSConfig,
+)
+from sansmail.config._parse import load_config, parse_config, warnings
+
+__all__ = [
+    "BUILT_SERVICES",
+    "DEFAULT_CONFIG_TOML",
+    "MECHANISMS",
+    "RESTRICTIONS",
+    "SERVICES",
+    "AntispamConfig",
+    "BareLF",
+    "Config",
+    "ConfigError",
+    "DKIMConfig",
+    "DKIMMode",
+    "DMARCMode",
+    "DNSConfig",
+    "DeliveryConfig",
+    "HostPort",
+    "MilterAction",
+    "MilterConfig",
+    "NextHop",
+    "OutboundTLS",
+    "PlaintextAuth",
+    "Problem",
+    "ReverseDNSMode",
+    "SMTPConfig",
+    "SPFMode",
+    "TLSConfig",
+    "load_config",
+    "parse_config",
+    "warnings",
+]

@@ -1,0 +1,246 @@
+"""The result of reading a configuration: the frozen `Config` and its parts, the Literal
+types of the enumerated keys, the fixed lists of services, restrictions and mechanisms,
+`Problem` and `ConfigError`, and the embedded default file.
+
+The defaults live twice, on purpose: as the attrs defaults below (what a `Config` built
+in code gets) and as `DEFAULT_CONFIG_TOML` (what a user reads and copies). They sit in
+one file so that a change to one is seen beside the other; the tests compare them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+import types
+from collections.abc import Mapping, Sequence
+from typing import Final, Literal
+
+import attrs
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+HostPort = tuple[str, int]
+PlaintextAuth = Literal["never", "loopback", "always"]
+BareLF = Literal["normalize", "reject"]
+OutboundTLS = Literal["none", "may", "encrypt", "verify"]
+SPFMode = Literal["off", "tag", "reject"]
+ReverseDNSMode = Literal["off", "tag", "reject"]
+DKIMMode = Literal["off", "tag"]
+DMARCMode = Literal["off", "tag", "enforce"]
+MilterAction = Literal["tempfail", "accept", "reject"]
+
+#: Every service a ``[listen]`` table may name, in the order they are started.
+SERVICES: Final = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+#: The services this version can actually run; listeners for the others are skipped.
+BUILT_SERVICES: Final = frozenset({"smtp"})
+
+RESTRICTIONS: Final = (
+    "permit_sasl_authenticated",
+    "permit_mynetworks",
+    "reject_unauth_destination",
+    "reject_unlisted_recipient",
+    "permit",
+    "reject",
+)
+MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "SCRAM-SHA-1")
+
+#: The configuration used when no file is given and ./sansmail.toml does not exist. It is
+#: parsed by the same code as a user's file; ``hostname`` is left out so that the caller's
+#: default (the machine's FQDN) applies.
+DEFAULT_CONFIG_TOML: Final = """\
+# sansmail's embedded default configuration.
+# hostname defaults to the machine's fully qualified domain name.
+domains = ["localhost"]
+data_dir = "./sansmail-data"            # relative to the current directory
+mynetworks = ["127.0.0.0/8", "::1/128"]
+recipient_delimiter = "+"
+
+# No [tls] table: a self-signed certificate is generated into data_dir on first start.
+
+[listen]                                # loopback only, unprivileged ports
+smtp = "127.0.0.1:2525"
+submission = "127.0.0.1:2587"
+submissions = "127.0.0.1:2465"
+pop3 = "127.0.0.1:2110"
+pop3s = "127.0.0.1:2995"
+imap = "127.0.0.1:2143"
+imaps = "127.0.0.1:2993"
+
+[smtp]
+max_message_size = 26214400
+recipient_restrictions = [
+    "permit_sasl_authenticated",
+    "permit_mynetworks",
+    "reject_unauth_destination",
+]
+auth_mechanisms = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
+broken_sasl_auth_clients = false
+plaintext_auth = "loopback"
+max_recipients = 1000
+max_connections = 200
+max_connections_per_ip = 20
+command_timeout = "5m"
+data_timeout = "10m"
+max_invalid_commands = 20
+shutdown_grace = "30s"
+bare_lf = "normalize"
+
+[delivery]
+relayhost = ""
+transport = {}
+tls = "may"
+max_queue_lifetime = "5d"
+
+[dns]
+nameservers = []
+
+[antispam]
+spf = "tag"
+reverse_dns = "off"
+dkim = "tag"
+dmarc = "tag"
+
+[dkim]
+selector = "sansmail"
+
+[milter]
+milters = []
+default_action = "tempfail"
+"""
+
+EMBEDDED_NAME: Final = "<embedded default>"
+DEFAULT_MYNETWORKS: Final[tuple[IPNetwork, ...]] = (
+    ipaddress.IPv4Network("127.0.0.0/8"),
+    ipaddress.IPv6Network("::1/128"),
+)
+
+
+# --- the result -------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class NextHop:
+    """Where to send mail instead of the recipient domain's MX: `host` and `port`, and
+    whether to look up `host`'s MX records first (Postfix: ``[host]`` turns that off, and
+    an IP address never has any)."""
+
+    host: str
+    port: int = 25
+    mx_lookup: bool = False
+
+    def __str__(self) -> str:
+        host = self.host if self.mx_lookup else f"[{self.host}]"
+        return f"{host}:{self.port}"
+
+
+@attrs.frozen(kw_only=True)
+class TLSConfig:
+    """The server certificate; both None: generate a self-signed one into data_dir."""
+
+    cert: pathlib.Path | None = None
+    key: pathlib.Path | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SMTPConfig:
+    max_message_size: int = 26214400
+    recipient_restrictions: tuple[str, ...] = (
+        "permit_sasl_authenticated",
+        "permit_mynetworks",
+        "reject_unauth_destination",
+    )
+    auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+    broken_sasl_auth_clients: bool = False
+    plaintext_auth: PlaintextAuth = "loopback"
+    max_recipients: int = 1000
+    max_connections: int = 200
+    max_connections_per_ip: int = 20
+    command_timeout: int = 300  # seconds
+    data_timeout: int = 600
+    max_invalid_commands: int = 20
+    shutdown_grace: int = 30
+    bare_lf: BareLF = "normalize"
+
+
+@attrs.frozen(kw_only=True)
+class DeliveryConfig:
+    relayhost: NextHop | None = None
+    transport: Mapping[str, NextHop] = attrs.field(factory=lambda: types.MappingProxyType({}))
+    tls: OutboundTLS = "may"
+    max_queue_lifetime: int = 5 * 86400  # seconds
+
+
+@attrs.frozen(kw_only=True)
+class DNSConfig:
+    nameservers: tuple[HostPort, ...] = ()  # empty: the system resolver
+
+
+@attrs.frozen(kw_only=True)
+class AntispamConfig:
+    spf: SPFMode = "tag"
+    reverse_dns: ReverseDNSMode = "off"
+    dkim: DKIMMode = "tag"
+    dmarc: DMARCMode = "tag"
+
+
+@attrs.frozen(kw_only=True)
+class DKIMConfig:
+    selector: str = "sansmail"
+
+
+@attrs.frozen(kw_only=True)
+class MilterConfig:
+    # ("host", port) for "inet:host:port", an absolute Path for "unix:/path"
+    milters: tuple[HostPort | pathlib.Path, ...] = ()
+    default_action: MilterAction = "tempfail"
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """A validated configuration. Paths are absolute; domains are canonical (lower case,
+    IDNs as A-labels); durations are seconds."""
+
+    source: pathlib.Path | None  # the file, or None for the embedded default
+    hostname: str
+    domains: tuple[str, ...] = ("localhost",)
+    data_dir: pathlib.Path
+    mynetworks: tuple[IPNetwork, ...] = DEFAULT_MYNETWORKS
+    aliases: pathlib.Path | None = None
+    recipient_delimiter: str = "+"
+    tls: TLSConfig = TLSConfig()
+    # service -> ((host, port), ...), in SERVICES order; "[::]:25" -> ("::", 25)
+    listen: Mapping[str, tuple[HostPort, ...]] = attrs.field(
+        factory=lambda: types.MappingProxyType({})
+    )
+    smtp: SMTPConfig = SMTPConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    dns: DNSConfig = DNSConfig()
+    antispam: AntispamConfig = AntispamConfig()
+    dkim: DKIMConfig = DKIMConfig()
+    milter: MilterConfig = MilterConfig()
+
+    @property
+    def source_name(self) -> str:
+        """The file name for messages, or ``<embedded default>``."""
+        return EMBEDDED_NAME if self.source is None else str(self.source)
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a configuration; str() is ``file:line: key: message``."""
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` lists everything wrong with it."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))

@@ -1,0 +1,308 @@
+"""Reading a configuration: `parse_config` (text in, `Config` or `ConfigError` out),
+`load_config` (which file, and reading it) and `warnings` (what is legal but worth
+saying). Each ``_read_*`` function turns one TOML table into its part of the `Config`.
+
+Reading the file is the only I/O here (and, for ``[tls]``, loading the certificate and
+key to prove they match); nothing here opens a socket.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import ssl
+import tomllib
+import types
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from sansmail.config import _values
+from sansmail.config._lines import KeyLines
+from sansmail.config._model import (
+    BUILT_SERVICES,
+    DEFAULT_CONFIG_TOML,
+    DEFAULT_MYNETWORKS,
+    EMBEDDED_NAME,
+    SERVICES,
+    AntispamConfig,
+    Config,
+    ConfigError,
+    DeliveryConfig,
+    DKIMConfig,
+    DNSConfig,
+    HostPort,
+    MilterConfig,
+    NextHop,
+    Problem,
+    SMTPConfig,
+    TLSConfig,
+)
+from sansmail.config._tables import TABLE_KEYS, TOP_KEYS, Reader, Table
+
+# --- the front door ---------------------------------------------------------------------
+
+
+def parse_config(text: str, *, source: pathlib.Path | None, default_hostname: str) -> Config:
+    """Validate `text`, read from `source` (None: the embedded default), into a `Config`.
+
+    Relative paths resolve against `source`'s folder, or the current directory when
+    `source` is None. `default_hostname` applies when the text has no ``hostname``.
+    Raises `ConfigError` listing every problem found.
+    """
+    file = EMBEDDED_NAME if source is None else str(source)
+    base = pathlib.Path.cwd() if source is None else source.absolute().parent
+    reader = Reader(file, KeyLines(text), base)
+    config = _read(text, reader, default_hostname)
+    if reader.problems or config is None:
+        # Found table by table; read in file order.
+        raise ConfigError(sorted(reader.problems, key=lambda p: p.line or 0))
+    return attrs.evolve(config, source=None if source is None else source.absolute())
+
+
+def load_config(path: pathlib.Path | None, *, default_hostname: str) -> Config:
+    """Read and validate the config file at `path`.
+
+    None means ``./sansmail.toml`` when it exists, else `DEFAULT_CONFIG_TOML`. A file that
+    cannot be read is reported as a `ConfigError` like any other problem.
+    """
+    if path is None:
+        candidate = pathlib.Path("sansmail.toml")
+        if not candidate.is_file():
+            return parse_config(DEFAULT_CONFIG_TOML, source=None, default_hostname=default_hostname)
+        path = candidate
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(path), None, "", f"not UTF-8 text ({exc.reason})")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
+    except ValueError as exc:  # a NUL in the path
+        raise ConfigError([Problem(repr(str(path)), None, "", f"cannot read: {exc}")]) from None
+    return parse_config(text, source=path, default_hostname=default_hostname)
+
+
+def warnings(config: Config) -> list[str]:
+    """Things worth telling the operator that do not stop the server from running."""
+    found = []
+    where = config.source_name
+    if not config.listen:
+        found.append(f"{where}: listen: no listeners: serve will do nothing")
+    skipped = [service for service in config.listen if service not in BUILT_SERVICES]
+    if skipped:
+        found.append(
+            f"{where}: listen: {', '.join(skipped)} not built yet in this version; "
+            f"{'it' if len(skipped) == 1 else 'they'} will be skipped"
+        )
+    if not config.domains:
+        found.append(f"{where}: domains: empty: no mail is delivered locally")
+    if config.aliases is not None:
+        found.append(f"{where}: aliases: aliases are not supported yet; the file is ignored")
+    checks = {
+        "spf": config.antispam.spf,
+        "reverse_dns": config.antispam.reverse_dns,
+        "dkim": config.antispam.dkim,
+        "dmarc": config.antispam.dmarc,
+    }
+    active = [name for name, mode in checks.items() if mode != "off"]
+    if active:
+        found.append(
+            f"{where}: antispam: {', '.join(active)} checks are not built yet; "
+            "nothing is tagged or rejected"
+        )
+    if config.milter.milters:
+        found.append(f"{where}: milter: milters are not supported yet; none is called")
+    if config.smtp.max_recipients < 100:
+        found.append(
+            f"{where}: smtp.max_recipients: below 100, the minimum RFC 5321 §4.5.3.1.8 "
+            "asks servers to accept"
+        )
+    if config.smtp.max_connections_per_ip > config.smtp.max_connections:
+        found.append(
+            f"{where}: smtp.max_connections_per_ip: larger than max_connections, so it "
+            "never applies"
+        )
+    if config.smtp.plaintext_auth == "always":
+        exposed = [
+            _values.show_address(address)
+            for addresses in config.listen.values()
+            for address in addresses
+            if not _values.is_loopback(address[0])
+        ]
+        if exposed:
+            found.append(
+                f'{where}: smtp.plaintext_auth: "always" lets passwords cross the network '
+                f"in clear on {', '.join(exposed)}"
+            )
+    return found
+
+
+# --- the sections ------------------------------------------------------------------------
+
+
+def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"at line (\d+)", str(exc))
+        # "at end of document" is the last line.
+        line = int(match.group(1)) if match else text.rstrip("\n").count("\n") + 1
+        reader.problems.append(Problem(reader.file, line, "", f"invalid TOML: {exc}"))
+        return None
+    top = Table(reader, (), data, TOP_KEYS)
+    top.check_unknown()
+    for name in TABLE_KEYS:
+        if isinstance(data.get(name), dict):
+            top.table(name).check_unknown()
+
+    domains = top.items("domains", _values.domain, ("localhost",))
+    milter = top.table("milter")
+    return Config(
+        source=None,
+        hostname=top.get(
+            "hostname",
+            lambda v: _values.hostname(_values.expect(str, "a string")(v)),
+            default_hostname,
+        ),
+        domains=tuple(dict.fromkeys(domains)),
+        data_dir=top.path_value("data_dir", None) or reader.base / "sansmail-data",
+        mynetworks=top.items("mynetworks", _values.network, DEFAULT_MYNETWORKS),
+        aliases=_existing(top, "aliases"),
+        recipient_delimiter=top.get("recipient_delimiter", _values.delimiter, "+"),
+        tls=_read_tls(top.table("tls")),
+        listen=_read_listen(top.table("listen")),
+        smtp=_read_smtp(top.table("smtp")),
+        delivery=_read_delivery(top.table("delivery")),
+        dns=DNSConfig(nameservers=top.table("dns").items("nameservers", _values.nameserver, ())),
+        antispam=_read_antispam(top.table("antispam")),
+        dkim=DKIMConfig(selector=top.table("dkim").get("selector", _values.selector, "sansmail")),
+        milter=MilterConfig(
+            milters=milter.items("milters", _values.milter(reader.base), ()),
+            default_action=milter.choice("default_action", MilterConfig().default_action),
+        ),
+    )
+
+
+def _read_tls(table: Table) -> TLSConfig:
+    cert = table.path_value("cert", None)
+    key = table.path_value("key", None)
+    if (cert is None) != (key is None):
+        given, missing = ("cert", "key") if key is None else ("key", "cert")
+        table.problem(given, f"{missing} is missing: cert and key go together (or neither)")
+        return TLSConfig()
+    if cert is None or key is None:
+        return TLSConfig()
+    ok = True
+    for name, path in (("cert", cert), ("key", key)):
+        if not path.is_file():
+            table.problem(name, f"{path}: no such file")
+            ok = False
+    if ok:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            table.problem("cert", f"cannot load {cert} with key {key}: {exc}")
+    return TLSConfig(cert=cert, key=key)
+
+
+def _read_listen(table: Table) -> Mapping[str, tuple[HostPort, ...]]:
+    listen: dict[str, tuple[HostPort, ...]] = {}
+    owner: dict[HostPort, str] = {}
+    for service in SERVICES:
+        if service not in table.data:
+            continue
+        addresses = table.items(service, _values.listen_address, (), single=True)
+        for address in addresses:
+            other = owner.setdefault(address, service)
+            if other != service and address[1] != 0:
+                table.problem(service, f"{_values.show_address(address)} is also used by {other}")
+        if addresses:
+            listen[service] = tuple(dict.fromkeys(addresses))
+    return types.MappingProxyType(listen)
+
+
+def _read_smtp(table: Table) -> SMTPConfig:
+    d = SMTPConfig()
+    before = len(table.reader.problems)
+    restrictions = table.items(
+        "recipient_restrictions", _values.restriction, d.recipient_restrictions
+    )
+    valid = len(table.reader.problems) == before
+    if "recipient_restrictions" in table.data and valid and _is_open_relay(restrictions):
+        table.problem(
+            "recipient_restrictions",
+            "this would make an open relay: reject_unauth_destination (or reject) must be "
+            'in the list, before any "permit"',
+        )
+    mechanisms = table.items("auth_mechanisms", _values.mechanism, d.auth_mechanisms)
+    return SMTPConfig(
+        max_message_size=table.integer("max_message_size", d.max_message_size, 1),
+        recipient_restrictions=restrictions,
+        auth_mechanisms=tuple(dict.fromkeys(mechanisms)),
+        broken_sasl_auth_clients=table.get(
+            "broken_sasl_auth_clients", _values.expect(bool, "true or false"), False
+        ),
+        plaintext_auth=table.choice("plaintext_auth", d.plaintext_auth),
+        max_recipients=table.integer("max_recipients", d.max_recipients, 1),
+        max_connections=table.integer("max_connections", d.max_connections, 1),
+        max_connections_per_ip=table.integer("max_connections_per_ip", d.max_connections_per_ip, 1),
+        command_timeout=table.duration("command_timeout", d.command_timeout, 1),
+        data_timeout=table.duration("data_timeout", d.data_timeout, 1),
+        max_invalid_commands=table.integer("max_invalid_commands", d.max_invalid_commands, 1),
+        shutdown_grace=table.duration("shutdown_grace", d.shutdown_grace, 0),
+        bare_lf=table.choice("bare_lf", d.bare_lf),
+    )
+
+
+def _is_open_relay(restrictions: Sequence[str]) -> bool:
+    # The list is evaluated in order and an exhausted list permits (as in Postfix), so
+    # relaying is closed only if a rule refusing foreign destinations comes before any
+    # unconditional permit.
+    for rule in restrictions:
+        if rule in ("reject_unauth_destination", "reject"):
+            return False
+        if rule == "permit":
+            return True
+    return True
+
+
+def _read_delivery(table: Table) -> DeliveryConfig:
+    d = DeliveryConfig()
+    relayhost = table.get("relayhost", _values.optional_next_hop, None)
+    transport: dict[str, NextHop] = {}
+    routes: dict[str, object] = table.get(
+        "transport", _values.expect(dict, "a table of domain = host:port"), {}
+    )
+    for domain, hop in routes.items():
+        key = ("transport", str(domain))
+        try:
+            transport[_values.domain(domain)] = _values.next_hop(
+                _values.expect(str, "a string")(hop)
+            )
+        except ValueError as exc:
+            table.reader.problem((*table.path, *key), str(exc))
+    return DeliveryConfig(
+        relayhost=relayhost,
+        transport=types.MappingProxyType(transport),
+        tls=table.choice("tls", d.tls),
+        max_queue_lifetime=table.duration("max_queue_lifetime", d.max_queue_lifetime, 0),
+    )
+
+
+def _existing(table: Table, key: str) -> pathlib.Path | None:
+    path = table.path_value(key, None)
+    if path is not None and not path.is_file():
+        table.problem(key, f"{path}: no such file")
+    return path
+
+
+def _read_antispam(table: Table) -> AntispamConfig:
+    d = AntispamConfig()
+    return AntispamConfig(
+        spf=table.choice("spf", d.spf),
+        reverse_dns=table.choice("reverse_dns", d.reverse_dns),
+        dkim=table.choice("dkim", d.dkim),
+        dmarc=table.choice("dmarc", d.dmarc),
+    )
