@@ -194,7 +194,7 @@ class Bench:
             try:
                 if self.restarts[server.name] > MAX_RESTARTS:
                     raise procs.ServerError(f"gave up after {MAX_RESTARTS} restarts")
-                print(f"!! {server.name} is not running; restarting it\n{server.log_tail()}")
+                print(f"!! {server.name} is not running; restarting it\n{server.log_tail(5)}")
                 server.start()
             except (procs.ServerError, OSError) as exc:
                 rec.error = f"server down: {exc}"
