@@ -4,10 +4,9 @@ Modelled on Postfix's mail log so the habits (grep a queue id, fail2ban on the c
 address) carry over. One message, as logged (timestamps and pid shortened)::
 
     ...T18:40:00.123+00:00 sansmail/smtp[812]: connect from [127.0.0.1]:50210
-    ... sansmail/smtp[812]: 5F1C2A9B3E: client=[127.0.0.1]:50210, helo=<box>,
-        from=<a@ex.org>
-    ... sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>, relay=local,
-        size=1234, status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
+    ... sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>,
+        client=[127.0.0.1]:50210, relay=local, size=1234,
+        status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
     ... sansmail/smtp[812]: disconnect from [127.0.0.1]:50210 ehlo=1 mail=1 rcpt=1
         data=1 quit=1 commands=5
 
@@ -29,15 +28,26 @@ class _Formatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
         self._pid = os.getpid()
+        self._second = -1
+        self._prefix = ("", "")
+
+    def _stamp(self, created: float) -> str:
+        # The formatted second is cached: strftime and localtime twice per line were a
+        # measurable part of the cost of a message.
+        second = int(created)
+        if second != self._second:
+            local = time.localtime(second)
+            zone = time.strftime("%z", local)
+            zone = f"{zone[:3]}:{zone[3:]}" if zone else ""
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", local), zone
+            self._second = second
+        stamp, zone = self._prefix
+        return f"{stamp}.{int((created - second) * 1000):03d}{zone}"
 
     def format(self, record: logging.LogRecord) -> str:
         # ISO 8601 with the local offset: sortable, and unambiguous across DST changes.
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
-        millis = int(record.msecs)
-        zone = time.strftime("%z", time.localtime(record.created))
-        zone = f"{zone[:3]}:{zone[3:]}" if zone else ""
         name = record.name.replace(".", "/")
-        line = f"{stamp}.{millis:03d}{zone} {name}[{self._pid}]: {record.getMessage()}"
+        line = f"{self._stamp(record.created)} {name}[{self._pid}]: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

@@ -34,7 +34,7 @@ from sansmail.smtp import Reply
 from sansmail.store import MaildirStore
 from sansmail.users import UserStore
 from sansmail_trio._log import configure_logging, get_logger
-from sansmail_trio._smtp_server import SMTPService
+from sansmail_trio._smtp_server import SMTPService, Stoppable
 
 __all__ = ["run", "serve"]
 
@@ -52,7 +52,7 @@ class _Connections:
     max_per_ip: int
     total: int = 0
     per_ip: Counter[str] = attrs.Factory(Counter)
-    idle: set[trio.CancelScope] = attrs.Factory(set)
+    sessions: set[Stoppable] = attrs.Factory(set)
     shutting_down: bool = False
     all_gone: trio.Event = attrs.Factory(trio.Event)
 
@@ -85,32 +85,19 @@ class _Connections:
         if self.total == 0:
             self.all_gone.set()
 
-    def idle_hook(self) -> _IdleHook:
-        return _IdleHook(self)
+    # The SessionRegistry protocol: sessions announce themselves for shutdown.
+    def add(self, session: Stoppable) -> None:
+        self.sessions.add(session)
 
-    def stop_idle(self) -> None:
+    def discard(self, session: Stoppable) -> None:
+        self.sessions.discard(session)
+
+    def stop_sessions(self) -> None:
+        """Ask every session to stop: idle ones at once, busy ones after their
+        transaction."""
         self.shutting_down = True
-        for scope in list(self.idle):
-            scope.cancel()
-
-
-class _IdleHook:
-    """Registers one session's idle wait so shutdown can interrupt it."""
-
-    def __init__(self, connections: _Connections) -> None:
-        self._connections = connections
-        self._scope: trio.CancelScope | None = None
-
-    def __call__(self, scope: trio.CancelScope | None) -> None:
-        idle = self._connections.idle
-        if self._scope is not None:
-            idle.discard(self._scope)
-        self._scope = scope
-        if scope is not None:
-            if self._connections.shutting_down:
-                scope.cancel()
-            else:
-                idle.add(scope)
+        for session in list(self.sessions):
+            session.request_stop()
 
 
 async def serve(
@@ -175,7 +162,7 @@ async def serve(
             await shutdown.wait()
             log.info("shutting down: no longer accepting connections")
             accept_nursery.cancel_scope.cancel()
-        connections.stop_idle()
+        connections.stop_sessions()
         if connections.total:
             grace = config.smtp.shutdown_grace
             log.info("waiting up to %ss for %d session(s) to finish", grace, connections.total)
@@ -221,9 +208,7 @@ async def _handle_connection(
         # One nursery per connection: the session's own tasks (none for SMTP today; IMAP
         # IDLE will need one) live and die with it.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(
-                _run_session, service, stream, (ip, port), refuse, connections.idle_hook()
-            )
+            nursery.start_soon(_run_session, service, stream, (ip, port), refuse, connections)
     finally:
         connections.closed(ip)
 
@@ -233,9 +218,9 @@ async def _run_session(
     stream: trio.SocketStream,
     peer: tuple[str, int],
     refuse: Reply | None,
-    hook: _IdleHook,
+    connections: _Connections,
 ) -> None:
-    await service.handle(stream, peer, refuse=refuse, idle_scope_hook=hook)
+    await service.handle(stream, peer, refuse=refuse, registry=connections)
 
 
 async def _reload_users(users: UserStore) -> None:

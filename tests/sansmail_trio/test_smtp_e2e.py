@@ -459,7 +459,8 @@ async def test_mail_log_lines(start_server: StartServer, caplog: pytest.LogCaptu
     messages = [r.getMessage() for r in caplog.records if r.name == "sansmail.smtp"]
     sent = [m for m in messages if "status=sent" in m]
     assert len(sent) == 1
-    assert "from=<a@example.org>, to=<alice@example.test>, relay=local, size=" in sent[0]
+    assert "from=<a@example.org>, to=<alice@example.test>, client=[127.0.0.1]:" in sent[0]
+    assert ", relay=local, size=" in sent[0]
     rejected = [m for m in messages if "status=rejected" in m]
     assert len(rejected) == 1
     assert "to=<nobody@example.test>" in rejected[0]
