@@ -55,8 +55,9 @@ RFC 9106 §4's second recommended option). Checking a password for an unknown us
 the same as for a known one: it is verified against a dummy hash, so timing does not tell
 which addresses exist.
 
-All methods are blocking (file I/O, argon2); call them from a worker thread. They are safe
-to call from several threads at once.
+Writing, reloading, `verify_password` and `scram_secret` block (file I/O, argon2, PBKDF2):
+call them from a worker thread. The lookups (`get`, `get_scram`, `get_cram_md5`, ``in``)
+only read memory. Everything is safe to call from several threads at once.
 """
 
 from __future__ import annotations
@@ -372,7 +373,7 @@ class UserStore:
         try:
             text = self._secret_path.read_bytes().strip()
         except FileNotFoundError:
-            raise
+            raise  # the caller makes one
         except OSError as exc:
             raise UserError(f"{self._secret_path}: cannot read: {exc.strerror}") from exc
         try:

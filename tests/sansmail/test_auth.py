@@ -486,3 +486,7 @@ def test_throttle_log_line_is_not_a_failure() -> None:
     line = throttle_log_line(service="smtp", client_ip="::ffff:192.0.2.1", retry_after=599.6)
     assert line == "auth throttled: service=smtp, retry_after=600s, rip=192.0.2.1"
     assert FAILREGEX.search(line) is None
+
+
+def test_the_documented_filter_is_the_tested_one() -> None:
+    assert f"failregex = {FAIL2BAN_FAILREGEX}\n" in (sansmail.auth.__doc__ or "")
