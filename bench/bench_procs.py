@@ -333,6 +333,7 @@ SANSMAIL_CONFIG = """\
 hostname = "bench.example.test"
 domains = ["example.test"]
 data_dir = "data"
+processes = {processes}
 
 [listen]
 smtp = "127.0.0.1:{port}"
@@ -374,6 +375,8 @@ class SansmailServer(BenchServer):
     """``sansmail-trio serve`` with one user, bench@example.test."""
 
     name = "sansmail"
+    #: Server processes sharing the listener (the `processes` setting); one per core.
+    processes = os.cpu_count() or 1
 
     @property
     def config_path(self) -> Path:
@@ -394,7 +397,9 @@ class SansmailServer(BenchServer):
         return env
 
     def prepare(self) -> None:
-        self.config_path.write_text(SANSMAIL_CONFIG.format(port=self.port))
+        self.config_path.write_text(
+            SANSMAIL_CONFIG.format(port=self.port, processes=self.processes)
+        )
         if (self.workdir / ".user-added").exists():
             return
         cmd = [*sansmail_command(), "user", "add", RECIPIENT, "--password-stdin"]

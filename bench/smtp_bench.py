@@ -82,6 +82,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
     p.add_argument("--servers", default="sansmail,aiosmtpd", help="default %(default)s")
     p.add_argument(
+        "--sansmail-processes",
+        type=int,
+        default=procs.SansmailServer.processes,
+        help="sansmail's `processes` setting (default: one per core, %(default)s)",
+    )
+    p.add_argument(
         "--generator",
         choices=("auto", "smtp-source", "python"),
         default="auto",
@@ -149,6 +155,9 @@ class Bench:
         self.args = args
         self.records: list[RunRecord] = []
         self.servers = [SERVERS[name](tmp / name) for name in args.server_list]
+        for server in self.servers:
+            if isinstance(server, procs.SansmailServer):
+                server.processes = args.sansmail_processes
         self.failed_servers: dict[str, str] = {}
         self.restarts: dict[str, int] = {}
         self.tmp_fs = filesystem_type(tmp)

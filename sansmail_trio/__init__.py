@@ -4,7 +4,8 @@ It owns everything the cores must not do: sockets, TLS, time, threads for disk I
 signals, and the mail log.
 """
 
-from sansmail_trio._serve import run, serve
+from sansmail_trio._run import run
+from sansmail_trio._serve import serve
 from sansmail_trio._wire import SansIOConnection, Wire
 
 __all__ = ["SansIOConnection", "Wire", "run", "serve"]

@@ -26,7 +26,7 @@ from sansmail.config import (
     warnings,
 )
 from sansmail.users import UserError, UserStore
-from sansmail_trio._serve import run
+from sansmail_trio._run import run
 
 __all__ = ["main"]
 

@@ -20,8 +20,7 @@ Theory of operation:
 from __future__ import annotations
 
 import errno
-import logging
-import signal
+import socket
 from collections import Counter
 from collections.abc import Mapping
 
@@ -33,15 +32,17 @@ from sansmail.config import BUILT_SERVICES, Config
 from sansmail.smtp import Reply
 from sansmail.store import MaildirStore
 from sansmail.users import UserStore
-from sansmail_trio._log import configure_logging, get_logger
+from sansmail_trio._log import get_logger
 from sansmail_trio._smtp_server import SMTPService, Stoppable
 
-__all__ = ["run", "serve"]
+__all__ = ["bind_listeners", "serve"]
 
 log = get_logger("master")
 
 #: How often the user store is checked for changes made by the CLI.
 USERS_RELOAD_INTERVAL = 1.0
+#: Pending connections the kernel queues per listener (capped by net.core.somaxconn).
+LISTEN_BACKLOG = 4096
 
 
 @attrs.define
@@ -104,9 +105,15 @@ async def serve(
     config: Config,
     *,
     shutdown: trio.Event | None = None,
+    sockets: Mapping[str, list[socket.socket]] | None = None,
+    process: int = 0,
     task_status: trio.TaskStatus[Mapping[str, list[tuple[str, int]]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set (never, if None), then shut down gracefully.
+
+    `sockets`: listening sockets already bound (by the parent of several server
+    processes, see `_processes.py`), per service; without them `serve` binds its own.
+    `process` numbers this process among them (0 logs what all of them would).
 
     `task_status.started()` receives ``{service: [(host, port), ...]}`` with the ports
     actually bound (useful with port 0 in tests).
@@ -119,33 +126,38 @@ async def serve(
     smtp_log = get_logger("smtp")
     services = {"smtp": SMTPService(config=config, store=store, users=users, log=smtp_log)}
 
-    listeners: list[tuple[str, trio.SocketListener]] = []
-    bound: dict[str, list[tuple[str, int]]] = {}
-    try:
+    if process == 0:
         for name, addresses in config.listen.items():
             if name not in BUILT_SERVICES:
                 shown = ", ".join(f"{h}:{p}" for h, p in addresses)
                 log.warning(
                     "%s listener on %s: not built yet in this version, skipped", name, shown
                 )
-                continue
-            for host, port in addresses:
-                for listener in await trio.open_tcp_listeners(port, host=host):
-                    listeners.append((name, listener))
-                    sockname = listener.socket.getsockname()
-                    bound.setdefault(name, []).append((sockname[0], sockname[1]))
-    except OSError:
-        for _name, listener in listeners:
-            await listener.aclose()
-        raise
+    if sockets is None:
+        sockets = bind_listeners(config)
+    listeners = [
+        (name, trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+        for name, socks in sockets.items()
+        for sock in socks
+    ]
+    bound: dict[str, list[tuple[str, int]]] = {}
+    for name, listener in listeners:
+        sockname = listener.socket.getsockname()
+        bound.setdefault(name, []).append((sockname[0], sockname[1]))
 
+    # Several processes share the listeners: each takes its share of the caps, so the
+    # totals hold (per client address only roughly: the kernel, not we, picks the
+    # process that accepts a connection).
+    share = config.processes
     connections = _Connections(
-        max_total=config.smtp.max_connections, max_per_ip=config.smtp.max_connections_per_ip
+        max_total=-(-config.smtp.max_connections // share),
+        max_per_ip=-(-config.smtp.max_connections_per_ip // share),
     )
     shown = "; ".join(f"{n} on " + ", ".join(f"{h}:{p}" for h, p in a) for n, a in bound.items())
     log.info(
-        "sansmail %s started: %s; domains=%s; data_dir=%s",
+        "sansmail %s started%s: %s; domains=%s; data_dir=%s",
         __version__,
+        f" (process {process + 1} of {share})" if share > 1 else "",
         shown or "no listeners",
         ",".join(config.domains),
         config.data_dir,
@@ -170,6 +182,61 @@ async def serve(
                 await connections.all_gone.wait()
             connection_nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def bind_listeners(config: Config) -> dict[str, list[socket.socket]]:
+    """Bind and listen on every configured address of the services that are built.
+
+    Plain blocking-module sockets, so that a parent process can bind them before it forks
+    its server processes (who then share them). Raises OSError (address in use,
+    permission denied) with the address in the message; nothing stays open then.
+    """
+    bound: dict[str, list[socket.socket]] = {}
+    try:
+        for name, addresses in config.listen.items():
+            if name not in BUILT_SERVICES:
+                continue
+            for host, port in addresses:
+                for sock in _bind(host, port):
+                    bound.setdefault(name, []).append(sock)
+    except OSError:
+        for socks in bound.values():
+            for sock in socks:
+                sock.close()
+        raise
+    return bound
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    # What trio.open_tcp_listeners does, with stdlib sockets: every address the name
+    # resolves to, SO_REUSEADDR (restart without waiting for TIME_WAIT), IPv6 only on
+    # IPv6 sockets so "[::]" and "0.0.0.0" can both be listed.
+    infos = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE | socket.AI_NUMERICSERV
+    )
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, address in dict.fromkeys(
+            (i[0], i[1], i[2], "", i[4]) for i in infos
+        ):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}"
+                ) from None
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
 
 
 async def _accept_loop(
@@ -231,36 +298,3 @@ async def _reload_users(users: UserStore) -> None:
                 log.info("user store reloaded")
         except Exception:  # a half-written or broken file must not stop the server
             log.exception("cannot reload the user store; keeping the previous one")
-
-
-async def _main(config: Config) -> None:
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope)
-        await serve(config, shutdown=shutdown)
-        nursery.cancel_scope.cancel()
-
-
-async def _watch_signals(shutdown: trio.Event, scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if not shutdown.is_set():
-                log.info("%s received: shutting down gracefully (send again to stop now)", name)
-                shutdown.set()
-            else:
-                log.info("%s received again: stopping now", name)
-                scope.cancel()
-
-
-def run(config: Config) -> int:
-    """Blocking entry point for `sansmail-trio serve`; returns the exit status."""
-    configure_logging(logging.INFO)
-    try:
-        trio.run(_main, config)
-    except KeyboardInterrupt:
-        return 130
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0

@@ -32,9 +32,12 @@ from sansmail import NEED_DATA
 
 __all__ = ["SansIOConnection", "Wire"]
 
-#: Large reads keep message DATA in big chunks for the core's bulk scanner; a socket read
-#: returns what is there, so small commands are not delayed by this size.
-RECEIVE_SIZE = 256 * 1024
+#: Large reads keep message DATA in big chunks for the core's bulk scanner (a socket read
+#: returns what is there, so small commands are not delayed by this size). It stays under
+#: glibc's 128 KiB mmap threshold: each read allocates a buffer of this size, and above
+#: the threshold every read cost an mmap, an mremap and an munmap (with TLB shootdowns
+#: across threads), which measured as a large part of the server's system time.
+RECEIVE_SIZE = 64 * 1024
 
 
 class SansIOConnection(Protocol):

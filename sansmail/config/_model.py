@@ -53,6 +53,7 @@ domains = ["localhost"]
 data_dir = "./sansmail-data"            # relative to the current directory
 mynetworks = ["127.0.0.0/8", "::1/128"]
 recipient_delimiter = "+"
+processes = 1                           # server processes sharing the listeners (one per core)
 
 # No [tls] table: a self-signed certificate is generated into data_dir on first start.
 
@@ -206,6 +207,9 @@ class Config:
     mynetworks: tuple[IPNetwork, ...] = DEFAULT_MYNETWORKS
     aliases: pathlib.Path | None = None
     recipient_delimiter: str = "+"
+    # Processes that share the listening sockets (Postfix and Dovecot scale the same way:
+    # several smtpd/imap processes). Connection caps are split evenly between them.
+    processes: int = 1
     tls: TLSConfig = TLSConfig()
     # service -> ((host, port), ...), in SERVICES order; "[::]:25" -> ("::", 25)
     listen: Mapping[str, tuple[HostPort, ...]] = attrs.field(

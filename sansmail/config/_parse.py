@@ -171,6 +171,7 @@ def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
         mynetworks=top.items("mynetworks", _values.network, DEFAULT_MYNETWORKS),
         aliases=_existing(top, "aliases"),
         recipient_delimiter=top.get("recipient_delimiter", _values.delimiter, "+"),
+        processes=top.integer("processes", 1, 1),
         tls=_read_tls(top.table("tls")),
         listen=_read_listen(top.table("listen")),
         smtp=_read_smtp(top.table("smtp")),
@@ -201,10 +202,18 @@ def _read_tls(table: Table) -> TLSConfig:
             ok = False
     if ok:
         try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
-        except (ssl.SSLError, OSError) as exc:
+            # A passphrase-protected key must be an error, not a prompt on the terminal
+            # that would hang check-config or a daemon's start.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                cert, key, password=_no_passphrase
+            )
+        except (ssl.SSLError, OSError, ValueError) as exc:
             table.problem("cert", f"cannot load {cert} with key {key}: {exc}")
     return TLSConfig(cert=cert, key=key)
+
+
+def _no_passphrase() -> str:
+    raise ValueError("the key is encrypted; sansmail needs an unencrypted key file")
 
 
 def _read_listen(table: Table) -> Mapping[str, tuple[HostPort, ...]]:

@@ -63,6 +63,7 @@ TOP_KEYS: Final = (
     "mynetworks",
     "aliases",
     "recipient_delimiter",
+    "processes",
 )
 TABLE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "tls": ("cert", "key"),

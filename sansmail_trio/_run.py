@@ -1,0 +1,178 @@
+"""Running the server: `run()`, the entry point of `sansmail-trio serve`, in one process
+or in several that share the listening sockets (`processes = N`).
+
+One Python process runs one event loop on one core; Postfix and Dovecot use every core
+by running several smtpd/imap processes, and so does sansmail when `processes` is above
+one.
+
+Theory of operation:
+
+* The parent binds every listener first (a port in use fails here, before any fork),
+  then forks the server processes while it still has no threads. Each child runs its
+  own Trio loop with `serve(config, sockets=...)` on the inherited sockets; the kernel
+  hands each new connection to one of the processes waiting in accept().
+* The parent does nothing but supervise. SIGINT and SIGTERM reach it and are passed on
+  to the children as SIGTERM: the first asks for a graceful shutdown, the second for an
+  immediate one. Children ignore SIGINT, so Ctrl-C on a terminal (which signals the
+  whole process group) counts once, through the parent.
+* Every child holds the read end of a pipe whose write end only the parent holds. If the
+  parent dies without a word (kill -9), the pipe reads end-of-file and the children shut
+  down gracefully instead of running on unsupervised.
+* A child that dies is not restarted: the parent stops the others and exits non-zero,
+  so a service manager (systemd) sees the failure and restarts the whole server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+
+import trio
+
+from sansmail.config import Config
+from sansmail_trio._log import configure_logging, get_logger
+from sansmail_trio._serve import bind_listeners, serve
+
+__all__ = ["run"]
+
+log = get_logger("master")
+
+
+def run(config: Config) -> int:
+    """Serve until SIGINT/SIGTERM; returns the exit status."""
+    configure_logging(logging.INFO)
+    if config.processes > 1:
+        return _run_processes(config)
+    try:
+        trio.run(_main, config)
+    except KeyboardInterrupt:  # before the signal receiver was installed
+        return 130
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+async def _main(config: Config) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, _STOP_SIGNALS)
+        await serve(config, shutdown=shutdown)
+        nursery.cancel_scope.cancel()
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _watch_signals(
+    shutdown: trio.Event, scope: trio.CancelScope, signums: tuple[signal.Signals, ...]
+) -> None:
+    with trio.open_signal_receiver(*signums) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not shutdown.is_set():
+                log.info("%s received: shutting down gracefully (send again to stop now)", name)
+                shutdown.set()
+            else:
+                log.info("%s received again: stopping now", name)
+                scope.cancel()
+
+
+def _run_processes(config: Config) -> int:
+    """Bind, fork `config.processes` servers, supervise them; return the exit status."""
+    try:
+        sockets = bind_listeners(config)
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    alive_read, alive_write = os.pipe()
+    children: dict[int, int] = {}
+    for index in range(config.processes):
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcome
+            os.close(alive_write)
+            status = 1
+            try:
+                status = _child(config, sockets, alive_read, index)
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        children[pid] = index
+    os.close(alive_read)
+    for socks in sockets.values():
+        for sock in socks:
+            sock.close()
+    log.info("started %d server processes: %s", len(children), " ".join(map(str, children)))
+    return _supervise(children, alive_write)
+
+
+def _supervise(children: dict[int, int], alive_write: int) -> int:
+    signals_seen = 0
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    worst = 0
+    try:
+        while children:
+            # EINTR is retried by Python (PEP 475) after `forward` ran.
+            pid, wait_status = os.wait()
+            if pid not in children:
+                continue
+            index = children.pop(pid)
+            code = os.waitstatus_to_exitcode(wait_status)
+            if code != 0 or not signals_seen:
+                log.error("server process %d (%d) ended with status %d", index + 1, pid, code)
+                worst = max(worst, 1 if code < 0 else code, 1)
+                if not signals_seen:
+                    # One server down: stop the rest, so the failure is seen.
+                    forward(signal.SIGTERM, None)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        os.close(alive_write)
+    log.info("stopped")
+    return worst
+
+
+def _child(
+    config: Config, sockets: Mapping[str, list[socket.socket]], alive_read: int, index: int
+) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    configure_logging(logging.INFO)
+    try:
+        trio.run(_child_main, config, sockets, alive_read, index)
+    except OSError as exc:
+        log.error("server process %d failed: %s", index + 1, exc)
+        return 1
+    return 0
+
+
+async def _child_main(
+    config: Config, sockets: Mapping[str, list[socket.socket]], alive_read: int, index: int
+) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, (signal.SIGTERM,))
+        nursery.start_soon(_watch_parent, alive_read, shutdown)
+        await serve(config, shutdown=shutdown, sockets=sockets, process=index)
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_parent(alive_read: int, shutdown: trio.Event) -> None:
+    await trio.lowlevel.wait_readable(alive_read)
+    if not shutdown.is_set():
+        log.error("the parent process is gone: shutting down")
+        shutdown.set()

@@ -1,0 +1,152 @@
+"""`sansmail-trio serve` as a real process: start, deliver, stop on signals; with
+`processes = 2`, the children share the listener, follow the parent's signals, and stop
+when the parent is killed."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+MESSAGE = b"Subject: proc\r\n\r\nbody\r\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _start(tmp_path: pathlib.Path, processes: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = _free_port()
+    (tmp_path / "sansmail.toml").write_text(
+        f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
+        f'processes = {processes}\n[listen]\nsmtp = "127.0.0.1:{port}"\n'
+    )
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    added = subprocess.run(
+        [script, "user", "add", "alice@example.test", "--password-stdin"],
+        cwd=tmp_path,
+        input=b"pw\n",
+        capture_output=True,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                if probe.recv(100).startswith(b"220"):
+                    return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+
+
+def _children(pid: int) -> list[int]:
+    path = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _send(port: int, count: int) -> None:
+    for _ in range(count):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("a@example.org", ["alice@example.test"], MESSAGE)
+
+
+def _delivered(tmp_path: pathlib.Path) -> int:
+    return len(list((tmp_path / "data/mail/example.test/alice/new").iterdir()))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_single_process_delivers_and_stops_on_signal(tmp_path: pathlib.Path, signum: int) -> None:
+    proc, port = _start(tmp_path, 1)
+    try:
+        _send(port, 3)
+        proc.send_signal(signum)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert _delivered(tmp_path) == 3
+    log = (tmp_path / "serve.log").read_text()
+    assert "shutting down gracefully" in log
+    assert log.count("status=sent") == 3
+
+
+def test_two_processes_share_the_listener_and_stop_together(tmp_path: pathlib.Path) -> None:
+    proc, port = _start(tmp_path, 2)
+    try:
+        children = _children(proc.pid)
+        assert len(children) == 2
+        _send(port, 20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for child in children:
+            assert not pathlib.Path(f"/proc/{child}").exists() or _is_zombie(child)
+    finally:
+        proc.kill()
+    assert _delivered(tmp_path) == 20
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("started (process") == 2
+    assert log.count("status=sent") == 20
+
+
+def test_children_stop_when_the_parent_is_killed(tmp_path: pathlib.Path) -> None:
+    proc, _port = _start(tmp_path, 2)
+    children = _children(proc.pid)
+    assert len(children) == 2
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(c) for c in children):
+        time.sleep(0.1)
+    leftover = [c for c in children if _running(c)]
+    for child in leftover:
+        os.kill(child, signal.SIGKILL)
+    assert leftover == []
+    assert "the parent process is gone" in (tmp_path / "serve.log").read_text()
+
+
+def test_port_in_use_fails_before_forking(tmp_path: pathlib.Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "sansmail.toml").write_text(
+            f'domains = ["example.test"]\ndata_dir = "data"\nprocesses = 2\n'
+            f'[listen]\nsmtp = "127.0.0.1:{port}"\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "sansmail_trio", "serve"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _running(pid: int) -> bool:
+    return pathlib.Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
