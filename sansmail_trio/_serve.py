@@ -20,6 +20,7 @@ Theory of operation:
 from __future__ import annotations
 
 import errno
+import functools
 import socket
 from collections import Counter
 from collections.abc import Mapping
@@ -33,7 +34,14 @@ from sansmail.smtp import Reply
 from sansmail.store import MaildirStore
 from sansmail.users import UserStore
 from sansmail_trio._log import get_logger
-from sansmail_trio._smtp_server import SMTPService, Stoppable
+from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService, Stoppable
+from sansmail_trio._tls import (
+    TLSContextHolder,
+    TLSHandshakeError,
+    received_tls,
+    tls_handshake,
+    watch_sighup,
+)
 
 __all__ = ["bind_listeners", "serve"]
 
@@ -123,8 +131,16 @@ async def serve(
     store = MaildirStore(config.data_dir, hostname=config.hostname)
     users = UserStore(config.data_dir / "users.json")
     await trio.to_thread.run_sync(users.reload_if_changed)
+    # Every SMTP listener offers TLS: a configured certificate, or one generated into
+    # data_dir on first start (CONTRACT.md).
+    tls = await trio.to_thread.run_sync(TLSContextHolder.from_config, config)
     smtp_log = get_logger("smtp")
-    services = {"smtp": SMTPService(config=config, store=store, users=users, log=smtp_log)}
+    services = {
+        name: SMTPService(
+            config=config, store=store, users=users, log=smtp_log, service=name, tls=tls
+        )
+        for name in ("smtp", "submission", "submissions")
+    }
 
     if process == 0:
         for name, addresses in config.listen.items():
@@ -166,6 +182,7 @@ async def serve(
     async with trio.open_nursery() as connection_nursery:
         async with trio.open_nursery() as accept_nursery:
             accept_nursery.start_soon(_reload_users, users)
+            await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
                 accept_nursery.start_soon(
                     _accept_loop, listener, services[name], connections, connection_nursery
@@ -261,33 +278,43 @@ async def _accept_loop(
 
 
 async def _handle_connection(
-    stream: trio.SocketStream, service: SMTPService, connections: _Connections
+    socket_stream: trio.SocketStream, service: SMTPService, connections: _Connections
 ) -> None:
     try:
-        peer = stream.socket.getpeername()
+        peer = socket_stream.socket.getpeername()
     except OSError:
-        await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(socket_stream)
         return
     ip, port = str(peer[0]), int(peer[1])
     refuse = connections.admit(ip, service.config.hostname)
     connections.opened(ip)
     try:
+        stream: trio.abc.Stream = socket_stream
+        tls_text = None
+        if service.implicit_tls and service.tls is not None:
+            # RFC 8314 §3.3: the handshake comes first, even for a connection we are
+            # about to refuse (the 421 must be readable).
+            try:
+                tls = await tls_handshake(stream, service.tls.context, TLS_HANDSHAKE_TIMEOUT)
+            except TLSHandshakeError as exc:
+                service.log.info("[%s]:%d: %s", ip, port, exc)
+                return
+            stream, tls_text = tls, received_tls(tls)
         # One nursery per connection: the session's own tasks (none for SMTP today; IMAP
         # IDLE will need one) live and die with it.
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_session, service, stream, (ip, port), refuse, connections)
+            nursery.start_soon(
+                functools.partial(
+                    service.handle,
+                    stream,
+                    (ip, port),
+                    refuse=refuse,
+                    registry=connections,
+                    tls=tls_text,
+                )
+            )
     finally:
         connections.closed(ip)
-
-
-async def _run_session(
-    service: SMTPService,
-    stream: trio.SocketStream,
-    peer: tuple[str, int],
-    refuse: Reply | None,
-    connections: _Connections,
-) -> None:
-    await service.handle(stream, peer, refuse=refuse, registry=connections)
 
 
 async def _reload_users(users: UserStore) -> None:

@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -30,6 +31,7 @@ from sansmail.policy import decide_recipient
 from sansmail.smtp import Reply
 from sansmail.store import Delivery, MailboxId, MailStore
 from sansmail.users import UserStore
+from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
 __all__ = ["SMTPService"]
@@ -58,7 +60,11 @@ _HELP_REPLY = Reply(
     ),
     enhanced="2.0.0",
 )
-_NO_TLS = Reply(code=454, lines="TLS not available", enhanced="4.7.0")
+_READY_FOR_TLS = Reply(code=220, lines="Ready to start TLS", enhanced="2.0.0")
+
+#: A client that asked for STARTTLS (or connected to an implicit-TLS port) has this long to
+#: complete its handshake.
+TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
 def new_queue_id() -> str:
@@ -98,8 +104,18 @@ class SMTPService:
     users: UserStore
     log: logging.Logger
     service: str = "smtp"
+    #: The server certificate; None: no TLS at all (STARTTLS is then not offered).
+    tls: TLSContextHolder | None = None
+    _ehlo_cache: dict[bool, Reply] = attrs.field(factory=dict, init=False)
 
-    def core_config(self) -> smtp.Config:
+    @property
+    def implicit_tls(self) -> bool:
+        """The listener speaks TLS from the first byte (RFC 8314: port 465)."""
+        return self.service == "submissions"
+
+    @functools.cached_property
+    def smtp_config(self) -> smtp.Config:
+        """The core's limits, from the `[smtp]` settings."""
         c = self.config.smtp
         return smtp.Config(
             max_message_size=c.max_message_size,
@@ -108,29 +124,26 @@ class SMTPService:
             bare_lf=c.bare_lf,
         )
 
-    @functools.cached_property
-    def ehlo_reply(self) -> Reply:
-        return Reply(code=250, lines=self.ehlo_lines())
+    def ehlo_reply(self, *, tls_active: bool) -> Reply:
+        """What we offer: the core learns it from this very reply (STARTTLS only while
+        the session is plaintext and a certificate exists; AUTH joins with the auth
+        release)."""
+        cached = self._ehlo_cache.get(tls_active)
+        if cached is None:
+            lines = [
+                self.config.hostname,
+                "PIPELINING",
+                f"SIZE {self.config.smtp.max_message_size}",
+            ]
+            if self.tls is not None and not tls_active:
+                lines.append("STARTTLS")
+            lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"]
+            cached = self._ehlo_cache[tls_active] = Reply(code=250, lines=tuple(lines))
+        return cached
 
     @functools.cached_property
     def helo_reply(self) -> Reply:
         return Reply(code=250, lines=self.config.hostname)
-
-    @functools.cached_property
-    def smtp_config(self) -> smtp.Config:
-        return self.core_config()
-
-    def ehlo_lines(self) -> tuple[str, ...]:
-        c = self.config.smtp
-        return (
-            self.config.hostname,
-            "PIPELINING",
-            f"SIZE {c.max_message_size}",
-            "ENHANCEDSTATUSCODES",
-            "8BITMIME",
-            "SMTPUTF8",
-            "CHUNKING",
-        )
 
     async def handle(
         self,
@@ -139,11 +152,14 @@ class SMTPService:
         *,
         refuse: Reply | None = None,
         registry: SessionRegistry | None = None,
+        tls: str | None = None,
     ) -> None:
         """Run one session to its end. `refuse` is sent as the greeting instead of 220
         (connection limits, shutdown). The session is in `registry` while it runs, so
-        shutdown can ask it to stop (see `_Session.request_stop`)."""
+        shutdown can ask it to stop (see `_Session.request_stop`). `tls` describes the
+        TLS session when `stream` is already encrypted (implicit TLS)."""
         session = _Session(self, stream, peer)
+        session.tls = tls
         if registry is None:
             await session.run(refuse)
             return
@@ -196,6 +212,8 @@ class _Session:
         self.transaction: _Transaction | None = None
         self.counters = _Counters()
         self.last_words = b""
+        #: "TLSv1.3 TLS_AES_256_GCM_SHA384" once the session is encrypted (Received header)
+        self.tls: str | None = None
         self.scope = trio.CancelScope()
         self.idle = False
         self.stopping = False
@@ -327,7 +345,10 @@ class _Session:
         self.counters.bump("ehlo" if event.extended else "helo")
         await self._abort_transaction()
         self.helo = event.domain
-        await self.wire.send(self.service.ehlo_reply if event.extended else self.service.helo_reply)
+        if event.extended:
+            await self.wire.send(self.service.ehlo_reply(tls_active=self.tls is not None))
+        else:
+            await self.wire.send(self.service.helo_reply)
         return True
 
     async def on_mail(self, event: smtp.Mail) -> bool:
@@ -386,7 +407,7 @@ class _Session:
         assert tx is not None
         assert tx.recipients
         mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in tx.recipients))
-        tls = None  # TLS arrives with its own issue; the header will name version and cipher
+        tls = self.tls
         prefix = trace.return_path(tx.reverse_path) + trace.received(
             helo=self.helo,
             client_ip=self.peer[0],
@@ -504,10 +525,26 @@ class _Session:
         return False
 
     async def on_starttls(self, event: smtp.StartTLS) -> bool:
-        # Not advertised until TLS is configured (the auth/TLS issue); the core refuses
-        # STARTTLS when it was not advertised, so this is unreachable today.
+        # RFC 3207. The core accepts STARTTLS only when our EHLO reply offered it, which
+        # it does only with a certificate and before TLS.
         self.counters.bump("starttls")
-        await self.wire.send(_NO_TLS)
+        holder = self.service.tls
+        assert holder is not None, "STARTTLS is never offered without a certificate"
+        await self.wire.send(_READY_FOR_TLS, flush=True)
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                # Plaintext the client pipelined behind STARTTLS makes the core raise
+                # RemoteProtocolError here (an injection attempt): handled by run().
+                await self.wire.start_tls(holder.context)
+        except (trio.TooSlowError, trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+            self.log.info("%s: STARTTLS handshake failed: %s", self.client, exc or "timeout")
+            return False
+        stream = self.wire.stream
+        assert isinstance(stream, trio.SSLStream)
+        self.tls = received_tls(stream)
+        # RFC 3207 §4.2: forget everything the client said before TLS.
+        self.helo = ""
+        self.log.info("%s: STARTTLS: %s", self.client, describe(stream))
         return True
 
     async def on_invalid_command(self, event: smtp.InvalidCommand) -> bool:

@@ -3,13 +3,17 @@
 The server role is complete: `Connection(SERVER)` parses commands and message content
 into events and serialises the application's `Reply` events, enforcing RFC 5321's
 command order, the limits in `Config`, PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
-(RFC 6152), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030), STARTTLS (RFC 3207) and enhanced
-status codes (RFC 2034, RFC 3463). The client role lands with outbound delivery.
+(RFC 6152), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030), STARTTLS (RFC 3207), AUTH (RFC 4954:
+the exchange's framing; the SASL mechanisms are `sansmail.sasl`'s) and enhanced status
+codes (RFC 2034, RFC 3463). The client role lands with outbound delivery.
 """
 
 from sansmail.smtp._config import Config
 from sansmail.smtp._connection import Connection
 from sansmail.smtp._events import (
+    Auth,
+    AuthCancel,
+    AuthResponse,
     Bdat,
     ConnectionClosed,
     Data,
@@ -18,6 +22,7 @@ from sansmail.smtp._events import (
     Event,
     Hello,
     Help,
+    InvalidAuthResponse,
     InvalidCommand,
     InvalidMessage,
     Mail,
@@ -34,6 +39,9 @@ from sansmail.smtp._state import Phase, Stage
 from sansmail.smtp._writers import write_reply as serialize_reply
 
 __all__ = [
+    "Auth",
+    "AuthCancel",
+    "AuthResponse",
     "Bdat",
     "Config",
     "Connection",
@@ -44,6 +52,7 @@ __all__ = [
     "Event",
     "Hello",
     "Help",
+    "InvalidAuthResponse",
     "InvalidCommand",
     "InvalidMessage",
     "Mail",

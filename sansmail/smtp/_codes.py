@@ -11,7 +11,13 @@ Enhanced codes used here, from RFC 3463 §3:
   X.5.4 invalid command arguments                X.6.0 other or undefined media error
   X.7.0 other or undefined security status
 and from RFC 6531 §3.5 (registered by RFC 5248's registry): X.6.7 non-ASCII addresses not
-permitted for that sender/recipient.
+permitted for that sender/recipient; from RFC 4954 §6: X.5.6 authentication exchange line
+too long, X.7.8 credentials invalid, X.7.9 mechanism too weak, X.7.11 encryption required,
+X.7.12 password transition needed.
+
+The AUTH section also holds the replies the *application* gives in an AUTH exchange
+(success, bad credentials ...): the core never sends those by itself, but one wording
+for them belongs beside the core's own.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ LINE_TOO_LONG = _reply(500, "5.5.2", "Line too long")
 BAD_OCTET = _reply(500, "5.5.2", "Command contains a NUL")
 
 # RFC 5321 §4.2.4: 502 for a command that is recognised but not implemented (EXPN, TURN,
-# SEND, SOML, SAML, ETRN, AUTH until it exists, BDAT/STARTTLS when not advertised).
+# SEND, SOML, SAML, ETRN; BDAT, STARTTLS and AUTH when not advertised, which covers AUTH
+# after HELO: nothing is advertised to a HELO client).
 # RFC 3463 X.5.1 covers "unsupported" commands.
 NOT_IMPLEMENTED = _reply(502, "5.5.1", "Command not implemented")
 
@@ -88,6 +95,42 @@ TLS_ACTIVE = _reply(503, "5.5.1", "TLS already active")
 # RFC 5321 §3.1: after a 554 greeting every command but QUIT gets 503.
 SERVICE_REFUSED = _reply(503, "5.5.1", "No service here; send QUIT")
 
+# --- AUTH (RFC 4954) -------------------------------------------------------------------
+
+# RFC 4954 §4 "AUTH mechanism [initial-response]"; a malformed line is RFC 5321's 501.
+AUTH_SYNTAX = _reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+# RFC 4954 §4: a mechanism we do not offer gets 504, enhanced code 5.5.4.
+UNKNOWN_MECHANISM = _reply(504, "5.5.4", "Unrecognized authentication type")
+# RFC 4954 §4: a response (or initial response) that is not base64 gets 501 5.5.2.
+BAD_BASE64 = _reply(501, "5.5.2", "Cannot decode base64 response")
+# RFC 4954 §6: 500 5.5.6 when a response is longer than the server accepts.
+AUTH_LINE_TOO_LONG = _reply(500, "5.5.6", "Authentication exchange line is too long")
+# RFC 4954 §4: "After a successful AUTH command completes, a server MUST reject any
+# further AUTH commands with a 503 reply."
+ALREADY_AUTHENTICATED = _reply(503, "5.5.1", "Already authenticated")
+# RFC 4954 §4: "An AUTH command issued during a mail transaction MUST be rejected with a
+# 503 reply."
+AUTH_IN_TRANSACTION = _reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
+# RFC 4954 §5: AUTH= takes xtext (RFC 3461 §4) naming an addr-spec or "<>".
+BAD_AUTH_PARAMETER = _reply(501, "5.5.4", "Malformed AUTH= parameter")
+
+# What the application answers (RFC 4954 §4 and §6):
+# §4: an initial response to a mechanism where the server speaks first (CRAM-MD5) "MUST"
+# get 501; the SASL mechanism knows (`accepts_initial_response`), the core does not.
+UNEXPECTED_INITIAL_RESPONSE = _reply(501, "5.5.4", "This mechanism takes no initial response")
+AUTH_SUCCEEDED = _reply(235, "2.7.0", "Authentication successful")
+# §4: the client cancelled with "*": "it MUST reject the AUTH command by sending a 501".
+AUTH_CANCELLED = _reply(501, "5.0.0", "Authentication cancelled")
+AUTH_FAILED = _reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_TEMPORARY_FAILURE = _reply(454, "4.7.0", "Temporary authentication failure")
+MECHANISM_TOO_WEAK = _reply(534, "5.7.9", "Authentication mechanism is too weak")
+ENCRYPTION_REQUIRED = _reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+PASSWORD_TRANSITION = _reply(432, "4.7.12", "A password transition is needed")
+# §6: for any command but AUTH, EHLO, HELO, NOOP, RSET and QUIT when policy wants AUTH.
+AUTH_REQUIRED = _reply(530, "5.7.0", "Authentication required")
+
 # --- Limits ---------------------------------------------------------------------------
 
 # RFC 5321 §4.5.3.1.10: "452 Too many recipients"; RFC 3463 X.5.3.
@@ -113,6 +156,8 @@ TEXT_LINE_TOO_LONG = _reply(500, "5.6.0", "Line too long in message content")
 # means the peer frames lines differently from us (SMTP smuggling), so we stop talking.
 BARE_NEWLINE = _reply(500, "5.5.2", "Bare CR or LF in command line; closing")
 COMMAND_TOO_LONG = _reply(500, "5.5.2", "Line too long; closing")
+# RFC 4954 §6's code for an over-long exchange line, for one past the hard cap.
+AUTH_LINE_TOO_LONG_CLOSING = _reply(500, "5.5.6", "Authentication exchange line too long; closing")
 # RFC 3030 is silent here: with no octet count we cannot tell where the next command
 # starts, so the only safe answer is to close.
 BDAT_SIZE_UNKNOWN = _reply(501, "5.5.4", "BDAT size missing or invalid; closing")

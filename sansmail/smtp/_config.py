@@ -77,6 +77,15 @@ class Config:
     #: accepted with a 2xx reply.
     max_invalid_commands: int = attrs.field(default=20, validator=_at_least(0, "commands"))
 
+    #: Longest client response in an AUTH exchange, in octets of base64 (CRLF not
+    #: counted), whether sent on its own line or as the initial response of the AUTH
+    #: command. RFC 4954 §4: few SASL mechanisms exceed 12288. A longer response gets
+    #: 500 5.5.6 (RFC 4954 §6) and ends the exchange; a line past `auth_line_cap` ends the
+    #: session. The minimum leaves room for PLAIN with RFC 4616's 255-octet fields.
+    max_auth_response: int = attrs.field(
+        default=12288, validator=_at_least(1024, "PLAIN with 255-octet fields, RFC 4616")
+    )
+
     #: What to do with a bare LF in message content: see the class docstring.
     bare_lf: Literal["normalize", "reject"] = attrs.field(
         default="normalize", validator=attrs.validators.in_(("normalize", "reject"))
@@ -86,3 +95,9 @@ class Config:
     def command_line_cap(self) -> int:
         """The longest command line the core buffers before giving up on the session."""
         return self.max_command_line + COMMAND_ALLOWANCE
+
+    @property
+    def auth_line_cap(self) -> int:
+        """The longest AUTH command or exchange line the core buffers (while AUTH is
+        advertised) before giving up on the session."""
+        return self.max_auth_response + self.command_line_cap

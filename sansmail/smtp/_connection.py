@@ -33,7 +33,25 @@ STARTTLS (RFC 3207). After the application's 220 the connection is TLS_PENDING a
 `next_event()` returns PAUSED. The adapter does its handshake and calls `start_tls()`,
 which refuses (RemoteProtocolError) if any plaintext arrived behind the STARTTLS command,
 since it would otherwise be read as if it had come over TLS, and otherwise forgets the
-session (RFC 3207 §4.2): the client must send EHLO again, no greeting is sent.
+session (RFC 3207 §4.2): the client must send EHLO again, no greeting is sent, and an
+earlier AUTH no longer counts.
+
+AUTH (RFC 4954). The core frames the exchange; the application runs the SASL mechanism.
+`Auth` arrives only if our EHLO reply had an "AUTH mech ..." line naming the mechanism
+(otherwise 502, or 504 for a mechanism not on the line), outside a transaction (503) and
+before any successful AUTH (503). The application answers with `Reply.challenge(data)`
+(334: the connection enters the AUTH phase, where the next line is the client's base64
+response, handed out as `AuthResponse`, or "*", handed out as `AuthCancel`, which must
+get 501) or with a final reply: 235 marks the session `authenticated` for good (RSET and
+EHLO keep it, RFC 4954 §4), 4xx/5xx end the attempt. A response line that is not base64
+or is too long arrives as `InvalidAuthResponse`, counted like an invalid command. SMTP has
+no "additional data with success" (RFC 4954 §4): the application sends such data (SCRAM's
+server signature) as one more challenge, and 235 after the client's empty answer.
+
+Line caps. While AUTH is advertised, an AUTH command line, and every line of the
+exchange, may be `Config.auth_line_cap` long before the session ends (any other command
+keeps `Config.command_line_cap`); past `Config.max_auth_response` octets of base64 the
+attempt fails with 500 5.5.6.
 """
 
 from __future__ import annotations
@@ -47,12 +65,16 @@ from sansmail._roles import CLIENT, NEED_DATA, PAUSED, SERVER, Role, Signal
 from sansmail.smtp import _codes
 from sansmail.smtp._config import Config
 from sansmail.smtp._events import (
+    SASL_MECHANISM,
+    Auth,
+    AuthResponse,
     Bdat,
     ConnectionClosed,
     EndOfChunk,
     EndOfMessage,
     Event,
     Hello,
+    InvalidAuthResponse,
     InvalidCommand,
     Mail,
     Rcpt,
@@ -63,10 +85,12 @@ from sansmail.smtp._readers import (
     CommandError,
     ContentFilter,
     DataReader,
+    read_auth_response,
     read_command,
+    starts_with_auth,
 )
 from sansmail.smtp._state import RECEIVE, REPLY, STAGE_AFTER_REPLY, Phase, Session, Stage
-from sansmail.smtp._writers import read_extensions, write_reply
+from sansmail.smtp._writers import is_challenge_text, read_extensions, write_reply
 
 __all__ = ["Connection"]
 
@@ -141,6 +165,11 @@ class Connection:
         return self._session.tls_active
 
     @property
+    def authenticated(self) -> bool:
+        """An AUTH exchange ended in 235 on this connection (since the last STARTTLS)."""
+        return self._session.authenticated
+
+    @property
     def trailing_data(self) -> tuple[bytes, bool]:
         """The bytes received and not parsed, and whether EOF was seen."""
         return bytes(self._buffer), self._eof
@@ -167,6 +196,8 @@ class Connection:
             phase = self._phase
             if phase is Phase.COMMAND:
                 return self._next_command()
+            if phase is Phase.AUTH:
+                return self._next_auth_response()
             if phase is Phase.DATA or phase is Phase.BDAT:
                 assert self._reader is not None
                 event = self._reader(self._buffer)
@@ -195,18 +226,20 @@ class Connection:
             event: Event = self._skipped
             self._skipped = None
             return self._handle(event)
+        session = self._session
         try:
             line = buffer.maybe_extract_line(self.config.command_line_cap)
         except LineTooLongError:
-            raise RemoteProtocolError(
-                f"command line over {self.config.command_line_cap} octets",
-                _codes.COMMAND_TOO_LONG,
-            ) from None
+            if not (session.auth_mechanisms and starts_with_auth(buffer)):
+                raise RemoteProtocolError(
+                    f"command line over {self.config.command_line_cap} octets",
+                    _codes.COMMAND_TOO_LONG,
+                ) from None
+            line = self._extract_auth_line("AUTH command line")
         except BareNewlineError as exc:
             raise RemoteProtocolError(f"{exc} in a command line", _codes.BARE_NEWLINE) from None
         if line is None:
             return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
-        session = self._session
         if session.bdat_failed and line.partition(b" ")[0].upper() != b"BDAT":
             session.bdat_failed = False  # the pipeline behind the refused chunk is drained
         try:
@@ -214,12 +247,7 @@ class Connection:
         except CommandError as exc:
             invalid = InvalidCommand(line=line, reason=exc.reason, reply_hint=exc.reply)
             if exc.counted:
-                self._invalid_commands += 1
-                if self._invalid_commands > self.config.max_invalid_commands:
-                    raise RemoteProtocolError(
-                        f"more than {self.config.max_invalid_commands} invalid commands",
-                        _codes.TOO_MANY_ERRORS,
-                    ) from None
+                self._count_invalid()
             if exc.skip:
                 self._skip = exc.skip
                 self._skipped = invalid
@@ -229,6 +257,38 @@ class Connection:
             if self._bdat_content is None or session.stage is not Stage.BDAT:
                 self._bdat_content = ContentFilter(self.config, session.size_limit)
             self._reader = BdatReader(self._bdat_content, event.size, event.last)
+        return self._handle(event)
+
+    def _count_invalid(self) -> None:
+        self._invalid_commands += 1
+        if self._invalid_commands > self.config.max_invalid_commands:
+            # `from None`: this ends the session, whatever refusal tipped the count.
+            raise RemoteProtocolError(
+                f"more than {self.config.max_invalid_commands} invalid commands",
+                _codes.TOO_MANY_ERRORS,
+            ) from None
+
+    def _extract_auth_line(self, what: str) -> bytes | None:
+        cap = self.config.auth_line_cap
+        try:
+            return self._buffer.maybe_extract_line(cap)
+        except LineTooLongError:
+            raise RemoteProtocolError(
+                f"{what} over {cap} octets", _codes.AUTH_LINE_TOO_LONG_CLOSING
+            ) from None
+        except BareNewlineError as exc:
+            raise RemoteProtocolError(f"{exc} in an {what}", _codes.BARE_NEWLINE) from None
+
+    def _next_auth_response(self) -> Event | Signal:
+        # RFC 4954 §4: after a 334 the client's line is a response, never a command.
+        line = self._extract_auth_line("AUTH exchange line")
+        if line is None:
+            return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+        try:
+            event = read_auth_response(line, self.config)
+        except CommandError as exc:
+            self._count_invalid()
+            event = InvalidAuthResponse(line=line, reason=exc.reason, reply_hint=exc.reply)
         return self._handle(event)
 
     def _handle(self, event: Event) -> Event:
@@ -283,6 +343,10 @@ class Connection:
         if next_phase is None:
             what = kind.__name__ if kind is not None else "the greeting"
             raise LocalProtocolError(f"{code} is not a valid reply to {what}")
+        if code == 334 and not (len(event.lines) == 1 and is_challenge_text(event.lines[0])):
+            # RFC 4954 §4: the challenge "MUST NOT contain any text other than the
+            # BASE64 encoded challenge"; Reply.challenge builds one.
+            raise LocalProtocolError(f"a 334 reply must be one line of base64: {event.lines!r}")
         extensions = None
         if cls == 2 and isinstance(answering, Hello):
             extensions = self._check_extensions(event) if answering.extended else {}
@@ -293,6 +357,8 @@ class Connection:
             self._set_extensions(extensions)
             session.esmtp = answering.extended
         self._move_stage(answering, kind, cls)
+        if code == 235 and (kind is Auth or kind is AuthResponse):
+            session.authenticated = True
         if next_phase is Phase.DATA:
             self._reader = DataReader(ContentFilter(self.config, session.size_limit))
         elif next_phase is Phase.CLOSED:
@@ -319,11 +385,17 @@ class Connection:
         size = extensions.get("SIZE", "")
         if size and not (size.isascii() and size.isdigit()):
             raise LocalProtocolError(f"SIZE parameter must be a number: {size!r}")
+        if "AUTH" in extensions:
+            # RFC 4954 §3: "AUTH" SP mechanism names (RFC 4422 §3.1), at least one.
+            names = extensions["AUTH"].split()
+            if not names or not all(SASL_MECHANISM.fullmatch(name) for name in names):
+                raise LocalProtocolError(f"bad AUTH mechanism list: {extensions['AUTH']!r}")
         return extensions
 
     def _set_extensions(self, extensions: dict[str, str]) -> None:
         session = self._session
         session.extensions = MappingProxyType(extensions)
+        session.auth_mechanisms = frozenset(extensions.get("AUTH", "").split())
         limit = self.config.max_message_size
         advertised = int(extensions.get("SIZE") or 0)
         # RFC 1870 §3: SIZE 0 (or no number) declares no fixed limit.
@@ -374,6 +446,7 @@ class Connection:
         session = self._session
         session.stage = Stage.NEED_HELLO
         session.tls_active = True
+        session.authenticated = False
         session.esmtp = False
         session.recipients = 0
         session.smtputf8 = False

@@ -13,23 +13,33 @@ or a `Bdat` command and the closing `EndOfMessage` / `EndOfChunk`. Chunks hold t
 message *content*: CRLF line ends, dot-stuffing already removed (server side) or not yet
 applied (client side). Their boundaries carry no meaning.
 
-Server-side only, and never sent: `InvalidCommand` and `InvalidMessage` are recoverable
-errors the core found in what the client sent. Each carries the `Reply` the RFCs call for
-(`reply_hint`); the application normally sends it unchanged. `ConnectionClosed` means the
-peer closed its end cleanly.
+An AUTH exchange (RFC 4954 §4) is `Auth`, then as many rounds of a 334 challenge
+(`Reply.challenge`) and the client's `AuthResponse` as the SASL mechanism needs, ended by
+the server's final reply (235, 535 ...) or by the client's `AuthCancel` ("*"), which the
+server answers 501. Response data travels decoded: the core does the base64.
+
+Server-side only, and never sent: `InvalidCommand`, `InvalidAuthResponse` and
+`InvalidMessage` are recoverable errors the core found in what the client sent. Each
+carries the `Reply` the RFCs call for (`reply_hint`); the application normally sends it
+unchanged. `ConnectionClosed` means the peer closed its end cleanly.
 """
 
 from __future__ import annotations
 
+import binascii
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 import attrs
 
-from sansmail.address import Address
+from sansmail.address import Address, parse_address
 
 __all__ = [
+    "Auth",
+    "AuthCancel",
+    "AuthResponse",
     "Bdat",
     "ConnectionClosed",
     "Data",
@@ -38,6 +48,7 @@ __all__ = [
     "Event",
     "Hello",
     "Help",
+    "InvalidAuthResponse",
     "InvalidCommand",
     "InvalidMessage",
     "Mail",
@@ -81,6 +92,69 @@ def _params_ok(
             raise ValueError(f"bad value for ESMTP parameter {key}: {val!r}")
 
 
+# RFC 3461 §4: xtext = *( xchar / hexchar ); xchar is "!".."~" but "+" and "=";
+# hexchar is "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")
+
+
+def decode_xtext(value: str) -> bytes:
+    """The octets an RFC 3461 §4 xtext stands for. Raises ValueError if it is not xtext."""
+    if not _XTEXT.fullmatch(value):
+        raise ValueError(f"not xtext: {value!r}")
+    if "+" not in value:
+        return value.encode("ascii")
+    parts = value.split("+")
+    out = bytearray(parts[0].encode("ascii"))
+    for part in parts[1:]:
+        out.append(int(part[:2], 16))
+        out += part[2:].encode("ascii")
+    return bytes(out)
+
+
+def read_auth_parameter(value: str | None, *, smtputf8: bool) -> Address | None:
+    """The mailbox a MAIL ... AUTH= parameter names, None for ``AUTH=<>``.
+
+    RFC 4954 §5: the value is xtext whose decoded form is an addr-spec or "<>". Raises
+    ValueError (an `AddressError` for a bad mailbox) when it is neither."""
+    if value is None:
+        raise ValueError("AUTH needs a value")
+    decoded = decode_xtext(value)
+    if decoded == b"<>":
+        return None
+    try:
+        text = decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("AUTH= mailbox is not UTF-8") from None
+    return parse_address(text, smtputf8=smtputf8)
+
+
+def _mail_params_ok(
+    inst: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str | None]
+) -> None:
+    _params_ok(inst, attribute, value)
+    if "AUTH" in value:
+        read_auth_parameter(value["AUTH"], smtputf8="SMTPUTF8" in value)
+
+
+# RFC 4422 §3.1: sasl-mech = 1*20mech-char; mech-char = UPPER-ALPHA / DIGIT / "-" / "_".
+# RFC 4954 §4 compares names case-insensitively; events hold the upper-case form.
+SASL_MECHANISM = re.compile(r"[A-Z0-9_-]{1,20}")
+
+
+def _upper(value: str) -> str:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _mechanism_ok(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not SASL_MECHANISM.fullmatch(value):
+        raise ValueError(f"{attribute.name} is not a SASL mechanism name: {value!r}")
+
+
+def _bytes_ok(_inst: Any, attribute: attrs.Attribute[Any], value: bytes | None) -> None:
+    if value is not None and not isinstance(value, bytes):
+        raise TypeError(f"{attribute.name} must be bytes")
+
+
 @attrs.frozen(kw_only=True)
 class Hello(Event):
     """EHLO (extended=True) or HELO (extended=False). `domain` is the argument as sent:
@@ -96,13 +170,50 @@ class StartTLS(Event):
 
 
 @attrs.frozen(kw_only=True)
+class Auth(Event):
+    """AUTH mechanism [initial-response] (RFC 4954 §4).
+
+    `mechanism` is the SASL name in upper case. `initial_response` is the decoded
+    initial response: None when the client gave none, b"" when it sent "=" (RFC 4954 §4:
+    present but empty). The server answers with a challenge (`Reply.challenge`) or a
+    final reply; an initial response to a mechanism that cannot take one gets 501
+    (RFC 4954 §4)."""
+
+    mechanism: str = attrs.field(converter=_upper, validator=_mechanism_ok)
+    initial_response: bytes | None = attrs.field(default=None, validator=_bytes_ok)
+
+
+@attrs.frozen(kw_only=True)
+class AuthResponse(Event):
+    """The client's answer to a 334 challenge, base64-decoded (it may be empty)."""
+
+    data: bytes = attrs.field(validator=_bytes_ok)
+
+
+@attrs.frozen(kw_only=True)
+class AuthCancel(Event):
+    """The client cancelled the AUTH exchange with "*"; the server must answer 501
+    (RFC 4954 §4)."""
+
+
+@attrs.frozen(kw_only=True)
 class Mail(Event):
     """MAIL FROM. `reverse_path` is None for the null path ``<>`` (bounces)."""
 
     reverse_path: Address | None
     parameters: Mapping[str, str | None] = attrs.field(
-        factory=dict, converter=_freeze_params, validator=_params_ok
+        factory=dict, converter=_freeze_params, validator=_mail_params_ok
     )
+
+    @property
+    def auth(self) -> Address | None:
+        """The mailbox of the AUTH= parameter (RFC 4954 §5), xtext-decoded; None for
+        ``AUTH=<>`` and when the parameter is absent (``"AUTH" in parameters`` tells
+        the two apart). Whether to trust it is the application's decision: RFC 4954 §5
+        lets a server treat every client as untrusted and ignore it."""
+        if "AUTH" not in self.parameters:
+            return None
+        return read_auth_parameter(self.parameters["AUTH"], smtputf8=self.smtputf8)
 
     @property
     def size(self) -> int | None:
@@ -205,6 +316,17 @@ class InvalidCommand(Event):
 
 
 @attrs.frozen(kw_only=True)
+class InvalidAuthResponse(Event):
+    """A line of an AUTH exchange the server core refused: not base64 (RFC 4954 §4:
+    501 5.5.2) or too long (RFC 4954 §6: 500 5.5.6). The exchange is over; answer with
+    `reply_hint` and drop the SASL mechanism. Never sent."""
+
+    line: bytes
+    reason: str
+    reply_hint: Reply
+
+
+@attrs.frozen(kw_only=True)
 class InvalidMessage(Event):
     """Message content that was read to its end but cannot be accepted (over the size
     limit, a bare CR, ...). Replaces the EndOfMessage/EndOfChunk the transaction would
@@ -262,6 +384,13 @@ class Reply(Event):
     code: int = attrs.field(validator=[attrs.validators.ge(200), attrs.validators.le(599)])
     lines: tuple[str, ...] = attrs.field(converter=_lines, validator=_lines_ok)
     enhanced: str | None = attrs.field(default=None, validator=_enhanced_ok)
+
+    @classmethod
+    def challenge(cls, data: bytes) -> Reply:
+        """A 334 AUTH challenge carrying `data` (RFC 4954 §4): one line of base64, and
+        no text at all for an empty challenge (the writer still puts the space after
+        the code: "334 ")."""
+        return cls(code=334, lines=(binascii.b2a_base64(data, newline=False).decode("ascii"),))
 
     @property
     def is_positive(self) -> bool:

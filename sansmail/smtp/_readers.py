@@ -12,6 +12,13 @@ parameters are accepted only when the extension that defines them was advertised
 EHLO reply. "MAIL FROM: <a@b>" (a space after the colon, which RFC 5321 §4.1.2 does not
 allow) is accepted, as Postfix and most servers do, because many clients send it.
 
+AUTH (RFC 4954 §4). The AUTH command is read like any other, with two differences: it is
+accepted only when our EHLO reply advertised it and the session is not authenticated yet,
+and its line may carry up to `Config.max_auth_response` octets of base64 beyond the usual
+512. Once the application has sent a 334 challenge, the next line is not a command:
+`read_auth_response` turns it into `AuthResponse` (base64, decoded strictly) or
+`AuthCancel` ("*").
+
 DATA content (the hot path). After the 354 reply the content runs up to CRLF "." CRLF,
 where the CRLF of the DATA command line counts as the first CRLF (RFC 5321 §4.1.1.4), so
 ".\\r\\n" right away is an empty message. We never look at lines: each call searches the
@@ -45,15 +52,21 @@ TCP segment. The end-marker search resumes where the previous one stopped.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 
 from sansmail._errors import RemoteProtocolError
 from sansmail._linebuffer import LineBuffer
 from sansmail.address import AddressError, NonASCIIAddressError, read_path
+from sansmail.sasl import RemoteSASLError, decode_base64_strict
 from sansmail.smtp import _codes
 from sansmail.smtp._config import Config
 from sansmail.smtp._events import (
+    SASL_MECHANISM,
+    Auth,
+    AuthCancel,
+    AuthResponse,
     Bdat,
     Data,
     EndOfChunk,
@@ -71,10 +84,19 @@ from sansmail.smtp._events import (
     Reset,
     StartTLS,
     Verify,
+    read_auth_parameter,
 )
 from sansmail.smtp._state import SEQUENCE, Session
 
-__all__ = ["BdatReader", "CommandError", "ContentFilter", "DataReader", "read_command"]
+__all__ = [
+    "BdatReader",
+    "CommandError",
+    "ContentFilter",
+    "DataReader",
+    "read_auth_response",
+    "read_command",
+    "starts_with_auth",
+]
 
 # Gather at least this much content before handing out a MessageData (see above).
 _MIN_CHUNK = 8192
@@ -86,6 +108,7 @@ _QUIT = Quit()
 _STARTTLS = StartTLS()
 _END_OF_MESSAGE = EndOfMessage()
 _END_OF_CHUNK = EndOfChunk()
+_AUTH_CANCEL = AuthCancel()
 
 
 class CommandError(Exception):
@@ -107,9 +130,8 @@ class CommandError(Exception):
 
 # --- Command lines -----------------------------------------------------------------------
 
-# Recognised, never implemented here: RFC 5321 §4.2.4 answers them 502. AUTH joins the
-# real commands when SASL lands.
-_NOT_IMPLEMENTED = frozenset({b"AUTH", b"EXPN", b"TURN", b"ETRN", b"SEND", b"SOML", b"SAML"})
+# Recognised, never implemented here: RFC 5321 §4.2.4 answers them 502.
+_NOT_IMPLEMENTED = frozenset({b"EXPN", b"TURN", b"ETRN", b"SEND", b"SOML", b"SAML"})
 # An HTTP request on the SMTP port: cross-protocol attacks use a browser to post SMTP
 # commands in a request body. Postfix's smtpd_forbidden_commands default.
 _FORBIDDEN = frozenset({b"CONNECT", b"GET", b"POST"})
@@ -268,6 +290,11 @@ def _parse_mail(rest: bytes, session: Session) -> Event:
             raise CommandError("BODY must be 7BIT or 8BITMIME", _codes.BAD_PARAMETER)
     if "SMTPUTF8" in params and params["SMTPUTF8"] is not None:
         raise CommandError("SMTPUTF8 takes no value", _codes.BAD_PARAMETER)
+    if "AUTH" in params:
+        try:
+            read_auth_parameter(params["AUTH"], smtputf8="SMTPUTF8" in params)
+        except ValueError as exc:
+            raise CommandError(f"AUTH= parameter: {exc}", _codes.BAD_AUTH_PARAMETER) from None
     return Mail(reverse_path=path, parameters=params)
 
 
@@ -292,6 +319,34 @@ def _parse_rcpt(rest: bytes, session: Session) -> Event:
     )
 
 
+def _parse_auth(rest: bytes, session: Session) -> Event:
+    # RFC 4954 §4: "AUTH" SP sasl-mech [SP initial-response]. Runs of spaces are
+    # tolerated, as after "MAIL FROM:".
+    if session.authenticated:
+        raise CommandError("AUTH after a successful AUTH", _codes.ALREADY_AUTHENTICATED)
+    if not session.auth_mechanisms:
+        raise CommandError("AUTH was not advertised", _codes.NOT_IMPLEMENTED)
+    args = [arg for arg in rest.split(b" ") if arg]
+    if not 1 <= len(args) <= 2:
+        raise CommandError("AUTH needs a mechanism and at most one response", _codes.AUTH_SYNTAX)
+    name = args[0].decode("ascii", "replace").upper()
+    if not SASL_MECHANISM.fullmatch(name):
+        raise CommandError("not a SASL mechanism name", _codes.AUTH_SYNTAX)
+    if name not in session.auth_mechanisms:
+        raise CommandError(f"mechanism {name} not offered", _codes.UNKNOWN_MECHANISM)
+    if len(args) == 1:
+        return Auth(mechanism=name)
+    response = args[1]
+    if len(response) > session.config.max_auth_response:
+        raise CommandError("initial response too long", _codes.AUTH_LINE_TOO_LONG)
+    if response == b"=":
+        return Auth(mechanism=name, initial_response=b"")  # "=": present but empty
+    try:
+        return Auth(mechanism=name, initial_response=decode_base64_strict(response))
+    except RemoteSASLError:
+        raise CommandError("initial response is not base64", _codes.BAD_BASE64) from None
+
+
 def _parse_vrfy(rest: bytes, session: Session) -> Event:
     argument = rest.strip(b" ")
     if not argument:
@@ -314,6 +369,7 @@ _COMMANDS: dict[bytes, tuple[type[Event], _Parser]] = {
     b"EHLO": (Hello, _parse_ehlo),
     b"HELO": (Hello, _parse_helo),
     b"STARTTLS": (StartTLS, _parse_starttls),
+    b"AUTH": (Auth, _parse_auth),
     b"MAIL": (Mail, _parse_mail),
     b"RCPT": (Rcpt, _parse_rcpt),
     b"DATA": (Data, _no_argument(_DATA)),
@@ -323,6 +379,10 @@ _COMMANDS: dict[bytes, tuple[type[Event], _Parser]] = {
     b"HELP": (Help, _parse_help),
     b"QUIT": (Quit, _no_argument(_QUIT)),
 }
+
+# Commands whose lines may pass Config.max_command_line: MAIL and RCPT by their
+# parameters (see Config), AUTH by its initial response (checked by its parser).
+_LONG_COMMANDS = (Mail, Rcpt, Auth)
 
 
 def _read_bdat(rest: bytes, session: Session) -> Bdat:
@@ -373,9 +433,34 @@ def read_command(line: bytes, session: Session) -> Event:
         raise CommandError(f"{verb.decode()} in stage {session.stage.name}", refusal)
     if b"\0" in rest:
         raise CommandError("NUL in a command line", _codes.BAD_OCTET)
-    if len(line) + 2 > session.config.max_command_line and kind is not Mail and kind is not Rcpt:
+    if len(line) + 2 > session.config.max_command_line and kind not in _LONG_COMMANDS:
         raise CommandError("command line too long", _codes.LINE_TOO_LONG)
     return parse(rest, session)
+
+
+# "AUTH " in every letter case, to pick the longer line cap before the line is complete.
+_AUTH_PREFIXES = tuple(
+    bytes(letters) + b" " for letters in itertools.product(*((c, c | 0x20) for c in b"AUTH"))
+)
+
+
+def starts_with_auth(buf: LineBuffer) -> bool:
+    """Whether the buffered line is an AUTH command (verb and space)."""
+    return any(buf.startswith(prefix) for prefix in _AUTH_PREFIXES)
+
+
+def read_auth_response(line: bytes, config: Config) -> Event:
+    """The event for one client line of an AUTH exchange (RFC 4954 §4): `AuthCancel`
+    for "*", else `AuthResponse` with the decoded base64. Raises `CommandError` for a
+    line that is too long or not base64; the exchange is then over."""
+    if line == b"*":
+        return _AUTH_CANCEL
+    if len(line) > config.max_auth_response:
+        raise CommandError("AUTH response too long", _codes.AUTH_LINE_TOO_LONG)
+    try:
+        return AuthResponse(data=decode_base64_strict(line))
+    except RemoteSASLError:
+        raise CommandError("AUTH response is not base64", _codes.BAD_BASE64) from None
 
 
 # --- Message content ---------------------------------------------------------------------

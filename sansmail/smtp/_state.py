@@ -25,9 +25,11 @@ from `STAGE_AFTER_REPLY` leaves the stage as it is. Tests enumerate all four.
 
 A reply moves the conversation according to what it answers and its class, the same way
 h11 chooses body framing from the request method: 354 to DATA starts content, 220 to
-STARTTLS starts the TLS switch, 2xx to MAIL opens a transaction, and so on. A 421 may be
-sent at any time and closes the session (RFC 5321 §3.8); the connection handles that one
-rule in code.
+STARTTLS starts the TLS switch, 2xx to MAIL opens a transaction, 334 to AUTH makes the
+next client line a SASL response rather than a command (RFC 4954 §4), and so on. A 421
+may be sent at any time and closes the session (RFC 5321 §3.8); the connection handles
+that one rule in code. Being authenticated is not a stage: it outlives RSET and EHLO
+(RFC 4954 §4), so the session keeps it beside the stage, set by the 235 reply.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ from types import MappingProxyType
 from sansmail.smtp import _codes
 from sansmail.smtp._config import Config
 from sansmail.smtp._events import (
+    Auth,
+    AuthCancel,
+    AuthResponse,
     Bdat,
     ConnectionClosed,
     Data,
@@ -47,6 +52,7 @@ from sansmail.smtp._events import (
     Event,
     Hello,
     Help,
+    InvalidAuthResponse,
     InvalidCommand,
     InvalidMessage,
     Mail,
@@ -80,6 +86,7 @@ class Phase(enum.Enum):
     REPLY = "reply"  # the server owes the reply to the event just handed out
     DATA = "data"  # message content after 354, up to CRLF "." CRLF
     BDAT = "bdat"  # the octets of a BDAT chunk (RFC 3030)
+    AUTH = "auth"  # 334 sent: the next line is a SASL response or "*" (RFC 4954 §4)
     TLS_PENDING = "tls-pending"  # 220 sent to STARTTLS; waiting for start_tls()
     CLOSED = "closed"  # 221 or 421 sent, or the client closed
     ERROR = "error"  # this side broke the protocol (only ever shown, never stored)
@@ -100,6 +107,7 @@ class Stage(enum.Enum):
 COMMANDS: tuple[type[Event], ...] = (
     Hello,
     StartTLS,
+    Auth,
     Mail,
     Rcpt,
     Data,
@@ -129,6 +137,10 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
         (Phase.BDAT, EndOfMessage): Phase.REPLY,
         (Phase.BDAT, InvalidMessage): Phase.REPLY,
         (Phase.BDAT, ConnectionClosed): Phase.CLOSED,
+        (Phase.AUTH, AuthResponse): Phase.REPLY,
+        (Phase.AUTH, AuthCancel): Phase.REPLY,
+        (Phase.AUTH, InvalidAuthResponse): Phase.REPLY,
+        (Phase.AUTH, ConnectionClosed): Phase.CLOSED,
         (Phase.CLOSED, ConnectionClosed): Phase.CLOSED,
     }
 )
@@ -160,10 +172,17 @@ REPLY: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
         **{(StartTLS, cls): Phase.COMMAND for cls in _NEGATIVE},
         # §4.3.2 "QUIT S: 221".
         (Quit, 221): Phase.CLOSED,
+        # RFC 4954 §4: a 334 challenge continues the exchange, 235 ends it in success
+        # (no other 2xx), any 4xx/5xx ends it in failure (454, 504, 534, 535, 538 ...).
+        **{(kind, 334): Phase.AUTH for kind in (Auth, AuthResponse)},
+        **{(kind, 235): Phase.COMMAND for kind in (Auth, AuthResponse)},
+        **{(kind, cls): Phase.COMMAND for kind in (Auth, AuthResponse) for cls in _NEGATIVE},
+        # RFC 4954 §4: the client's "*" "MUST" get 501.
+        (AuthCancel, 501): Phase.COMMAND,
         # The core's own refusals are refusals: the application may soften 5xx to 4xx.
         **{
             (kind, cls): Phase.COMMAND
-            for kind in (InvalidCommand, InvalidMessage)
+            for kind in (InvalidCommand, InvalidAuthResponse, InvalidMessage)
             for cls in _NEGATIVE
         },
     }
@@ -183,6 +202,14 @@ _TRANSACTION_RULES: dict[Stage, tuple[Reply | None, Reply | None, Reply | None, 
     Stage.BDAT: (_codes.NESTED_MAIL, _codes.RCPT_AFTER_BDAT, _codes.DATA_AFTER_BDAT, None),
 }
 
+# RFC 4954 §4: AUTH needs a greeting and no open transaction. (Whether it was advertised,
+# and whether the session is already authenticated, is checked by its parser.)
+_AUTH_RULES: dict[Stage, Reply | None] = {
+    Stage.NEED_HELLO: _codes.NEED_HELLO,
+    Stage.READY: None,
+    **{stage: _codes.AUTH_IN_TRANSACTION for stage in (Stage.MAIL, Stage.RCPT, Stage.BDAT)},
+}
+
 SEQUENCE: Mapping[tuple[Stage, type[Event]], Reply | None] = MappingProxyType(
     {
         **{
@@ -196,6 +223,7 @@ SEQUENCE: Mapping[tuple[Stage, type[Event]], Reply | None] = MappingProxyType(
             for stage, refusals in _TRANSACTION_RULES.items()
             for kind, refusal in zip(_TRANSACTION, refusals, strict=True)
         },
+        **{(stage, Auth): refusal for stage, refusal in _AUTH_RULES.items()},
         **{(Stage.REFUSED, kind): _codes.SERVICE_REFUSED for kind in COMMANDS if kind is not Quit},
         (Stage.REFUSED, Quit): None,
     }
@@ -240,6 +268,8 @@ class Session:
     replies it sends. The command readers consult it; only the connection changes it."""
 
     __slots__ = (
+        "auth_mechanisms",
+        "authenticated",
         "bdat_failed",
         "config",
         "esmtp",
@@ -267,3 +297,8 @@ class Session:
         self.recipients = 0
         #: The last BDAT chunk was refused; chunks still in the pipeline are thrown away.
         self.bdat_failed = False
+        #: The SASL mechanisms our last EHLO reply's AUTH line offered, upper case.
+        self.auth_mechanisms: frozenset[str] = frozenset()
+        #: An AUTH exchange ended in 235. RFC 4954 §4 makes that last for the session:
+        #: RSET and EHLO keep it; only the STARTTLS switch forgets it (RFC 3207 §4.2).
+        self.authenticated = False

@@ -1,1 +1,1 @@
-from trio_helpers import start_server  # noqa: F401  (re-exported as a fixture)
+from trio_helpers import client_tls, start_server, tls_ca, tls_files  # noqa: F401  (fixtures)

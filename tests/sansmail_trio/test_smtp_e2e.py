@@ -117,8 +117,10 @@ async def test_aiosmtplib_pipelining_8bitmime_smtputf8(start_server: StartServer
     msg.set_content("Schöne Grüße, 8 bit.\n", cte="8bit")
 
     async def client() -> tuple[dict[str, object], str]:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, timeout=10)
+        # Plaintext on purpose: this test is about the extensions, TLS has its own tests.
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, timeout=10, start_tls=False)
         async with smtp:
+            await smtp.ehlo()
             assert smtp.supports_extension("pipelining")
             assert smtp.supports_extension("smtputf8")
             assert smtp.supports_extension("8bitmime")

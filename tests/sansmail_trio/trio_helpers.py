@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pathlib
 import socket
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 import trio
+import trustme
 
 from sansmail.address import parse_address
 from sansmail.config import Config, load_config
@@ -48,15 +50,22 @@ class RunningServer:
         await self.done.wait()
 
 
-def write_config(tmp_path: pathlib.Path, smtp: Mapping[str, Any] | None = None) -> pathlib.Path:
+def write_config(
+    tmp_path: pathlib.Path,
+    smtp: Mapping[str, Any] | None = None,
+    *,
+    tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+) -> pathlib.Path:
     lines = [
         'hostname = "mx.example.test"',
         'domains = ["example.test", "other.example"]',
         'data_dir = "data"',
         "[listen]",
         'smtp = "127.0.0.1:0"',
-        "[smtp]",
     ]
+    if tls is not None:
+        lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
+    lines.append("[smtp]")
     for key, value in (smtp or {}).items():
         lines.append(f"{key} = {value!r}".replace("'", '"'))
     path = tmp_path / "sansmail.toml"
@@ -69,8 +78,12 @@ StartServer = Callable[..., Any]
 
 @pytest.fixture
 def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[StartServer]:
-    async def start(users: tuple[str, ...] = ("alice@example.test",), **smtp: Any) -> RunningServer:
-        config = load_config(write_config(tmp_path, smtp), default_hostname="unused.test")
+    async def start(
+        users: tuple[str, ...] = ("alice@example.test",),
+        tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+        **smtp: Any,
+    ) -> RunningServer:
+        config = load_config(write_config(tmp_path, smtp, tls=tls), default_hostname="unused.test")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         shutdown = trio.Event()
         done = trio.Event()
@@ -92,6 +105,29 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
     for client in RawClient.opened:
         client.close()
     RawClient.opened.clear()
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(tls_ca: trustme.CA, tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for mx.example.test signed by the test CA, as [tls] files."""
+    cert = tls_ca.issue_cert("mx.example.test", "localhost", "127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def client_tls(tls_ca: trustme.CA) -> ssl.SSLContext:
+    """A client context that trusts only the test CA."""
+    context = ssl.create_default_context()
+    tls_ca.configure_trust(context)
+    return context
 
 
 class RawClient:

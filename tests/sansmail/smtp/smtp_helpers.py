@@ -1,13 +1,18 @@
 """Shared drivers for the SMTP core tests: a server that is greeted and EHLO'd, an
-auto-replying application, and event collection that merges content chunks."""
+auto-replying application (with a toy AUTH exchange), and event collection that merges
+content chunks."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from sansmail import NEED_DATA, PAUSED, SERVER
 from sansmail.smtp import (
+    Auth,
+    AuthCancel,
+    AuthResponse,
     Bdat,
     Config,
     Connection,
@@ -16,6 +21,8 @@ from sansmail.smtp import (
     EndOfChunk,
     EndOfMessage,
     Event,
+    Hello,
+    InvalidAuthResponse,
     InvalidCommand,
     InvalidMessage,
     MessageData,
@@ -38,7 +45,11 @@ EHLO_LINES = (
     "DSN",
     "ENHANCEDSTATUSCODES",
 )
+# The same, offering AUTH too.
+AUTH_EHLO_LINES = (*EHLO_LINES, "AUTH PLAIN LOGIN SCRAM-SHA-256")
 OK = Reply(code=250, lines="OK")
+AUTH_OK = Reply(code=235, lines="Authentication successful", enhanced="2.7.0")
+AUTH_CANCELLED = Reply(code=501, lines="Authentication cancelled", enhanced="5.0.0")
 
 
 def server(config: Config | None = None) -> Connection:
@@ -76,10 +87,19 @@ def feed(conn: Connection, data: bytes) -> list[Event]:
     return drain(conn)
 
 
-def answer(event: Event) -> Reply | None:
-    """What a permissive application says to `event` (None: nothing is owed)."""
-    if isinstance(event, InvalidCommand | InvalidMessage):
+def answer(event: Event, ehlo_lines: tuple[str, ...] = EHLO_LINES) -> Reply | None:
+    """What a permissive application says to `event` (None: nothing is owed).
+
+    Its AUTH is a toy: it asks for more until the client sends an empty response, then
+    says 235; "*" gets 501."""
+    if isinstance(event, InvalidCommand | InvalidMessage | InvalidAuthResponse):
         return event.reply_hint
+    if isinstance(event, Auth):
+        return Reply.challenge(b"" if event.initial_response is None else b"more?")
+    if isinstance(event, AuthResponse):
+        return AUTH_OK if not event.data else Reply.challenge(b"more?")
+    if isinstance(event, AuthCancel):
+        return AUTH_CANCELLED
     if isinstance(event, Data):
         return Reply(code=354, lines="go ahead")
     if isinstance(event, Quit):
@@ -88,17 +108,22 @@ def answer(event: Event) -> Reply | None:
         return Reply(code=454, lines="TLS not available now")
     if isinstance(event, MessageData | Bdat | ConnectionClosed):
         return None
-    if event.__class__.__name__ == "Hello":
-        return Reply(code=250, lines=EHLO_LINES)
+    if isinstance(event, Hello):
+        return Reply(code=250, lines=ehlo_lines)
     assert isinstance(event, Event)
     return OK
 
 
 def converse(
-    chunks: Iterable[bytes], config: Config | None = None, *, eof: bool = True
+    chunks: Iterable[bytes],
+    config: Config | None = None,
+    *,
+    eof: bool = True,
+    ehlo_lines: tuple[str, ...] = EHLO_LINES,
 ) -> tuple[list[Event], bytes]:
     """Feed `chunks` one by one to a greeted-by-us server that answers everything with
-    `answer`; return the events and every byte we sent after the greeting."""
+    `answer` (EHLO with `ehlo_lines`); return the events and every byte we sent after
+    the greeting."""
     conn = server(config)
     events: list[Event] = []
     out = bytearray()
@@ -110,7 +135,7 @@ def converse(
                 return
             assert isinstance(event, Event)
             events.append(event)
-            reply = answer(event)
+            reply = answer(event, ehlo_lines)
             if reply is not None:
                 out.extend(conn.send(reply))
             if isinstance(event, ConnectionClosed):
@@ -169,3 +194,9 @@ def min_chunk(size: int) -> Iterator[None]:
         yield
     finally:
         _readers._MIN_CHUNK = saved
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` cut at the positions `cuts` names (modulo its length)."""
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)] or [b""]

@@ -45,8 +45,10 @@ RCPT = b"RCPT TO:<c@d.example>\r\n"
 def test_public_names_are_pinned() -> None:
     assert sorted(sansmail.smtp.__all__) == sorted(
         [
+            "Auth", "AuthCancel", "AuthResponse",
             "Bdat", "Config", "Connection", "ConnectionClosed", "Data", "EndOfChunk",
-            "EndOfMessage", "Event", "Hello", "Help", "InvalidCommand", "InvalidMessage",
+            "EndOfMessage", "Event", "Hello", "Help", "InvalidAuthResponse", "InvalidCommand",
+            "InvalidMessage",
             "Mail", "MessageData", "Noop", "Phase", "Quit", "Rcpt", "Reply", "Reset",
             "serialize_reply",
             "Stage", "StartTLS", "Verify",

@@ -1,14 +1,13 @@
 """Properties, with hypothesis: chunking never matters, random bytes only ever raise
-RemoteProtocolError, and dot-stuffing round-trips."""
+RemoteProtocolError (AUTH exchanges included), and dot-stuffing round-trips."""
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smtp_helpers import content_of, converse, merged, min_chunk
+from smtp_helpers import AUTH_EHLO_LINES, content_of, converse, merged, min_chunk, split
 
 from sansmail import RemoteProtocolError
 from sansmail.smtp import Config, EndOfMessage, Event, InvalidMessage
@@ -52,11 +51,6 @@ sessions = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=20)
     b"".join
 )
 small = Config(max_invalid_commands=5, max_message_size=2000, max_text_line=1000)
-
-
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points)] or [b""]
 
 
 def outcome(chunks: list[bytes], config: Config = small) -> tuple[list[Event], bytes, str]:
@@ -137,3 +131,59 @@ def test_bdat_content_round_trips(chunks: list[bytes]) -> None:
         assert events[-2] == EndOfMessage()
         # A bare LF is normalised; nothing else changes.
         assert content_of(events) == whole.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# --- Properties with AUTH exchanges in the input ---------------------------------------------
+
+AUTH_FRAGMENTS = [
+    b"EHLO c.example\r\n",
+    b"AUTH PLAIN\r\n",
+    b"AUTH PLAIN AHVzZXIAcGVuY2ls\r\n",
+    b"AUTH LOGIN dXNlcg==\r\n",
+    b"auth scram-sha-256 =\r\n",
+    b"AUTH CRAM-MD5\r\n",
+    b"AUTH\r\n",
+    b"dXNlcg==\r\n",
+    b"\r\n",
+    b"*\r\n",
+    b"=\r\n",
+    b"AB=C\r\n",
+    b"MAIL FROM:<a@b.example> AUTH=<>\r\n",
+    b"MAIL FROM:<a@b.example> AUTH=e+3Dmc2@b.example\r\n",
+    b"RCPT TO:<c@d.example>\r\n",
+    b"RSET\r\n",
+    b"NOOP\r\n",
+    b"\r",
+    b"\n",
+    b"A" * 700,
+]
+auth_sessions = st.lists(
+    st.one_of(st.sampled_from(AUTH_FRAGMENTS), st.binary(max_size=20)), max_size=25
+).map(b"".join)
+SMALL_SESSION = Config(max_invalid_commands=5, max_auth_response=1024)
+
+
+def auth_outcome(chunks: list[bytes]) -> tuple[list[Event], bytes, str]:
+    try:
+        events, wire = converse(chunks, SMALL_SESSION, ehlo_lines=AUTH_EHLO_LINES)
+    except RemoteProtocolError as exc:
+        return [], b"", f"RemoteProtocolError {exc.reply_hint}"
+    return merged(events), wire, ""
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=auth_sessions, cuts=st.lists(st.integers(min_value=0), max_size=30))
+def test_chunking_never_matters_with_auth_in_the_input(data: bytes, cuts: list[int]) -> None:
+    expected = auth_outcome([data])
+    assert auth_outcome(split(data, cuts)) == expected
+    assert auth_outcome([data[i : i + 1] for i in range(len(data))]) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=300), cuts=st.lists(st.integers(min_value=0), max_size=10))
+def test_random_bytes_in_an_exchange_only_raise_remote_protocol_error(
+    data: bytes, cuts: list[int]
+) -> None:
+    opening = b"EHLO c\r\nAUTH LOGIN\r\n"
+    with contextlib.suppress(RemoteProtocolError):
+        converse([opening, *split(data, cuts)], SMALL_SESSION, ehlo_lines=AUTH_EHLO_LINES)

@@ -12,6 +12,7 @@ from smtp_helpers import GREETING, OK, answer, feed, greeted, server
 
 from sansmail import NEED_DATA, PAUSED, SERVER, LocalProtocolError
 from sansmail.smtp import (
+    Auth,
     Bdat,
     Connection,
     ConnectionClosed,
@@ -34,7 +35,7 @@ from sansmail.smtp import (
 from sansmail.smtp._codes import NOT_IMPLEMENTED
 from sansmail.smtp._state import COMMANDS, RECEIVE, REPLY, SEQUENCE, STAGE_AFTER_REPLY
 
-STARTTLS_LINES = ("mx.example", "STARTTLS", "CHUNKING", "ENHANCEDSTATUSCODES")
+STARTTLS_LINES = ("mx.example", "STARTTLS", "CHUNKING", "ENHANCEDSTATUSCODES", "AUTH PLAIN")
 
 
 def pending(lines: list[bytes], extensions: tuple[str, ...] = STARTTLS_LINES) -> Connection:
@@ -73,9 +74,13 @@ SCENARIOS: dict[str, Callable[[], Connection]] = {
     "Help": lambda: pending([b"HELP\r\n"]),
     "Quit": lambda: pending([b"QUIT\r\n"]),
     "InvalidCommand": lambda: pending([b"FROB\r\n"]),
+    "Auth": lambda: pending([b"AUTH PLAIN\r\n"]),
+    "AuthResponse": lambda: pending([b"AUTH PLAIN\r\n", b"AHUAcA==\r\n"]),
+    "AuthCancel": lambda: pending([b"AUTH PLAIN\r\n", b"*\r\n"]),
+    "InvalidAuthResponse": lambda: pending([b"AUTH PLAIN\r\n", b"not base64\r\n"]),
 }
 
-CODES = [211, 214, 220, 221, 250, 251, 252, 334, 354, 421, 450, 451, 452, 454]
+CODES = [211, 214, 220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 454]
 CODES += [500, 501, 502, 503, 504, 521, 550, 551, 552, 553, 554, 555]
 
 
@@ -130,7 +135,7 @@ def test_421_closes_from_any_live_phase() -> None:
 
 def test_receive_table_is_complete_for_content_phases() -> None:
     phases = {phase for phase, _ in RECEIVE}
-    assert phases == {Phase.COMMAND, Phase.DATA, Phase.BDAT, Phase.CLOSED}
+    assert phases == {Phase.COMMAND, Phase.DATA, Phase.BDAT, Phase.AUTH, Phase.CLOSED}
     for phase in phases:
         assert (phase, ConnectionClosed) in RECEIVE  # EOF is possible wherever we read
     assert all(isinstance(v, Phase) for v in RECEIVE.values())
@@ -146,6 +151,7 @@ def test_sequence_table_covers_every_stage_and_command() -> None:
 COMMAND_LINES: dict[type[Event], bytes] = {
     Hello: b"EHLO again.example\r\n",
     StartTLS: b"STARTTLS\r\n",
+    Auth: b"AUTH PLAIN\r\n",
     Mail: MAIL,
     Rcpt: RCPT,
     Data: b"DATA\r\n",
