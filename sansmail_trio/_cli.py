@@ -304,7 +304,10 @@ def _default_hostname() -> str:
 
 
 def _user_store(config: Config) -> UserStore:
-    return UserStore(config.data_dir / "users.json")
+    # CRAM-MD5 keys are password-equivalent: made only where the mechanism is enabled.
+    return UserStore(
+        config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
+    )
 
 
 def _local_address(config: Config, text: str) -> Address:

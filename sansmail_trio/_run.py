@@ -37,6 +37,7 @@ import trio
 from sansmail.config import Config
 from sansmail_trio._log import configure_logging, get_logger
 from sansmail_trio._serve import bind_listeners, serve
+from sansmail_trio._tls import TLSConfigError, TLSContextHolder
 
 __all__ = ["run"]
 
@@ -87,7 +88,10 @@ def _run_processes(config: Config) -> int:
     """Bind, fork `config.processes` servers, supervise them; return the exit status."""
     try:
         sockets = bind_listeners(config)
-    except OSError as exc:
+        # Made once, here: N children generating the self-signed certificate at the same
+        # moment would race each other.
+        TLSContextHolder.from_config(config)
+    except (OSError, TLSConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()
@@ -154,8 +158,11 @@ def _child(
     configure_logging(logging.INFO)
     try:
         trio.run(_child_main, config, sockets, alive_read, index)
-    except OSError as exc:
+    except (OSError, TLSConfigError) as exc:
         log.error("server process %d failed: %s", index + 1, exc)
+        return 1
+    except Exception:  # the parent exits through os._exit: say what happened first
+        log.exception("server process %d failed", index + 1)
         return 1
     return 0
 

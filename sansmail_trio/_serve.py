@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import secrets
 import socket
 from collections import Counter
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ import attrs
 import trio
 
 from sansmail import __version__
+from sansmail.auth import AuthService, AuthSettings
 from sansmail.config import BUILT_SERVICES, Config
 from sansmail.smtp import Reply
 from sansmail.store import MaildirStore
@@ -115,6 +117,7 @@ async def serve(
     shutdown: trio.Event | None = None,
     sockets: Mapping[str, list[socket.socket]] | None = None,
     process: int = 0,
+    auth_settings: AuthSettings | None = None,
     task_status: trio.TaskStatus[Mapping[str, list[tuple[str, int]]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set (never, if None), then shut down gracefully.
@@ -122,6 +125,7 @@ async def serve(
     `sockets`: listening sockets already bound (by the parent of several server
     processes, see `_processes.py`), per service; without them `serve` binds its own.
     `process` numbers this process among them (0 logs what all of them would).
+    `auth_settings` overrides the failure delays and throttle (tests use short ones).
 
     `task_status.started()` receives ``{service: [(host, port), ...]}`` with the ports
     actually bound (useful with port 0 in tests).
@@ -129,7 +133,16 @@ async def serve(
     shutdown = trio.Event() if shutdown is None else shutdown
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = MaildirStore(config.data_dir, hostname=config.hostname)
-    users = UserStore(config.data_dir / "users.json")
+    users = UserStore(
+        config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
+    )
+    # One auth service for every protocol, as Dovecot's auth serves Postfix. Trusted
+    # networks are never locked out (they still get the failure delay).
+    auth = AuthService(
+        users,
+        secret=secrets.token_bytes(32),
+        settings=auth_settings or AuthSettings(exempt=config.mynetworks),
+    )
     await trio.to_thread.run_sync(users.reload_if_changed)
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
     # data_dir on first start (CONTRACT.md).
@@ -137,7 +150,13 @@ async def serve(
     smtp_log = get_logger("smtp")
     services = {
         name: SMTPService(
-            config=config, store=store, users=users, log=smtp_log, service=name, tls=tls
+            config=config,
+            store=store,
+            users=users,
+            log=smtp_log,
+            service=name,
+            tls=tls,
+            auth=auth,
         )
         for name in ("smtp", "submission", "submissions")
     }

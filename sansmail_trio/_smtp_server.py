@@ -14,20 +14,29 @@ from __future__ import annotations
 
 import datetime
 import functools
+import ipaddress
 import logging
 import math
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import attrs
 import trio
 
-from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, smtp, trace
+from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, sasl, smtp, trace
 from sansmail.address import Address
+from sansmail.auth import (
+    AuthService,
+    authzid_allowed,
+    failure_log_line,
+    login_key,
+    throttle_log_line,
+)
 from sansmail.config import Config
-from sansmail.policy import decide_recipient
+from sansmail.policy import check_sender_login, evaluate_recipient
 from sansmail.smtp import Reply
 from sansmail.store import Delivery, MailboxId, MailStore
 from sansmail.users import UserStore
@@ -61,6 +70,25 @@ _HELP_REPLY = Reply(
     enhanced="2.0.0",
 )
 _READY_FOR_TLS = Reply(code=220, lines="Ready to start TLS", enhanced="2.0.0")
+# RFC 4954 §6 and RFC 3463/5248 for each of these.
+_AUTH_OK = Reply(code=235, lines="Authentication successful", enhanced="2.7.0")
+_AUTH_FAILED = Reply(code=535, lines="Authentication credentials invalid", enhanced="5.7.8")
+_AUTH_CANCELLED = Reply(code=501, lines="Authentication cancelled", enhanced="5.0.0")
+_AUTH_THROTTLED = Reply(
+    code=454, lines="Too many authentication failures, try again later", enhanced="4.7.0"
+)
+_NO_INITIAL_RESPONSE = Reply(
+    code=501, lines="This mechanism takes no initial response", enhanced="5.5.2"
+)
+_INTERNAL_ERROR = Reply(code=421, lines="Internal error, closing connection", enhanced="4.3.0")
+_AUTH_REQUIRED = Reply(code=530, lines="Authentication required", enhanced="5.7.0")
+_ENCRYPTION_REQUIRED = Reply(
+    code=538, lines="Encryption required: issue STARTTLS first", enhanced="5.7.11"
+)
+# The relay policy said yes, but there is no outbound queue yet (RFC 5321 §4.2.5: 451).
+_NO_RELAY_YET = Reply(
+    code=451, lines="Relaying is not available yet; try again later", enhanced="4.3.0"
+)
 
 #: A client that asked for STARTTLS (or connected to an implicit-TLS port) has this long to
 #: complete its handshake.
@@ -106,12 +134,33 @@ class SMTPService:
     service: str = "smtp"
     #: The server certificate; None: no TLS at all (STARTTLS is then not offered).
     tls: TLSContextHolder | None = None
-    _ehlo_cache: dict[bool, Reply] = attrs.field(factory=dict, init=False)
+    #: Password checks, failure delays and throttling, shared with POP3 and IMAP.
+    auth: AuthService | None = None
+    _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
 
     @property
     def implicit_tls(self) -> bool:
         """The listener speaks TLS from the first byte (RFC 8314: port 465)."""
         return self.service == "submissions"
+
+    @property
+    def requires_auth(self) -> bool:
+        """Submission (RFC 6409 §4.3): no mail without authentication."""
+        return self.service in ("submission", "submissions")
+
+    @functools.cached_property
+    def mechanisms(self) -> tuple[str, ...]:
+        return sasl.server_mechanisms(self.config.smtp.auth_mechanisms) if self.auth else ()
+
+    def auth_offered(self, *, tls_active: bool, client_ip: str) -> bool:
+        """AUTH only over TLS, unless `plaintext_auth` allows it for this client (RFC 4954
+        §4 and RFC 8314 §5.2: passwords do not travel in the clear)."""
+        if not self.mechanisms:
+            return False
+        if tls_active:
+            return True
+        mode = self.config.smtp.plaintext_auth
+        return mode == "always" or (mode == "loopback" and _is_loopback(client_ip))
 
     @functools.cached_property
     def smtp_config(self) -> smtp.Config:
@@ -124,11 +173,10 @@ class SMTPService:
             bare_lf=c.bare_lf,
         )
 
-    def ehlo_reply(self, *, tls_active: bool) -> Reply:
+    def ehlo_reply(self, *, tls_active: bool, auth: bool) -> Reply:
         """What we offer: the core learns it from this very reply (STARTTLS only while
-        the session is plaintext and a certificate exists; AUTH joins with the auth
-        release)."""
-        cached = self._ehlo_cache.get(tls_active)
+        the session is plaintext and a certificate exists; AUTH per `auth_offered`)."""
+        cached = self._ehlo_cache.get((tls_active, auth))
         if cached is None:
             lines = [
                 self.config.hostname,
@@ -137,8 +185,13 @@ class SMTPService:
             ]
             if self.tls is not None and not tls_active:
                 lines.append("STARTTLS")
+            if auth:
+                lines.append("AUTH " + " ".join(self.mechanisms))
+                if self.config.smtp.broken_sasl_auth_clients:
+                    # The pre-RFC 2554 spelling some old Outlook versions look for.
+                    lines.append("AUTH=" + " ".join(self.mechanisms))
             lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"]
-            cached = self._ehlo_cache[tls_active] = Reply(code=250, lines=tuple(lines))
+            cached = self._ehlo_cache[tls_active, auth] = Reply(code=250, lines=tuple(lines))
         return cached
 
     @functools.cached_property
@@ -214,6 +267,8 @@ class _Session:
         self.last_words = b""
         #: "TLSv1.3 TLS_AES_256_GCM_SHA384" once the session is encrypted (Received header)
         self.tls: str | None = None
+        #: The user-store key of the authenticated user (SMTP AUTH), if any.
+        self.user: str | None = None
         self.scope = trio.CancelScope()
         self.idle = False
         self.stopping = False
@@ -250,8 +305,11 @@ class _Session:
         except RemoteProtocolError as exc:
             self.log.info("%s: protocol error: %s", self.client, exc)
             await self._send_hint(exc.reply_hint)
-        except LocalProtocolError:
+        except (LocalProtocolError, Exception):
+            # A bug must cost one session, never the server: its task would otherwise
+            # take the whole nursery down.
             self.log.exception("%s: internal error, closing", self.client)
+            await self._send_hint(_INTERNAL_ERROR)
         except trio.Cancelled:
             # The shutdown grace period ran out with this session still busy.
             await self._send_hint(self._shutting_down_reply())
@@ -284,6 +342,7 @@ class _Session:
             smtp.Help: self.on_help,
             smtp.Quit: self.on_quit,
             smtp.StartTLS: self.on_starttls,
+            smtp.Auth: self.on_auth,
             smtp.InvalidCommand: self.on_invalid_command,
             smtp.ConnectionClosed: self.on_closed,
         }
@@ -346,13 +405,35 @@ class _Session:
         await self._abort_transaction()
         self.helo = event.domain
         if event.extended:
-            await self.wire.send(self.service.ehlo_reply(tls_active=self.tls is not None))
+            tls_active = self.tls is not None
+            auth = self.service.auth_offered(tls_active=tls_active, client_ip=self.peer[0])
+            await self.wire.send(self.service.ehlo_reply(tls_active=tls_active, auth=auth))
         else:
             await self.wire.send(self.service.helo_reply)
         return True
 
     async def on_mail(self, event: smtp.Mail) -> bool:
         self.counters.bump("mail")
+        if self.service.requires_auth and self.user is None:
+            await self.wire.send(_AUTH_REQUIRED)
+            return True
+        if self.user is not None and self.service.requires_auth:
+            # Postfix's reject_sender_login_mismatch, on the submission ports.
+            refusal = check_sender_login(
+                event.reverse_path,
+                self.user,
+                domains=self.config.domains,
+                recipient_delimiter=self.config.recipient_delimiter,
+            )
+            if refusal is not None:
+                self.log.info(
+                    "%s: sender <%s> refused for user <%s>",
+                    self.client,
+                    _path(event.reverse_path),
+                    self.user,
+                )
+                await self.wire.send(refusal)
+                return True
         qid = new_queue_id()
         self.transaction = _Transaction(
             queue_id=qid, reverse_path=event.reverse_path, smtputf8=event.smtputf8
@@ -364,13 +445,21 @@ class _Session:
         self.counters.bump("rcpt")
         tx = self.transaction
         assert tx is not None, "the core only passes RCPT inside a transaction"
-        users = self.service.users
-        decision = decide_recipient(
+        decision = evaluate_recipient(
             event.forward_path,
+            restrictions=self.config.smtp.recipient_restrictions,
+            sasl_authenticated=self.user is not None,
+            client_ip=self.peer[0],
+            mynetworks=self.config.mynetworks,
             domains=self.config.domains,
-            user_exists=users.__contains__,
+            user_exists=self.service.users.__contains__,
             recipient_delimiter=self.config.recipient_delimiter,
         )
+        if decision.remote:
+            # Relaying is allowed for this client, but the outbound queue that would keep
+            # the message until it is delivered does not exist yet: a temporary refusal
+            # is the only honest answer (the client keeps the message and retries).
+            decision = attrs.evolve(decision, reply=_NO_RELAY_YET, remote=False)
         if decision.mailbox is not None:
             tx.recipients.append((event.forward_path, decision.mailbox))
         else:
@@ -414,7 +503,10 @@ class _Session:
             client_name=None,
             by=self.config.hostname,
             protocol=trace.with_protocol(
-                esmtp=self.conn.esmtp, tls=tls is not None, auth=False, utf8=tx.smtputf8
+                esmtp=self.conn.esmtp,
+                tls=tls is not None,
+                auth=self.user is not None,
+                utf8=tx.smtputf8,
             ),
             queue_id=tx.queue_id,
             recipient=tx.recipients[0][0] if len(tx.recipients) == 1 else None,
@@ -544,11 +636,21 @@ class _Session:
         self.tls = received_tls(stream)
         # RFC 3207 §4.2: forget everything the client said before TLS.
         self.helo = ""
+        self.user = None
         self.log.info("%s: STARTTLS: %s", self.client, describe(stream))
         return True
 
     async def on_invalid_command(self, event: smtp.InvalidCommand) -> bool:
         self.counters.bump("unknown" if event.reply_hint.code == 500 else "error")
+        if (
+            event.line[:5].upper() in (b"AUTH", b"AUTH ")
+            and self.tls is None
+            and self.service.tls is not None
+            and self.service.mechanisms
+            and not self.service.auth_offered(tls_active=False, client_ip=self.peer[0])
+        ):
+            # AUTH is not offered before TLS here: say why (RFC 4954 §6, 538).
+            event = attrs.evolve(event, reply_hint=_ENCRYPTION_REQUIRED)
         self.log.info(
             "%s: %d %s %s: %s",
             self.client,
@@ -558,6 +660,103 @@ class _Session:
             _printable(event.line.decode("utf-8", "replace")[:100]),
         )
         await self.wire.send(event.reply_hint)
+        return True
+
+    async def on_auth(self, event: smtp.Auth) -> bool:
+        """One SMTP AUTH exchange (RFC 4954 §4), driven by a `sansmail.sasl` mechanism;
+        password checks and throttling by the shared auth service."""
+        self.counters.bump("auth")
+        service = self.service
+        auth = service.auth
+        assert auth is not None, "AUTH is never offered without the auth service"
+        ip = self.peer[0]
+        verdict = auth.begin(ip, trio.current_time())
+        if not verdict.allowed:
+            self.log.info(
+                throttle_log_line(
+                    service=service.service, client_ip=ip, retry_after=verdict.retry_after
+                )
+            )
+            await self.wire.send(_AUTH_THROTTLED)
+            return True
+        if verdict.delay:
+            await trio.sleep(verdict.delay)
+        users = service.users
+        mech = sasl.server_mechanism(
+            event.mechanism,
+            nonce=secrets.token_urlsafe(18),
+            timestamp=int(time.time()),
+            hostname=self.config.hostname,
+            fake_salt_key=users.scram_secret(),
+            fake_iterations=users.scram_iterations,
+        )
+        if event.initial_response is not None and not mech.accepts_initial_response:
+            # RFC 4954 §4: a server-first mechanism (CRAM-MD5) given an initial response.
+            await self.wire.send(_NO_INITIAL_RESPONSE)
+            return True
+        authcid = ""
+        attempt: bytes | None = None
+        step = mech.receive(event.initial_response)
+        while True:
+            if isinstance(step, sasl.Challenge):
+                await self.wire.send(Reply.challenge(step.data))
+                answer = await self._next_event()
+                if isinstance(answer, smtp.AuthResponse):
+                    step = mech.receive(answer.data)
+                    continue
+                if isinstance(answer, smtp.AuthCancel):
+                    await self.wire.send(_AUTH_CANCELLED)
+                    return True
+                if isinstance(answer, smtp.InvalidAuthResponse):  # undecodable, too long
+                    await self.wire.send(answer.reply_hint)
+                    return True
+                return False  # the client went away mid-exchange
+            if isinstance(step, sasl.VerifyPassword):
+                authcid = step.authcid
+                key = login_key(step.authcid)
+                attempt = auth.attempt_id(key, step.password)
+                ok = await trio.to_thread.run_sync(auth.verify_password, key, step.password)
+                ok = ok and authzid_allowed(step.authzid, key)
+                step = mech.accept() if ok else mech.reject()
+                continue
+            if isinstance(step, sasl.NeedCredentials):
+                authcid = step.authcid
+                key = login_key(step.authcid)
+                credentials: sasl.ScramCredentials | sasl.CramMD5Credentials | None
+                if mech.name == "CRAM-MD5":
+                    credentials = users.get_cram_md5(key)
+                else:
+                    hash_name = "sha1" if mech.name == "SCRAM-SHA-1" else "sha256"
+                    credentials = users.get_scram(key, hash_name)
+                # PBKDF2-derived checks are cheap here (stored keys), but SCRAM's unknown-
+                # user path derives fake keys: keep it off the loop like everything else.
+                step = await trio.to_thread.run_sync(mech.provide, credentials)
+                continue
+            break
+        if isinstance(step, sasl.Success):
+            key = login_key(step.authcid)
+            if key == "" or (step.authzid and not authzid_allowed(step.authzid, key)):
+                step = sasl.Failure(reason="authorization identity refused")
+            else:
+                auth.record(ip, True, trio.current_time())
+                if step.data:
+                    # RFC 4954 §4: no data on 235; the server's final SASL message goes in
+                    # one more 334, answered by an empty line.
+                    await self.wire.send(Reply.challenge(step.data))
+                    answer = await self._next_event()
+                    if not isinstance(answer, smtp.AuthResponse) or answer.data:
+                        await self.wire.send(_AUTH_CANCELLED)
+                        return not isinstance(answer, smtp.ConnectionClosed)
+                self.user = key
+                self.log.info("%s: authenticated as <%s> (%s)", self.client, key, mech.name)
+                await self.wire.send(_AUTH_OK)
+                return True
+        delay = auth.record(ip, False, trio.current_time(), attempt=attempt)
+        self.log.info(
+            failure_log_line(service=service.service, method=mech.name, user=authcid, client_ip=ip)
+        )
+        await trio.sleep(delay)
+        await self.wire.send(_AUTH_FAILED)
         return True
 
     async def on_closed(self, event: smtp.ConnectionClosed) -> bool:
@@ -574,6 +773,13 @@ class _Session:
         if tx is not None and tx.delivery is not None:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(tx.delivery.abort)
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _path(address: Address | None) -> str:

@@ -50,7 +50,8 @@ async def test_smtplib_delivers_into_maildir_with_trace_headers(start_server: St
 
 
 async def test_unknown_user_and_relay_are_refused(start_server: StartServer) -> None:
-    server = await start_server()
+    # The test client (127.0.0.1) is outside mynetworks: an ordinary stranger.
+    server = await start_server(mynetworks=["192.0.2.0/24"])
 
     def attempt(rcpt: str) -> tuple[int, bytes]:
         with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:

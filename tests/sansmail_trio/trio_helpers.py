@@ -14,6 +14,7 @@ import trio
 import trustme
 
 from sansmail.address import parse_address
+from sansmail.auth import AuthSettings
 from sansmail.config import Config, load_config
 from sansmail.users import UserStore
 from sansmail_trio import serve
@@ -26,6 +27,10 @@ class RunningServer:
     port: int
     shutdown: trio.Event
     done: trio.Event
+    bound: Mapping[str, list[tuple[str, int]]] = attrs.Factory(dict)
+
+    def port_of(self, service: str) -> int:
+        return self.bound[service][0][1]
 
     @property
     def data_dir(self) -> pathlib.Path:
@@ -55,14 +60,19 @@ def write_config(
     smtp: Mapping[str, Any] | None = None,
     *,
     tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+    mynetworks: list[str] | None = None,
+    listen: Mapping[str, str] | None = None,
 ) -> pathlib.Path:
     lines = [
         'hostname = "mx.example.test"',
         'domains = ["example.test", "other.example"]',
         'data_dir = "data"',
-        "[listen]",
-        'smtp = "127.0.0.1:0"',
     ]
+    if mynetworks is not None:
+        lines.append("mynetworks = [" + ", ".join(f'"{n}"' for n in mynetworks) + "]")
+    lines.append("[listen]")
+    for service, address in (listen or {"smtp": "127.0.0.1:0"}).items():
+        lines.append(f'{service} = "{address}"')
     if tls is not None:
         lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
     lines.append("[smtp]")
@@ -81,25 +91,36 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
     async def start(
         users: tuple[str, ...] = ("alice@example.test",),
         tls: tuple[pathlib.Path, pathlib.Path] | None = None,
+        mynetworks: list[str] | None = None,
+        listen: Mapping[str, str] | None = None,
+        auth_settings: AuthSettings | None = None,
         **smtp: Any,
     ) -> RunningServer:
-        config = load_config(write_config(tmp_path, smtp, tls=tls), default_hostname="unused.test")
+        path = write_config(tmp_path, smtp, tls=tls, mynetworks=mynetworks, listen=listen)
+        config = load_config(path, default_hostname="unused.test")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         shutdown = trio.Event()
         done = trio.Event()
 
         async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             try:
-                await serve(config, shutdown=shutdown, task_status=task_status)
+                await serve(
+                    config, shutdown=shutdown, task_status=task_status, auth_settings=auth_settings
+                )
             finally:
                 done.set()
 
-        store = UserStore(config.data_dir / "users.json")
+        store = UserStore(
+            config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
+        )
         for address in users:
             store.add(parse_address(address), "secret")
         bound = await nursery.start(run)
-        host, port = bound["smtp"][0]
-        return RunningServer(config=config, host=host, port=port, shutdown=shutdown, done=done)
+        first = next(iter(bound))
+        host, port = bound[first][0]
+        return RunningServer(
+            config=config, host=host, port=port, shutdown=shutdown, done=done, bound=bound
+        )
 
     yield start
     for client in RawClient.opened:
