@@ -13,8 +13,9 @@ Theory of operation:
   hands each new connection to one of the processes waiting in accept().
 * The parent does nothing but supervise. SIGINT and SIGTERM reach it and are passed on
   to the children as SIGTERM: the first asks for a graceful shutdown, the second for an
-  immediate one. Children ignore SIGINT, so Ctrl-C on a terminal (which signals the
-  whole process group) counts once, through the parent.
+  immediate one. SIGHUP is passed on as it is (each process reloads its certificate).
+  Children ignore SIGINT, so Ctrl-C on a terminal (which signals the whole process
+  group) counts once, through the parent.
 * Every child holds the read end of a pipe whose write end only the parent holds. If the
   parent dies without a word (kill -9), the pipe reads end-of-file and the children shut
   down gracefully instead of running on unsupervised.
@@ -122,11 +123,14 @@ def _supervise(children: dict[int, int], alive_write: int) -> int:
     def forward(signum: int, _frame: object) -> None:
         nonlocal signals_seen
         signals_seen += 1
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+        _kill_all(children, signal.SIGTERM)
+
+    def reload(signum: int, _frame: object) -> None:
+        # SIGHUP re-reads the TLS certificate: every process serves with its own copy.
+        _kill_all(children, signal.SIGHUP)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
     worst = 0
     try:
         while children:
@@ -150,11 +154,19 @@ def _supervise(children: dict[int, int], alive_write: int) -> int:
     return worst
 
 
+def _kill_all(children: dict[int, int], signum: int) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def _child(
     config: Config, sockets: Mapping[str, list[socket.socket]], alive_read: int, index: int
 ) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Until the server's own SIGHUP watcher is up, a reload request must not kill us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(logging.INFO)
     try:
         trio.run(_child_main, config, sockets, alive_read, index)

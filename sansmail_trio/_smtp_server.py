@@ -417,7 +417,11 @@ class _Session:
         if self.service.requires_auth and self.user is None:
             await self.wire.send(_AUTH_REQUIRED)
             return True
-        if self.user is not None and self.service.requires_auth:
+        if (
+            self.user is not None
+            and self.service.requires_auth
+            and self.config.smtp.reject_sender_login_mismatch
+        ):
             # Postfix's reject_sender_login_mismatch, on the submission ports.
             refusal = check_sender_login(
                 event.reverse_path,

@@ -75,6 +75,7 @@ recipient_restrictions = [
 ]
 auth_mechanisms = ["PLAIN", "LOGIN", "SCRAM-SHA-256"]
 broken_sasl_auth_clients = false
+reject_sender_login_mismatch = true     # submission: users send only as themselves
 plaintext_auth = "loopback"
 max_recipients = 1000
 max_connections = 200
@@ -151,6 +152,9 @@ class SMTPConfig:
     )
     auth_mechanisms: tuple[str, ...] = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
     broken_sasl_auth_clients: bool = False
+    # On submission/submissions, an authenticated user may use only their own address
+    # (and its +detail forms) as envelope sender (Postfix: reject_sender_login_mismatch).
+    reject_sender_login_mismatch: bool = True
     plaintext_auth: PlaintextAuth = "loopback"
     max_recipients: int = 1000
     max_connections: int = 200

@@ -250,6 +250,9 @@ def _read_smtp(table: Table) -> SMTPConfig:
         max_message_size=table.integer("max_message_size", d.max_message_size, 1),
         recipient_restrictions=restrictions,
         auth_mechanisms=tuple(dict.fromkeys(mechanisms)),
+        reject_sender_login_mismatch=table.get(
+            "reject_sender_login_mismatch", _values.expect(bool, "true or false"), True
+        ),
         broken_sasl_auth_clients=table.get(
             "broken_sasl_auth_clients", _values.expect(bool, "true or false"), False
         ),

@@ -103,6 +103,24 @@ def test_two_processes_share_the_listener_and_stop_together(tmp_path: pathlib.Pa
     assert log.count("status=sent") == 20
 
 
+def test_sighup_reloads_every_process_and_kills_none(tmp_path: pathlib.Path) -> None:
+    proc, port = _start(tmp_path, 2)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        log = tmp_path / "serve.log"
+        while time.monotonic() < deadline and log.read_text().count("SIGHUP: reloading") < 2:
+            time.sleep(0.1)
+        assert log.read_text().count("SIGHUP: reloading") == 2
+        assert proc.poll() is None
+        _send(port, 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+    assert _delivered(tmp_path) == 2
+
+
 def test_children_stop_when_the_parent_is_killed(tmp_path: pathlib.Path) -> None:
     proc, _port = _start(tmp_path, 2)
     children = _children(proc.pid)

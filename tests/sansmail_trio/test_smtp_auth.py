@@ -189,6 +189,22 @@ async def test_submission_needs_auth_and_own_sender(
     assert (remote[0], remote[1][:5]) == (451, b"4.3.0")
 
 
+async def test_sender_login_mismatch_can_be_allowed(
+    start_server: StartServer,
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    client_tls: ssl.SSLContext,
+) -> None:
+    server = await _submission_server(start_server, tls_files, reject_sender_login_mismatch=False)
+
+    def session() -> tuple[int, bytes]:
+        with smtplib.SMTP("127.0.0.1", server.port_of("submission"), timeout=10) as client:
+            client.starttls(context=client_tls)
+            client.login("alice@example.test", "secret")
+            return client.mail("sales@example.test")
+
+    assert (await trio.to_thread.run_sync(session))[0] == 250
+
+
 async def test_auth_before_tls_where_forbidden(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:

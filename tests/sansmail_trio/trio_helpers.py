@@ -77,7 +77,8 @@ def write_config(
         lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
     lines.append("[smtp]")
     for key, value in (smtp or {}).items():
-        lines.append(f"{key} = {value!r}".replace("'", '"'))
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        lines.append(f"{key} = {shown}".replace("'", '"'))
     path = tmp_path / "sansmail.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
