@@ -90,7 +90,6 @@ import hashlib
 import hmac
 import ipaddress
 import re
-import threading
 from collections.abc import Iterable
 from typing import Final, Protocol
 
@@ -206,7 +205,9 @@ class AuthService:
 
     `users` checks passwords (a `sansmail.users.UserStore`). `secret` (at least 16 random
     bytes, e.g. ``secrets.token_bytes(32)``) keys `attempt_id`; it need not survive a
-    restart. `begin` and `record` may be called from any thread.
+    restart. Not thread-safe, on purpose (this package has no threads): call `begin` and
+    `record` from one thread, the event loop's; only `verify_password`, which reads
+    nothing here, belongs in a worker thread.
     """
 
     def __init__(
@@ -223,7 +224,6 @@ class AuthService:
         self.settings = settings if settings is not None else AuthSettings()
         # Oldest failure first: the front is what goes stale, or gets evicted, first.
         self._clients: collections.OrderedDict[str, _Client] = collections.OrderedDict()
-        self._lock = threading.Lock()
 
     # -- the three steps -------------------------------------------------------------------
 
@@ -232,20 +232,19 @@ class AuthService:
         bucket, exempt = self._classify(client_ip)
         if exempt:
             return Verdict(allowed=True)
-        with self._lock:
-            client = self._clients.get(bucket)
-            if client is None:
-                return Verdict(allowed=True)
-            if now < client.blocked_until:
-                return Verdict(
-                    allowed=False,
-                    reason=TOO_MANY_FAILURES,
-                    retry_after=client.blocked_until - now,
-                )
-            if client.streak == 0 or now - client.last_failure > self.settings.window:
-                return Verdict(allowed=True)
-            wait = client.last_failure + self._penalty(client.streak) - now
-            return Verdict(allowed=True, delay=max(0.0, wait))
+        client = self._clients.get(bucket)
+        if client is None:
+            return Verdict(allowed=True)
+        if now < client.blocked_until:
+            return Verdict(
+                allowed=False,
+                reason=TOO_MANY_FAILURES,
+                retry_after=client.blocked_until - now,
+            )
+        if client.streak == 0 or now - client.last_failure > self.settings.window:
+            return Verdict(allowed=True)
+        wait = client.last_failure + self._penalty(client.streak) - now
+        return Verdict(allowed=True, delay=max(0.0, wait))
 
     def verify_password(self, key: str, password: str) -> bool:
         """Check `password` for the user `key` (`login_key` of what the client sent).
@@ -263,12 +262,11 @@ class AuthService:
         bucket, exempt = self._classify(client_ip)
         if exempt:
             return 0.0 if ok else self.settings.failure_delay
-        with self._lock:
-            if ok:
-                self._succeeded(bucket, now)
-                return 0.0
-            client = self._failed(bucket, now, attempt)
-            return self._penalty(client.streak)
+        if ok:
+            self._succeeded(bucket, now)
+            return 0.0
+        client = self._failed(bucket, now, attempt)
+        return self._penalty(client.streak)
 
     # -- conveniences ----------------------------------------------------------------------
 

@@ -57,7 +57,10 @@ which addresses exist.
 
 Writing, reloading, `verify_password` and `scram_secret` block (file I/O, argon2, PBKDF2):
 call them from a worker thread. The lookups (`get`, `get_scram`, `get_cram_md5`, ``in``)
-only read memory. Everything is safe to call from several threads at once.
+only read memory, and a reload swaps in a whole new table, so they are safe to call while a
+reload runs in another thread. Writers serialise through the file lock; one instance
+should not be written to from two threads at once (the CLI never does, the server never
+writes).
 """
 
 from __future__ import annotations
@@ -69,7 +72,6 @@ import json
 import os
 import pathlib
 import secrets
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -192,14 +194,12 @@ class UserStore:
         self._hasher = hasher if hasher is not None else PasswordHasher()
         self._cram_md5 = cram_md5
         self._scram_iterations = scram_iterations
-        self._mutex = threading.Lock()  # in-process writers and reloads
         self._signature: _Signature | None = None
         self._users: dict[str, User] = {}
         self._dummy_hash: str | None = None
         self._secret: bytes | None = None
-        with self._mutex:
-            self._signature, document = self._read()
-            self._users = _users_of(document, self.path)
+        self._signature, document = self._read()
+        self._users = _users_of(document, self.path)
 
     # -- reading --------------------------------------------------------------------
 
@@ -217,17 +217,16 @@ class UserStore:
             signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if signature == self._signature:
             return False
-        with self._mutex:
-            if signature == self._signature:
-                return False
-            try:
-                read_signature, document = self._read()
-                users = _users_of(document, self.path)
-            except UserError:
-                self._signature = signature
-                raise
-            self._signature = read_signature
-            self._users = users
+        if signature == self._signature:
+            return False
+        try:
+            read_signature, document = self._read()
+            users = _users_of(document, self.path)
+        except UserError:
+            self._signature = signature
+            raise
+        self._signature = read_signature
+        self._users = users
         return True
 
     def get(self, key: str) -> User | None:
@@ -281,10 +280,9 @@ class UserStore:
         """The server-wide secret (32 bytes) from which SCRAM invents salts for unknown
         users: read from ``<path>.scram-secret``, created there (mode 0600) on first use.
         UserError if the file exists but does not hold 64 hex digits."""
-        with self._mutex:
-            if self._secret is None:
-                self._secret = self._read_or_make_secret()
-            return self._secret
+        if self._secret is None:
+            self._secret = self._read_or_make_secret()
+        return self._secret
 
     # -- writing --------------------------------------------------------------------
 
@@ -408,7 +406,7 @@ class UserStore:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), document
 
     def _modify(self, change: Callable[[dict[str, Any]], None]) -> None:
-        with self._mutex, self._file_lock():
+        with self._file_lock():
             _signature, document = self._read()
             if document["version"] > FORMAT_VERSION:
                 raise UserError(

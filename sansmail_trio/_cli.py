@@ -27,6 +27,7 @@ from sansmail.config import (
 )
 from sansmail.users import UserError, UserStore
 from sansmail_trio._run import run
+from sansmail_trio._tls import tls_files_problem
 
 __all__ = ["main"]
 
@@ -293,7 +294,9 @@ def _not_built(feature: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, default_hostname=_default_hostname())
+    return load_config(
+        args.config, default_hostname=_default_hostname(), check_tls=tls_files_problem
+    )
 
 
 def _default_hostname() -> str:

@@ -54,7 +54,7 @@ def run(config: Config) -> int:
         trio.run(_main, config)
     except KeyboardInterrupt:  # before the signal receiver was installed
         return 130
-    except OSError as exc:
+    except (OSError, TLSConfigError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -77,6 +77,7 @@ __all__ = [
     "ensure_self_signed",
     "received_tls",
     "server_context",
+    "tls_files_problem",
     "tls_handshake",
     "watch_sighup",
 ]
@@ -147,6 +148,16 @@ def server_context(cert: pathlib.Path, key: pathlib.Path) -> ssl.SSLContext:
         raise _explain(cert, key, exc) from exc
     _warn_if_outside_validity(cert)
     return context
+
+
+def tls_files_problem(cert: pathlib.Path, key: pathlib.Path) -> str | None:
+    """What is wrong with a certificate and key pair, or None when they would serve:
+    the checker `sansmail.config.load_config` takes for ``[tls]``."""
+    try:
+        server_context(cert, key)
+    except TLSConfigError as exc:
+        return exc.reason
+    return None
 
 
 def _explain(cert: pathlib.Path, key: pathlib.Path, exc: Exception) -> TLSConfigError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, Literal
 
 import attrs
@@ -42,6 +42,9 @@ RESTRICTIONS: Final = (
     "reject",
 )
 MECHANISMS: Final = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "SCRAM-SHA-1")
+
+#: Says what is wrong with a TLS certificate and key pair, or None when they load.
+TLSChecker = Callable[[pathlib.Path, pathlib.Path], str | None]
 
 #: The configuration used when no file is given and ./sansmail.toml does not exist. It is
 #: parsed by the same code as a user's file; ``hostname`` is left out so that the caller's

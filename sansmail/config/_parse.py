@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import ssl
 import tomllib
 import types
 from collections.abc import Mapping, Sequence
@@ -36,6 +35,7 @@ from sansmail.config._model import (
     NextHop,
     Problem,
     SMTPConfig,
+    TLSChecker,
     TLSConfig,
 )
 from sansmail.config._tables import TABLE_KEYS, TOP_KEYS, Reader, Table
@@ -43,16 +43,24 @@ from sansmail.config._tables import TABLE_KEYS, TOP_KEYS, Reader, Table
 # --- the front door ---------------------------------------------------------------------
 
 
-def parse_config(text: str, *, source: pathlib.Path | None, default_hostname: str) -> Config:
+def parse_config(
+    text: str,
+    *,
+    source: pathlib.Path | None,
+    default_hostname: str,
+    check_tls: TLSChecker | None = None,
+) -> Config:
     """Validate `text`, read from `source` (None: the embedded default), into a `Config`.
 
     Relative paths resolve against `source`'s folder, or the current directory when
     `source` is None. `default_hostname` applies when the text has no ``hostname``.
+    `check_tls(cert, key)` says what is wrong with a ``[tls]`` pair (None: nothing); the
+    adapter passes one, since loading certificates is the TLS layer's business.
     Raises `ConfigError` listing every problem found.
     """
     file = EMBEDDED_NAME if source is None else str(source)
     base = pathlib.Path.cwd() if source is None else source.absolute().parent
-    reader = Reader(file, KeyLines(text), base)
+    reader = Reader(file, KeyLines(text), base, check_tls)
     config = _read(text, reader, default_hostname)
     if reader.problems or config is None:
         # Found table by table; read in file order.
@@ -60,7 +68,9 @@ def parse_config(text: str, *, source: pathlib.Path | None, default_hostname: st
     return attrs.evolve(config, source=None if source is None else source.absolute())
 
 
-def load_config(path: pathlib.Path | None, *, default_hostname: str) -> Config:
+def load_config(
+    path: pathlib.Path | None, *, default_hostname: str, check_tls: TLSChecker | None = None
+) -> Config:
     """Read and validate the config file at `path`.
 
     None means ``./sansmail.toml`` when it exists, else `DEFAULT_CONFIG_TOML`. A file that
@@ -69,7 +79,12 @@ def load_config(path: pathlib.Path | None, *, default_hostname: str) -> Config:
     if path is None:
         candidate = pathlib.Path("sansmail.toml")
         if not candidate.is_file():
-            return parse_config(DEFAULT_CONFIG_TOML, source=None, default_hostname=default_hostname)
+            return parse_config(
+                DEFAULT_CONFIG_TOML,
+                source=None,
+                default_hostname=default_hostname,
+                check_tls=check_tls,
+            )
         path = candidate
     try:
         text = path.read_bytes().decode("utf-8")
@@ -81,7 +96,7 @@ def load_config(path: pathlib.Path | None, *, default_hostname: str) -> Config:
         raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
     except ValueError as exc:  # a NUL in the path
         raise ConfigError([Problem(repr(str(path)), None, "", f"cannot read: {exc}")]) from None
-    return parse_config(text, source=path, default_hostname=default_hostname)
+    return parse_config(text, source=path, default_hostname=default_hostname, check_tls=check_tls)
 
 
 def warnings(config: Config) -> list[str]:
@@ -200,20 +215,13 @@ def _read_tls(table: Table) -> TLSConfig:
         if not path.is_file():
             table.problem(name, f"{path}: no such file")
             ok = False
-    if ok:
-        try:
-            # A passphrase-protected key must be an error, not a prompt on the terminal
-            # that would hang check-config or a daemon's start.
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
-                cert, key, password=_no_passphrase
-            )
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            table.problem("cert", f"cannot load {cert} with key {key}: {exc}")
+    # Whether the pair actually loads is the TLS layer's to judge (this package has no
+    # ssl): the adapter passes its checker in.
+    if ok and table.reader.check_tls is not None:
+        reason = table.reader.check_tls(cert, key)
+        if reason is not None:
+            table.problem("cert", f"cannot load {cert} with key {key}: {reason}")
     return TLSConfig(cert=cert, key=key)
-
-
-def _no_passphrase() -> str:
-    raise ValueError("the key is encrypted; sansmail needs an unencrypted key file")
 
 
 def _read_listen(table: Table) -> Mapping[str, tuple[HostPort, ...]]:

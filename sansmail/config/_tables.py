@@ -39,6 +39,7 @@ from sansmail.config._model import (
     ReverseDNSMode,
     SMTPConfig,
     SPFMode,
+    TLSChecker,
 )
 
 T = TypeVar("T")
@@ -80,10 +81,17 @@ TABLE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
 class Reader:
     """The problems of one file, and what reporting them needs."""
 
-    def __init__(self, file: str, lines: KeyLines, base: pathlib.Path) -> None:
+    def __init__(
+        self,
+        file: str,
+        lines: KeyLines,
+        base: pathlib.Path,
+        check_tls: TLSChecker | None = None,
+    ) -> None:
         self.file = file
         self.lines = lines
         self.base = base
+        self.check_tls = check_tls
         self.problems: list[Problem] = []
 
     def problem(self, path: tuple[str, ...], message: str) -> None:

@@ -636,9 +636,23 @@ def test_tls_key_does_not_match(tmp_path):
     one, two = ca.issue_cert("a.example"), ca.issue_cert("b.example")
     one.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     two.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    problem = only_problem('[tls]\ncert = "cert.pem"\nkey = "key.pem"\n', tmp_path)
+    path = tmp_path / "sansmail.toml"
+    path.write_text('[tls]\ncert = "cert.pem"\nkey = "key.pem"\n')
+    seen = []
+
+    def check(cert: pathlib.Path, key: pathlib.Path) -> str | None:
+        seen.append((cert.name, key.name))
+        return "the key does not match the certificate"
+
+    with pytest.raises(ConfigError) as info:
+        load_config(path, default_hostname="d.example", check_tls=check)
+    [problem] = info.value.problems
+    assert seen == [("cert.pem", "key.pem")]
     assert (problem.line, problem.key) == (2, "tls.cert")
     assert "cannot load" in problem.message
+    assert problem.message.endswith("the key does not match the certificate")
+    # Without a checker (this package loads no certificates) the pair is taken as given.
+    assert load_config(path, default_hostname="d.example").tls.key == tmp_path / "key.pem"
 
 
 # --- warnings -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""MaildirStore: layout, content, names, durability order, concurrency, group commit."""
+"""MaildirStore: layout, content, names, durability order, concurrency."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import shutil
 import stat
 import tempfile
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -383,95 +382,3 @@ def test_concurrent_commits(tmp_path: pathlib.Path) -> None:
     for (t, i), (name, *_) in results.items():
         assert (alice_new / name).read_bytes() == PREFIX_LF + f"thread {t} message {i}\n".encode()
     assert os.listdir(store.maildir(ALICE) / "tmp") == []
-
-
-# -- group commit of the directory fsync -------------------------------------------------
-
-
-def test_group_commit_covers_every_caller(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Every sync() must return only after an fsync that *started* after sync() was called.
-    clock = iter(range(1_000_000))
-    clock_lock = threading.Lock()
-
-    def tick() -> int:
-        with clock_lock:
-            return next(clock)
-
-    fsyncs: list[tuple[int, int]] = []
-
-    def fake_fsync_dir(path: str) -> None:
-        start = tick()
-        time.sleep(0.002)
-        fsyncs.append((start, tick()))
-
-    monkeypatch.setattr(_maildir, "_fsync_dir", fake_fsync_dir)
-    syncer = _maildir._DirSync("/nowhere")
-    spans: list[tuple[int, int]] = []
-
-    def worker() -> None:
-        for _ in range(20):
-            arrived = tick()
-            syncer.sync()
-            spans.append((arrived, tick()))
-
-    threads = [threading.Thread(target=worker) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(spans) == 240
-    for arrived, left in spans:
-        assert any(arrived < start and end < left for start, end in fsyncs), (arrived, left)
-    assert len(fsyncs) < 240  # callers did share
-
-
-def test_group_commit_failure_reaches_every_covered_caller(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    entered = threading.Event()
-    release = threading.Event()
-    calls = 0
-
-    def fake_fsync_dir(path: str) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            entered.set()
-            release.wait(5)
-            return
-        time.sleep(0.05)  # let every waiter queue behind this one
-        raise OSError(errno.EIO, "I/O error")
-
-    monkeypatch.setattr(_maildir, "_fsync_dir", fake_fsync_dir)
-    syncer = _maildir._DirSync("/nowhere")
-    outcomes: list[str] = []
-
-    def worker() -> None:
-        try:
-            syncer.sync()
-        except OSError:
-            outcomes.append("error")
-        else:
-            outcomes.append("ok")
-
-    first = threading.Thread(target=worker)
-    first.start()
-    entered.wait(5)
-    # These arrive while fsync #1 runs: only #2 may cover them, and #2 fails.
-    others = [threading.Thread(target=worker) for _ in range(5)]
-    for thread in others:
-        thread.start()
-    time.sleep(0.05)
-    release.set()
-    for thread in [first, *others]:
-        thread.join()
-    assert sorted(outcomes) == ["error"] * 5 + ["ok"]
-    assert calls == 2
-    assert syncer._waiting == {}
-    assert syncer._failed == {}
-
-
-def test_without_group_commit_still_delivers(tmp_path: pathlib.Path) -> None:
-    store = MaildirStore(tmp_path, hostname="h", group_commit=False)
-    (name,) = deliver(store, [ALICE], b"x\r\n")
-    assert (store.maildir(ALICE) / "new" / name).exists()
