@@ -305,7 +305,7 @@ class _Session:
         except RemoteProtocolError as exc:
             self.log.info("%s: protocol error: %s", self.client, exc)
             await self._send_hint(exc.reply_hint)
-        except (LocalProtocolError, Exception):
+        except Exception:  # LocalProtocolError, or any other bug
             # A bug must cost one session, never the server: its task would otherwise
             # take the whole nursery down.
             self.log.exception("%s: internal error, closing", self.client)

@@ -14,6 +14,8 @@ import pytest
 import trio
 from trio_helpers import RawClient, StartServer
 
+from sansmail_trio import _smtp_server
+
 MESSAGE = b"From: a@example.org\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nHello Alice.\r\n"
 
 
@@ -470,3 +472,30 @@ async def test_mail_log_lines(start_server: StartServer, caplog: pytest.LogCaptu
     assert "550 5.1.1" in rejected[0]
     assert any(m.startswith("connect from [127.0.0.1]:") for m in messages)
     assert any(m.startswith("disconnect from [127.0.0.1]:") for m in messages)
+
+
+async def test_a_bug_costs_one_session_not_the_server(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = await start_server()
+
+    async def broken(self: object, event: object) -> bool:
+        raise RuntimeError("a bug in a handler")
+
+    monkeypatch.setattr(_smtp_server._Session, "on_noop", broken)
+
+    def session() -> tuple[bytes, bool]:
+        c = RawClient(server.port)
+        c.reply()
+        c.send(b"EHLO c\r\nNOOP\r\n")
+        c.reply()
+        return c.reply()[-1], c.closed()
+
+    line, closed = await trio.to_thread.run_sync(session)
+    assert line.startswith(b"421 4.3.0")
+    assert closed
+    # The server is still serving.
+    await trio.to_thread.run_sync(
+        _sendmail, server.port, "a@example.org", ["alice@example.test"], MESSAGE
+    )
+    assert len(server.new_messages("alice@example.test")) == 1
