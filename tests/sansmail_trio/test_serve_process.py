@@ -51,8 +51,21 @@ def _start(tmp_path: pathlib.Path, processes: int) -> tuple[subprocess.Popen[byt
                     return proc, port
         except OSError:
             time.sleep(0.05)
-    proc.kill()
+    _stop(proc)
     pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+
+
+def _wait_for_log(path: pathlib.Path, text: str, count: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and path.read_text().count(text) < count:
+        time.sleep(0.05)
+    assert path.read_text().count(text) >= count, path.read_text()
 
 
 def _children(pid: int) -> list[int]:
@@ -78,7 +91,7 @@ def test_single_process_delivers_and_stops_on_signal(tmp_path: pathlib.Path, sig
         proc.send_signal(signum)
         assert proc.wait(20) == 0
     finally:
-        proc.kill()
+        _stop(proc)
     assert _delivered(tmp_path) == 3
     log = (tmp_path / "serve.log").read_text()
     assert "shutting down gracefully" in log
@@ -96,7 +109,7 @@ def test_two_processes_share_the_listener_and_stop_together(tmp_path: pathlib.Pa
         for child in children:
             assert not pathlib.Path(f"/proc/{child}").exists() or _is_zombie(child)
     finally:
-        proc.kill()
+        _stop(proc)
     assert _delivered(tmp_path) == 20
     log = (tmp_path / "serve.log").read_text()
     assert log.count("started (process") == 2
@@ -105,19 +118,18 @@ def test_two_processes_share_the_listener_and_stop_together(tmp_path: pathlib.Pa
 
 def test_sighup_reloads_every_process_and_kills_none(tmp_path: pathlib.Path) -> None:
     proc, port = _start(tmp_path, 2)
+    log = tmp_path / "serve.log"
     try:
+        # Both servers must be up (their SIGHUP watcher installed) before the signal.
+        _wait_for_log(log, "started (process", 2)
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        log = tmp_path / "serve.log"
-        while time.monotonic() < deadline and log.read_text().count("SIGHUP: reloading") < 2:
-            time.sleep(0.1)
-        assert log.read_text().count("SIGHUP: reloading") == 2
+        _wait_for_log(log, "SIGHUP: reloading", 2)
         assert proc.poll() is None
         _send(port, 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
-        proc.kill()
+        _stop(proc)
     assert _delivered(tmp_path) == 2
 
 
