@@ -144,6 +144,8 @@ async def serve(
         settings=auth_settings or AuthSettings(exempt=config.mynetworks),
     )
     await trio.to_thread.run_sync(users.reload_if_changed)
+    # Made or read once here, off the loop: SCRAM needs it for unknown users' fake salts.
+    await trio.to_thread.run_sync(users.scram_secret)
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
     # data_dir on first start (CONTRACT.md).
     tls = await trio.to_thread.run_sync(TLSContextHolder.from_config, config)
