@@ -59,8 +59,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from sansmail._errors import LocalProtocolError, RemoteProtocolError
-from sansmail._linebuffer import BareNewlineError, LineBuffer, LineTooLongError
-from sansmail._roles import CLIENT, NEED_DATA, PAUSED, SERVER, Role, Signal
+from sansmail._linebuffer import BareNewlineError, LineTooLongError
+from sansmail._lockstep import LockstepServer
+from sansmail._roles import NEED_DATA, PAUSED, Role, Signal
 from sansmail.pop3._config import Config
 from sansmail.pop3._events import (
     Capa,
@@ -105,7 +106,7 @@ _AUTH_COMMAND = len("AUTH ") + 20 + 1
 Sendable = Ok | Err | Challenge | MultilineData | EndOfMultiline
 
 
-class Connection:
+class Connection(LockstepServer[Phase]):
     """One POP3 session, seen from the server.
 
     Args:
@@ -114,18 +115,15 @@ class Connection:
     """
 
     def __init__(self, our_role: Role, *, config: Config | None = None) -> None:
-        if our_role is CLIENT:
-            raise NotImplementedError("sansmail has no POP3 client core")
-        if our_role is not SERVER:
-            raise TypeError(f"our_role must be CLIENT or SERVER, not {our_role!r}")
-        self.our_role = our_role
+        super().__init__(
+            our_role,
+            phase=Phase.GREETING,
+            error_phase=Phase.ERROR,
+            tls_pending_phase=Phase.TLS_PENDING,
+            no_client_role="sansmail has no POP3 client core",
+        )
         self.config = config if config is not None else Config()
-        self._buffer = LineBuffer()
-        self._eof = False
-        self._phase = Phase.GREETING
         self._stage = Stage.AUTHORIZATION
-        self._our_error = False
-        self._their_error = False
         self._answering: Event | None = None  # the command the pending response answers
         self._stuffer: DotStuffer | None = None  # while a multi-line body is written
         self._user: str | None = None  # the name of a USER just answered +OK
@@ -136,18 +134,6 @@ class Connection:
         self._capabilities: Mapping[str, str] = MappingProxyType({})
 
     # --- what the application may look at -------------------------------------------
-
-    @property
-    def their_role(self) -> Role:
-        return CLIENT
-
-    @property
-    def our_state(self) -> Phase:
-        return Phase.ERROR if self._our_error else self._phase
-
-    @property
-    def their_state(self) -> Phase:
-        return Phase.ERROR if self._their_error else self._phase
 
     @property
     def stage(self) -> Stage:
@@ -170,29 +156,12 @@ class Connection:
         """`start_tls()` has completed on this connection."""
         return self._tls_active
 
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]:
-        """The bytes received and not parsed, and whether EOF was seen."""
-        return bytes(self._buffer), self._eof
-
     # --- receiving ---------------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes received from the client; b"" means it closed its side."""
-        if data:
-            if self._eof:
-                raise LocalProtocolError("received data after EOF")
-            self._buffer.append(data)
-        else:
-            self._eof = True
 
     def next_event(self) -> Event | Signal:
         """The next event, or NEED_DATA (feed more bytes), or PAUSED (answer the pending
         command, or finish the TLS switch, first)."""
-        if self._their_error:
-            raise RemoteProtocolError("the client already broke the protocol")
-        if self._our_error:
-            raise LocalProtocolError("the connection failed on our side")
+        self._check_usable()
         try:
             phase = self._phase
             if phase is Phase.COMMAND or phase is Phase.AUTH:
@@ -365,22 +334,11 @@ class Connection:
             raise LocalProtocolError("STLS advertised under TLS")
         return capabilities
 
-    def send_failed(self) -> None:
-        """The bytes of the last `send()` never left: our side is broken for good."""
-        self._our_error = True
-
     # --- the TLS switch ------------------------------------------------------------------
 
     def start_tls(self) -> None:
         """Call after the adapter's TLS handshake, following our +OK to STLS."""
-        if self._phase is not Phase.TLS_PENDING or self._their_error or self._our_error:
-            self._our_error = True
-            raise LocalProtocolError("start_tls() outside an STLS switch")
-        if self._buffer:
-            self._their_error = True
-            raise RemoteProtocolError(
-                f"{len(self._buffer)} octets of plaintext sent after STLS", PIPELINED_STLS
-            )
+        self._check_tls_switch("STLS", PIPELINED_STLS)
         # RFC 2595 §4: still AUTHORIZATION; no new greeting; the client must ask CAPA again.
         self._tls_active = True
         self._user = None

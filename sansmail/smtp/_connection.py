@@ -60,8 +60,9 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from sansmail._errors import LocalProtocolError, RemoteProtocolError
-from sansmail._linebuffer import BareNewlineError, LineBuffer, LineTooLongError
-from sansmail._roles import CLIENT, NEED_DATA, PAUSED, SERVER, Role, Signal
+from sansmail._linebuffer import BareNewlineError, LineTooLongError
+from sansmail._lockstep import LockstepServer
+from sansmail._roles import NEED_DATA, PAUSED, Role, Signal
 from sansmail.smtp import _codes
 from sansmail.smtp._config import Config
 from sansmail.smtp._events import (
@@ -101,7 +102,7 @@ _CONNECTION_CLOSED = ConnectionClosed()
 _UNSUPPORTED_EXTENSIONS = ("BINARYMIME",)
 
 
-class Connection:
+class Connection(LockstepServer[Phase]):
     """One SMTP session, seen from the server.
 
     Args:
@@ -110,18 +111,15 @@ class Connection:
     """
 
     def __init__(self, our_role: Role, *, config: Config | None = None) -> None:
-        if our_role is CLIENT:
-            raise NotImplementedError("the client role lands with outbound delivery")
-        if our_role is not SERVER:
-            raise TypeError(f"our_role must be CLIENT or SERVER, not {our_role!r}")
-        self.our_role = our_role
+        super().__init__(
+            our_role,
+            phase=Phase.GREETING,
+            error_phase=Phase.ERROR,
+            tls_pending_phase=Phase.TLS_PENDING,
+            no_client_role="the client role lands with outbound delivery",
+        )
         self.config = config if config is not None else Config()
         self._session = Session(self.config)
-        self._buffer = LineBuffer()
-        self._eof = False
-        self._phase = Phase.GREETING
-        self._our_error = False
-        self._their_error = False
         self._answering: Event | None = None  # the event the pending reply answers
         self._reader: DataReader | BdatReader | None = None
         self._bdat_content: ContentFilter | None = None  # one per BDAT transaction
@@ -131,18 +129,6 @@ class Connection:
         self._quit = False
 
     # --- what the application may look at -------------------------------------------
-
-    @property
-    def their_role(self) -> Role:
-        return CLIENT
-
-    @property
-    def our_state(self) -> Phase:
-        return Phase.ERROR if self._our_error else self._phase
-
-    @property
-    def their_state(self) -> Phase:
-        return Phase.ERROR if self._their_error else self._phase
 
     @property
     def stage(self) -> Stage:
@@ -169,29 +155,12 @@ class Connection:
         """An AUTH exchange ended in 235 on this connection (since the last STARTTLS)."""
         return self._session.authenticated
 
-    @property
-    def trailing_data(self) -> tuple[bytes, bool]:
-        """The bytes received and not parsed, and whether EOF was seen."""
-        return bytes(self._buffer), self._eof
-
     # --- receiving ---------------------------------------------------------------------
-
-    def receive_data(self, data: bytes) -> None:
-        """Add bytes received from the client; b"" means it closed its side."""
-        if data:
-            if self._eof:
-                raise LocalProtocolError("received data after EOF")
-            self._buffer.append(data)
-        else:
-            self._eof = True
 
     def next_event(self) -> Event | Signal:
         """The next event, or NEED_DATA (feed more bytes), or PAUSED (send a reply, or
         finish the TLS switch, first)."""
-        if self._their_error:
-            raise RemoteProtocolError("the client already broke the protocol")
-        if self._our_error:
-            raise LocalProtocolError("the connection failed on our side (send_failed)")
+        self._check_usable()
         try:
             phase = self._phase
             if phase is Phase.COMMAND:
@@ -425,23 +394,11 @@ class Connection:
             session.bdat_failed = True
         session.stage = new
 
-    def send_failed(self) -> None:
-        """The bytes of the last `send()` never left: our side is broken for good."""
-        self._our_error = True
-
     # --- the TLS switch ------------------------------------------------------------------
 
     def start_tls(self) -> None:
         """Call after the adapter's TLS handshake, following our 220 to STARTTLS."""
-        if self._phase is not Phase.TLS_PENDING or self._their_error or self._our_error:
-            self._our_error = True
-            raise LocalProtocolError("start_tls() outside a STARTTLS switch")
-        if self._buffer:
-            self._their_error = True
-            raise RemoteProtocolError(
-                f"{len(self._buffer)} octets of plaintext sent after STARTTLS",
-                _codes.PIPELINED_STARTTLS,
-            )
+        self._check_tls_switch("STARTTLS", _codes.PIPELINED_STARTTLS)
         # RFC 3207 §4.2: forget everything learnt before the handshake.
         session = self._session
         session.stage = Stage.NEED_HELLO
