@@ -190,16 +190,6 @@ async def serve(
         max_total=-(-config.smtp.max_connections // share),
         max_per_ip=-(-config.smtp.max_connections_per_ip // share),
     )
-    shown = "; ".join(f"{n} on " + ", ".join(f"{h}:{p}" for h, p in a) for n, a in bound.items())
-    log.info(
-        "sansmail %s started%s: %s; domains=%s; data_dir=%s",
-        __version__,
-        f" (process {process + 1} of {share})" if share > 1 else "",
-        shown or "no listeners",
-        ",".join(config.domains),
-        config.data_dir,
-    )
-
     async with trio.open_nursery() as connection_nursery:
         async with trio.open_nursery() as accept_nursery:
             accept_nursery.start_soon(_reload_users, users)
@@ -208,6 +198,8 @@ async def serve(
                 accept_nursery.start_soon(
                     _accept_loop, listener, services[name], connections, connection_nursery
                 )
+            # Logged once everything is listening, SIGHUP included: "started" means ready.
+            _log_started(config, bound, process, share)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: no longer accepting connections")
@@ -275,6 +267,20 @@ def _bind(host: str, port: int) -> list[socket.socket]:
             sock.close()
         raise
     return socks
+
+
+def _log_started(
+    config: Config, bound: Mapping[str, list[tuple[str, int]]], process: int, share: int
+) -> None:
+    shown = "; ".join(f"{n} on " + ", ".join(f"{h}:{p}" for h, p in a) for n, a in bound.items())
+    log.info(
+        "sansmail %s started%s: %s; domains=%s; data_dir=%s",
+        __version__,
+        f" (process {process + 1} of {share})" if share > 1 else "",
+        shown or "no listeners",
+        ",".join(config.domains),
+        config.data_dir,
+    )
 
 
 async def _accept_loop(
