@@ -79,6 +79,7 @@ import attrs
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from sansmail._durable import fsync_dir
 from sansmail.address import Address
 from sansmail.sasl import (
     SCRAM_MIN_ITERATIONS,
@@ -364,7 +365,7 @@ class UserStore:
                 os.link(tmp, self._secret_path)
         finally:
             os.unlink(tmp)
-        _fsync_directory(self.path.parent)
+        fsync_dir(self.path.parent)
         return self._read_secret()
 
     def _read_secret(self) -> bytes:
@@ -451,17 +452,8 @@ class UserStore:
         finally:
             os.close(fd)
         os.replace(self._tmp_path, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_dir(self.path.parent)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _fsync_directory(path: pathlib.Path) -> None:
-    # A rename or link is durable only once the directory holding it is.
-    dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _check_document(document: object, path: pathlib.Path) -> None:

@@ -67,6 +67,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sansmail._durable import fsync_dir
 from sansmail.config import Config
 
 __all__ = [
@@ -232,7 +233,7 @@ def ensure_self_signed(
         cert_pem, key_pem = _make_self_signed(hostname, now)
         _write_atomically(key, key_pem, mode=0o600)
         _write_atomically(cert, cert_pem, mode=0o644)
-        _fsync_folder(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise TLSConfigError(
             folder, f"cannot write the self-signed certificate: {exc.strerror or exc}"
@@ -356,15 +357,6 @@ def _write_atomically(path: pathlib.Path, data: bytes, *, mode: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
-
-
-def _fsync_folder(folder: pathlib.Path) -> None:
-    # The renames are durable only once the folder itself is on disk.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the current context, reloadable -----------------------------------------------------

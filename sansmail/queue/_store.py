@@ -46,7 +46,6 @@ threads; it holds no locks (the package imports no threading) and shares only an
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import itertools
 import os
@@ -57,6 +56,9 @@ from typing import Final
 
 import attrs
 
+from sansmail._durable import fsync_dir as _fsync_dir
+from sansmail._durable import unlink_quietly as _unlink_quietly
+from sansmail._durable import write_all as _write_all
 from sansmail.queue._envelope import (
     CorruptEnvelopeError,
     QueuedMessage,
@@ -70,7 +72,6 @@ __all__ = ["QueueStore", "QueueWriter", "UnknownQueueIdError"]
 _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _MSG: Final = ".msg"
 _ENV: Final = ".env"
 _TMP: Final = ".tmp"
@@ -81,31 +82,12 @@ class UnknownQueueIdError(LookupError):
     """No message with this queue id is in the queue (any more)."""
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, _O_DIR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _is_queue_id(text: str) -> bool:
     try:
         check_queue_id(text)
     except ValueError:
         return False
     return True
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 class QueueStore:

@@ -46,7 +46,6 @@ fsyncs, so each delivery fsyncs its own ``new/``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import os
@@ -57,6 +56,9 @@ from typing import Final
 
 import attrs
 
+from sansmail._durable import fsync_dir as _fsync_dir
+from sansmail._durable import unlink_quietly as _unlink_quietly
+from sansmail._durable import write_all as _write_all
 from sansmail.store._base import Delivery, MailboxId, MailStore
 
 __all__ = ["MaildirStore"]
@@ -64,7 +66,6 @@ __all__ = ["MaildirStore"]
 _DIR_MODE: Final = 0o700
 _FILE_MODE: Final = 0o600
 _O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-_O_DIR: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # link(2) refuses across file systems (EXDEV), past a link limit (EMLINK), or on file
 # systems without hard links (EPERM, ENOTSUP): those fall back to a copy.
 _COPY_ON: Final = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP})
@@ -90,14 +91,6 @@ def _escape_hostname(hostname: str) -> str:
         else:
             out.append(ch)
     return "".join(out) or "localhost"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, _O_DIR)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @attrs.frozen
@@ -260,9 +253,7 @@ class _MaildirDelivery:
             data = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
             self._chunks = []
             self._pending = 0
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            _write_all(self._fd, data)
 
     def commit(self) -> list[str]:
         if self._done:
@@ -357,8 +348,3 @@ def _copy(source: str, tmp: str, target: str) -> None:
     finally:
         os.close(src)
     os.rename(tmp, target)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
