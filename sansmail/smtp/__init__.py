@@ -5,9 +5,17 @@ into events and serialises the application's `Reply` events, enforcing RFC 5321'
 command order, the limits in `Config`, PIPELINING (RFC 2920), SIZE (RFC 1870), 8BITMIME
 (RFC 6152), SMTPUTF8 (RFC 6531), CHUNKING (RFC 3030), STARTTLS (RFC 3207), AUTH (RFC 4954:
 the exchange's framing; the SASL mechanisms are `sansmail.sasl`'s) and enhanced status
-codes (RFC 2034, RFC 3463). The client role lands with outbound delivery.
+codes (RFC 2034, RFC 3463).
+
+The client role is `ClientConnection`: it serialises the same command events, matches the
+server's replies to the commands they answer (pipelined or not), and parses them into the
+same `Reply` events; `challenge_data` decodes a 334 AUTH challenge. `sansmail.outbound`
+drives it through a whole delivery attempt.
 """
 
+from sansmail.smtp._client import ClientConnection
+from sansmail.smtp._client_readers import challenge_data
+from sansmail.smtp._client_writers import encode_xtext
 from sansmail.smtp._config import Config
 from sansmail.smtp._connection import Connection
 from sansmail.smtp._events import (
@@ -43,6 +51,7 @@ __all__ = [
     "AuthCancel",
     "AuthResponse",
     "Bdat",
+    "ClientConnection",
     "Config",
     "Connection",
     "ConnectionClosed",
@@ -66,5 +75,7 @@ __all__ = [
     "Stage",
     "StartTLS",
     "Verify",
+    "challenge_data",
+    "encode_xtext",
     "serialize_reply",
 ]

@@ -75,6 +75,17 @@ NON_ASCII_ADDRESS = _reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 # not implemented"; RFC 3463 X.5.4.
 UNKNOWN_PARAMETER = _reply(555, "5.5.4", "Parameter not recognized or not implemented")
 
+# --- DSN parameters (RFC 3461 §4), refused with RFC 5321's 501 and RFC 3463 X.5.4 ---------
+
+# §4.3: "RET=FULL" or "RET=HDRS", nothing else.
+BAD_RET = _reply(501, "5.5.4", "RET must be FULL or HDRS")
+# §4.4: ENVID is xtext of at most 100 characters.
+BAD_ENVID = _reply(501, "5.5.4", "ENVID must be xtext of at most 100 characters")
+# §4.1: "NOTIFY=NEVER", or a comma list of SUCCESS, FAILURE and DELAY.
+BAD_NOTIFY = _reply(501, "5.5.4", "NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY")
+# §4.2: ORCPT is addr-type ";" xtext, at most 500 characters in all.
+BAD_ORCPT = _reply(501, "5.5.4", "ORCPT must be addr-type;xtext of at most 500 characters")
+
 # --- Commands out of sequence (RFC 5321 §4.1.4, §4.2.2 "503 Bad sequence") -------------
 
 NEED_HELLO = _reply(503, "5.5.1", "Send EHLO or HELO first")

@@ -106,7 +106,7 @@ class Connection(LockstepServer[Phase]):
     """One SMTP session, seen from the server.
 
     Args:
-        our_role: `SERVER`. (The client role lands with outbound delivery.)
+        our_role: `SERVER`. (The client role is `ClientConnection`.)
         config: limits and switches; `Config()` when omitted.
     """
 
@@ -116,7 +116,7 @@ class Connection(LockstepServer[Phase]):
             phase=Phase.GREETING,
             error_phase=Phase.ERROR,
             tls_pending_phase=Phase.TLS_PENDING,
-            no_client_role="the client role lands with outbound delivery",
+            no_client_role="use smtp.ClientConnection for the client role",
         )
         self.config = config if config is not None else Config()
         self._session = Session(self.config)

@@ -9,8 +9,10 @@ RFCs call for. It checks, in this order: the verb; the stage (RFC 5321 §4.1.4, 
 Postfix); the line length; then the arguments. Non-ASCII octets are decoded as UTF-8 only
 where RFC 6531 allows them (MAIL and RCPT paths of an SMTPUTF8 transaction, VRFY); MAIL
 parameters are accepted only when the extension that defines them was advertised in our
-EHLO reply. "MAIL FROM: <a@b>" (a space after the colon, which RFC 5321 §4.1.2 does not
-allow) is accepted, as Postfix and most servers do, because many clients send it.
+EHLO reply, and the values of those with a grammar of their own are checked (SIZE, BODY,
+AUTH=, and DSN's RET, ENVID, NOTIFY and ORCPT, RFC 3461 §4). "MAIL FROM: <a@b>" (a space
+after the colon, which RFC 5321 §4.1.2 does not allow) is accepted, as Postfix and most
+servers do, because many clients send it.
 
 AUTH (RFC 4954 §4). The AUTH command is read like any other, with two differences: it is
 accepted only when our EHLO reply advertised it and the session is not authenticated yet,
@@ -84,6 +86,7 @@ from sansmail.smtp._events import (
     Reset,
     StartTLS,
     Verify,
+    decode_xtext,
     read_auth_parameter,
 )
 from sansmail.smtp._state import SEQUENCE, Session
@@ -251,6 +254,60 @@ def _read_parameters(
     return params
 
 
+# RFC 3461 §4 xtext (`decode_xtext` checks it); within an SMTPUTF8 transaction RFC 6533 §3
+# lets ORCPT's address carry UTF-8 too (utf-8-addr-unitext), and non-ASCII octets only
+# reach a parameter value in such a transaction (see `_path_text`).
+_UTF8_XTEXT = re.compile(r"(?:[!-*,-<>-~\u0080-\U0010ffff]|\+[0-9A-F]{2})*")
+# RFC 3461 §4.2: addr-type = atom (RFC 5322 §3.2.3 atext; "=" cannot occur in an
+# esmtp-value, so it is left out).
+_ADDR_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/?^_`{|}~-]+")
+_NOTIFY_EVENTS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
+MAX_ENVID = 100  # RFC 3461 §4.4
+MAX_ORCPT = 500  # RFC 3461 §4.2: "the entire ORCPT parameter MAY be up to 500 characters"
+
+
+def _check_mail_dsn(params: dict[str, str | None]) -> None:
+    """RET and ENVID (RFC 3461 §4.3, §4.4). Their presence was checked against "DSN"."""
+    if "RET" in params:
+        ret = params["RET"]
+        if ret is None or ret.upper() not in ("FULL", "HDRS"):
+            raise CommandError("RET must be FULL or HDRS", _codes.BAD_RET)
+    if "ENVID" in params:
+        envid = params["ENVID"]
+        try:
+            if envid is None or len(envid) > MAX_ENVID:
+                raise ValueError(envid)
+            decode_xtext(envid)
+        except ValueError:
+            raise CommandError(
+                "ENVID is not xtext of at most 100 characters", _codes.BAD_ENVID
+            ) from None
+
+
+def _check_rcpt_dsn(params: dict[str, str | None]) -> None:
+    """NOTIFY and ORCPT (RFC 3461 §4.1, §4.2)."""
+    if "NOTIFY" in params:
+        notify = params["NOTIFY"]
+        # §4.1: "NEVER" alone, or one or more of SUCCESS, FAILURE, DELAY (each once).
+        words = notify.upper().split(",") if notify is not None else []
+        if words != ["NEVER"] and (
+            not words or not _NOTIFY_EVENTS.issuperset(words) or len(set(words)) != len(words)
+        ):
+            raise CommandError(f"bad NOTIFY {notify!r}", _codes.BAD_NOTIFY)
+    if "ORCPT" in params:
+        orcpt = params["ORCPT"]
+        addr_type, semicolon, address = (orcpt or "").partition(";")
+        if (
+            orcpt is None
+            or len(orcpt) > MAX_ORCPT
+            or not semicolon
+            or not _ADDR_TYPE.fullmatch(addr_type)
+            or not address
+            or not _UTF8_XTEXT.fullmatch(address)
+        ):
+            raise CommandError("ORCPT is not addr-type;xtext", _codes.BAD_ORCPT)
+
+
 def _parse_mail(rest: bytes, session: Session) -> Event:
     if rest[:5].upper() != b"FROM:":
         raise CommandError("MAIL without FROM:", _codes.MAIL_SYNTAX)
@@ -295,6 +352,7 @@ def _parse_mail(rest: bytes, session: Session) -> Event:
             read_auth_parameter(params["AUTH"], smtputf8="SMTPUTF8" in params)
         except ValueError as exc:
             raise CommandError(f"AUTH= parameter: {exc}", _codes.BAD_AUTH_PARAMETER) from None
+    _check_mail_dsn(params)
     return Mail(reverse_path=path, parameters=params)
 
 
@@ -314,9 +372,9 @@ def _parse_rcpt(rest: bytes, session: Session) -> Event:
         raise CommandError(f"recipient: {exc}", _codes.BAD_RECIPIENT) from None
     if path is None:
         raise CommandError("null recipient", _codes.NULL_RECIPIENT)
-    return Rcpt(
-        forward_path=path, parameters=_read_parameters(text, end, _RCPT_PARAMETERS, session)
-    )
+    params = _read_parameters(text, end, _RCPT_PARAMETERS, session)
+    _check_rcpt_dsn(params)
+    return Rcpt(forward_path=path, parameters=params)
 
 
 def _parse_auth(rest: bytes, session: Session) -> Event:

@@ -7,7 +7,7 @@ untouched."""
 from __future__ import annotations
 
 import pytest
-from smtp_helpers import feed, greeted, merged, min_chunk
+from smtp_helpers import AUTH_EHLO_LINES, feed, greeted, merged, min_chunk
 
 from sansmail import RemoteProtocolError
 from sansmail._linebuffer import LineBuffer
@@ -26,6 +26,7 @@ from sansmail.smtp import (
     Noop,
     Rcpt,
     Verify,
+    encode_xtext,
 )
 from sansmail.smtp._readers import BdatReader, ContentFilter, DataReader
 
@@ -340,13 +341,17 @@ def test_utf8_recipient_in_an_smtputf8_transaction() -> None:
 
 
 def test_mail_line_may_use_the_parameter_allowance() -> None:
-    conn = greeted()
-    envid = b"x" * 500
-    line = b"MAIL FROM:<a@b.example> RET=HDRS ENVID=" + envid
+    # A long sender, an AUTH= naming it and a full-length ENVID (RFC 3461 §4.4: 100)
+    # pass 512 octets; the parameter allowance of RFC 5321 §4.5.3.1.4 takes them.
+    conn = greeted(lines=AUTH_EHLO_LINES)
+    sender = "+" * 64 + "@" + "b" * 63 + "." + "c" * 63 + ".example"
+    envid = "x" * 100
+    auth = encode_xtext(sender.encode())
+    line = f"MAIL FROM:<{sender}> AUTH={auth} RET=HDRS ENVID={envid}".encode()
     assert len(line) > 512
     [event] = feed(conn, line + b"\r\n")
     assert isinstance(event, Mail)
-    assert event.parameters["ENVID"] == envid.decode()
+    assert event.parameters["ENVID"] == envid
 
 
 def test_command_over_the_hard_cap_is_fatal() -> None:
