@@ -38,6 +38,12 @@ trips on them at every pass helps nobody.
 `list` reads the directory and returns only entries whose envelope reads and whose
 content exists, oldest first, so ``queue list`` works while the server runs.
 
+``queue flush`` reaches the running server through the file system too: `request_flush`
+creates the file ``flush`` in the queue directory, and the runner's `take_flush_request`
+removes it and retries everything deferred. A file needs no socket, no pid and no
+signal, works for several server processes (the first to take it flushes), and a
+request made while the server is down waits for it.
+
 Like `MaildirStore`, this does blocking file I/O and is meant to be called from worker
 threads; it holds no locks (the package imports no threading) and shares only an
 `itertools.count`, whose single step is atomic under the GIL.
@@ -76,6 +82,9 @@ _MSG: Final = ".msg"
 _ENV: Final = ".env"
 _TMP: Final = ".tmp"
 _CORRUPT: Final = "corrupt"
+# The flush request: lower case, so never a queue id (upper-case letters and digits), and
+# without a dot, so `list` and `recover` pass it by as they pass by ``corrupt/``.
+_FLUSH: Final = "flush"
 
 
 class UnknownQueueIdError(LookupError):
@@ -190,6 +199,28 @@ class QueueStore:
                 continue  # deleted meanwhile, or for `recover` to set aside
         found.sort(key=lambda message: (message.arrival, message.queue_id))
         return found
+
+    def request_flush(self) -> None:
+        """Ask the queue runner to retry every deferred message now (``queue flush``,
+        Postfix's ``postqueue -f``): create the trigger file ``flush`` in the queue
+        directory and fsync the directory, so a request made just before a crash is
+        still honoured after it. Making it twice is one request. FileNotFoundError if
+        the queue directory does not exist (nothing was ever queued): creating it here
+        could leave it owned by whoever ran the command rather than by the server."""
+        path = os.path.join(self._dir, _FLUSH)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE)
+        os.close(fd)
+        _fsync_dir(self._dir)
+
+    def take_flush_request(self) -> bool:
+        """Remove the flush request; True if there was one. The runner polls this about
+        once a second. No fsync: should a crash bring the request back, the runner
+        flushes once more, which is harmless."""
+        try:
+            os.unlink(os.path.join(self._dir, _FLUSH))
+        except FileNotFoundError:
+            return False
+        return True
 
     def recover(self) -> builtins.list[str]:
         """Clean up after a crash; call at start, before anyone else uses the queue.
