@@ -83,8 +83,13 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, delivery: DeliveryConfig) -> RetryPolicy:
-        """The policy for a ``[delivery]`` table: its lifetime, the other defaults."""
-        return cls(max_lifetime=float(delivery.max_queue_lifetime))
+        """The policy a ``[delivery]`` table sets."""
+        return cls(
+            minimal_backoff=float(delivery.minimal_backoff),
+            maximal_backoff=float(delivery.maximal_backoff),
+            max_lifetime=float(delivery.max_queue_lifetime),
+            delay_warning=float(delivery.delay_warning) or None,
+        )
 
 
 def expired(*, arrival: float, now: float, policy: RetryPolicy) -> bool:

@@ -14,10 +14,13 @@ import pathlib
 import re
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from sansmail import __version__
 from sansmail.address import Address, AddressError, parse_address
+from sansmail.alias_source import AliasSource
+from sansmail.aliases import role_account_problems
 from sansmail.config import (
     DEFAULT_CONFIG_TOML,
     Config,
@@ -25,6 +28,7 @@ from sansmail.config import (
     load_config,
     warnings,
 )
+from sansmail.queue import QueueStore, UnknownQueueIdError, check_queue_id, format_mailq
 from sansmail.users import UserError, UserStore
 from sansmail_trio._run import run
 from sansmail_trio._tls import tls_files_problem
@@ -96,6 +100,38 @@ examples:
   {PROG} user passwd alice@example.test
   {PROG} user del bob@example.test
   {PROG} user list
+"""
+
+_NEWALIASES_HELP = f"""\
+Check the aliases file (the `aliases` key of the configuration; /etc/aliases format)
+and every include file it names: print each problem as file:line: message and exit 1,
+or print how many aliases it holds and exit 0. postmaster or abuse addresses that reach
+nobody are reported as warnings: their mail goes to the postmaster Maildir.
+
+There is nothing to load by hand: a running server re-reads the aliases file and its
+include files by itself within two seconds of a change, without a restart. (Postfix
+needs newaliases to rebuild aliases.db; here it only validates.) A file with problems
+is used all the same, without the entries that have them.
+
+examples:
+  {PROG} newaliases --config /etc/sansmail.toml
+"""
+
+_QUEUE_HELP = f"""\
+The outbound queue, <data_dir>/queue/: messages waiting for delivery to other hosts.
+
+  queue list            every queued message, like mailq: queue id, size, arrival
+                        time (UTC) and sender, then each recipient still pending,
+                        with the reason of its last failure
+  queue flush           ask the running server to retry every deferred message now,
+                        like postqueue -f
+  queue delete ID...    delete messages, like postsuper -d; queue delete ALL
+                        deletes every message
+
+examples:
+  {PROG} queue list
+  {PROG} queue delete 18BD5E1A2C8F0004A001
+  {PROG} queue flush --config /etc/sansmail.toml
 """
 
 _STDIN_HELP = (
@@ -171,23 +207,33 @@ def _build_parser() -> argparse.ArgumentParser:
     command(
         commands,
         "newaliases",
-        "validate and load the aliases file (not supported yet in this version)",
-        _not_built("aliases are"),
+        "check the aliases file (a running server reloads it by itself)",
+        _newaliases,
+        _NEWALIASES_HELP,
     )
 
     queue = commands.add_parser(
         "queue",
         parents=[common],
-        help="show or act on the outbound queue (not supported yet in this version)",
-        description="Show the outbound queue (like mailq), retry it now (like postqueue -f) "
-        "or delete a message from it (like postsuper -d). Not supported yet in this version.",
+        help="list the outbound queue, retry it now, delete from it",
+        description=_QUEUE_HELP,
+        formatter_class=raw,
     )
     queue_actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    not_yet = _not_built("the outbound queue is")
-    command(queue_actions, "list", "list queued messages, like mailq", not_yet)
-    command(queue_actions, "flush", "retry every queued message now", not_yet)
-    delete_id = command(queue_actions, "delete", "delete a queued message", not_yet)
-    delete_id.add_argument("id", metavar="ID", help="the queue id shown by `queue list`")
+    command(queue_actions, "list", "list queued messages, like mailq", _queue_list, _QUEUE_HELP)
+    command(
+        queue_actions,
+        "flush",
+        "ask the running server to retry every deferred message now, like postqueue -f",
+        _queue_flush,
+        _QUEUE_HELP,
+    )
+    delete_id = command(
+        queue_actions, "delete", "delete queued messages, like postsuper -d", _queue_delete
+    )
+    delete_id.add_argument(
+        "ids", metavar="ID", nargs="+", help="queue ids shown by `queue list`, or ALL"
+    )
 
     dkim = commands.add_parser(
         "dkim",
@@ -221,10 +267,20 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     found = warnings(config)
-    if config.domains:
+    problems: list[str] = []
+    if config.aliases is not None:
+        # The aliases decide where postmaster mail goes; they replace the plain check.
+        source = AliasSource(config.aliases)
+        problems = list(source.problems)
+        found.extend(_role_warnings(config, source))
+    elif config.domains:
         found.extend(_postmaster_warning(config))
+    for problem in problems:
+        print(problem, file=sys.stderr)
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
+    if problems:
+        return 1
     listeners = sum(len(addresses) for addresses in config.listen.values())
     domains = ", ".join(config.domains) or "none"
     print(f"config OK: {config.source_name}, {listeners} listeners, domains {domains}")
@@ -283,6 +339,101 @@ def _user_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _newaliases(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config.aliases is None:
+        print(f"newaliases: no aliases file: {config.source_name} has no 'aliases' key")
+        return 0
+    source = AliasSource(config.aliases)
+    for problem in source.problems:
+        print(problem, file=sys.stderr)
+    for warning in _role_warnings(config, source):
+        print(f"warning: {warning}", file=sys.stderr)
+    if source.problems:
+        count = _plural(len(source.problems), "problem")
+        raise CommandError(
+            f"{count} in {config.aliases} or its include files; a running server uses "
+            "the entries without problems"
+        )
+    aliases = _plural(len(source.table), "alias", "aliases")
+    includes = _plural(len(source.include_files), "include file")
+    print(f"newaliases: {aliases} in {config.aliases} ({includes})")
+    return 0
+
+
+def _role_warnings(config: Config, source: AliasSource) -> list[str]:
+    store = _user_store(config)
+    return role_account_problems(
+        source.table,
+        domains=config.domains,
+        user_exists=store.__contains__,
+        recipient_delimiter=config.recipient_delimiter,
+        read_include=source.read_include,
+    )
+
+
+def _queue_list(args: argparse.Namespace) -> int:
+    store = _queue_store(_load(args))
+    sys.stdout.write(format_mailq(store.list(), now=time.time()))
+    return 0
+
+
+def _queue_flush(args: argparse.Namespace) -> int:
+    store = _queue_store(_load(args))
+    try:
+        store.request_flush()
+    except FileNotFoundError:
+        # No queue directory: nothing was ever queued, so nothing to retry.
+        print("Mail queue is empty: nothing to flush")
+        return 0
+    print(
+        "flush requested: the running server retries every deferred message now "
+        "(a stopped server does when it starts)"
+    )
+    return 0
+
+
+def _queue_delete(args: argparse.Namespace) -> int:
+    store = _queue_store(_load(args))
+    ids: list[str] = args.ids
+    if "ALL" in ids:
+        if len(ids) > 1:
+            raise CommandError("ALL deletes every message: give it alone")
+        ids = [message.queue_id for message in store.list()]
+        if not ids:
+            print("Mail queue is empty: nothing deleted")
+            return 0
+        everything = True
+    else:
+        everything = False
+    status = 0
+    for queue_id in ids:
+        try:
+            check_queue_id(queue_id)
+            store.delete(queue_id)
+        except ValueError:
+            print(
+                f"{PROG}: queue delete: {queue_id!r} is not a queue id (upper-case letters "
+                "and digits, as queue list shows them)",
+                file=sys.stderr,
+            )
+            status = 1
+        except UnknownQueueIdError:
+            if not everything:  # with ALL, one delivered meanwhile has left by itself
+                print(
+                    f"{PROG}: queue delete: {queue_id}: no such message in the queue",
+                    file=sys.stderr,
+                )
+                status = 1
+        else:
+            print(f"deleted {queue_id}")
+    return status
+
+
+def _plural(count: int, singular: str, plural: str | None = None) -> str:
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
 def _not_built(feature: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{feature} not supported yet in this version")
@@ -311,6 +462,10 @@ def _user_store(config: Config) -> UserStore:
     return UserStore(
         config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
     )
+
+
+def _queue_store(config: Config) -> QueueStore:
+    return QueueStore(config.data_dir / "queue")
 
 
 def _local_address(config: Config, text: str) -> Address:

@@ -35,9 +35,11 @@ from collections.abc import Mapping
 
 import trio
 
+from sansmail import srs
 from sansmail.config import Config
+from sansmail.queue import QueueStore
 from sansmail_trio._log import configure_logging, get_logger
-from sansmail_trio._serve import bind_listeners, serve
+from sansmail_trio._serve import bind_listeners, recover_queue, serve
 from sansmail_trio._tls import TLSConfigError, TLSContextHolder
 
 __all__ = ["run"]
@@ -54,7 +56,7 @@ def run(config: Config) -> int:
         trio.run(_main, config)
     except KeyboardInterrupt:  # before the signal receiver was installed
         return 130
-    except (OSError, TLSConfigError) as exc:
+    except (OSError, TLSConfigError, srs.SRSKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
@@ -89,10 +91,14 @@ def _run_processes(config: Config) -> int:
     """Bind, fork `config.processes` servers, supervise them; return the exit status."""
     try:
         sockets = bind_listeners(config)
-        # Made once, here: N children generating the self-signed certificate at the same
-        # moment would race each other.
+        # Made once, here: N children generating the self-signed certificate (or the SRS
+        # key) at the same moment would race each other; and the queue is cleaned up
+        # while no child can be writing into it.
         TLSContextHolder.from_config(config)
-    except (OSError, TLSConfigError) as exc:
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        srs.load_or_create_key(config.data_dir / "srs.key")
+        recover_queue(QueueStore(config.data_dir / "queue"))
+    except (OSError, TLSConfigError, srs.SRSKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()

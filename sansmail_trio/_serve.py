@@ -13,8 +13,11 @@ Theory of operation:
   mail transaction (it gets `421 4.3.2`); give sessions with a transaction in flight up to
   `shutdown_grace` to finish, then cancel them (they too get a 421, and no message whose
   250 was not sent is kept). A second signal skips the wait.
-* The user store is re-read within a second of a change, so `sansmail-trio user add` takes
-  effect without a restart (CONTRACT.md).
+* The user store and the aliases file are re-read within a second of a change, so
+  `sansmail-trio user add` and an edited aliases file take effect without a restart
+  (CONTRACT.md).
+* Process 0 runs the queue runner (`_queue.py`); every process queues into the same
+  directory, and the runner finds their messages by listing it.
 """
 
 from __future__ import annotations
@@ -29,13 +32,18 @@ from collections.abc import Mapping
 import attrs
 import trio
 
-from sansmail import __version__
+from sansmail import __version__, srs
+from sansmail.alias_source import AliasSource
 from sansmail.auth import AuthService, AuthSettings
 from sansmail.config import BUILT_SERVICES, Config
+from sansmail.queue import QueueStore
 from sansmail.smtp import Reply
 from sansmail.store import MaildirStore
 from sansmail.users import UserStore
+from sansmail_trio._dns import Resolver
+from sansmail_trio._intake import Intake
 from sansmail_trio._log import get_logger
+from sansmail_trio._queue import QueueRunner
 from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService, Stoppable
 from sansmail_trio._tls import (
     TLSContextHolder,
@@ -149,6 +157,29 @@ async def serve(
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
     # data_dir on first start (CONTRACT.md).
     tls = await trio.to_thread.run_sync(TLSContextHolder.from_config, config)
+    queue = QueueStore(config.data_dir / "queue")
+    if config.processes == 1:
+        # With several processes the parent did this before they started: recovery
+        # must not race a session that is writing into the queue.
+        await trio.to_thread.run_sync(recover_queue, queue)
+    aliases = await trio.to_thread.run_sync(AliasSource, config.aliases)
+    for problem in aliases.problems:
+        if process == 0:
+            log.warning("aliases: %s", problem)
+    srs_key = await trio.to_thread.run_sync(srs.load_or_create_key, config.data_dir / "srs.key")
+    intake = Intake(config=config, queue=queue, aliases=aliases, srs_key=srs_key)
+    runner: QueueRunner | None = None
+    if process == 0:
+        runner = QueueRunner(
+            config=config,
+            queue=queue,
+            store=store,
+            users=users,
+            aliases=aliases,
+            resolver=Resolver.from_config(config.dns),
+            log=get_logger("queue"),
+        )
+        intake.wake = runner.wake
     smtp_log = get_logger("smtp")
     services = {
         name: SMTPService(
@@ -159,6 +190,7 @@ async def serve(
             service=name,
             tls=tls,
             auth=auth,
+            intake=intake,
         )
         for name in ("smtp", "submission", "submissions")
     }
@@ -190,9 +222,12 @@ async def serve(
         max_total=-(-config.smtp.max_connections // share),
         max_per_ip=-(-config.smtp.max_connections_per_ip // share),
     )
-    async with trio.open_nursery() as connection_nursery:
+    async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
+        if runner is not None:
+            await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:
             accept_nursery.start_soon(_reload_users, users)
+            accept_nursery.start_soon(_reload_aliases, aliases)
             await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
                 accept_nursery.start_soon(
@@ -211,6 +246,8 @@ async def serve(
             with trio.move_on_after(grace):
                 await connections.all_gone.wait()
             connection_nursery.cancel_scope.cancel()
+        # Deliveries in flight keep their envelopes as they were: tried again at start.
+        runner_nursery.cancel_scope.cancel()
     log.info("stopped")
 
 
@@ -352,3 +389,27 @@ async def _reload_users(users: UserStore) -> None:
                 log.info("user store reloaded")
         except Exception:  # a half-written or broken file must not stop the server
             log.exception("cannot reload the user store; keeping the previous one")
+
+
+async def _reload_aliases(aliases: AliasSource) -> None:
+    reported: tuple[str, ...] = tuple(str(p) for p in aliases.problems)
+    while True:
+        await trio.sleep(USERS_RELOAD_INTERVAL)
+        try:
+            changed = await trio.to_thread.run_sync(aliases.reload_if_changed)
+        except Exception:
+            log.exception("cannot reload the aliases file; keeping the previous one")
+            continue
+        problems = tuple(str(p) for p in aliases.problems)
+        if changed:
+            log.info("aliases reloaded")
+        if problems != reported:
+            for problem in problems:
+                log.warning("aliases: %s", problem)
+            reported = problems
+
+
+def recover_queue(queue: QueueStore) -> None:
+    """Clean up what a crash left in the queue; before anyone writes into it."""
+    for name in queue.recover():
+        log.warning("queue recovery: %s", name)

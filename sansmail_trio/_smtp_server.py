@@ -20,7 +20,7 @@ import math
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -37,9 +37,12 @@ from sansmail.auth import (
 )
 from sansmail.config import Config
 from sansmail.policy import check_sender_login, evaluate_recipient
+from sansmail.queue import QueuedMessage, QueuedRecipient, QueueWriter
+from sansmail.recipients import Resolution
 from sansmail.smtp import Reply
 from sansmail.store import Delivery, MailboxId, MailStore
 from sansmail.users import UserStore
+from sansmail_trio._intake import Intake
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
@@ -85,10 +88,9 @@ _AUTH_REQUIRED = Reply(code=530, lines="Authentication required", enhanced="5.7.
 _ENCRYPTION_REQUIRED = Reply(
     code=538, lines="Encryption required: issue STARTTLS first", enhanced="5.7.11"
 )
-# The relay policy said yes, but there is no outbound queue yet (RFC 5321 §4.2.5: 451).
-_NO_RELAY_YET = Reply(
-    code=451, lines="Relaying is not available yet; try again later", enhanced="4.3.0"
-)
+# The relay policy said yes, but this server runs without an outbound queue (only in
+# tests of the receive path): RFC 5321 §4.2.5, 451.
+_NO_RELAY = Reply(code=451, lines="Relaying is not available; try again later", enhanced="4.3.0")
 
 #: A client that asked for STARTTLS (or connected to an implicit-TLS port) has this long to
 #: complete its handshake.
@@ -101,13 +103,38 @@ def new_queue_id() -> str:
 
 
 @attrs.define
+class _Outgoing:
+    """The part of a transaction that goes through the queue with one envelope sender:
+    relayed recipients keep the client's sender, forwarded ones get an SRS sender."""
+
+    sender: Address | None
+    recipients: list[tuple[Address, QueuedRecipient]] = attrs.Factory(list)
+    writer: QueueWriter | None = None
+
+
+@attrs.define
 class _Transaction:
     queue_id: str
     reverse_path: Address | None
     smtputf8: bool = False
+    body_8bit: bool = False
+    ret: str | None = None
+    envid: str | None = None
+    #: Local recipients as given, with the mailbox each reached (one per mailbox
+    #: for an alias that fans out).
     recipients: list[tuple[Address, MailboxId]] = attrs.Factory(list)
+    relay: _Outgoing | None = None
+    forward: _Outgoing | None = None
     delivery: Delivery | None = None
     chunk_size: int = 0
+
+    @property
+    def outgoing(self) -> list[_Outgoing]:
+        return [o for o in (self.relay, self.forward) if o is not None and o.recipients]
+
+    @property
+    def empty(self) -> bool:
+        return not self.recipients and not self.outgoing
 
 
 @attrs.define
@@ -136,6 +163,9 @@ class SMTPService:
     tls: TLSContextHolder | None = None
     #: Password checks, failure delays and throttling, shared with POP3 and IMAP.
     auth: AuthService | None = None
+    #: Aliases, SRS and the outbound queue; None only in tests of the receive path
+    #: (then users are the only local recipients and relaying gets 451).
+    intake: Intake | None = None
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
 
     @property
@@ -191,6 +221,8 @@ class SMTPService:
                     # The pre-RFC 2554 spelling some old Outlook versions look for.
                     lines.append("AUTH=" + " ".join(self.mechanisms))
             lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING"]
+            if self.intake is not None:
+                lines.append("DSN")  # RFC 3461: the queue honours NOTIFY, RET, ENVID
             cached = self._ehlo_cache[tls_active, auth] = Reply(code=250, lines=tuple(lines))
         return cached
 
@@ -438,9 +470,15 @@ class _Session:
                 )
                 await self.wire.send(refusal)
                 return True
-        qid = new_queue_id()
+        intake = self.service.intake
+        qid = intake.queue.new_id() if intake is not None else new_queue_id()
         self.transaction = _Transaction(
-            queue_id=qid, reverse_path=event.reverse_path, smtputf8=event.smtputf8
+            queue_id=qid,
+            reverse_path=event.reverse_path,
+            smtputf8=event.smtputf8,
+            body_8bit=event.body == "8BITMIME",
+            ret=event.parameters.get("RET"),
+            envid=event.parameters.get("ENVID"),
         )
         await self.wire.send(_MAIL_OK)
         return True
@@ -449,35 +487,56 @@ class _Session:
         self.counters.bump("rcpt")
         tx = self.transaction
         assert tx is not None, "the core only passes RCPT inside a transaction"
-        decision = evaluate_recipient(
-            event.forward_path,
-            restrictions=self.config.smtp.recipient_restrictions,
-            sasl_authenticated=self.user is not None,
-            client_ip=self.peer[0],
-            mynetworks=self.config.mynetworks,
-            domains=self.config.domains,
-            user_exists=self.service.users.__contains__,
-            recipient_delimiter=self.config.recipient_delimiter,
+        rcpt = event.forward_path
+        intake = self.service.intake
+        resolution = (
+            intake.resolve(
+                rcpt,
+                restrictions=self.config.smtp.recipient_restrictions,
+                sasl_authenticated=self.user is not None,
+                client_ip=self.peer[0],
+                users=self.service.users,
+            )
+            if intake is not None
+            else _resolve_without_intake(self, rcpt)
         )
-        if decision.remote:
-            # Relaying is allowed for this client, but the outbound queue that would keep
-            # the message until it is delivered does not exist yet: a temporary refusal
-            # is the only honest answer (the client keeps the message and retries).
-            decision = attrs.evolve(decision, reply=_NO_RELAY_YET, remote=False)
-        if decision.mailbox is not None:
-            tx.recipients.append((event.forward_path, decision.mailbox))
+        for problem in resolution.problems:
+            self.log.warning("%s: to=<%s>: aliases: %s", tx.queue_id, _path(rcpt), problem)
+        reply = resolution.reply
+        if resolution.accepted:
+            for mailbox in resolution.local:
+                tx.recipients.append((rcpt, mailbox))
+            if resolution.remote or resolution.forward:
+                assert intake is not None
+                notify = _notify(event.parameters.get("NOTIFY"))
+                orcpt = event.parameters.get("ORCPT")
+                if resolution.remote:
+                    if tx.relay is None:
+                        tx.relay = _Outgoing(sender=tx.reverse_path)
+                    for target in resolution.remote:
+                        queued = QueuedRecipient(address=str(target), orcpt=orcpt, notify=notify)
+                        tx.relay.recipients.append((target, queued))
+                if resolution.forward:
+                    if tx.forward is None:
+                        tx.forward = _Outgoing(sender=intake.forward_sender(tx.reverse_path))
+                    # RFC 3461 §4.2: the address the client gave is the original
+                    # recipient of every address an alias turns it into.
+                    orcpt = orcpt or "rfc822;" + _xtext(str(rcpt))
+                    for target in resolution.forward:
+                        queued = QueuedRecipient(address=str(target), orcpt=orcpt, notify=notify)
+                        tx.forward.recipients.append((target, queued))
         else:
             self.log.info(
                 "%s: from=<%s>, to=<%s>, client=%s, relay=none, status=rejected (%d %s %s)",
                 tx.queue_id,
                 _path(tx.reverse_path),
-                _path(event.forward_path),
+                _path(rcpt),
                 self.client,
-                decision.reply.code,
-                decision.reply.enhanced,
-                decision.reply.text,
+                reply.code,
+                reply.enhanced,
+                reply.text,
             )
-        await self.wire.send(decision.reply)
+        await self.wire.send(reply)
         return True
 
     async def on_data(self, event: smtp.Data) -> bool:
@@ -498,10 +557,10 @@ class _Session:
     def _begin_delivery(self) -> None:
         tx = self.transaction
         assert tx is not None
-        assert tx.recipients
-        mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in tx.recipients))
+        assert not tx.empty
         tls = self.tls
-        prefix = trace.return_path(tx.reverse_path) + trace.received(
+        single = tx.recipients[0][0] if len(tx.recipients) == 1 and not tx.outgoing else None
+        received = trace.received(
             helo=self.helo,
             client_ip=self.peer[0],
             client_name=None,
@@ -513,20 +572,50 @@ class _Session:
                 utf8=tx.smtputf8,
             ),
             queue_id=tx.queue_id,
-            recipient=tx.recipients[0][0] if len(tx.recipients) == 1 else None,
+            recipient=single,
             when=datetime.datetime.now().astimezone(),
             tls=tls,
         )
-        tx.delivery = self.service.store.begin(mailboxes, prefix=prefix)
+        if tx.recipients:
+            mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in tx.recipients))
+            prefix = trace.return_path(tx.reverse_path) + received
+            tx.delivery = self.service.store.begin(mailboxes, prefix=prefix)
+        else:
+            tx.delivery = _NO_LOCAL_DELIVERY
+        intake = self.service.intake
+        for index, outgoing in enumerate(tx.outgoing):
+            assert intake is not None
+            # The second envelope (forwarded copies) needs its own queue id.
+            qid = tx.queue_id if index == 0 else intake.queue.new_id()
+            outgoing.writer = intake.queue.begin(qid)
+            # The Return-Path is added at final delivery (RFC 5321 §4.4), never in transit.
+            outgoing.writer.write(received)
+
+    def _writers(self, tx: _Transaction) -> list[QueueWriter]:
+        return [o.writer for o in tx.outgoing if o.writer is not None]
 
     async def on_message_data(self, event: smtp.MessageData) -> bool:
         tx = self.transaction
         assert tx is not None
         assert tx.delivery is not None
-        tx.delivery.write(event.data)
-        if tx.delivery.pending > SPILL_THRESHOLD:
-            await trio.to_thread.run_sync(tx.delivery.flush)
+        data = event.data
+        spill = False
+        if tx.recipients:
+            tx.delivery.write(data)
+            spill = tx.delivery.pending > SPILL_THRESHOLD
+        for writer in self._writers(tx):
+            writer.write(data)
+            spill = spill or writer.pending > SPILL_THRESHOLD
+        if spill:
+            await trio.to_thread.run_sync(self._flush, tx)
         return True
+
+    def _flush(self, tx: _Transaction) -> None:
+        # Worker thread: hand buffered content to the tmp files.
+        if tx.recipients and tx.delivery is not None:
+            tx.delivery.flush()
+        for writer in self._writers(tx):
+            writer.flush()
 
     async def on_end_of_chunk(self, event: smtp.EndOfChunk) -> bool:
         tx = self.transaction
@@ -534,24 +623,67 @@ class _Session:
         await self.reply(250, f"{tx.chunk_size} octets received", "2.0.0")
         return True
 
+    def _commit(self, tx: _Transaction) -> list[QueuedMessage]:
+        """Worker thread: make every copy durable; only then may the client hear 250.
+
+        The queue copies are committed first and taken back if the local delivery then
+        fails, so a 451 never leaves a queued copy behind that the client's retry would
+        send a second time."""
+        intake = self.service.intake
+        queued: list[QueuedMessage] = []
+        try:
+            for outgoing in tx.outgoing:
+                assert intake is not None
+                assert outgoing.writer is not None
+                envelope = QueuedMessage(
+                    queue_id=outgoing.writer.queue_id,
+                    sender="" if outgoing.sender is None else str(outgoing.sender),
+                    arrival=time.time(),
+                    size=0,
+                    recipients=_unique(q for _a, q in outgoing.recipients),
+                    ret=tx.ret,
+                    envid=tx.envid,
+                    smtputf8=tx.smtputf8,
+                    body_8bit=tx.body_8bit,
+                )
+                queued.append(outgoing.writer.commit(envelope))
+            if tx.recipients and tx.delivery is not None:
+                tx.delivery.commit()
+        except BaseException:
+            for message in queued:
+                assert intake is not None
+                try:
+                    intake.queue.delete(message.queue_id)
+                except Exception:
+                    self.log.exception("%s: cannot take back the queued copy", message.queue_id)
+            raise
+        return queued
+
+    def _abort_all(self, tx: _Transaction) -> None:
+        # Worker thread; safe at any point, also after a partial commit.
+        if tx.delivery is not None and tx.recipients:
+            tx.delivery.abort()
+        for writer in self._writers(tx):
+            writer.abort()
+
     async def on_end_of_message(self, event: smtp.EndOfMessage) -> bool:
         tx = self.transaction
         assert tx is not None
         assert tx.delivery is not None
-        delivery = tx.delivery
+        size = tx.delivery.size if tx.recipients else sum(w.size for w in self._writers(tx)[:1])
         try:
             # Not cancellable: once the disk work started we wait for its verdict, so a
             # shutdown can never turn a stored message into an unacknowledged one twice.
-            await trio.to_thread.run_sync(delivery.commit)
+            queued = await trio.to_thread.run_sync(self._commit, tx)
         except OSError as exc:
+            await trio.to_thread.run_sync(self._abort_all, tx)
             tx.delivery = None
-            await trio.to_thread.run_sync(delivery.abort)
             self.log.error(
                 "%s: from=<%s>, client=%s, size=%d, status=deferred (cannot store: %s)",
                 tx.queue_id,
                 _path(tx.reverse_path),
                 self.client,
-                delivery.size,
+                size,
                 exc,
             )
             self.transaction = None
@@ -566,9 +698,21 @@ class _Session:
                 _path(tx.reverse_path),
                 _path(address),
                 self.client,
-                delivery.size,
+                size,
                 text,
             )
+        for message in queued:
+            self.log.info(
+                "%s: from=<%s>, client=%s, size=%d, nrcpt=%d (queue active)",
+                message.queue_id,
+                _printable(message.sender),
+                self.client,
+                message.size,
+                len(message.recipients),
+            )
+        if queued:
+            assert self.service.intake is not None
+            self.service.intake.wake()
         tx.delivery = None
         self.transaction = None
         await self.reply(250, text, "2.0.0")
@@ -776,7 +920,57 @@ class _Session:
         tx, self.transaction = self.transaction, None
         if tx is not None and tx.delivery is not None:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(tx.delivery.abort)
+                await trio.to_thread.run_sync(self._abort_all, tx)
+
+
+class _NoLocalDelivery:
+    """Stands in for the store's `Delivery` when every recipient is remote, so "content
+    has started" keeps one meaning (`tx.delivery is not None`) for the timeouts."""
+
+    size = 0
+    pending = 0
+
+
+_NO_LOCAL_DELIVERY: Any = _NoLocalDelivery()
+
+
+def _resolve_without_intake(session: _Session, rcpt: Address) -> Resolution:
+    decision = evaluate_recipient(
+        rcpt,
+        restrictions=session.config.smtp.recipient_restrictions,
+        sasl_authenticated=session.user is not None,
+        client_ip=session.peer[0],
+        mynetworks=session.config.mynetworks,
+        domains=session.config.domains,
+        user_exists=session.service.users.__contains__,
+        recipient_delimiter=session.config.recipient_delimiter,
+    )
+    if decision.remote:
+        return Resolution(reply=_NO_RELAY)
+    local = (decision.mailbox,) if decision.mailbox is not None else ()
+    return Resolution(reply=decision.reply, local=local)
+
+
+def _notify(value: str | None) -> tuple[str, ...]:
+    return tuple(value.upper().split(",")) if value else ()
+
+
+def _xtext(text: str) -> str:
+    # RFC 3461 §4: "+", "=", controls, space and non-ASCII travel as "+XX".
+    out = []
+    for byte in text.encode("utf-8"):
+        if 33 <= byte <= 126 and byte not in (0x2B, 0x3D):
+            out.append(chr(byte))
+        else:
+            out.append(f"+{byte:02X}")
+    return "".join(out)
+
+
+def _unique(recipients: Iterable[QueuedRecipient]) -> list[QueuedRecipient]:
+    seen: dict[str, QueuedRecipient] = {}
+    for recipient in recipients:
+        seen.setdefault(recipient.address.lower(), recipient)
+    return list(seen.values())
 
 
 def _is_loopback(ip: str) -> bool:

@@ -94,6 +94,12 @@ relayhost = ""
 transport = {}
 tls = "may"
 max_queue_lifetime = "5d"
+delay_warning = "4h"
+minimal_backoff = "5m"
+maximal_backoff = "1h"
+destination_concurrency_limit = 20
+smtp_port = 25
+relayhost_username = ""
 
 [dns]
 nameservers = []
@@ -175,6 +181,23 @@ class DeliveryConfig:
     transport: Mapping[str, NextHop] = attrs.field(factory=lambda: types.MappingProxyType({}))
     tls: OutboundTLS = "may"
     max_queue_lifetime: int = 5 * 86400  # seconds
+    # Postfix's delay_warning_time; 0 sends none.
+    delay_warning: int = 4 * 3600
+    # Postfix's minimal_backoff_time / maximal_backoff_time: the retry spacing doubles
+    # from one to the other.
+    minimal_backoff: int = 300
+    maximal_backoff: int = 3600
+    # Postfix's default_destination_concurrency_limit.
+    destination_concurrency_limit: int = 20
+    # The port of MX hosts, implicit MX hosts and address literals. Always 25 on the
+    # Internet; tests and odd networks point it elsewhere.
+    smtp_port: int = 25
+    # AUTH at the relayhost (Postfix: smtp_sasl_password_maps). The password lives in
+    # its own file so the config can be world-readable.
+    relayhost_username: str = ""
+    relayhost_password_file: pathlib.Path | None = None
+    # Trust anchors for tls = "verify" (Postfix: smtp_tls_CAfile); None: the system's.
+    tls_ca_file: pathlib.Path | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -113,8 +113,6 @@ def warnings(config: Config) -> list[str]:
         )
     if not config.domains:
         found.append(f"{where}: domains: empty: no mail is delivered locally")
-    if config.aliases is not None:
-        found.append(f"{where}: aliases: aliases are not supported yet; the file is ignored")
     checks = {
         "spf": config.antispam.spf,
         "reverse_dns": config.antispam.reverse_dns,
@@ -298,17 +296,51 @@ def _read_delivery(table: Table) -> DeliveryConfig:
     for domain, hop in routes.items():
         key = ("transport", str(domain))
         try:
-            transport[_values.domain(domain)] = _values.next_hop(
-                _values.expect(str, "a string")(hop)
-            )
+            # ".example.org" covers every subdomain, as in Postfix's transport(5).
+            dot = "." if str(domain).startswith(".") else ""
+            name = dot + _values.domain(str(domain)[len(dot) :])
+            transport[name] = _values.next_hop(_values.expect(str, "a string")(hop))
         except ValueError as exc:
             table.reader.problem((*table.path, *key), str(exc))
+    minimal = table.duration("minimal_backoff", d.minimal_backoff, 1)
+    maximal = table.duration("maximal_backoff", d.maximal_backoff, 1)
+    if maximal < minimal:
+        table.problem("maximal_backoff", "must not be shorter than minimal_backoff")
+        maximal = minimal
+    username = table.get("relayhost_username", _values.expect(str, "a string"), "")
+    password_file = _existing(table, "relayhost_password_file")
+    if bool(username) != (password_file is not None):
+        table.problem(
+            "relayhost_username",
+            "relayhost_username and relayhost_password_file go together (or neither)",
+        )
+        username, password_file = "", None
+    if username and relayhost is None:
+        table.problem("relayhost_username", "credentials are only used with a relayhost")
     return DeliveryConfig(
         relayhost=relayhost,
         transport=types.MappingProxyType(transport),
         tls=table.choice("tls", d.tls),
         max_queue_lifetime=table.duration("max_queue_lifetime", d.max_queue_lifetime, 0),
+        delay_warning=table.duration("delay_warning", d.delay_warning, 0),
+        minimal_backoff=minimal,
+        maximal_backoff=maximal,
+        destination_concurrency_limit=table.integer(
+            "destination_concurrency_limit", d.destination_concurrency_limit, 1
+        ),
+        smtp_port=_port(table, "smtp_port", d.smtp_port),
+        relayhost_username=username,
+        relayhost_password_file=password_file,
+        tls_ca_file=_existing(table, "tls_ca_file"),
     )
+
+
+def _port(table: Table, key: str, default: int) -> int:
+    port = table.integer(key, default, 1)
+    if port > 65535:
+        table.problem(key, f"must be at most 65535, not {port}")
+        return default
+    return port
 
 
 def _existing(table: Table, key: str) -> pathlib.Path | None:

@@ -10,6 +10,7 @@ Like `sansmail.store`, this does blocking file I/O; the adapter calls it from wo
 threads.
 """
 
+from sansmail.queue._attempt import AttemptResult, Outcome, dsn_status, record_attempt
 from sansmail.queue._envelope import (
     CorruptEnvelopeError,
     QueuedMessage,
@@ -21,7 +22,9 @@ from sansmail.queue._mailq import format_mailq
 from sansmail.queue._store import QueueStore, QueueWriter, UnknownQueueIdError
 
 __all__ = [
+    "AttemptResult",
     "CorruptEnvelopeError",
+    "Outcome",
     "QueueStore",
     "QueueWriter",
     "QueuedMessage",
@@ -29,5 +32,7 @@ __all__ = [
     "RecipientState",
     "UnknownQueueIdError",
     "check_queue_id",
+    "dsn_status",
     "format_mailq",
+    "record_attempt",
 ]

@@ -65,7 +65,9 @@ def files(store: QueueStore) -> list[str]:
 
 def test_public_names() -> None:
     assert sorted(sansmail.queue.__all__) == [
+        "AttemptResult",
         "CorruptEnvelopeError",
+        "Outcome",
         "QueueStore",
         "QueueWriter",
         "QueuedMessage",
@@ -73,7 +75,9 @@ def test_public_names() -> None:
         "RecipientState",
         "UnknownQueueIdError",
         "check_queue_id",
+        "dsn_status",
         "format_mailq",
+        "record_attempt",
     ]
 
 

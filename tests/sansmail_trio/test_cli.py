@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 
 from sansmail import __version__
 from sansmail.config import Config
+from sansmail.queue import QueuedMessage, QueuedRecipient, QueueStore
 from sansmail.users import UserStore
 from sansmail_trio import _cli
 from sansmail_trio._cli import main
@@ -389,16 +390,232 @@ def test_serve_bad_config_starts_nothing(run, tmp_path, monkeypatch):
     ]
 
 
+# --- newaliases and the aliases check -----------------------------------------------------
+
+
+def _with_aliases(config_file: pathlib.Path, aliases: str) -> pathlib.Path:
+    """Add `aliases = "aliases"` to the config and write that file; returns its path."""
+    path = config_file.parent / "aliases"
+    path.write_text(aliases)
+    config_file.write_text('aliases = "aliases"\n' + CONFIG)
+    return path
+
+
+def _add_user(run: Run, config_file: pathlib.Path, address: str) -> None:
+    argv = ("user", "add", address, "--password-stdin", "--config", str(config_file))
+    assert run(*argv, stdin="pw\n") == 0
+
+
+def test_newaliases_without_aliases_key(run, config_file):
+    assert run("newaliases", "--config", str(config_file)) == 0
+    assert run.out == f"newaliases: no aliases file: {config_file} has no 'aliases' key\n"
+    assert run.err == ""
+
+
+def test_newaliases_good(run, config_file):
+    staff = config_file.parent / "staff"
+    staff.write_text("alice\nbob\n")
+    path = _with_aliases(
+        config_file,
+        f"postmaster: alice\nabuse: alice\nstaff: :include:{staff}\nsales: carol@remote.test\n",
+    )
+    for user in ("alice@example.test", "alice@other.example", "bob@example.test"):
+        _add_user(run, config_file, user)
+    assert run("newaliases", "--config", str(config_file)) == 0
+    assert run.out == f"newaliases: 4 aliases in {path} (1 include file)\n"
+    assert run.err == ""
+
+
+def test_newaliases_role_accounts_reaching_nobody_are_warnings(run, config_file):
+    path = _with_aliases(config_file, "postmaster: nobody-here\n")
+    _add_user(run, config_file, "abuse@example.test")
+    assert run("newaliases", "--config", str(config_file)) == 0
+    assert run.out == f"newaliases: 1 alias in {path} (0 include files)\n"
+    assert all(line.startswith("warning: ") for line in run.err_lines)
+    warned = {line.split()[1] for line in run.err_lines}
+    # abuse@example.test is a user; the rest reach nobody.
+    assert warned == {
+        "postmaster@example.test",
+        "postmaster@other.example",
+        "abuse@other.example",
+    }
+    assert "nobody-here@example.test: no such user or alias" in run.err
+
+
+def test_newaliases_problems_with_file_and_line(run, config_file):
+    inner = config_file.parent / "inner"
+    inner.write_text("alice\n\nbad value\n")
+    path = _with_aliases(
+        config_file,
+        f"postmaster: alice\nbin: |/bin/true\nlist: :include:{inner}\n"
+        f"gone: :include:{config_file.parent / 'gone'}\n",
+    )
+    _add_user(run, config_file, "alice@example.test")
+    assert run("newaliases", "--config", str(config_file)) == 1
+    assert run.out == ""
+    problems = [line for line in run.err_lines if not line.startswith("warning: ")]
+    assert problems[0].startswith(f"{path}:2: '|command' targets are not supported")
+    assert problems[1].startswith(f"{inner}:3: 'bad value': space outside quotes")
+    assert problems[2] == (
+        f"{path}:4: cannot read :include:{config_file.parent / 'gone'}: No such file or directory"
+    )
+    assert problems[3] == (
+        f"sansmail-trio: newaliases: 3 problems in {path} or its include files; "
+        "a running server uses the entries without problems"
+    )
+    assert len(problems) == 4
+
+
+def test_newaliases_aliases_file_missing(run, config_file):
+    path = _with_aliases(config_file, "a: b\n")
+    path.unlink()
+    assert run("newaliases", "--config", str(config_file)) == 1
+    # Found by the configuration check, with the key that names the file.
+    [line] = run.err_lines
+    assert line.startswith(f"{config_file}:1: aliases: ")
+
+
+def test_newaliases_aliases_file_not_utf8(run, config_file):
+    path = _with_aliases(config_file, "")
+    path.write_bytes(b"a: b\n\xff\n")
+    assert run("newaliases", "--config", str(config_file)) == 1
+    assert run.err_lines[0] == f"{path}: cannot read: not UTF-8 text (line 2)"
+    assert run.err_lines[-1].startswith("sansmail-trio: newaliases: 1 problem in ")
+
+
+def test_check_config_runs_the_aliases_check(run, config_file):
+    path = _with_aliases(config_file, "postmaster: alice\nbroken line\n")
+    _add_user(run, config_file, "alice@example.test")
+    assert run("check-config", "--config", str(config_file)) == 1
+    assert run.out == ""  # no "config OK"
+    assert f"{path}:2: expected 'name: value, ...' (no ':' on this line)" in run.err_lines
+    # Role accounts are checked through the aliases, as warnings.
+    assert any(
+        line.startswith("warning: abuse@example.test reaches no user") for line in run.err_lines
+    )
+    assert not any("postmaster@example.test reaches" in line for line in run.err_lines)
+
+
+def test_check_config_good_aliases(run, config_file):
+    _with_aliases(config_file, "postmaster: alice\n")
+    _add_user(run, config_file, "alice@example.test")
+    assert run("check-config", "--config", str(config_file)) == 0
+    assert run.out.startswith("config OK: ")
+    # The plain "no user postmaster" check gives way to the aliases.
+    assert "no user postmaster" not in run.err
+
+
+# --- queue ------------------------------------------------------------------------------
+
+
+def _queue(config_file: pathlib.Path, queue_id: str, sender: str = "alice@example.test") -> None:
+    store = QueueStore(config_file.parent / "data" / "queue")
+    writer = store.begin(queue_id)
+    writer.write(b"Subject: hi\r\n\r\nhello\r\n")
+    writer.commit(
+        QueuedMessage(
+            queue_id=queue_id,
+            sender=sender,
+            arrival=1_700_000_000.0,
+            size=0,
+            recipients=(
+                QueuedRecipient(
+                    address="bob@remote.test",
+                    attempts=1,
+                    next_attempt=4_000_000_000.0,
+                    last_reason="451 4.3.0 try later",
+                ),
+            ),
+        )
+    )
+
+
+def _queued(config_file: pathlib.Path) -> list[str]:
+    store = QueueStore(config_file.parent / "data" / "queue")
+    return [message.queue_id for message in store.list()]
+
+
+def test_queue_list_empty(run, config_file):
+    assert run("queue", "list", "--config", str(config_file)) == 0
+    assert run.out == "Mail queue is empty\n"
+    assert not (config_file.parent / "data").exists()  # listing writes nothing
+
+
+def test_queue_list(run, config_file):
+    _queue(config_file, "A1B2")
+    _queue(config_file, "C3D4", sender="")
+    assert run("queue", "list", "--config", str(config_file)) == 0
+    lines = run.out.splitlines()
+    assert lines[0].startswith("-Queue ID-")
+    assert lines[1].split()[:2] == ["A1B2", "22"]
+    assert lines[1].endswith(" 2023 alice@example.test")
+    assert "(451 4.3.0 try later; retry in " in lines[2]
+    assert lines[3].strip() == "bob@remote.test"
+    assert lines[5].startswith("C3D4 ")
+    assert lines[5].endswith("MAILER-DAEMON")
+    assert lines[-1] == "-- 1 Kbytes in 2 Requests."
+
+
+def test_queue_delete(run, config_file):
+    for queue_id in ("A1", "B2", "C3"):
+        _queue(config_file, queue_id)
+    assert run("queue", "delete", "A1", "C3", "--config", str(config_file)) == 0
+    assert run.out == "deleted A1\ndeleted C3\n"
+    assert _queued(config_file) == ["B2"]
+
+
+def test_queue_delete_unknown_and_bad_ids(run, config_file):
+    _queue(config_file, "A1")
+    assert run("queue", "delete", "NOPE", "a1", "A1", "--config", str(config_file)) == 1
+    assert run.out == "deleted A1\n"
+    assert run.err_lines == [
+        "sansmail-trio: queue delete: NOPE: no such message in the queue",
+        "sansmail-trio: queue delete: 'a1' is not a queue id (upper-case letters and digits, "
+        "as queue list shows them)",
+    ]
+    assert _queued(config_file) == []
+
+
+def test_queue_delete_all(run, config_file):
+    for queue_id in ("A1", "B2"):
+        _queue(config_file, queue_id)
+    assert run("queue", "delete", "ALL", "--config", str(config_file)) == 0
+    assert run.out == "deleted A1\ndeleted B2\n"
+    assert _queued(config_file) == []
+    assert run("queue", "delete", "ALL", "--config", str(config_file)) == 0
+    assert run.out == "Mail queue is empty: nothing deleted\n"
+
+
+def test_queue_delete_all_must_be_alone(run, config_file):
+    _queue(config_file, "A1")
+    assert run("queue", "delete", "ALL", "A1", "--config", str(config_file)) == 1
+    assert run.err_lines == [
+        "sansmail-trio: queue delete: ALL deletes every message: give it alone"
+    ]
+    assert _queued(config_file) == ["A1"]
+
+
+def test_queue_flush(run, config_file):
+    _queue(config_file, "A1")
+    assert run("queue", "flush", "--config", str(config_file)) == 0
+    assert run.out.startswith("flush requested: the running server retries every deferred")
+    store = QueueStore(config_file.parent / "data" / "queue")
+    assert store.take_flush_request() is True
+    assert _queued(config_file) == ["A1"]
+
+
+def test_queue_flush_without_a_queue(run, config_file):
+    assert run("queue", "flush", "--config", str(config_file)) == 0
+    assert run.out == "Mail queue is empty: nothing to flush\n"
+    assert not (config_file.parent / "data").exists()
+
+
 # --- commands not built yet, usage ----------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
-        (["newaliases"], "newaliases: aliases are not supported yet in this version"),
-        (["queue", "list"], "queue list: the outbound queue is not supported yet"),
-        (["queue", "flush"], "queue flush: the outbound queue is not supported yet"),
-        (["queue", "delete", "4FxK2"], "queue delete: the outbound queue is not supported yet"),
         (["dkim", "keygen", "example.test"], "dkim keygen: DKIM signing is not supported yet"),
         (
             ["dkim", "keygen", "example.test", "--selector", "s1", "--config", "x.toml"],
@@ -459,9 +676,10 @@ def test_version(run):
         (["user", "passwd"], ["ADDRESS", "--password-stdin"]),
         (["user", "del"], ["ADDRESS"]),
         (["user", "list"], ["users.json"]),
-        (["newaliases"], ["not supported yet"]),
-        (["queue"], ["mailq", "postsuper -d"]),
-        (["queue", "delete"], ["ID"]),
+        (["newaliases"], ["file:line: message", "within two seconds", "only validates"]),
+        (["queue"], ["mailq", "postqueue -f", "postsuper -d", "queue delete ALL"]),
+        (["queue", "list"], ["mailq", "--config FILE"]),
+        (["queue", "delete"], ["ID", "ALL"]),
         (["dkim", "keygen"], ["DOMAIN", "--selector NAME"]),
     ],
 )

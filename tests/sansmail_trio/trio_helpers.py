@@ -75,6 +75,9 @@ def write_config(
         lines.append(f'{service} = "{address}"')
     if tls is not None:
         lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
+    # Tests never ask the machine's resolver (and so never the Internet): a queued
+    # message for a domain no test set up meets a closed port on loopback.
+    lines += ["[dns]", 'nameservers = ["127.0.0.1:9"]']
     lines.append("[smtp]")
     for key, value in (smtp or {}).items():
         shown = str(value).lower() if isinstance(value, bool) else repr(value)

@@ -1,0 +1,150 @@
+"""The queue across `kill -9`: `sansmail-trio serve` as a real process, killed with
+SIGKILL while mail waits in the queue and while it is being delivered, then started
+again. Every acknowledged message must arrive; none may arrive twice unless the kill
+fell between the remote server's 250 and our note of it (RFC 5321 §6.1 accepts that)."""
+
+from __future__ import annotations
+
+import collections
+import pathlib
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from delivery_helpers import Sink, free_port
+from dns_server import DNSServer
+
+from sansmail.queue import QueueStore
+
+PEER = "127.0.0.2"
+COUNT = 20
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    with DNSServer() as server:
+        server.add("peer.test", "MX", "10 mx.peer.test.")
+        server.add("mx.peer.test", "A", PEER)
+        yield server
+
+
+def _configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int) -> int:
+    port = free_port()
+    (tmp_path / "sansmail.toml").write_text(
+        f"""\
+hostname = "mx.example.test"
+domains = ["example.test"]
+data_dir = "data"
+mynetworks = ["127.0.0.0/8"]
+[listen]
+smtp = "127.0.0.1:{port}"
+[dns]
+nameservers = ["{dns.host_port}"]
+[delivery]
+smtp_port = {peer_port}
+minimal_backoff = "1s"
+maximal_backoff = "1s"
+"""
+    )
+    return port
+
+
+def _serve(tmp_path: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    with (tmp_path / "serve.log").open("ab") as log:
+        proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                if probe.recv(100).startswith(b"220"):
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()  # SIGKILL: no cleanup at all
+    proc.wait(10)
+
+
+def _send_all(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        for n in range(COUNT):
+            client.sendmail(
+                "app@example.test", ["bob@peer.test"], f"Subject: m{n}\r\n\r\nbody {n}\r\n"
+            )
+
+
+def _subjects(sink: Sink) -> collections.Counter[str]:
+    found: collections.Counter[str] = collections.Counter()
+    for received in sink.received:
+        for line in received.content.split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                found[line[9:].decode()] += 1
+    return found
+
+
+def _wait(condition: object, timeout: float, what: str, log: pathlib.Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}\n" + log.read_text()[-4000:])
+
+
+def test_queued_mail_survives_kill_9(tmp_path: pathlib.Path, dns: DNSServer) -> None:
+    peer_port = free_port(PEER)
+    port = _configure(tmp_path, dns, peer_port)
+    log = tmp_path / "serve.log"
+    proc = _serve(tmp_path, port)
+    try:
+        _send_all(port)  # the peer is down: everything is deferred
+    finally:
+        _kill(proc)
+    queue = QueueStore(tmp_path / "data" / "queue")
+    assert len(queue.list()) == COUNT
+    with Sink(PEER, peer_port) as sink:
+        proc = _serve(tmp_path, port)
+        try:
+            _wait(lambda: sum(_subjects(sink).values()) >= COUNT, 30, "delivery", log)
+            _wait(lambda: not queue.list(), 10, "the queue to empty", log)
+            time.sleep(1.5)  # a second delivery, if any, would arrive by now
+        finally:
+            _kill(proc)
+    subjects = _subjects(sink)
+    assert set(subjects) == {f"m{n}" for n in range(COUNT)}
+    assert max(subjects.values()) == 1, subjects
+
+
+def test_kill_9_during_delivery_loses_nothing(tmp_path: pathlib.Path, dns: DNSServer) -> None:
+    peer_port = free_port(PEER)
+    port = _configure(tmp_path, dns, peer_port)
+    log = tmp_path / "serve.log"
+    queue = QueueStore(tmp_path / "data" / "queue")
+    with Sink(PEER, peer_port) as sink:
+        proc = _serve(tmp_path, port)
+        try:
+            _send_all(port)
+            _wait(lambda: sink.received, 30, "the first delivery", log)
+        finally:
+            _kill(proc)
+        proc = _serve(tmp_path, port)
+        try:
+            _wait(lambda: len(_subjects(sink)) >= COUNT, 30, "every message", log)
+            _wait(lambda: not queue.list(), 10, "the queue to empty", log)
+        finally:
+            _kill(proc)
+    subjects = _subjects(sink)
+    assert set(subjects) == {f"m{n}" for n in range(COUNT)}
+    # Only a message whose 250 the kill separated from our envelope update can come
+    # twice; the runner has at most MAX_ACTIVE of those in flight, and here far fewer.
+    assert sum(subjects.values()) - COUNT <= COUNT // 2, subjects
