@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import email
 import pathlib
+import smtplib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 import trio
+import trustme
 from aiosmtpd.controller import Controller
+from dns_server import DNSServer
 
 from sansmail.address import parse_address
 from sansmail.config import Config, load_config
 from sansmail.queue import QueuedMessage, QueueStore
 from sansmail.users import UserStore
 from sansmail_trio import serve
+
+PEER = "127.0.0.2"
+FAILING = "127.0.0.3"
+DEAD = "127.0.0.4"  # nothing listens here
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -179,3 +187,113 @@ async def wait_for(
 
 def parse(message: bytes) -> email.message.Message:
     return email.message_from_bytes(message)
+
+
+def tls_pair(ca: trustme.CA, folder: pathlib.Path, name: str) -> tuple[pathlib.Path, pathlib.Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    cert = ca.issue_cert(name)
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
+
+
+async def start_ours(
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    *,
+    aliases: str = "",
+    delivery: str = "",
+    mynetworks: str = '["127.0.0.0/8"]',
+) -> Server:
+    folder = tmp_path / "ours"
+    cert, key = tls_pair(tls_ca, folder, "mx.example.test")
+    # Retries a second apart unless the test sets its own schedule.
+    for name in ("minimal_backoff", "maximal_backoff"):
+        if name not in delivery:
+            delivery += f'\n{name} = "1s"'
+
+    (folder / "aliases").write_text(aliases)
+    return await start_sansmail(
+        nursery,
+        folder,
+        f"""\
+hostname = "mx.example.test"
+domains = ["example.test"]
+data_dir = "data"
+mynetworks = {mynetworks}
+aliases = "aliases"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[listen]
+smtp = "127.0.0.1:0"
+submission = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns.host_port}"]
+[delivery]
+smtp_port = {port}
+{delivery}
+""",
+        users=("alice@example.test",),
+    )
+
+
+async def start_peer(
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    port: int,
+    tls_ca: trustme.CA | None,
+    *,
+    listen: str = "",
+    smtp: str = "",
+    cert_name: str = "mx.peer.test",
+) -> Server:
+    """The remote end: a second sansmail on PEER, STARTTLS offered when `tls_ca` makes
+    it a certificate for `cert_name` (with no certificate at all, none is offered)."""
+    folder = tmp_path / "peer"
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = ""
+    if tls_ca is not None:
+        cert, key = tls_pair(tls_ca, folder, cert_name)
+        tls = f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'
+    return await start_sansmail(
+        nursery,
+        folder,
+        f"""\
+hostname = "mx.peer.test"
+domains = ["peer.test", "implicit.test", "backup.test", "elsewhere.test"]
+data_dir = "data"
+mynetworks = ["192.0.2.0/24"]
+{tls}[listen]
+smtp = "{PEER}:{port}"
+{listen}
+[dns]
+nameservers = ["127.0.0.1:9"]
+[smtp]
+{smtp}
+""",
+        users=("bob@peer.test", "carol@implicit.test", "bob@backup.test", "dan@elsewhere.test"),
+    )
+
+
+def submit(server: Server, sender: str, recipients: list[str], body: str = "Hello") -> None:
+    """As a mail client does: submission port, STARTTLS, AUTH."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    message = f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n{body}\r\n"
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as client:
+        client.starttls(context=context)
+        client.login("alice@example.test", "secret")
+        client.sendmail(sender, recipients, message)
+
+
+def send(server: Server, sender: str, recipients: list[str], body: str = "Hello") -> None:
+    """As another MTA does: port 25 (here from mynetworks, so relaying is allowed)."""
+    message = f"From: {sender}\r\nSubject: test\r\n\r\n{body}\r\n"
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as client:
+        client.sendmail(sender, recipients, message)

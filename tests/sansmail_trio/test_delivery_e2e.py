@@ -8,18 +8,25 @@ import email
 import email.policy
 import pathlib
 import smtplib
-import ssl
 from collections.abc import Iterator
 
 import pytest
 import trio
 import trustme
-from delivery_helpers import Server, Sink, free_port, start_sansmail, wait_for
+from delivery_helpers import (
+    DEAD,
+    FAILING,
+    PEER,
+    Sink,
+    free_port,
+    send,
+    start_ours,
+    start_peer,
+    start_sansmail,
+    submit,
+    wait_for,
+)
 from dns_server import DNSServer
-
-PEER = "127.0.0.2"
-FAILING = "127.0.0.3"
-DEAD = "127.0.0.4"  # nothing listens here
 
 
 @pytest.fixture
@@ -43,107 +50,13 @@ def dns() -> Iterator[DNSServer]:
         yield server
 
 
-def _tls_pair(ca: trustme.CA, folder: pathlib.Path, name: str) -> tuple[pathlib.Path, pathlib.Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    cert = ca.issue_cert(name)
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert.cert_chain_pems[0].write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
-
-
-async def _ours(
-    nursery: trio.Nursery,
-    tmp_path: pathlib.Path,
-    dns: DNSServer,
-    port: int,
-    tls_ca: trustme.CA,
-    *,
-    aliases: str = "",
-    delivery: str = "",
-) -> Server:
-    folder = tmp_path / "ours"
-    cert, key = _tls_pair(tls_ca, folder, "mx.example.test")
-    (folder / "aliases").write_text(aliases)
-    return await start_sansmail(
-        nursery,
-        folder,
-        f"""\
-hostname = "mx.example.test"
-domains = ["example.test"]
-data_dir = "data"
-mynetworks = ["127.0.0.0/8"]
-aliases = "aliases"
-[tls]
-cert = "{cert}"
-key = "{key}"
-[listen]
-smtp = "127.0.0.1:0"
-submission = "127.0.0.1:0"
-[dns]
-nameservers = ["{dns.host_port}"]
-[delivery]
-smtp_port = {port}
-minimal_backoff = "1s"
-maximal_backoff = "1s"
-{delivery}
-""",
-        users=("alice@example.test",),
-    )
-
-
-async def _peer(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, port: int, tls_ca: trustme.CA
-) -> Server:
-    folder = tmp_path / "peer"
-    cert, key = _tls_pair(tls_ca, folder, "mx.peer.test")
-    folder.mkdir(parents=True, exist_ok=True)
-    return await start_sansmail(
-        nursery,
-        folder,
-        f"""\
-hostname = "mx.peer.test"
-domains = ["peer.test", "implicit.test", "backup.test"]
-data_dir = "data"
-mynetworks = ["192.0.2.0/24"]
-[tls]
-cert = "{cert}"
-key = "{key}"
-[listen]
-smtp = "{PEER}:{port}"
-[dns]
-nameservers = ["127.0.0.1:9"]
-""",
-        users=("bob@peer.test", "carol@implicit.test", "bob@backup.test"),
-    )
-
-
-def _submit(server: Server, sender: str, recipients: list[str], body: str = "Hello") -> None:
-    """As a mail client does: submission port, STARTTLS, AUTH."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    message = f"From: {sender}\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n{body}\r\n"
-    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=10) as client:
-        client.starttls(context=context)
-        client.login("alice@example.test", "secret")
-        client.sendmail(sender, recipients, message)
-
-
-def _send(server: Server, sender: str, recipients: list[str], body: str = "Hello") -> None:
-    """As another MTA does: port 25 (here from mynetworks, so relaying is allowed)."""
-    message = f"From: {sender}\r\nSubject: test\r\n\r\n{body}\r\n"
-    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=10) as client:
-        client.sendmail(sender, recipients, message)
-
-
 async def test_authenticated_mail_goes_to_the_mx_over_starttls(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    peer = await _peer(nursery, tmp_path, port, tls_ca)
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    peer = await start_peer(nursery, tmp_path, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     await trio.to_thread.run_sync(
-        _submit, ours, "alice@example.test", ["bob@peer.test"], "over the wire"
+        submit, ours, "alice@example.test", ["bob@peer.test"], "over the wire"
     )
     (message,) = await wait_for(lambda: peer.messages("bob@peer.test"), what="delivery")
     assert b"over the wire" in message
@@ -158,9 +71,9 @@ async def test_authenticated_mail_goes_to_the_mx_over_starttls(
 async def test_mx_preference_falls_back_to_the_next_host(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    peer = await _peer(nursery, tmp_path, port, tls_ca)
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
-    await trio.to_thread.run_sync(_send, ours, "someone@example.test", ["bob@backup.test"])
+    peer = await start_peer(nursery, tmp_path, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@backup.test"])
     # backup.test's best MX refuses connections; the mail goes to the second.
     await wait_for(lambda: peer.messages("bob@backup.test"), what="delivery via MX 20")
     await wait_for(lambda: not ours.queued(), what="the queue to empty")
@@ -169,19 +82,19 @@ async def test_mx_preference_falls_back_to_the_next_host(
 async def test_implicit_mx(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    peer = await _peer(nursery, tmp_path, port, tls_ca)
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
-    await trio.to_thread.run_sync(_send, ours, "someone@example.test", ["carol@implicit.test"])
+    peer = await start_peer(nursery, tmp_path, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    await trio.to_thread.run_sync(send, ours, "someone@example.test", ["carol@implicit.test"])
     await wait_for(lambda: peer.messages("carol@implicit.test"), what="delivery by A record")
 
 
 async def test_permanent_failure_bounces_to_sender_with_postmaster_copy(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user here"]}):
         await trio.to_thread.run_sync(
-            _submit, ours, "alice@example.test", ["nobody@fail.test"], "bounce me"
+            submit, ours, "alice@example.test", ["nobody@fail.test"], "bounce me"
         )
         (dsn,) = await wait_for(lambda: ours.messages("alice@example.test"), what="the bounce")
     parsed = email.message_from_bytes(dsn, policy=email.policy.default)
@@ -206,8 +119,8 @@ async def test_permanent_failure_bounces_to_sender_with_postmaster_copy(
 async def test_null_mx_bounces_at_once(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
-    await trio.to_thread.run_sync(_submit, ours, "alice@example.test", ["x@nullmx.test"])
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["x@nullmx.test"])
     (dsn,) = await wait_for(lambda: ours.messages("alice@example.test"), what="the bounce")
     assert b"Status: 5.1.10" in dsn
 
@@ -215,10 +128,10 @@ async def test_null_mx_bounces_at_once(
 async def test_temporary_failure_is_retried_then_delivered(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     answers = ["451 4.3.0 Greylisted, try again", "250 2.1.5 OK"]
     with Sink(FAILING, port, rcpt={"grey@fail.test": answers}) as sink:
-        await trio.to_thread.run_sync(_submit, ours, "alice@example.test", ["grey@fail.test"])
+        await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["grey@fail.test"])
         deferred = await wait_for(
             lambda: [m for m in ours.queued() if m.recipients[0].attempts], what="a deferral"
         )
@@ -232,9 +145,11 @@ async def test_temporary_failure_is_retried_then_delivered(
 async def test_temporary_failure_expires_into_a_bounce(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "2s"')
+    ours = await start_ours(
+        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "2s"'
+    )
     with Sink(FAILING, port, rcpt={"slow@fail.test": ["451 4.3.0 Try later"]}):
-        await trio.to_thread.run_sync(_submit, ours, "alice@example.test", ["slow@fail.test"])
+        await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["slow@fail.test"])
         (dsn,) = await wait_for(lambda: ours.messages("alice@example.test"), what="the bounce")
     assert b"Action: failed" in dsn
     assert b"451 4.3.0 Try later" in dsn
@@ -244,9 +159,9 @@ async def test_temporary_failure_expires_into_a_bounce(
 async def test_bounce_of_a_bounce_is_dropped(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user"]}):
-        await trio.to_thread.run_sync(_send, ours, "", ["nobody@fail.test"])
+        await trio.to_thread.run_sync(send, ours, "", ["nobody@fail.test"])
         await wait_for(lambda: not ours.queued(), what="a verdict")
     assert not ours.messages("postmaster@example.test")
 
@@ -254,11 +169,11 @@ async def test_bounce_of_a_bounce_is_dropped(
 async def test_alias_fans_out_locally_and_remotely_with_srs(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    peer = await _peer(nursery, tmp_path, port, tls_ca)
+    peer = await start_peer(nursery, tmp_path, port, tls_ca)
     include = tmp_path / "ours" / "team.list"
     include.parent.mkdir(parents=True, exist_ok=True)
     include.write_text("# the team\nbob@peer.test\n")
-    ours = await _ours(
+    ours = await start_ours(
         nursery,
         tmp_path,
         dns,
@@ -268,7 +183,7 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
     )
     # From outside mynetworks? smtplib connects from 127.0.0.1, which is trusted here;
     # the alias works for anyone, the relay policy is tested elsewhere.
-    await trio.to_thread.run_sync(_send, ours, "eve@far.example", ["team@example.test"])
+    await trio.to_thread.run_sync(send, ours, "eve@far.example", ["team@example.test"])
     (local,) = await wait_for(lambda: ours.messages("alice@example.test"), what="local copy")
     (remote,) = await wait_for(lambda: peer.messages("bob@peer.test"), what="remote copy")
     assert b"Return-Path: <eve@far.example>" in local
@@ -282,15 +197,15 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
 async def test_alias_changes_are_picked_up_without_restart(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca, aliases="")
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, aliases="")
     with pytest.raises(smtplib.SMTPRecipientsRefused):
-        await trio.to_thread.run_sync(_send, ours, "eve@far.example", ["sales@example.test"])
+        await trio.to_thread.run_sync(send, ours, "eve@far.example", ["sales@example.test"])
     path = tmp_path / "ours" / "aliases"
     path.write_text("sales: alice\n")
 
     def accepted() -> bool:
         try:
-            _send(ours, "eve@far.example", ["sales@example.test"])
+            send(ours, "eve@far.example", ["sales@example.test"])
         except smtplib.SMTPRecipientsRefused:
             return False
         return True
@@ -302,15 +217,15 @@ async def test_alias_changes_are_picked_up_without_restart(
 async def test_queue_survives_restart_and_delivers_once(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     # The peer is down: the message waits in the queue.
-    await trio.to_thread.run_sync(_send, ours, "someone@example.test", ["bob@peer.test"])
+    await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@peer.test"])
     await wait_for(
         lambda: [m for m in ours.queued() if m.recipients[0].attempts], what="a deferral"
     )
     await ours.stop()
     assert len(ours.queued()) == 1
-    peer = await _peer(nursery, tmp_path, port, tls_ca)
+    peer = await start_peer(nursery, tmp_path, port, tls_ca)
     again = await start_sansmail(
         nursery, tmp_path / "ours", (tmp_path / "ours" / "sansmail.toml").read_text()
     )
@@ -323,7 +238,7 @@ async def test_queue_survives_restart_and_delivers_once(
 async def test_dsn_parameters_are_passed_to_a_next_hop_that_offers_dsn(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
-    ours = await _ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
     with Sink(FAILING, port) as sink:
 
         def send() -> None:
