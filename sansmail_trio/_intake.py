@@ -20,7 +20,7 @@ from sansmail.users import UserStore
 __all__ = ["Intake"]
 
 
-def _nothing() -> None:
+def _nothing(_queue_id: str) -> None:
     return None
 
 
@@ -32,8 +32,9 @@ class Intake:
     queue: QueueStore
     aliases: AliasSource
     srs_key: bytes
-    #: Called after a message was queued: the queue runner of this process, if any.
-    wake: Callable[[], None] = _nothing
+    #: Called with the queue id after a message was queued: the queue runner of this
+    #: process, if any.
+    wake: Callable[[str], None] = _nothing
     clock: Callable[[], float] = time.time
 
     def resolve(

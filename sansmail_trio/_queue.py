@@ -191,13 +191,14 @@ class QueueRunner:
             else None
         )
         self._credentials: tuple[str, str] | None = None
-        #: Set when the queue has nothing in flight and nothing due (tests wait on it).
-        self.idle = trio.Event()
 
     # -- control -------------------------------------------------------------------
 
-    def wake(self) -> None:
-        """Look at the queue now (an SMTP session just queued a message)."""
+    def wake(self, queue_id: str | None = None) -> None:
+        """Look at the queue now. An SMTP session of this process names the message it
+        just queued, which is then due at once without listing the directory."""
+        if queue_id is not None and queue_id not in self._active:
+            self._schedule[queue_id] = 0.0
         self._wake.set()
 
     def flush(self) -> None:
@@ -213,22 +214,24 @@ class QueueRunner:
                 self.config.delivery.relayhost_password_file.read_text
             )
             self._credentials = (self.config.delivery.relayhost_username, text.strip())
+        next_scan = 0.0
         async with trio.open_nursery() as nursery:
             task_status.started()
             while True:
-                if await trio.to_thread.run_sync(self.queue.take_flush_request):
-                    self._flush = True
-                await self._scan()
+                # The directory is listed once a second, not at every wake-up: under
+                # load a wake-up per message would list a directory of thousands of
+                # files per message.
+                if trio.current_time() >= next_scan:
+                    if await trio.to_thread.run_sync(self.queue.take_flush_request):
+                        self._flush = True
+                    await self._scan()
+                    next_scan = trio.current_time() + SCAN_INTERVAL
                 self._start_due(nursery)
-                if not self._active and not self._due_soon():
-                    self.idle.set()
-                with trio.move_on_after(SCAN_INTERVAL):
+                wait = next_scan - trio.current_time()
+                soonest = min(self._schedule.values(), default=math.inf) - self.clock()
+                with trio.move_on_after(max(0.0, min(wait, soonest))):
                     await self._wake.wait()
                 self._wake = trio.Event()
-
-    def _due_soon(self) -> bool:
-        now = self.clock()
-        return any(due <= now for due in self._schedule.values())
 
     async def _scan(self) -> None:
         names = await trio.to_thread.run_sync(_queue_ids, self.queue)
@@ -265,7 +268,6 @@ class QueueRunner:
                 continue
             self._active.add(qid)
             self._schedule[qid] = math.inf
-            self.idle = trio.Event() if self.idle.is_set() else self.idle
             nursery.start_soon(self._attempt_task, qid)
 
     async def _attempt_task(self, qid: str) -> None:

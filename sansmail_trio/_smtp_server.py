@@ -712,7 +712,8 @@ class _Session:
             )
         if queued:
             assert self.service.intake is not None
-            self.service.intake.wake()
+            for message in queued:
+                self.service.intake.wake(message.queue_id)
         tx.delivery = None
         self.transaction = None
         await self.reply(250, text, "2.0.0")
