@@ -43,6 +43,7 @@ from sansmail.users import UserStore
 from sansmail_trio._dns import Resolver
 from sansmail_trio._intake import Intake
 from sansmail_trio._log import get_logger
+from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner
 from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService, Stoppable
 from sansmail_trio._tls import (
@@ -56,6 +57,9 @@ from sansmail_trio._tls import (
 __all__ = ["bind_listeners", "serve"]
 
 log = get_logger("master")
+
+#: What a listener hands its connections to.
+Service = SMTPService | POP3Service
 
 #: How often the user store is checked for changes made by the CLI.
 USERS_RELOAD_INTERVAL = 1.0
@@ -181,7 +185,7 @@ async def serve(
         )
         intake.wake = runner.wake
     smtp_log = get_logger("smtp")
-    services = {
+    services: dict[str, Service] = {
         name: SMTPService(
             config=config,
             store=store,
@@ -194,6 +198,11 @@ async def serve(
         )
         for name in ("smtp", "submission", "submissions")
     }
+    pop3_log = get_logger("pop3")
+    for name in ("pop3", "pop3s"):
+        services[name] = POP3Service(
+            config=config, store=store, users=users, log=pop3_log, service=name, tls=tls, auth=auth
+        )
 
     if process == 0:
         for name, addresses in config.listen.items():
@@ -322,7 +331,7 @@ def _log_started(
 
 async def _accept_loop(
     listener: trio.SocketListener,
-    service: SMTPService,
+    service: Service,
     connections: _Connections,
     nursery: trio.Nursery,
 ) -> None:
@@ -342,7 +351,7 @@ async def _accept_loop(
 
 
 async def _handle_connection(
-    socket_stream: trio.SocketStream, service: SMTPService, connections: _Connections
+    socket_stream: trio.SocketStream, service: Service, connections: _Connections
 ) -> None:
     try:
         peer = socket_stream.socket.getpeername()

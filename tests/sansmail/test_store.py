@@ -38,7 +38,16 @@ def deliver(store: MaildirStore, boxes: list[MailboxId], *chunks: bytes) -> list
 
 
 def test_public_surface() -> None:
-    assert sorted(sansmail.store.__all__) == ["Delivery", "MailStore", "MailboxId", "MaildirStore"]
+    assert sorted(sansmail.store.__all__) == sorted(
+        [
+            "Delivery",
+            "MailStore",
+            "MailboxId",
+            "MaildirStore",
+            *("Maildrop", "MaildropInUseError", "MessageGoneError", "MessageInfo"),
+            *("MessageReader", "Expunged"),
+        ]
+    )
 
 
 def test_one_mailbox(tmp_path: pathlib.Path) -> None:
