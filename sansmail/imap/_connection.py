@@ -1,0 +1,473 @@
+"""`Connection`: the IMAP server core's one front door.
+
+Theory of operation
+-------------------
+The application feeds received octets in (`receive_data`), pulls events out
+(`next_event`) and turns its decisions into octets (`send`). Nothing here does I/O or
+reads a clock.
+
+Lockstep. The first thing said is the application's greeting (`* OK`, `* PREAUTH`, or
+`* BYE`, which closes). After it, `next_event()` reads one command, hands out its
+event, and returns PAUSED until the application has sent that command's tagged
+response; commands the client pipelined wait untouched in the buffer. Untagged
+responses may be sent at any time in between (`_state` explains why one command at a
+time is allowed and what it buys).
+
+Literals (RFC 9051 §4.3, RFC 7888). A command is read whole, literals included, before
+its event is handed out (`_readers` frames it). When a line announces a synchronizing
+literal, `next_event()` returns `LiteralRequested` first and pauses: the application
+answers `Continuation(...)` to let the octets come, or a tagged NO/BAD, after which the
+command is over (the client sends none of the rest) and the next command is read.
+Before asking, the core refuses by itself what breaks `Config`'s limits, and the
+literal of a command already known to be refused (unknown, not valid in this state).
+Non-synchronizing literals are read without asking, up to 4096 octets (LITERAL-) or,
+once our CAPABILITY has advertised LITERAL+, up to the command's size limit.
+
+Responses drive the state (`_state.STATE_AFTER`, `_state.AFTER_TAGGED`): OK to LOGIN
+or AUTHENTICATE authenticates, OK to SELECT/EXAMINE selects, NO to SELECT while selected
+deselects, OK to CLOSE/UNSELECT deselects, OK to STARTTLS pauses everything until
+`start_tls()`, BYE then OK to LOGOUT ends the session. State also comes from the wire in
+two more ways: the capabilities our CAPABILITY responses (and [CAPABILITY] codes) listed
+are remembered (`capabilities`), and the extensions our `* ENABLED` answer to an ENABLE
+named are on (`enabled`): IMAP4rev2 or UTF8=ACCEPT switch mailbox names from modified
+UTF-7 to UTF-8 in both directions (RFC 9051 §5.1, RFC 6855).
+
+AUTHENTICATE (RFC 9051 §6.2.2). The core frames the exchange; the application runs the
+SASL mechanism (`sansmail.sasl`). Its `Continuation(data=challenge)` makes the next line
+the client's base64 answer (`AuthResponse`) or "*" (`AuthCancel`, to be answered BAD);
+a line that is not base64 arrives as `InvalidCommand` whose hint is that BAD.
+
+IDLE (RFC 9051 §6.3.13). After the application's continuation ("+ idling") the next
+line must be DONE (`IdleDone`), and untagged updates may flow meanwhile; the tagged OK
+for the IDLE follows DONE.
+
+Errors. What the client can recover from arrives as `InvalidCommand` with the response
+to send, tagged BAD (or NO), or untagged BAD when no tag could be read. Commands are
+refused on state before being parsed, and the reason never echoes client input, so no
+password appears in a hint. Too many invalid commands, a line over
+`Config.max_line_length`, a bare CR or LF, an absurd literal size, a non-synchronizing
+literal over its cap, plaintext behind STARTTLS and octets after LOGOUT raise
+`RemoteProtocolError` with a `* BYE` reply_hint (None after LOGOUT, whose BYE was the
+last word): the client side is then in ERROR for good, and the application may `send()`
+that BYE before closing. The application may also end the session any time by sending
+a BYE (autologout, shutdown).
+
+STARTTLS (RFC 9051 §6.2.1). After our tagged OK the connection is TLS_PENDING; the
+adapter does its handshake and calls `start_tls()`, which refuses (RemoteProtocolError)
+if any plaintext arrived behind the command, and forgets the capabilities: the client
+must ask again. A connection built with `tls_active=True` (port 993) refuses STARTTLS.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sansmail._errors import LocalProtocolError, RemoteProtocolError
+from sansmail._lockstep import LockstepServer
+from sansmail._roles import NEED_DATA, PAUSED, Role, Signal
+from sansmail.imap._arguments import RefusalError
+from sansmail.imap._config import NONSYNC_LITERAL_MINUS, Config
+from sansmail.imap._events import (
+    AuthCancel,
+    AuthResponse,
+    Command,
+    ConnectionClosed,
+    Enable,
+    Event,
+    Idle,
+    IdleDone,
+    InvalidCommand,
+    LiteralRequested,
+    Logout,
+    StartTLS,
+)
+from sansmail.imap._lexer import ParseError
+from sansmail.imap._parser import Head, parse_command, read_head
+from sansmail.imap._readers import AskLiteral, CommandReader, Complete, Refused, read_line
+from sansmail.imap._responses import (
+    Continuation,
+    FetchResponse,
+    Response,
+    ResponseCode,
+    Tagged,
+    Untagged,
+    UntaggedStatus,
+)
+from sansmail.imap._state import AFTER_TAGGED, ALLOWED, CONTINUE, RECEIVE, STATE_AFTER, Phase, State
+from sansmail.imap._values import Atom
+from sansmail.imap._writers import write_response
+from sansmail.sasl._b64 import decode_base64_strict
+from sansmail.sasl._base import SASLError
+
+__all__ = ["Connection"]
+
+_CONNECTION_CLOSED = ConnectionClosed()
+
+TOO_MANY_ERRORS = UntaggedStatus(status="BYE", text="too many invalid commands, closing")
+PIPELINED_STARTTLS = UntaggedStatus(
+    status="BYE", text="data sent before the TLS handshake, closing"
+)
+
+# The extensions whose ENABLE turns mailbox names (and quoted strings) into UTF-8.
+_UTF8_EXTENSIONS = frozenset({"IMAP4REV2", "UTF8=ACCEPT"})
+
+
+class Connection(LockstepServer[Phase]):
+    """One IMAP session, seen from the server.
+
+    Args:
+        our_role: `SERVER` (client commands can be written with `write_command`).
+        config: limits; `Config()` when omitted.
+        tls_active: the connection is already under TLS (imaps, port 993).
+    """
+
+    def __init__(
+        self, our_role: Role, *, config: Config | None = None, tls_active: bool = False
+    ) -> None:
+        super().__init__(
+            our_role,
+            phase=Phase.GREETING,
+            error_phase=Phase.ERROR,
+            tls_pending_phase=Phase.TLS_PENDING,
+            no_client_role="sansmail has no IMAP client core (see imap.write_command)",
+        )
+        self.config = config if config is not None else Config()
+        self._state = State.NOT_AUTHENTICATED
+        self._reader = CommandReader(self.config, read_head)
+        self._pending: Command | None = None  # the command whose tagged response is owed
+        self._pending_tag: str | None = None  # its tag (an InvalidCommand has no command)
+        self._literal_tag: str | None = None  # while a LiteralRequested is unanswered
+        self._capabilities: frozenset[str] = frozenset()
+        self._enabled: frozenset[str] = frozenset()
+        self._tls_active = tls_active
+        self._bye_sent = False  # the BYE of a LOGOUT answer
+        self._idling = False  # the IDLE being answered was accepted with "+"
+        self._logged_out = False
+        self._invalid_commands = 0
+
+    # --- what the application may look at -------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """RFC 9051 §3's session state."""
+        return self._state
+
+    @property
+    def pending(self) -> Command | None:
+        """The command whose tagged response is owed, if any."""
+        return self._pending
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What our last CAPABILITY response or [CAPABILITY] code listed, upper-case.
+        Forgotten at the TLS switch."""
+        return self._capabilities
+
+    @property
+    def enabled(self) -> frozenset[str]:
+        """The extensions our `* ENABLED` responses named (RFC 5161), upper-case."""
+        return self._enabled
+
+    @property
+    def imap4rev2(self) -> bool:
+        """The client ENABLEd IMAP4rev2 (RFC 9051 §6.3.1); otherwise it speaks rev1."""
+        return "IMAP4REV2" in self._enabled
+
+    @property
+    def utf8(self) -> bool:
+        """Mailbox names and quoted strings are UTF-8 (IMAP4rev2 or UTF8=ACCEPT enabled),
+        rather than modified UTF-7 and ASCII."""
+        return bool(self._enabled & _UTF8_EXTENSIONS)
+
+    @property
+    def tls_active(self) -> bool:
+        return self._tls_active
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def next_event(self) -> Event | Signal:
+        """The next event, or NEED_DATA (feed more octets), or PAUSED (answer the pending
+        command or literal, or finish the TLS switch, first)."""
+        self._check_usable()
+        try:
+            phase = self._phase
+            if phase is Phase.COMMAND:
+                return self._next_command()
+            if phase is Phase.AUTH or phase is Phase.IDLE:
+                return self._next_exchange_line(phase)
+            if phase is Phase.CLOSED:
+                if self._buffer and self._logged_out:
+                    raise RemoteProtocolError("data after LOGOUT")  # BYE was the last word
+                return _CONNECTION_CLOSED if self._eof else PAUSED
+            return PAUSED  # GREETING, LITERAL, REPLY, TLS_PENDING
+        except RemoteProtocolError:
+            self._their_error = True
+            raise
+
+    def _next_command(self) -> Event | Signal:
+        cap = self.config.append_size if "LITERAL+" in self._capabilities else NONSYNC_LITERAL_MINUS
+        frame = self._reader.read(self._buffer, nonsync_cap=cap, judge=self._judge)
+        if frame is None:
+            return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+        head = frame.head
+        if isinstance(frame, AskLiteral):
+            assert head.tag is not None
+            assert head.name is not None
+            self._literal_tag = head.tag
+            event: Event = LiteralRequested(
+                tag=head.tag, command=head.name, size=frame.size, binary=frame.binary
+            )
+        elif isinstance(frame, Refused):
+            if frame.too_big:
+                # RFC 7889 §3: an APPEND too big for us is NO [TOOBIG]; elsewhere BAD.
+                status: Literal["NO", "BAD"] = "NO" if head.name == "APPEND" else "BAD"
+                event = self._invalid(head, frame.reason, status=status, code="TOOBIG")
+            else:
+                event = self._invalid(head, frame.reason)
+        else:
+            event = self._parse(frame)
+        return self._handle(event)
+
+    def _judge(self, head: Head) -> str | None:
+        if head.tag is None:
+            return "no tag"
+        if head.name is None:
+            return "no command"
+        if head.kind is None:
+            return "unknown command"
+        if (self._state, head.kind) not in ALLOWED:
+            return f"is not valid in the {self._state.name} state"
+        if head.kind is StartTLS and self._tls_active:
+            return "TLS is already active"
+        return None
+
+    def _parse(self, frame: Complete) -> Event:
+        head = frame.head
+        if frame.refusal is not None:
+            return self._invalid(head, frame.refusal)
+        try:
+            return parse_command(
+                head,
+                frame.lines,
+                frame.literals,
+                utf8=self.utf8,
+                max_nesting=self.config.max_nesting,
+            )
+        except RefusalError as exc:
+            return self._invalid(head, str(exc), status=exc.status, code=exc.code)
+        except ParseError as exc:
+            return self._invalid(head, str(exc))
+
+    def _invalid(
+        self,
+        head: Head,
+        reason: str,
+        *,
+        status: Literal["NO", "BAD"] = "BAD",
+        code: ResponseCode | str | None = None,
+    ) -> InvalidCommand:
+        if status == "BAD" and code is None:
+            self._count_invalid()
+        if isinstance(code, str):
+            code = ResponseCode(name=code)
+        text = f"{head.name} {reason}" if head.kind is not None and head.name else reason
+        hint: Tagged | UntaggedStatus
+        if head.tag is None:
+            hint = UntaggedStatus(status="BAD", code=code, text=text)
+        else:
+            hint = Tagged(tag=head.tag, status=status, code=code, text=text)
+        return InvalidCommand(tag=head.tag, command=head.name, reason=reason, reply_hint=hint)
+
+    def _count_invalid(self) -> None:
+        self._invalid_commands += 1
+        if self._invalid_commands > self.config.max_invalid_commands:
+            raise RemoteProtocolError(
+                f"more than {self.config.max_invalid_commands} invalid commands", TOO_MANY_ERRORS
+            )
+
+    def _next_exchange_line(self, phase: Phase) -> Event | Signal:
+        line = read_line(self._buffer, self.config.max_line_length)
+        if line is None:
+            return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+        assert self._pending is not None
+        event: Event
+        if phase is Phase.IDLE:
+            if line.upper() == b"DONE":
+                event = IdleDone()
+            else:
+                event = self._exchange_error("expected DONE")
+        elif line == b"*":
+            event = AuthCancel()
+        else:
+            try:
+                event = AuthResponse(data=decode_base64_strict(line))
+            except SASLError:
+                event = self._exchange_error("authentication response is not base64")
+        return self._handle(event)
+
+    def _exchange_error(self, reason: str) -> InvalidCommand:
+        # RFC 9051 §6.2.2: a bad AUTHENTICATE line gets the command's tagged BAD; RFC
+        # 2177 §3: anything but DONE during IDLE is an error; it ends the IDLE the same way.
+        assert self._pending is not None
+        tag = self._pending.tag
+        name = "IDLE" if isinstance(self._pending, Idle) else "AUTHENTICATE"
+        head = Head(tag=tag, name=name, kind=type(self._pending), end=0)
+        return self._invalid(head, reason)
+
+    def _handle(self, event: Event) -> Event:
+        # The RECEIVE table is the single place the phase moves on input.
+        phase = RECEIVE[self._phase, type(event)]
+        if isinstance(event, Command):
+            self._pending, self._pending_tag = event, event.tag
+        elif isinstance(event, InvalidCommand):
+            self._pending, self._pending_tag = None, event.tag
+        self._phase = phase
+        return event
+
+    # --- sending -----------------------------------------------------------------------
+
+    def send(self, event: Response) -> bytes:
+        """Check that `event` may be sent now and return its octets.
+
+        Raises LocalProtocolError (and our side is then in ERROR for good) when the
+        session does not allow it now."""
+        try:
+            return self._send(event)
+        except LocalProtocolError:
+            self._our_error = True
+            raise
+
+    def _send(self, event: Response) -> bytes:
+        if self._our_error:
+            raise LocalProtocolError("can't send after an error on our side")
+        phase = self._phase
+        if phase is Phase.CLOSED:
+            raise LocalProtocolError("the session is closed")
+        if isinstance(event, UntaggedStatus) and event.status == "BYE":
+            return self._send_bye(event)
+        if self._their_error:
+            raise LocalProtocolError("the client broke the protocol: only a BYE may follow")
+        if phase is Phase.TLS_PENDING:
+            raise LocalProtocolError("nothing may be sent before start_tls()")
+        if phase is Phase.GREETING:
+            return self._send_greeting(event)
+        if isinstance(event, Tagged):
+            return self._send_tagged(event)
+        if isinstance(event, Continuation):
+            return self._send_continuation(event)
+        return self._send_untagged(event)
+
+    def _write(self, event: Response) -> bytes:
+        data = write_response(event, utf8=self.utf8)
+        self._learn(event)
+        return data
+
+    def _send_bye(self, event: UntaggedStatus) -> bytes:
+        data = self._write(event)
+        if isinstance(self._pending, Logout) and not self._their_error:
+            self._bye_sent = True  # RFC 9051 §6.1.3: the tagged OK follows
+        else:
+            self._phase = Phase.CLOSED
+        return data
+
+    def _send_greeting(self, event: Response) -> bytes:
+        # RFC 9051 §7.1.1, §7.1.4: the greeting is * OK, * PREAUTH or * BYE.
+        if not (isinstance(event, UntaggedStatus) and event.status in ("OK", "PREAUTH")):
+            raise LocalProtocolError("the greeting must be * OK, * PREAUTH or * BYE")
+        data = self._write(event)
+        if event.status == "PREAUTH":
+            self._state = State.AUTHENTICATED
+        self._phase = Phase.COMMAND
+        return data
+
+    def _send_untagged(self, event: Response) -> bytes:
+        phase = self._phase
+        if phase is Phase.AUTH:
+            raise LocalProtocolError("no untagged data while the client's SASL answer is owed")
+        if isinstance(event, UntaggedStatus):
+            if event.status == "PREAUTH":
+                raise LocalProtocolError("PREAUTH is only a greeting")
+            if event.status == "BAD" and phase is Phase.REPLY and self._pending_tag is None:
+                # The answer to an InvalidCommand that had no readable tag.
+                data = self._write(event)
+                self._phase = Phase.COMMAND
+                return data
+        elif isinstance(event, Untagged) and event.keyword == "ENABLED":
+            if not isinstance(self._pending, Enable) or phase is not Phase.REPLY:
+                raise LocalProtocolError("* ENABLED answers an ENABLE command only")
+        elif not isinstance(event, Untagged | FetchResponse):
+            raise LocalProtocolError(f"not a response: {event!r}")
+        return self._write(event)
+
+    def _send_tagged(self, event: Tagged) -> bytes:
+        phase = self._phase
+        if phase is Phase.LITERAL:
+            if event.tag != self._literal_tag or event.status == "OK":
+                raise LocalProtocolError("answer a literal request with a continuation or NO/BAD")
+            data = self._write(event)
+            self._reader.reset()  # the client sends nothing more of this command
+            self._literal_tag = None
+            self._phase = Phase.COMMAND
+            return data
+        if phase is not Phase.REPLY or self._pending_tag is None:
+            raise LocalProtocolError(f"no command is waiting for a tagged response ({phase.name})")
+        if event.tag != self._pending_tag:
+            raise LocalProtocolError(f"tag {event.tag!r} does not answer {self._pending_tag!r}")
+        command = self._pending
+        if isinstance(command, Logout) and event.status == "OK" and not self._bye_sent:
+            raise LocalProtocolError("send * BYE before the OK to LOGOUT (RFC 9051 §6.1.3)")
+        data = self._write(event)
+        next_phase = Phase.COMMAND
+        if command is not None:
+            kind = type(command)
+            self._state = STATE_AFTER.get((self._state, kind, event.status), self._state)
+            next_phase = AFTER_TAGGED.get((kind, event.status), Phase.COMMAND)
+            if isinstance(command, Logout) and event.status == "OK":
+                self._logged_out = True
+        self._pending = None
+        self._pending_tag = None
+        self._idling = False
+        self._phase = next_phase
+        return data
+
+    def _send_continuation(self, event: Continuation) -> bytes:
+        phase = self._phase
+        answered = type(self._pending) if phase is Phase.REPLY and self._pending else None
+        next_phase = CONTINUE.get((phase, answered))
+        if answered is Idle and self._idling:
+            next_phase = None  # IDLE is accepted once; after DONE only the tagged OK
+        if next_phase is None:
+            raise LocalProtocolError(f"no continuation request is expected ({phase.name})")
+        data = self._write(event)
+        if phase is Phase.LITERAL:
+            self._reader.accept_literal()
+            self._literal_tag = None
+        self._idling = answered is Idle
+        self._phase = next_phase
+        return data
+
+    def _learn(self, event: Response) -> None:
+        """State from the wire: what our responses said about the session."""
+        code = event.code if isinstance(event, Tagged | UntaggedStatus) else None
+        if code is not None and code.name == "CAPABILITY":
+            self._capabilities = _names(code.data)
+        elif isinstance(event, Untagged):
+            if event.keyword == "CAPABILITY":
+                self._capabilities = _names(event.data)
+            elif event.keyword == "ENABLED":
+                self._enabled |= _names(event.data)
+
+    # --- the TLS switch ------------------------------------------------------------------
+
+    def start_tls(self) -> None:
+        """Call after the adapter's TLS handshake, following our OK to STARTTLS."""
+        self._check_tls_switch("STARTTLS", PIPELINED_STARTTLS)
+        # RFC 9051 §6.2.1: still not authenticated, no new greeting, and the client must
+        # ask CAPABILITY again; what was advertised in plaintext no longer counts.
+        self._tls_active = True
+        self._capabilities = frozenset()
+        self._phase = Phase.COMMAND
+
+
+def _names(data: tuple[object, ...]) -> frozenset[str]:
+    return frozenset(str(item).upper() for item in data if isinstance(item, Atom | str))
