@@ -6,9 +6,41 @@ The store does blocking file I/O (and stamps file names with the clock); the ada
 
 `Maildrop` is the other side of a Maildir INBOX: the snapshot, reading and deleting that a
 POP3 session does, with its exclusive lock; it blocks too (worker threads).
+
+`ImapStore` / `MailAccount` / `FolderView` are what IMAP sessions work through: folders,
+UIDs, flags and a per-folder index. `MaildirImapStore` implements them on the same
+Maildirs (Maildir++ folders, a SQLite index per folder); another back end would
+implement the same protocols.
 """
 
 from sansmail.store._base import Delivery, MailboxId, MailStore
+from sansmail.store._imapaccount import DEFAULT_SPECIAL_USE, MaildirAccount, MaildirImapStore
+from sansmail.store._imapbase import (
+    SEPARATOR,
+    STATUS_ITEMS,
+    SYSTEM_FLAGS,
+    AppendResult,
+    CopyResult,
+    ExpungeIssuedError,
+    FlagMode,
+    FolderExistsError,
+    FolderGoneError,
+    FolderHasChildrenError,
+    FolderInfo,
+    FolderView,
+    ImapMessage,
+    ImapStore,
+    ImapStoreError,
+    InvalidFolderNameError,
+    MailAccount,
+    NoSuchFolderError,
+    NotAllowedError,
+    ReadOnlyError,
+    SyncChanges,
+    TooManyKeywordsError,
+)
+from sansmail.store._imapnames import decode_mutf7, encode_mutf7, folder_dir
+from sansmail.store._imapview import MaildirFolderView
 from sansmail.store._mailbox import (
     Expunged,
     Maildrop,
@@ -27,4 +59,35 @@ __all__ += [
     "MessageGoneError",
     "MessageInfo",
     "MessageReader",
+]
+__all__ += [
+    "DEFAULT_SPECIAL_USE",
+    "SEPARATOR",
+    "STATUS_ITEMS",
+    "SYSTEM_FLAGS",
+    "AppendResult",
+    "CopyResult",
+    "ExpungeIssuedError",
+    "FlagMode",
+    "FolderExistsError",
+    "FolderGoneError",
+    "FolderHasChildrenError",
+    "FolderInfo",
+    "FolderView",
+    "ImapMessage",
+    "ImapStore",
+    "ImapStoreError",
+    "InvalidFolderNameError",
+    "MailAccount",
+    "MaildirAccount",
+    "MaildirFolderView",
+    "MaildirImapStore",
+    "NoSuchFolderError",
+    "NotAllowedError",
+    "ReadOnlyError",
+    "SyncChanges",
+    "TooManyKeywordsError",
+    "decode_mutf7",
+    "encode_mutf7",
+    "folder_dir",
 ]

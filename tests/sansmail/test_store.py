@@ -46,6 +46,9 @@ def test_public_surface() -> None:
             "MaildirStore",
             *("Maildrop", "MaildropInUseError", "MessageGoneError", "MessageInfo"),
             *("MessageReader", "Expunged"),
+            *sansmail.store._imapbase.__all__,
+            *("DEFAULT_SPECIAL_USE", "MaildirAccount", "MaildirFolderView", "MaildirImapStore"),
+            *("decode_mutf7", "encode_mutf7", "folder_dir"),
         ]
     )
 
