@@ -27,6 +27,12 @@ the original leaves the queue, so a crash between the two may send a bounce twic
 never loses one. A copy of each bounce's headers goes to the postmaster (Postfix's
 ``notify_classes = bounce``). Nothing is ever sent to the null sender.
 
+Connections are reused: after a transaction the connection waits up to
+`CACHE_TIME_LIMIT` for the next message to the same address, port and TLS level
+(Postfix's connection cache), so a backlog for one destination costs one TCP and TLS
+handshake per connection, not per message. A cached connection that turns out dead is
+replaced by a fresh one at once, without counting as a failed attempt.
+
 Limits: at most `MAX_ACTIVE` messages in delivery at once, and
 ``destination_concurrency_limit`` connections per destination domain.
 """
@@ -82,6 +88,11 @@ SCAN_INTERVAL = 1.0
 CONNECT_TIMEOUT = 30.0
 #: Received headers past this mean a forwarding loop (Postfix: hopcount_limit = 50).
 HOP_LIMIT = 50
+#: How long a connection whose transaction is done waits for the next message to the
+#: same host before QUIT (Postfix: smtp_connection_cache_time_limit = 2s), and how many
+#: such connections are kept at most.
+CACHE_TIME_LIMIT = 2.0
+CACHE_SIZE = 100
 _RECEIVED = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -149,6 +160,19 @@ class _Try:
     tls: str | None = None  # the session's TLS, for the log
     permanent: bool = False
     retry_plain: bool = False  # "may" and the TLS handshake failed: try again in clear
+    retry_fresh: bool = False  # a cached connection had died: open a new one
+
+
+#: What a cached connection can be reused for: address, port, TLS level, with AUTH.
+_CacheKey = tuple[str, int, str, bool]
+
+
+@attrs.define
+class _Cached:
+    session: outbound.OutboundSession
+    stream: trio.abc.Stream
+    tls: str | None
+    since: float
 
 
 class QueueRunner:
@@ -191,6 +215,7 @@ class QueueRunner:
             else None
         )
         self._credentials: tuple[str, str] | None = None
+        self._cache: dict[_CacheKey, list[_Cached]] = {}
 
     # -- control -------------------------------------------------------------------
 
@@ -216,6 +241,7 @@ class QueueRunner:
             self._credentials = (self.config.delivery.relayhost_username, text.strip())
         next_scan = 0.0
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_cache, nursery)
             task_status.started()
             while True:
                 # The directory is listed once a second, not at every wake-up: under
@@ -480,6 +506,12 @@ class QueueRunner:
                 attempt = await self._talk(
                     message, content, recipients, host, ip, port, route, tls_mode=tls_mode
                 )
+                for _ in range(CACHE_SIZE):
+                    if not attempt.retry_fresh:
+                        break
+                    attempt = await self._talk(
+                        message, content, recipients, host, ip, port, route, tls_mode=tls_mode
+                    )
                 if attempt.retry_plain:
                     # Opportunistic TLS that fails its handshake falls back to plain
                     # text, as Postfix does at "may": the mail still goes, unencrypted.
@@ -511,21 +543,28 @@ class QueueRunner:
         *,
         tls_mode: OutboundTLS,
     ) -> _Try:
-        """One SMTP conversation with `ip`."""
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(ip, port)
-        except (OSError, trio.TooSlowError) as exc:
-            return _Try(None, reason=f"connect failed: {_oserror(exc)}")
+        """One SMTP transaction with `ip`, on a cached connection when there is one."""
         credentials = self._credentials if route.kind == "relayhost" else None
-        session = outbound.OutboundSession(
-            helo_name=self.config.hostname,
-            tls=tls_mode,
-            credentials=credentials,
-            nonce=secrets.token_urlsafe(18),
-        )
-        tls_text: str | None = None
+        key: _CacheKey = (ip, port, tls_mode, credentials is not None)
+        cached = self._take_cached(key)
+        if cached is not None:
+            session, stream, tls_text = cached.session, cached.stream, cached.tls
+        else:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await trio.open_tcp_stream(ip, port)
+            except (OSError, trio.TooSlowError) as exc:
+                return _Try(None, reason=f"connect failed: {_oserror(exc)}")
+            session = outbound.OutboundSession(
+                helo_name=self.config.hostname,
+                tls=tls_mode,
+                credentials=credentials,
+                nonce=secrets.token_urlsafe(18),
+            )
+            tls_text = None
+        reused = cached is not None
         sent_message = False
+        keep = False
         try:
             while True:
                 action = session.next_action()
@@ -546,7 +585,6 @@ class QueueRunner:
                         with trio.fail_after(session.timeout):
                             await tls_stream.do_handshake()
                     except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                        await trio.aclose_forcefully(stream)
                         why = _tls_failure(exc)
                         return _Try(None, reason=why, retry_plain=tls_mode == "may")
                     stream = tls_stream
@@ -560,22 +598,76 @@ class QueueRunner:
                         session.start_message(_outbound_message(message, content, recipients))
                 elif isinstance(action, outbound.MessageDone):
                     results = {r.address: _outcome(r, host) for r in action.results}
-                    session.quit()
-                    await self._finish(session, stream)
+                    keep = self._put_cached(key, _Cached(session, stream, tls_text, 0.0))
+                    if not keep:
+                        session.quit()
+                        await self._finish(session, stream)
                     return _Try(results, tls=tls_text)
                 elif isinstance(action, outbound.SessionFailed):
+                    if reused:
+                        return _Try(None, reason="cached connection failed", retry_fresh=True)
                     reason = action.reason
                     if action.reply is not None:
                         reason = f"{host} said: {_reply_text(action.reply)}"
                     return _Try(None, reason=reason, permanent=action.permanent)
                 elif isinstance(action, outbound.Closed):
+                    if reused:
+                        return _Try(None, reason="cached connection closed", retry_fresh=True)
                     return _Try(None, reason="connection closed")
         except trio.TooSlowError:
             return _Try(None, reason="conversation timed out")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if reused:
+                return _Try(None, reason="cached connection lost", retry_fresh=True)
             return _Try(None, reason=f"lost connection: {_oserror(exc)}")
         finally:
-            await trio.aclose_forcefully(stream)
+            if not keep:
+                await trio.aclose_forcefully(stream)
+
+    def _take_cached(self, key: _CacheKey) -> _Cached | None:
+        pool = self._cache.get(key)
+        if not pool:
+            return None
+        cached = pool.pop()
+        if not pool:
+            del self._cache[key]
+        return cached
+
+    def _put_cached(self, key: _CacheKey, cached: _Cached) -> bool:
+        if sum(len(pool) for pool in self._cache.values()) >= CACHE_SIZE:
+            return False
+        cached.since = trio.current_time()
+        self._cache.setdefault(key, []).append(cached)
+        return True
+
+    async def _expire_cache(self, nursery: trio.Nursery) -> None:
+        try:
+            while True:
+                await trio.sleep(CACHE_TIME_LIMIT / 4)
+                limit = trio.current_time() - CACHE_TIME_LIMIT
+                for key in list(self._cache):
+                    pool = self._cache[key]
+                    old = [c for c in pool if c.since <= limit]
+                    if not old:
+                        continue
+                    pool[:] = [c for c in pool if c.since > limit]
+                    if not pool:
+                        del self._cache[key]
+                    for cached in old:
+                        nursery.start_soon(self._close_cached, cached)
+        finally:
+            with trio.CancelScope(shield=True):
+                for pool in self._cache.values():
+                    for cached in pool:
+                        await trio.aclose_forcefully(cached.stream)
+                self._cache.clear()
+
+    async def _close_cached(self, cached: _Cached) -> None:
+        try:
+            cached.session.quit()
+            await self._finish(cached.session, cached.stream)
+        finally:
+            await trio.aclose_forcefully(cached.stream)
 
     async def _finish(self, session: outbound.OutboundSession, stream: trio.abc.Stream) -> None:
         # QUIT and its reply are a courtesy; the verdict is already in.
