@@ -54,6 +54,13 @@ class _Handler:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sink.ehlos += 1
+        session.host_name = hostname
+        return responses
+
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
@@ -94,6 +101,7 @@ class Sink:
         self.data = data or ["250 2.0.0 OK"]
         self.received: list[Received] = []
         self.rcpt_options: list[list[str]] = []
+        self.ehlos = 0
         self._rcpt_seen: dict[str, int] = {}
         self._data_seen = 0
         self.controller = Controller(_Handler(self), hostname=host, port=port)

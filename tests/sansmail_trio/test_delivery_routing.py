@@ -291,3 +291,19 @@ async def test_queue_delete_against_a_running_server(
         await trio.sleep(2.5)
         assert len(sink.rcpt_options) == tries  # no attempt after the delete
     assert not ours.messages("alice@example.test")  # deleted without a bounce
+
+
+async def test_connection_is_reused_for_the_next_message(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+) -> None:
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    with Sink(FAILING, port) as sink:
+
+        def three() -> None:
+            for n in range(3):
+                submit(ours, "alice@example.test", [f"r{n}@fail.test"])
+
+        await trio.to_thread.run_sync(three)
+        await wait_for(lambda: len(sink.received) == 3, what="three deliveries")
+    # One EHLO: the second and third message went over the cached connection.
+    assert sink.ehlos == 1
