@@ -45,9 +45,7 @@ import functools
 import ipaddress
 import logging
 import math
-import secrets
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,7 +55,6 @@ import trio
 from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, pop3, sasl
 from sansmail.auth import (
     AuthService,
-    authzid_allowed,
     failure_log_line,
     login_key,
     throttle_log_line,
@@ -73,6 +70,7 @@ from sansmail.store import (
     MessageInfo,
 )
 from sansmail.users import UserStore
+from sansmail_trio._sasl import run_exchange
 from sansmail_trio._smtp_server import (
     TLS_HANDSHAKE_TIMEOUT,
     SessionRegistry,
@@ -402,62 +400,32 @@ class _Session:
         assert auth is not None
         if not await self._may_try(auth):
             return True
-        users = service.users
-        mech = sasl.server_mechanism(
-            event.mechanism,
-            nonce=secrets.token_urlsafe(18),
-            timestamp=int(time.time()),
+        last: list[object] = []
+
+        async def challenge(data: bytes) -> bytes | None:
+            answer = await self._challenge(data)
+            last[:] = [answer]
+            return answer.data if isinstance(answer, pop3.AuthResponse) else None
+
+        outcome = await run_exchange(
+            mechanism=event.mechanism,
+            initial_response=event.initial_response,
+            auth=auth,
+            users=service.users,
             hostname=self.config.hostname,
-            fake_salt_key=users.scram_secret(),
-            fake_iterations=users.scram_iterations,
+            client_ip=self.peer[0],
+            challenge=challenge,
         )
-        if event.initial_response is not None and not mech.accepts_initial_response:
+        if outcome.unexpected_initial_response:
             # RFC 5034 §4: an initial response to a server-first mechanism is refused.
             await self.wire.send(_NO_INITIAL_RESPONSE)
             return True
-        authcid = ""
-        attempt: bytes | None = None
-        step = mech.receive(event.initial_response)
-        while True:
-            if isinstance(step, sasl.Challenge):
-                answer = await self._challenge(step.data)
-                if isinstance(answer, pop3.AuthResponse):
-                    step = mech.receive(answer.data)
-                    continue
-                return await self._auth_interrupted(answer)
-            if isinstance(step, sasl.VerifyPassword):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                attempt = auth.attempt_id(key, step.password)
-                ok = await trio.to_thread.run_sync(auth.verify_password, key, step.password)
-                ok = ok and authzid_allowed(step.authzid, key)
-                step = mech.accept() if ok else mech.reject()
-                continue
-            if isinstance(step, sasl.NeedCredentials):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                credentials: sasl.ScramCredentials | sasl.CramMD5Credentials | None
-                if mech.name == "CRAM-MD5":
-                    credentials = users.get_cram_md5(key)
-                else:
-                    hash_name = "sha1" if mech.name == "SCRAM-SHA-1" else "sha256"
-                    credentials = users.get_scram(key, hash_name)
-                step = await trio.to_thread.run_sync(mech.provide, credentials)
-                continue
-            break
-        if isinstance(step, sasl.Success):
-            key = login_key(step.authcid)
-            if key and not (step.authzid and not authzid_allowed(step.authzid, key)):
-                auth.record(self.peer[0], True, trio.current_time())
-                if step.data:
-                    # RFC 5034 §4: POP3 carries no data on +OK; the server's final
-                    # message is one more challenge, answered by an empty line.
-                    answer = await self._challenge(step.data)
-                    if not isinstance(answer, pop3.AuthResponse) or answer.data:
-                        return await self._auth_interrupted(answer)
-                await self._login(key, mech.name)
-                return True
-        await self._failed(auth, mech.name, authcid, attempt)
+        if outcome.user is not None:
+            await self._login(outcome.user, outcome.mechanism)
+            return True
+        if outcome.interrupted:
+            return await self._auth_interrupted(last[0] if last else None)
+        await self._report_failure(outcome.mechanism, outcome.authcid, outcome.delay)
         return True
 
     async def _challenge(self, data: bytes) -> object:
@@ -496,8 +464,11 @@ class _Session:
     async def _failed(
         self, auth: AuthService, method: str, user: str, attempt: bytes | None
     ) -> None:
+        delay = auth.record(self.peer[0], False, trio.current_time(), attempt=attempt)
+        await self._report_failure(method, user, delay)
+
+    async def _report_failure(self, method: str, user: str, delay: float) -> None:
         ip = self.peer[0]
-        delay = auth.record(ip, False, trio.current_time(), attempt=attempt)
         self.log.info(
             failure_log_line(service=self.service.service, method=method, user=user, client_ip=ip)
         )

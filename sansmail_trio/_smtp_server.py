@@ -30,9 +30,7 @@ from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, sa
 from sansmail.address import Address
 from sansmail.auth import (
     AuthService,
-    authzid_allowed,
     failure_log_line,
-    login_key,
     throttle_log_line,
 )
 from sansmail.config import Config
@@ -43,6 +41,7 @@ from sansmail.smtp import Reply
 from sansmail.store import Delivery, MailboxId, MailStore
 from sansmail.users import UserStore
 from sansmail_trio._intake import Intake
+from sansmail_trio._sasl import run_exchange
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
@@ -830,81 +829,47 @@ class _Session:
             return True
         if verdict.delay:
             await trio.sleep(verdict.delay)
-        users = service.users
-        mech = sasl.server_mechanism(
-            event.mechanism,
-            nonce=secrets.token_urlsafe(18),
-            timestamp=int(time.time()),
+        last: list[object] = []
+
+        async def challenge(data: bytes) -> bytes | None:
+            await self.wire.send(Reply.challenge(data))
+            answer = await self._next_event()
+            last[:] = [answer]
+            return answer.data if isinstance(answer, smtp.AuthResponse) else None
+
+        outcome = await run_exchange(
+            mechanism=event.mechanism,
+            initial_response=event.initial_response,
+            auth=auth,
+            users=service.users,
             hostname=self.config.hostname,
-            fake_salt_key=users.scram_secret(),
-            fake_iterations=users.scram_iterations,
+            client_ip=ip,
+            challenge=challenge,
         )
-        if event.initial_response is not None and not mech.accepts_initial_response:
-            # RFC 4954 §4: a server-first mechanism (CRAM-MD5) given an initial response.
+        if outcome.unexpected_initial_response:
             await self.wire.send(_NO_INITIAL_RESPONSE)
             return True
-        authcid = ""
-        attempt: bytes | None = None
-        step = mech.receive(event.initial_response)
-        while True:
-            if isinstance(step, sasl.Challenge):
-                await self.wire.send(Reply.challenge(step.data))
-                answer = await self._next_event()
-                if isinstance(answer, smtp.AuthResponse):
-                    step = mech.receive(answer.data)
-                    continue
-                if isinstance(answer, smtp.AuthCancel):
-                    await self.wire.send(_AUTH_CANCELLED)
-                    return True
-                if isinstance(answer, smtp.InvalidAuthResponse):  # undecodable, too long
-                    await self.wire.send(answer.reply_hint)
-                    return True
-                return False  # the client went away mid-exchange
-            if isinstance(step, sasl.VerifyPassword):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                attempt = auth.attempt_id(key, step.password)
-                ok = await trio.to_thread.run_sync(auth.verify_password, key, step.password)
-                ok = ok and authzid_allowed(step.authzid, key)
-                step = mech.accept() if ok else mech.reject()
-                continue
-            if isinstance(step, sasl.NeedCredentials):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                credentials: sasl.ScramCredentials | sasl.CramMD5Credentials | None
-                if mech.name == "CRAM-MD5":
-                    credentials = users.get_cram_md5(key)
-                else:
-                    hash_name = "sha1" if mech.name == "SCRAM-SHA-1" else "sha256"
-                    credentials = users.get_scram(key, hash_name)
-                # PBKDF2-derived checks are cheap here (stored keys), but SCRAM's unknown-
-                # user path derives fake keys: keep it off the loop like everything else.
-                step = await trio.to_thread.run_sync(mech.provide, credentials)
-                continue
-            break
-        if isinstance(step, sasl.Success):
-            key = login_key(step.authcid)
-            if key == "" or (step.authzid and not authzid_allowed(step.authzid, key)):
-                step = sasl.Failure(reason="authorization identity refused")
-            else:
-                auth.record(ip, True, trio.current_time())
-                if step.data:
-                    # RFC 4954 §4: no data on 235; the server's final SASL message goes in
-                    # one more 334, answered by an empty line.
-                    await self.wire.send(Reply.challenge(step.data))
-                    answer = await self._next_event()
-                    if not isinstance(answer, smtp.AuthResponse) or answer.data:
-                        await self.wire.send(_AUTH_CANCELLED)
-                        return not isinstance(answer, smtp.ConnectionClosed)
-                self.user = key
-                self.log.info("%s: authenticated as <%s> (%s)", self.client, key, mech.name)
-                await self.wire.send(_AUTH_OK)
+        if outcome.user is not None:
+            self.user = outcome.user
+            self.log.info(
+                "%s: authenticated as <%s> (%s)", self.client, outcome.user, outcome.mechanism
+            )
+            await self.wire.send(_AUTH_OK)
+            return True
+        if outcome.interrupted:
+            answer = last[0] if last else None
+            if isinstance(answer, smtp.InvalidAuthResponse):  # undecodable, too long
+                await self.wire.send(answer.reply_hint)
                 return True
-        delay = auth.record(ip, False, trio.current_time(), attempt=attempt)
-        self.log.info(
-            failure_log_line(service=service.service, method=mech.name, user=authcid, client_ip=ip)
+            if isinstance(answer, smtp.AuthCancel | smtp.AuthResponse):
+                await self.wire.send(_AUTH_CANCELLED)
+                return True
+            return False  # the client went away mid-exchange
+        line = failure_log_line(
+            service=service.service, method=outcome.mechanism, user=outcome.authcid, client_ip=ip
         )
-        await trio.sleep(delay)
+        self.log.info(line)
+        await trio.sleep(outcome.delay)
         await self.wire.send(_AUTH_FAILED)
         return True
 
