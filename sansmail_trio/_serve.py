@@ -38,9 +38,10 @@ from sansmail.auth import AuthService, AuthSettings
 from sansmail.config import BUILT_SERVICES, Config
 from sansmail.queue import QueueStore
 from sansmail.smtp import Reply
-from sansmail.store import MaildirStore
+from sansmail.store import MaildirImapStore, MaildirStore
 from sansmail.users import UserStore
 from sansmail_trio._dns import Resolver
+from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._intake import Intake
 from sansmail_trio._log import get_logger
 from sansmail_trio._pop3_server import POP3Service
@@ -59,7 +60,7 @@ __all__ = ["bind_listeners", "serve"]
 log = get_logger("master")
 
 #: What a listener hands its connections to.
-Service = SMTPService | POP3Service
+Service = SMTPService | POP3Service | IMAPService
 
 #: How often the user store is checked for changes made by the CLI.
 USERS_RELOAD_INTERVAL = 1.0
@@ -202,6 +203,18 @@ async def serve(
     for name in ("pop3", "pop3s"):
         services[name] = POP3Service(
             config=config, store=store, users=users, log=pop3_log, service=name, tls=tls, auth=auth
+        )
+    imap_log = get_logger("imap")
+    imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname)
+    for name in ("imap", "imaps"):
+        services[name] = IMAPService(
+            config=config,
+            store=imap_store,
+            users=users,
+            log=imap_log,
+            service=name,
+            tls=tls,
+            auth=auth,
         )
 
     if process == 0:

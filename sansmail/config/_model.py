@@ -31,7 +31,9 @@ MilterAction = Literal["tempfail", "accept", "reject"]
 #: Every service a ``[listen]`` table may name, in the order they are started.
 SERVICES: Final = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
 #: The services this version can actually run; listeners for the others are skipped.
-BUILT_SERVICES: Final = frozenset({"smtp", "submission", "submissions", "pop3", "pop3s"})
+BUILT_SERVICES: Final = frozenset(
+    {"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"}
+)
 
 RESTRICTIONS: Final = (
     "permit_sasl_authenticated",

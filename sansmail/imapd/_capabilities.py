@@ -1,0 +1,60 @@
+"""The CAPABILITY list of the IMAP server (RFC 9051 §6.1.1, §7.2.2).
+
+Loop-agnostic, so every adapter advertises the same thing: what the session code
+implements, plus what depends on the connection (TLS, whether login is allowed yet).
+IDLE is not listed: the session does not implement it (yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["capabilities"]
+
+# RFC 9051 §7.2.2 lists IMAP4rev2 first; rev1 clients look for IMAP4rev1 (RFC 9051
+# appendix E: a server may offer both).
+_SESSION = (
+    "IMAP4rev1",
+    "IMAP4rev2",
+    "LITERAL+",  # RFC 7888
+    "SASL-IR",  # RFC 4959
+    "ENABLE",  # RFC 5161
+    "ID",  # RFC 2971
+    "NAMESPACE",  # RFC 2342
+    "UNSELECT",  # RFC 3691
+    "UIDPLUS",  # RFC 4315
+    "MOVE",  # RFC 6851
+    "SPECIAL-USE",  # RFC 6154
+    "LIST-EXTENDED",  # RFC 5258
+    "LIST-STATUS",  # RFC 5819
+    "CHILDREN",  # RFC 3348
+    "ESEARCH",  # RFC 4731
+    "BINARY",  # RFC 3516
+    "STATUS=SIZE",  # RFC 8438
+)
+
+
+def capabilities(
+    *,
+    append_limit: int,
+    authenticated: bool,
+    starttls: bool = False,
+    login_allowed: bool = True,
+    mechanisms: Sequence[str] = (),
+) -> list[str]:
+    """The capability names to advertise.
+
+    `starttls`: offer STARTTLS (TLS available and not yet on). `login_allowed`: LOGIN
+    and AUTHENTICATE may be used now; otherwise LOGINDISABLED and no AUTH= (RFC 9051
+    §6.2.3, §7.2.2). After login neither STARTTLS nor AUTH= is listed.
+    """
+    out = list(_SESSION)
+    out.append(f"APPENDLIMIT={append_limit}")  # RFC 7889
+    if not authenticated:
+        if starttls:
+            out.append("STARTTLS")
+        if login_allowed:
+            out += [f"AUTH={name}" for name in mechanisms]
+        else:
+            out.append("LOGINDISABLED")
+    return out

@@ -1,0 +1,131 @@
+"""`sansmail-trio serve` killed with SIGKILL while a client APPENDs: every message whose
+APPEND was acknowledged is there after a restart, under the UID it was given, and no
+UID is handed out twice (the next ones are above every UID seen before)."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _serve(tmp_path: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    with (tmp_path / "serve.log").open("ab") as log:
+        proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                if probe.recv(200).startswith(b"* OK"):
+                    return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+
+
+def _login(port: int) -> imaplib.IMAP4:
+    client = imaplib.IMAP4("127.0.0.1", port, timeout=10)
+    # Loopback: plaintext LOGIN is allowed by the default plaintext_auth.
+    assert client.login("alice@example.test", "pw")[0] == "OK"
+    return client
+
+
+def _appenduid(data: list[bytes]) -> tuple[int, int]:
+    match = re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[-1])
+    assert match is not None, data
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: pathlib.Path) -> None:
+    port = _free_port()
+    (tmp_path / "sansmail.toml").write_text(
+        'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
+        f'[listen]\nimap = "127.0.0.1:{port}"\n'
+    )
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    subprocess.run(
+        [script, "user", "add", "alice@example.test", "--password-stdin"],
+        cwd=tmp_path,
+        input=b"pw\n",
+        check=True,
+        capture_output=True,
+    )
+    proc = _serve(tmp_path, port)
+    acknowledged: dict[int, bytes] = {}
+    validity: set[int] = set()
+    stop = threading.Event()
+
+    def append_forever() -> None:
+        client = _login(port)
+        try:
+            number = 0
+            while not stop.is_set():
+                number += 1
+                subject = b"crash test %d" % number
+                message = b"Subject: " + subject + b"\r\n\r\n" + b"body line\r\n" * 200
+                typ, data = client.append("INBOX", None, None, message)
+                if typ != "OK":
+                    return
+                uidvalidity, uid = _appenduid(data)
+                validity.add(uidvalidity)
+                acknowledged[uid] = subject
+        except (OSError, imaplib.IMAP4.abort, imaplib.IMAP4.error):
+            return  # the server died under us: the last APPEND was not acknowledged
+        finally:
+            client.shutdown()
+
+    writer = threading.Thread(target=append_forever)
+    try:
+        writer.start()
+        deadline = time.monotonic() + 20
+        while len(acknowledged) < 30 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        writer.join(20)
+        assert len(acknowledged) >= 30
+
+        proc = _serve(tmp_path, port)
+        client = _login(port)
+        assert client.select("INBOX")[0] == "OK"
+        typ, data = client.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK"
+        found = {
+            int(re.search(rb"UID (\d+)", head).group(1)): body.strip()  # type: ignore[union-attr]
+            for head, body in (item for item in data if isinstance(item, tuple))
+        }
+        for uid, subject in acknowledged.items():
+            assert found.get(uid) == b"Subject: " + subject, uid
+        typ, data = client.append("INBOX", None, None, b"Subject: after\r\n\r\nx\r\n")
+        assert typ == "OK"
+        uidvalidity, uid = _appenduid(data)
+        assert validity == {uidvalidity}
+        assert uid > max([*acknowledged, *found])
+        client.logout()
+    finally:
+        stop.set()
+        writer.join(20)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
