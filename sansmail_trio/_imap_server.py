@@ -39,9 +39,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import secrets
 import ssl
-import time
 from typing import Any
 
 import attrs
@@ -58,7 +56,6 @@ from sansmail import (
 )
 from sansmail.auth import (
     AuthService,
-    authzid_allowed,
     failure_log_line,
     login_key,
     throttle_log_line,
@@ -69,6 +66,7 @@ from sansmail.smtp import Reply
 from sansmail.store import ImapStore, MailboxId
 from sansmail.users import UserStore
 from sansmail_trio._pop3_server import _show_ip
+from sansmail_trio._sasl import run_exchange
 from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SessionRegistry, _is_loopback
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
@@ -440,63 +438,33 @@ class _Session:
         assert auth is not None
         if not await self._may_try(auth, tag):
             return True
-        users = service.users
-        mech = sasl.server_mechanism(
-            event.mechanism,
-            nonce=secrets.token_urlsafe(18),
-            timestamp=int(time.time()),
+        last: list[object] = []
+
+        async def challenge(data: bytes) -> bytes | None:
+            answer = await self._challenge(data)
+            last[:] = [answer]
+            return answer.data if isinstance(answer, imap.AuthResponse) else None
+
+        outcome = await run_exchange(
+            mechanism=event.mechanism,
+            initial_response=event.initial_response,
+            auth=auth,
+            users=service.users,
             hostname=self.config.hostname,
-            fake_salt_key=users.scram_secret(),
-            fake_iterations=users.scram_iterations,
+            client_ip=self.peer[0],
+            challenge=challenge,
         )
-        if event.initial_response is not None and not mech.accepts_initial_response:
+        if outcome.unexpected_initial_response:
             await self.wire.send(
                 imap.Tagged(tag=tag, status="BAD", text="This mechanism takes no initial response")
             )
             return True
-        authcid = ""
-        attempt: bytes | None = None
-        step = mech.receive(event.initial_response)
-        while True:
-            if isinstance(step, sasl.Challenge):
-                answer = await self._challenge(step.data)
-                if isinstance(answer, imap.AuthResponse):
-                    step = mech.receive(answer.data)
-                    continue
-                return await self._auth_interrupted(tag, answer)
-            if isinstance(step, sasl.VerifyPassword):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                attempt = auth.attempt_id(key, step.password)
-                ok = await trio.to_thread.run_sync(auth.verify_password, key, step.password)
-                ok = ok and authzid_allowed(step.authzid, key)
-                step = mech.accept() if ok else mech.reject()
-                continue
-            if isinstance(step, sasl.NeedCredentials):
-                authcid = step.authcid
-                key = login_key(step.authcid)
-                credentials: sasl.ScramCredentials | sasl.CramMD5Credentials | None
-                if mech.name == "CRAM-MD5":
-                    credentials = users.get_cram_md5(key)
-                else:
-                    hash_name = "sha1" if mech.name == "SCRAM-SHA-1" else "sha256"
-                    credentials = users.get_scram(key, hash_name)
-                step = await trio.to_thread.run_sync(mech.provide, credentials)
-                continue
-            break
-        if isinstance(step, sasl.Success):
-            key = login_key(step.authcid)
-            if key and not (step.authzid and not authzid_allowed(step.authzid, key)):
-                auth.record(self.peer[0], True, trio.current_time())
-                if step.data:
-                    # RFC 9051 §6.2.2: the server's final data goes in one more
-                    # challenge, which the client answers with an empty line.
-                    answer = await self._challenge(step.data)
-                    if not isinstance(answer, imap.AuthResponse) or answer.data:
-                        return await self._auth_interrupted(tag, answer)
-                await self._login(tag, key, mech.name)
-                return True
-        await self._failed(auth, tag, mech.name, authcid, attempt)
+        if outcome.user is not None:
+            await self._login(tag, outcome.user, outcome.mechanism)
+            return True
+        if outcome.interrupted:
+            return await self._auth_interrupted(tag, last[0] if last else None)
+        await self._report_failure(tag, outcome.mechanism, outcome.authcid, outcome.delay)
         return True
 
     async def _challenge(self, data: bytes) -> object:
@@ -542,8 +510,11 @@ class _Session:
     async def _failed(
         self, auth: AuthService, tag: str, method: str, user: str, attempt: bytes | None
     ) -> None:
+        delay = auth.record(self.peer[0], False, trio.current_time(), attempt=attempt)
+        await self._report_failure(tag, method, user, delay)
+
+    async def _report_failure(self, tag: str, method: str, user: str, delay: float) -> None:
         ip = self.peer[0]
-        delay = auth.record(ip, False, trio.current_time(), attempt=attempt)
         self.log.info(
             failure_log_line(service=self.service.service, method=method, user=user, client_ip=ip)
         )
