@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import ssl
 from typing import Any
 
@@ -67,6 +66,7 @@ from sansmail.store import ImapStore, MailboxId
 from sansmail.users import UserStore
 from sansmail_trio._pop3_server import _show_ip
 from sansmail_trio._sasl import run_exchange
+from sansmail_trio._session import SessionTime
 from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SessionRegistry, _is_loopback
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
@@ -180,7 +180,7 @@ class _Counted:
         self.conn.start_tls()
 
 
-class _Session:
+class _Session(SessionTime):
     """One IMAP conversation; see the module docstring for time and resources."""
 
     def __init__(
@@ -202,14 +202,7 @@ class _Session:
         self.user: str | None = None
         self.imap: ImapSession | None = None
         self.reason = "disconnected"
-        self.scope = trio.CancelScope()
-        self.idle = False
-        self.stopping = False
-
-    def request_stop(self) -> None:
-        self.stopping = True
-        if self.idle:
-            self.scope.cancel()
+        super().__init__()
 
     # -- the loop --------------------------------------------------------------------
 
@@ -283,20 +276,7 @@ class _Session:
                 return
 
     async def _next_event(self) -> object:
-        scope = self.scope
-        scope.deadline = trio.current_time() + IDLE_TIMEOUT
-        try:
-            # What we owe the client leaves before the interruptible wait starts:
-            # shutdown cuts the wait, never an answer.
-            await self.wire.flush()
-            if self.stopping:
-                scope.cancel()
-                await trio.lowlevel.checkpoint()
-            self.idle = True
-            return await self.wire.next_event()
-        finally:
-            self.idle = False
-            scope.deadline = math.inf
+        return await self.wait_for_client(self.wire, IDLE_TIMEOUT)
 
     async def _dispatch(self, event: object) -> bool:
         """Answer one event; False ends the session."""

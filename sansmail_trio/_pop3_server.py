@@ -71,6 +71,7 @@ from sansmail.store import (
 )
 from sansmail.users import UserStore
 from sansmail_trio._sasl import run_exchange
+from sansmail_trio._session import SessionTime
 from sansmail_trio._smtp_server import (
     TLS_HANDSHAKE_TIMEOUT,
     SessionRegistry,
@@ -180,7 +181,7 @@ class _Counters:
     deleted: int = 0
 
 
-class _Session:
+class _Session(SessionTime):
     """One POP3 conversation; see the module docstring for time and resources."""
 
     def __init__(
@@ -202,14 +203,7 @@ class _Session:
         self.counters = _Counters()
         self.reason = "disconnected"
         self.last_words = b""
-        self.scope = trio.CancelScope()
-        self.idle = False
-        self.stopping = False
-
-    def request_stop(self) -> None:
-        self.stopping = True
-        if self.idle:
-            self.scope.cancel()
+        super().__init__()
 
     # -- the loop --------------------------------------------------------------------
 
@@ -290,20 +284,7 @@ class _Session:
                 return
 
     async def _next_event(self) -> object:
-        scope = self.scope
-        scope.deadline = trio.current_time() + IDLE_TIMEOUT
-        try:
-            # What we owe the client leaves before the interruptible wait starts:
-            # shutdown cuts the wait, never an answer.
-            await self.wire.flush()
-            if self.stopping:
-                scope.cancel()
-                await trio.lowlevel.checkpoint()
-            self.idle = True
-            return await self.wire.next_event()
-        finally:
-            self.idle = False
-            scope.deadline = math.inf
+        return await self.wait_for_client(self.wire, IDLE_TIMEOUT)
 
     async def _send_chunk(self, data: bytes) -> None:
         scope = self.scope

@@ -1,0 +1,47 @@
+"""What every server session shares about time and shutdown.
+
+A session has one cancel scope for its whole life. Before each wait for the client its
+deadline is set to the idle timeout, and after the wait back to infinity, so our own
+work (a slow disk) never counts against the client. Shutdown uses the same scope:
+`request_stop()` cancels it at once when the session is waiting for the client, and
+otherwise only marks the session, which then stops at its next wait. Whatever the
+session owes the client is flushed before that wait starts, so shutdown cuts a wait,
+never an answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from sansmail_trio._wire import Wire
+
+__all__ = ["SessionTime"]
+
+
+class SessionTime:
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.idle = False
+        self.stopping = False
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        if self.idle:
+            self.scope.cancel()
+
+    async def wait_for_client(self, wire: Wire, timeout: float) -> object:
+        """The next event from `wire`, within `timeout` seconds of idleness."""
+        scope = self.scope
+        scope.deadline = trio.current_time() + timeout
+        try:
+            await wire.flush()
+            if self.stopping:
+                scope.cancel()
+                await trio.lowlevel.checkpoint()
+            self.idle = True
+            return await wire.next_event()
+        finally:
+            self.idle = False
+            scope.deadline = math.inf
