@@ -38,6 +38,7 @@ import trio
 from sansmail import srs
 from sansmail.config import Config
 from sansmail.queue import QueueStore
+from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import configure_logging, get_logger
 from sansmail_trio._serve import bind_listeners, recover_queue, serve
 from sansmail_trio._tls import TLSConfigError, TLSContextHolder
@@ -102,6 +103,7 @@ def _run_processes(config: Config) -> int:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()
+    counts = SharedCounts.create(config.processes)
     children: dict[int, int] = {}
     for index in range(config.processes):
         sys.stderr.flush()
@@ -110,7 +112,7 @@ def _run_processes(config: Config) -> int:
             os.close(alive_write)
             status = 1
             try:
-                status = _child(config, sockets, alive_read, index)
+                status = _child(config, sockets, alive_read, counts.for_process(index))
             finally:
                 sys.stderr.flush()
                 os._exit(status)
@@ -167,15 +169,19 @@ def _kill_all(children: dict[int, int], signum: int) -> None:
 
 
 def _child(
-    config: Config, sockets: Mapping[str, list[socket.socket]], alive_read: int, index: int
+    config: Config,
+    sockets: Mapping[str, list[socket.socket]],
+    alive_read: int,
+    counts: SharedCounts,
 ) -> int:
+    index = counts.row
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Until the server's own SIGHUP watcher is up, a reload request must not kill us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(logging.INFO)
     try:
-        trio.run(_child_main, config, sockets, alive_read, index)
+        trio.run(_child_main, config, sockets, alive_read, counts)
     except (OSError, TLSConfigError) as exc:
         log.error("server process %d failed: %s", index + 1, exc)
         return 1
@@ -186,13 +192,16 @@ def _child(
 
 
 async def _child_main(
-    config: Config, sockets: Mapping[str, list[socket.socket]], alive_read: int, index: int
+    config: Config,
+    sockets: Mapping[str, list[socket.socket]],
+    alive_read: int,
+    counts: SharedCounts,
 ) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, (signal.SIGTERM,))
         nursery.start_soon(_watch_parent, alive_read, shutdown)
-        await serve(config, shutdown=shutdown, sockets=sockets, process=index)
+        await serve(config, shutdown=shutdown, sockets=sockets, process=counts.row, counts=counts)
         nursery.cancel_scope.cancel()
 
 

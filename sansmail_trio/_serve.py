@@ -26,7 +26,6 @@ import errno
 import functools
 import secrets
 import socket
-from collections import Counter
 from collections.abc import Mapping
 
 import attrs
@@ -40,6 +39,7 @@ from sansmail.queue import QueueStore
 from sansmail.smtp import Reply
 from sansmail.store import MaildirImapStore, MaildirStore
 from sansmail.users import UserStore
+from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._intake import Intake
@@ -70,12 +70,14 @@ LISTEN_BACKLOG = 4096
 
 @attrs.define
 class _Connections:
-    """Connection accounting and the idle-session registry used at shutdown."""
+    """Connection accounting and the idle-session registry used at shutdown. The caps
+    are checked against the counts of every server process (`SharedCounts`); `total`
+    is this process's own, which is what shutdown waits for."""
 
     max_total: int
     max_per_ip: int
+    counts: SharedCounts
     total: int = 0
-    per_ip: Counter[str] = attrs.Factory(Counter)
     sessions: set[Stoppable] = attrs.Factory(set)
     shutting_down: bool = False
     all_gone: trio.Event = attrs.Factory(trio.Event)
@@ -84,11 +86,11 @@ class _Connections:
         """None to admit, or the 421 to refuse with."""
         if self.shutting_down:
             return Reply(code=421, lines=f"{hostname} Service shutting down", enhanced="4.3.2")
-        if self.total >= self.max_total:
+        if self.counts.total() >= self.max_total:
             return Reply(
                 code=421, lines=f"{hostname} Error: too many connections", enhanced="4.7.0"
             )
-        if self.per_ip[ip] >= self.max_per_ip:
+        if self.counts.from_ip(ip) >= self.max_per_ip:
             return Reply(
                 code=421,
                 lines=f"{hostname} Error: too many connections from {ip}",
@@ -98,14 +100,12 @@ class _Connections:
 
     def opened(self, ip: str) -> None:
         self.total += 1
-        self.per_ip[ip] += 1
+        self.counts.opened(ip)
         self.all_gone = trio.Event() if self.all_gone.is_set() else self.all_gone
 
     def closed(self, ip: str) -> None:
         self.total -= 1
-        self.per_ip[ip] -= 1
-        if not self.per_ip[ip]:
-            del self.per_ip[ip]
+        self.counts.closed(ip)
         if self.total == 0:
             self.all_gone.set()
 
@@ -131,6 +131,7 @@ async def serve(
     sockets: Mapping[str, list[socket.socket]] | None = None,
     process: int = 0,
     auth_settings: AuthSettings | None = None,
+    counts: SharedCounts | None = None,
     task_status: trio.TaskStatus[Mapping[str, list[tuple[str, int]]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set (never, if None), then shut down gracefully.
@@ -139,6 +140,8 @@ async def serve(
     processes, see `_processes.py`), per service; without them `serve` binds its own.
     `process` numbers this process among them (0 logs what all of them would).
     `auth_settings` overrides the failure delays and throttle (tests use short ones).
+    `counts` is the connection table shared with the other processes (made by the
+    parent before it forked); without it, this process counts alone.
 
     `task_status.started()` receives ``{service: [(host, port), ...]}`` with the ports
     actually bound (useful with port 0 in tests).
@@ -236,13 +239,11 @@ async def serve(
         sockname = listener.socket.getsockname()
         bound.setdefault(name, []).append((sockname[0], sockname[1]))
 
-    # Several processes share the listeners: each takes its share of the caps, so the
-    # totals hold (per client address only roughly: the kernel, not we, picks the
-    # process that accepts a connection).
-    share = config.processes
+    # Several processes share the listeners and, through `counts`, the caps.
     connections = _Connections(
-        max_total=-(-config.smtp.max_connections // share),
-        max_per_ip=-(-config.smtp.max_connections_per_ip // share),
+        max_total=config.smtp.max_connections,
+        max_per_ip=config.smtp.max_connections_per_ip,
+        counts=counts if counts is not None else SharedCounts.create(1),
     )
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
         if runner is not None:
@@ -256,7 +257,7 @@ async def serve(
                     _accept_loop, listener, services[name], connections, connection_nursery
                 )
             # Logged once everything is listening, SIGHUP included: "started" means ready.
-            _log_started(config, bound, process, share)
+            _log_started(config, bound, process, config.processes)
             task_status.started(bound)
             await shutdown.wait()
             log.info("shutting down: no longer accepting connections")

@@ -25,11 +25,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _start(tmp_path: pathlib.Path, processes: int) -> tuple[subprocess.Popen[bytes], int]:
+def _start(
+    tmp_path: pathlib.Path, processes: int, smtp: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
     port = _free_port()
     (tmp_path / "sansmail.toml").write_text(
         f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        f'processes = {processes}\n[listen]\nsmtp = "127.0.0.1:{port}"\n'
+        f'processes = {processes}\n[listen]\nsmtp = "127.0.0.1:{port}"\n[smtp]\n{smtp}\n'
     )
     script = shutil.which("sansmail-trio")
     assert script is not None
@@ -180,3 +182,22 @@ def _is_zombie(pid: int) -> bool:
 
 def _running(pid: int) -> bool:
     return pathlib.Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+
+
+def test_per_ip_cap_holds_across_processes(tmp_path: pathlib.Path) -> None:
+    # The kernel spreads connections over the two processes as it likes; the cap is
+    # the configured one whatever the spread, neither a share of it nor twice it.
+    proc, port = _start(tmp_path, 2, smtp="max_connections_per_ip = 4")
+    time.sleep(0.5)  # the start-up probe's session ends when it sees the probe's close
+    opened: list[socket.socket] = []
+    try:
+        greetings = []
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            opened.append(sock)
+            greetings.append(sock.recv(200)[:3])
+        assert greetings == [b"220"] * 4 + [b"421"] * 2
+    finally:
+        for sock in opened:
+            sock.close()
+        _stop(proc)
