@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 __all__ = ["Atom", "Literal", "Value", "check_value", "decode_tree", "encode_tree"]
 
@@ -72,11 +72,60 @@ def encode_tree(value: Value) -> bytes:
 
 def decode_tree(data: bytes) -> Value:
     """The inverse of `encode_tree`; raises ValueError for anything it did not write."""
+    # A FETCH of ENVELOPE over a big folder decodes one cached blob per message, so the
+    # common case is left to the json module's C parser: the hooks build the tagged
+    # nodes and refuse negative numbers and floats as they are parsed, with no second
+    # walk over the tree. The C parser turns true/false into bools without a hook, so a
+    # blob that may hold them (or merely a string containing those letters) takes the
+    # checking walk instead.
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        if b"true" in data or b"false" in data:
+            return _from_json(json.loads(data))
+        return _DECODER.decode(data.decode("utf-8"))  # type: ignore[no-any-return]
+    except (UnicodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"not an encoded value tree: {exc}") from None
-    return _from_json(raw)
+
+
+def _int_from_json(text: str) -> int:
+    if text.startswith("-"):
+        raise ValueError(f"not an encoded value tree node: {text}")
+    return int(text)
+
+
+def _refuse_float(text: str) -> object:
+    raise ValueError(f"not an encoded value tree node: {text}")
+
+
+def _node_from_json(raw: dict[str, object]) -> Value:
+    # Called with each JSON object once its members are decoded: `inner` is final.
+    # Bytes first: they are most of the nodes of an ENVELOPE. A string that is not
+    # Latin-1 raises UnicodeEncodeError, which `decode_tree` turns into its ValueError.
+    text = raw.get("b")
+    if type(text) is str and len(raw) == 1:
+        return text.encode("latin-1")
+    if len(raw) == 1:
+        ((key, inner),) = raw.items()
+        if key == "t" and isinstance(inner, list):
+            return tuple(inner)
+        if isinstance(inner, str):
+            try:
+                if key == "b":
+                    return inner.encode("latin-1")
+                if key == "l":
+                    return Literal(inner.encode("latin-1"))
+                if key == "a":
+                    return Atom(inner)
+            except (UnicodeEncodeError, ValueError):
+                pass  # not something encode_tree wrote: refused below
+    raise ValueError(f"not an encoded value tree node: {raw!r}")
+
+
+_DECODER: Final = json.JSONDecoder(
+    object_hook=_node_from_json,
+    parse_int=_int_from_json,
+    parse_float=_refuse_float,
+    parse_constant=_refuse_float,
+)
 
 
 # JSON shapes: null, int, string (a str), array (a list), and one-key objects for the rest:
@@ -85,6 +134,15 @@ _Json: TypeAlias = "int | str | list[_Json] | dict[str, _Json] | None"
 
 
 def _to_json(value: Value) -> _Json:
+    # Exact types first (what a cached ENVELOPE is mostly made of); the subclasses
+    # (Atom, Literal) and the refusals take the chain below.
+    kind = type(value)
+    if kind is bytes:
+        return {"b": value.decode("latin-1")}  # type: ignore[union-attr]
+    if kind is tuple:
+        return {"t": [_to_json(item) for item in value]}  # type: ignore[union-attr]
+    if kind is list:
+        return [_to_json(item) for item in value]  # type: ignore[union-attr]
     if value is None:
         return None
     if isinstance(value, bool):
@@ -136,7 +194,15 @@ def check_value(value: object, *, depth: int = 0) -> None:
     """Raise TypeError/ValueError unless `value` is a value tree (for event validators)."""
     if depth > 100:
         raise ValueError("value tree nested too deeply")
-    if value is None or isinstance(value, str | bytes):
+    # Exact types first: a FETCH response checks every node of every ENVELOPE.
+    kind = type(value)
+    if kind is bytes or kind is str or value is None:
+        return
+    if kind is tuple or kind is list:
+        for item in value:  # type: ignore[attr-defined]
+            check_value(item, depth=depth + 1)
+        return
+    if isinstance(value, str | bytes):
         return
     if isinstance(value, bool):
         raise TypeError("bool is not an IMAP value")

@@ -118,9 +118,30 @@ def _write_code_value(out: bytearray, value: Value, utf8: bool) -> None:
 
 def write_value(out: bytearray, value: Value, *, utf8: bool, binary: bool = False) -> None:
     """Append one value tree to `out` (see `sansmail.imap._values`)."""
+    # Exact types first: an ENVELOPE is mostly plain bytes, NIL and tuples, and a FETCH
+    # of thousands of them spends its time here. The subclasses (Atom, Literal,
+    # MailboxName) and the refusals take the general chain below.
+    kind = type(value)
+    if kind is bytes:
+        _write_string(out, value, utf8, binary=binary)  # type: ignore[arg-type]
+        return
     if value is None:
         out += b"NIL"
-    elif isinstance(value, bool):
+        return
+    if kind is tuple or kind is list:
+        out += b"("
+        previous: Value = None
+        for index, item in enumerate(value):  # type: ignore[arg-type]
+            # Two tuples in a row are members of a "1*x" rule written without SP: the
+            # bodies of a multipart, the addresses of an address list, namespace
+            # descriptions (RFC 9051 §9). Everything else is separated by SP.
+            if index and not (type(item) is tuple and type(previous) is tuple):
+                out += b" "
+            write_value(out, item, utf8=utf8, binary=binary)
+            previous = item
+        out += b")"
+        return
+    if isinstance(value, bool):
         raise LocalProtocolError("bool is not an IMAP value")
     elif isinstance(value, int):
         if not 0 <= value <= _MAX_NUMBER64:
@@ -139,17 +160,14 @@ def write_value(out: bytearray, value: Value, *, utf8: bool, binary: bool = Fals
         _write_literal(out, value, binary)
     elif isinstance(value, bytes):
         _write_string(out, value, utf8, binary=binary)
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, list | tuple):  # subclasses of list or tuple
         out += b"("
-        previous: Value = None
+        before: Value = None
         for index, item in enumerate(value):
-            # Two tuples in a row are members of a "1*x" rule written without SP: the
-            # bodies of a multipart, the addresses of an address list, namespace
-            # descriptions (RFC 9051 §9). Everything else is separated by SP.
-            if index and not (isinstance(item, tuple) and isinstance(previous, tuple)):
+            if index and not (isinstance(item, tuple) and isinstance(before, tuple)):
                 out += b" "
             write_value(out, item, utf8=utf8, binary=binary)
-            previous = item
+            before = item
         out += b")"
     else:
         raise LocalProtocolError(f"not an IMAP value: {type(value).__name__}")
@@ -157,7 +175,9 @@ def write_value(out: bytearray, value: Value, *, utf8: bool, binary: bool = Fals
 
 def _write_string(out: bytearray, data: bytes, utf8: bool, *, binary: bool = False) -> None:
     if len(data) <= MAX_QUOTED and _quotable(data, utf8):
-        out += b'"' + _ESCAPE.sub(rb"\\\1", data) + b'"'
+        if b'"' in data or b"\\" in data:
+            data = _ESCAPE.sub(rb"\\\1", data)
+        out += b'"' + data + b'"'
     else:
         _write_literal(out, data, binary)
 

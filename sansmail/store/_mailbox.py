@@ -326,6 +326,23 @@ class MessageReader:
         self.close()
         return b""
 
+    def read_up_to(self, limit: int) -> bytes:
+        """Chunks joined until `limit` octets or the end (then `done` is true): a small
+        message comes whole from one call, which for a server that reads in a worker
+        thread is one thread hop per message instead of one per chunk plus one to learn
+        that there is no more."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := self.read()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
+    @property
+    def done(self) -> bool:
+        """Everything has been returned (and the file is closed)."""
+        return self._done
+
     def close(self) -> None:
         """Close the file. Idempotent."""
         fd, self._fd = self._fd, -1
