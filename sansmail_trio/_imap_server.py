@@ -66,8 +66,8 @@ from sansmail.store import ImapStore, MailboxId
 from sansmail.users import UserStore
 from sansmail_trio._pop3_server import _show_ip
 from sansmail_trio._sasl import run_exchange
-from sansmail_trio._session import SessionTime
-from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SessionRegistry, _is_loopback
+from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
+from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, _is_loopback
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
@@ -141,16 +141,7 @@ class IMAPService:
         connection caps, shutdown) becomes a BYE greeting. `tls` describes the TLS
         session when `stream` is already encrypted (imaps)."""
         session = _Session(self, stream, peer, tls)
-        if registry is None:
-            await session.run(refuse)
-            return
-        registry.add(session)
-        if registry.shutting_down:
-            session.request_stop()
-        try:
-            await session.run(refuse)
-        finally:
-            registry.discard(session)
+        await run_registered(session, registry, lambda: session.run(refuse))
 
 
 class _Counted:

@@ -75,10 +75,9 @@ from sansmail.store import (
 )
 from sansmail.users import UserStore
 from sansmail_trio._sasl import run_exchange
-from sansmail_trio._session import SessionTime
+from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
 from sansmail_trio._smtp_server import (
     TLS_HANDSHAKE_TIMEOUT,
-    SessionRegistry,
     _is_loopback,
     _printable,
 )
@@ -164,16 +163,7 @@ class POP3Service:
         session = _Session(self, stream, peer)
         session.tls = tls
         greeting = None if refuse is None else pop3.Err(code="SYS/TEMP", text=refuse.text)
-        if registry is None:
-            await session.run(greeting)
-            return
-        registry.add(session)
-        if registry.shutting_down:
-            session.request_stop()
-        try:
-            await session.run(greeting)
-        finally:
-            registry.discard(session)
+        await run_registered(session, registry, lambda: session.run(greeting))
 
 
 def _open_and_read(

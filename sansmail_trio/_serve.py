@@ -46,7 +46,8 @@ from sansmail_trio._intake import Intake
 from sansmail_trio._log import get_logger
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner
-from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService, Stoppable
+from sansmail_trio._session import Stoppable
+from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService
 from sansmail_trio._tls import (
     TLSContextHolder,
     TLSHandshakeError,

@@ -12,12 +12,45 @@ never an answer.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import trio
 
 from sansmail_trio._wire import Wire
 
-__all__ = ["SessionTime"]
+__all__ = ["SessionRegistry", "SessionTime", "Stoppable", "run_registered"]
+
+
+class Stoppable(Protocol):
+    def request_stop(self) -> None: ...
+
+
+class SessionRegistry(Protocol):
+    """Where sessions announce themselves so that shutdown can reach them."""
+
+    shutting_down: bool
+
+    def add(self, session: Stoppable) -> None: ...
+
+    def discard(self, session: Stoppable) -> None: ...
+
+
+async def run_registered(
+    session: Stoppable, registry: SessionRegistry | None, run: Callable[[], Awaitable[None]]
+) -> None:
+    """`run()` the session while it is in `registry`, so shutdown can ask it to stop;
+    one that starts during shutdown is asked at once."""
+    if registry is None:
+        await run()
+        return
+    registry.add(session)
+    if registry.shutting_down:
+        session.request_stop()
+    try:
+        await run()
+    finally:
+        registry.discard(session)
 
 
 class SessionTime:

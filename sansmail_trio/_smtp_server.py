@@ -21,7 +21,7 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -42,6 +42,7 @@ from sansmail.store import Delivery, MailboxId, MailStore
 from sansmail.users import UserStore
 from sansmail_trio._intake import Intake
 from sansmail_trio._sasl import run_exchange
+from sansmail_trio._session import SessionRegistry, run_registered
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
@@ -244,30 +245,7 @@ class SMTPService:
         TLS session when `stream` is already encrypted (implicit TLS)."""
         session = _Session(self, stream, peer)
         session.tls = tls
-        if registry is None:
-            await session.run(refuse)
-            return
-        registry.add(session)
-        if registry.shutting_down:
-            session.request_stop()
-        try:
-            await session.run(refuse)
-        finally:
-            registry.discard(session)
-
-
-class SessionRegistry(Protocol):
-    """Where sessions announce themselves so that shutdown can reach them."""
-
-    shutting_down: bool
-
-    def add(self, session: Stoppable) -> None: ...
-
-    def discard(self, session: Stoppable) -> None: ...
-
-
-class Stoppable(Protocol):
-    def request_stop(self) -> None: ...
+        await run_registered(session, registry, lambda: session.run(refuse))
 
 
 class _Session:
