@@ -126,6 +126,8 @@ class _Transaction:
     relay: _Outgoing | None = None
     forward: _Outgoing | None = None
     delivery: Delivery | None = None
+    #: The queue writers of `outgoing`, made once content starts (read per chunk).
+    writers: list[QueueWriter] = attrs.Factory(list)
     chunk_size: int = 0
 
     @property
@@ -567,9 +569,7 @@ class _Session:
             outgoing.writer = intake.queue.begin(qid)
             # The Return-Path is added at final delivery (RFC 5321 §4.4), never in transit.
             outgoing.writer.write(received)
-
-    def _writers(self, tx: _Transaction) -> list[QueueWriter]:
-        return [o.writer for o in tx.outgoing if o.writer is not None]
+            tx.writers.append(outgoing.writer)
 
     async def on_message_data(self, event: smtp.MessageData) -> bool:
         tx = self.transaction
@@ -580,7 +580,7 @@ class _Session:
         if tx.recipients:
             tx.delivery.write(data)
             spill = tx.delivery.pending > SPILL_THRESHOLD
-        for writer in self._writers(tx):
+        for writer in tx.writers:
             writer.write(data)
             spill = spill or writer.pending > SPILL_THRESHOLD
         if spill:
@@ -591,7 +591,7 @@ class _Session:
         # Worker thread: hand buffered content to the tmp files.
         if tx.recipients and tx.delivery is not None:
             tx.delivery.flush()
-        for writer in self._writers(tx):
+        for writer in tx.writers:
             writer.flush()
 
     async def on_end_of_chunk(self, event: smtp.EndOfChunk) -> bool:
@@ -640,14 +640,14 @@ class _Session:
         # Worker thread; safe at any point, also after a partial commit.
         if tx.delivery is not None and tx.recipients:
             tx.delivery.abort()
-        for writer in self._writers(tx):
+        for writer in tx.writers:
             writer.abort()
 
     async def on_end_of_message(self, event: smtp.EndOfMessage) -> bool:
         tx = self.transaction
         assert tx is not None
         assert tx.delivery is not None
-        size = tx.delivery.size if tx.recipients else sum(w.size for w in self._writers(tx)[:1])
+        size = tx.delivery.size if tx.recipients else sum(w.size for w in tx.writers[:1])
         try:
             # Not cancellable: once the disk work started we wait for its verdict, so a
             # shutdown can never turn a stored message into an unacknowledged one twice.
