@@ -18,9 +18,11 @@ when an item needs it:
 - BODY[...], BINARY[...], BINARY.SIZE and the RFC822 forms load the content; it is
   loaded at most once per call and parsed at most once, whatever the number of items.
 
-The blob is `encode_tree([CACHE_VERSION, envelope, bodystructure, body])`; a blob with
-another version or shape is treated as a miss, so a future format change recomputes
-instead of misreading.
+The blob (`encode_cache`) holds the three trees as separate `encode_tree` segments
+behind a version mark and their lengths, so a FETCH of ENVELOPE alone (what a client
+lists a folder with) decodes only the envelope. A blob of another version or shape,
+or a segment that does not decode to the right kind of tree, is treated as a miss, so a
+format change recomputes instead of misreading.
 
 A message expunged by another session between the view's list and the read (`load`
 returns None) keeps its metadata items, and its content items come back NIL, as RFC
@@ -57,12 +59,17 @@ __all__ = [
     "UNKNOWN_CTE",
     "FetchContext",
     "FetchResult",
+    "decode_cache",
+    "encode_cache",
     "fetch",
     "message_flags",
 ]
 
 #: The format of the cache blob; bump it when the structures' shape changes.
-CACHE_VERSION: Final = 1
+CACHE_VERSION: Final = 2
+_CACHE_MARK: Final = b"SMC" + bytes([CACHE_VERSION])
+#: The kind of tree each cached segment must decode to: ENVELOPE, BODYSTRUCTURE, BODY.
+_SHAPES: Final = {1: list, 2: tuple, 3: tuple}
 
 #: Section data longer than this is sent as a literal even when it could be quoted, as
 #: the writer does (sansmail.imap._writers.MAX_QUOTED), so a big part never makes a line.
@@ -133,7 +140,9 @@ class _Fetcher:
         self._content: bytes | None = None
         self._loaded = False
         self._root: mime.MessagePart | None = None
-        self._structures: list[Value] | None = None
+        self._segments: list[bytes] | None = None
+        self._looked = False
+        self._decoded: dict[int, Value] = {}
         self.gone = False
 
     def content(self) -> bytes | None:
@@ -148,23 +157,30 @@ class _Fetcher:
             self._root = mime.parse(raw)
         return self._root
 
-    def structures(self) -> list[Value] | None:
-        """[version, envelope, bodystructure, body] from the cache, or computed and cached."""
-        if self._structures is None:
-            self._structures = _decode_cache(self.ctx.get_cache())
-        if self._structures is None:
-            raw = self.content()
-            if raw is None:
-                return None
-            root = self.root(raw)
-            self._structures = [
-                CACHE_VERSION,
-                mime.envelope(root),
-                mime.bodystructure(root),
-                mime.bodystructure(root, extensible=False),
-            ]
-            self.ctx.set_cache(encode_tree(self._structures))
-        return self._structures
+    def structure(self, index: int) -> Value | None:
+        """ENVELOPE (1), BODYSTRUCTURE (2) or BODY (3): decoded from the cache, or all
+        three computed and cached; None when the message is gone and nothing is cached."""
+        if index in self._decoded:
+            return self._decoded[index]
+        if not self._looked:
+            self._looked = True
+            self._segments = _split_cache(self.ctx.get_cache())
+        if self._segments is not None:
+            value = _decode_segment(self._segments[index - 1], _SHAPES[index])
+            if value is not None:
+                self._decoded[index] = value
+                return value
+        raw = self.content()
+        if raw is None:
+            return None
+        root = self.root(raw)
+        envelope = mime.envelope(root)
+        structure = mime.bodystructure(root)
+        body = mime.bodystructure(root, extensible=False)
+        self._segments = None
+        self._decoded = {1: envelope, 2: structure, 3: body}
+        self.ctx.set_cache(encode_cache(envelope, structure, body))
+        return self._decoded[index]
 
     def run(self, items: Sequence[FetchItem]) -> FetchResult:
         message = self.ctx.message
@@ -178,8 +194,7 @@ class _Fetcher:
                     out.append((name, self.body_section(section, None)))
                     seen_wanted |= marks
                 elif name in _CACHED:
-                    structures = self.structures()
-                    out.append((name, None if structures is None else structures[_CACHED[name]]))
+                    out.append((name, self.structure(_CACHED[name])))
                 elif name == "MODSEQ":
                     # RFC 7162 §3.3.2: "MODSEQ (n)"; a store without mod-sequences has none.
                     modseq = getattr(message, "modseq", None)
@@ -263,21 +278,52 @@ def _string(data: bytes) -> bytes:
     return data
 
 
-def _decode_cache(blob: bytes | None) -> list[Value] | None:
-    """The cached structures, or None for a miss or a blob of another format."""
-    if blob is None:
+def encode_cache(envelope: Value, bodystructure: Value, body: Value) -> bytes:
+    """The cache blob of one message (see the module docstring)."""
+    out = bytearray(_CACHE_MARK)
+    for tree in (envelope, bodystructure, body):
+        segment = encode_tree(tree)
+        out += len(segment).to_bytes(4, "big") + segment
+    return bytes(out)
+
+
+def _split_cache(blob: bytes | None) -> list[bytes] | None:
+    if blob is None or not blob.startswith(_CACHE_MARK):
         return None
+    segments: list[bytes] = []
+    pos = len(_CACHE_MARK)
+    for _ in range(3):
+        if pos + 4 > len(blob):
+            return None
+        size = int.from_bytes(blob[pos : pos + 4], "big")
+        pos += 4
+        if pos + size > len(blob):
+            return None
+        segments.append(blob[pos : pos + size])
+        pos += size
+    return segments if pos == len(blob) else None
+
+
+def _decode_segment(segment: bytes, shape: type) -> Value | None:
+    """The tree of one segment, or None when it is not a tree of `shape` (a cached tree
+    is never None: ENVELOPE is a list, the structures tuples)."""
     try:
-        tree = decode_tree(blob)
+        tree = decode_tree(segment)
     except ValueError:
         return None
-    if (
-        isinstance(tree, list)
-        and len(tree) == 4
-        and tree[0] == CACHE_VERSION
-        and isinstance(tree[1], list)
-        and isinstance(tree[2], tuple)
-        and isinstance(tree[3], tuple)
-    ):
-        return tree
-    return None
+    return tree if isinstance(tree, shape) else None
+
+
+def decode_cache(blob: bytes | None) -> list[Value] | None:
+    """``[CACHE_VERSION, envelope, bodystructure, body]`` from a whole blob, or None
+    when it is not one this version wrote (tests and tools; FETCH decodes lazily)."""
+    segments = _split_cache(blob)
+    if segments is None:
+        return None
+    trees: list[Value] = [CACHE_VERSION]
+    for index, segment in enumerate(segments, start=1):
+        tree = _decode_segment(segment, _SHAPES[index])
+        if tree is None:
+            return None
+        trees.append(tree)
+    return trees

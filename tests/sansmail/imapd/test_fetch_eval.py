@@ -28,7 +28,6 @@ from sansmail.imap import (
     FetchResponse,
     Literal,
     Section,
-    decode_tree,
     encode_tree,
 )
 from sansmail.imap._writers import write_response
@@ -36,6 +35,8 @@ from sansmail.imapd._fetch import (
     CACHE_VERSION,
     FetchContext,
     FetchResult,
+    decode_cache,
+    encode_cache,
     fetch,
     message_flags,
 )
@@ -198,7 +199,7 @@ def test_structures_come_from_the_cache_on_the_second_call() -> None:
     items = (attr("FLAGS"), attr("ENVELOPE"), attr("BODYSTRUCTURE"))
     first = msg.wire(*items)
     assert (msg.loads, msg.cache_writes) == (1, 1)
-    assert decode_tree(msg.cache or b"") == [
+    assert decode_cache(msg.cache) == [
         CACHE_VERSION,
         mime.envelope(mime.parse(MIXED)),
         mime.bodystructure(mime.parse(MIXED)),
@@ -214,7 +215,7 @@ def test_the_cache_is_trusted_not_recomputed() -> None:
     # Proof that the answer is the cache's: a doctored blob is what the client gets.
     envelope: list[object] = [None] * 10
     envelope[1] = b"from the cache"
-    blob = encode_tree([CACHE_VERSION, envelope, (b"x",), (b"y",)])  # type: ignore[list-item]
+    blob = encode_cache(envelope, (b"x",), (b"y",))  # type: ignore[arg-type]
     msg = FakeMessage(SIMPLE, cache=blob)
     assert msg.wire(attr("ENVELOPE"), attr("BODY")) == (
         b'* 1 FETCH (ENVELOPE (NIL "from the cache" NIL NIL NIL NIL NIL NIL NIL NIL)'
@@ -227,9 +228,10 @@ def test_the_cache_is_trusted_not_recomputed() -> None:
     "blob",
     [
         b"not json",
-        encode_tree([CACHE_VERSION + 1, [None] * 10, (b"x",), (b"y",)]),
-        encode_tree([CACHE_VERSION, [None] * 10, (b"x",)]),
-        encode_tree([CACHE_VERSION, (None,), (b"x",), (b"y",)]),
+        encode_tree([1, [None] * 10, (b"x",), (b"y",)]),  # the first format
+        encode_cache([None] * 10, (b"x",), (b"y",)).replace(b"SMC\x02", b"SMC\x03", 1),
+        encode_cache([None] * 10, (b"x",), (b"y",))[:-3],
+        encode_cache((None,), (b"x",), (b"y",)),
         encode_tree(b"something else"),
     ],
 )
@@ -237,7 +239,9 @@ def test_a_cache_blob_of_another_format_is_recomputed(blob: bytes) -> None:
     msg = FakeMessage(SIMPLE, cache=blob)
     assert msg.wire(attr("ENVELOPE")) == b"* 1 FETCH (ENVELOPE " + SIMPLE_ENVELOPE + b")\r\n"
     assert (msg.loads, msg.cache_writes) == (1, 1)
-    assert decode_tree(msg.cache or b"")[0] == CACHE_VERSION  # type: ignore[index]
+    cached = decode_cache(msg.cache)
+    assert cached is not None
+    assert cached[0] == CACHE_VERSION
 
 
 def test_content_loaded_once_per_call_whatever_the_items() -> None:
