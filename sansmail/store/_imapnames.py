@@ -34,13 +34,13 @@ Also here, in the formats Dovecot writes so that both servers can share a Maildi
 
 from __future__ import annotations
 
-import base64
 import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
+from sansmail import _mutf7
 from sansmail._durable import fsync_dir, unlink_quietly, write_all
 from sansmail.store._imapbase import SEPARATOR, InvalidFolderNameError
 
@@ -85,60 +85,14 @@ _TAB_UNESCAPES: Final = {v[1]: k for k, v in _TAB_ESCAPES.items()}
 
 
 def encode_mutf7(text: str) -> str:
-    """`text` in IMAP's modified UTF-7: printable ASCII as itself ("&" as "&-"), runs of
-    anything else as "&" + base64 (with "," for "/", no padding) of UTF-16BE + "-"."""
-    out: list[str] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            raw = "".join(run).encode("utf-16-be", "surrogatepass")
-            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
-            run.clear()
-
-    for ch in text:
-        if " " <= ch <= "~":
-            flush()
-            out.append("&-" if ch == "&" else ch)
-        else:
-            run.append(ch)
-    flush()
-    return "".join(out)
+    """`text` in IMAP's modified UTF-7 (`sansmail._mutf7`, shared with the protocol)."""
+    return _mutf7.encode(text)
 
 
 def decode_mutf7(text: str) -> str:
     """The inverse of `encode_mutf7`. Raises ValueError unless `text` is the canonical
     encoding of its result (so one name has one spelling)."""
-    out: list[str] = []
-    i = 0
-    n = len(text)
-    while i < n:
-        ch = text[i]
-        if not " " <= ch <= "~":
-            raise ValueError(f"not modified UTF-7: {text!r}")
-        if ch != "&":
-            out.append(ch)
-            i += 1
-            continue
-        end = text.find("-", i + 1)
-        if end < 0:
-            raise ValueError(f"unterminated shift in {text!r}")
-        chunk = text[i + 1 : end]
-        i = end + 1
-        if not chunk:
-            out.append("&")
-            continue
-        if not re.fullmatch(r"[A-Za-z0-9+,]+", chunk):
-            raise ValueError(f"bad base64 in {text!r}")
-        b64 = chunk.replace(",", "/")
-        raw = base64.b64decode(b64 + "=" * (-len(b64) % 4))
-        if len(raw) % 2:
-            raise ValueError(f"odd UTF-16 length in {text!r}")
-        out.append(raw.decode("utf-16-be"))
-    decoded = "".join(out)
-    if encode_mutf7(decoded) != text:
-        raise ValueError(f"non-canonical modified UTF-7: {text!r}")
-    return decoded
+    return _mutf7.decode(text)
 
 
 # -- client names <-> disk names -------------------------------------------------------
