@@ -107,6 +107,7 @@ __all__ = [
     "authzid_allowed",
     "failure_log_line",
     "login_key",
+    "password_allowed",
     "throttle_log_line",
 ]
 
@@ -386,6 +387,21 @@ def login_key(authcid: str) -> str:
         return parse_address(authcid).key
     except AddressError:
         return ""
+
+
+def password_allowed(*, tls_active: bool, client_ip: str, plaintext_auth: str) -> bool:
+    """Whether a client may send a password now, in SMTP, POP3 and IMAP alike: always
+    over TLS; in clear only as ``[smtp] plaintext_auth`` says ("always", or "loopback"
+    for 127.0.0.0/8 and ::1), since passwords do not travel in the clear (RFC 8314 §5.2,
+    RFC 4954 §4, RFC 2595 §2.3, RFC 9051 §11.1)."""
+    if tls_active or plaintext_auth == "always":
+        return True
+    if plaintext_auth != "loopback":
+        return False
+    try:
+        return ipaddress.ip_address(client_ip).is_loopback
+    except ValueError:
+        return False
 
 
 def authzid_allowed(authzid: str, key: str) -> bool:

@@ -57,6 +57,7 @@ from sansmail.auth import (
     AuthService,
     failure_log_line,
     login_key,
+    password_allowed,
     throttle_log_line,
 )
 from sansmail.config import Config
@@ -67,7 +68,7 @@ from sansmail.users import UserStore
 from sansmail_trio._pop3_server import _show_ip
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
-from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, _is_loopback
+from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
@@ -123,10 +124,11 @@ class IMAPService:
         this client (RFC 9051 §11.1, the same server-wide key POP3 and SMTP obey)."""
         if self.auth is None:
             return False
-        if tls_active:
-            return True
-        mode = self.config.smtp.plaintext_auth
-        return mode == "always" or (mode == "loopback" and _is_loopback(client_ip))
+        return password_allowed(
+            tls_active=tls_active,
+            client_ip=client_ip,
+            plaintext_auth=self.config.smtp.plaintext_auth,
+        )
 
     async def handle(
         self,

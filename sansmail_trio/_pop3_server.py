@@ -60,6 +60,7 @@ from sansmail.auth import (
     AuthService,
     failure_log_line,
     login_key,
+    password_allowed,
     throttle_log_line,
 )
 from sansmail.config import Config
@@ -78,7 +79,6 @@ from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
 from sansmail_trio._smtp_server import (
     TLS_HANDSHAKE_TIMEOUT,
-    _is_loopback,
     _printable,
 )
 from sansmail_trio._tls import TLSContextHolder, describe, received_tls
@@ -143,10 +143,11 @@ class POP3Service:
         client (RFC 2595 §2.3)."""
         if self.auth is None:
             return False
-        if tls_active:
-            return True
-        mode = self.config.smtp.plaintext_auth
-        return mode == "always" or (mode == "loopback" and _is_loopback(client_ip))
+        return password_allowed(
+            tls_active=tls_active,
+            client_ip=client_ip,
+            plaintext_auth=self.config.smtp.plaintext_auth,
+        )
 
     async def handle(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import ipaddress
 import logging
 import math
 import secrets
@@ -31,6 +30,7 @@ from sansmail.address import Address
 from sansmail.auth import (
     AuthService,
     failure_log_line,
+    password_allowed,
     throttle_log_line,
 )
 from sansmail.config import Config
@@ -189,10 +189,11 @@ class SMTPService:
         §4 and RFC 8314 §5.2: passwords do not travel in the clear)."""
         if not self.mechanisms:
             return False
-        if tls_active:
-            return True
-        mode = self.config.smtp.plaintext_auth
-        return mode == "always" or (mode == "loopback" and _is_loopback(client_ip))
+        return password_allowed(
+            tls_active=tls_active,
+            client_ip=client_ip,
+            plaintext_auth=self.config.smtp.plaintext_auth,
+        )
 
     @functools.cached_property
     def smtp_config(self) -> smtp.Config:
@@ -915,13 +916,6 @@ def _unique(recipients: Iterable[QueuedRecipient]) -> list[QueuedRecipient]:
     for recipient in recipients:
         seen.setdefault(recipient.address.lower(), recipient)
     return list(seen.values())
-
-
-def _is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 def _path(address: Address | None) -> str:

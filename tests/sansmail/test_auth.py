@@ -22,6 +22,7 @@ from sansmail.auth import (
     authzid_allowed,
     failure_log_line,
     login_key,
+    password_allowed,
     throttle_log_line,
 )
 from sansmail.users import UserStore
@@ -63,6 +64,7 @@ def test_public_surface() -> None:
         "authzid_allowed",
         "failure_log_line",
         "login_key",
+        "password_allowed",
         "throttle_log_line",
     ]
 
@@ -490,3 +492,14 @@ def test_throttle_log_line_is_not_a_failure() -> None:
 
 def test_the_documented_filter_is_the_tested_one() -> None:
     assert f"failregex = {FAIL2BAN_FAILREGEX}\n" in (sansmail.auth.__doc__ or "")
+
+
+def test_password_allowed_over_tls_or_as_plaintext_auth_says() -> None:
+    for mode in ("never", "loopback", "always"):
+        assert password_allowed(tls_active=True, client_ip="192.0.2.1", plaintext_auth=mode)
+    assert password_allowed(tls_active=False, client_ip="192.0.2.1", plaintext_auth="always")
+    assert password_allowed(tls_active=False, client_ip="127.0.0.1", plaintext_auth="loopback")
+    assert password_allowed(tls_active=False, client_ip="::1", plaintext_auth="loopback")
+    assert not password_allowed(tls_active=False, client_ip="192.0.2.1", plaintext_auth="loopback")
+    assert not password_allowed(tls_active=False, client_ip="127.0.0.1", plaintext_auth="never")
+    assert not password_allowed(tls_active=False, client_ip="garbage", plaintext_auth="loopback")
