@@ -20,7 +20,7 @@ import io
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Final
 
 from sansmail._durable import fsync_dir, unlink_quietly, write_all
@@ -36,6 +36,7 @@ __all__ = [
     "Namer",
     "arrival_key",
     "bits_of",
+    "crlf_chunks",
     "crlf_size",
     "flags_of",
     "info_letters",
@@ -161,45 +162,45 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
+def crlf_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`chunks` of a message as stored, converted to the wire's line ends: LF, CRLF and a
+    bare CR each become one CRLF (`to_crlf`, chunk by chunk). Chunk boundaries may fall
+    anywhere; an output chunk never ends between a CR and its LF, and is never empty."""
+    held = False  # the previous chunk ended with a CR, not yet known to be a CRLF's
+    for stored in chunks:
+        data = b"\r" + stored if held else stored
+        held = data.endswith(b"\r")
+        if held:
+            data = data[:-1]
+        if data:
+            yield to_crlf(data)
+    if held:
+        yield b"\r\n"
+
+
 def crlf_size(path: str) -> int:
     """Octets of the CRLF form of file `path`, by reading it."""
-    total = 0
-    with open(path, "rb") as f:
-        reader = CrlfReader(f)
-        while chunk := reader.read(_READ_SIZE):
-            total += len(chunk)
-    return total
+    with open(path, "rb", buffering=0) as f:
+        return sum(len(c) for c in crlf_chunks(iter(lambda: f.read(_READ_SIZE), b"")))
 
 
 class CrlfReader(io.RawIOBase):
-    """A stored file read in CRLF form, chunk by chunk, so a big message never sits
-    whole in memory. A CR at the end of a chunk waits for the next one to show whether
-    an LF follows it."""
+    """A stored file read in CRLF form (`crlf_chunks`), chunk by chunk, so a big message
+    never sits whole in memory."""
 
     def __init__(self, raw: io.BufferedReader | io.BufferedRandom) -> None:
         super().__init__()
         self._raw = raw
+        self._chunks = crlf_chunks(iter(lambda: raw.read(_READ_SIZE), b""))
         self._out = b""
-        self._held_cr = False
-        self._eof = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
-        while not self._out and not self._eof:
-            chunk = self._raw.read(_READ_SIZE)
-            if self._held_cr:
-                chunk = b"\r" + chunk
-                self._held_cr = False
-            if not chunk:
-                self._eof = True
-                break
-            if chunk.endswith(b"\r"):
-                self._held_cr = True
-                chunk = chunk[:-1]
-            self._out = to_crlf(chunk)
+        if not self._out:
+            self._out = next(self._chunks, b"")
         n = min(len(view), len(self._out))
         view[:n] = self._out[:n]
         self._out = self._out[n:]

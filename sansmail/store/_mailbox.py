@@ -69,6 +69,7 @@ from typing import Final
 import attrs
 
 from sansmail._durable import fsync_dir
+from sansmail.store._imapmaildir import crlf_chunks, crlf_size
 
 __all__ = [
     "LOCK_NAME",
@@ -141,31 +142,9 @@ def unique_id(base: str) -> str:
     return "H" + hashlib.sha256(raw).hexdigest()[:40]
 
 
-def crlf_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """`chunks` of a message as stored, converted to the wire's line ends: LF, CRLF and a
-    bare CR each become one CRLF. Chunk boundaries may fall anywhere; an output chunk
-    never ends between a CR and its LF."""
-    held = False  # the previous chunk ended with a CR, not yet known to be a CRLF's
-    for stored in chunks:
-        data = b"\r" + stored if held else stored
-        held = data.endswith(b"\r")
-        if held:
-            data = data[:-1]
-        if b"\r" in data:
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if data:
-            yield data.replace(b"\n", b"\r\n")
-    if held:
-        yield b"\r\n"
-
-
 def _wire_size(path: str) -> int:
     """The size of a file as sent: what `crlf_chunks` makes of it."""
-    size = 0
-    with open(path, "rb", buffering=0) as file:
-        for chunk in crlf_chunks(iter(lambda: file.read(READ_SIZE), b"")):
-            size += len(chunk)
-    return size
+    return crlf_size(path)
 
 
 def _base_of(name: str) -> str:
