@@ -18,8 +18,10 @@ import pathlib
 import secrets
 import sys
 
-from sansmail import NEED_DATA, SERVER, RemoteProtocolError, smtp, trace
-from sansmail.store import MailboxId, MaildirStore
+from sansmail import NEED_DATA, SERVER, RemoteProtocolError, smtp
+from sansmail.mail import trace
+from sansmail.mail.address import MailboxId
+from sansmail.storage.maildir import MaildirStore
 
 COMMAND_TIMEOUT = 300.0  # RFC 5321 §4.5.3.2.7
 

@@ -18,9 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from sansmail import __version__
-from sansmail.address import Address, AddressError, parse_address
-from sansmail.alias_source import AliasSource
-from sansmail.aliases import role_account_problems
 from sansmail.config import (
     DEFAULT_CONFIG_TOML,
     Config,
@@ -28,8 +25,12 @@ from sansmail.config import (
     load_config,
     warnings,
 )
-from sansmail.queue import QueueStore, UnknownQueueIdError, check_queue_id, format_mailq
-from sansmail.users import UserError, UserStore
+from sansmail.mail.address import Address, AddressError, parse_address
+from sansmail.mail.aliases import role_account_problems
+from sansmail.mail.envelope import check_queue_id
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
+from sansmail.storage.users import UserError, UserStore
 from sansmail_trio._run import run
 from sansmail_trio._tls import tls_files_problem
 

@@ -4,9 +4,9 @@ A thin layer over dnspython's asynchronous stub resolver, which runs under Trio 
 backend is picked through sniffio). What this layer adds is the mail server's reading of
 each outcome (RFC 5321 §5.1):
 
-- An MX answer becomes `sansmail.routing.MXRecord`s, exchange names without the final dot;
+- An MX answer becomes `sansmail.mail.routing.MXRecord`s, exchange names without the final dot;
   the null MX of RFC 7505 (``0 .``) comes back with exchange ``"."``, which
-  `sansmail.routing.order_mx` turns into `NullMXError`.
+  `sansmail.mail.routing.order_mx` turns into `NullMXError`.
 - A domain that exists but has no MX gives ``[]``: the caller falls back to the domain
   itself (the implicit MX, RFC 5321 §5.1).
 - NXDOMAIN is permanent (`DNSError.permanent`): the mail bounces. SERVFAIL, a timeout,
@@ -50,9 +50,9 @@ import dns.resolver
 import dns.reversename
 import trio
 
-from sansmail.address import AddressError, canonical_domain
 from sansmail.config import DNSConfig, HostPort
-from sansmail.routing import MXRecord
+from sansmail.mail.address import AddressError, canonical_domain
+from sansmail.mail.routing import MXRecord
 
 __all__ = ["DNSError", "Resolver"]
 
@@ -218,7 +218,7 @@ def _absolute(domain: str) -> dns.name.Name:
         if not text:
             raise dns.name.EmptyLabel
         if not text.isascii():
-            # U-labels as `sansmail.address` encodes them (IDNA 2008, RFC 5891): one
+            # U-labels as `sansmail.mail.address` encodes them (IDNA 2008, RFC 5891): one
             # policy for the whole server (dnspython's own needs a newer idna package).
             text = canonical_domain(text)
         return dns.name.from_text(text + ".")

@@ -1,6 +1,6 @@
 """The IMAP services: `imap` (STARTTLS offered, RFC 9051 §6.2.1) and `imaps` (implicit
 TLS, RFC 8314), one session per connection driving `sansmail.imap` as a server and
-handing the logged-in commands to a `sansmail.imapd.ImapSession`.
+handing the logged-in commands to a `sansmail.sessions.imapd.ImapSession`.
 
 Theory of operation
 -------------------
@@ -53,18 +53,19 @@ from sansmail import (
     imap,
     sasl,
 )
-from sansmail.auth import (
+from sansmail.config import Config
+from sansmail.mail.address import MailboxId
+from sansmail.mail.auth import (
     AuthService,
     failure_log_line,
     login_key,
     password_allowed,
     throttle_log_line,
 )
-from sansmail.config import Config
-from sansmail.imapd import ImapSession, capabilities
+from sansmail.sessions.imapd import ImapSession, capabilities
 from sansmail.smtp import Reply
-from sansmail.store import ImapStore, MailboxId
-from sansmail.users import UserStore
+from sansmail.storage.maildir import ImapStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._pop3_server import _show_ip
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered

@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from sansmail import srs
-from sansmail.address import Address
-from sansmail.alias_source import AliasSource
 from sansmail.config import Config
-from sansmail.policy import ClientAddress
-from sansmail.queue import QueueStore
-from sansmail.recipients import Resolution, resolve_recipient
-from sansmail.users import UserStore
+from sansmail.mail import srs
+from sansmail.mail.address import Address
+from sansmail.mail.policy import ClientAddress
+from sansmail.mail.recipients import Resolution, resolve_recipient
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 
 __all__ = ["Intake"]
 
@@ -46,7 +46,7 @@ class Intake:
         client_ip: ClientAddress,
         users: UserStore,
     ) -> Resolution:
-        """One RCPT TO: `sansmail.recipients.resolve_recipient` with our state."""
+        """One RCPT TO: `sansmail.mail.recipients.resolve_recipient` with our state."""
         config = self.config
         return resolve_recipient(
             rcpt,

@@ -1,5 +1,5 @@
 """The POP3 services: `pop3` (STLS offered, RFC 2595) and `pop3s` (implicit TLS, RFC 8314),
-one session per connection driving `sansmail.pop3` as a server over a `sansmail.store`
+one session per connection driving `sansmail.pop3` as a server over a `sansmail.storage.maildir`
 `Maildrop`.
 
 Theory of operation
@@ -56,17 +56,17 @@ import attrs
 import trio
 
 from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, pop3, sasl
-from sansmail.auth import (
+from sansmail.config import Config
+from sansmail.mail.address import MailboxId
+from sansmail.mail.auth import (
     AuthService,
     failure_log_line,
     login_key,
     password_allowed,
     throttle_log_line,
 )
-from sansmail.config import Config
 from sansmail.smtp import Reply
-from sansmail.store import (
-    MailboxId,
+from sansmail.storage.maildir import (
     Maildrop,
     MaildropInUseError,
     MailStore,
@@ -74,7 +74,7 @@ from sansmail.store import (
     MessageInfo,
     MessageReader,
 )
-from sansmail.users import UserStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
 from sansmail_trio._smtp_server import (

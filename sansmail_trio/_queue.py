@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The queue is the directory `sansmail.queue.QueueStore` keeps; every SMTP process writes
+The queue is the directory `sansmail.storage.queue.QueueStore` keeps; every SMTP process writes
 into it, and one runner (in process 0) reads it. The runner keeps a schedule in memory
 (queue id -> when it is next due), filled by listing the directory: at start, when an
 SMTP session of this process wakes it, and once a second for messages queued by the
@@ -11,15 +11,15 @@ attempt, so `queue delete` takes effect at once and nothing is decided from a st
 
 One attempt takes one message: its pending recipients are grouped by domain, and each
 domain is delivered over one SMTP connection (all its recipients in one transaction),
-the domains side by side. A domain's next hop comes from `sansmail.routing` (transport,
+the domains side by side. A domain's next hop comes from `sansmail.mail.routing` (transport,
 relayhost, else MX from DNS with shuffling among equals, implicit MX, null MX); each
 host of the list, and each address of each host, is tried in turn until one gives a
-verdict on the recipients. The SMTP conversation itself is `sansmail.outbound`, a
+verdict on the recipients. The SMTP conversation itself is `sansmail.mail.outbound`, a
 sans-I/O state machine; this file only moves its bytes, does the TLS handshake it asks
 for, and keeps time (RFC 5321 §4.5.3.2's timeouts). Recipients in our own domains (the
 bounces we send to local senders) are stored locally through the aliases.
 
-After the attempt `sansmail.queue.record_attempt` (pure) says what changed: the new
+After the attempt `sansmail.storage.queue.record_attempt` (pure) says what changed: the new
 envelope is written (atomically, `QueueStore.update`) before anything else happens, so
 a crash repeats at most the last attempt and never forgets a verdict it logged. Bounces
 (RFC 3464) and delay warnings are queued as new messages, with the null sender, before
@@ -53,28 +53,21 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import trio
 
-from sansmail import RemoteProtocolError, bounce, outbound, trace
-from sansmail.address import Address, AddressError, parse_address
-from sansmail.alias_source import AliasSource
-from sansmail.aliases import expand
+from sansmail import RemoteProtocolError
 from sansmail.config import Config, OutboundTLS
-from sansmail.policy import postmaster_mailbox
-from sansmail.queue import (
-    AttemptResult,
-    CorruptEnvelopeError,
-    Outcome,
-    QueuedMessage,
-    QueuedRecipient,
-    QueueStore,
-    UnknownQueueIdError,
-    dsn_status,
-    record_attempt,
-)
-from sansmail.retry import RetryPolicy
-from sansmail.routing import MXLoopError, NullMXError, Route, order_mx, route_for
+from sansmail.mail import bounce, outbound, trace
+from sansmail.mail.address import Address, AddressError, MailboxId, parse_address
+from sansmail.mail.aliases import expand
+from sansmail.mail.attempt import AttemptResult, Outcome, dsn_status, record_attempt
+from sansmail.mail.envelope import CorruptEnvelopeError, QueuedMessage, QueuedRecipient
+from sansmail.mail.policy import postmaster_mailbox
+from sansmail.mail.retry import RetryPolicy
+from sansmail.mail.routing import MXLoopError, NullMXError, Route, order_mx, route_for
 from sansmail.smtp import Reply
-from sansmail.store import MailboxId, MailStore
-from sansmail.users import UserStore
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.maildir import MailStore
+from sansmail.storage.queue import QueueStore, UnknownQueueIdError
+from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._tls import describe
 

@@ -35,9 +35,9 @@ from collections.abc import Mapping
 
 import trio
 
-from sansmail import srs
 from sansmail.config import Config
-from sansmail.queue import QueueStore
+from sansmail.storage.keys import SRSKeyError, load_or_create_srs_key
+from sansmail.storage.queue import QueueStore
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import configure_logging, get_logger
 from sansmail_trio._serve import bind_listeners, recover_queue, serve
@@ -57,7 +57,7 @@ def run(config: Config) -> int:
         trio.run(_main, config)
     except KeyboardInterrupt:  # before the signal receiver was installed
         return 130
-    except (OSError, TLSConfigError, srs.SRSKeyError) as exc:
+    except (OSError, TLSConfigError, SRSKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0
@@ -97,9 +97,9 @@ def _run_processes(config: Config) -> int:
         # while no child can be writing into it.
         TLSContextHolder.from_config(config)
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        srs.load_or_create_key(config.data_dir / "srs.key")
+        load_or_create_srs_key(config.data_dir / "srs.key")
         recover_queue(QueueStore(config.data_dir / "queue"))
-    except (OSError, TLSConfigError, srs.SRSKeyError) as exc:
+    except (OSError, TLSConfigError, SRSKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()

@@ -20,8 +20,8 @@ import attrs
 import trio
 
 from sansmail import sasl
-from sansmail.auth import AuthService, authzid_allowed, login_key
-from sansmail.users import UserStore
+from sansmail.mail.auth import AuthService, authzid_allowed, login_key
+from sansmail.storage.users import UserStore
 
 __all__ = ["Outcome", "run_exchange"]
 

@@ -31,14 +31,15 @@ from collections.abc import Mapping
 import attrs
 import trio
 
-from sansmail import __version__, srs
-from sansmail.alias_source import AliasSource
-from sansmail.auth import AuthService, AuthSettings
+from sansmail import __version__
 from sansmail.config import BUILT_SERVICES, Config
-from sansmail.queue import QueueStore
+from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.smtp import Reply
-from sansmail.store import MaildirImapStore, MaildirStore
-from sansmail.users import UserStore
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.keys import load_or_create_srs_key
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
@@ -175,7 +176,7 @@ async def serve(
     for problem in aliases.problems:
         if process == 0:
             log.warning("aliases: %s", problem)
-    srs_key = await trio.to_thread.run_sync(srs.load_or_create_key, config.data_dir / "srs.key")
+    srs_key = await trio.to_thread.run_sync(load_or_create_srs_key, config.data_dir / "srs.key")
     intake = Intake(config=config, queue=queue, aliases=aliases, srs_key=srs_key)
     runner: QueueRunner | None = None
     if process == 0:

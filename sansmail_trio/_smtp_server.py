@@ -1,7 +1,7 @@
 """The SMTP service: one session per connection, driving `sansmail.smtp` as a server.
 
-The core parses commands and enforces the protocol; `sansmail.policy` decides recipients;
-`sansmail.store` writes the message. This file only wires them together and owns time:
+The core parses commands and enforces the protocol; `sansmail.mail.policy` decides recipients;
+`sansmail.storage.maildir` writes the message. This file only wires them together and owns time:
 per-command timeouts, the thread hand-off for blocking disk work, and shutdown.
 
 Durability rule: the `250` that ends a transaction is sent only after
@@ -25,21 +25,23 @@ from typing import Any
 import attrs
 import trio
 
-from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, sasl, smtp, trace
-from sansmail.address import Address
-from sansmail.auth import (
+from sansmail import PAUSED, SERVER, LocalProtocolError, RemoteProtocolError, sasl, smtp
+from sansmail.config import Config
+from sansmail.mail import trace
+from sansmail.mail.address import Address, MailboxId
+from sansmail.mail.auth import (
     AuthService,
     failure_log_line,
     password_allowed,
     throttle_log_line,
 )
-from sansmail.config import Config
-from sansmail.policy import check_sender_login, evaluate_recipient
-from sansmail.queue import QueuedMessage, QueuedRecipient, QueueWriter
-from sansmail.recipients import Resolution
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.policy import check_sender_login, evaluate_recipient
+from sansmail.mail.recipients import Resolution
 from sansmail.smtp import Reply
-from sansmail.store import Delivery, MailboxId, MailStore
-from sansmail.users import UserStore
+from sansmail.storage.maildir import Delivery, MailStore
+from sansmail.storage.queue import QueueWriter
+from sansmail.storage.users import UserStore
 from sansmail_trio._intake import Intake
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, run_registered

@@ -67,8 +67,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sansmail._durable import fsync_dir
 from sansmail.config import Config
+from sansmail.storage.durable import fsync_dir
 
 __all__ = [
     "TLSConfigError",
@@ -464,7 +464,7 @@ def describe(stream: trio.SSLStream[Any]) -> str:
 
 
 def received_tls(stream: trio.SSLStream[Any]) -> str:
-    """The session as `sansmail.trace.received(tls=...)` takes it: ``TLSv1.3
+    """The session as `sansmail.mail.trace.received(tls=...)` takes it: ``TLSv1.3
     TLS_AES_256_GCM_SHA384``."""
     version, cipher, _, _ = _negotiated(stream)
     return f"{version} {cipher}"

@@ -15,8 +15,8 @@ import re
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from sansmail.address import AddressError, canonical_domain
 from sansmail.config._model import MECHANISMS, RESTRICTIONS, HostPort, IPNetwork, NextHop
+from sansmail.mail.address import AddressError, canonical_domain
 
 T = TypeVar("T")
 

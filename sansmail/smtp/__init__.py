@@ -9,7 +9,7 @@ codes (RFC 2034, RFC 3463).
 
 The client role is `ClientConnection`: it serialises the same command events, matches the
 server's replies to the commands they answer (pipelined or not), and parses them into the
-same `Reply` events; `challenge_data` decodes a 334 AUTH challenge. `sansmail.outbound`
+same `Reply` events; `challenge_data` decodes a 334 AUTH challenge. `sansmail.mail.outbound`
 drives it through a whole delivery attempt.
 """
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import attrs
 
-from sansmail.address import Address, parse_address
+from sansmail.mail.address import Address, parse_address
 
 __all__ = [
     "Auth",

@@ -60,7 +60,7 @@ from collections.abc import Callable
 
 from sansmail._errors import RemoteProtocolError
 from sansmail._linebuffer import LineBuffer
-from sansmail.address import AddressError, NonASCIIAddressError, read_path
+from sansmail.mail.address import AddressError, NonASCIIAddressError, read_path
 from sansmail.sasl import RemoteSASLError, decode_base64_strict
 from sansmail.smtp import _codes
 from sansmail.smtp._config import Config

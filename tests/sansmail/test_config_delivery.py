@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from sansmail.config import Config, ConfigError, NextHop, load_config
-from sansmail.retry import RetryPolicy
+from sansmail.mail.retry import RetryPolicy
 
 
 def parse(text: str, tmp_path: pathlib.Path) -> Config:

@@ -26,10 +26,11 @@ import trustme
 from aiosmtpd.controller import Controller
 from dns_server import DNSServer
 
-from sansmail.address import parse_address
 from sansmail.config import Config, load_config
-from sansmail.queue import QueuedMessage, QueueStore
-from sansmail.users import UserStore
+from sansmail.mail.address import parse_address
+from sansmail.mail.envelope import QueuedMessage
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 from sansmail_trio import serve
 
 PEER = "127.0.0.2"

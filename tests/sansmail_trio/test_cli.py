@@ -15,8 +15,9 @@ from argon2 import PasswordHasher
 
 from sansmail import __version__
 from sansmail.config import Config
-from sansmail.queue import QueuedMessage, QueuedRecipient, QueueStore
-from sansmail.users import UserStore
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 from sansmail_trio import _cli
 from sansmail_trio._cli import main
 

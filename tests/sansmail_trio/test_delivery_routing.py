@@ -25,8 +25,9 @@ from delivery_helpers import (
 )
 from dns_server import DNSServer
 
-from sansmail import srs
-from sansmail.address import parse_address
+from sansmail.mail import srs
+from sansmail.mail.address import parse_address
+from sansmail.storage.keys import load_or_create_srs_key
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ async def test_bounce_to_an_srs_address_goes_back_to_the_original_sender(
 ) -> None:
     # Loopback is not trusted here: only a good SRS signature may relay.
     ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, mynetworks='["192.0.2.0/24"]')
-    key = srs.load_or_create_key(ours.data_dir / "srs.key")
+    key = load_or_create_srs_key(ours.data_dir / "srs.key")
     original = parse_address("eve@fail.test")
     address = srs.forward(original, domain="example.test", key=key, day=srs.today(time.time()))
     forged = srs.forward(original, domain="example.test", key=b"k" * 32, day=srs.today(time.time()))

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sansmail.config import parse_config
-from sansmail.routing import MXRecord, NullMXError, order_mx
+from sansmail.mail.routing import MXRecord, NullMXError, order_mx
 from sansmail_trio._dns import DNSError, Resolver
 
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import trio
 from trio_helpers import RunningServer, StartServer
 
-from sansmail.auth import AuthSettings
+from sansmail.mail.auth import AuthSettings
 
 IMAP_LISTEN = {
     "smtp": "127.0.0.1:0",

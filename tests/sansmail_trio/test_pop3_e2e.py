@@ -22,7 +22,7 @@ import trio
 import trustme
 from trio_helpers import RunningServer, StartServer
 
-from sansmail.auth import AuthSettings
+from sansmail.mail.auth import AuthSettings
 
 POP3_LISTEN = {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"}
 ALICE = "alice@example.test"

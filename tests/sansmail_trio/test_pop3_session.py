@@ -15,7 +15,7 @@ from test_pop3_e2e import ALICE, MESSAGES, PopClient, deliver, pop3_server, stor
 from trio_helpers import StartServer
 
 from sansmail import sasl
-from sansmail.auth import AuthSettings
+from sansmail.mail.auth import AuthSettings
 from sansmail_trio import _pop3_server
 
 OUTSIDE = ["192.0.2.0/24"]  # mynetworks that do not contain the test client

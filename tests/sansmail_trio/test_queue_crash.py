@@ -18,7 +18,7 @@ import pytest
 from delivery_helpers import Sink, free_port
 from dns_server import DNSServer
 
-from sansmail.queue import QueueStore
+from sansmail.storage.queue import QueueStore
 
 PEER = "127.0.0.2"
 COUNT = 20

@@ -16,7 +16,7 @@ import trio
 from trio_helpers import RawClient, RunningServer, StartServer
 
 from sansmail import sasl
-from sansmail.auth import AuthSettings
+from sansmail.mail.auth import AuthSettings
 
 MESSAGE = b"Subject: submitted\r\n\r\nhello\r\n"
 SUBMISSION = {"smtp": "127.0.0.1:0", "submission": "127.0.0.1:0", "submissions": "127.0.0.1:0"}

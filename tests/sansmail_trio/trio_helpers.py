@@ -13,10 +13,10 @@ import pytest
 import trio
 import trustme
 
-from sansmail.address import parse_address
-from sansmail.auth import AuthSettings
 from sansmail.config import Config, load_config
-from sansmail.users import UserStore
+from sansmail.mail.address import parse_address
+from sansmail.mail.auth import AuthSettings
+from sansmail.storage.users import UserStore
 from sansmail_trio import serve
 
 

@@ -8,7 +8,7 @@ import pytest
 
 import sansmail.smtp
 from sansmail import CLIENT, NEED_DATA, PAUSED, LocalProtocolError, RemoteProtocolError
-from sansmail.address import Address
+from sansmail.mail.address import Address
 from sansmail.sasl import RemoteSASLError
 from sansmail.smtp import (
     Auth,

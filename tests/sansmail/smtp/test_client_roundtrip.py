@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from smtp_helpers import content_of, merged, split
 
 from sansmail import NEED_DATA, SERVER, LocalProtocolError, RemoteProtocolError
-from sansmail.address import Address, AddressError
+from sansmail.mail.address import Address, AddressError
 from sansmail.smtp import (
     Auth,
     AuthResponse,

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtp_helpers import AUTH_EHLO_LINES, feed, greeted
 
-from sansmail.address import Address
+from sansmail.mail.address import Address
 from sansmail.smtp import Event, InvalidCommand, Mail
 from sansmail.smtp._events import decode_xtext
 

@@ -11,7 +11,7 @@ from smtp_helpers import AUTH_EHLO_LINES, feed, greeted, merged, min_chunk
 
 from sansmail import RemoteProtocolError
 from sansmail._linebuffer import LineBuffer
-from sansmail.address import Address
+from sansmail.mail.address import Address
 from sansmail.smtp import (
     Config,
     EndOfChunk,

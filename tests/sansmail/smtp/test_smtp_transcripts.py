@@ -11,7 +11,7 @@ import pytest
 from smtp_helpers import content_of, drain
 
 from sansmail import SERVER
-from sansmail.address import Address
+from sansmail.mail.address import Address
 from sansmail.smtp import (
     Connection,
     Data,

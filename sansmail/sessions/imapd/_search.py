@@ -1,0 +1,339 @@
+"""SEARCH evaluation: which messages of a view match a criteria tree (RFC 9051 §6.4.4).
+
+Pure: the view's messages come as `ImapMessage`s in sequence order, and content through
+`SearchContext.load`, which the session binds to the store (it blocks).
+
+Theory of operation
+-------------------
+The key tree (`sansmail.imap.SearchKey`) is compiled once into predicates, and what
+does not depend on the message is settled then: sequence and UID sets are resolved
+against the view ("*" is the count, or the largest UID), needles are case-folded. Each
+predicate carries a cost: 0 for what the `ImapMessage` answers (flags, sizes, internal
+dates, numbers), 1 for the header (FROM ... HEADER, SENT*), 2 for the body (BODY, TEXT).
+An AND tries its cheap keys first and an OR its cheap side first, so "UNSEEN BODY x"
+opens only unseen messages, and a search over flags alone never reads a file.
+
+A message's content is loaded at most once per search, and only when a predicate asks;
+the header is read without walking the body; the MIME tree is parsed only for BODY and
+TEXT. A message expunged meanwhile (`load` returns None) matches no content key.
+
+Matching (RFC 9051 §6.4.4): strings match as case-insensitive substrings (Unicode case
+folding) of the RFC 2047-decoded header values (`sansmail.mime.decoded_header`) or of
+the text parts' bodies, with the transfer encoding (base64, quoted-printable) undone and
+the charset applied. An empty string matches any message that has the field. Dates
+ignore the time and the zone: an internal date counts on its day in its own zone, and
+SENT* use the day written in the Date: header; a message without a readable Date:
+matches no SENT* key. Sequence numbers past the end simply match nothing (the session
+checks sets where RFC 9051 wants an error).
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import email.utils
+from collections.abc import Callable, Iterator, Sequence
+from typing import Final
+
+import attrs
+
+from sansmail import mime
+from sansmail.imap import (
+    SearchAnd,
+    SearchDate,
+    SearchHeader,
+    SearchKey,
+    SearchKeyword,
+    SearchNot,
+    SearchOr,
+    SearchSequence,
+    SearchSimple,
+    SearchSize,
+    SearchText,
+    SearchUid,
+    SequenceSet,
+)
+from sansmail.storage.maildir import ImapMessage
+
+__all__ = ["SearchContext", "search"]
+
+
+@attrs.frozen
+class SearchContext:
+    """The view a SEARCH runs over."""
+
+    #: The session's view, in sequence order: sequence number = index + 1.
+    messages: Sequence[ImapMessage]
+    #: UID -> the content in CRLF form (None if expunged); called only for content keys.
+    load: Callable[[int], bytes | None]
+    #: UIDs that are \\Recent for this session (RECENT, NEW, OLD: IMAP4rev1 only).
+    recent: frozenset[int] = frozenset()
+    #: UIDs of the result saved by SEARCH RETURN (SAVE), which "$" names (RFC 5182 §2.1);
+    #: None when the session keeps none, and then "$" raises ValueError.
+    saved: frozenset[int] | None = None
+
+
+def search(criteria: SearchKey, ctx: SearchContext) -> list[int]:
+    """The sequence numbers of the messages matching `criteria`, ascending. Raises
+    ValueError for "$" when `ctx.saved` is None."""
+    largest_uid = max((message.uid for message in ctx.messages), default=0)
+    node = _compile(criteria, ctx, len(ctx.messages), largest_uid)
+    return [
+        seq
+        for seq, message in enumerate(ctx.messages, start=1)
+        if node.test(_Candidate(seq, message, ctx.load))
+    ]
+
+
+# -- one message under test ------------------------------------------------------------
+
+
+class _Candidate:
+    """A message and its content, loaded and taken apart only as far as keys need."""
+
+    def __init__(self, seq: int, message: ImapMessage, load: Callable[[int], bytes | None]) -> None:
+        self.seq = seq
+        self.message = message
+        self._load = load
+        self._loaded = False
+        self._raw: bytes | None = None
+        self._root: mime.MessagePart | None = None
+        self._headers: list[tuple[bytes, str]] | None = None
+        self._texts: list[str] | None = None
+
+    def raw(self) -> bytes | None:
+        if not self._loaded:
+            self._loaded = True
+            self._raw = self._load(self.message.uid)
+        return self._raw
+
+    def root(self) -> mime.MessagePart | None:
+        raw = self.raw()
+        if raw is not None and self._root is None:
+            self._root = mime.parse(raw)
+        return self._root
+
+    def headers(self) -> list[tuple[bytes, str]]:
+        """The message header's fields as (lower-case name, decoded value)."""
+        if self._headers is None:
+            raw = self.raw()
+            if raw is None:
+                self._headers = []
+            else:
+                # Without a parse, a part spanning the message stands for the header:
+                # the header scan stops at the first empty line, the body is never read.
+                top = self._root or mime.MessagePart(raw, 0, len(raw))
+                self._headers = _decoded_fields(raw, top)
+        return self._headers
+
+    def texts(self) -> list[str]:
+        """Everything TEXT searches, case-folded: every header (the message's, the
+        parts', the encapsulated messages') and every text part's decoded body."""
+        if self._texts is None:
+            raw, root = self.raw(), self.root()
+            self._texts = [] if raw is None or root is None else list(_texts(raw, root))
+        return self._texts
+
+    def bodies(self) -> list[str]:
+        """The decoded, case-folded bodies of the text parts (BODY)."""
+        raw, root = self.raw(), self.root()
+        if raw is None or root is None:
+            return []
+        return [text for is_body, text in _entities(raw, root) if is_body]
+
+
+def _decoded_fields(raw: bytes, part: mime.MessagePart) -> list[tuple[bytes, str]]:
+    return [
+        (name.lower(), mime.decoded_header(value)) for name, value in mime.header_fields(raw, part)
+    ]
+
+
+def _texts(raw: bytes, root: mime.MessagePart) -> Iterator[str]:
+    for _, text in _entities(raw, root):
+        yield text
+
+
+def _entities(raw: bytes, part: mime.MessagePart) -> Iterator[tuple[bool, str]]:
+    """(is a body, case-folded text) for every header block and text body of the tree,
+    encapsulated messages included, in message order."""
+    for name, value in _decoded_fields(raw, part):
+        yield False, f"{name.decode('latin-1')}: {value}".casefold()
+    if part.multipart:
+        for child in part.children:
+            yield from _entities(raw, child)
+    elif part.encapsulated is not None:
+        yield from _entities(raw, part.encapsulated)
+    elif part.is_text:
+        # Part number 1 of a part that is not multipart is the part itself (RFC 9051
+        # §6.4.5), so this undoes the part's own transfer encoding.
+        body = mime.binary(raw, part, (1,))
+        if isinstance(body, mime.UnknownEncoding):
+            body = raw[part.body_start : part.body_end]
+        yield True, _decode_text(body or b"", part.params).casefold()
+
+
+def _decode_text(data: bytes, params: tuple[tuple[bytes, bytes], ...]) -> str:
+    charset = next((value for name, value in params if name.lower() == b"charset"), b"")
+    try:
+        codec = codecs.lookup(charset.decode("ascii").strip('"'))
+    except (LookupError, UnicodeDecodeError):
+        codec = None
+    if codec is not None:
+        return data.decode(codec.name, errors="replace")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+# -- compiling the tree ----------------------------------------------------------------
+
+
+@attrs.frozen
+class _Node:
+    """A compiled key: `test` answers for one message; `cost` orders AND and OR."""
+
+    cost: int
+    test: Callable[[_Candidate], bool]
+
+
+_FLAG_KEYS: Final = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+_HEADER_OF_KEY: Final = {
+    "FROM": b"from",
+    "TO": b"to",
+    "CC": b"cc",
+    "BCC": b"bcc",
+    "SUBJECT": b"subject",
+}
+
+
+def _compile(key: SearchKey, ctx: SearchContext, count: int, largest_uid: int) -> _Node:
+    if isinstance(key, SearchAnd):
+        parts = sorted(
+            (_compile(k, ctx, count, largest_uid) for k in key.keys), key=lambda n: n.cost
+        )
+        return _Node(max(n.cost for n in parts), lambda m: all(n.test(m) for n in parts))
+    if isinstance(key, SearchOr):
+        left = _compile(key.left, ctx, count, largest_uid)
+        right = _compile(key.right, ctx, count, largest_uid)
+        first, second = (left, right) if left.cost <= right.cost else (right, left)
+        return _Node(max(left.cost, right.cost), lambda m: first.test(m) or second.test(m))
+    if isinstance(key, SearchNot):
+        inner = _compile(key.key, ctx, count, largest_uid)
+        return _Node(inner.cost, lambda m: not inner.test(m))
+    if isinstance(key, SearchSimple):
+        return _Node(0, _simple(key.name, ctx.recent))
+    if isinstance(key, SearchKeyword):
+        return _Node(0, _keyword(key.keyword, key.negated))
+    if isinstance(key, SearchSize):
+        size = key.size
+        if key.name == "LARGER":
+            return _Node(0, lambda m: m.message.size > size)
+        return _Node(0, lambda m: m.message.size < size)
+    if isinstance(key, SearchDate):
+        return _date(key.name, key.date)
+    if isinstance(key, SearchSequence):
+        return _Node(0, _number_set(key.sequence_set, count, ctx.saved, uid=False))
+    if isinstance(key, SearchUid):
+        return _Node(0, _number_set(key.sequence_set, largest_uid, ctx.saved, uid=True))
+    if isinstance(key, SearchHeader):
+        return _Node(1, _header(key.field.lower().encode("ascii"), key.value))
+    if isinstance(key, SearchText):
+        if key.name in _HEADER_OF_KEY:
+            return _Node(1, _header(_HEADER_OF_KEY[key.name], key.value))
+        needle = key.value.casefold()
+        if key.name == "BODY":
+            return _Node(2, lambda m: any(needle in text for text in m.bodies()))
+        return _Node(2, lambda m: any(needle in text for text in m.texts()))
+    raise TypeError(f"not a search key: {key!r}")
+
+
+def _simple(name: str, recent: frozenset[int]) -> Callable[[_Candidate], bool]:
+    if name in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[name]
+        return lambda m: (flag in m.message.flags) == wanted
+    if name == "ALL":
+        return lambda m: True
+    if name == "RECENT":
+        return lambda m: m.message.uid in recent
+    if name == "OLD":
+        return lambda m: m.message.uid not in recent
+    if name == "NEW":  # RFC 3501 §6.4.4: RECENT UNSEEN
+        return lambda m: m.message.uid in recent and "\\Seen" not in m.message.flags
+    raise ValueError(f"unknown search key: {name}")
+
+
+def _keyword(keyword: str, negated: bool) -> Callable[[_Candidate], bool]:
+    # Flags are matched without regard to case, as clients and other servers do.
+    wanted = keyword.casefold()
+
+    def test(m: _Candidate) -> bool:
+        return any(flag.casefold() == wanted for flag in m.message.flags) != negated
+
+    return test
+
+
+def _date(name: str, day: datetime.date) -> _Node:
+    compare: Callable[[datetime.date], bool]
+    kind = name.removeprefix("SENT")
+    if kind == "BEFORE":
+        compare = day.__gt__
+    elif kind == "ON":
+        compare = day.__eq__
+    else:  # SINCE: on or after
+        compare = day.__le__
+    if name.startswith("SENT"):
+
+        def sent(m: _Candidate) -> bool:
+            sent_day = _sent_date(m.headers())
+            return sent_day is not None and compare(sent_day)
+
+        return _Node(1, sent)
+    return _Node(0, lambda m: compare(m.message.internaldate.date()))
+
+
+def _sent_date(headers: list[tuple[bytes, str]]) -> datetime.date | None:
+    """The day written in the first Date: field (RFC 5322 §3.3), time and zone ignored."""
+    value = next((value for name, value in headers if name == b"date"), None)
+    if value is None:
+        return None
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    try:
+        return datetime.date(parsed[0], parsed[1], parsed[2])
+    except ValueError:
+        return None
+
+
+def _number_set(
+    numbers: SequenceSet, largest: int, saved: frozenset[int] | None, *, uid: bool
+) -> Callable[[_Candidate], bool]:
+    if numbers.saved:  # "$": the saved result, kept as UIDs (RFC 5182 §2.1)
+        if saved is None:
+            raise ValueError('"$" without a saved search result')
+        return lambda m: m.message.uid in saved
+    spans = numbers.resolve(largest)
+    if uid:
+        return lambda m: any(m.message.uid in span for span in spans)
+    return lambda m: any(m.seq in span for span in spans)
+
+
+def _header(field: bytes, value: str) -> Callable[[_Candidate], bool]:
+    needle = value.casefold()
+
+    def test(m: _Candidate) -> bool:
+        return any(name == field and needle in text.casefold() for name, text in m.headers())
+
+    return test

@@ -1,0 +1,410 @@
+"""`ImapSession`: what one logged-in IMAP connection does with its commands.
+
+Theory of operation
+-------------------
+The protocol core (`sansmail.imap.Connection`) parses commands and enforces the session
+states; the store (`sansmail.storage.maildir.ImapStore`) keeps folders, UIDs and flags. This
+object sits between them for the commands of the authenticated and selected states: it
+takes a parsed command and returns the responses to send, untagged ones first and the
+tagged completion last. It blocks (every store call does file and database I/O) and
+reads no clock, so an event-loop adapter calls `handle` from a worker thread, one call
+at a time; nothing here knows about sockets, TLS or time-outs. Authentication,
+STARTTLS, literals and CAPABILITY before login are the adapter's.
+
+Sequence numbers (RFC 9051 §7.5.1). The selected folder's `FolderView` keeps the list
+of messages as this session last reported it, and only `FolderView.sync` changes it.
+`sync` is called, and its EXPUNGE/EXISTS/RECENT/FLAGS news sent, at the end of every
+command except FETCH, STORE and SEARCH without UID, during which an EXPUNGE response is
+forbidden (the client could not tell which message a number meant). So an EXPUNGE made
+by another session reaches this one at its next NOOP, CHECK, UID command or the like.
+
+Errors. A store error is a tagged NO with the store's RFC 5530 code (NONEXISTENT,
+ALREADYEXISTS, CANNOT, READ-ONLY ...); a missing destination of APPEND, COPY or MOVE is
+NO [TRYCREATE] instead (RFC 9051 §6.3.12). A folder deleted or rebuilt under a selected
+view (`FolderGoneError`, or a new UIDVALIDITY seen by `sync`) makes every UID
+meaningless: the answer is ``* BYE`` and `ended` becomes True; the adapter closes.
+
+IMAP4rev1 and IMAP4rev2 differ here in: \\Recent and ``* n RECENT``, ``OK [UNSEEN n]``
+on SELECT (rev1 only); the LIST reply on SELECT and ``* ESEARCH`` for every SEARCH
+(rev2 only, RFC 9051 §6.3.2, §6.4.4); \\NonExistent versus \\Noselect in LIST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sansmail import __version__
+from sansmail.imap import (
+    Append,
+    Capability,
+    Check,
+    Close,
+    Command,
+    Copy,
+    Create,
+    Delete,
+    Enable,
+    Expunge,
+    Fetch,
+    FetchResponse,
+    Id,
+    List,
+    Logout,
+    Lsub,
+    Move,
+    Namespace,
+    Noop,
+    Rename,
+    Response,
+    ResponseCode,
+    Search,
+    Select,
+    Status,
+    Store,
+    Subscribe,
+    Tagged,
+    UidExpunge,
+    Unselect,
+    Unsubscribe,
+    Untagged,
+    UntaggedStatus,
+)
+from sansmail.mail.address import MailboxId
+from sansmail.sessions.imapd import _folders, _messages
+from sansmail.sessions.imapd._messages import BadSetError, flag_list
+from sansmail.storage.maildir import (
+    SEPARATOR,
+    FolderGoneError,
+    FolderView,
+    ImapStore,
+    ImapStoreError,
+    MailAccount,
+    NoSuchFolderError,
+    SyncChanges,
+)
+
+__all__ = ["ENABLE_EXTENSIONS", "ImapSession"]
+
+#: What ENABLE can switch on (RFC 5161; RFC 9051 §6.3.1; RFC 6855 §3).
+ENABLE_EXTENSIONS = ("IMAP4rev2", "UTF8=ACCEPT")
+
+_SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+# The commands during which EXPUNGE may not be sent unless in their UID form (§7.5.1).
+_NO_EXPUNGE = (Fetch, Store, Search)
+
+
+class ImapSession:
+    """One authenticated user's IMAP session over an `ImapStore`.
+
+    Args:
+        store: where the user's folders are (`MaildirImapStore(data_dir, hostname=...)`).
+        mailbox: the user who logged in.
+        append_limit: the largest message APPEND accepts (APPENDLIMIT, RFC 7889), also
+            what STATUS APPENDLIMIT answers.
+        capabilities: the CAPABILITY list to answer with after login (the adapter's,
+            which knows TLS and authentication).
+
+    Construction opens the account (blocking). `handle` returns the responses to one
+    command; `close` releases the selected folder and the account.
+    """
+
+    def __init__(
+        self,
+        store: ImapStore,
+        mailbox: MailboxId,
+        *,
+        append_limit: int,
+        capabilities: Sequence[str] = (),
+    ) -> None:
+        self.account: MailAccount = store.account(mailbox)
+        self.append_limit = append_limit
+        self.capabilities = tuple(capabilities)
+        self.view: FolderView | None = None
+        #: A BYE was returned (logout, or the selected folder vanished): close now.
+        self.ended = False
+        #: Messages this session expunged (EXPUNGE, UID EXPUNGE, CLOSE, MOVE), for the log.
+        self.expunged = 0
+        # Each handler takes the command (of its key's type) and the session's rev2 flag.
+        self._handlers: dict[type[Command], Callable[[Any, bool], list[Response]]] = {
+            Capability: self._capability,
+            Noop: self._noop,
+            Check: self._noop,
+            Logout: self._logout,
+            Enable: self._enable,
+            Id: self._id,
+            Namespace: self._namespace,
+            Create: lambda c, _r: _folders.create(self.account, c),
+            Delete: lambda c, _r: _folders.delete(self.account, c),
+            Rename: lambda c, _r: _folders.rename(self.account, c),
+            Subscribe: lambda c, _r: _folders.subscribe(self.account, c),
+            Unsubscribe: lambda c, _r: _folders.unsubscribe(self.account, c),
+            List: lambda c, rev2: _folders.list_mailboxes(self.account, c, rev2=rev2),
+            Lsub: lambda c, _r: _folders.lsub(self.account, c),
+            Status: lambda c, _r: _folders.status(self.account, c, append_limit=append_limit),
+            Append: self._append,
+            Select: self._select,
+            Close: self._close,
+            Unselect: self._unselect,
+            Expunge: self._expunge,
+            UidExpunge: self._expunge,
+            Fetch: lambda c, rev2: _messages.fetch_messages(self._view(), c, rev2=rev2),
+            Store: lambda c, rev2: _messages.store(self._view(), c, rev2=rev2),
+            Search: lambda c, rev2: _messages.search_messages(self._view(), c, rev2=rev2),
+            Copy: self._copy,
+            Move: self._copy,
+        }
+
+    @property
+    def selected(self) -> str | None:
+        """The selected folder's name, or None."""
+        return None if self.view is None else self.view.name
+
+    # -- the front door ------------------------------------------------------------------
+
+    def handle(self, command: Command, *, rev2: bool, utf8: bool = False) -> list[Response]:
+        """The responses to `command`, the tagged one last (or a BYE when the session
+        must end). `rev2`: the client ENABLEd IMAP4rev2; `utf8`: mailbox names travel
+        as UTF-8 (the writer's business: names here are always Unicode)."""
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            return [_tagged(command.tag, "BAD", f"{type(command).__name__.upper()} not supported")]
+        try:
+            responses = handler(command, rev2)
+            if self.view is not None and not self.ended and not _no_updates_after(command):
+                responses[-1:-1] = self._updates(rev2)
+        except FolderGoneError:
+            return self._gone()
+        except BadSetError:
+            return [_tagged(command.tag, "BAD", "Invalid message sequence number")]
+        if self.ended and self.view is not None:
+            self._release()
+        return responses
+
+    def updates(self, *, rev2: bool) -> list[Response]:
+        """What changed in the selected folder since the last report (for IDLE, or an
+        adapter that wants to push news between commands); a BYE when it is gone."""
+        if self.view is None:
+            return []
+        try:
+            return self._updates(rev2)
+        except FolderGoneError:
+            return self._gone()
+
+    def close(self) -> None:
+        """Release the selected folder and the account (idempotent)."""
+        self._release()
+        self.account.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _release(self) -> None:
+        if self.view is not None:
+            view, self.view = self.view, None
+            view.close()
+
+    def _gone(self) -> list[Response]:
+        self.ended = True
+        self._release()
+        return [
+            UntaggedStatus(
+                status="BYE",
+                text="The selected mailbox was deleted, renamed or rebuilt, closing",
+            )
+        ]
+
+    def _updates(self, rev2: bool) -> list[Response]:
+        assert self.view is not None
+        changes = self.view.sync()
+        if changes.uidvalidity_changed:
+            raise FolderGoneError("UIDVALIDITY changed")
+        return self._report(changes, rev2)
+
+    def _report(self, changes: SyncChanges, rev2: bool) -> list[Response]:
+        # In the order SyncChanges prescribes: each EXPUNGE number is valid when sent.
+        view = self.view
+        assert view is not None
+        out: list[Response] = [Untagged.expunge(n) for n in changes.expunged]
+        if changes.added:
+            out.append(Untagged.exists(changes.exists))
+        if changes.recent is not None and not rev2:
+            out.append(Untagged.recent(changes.recent))
+        if changes.keywords is not None:
+            out += self._flag_lists(view)
+        recent = view.recent
+        for number, uid, flags in changes.flags:
+            out.append(
+                FetchResponse(
+                    number=number,
+                    items=(("FLAGS", flag_list(uid, flags, recent, rev2)), ("UID", uid)),
+                )
+            )
+        return out
+
+    def _flag_lists(self, view: FolderView) -> list[Response]:
+        defined = [*_SYSTEM_ORDER, *view.keywords]
+        if view.readonly:
+            # RFC 9051 §6.3.3: nothing can be changed permanently in an EXAMINEd folder.
+            permanent: list[str] = []
+        else:
+            permanent = [*defined, *(["\\*"] if view.can_create_keywords else [])]
+        return [
+            Untagged.flags(defined),
+            UntaggedStatus(
+                status="OK",
+                code=ResponseCode.permanentflags(permanent),
+                text="Flags permitted" if permanent else "Read-only mailbox",
+            ),
+        ]
+
+    def _view(self) -> FolderView:
+        view = self.view
+        assert view is not None, "the core allows this command only in the selected state"
+        return view
+
+    # -- any state -------------------------------------------------------------------------
+
+    def _capability(self, command: Command, rev2: bool) -> list[Response]:
+        return [
+            Untagged.capability(self.capabilities),
+            _tagged(command.tag, "OK", "CAPABILITY completed"),
+        ]
+
+    def _noop(self, command: Command, rev2: bool) -> list[Response]:
+        # NOOP and CHECK (RFC 9051 §6.1.2, RFC 3501 §6.4.1): the updates are the point;
+        # `handle` adds them.
+        return [_tagged(command.tag, "OK", f"{type(command).__name__.upper()} completed")]
+
+    def _logout(self, command: Command, rev2: bool) -> list[Response]:
+        # RFC 9051 §6.1.3: BYE first, then the tagged OK.
+        self.ended = True
+        return [
+            UntaggedStatus(status="BYE", text="Logging out"),
+            _tagged(command.tag, "OK", "LOGOUT completed"),
+        ]
+
+    def _enable(self, command: Enable, rev2: bool) -> list[Response]:
+        # RFC 5161 §3.1: unknown names are ignored; the ENABLED list holds what this
+        # command switched on.
+        known = {name.upper(): name for name in ENABLE_EXTENSIONS}
+        enabled = [known[name] for name in dict.fromkeys(command.capabilities) if name in known]
+        if rev2:
+            enabled = [name for name in enabled if name != "IMAP4rev2"]
+        return [Untagged.enabled(enabled), _tagged(command.tag, "OK", "ENABLE completed")]
+
+    def _id(self, command: Command, rev2: bool) -> list[Response]:
+        # RFC 2971 §3.2: what we are, whatever the client said it is.
+        return [
+            Untagged.id([("name", "sansmail"), ("version", __version__)]),
+            _tagged(command.tag, "OK", "ID completed"),
+        ]
+
+    def _namespace(self, command: Command, rev2: bool) -> list[Response]:
+        # RFC 2342 §5: one personal namespace, no others.
+        return [
+            Untagged.namespace(personal=[("", SEPARATOR)]),
+            _tagged(command.tag, "OK", "NAMESPACE completed"),
+        ]
+
+    # -- SELECT, CLOSE, UNSELECT ---------------------------------------------------------
+
+    def _select(self, command: Select, rev2: bool) -> list[Response]:
+        out: list[Response] = []
+        if self.view is not None:
+            # RFC 9051 §6.3.2: the old folder is closed (without expunge) first.
+            self._release()
+            out.append(
+                UntaggedStatus(
+                    status="OK", code=ResponseCode(name="CLOSED"), text="Previous mailbox closed"
+                )
+            )
+        try:
+            view = self.account.select(command.mailbox, readonly=command.readonly)
+        except ImapStoreError as exc:
+            # The core deselects on NO; so do we (done above).
+            return [*out, _folders.no(command.tag, exc)]
+        self.view = view
+        messages = view.messages
+        out.append(Untagged.exists(len(messages)))
+        if not rev2:
+            out.append(Untagged.recent(len(view.recent)))
+        out += self._flag_lists(view)
+        if not rev2:
+            unseen = next((n for n, m in enumerate(messages, 1) if "\\Seen" not in m.flags), None)
+            if unseen is not None:
+                out.append(_status_code("UNSEEN", unseen, f"Message {unseen} is first unseen"))
+        out.append(_status_code("UIDVALIDITY", view.uidvalidity, "UIDs valid"))
+        out.append(_status_code("UIDNEXT", view.uidnext, "Predicted next UID"))
+        if rev2:
+            # RFC 9051 §6.3.2: the LIST reply gives the name's canonical form.
+            out.append(Untagged.mailbox_list(attributes=[], delimiter=SEPARATOR, mailbox=view.name))
+        mode = "READ-ONLY" if view.readonly else "READ-WRITE"
+        verb = "EXAMINE" if command.readonly else "SELECT"
+        out.append(
+            Tagged(
+                tag=command.tag, status="OK", code=ResponseCode(name=mode), text=f"{verb} completed"
+            )
+        )
+        return out
+
+    def _close(self, command: Command, rev2: bool) -> list[Response]:
+        # RFC 9051 §6.4.1: expunge silently (not in a read-only folder), then leave.
+        view = self._view()
+        try:
+            if not view.readonly:
+                self.expunged += len(view.expunge())
+        except FolderGoneError:
+            pass  # leaving anyway
+        self._release()
+        return [_tagged(command.tag, "OK", "CLOSE completed")]
+
+    def _unselect(self, command: Command, rev2: bool) -> list[Response]:
+        self._release()
+        return [_tagged(command.tag, "OK", "UNSELECT completed")]
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _append(self, command: Append, rev2: bool) -> list[Response]:
+        if not command.message:
+            return [_tagged(command.tag, "NO", "Cannot append an empty message")]
+        flags = [f for f in command.flags if f != "\\Recent"]
+        try:
+            result = self.account.append(command.mailbox, command.message, flags, command.date)
+        except NoSuchFolderError as exc:
+            # RFC 9051 §6.3.12: the client may CREATE and try again.
+            return [_folders.no(command.tag, exc, code="TRYCREATE")]
+        except ImapStoreError as exc:
+            return [_folders.no(command.tag, exc)]
+        return [
+            Tagged(
+                tag=command.tag,
+                status="OK",
+                code=ResponseCode.appenduid(result.uidvalidity, result.uid),
+                text="APPEND completed",
+            )
+        ]
+
+    def _expunge(self, command: Expunge | UidExpunge, rev2: bool) -> list[Response]:
+        responses, removed = _messages.expunge(self._view(), command)
+        self.expunged += removed
+        return responses
+
+    def _copy(self, command: Copy | Move, rev2: bool) -> list[Response]:
+        responses, moved = _messages.copy(self._view(), command)
+        self.expunged += moved
+        return responses
+
+
+def _no_updates_after(command: Command) -> bool:
+    # SELECT has just reported everything; FETCH, STORE and SEARCH may not carry EXPUNGE.
+    if isinstance(command, Select):
+        return True
+    return isinstance(command, _NO_EXPUNGE) and not getattr(command, "uid", False)
+
+
+def _tagged(tag: str, status: str, text: str) -> Tagged:
+    return Tagged(tag=tag, status=status, text=text)  # type: ignore[arg-type]
+
+
+def _status_code(name: str, number: int, text: str) -> UntaggedStatus:
+    return UntaggedStatus(status="OK", code=ResponseCode(name=name, data=(number,)), text=text)

@@ -1,0 +1,97 @@
+"""Local mail storage: the `MailStore` interface the adapter writes through, and
+`MaildirStore`, which delivers into Maildirs under ``<data_dir>/mail/``.
+
+The store does blocking file I/O (and stamps file names with the clock); the adapter calls
+`Delivery.flush`, `Delivery.commit` and `Delivery.abort` from worker threads.
+
+`Maildrop` is the other side of a Maildir INBOX: the snapshot, reading and deleting that a
+POP3 session does, with its exclusive lock; it blocks too (worker threads).
+
+`ImapStore` / `MailAccount` / `FolderView` are what IMAP sessions work through: folders,
+UIDs, flags and a per-folder index. `MaildirImapStore` implements them on the same
+Maildirs (Maildir++ folders, a SQLite index per folder); another back end would
+implement the same protocols.
+"""
+
+from sansmail.storage.maildir._base import Delivery, MailStore
+from sansmail.storage.maildir._imapaccount import (
+    DEFAULT_SPECIAL_USE,
+    MaildirAccount,
+    MaildirImapStore,
+)
+from sansmail.storage.maildir._imapbase import (
+    SEPARATOR,
+    STATUS_ITEMS,
+    SYSTEM_FLAGS,
+    AppendResult,
+    CopyResult,
+    ExpungeIssuedError,
+    FlagMode,
+    FolderExistsError,
+    FolderGoneError,
+    FolderHasChildrenError,
+    FolderInfo,
+    FolderView,
+    ImapMessage,
+    ImapStore,
+    ImapStoreError,
+    InvalidFolderNameError,
+    MailAccount,
+    NoSuchFolderError,
+    NotAllowedError,
+    ReadOnlyError,
+    SyncChanges,
+    TooManyKeywordsError,
+)
+from sansmail.storage.maildir._imapnames import decode_mutf7, encode_mutf7, folder_dir
+from sansmail.storage.maildir._imapview import MaildirFolderView
+from sansmail.storage.maildir._mailbox import (
+    Expunged,
+    Maildrop,
+    MaildropInUseError,
+    MessageGoneError,
+    MessageInfo,
+    MessageReader,
+)
+from sansmail.storage.maildir._maildir import MaildirStore
+
+__all__ = ["Delivery", "MailStore", "MaildirStore"]
+__all__ += [
+    "Expunged",
+    "Maildrop",
+    "MaildropInUseError",
+    "MessageGoneError",
+    "MessageInfo",
+    "MessageReader",
+]
+__all__ += [
+    "DEFAULT_SPECIAL_USE",
+    "SEPARATOR",
+    "STATUS_ITEMS",
+    "SYSTEM_FLAGS",
+    "AppendResult",
+    "CopyResult",
+    "ExpungeIssuedError",
+    "FlagMode",
+    "FolderExistsError",
+    "FolderGoneError",
+    "FolderHasChildrenError",
+    "FolderInfo",
+    "FolderView",
+    "ImapMessage",
+    "ImapStore",
+    "ImapStoreError",
+    "InvalidFolderNameError",
+    "MailAccount",
+    "MaildirAccount",
+    "MaildirFolderView",
+    "MaildirImapStore",
+    "NoSuchFolderError",
+    "NotAllowedError",
+    "ReadOnlyError",
+    "SyncChanges",
+    "TooManyKeywordsError",
+    "decode_mutf7",
+    "encode_mutf7",
+    "folder_dir",
+]

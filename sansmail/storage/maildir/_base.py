@@ -1,0 +1,69 @@
+"""The store interface: what the SMTP adapter writes messages through.
+
+A `MailStore` hands out one `Delivery` per message. The adapter feeds it content as the
+message arrives (`write`, never blocking), spills it to disk now and then from a worker
+thread (`flush`), and finally calls `commit` (in a worker thread) before it answers 250,
+or `abort` when the transaction dies. `MaildirStore` is the one implementation; tests and
+other back ends can provide their own.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Sequence
+from typing import Protocol
+
+from sansmail.mail.address import MailboxId
+
+__all__ = ["Delivery", "MailStore"]
+
+
+class Delivery(Protocol):
+    """One message being written for one or more mailboxes.
+
+    Not safe for concurrent use: one task drives it, calling `flush`/`commit`/`abort`
+    from one worker thread at a time. Exactly one of `commit` or `abort` ends it.
+    """
+
+    @property
+    def size(self) -> int:
+        """Content octets written so far, counted as stored (LF line ends), without the
+        trace prefix."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Octets buffered in memory and not yet on disk."""
+        ...
+
+    def write(self, data: bytes) -> None:
+        """Append message content in wire form (CRLF line ends, dot-unstuffed). Never does
+        I/O, so the event loop may call it directly."""
+        ...
+
+    def flush(self) -> None:
+        """Blocking: move the buffered octets into the temporary file."""
+        ...
+
+    def commit(self) -> list[str]:
+        """Blocking: make the message durable in every mailbox and return the stored file
+        name per mailbox, in the order given to `MailStore.begin`. When this returns, the
+        message survives a crash; when it raises, the caller must `abort`."""
+        ...
+
+    def abort(self) -> None:
+        """Blocking but cheap: drop the temporary file. A no-op after `commit`."""
+        ...
+
+
+class MailStore(Protocol):
+    """Where local mail goes."""
+
+    def begin(self, mailboxes: Sequence[MailboxId], *, prefix: bytes) -> Delivery:
+        """Start one message for `mailboxes`; `prefix` (trace header lines in CRLF form)
+        is stored before the content. Does no I/O."""
+        ...
+
+    def maildir(self, mailbox: MailboxId) -> pathlib.Path:
+        """The directory that holds `mailbox` (it may not exist yet)."""
+        ...

@@ -1,0 +1,605 @@
+"""`FolderIndex`: one folder's SQLite index, and its sync with the Maildir beside it.
+
+Theory of operation
+-------------------
+The Maildir is the truth about which messages exist and what flags they carry; the index
+(``sansmail.index.sqlite`` in the folder's directory, SQLite in WAL mode) adds what a
+Maildir cannot hold: UIDVALIDITY, UIDNEXT, each message's UID, its INTERNALDATE time
+zone, the CRLF size, the cached structure blob, and a modification sequence. Rows are
+keyed by the file's base name (the part before ``:``), which no rename changes.
+
+Sync (as Dovecot's maildir sync does it). Under the write lock (``BEGIN IMMEDIATE``),
+list ``new/`` and then ``cur/`` (a file moved from new/ to cur/ between the two listings
+is then seen at least once), and compare with the rows:
+
+- a base on disk with no row gets a UID; new files get UIDs in arrival order, the time
+  stamp in the name (``<secs>.M<usecs>``, else the mtime), then the name, and UIDNEXT
+  moves in the same transaction, so a UID is assigned once and never again;
+- a row whose file name changed takes its flags from the new name;
+- a row whose base is on disk no more is expunged. readdir(3) may miss an entry that is
+  renamed while the directory is read, so before believing that, both directories are
+  listed once more and only a base missing from both listings is expunged;
+- a read-write session moves files from ``new/`` to ``cur/`` (adding ``:2,``) when it
+  syncs them, as Dovecot does; \\Recent does not depend on it (see `recent_uid`).
+
+Being inside the write lock while listing matters: every writer of the index (APPEND,
+COPY, MOVE and other sessions' syncs) takes the same lock to insert rows, so a listing
+can never miss a file whose row is already there.
+
+Freshness without listing. The header keeps the mtimes of ``new/`` and ``cur/`` as they
+were when last listed, and the clock reading taken just before. Any creation, rename or
+unlink in a directory changes its mtime, but only at the file system's time granularity:
+a change in the same tick as the listing could leave the mtime as recorded. So the
+recorded mtimes are trusted only when they are older than the listing by a margin
+(one second); otherwise the next sync lists again. A no-change sync is then two stat
+calls and one small query.
+
+Modification sequences. Every transaction that changes messages takes
+``highestmodseq + 1`` and stamps it on the rows it changed and on a tombstone per
+expunged UID. A `FolderView` remembers the modseq it reported last and asks only for
+newer rows and tombstones (RFC 7162 CONDSTORE comes nearly free). Tombstones are pruned
+past a bound; a view older than the pruned range compares its whole UID list instead.
+
+\\Recent (RFC 3501 §2.3.2, rev1 only). The header keeps `recent_uid`, the lowest UID that
+no read-write session has claimed yet. A read-write view's sync claims every UID from it
+to UIDNEXT in a write transaction, so exactly one session is first to see a message.
+
+Crash safety. SQLite's WAL makes each transaction all or nothing (``synchronous=FULL``:
+a committed transaction survives power loss too, so UIDNEXT never goes backwards). A file
+written into ``cur/`` whose row was never inserted is simply found by the next sync. An
+index that SQLite reports corrupt (or that is not a database) is deleted and rebuilt
+from the Maildir with a new UIDVALIDITY, so clients drop their caches; the account lock
+keeps two processes from rebuilding at once, and `rebuilt` tells the caller to log it.
+
+Everything blocks; one object is used by one thread at a time (each session has its own
+connections, and SQLite's locks order the sessions and processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import attrs
+
+from sansmail.storage.durable import unlink_quietly
+from sansmail.storage.maildir._imapbase import FolderGoneError, TooManyKeywordsError
+from sansmail.storage.maildir._imapmaildir import (
+    arrival_key,
+    crlf_size,
+    parse_info,
+    size_from_name,
+    split_name,
+)
+from sansmail.storage.maildir._imapnames import KEYWORD_LETTERS, read_keywords, write_keywords
+
+__all__ = ["INDEX_NAME", "KEYWORDS_NAME", "FolderIndex", "Header", "NewRow", "is_corrupt"]
+
+INDEX_NAME: Final = "sansmail.index.sqlite"
+KEYWORDS_NAME: Final = "dovecot-keywords"
+
+_SCHEMA_VERSION: Final = 1
+_BUSY_TIMEOUT: Final = 60.0
+_FRESH_MARGIN_NS: Final = 1_000_000_000
+_TOMBSTONES_MAX: Final = 10_000
+_TOMBSTONES_KEEP: Final = 2_000
+_CORRUPT: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS folder (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        uidvalidity INTEGER NOT NULL,
+        uidnext INTEGER NOT NULL,
+        highestmodseq INTEGER NOT NULL,
+        recent_uid INTEGER NOT NULL,
+        expunge_floor INTEGER NOT NULL,
+        new_mtime INTEGER NOT NULL,
+        cur_mtime INTEGER NOT NULL,
+        synced INTEGER NOT NULL,
+        new_count INTEGER NOT NULL)""",
+    # flags: system flag bits (_imapmaildir); keywords: space-separated, sorted.
+    """CREATE TABLE IF NOT EXISTS messages (
+        uid INTEGER PRIMARY KEY,
+        base TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        flags INTEGER NOT NULL,
+        keywords TEXT NOT NULL,
+        internaldate INTEGER NOT NULL,
+        tz INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        modseq INTEGER NOT NULL,
+        cache BLOB)""",
+    "CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)",
+    "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)",
+)
+
+
+_INSERT: Final = (
+    "INSERT INTO messages (uid, base, name, flags, keywords, internaldate, tz, size, modseq,"
+    " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _DamagedError(sqlite3.DatabaseError):
+    """A database SQLite reads fine that is not a sound index."""
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether `exc` says the index file is damaged (as opposed to busy or full)."""
+    return isinstance(exc, _DamagedError) or (
+        isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", "") in _CORRUPT
+    )
+
+
+@attrs.frozen
+class Header:
+    """The folder row."""
+
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    recent_uid: int
+    expunge_floor: int
+    new_mtime: int
+    cur_mtime: int
+    synced: int
+    new_count: int
+
+
+@attrs.frozen(kw_only=True)
+class NewRow:
+    """A message to index whose file is already in place."""
+
+    base: str
+    name: str
+    flags: int
+    keywords: tuple[str, ...]
+    internaldate: int
+    tz: int
+    size: int
+    cache: bytes | None = None
+
+
+class FolderIndex:
+    """The index of the Maildir folder at `folder` (see the module docstring).
+
+    `uidvalidity` gives a fresh UIDVALIDITY for a new or rebuilt index; `lock` is the
+    account's exclusive lock, taken only to rebuild; `clock` returns nanoseconds.
+    """
+
+    def __init__(
+        self,
+        folder: str,
+        *,
+        uidvalidity: Callable[[], int],
+        lock: Callable[[], contextlib.AbstractContextManager[None]],
+        clock: Callable[[], int],
+    ) -> None:
+        self.folder = folder
+        self.db_path = os.path.join(folder, INDEX_NAME)
+        self._new_uidvalidity = uidvalidity
+        self._lock = lock
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self._ino = -1
+        self._keywords: list[str | None] = [None] * len(KEYWORD_LETTERS)
+        self._keywords_stamp: tuple[int, int, int] | None = None
+        #: Set when this object replaced a corrupt index; the owner logs and clears it.
+        self.rebuilt = False
+
+    # -- connection -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, creating the index if there is none and rebuilding a corrupt one."""
+        if self._conn is not None:
+            return
+        try:
+            self._connect()
+        except sqlite3.DatabaseError as exc:
+            if not is_corrupt(exc):
+                raise
+            self.rebuild()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.open()
+        assert self._conn is not None
+        return self._conn
+
+    def _connect(self) -> None:
+        if not os.path.isdir(os.path.join(self.folder, "cur")):
+            raise FolderGoneError(f"{self.folder} is gone")
+        conn = sqlite3.connect(
+            self.db_path,
+            timeout=_BUSY_TIMEOUT,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+                # Taken before the write lock: the account's counter is a file of its own.
+                self._create_schema(conn, self._new_uidvalidity())
+            if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
+                raise _DamagedError("the index has no folder row")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._ino = _inode(self.db_path)
+
+    def _create_schema(self, conn: sqlite3.Connection, uidvalidity: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise RuntimeError(f"{self.db_path}: unknown index version {version}")
+            if version == 0:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                # Header mtimes of -1 never match a directory: the first sync lists.
+                conn.execute(
+                    "INSERT INTO folder VALUES (0, ?, 1, 1, 1, 0, -1, -1, 0, 0)", (uidvalidity,)
+                )
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def rebuild(self) -> None:
+        """Replace a corrupt index with an empty one (new UIDVALIDITY); the next
+        `refresh` fills it from the Maildir."""
+        self.close()
+        with self._lock():
+            # Another process may have rebuilt it while we waited for the lock.
+            if _inode(self.db_path) not in (self._ino, -1):
+                try:
+                    self._connect()
+                    self.conn.execute("SELECT count(*) FROM messages").fetchone()
+                except sqlite3.DatabaseError as exc:
+                    self.close()
+                    if not is_corrupt(exc):
+                        raise
+                else:
+                    self.rebuilt = True
+                    return
+            for suffix in ("", "-wal", "-shm"):
+                unlink_quietly(self.db_path + suffix)
+            self._connect()
+            self.rebuilt = True
+
+    def _check_replaced(self) -> None:
+        # A rebuild by another process (or a user deleting the file) leaves us on the old
+        # inode; reopen so both use the same index.
+        if self._conn is not None and _inode(self.db_path) != self._ino:
+            if not os.path.isdir(os.path.join(self.folder, "cur")):
+                raise FolderGoneError(f"{self.folder} is gone")
+            self.close()
+            self.open()
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: the folder's lock, held until the block ends."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                # A damaged file may refuse even this; the error being raised says more.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot, no lock against writers."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    def header(self, conn: sqlite3.Connection | None = None) -> Header:
+        row = (conn or self.conn).execute("SELECT * FROM folder").fetchone()
+        return Header(*row[1:])
+
+    # -- keywords ---------------------------------------------------------------------
+
+    def keywords(self) -> list[str | None]:
+        """The keyword of each letter a-z (``dovecot-keywords``), re-read when changed."""
+        path = os.path.join(self.folder, KEYWORDS_NAME)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            stamp = None
+        else:
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp != self._keywords_stamp:
+            self._keywords = read_keywords(path)
+            self._keywords_stamp = stamp
+        return list(self._keywords)
+
+    def allocate_keywords(self, names: Iterable[str]) -> dict[str, str]:
+        """Give each keyword of `names` a letter (inside `write`, which serialises the
+        writers of ``dovecot-keywords``); returns each name's spelling in this folder
+        (keywords match without regard to case)."""
+        self._keywords_stamp = None
+        table = self.keywords()
+        known = {k.lower(): k for k in table if k is not None}
+        out: dict[str, str] = {}
+        added = False
+        for name in names:
+            spelled = known.get(name.lower())
+            if spelled is None:
+                try:
+                    slot = table.index(None)
+                except ValueError:
+                    raise TooManyKeywordsError("this folder holds 26 keywords already") from None
+                table[slot] = spelled = name
+                known[name.lower()] = name
+                added = True
+            out[name] = spelled
+        if added:
+            write_keywords(os.path.join(self.folder, KEYWORDS_NAME), table)
+            self._keywords_stamp = None
+        return out
+
+    def canonical_keywords(self, names: Iterable[str]) -> set[str]:
+        """`names` spelled as this folder spells them; unknown ones are left out."""
+        known = {k.lower(): k for k in self.keywords() if k is not None}
+        return {known[n.lower()] for n in names if n.lower() in known}
+
+    # -- the Maildir ------------------------------------------------------------------
+
+    def scan(self) -> dict[str, str]:
+        """base -> "new/<name>" or "cur/<name>": new/ listed first, cur/ wins."""
+        seen: dict[str, str] = {}
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(os.path.join(self.folder, sub))
+            except FileNotFoundError:
+                raise FolderGoneError(f"{self.folder} is gone") from None
+            prefix = sub + "/"
+            for name in names:
+                if not name.startswith("."):
+                    seen[name.partition(":")[0]] = prefix + name
+        return seen
+
+    def _stat_dirs(self) -> tuple[int, int]:
+        try:
+            return (
+                os.stat(os.path.join(self.folder, "new")).st_mtime_ns,
+                os.stat(os.path.join(self.folder, "cur")).st_mtime_ns,
+            )
+        except FileNotFoundError:
+            raise FolderGoneError(f"{self.folder} is gone") from None
+
+    def _fresh(self, header: Header, mtimes: tuple[int, int], move_new: bool) -> bool:
+        return (
+            mtimes == (header.new_mtime, header.cur_mtime)
+            and max(mtimes) <= header.synced - _FRESH_MARGIN_NS
+            and not (move_new and header.new_count)
+        )
+
+    def refresh(self, *, move_new: bool = False, force: bool = False) -> bool:
+        """Sync the index with the Maildir unless it is known fresh; returns whether
+        any message was added, changed or expunged. `move_new` moves ``new/`` files to
+        ``cur/`` (read-write sessions only)."""
+        self._check_replaced()
+        if not force and self._fresh(self.header(), self._stat_dirs(), move_new):
+            return False
+        with self.write() as conn:
+            # Another session may have synced while we waited for the lock.
+            if not force and self._fresh(self.header(conn), self._stat_dirs(), move_new):
+                return False
+            return self._sync(conn, move_new)
+
+    def _sync(self, conn: sqlite3.Connection, move_new: bool) -> bool:
+        synced = self._clock()
+        mtimes = self._stat_dirs()
+        seen = self.scan()
+        rows = {
+            base: (uid, name, flags, keywords)
+            for uid, base, name, flags, keywords in conn.execute(
+                "SELECT uid, base, name, flags, keywords FROM messages"
+            )
+        }
+        if any(base not in seen for base in rows):
+            again = self.scan()
+            for base in rows:
+                if base not in seen and base in again:
+                    seen[base] = again[base]
+        if move_new:
+            self._move_new(seen)
+        new_count = sum(1 for rel in seen.values() if rel.startswith("new/"))
+        table = self.keywords()
+        header = self.header(conn)
+        modseq = header.highestmodseq + 1
+        renamed: list[tuple[str, int]] = []
+        reflagged: list[tuple[str, int, str, int, int]] = []
+        found: list[tuple[tuple[int, int, str], str, str, os.stat_result]] = []
+        for base, rel in seen.items():
+            row = rows.get(base)
+            if row is None:
+                try:
+                    st = os.stat(os.path.join(self.folder, rel))
+                except FileNotFoundError:
+                    continue  # gone between the listing and now; the next sync knows
+                found.append((arrival_key(base, st.st_mtime_ns), base, rel, st))
+                continue
+            uid, name, flags, keywords = row
+            if name == rel:
+                continue
+            bits, names = parse_info(split_name(rel[4:])[1], table)
+            if bits == flags and " ".join(names) == keywords:
+                renamed.append((rel, uid))
+            else:
+                reflagged.append((rel, bits, " ".join(names), modseq, uid))
+        expunged = [row[0] for base, row in rows.items() if base not in seen]
+        found.sort(key=lambda item: item[0])
+        new_rows = []
+        for _, base, rel, st in found:
+            size = size_from_name(base)
+            if size is None:
+                try:
+                    size = crlf_size(os.path.join(self.folder, rel))
+                except FileNotFoundError:
+                    continue
+            bits, names = parse_info(split_name(rel[4:])[1], table)
+            new_rows.append(
+                NewRow(
+                    base=base,
+                    name=rel,
+                    flags=bits,
+                    keywords=names,
+                    internaldate=int(st.st_mtime),
+                    tz=0,
+                    size=size,
+                )
+            )
+        conn.executemany("UPDATE messages SET name = ? WHERE uid = ?", renamed)
+        conn.executemany(
+            "UPDATE messages SET name = ?, flags = ?, keywords = ?, modseq = ? WHERE uid = ?",
+            reflagged,
+        )
+        self.delete(conn, expunged, modseq)
+        self.insert(conn, new_rows, modseq, unindexed=True)
+        changed = bool(reflagged or expunged or new_rows)
+        conn.execute(
+            "UPDATE folder SET highestmodseq = max(highestmodseq, ?), new_mtime = ?,"
+            " cur_mtime = ?, synced = ?, new_count = ?",
+            (modseq if changed else header.highestmodseq, *mtimes, synced, new_count),
+        )
+        return changed
+
+    def _move_new(self, seen: dict[str, str]) -> None:
+        for base, rel in list(seen.items()):
+            if not rel.startswith("new/"):
+                continue
+            name = rel[4:]
+            target = name if split_name(name)[1] is not None or ":" in name else name + ":2,"
+            try:
+                os.rename(os.path.join(self.folder, rel), os.path.join(self.folder, "cur", target))
+            except FileNotFoundError:
+                continue  # moved or deleted by someone else: the next sync sees where
+            seen[base] = "cur/" + target
+
+    # -- row changes (inside `write`) -------------------------------------------------
+
+    def insert(
+        self,
+        conn: sqlite3.Connection,
+        rows: Sequence[NewRow],
+        modseq: int | None = None,
+        *,
+        unindexed: bool = False,
+    ) -> list[int]:
+        """Give `rows` UIDs in order; a base already indexed (a sync found the file
+        first) keeps its UID. UIDNEXT moves in this same transaction. `unindexed` says
+        the caller knows no row has its base yet (a sync, under the lock it listed in),
+        which allows one bulk insert."""
+        if not rows:
+            return []
+        header = self.header(conn)
+        if modseq is None:
+            modseq = header.highestmodseq + 1
+        uidnext = header.uidnext
+        values = [
+            (
+                row.base,
+                row.name,
+                row.flags,
+                " ".join(sorted(row.keywords)),
+                row.internaldate,
+                row.tz,
+                row.size,
+                modseq,
+                row.cache,
+            )
+            for row in rows
+        ]
+        if unindexed:
+            conn.executemany(_INSERT, [(uidnext + i, *v) for i, v in enumerate(values)])
+            uidnext += len(rows)
+            conn.execute(
+                "UPDATE folder SET uidnext = ?, highestmodseq = max(highestmodseq, ?)",
+                (uidnext, modseq),
+            )
+            return list(range(uidnext - len(rows), uidnext))
+        uids: list[int] = []
+        for row, value in zip(rows, values, strict=True):
+            cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
+            if cursor.rowcount == 1:
+                uids.append(uidnext)
+                uidnext += 1
+                continue
+            (uid,) = conn.execute("SELECT uid FROM messages WHERE base = ?", (row.base,)).fetchone()
+            # What the caller knows beats what a sync could guess from the file.
+            conn.execute(
+                "UPDATE messages SET tz = ?, internaldate = ?, cache = coalesce(?, cache)"
+                " WHERE uid = ?",
+                (row.tz, row.internaldate, row.cache, uid),
+            )
+            uids.append(uid)
+        conn.execute(
+            "UPDATE folder SET uidnext = ?, highestmodseq = max(highestmodseq, ?)",
+            (uidnext, modseq),
+        )
+        return uids
+
+    def delete(self, conn: sqlite3.Connection, uids: Sequence[int], modseq: int) -> None:
+        """Expunge `uids` from the index, leaving tombstones for views to find."""
+        if not uids:
+            return
+        conn.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for uid in uids])
+        conn.executemany(
+            "INSERT OR REPLACE INTO expunged (uid, modseq) VALUES (?, ?)",
+            [(uid, modseq) for uid in uids],
+        )
+        conn.execute("UPDATE folder SET highestmodseq = max(highestmodseq, ?)", (modseq,))
+        (count,) = conn.execute("SELECT count(*) FROM expunged").fetchone()
+        if count > _TOMBSTONES_MAX:
+            (floor,) = conn.execute(
+                "SELECT modseq FROM expunged ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+                (_TOMBSTONES_KEEP,),
+            ).fetchone()
+            conn.execute("DELETE FROM expunged WHERE modseq <= ?", (floor,))
+            conn.execute("UPDATE folder SET expunge_floor = max(expunge_floor, ?)", (floor,))
+
+    def rows(self, conn: sqlite3.Connection, uids: Iterable[int], columns: str) -> list[Any]:
+        """`columns` of the rows of `uids` that exist, by ascending UID."""
+        return conn.execute(
+            f"SELECT {columns} FROM messages WHERE uid IN (SELECT value FROM json_each(?))"  # noqa: S608
+            " ORDER BY uid",
+            (json.dumps(sorted(set(uids))),),
+        ).fetchall()
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return -1

@@ -1,0 +1,416 @@
+"""`Maildrop`: the read-and-delete side of one user's INBOX Maildir, as POP3 uses it.
+
+Theory of operation
+-------------------
+Snapshot (RFC 1939 §4, §5). `Maildrop.open` takes the POP3 lock, then lists ``new/`` and
+``cur/`` once; the session sees that list and nothing else until it ends, so message
+numbers keep their meaning while mail keeps arriving (a message delivered during the
+session shows up in the next one). ``new/`` is listed before ``cur/``: an IMAP client
+moving a file from one to the other between the two listings makes us see it twice
+(and keep one copy), never zero times. Names starting with "." are not messages
+(Maildir convention). Messages are ordered by arrival: the time stamp at the start of
+the name (``<secs>.M<usecs>...``; for a name without one, the file's mtime), then the
+base name.
+
+Base names and UIDL (RFC 1939 §7). A Maildir file name is ``<base>[:<info>]``; flag
+changes by IMAP clients and mutt rename ``new/X`` to ``cur/X:2,S`` and back and forth,
+but never touch the base, which is unique in the Maildir by its naming rules. So the base
+is the message's unique-id, stable across sessions and restarts; and a message whose
+file moved is found again by its base across ``new/`` and ``cur/``. RFC 1939 allows 1 to
+70 characters in 0x21..0x7E: a base that does not fit (a long host name, or a foreign
+tool's name with spaces or non-ASCII) gets ``H`` followed by 40 hex digits of the SHA-256
+of its octets, equally stable and, at 160 bits, as unique.
+
+Sizes (RFC 1939 §5): octets as sent, CRLF line ends. Files are stored with LF line ends
+(``sansmail.storage.maildir`` writes them so, as Postfix and Dovecot do), so the size comes from
+the name's ``,W=`` field (the CRLF size, written by us and by Dovecot) when it is there;
+otherwise the file is read once, at open, and measured with the very conversion that
+sends it. A file that already has CRLF line ends is sent unchanged, and a bare CR counts
+as a line end: the POP3 core refuses any CR or LF outside a CRLF, so the conversion makes
+every line end a CRLF (`crlf_chunks`).
+
+Reading (RETR, TOP). `reader` opens the file and returns a `MessageReader` that yields
+the message in chunks, already converted, so a 25 MiB message never sits whole in
+memory; the POP3 core does the byte-stuffing. TOP stops reading at the requested body
+line. Reading never changes the file or moves it: POP3 has no \\Seen flag, and a rename
+per RETR would be disk work and a race with IMAP sessions for nothing POP3 needs. (This
+is Dovecot with ``pop3_no_flag_updates = yes``; Dovecot's default instead marks what
+RETR sent \\Seen, moving it from ``new/`` to ``cur/``.)
+
+Deleting (RFC 1939 §6). `expunge` runs only for QUIT in the TRANSACTION state: it unlinks
+each marked file, found again by its base if it moved, then fsyncs the directories it
+removed names from, and returns what happened. A message already removed by another
+client counts as removed (it is gone, which is what the user asked for); only a file that
+exists and cannot be unlinked is a failure, which the session reports with -ERR. A
+dropped connection never calls it, so nothing is deleted.
+
+Locking (one POP3 session per maildrop, RFC 1939 §4: "an exclusive-access lock"). The lock is
+``flock(LOCK_EX | LOCK_NB)`` on ``sansmail-pop3.lock`` in the Maildir. flock locks belong
+to the open file, so a second session in the same process is refused like one in another
+process (``processes = N``), and the kernel drops the lock when the holder dies: a crash
+never leaves a stale lock, which an ``O_EXCL`` file plus pid would (pids are reused, and
+the check is racy). The lock file itself stays; it is empty and Maildir readers ignore
+it. Deliveries and IMAP sessions never take it: they are not blocked.
+
+Everything here blocks (file I/O): the adapter calls it from worker threads, one thread at
+a time per `Maildrop`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+import attrs
+
+from sansmail.storage.durable import fsync_dir
+from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size
+
+__all__ = [
+    "LOCK_NAME",
+    "Expunged",
+    "Maildrop",
+    "MaildropInUseError",
+    "MessageGoneError",
+    "MessageInfo",
+    "MessageReader",
+    "crlf_chunks",
+    "unique_id",
+]
+
+#: The lock file in the Maildir's root.
+LOCK_NAME: Final = "sansmail-pop3.lock"
+#: Octets read from a message file at a time.
+READ_SIZE: Final = 128 * 1024
+
+_SUBDIRS: Final = ("new", "cur")
+_DIR_MODE: Final = 0o700
+_FILE_MODE: Final = 0o600
+# RFC 1939 §7: "unique-id ... consists of one to 70 characters in the range 0x21 to 0x7E".
+_UIDL_OK: Final = re.compile(r"[!-~]{1,70}")
+_ARRIVAL: Final = re.compile(r"([0-9]{1,12})\.(?:M([0-9]{1,9}))?")
+_WIRE_SIZE: Final = re.compile(r",W=([0-9]{1,15})(?:,|$)")
+# How often a message that keeps moving is looked for again before giving up.
+_RELOCATE_ATTEMPTS: Final = 3
+
+
+class MaildropInUseError(Exception):
+    """Another POP3 session holds this maildrop (RFC 2449 §8.1.2: [IN-USE])."""
+
+
+class MessageGoneError(Exception):
+    """The message's file is in neither ``new/`` nor ``cur/`` any more."""
+
+
+@attrs.frozen(kw_only=True)
+class MessageInfo:
+    """One message of the snapshot."""
+
+    #: The file name, without its info part: stable across flag changes.
+    base: str
+    #: The unique-id listing's id (RFC 1939 §7): `base`, or its hash when it does not fit.
+    uid: str
+    #: Octets as sent, CRLF line ends (RFC 1939 §5).
+    size: int
+    #: Where the file was at the snapshot: "new" or "cur", and its full name there.
+    folder: str
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class Expunged:
+    """What `Maildrop.expunge` did."""
+
+    #: Files unlinked by us.
+    removed: int = 0
+    #: Marked messages another client had already removed.
+    gone: int = 0
+    #: Base names of messages whose file exists but could not be unlinked.
+    failed: tuple[str, ...] = ()
+
+
+def unique_id(base: str) -> str:
+    """The UIDL of a message whose base name is `base` (see the module docstring)."""
+    if _UIDL_OK.fullmatch(base):
+        return base
+    raw = os.fsencode(base)
+    return "H" + hashlib.sha256(raw).hexdigest()[:40]
+
+
+def _wire_size(path: str) -> int:
+    """The size of a file as sent: what `crlf_chunks` makes of it."""
+    return crlf_size(path)
+
+
+def _base_of(name: str) -> str:
+    # Maildir: "unique:info"; the unique part never holds a ":" (writers escape it).
+    return name.partition(":")[0]
+
+
+class Maildrop:
+    """One POP3 session's view of a Maildir INBOX; see the module docstring.
+
+    Use `Maildrop.open`; `close` (or the ``with`` block) releases the lock.
+    """
+
+    def __init__(self, root: str, lock_fd: int, messages: tuple[MessageInfo, ...]) -> None:
+        self.root = root
+        self._lock_fd = lock_fd
+        #: The snapshot, in arrival order: message number n is ``messages[n - 1]``.
+        self.messages = messages
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> Maildrop:
+        """Lock the Maildir at `root` and take the snapshot. The Maildir is created
+        when it does not exist yet (a user who never got mail). Raises `MaildropInUseError`
+        when another session holds it, OSError when the disk says no."""
+        path = os.fspath(root)
+        for sub in ("", "tmp", *_SUBDIRS):
+            os.makedirs(os.path.join(path, sub), _DIR_MODE, exist_ok=True)
+        fd = os.open(
+            os.path.join(path, LOCK_NAME),
+            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+            _FILE_MODE,
+        )
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MaildropInUseError(f"{path} is in use by another POP3 session") from None
+            messages = _snapshot(path)
+        except BaseException:
+            os.close(fd)  # closing drops the lock too
+            raise
+        return cls(path, fd, messages)
+
+    @property
+    def closed(self) -> bool:
+        return self._lock_fd < 0
+
+    def close(self) -> None:
+        """Release the lock. Idempotent."""
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> Maildrop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def reader(
+        self, message: MessageInfo, *, lines: int | None = None, read_size: int = READ_SIZE
+    ) -> MessageReader:
+        """Open `message` for sending: the whole message, or with `lines` the header,
+        the blank line and that many body lines (RFC 1939 §7, TOP). Raises
+        `MessageGoneError` when another client removed it meanwhile."""
+        for _attempt in range(_RELOCATE_ATTEMPTS):
+            path = self._find(message)
+            if path is None:
+                break
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            except FileNotFoundError:
+                continue  # renamed between the listing and the open: look again
+            return MessageReader(fd, lines=lines, read_size=read_size)
+        raise MessageGoneError(f"message {message.base} is no longer in {self.root}")
+
+    def expunge(self, messages: Iterable[MessageInfo]) -> Expunged:
+        """Remove `messages` for good, then make the removals durable (RFC 1939 §6)."""
+        removed = gone = 0
+        failed: list[str] = []
+        touched: set[str] = set()
+        for message in messages:
+            outcome = self._unlink(message)
+            if outcome is None:
+                gone += 1
+            elif isinstance(outcome, OSError):
+                failed.append(message.base)
+            else:
+                removed += 1
+                touched.add(outcome)
+        for folder in sorted(touched):
+            fsync_dir(os.path.join(self.root, folder))
+        return Expunged(removed=removed, gone=gone, failed=tuple(failed))
+
+    # -- finding a message that may have moved ---------------------------------------------
+
+    def _find(self, message: MessageInfo) -> str | None:
+        """The path of `message` now: where the snapshot saw it, or wherever its base
+        name is in ``new/`` or ``cur/``; None when it is in neither."""
+        path = os.path.join(self.root, message.folder, message.name)
+        if os.path.lexists(path):
+            return path
+        for folder in _SUBDIRS:
+            directory = os.path.join(self.root, folder)
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if _base_of(name) == message.base and not name.startswith("."):
+                    return os.path.join(directory, name)
+        return None
+
+    def _unlink(self, message: MessageInfo) -> str | OSError | None:
+        # The folder a name was removed from, None when the message was already gone,
+        # or the error that kept it there.
+        for _attempt in range(_RELOCATE_ATTEMPTS):
+            path = self._find(message)
+            if path is None:
+                return None
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue  # moved after we found it: find it again
+            except OSError as exc:
+                return exc
+            return os.path.basename(os.path.dirname(path))
+        return OSError(errno.EAGAIN, f"{message.base} keeps moving")
+
+
+class MessageReader:
+    """One message being read for RETR or TOP, in wire form, chunk by chunk."""
+
+    def __init__(self, fd: int, *, lines: int | None, read_size: int) -> None:
+        self._fd = fd
+        self._read_size = read_size
+        self._chunks = crlf_chunks(self._raw())
+        self._top = _TopFilter(lines) if lines is not None else None
+        self._done = False
+
+    def _raw(self) -> Iterator[bytes]:
+        while data := os.read(self._fd, self._read_size):
+            yield data
+
+    def read(self) -> bytes:
+        """The next chunk (CRLF line ends, not byte-stuffed); b"" at the end."""
+        while not self._done:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                self._done = True
+                break
+            if self._top is not None:
+                chunk = self._top.feed(chunk)
+                if self._top.done:
+                    self._done = True
+            if chunk:
+                return chunk
+        self.close()
+        return b""
+
+    def read_up_to(self, limit: int) -> bytes:
+        """Chunks joined until `limit` octets or the end (then `done` is true): a small
+        message comes whole from one call, which for a server that reads in a worker
+        thread is one thread hop per message instead of one per chunk plus one to learn
+        that there is no more."""
+        parts: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := self.read()):
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
+
+    @property
+    def done(self) -> bool:
+        """Everything has been returned (and the file is closed)."""
+        return self._done
+
+    def close(self) -> None:
+        """Close the file. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> MessageReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _TopFilter:
+    """TOP's cut (RFC 1939 §7): everything up to the first empty line, that line, then
+    `lines` lines, from CRLF-only chunks.
+
+    The header's end is the first CRLF CRLF, found like `DotStuffer` finds dots: over the
+    last three octets already seen plus the new chunk, starting as if after a CRLF so
+    that a message beginning with an empty line has an empty header."""
+
+    __slots__ = ("_lines", "_remaining", "_tail", "done")
+
+    def __init__(self, lines: int) -> None:
+        self._lines = lines
+        self._remaining: int | None = None  # body lines still to send; None: in header
+        self._tail = b"\r\n"
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.done:
+            return b""
+        start = 0
+        if self._remaining is None:
+            window = self._tail + chunk
+            end = window.find(b"\r\n\r\n")
+            if end < 0:
+                self._tail = window[-3:]
+                return chunk
+            start = end + 4 - len(self._tail)
+            self._remaining = self._lines
+        remaining = self._remaining
+        if remaining == 0:
+            self.done = True
+            return chunk[:start]
+        if chunk.count(b"\n", start) < remaining:
+            self._remaining = remaining - chunk.count(b"\n", start)
+            return chunk
+        position = start
+        for _ in range(remaining):
+            position = chunk.index(b"\n", position) + 1
+        self.done = True
+        return chunk[:position]
+
+
+# -- the snapshot --------------------------------------------------------------------------
+
+
+def _snapshot(root: str) -> tuple[MessageInfo, ...]:
+    seen: dict[str, tuple[tuple[int, int, str], MessageInfo]] = {}
+    for folder in _SUBDIRS:  # new/ first: see the module docstring
+        directory = os.path.join(root, folder)
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                base = _base_of(name)
+                if not base or base in seen:
+                    continue
+                try:
+                    info = _describe(directory, folder, name, base)
+                except FileNotFoundError:
+                    continue  # moved or removed since the listing; the other folder may show it
+                seen[base] = info
+    return tuple(info for _key, info in sorted(seen.values(), key=lambda item: item[0]))
+
+
+def _describe(
+    directory: str, folder: str, name: str, base: str
+) -> tuple[tuple[int, int, str], MessageInfo]:
+    path = os.path.join(directory, name)
+    arrival = _ARRIVAL.match(base)
+    if arrival is not None:
+        key = (int(arrival[1]), int(arrival[2] or 0), base)
+    else:
+        stat = os.stat(path, follow_symlinks=False)
+        key = (int(stat.st_mtime), stat.st_mtime_ns // 1000 % 1_000_000, base)
+    wire = _WIRE_SIZE.search(base)
+    size = int(wire[1]) if wire is not None else _wire_size(path)
+    message = MessageInfo(base=base, uid=unique_id(base), size=size, folder=folder, name=name)
+    return key, message

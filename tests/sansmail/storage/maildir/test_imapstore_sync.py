@@ -1,0 +1,328 @@
+"""Sync with the Maildir: what other writers do (delivery, POP3 deletes, mutt's flag
+renames, Dovecot's keywords) reaches every view as EXISTS, EXPUNGE and FETCH FLAGS."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+from imapstore_helpers import ALICE, HOST, account, deliver, files, letters, message, root
+
+import sansmail.storage.maildir._imapindex as index_module
+from sansmail.storage.maildir._imapaccount import MaildirImapStore
+from sansmail.storage.maildir._imapbase import FlagMode, FolderGoneError, SyncChanges
+from sansmail.storage.maildir._imapindex import FolderIndex
+from sansmail.storage.maildir._mailbox import Maildrop
+
+
+def test_delivery_after_select(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    view = acc.select("INBOX")
+    assert view.sync() == SyncChanges(exists=0)
+    assert not view.sync()
+    name = deliver(tmp_path, message(1))
+    changes = view.sync()
+    assert changes.exists == 1
+    assert [m.uid for m in changes.added] == [1]
+    assert changes.recent == 1
+    assert changes.expunged == ()
+    assert view.recent == {1}
+    assert view.uidnext == 2
+    # a read-write session moves it to cur/, as Dovecot does
+    assert files(root(tmp_path)) == {name: f"cur/{name}:2,"}
+    assert view.read(1) == message(1)
+    assert view.messages[0].size == len(message(1))
+
+
+def test_read_only_view_neither_moves_nor_claims(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    name = deliver(tmp_path, message(1))
+    view = acc.select("INBOX", readonly=True)
+    assert [m.uid for m in view.messages] == [1]
+    assert view.recent == frozenset()
+    assert files(root(tmp_path)) == {name: f"new/{name}"}
+    other = account(tmp_path).select("INBOX")
+    assert other.recent == {1}
+    assert files(root(tmp_path)) == {name: f"cur/{name}:2,"}
+
+
+def test_recent_goes_to_exactly_one_session(tmp_path: pathlib.Path) -> None:
+    first = account(tmp_path).select("INBOX")
+    second = account(tmp_path).select("INBOX")
+    deliver(tmp_path, message(1))
+    deliver(tmp_path, message(2))
+    a = first.sync()
+    b = second.sync()
+    assert a.recent == 2
+    assert b.recent is None
+    assert second.recent == frozenset()
+    assert [m.uid for m in b.added] == [1, 2]
+    deliver(tmp_path, message(3))
+    assert second.sync().recent == 1
+    assert first.sync().recent is None
+    assert first.recent == {1, 2}
+    assert second.recent == {3}
+
+
+def test_pop3_style_delete_is_an_expunge(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    names = [deliver(tmp_path, message(n)) for n in range(1, 6)]
+    view = acc.select("INBOX")
+    top = root(tmp_path)
+    for base in (names[1], names[3], names[4]):
+        os.unlink(top / files(top)[base])
+    changes = view.sync()
+    # highest first, so every number is valid when sent
+    assert changes.expunged == (5, 4, 2)
+    assert changes.expunged_uids == (2, 4, 5)
+    assert changes.exists == 2
+    assert [m.uid for m in view.messages] == [1, 3]
+    assert view.read(2) is None
+
+
+def test_flag_rename_by_another_tool(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    name = deliver(tmp_path, message(1))
+    deliver(tmp_path, message(2))
+    view = acc.select("INBOX")
+    cur = root(tmp_path) / "cur"
+    # mutt marks it read and flagged; it also knows P (passed), which we keep
+    os.rename(cur / f"{name}:2,", cur / f"{name}:2,FPS")
+    changes = view.sync()
+    assert changes.flags == ((1, 1, frozenset({"\\Flagged", "\\Seen"})),)
+    assert changes.added == ()
+    assert view.messages[0].flags == {"\\Flagged", "\\Seen"}
+    view.store_flags([1], ["\\Answered"], FlagMode.ADD)
+    assert letters(root(tmp_path))[name] == "FPRS"
+    assert not view.sync().flags  # our own change was already reported
+
+
+def test_move_to_cur_by_another_tool_is_not_an_expunge(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    view = acc.select("INBOX", readonly=True)
+    name = deliver(tmp_path, message(1))
+    assert view.sync().exists == 1
+    top = root(tmp_path)
+    os.rename(top / "new" / name, top / "cur" / f"{name}:2,S")
+    changes = view.sync()
+    assert changes.expunged == ()
+    assert changes.flags == ((1, 1, frozenset({"\\Seen"})),)
+
+
+def test_keywords_from_dovecot(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    name = deliver(tmp_path, message(1))
+    view = acc.select("INBOX")
+    top = root(tmp_path)
+    (top / "dovecot-keywords").write_text("0 $Forwarded\n1 $Label1\n")
+    os.rename(top / "cur" / f"{name}:2,", top / "cur" / f"{name}:2,Sab")
+    changes = view.sync()
+    assert changes.keywords == ("$Forwarded", "$Label1")
+    assert changes.flags == ((1, 1, frozenset({"\\Seen", "$Forwarded", "$Label1"})),)
+    # a keyword we add takes the next free letter; case matches the existing spelling
+    view.store_flags([1], ["$label1", "$Junk"], FlagMode.ADD)
+    assert (top / "dovecot-keywords").read_text() == "0 $Forwarded\n1 $Label1\n2 $Junk\n"
+    assert letters(top)[name] == "Sabc"
+    assert view.messages[0].flags == {"\\Seen", "$Forwarded", "$Label1", "$Junk"}
+    assert view.sync().keywords == ("$Forwarded", "$Label1", "$Junk")
+
+
+def test_unknown_keyword_letter_is_kept(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    name = deliver(tmp_path, message(1))
+    view = acc.select("INBOX")
+    top = root(tmp_path)
+    os.rename(top / "cur" / f"{name}:2,", top / "cur" / f"{name}:2,z")
+    assert not view.sync().flags
+    view.store_flags([1], ["\\Seen"], FlagMode.REPLACE)
+    assert letters(top)[name] == "Sz"
+
+
+def test_arrival_order(tmp_path: pathlib.Path) -> None:
+    top = root(tmp_path)
+    account(tmp_path).close()
+    new = top / "new"
+    # time stamps in the names decide, then the names; a name without one uses its mtime
+    for name in ("1700000002.M5P1.h", "1700000001.M900P1.h", "1700000001.M10P2.h"):
+        (new / name).write_bytes(b"Subject: " + name.encode() + b"\n\nx\n")
+    (new / "1700000001.M10P1.h").write_bytes(b"Subject: tie\n\nx\n")
+    foreign = new / "foreign-tool-file"
+    foreign.write_bytes(b"Subject: foreign\n\nx\n")
+    os.utime(foreign, (1_700_000_001.5, 1_700_000_001.5))
+    (new / ".hidden").write_bytes(b"not a message\n")
+    view = account(tmp_path).select("INBOX")
+    subjects = [view.read(m.uid).split(b"\r\n")[0] for m in view.messages]  # type: ignore[union-attr]
+    assert subjects == [
+        b"Subject: tie",
+        b"Subject: 1700000001.M10P2.h",
+        b"Subject: 1700000001.M900P1.h",
+        b"Subject: foreign",
+        b"Subject: 1700000002.M5P1.h",
+    ]
+    assert [m.uid for m in view.messages] == [1, 2, 3, 4, 5]
+
+
+def test_size_without_w_field_is_measured(tmp_path: pathlib.Path) -> None:
+    top = root(tmp_path)
+    account(tmp_path).close()
+    (top / "new" / "1700000000.M1P1.h").write_bytes(b"A: b\n\nline\rbare cr\r\nmixed\n")
+    view = account(tmp_path).select("INBOX")
+    content = view.read(1)
+    assert content == b"A: b\r\n\r\nline\r\nbare cr\r\nmixed\r\n"
+    assert view.messages[0].size == len(content)
+    assert view.messages[0].internaldate.timestamp() == int(
+        os.stat(top / "cur" / "1700000000.M1P1.h:2,").st_mtime
+    )
+
+
+def test_new_folder_made_by_mkdir_and_filled_by_hand(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    folder = root(tmp_path) / ".Imported"
+    for sub in ("tmp", "new", "cur"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "cur" / "1700000000.M1P1.h:2,RS").write_bytes(b"Subject: old\n\nx\n")
+    view = acc.select("Imported")
+    assert [(m.uid, m.flags) for m in view.messages] == [(1, {"\\Answered", "\\Seen"})]
+
+
+def test_two_views_see_each_others_changes(tmp_path: pathlib.Path) -> None:
+    for n in range(1, 5):
+        deliver(tmp_path, message(n))
+    a = account(tmp_path).select("INBOX")
+    b = account(tmp_path).select("INBOX")
+    a.store_flags([2, 3], ["\\Deleted"], FlagMode.ADD)
+    assert a.expunge() == [2, 3]
+    a.store_flags([4], ["\\Seen"], FlagMode.ADD)
+    appended = a.append(message(5), ["\\Draft"])
+    changes = b.sync()
+    assert changes.expunged == (3, 2)
+    assert changes.flags == ((2, 4, frozenset({"\\Seen"})),)
+    assert [m.uid for m in changes.added] == [appended.uid]
+    assert changes.added[0].flags == {"\\Draft"}
+    assert [m.uid for m in b.messages] == [1, 4, 5]
+    # the expunging view hears of its own expunge at its next sync too
+    own = a.sync()
+    assert own.expunged == (3, 2)
+    assert own.flags == ()
+    assert [m.uid for m in a.messages] == [1, 4, 5]
+
+
+def test_no_change_resync_does_not_list(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock far ahead makes every listing old enough to trust the directory mtimes.
+    clock = [4 * 10**18]
+    store = MaildirImapStore(tmp_path, hostname=HOST, clock=lambda: clock[0])
+    for n in range(3):
+        deliver(tmp_path, message(n))
+    view = store.account(ALICE).select("INBOX")
+    view.sync()  # lists once more: the move to cur/ changed cur/'s mtime
+    scans = []
+    real = FolderIndex.scan
+    monkeypatch.setattr(FolderIndex, "scan", lambda self: scans.append(1) or real(self))
+    assert not view.sync()
+    assert not view.sync()
+    assert scans == []
+    deliver(tmp_path, message(9))
+    assert view.sync().exists == 4
+    assert scans
+
+
+def test_recent_listing_is_not_trusted(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A clock that says the listing happened in the same instant as the last change: a
+    # change within the same mtime tick could hide, so the next sync lists again.
+    store = MaildirImapStore(tmp_path, hostname=HOST, clock=lambda: 0)
+    deliver(tmp_path, message(1))
+    view = store.account(ALICE).select("INBOX")
+    scans = []
+    real = FolderIndex.scan
+    monkeypatch.setattr(FolderIndex, "scan", lambda self: scans.append(1) or real(self))
+    view.sync()
+    view.sync()
+    assert len(scans) == 2
+
+
+def test_a_listing_that_misses_a_renamed_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # readdir may miss an entry renamed while the directory is read; one listing alone
+    # must not expunge it.
+    for n in range(3):
+        deliver(tmp_path, message(n))
+    view = account(tmp_path).select("INBOX")
+    top = root(tmp_path)
+    victim = sorted(files(top))[1]
+    real = FolderIndex.scan
+    calls = []
+
+    def flaky(self: FolderIndex) -> dict[str, str]:
+        calls.append(1)
+        seen = real(self)
+        if len(calls) == 1:
+            seen.pop(victim)
+        return seen
+
+    monkeypatch.setattr(FolderIndex, "scan", flaky)
+    os.rename(top / files(top)[victim], top / f"{files(top)[victim]}S")
+    changes = view.sync()
+    assert changes.expunged == ()
+    assert changes.flags == ((2, 2, frozenset({"\\Seen"})),)
+    assert len(calls) == 2
+
+
+def test_sync_survives_many_tombstones(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the tombstone bound a lagging view compares whole UID lists.
+    monkeypatch.setattr(index_module, "_TOMBSTONES_MAX", 3)
+    monkeypatch.setattr(index_module, "_TOMBSTONES_KEEP", 1)
+    acc = account(tmp_path)
+    for n in range(8):
+        acc.append("INBOX", message(n))
+    lagging = account(tmp_path).select("INBOX")
+    busy = acc.select("INBOX")
+    for uid in range(1, 7):
+        busy.store_flags([uid], ["\\Deleted"], FlagMode.ADD)
+        busy.expunge([uid])
+    changes = lagging.sync()
+    assert changes.expunged == (6, 5, 4, 3, 2, 1)
+    assert [m.uid for m in lagging.messages] == [7, 8]
+
+
+def test_deleted_folder_under_a_view(tmp_path: pathlib.Path) -> None:
+    acc = account(tmp_path)
+    acc.append("Trash", message(1))
+    view = account(tmp_path).select("Trash")
+    acc.delete("Trash")
+    assert view.sync().uidvalidity_changed
+    with pytest.raises(FolderGoneError):
+        view.read(1)
+
+
+def test_pop3_and_imap_on_one_inbox(tmp_path: pathlib.Path) -> None:
+    # The POP3 side (sansmail.storage.maildir._mailbox) and this store share INBOX: same sizes,
+    # same content; a POP3 delete is an expunge here, an IMAP rename does not lose the
+    # message for POP3.
+    deliver(tmp_path, message(1))
+    deliver(tmp_path, message(2, b"bare\rcr and lf\nend\r\n"))
+    (root(tmp_path) / "new" / "1700000000.M1P1.foreign").write_bytes(b"A: b\n\nno W= here\n")
+    view = account(tmp_path).select("INBOX")  # moves all to cur/
+    view.store_flags([1], ["\\Seen"], FlagMode.ADD)
+    with Maildrop.open(root(tmp_path)) as drop:
+        assert len(drop.messages) == 3
+        pop3 = {}
+        for info in drop.messages:
+            with drop.reader(info) as reader:
+                pop3[reader.read()] = info
+        imap = {view.read(m.uid): m.size for m in view.messages}
+        assert {content: info.size for content, info in pop3.items()} == imap
+        assert drop.expunge([pop3[message(1)]]).removed == 1
+    changes = view.sync()
+    assert changes.expunged == (2,)  # the foreign file's older time stamp made it UID 1
+    assert [view.read(m.uid) for m in view.messages] == [
+        b"A: b\r\n\r\nno W= here\r\n",
+        message(2, b"bare\r\ncr and lf\r\nend\r\n"),
+    ]

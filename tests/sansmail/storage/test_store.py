@@ -1,0 +1,396 @@
+"""MaildirStore: layout, content, names, durability order, concurrency."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import pathlib
+import re
+import shutil
+import stat
+import tempfile
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sansmail.storage.maildir
+from sansmail.mail.address import MailboxId
+from sansmail.storage.maildir import MaildirStore, _maildir
+
+ALICE = MailboxId(domain="example.test", local="alice")
+BOB = MailboxId(domain="example.test", local="bob")
+CAROL = MailboxId(domain="other.test", local="carol")
+PREFIX = b"Return-Path: <s@example.net>\r\nReceived: from x\r\n\tby y; date\r\n"
+PREFIX_LF = PREFIX.replace(b"\r\n", b"\n")
+NAME = re.compile(
+    r"^(?P<secs>\d+)\.M(?P<usecs>\d+)P(?P<pid>\d+)Q(?P<q>\d+)\.(?P<host>[^,]+)"
+    r",S=(?P<size>\d+),W=(?P<vsize>\d+)$"
+)
+
+
+def deliver(store: MaildirStore, boxes: list[MailboxId], *chunks: bytes) -> list[str]:
+    delivery = store.begin(boxes, prefix=PREFIX)
+    for chunk in chunks:
+        delivery.write(chunk)
+    return delivery.commit()
+
+
+def test_public_surface() -> None:
+    assert sorted(sansmail.storage.maildir.__all__) == sorted(
+        [
+            "Delivery",
+            "MailStore",
+            "MaildirStore",
+            *("Maildrop", "MaildropInUseError", "MessageGoneError", "MessageInfo"),
+            *("MessageReader", "Expunged"),
+            *sansmail.storage.maildir._imapbase.__all__,
+            *("DEFAULT_SPECIAL_USE", "MaildirAccount", "MaildirFolderView", "MaildirImapStore"),
+            *("decode_mutf7", "encode_mutf7", "folder_dir"),
+        ]
+    )
+
+
+def test_one_mailbox(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="mx.example.test")
+    names = deliver(store, [ALICE], b"Subject: hi\r\n\r\nline 1\r\nline 2\r\n")
+    root = tmp_path / "mail" / "example.test" / "alice"
+    assert store.maildir(ALICE) == root
+    (name,) = names
+    content = (root / "new" / name).read_bytes()
+    assert content == PREFIX_LF + b"Subject: hi\n\nline 1\nline 2\n"
+    assert os.listdir(root / "tmp") == []
+    assert os.listdir(root / "cur") == []
+    match = NAME.match(name)
+    assert match is not None
+    assert match["host"] == "mx.example.test"
+    assert int(match["pid"]) == os.getpid()
+    assert int(match["size"]) == len(content)
+    assert int(match["vsize"]) == len(content) + content.count(b"\n")
+
+
+def test_modes(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    (name,) = deliver(store, [ALICE], b"x\r\n")
+    root = store.maildir(ALICE)
+    for path in (root, root / "tmp", root / "new", root / "cur", root.parent, root.parent.parent):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE((root / "new" / name).stat().st_mode) == 0o600
+
+
+def test_several_mailboxes_share_one_inode(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    names = deliver(store, [ALICE, BOB, CAROL, BOB], b"hello\r\n")
+    assert len(names) == 4
+    assert len(set(names)) == 1
+    files = [store.maildir(box) / "new" / names[0] for box in (ALICE, BOB, CAROL)]
+    inodes = {f.stat().st_ino for f in files}
+    assert len(inodes) == 1
+    assert files[0].stat().st_nlink == 3
+    assert all(f.read_bytes() == PREFIX_LF + b"hello\n" for f in files)
+    for box in (ALICE, BOB, CAROL):
+        assert os.listdir(store.maildir(box) / "tmp") == []
+
+
+def test_link_failure_falls_back_to_a_durable_copy(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE, BOB], b"warm up\r\n")
+    calls: list[tuple[str, str]] = []
+    fds: dict[int, str] = {}
+    real_open, real_fsync, real_rename = os.open, os.fsync, os.rename
+
+    def no_link(src: str, dst: str) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    def rec_open(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        fds[fd] = str(path)
+        return fd
+
+    def rec_fsync(fd: int) -> None:
+        calls.append(("fsync", fds[fd]))
+        real_fsync(fd)
+
+    def rec_rename(src: str, dst: str) -> None:
+        calls.append(("rename", str(src)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr(os, "open", rec_open)
+    monkeypatch.setattr(os, "fsync", rec_fsync)
+    monkeypatch.setattr(os, "rename", rec_rename)
+    (name, _) = deliver(store, [ALICE, BOB], b"copied\r\n")
+    a, b = (store.maildir(box) / "new" / name for box in (ALICE, BOB))
+    assert a.read_bytes() == b.read_bytes() == PREFIX_LF + b"copied\n"
+    assert a.stat().st_ino != b.stat().st_ino
+    assert stat.S_IMODE(b.stat().st_mode) == 0o600
+    copy_tmp = str(store.maildir(BOB) / "tmp" / name)
+    assert calls.index(("fsync", copy_tmp)) < calls.index(("rename", copy_tmp))
+    assert calls.index(("rename", copy_tmp)) < calls.index(("fsync", str(b.parent)))
+    assert os.listdir(store.maildir(BOB) / "tmp") == []
+
+
+def test_durability_order(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE, BOB], b"warm up: the directories exist\r\n")
+    calls: list[tuple[str, str]] = []
+    fds: dict[int, str] = {}
+    real_open, real_fsync = os.open, os.fsync
+    real_rename, real_link = os.rename, os.link
+
+    def rec_open(path: str, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)
+        fds[fd] = str(path)
+        calls.append(("open", str(path)))
+        return fd
+
+    def rec_fsync(fd: int) -> None:
+        calls.append(("fsync", fds[fd]))
+        real_fsync(fd)
+
+    def rec_rename(src: str, dst: str) -> None:
+        calls.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    def rec_link(src: str, dst: str) -> None:
+        calls.append(("link", str(dst)))
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "open", rec_open)
+    monkeypatch.setattr(os, "fsync", rec_fsync)
+    monkeypatch.setattr(os, "rename", rec_rename)
+    monkeypatch.setattr(os, "link", rec_link)
+    delivery = store.begin([ALICE, BOB], prefix=PREFIX)
+    delivery.write(b"body\r\n")
+    assert calls == []  # begin and write never touch the disk
+    (name, _) = delivery.commit()
+    calls.append(("returned", ""))
+    new_a = str(store.maildir(ALICE) / "new")
+    new_b = str(store.maildir(BOB) / "new")
+    tmp = str(store.maildir(ALICE) / "tmp" / name.partition(",")[0])
+    assert calls == [
+        ("open", tmp),
+        ("fsync", tmp),
+        ("link", f"{new_b}/{name}"),
+        ("rename", f"{new_a}/{name}"),
+        ("open", new_a),
+        ("fsync", new_a),
+        ("open", new_b),
+        ("fsync", new_b),
+        ("returned", ""),
+    ]
+
+
+def test_first_delivery_makes_parent_directories_durable(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    synced: list[str] = []
+    real_fsync_dir = _maildir._fsync_dir
+
+    def rec(path: str) -> None:
+        synced.append(path)
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(_maildir, "_fsync_dir", rec)
+    deliver(store, [ALICE], b"x\r\n")
+    root = str(store.maildir(ALICE))
+    domain = os.path.dirname(root)
+    mail = os.path.dirname(domain)
+    assert synced == [str(tmp_path), mail, domain, root, root + "/new"]
+    synced.clear()
+    deliver(store, [ALICE], b"y\r\n")
+    assert synced == [root + "/new"]  # known directories are not made or synced again
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    content=st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"\r\n") + b"\r\n"),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+    flush_after=st.sets(st.integers(min_value=0, max_value=8)),
+)
+def test_crlf_to_lf_across_any_chunking(
+    content: bytes, cuts: list[int], flush_after: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = MaildirStore(pathlib.Path(tmp), hostname="h")
+        delivery = store.begin([ALICE], prefix=PREFIX)
+        bounds = [0, *sorted(c for c in cuts if c <= len(content)), len(content)]
+        expected = content.replace(b"\r\n", b"\n")
+        for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+            delivery.write(content[start:end])
+            if i in flush_after:
+                delivery.flush()
+                assert delivery.pending == 0
+        assert delivery.size == len(expected)
+        (name,) = delivery.commit()
+        stored = (store.maildir(ALICE) / "new" / name).read_bytes()
+        assert stored == PREFIX_LF + expected
+        match = NAME.match(name)
+        assert match is not None
+        assert int(match["size"]) == len(stored)
+
+
+def test_pending_counts_unflushed_octets(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    delivery = store.begin([ALICE], prefix=b"")
+    delivery.write(b"abc\r\n")
+    assert (delivery.pending, delivery.size) == (4, 4)
+    delivery.flush()
+    assert (delivery.pending, delivery.size) == (0, 4)
+    delivery.write(b"de\r")  # the CR waits to see whether an LF follows
+    assert delivery.size == 7
+    delivery.write(b"\nf\r\n")
+    assert delivery.size == 9
+    (name,) = delivery.commit()
+    assert (store.maildir(ALICE) / "new" / name).read_bytes() == b"abc\nde\nf\n"
+
+
+def test_abort_leaves_nothing(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    delivery = store.begin([ALICE, BOB], prefix=PREFIX)
+    delivery.write(b"x" * 1000)
+    delivery.flush()
+    assert len(os.listdir(store.maildir(ALICE) / "tmp")) == 1
+    delivery.abort()
+    delivery.abort()  # twice is harmless
+    for box in (ALICE, BOB):
+        root = store.maildir(box)
+        if root.exists():
+            assert os.listdir(root / "tmp") == []
+            assert os.listdir(root / "new") == []
+    with pytest.raises(RuntimeError):
+        delivery.write(b"more")
+
+
+def test_abort_before_any_io_touches_nothing(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    delivery = store.begin([ALICE], prefix=PREFIX)
+    delivery.write(b"x\r\n")
+    delivery.abort()
+    assert not (tmp_path / "mail").exists()
+
+
+def test_abort_after_commit_keeps_the_message(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    delivery = store.begin([ALICE], prefix=PREFIX)
+    delivery.write(b"x\r\n")
+    (name,) = delivery.commit()
+    delivery.abort()
+    assert (store.maildir(ALICE) / "new" / name).exists()
+    with pytest.raises(RuntimeError):
+        delivery.commit()
+
+
+def test_failed_commit_removes_what_it_made(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE, BOB], b"warm up\r\n")
+    before = {box: set(os.listdir(store.maildir(box) / "new")) for box in (ALICE, BOB)}
+    bob_new = str(store.maildir(BOB) / "new")
+    real = _maildir._fsync_dir
+
+    def failing(path: str) -> None:
+        if path == bob_new:
+            raise OSError(errno.EIO, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(_maildir, "_fsync_dir", failing)
+    delivery = store.begin([ALICE, BOB], prefix=PREFIX)
+    delivery.write(b"lost\r\n")
+    with pytest.raises(OSError, match="fsync"):
+        delivery.commit()
+    delivery.abort()
+    for box in (ALICE, BOB):
+        assert set(os.listdir(store.maildir(box) / "new")) == before[box]
+        assert os.listdir(store.maildir(box) / "tmp") == []
+
+
+def test_maildir_removed_under_the_store_is_made_again(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE], b"one\r\n")
+    shutil.rmtree(store.maildir(ALICE))
+    (name,) = deliver(store, [ALICE], b"two\r\n")
+    assert (store.maildir(ALICE) / "new" / name).read_bytes().endswith(b"two\n")
+    assert (store.maildir(ALICE) / "cur").is_dir()
+
+
+def test_names_are_unique_even_with_a_stopped_clock(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h", clock=lambda: 1_700_000_000_123_456_789)
+    names = [deliver(store, [ALICE], b"x\r\n")[0] for _ in range(5)]
+    assert len(set(names)) == 5
+    assert all(n.startswith("1700000000.M123456P") for n in names)
+    assert [NAME.match(n)["q"] for n in names] == ["1", "2", "3", "4", "5"]  # type: ignore[index]
+
+
+def test_hostname_is_escaped(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="a/b:c,d e")
+    (name,) = deliver(store, [ALICE], b"x\r\n")
+    assert ".a\\057b\\072c\\054d\\040e," in name
+    assert "/" not in name
+
+
+@pytest.mark.parametrize(
+    ("local", "dirname"),
+    [
+        ("..", "%2E."),
+        (".", "%2E"),
+        (".hidden", "%2Ehidden"),
+        ("a/b", "a%2Fb"),
+        ("../../etc", "%2E.%2F..%2Fetc"),
+        ("100%", "100%25"),
+        ("j.doe", "j.doe"),
+    ],
+)
+def test_mailbox_names_cannot_escape(tmp_path: pathlib.Path, local: str, dirname: str) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    box = MailboxId(domain="example.test", local=local)
+    assert store.maildir(box) == tmp_path / "mail" / "example.test" / dirname
+    deliver(store, [box], b"x\r\n")
+    assert sorted(os.listdir(tmp_path / "mail" / "example.test")) == [dirname]
+
+
+def test_mailbox_id_is_validated() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        MailboxId(domain="", local="a")
+    with pytest.raises(ValueError, match="NUL"):
+        MailboxId(domain="x", local="a\x00b")
+
+
+def test_begin_needs_a_mailbox(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="mailbox"):
+        MaildirStore(tmp_path, hostname="h").begin([], prefix=b"")
+
+
+def test_concurrent_commits(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    results: dict[tuple[int, int], list[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(15):
+                boxes = [ALICE] if i % 3 else [ALICE, BOB]
+                results[t, i] = deliver(store, boxes, f"thread {t} message {i}\r\n".encode())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    names = [names[0] for names in results.values()]
+    assert len(set(names)) == len(names) == 120
+    alice_new = store.maildir(ALICE) / "new"
+    assert len(os.listdir(alice_new)) == 120
+    assert len(os.listdir(store.maildir(BOB) / "new")) == 8 * 5
+    for (t, i), (name, *_) in results.items():
+        assert (alice_new / name).read_bytes() == PREFIX_LF + f"thread {t} message {i}\n".encode()
+    assert os.listdir(store.maildir(ALICE) / "tmp") == []
