@@ -14,8 +14,8 @@ recipient it reached a verdict for (recipients it did not get to stay as they we
   which leaves delay notices to us, RFC 3461 §4.1).
 * The message leaves the queue when no recipient is pending.
 
-Whether the sender may be told at all (never the null sender) is `sansmail.mail.bounce`'s
-`should_bounce`; the runner checks it before composing.
+The notifications themselves, and whom they go to (never the null sender), are
+`sansmail.mail.notices`'s.
 """
 
 from __future__ import annotations

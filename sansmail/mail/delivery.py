@@ -1,0 +1,501 @@
+"""One delivery attempt of one queued message, without the I/O: pure.
+
+The queue runner of any event loop reads a message, asks this module what to deliver
+where, does the lookups and connections it is told to, and hands back what happened;
+the verdicts (`sansmail.mail.attempt.Outcome`) and the log lines come from here.
+
+Theory of operation
+-------------------
+Loop check. A message with more than `HOP_LIMIT` Received header fields is in a
+forwarding loop (RFC 5321 §6.3: counting them "has proven to be an effective ... method
+of detecting loops"; Postfix ``hopcount_limit = 50``): every pending recipient bounces
+with 5.4.6 (RFC 3463 X.4.6, routing loop detected) and nothing is delivered.
+
+Destinations. Pending recipients are grouped by the domain of their address, lower
+case; each group goes in one SMTP transaction, the groups side by side. A domain in our
+own `domains` is delivered locally (the bounces we send to our own senders, through the
+aliases); every other one remotely.
+
+Remote delivery. `RemoteDelivery` walks the next hops of one domain and tells the
+runner, one `Step` at a time, what to do: `LookupMX`, `LookupAddresses`, `Connect`,
+and finally `Done` with one `Outcome` per recipient. The route is
+`sansmail.mail.routing.route_for`'s; the MX hosts are in `order_mx`'s order; each host,
+and each address of each host, is tried in turn until one gives a verdict on the
+recipients (an SMTP reply to MAIL, RCPT or the content). Failures that end the walk:
+
+=========================================  =======  ================================
+what                                       verdict  status (RFC 3463)
+=========================================  =======  ================================
+an address literal we cannot deliver to    bounce   5.1.2 bad destination system
+null MX (RFC 7505)                         bounce   5.1.10
+we are the best MX, yet not the domain     bounce   5.4.6 routing loop
+MX lookup: the name does not exist         bounce   5.1.2 bad destination system
+MX lookup: any other DNS failure           defer    4.4.3 directory server failure
+no address of any host gave a verdict      defer    4.4.1 no answer from host
+=========================================  =======  ================================
+
+An address lookup that fails for one host only moves on to the next host; its reason is
+kept as the last one, for the deferral.
+
+TLS, by ``[delivery] tls`` level (Postfix's smtp_tls_security_level):
+
+=======  ======================  =============================  =====================
+level    STARTTLS not offered    handshake fails                certificate
+=======  ======================  =============================  =====================
+none     plaintext               (no STARTTLS)                  (no STARTTLS)
+may      plaintext               same address again, plaintext  not checked (RFC 7435)
+encrypt  next address           next address                   not checked
+verify   next address           next address                   chain and MX host name
+=======  ======================  =============================  =====================
+
+"Next address" means no verdict from this one: when none is left, the deferral above.
+The first column is `sansmail.mail.outbound.OutboundSession`'s (it fails the session
+under encrypt and verify); the other two are `Connect.tls`, `Connect.verify_name` and
+`handshake_failed`.
+
+A conversation ends in a `Conversation`: a verdict, or none and why. A connection the
+runner reused from its cache that fails before any verdict says nothing about the
+destination (it may simply have been closed by the server while idle): it asks for a
+fresh connection (`Conversation.again`) instead of counting as a failed address.
+
+Log lines. `disposition` is the Postfix-shaped line for one recipient's verdict (one of
+sent, deferred, bounced; CONTRACT.md), with the relay, the TLS in use, the time in the
+queue and in this delivery, the DSN status and the reason. Remote text in it is
+escaped (`printable`) so that no reply can forge a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from typing import Final, Literal
+
+import attrs
+
+from sansmail.config import DeliveryConfig, OutboundTLS
+from sansmail.mail import outbound
+from sansmail.mail.attempt import Outcome
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.routing import MXRecord, RoutingError, order_mx, route_for
+from sansmail.smtp import Reply
+
+__all__ = [
+    "HOP_LIMIT",
+    "STORED",
+    "TIMED_OUT",
+    "Connect",
+    "Conversation",
+    "Destination",
+    "DomainResult",
+    "Done",
+    "LogLine",
+    "LookupAddresses",
+    "LookupMX",
+    "RemoteDelivery",
+    "Step",
+    "connect_failed",
+    "connection_closed",
+    "connection_lost",
+    "delivered",
+    "destinations",
+    "disposition",
+    "dns_failure",
+    "forwarding_loop",
+    "handshake_failed",
+    "outbound_message",
+    "printable",
+    "recipient_outcome",
+    "reply_text",
+    "session_failed",
+    "store_failed",
+    "unknown_recipient",
+]
+
+#: Received header fields past this mean a forwarding loop (Postfix: hopcount_limit).
+HOP_LIMIT: Final = 50
+_RECEIVED: Final = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
+
+
+@attrs.frozen
+class LogLine:
+    """One line for the mail log, as the runner should write it."""
+
+    text: str
+    level: Literal["info", "warning"] = "info"
+
+
+def printable(text: str) -> str:
+    """`text` with every unprintable character escaped as ``\\xNN``: remote text (a
+    reply, an address) cannot start a new log line or hide in one."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+# -- before any delivery ------------------------------------------------------------------
+
+
+def forwarding_loop(content: bytes, *, limit: int = HOP_LIMIT) -> Outcome | None:
+    """The bounce for every recipient when the header of `content` has more than `limit`
+    Received fields, else None."""
+    end = content.find(b"\r\n\r\n")
+    if len(_RECEIVED.findall(content, 0, len(content) if end < 0 else end)) <= limit:
+        return None
+    return Outcome(
+        status="bounced",
+        reason=f"mail forwarding loop: more than {limit} Received headers",
+        dsn="5.4.6",
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Destination:
+    """The recipients of one domain, delivered in one transaction."""
+
+    domain: str
+    recipients: tuple[QueuedRecipient, ...]
+    local: bool
+
+
+def destinations(
+    recipients: Iterable[QueuedRecipient], *, domains: Iterable[str]
+) -> list[Destination]:
+    """`recipients` grouped by domain (lower case), in order of first appearance, each
+    marked local when the domain is one of our `domains`."""
+    groups: dict[str, list[QueuedRecipient]] = {}
+    for recipient in recipients:
+        groups.setdefault(recipient.address.rpartition("@")[2].lower(), []).append(recipient)
+    ours = set(domains)
+    return [
+        Destination(domain=domain, recipients=tuple(group), local=domain in ours)
+        for domain, group in groups.items()
+    ]
+
+
+@attrs.frozen(kw_only=True)
+class DomainResult:
+    """What delivery to one destination came to: a verdict per recipient address, the
+    relay for the log ("local", "none" when no host answered, else ``host[ip]:port``)
+    and the TLS of the session that gave the verdicts."""
+
+    outcomes: Mapping[str, Outcome]
+    relay: str
+    tls: str | None = None
+
+
+# -- local delivery -----------------------------------------------------------------------
+
+#: The verdict on local recipients whose mailboxes took the message.
+STORED: Final = Outcome(status="sent", reason="delivered to maildir", dsn="2.0.0")
+
+
+def unknown_recipient(address: str, problems: Sequence[str]) -> Outcome:
+    """The bounce for a local recipient the aliases lead nowhere (`problems` say why)."""
+    why = "; ".join(problems) or "no such user"
+    return Outcome(status="bounced", reason=f"550 5.1.1 <{address}>: {why}", dsn="5.1.1")
+
+
+def store_failed(reason: str) -> Outcome:
+    """The deferral when the mailboxes could not take the message (a full disk passes)."""
+    return Outcome(status="deferred", reason=f"cannot store the message: {reason}", dsn="4.3.0")
+
+
+# -- remote delivery: verdicts ------------------------------------------------------------
+
+
+def reply_text(reply: Reply) -> str:
+    """An SMTP reply on one line, as logs and DSNs quote it: ``550 5.1.1 No such user``."""
+    enhanced = f" {reply.enhanced}" if reply.enhanced else ""
+    return f"{reply.code}{enhanced} {' '.join(reply.lines)}"
+
+
+def recipient_outcome(result: outbound.RecipientResult, host: str) -> Outcome:
+    """The verdict on one recipient from the reply that decided it at `host`."""
+    reply = result.reply
+    # `remote` is False when the session refused the message itself (SMTPUTF8 or SIZE the
+    # next hop does not offer): our words, not the host's, so no "smtp;" diagnostic.
+    return Outcome(
+        status=result.status,
+        reason=reply_text(reply),
+        dsn=reply.enhanced or f"{reply.code // 100}.0.0",
+        remote_mta=host,
+        smtp_reply=result.remote,
+    )
+
+
+def dns_failure(reason: str, *, permanent: bool) -> Outcome:
+    """The verdict when the MX lookup failed: the name does not exist (`permanent`), or
+    the lookup may work later."""
+    if permanent:
+        return Outcome(status="bounced", reason=reason, dsn="5.1.2")
+    return Outcome(status="deferred", reason=reason, dsn="4.4.3")
+
+
+def outbound_message(
+    message: QueuedMessage, content: bytes, recipients: Iterable[QueuedRecipient]
+) -> outbound.OutboundMessage:
+    """What the SMTP client session sends for `recipients` of `message`."""
+    return outbound.OutboundMessage(
+        sender=message.sender,
+        recipients=tuple(
+            outbound.OutboundRecipient(address=r.address, notify=r.notify, orcpt=r.orcpt)
+            for r in recipients
+        ),
+        content=content,
+        smtputf8=message.smtputf8,
+        body_8bit=message.body_8bit,
+        ret=message.ret,
+        envid=message.envid,
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Conversation:
+    """How the conversation with one address ended: the verdicts (`outcomes`), or none
+    and why (`reason`). `again` asks for a second try of the same address: "plaintext"
+    (opportunistic TLS whose handshake failed) or "fresh" (a reused connection had died;
+    that is the runner's cache, not the destination)."""
+
+    outcomes: Mapping[str, Outcome] | None = None
+    reason: str = ""
+    tls: str | None = None
+    again: Literal["plaintext", "fresh"] | None = None
+
+
+def delivered(done: outbound.MessageDone, *, host: str, tls: str | None) -> Conversation:
+    """The transaction at `host` settled every recipient; `tls` describes the session."""
+    outcomes = {r.address: recipient_outcome(r, host) for r in done.results}
+    return Conversation(outcomes=outcomes, tls=tls)
+
+
+def connect_failed(why: str) -> Conversation:
+    return Conversation(reason=f"connect failed: {why}")
+
+
+def handshake_failed(why: str, *, level: OutboundTLS) -> Conversation:
+    """The TLS handshake after STARTTLS failed (or timed out): at "may" the mail still
+    goes, in plaintext, as Postfix does; stricter levels try the next address."""
+    return Conversation(reason=why, again="plaintext" if level == "may" else None)
+
+
+def session_failed(failed: outbound.SessionFailed, *, host: str, reused: bool) -> Conversation:
+    if reused:
+        return Conversation(reason="cached connection failed", again="fresh")
+    if failed.reply is None:
+        return Conversation(reason=failed.reason)
+    return Conversation(reason=f"{host} said: {reply_text(failed.reply)}")
+
+
+def connection_closed(*, reused: bool) -> Conversation:
+    if reused:
+        return Conversation(reason="cached connection closed", again="fresh")
+    return Conversation(reason="connection closed")
+
+
+def connection_lost(why: str, *, reused: bool) -> Conversation:
+    if reused:
+        return Conversation(reason="cached connection lost", again="fresh")
+    return Conversation(reason=f"lost connection: {why}")
+
+
+#: A read or write of the conversation took longer than RFC 5321 §4.5.3.2 allows.
+TIMED_OUT: Final = Conversation(reason="conversation timed out")
+
+
+# -- remote delivery: the walk over the next hops -------------------------------------------
+
+
+@attrs.frozen
+class LookupMX:
+    """Look up the MX records of `domain`; answer `mx_found` or `lookup_failed`."""
+
+    domain: str
+
+
+@attrs.frozen
+class LookupAddresses:
+    """Look up the addresses of `host`; answer `addresses_found` or `lookup_failed`."""
+
+    host: str
+
+
+@attrs.frozen(kw_only=True)
+class Connect:
+    """Deliver `RemoteDelivery.message` to `ip`:`port` (the host `host`) at TLS level
+    `tls`; answer `conversation_ended`. With `verify_name`, the certificate must be valid
+    for that name; `authenticate`: AUTH with the relayhost's credentials."""
+
+    host: str
+    ip: str
+    port: int
+    tls: OutboundTLS
+    verify_name: str | None
+    authenticate: bool
+
+    @property
+    def relay(self) -> str:
+        return f"{self.host}[{self.ip}]:{self.port}"
+
+
+@attrs.frozen
+class Done:
+    """The walk is over: `result` has a verdict for every recipient."""
+
+    result: DomainResult
+
+
+Step = LookupMX | LookupAddresses | Connect | Done
+
+
+@attrs.frozen
+class _MXFound:
+    records: tuple[MXRecord, ...]
+
+
+@attrs.frozen
+class _AddressesFound:
+    addresses: tuple[str, ...]
+
+
+@attrs.frozen
+class _Failed:
+    reason: str
+    permanent: bool
+
+
+_Answer = _MXFound | _AddressesFound | _Failed | Conversation
+
+
+class RemoteDelivery:
+    """The next hops of one remote destination, tried in turn (see the module docstring).
+
+    `hostname` is ours (for the MX loop rule); `shuffle` permutes hosts of equal MX
+    preference in place (``random.shuffle``). Call `next_step`, do what it says, answer
+    with the method the step names, until it is `Done`."""
+
+    def __init__(
+        self,
+        message: outbound.OutboundMessage,
+        domain: str,
+        *,
+        delivery: DeliveryConfig,
+        hostname: str,
+        shuffle: Callable[[list[str]], None],
+    ) -> None:
+        self.message = message
+        self.domain = domain
+        self._delivery = delivery
+        self._hostname = hostname
+        self._shuffle = shuffle
+        self._walk = self._hops()
+        self._step: Step = next(self._walk)
+
+    def next_step(self) -> Step:
+        return self._step
+
+    def mx_found(self, records: Iterable[MXRecord]) -> None:
+        """The MX records of `LookupMX.domain` (none: it has no MX)."""
+        self._answer(LookupMX, _MXFound(tuple(records)))
+
+    def addresses_found(self, addresses: Iterable[str]) -> None:
+        """The addresses of `LookupAddresses.host`, in the order to try them."""
+        self._answer(LookupAddresses, _AddressesFound(tuple(addresses)))
+
+    def lookup_failed(self, reason: str, *, permanent: bool) -> None:
+        """The lookup gave no answer: the name does not exist (`permanent`) or the
+        failure may pass. `reason` is one line, for the log and the DSN."""
+        self._answer((LookupMX, LookupAddresses), _Failed(reason, permanent))
+
+    def conversation_ended(self, conversation: Conversation) -> None:
+        self._answer(Connect, conversation)
+
+    def _answer(self, expected: type[Step] | tuple[type[Step], ...], answer: _Answer) -> None:
+        if not isinstance(self._step, expected):
+            raise RuntimeError(f"{type(answer).__name__} is no answer to {self._step!r}")
+        try:
+            self._step = self._walk.send(answer)
+        except StopIteration as stop:
+            self._step = Done(stop.value)
+
+    def _everyone(self, outcome: Outcome) -> DomainResult:
+        return DomainResult(
+            outcomes={r.address: outcome for r in self.message.recipients}, relay="none"
+        )
+
+    def _hops(self) -> Generator[Step, _Answer, DomainResult]:
+        delivery = self._delivery
+        try:
+            route = route_for(self.domain, delivery)
+        except ValueError as exc:
+            return self._everyone(Outcome(status="bounced", reason=str(exc), dsn="5.1.2"))
+        hosts = [route.host]
+        if route.mx_lookup:
+            answer = yield LookupMX(route.host)
+            if isinstance(answer, _Failed):
+                return self._everyone(dns_failure(answer.reason, permanent=answer.permanent))
+            assert isinstance(answer, _MXFound)
+            try:
+                hosts = order_mx(
+                    answer.records,
+                    domain=route.host,
+                    shuffle=self._shuffle,
+                    self_names={self._hostname},
+                )
+            except RoutingError as exc:  # null MX, or an MX loop
+                return self._everyone(Outcome(status="bounced", reason=str(exc), dsn=exc.status))
+        port = delivery.smtp_port if route.kind in ("mx", "literal") else route.port
+        last = "no host to deliver to"
+        for host in hosts:
+            answer = yield LookupAddresses(host)
+            if isinstance(answer, _Failed):
+                last = answer.reason
+                continue
+            assert isinstance(answer, _AddressesFound)
+            for ip in answer.addresses:
+                connect = Connect(
+                    host=host,
+                    ip=ip,
+                    port=port,
+                    tls=delivery.tls,
+                    verify_name=host if delivery.tls == "verify" else None,
+                    authenticate=route.kind == "relayhost",
+                )
+                ended = yield connect
+                assert isinstance(ended, Conversation)
+                if ended.again == "plaintext":
+                    ended = yield attrs.evolve(connect, tls="none", verify_name=None)
+                    assert isinstance(ended, Conversation)
+                if ended.outcomes is not None:
+                    return DomainResult(outcomes=ended.outcomes, relay=connect.relay, tls=ended.tls)
+                last = f"{connect.relay}: {ended.reason}"
+        return self._everyone(Outcome(status="deferred", reason=last, dsn="4.4.1"))
+
+
+# -- the log ----------------------------------------------------------------------------------
+
+
+def disposition(
+    message: QueuedMessage,
+    recipient: QueuedRecipient,
+    outcome: Outcome,
+    *,
+    result: DomainResult,
+    delay: float,
+    now: float,
+) -> LogLine:
+    """The log line for `recipient`'s verdict: `delay` is how long this delivery took,
+    `now` gives the time since the message arrived."""
+    in_queue = max(0.0, now - message.arrival)
+    parts = [
+        f"from=<{printable(message.sender)}>",
+        f"to=<{printable(recipient.address)}>",
+        f"relay={result.relay}",
+        f"size={message.size}",
+        f"delay={in_queue:.1f}",
+        f"delays={delay:.1f}",
+    ]
+    if result.relay not in {"local", "none"}:
+        parts.append(f"tls={result.tls}" if result.tls else "tls=none")
+    parts.append(f"dsn={outcome.dsn}")
+    parts.append(f"status={outcome.status} ({printable(outcome.reason)})")
+    return LogLine(f"{message.queue_id}: {', '.join(parts)}")

@@ -1,0 +1,272 @@
+"""`QueueManager` and `Attempt`: what one delivery attempt of one queued message does.
+
+Theory of operation
+-------------------
+The queue (`sansmail.storage.queue.QueueStore`) holds messages with their envelopes; a
+runner with an event loop (`sansmail_trio._queue`, or any other loop's) keeps the
+schedule, the DNS, the sockets, TLS and the connection cache. Everything else an attempt
+decides or stores is here, so a runner for another loop repeats no rule:
+
+    manager = QueueManager(config=config, queue=queue, store=store, users=users,
+                           aliases=aliases, policy=RetryPolicy.from_config(...))
+    attempt = manager.open(queue_id)                        # blocking; None: gone
+    for destination in attempt.destinations:                # side by side
+        if destination.local:
+            result = attempt.deliver_local(destination)     # blocking
+        else:
+            plan = attempt.remote(destination, shuffle=rng.shuffle)
+            ...                                             # its lookups and connections
+            result = plan.next_step().result                # once it is Done
+        attempt.record(destination, result, delay=..., now=clock())
+        write(attempt.take_log())
+    finished = attempt.finish(now=clock(), jitter=rng.random())   # blocking
+    write(attempt.take_log())                               # also when finish raised
+
+Methods marked BLOCKING do file I/O (the queue, the mailboxes, alias include files); an
+adapter runs them in a worker thread. The others only compute. `deliver_local` changes
+nothing in the `Attempt`, so it may run in a thread while other destinations' results
+are recorded; `finish` runs once, after every destination is recorded.
+
+The order in `finish` is what makes a crash harmless (the queue module's docstring has
+the files): the new envelope is written first, so a crash repeats at most this attempt
+and never forgets a verdict already logged; then the notifications are queued, each
+complete before it is logged; and only then does a finished message leave the queue, so
+a crash in between may send a bounce twice but never loses one. A message deleted from
+the queue during the attempt (``queue delete``) is dropped without notifications.
+
+The log lines each step owes collect in the attempt and `take_log` hands them over; a
+step that raised halfway leaves the lines of what it did complete.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+import attrs
+
+from sansmail.config import Config
+from sansmail.mail import delivery, trace
+from sansmail.mail.address import MailboxId, parse_address
+from sansmail.mail.aliases import expand
+from sansmail.mail.attempt import Outcome, record_attempt
+from sansmail.mail.delivery import Destination, DomainResult, LogLine, RemoteDelivery
+from sansmail.mail.envelope import CorruptEnvelopeError, QueuedMessage
+from sansmail.mail.notices import Notice, notices, postmaster_address
+from sansmail.mail.retry import RetryPolicy
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.maildir import MailStore
+from sansmail.storage.queue import QueueStore, UnknownQueueIdError
+from sansmail.storage.users import UserStore
+
+__all__ = ["Attempt", "Finished", "QueueManager"]
+
+
+@attrs.frozen
+class Finished:
+    """How an attempt ended: when the message is due next (None: it left the queue) and
+    the notifications it queued, which are due at once."""
+
+    next_due: float | None
+    queued: tuple[str, ...] = ()
+
+
+class QueueManager:
+    """The queue of one server and what delivering from it needs (see the module
+    docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        queue: QueueStore,
+        store: MailStore,
+        users: UserStore,
+        aliases: AliasSource,
+        policy: RetryPolicy,
+    ) -> None:
+        self.config = config
+        self.queue = queue
+        self.store = store
+        self.users = users
+        self.aliases = aliases
+        self.policy = policy
+
+    def queue_ids(self) -> set[str]:
+        """BLOCKING. The ids of every message in the queue, complete or being written."""
+        try:
+            names = os.listdir(self.queue.root)
+        except FileNotFoundError:
+            return set()
+        return {name[:-4] for name in names if name.endswith(".env")}
+
+    def due(self, ids: Iterable[str]) -> dict[str, float]:
+        """BLOCKING. When each of `ids` is next due: its earliest pending recipient's
+        next attempt. Ids being written, deleted or damaged are left out (`recover`
+        sets damaged ones aside)."""
+        due: dict[str, float] = {}
+        for qid in ids:
+            try:
+                message = self.queue.load(qid)
+            except (UnknownQueueIdError, CorruptEnvelopeError, ValueError):
+                continue
+            due[qid] = min((r.next_attempt for r in message.pending), default=0.0)
+        return due
+
+    def open(self, queue_id: str) -> Attempt | None:
+        """BLOCKING. An attempt on `queue_id`, read afresh (so ``queue delete`` takes
+        effect at once); None when it is gone or unreadable."""
+        try:
+            message = self.queue.load(queue_id)
+            content = self.queue.read_message(queue_id)
+        except (UnknownQueueIdError, CorruptEnvelopeError, ValueError):
+            return None
+        return Attempt(self, message, content)
+
+
+class Attempt:
+    """One try of every pending recipient of one message (see the module docstring)."""
+
+    def __init__(self, manager: QueueManager, message: QueuedMessage, content: bytes) -> None:
+        self._manager = manager
+        self.message = message
+        self.content = content
+        self._outcomes: dict[str, Outcome] = {}
+        self._log: list[LogLine] = []
+        pending = message.pending
+        loop = delivery.forwarding_loop(content)
+        if loop is not None:
+            self._outcomes = {r.address: loop for r in pending}
+            pending = ()
+        #: Where to deliver: empty when the message loops.
+        self.destinations = delivery.destinations(pending, domains=manager.config.domains)
+
+    def take_log(self) -> list[LogLine]:
+        """The log lines owed so far, each once."""
+        lines, self._log = self._log, []
+        return lines
+
+    def remote(
+        self, destination: Destination, *, shuffle: Callable[[list[str]], None]
+    ) -> RemoteDelivery:
+        """The walk over `destination`'s next hops, for the runner to drive."""
+        config = self._manager.config
+        message = delivery.outbound_message(self.message, self.content, destination.recipients)
+        return RemoteDelivery(
+            message,
+            destination.domain,
+            delivery=config.delivery,
+            hostname=config.hostname,
+            shuffle=shuffle,
+        )
+
+    def deliver_local(self, destination: Destination) -> DomainResult:
+        """BLOCKING. Store the message for `destination`'s recipients, in our domains,
+        where the aliases send them (include files may be read). They are the bounces and
+        notices we send our own senders, so an alias's outside targets are not forwarded
+        to: those are not the sender."""
+        manager = self._manager
+        config = manager.config
+        outcomes: dict[str, Outcome] = {}
+        mailboxes: list[MailboxId] = []
+        accepted: list[str] = []
+        for recipient in destination.recipients:
+            local, _, domain = recipient.address.rpartition("@")
+            expansion = expand(
+                manager.aliases.table,
+                f"{local.lower()}@{domain.lower()}",
+                domains=config.domains,
+                user_exists=manager.users.__contains__,
+                recipient_delimiter=config.recipient_delimiter,
+                read_include=manager.aliases.read_include,
+            )
+            if not expansion.local and not expansion.remote:
+                problems = expansion.problems
+                outcomes[recipient.address] = delivery.unknown_recipient(
+                    recipient.address, problems
+                )
+                continue
+            mailboxes.extend(expansion.local)
+            accepted.append(recipient.address)
+        if mailboxes:
+            sender = (
+                parse_address(self.message.sender, smtputf8=True) if self.message.sender else None
+            )
+            outcome = self._store(list(dict.fromkeys(mailboxes)), trace.return_path(sender))
+            outcomes.update(dict.fromkeys(accepted, outcome))
+        return DomainResult(outcomes=outcomes, relay="local")
+
+    def _store(self, mailboxes: list[MailboxId], prefix: bytes) -> Outcome:
+        try:
+            stored = self._manager.store.begin(mailboxes, prefix=prefix)
+            try:
+                stored.write(self.content)
+                stored.commit()
+            except BaseException:
+                stored.abort()
+                raise
+        except OSError as exc:
+            return delivery.store_failed(str(exc))
+        return delivery.STORED
+
+    def record(
+        self, destination: Destination, result: DomainResult, *, delay: float, now: float
+    ) -> None:
+        """Keep the verdicts on `destination`'s recipients (delivered in `delay` seconds,
+        ending at `now`) and log them."""
+        for recipient in destination.recipients:
+            outcome = result.outcomes[recipient.address]
+            self._outcomes[recipient.address] = outcome
+            self._log.append(
+                delivery.disposition(
+                    self.message, recipient, outcome, result=result, delay=delay, now=now
+                )
+            )
+
+    def finish(self, *, now: float, jitter: float) -> Finished:
+        """BLOCKING. Write what the attempt, ended at `now`, changed: the envelope, the
+        notifications, the message's removal, in that order (see the module docstring).
+        `jitter` in [0, 1) spreads the next retry (`sansmail.mail.retry`)."""
+        manager = self._manager
+        queue = manager.queue
+        message = self.message
+        result = record_attempt(
+            message, self._outcomes, now=now, policy=manager.policy, jitter=jitter
+        )
+        queued: list[str] = []
+        try:
+            if not result.finished:
+                queue.update(result.message)
+            owed = notices(
+                message,
+                self.content,
+                result,
+                now=now,
+                policy=manager.policy,
+                hostname=manager.config.hostname,
+                postmaster=postmaster_address(manager.config.domains),
+                new_id=queue.new_id,
+            )
+            for item in owed:
+                if isinstance(item, Notice):
+                    self._enqueue(item, now)
+                    queued.append(item.queue_id)
+                    self._log.append(item.log)
+                else:
+                    self._log.append(item)
+            if result.finished:
+                queue.delete(message.queue_id)
+                self._log.append(LogLine(f"{message.queue_id}: removed"))
+        except UnknownQueueIdError:
+            text = f"{message.queue_id}: deleted from the queue during delivery"
+            self._log.append(LogLine(text))
+            return Finished(None, tuple(queued))
+        for recipient in result.expired:
+            address = delivery.printable(recipient.address)
+            self._log.append(LogLine(f"{message.queue_id}: to=<{address}>: expired in the queue"))
+        return Finished(result.next_due, tuple(queued))
+
+    def _enqueue(self, notice: Notice, now: float) -> None:
+        writer = self._manager.queue.begin(notice.queue_id)
+        writer.write(notice.content)
+        writer.commit(notice.envelope(arrival=now))
