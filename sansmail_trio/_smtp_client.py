@@ -1,0 +1,269 @@
+"""Outbound SMTP connections for the queue runner: TCP, STARTTLS, and a connection cache.
+
+Theory of operation
+-------------------
+`SMTPClient.deliver` runs one transaction for the queue runner: it takes the
+`sansmail.mail.delivery.Connect` step that says where (address, port, TLS level, whose
+certificate name to check, whether to AUTH), drives a
+`sansmail.mail.outbound.OutboundSession` over the connection (moving its bytes, doing the
+TLS handshake it asks for, keeping RFC 5321 §4.5.3.2's timeouts), and reports how it
+ended as a `sansmail.mail.delivery.Conversation`, built by that module's functions: what
+an ending means is decided there, not here.
+
+Connections are reused: after a transaction the connection waits up to
+`CACHE_TIME_LIMIT` for the next message to the same address, port and TLS level
+(Postfix's connection cache), so a backlog for one destination costs one TCP and TLS
+handshake per connection, not per message. A cached connection that turns out dead is
+replaced by a fresh one at once, without counting as a failed attempt. `run` closes idle
+connections (with a QUIT, as a courtesy) and, when cancelled, all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import secrets
+import ssl
+
+import attrs
+import trio
+
+from sansmail import RemoteProtocolError
+from sansmail.config import DeliveryConfig
+from sansmail.mail import outbound
+from sansmail.mail.delivery import (
+    TIMED_OUT,
+    Connect,
+    Conversation,
+    connect_failed,
+    connection_closed,
+    connection_lost,
+    delivered,
+    handshake_failed,
+    session_failed,
+)
+from sansmail_trio._tls import describe
+
+__all__ = ["CACHE_SIZE", "CACHE_TIME_LIMIT", "SMTPClient", "client_tls_context"]
+
+#: TCP connect timeout per address (Postfix: smtp_connect_timeout = 30s).
+CONNECT_TIMEOUT = 30.0
+#: How long a connection whose transaction is done waits for the next message to the
+#: same host before QUIT (Postfix: smtp_connection_cache_time_limit = 2s), and how many
+#: such connections are kept at most.
+CACHE_TIME_LIMIT = 2.0
+CACHE_SIZE = 100
+
+
+def client_tls_context(*, verify: bool, cafile: os.PathLike[str] | str | None) -> ssl.SSLContext:
+    """The context for outbound STARTTLS. Opportunistic TLS (``may``, ``encrypt``)
+    checks no certificate: an MX host name comes from unauthenticated DNS, so a check
+    proves nothing there, and refusing would push the mail to plain text (RFC 7435).
+    ``verify`` checks the chain and the MX host name, as Postfix's ``verify`` level."""
+    context = ssl.create_default_context(cafile=os.fspath(cafile) if cafile else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+#: What a cached connection can be reused for: address, port, TLS level, with AUTH.
+_CacheKey = tuple[str, int, str, bool]
+
+
+@attrs.define
+class _Cached:
+    session: outbound.OutboundSession
+    stream: trio.abc.Stream
+    tls: str | None
+    since: float
+
+
+class SMTPClient:
+    """One transaction per `deliver`, on a cached connection when one is idle. `run`
+    must be running (it reads the relayhost password and expires the cache)."""
+
+    def __init__(self, *, hostname: str, delivery: DeliveryConfig) -> None:
+        self.hostname = hostname
+        self._tls = client_tls_context(verify=False, cafile=None)
+        self._tls_verify = (
+            client_tls_context(verify=True, cafile=delivery.tls_ca_file)
+            if delivery.tls == "verify"
+            else None
+        )
+        self._username = delivery.relayhost_username
+        self._password_file: pathlib.Path | None = delivery.relayhost_password_file
+        self._credentials: tuple[str, str] | None = None
+        self._cache: dict[_CacheKey, list[_Cached]] = {}
+
+    async def deliver(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
+        """Deliver `message` as `step` says, in one transaction, and say how it ended."""
+        ended = await self._talk(message, step)
+        # Cached connections found dead are replaced at once; the cache is finite, and a
+        # fresh connection never asks for another.
+        for _ in range(CACHE_SIZE):
+            if ended.again != "fresh":
+                break
+            ended = await self._talk(message, step)
+        return ended
+
+    async def _talk(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
+        """One SMTP transaction with `step.ip`, on a cached connection when there is one."""
+        credentials = self._credentials if step.authenticate else None
+        key: _CacheKey = (step.ip, step.port, step.tls, credentials is not None)
+        cached = self._take_cached(key)
+        if cached is not None:
+            session, stream, tls_text = cached.session, cached.stream, cached.tls
+        else:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    stream = await trio.open_tcp_stream(step.ip, step.port)
+            except (OSError, trio.TooSlowError) as exc:
+                return connect_failed(_oserror(exc))
+            session = outbound.OutboundSession(
+                helo_name=self.hostname,
+                tls=step.tls,
+                credentials=credentials,
+                nonce=secrets.token_urlsafe(18),
+            )
+            tls_text = None
+        reused = cached is not None
+        sent_message = False
+        keep = False
+        try:
+            while True:
+                action = session.next_action()
+                if isinstance(action, outbound.Send):
+                    with trio.fail_after(session.timeout):
+                        await stream.send_all(action.data)
+                elif isinstance(action, outbound.NeedData):
+                    with trio.fail_after(session.timeout):
+                        data = await stream.receive_some(65536)
+                    session.receive_data(data)
+                elif isinstance(action, outbound.StartTLS):
+                    context = (self._tls_verify if step.verify_name else None) or self._tls
+                    tls_stream = trio.SSLStream(stream, context, server_hostname=step.verify_name)
+                    try:
+                        with trio.fail_after(session.timeout):
+                            await tls_stream.do_handshake()
+                    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                        return handshake_failed(_tls_failure(exc), level=step.tls)
+                    stream = tls_stream
+                    tls_text = describe(tls_stream)
+                    session.tls_started()
+                elif isinstance(action, outbound.Ready):
+                    if sent_message:
+                        session.quit()
+                    else:
+                        sent_message = True
+                        session.start_message(message)
+                elif isinstance(action, outbound.MessageDone):
+                    keep = self._put_cached(key, _Cached(session, stream, tls_text, 0.0))
+                    if not keep:
+                        session.quit()
+                        await self._finish(session, stream)
+                    return delivered(action, host=step.host, tls=tls_text)
+                elif isinstance(action, outbound.SessionFailed):
+                    return session_failed(action, host=step.host, reused=reused)
+                elif isinstance(action, outbound.Closed):
+                    return connection_closed(reused=reused)
+        except trio.TooSlowError:
+            return TIMED_OUT
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            return connection_lost(_oserror(exc), reused=reused)
+        finally:
+            if not keep:
+                await trio.aclose_forcefully(stream)
+
+    def _take_cached(self, key: _CacheKey) -> _Cached | None:
+        pool = self._cache.get(key)
+        if not pool:
+            return None
+        cached = pool.pop()
+        if not pool:
+            del self._cache[key]
+        return cached
+
+    def _put_cached(self, key: _CacheKey, cached: _Cached) -> bool:
+        if sum(len(pool) for pool in self._cache.values()) >= CACHE_SIZE:
+            return False
+        cached.since = trio.current_time()
+        self._cache.setdefault(key, []).append(cached)
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the relayhost's password, then close connections idle for longer than
+        `CACHE_TIME_LIMIT`, until cancelled; then close every cached connection."""
+        if self._password_file is not None:
+            text = await trio.to_thread.run_sync(self._password_file.read_text)
+            self._credentials = (self._username, text.strip())
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await self._expire_cache(nursery)
+
+    async def _expire_cache(self, nursery: trio.Nursery) -> None:
+        try:
+            while True:
+                await trio.sleep(CACHE_TIME_LIMIT / 4)
+                limit = trio.current_time() - CACHE_TIME_LIMIT
+                for key in list(self._cache):
+                    pool = self._cache[key]
+                    old = [c for c in pool if c.since <= limit]
+                    if not old:
+                        continue
+                    pool[:] = [c for c in pool if c.since > limit]
+                    if not pool:
+                        del self._cache[key]
+                    for cached in old:
+                        nursery.start_soon(self._close_cached, cached)
+        finally:
+            with trio.CancelScope(shield=True):
+                for pool in self._cache.values():
+                    for cached in pool:
+                        await trio.aclose_forcefully(cached.stream)
+                self._cache.clear()
+
+    async def _close_cached(self, cached: _Cached) -> None:
+        try:
+            cached.session.quit()
+            await self._finish(cached.session, cached.stream)
+        finally:
+            await trio.aclose_forcefully(cached.stream)
+
+    async def _finish(self, session: outbound.OutboundSession, stream: trio.abc.Stream) -> None:
+        # QUIT and its reply are a courtesy; the verdict is already in.
+        with trio.move_on_after(10):
+            try:
+                while True:
+                    action = session.next_action()
+                    if isinstance(action, outbound.Send):
+                        await stream.send_all(action.data)
+                    elif isinstance(action, outbound.NeedData):
+                        data = await stream.receive_some(65536)
+                        session.receive_data(data)
+                        if not data:
+                            return
+                    else:
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            except RemoteProtocolError:
+                return
+
+
+def _oserror(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _tls_failure(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "TLS handshake timed out"
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return f"TLS handshake failed: {cause.reason}"
+    return "TLS handshake failed"
