@@ -64,16 +64,21 @@ class SessionTime:
         if self.idle:
             self.scope.cancel()
 
-    async def wait_for_client(self, wire: Wire, timeout: float) -> object:
-        """The next event from `wire`, within `timeout` seconds of idleness."""
+    async def wait_for_client(
+        self, wire: Wire, timeout: float, *, interruptible: bool = True
+    ) -> object:
+        """The next event from `wire`, within `timeout` seconds of idleness. A wait that
+        is not `interruptible` (inside an SMTP transaction) is not cut by shutdown: the
+        session stops at its next interruptible wait instead."""
         scope = self.scope
         scope.deadline = trio.current_time() + timeout
         try:
-            await wire.flush()
-            if self.stopping:
-                scope.cancel()
-                await trio.lowlevel.checkpoint()
-            self.idle = True
+            if interruptible:
+                await wire.flush()
+                if self.stopping:
+                    scope.cancel()
+                    await trio.lowlevel.checkpoint()
+                self.idle = True
             return await wire.next_event()
         finally:
             self.idle = False

@@ -69,8 +69,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sansmail.config import Config
 from sansmail.storage.durable import fsync_dir
+from sansmail_trio._wire import Wire
 
 __all__ = [
+    "TLS_HANDSHAKE_TIMEOUT",
     "TLSConfigError",
     "TLSContextHolder",
     "TLSHandshakeError",
@@ -78,6 +80,7 @@ __all__ = [
     "ensure_self_signed",
     "received_tls",
     "server_context",
+    "start_tls",
     "tls_files_problem",
     "tls_handshake",
     "watch_sighup",
@@ -427,6 +430,29 @@ async def watch_sighup(
 
 
 # --- handshakes and what they negotiated -------------------------------------------------
+
+#: A client that asked for STARTTLS (or connected to an implicit-TLS port) has this long to
+#: complete its handshake.
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+async def start_tls(
+    wire: Wire, holder: TLSContextHolder, timeout: float = TLS_HANDSHAKE_TIMEOUT
+) -> trio.SSLStream[Any]:
+    """The STARTTLS/STLS upgrade of SMTP, POP3 and IMAP (RFC 3207, RFC 2595): handshake
+    within `timeout`, then let the core switch. Any way the handshake fails is one
+    `TLSHandshakeError`; plaintext the client pipelined behind the command makes the core
+    raise `RemoteProtocolError` (an injection attempt), which the caller handles."""
+    try:
+        with trio.fail_after(timeout):
+            await wire.start_tls(holder.context)
+    except trio.TooSlowError:
+        raise TLSHandshakeError("timeout") from None
+    except (trio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+        raise TLSHandshakeError(str(exc) or type(exc).__name__) from exc
+    stream = wire.stream
+    assert isinstance(stream, trio.SSLStream)
+    return stream
 
 
 async def tls_handshake(

@@ -96,6 +96,7 @@ from typing import Final, Protocol
 import attrs
 
 from sansmail.mail.address import AddressError, parse_address
+from sansmail.mail.logtext import ClientAddress, client_address, show_ip
 
 __all__ = [
     "FAIL2BAN_FAILREGEX",
@@ -121,7 +122,6 @@ AUTHENTICATION_FAILED: Final = "authentication failed"
 TOO_MANY_FAILURES: Final = "too many authentication failures from this address"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-ClientAddress = str | ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 _ATTEMPT_ID_OCTETS: Final = 16
 _MAX_LOGGED_USER: Final = 256  # characters of a user name kept in a log line
@@ -363,7 +363,7 @@ class AuthService:
 
     def _classify(self, client_ip: ClientAddress) -> tuple[str, bool]:
         """The table key for a client, and whether it is exempt from throttling."""
-        address = _parse_ip(client_ip)
+        address = client_address(client_ip)
         if address is None:
             # Not an IP (a Unix socket, a test harness): all such clients share a slot.
             return "unknown", False
@@ -417,7 +417,7 @@ def failure_log_line(*, service: str, method: str, user: str, client_ip: ClientA
     come from the client and are made safe here."""
     return (
         f"auth failed: service={_service(service)}, method={_method(method)}, "
-        f"user=<{_escape_user(user)}>, rip={_show_ip(client_ip)}"
+        f"user=<{_escape_user(user)}>, rip={show_ip(client_ip)}"
     )
 
 
@@ -426,7 +426,7 @@ def throttle_log_line(*, service: str, client_ip: ClientAddress, retry_after: fl
     filter, which counts guesses)."""
     return (
         f"auth throttled: service={_service(service)}, retry_after={max(0, round(retry_after))}s, "
-        f"rip={_show_ip(client_ip)}"
+        f"rip={show_ip(client_ip)}"
     )
 
 
@@ -458,25 +458,3 @@ def _escape_user(user: str) -> str:
     if len(user) > _MAX_LOGGED_USER:
         out.append("...")
     return "".join(out)
-
-
-def _parse_ip(client_ip: ClientAddress) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if client_ip is None:
-        return None
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return address.ipv4_mapped
-        # A zone ("%eth0") is not part of who the client is.
-        address = ipaddress.IPv6Address(int(address))
-    return address
-
-
-def _show_ip(client_ip: ClientAddress) -> str:
-    # The address the firewall sees: an IPv4 client on a dual-stack socket is logged as
-    # IPv4, or fail2ban would ban ::ffff:a.b.c.d, which no IPv4 rule matches.
-    address = _parse_ip(client_ip)
-    return "unknown" if address is None else str(address)

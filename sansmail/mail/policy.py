@@ -59,6 +59,7 @@ from collections.abc import Callable, Collection, Iterable
 import attrs
 
 from sansmail.mail.address import Address, MailboxId
+from sansmail.mail.logtext import ClientAddress
 from sansmail.smtp import Reply
 
 __all__ = [
@@ -87,7 +88,6 @@ RESTRICTIONS = (
 )
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-ClientAddress = str | ipaddress.IPv4Address | ipaddress.IPv6Address | None
 
 
 @attrs.frozen

@@ -36,7 +36,8 @@ import attrs
 from sansmail.mail import srs
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.aliases import AliasTable, ReadInclude, expand
-from sansmail.mail.policy import ClientAddress, IPNetwork, evaluate_recipient
+from sansmail.mail.logtext import ClientAddress
+from sansmail.mail.policy import IPNetwork, evaluate_recipient
 from sansmail.smtp import Reply
 
 __all__ = ["Resolution", "resolve_recipient"]

@@ -14,7 +14,8 @@ import pytest
 import trio
 from trio_helpers import RawClient, StartServer
 
-from sansmail_trio import _smtp_server
+from sansmail import smtp
+from sansmail.sessions.smtpd import SmtpSession
 
 MESSAGE = b"From: a@example.org\r\nTo: alice@example.test\r\nSubject: hi\r\n\r\nHello Alice.\r\n"
 
@@ -479,10 +480,14 @@ async def test_a_bug_costs_one_session_not_the_server(
 ) -> None:
     server = await start_server()
 
-    async def broken(self: object, event: object) -> bool:
-        raise RuntimeError("a bug in a handler")
+    handle = SmtpSession.handle
 
-    monkeypatch.setattr(_smtp_server._Session, "on_noop", broken)
+    def broken(self: SmtpSession, event: smtp.Event, now: float) -> smtp.Reply | None:
+        if isinstance(event, smtp.Noop):
+            raise RuntimeError("a bug in a handler")
+        return handle(self, event, now)
+
+    monkeypatch.setattr(SmtpSession, "handle", broken)
 
     def session() -> tuple[bytes, bool]:
         c = RawClient(server.port)

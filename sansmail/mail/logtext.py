@@ -1,0 +1,43 @@
+"""The mail log's words for what a client sent: text made safe for one log line, and the
+client's address as the firewall sees it (what fail2ban matches)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+__all__ = ["ClientAddress", "client_address", "printable", "show_ip"]
+
+ClientAddress = str | ipaddress.IPv4Address | ipaddress.IPv6Address | None
+
+
+def printable(text: str) -> str:
+    """Attacker-controlled text made safe for one log line: controls and other
+    unprintable characters as ``\\xNN``."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+def client_address(
+    client_ip: ClientAddress,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """Who the client is: an IPv4 client on a dual-stack socket (``::ffff:a.b.c.d``) as
+    IPv4, an IPv6 zone (``%eth0``) dropped; None when it is not an address."""
+    if client_ip is None:
+        return None
+    try:
+        address = ipaddress.ip_address(client_ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        address = ipaddress.IPv6Address(int(address))
+    return address
+
+
+def show_ip(client_ip: ClientAddress) -> str:
+    """The address for the log, as the firewall sees it: fail2ban would otherwise ban
+    ``::ffff:a.b.c.d``, which no IPv4 rule matches."""
+    address = client_address(client_ip)
+    return "unknown" if address is None else str(address)

@@ -1,0 +1,275 @@
+"""What logging in means, the same for SMTP AUTH, POP3 USER/PASS and AUTH, and IMAP LOGIN
+and AUTHENTICATE: who may try, which credentials a mechanism gets, whether the login may
+act as the identity it names, how long a failure waits, and the lines the log gets.
+
+Theory of operation
+-------------------
+One `Login` per connection, over the shared `AuthService` (throttle and failure delays)
+and `UserStore` (credentials). Each protocol frames an exchange its own way (SMTP's 334
+lines, POP3's and IMAP's ``+`` continuations); everything else is here, as a sans-I/O
+`Exchange` an adapter drives::
+
+    verdict = login.gate(now)                   # throttled? then a temporary failure
+    wait verdict.delay
+    exchange = login.sasl(mechanism, initial_response, nonce=..., timestamp=...)
+    #     or = login.password(name, password)   # USER/PASS, IMAP LOGIN
+    step = exchange.start()
+    loop:
+        BLOCKING   -> step = exchange.work()        in a worker thread (argon2, PBKDF2)
+        Challenge  -> step = exchange.answer(data)  data: the client's decoded answer,
+                                                    or None (cancelled, undecodable, gone)
+        FINISHED   -> result = exchange.finish(now); wait result.delay; answer
+
+Only `work` blocks, and it touches nothing shared but the user store (whose reads are
+safe from any thread); the auth service's bookkeeping (`gate`, `finish`) runs on the
+caller's thread, so an adapter with one event loop needs no lock. Nonces and time come in
+as arguments: nothing here reads a clock or draws a random number.
+
+A failure is logged here in the fixed fail2ban form (`sansmail.mail.auth`); a throttled
+client gets its own line. Success is the protocol's to log, with what it knows.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+
+from sansmail import sasl
+from sansmail.mail.auth import (
+    AuthService,
+    Verdict,
+    authzid_allowed,
+    failure_log_line,
+    login_key,
+    throttle_log_line,
+)
+from sansmail.storage.users import UserStore
+
+__all__ = ["BLOCKING", "FINISHED", "Exchange", "LogSink", "Login", "Result", "Step"]
+
+#: Where a session hands its log lines: ``(level, text)``, e.g. `logging.Logger.log`.
+LogSink = Callable[[int, str], None]
+
+
+class _Marker(enum.Enum):
+    BLOCKING = "BLOCKING"
+    FINISHED = "FINISHED"
+
+
+#: `Exchange.work` must run next, in a worker thread.
+BLOCKING: Final = _Marker.BLOCKING
+#: The exchange is over: `Exchange.finish` gives the result.
+FINISHED: Final = _Marker.FINISHED
+
+Step = sasl.Challenge | _Marker
+
+
+@attrs.frozen
+class Result:
+    """How a login ended: `user` (the user-store key) on success; `interrupted` when the
+    client cancelled or left mid-exchange (nothing recorded, the protocol answers);
+    otherwise a failure already recorded and logged, to be answered after `delay`."""
+
+    mechanism: str
+    user: str | None = None
+    authcid: str = ""
+    interrupted: bool = False
+    delay: float = 0.0
+    #: A server-first mechanism (CRAM-MD5) got an initial response: each protocol
+    #: refuses that with its own error (RFC 4954 §4, RFC 5034 §4, RFC 4959 §3).
+    unexpected_initial_response: bool = False
+
+
+class Login:
+    """Logging in on one connection of `service` ("smtp", "pop3", "imap" ...)."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        auth: AuthService,
+        users: UserStore,
+        hostname: str,
+        client_ip: str,
+        log: LogSink,
+    ) -> None:
+        self.service = service
+        self.auth = auth
+        self.users = users
+        self.hostname = hostname
+        self.client_ip = client_ip
+        self.log = log
+
+    def gate(self, now: float) -> Verdict:
+        """May this client try now? When not, the refusal is logged; the caller answers
+        with its temporary failure. When allowed, wait `delay` first."""
+        verdict = self.auth.begin(self.client_ip, now)
+        if not verdict.allowed:
+            self.log(
+                logging.INFO,
+                throttle_log_line(
+                    service=self.service,
+                    client_ip=self.client_ip,
+                    retry_after=verdict.retry_after,
+                ),
+            )
+        return verdict
+
+    def sasl(
+        self, mechanism: str, initial_response: bytes | None, *, nonce: str, timestamp: int
+    ) -> Exchange:
+        """A SASL exchange (RFC 4422) with one of `sansmail.sasl`'s mechanisms, which the
+        protocol has already checked is offered. `nonce` is fresh randomness (SCRAM,
+        CRAM-MD5), `timestamp` the wall clock in seconds (CRAM-MD5's challenge)."""
+        mech = sasl.server_mechanism(
+            mechanism,
+            nonce=nonce,
+            timestamp=timestamp,
+            hostname=self.hostname,
+            fake_salt_key=self.users.scram_secret(),
+            fake_iterations=self.users.scram_iterations,
+        )
+        return Exchange(self, mech, initial_response)
+
+    def password(self, name: str, password: str) -> Exchange:
+        """A name and password sent in one command (POP3 USER/PASS, IMAP LOGIN)."""
+        return Exchange(self, None, None, name=name, password=password)
+
+
+class Exchange:
+    """One login attempt, step by step (see the module docstring)."""
+
+    def __init__(
+        self,
+        login: Login,
+        mech: sasl.ServerMechanism | None,
+        initial_response: bytes | None,
+        *,
+        name: str = "",
+        password: str = "",
+    ) -> None:
+        self._login = login
+        self._mech = mech
+        self._initial = initial_response
+        self.mechanism = mech.name if mech is not None else "LOGIN"
+        self.authcid = name
+        self._password = password
+        # What `work` has to do next: a password to verify, or credentials to provide.
+        self._pending: sasl.VerifyPassword | sasl.NeedCredentials | None = None
+        self._attempt: bytes | None = None
+        self._user: str | None = None
+        self._interrupted = False
+        self._unexpected_initial_response = False
+        self._awaiting_final_ack = False
+        self._done = False
+
+    def start(self) -> Step:
+        """The first step; no I/O."""
+        mech = self._mech
+        if mech is None:
+            return BLOCKING
+        if self._initial is not None and not mech.accepts_initial_response:
+            self._unexpected_initial_response = True
+            self._interrupted = True
+            return self._finished()
+        return self._advance(mech.receive(self._initial))
+
+    def answer(self, data: bytes | None) -> Step:
+        """The client's answer to the last challenge (None: cancelled, undecodable or
+        gone: the exchange ends without a verdict); no I/O."""
+        if self._awaiting_final_ack:
+            # None of the three protocols carries data with its success reply: the
+            # server's last SASL message is one more challenge, answered empty (RFC 4954
+            # §4, RFC 5034 §4, RFC 9051 §6.2.2).
+            if data is None or data:
+                self._user = None
+                self._interrupted = True
+            return self._finished()
+        if data is None:
+            self._interrupted = True
+            return self._finished()
+        assert self._mech is not None
+        return self._advance(self._mech.receive(data))
+
+    def work(self) -> Step:
+        """Blocking: verify a password (argon2) or derive credentials (SCRAM's fake keys
+        for unknown users). Run it in a worker thread when `BLOCKING` asked for it."""
+        pending, self._pending = self._pending, None
+        if self._mech is None:
+            self._user = self._check(self.authcid, self._password, "")
+            return self._finished()
+        if isinstance(pending, sasl.VerifyPassword):
+            self.authcid = pending.authcid
+            ok = self._check(pending.authcid, pending.password, pending.authzid) is not None
+            return self._advance(self._mech.accept() if ok else self._mech.reject())
+        assert isinstance(pending, sasl.NeedCredentials), "work() without BLOCKING"
+        self.authcid = pending.authcid
+        key = login_key(pending.authcid)
+        users = self._login.users
+        credentials: sasl.ScramCredentials | sasl.CramMD5Credentials | None
+        if self._mech.name == "CRAM-MD5":
+            credentials = users.get_cram_md5(key)
+        else:
+            hash_name = "sha1" if self._mech.name == "SCRAM-SHA-1" else "sha256"
+            credentials = users.get_scram(key, hash_name)
+        return self._advance(self._mech.provide(credentials))
+
+    def _check(self, authcid: str, password: str, authzid: str) -> str | None:
+        # Blocking (argon2); the user's key when the password is right and the login may
+        # act as `authzid`.
+        key = login_key(authcid)
+        auth = self._login.auth
+        self._attempt = auth.attempt_id(key, password)
+        ok = auth.verify_password(key, password) and authzid_allowed(authzid, key)
+        return key if ok else None
+
+    def finish(self, now: float) -> Result:
+        """The verdict, recorded with the auth service (a failure is logged too). Call
+        once, after `FINISHED`; no I/O."""
+        assert self._done, "finish() before FINISHED"
+        login = self._login
+        if self._interrupted:
+            return Result(
+                self.mechanism,
+                authcid=self.authcid,
+                interrupted=True,
+                unexpected_initial_response=self._unexpected_initial_response,
+            )
+        if self._user is not None:
+            login.auth.record(login.client_ip, True, now)
+            return Result(self.mechanism, user=self._user, authcid=self.authcid)
+        delay = login.auth.record(login.client_ip, False, now, attempt=self._attempt)
+        login.log(
+            logging.INFO,
+            failure_log_line(
+                service=login.service,
+                method=self.mechanism,
+                user=self.authcid,
+                client_ip=login.client_ip,
+            ),
+        )
+        return Result(self.mechanism, authcid=self.authcid, delay=delay)
+
+    def _advance(self, step: sasl.Step) -> Step:
+        if isinstance(step, sasl.Challenge):
+            return step
+        if isinstance(step, sasl.VerifyPassword | sasl.NeedCredentials):
+            self.authcid = step.authcid
+            self._pending = step
+            return BLOCKING
+        if isinstance(step, sasl.Success):
+            key = login_key(step.authcid)
+            if key and not (step.authzid and not authzid_allowed(step.authzid, key)):
+                self._user = key
+                if step.data:
+                    self._awaiting_final_ack = True
+                    return sasl.Challenge(data=step.data)
+        return self._finished()
+
+    def _finished(self) -> Step:
+        self._done = True
+        return FINISHED

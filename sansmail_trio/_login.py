@@ -1,0 +1,57 @@
+"""Logging in, for every Trio service: the one place that waits out the auth service's
+delays and hops to a worker thread for the expensive step of a `sansmail.sessions.login`
+exchange. What the steps mean is the session's; each protocol passes its own framing of
+a challenge (SMTP's 334, POP3's and IMAP's ``+``)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result
+
+__all__ = ["admitted", "drive", "nonce", "wall_clock"]
+
+
+async def admitted(login: Login) -> bool:
+    """Whether this client may try now; when it may, after its delay (the auth service's
+    answer to parallel guessing). A refusal is already logged."""
+    verdict = login.gate(trio.current_time())
+    if not verdict.allowed:
+        return False
+    if verdict.delay:
+        await trio.sleep(verdict.delay)
+    return True
+
+
+async def drive(
+    exchange: Exchange, challenge: Callable[[bytes], Awaitable[bytes | None]]
+) -> Result:
+    """Run `exchange` to its end: `challenge(data)` sends one challenge and returns the
+    client's decoded answer, or None (cancelled, undecodable, gone). A failure is
+    answered only after its delay, which this waits out."""
+    step = exchange.start()
+    while step is not FINISHED:
+        if step is BLOCKING:
+            step = await trio.to_thread.run_sync(exchange.work)
+        else:
+            assert not isinstance(step, type(BLOCKING))
+            step = exchange.answer(await challenge(step.data))
+    result = exchange.finish(trio.current_time())
+    if result.user is None and not result.interrupted:
+        await trio.sleep(result.delay)
+    return result
+
+
+def nonce() -> str:
+    """Fresh randomness for SCRAM and CRAM-MD5 challenges."""
+    return secrets.token_urlsafe(18)
+
+
+def wall_clock() -> float:
+    """Seconds since the epoch, for the decisions that need the date (SRS stamps,
+    Received dates, queue arrival, CRAM-MD5 timestamps)."""
+    return time.time()
