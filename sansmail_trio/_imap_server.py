@@ -62,15 +62,14 @@ from sansmail.mail.auth import (
     password_allowed,
     throttle_log_line,
 )
+from sansmail.mail.logtext import show_ip as _show_ip
 from sansmail.sessions.imapd import ImapSession, capabilities
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import ImapStore
 from sansmail.storage.users import UserStore
-from sansmail_trio._pop3_server import _show_ip
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
-from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT
-from sansmail_trio._tls import TLSContextHolder, describe, received_tls
+from sansmail_trio._tls import TLS_HANDSHAKE_TIMEOUT, TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
 __all__ = ["IDLE_TIMEOUT", "IMAPService"]

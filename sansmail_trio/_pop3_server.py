@@ -65,6 +65,7 @@ from sansmail.mail.auth import (
     password_allowed,
     throttle_log_line,
 )
+from sansmail.mail.logtext import printable as _printable
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import (
     Maildrop,
@@ -77,11 +78,7 @@ from sansmail.storage.maildir import (
 from sansmail.storage.users import UserStore
 from sansmail_trio._sasl import run_exchange
 from sansmail_trio._session import SessionRegistry, SessionTime, run_registered
-from sansmail_trio._smtp_server import (
-    TLS_HANDSHAKE_TIMEOUT,
-    _printable,
-)
-from sansmail_trio._tls import TLSContextHolder, describe, received_tls
+from sansmail_trio._tls import TLS_HANDSHAKE_TIMEOUT, TLSContextHolder, describe, received_tls
 from sansmail_trio._wire import Wire
 
 __all__ = ["IDLE_TIMEOUT", "SEND_TIMEOUT", "POP3Service"]
