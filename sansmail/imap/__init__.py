@@ -100,7 +100,7 @@ from sansmail.imap._search import (
     SearchUid,
 )
 from sansmail.imap._sequence import MAX_NUMBER, SequenceSet
-from sansmail.imap._state import Phase, State
+from sansmail.imap._state import Phase, Stage
 from sansmail.imap._values import Atom, Literal, Value, decode_tree, encode_tree
 from sansmail.imap._writers import format_date, format_datetime
 
@@ -179,8 +179,8 @@ __all__ = [
     "Section",
     "Select",
     "SequenceSet",
+    "Stage",
     "StartTLS",
-    "State",
     "Status",
     "Store",
     "Subscribe",

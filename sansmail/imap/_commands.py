@@ -1,5 +1,5 @@
 """One parser per IMAP command (RFC 9051 §6 and §9, RFC 3501 for the rev1 commands, and
-the extensions named where they add syntax), and `COMMANDS`, the table from command
+the extensions named where they add syntax), and `PARSERS`, the table from command
 name to event type and parser that `_parser` dispatches through."""
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ from sansmail.imap._values import Atom, Value
 from sansmail.sasl._b64 import decode_base64_strict
 from sansmail.sasl._base import SASLError
 
-__all__ = ["COMMANDS", "SEARCH_CHARSETS"]
+__all__ = ["PARSERS", "SEARCH_CHARSETS"]
 
 
 def _no_arguments(kind: type[Command]) -> Parse:
@@ -395,7 +395,7 @@ def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
 
 
 #: Command name -> (event type, parser).
-COMMANDS: Final[dict[str, tuple[type[Command], Parse]]] = {
+PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "CAPABILITY": (Capability, _no_arguments(Capability)),
     "NOOP": (Noop, _no_arguments(Noop)),
     "LOGOUT": (Logout, _no_arguments(Logout)),

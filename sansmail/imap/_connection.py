@@ -23,7 +23,7 @@ literal of a command already known to be refused (unknown, not valid in this sta
 Non-synchronizing literals are read without asking, up to 4096 octets (LITERAL-) or,
 once our CAPABILITY has advertised LITERAL+, up to the command's size limit.
 
-Responses drive the state (`_state.STATE_AFTER`, `_state.AFTER_TAGGED`): OK to LOGIN
+Responses drive the stage and phase (`_state.STAGE_AFTER`, `_state.SEND`): OK to LOGIN
 or AUTHENTICATE authenticates, OK to SELECT/EXAMINE selects, NO to SELECT while selected
 deselects, OK to CLOSE/UNSELECT deselects, OK to STARTTLS pauses everything until
 `start_tls()`, BYE then OK to LOGOUT ends the session. State also comes from the wire in
@@ -52,10 +52,19 @@ last word): the client side is then in ERROR for good, and the application may `
 that BYE before closing. The application may also end the session any time by sending
 a BYE (autologout, shutdown).
 
+EXPUNGE (RFC 9051 §7.5.1). While a FETCH, STORE or SEARCH by sequence number is being
+answered, an untagged EXPUNGE is a `LocalProtocolError`: the client could not tell which
+message a number in the other responses meant. Their UID forms, and every other
+command, may carry it.
+
 STARTTLS (RFC 9051 §6.2.1). After our tagged OK the connection is TLS_PENDING; the
 adapter does its handshake and calls `start_tls()`, which refuses (RemoteProtocolError)
 if any plaintext arrived behind the command, and forgets the capabilities: the client
-must ask again. A connection built with `tls_active=True` (port 993) refuses STARTTLS.
+must ask again. Under TLS the rules are the same whether it came from STARTTLS or from
+the first byte (`tls_active=True`, port 993): a CAPABILITY (response or code) listing
+STARTTLS is a `LocalProtocolError`, STARTTLS is refused with BAD whatever was
+advertised before, and `tls_active` is what the application consults before allowing
+LOGIN.
 """
 
 from __future__ import annotations
@@ -79,7 +88,9 @@ from sansmail.imap._events import (
     InvalidCommand,
     LiteralRequested,
     Logout,
+    Search,
     StartTLS,
+    Uid,
 )
 from sansmail.imap._lexer import ParseError
 from sansmail.imap._parser import Head, parse_command, read_head
@@ -93,7 +104,15 @@ from sansmail.imap._responses import (
     Untagged,
     UntaggedStatus,
 )
-from sansmail.imap._state import AFTER_TAGGED, ALLOWED, CONTINUE, RECEIVE, STATE_AFTER, Phase, State
+from sansmail.imap._state import (
+    ALLOWED,
+    EXPUNGE_FORBIDDEN,
+    RECEIVE,
+    SEND,
+    STAGE_AFTER,
+    Phase,
+    Stage,
+)
 from sansmail.imap._values import Atom
 from sansmail.imap._writers import write_response
 from sansmail.sasl._b64 import decode_base64_strict
@@ -112,27 +131,32 @@ PIPELINED_STARTTLS = UntaggedStatus(
 _UTF8_EXTENSIONS = frozenset({"IMAP4REV2", "UTF8=ACCEPT"})
 
 
-class Connection(LockstepServer[Phase]):
+class Connection(LockstepServer[Phase, Event, Response]):
     """One IMAP session, seen from the server.
 
     Args:
         our_role: `SERVER` (client commands can be written with `write_command`).
         config: limits; `Config()` when omitted.
-        tls_active: the connection is already under TLS (imaps, port 993).
+        tls_active: the link is under TLS from its first byte (implicit TLS, port 993,
+            RFC 8314 §3.3): STARTTLS is neither offered nor accepted.
     """
 
     def __init__(
         self, our_role: Role, *, config: Config | None = None, tls_active: bool = False
     ) -> None:
+        config = config if config is not None else Config()
         super().__init__(
             our_role,
             phase=Phase.GREETING,
             error_phase=Phase.ERROR,
+            closed_phase=Phase.CLOSED,
             tls_pending_phase=Phase.TLS_PENDING,
             no_client_role="sansmail has no IMAP client core (see imap.write_command)",
+            max_invalid_commands=config.max_invalid_commands,
+            too_many_invalid=TOO_MANY_ERRORS,
         )
-        self.config = config if config is not None else Config()
-        self._state = State.NOT_AUTHENTICATED
+        self.config = config
+        self._stage = Stage.NOT_AUTHENTICATED
         self._reader = CommandReader(self.config, read_head)
         self._pending: Command | None = None  # the command whose tagged response is owed
         self._pending_tag: str | None = None  # its tag (an InvalidCommand has no command)
@@ -143,14 +167,13 @@ class Connection(LockstepServer[Phase]):
         self._bye_sent = False  # the BYE of a LOGOUT answer
         self._idling = False  # the IDLE being answered was accepted with "+"
         self._logged_out = False
-        self._invalid_commands = 0
 
     # --- what the application may look at -------------------------------------------
 
     @property
-    def state(self) -> State:
+    def stage(self) -> Stage:
         """RFC 9051 §3's session state."""
-        return self._state
+        return self._stage
 
     @property
     def pending(self) -> Command | None:
@@ -181,28 +204,23 @@ class Connection(LockstepServer[Phase]):
 
     @property
     def tls_active(self) -> bool:
+        """The link is under TLS: from its first byte (`tls_active=True`), or since
+        `start_tls()` completed."""
         return self._tls_active
 
     # --- receiving -----------------------------------------------------------------------
 
-    def next_event(self) -> Event | Signal:
-        """The next event, or NEED_DATA (feed more octets), or PAUSED (answer the pending
-        command or literal, or finish the TLS switch, first)."""
-        self._check_usable()
-        try:
-            phase = self._phase
-            if phase is Phase.COMMAND:
-                return self._next_command()
-            if phase is Phase.AUTH or phase is Phase.IDLE:
-                return self._next_exchange_line(phase)
-            if phase is Phase.CLOSED:
-                if self._buffer and self._logged_out:
-                    raise RemoteProtocolError("data after LOGOUT")  # BYE was the last word
-                return _CONNECTION_CLOSED if self._eof else PAUSED
-            return PAUSED  # GREETING, LITERAL, REPLY, TLS_PENDING
-        except RemoteProtocolError:
-            self._their_error = True
-            raise
+    def _next_event(self) -> Event | Signal:
+        phase = self._phase
+        if phase is Phase.COMMAND:
+            return self._next_command()
+        if phase is Phase.AUTH or phase is Phase.IDLE:
+            return self._next_exchange_line(phase)
+        if phase is Phase.CLOSED:
+            if self._buffer and self._logged_out:
+                raise RemoteProtocolError("data after LOGOUT")  # BYE was the last word
+            return _CONNECTION_CLOSED if self._eof else PAUSED
+        return PAUSED  # GREETING, LITERAL, REPLY, TLS_PENDING
 
     def _next_command(self) -> Event | Signal:
         cap = self.config.append_size if "LITERAL+" in self._capabilities else NONSYNC_LITERAL_MINUS
@@ -235,8 +253,8 @@ class Connection(LockstepServer[Phase]):
             return "no command"
         if head.kind is None:
             return "unknown command"
-        if (self._state, head.kind) not in ALLOWED:
-            return f"is not valid in the {self._state.name} state"
+        if (self._stage, head.kind) not in ALLOWED:
+            return f"is not valid in the {self._stage.name} state"
         if head.kind is StartTLS and self._tls_active:
             return "TLS is already active"
         return None
@@ -277,13 +295,6 @@ class Connection(LockstepServer[Phase]):
         else:
             hint = Tagged(tag=head.tag, status=status, code=code, text=text)
         return InvalidCommand(tag=head.tag, command=head.name, reason=reason, reply_hint=hint)
-
-    def _count_invalid(self) -> None:
-        self._invalid_commands += 1
-        if self._invalid_commands > self.config.max_invalid_commands:
-            raise RemoteProtocolError(
-                f"more than {self.config.max_invalid_commands} invalid commands", TOO_MANY_ERRORS
-            )
 
     def _next_exchange_line(self, phase: Phase) -> Event | Signal:
         line = read_line(self._buffer, self.config.max_line_length)
@@ -326,23 +337,8 @@ class Connection(LockstepServer[Phase]):
 
     # --- sending -----------------------------------------------------------------------
 
-    def send(self, event: Response) -> bytes:
-        """Check that `event` may be sent now and return its octets.
-
-        Raises LocalProtocolError (and our side is then in ERROR for good) when the
-        session does not allow it now."""
-        try:
-            return self._send(event)
-        except LocalProtocolError:
-            self._our_error = True
-            raise
-
     def _send(self, event: Response) -> bytes:
-        if self._our_error:
-            raise LocalProtocolError("can't send after an error on our side")
         phase = self._phase
-        if phase is Phase.CLOSED:
-            raise LocalProtocolError("the session is closed")
         if isinstance(event, UntaggedStatus) and event.status == "BYE":
             return self._send_bye(event)
         if self._their_error:
@@ -358,8 +354,13 @@ class Connection(LockstepServer[Phase]):
         return self._send_untagged(event)
 
     def _write(self, event: Response) -> bytes:
+        capabilities = self._advertised(event)
         data = write_response(event, utf8=self.utf8)
-        self._learn(event)
+        # Committed: the octets are the application's to send now.
+        if capabilities is not None:
+            self._capabilities = capabilities
+        elif isinstance(event, Untagged) and event.keyword == "ENABLED":
+            self._enabled |= _names(event.data)
         return data
 
     def _send_bye(self, event: UntaggedStatus) -> bytes:
@@ -376,7 +377,7 @@ class Connection(LockstepServer[Phase]):
             raise LocalProtocolError("the greeting must be * OK, * PREAUTH or * BYE")
         data = self._write(event)
         if event.status == "PREAUTH":
-            self._state = State.AUTHENTICATED
+            self._stage = Stage.AUTHENTICATED
         self._phase = Phase.COMMAND
         return data
 
@@ -395,6 +396,11 @@ class Connection(LockstepServer[Phase]):
         elif isinstance(event, Untagged) and event.keyword == "ENABLED":
             if not isinstance(self._pending, Enable) or phase is not Phase.REPLY:
                 raise LocalProtocolError("* ENABLED answers an ENABLE command only")
+        elif isinstance(event, Untagged) and event.keyword == "EXPUNGE":
+            if _by_sequence_number(self._pending):
+                # RFC 9051 §7.5.1; the `_state.EXPUNGE_FORBIDDEN` comment says why.
+                name = type(self._pending).__name__.upper()
+                raise LocalProtocolError(f"no EXPUNGE while answering {name} (RFC 9051 §7.5.1)")
         elif not isinstance(event, Untagged | FetchResponse):
             raise LocalProtocolError(f"not a response: {event!r}")
         return self._write(event)
@@ -402,26 +408,29 @@ class Connection(LockstepServer[Phase]):
     def _send_tagged(self, event: Tagged) -> bytes:
         phase = self._phase
         if phase is Phase.LITERAL:
-            if event.tag != self._literal_tag or event.status == "OK":
+            next_phase = SEND.get((LiteralRequested, event.status))
+            if event.tag != self._literal_tag or next_phase is None:
                 raise LocalProtocolError("answer a literal request with a continuation or NO/BAD")
             data = self._write(event)
             self._reader.reset()  # the client sends nothing more of this command
             self._literal_tag = None
-            self._phase = Phase.COMMAND
+            self._phase = next_phase
             return data
         if phase is not Phase.REPLY or self._pending_tag is None:
             raise LocalProtocolError(f"no command is waiting for a tagged response ({phase.name})")
         if event.tag != self._pending_tag:
             raise LocalProtocolError(f"tag {event.tag!r} does not answer {self._pending_tag!r}")
         command = self._pending
+        kind = type(command) if command is not None else InvalidCommand
+        next_phase = SEND.get((kind, event.status))
+        if next_phase is None:
+            raise LocalProtocolError(f"{event.status} is not a valid answer to {kind.__name__}")
         if isinstance(command, Logout) and event.status == "OK" and not self._bye_sent:
             raise LocalProtocolError("send * BYE before the OK to LOGOUT (RFC 9051 §6.1.3)")
         data = self._write(event)
-        next_phase = Phase.COMMAND
         if command is not None:
-            kind = type(command)
-            self._state = STATE_AFTER.get((self._state, kind, event.status), self._state)
-            next_phase = AFTER_TAGGED.get((kind, event.status), Phase.COMMAND)
+            key = (self._stage, type(command), event.status)
+            self._stage = STAGE_AFTER.get(key, self._stage)
             if isinstance(command, Logout) and event.status == "OK":
                 self._logged_out = True
         self._pending = None
@@ -432,8 +441,12 @@ class Connection(LockstepServer[Phase]):
 
     def _send_continuation(self, event: Continuation) -> bytes:
         phase = self._phase
-        answered = type(self._pending) if phase is Phase.REPLY and self._pending else None
-        next_phase = CONTINUE.get((phase, answered))
+        answered: type[Event] | None = None
+        if phase is Phase.LITERAL:
+            answered = LiteralRequested
+        elif phase is Phase.REPLY and self._pending is not None:
+            answered = type(self._pending)
+        next_phase = SEND.get((answered, "+")) if answered is not None else None
         if answered is Idle and self._idling:
             next_phase = None  # IDLE is accepted once; after DONE only the tagged OK
         if next_phase is None:
@@ -446,16 +459,20 @@ class Connection(LockstepServer[Phase]):
         self._phase = next_phase
         return data
 
-    def _learn(self, event: Response) -> None:
-        """State from the wire: what our responses said about the session."""
+    def _advertised(self, event: Response) -> frozenset[str] | None:
+        """State from the wire: the capabilities `event` lists, if it lists any."""
         code = event.code if isinstance(event, Tagged | UntaggedStatus) else None
         if code is not None and code.name == "CAPABILITY":
-            self._capabilities = _names(code.data)
-        elif isinstance(event, Untagged):
-            if event.keyword == "CAPABILITY":
-                self._capabilities = _names(event.data)
-            elif event.keyword == "ENABLED":
-                self._enabled |= _names(event.data)
+            names = _names(code.data)
+        elif isinstance(event, Untagged) and event.keyword == "CAPABILITY":
+            names = _names(event.data)
+        else:
+            return None
+        if self._tls_active and "STARTTLS" in names:
+            # RFC 9051 §6.2.1: STARTTLS is a cleartext port's command; under TLS it is
+            # refused (see `_judge`), so offering it would promise what is not served.
+            raise LocalProtocolError("STARTTLS advertised under TLS")
+        return names
 
     # --- the TLS switch ------------------------------------------------------------------
 
@@ -467,6 +484,14 @@ class Connection(LockstepServer[Phase]):
         self._tls_active = True
         self._capabilities = frozenset()
         self._phase = Phase.COMMAND
+
+
+def _by_sequence_number(command: Command | None) -> bool:
+    """`command` is FETCH, STORE or SEARCH without UID (RFC 9051 §7.5.1)."""
+    if type(command) not in EXPUNGE_FORBIDDEN:
+        return False
+    assert isinstance(command, Uid | Search)  # the UID-capable commands
+    return not command.uid
 
 
 def _names(data: tuple[object, ...]) -> frozenset[str]:

@@ -4,7 +4,7 @@
 the reader needs before the rest of the command has arrived: to refuse a literal of a
 command that is unknown or not valid in this state before the client sends it.
 `parse_command` runs once the whole command is in; it dispatches on the command name
-through `_commands.COMMANDS`, one small function per command.
+through `_commands.PARSERS`, one small function per command.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Final
 import attrs
 
 from sansmail.imap._arguments import Context
-from sansmail.imap._commands import COMMANDS
+from sansmail.imap._commands import PARSERS
 from sansmail.imap._events import Command
 from sansmail.imap._grammar import TAG_CHARS
 from sansmail.imap._lexer import Cursor
@@ -47,7 +47,7 @@ def read_head(line: bytes) -> Head:
     if name == "UID" and found.group(3):
         name = "UID " + found.group(3).decode("ascii").upper()
         end = found.end(3)
-    entry = COMMANDS.get(name)
+    entry = PARSERS.get(name)
     if end < len(line) and line[end] != 0x20:
         entry = None  # "FETCH1" is not FETCH
     return Head(tag=tag_text, name=name, kind=entry[0] if entry else None, end=end)
@@ -60,7 +60,7 @@ def parse_command(
     ParseError (or its subclass RefusalError) when the arguments are wrong."""
     assert head.tag is not None
     assert head.name is not None
-    _kind, parse = COMMANDS[head.name]
+    _kind, parse = PARSERS[head.name]
     cursor = Cursor(lines, literals, max_nesting=max_nesting)
     cursor.pos = head.end
     command = parse(cursor, head.tag, Context(utf8=utf8, uid=head.name.startswith("UID ")))

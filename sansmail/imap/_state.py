@@ -8,8 +8,10 @@ Two kinds of state are kept apart, as in the POP3 core:
   the application owes the answer to a command, a synchronizing literal waits for the
   application's decision, a line of an AUTHENTICATE exchange or the DONE of IDLE is
   expected, a TLS handshake is under way.
-* `State` is RFC 9051 §3's session state: NOT_AUTHENTICATED, AUTHENTICATED, SELECTED,
-  LOGOUT. It decides which well-formed commands are acceptable (`ALLOWED`).
+* `Stage` is RFC 9051 §3's session state: NOT_AUTHENTICATED, AUTHENTICATED, SELECTED,
+  LOGOUT. It decides which well-formed commands are acceptable (`ALLOWED`). (Called
+  `Stage`, as in the SMTP and POP3 cores, so that it is never confused with what
+  `our_state` and `their_state` show, which is the `Phase`.)
 
 IMAP lets a client pipeline commands, but this core works in lockstep like the SMTP
 and POP3 ones: one command is handed out and the next is read only once the application
@@ -18,13 +20,14 @@ meanwhile (EXISTS before the tagged OK of a NOOP, say). So at most one tag is ev
 flight, and a client reusing a tag cannot confuse anything; RFC 9051 §2.2.1 lets a
 server process commands one at a time this way.
 
-The tables: `RECEIVE` (what `next_event()` may hand out in a phase, and the phase after
-it), `CONTINUE` (what a continuation request may answer, and the phase after it),
-`AFTER_TAGGED` (phases a tagged response leads to other than reading the next command),
-`STATE_AFTER` (how a tagged response moves the session state) and `ALLOWED`. A pair
-missing from `RECEIVE` is a bug in the core, one missing from `CONTINUE` an application
-error, one missing from `ALLOWED` a command refused with BAD, one missing from
-`STATE_AFTER` leaves the state as it is. Tests enumerate all of them.
+The tables, named as in the SMTP and POP3 cores: `RECEIVE` (what `next_event()` may hand
+out in a phase, and the phase after it), `SEND` (which tagged response or continuation
+request may answer what, and the phase after it), `STAGE_AFTER` (how a tagged response
+moves the stage) and `ALLOWED` (which commands each stage serves). A pair missing from
+`RECEIVE` is a bug in the core, one missing from `SEND` an application error, one
+missing from `ALLOWED` a command refused with BAD, one missing from `STAGE_AFTER` leaves
+the stage as it is. Tests enumerate all of them. `EXPUNGE_FORBIDDEN` names the commands
+during which the writer refuses an untagged EXPUNGE (RFC 9051 §7.5.1).
 """
 
 from __future__ import annotations
@@ -75,14 +78,14 @@ from sansmail.imap._events import (
 )
 
 __all__ = [
-    "AFTER_TAGGED",
     "ALLOWED",
-    "COMMAND_TYPES",
-    "CONTINUE",
+    "COMMANDS",
+    "EXPUNGE_FORBIDDEN",
     "RECEIVE",
-    "STATE_AFTER",
+    "SEND",
+    "STAGE_AFTER",
     "Phase",
-    "State",
+    "Stage",
 ]
 
 
@@ -100,7 +103,7 @@ class Phase(enum.Enum):
     ERROR = "error"  # this side broke the protocol (only ever shown, never stored)
 
 
-class State(enum.Enum):
+class Stage(enum.Enum):
     """RFC 9051 §3's session states."""
 
     NOT_AUTHENTICATED = "not-authenticated"
@@ -109,8 +112,8 @@ class State(enum.Enum):
     LOGOUT = "logout"
 
 
-#: Every command event type.
-COMMAND_TYPES: tuple[type[Command], ...] = (
+#: Every command the client may send, as the event it becomes.
+COMMANDS: tuple[type[Command], ...] = (
     Capability,
     Noop,
     Logout,
@@ -143,7 +146,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     Move,
 )
 
-# --- ALLOWED: which commands each state accepts (RFC 9051 §6) -------------------------------
+# --- ALLOWED: which commands each stage accepts (RFC 9051 §6) -------------------------------
 #
 # §6.1 any state: CAPABILITY, NOOP, LOGOUT; RFC 2971 §3.1: ID in any state.
 # §6.2 not authenticated: STARTTLS, AUTHENTICATE, LOGIN.
@@ -171,17 +174,17 @@ _AUTHENTICATED = (
 )
 _SELECTED = (Check, Close, Unselect, Expunge, UidExpunge, Search, Fetch, Store, Copy, Move)
 
-ALLOWED: frozenset[tuple[State, type[Command]]] = frozenset(
-    {(State.NOT_AUTHENTICATED, kind) for kind in (*_ANY, *_NOT_AUTHENTICATED)}
-    | {(State.AUTHENTICATED, kind) for kind in (*_ANY, *_AUTHENTICATED, Enable)}
-    | {(State.SELECTED, kind) for kind in (*_ANY, *_AUTHENTICATED, *_SELECTED)}
+ALLOWED: frozenset[tuple[Stage, type[Command]]] = frozenset(
+    {(Stage.NOT_AUTHENTICATED, kind) for kind in (*_ANY, *_NOT_AUTHENTICATED)}
+    | {(Stage.AUTHENTICATED, kind) for kind in (*_ANY, *_AUTHENTICATED, Enable)}
+    | {(Stage.SELECTED, kind) for kind in (*_ANY, *_AUTHENTICATED, *_SELECTED)}
 )
 
 # --- RECEIVE: what next_event() hands out in each phase, and the phase after it ------------
 
 RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
     {
-        **{(Phase.COMMAND, kind): Phase.REPLY for kind in (*COMMAND_TYPES, InvalidCommand)},
+        **{(Phase.COMMAND, kind): Phase.REPLY for kind in (*COMMANDS, InvalidCommand)},
         (Phase.COMMAND, LiteralRequested): Phase.LITERAL,
         (Phase.COMMAND, ConnectionClosed): Phase.CLOSED,
         (Phase.AUTH, AuthResponse): Phase.REPLY,
@@ -195,33 +198,35 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
     }
 )
 
-# --- CONTINUE: (phase, command being answered) -> phase after a continuation request ------
+# --- SEND: (what is answered, "OK" / "NO" / "BAD" / "+") -> phase after it -----------------
 #
-# A continuation lets a synchronizing literal come (RFC 9051 §4.3, §7.6), carries an
-# AUTHENTICATE challenge (§6.2.2), or accepts IDLE (§6.3.13). `None` stands for the
-# literal decision, where no command has been handed out yet.
-
-CONTINUE: Mapping[tuple[Phase, type[Command] | None], Phase] = MappingProxyType(
-    {
-        (Phase.LITERAL, None): Phase.COMMAND,
-        (Phase.REPLY, Authenticate): Phase.AUTH,
-        (Phase.REPLY, Idle): Phase.IDLE,
-    }
-)
-
-# --- AFTER_TAGGED: (command, status) -> phase, where it is not COMMAND ------------------------
-#
-# RFC 9051 §6.2.1: after the OK to STARTTLS the TLS negotiation starts at once.
+# A tagged response is keyed by its status, a continuation request by "+". Every command
+# may end OK, NO or BAD (RFC 9051 §7.1), after which the next command is read, except:
+# §6.2.1: after the OK to STARTTLS the TLS negotiation starts at once;
 # §6.1.3: the OK to LOGOUT (after the BYE) ends the session.
+# A continuation carries an AUTHENTICATE challenge (§6.2.2) or accepts IDLE (§6.3.13).
+# A synchronizing literal (`LiteralRequested`) is let come by a continuation (§4.3, §7.6)
+# or refused by a tagged NO or BAD, after which the client sends none of the command.
+# A command the core refused (`InvalidCommand`) stays refused: NO or BAD, as in the SMTP
+# and POP3 cores.
 
-AFTER_TAGGED: Mapping[tuple[type[Command], str], Phase] = MappingProxyType(
+_TAGGED = ("OK", "NO", "BAD")
+_REFUSED = ("NO", "BAD")
+
+SEND: Mapping[tuple[type[Event], str], Phase] = MappingProxyType(
     {
+        **{(kind, status): Phase.COMMAND for kind in COMMANDS for status in _TAGGED},
         (StartTLS, "OK"): Phase.TLS_PENDING,
         (Logout, "OK"): Phase.CLOSED,
+        (Authenticate, "+"): Phase.AUTH,
+        (Idle, "+"): Phase.IDLE,
+        (LiteralRequested, "+"): Phase.COMMAND,
+        **{(LiteralRequested, status): Phase.COMMAND for status in _REFUSED},
+        **{(InvalidCommand, status): Phase.COMMAND for status in _REFUSED},
     }
 )
 
-# --- STATE_AFTER: (state, command, status) -> state ------------------------------------------
+# --- STAGE_AFTER: (stage, command, status) -> stage ------------------------------------------
 #
 # §6.2.2, §6.2.3: OK to AUTHENTICATE or LOGIN authenticates.
 # §6.3.2: OK to SELECT/EXAMINE selects; a failed (NO) SELECT while selected leaves the
@@ -229,15 +234,25 @@ AFTER_TAGGED: Mapping[tuple[type[Command], str], Phase] = MappingProxyType(
 # §6.4.1, §6.4.2: OK to CLOSE or UNSELECT returns to authenticated.
 # §6.1.3: OK to LOGOUT is the end.
 
-STATE_AFTER: Mapping[tuple[State, type[Command], str], State] = MappingProxyType(
+STAGE_AFTER: Mapping[tuple[Stage, type[Command], str], Stage] = MappingProxyType(
     {
-        (State.NOT_AUTHENTICATED, Login, "OK"): State.AUTHENTICATED,
-        (State.NOT_AUTHENTICATED, Authenticate, "OK"): State.AUTHENTICATED,
-        (State.AUTHENTICATED, Select, "OK"): State.SELECTED,
-        (State.SELECTED, Select, "OK"): State.SELECTED,
-        (State.SELECTED, Select, "NO"): State.AUTHENTICATED,
-        (State.SELECTED, Close, "OK"): State.AUTHENTICATED,
-        (State.SELECTED, Unselect, "OK"): State.AUTHENTICATED,
-        **{(state, Logout, "OK"): State.LOGOUT for state in State if state is not State.LOGOUT},
+        (Stage.NOT_AUTHENTICATED, Login, "OK"): Stage.AUTHENTICATED,
+        (Stage.NOT_AUTHENTICATED, Authenticate, "OK"): Stage.AUTHENTICATED,
+        (Stage.AUTHENTICATED, Select, "OK"): Stage.SELECTED,
+        (Stage.SELECTED, Select, "OK"): Stage.SELECTED,
+        (Stage.SELECTED, Select, "NO"): Stage.AUTHENTICATED,
+        (Stage.SELECTED, Close, "OK"): Stage.AUTHENTICATED,
+        (Stage.SELECTED, Unselect, "OK"): Stage.AUTHENTICATED,
+        **{(stage, Logout, "OK"): Stage.LOGOUT for stage in Stage if stage is not Stage.LOGOUT},
     }
 )
+
+# --- EXPUNGE_FORBIDDEN: no untagged EXPUNGE while one of these is answered ---------------
+#
+# RFC 9051 §7.5.1: an EXPUNGE response must not be sent while responding to FETCH, STORE
+# or SEARCH, whose responses name messages by sequence number: the client could not tell
+# whether a number meant the message before or after the expunge. UID FETCH, UID STORE
+# and UID SEARCH are different commands that may carry it (the events' `uid` flag), and
+# so may every other command.
+
+EXPUNGE_FORBIDDEN: frozenset[type[Command]] = frozenset({Fetch, Store, Search})

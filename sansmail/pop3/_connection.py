@@ -11,7 +11,7 @@ closes). After that `next_event()` parses one command, hands out its event and r
 `PAUSED` until the application has answered it; commands pipelined behind it (RFC 2449
 §6.6) wait untouched in the buffer, which is all a server needs for PIPELINING.
 
-Responses drive the state, looked up in `_state.RESPOND` and `_state.STAGE_AFTER` from
+Responses drive the state, looked up in `_state.SEND` and `_state.STAGE_AFTER` from
 what they answer: +OK to PASS or to an AUTH exchange enters TRANSACTION, +OK to STLS
 pauses everything until `start_tls()`, any answer to QUIT closes. A +OK to a multi-line
 command (CAPA, RETR, TOP, LIST and UIDL without argument) must be followed by
@@ -45,6 +45,10 @@ STLS (RFC 2595 §4). After our +OK the connection is TLS_PENDING and `next_event
 PAUSED. The adapter does its handshake and calls `start_tls()`, which refuses
 (RemoteProtocolError) if any plaintext arrived behind STLS, since it would otherwise be
 read as if it had come over TLS; the session stays in AUTHORIZATION, with no new greeting.
+Under TLS the rules are the same whether it came from STLS or from the first byte
+(`tls_active=True`, port 995): a CAPA listing STLS is a `LocalProtocolError` (RFC 2595
+§4), STLS is refused with -ERR whatever was advertised before, and `tls_active` is what
+the application consults before allowing USER/PASS or AUTH PLAIN.
 
 AUTH (RFC 5034 §4). The core frames the exchange, the application runs the SASL
 mechanism (`sansmail.sasl`). The application answers `Auth` and each `AuthResponse` with a
@@ -77,7 +81,7 @@ from sansmail.pop3._events import (
     User,
 )
 from sansmail.pop3._readers import CommandError, read_auth_response, read_command
-from sansmail.pop3._state import RECEIVE, RESPOND, STAGE_AFTER, Phase, Stage, is_multiline
+from sansmail.pop3._state import RECEIVE, SEND, STAGE_AFTER, Phase, Stage, is_multiline
 from sansmail.pop3._writers import (
     MAX_CAPA_LISTING,
     DotStuffer,
@@ -106,29 +110,36 @@ _AUTH_COMMAND = len("AUTH ") + 20 + 1
 Sendable = Ok | Err | Challenge | MultilineData | EndOfMultiline
 
 
-class Connection(LockstepServer[Phase]):
+class Connection(LockstepServer[Phase, Event, Sendable]):
     """One POP3 session, seen from the server.
 
     Args:
         our_role: `SERVER` (a POP3 client core is not part of sansmail).
         config: limits; `Config()` when omitted.
+        tls_active: the link is under TLS from its first byte (implicit TLS, port 995,
+            RFC 8314 §3.3): STLS is neither offered nor accepted.
     """
 
-    def __init__(self, our_role: Role, *, config: Config | None = None) -> None:
+    def __init__(
+        self, our_role: Role, *, config: Config | None = None, tls_active: bool = False
+    ) -> None:
+        config = config if config is not None else Config()
         super().__init__(
             our_role,
             phase=Phase.GREETING,
             error_phase=Phase.ERROR,
+            closed_phase=Phase.CLOSED,
             tls_pending_phase=Phase.TLS_PENDING,
             no_client_role="sansmail has no POP3 client core",
+            max_invalid_commands=config.max_invalid_commands,
+            too_many_invalid=TOO_MANY_ERRORS,
         )
-        self.config = config if config is not None else Config()
+        self.config = config
         self._stage = Stage.AUTHORIZATION
         self._answering: Event | None = None  # the command the pending response answers
         self._stuffer: DotStuffer | None = None  # while a multi-line body is written
         self._user: str | None = None  # the name of a USER just answered +OK
-        self._tls_active = False
-        self._invalid_commands = 0
+        self._tls_active = tls_active
         self._quit = False
         self._capa: bytearray | None = None  # our CAPA listing, while it is written
         self._capabilities: Mapping[str, str] = MappingProxyType({})
@@ -153,28 +164,22 @@ class Connection(LockstepServer[Phase]):
 
     @property
     def tls_active(self) -> bool:
-        """`start_tls()` has completed on this connection."""
+        """The link is under TLS: from its first byte (`tls_active=True`), or since
+        `start_tls()` completed."""
         return self._tls_active
 
     # --- receiving ---------------------------------------------------------------------
 
-    def next_event(self) -> Event | Signal:
-        """The next event, or NEED_DATA (feed more bytes), or PAUSED (answer the pending
-        command, or finish the TLS switch, first)."""
-        self._check_usable()
-        try:
-            phase = self._phase
-            if phase is Phase.COMMAND or phase is Phase.AUTH:
-                return self._next_line(phase)
-            if phase is Phase.CLOSED:
-                if self._buffer and self._quit:
-                    # Our answer to QUIT was the last word: no hint.
-                    raise RemoteProtocolError("data after QUIT")
-                return _CONNECTION_CLOSED if self._eof else PAUSED
-            return PAUSED  # GREETING, REPLY, MULTILINE, TLS_PENDING
-        except RemoteProtocolError:
-            self._their_error = True
-            raise
+    def _next_event(self) -> Event | Signal:
+        phase = self._phase
+        if phase is Phase.COMMAND or phase is Phase.AUTH:
+            return self._next_line(phase)
+        if phase is Phase.CLOSED:
+            if self._buffer and self._quit:
+                # Our answer to QUIT was the last word: no hint.
+                raise RemoteProtocolError("data after QUIT")
+            return _CONNECTION_CLOSED if self._eof else PAUSED
+        return PAUSED  # GREETING, REPLY, MULTILINE, TLS_PENDING
 
     def _next_line(self, phase: Phase) -> Event | Signal:
         config = self.config
@@ -225,14 +230,6 @@ class Connection(LockstepServer[Phase]):
         except LineTooLongError:
             raise RemoteProtocolError(f"line over {cap} octets", LINE_TOO_LONG) from None
 
-    def _count_invalid(self) -> None:
-        self._invalid_commands += 1
-        if self._invalid_commands > self.config.max_invalid_commands:
-            raise RemoteProtocolError(
-                f"more than {self.config.max_invalid_commands} invalid commands",
-                TOO_MANY_ERRORS,
-            )
-
     def _handle(self, event: Event) -> Event:
         # The RECEIVE table is the single place the phase moves on input.
         phase = RECEIVE[self._phase, type(event)]
@@ -243,23 +240,8 @@ class Connection(LockstepServer[Phase]):
 
     # --- sending -----------------------------------------------------------------------
 
-    def send(self, event: Sendable) -> bytes:
-        """Check that `event` may be sent now and return its bytes.
-
-        Raises LocalProtocolError (and our side is then in ERROR for good) when the
-        event is not one the session allows now."""
-        try:
-            return self._send(event)
-        except LocalProtocolError:
-            self._our_error = True
-            raise
-
     def _send(self, event: Sendable) -> bytes:
-        if self._our_error:
-            raise LocalProtocolError("can't send after an error on our side")
         phase = self._phase
-        if phase is Phase.CLOSED:
-            raise LocalProtocolError("the session is closed")
         kind = type(event)
         if phase is Phase.MULTILINE:
             assert self._stuffer is not None
@@ -294,14 +276,14 @@ class Connection(LockstepServer[Phase]):
         else:
             raise LocalProtocolError(f"no command is waiting for a response ({phase.name})")
         answered = type(answering) if answering is not None else None
-        next_phase = RESPOND.get((answered, kind))
+        next_phase = SEND.get((answered, kind))
         if next_phase is None:
             what = answered.__name__ if answered is not None else "the greeting"
             raise LocalProtocolError(f"{kind.__name__} is not a valid answer to {what}")
         if isinstance(event, Challenge):
             data = write_challenge(event)
         else:
-            assert isinstance(event, Ok | Err)  # RESPOND holds no other event types
+            assert isinstance(event, Ok | Err)  # SEND holds no other event types
             if isinstance(event, Ok) and answering is not None:
                 check_scan_listing(answering, event)
             data = write_response(event)

@@ -14,12 +14,13 @@ Two kinds of state are kept apart:
 * `Stage` is RFC 1939's session state: AUTHORIZATION, TRANSACTION, UPDATE. It decides
   which well-formed commands are acceptable (`ALLOWED`).
 
-Both move only through the tables below: `RECEIVE` (what next_event() may hand out in a
-phase), `RESPOND` (which response may answer what, and the phase after it) and
-`STAGE_AFTER` (how a response moves the stage). A pair missing from `RECEIVE` is a bug in
-the core, one missing from `RESPOND` an application error (`LocalProtocolError`), one
-missing from `ALLOWED` a command refused with -ERR, one missing from `STAGE_AFTER` leaves
-the stage as it is. Tests enumerate all four.
+Both move only through the tables below, named as in the SMTP and IMAP cores: `RECEIVE`
+(what next_event() may hand out in a phase, and the phase after it), `SEND` (which
+response may answer what, and the phase after it), `STAGE_AFTER` (how a response moves
+the stage) and `ALLOWED` (which commands each stage serves). A pair missing from
+`RECEIVE` is a bug in the core, one missing from `SEND` an application error
+(`LocalProtocolError`), one missing from `ALLOWED` a command refused with -ERR, one
+missing from `STAGE_AFTER` leaves the stage as it is. Tests enumerate all four.
 
 Which answers are multi-line is decided by the command, the way h11 picks body framing
 from the request method: `MULTILINE` names them; LIST and UIDL are multi-line only
@@ -61,7 +62,7 @@ __all__ = [
     "ALLOWED",
     "COMMANDS",
     "RECEIVE",
-    "RESPOND",
+    "SEND",
     "STAGE_AFTER",
     "Phase",
     "Stage",
@@ -137,7 +138,7 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
     }
 )
 
-# --- RESPOND: (what is answered, response type) -> phase after it --------------------------
+# --- SEND: (what is answered, response type) -> phase after it -----------------------------
 #
 # `None` stands for the greeting (RFC 1939 §4: "+OK"; a "-ERR" greeting closes). Multi-line
 # commands go to MULTILINE on +OK (the connection decides, see `is_multiline`); STLS's +OK
@@ -147,7 +148,7 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
 
 _ORDINARY = (User, Pass, Capa, Stat, List, Retr, Top, Dele, Noop, Rset, Uidl)
 
-RESPOND: Mapping[tuple[type[Event] | None, type[Event]], Phase] = MappingProxyType(
+SEND: Mapping[tuple[type[Event] | None, type[Event]], Phase] = MappingProxyType(
     {
         (None, Ok): Phase.COMMAND,
         (None, Err): Phase.CLOSED,

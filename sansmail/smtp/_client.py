@@ -11,8 +11,8 @@ Which reply answers what. Replies come back in the order the commands went out (
 §3.2), so the connection keeps a FIFO of the commands still owed a reply (`pending`; the
 greeting is owed first, shown as None). Each `Reply` that `next_event` returns answers the
 head of that queue, which `answered` shows afterwards. What a reply *means* is looked up
-exactly as the server core decides what it may send, in `_state.REPLY` and
-`_state.STAGE_AFTER_REPLY` (with the few client additions of `_client_state`): 354 to DATA
+exactly as the server core decides what it may send, in `_state.SEND` and
+`_state.STAGE_AFTER` (with the few client additions of `_client_state`): 354 to DATA
 opens the content, 334 to AUTH asks for a response, 220 to STARTTLS starts the TLS switch,
 2xx to MAIL opens a transaction, 221 to QUIT ends the session. A reply those tables do not
 allow (354 to MAIL, 250 to DATA ...) is a `RemoteProtocolError`, as is a reply with no
@@ -25,7 +25,7 @@ a BDAT line (BDAT), an AUTH response after a 334 (AUTH). RFC 2920 pipelining: wi
 PIPELINING advertised, MAIL, RCPT, RSET, BDAT and the end of the content may be followed
 by more commands before their reply (`_client_state.PIPELINABLE`); any other command is
 the last of its group, and without PIPELINING every command is. The command order of RFC
-5321 §4.1.4 is checked with the server's own `SEQUENCE` table against the stage the
+5321 §4.1.4 is checked with the server's own `ALLOWED` table against the stage the
 session will be in if every pending command succeeds (so RCPT may follow a pipelined MAIL);
 a refused command raises `LocalProtocolError` and never reaches the wire. Extensions are
 used only when the EHLO reply advertised them: MAIL and RCPT parameters, STARTTLS, AUTH
@@ -43,7 +43,8 @@ STARTTLS (RFC 3207). After the 220, the connection is TLS_PENDING and `next_even
 returns PAUSED. The adapter does the handshake and calls `start_tls()`, which refuses
 (RemoteProtocolError) if any plaintext arrived after the 220, since it would otherwise be
 read as if it had come over TLS, and otherwise forgets what the EHLO reply said: the
-client must send EHLO again (RFC 3207 §4.2).
+client must send EHLO again (RFC 3207 §4.2). Under TLS, from STARTTLS or from the first
+byte (`tls_active=True`), STARTTLS is refused before it reaches the wire.
 
 Errors. A malformed reply, a reply the tables do not allow, a line or reply over the caps
 of `_client_readers`, and EOF in the middle of a reply raise `RemoteProtocolError`; a
@@ -63,8 +64,8 @@ from sansmail._linebuffer import LineBuffer
 from sansmail._roles import CLIENT, NEED_DATA, PAUSED, SERVER, Role, Signal
 from sansmail.smtp._client_readers import MAX_REPLY_LINE, MAX_REPLY_LINES, ReplyReader
 from sansmail.smtp._client_state import (
-    CLIENT_REPLY,
-    CLIENT_STAGE_AFTER_REPLY,
+    CLIENT_SEND,
+    CLIENT_STAGE_AFTER,
     PIPELINABLE,
     reply_kind,
 )
@@ -86,7 +87,7 @@ from sansmail.smtp._events import (
     Verify,
 )
 from sansmail.smtp._readers import _MAIL_PARAMETERS, _RCPT_PARAMETERS
-from sansmail.smtp._state import COMMANDS, SEQUENCE, Phase, Stage
+from sansmail.smtp._state import ALLOWED, COMMANDS, REFUSALS, Phase, Stage
 from sansmail.smtp._writers import read_extensions
 
 __all__ = ["ClientConnection"]
@@ -104,10 +105,16 @@ class ClientConnection:
     Args:
         max_reply_line: longest reply line accepted, CRLF included.
         max_reply_lines: most lines in one reply.
+        tls_active: the link is under TLS from its first byte (implicit TLS, port 465,
+            RFC 8314 §3.3): STARTTLS is never sent.
     """
 
     def __init__(
-        self, *, max_reply_line: int = MAX_REPLY_LINE, max_reply_lines: int = MAX_REPLY_LINES
+        self,
+        *,
+        max_reply_line: int = MAX_REPLY_LINE,
+        max_reply_lines: int = MAX_REPLY_LINES,
+        tls_active: bool = False,
     ) -> None:
         if max_reply_line < 512 or max_reply_lines < 1:
             raise ValueError("max_reply_line must be >= 512 (RFC 5321 §4.5.3.1.5)")
@@ -123,7 +130,7 @@ class ClientConnection:
         self._answered: Event | None = None
         self._extensions: Mapping[str, str] = MappingProxyType({})
         self._esmtp = False
-        self._tls_active = False
+        self._tls_active = tls_active
         self._authenticated = False
         self._smtputf8 = False  # the last MAIL sent had SMTPUTF8 (RFC 6531 §3.4)
         self._data: DataWriter | None = None  # after 354
@@ -181,7 +188,8 @@ class ClientConnection:
 
     @property
     def tls_active(self) -> bool:
-        """`start_tls()` has completed on this connection."""
+        """The link is under TLS: from its first byte (`tls_active=True`), or since
+        `start_tls()` completed."""
         return self._tls_active
 
     @property
@@ -261,7 +269,7 @@ class ClientConnection:
             return reply
         kind = reply_kind(answered)
         cls = code // 100
-        after = CLIENT_REPLY.get((kind, code)) or CLIENT_REPLY.get((kind, cls))
+        after = CLIENT_SEND.get((kind, code)) or CLIENT_SEND.get((kind, cls))
         if after is None:
             raise RemoteProtocolError(f"{code} is not a valid reply to {_name(answered)}")
         if cls == 2 and isinstance(answered, Hello):
@@ -270,7 +278,7 @@ class ClientConnection:
             self._esmtp = answered.extended
         elif code == 235 and isinstance(answered, Auth | AuthResponse):
             self._authenticated = True
-        self._stage = CLIENT_STAGE_AFTER_REPLY.get((self._stage, kind, cls), self._stage)
+        self._stage = CLIENT_STAGE_AFTER.get((self._stage, kind, cls), self._stage)
         if after is Phase.CLOSED:
             self._close()
         elif after is not Phase.COMMAND:
@@ -352,7 +360,7 @@ class ClientConnection:
         # pipelined command is judged against.
         stage = self._stage
         for event in self._pending:
-            stage = CLIENT_STAGE_AFTER_REPLY.get((stage, reply_kind(event), 2), stage)
+            stage = CLIENT_STAGE_AFTER.get((stage, reply_kind(event), 2), stage)
         return stage
 
     def _send_command(self, event: Event) -> bytes:
@@ -361,11 +369,10 @@ class ClientConnection:
         if kind not in COMMANDS:
             raise LocalProtocolError(f"{name} can't be sent now (phase COMMAND)")
         stage = self._projected_stage()
-        refusal = SEQUENCE[stage, kind]
-        if refusal is not None:
+        if (stage, kind) not in ALLOWED:
             raise LocalProtocolError(
                 f"{name} is out of sequence in stage {stage.name} "
-                f"(RFC 5321 §4.1.4: the server would answer {refusal.code})"
+                f"(RFC 5321 §4.1.4: the server would answer {REFUSALS[stage, kind].code})"
             )
         extensions = self._extensions
         utf8 = False

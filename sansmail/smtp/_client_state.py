@@ -1,12 +1,14 @@
 """The SMTP conversation as the client sees it: the server's tables, plus what only a client
 needs (which commands may be pipelined, and a few replies a client must tolerate).
 
-The server's tables in `_state.py` already say what each reply means: `REPLY` maps (what
-is answered, code or class) to the phase that follows, `STAGE_AFTER_REPLY` says how the
-reply moves RFC 5321 §4.1.4's command order, and `SEQUENCE` says which command is out of
-order in which stage. The client core reads them the other way round: a reply the server
-table would not let a server send is a `RemoteProtocolError`; a command `SEQUENCE` would
-refuse is a `LocalProtocolError` before it reaches the wire.
+The server's tables in `_state.py` already say what each reply means: `SEND` maps (what
+is answered, code or class) to the phase that follows, `STAGE_AFTER` says how the reply
+moves RFC 5321 §4.1.4's command order, and `ALLOWED` says which command each stage
+serves (`REFUSALS`, what the server answers to the others). The client core reads them
+the other way round: a reply the server table would not let a server send is a
+`RemoteProtocolError`; a command out of `ALLOWED` is a `LocalProtocolError` before it
+reaches the wire. `CLIENT_SEND` and `CLIENT_STAGE_AFTER` are `SEND` and `STAGE_AFTER`
+widened by the replies a client must tolerate.
 
 Two things the server tables cannot say:
 
@@ -33,9 +35,9 @@ from sansmail.smtp._events import (
     Rcpt,
     Reset,
 )
-from sansmail.smtp._state import REPLY, STAGE_AFTER_REPLY, Phase, Stage
+from sansmail.smtp._state import SEND, STAGE_AFTER, Phase, Stage
 
-__all__ = ["CLIENT_REPLY", "CLIENT_STAGE_AFTER_REPLY", "PIPELINABLE", "reply_kind"]
+__all__ = ["CLIENT_SEND", "CLIENT_STAGE_AFTER", "PIPELINABLE", "reply_kind"]
 
 #: RFC 2920 §3.1: RSET, MAIL and RCPT "can all appear anywhere in a pipelined command
 #: group"; the end of message content may start one ("the actual transfer of message
@@ -45,9 +47,9 @@ __all__ = ["CLIENT_REPLY", "CLIENT_STAGE_AFTER_REPLY", "PIPELINABLE", "reply_kin
 #: come last: the client must see their reply before it sends anything else.
 PIPELINABLE: frozenset[type[Event]] = frozenset({Mail, Rcpt, Reset, Bdat, EndOfMessage})
 
-CLIENT_REPLY: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
+CLIENT_SEND: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
     {
-        **REPLY,
+        **SEND,
         # RFC 5321 §3.1 names 220 and 554 for the greeting, and §3.8 421; other 4xx
         # greetings ("450 too busy") exist, and a client gains nothing by calling them
         # malformed: it is refused service either way.
@@ -60,9 +62,9 @@ CLIENT_REPLY: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
     }
 )
 
-CLIENT_STAGE_AFTER_REPLY: Mapping[tuple[Stage, type[Event] | None, int], Stage] = MappingProxyType(
+CLIENT_STAGE_AFTER: Mapping[tuple[Stage, type[Event] | None, int], Stage] = MappingProxyType(
     {
-        **STAGE_AFTER_REPLY,
+        **STAGE_AFTER,
         # A refusing greeting leaves only QUIT, whatever its class (see above).
         (Stage.NEED_HELLO, None, 4): Stage.REFUSED,
     }

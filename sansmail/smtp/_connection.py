@@ -13,7 +13,7 @@ first thing said is the application's greeting; client bytes that arrive before 
 kept and parsed only after it.
 
 Replies drive the state. What a reply means depends on what it answers and on its class,
-looked up in `_state.REPLY` and `_state.STAGE_AFTER_REPLY`: 354 to DATA starts the
+looked up in `_state.SEND` and `_state.STAGE_AFTER`: 354 to DATA starts the
 content, 2xx to MAIL opens a transaction, 2xx to RCPT adds a recipient, any reply to the
 end of the content closes the transaction, 220 to STARTTLS pauses everything until
 `start_tls()`, 221 to QUIT and 421 to anything close the session. The 250 reply to EHLO
@@ -34,7 +34,11 @@ STARTTLS (RFC 3207). After the application's 220 the connection is TLS_PENDING a
 which refuses (RemoteProtocolError) if any plaintext arrived behind the STARTTLS command,
 since it would otherwise be read as if it had come over TLS, and otherwise forgets the
 session (RFC 3207 §4.2): the client must send EHLO again, no greeting is sent, and an
-earlier AUTH no longer counts.
+earlier AUTH no longer counts. Under TLS the rules are the same whether it came from
+STARTTLS or from the first byte (`tls_active=True`, port 465): an EHLO reply offering
+STARTTLS is a `LocalProtocolError` (RFC 3207 §4.2), and a STARTTLS command is refused
+with 503 whatever was advertised before; `tls_active` is what the application consults
+before offering AUTH PLAIN or LOGIN.
 
 AUTH (RFC 4954). The core frames the exchange; the application runs the SASL mechanism.
 `Auth` arrives only if our EHLO reply had an "AUTH mech ..." line naming the mechanism
@@ -90,7 +94,7 @@ from sansmail.smtp._readers import (
     read_command,
     starts_with_auth,
 )
-from sansmail.smtp._state import RECEIVE, REPLY, STAGE_AFTER_REPLY, Phase, Session, Stage
+from sansmail.smtp._state import RECEIVE, SEND, STAGE_AFTER, Phase, Session, Stage
 from sansmail.smtp._writers import is_challenge_text, read_extensions, write_reply
 
 __all__ = ["Connection"]
@@ -102,30 +106,38 @@ _CONNECTION_CLOSED = ConnectionClosed()
 _UNSUPPORTED_EXTENSIONS = ("BINARYMIME",)
 
 
-class Connection(LockstepServer[Phase]):
+class Connection(LockstepServer[Phase, Event, Reply]):
     """One SMTP session, seen from the server.
 
     Args:
         our_role: `SERVER`. (The client role is `ClientConnection`.)
         config: limits and switches; `Config()` when omitted.
+        tls_active: the link is under TLS from its first byte (implicit TLS, port 465,
+            RFC 8314 §3.3): STARTTLS is neither offered nor accepted.
     """
 
-    def __init__(self, our_role: Role, *, config: Config | None = None) -> None:
+    def __init__(
+        self, our_role: Role, *, config: Config | None = None, tls_active: bool = False
+    ) -> None:
+        config = config if config is not None else Config()
         super().__init__(
             our_role,
             phase=Phase.GREETING,
             error_phase=Phase.ERROR,
+            closed_phase=Phase.CLOSED,
             tls_pending_phase=Phase.TLS_PENDING,
             no_client_role="use smtp.ClientConnection for the client role",
+            max_invalid_commands=config.max_invalid_commands,
+            too_many_invalid=_codes.TOO_MANY_ERRORS,
         )
-        self.config = config if config is not None else Config()
-        self._session = Session(self.config)
+        self.config = config
+        self._session = Session(config)
+        self._session.tls_active = tls_active
         self._answering: Event | None = None  # the event the pending reply answers
         self._reader: DataReader | BdatReader | None = None
         self._bdat_content: ContentFilter | None = None  # one per BDAT transaction
         self._skip = 0  # octets of a refused BDAT chunk still to throw away
         self._skipped: InvalidCommand | None = None  # handed out once they are gone
-        self._invalid_commands = 0
         self._quit = False
 
     # --- what the application may look at -------------------------------------------
@@ -147,7 +159,8 @@ class Connection(LockstepServer[Phase]):
 
     @property
     def tls_active(self) -> bool:
-        """`start_tls()` has completed on this connection."""
+        """The link is under TLS: from its first byte (`tls_active=True`), or since
+        `start_tls()` completed."""
         return self._session.tls_active
 
     @property
@@ -157,30 +170,23 @@ class Connection(LockstepServer[Phase]):
 
     # --- receiving ---------------------------------------------------------------------
 
-    def next_event(self) -> Event | Signal:
-        """The next event, or NEED_DATA (feed more bytes), or PAUSED (send a reply, or
-        finish the TLS switch, first)."""
-        self._check_usable()
-        try:
-            phase = self._phase
-            if phase is Phase.COMMAND:
-                return self._next_command()
-            if phase is Phase.AUTH:
-                return self._next_auth_response()
-            if phase is Phase.DATA or phase is Phase.BDAT:
-                assert self._reader is not None
-                event = self._reader(self._buffer)
-                if event is None:
-                    return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
-                return self._handle(event)
-            if phase is Phase.CLOSED:
-                if self._buffer and self._quit:
-                    raise RemoteProtocolError("data after QUIT")
-                return _CONNECTION_CLOSED if self._eof else PAUSED
-            return PAUSED  # GREETING, REPLY, TLS_PENDING
-        except RemoteProtocolError:
-            self._their_error = True
-            raise
+    def _next_event(self) -> Event | Signal:
+        phase = self._phase
+        if phase is Phase.COMMAND:
+            return self._next_command()
+        if phase is Phase.AUTH:
+            return self._next_auth_response()
+        if phase is Phase.DATA or phase is Phase.BDAT:
+            assert self._reader is not None
+            event = self._reader(self._buffer)
+            if event is None:
+                return self._handle(_CONNECTION_CLOSED) if self._eof else NEED_DATA
+            return self._handle(event)
+        if phase is Phase.CLOSED:
+            if self._buffer and self._quit:
+                raise RemoteProtocolError("data after QUIT")
+            return _CONNECTION_CLOSED if self._eof else PAUSED
+        return PAUSED  # GREETING, REPLY, TLS_PENDING
 
     def _next_command(self) -> Event | Signal:
         buffer = self._buffer
@@ -228,15 +234,6 @@ class Connection(LockstepServer[Phase]):
             self._reader = BdatReader(self._bdat_content, event.size, event.last)
         return self._handle(event)
 
-    def _count_invalid(self) -> None:
-        self._invalid_commands += 1
-        if self._invalid_commands > self.config.max_invalid_commands:
-            # `from None`: this ends the session, whatever refusal tipped the count.
-            raise RemoteProtocolError(
-                f"more than {self.config.max_invalid_commands} invalid commands",
-                _codes.TOO_MANY_ERRORS,
-            ) from None
-
     def _extract_auth_line(self, what: str) -> bytes | None:
         cap = self.config.auth_line_cap
         try:
@@ -272,25 +269,10 @@ class Connection(LockstepServer[Phase]):
 
     # --- sending -----------------------------------------------------------------------
 
-    def send(self, event: Reply) -> bytes:
-        """Check that `event` may be sent now and return its bytes.
-
-        Raises LocalProtocolError (and our side is then in ERROR for good) when the
-        reply is not one the session allows now."""
-        try:
-            return self._send(event)
-        except LocalProtocolError:
-            self._our_error = True
-            raise
-
     def _send(self, event: Reply) -> bytes:
-        if self._our_error:
-            raise LocalProtocolError("can't send after send_failed()")
         if type(event) is not Reply:
             raise LocalProtocolError(f"a server sends Reply events, not {type(event).__name__}")
         phase = self._phase
-        if phase is Phase.CLOSED:
-            raise LocalProtocolError("the session is closed")
         session = self._session
         if self._their_error or event.code == 421:
             # The last word: the hint after a RemoteProtocolError, or a 421, which
@@ -308,7 +290,7 @@ class Connection(LockstepServer[Phase]):
         kind = type(answering) if answering is not None else None
         code = event.code
         cls = code // 100
-        next_phase = REPLY.get((kind, code)) or REPLY.get((kind, cls))
+        next_phase = SEND.get((kind, code)) or SEND.get((kind, cls))
         if next_phase is None:
             what = kind.__name__ if kind is not None else "the greeting"
             raise LocalProtocolError(f"{code} is not a valid reply to {what}")
@@ -373,7 +355,7 @@ class Connection(LockstepServer[Phase]):
     def _move_stage(self, answering: Event | None, kind: type[Event] | None, cls: int) -> None:
         session = self._session
         stage = session.stage
-        new = STAGE_AFTER_REPLY.get((stage, kind, cls), stage)
+        new = STAGE_AFTER.get((stage, kind, cls), stage)
         if new is not stage and new is not Stage.RCPT and new is not Stage.BDAT:
             # Leaving a transaction, or opening one: the envelope starts afresh.
             session.recipients = 0

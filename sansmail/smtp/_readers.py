@@ -5,7 +5,7 @@ Theory of operation
 Commands. `read_command` gets one command line (CRLF already checked and removed by the
 line buffer) and returns the event, or raises `CommandError` carrying the refusal the
 RFCs call for. It checks, in this order: the verb; the stage (RFC 5321 §4.1.4, from the
-`SEQUENCE` table, so that "RCPT TO:<garbage>" before MAIL is a sequence error, as in
+`ALLOWED` and `REFUSALS` tables, so that "RCPT TO:<garbage>" before MAIL is a sequence error, as in
 Postfix); the line length; then the arguments. Non-ASCII octets are decoded as UTF-8 only
 where RFC 6531 allows them (MAIL and RCPT paths of an SMTPUTF8 transaction, VRFY); MAIL
 parameters are accepted only when the extension that defines them was advertised in our
@@ -89,7 +89,7 @@ from sansmail.smtp._events import (
     decode_xtext,
     read_auth_parameter,
 )
-from sansmail.smtp._state import SEQUENCE, Session
+from sansmail.smtp._state import ALLOWED, REFUSALS, Session
 
 __all__ = [
     "BdatReader",
@@ -455,8 +455,8 @@ def _read_bdat(rest: bytes, session: Session) -> Bdat:
         raise CommandError(
             "BDAT after a refused chunk", _codes.BDAT_AFTER_FAILURE, skip=size, counted=False
         )
-    refusal = SEQUENCE[session.stage, Bdat]
-    if refusal is not None:
+    if (session.stage, Bdat) not in ALLOWED:
+        refusal = REFUSALS[session.stage, Bdat]
         raise CommandError(f"BDAT in stage {session.stage.name}", refusal, skip=size)
     if "CHUNKING" not in session.extensions:
         raise CommandError(
@@ -486,8 +486,8 @@ def read_command(line: bytes, session: Session) -> Event:
             raise CommandError(f"{name} is not implemented", _codes.NOT_IMPLEMENTED)
         raise CommandError(f"unrecognized command {name!r}", _codes.UNRECOGNIZED)
     kind, parse = entry
-    refusal = SEQUENCE[session.stage, kind]
-    if refusal is not None:
+    if (session.stage, kind) not in ALLOWED:
+        refusal = REFUSALS[session.stage, kind]
         raise CommandError(f"{verb.decode()} in stage {session.stage.name}", refusal)
     if b"\0" in rest:
         raise CommandError("NUL in a command line", _codes.BAD_OCTET)

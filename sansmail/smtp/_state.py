@@ -18,10 +18,14 @@ Two kinds of state are kept apart:
   mail transaction open, does it have recipients, did it start with BDAT? It decides
   whether a well-formed command is acceptable now.
 
-Both move only through the tables below. A pair missing from `RECEIVE` is a bug in the
-core; a pair missing from `REPLY` is an application error (`LocalProtocolError`); every
-(stage, command) pair is present in `SEQUENCE`, with the refusal or None; a triple missing
-from `STAGE_AFTER_REPLY` leaves the stage as it is. Tests enumerate all four.
+Both move only through the tables below, named as in the POP3 and IMAP cores: `RECEIVE`
+(what next_event() may hand out in a phase, and the phase after it), `SEND` (which reply
+may answer what, and the phase after it), `STAGE_AFTER` (how a reply moves the stage) and
+`ALLOWED` (which commands each stage serves), with `REFUSALS`, the reply to every command
+a stage does not serve. A pair missing from `RECEIVE` is a bug in the core; a pair
+missing from `SEND` is an application error (`LocalProtocolError`); every (stage,
+command) pair is in `ALLOWED` or in `REFUSALS`, never both; a triple missing from
+`STAGE_AFTER` leaves the stage as it is. Tests enumerate all of them.
 
 A reply moves the conversation according to what it answers and its class, the same way
 h11 chooses body framing from the request method: 354 to DATA starts content, 220 to
@@ -67,11 +71,12 @@ from sansmail.smtp._events import (
 )
 
 __all__ = [
+    "ALLOWED",
     "COMMANDS",
     "RECEIVE",
-    "REPLY",
-    "SEQUENCE",
-    "STAGE_AFTER_REPLY",
+    "REFUSALS",
+    "SEND",
+    "STAGE_AFTER",
     "Phase",
     "Session",
     "Stage",
@@ -145,7 +150,7 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
     }
 )
 
-# --- REPLY: which replies the application may send to what -----------------------------
+# --- SEND: which replies the application may send to what, and the phase after it ------
 #
 # Keyed by (what is answered, exact code) or (what is answered, reply class); the
 # connection tries the exact code first. `None` stands for the greeting. The lists follow
@@ -154,7 +159,7 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
 _COMMAND_CLASSES = (2, 4, 5)
 _NEGATIVE = (4, 5)
 
-REPLY: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
+SEND: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
     {
         # §4.3.2 "CONNECTION ESTABLISHMENT S: 220 E: 554"; RFC 7504 adds 521.
         (None, 220): Phase.COMMAND,
@@ -188,12 +193,31 @@ REPLY: Mapping[tuple[type[Event] | None, int], Phase] = MappingProxyType(
     }
 )
 
-# --- SEQUENCE: RFC 5321 §4.1.4 ordering, as the refusal for each (stage, command) ----------
+# --- ALLOWED and REFUSALS: RFC 5321 §4.1.4 ordering, per (stage, command) ----------------
 
 _ANY_TIME = (Hello, StartTLS, Reset, Noop, Verify, Help, Quit)  # §4.1.4: RSET, NOOP ... any time
 _TRANSACTION = (Mail, Rcpt, Data, Bdat)
+_OPEN = (Stage.MAIL, Stage.RCPT, Stage.BDAT)
+_GREETED = (Stage.READY, *_OPEN)
 
-_TRANSACTION_RULES: dict[Stage, tuple[Reply | None, Reply | None, Reply | None, Reply | None]] = {
+ALLOWED: frozenset[tuple[Stage, type[Event]]] = frozenset(
+    {(stage, kind) for stage in (Stage.NEED_HELLO, *_GREETED) for kind in _ANY_TIME}
+    # RFC 4954 §4: AUTH needs a greeting and no open transaction. (Whether it was
+    # advertised, and whether the session is already authenticated, is checked by its
+    # parser.)
+    | {(Stage.READY, Mail), (Stage.READY, Auth)}
+    | {(Stage.MAIL, Rcpt)}
+    | {(Stage.RCPT, kind) for kind in (Rcpt, Data, Bdat)}
+    # RFC 3030 §2: once a chunk is accepted, only BDAT may follow until the last one.
+    | {(Stage.BDAT, Bdat)}
+    # RFC 5321 §3.1: after a 5xx greeting only QUIT is served.
+    | {(Stage.REFUSED, Quit)}
+)
+
+# The reply to each transaction command a stage does not serve; None marks the ALLOWED
+# cells (a test checks that the two agree).
+_Row = tuple[Reply | None, Reply | None, Reply | None, Reply | None]
+_TRANSACTION_REFUSALS: dict[Stage, _Row] = {
     #                MAIL                 RCPT                     DATA                     BDAT
     Stage.NEED_HELLO: (_codes.NEED_HELLO, _codes.NEED_HELLO, _codes.NEED_HELLO, _codes.NEED_HELLO),
     Stage.READY: (None, _codes.NEED_MAIL, _codes.NEED_MAIL, _codes.NEED_MAIL),
@@ -202,39 +226,23 @@ _TRANSACTION_RULES: dict[Stage, tuple[Reply | None, Reply | None, Reply | None, 
     Stage.BDAT: (_codes.NESTED_MAIL, _codes.RCPT_AFTER_BDAT, _codes.DATA_AFTER_BDAT, None),
 }
 
-# RFC 4954 §4: AUTH needs a greeting and no open transaction. (Whether it was advertised,
-# and whether the session is already authenticated, is checked by its parser.)
-_AUTH_RULES: dict[Stage, Reply | None] = {
-    Stage.NEED_HELLO: _codes.NEED_HELLO,
-    Stage.READY: None,
-    **{stage: _codes.AUTH_IN_TRANSACTION for stage in (Stage.MAIL, Stage.RCPT, Stage.BDAT)},
-}
-
-SEQUENCE: Mapping[tuple[Stage, type[Event]], Reply | None] = MappingProxyType(
+REFUSALS: Mapping[tuple[Stage, type[Event]], Reply] = MappingProxyType(
     {
         **{
-            (stage, kind): None
-            for stage in Stage
-            if stage is not Stage.REFUSED
-            for kind in _ANY_TIME
-        },
-        **{
             (stage, kind): refusal
-            for stage, refusals in _TRANSACTION_RULES.items()
+            for stage, refusals in _TRANSACTION_REFUSALS.items()
             for kind, refusal in zip(_TRANSACTION, refusals, strict=True)
+            if refusal is not None
         },
-        **{(stage, Auth): refusal for stage, refusal in _AUTH_RULES.items()},
+        (Stage.NEED_HELLO, Auth): _codes.NEED_HELLO,
+        **{(stage, Auth): _codes.AUTH_IN_TRANSACTION for stage in _OPEN},
         **{(Stage.REFUSED, kind): _codes.SERVICE_REFUSED for kind in COMMANDS if kind is not Quit},
-        (Stage.REFUSED, Quit): None,
     }
 )
 
-# --- STAGE_AFTER_REPLY: how a reply moves the session (missing: no change) -------------
+# --- STAGE_AFTER: how a reply moves the session (missing: no change) -------------------
 
-_OPEN = (Stage.MAIL, Stage.RCPT, Stage.BDAT)
-_GREETED = (Stage.READY, *_OPEN)
-
-STAGE_AFTER_REPLY: Mapping[tuple[Stage, type[Event] | None, int], Stage] = MappingProxyType(
+STAGE_AFTER: Mapping[tuple[Stage, type[Event] | None, int], Stage] = MappingProxyType(
     {
         # RFC 5321 §3.1: a 5xx greeting leaves only QUIT.
         (Stage.NEED_HELLO, None, 5): Stage.REFUSED,

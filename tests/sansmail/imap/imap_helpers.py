@@ -344,7 +344,7 @@ def server(
         assert conn.utf8
     if state == "selected":
         run([b"s SELECT INBOX\r\n"], conn=conn, eof=False)
-    assert conn.state.value == state, conn.state
+    assert conn.stage.value == state, conn.stage
     return conn
 
 

@@ -262,4 +262,4 @@ def test_line_limits_and_bare_newlines_end_the_session() -> None:
 
 
 def test_server_helper_reaches_states() -> None:
-    assert server("authenticated").state.name == "AUTHENTICATED"
+    assert server("authenticated").stage.name == "AUTHENTICATED"

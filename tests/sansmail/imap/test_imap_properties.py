@@ -72,8 +72,8 @@ from sansmail.imap import (
     Section,
     Select,
     SequenceSet,
+    Stage,
     StartTLS,
-    State,
     Status,
     Store,
     Subscribe,
@@ -314,9 +314,9 @@ all_commands: st.SearchStrategy[Command] = st.one_of(
 
 def state_for(command: Command) -> str:
     for state, name in (
-        (State.SELECTED, "selected"),
-        (State.AUTHENTICATED, "authenticated"),
-        (State.NOT_AUTHENTICATED, "not-authenticated"),
+        (Stage.SELECTED, "selected"),
+        (Stage.AUTHENTICATED, "authenticated"),
+        (Stage.NOT_AUTHENTICATED, "not-authenticated"),
     ):
         if (state, type(command)) in ALLOWED:
             return name
@@ -514,4 +514,4 @@ def test_random_input_only_raises_remote_protocol_error(chunks: list[bytes], sta
 
 
 def test_a_fresh_connection_each_time() -> None:
-    assert Connection(SERVER).state is State.NOT_AUTHENTICATED
+    assert Connection(SERVER).stage is Stage.NOT_AUTHENTICATED

@@ -1,5 +1,6 @@
-"""The state tables, enumerated: which command each state accepts, how tagged responses
-move the state, and that any sequence of sends only ever raises LocalProtocolError."""
+"""The state tables, enumerated: which command each stage accepts, how tagged responses
+and continuations move the stage and the phase, and that any sequence of sends only ever
+raises LocalProtocolError."""
 
 from __future__ import annotations
 
@@ -16,17 +17,20 @@ from sansmail.imap import (
     Check,
     Close,
     Command,
+    Connection,
     Continuation,
     Copy,
     Create,
     Delete,
     Enable,
+    Event,
     Expunge,
     Fetch,
     Id,
     Idle,
     InvalidCommand,
     List,
+    LiteralRequested,
     Login,
     Logout,
     Lsub,
@@ -37,8 +41,8 @@ from sansmail.imap import (
     Rename,
     Search,
     Select,
+    Stage,
     StartTLS,
-    State,
     Status,
     Store,
     Subscribe,
@@ -49,15 +53,8 @@ from sansmail.imap import (
     Untagged,
     UntaggedStatus,
 )
-from sansmail.imap._commands import COMMANDS
-from sansmail.imap._state import (
-    AFTER_TAGGED,
-    ALLOWED,
-    COMMAND_TYPES,
-    CONTINUE,
-    RECEIVE,
-    STATE_AFTER,
-)
+from sansmail.imap._commands import PARSERS
+from sansmail.imap._state import ALLOWED, COMMANDS, RECEIVE, SEND, STAGE_AFTER
 
 LINES: dict[type[Command], bytes] = {
     Capability: b"CAPABILITY",
@@ -91,26 +88,26 @@ LINES: dict[type[Command], bytes] = {
     Copy: b"COPY 1 x",
     Move: b"MOVE 1 x",
 }
-STATES = {
-    State.NOT_AUTHENTICATED: "not-authenticated",
-    State.AUTHENTICATED: "authenticated",
-    State.SELECTED: "selected",
+STAGES = {
+    Stage.NOT_AUTHENTICATED: "not-authenticated",
+    Stage.AUTHENTICATED: "authenticated",
+    Stage.SELECTED: "selected",
 }
 
 
 def test_every_command_type_has_a_parser_and_a_line() -> None:
-    assert set(LINES) == set(COMMAND_TYPES)
-    assert {kind for kind, _parse in COMMANDS.values()} == set(COMMAND_TYPES)
+    assert set(LINES) == set(COMMANDS)
+    assert {kind for kind, _parse in PARSERS.values()} == set(COMMANDS)
 
 
-@pytest.mark.parametrize("state", list(STATES))
-@pytest.mark.parametrize("kind", COMMAND_TYPES, ids=lambda k: k.__name__)
-def test_allowed_is_what_the_parser_enforces(state: State, kind: type[Command]) -> None:
-    conn = server(STATES[state])
+@pytest.mark.parametrize("stage", list(STAGES))
+@pytest.mark.parametrize("kind", COMMANDS, ids=lambda k: k.__name__)
+def test_allowed_is_what_the_parser_enforces(stage: Stage, kind: type[Command]) -> None:
+    conn = server(STAGES[stage])
     events, _out, error, _ = run([b"t " + LINES[kind] + b"\r\n"], conn=conn, eof=False)
     assert error is None
     event = next(e for e in events if isinstance(e, Command | InvalidCommand))
-    if (state, kind) in ALLOWED:
+    if (stage, kind) in ALLOWED:
         assert isinstance(event, kind), event
     else:
         assert isinstance(event, InvalidCommand), event
@@ -127,35 +124,77 @@ COMMAND_NAME = {
 
 def test_allowed_matches_rfc_9051_section_6() -> None:
     # Spot checks that would catch a table typo.
-    assert (State.NOT_AUTHENTICATED, Login) in ALLOWED
-    assert (State.AUTHENTICATED, Login) not in ALLOWED
-    assert (State.AUTHENTICATED, Enable) in ALLOWED
-    assert (State.SELECTED, Enable) not in ALLOWED  # RFC 5161 §3.1
-    assert (State.SELECTED, Append) in ALLOWED
-    assert (State.AUTHENTICATED, Fetch) not in ALLOWED
-    assert all((s, Logout) in ALLOWED for s in STATES)
-    assert all((State.LOGOUT, k) not in ALLOWED for k in COMMAND_TYPES)
+    assert (Stage.NOT_AUTHENTICATED, Login) in ALLOWED
+    assert (Stage.AUTHENTICATED, Login) not in ALLOWED
+    assert (Stage.AUTHENTICATED, Enable) in ALLOWED
+    assert (Stage.SELECTED, Enable) not in ALLOWED  # RFC 5161 §3.1
+    assert (Stage.SELECTED, Append) in ALLOWED
+    assert (Stage.AUTHENTICATED, Fetch) not in ALLOWED
+    assert all((s, Logout) in ALLOWED for s in STAGES)
+    assert all((Stage.LOGOUT, k) not in ALLOWED for k in COMMANDS)
 
 
 # IDLE is answered after DONE and LOGOUT needs its BYE first; both are tested elsewhere.
 ANSWERABLE = [
-    (state, kind, status)
-    for state in STATES
-    for kind in COMMAND_TYPES
+    (stage, kind, status)
+    for stage in STAGES
+    for kind in COMMANDS
     for status in ("OK", "NO", "BAD")
-    if (state, kind) in ALLOWED and kind not in (Idle, Logout)
+    if (stage, kind) in ALLOWED and kind not in (Idle, Logout)
 ]
 
 
-@pytest.mark.parametrize(("state", "kind", "status"), ANSWERABLE, ids=str)
-def test_state_after_each_tagged_response(state: State, kind: type[Command], status: str) -> None:
-    conn = server(STATES[state])
+@pytest.mark.parametrize(("stage", "kind", "status"), ANSWERABLE, ids=str)
+def test_stage_after_each_tagged_response(stage: Stage, kind: type[Command], status: str) -> None:
+    conn = server(STAGES[stage])
     conn.receive_data(b"t " + LINES[kind] + b"\r\n")
     event = conn.next_event()
     assert isinstance(event, kind), event
     conn.send(Tagged(tag="t", status=status, text="x"))  # type: ignore[arg-type]
-    assert conn.state is STATE_AFTER.get((state, kind, status), state)
-    assert conn.our_state is AFTER_TAGGED.get((kind, status), Phase.COMMAND)
+    assert conn.stage is STAGE_AFTER.get((stage, kind, status), stage)
+    assert conn.our_state is SEND[kind, status]
+
+
+# --- SEND, through the connection: every answer to everything that can be answered ---------
+
+ANSWERED: list[type[Event]] = [*COMMANDS, InvalidCommand, LiteralRequested]
+
+
+def owing(kind: type[Event]) -> Connection:
+    """A connection that has just handed out a `kind` event, tagged "t"."""
+    if kind is LiteralRequested:
+        conn = server("authenticated")
+        conn.receive_data(b"t APPEND x {3}\r\n")
+    elif kind is InvalidCommand:
+        conn = server("selected")
+        conn.receive_data(b"t FROB\r\n")
+    else:
+        stage = next(stage for stage in STAGES if (stage, kind) in ALLOWED)
+        conn = server(STAGES[stage])
+        conn.receive_data(b"t " + LINES[kind] + b"\r\n")
+    assert type(conn.next_event()) is kind
+    return conn
+
+
+@pytest.mark.parametrize("key", ["OK", "NO", "BAD", "+"])
+@pytest.mark.parametrize("kind", ANSWERED, ids=lambda k: k.__name__)
+def test_every_answer_is_what_send_says(kind: type[Event], key: str) -> None:
+    conn = owing(kind)
+    if kind is Logout and key == "OK":
+        conn.send(UntaggedStatus(status="BYE", text="bye"))  # RFC 9051 §6.1.3
+    response: Tagged | Continuation
+    if key == "+":
+        response = Continuation(text="go")
+    else:
+        response = Tagged(tag="t", status=key, text="x")  # type: ignore[arg-type]
+    after = SEND.get((kind, key))
+    if after is None:
+        with pytest.raises(LocalProtocolError):
+            conn.send(response)
+        assert conn.our_state is Phase.ERROR
+    else:
+        conn.send(response)
+        assert conn.our_state is after
 
 
 def test_tables_are_consistent() -> None:
@@ -163,17 +202,23 @@ def test_tables_are_consistent() -> None:
         assert isinstance(phase, Phase)
         assert isinstance(after, Phase)
         assert kind is not None
-    for kind in COMMAND_TYPES:
+    for kind in COMMANDS:
         assert RECEIVE[Phase.COMMAND, kind] is Phase.REPLY
-    assert set(CONTINUE.values()) == {Phase.COMMAND, Phase.AUTH, Phase.IDLE}
-    for (state, kind, status), after in STATE_AFTER.items():
-        assert (state, kind) in ALLOWED
+    for (stage, kind, status), after in STAGE_AFTER.items():
+        assert (stage, kind) in ALLOWED
         assert status in ("OK", "NO", "BAD")
-        assert after in State
-    for (kind, status), phase in AFTER_TAGGED.items():
-        assert kind in COMMAND_TYPES
-        assert status == "OK"
-        assert phase in (Phase.TLS_PENDING, Phase.CLOSED)
+        assert after in Stage
+    # RFC 9051 §7.1: every command may end OK, NO or BAD; a refusal stays a refusal.
+    assert all((kind, status) in SEND for kind in COMMANDS for status in ("OK", "NO", "BAD"))
+    assert (InvalidCommand, "OK") not in SEND
+    assert (LiteralRequested, "OK") not in SEND
+    assert {kind for kind, key in SEND if key == "+"} == {Authenticate, Idle, LiteralRequested}
+    assert {key: after for key, after in SEND.items() if after is not Phase.COMMAND} == {
+        (StartTLS, "OK"): Phase.TLS_PENDING,
+        (Logout, "OK"): Phase.CLOSED,
+        (Authenticate, "+"): Phase.AUTH,
+        (Idle, "+"): Phase.IDLE,
+    }
 
 
 # --- any (input, response) sequence raises nothing but protocol errors ----------------------

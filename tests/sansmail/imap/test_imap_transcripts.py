@@ -401,7 +401,7 @@ def test_ios_mail_like_session() -> None:
     assert got[14] == Close(tag="15.1")
     assert isinstance(got[15], Logout)
     assert out.endswith(b"* BYE bye\r\n16.1 OK done\r\n")
-    assert conn.state.name == "LOGOUT"
+    assert conn.stage.name == "LOGOUT"
 
 
 def search_and(*keys: SearchKey) -> SearchAnd:
@@ -426,4 +426,4 @@ def test_mutt_like_append_with_synchronizing_literal_and_rev2_session() -> None:
     assert got[3] == Search(
         tag="a4", criteria=SearchSimple(name="UNSEEN"), return_options=("COUNT", "MIN")
     )
-    assert conn.state.name == "AUTHENTICATED"
+    assert conn.stage.name == "AUTHENTICATED"

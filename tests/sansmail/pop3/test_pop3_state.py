@@ -33,7 +33,7 @@ from sansmail.pop3 import (
     Uidl,
     User,
 )
-from sansmail.pop3._state import ALLOWED, COMMANDS, RECEIVE, RESPOND, STAGE_AFTER, is_multiline
+from sansmail.pop3._state import ALLOWED, COMMANDS, RECEIVE, SEND, STAGE_AFTER, is_multiline
 
 # One line per command; PASS is sent after an accepted USER.
 LINES: dict[type[Event], bytes] = {
@@ -141,7 +141,7 @@ ANSWERED = [*COMMANDS, AuthResponse, AuthCancel, InvalidCommand]
 @pytest.mark.parametrize("kind", ANSWERED)
 def test_every_response_to_every_command(kind: type[Event], response: Event) -> None:
     conn = _answerable(kind)
-    after = RESPOND.get((kind, type(response)))
+    after = SEND.get((kind, type(response)))
     if after is None:
         with pytest.raises(LocalProtocolError):
             conn.send(response)  # type: ignore[arg-type]
@@ -156,8 +156,8 @@ def test_every_response_to_every_command(kind: type[Event], response: Event) -> 
         assert conn.our_state is after
 
 
-def test_respond_table_never_opens_multiline_itself() -> None:
-    assert Phase.MULTILINE not in RESPOND.values()
+def test_send_table_never_opens_multiline_itself() -> None:
+    assert Phase.MULTILINE not in SEND.values()
     assert is_multiline(List())
     assert not is_multiline(List(msg=1))
     assert is_multiline(Uidl())

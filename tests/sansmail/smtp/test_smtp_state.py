@@ -1,5 +1,6 @@
-"""The transition tables, enumerated: every (phase, reply) pair is either what REPLY says
-or a LocalProtocolError, and every (stage, command) pair gets what SEQUENCE says."""
+"""The transition tables, enumerated: every (phase, reply) pair is either what SEND says
+or a LocalProtocolError, and every (stage, command) pair is served (ALLOWED) or gets what
+REFUSALS says."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from sansmail.smtp import (
     Verify,
 )
 from sansmail.smtp._codes import NOT_IMPLEMENTED
-from sansmail.smtp._state import COMMANDS, RECEIVE, REPLY, SEQUENCE, STAGE_AFTER_REPLY
+from sansmail.smtp._state import ALLOWED, COMMANDS, RECEIVE, REFUSALS, SEND, STAGE_AFTER
 
 STARTTLS_LINES = ("mx.example", "STARTTLS", "CHUNKING", "ENHANCEDSTATUSCODES", "AUTH PLAIN")
 
@@ -87,7 +88,7 @@ CODES += [500, 501, 502, 503, 504, 521, 550, 551, 552, 553, 554, 555]
 def expected_phase(kind: str, code: int) -> Phase | None:
     if code == 421:
         return Phase.CLOSED  # RFC 5321 §3.8: any time
-    for key, phase in REPLY.items():
+    for key, phase in SEND.items():
         name = "greeting" if key[0] is None else key[0].__name__
         if name == kind and key[1] in (code, code // 100):
             return phase
@@ -95,7 +96,7 @@ def expected_phase(kind: str, code: int) -> Phase | None:
 
 
 def test_every_scenario_reaches_the_reply_it_names() -> None:
-    names = {"greeting"} | {k.__name__ for k, _ in REPLY if k is not None}
+    names = {"greeting"} | {k.__name__ for k, _ in SEND if k is not None}
     assert names == set(SCENARIOS)
 
 
@@ -141,12 +142,14 @@ def test_receive_table_is_complete_for_content_phases() -> None:
     assert all(isinstance(v, Phase) for v in RECEIVE.values())
 
 
-def test_sequence_table_covers_every_stage_and_command() -> None:
-    assert set(SEQUENCE) == {(stage, kind) for stage in Stage for kind in COMMANDS}
-    assert all(key[0] in Stage for key in STAGE_AFTER_REPLY)
+def test_allowed_and_refusals_split_every_stage_and_command() -> None:
+    pairs = {(stage, kind) for stage in Stage for kind in COMMANDS}
+    assert ALLOWED | set(REFUSALS) == pairs
+    assert not ALLOWED & set(REFUSALS)
+    assert all(key[0] in Stage for key in STAGE_AFTER)
 
 
-# --- SEQUENCE, through the connection: each stage, each command ----------------------
+# --- ALLOWED and REFUSALS, through the connection: each stage, each command ------------
 
 COMMAND_LINES: dict[type[Event], bytes] = {
     Hello: b"EHLO again.example\r\n",
@@ -196,7 +199,7 @@ def at_stage(stage: Stage) -> Connection:
 def test_sequence_rules_through_the_connection(stage: Stage, kind: type[Event]) -> None:
     conn = at_stage(stage)
     events = feed(conn, COMMAND_LINES[kind])
-    refusal = SEQUENCE[stage, kind]
+    refusal = None if (stage, kind) in ALLOWED else REFUSALS[stage, kind]
     if refusal is None and kind is StartTLS and "STARTTLS" not in conn.extensions:
         refusal = NOT_IMPLEMENTED  # not advertised: checked after the stage
     if refusal is None and kind is Bdat and "CHUNKING" not in conn.extensions:
