@@ -388,7 +388,7 @@ class RemoteDelivery:
         self._hostname = hostname
         self._shuffle = shuffle
         self._walk = self._hops()
-        self._step: Step = next(self._walk)
+        self._step: Step = self._resume(lambda: next(self._walk))
 
     def next_step(self) -> Step:
         return self._step
@@ -412,10 +412,14 @@ class RemoteDelivery:
     def _answer(self, expected: type[Step] | tuple[type[Step], ...], answer: _Answer) -> None:
         if not isinstance(self._step, expected):
             raise RuntimeError(f"{type(answer).__name__} is no answer to {self._step!r}")
+        self._step = self._resume(lambda: self._walk.send(answer))
+
+    @staticmethod
+    def _resume(advance: Callable[[], Step]) -> Step:
         try:
-            self._step = self._walk.send(answer)
+            return advance()
         except StopIteration as stop:
-            self._step = Done(stop.value)
+            return Done(stop.value)
 
     def _everyone(self, outcome: Outcome) -> DomainResult:
         return DomainResult(
