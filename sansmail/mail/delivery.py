@@ -61,7 +61,7 @@ fresh connection (`Conversation.again`) instead of counting as a failed address.
 Log lines. `disposition` is the Postfix-shaped line for one recipient's verdict (one of
 sent, deferred, bounced; CONTRACT.md), with the relay, the TLS in use, the time in the
 queue and in this delivery, the DSN status and the reason. Remote text in it is
-escaped (`printable`) so that no reply can forge a log line.
+escaped (`sansmail.mail.logtext.printable`) so that no reply can forge a log line.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ from sansmail.config import DeliveryConfig, OutboundTLS
 from sansmail.mail import outbound
 from sansmail.mail.attempt import Outcome
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.logtext import printable
 from sansmail.mail.routing import MXRecord, RoutingError, order_mx, route_for
 from sansmail.smtp import Reply
 
@@ -103,7 +104,6 @@ __all__ = [
     "forwarding_loop",
     "handshake_failed",
     "outbound_message",
-    "printable",
     "recipient_outcome",
     "reply_text",
     "session_failed",
@@ -122,14 +122,6 @@ class LogLine:
 
     text: str
     level: Literal["info", "warning"] = "info"
-
-
-def printable(text: str) -> str:
-    """`text` with every unprintable character escaped as ``\\xNN``: remote text (a
-    reply, an address) cannot start a new log line or hide in one."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 # -- before any delivery ------------------------------------------------------------------

@@ -33,8 +33,9 @@ import attrs
 from sansmail.mail import bounce
 from sansmail.mail.address import Address, AddressError, parse_address
 from sansmail.mail.attempt import AttemptResult, dsn_status
-from sansmail.mail.delivery import LogLine, printable
+from sansmail.mail.delivery import LogLine
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.logtext import printable
 from sansmail.mail.policy import postmaster_mailbox
 from sansmail.mail.retry import RetryPolicy
 

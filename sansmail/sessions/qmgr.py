@@ -52,6 +52,7 @@ from sansmail.mail.aliases import expand
 from sansmail.mail.attempt import Outcome, record_attempt
 from sansmail.mail.delivery import Destination, DomainResult, LogLine, RemoteDelivery
 from sansmail.mail.envelope import CorruptEnvelopeError, QueuedMessage
+from sansmail.mail.logtext import printable
 from sansmail.mail.notices import Notice, notices, postmaster_address
 from sansmail.mail.retry import RetryPolicy
 from sansmail.storage.aliasfile import AliasSource
@@ -262,7 +263,7 @@ class Attempt:
             self._log.append(LogLine(text))
             return Finished(None, tuple(queued))
         for recipient in result.expired:
-            address = delivery.printable(recipient.address)
+            address = printable(recipient.address)
             self._log.append(LogLine(f"{message.queue_id}: to=<{address}>: expired in the queue"))
         return Finished(result.next_due, tuple(queued))
 

@@ -36,7 +36,6 @@ from sansmail.mail.delivery import (
     forwarding_loop,
     handshake_failed,
     outbound_message,
-    printable,
     recipient_outcome,
     reply_text,
     session_failed,
@@ -92,7 +91,7 @@ def test_public_names_are_pinned() -> None:
             *("Done", "DomainResult", "LogLine", "LookupAddresses", "LookupMX"),
             *("RemoteDelivery", "Step", "connect_failed", "connection_closed"),
             *("connection_lost", "delivered", "destinations", "disposition", "dns_failure"),
-            *("forwarding_loop", "handshake_failed", "outbound_message", "printable"),
+            *("forwarding_loop", "handshake_failed", "outbound_message"),
             *("recipient_outcome", "reply_text", "session_failed", "store_failed"),
             "unknown_recipient",
         ]
@@ -619,11 +618,3 @@ def test_disposition_escapes_what_others_wrote() -> None:
     assert "\n" not in text
     assert "from=<a\\x1b[31m@example.test>" in text
     assert text.endswith("status=bounced (550 no\\x0d\\x0aABC123: status=sent)")
-
-
-@given(st.text())
-def test_printable_leaves_one_printable_line(text: str) -> None:
-    shown = printable(text)
-    assert shown.isprintable()
-    if text.isprintable():
-        assert shown == text
