@@ -1,0 +1,70 @@
+"""The SMTP intake session: what one SMTP connection does with its commands (Postfix's
+smtpd and cleanup). Loop-agnostic: no sockets, no clock; its blocking calls are marked.
+
+It decides the greeting and EHLO offer, who may send, where each recipient goes, the
+envelope of the transaction, the trace header, where the content is written, the commit
+that comes before ``250``, and the mail log's disposition lines.
+
+Theory of operation
+-------------------
+The protocol core (`sansmail.smtp.Connection`, owned by the session as `conn`) parses
+commands and enforces the order of the dialogue; this object decides what each one means
+and answers it. An adapter moves bytes between the client and `conn`, and for each event
+calls the session (a sketch; `sansmail_trio._smtp_server` is the real one)::
+
+    StartTLS      -> send session.starttls(); handshake; session.tls_started(...)
+    Auth          -> login = session.login(); if login.gate(now) allows:
+                     drive session.auth(event, login, ...) (a `sansmail.sessions.login`
+                     exchange), then send session.auth_result(result, last_event)
+    MessageData   -> if session.content(data): session.flush()      [blocking]
+    EndOfMessage  -> result = session.commit(now)                   [blocking]; send reply
+    anything else -> send session.handle(event, now)
+    and whenever session.cleanup_due: session.cleanup()             [blocking]
+
+Methods marked blocking do file I/O (writing the message to its tmp files, fsync, unlink)
+and belong in a worker thread; the others only compute. The session reads no clock: the
+wall clock comes in as `now` (seconds since the epoch) where a decision needs it (SRS
+stamps, the Received date, the queue arrival time). It owns no timer either: the adapter
+asks `timeout` before each wait and answers with `timeout_reply()` or `shutdown_reply()`.
+Log lines go to the `log` sink given at construction (level, text), from whichever thread
+runs the method.
+
+Durability (the one rule). `commit` returns the ``250`` only after every copy is on disk:
+the queue copies (remote and forwarded recipients) first, then the local Maildir
+delivery; if the local delivery fails the queue copies are taken back before the ``451``,
+so a client that retries never causes a second relay of the same message.
+
+Checks. Sender-authentication verdicts (SPF, DKIM, DMARC, reverse DNS, DNSBL) and milter
+replies enter at six points (`Stage`): CONNECT (the greeting), HELO, MAIL, RCPT,
+END_OF_HEADERS and END_OF_DATA. At each, every `Check` of the service is asked in order;
+the first `Verdict` that carries a reply refuses (the greeting, the command, or the
+message at its end), and header fields from verdicts up to END_OF_HEADERS are written
+above the Received line of the stored copy. The content is buffered up to the end of its
+header section (at most `HEADER_LIMIT` octets) before anything is written, so those fields
+are known when the file is started. END_OF_DATA verdicts may refuse; header fields at
+that stage would need the store to prepend to a written file and are refused (ValueError)
+until the store can.
+"""
+
+from sansmail.sessions.smtpd._checks import Check, SessionView, Stage, Verdict
+from sansmail.sessions.smtpd._replies import AUTH_THROTTLED, INTERNAL_ERROR
+from sansmail.sessions.smtpd._service import SUBMISSION_SERVICES, SmtpService
+from sansmail.sessions.smtpd._session import HEADER_LIMIT, SmtpSession
+from sansmail.sessions.smtpd._transaction import SPILL_THRESHOLD, Committed, Outgoing, Transaction
+
+__all__ = [
+    "AUTH_THROTTLED",
+    "HEADER_LIMIT",
+    "INTERNAL_ERROR",
+    "SPILL_THRESHOLD",
+    "SUBMISSION_SERVICES",
+    "Check",
+    "Committed",
+    "Outgoing",
+    "SessionView",
+    "SmtpService",
+    "SmtpSession",
+    "Stage",
+    "Transaction",
+    "Verdict",
+]

@@ -1,0 +1,145 @@
+"""`SmtpService`: what the sessions of one listener share: configuration, the stores,
+the auth service, the checks, and the decisions that depend on nothing else (the EHLO
+offer, where a recipient goes, the sender of forwarded copies)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from sansmail import sasl, smtp
+from sansmail.config import Config
+from sansmail.mail import srs
+from sansmail.mail.address import Address
+from sansmail.mail.auth import AuthService, password_allowed
+from sansmail.mail.recipients import Resolution, resolve_recipient
+from sansmail.sessions.smtpd._checks import Check
+from sansmail.smtp import Reply
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.maildir import MailStore
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
+
+__all__ = ["SUBMISSION_SERVICES", "SmtpService"]
+
+SUBMISSION_SERVICES = ("submission", "submissions")
+
+
+@attrs.define
+class SmtpService:
+    """Everything the sessions of one listener (`smtp`, `submission`, `submissions`)
+    share: configuration, stores, the auth service, and the checks."""
+
+    config: Config
+    store: MailStore
+    users: UserStore
+    queue: QueueStore
+    aliases: AliasSource
+    auth: AuthService
+    srs_key: bytes
+    service: str = "smtp"
+    #: A certificate exists, so STARTTLS may be offered on a plaintext link.
+    tls_available: bool = True
+    checks: Sequence[Check] = ()
+    _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
+    _core_config: smtp.Config | None = attrs.field(default=None, init=False)
+
+    @property
+    def implicit_tls(self) -> bool:
+        """The listener speaks TLS from the first byte (RFC 8314: port 465)."""
+        return self.service == "submissions"
+
+    @property
+    def requires_auth(self) -> bool:
+        """Submission (RFC 6409 §4.3): no mail without authentication."""
+        return self.service in SUBMISSION_SERVICES
+
+    @property
+    def mechanisms(self) -> tuple[str, ...]:
+        return sasl.server_mechanisms(self.config.smtp.auth_mechanisms)
+
+    def auth_offered(self, *, tls_active: bool, client_ip: str) -> bool:
+        """AUTH only over TLS, unless `plaintext_auth` allows it for this client (RFC 4954
+        §4 and RFC 8314 §5.2: passwords do not travel in the clear)."""
+        if not self.mechanisms:
+            return False
+        return password_allowed(
+            tls_active=tls_active,
+            client_ip=client_ip,
+            plaintext_auth=self.config.smtp.plaintext_auth,
+        )
+
+    @property
+    def core_config(self) -> smtp.Config:
+        """The core's limits, from the `[smtp]` settings."""
+        if self._core_config is None:
+            c = self.config.smtp
+            self._core_config = smtp.Config(
+                max_message_size=c.max_message_size,
+                max_recipients=c.max_recipients,
+                max_invalid_commands=c.max_invalid_commands,
+                bare_lf=c.bare_lf,
+            )
+        return self._core_config
+
+    def ehlo_reply(self, *, tls_active: bool, auth: bool) -> Reply:
+        """What we offer: the core learns it from this very reply (STARTTLS only while
+        the session is plaintext and a certificate exists; AUTH per `auth_offered`)."""
+        cached = self._ehlo_cache.get((tls_active, auth))
+        if cached is None:
+            lines = [
+                self.config.hostname,
+                "PIPELINING",
+                f"SIZE {self.config.smtp.max_message_size}",
+            ]
+            if self.tls_available and not tls_active:
+                lines.append("STARTTLS")
+            if auth:
+                lines.append("AUTH " + " ".join(self.mechanisms))
+                if self.config.smtp.broken_sasl_auth_clients:
+                    # The pre-RFC 2554 spelling some old Outlook versions look for.
+                    lines.append("AUTH=" + " ".join(self.mechanisms))
+            # DSN: RFC 3461, the queue honours NOTIFY, RET and ENVID.
+            lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING", "DSN"]
+            cached = self._ehlo_cache[tls_active, auth] = Reply(code=250, lines=tuple(lines))
+        return cached
+
+    def resolve(
+        self, rcpt: Address, *, sasl_authenticated: bool, client_ip: str, now: float
+    ) -> Resolution:
+        """One RCPT TO: restrictions, users, aliases and SRS (`resolve_recipient`). May
+        read an aliases ``:include:`` file the first time it is used (then cached)."""
+        config = self.config
+        return resolve_recipient(
+            rcpt,
+            restrictions=config.smtp.recipient_restrictions,
+            sasl_authenticated=sasl_authenticated,
+            client_ip=client_ip,
+            mynetworks=config.mynetworks,
+            domains=config.domains,
+            user_exists=self.users.__contains__,
+            aliases=self.aliases.table,
+            read_include=self.aliases.read_include,
+            recipient_delimiter=config.recipient_delimiter,
+            srs_key=self.srs_key,
+            today=srs.today(now),
+        )
+
+    def forward_sender(self, reverse_path: Address | None, now: float) -> Address | None:
+        """The envelope sender for copies an alias forwards outside: SRS at our first
+        domain, so the next hop's SPF check passes and bounces find their way back. The
+        null sender stays null, and our own senders need no rewriting."""
+        if reverse_path is None or reverse_path.domain in self.config.domains:
+            return reverse_path
+        try:
+            return srs.forward(
+                reverse_path,
+                domain=self.config.domains[0],
+                key=self.srs_key,
+                day=srs.today(now),
+            )
+        except srs.SRSError:
+            # Too long for a local part (RFC 5321 §4.5.3.1.1) once rewritten: forward
+            # with the original sender, as a server without SRS would.
+            return reverse_path
