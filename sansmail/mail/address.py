@@ -334,8 +334,13 @@ class Address:
 
     local_part: str = attrs.field(validator=_check_local_part)
     domain: str = attrs.field(converter=_convert_domain)
+    #: The domain as a client spelled it with U-labels (``bücher.example``), kept for
+    #: `as_given`; not part of the address's identity.
+    domain_as_given: str = attrs.field(default="", eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
+        if self.domain_as_given and canonical_domain(self.domain_as_given) != self.domain:
+            raise AddressError("the domain as given is not a spelling of the domain")
         if self.domain == "":
             if self.local_part != "Postmaster":
                 raise AddressError('only "Postmaster" may go without a domain')
@@ -351,6 +356,14 @@ class Address:
         if self.domain == "":
             return "Postmaster"
         return f"{_quote_local_part(self.local_part)}@{self.domain}"
+
+    @property
+    def as_given(self) -> str:
+        """The address with the domain as the client wrote it: an SMTPUTF8 address keeps
+        its U-labels in the Return-Path (RFC 6531 §3.7), as Postfix keeps it."""
+        if not self.domain_as_given:
+            return str(self)
+        return f"{_quote_local_part(self.local_part)}@{self.domain_as_given}"
 
     @property
     def is_postmaster(self) -> bool:
@@ -425,7 +438,9 @@ def read_path(text: str, pos: int = 0, *, smtputf8: bool = False) -> tuple[Addre
         return address, pos + 1
     if pos >= n or text[pos] != "@":
         raise _fail(text, pos, "path", smtputf8)
-    domain, pos = _read_domain_or_literal(text, pos + 1, smtputf8)
+    domain_start = pos + 1
+    domain, pos = _read_domain_or_literal(text, domain_start, smtputf8)
+    given = text[domain_start:pos]
     if pos >= n:
         raise AddressError("path has no closing '>'")
     if text[pos] != ">":
@@ -433,7 +448,8 @@ def read_path(text: str, pos: int = 0, *, smtputf8: bool = False) -> tuple[Addre
     pos += 1
     if _octets(text[start:pos]) > MAX_PATH:
         raise AddressError(f"path longer than {MAX_PATH} octets")
-    return Address(local_part=local, domain=domain), pos
+    as_given = "" if given.isascii() else given
+    return Address(local_part=local, domain=domain, domain_as_given=as_given), pos
 
 
 def parse_address(text: str, *, smtputf8: bool = True) -> Address:

@@ -55,9 +55,10 @@ def with_protocol(*, esmtp: bool, tls: bool, auth: bool, utf8: bool) -> str:
 
 
 def return_path(reverse_path: Address | None) -> bytes:
-    """``Return-Path: <path>`` with CRLF (RFC 5321 §4.4; ``<>`` for the null path). The
-    address is already validated; a UTF-8 local part was accepted under SMTPUTF8."""
-    path = "" if reverse_path is None else str(reverse_path)
+    """``Return-Path: <path>`` with CRLF (RFC 5321 §4.4; ``<>`` for the null path), the
+    address as the client gave it (RFC 6531 §3.7). It is already validated; UTF-8 was
+    accepted under SMTPUTF8 only."""
+    path = "" if reverse_path is None else reverse_path.as_given
     return f"Return-Path: <{path}>\r\n".encode()
 
 

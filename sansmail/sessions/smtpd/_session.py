@@ -415,10 +415,14 @@ class SmtpSession:
             start = max(0, len(headers) - 3)
             headers += data
             end = header_end(headers, start)
-            if end < 0 and len(headers) < HEADER_LIMIT:
-                return False
+            if end < 0:
+                if len(headers) < HEADER_LIMIT:
+                    return False
+                end = len(headers)
+            content = bytes(headers)
+            del headers[end:]  # the checks see the header section, no more
             self._start_files(tx, now)
-            return tx.write(bytes(headers))
+            return tx.write(content)
         return tx.write(data)
 
     def flush(self) -> None:

@@ -583,3 +583,21 @@ def test_ipv6_canonical_matches_ipaddress() -> None:
         (address, _) = read_path(f"<a@[IPv6:{text}]>")
         assert address is not None
         assert address.domain == f"[IPv6:{ipaddress.IPv6Address(text).compressed}]"
+
+
+def test_a_utf8_domain_is_kept_as_given_beside_its_canonical_form() -> None:
+    address, _ = read_path("<jörg@Bücher.example>", smtputf8=True)
+    assert address is not None
+    assert address.domain == "xn--bcher-kva.example"
+    assert address.as_given == "jörg@Bücher.example"
+    assert str(address) == "jörg@xn--bcher-kva.example"
+    # The spelling is not part of who the address is.
+    assert address == parse_address("jörg@xn--bcher-kva.example")
+    ascii_only, _ = read_path("<Bob@Example.ORG>")
+    assert ascii_only is not None
+    assert ascii_only.as_given == "Bob@example.org"
+
+
+def test_the_domain_as_given_must_spell_the_domain() -> None:
+    with pytest.raises(AddressError, match="not a spelling"):
+        Address(local_part="a", domain="example.org", domain_as_given="bücher.example")
