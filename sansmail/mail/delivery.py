@@ -419,6 +419,8 @@ class RemoteDelivery:
         )
 
     def _hops(self) -> Generator[Step, _Answer, DomainResult]:
+        # The walk reads in order as a generator: each `yield` is the step the runner
+        # takes next, and evaluates to the answer it gave; the return value is `Done`'s.
         delivery = self._delivery
         try:
             route = route_for(self.domain, delivery)
