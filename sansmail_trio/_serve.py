@@ -34,6 +34,7 @@ import trio
 from sansmail import __version__
 from sansmail.config import BUILT_SERVICES, Config
 from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.sessions.imapd import ImapService
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.keys import load_or_create_srs_key
@@ -212,15 +213,15 @@ async def serve(
     imap_log = get_logger("imap")
     imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname)
     for name in ("imap", "imaps"):
-        services[name] = IMAPService(
+        imap_shared = ImapService(
             config=config,
             store=imap_store,
             users=users,
-            log=imap_log,
-            service=name,
-            tls=tls,
             auth=auth,
+            service=name,
+            tls_available=tls is not None,
         )
+        services[name] = IMAPService(shared=imap_shared, log=imap_log, tls=tls)
 
     if process == 0:
         for name, addresses in config.listen.items():

@@ -1,10 +1,13 @@
 """The IMAP adapter at the byte level: greeting and capabilities by TLS and login state,
 STARTTLS injection, AUTHENTICATE (SASL-IR, SCRAM's final challenge, cancel), IDLE
-refused, autologout, connection caps, and the mail log lines."""
+refused, connection caps, and the mail log lines; the autologout timer over a memory
+stream on a mock clock. (What the conversation decides is tested without sockets in
+tests/sansmail/sessions/imapd/test_conversation.py.)"""
 
 from __future__ import annotations
 
 import base64
+import logging
 import pathlib
 import socket
 import ssl
@@ -12,11 +15,21 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
+import trio.testing
+from argon2 import PasswordHasher
 from test_imap_e2e import ALICE, MESSAGE_1, deliver, imap_server
 from trio_helpers import StartServer
 
 from sansmail import sasl
-from sansmail_trio import _imap_server
+from sansmail.config import Config
+from sansmail.mail.address import parse_address
+from sansmail.mail.auth import AuthService
+from sansmail.sessions.imapd import AUTOLOGOUT, ImapService
+from sansmail.storage.maildir import MaildirImapStore
+from sansmail.storage.users import UserStore
+from sansmail_trio._imap_server import IMAPService
+
+FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 class ImapClient:
@@ -186,24 +199,64 @@ async def test_authenticate_scram_and_cancel(
     assert done[0].startswith(b"a3 OK [CAPABILITY ")
 
 
-async def test_idle_session_is_logged_out(
-    start_server: StartServer,
-    tls_files: tuple[pathlib.Path, pathlib.Path],
-    client_tls: ssl.SSLContext,
-    monkeypatch: pytest.MonkeyPatch,
+class StreamLines:
+    """Lines from the client's end of a Trio memory stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = b""
+        self.received = 0
+
+    async def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = await self.stream.receive_some()
+            if not chunk:
+                raise ConnectionError(f"closed; unread: {self.buf!r}")
+            self.received += len(chunk)
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+
+async def test_idle_session_is_logged_out_after_thirty_minutes(
+    tmp_path: pathlib.Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(_imap_server, "IDLE_TIMEOUT", 0.3)
-    server = await imap_server(start_server, tls_files)
-
-    def session() -> tuple[bytes, bool]:
-        c = ImapClient(server.port_of("imaps"), context=client_tls)
-        c.line()
-        c.command(b"a1 LOGIN alice@example.test secret")
-        return c.line(), c.closed()
-
-    last, closed = await trio.to_thread.run_sync(session)
+    # No socket and no TLS needed: the adapter over a memory stream, on a clock that
+    # jumps to the next deadline whenever every task waits.
+    caplog.set_level("INFO", logger="sansmail")
+    config = Config(
+        source=None, hostname="mx.example.test", domains=("example.test",), data_dir=tmp_path
+    )
+    users = UserStore(tmp_path / "users.json", hasher=FAST)
+    users.add(parse_address(ALICE), "secret")
+    shared = ImapService(
+        config=config,
+        store=MaildirImapStore(tmp_path, hostname="mx.example.test"),
+        users=users,
+        auth=AuthService(users, secret=b"k" * 32),
+        tls_available=False,
+    )
+    service = IMAPService(shared=shared, log=logging.getLogger("sansmail.imap"))
+    client, server = trio.testing.memory_stream_pair()
+    login = b"a1 LOGIN alice@example.test secret\r\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.handle, server, ("127.0.0.1", 4321))
+        lines = StreamLines(client)
+        assert (await lines.line()).startswith(b"* OK [CAPABILITY ")
+        await client.send_all(login)
+        assert (await lines.line()).endswith(b"] Logged in")
+        idle_since = trio.current_time()
+        last = await lines.line()
+        idle = trio.current_time() - idle_since
+        assert await client.receive_some() == b""
     assert last == b"* BYE Autologout; idle for too long"
-    assert closed
+    assert AUTOLOGOUT <= idle < AUTOLOGOUT + 1  # RFC 9051 §5.4: at least 30 minutes
+    log = [r.getMessage() for r in caplog.records if r.name == "sansmail.imap"]
+    assert "[127.0.0.1]:4321: autologout" in log
+    assert log[-1] == (
+        f"logout: user=<{ALICE}>, rip=127.0.0.1, in={len(login)}, out={lines.received},"
+        " expunged=0, reason=timeout"
+    )
 
 
 async def test_connection_cap_is_a_bye_greeting(

@@ -9,7 +9,8 @@ takes a parsed command and returns the responses to send, untagged ones first an
 tagged completion last. It blocks (every store call does file and database I/O) and
 reads no clock, so an event-loop adapter calls `handle` from a worker thread, one call
 at a time; nothing here knows about sockets, TLS or time-outs. Authentication,
-STARTTLS, literals and CAPABILITY before login are the adapter's.
+STARTTLS, literals and CAPABILITY are `ImapConversation`'s, which makes this object at
+login and hands it the rest.
 
 Sequence numbers (RFC 9051 §7.5.1). The selected folder's `FolderView` keeps the list
 of messages as this session last reported it, and only `FolderView.sync` changes it.
@@ -102,8 +103,8 @@ class ImapSession:
         mailbox: the user who logged in.
         append_limit: the largest message APPEND accepts (APPENDLIMIT, RFC 7889), also
             what STATUS APPENDLIMIT answers.
-        capabilities: the CAPABILITY list to answer with after login (the adapter's,
-            which knows TLS and authentication).
+        capabilities: the CAPABILITY list to answer with after login (the
+            conversation's, which knows TLS and authentication).
 
     Construction opens the account (blocking). `handle` returns the responses to one
     command; `close` releases the selected folder and the account.

@@ -32,9 +32,13 @@ def client(tmp_path: pathlib.Path) -> Client:
 
 def test_exports() -> None:
     assert imapd.__all__ == [
+        "AUTOLOGOUT",
         "ENABLE_EXTENSIONS",
+        "INTERNAL_ERROR",
         "FetchContext",
         "FetchResult",
+        "ImapConversation",
+        "ImapService",
         "ImapSession",
         "SearchContext",
         "capabilities",
