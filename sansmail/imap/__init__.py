@@ -1,4 +1,5 @@
 """IMAP4rev2 (RFC 9051) with IMAP4rev1 (RFC 3501) compatibility: a sans-I/O server core.
+Bytes in, events out: no I/O, no clock, no mailbox decisions (`sansmail.sessions.imapd`).
 
 `Connection(SERVER)` parses client commands into typed events and serialises the
 application's responses, enforcing the session states of RFC 9051 §3, literals with

@@ -1,4 +1,5 @@
 """MIME structure for IMAP: the part tree, ENVELOPE, BODYSTRUCTURE, sections and BINARY.
+Pure functions over a message's bytes: no I/O, no clock, no state between calls.
 
 Pure functions over a whole message given as CRLF bytes (the store converts Maildir's LF
 files before they get here). `parse` reads the part tree once, as offsets into the bytes;

@@ -1,4 +1,5 @@
-"""The POP3 server protocol as a sans-I/O state machine (RFC 1939 and its extensions).
+"""The POP3 server protocol (RFC 1939 and its extensions) as a sans-I/O state machine.
+Bytes in, events out: no I/O, no clock, no mailbox decisions (`sansmail.sessions`).
 
 `Connection(SERVER)` parses client commands into events and serialises the
 application's responses, enforcing RFC 1939's AUTHORIZATION / TRANSACTION / UPDATE

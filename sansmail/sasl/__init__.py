@@ -1,4 +1,5 @@
 """SASL mechanisms (RFC 4422) as tiny sans-I/O state machines over raw bytes.
+No I/O, no clock, no randomness: nonces, timestamps and stored credentials are arguments.
 
 SMTP AUTH (RFC 4954), POP3 AUTH (RFC 5034) and IMAP AUTHENTICATE (RFC 9051) share these;
 each protocol does its own framing (``334 ``, ``+ ``, ``*`` to cancel) and base64, for

@@ -1,5 +1,4 @@
-"""What a server does with each command: SMTP intake, POP3 and IMAP sessions over the
-protocol cores, the decisions, and storage.
-
-Loop-agnostic: no sockets, no awaits; blocking storage calls are marked, for a worker thread.
+"""What a server does with each command: the SMTP intake, POP3 and IMAP sessions, the
+queue manager's attempts, and logging in, over the cores, the decisions and storage.
+Loop-agnostic: no sockets, no awaits, no clock; blocking storage calls are marked.
 """

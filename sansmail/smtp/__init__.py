@@ -1,4 +1,5 @@
-"""The SMTP protocol as a sans-I/O state machine (RFC 5321 and its extensions).
+"""The SMTP protocol (RFC 5321 and its extensions) as a sans-I/O state machine, server and
+client. Bytes in, events out: no I/O, no clock, no mail decisions (`sansmail.sessions`).
 
 The server role is complete: `Connection(SERVER)` parses commands and message content
 into events and serialises the application's `Reply` events, enforcing RFC 5321's

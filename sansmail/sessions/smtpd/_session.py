@@ -72,9 +72,7 @@ class SmtpSession:
         self.log = log
         self.client_ip = client_ip
         self.client = f"[{client_ip}]:{client_port}"
-        self.conn = smtp.Connection(
-            SERVER, config=service.core_config, tls_active=tls is not None
-        )
+        self.conn = smtp.Connection(SERVER, config=service.core_config, tls_active=tls is not None)
         #: "TLSv1.3 TLS_AES_256_GCM_SHA384" once the session is encrypted.
         self.tls = tls
         self.helo = ""

@@ -1,5 +1,8 @@
-"""Local mail storage: the `MailStore` interface the adapter writes through, and
-`MaildirStore`, which delivers into Maildirs under ``<data_dir>/mail/``.
+"""Mailboxes on disk: Maildir delivery, the POP3 maildrop, and the IMAP store with its
+per-folder index. Blocking file I/O for worker threads; it decides nothing about mail.
+
+`MailStore` is the interface the sessions write through, and `MaildirStore` delivers into
+Maildirs under ``<data_dir>/mail/``.
 
 The store does blocking file I/O (and stamps file names with the clock); the adapter calls
 `Delivery.flush`, `Delivery.commit` and `Delivery.abort` from worker threads.

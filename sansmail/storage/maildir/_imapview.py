@@ -35,7 +35,7 @@ import io
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Concatenate, Final, ParamSpec, TypeVar
+from typing import BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 import attrs
 
@@ -55,6 +55,7 @@ from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt
 from sansmail.storage.maildir._imapmaildir import (
     DELETED,
     CrlfReader,
+    Namer,
     bits_of,
     flags_of,
     info_letters,
@@ -63,10 +64,24 @@ from sansmail.storage.maildir._imapmaildir import (
     to_crlf,
 )
 
-if TYPE_CHECKING:
-    from sansmail.storage.maildir._imapaccount import MaildirAccount
+__all__ = ["Account", "MaildirFolderView", "make_info"]
 
-__all__ = ["MaildirFolderView", "make_info"]
+
+class Account(Protocol):
+    """What a view needs of the account that opened it (`MaildirAccount`): the other
+    folders' indexes for COPY and MOVE, the file namer, and APPEND into its folder."""
+
+    namer: Namer
+
+    def index_for(self, name: str) -> FolderIndex: ...
+
+    def append(
+        self,
+        name: str,
+        content: bytes,
+        flags: Collection[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> AppendResult: ...
 
 
 def make_info(row: tuple[int, int, str, int, int, int]) -> ImapMessage:
@@ -138,9 +153,7 @@ class _Relister:
 class MaildirFolderView(FolderView):
     """See the module docstring; made by `MaildirAccount.select`."""
 
-    def __init__(
-        self, account: MaildirAccount, name: str, index: FolderIndex, *, readonly: bool
-    ) -> None:
+    def __init__(self, account: Account, name: str, index: FolderIndex, *, readonly: bool) -> None:
         self._account = account
         self._name = name
         self._index = index

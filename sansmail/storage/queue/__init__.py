@@ -1,4 +1,5 @@
-"""The durable outbound queue under ``<data_dir>/queue/`` (CONTRACT.md).
+"""The durable outbound queue under ``<data_dir>/queue/`` (CONTRACT.md). Blocking file
+I/O for worker threads; what to do with a queued message is `sansmail.sessions.qmgr`'s.
 
 `QueueStore` keeps each message as a content file and a JSON envelope, and makes a
 message durable before `QueueWriter.commit` returns, so ``250`` is never sent for mail a
