@@ -1,4 +1,5 @@
-"""The configuration file: TOML text in, a frozen, validated `Config` out.
+"""The configuration file: TOML text in, a frozen, validated `Config` out, with every
+problem as file:line. It reads the file it is given and nothing else; it decides no mail.
 
 The keys and their meaning are fixed by CONTRACT.md (the outside of sansmail). Besides
 those, the ``[smtp]`` table takes these keys of ours:
@@ -36,8 +37,20 @@ Choices of ours where CONTRACT.md is silent:
 - ``recipient_restrictions`` that would make an open relay (no ``reject_unauth_destination``
   or ``reject`` before the first ``permit``; an exhausted list permits) are refused, as
   Postfix refuses to start with them.
-- Paths may start with ``~``; ``aliases``, ``tls.cert`` and ``tls.key`` must exist, and the
-  certificate and key must load together.
+- Paths may start with ``~``; ``aliases``, ``tls.cert``, ``tls.key`` and ``sieve.before``
+  must exist, and the certificate and key must load together.
+- Sizes (``quota.storage``) are integers (octets) or strings with a binary unit:
+  ``"500M"``, ``"10G"`` (K, M, G, T are powers of 1024, as in Dovecot).
+- ``mail_owner`` is a user name (letters, digits, ``_ . -``, at most 32, not starting
+  with a digit or ``-``); ``""`` means none. ``antispam.dnsbl`` zones are host names.
+- ``storage.backend = "postgresql"`` needs ``storage.dsn``, a ``postgresql://`` URI; a
+  dsn is never quoted in a message, since it may hold a password.
+
+Keys for features not built yet (``[antispam]``, ``[dkim]``, ``[milter]``, ``[sieve]``,
+``[storage]``, ``[quota]``, ``mail_owner``, ``log_format = "json"``, the ``managesieve``,
+``metrics`` and ``http`` listeners) are read and checked like the others, and
+`not_in_force` lists, one line each, those that ask for something this version does not
+do yet (see `_unbuilt`).
 
 Every problem in a file is reported, not just the first, each with its line: a file with
 problems raises `ConfigError` carrying all of them; one without returns a `Config` that
@@ -46,7 +59,7 @@ needs no further checking by its users.
 The modules: `_model` (the result classes, the fixed lists, the embedded default),
 `_lines` (the line of a key in the text), `_values` (one checker per kind of value),
 `_tables` (reading a table, collecting problems), `_parse` (the sections and the front
-door).
+door), `_unbuilt` (what is accepted but not in force yet).
 """
 
 from sansmail.config._model import (
@@ -65,18 +78,24 @@ from sansmail.config._model import (
     DMARCMode,
     DNSConfig,
     HostPort,
+    LogFormat,
     MilterAction,
     MilterConfig,
     NextHop,
     OutboundTLS,
     PlaintextAuth,
     Problem,
+    QuotaConfig,
     ReverseDNSMode,
+    SieveConfig,
     SMTPConfig,
     SPFMode,
+    StorageBackend,
+    StorageConfig,
     TLSConfig,
 )
 from sansmail.config._parse import load_config, parse_config, warnings
+from sansmail.config._unbuilt import not_in_force
 
 __all__ = [
     "BUILT_SERVICES",
@@ -94,17 +113,23 @@ __all__ = [
     "DNSConfig",
     "DeliveryConfig",
     "HostPort",
+    "LogFormat",
     "MilterAction",
     "MilterConfig",
     "NextHop",
     "OutboundTLS",
     "PlaintextAuth",
     "Problem",
+    "QuotaConfig",
     "ReverseDNSMode",
     "SMTPConfig",
     "SPFMode",
+    "SieveConfig",
+    "StorageBackend",
+    "StorageConfig",
     "TLSConfig",
     "load_config",
+    "not_in_force",
     "parse_config",
     "warnings",
 ]
