@@ -40,7 +40,6 @@ step that raised halfway leaves the lines of what it did complete.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -95,11 +94,7 @@ class QueueManager:
 
     def queue_ids(self) -> set[str]:
         """BLOCKING. The ids of every message in the queue, complete or being written."""
-        try:
-            names = os.listdir(self.queue.root)
-        except FileNotFoundError:
-            return set()
-        return {name[:-4] for name in names if name.endswith(".env")}
+        return self.queue.ids()
 
     def due(self, ids: Iterable[str]) -> dict[str, float]:
         """BLOCKING. When each of `ids` is next due: its earliest pending recipient's

@@ -185,6 +185,11 @@ class QueueStore:
         _unlink_quietly(self._path(queue_id, _MSG))
         _fsync_dir(self._dir)
 
+    def ids(self) -> set[str]:
+        """The id of every message with an envelope, complete or being written; one
+        directory listing."""
+        return {name[: -len(_ENV)] for name in self._names() if name.endswith(_ENV)}
+
     def list(self) -> builtins.list[QueuedMessage]:
         """Every complete, readable message, oldest first (by arrival, then id)."""
         names = self._names()

@@ -612,3 +612,22 @@ def test_mailq_several_messages() -> None:
     assert "(retry due)" in text
     assert text.count("bob@remote.test") == 1
     assert text.endswith("-- 3 Kbytes in 2 Requests.\n")
+
+
+def test_ids_lists_every_envelope_with_one_listing(tmp_path: pathlib.Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+    assert store.ids() == set()
+    writer = store.begin(store.new_id())
+    writer.write(b"Subject: x\r\n\r\nhi\r\n")
+    message = writer.commit(
+        QueuedMessage(
+            queue_id=writer.queue_id,
+            sender="a@example.org",
+            arrival=1.0,
+            size=0,
+            recipients=[QueuedRecipient(address="b@example.net")],
+        )
+    )
+    assert store.ids() == {message.queue_id}
+    store.delete(message.queue_id)
+    assert store.ids() == set()
