@@ -27,10 +27,24 @@ ReverseDNSMode = Literal["off", "tag", "reject"]
 DKIMMode = Literal["off", "tag"]
 DMARCMode = Literal["off", "tag", "enforce"]
 MilterAction = Literal["tempfail", "accept", "reject"]
+StorageBackend = Literal["maildir", "postgresql"]
+LogFormat = Literal["text", "json"]
 
 #: Every service a ``[listen]`` table may name, in the order they are started.
-SERVICES: Final = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
-#: The services this version can actually run; listeners for the others are skipped.
+SERVICES: Final = (
+    "smtp",
+    "submission",
+    "submissions",
+    "pop3",
+    "pop3s",
+    "imap",
+    "imaps",
+    "managesieve",
+    "metrics",
+    "http",
+)
+#: The services this version can actually run; listeners for the others are accepted,
+#: reported and skipped.
 BUILT_SERVICES: Final = frozenset(
     {"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"}
 )
@@ -59,6 +73,8 @@ data_dir = "./sansmail-data"            # relative to the current directory
 mynetworks = ["127.0.0.0/8", "::1/128"]
 recipient_delimiter = "+"
 processes = 1                           # server processes sharing the listeners (one per core)
+log_format = "text"
+# mail_owner = "sansmail"               # started as root: the user to run as (not built yet)
 
 # No [tls] table: a self-signed certificate is generated into data_dir on first start.
 
@@ -91,6 +107,9 @@ max_invalid_commands = 20
 shutdown_grace = "30s"
 bare_lf = "normalize"
 
+[pop3]
+no_flag_updates = false                 # true: what RETR sent stays unread at QUIT
+
 [delivery]
 relayhost = ""
 transport = {}
@@ -111,6 +130,9 @@ spf = "tag"
 reverse_dns = "off"
 dkim = "tag"
 dmarc = "tag"
+dnsbl = []
+greylisting = false
+greylist_delay = "5m"
 
 [dkim]
 selector = "sansmail"
@@ -118,6 +140,16 @@ selector = "sansmail"
 [milter]
 milters = []
 default_action = "tempfail"
+
+[sieve]
+before = ""
+
+[storage]
+backend = "maildir"
+dsn = ""
+
+[quota]
+storage = 0
 """
 
 EMBEDDED_NAME: Final = "<embedded default>"
@@ -178,6 +210,12 @@ class SMTPConfig:
 
 
 @attrs.frozen(kw_only=True)
+class POP3Config:
+    # Dovecot's pop3_no_flag_updates: False marks the messages RETR sent \Seen at QUIT.
+    no_flag_updates: bool = False
+
+
+@attrs.frozen(kw_only=True)
 class DeliveryConfig:
     relayhost: NextHop | None = None
     transport: Mapping[str, NextHop] = attrs.field(factory=lambda: types.MappingProxyType({}))
@@ -213,6 +251,9 @@ class AntispamConfig:
     reverse_dns: ReverseDNSMode = "off"
     dkim: DKIMMode = "tag"
     dmarc: DMARCMode = "tag"
+    dnsbl: tuple[str, ...] = ()  # zones queried for the client address
+    greylisting: bool = False
+    greylist_delay: int = 300  # seconds
 
 
 @attrs.frozen(kw_only=True)
@@ -228,6 +269,24 @@ class MilterConfig:
 
 
 @attrs.frozen(kw_only=True)
+class SieveConfig:
+    # A site script run before each user's own (Pigeonhole's sieve_before).
+    before: pathlib.Path | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StorageConfig:
+    backend: StorageBackend = "maildir"
+    # backend = "postgresql": a libpq URI. It may hold a password: never print it.
+    dsn: str = attrs.field(default="", repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class QuotaConfig:
+    storage: int = 0  # octets per user; 0: no limit
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """A validated configuration. Paths are absolute; domains are canonical (lower case,
     IDNs as A-labels); durations are seconds."""
@@ -240,19 +299,26 @@ class Config:
     aliases: pathlib.Path | None = None
     recipient_delimiter: str = "+"
     # Processes that share the listening sockets (Postfix and Dovecot scale the same way:
-    # several smtpd/imap processes). Connection caps are split evenly between them.
+    # several smtpd/imap processes). Connection caps count the connections of all of them.
     processes: int = 1
+    # Started as root: the user to run as after binding (None: stay as started).
+    mail_owner: str | None = None
+    log_format: LogFormat = "text"
     tls: TLSConfig = TLSConfig()
     # service -> ((host, port), ...), in SERVICES order; "[::]:25" -> ("::", 25)
     listen: Mapping[str, tuple[HostPort, ...]] = attrs.field(
         factory=lambda: types.MappingProxyType({})
     )
     smtp: SMTPConfig = SMTPConfig()
+    pop3: POP3Config = POP3Config()
     delivery: DeliveryConfig = DeliveryConfig()
     dns: DNSConfig = DNSConfig()
     antispam: AntispamConfig = AntispamConfig()
     dkim: DKIMConfig = DKIMConfig()
     milter: MilterConfig = MilterConfig()
+    sieve: SieveConfig = SieveConfig()
+    storage: StorageConfig = StorageConfig()
+    quota: QuotaConfig = QuotaConfig()
 
     @property
     def source_name(self) -> str:

@@ -19,7 +19,6 @@ import attrs
 from sansmail.config import _values
 from sansmail.config._lines import KeyLines
 from sansmail.config._model import (
-    BUILT_SERVICES,
     DEFAULT_CONFIG_TOML,
     DEFAULT_MYNETWORKS,
     EMBEDDED_NAME,
@@ -33,12 +32,17 @@ from sansmail.config._model import (
     HostPort,
     MilterConfig,
     NextHop,
+    POP3Config,
     Problem,
+    QuotaConfig,
+    SieveConfig,
     SMTPConfig,
+    StorageConfig,
     TLSChecker,
     TLSConfig,
 )
 from sansmail.config._tables import TABLE_KEYS, TOP_KEYS, Reader, Table
+from sansmail.config._unbuilt import not_in_force
 
 # --- the front door ---------------------------------------------------------------------
 
@@ -100,33 +104,17 @@ def load_config(
 
 
 def warnings(config: Config) -> list[str]:
-    """Things worth telling the operator that do not stop the server from running."""
+    """Things worth telling the operator that do not stop the server from running,
+    `not_in_force` included."""
     found = []
     where = config.source_name
     if not config.listen:
         found.append(f"{where}: listen: no listeners: serve will do nothing")
-    skipped = [service for service in config.listen if service not in BUILT_SERVICES]
-    if skipped:
-        found.append(
-            f"{where}: listen: {', '.join(skipped)} not built yet in this version; "
-            f"{'it' if len(skipped) == 1 else 'they'} will be skipped"
-        )
     if not config.domains:
         found.append(f"{where}: domains: empty: no mail is delivered locally")
-    checks = {
-        "spf": config.antispam.spf,
-        "reverse_dns": config.antispam.reverse_dns,
-        "dkim": config.antispam.dkim,
-        "dmarc": config.antispam.dmarc,
-    }
-    active = [name for name, mode in checks.items() if mode != "off"]
-    if active:
-        found.append(
-            f"{where}: antispam: {', '.join(active)} checks are not built yet; "
-            "nothing is tagged or rejected"
-        )
-    if config.milter.milters:
-        found.append(f"{where}: milter: milters are not supported yet; none is called")
+    found.extend(not_in_force(config))
+    if config.storage.dsn and config.storage.backend == "maildir":
+        found.append(f'{where}: storage.dsn: used only with backend = "postgresql"; ignored')
     if config.smtp.max_recipients < 100:
         found.append(
             f"{where}: smtp.max_recipients: below 100, the minimum RFC 5321 §4.5.3.1.8 "
@@ -185,9 +173,16 @@ def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
         aliases=_existing(top, "aliases"),
         recipient_delimiter=top.get("recipient_delimiter", _values.delimiter, "+"),
         processes=top.integer("processes", 1, 1),
+        mail_owner=top.get("mail_owner", _values.user_name, None),
+        log_format=top.choice("log_format", "text"),
         tls=_read_tls(top.table("tls")),
         listen=_read_listen(top.table("listen")),
         smtp=_read_smtp(top.table("smtp")),
+        pop3=POP3Config(
+            no_flag_updates=top.table("pop3").get(
+                "no_flag_updates", _values.expect(bool, "true or false"), False
+            )
+        ),
         delivery=_read_delivery(top.table("delivery")),
         dns=DNSConfig(nameservers=top.table("dns").items("nameservers", _values.nameserver, ())),
         antispam=_read_antispam(top.table("antispam")),
@@ -196,6 +191,9 @@ def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
             milters=milter.items("milters", _values.milter(reader.base), ()),
             default_action=milter.choice("default_action", MilterConfig().default_action),
         ),
+        sieve=SieveConfig(before=_existing(top.table("sieve"), "before")),
+        storage=_read_storage(top.table("storage")),
+        quota=QuotaConfig(storage=top.table("quota").get("storage", _values.size, 0)),
     )
 
 
@@ -352,9 +350,21 @@ def _existing(table: Table, key: str) -> pathlib.Path | None:
 
 def _read_antispam(table: Table) -> AntispamConfig:
     d = AntispamConfig()
+    zones = table.items("dnsbl", _values.hostname, d.dnsbl)
     return AntispamConfig(
         spf=table.choice("spf", d.spf),
         reverse_dns=table.choice("reverse_dns", d.reverse_dns),
         dkim=table.choice("dkim", d.dkim),
         dmarc=table.choice("dmarc", d.dmarc),
+        dnsbl=tuple(dict.fromkeys(zones)),
+        greylisting=table.get("greylisting", _values.expect(bool, "true or false"), False),
+        greylist_delay=table.duration("greylist_delay", d.greylist_delay, 1),
     )
+
+
+def _read_storage(table: Table) -> StorageConfig:
+    backend = table.choice("backend", StorageConfig().backend)
+    dsn = table.get("dsn", _values.dsn, "")
+    if backend == "postgresql" and not dsn:
+        table.problem("backend", '"postgresql" needs a dsn: postgresql://user@host:5432/sansmail')
+    return StorageConfig(backend=backend, dsn=dsn)

@@ -31,14 +31,20 @@ from sansmail.config._model import (
     DKIMMode,
     DMARCMode,
     DNSConfig,
+    LogFormat,
     MilterAction,
     MilterConfig,
     OutboundTLS,
     PlaintextAuth,
+    POP3Config,
     Problem,
+    QuotaConfig,
     ReverseDNSMode,
+    SieveConfig,
     SMTPConfig,
     SPFMode,
+    StorageBackend,
+    StorageConfig,
     TLSChecker,
 )
 
@@ -54,6 +60,8 @@ _CHOICES: Final[Mapping[tuple[str, ...], tuple[str, ...]]] = {
     ("antispam", "dkim"): get_args(DKIMMode),
     ("antispam", "dmarc"): get_args(DMARCMode),
     ("milter", "default_action"): get_args(MilterAction),
+    ("storage", "backend"): get_args(StorageBackend),
+    ("log_format",): get_args(LogFormat),
 }
 # The keys known at the top and in each table; a table's keys are its class's fields,
 # so that a new setting cannot be forgotten here.
@@ -65,16 +73,22 @@ TOP_KEYS: Final = (
     "aliases",
     "recipient_delimiter",
     "processes",
+    "mail_owner",
+    "log_format",
 )
 TABLE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "tls": ("cert", "key"),
     "listen": SERVICES,
     "smtp": tuple(attrs.fields_dict(SMTPConfig)),
+    "pop3": tuple(attrs.fields_dict(POP3Config)),
     "delivery": tuple(attrs.fields_dict(DeliveryConfig)),
     "dns": tuple(attrs.fields_dict(DNSConfig)),
     "antispam": tuple(attrs.fields_dict(AntispamConfig)),
     "dkim": tuple(attrs.fields_dict(DKIMConfig)),
     "milter": tuple(attrs.fields_dict(MilterConfig)),
+    "sieve": tuple(attrs.fields_dict(SieveConfig)),
+    "storage": tuple(attrs.fields_dict(StorageConfig)),
+    "quota": tuple(attrs.fields_dict(QuotaConfig)),
 }
 
 

@@ -1,10 +1,10 @@
 """The value checkers: each takes a value as `tomllib` returned it and gives back the
 converted value, or raises `ValueError` with a message fit for the operator.
 
-Durations, host names and domains, networks, ``host:port`` forms (listen addresses, next
-hops, name servers, milters), restrictions, SASL mechanisms, the DKIM selector and the
-recipient delimiter. Nothing here knows where the value came from; `_tables` adds the
-file, line and key.
+Durations and sizes, host names and domains, networks, ``host:port`` forms (listen
+addresses, next hops, name servers, milters), restrictions, SASL mechanisms, the DKIM
+selector, the recipient delimiter, a system user name and a PostgreSQL URI. Nothing here
+knows where the value came from; `_tables` adds the file, line and key.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 import re
+import urllib.parse
 from collections.abc import Callable
 from typing import Final, TypeVar
 
@@ -23,6 +24,12 @@ T = TypeVar("T")
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _DURATION = re.compile(r" *([0-9]+) *([smhdw]?) *\Z")
 _UNIT_SECONDS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_SIZE = re.compile(r" *([0-9]+) *([kmgt]?)b? *\Z", re.IGNORECASE)
+# Binary multiples, as Dovecot's quota sizes and du -h count.
+_UNIT_OCTETS: Final = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+# The portable user names of POSIX (3.437) that useradd accepts: no leading digit or dash.
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+_DSN_SCHEMES: Final = ("postgresql", "postgres")
 
 
 def _canonical_domain(text: str) -> str:
@@ -74,6 +81,50 @@ def duration(value: object) -> int:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+def size(value: object) -> int:
+    """Octets, from an integer or a string with a binary unit (``"500M"``, ``"10G"``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        octets = value
+    elif isinstance(value, str) and (match := _SIZE.match(value)):
+        octets = int(match.group(1)) * _UNIT_OCTETS[match.group(2).lower()]
+    else:
+        raise ValueError(
+            f'expected a size like "500M", "10G" or a number of octets, not {show(value)}'
+        )
+    if octets < 0:
+        raise ValueError("a size cannot be negative")
+    return octets
+
+
+def user_name(value: object) -> str | None:
+    """A system user name (``""``: none)."""
+    text = expect(str, "a string")(value)
+    if not text:
+        return None
+    if not _USER_NAME.match(text):
+        raise ValueError(
+            f"{text!r} is not a user name (letters, digits, '_', '.', '-', at most 32, "
+            "not starting with a digit or '-')"
+        )
+    return text
+
+
+def dsn(value: object) -> str:
+    """A PostgreSQL connection URI (``""``: none). The value is never quoted back in a
+    message: it may hold a password."""
+    text = expect(str, "a string")(value)
+    if not text:
+        return text
+    try:
+        parts = urllib.parse.urlsplit(text)
+        parts.port  # noqa: B018  (raises ValueError for a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in _DSN_SCHEMES or any(c.isspace() for c in text):
+        raise ValueError("expected a PostgreSQL URI like postgresql://user@host:5432/sansmail")
+    return text
 
 
 def _split_host_port(text: str, default_port: int | None) -> tuple[str, int, bool]:

@@ -1,0 +1,104 @@
+"""What a configuration asks for that this version accepts but does not do yet.
+
+CONTRACT.md fixes every key from the first release on, so that a file written today
+keeps working when the features behind its keys arrive. Until then such a key is read
+and checked like any other (a wrong value is still a problem), and `not_in_force` says,
+one line per key, that it is accepted but not in force and what happens instead.
+``check-config`` prints those lines as warnings and ``serve`` logs the same lines when it
+starts.
+
+A key is reported when its value asks for something: a listener for a service that is
+not built, a check that is not ``"off"``, a list that is not empty, a value other than
+the default for keys whose default does nothing. A key left at an inert default (``dnsbl
+= []``, ``backend = "maildir"``) is not worth a line. `UNBUILT` is the table: when a
+feature arrives, its rows leave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from sansmail.config import _values
+from sansmail.config._model import BUILT_SERVICES, AntispamConfig, Config, DKIMConfig, MilterConfig
+
+__all__ = ["UNBUILT", "not_in_force"]
+
+#: (key, what it asks for, what happens instead), in the order of CONTRACT.md.
+UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
+    ("mail_owner", lambda c: c.mail_owner is not None, "serve keeps the user it started as"),
+    ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
+    (
+        "antispam.spf",
+        lambda c: c.antispam.spf != "off",
+        "no SPF check is made; nothing is tagged or rejected",
+    ),
+    (
+        "antispam.reverse_dns",
+        lambda c: c.antispam.reverse_dns != "off",
+        "no reverse DNS check is made; nothing is tagged or rejected",
+    ),
+    (
+        "antispam.dkim",
+        lambda c: c.antispam.dkim != "off",
+        "DKIM signatures of incoming mail are not verified",
+    ),
+    (
+        "antispam.dmarc",
+        lambda c: c.antispam.dmarc != "off",
+        "no DMARC policy is applied",
+    ),
+    ("antispam.dnsbl", lambda c: bool(c.antispam.dnsbl), "no DNSBL zone is queried"),
+    ("antispam.greylisting", lambda c: c.antispam.greylisting, "no mail is greylisted"),
+    (
+        "antispam.greylist_delay",
+        lambda c: c.antispam.greylist_delay != AntispamConfig().greylist_delay,
+        "no mail is greylisted",
+    ),
+    (
+        "dkim.selector",
+        lambda c: c.dkim.selector != DKIMConfig().selector,
+        "outgoing mail is not DKIM-signed",
+    ),
+    ("milter.milters", lambda c: bool(c.milter.milters), "no milter is called"),
+    (
+        "milter.default_action",
+        lambda c: c.milter.default_action != MilterConfig().default_action,
+        "no milter is called",
+    ),
+    ("sieve.before", lambda c: c.sieve.before is not None, "the script is not run"),
+    (
+        "storage.backend",
+        lambda c: c.storage.backend != "maildir",
+        "mail is stored in Maildirs under data_dir",
+    ),
+    (
+        "storage.dsn",
+        lambda c: bool(c.storage.dsn) and c.storage.backend != "maildir",
+        "no database is used",
+    ),
+    ("quota.storage", lambda c: c.quota.storage != 0, "no quota is enforced"),
+)
+
+
+def not_in_force(config: Config) -> list[str]:
+    """One line per key of `config` that asks for something not built yet, each
+    ``file: key: accepted but not in force yet ...: what happens instead``."""
+    where = config.source_name
+    found = [
+        _line(where, f"listen.{service}", f"the listener on {_shown(addresses)} is skipped")
+        for service, addresses in config.listen.items()
+        if service not in BUILT_SERVICES
+    ]
+    found.extend(_line(where, key, instead) for key, asks, instead in UNBUILT if asks(config))
+    return found
+
+
+def _line(where: str, key: str, instead: str) -> str:
+    return (
+        f"{where}: {key}: accepted but not in force yet (not built yet in this version): {instead}"
+    )
+
+
+def _shown(addresses: tuple[tuple[str, int], ...]) -> str:
+    return ", ".join(_values.show_address(address) for address in addresses)
