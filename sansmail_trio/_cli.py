@@ -4,6 +4,15 @@ Each command loads the configuration the same way (`--config FILE`, else ./sansm
 else the embedded default), so `user add` writes to the same data_dir that `serve` reads.
 Bad input of any kind ends in one clear line on stderr and exit status 1, never a
 traceback; argparse's usage errors keep their exit status 2.
+
+Every command of CONTRACT.md is here with its arguments, built or not: one not built yet
+says so in one line on stderr and exits 1 (`_not_built`), so scripts written against the
+contract fail cleanly today and work unchanged once it is built.
+
+`user add/passwd/del`, `newaliases` and `reload` are in force in every process of a
+running server when they exit 0: each announces its change through
+``<data_dir>/generations`` (`sansmail.storage.generations`) after writing it, and the
+servers' stores look at that before each lookup.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 from sansmail import __version__
 from sansmail.config import (
@@ -29,6 +39,7 @@ from sansmail.mail.address import Address, AddressError, parse_address
 from sansmail.mail.aliases import role_account_problems
 from sansmail.mail.envelope import check_queue_id
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.generations import Counter, bump
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
 from sansmail.storage.users import UserError, UserStore
 from sansmail_trio._run import run
@@ -48,7 +59,8 @@ class CommandError(Exception):
 # --- help texts -------------------------------------------------------------------------
 
 _MAIN_HELP = f"""\
-sansmail: a mail server (SMTP today; submission, POP3 and IMAP to come) in one process.
+sansmail: a mail server: SMTP, submission, POP3 and IMAP. Commands marked "not built
+yet" are accepted, say so and exit 1.
 
 Configuration: --config FILE, else ./sansmail.toml when it exists, else the embedded
 default (domain "localhost", data in ./sansmail-data, listeners on 127.0.0.1 ports
@@ -68,9 +80,11 @@ examples:
 _SERVE_HELP = f"""\
 Run every listener of the configuration until SIGINT or SIGTERM. The configuration is
 checked first; any problem is printed as file:line: key: message and nothing is started.
-Services not built yet in this version are logged and skipped. The first signal stops
+Services not built yet in this version are logged and skipped, and so is each key that
+is accepted but not in force yet (the warnings of check-config). The first signal stops
 accepting and lets transactions in flight finish (smtp.shutdown_grace); a second one
-stops at once. Changes made by `{PROG} user ...` take effect within two seconds.
+stops at once. `{PROG} user add/passwd/del`, `newaliases` and `reload` are in force in
+every server process by the time they exit, without a restart.
 
 examples:
   {PROG} serve                       # ./sansmail.toml, or the embedded default
@@ -93,7 +107,8 @@ _USER_HELP = f"""\
 Manage the users who receive mail and may log in. Users live in <data_dir>/users.json
 (passwords stored as argon2id hashes); each user's mail is in the Maildir
 <data_dir>/mail/<domain>/<local-part>/. An address's domain must be one of the
-configured domains. A running server picks up changes within two seconds.
+configured domains. A change is in force in a running server, in every one of its
+processes, by the time the command exits: the next RCPT or login sees it.
 
 examples:
   {PROG} user add alice@example.test              # prompts for the password twice
@@ -109,10 +124,13 @@ and every include file it names: print each problem as file:line: message and ex
 or print how many aliases it holds and exit 0. postmaster or abuse addresses that reach
 nobody are reported as warnings: their mail goes to the postmaster Maildir.
 
-There is nothing to load by hand: a running server re-reads the aliases file and its
-include files by itself within two seconds of a change, without a restart. (Postfix
-needs newaliases to rebuild aliases.db; here it only validates.) A file with problems
-is used all the same, without the entries that have them.
+It also loads them: once it exits, every process of a running server uses the file
+as it now stands, for the next RCPT, without a restart. A file with problems is used
+all the same, without the entries that have them (and the exit status is 1).
+
+An edit made without newaliases, to the aliases file or to an include file (which,
+as in Postfix, needs no newaliases), is picked up by a running server within about a
+second; run newaliases after it to have it in force at once.
 
 examples:
   {PROG} newaliases --config /etc/sansmail.toml
@@ -139,6 +157,24 @@ _STDIN_HELP = (
     "read the password from the first line of standard input (no prompt, no echo); "
     "without it, the password is asked twice on the terminal"
 )
+
+
+_RELOAD_HELP = f"""\
+Like SIGHUP to every server process: users and aliases are re-read before the next
+lookup (hand edits of users.json, the aliases file and its include files included),
+and the TLS certificate and key within a second. The configuration file itself is
+read only at start: restart serve to apply a change to it. Exits 1 when no server has
+ever run on the configured data_dir.
+
+example:
+  {PROG} reload --config /etc/sansmail.toml
+"""
+
+_NOT_BUILT = "not built yet"
+_NOT_BUILT_HELP = "Not built yet in this version: prints one line saying so and exits 1."
+
+# A string: argparse's class cannot be subscripted at run time.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -168,11 +204,13 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        group: Subcommands,
         name: str,
         summary: str,
         run: Callable[[argparse.Namespace], int],
         description: str | None = None,
+        *,
+        parent: str = "",
     ) -> argparse.ArgumentParser:
         sub = group.add_parser(
             name,
@@ -181,73 +219,94 @@ def _build_parser() -> argparse.ArgumentParser:
             description=description or summary,
             formatter_class=raw,
         )
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run, command_name=f"{parent} {name}".strip())
         return sub
+
+    def group(name: str, summary: str, description: str | None = None) -> Subcommands:
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=description or summary,
+            formatter_class=raw,
+        )
+        return sub.add_subparsers(dest=f"{name}_action", metavar="ACTION", required=True)
+
+    def not_built(
+        group: Subcommands, name: str, summary: str, *, parent: str = ""
+    ) -> argparse.ArgumentParser:
+        description = f"{summary}.\n\n{_NOT_BUILT_HELP}"
+        return command(
+            group, name, f"{summary} ({_NOT_BUILT})", _not_built, description, parent=parent
+        )
 
     command(commands, "serve", "run the mail server until SIGINT/SIGTERM", _serve, _SERVE_HELP)
     command(commands, "check-config", "validate the configuration", _check_config, _CHECK_HELP)
 
-    user = commands.add_parser(
-        "user",
-        parents=[common],
-        help="add, change, delete and list users",
-        description=_USER_HELP,
-        formatter_class=raw,
-    )
-    users = user.add_subparsers(dest="user_command", metavar="ACTION", required=True)
-    add = command(users, "add", "add a user with a password", _user_add, _USER_HELP)
+    users = group("user", "add, change, delete and list users", _USER_HELP)
+    add = command(users, "add", "add a user with a password", _user_add, _USER_HELP, parent="user")
     add.add_argument("address", metavar="ADDRESS", help="the user's mail address")
     add.add_argument("--password-stdin", action="store_true", help=_STDIN_HELP)
-    passwd = command(users, "passwd", "change a user's password", _user_passwd, _USER_HELP)
+    passwd = command(
+        users, "passwd", "change a user's password", _user_passwd, _USER_HELP, parent="user"
+    )
     passwd.add_argument("address", metavar="ADDRESS", help="the user's mail address")
     passwd.add_argument("--password-stdin", action="store_true", help=_STDIN_HELP)
-    delete = command(users, "del", "delete a user (the Maildir is kept)", _user_del, _USER_HELP)
+    delete = command(
+        users, "del", "delete a user (the Maildir is kept)", _user_del, _USER_HELP, parent="user"
+    )
     delete.add_argument("address", metavar="ADDRESS", help="the user's mail address")
-    command(users, "list", "list the users, one address per line", _user_list, _USER_HELP)
+    command(
+        users,
+        "list",
+        "list the users, one address per line",
+        _user_list,
+        _USER_HELP,
+        parent="user",
+    )
 
     command(
         commands,
         "newaliases",
-        "check the aliases file (a running server reloads it by itself)",
+        "check the aliases file and put it in force in a running server",
         _newaliases,
         _NEWALIASES_HELP,
     )
 
-    queue = commands.add_parser(
-        "queue",
-        parents=[common],
-        help="list the outbound queue, retry it now, delete from it",
-        description=_QUEUE_HELP,
-        formatter_class=raw,
-    )
-    queue_actions = queue.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
-    command(queue_actions, "list", "list queued messages, like mailq", _queue_list, _QUEUE_HELP)
+    queue = group("queue", "list the outbound queue, retry it now, delete from it", _QUEUE_HELP)
     command(
-        queue_actions,
+        queue,
+        "list",
+        "list queued messages, like mailq",
+        _queue_list,
+        _QUEUE_HELP,
+        parent="queue",
+    )
+    command(
+        queue,
         "flush",
         "ask the running server to retry every deferred message now, like postqueue -f",
         _queue_flush,
         _QUEUE_HELP,
+        parent="queue",
     )
     delete_id = command(
-        queue_actions, "delete", "delete queued messages, like postsuper -d", _queue_delete
+        queue,
+        "delete",
+        "delete queued messages, like postsuper -d",
+        _queue_delete,
+        parent="queue",
     )
     delete_id.add_argument(
         "ids", metavar="ID", nargs="+", help="queue ids shown by `queue list`, or ALL"
     )
 
-    dkim = commands.add_parser(
-        "dkim",
-        parents=[common],
-        help="DKIM signing keys (not supported yet in this version)",
-        description="Manage DKIM signing keys. Not supported yet in this version.",
-    )
-    dkim_actions = dkim.add_subparsers(dest="dkim_command", metavar="ACTION", required=True)
-    keygen = command(
-        dkim_actions,
+    dkim = group("dkim", f"DKIM signing keys ({_NOT_BUILT})")
+    keygen = not_built(
+        dkim,
         "keygen",
         "make a signing key under data_dir and print its DNS TXT record",
-        _not_built("DKIM signing is"),
+        parent="dkim",
     )
     keygen.add_argument("domain", metavar="DOMAIN", help="the signing domain")
     keygen.add_argument(
@@ -255,6 +314,84 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="the DKIM selector (default: dkim.selector of the configuration)",
     )
+
+    records = not_built(
+        commands,
+        "dns-records",
+        "print the MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT and SRV/autoconfig records to "
+        "publish for a domain",
+    )
+    records.add_argument("domain", metavar="DOMAIN", help="one of the configured domains")
+    records.add_argument(
+        "--check", action="store_true", help="look the records up and say which differ"
+    )
+
+    sieve = group("sieve", f"Sieve scripts: check, and manage users' scripts ({_NOT_BUILT})")
+    check = not_built(
+        sieve, "check", "check a Sieve script: FILE:LINE:COLUMN: message", parent="sieve"
+    )
+    check.add_argument("file", metavar="FILE", help="the script")
+    for action, summary, arguments in (
+        ("put", "store a script for a user", ("NAME", "FILE|-")),
+        ("get", "print a user's script", ("NAME",)),
+        ("list", "list a user's scripts, the active one marked", ()),
+        ("activate", "make a script the user's active one", ("NAME",)),
+        ("deactivate", "leave the user with no active script", ()),
+        ("delete", "delete a user's script", ("NAME",)),
+    ):
+        sub = not_built(sieve, action, summary, parent="sieve")
+        sub.add_argument("user", metavar="USER", help="the user's address")
+        for metavar in arguments:
+            if metavar == "FILE|-":
+                sub.add_argument(
+                    "file",
+                    metavar=metavar,
+                    nargs="?",
+                    default="-",
+                    help="the script (default -: standard input)",
+                )
+            else:
+                sub.add_argument("name", metavar=metavar, help="the script's name")
+
+    status = not_built(
+        commands, "status", "version, uptime, listeners, processes and queue size of the server"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    command(
+        commands,
+        "reload",
+        "like SIGHUP: re-read certificates, users and aliases in the running server",
+        _reload,
+        _RELOAD_HELP,
+    )
+    who = not_built(commands, "who", "live sessions: user, service, client address, since")
+    who.add_argument("--json", action="store_true", help="one JSON object per session")
+    kick = not_built(commands, "kick", "end a user's sessions")
+    kick.add_argument("user", metavar="USER", help="the user's address")
+
+    mailbox = group("mailbox", f"look at and repair users' mailboxes ({_NOT_BUILT})")
+    for action, summary in (
+        ("list", "list a user's folders"),
+        ("status", "messages, unseen and size of a user's folders"),
+        ("resync", "rebuild a folder's index from its Maildir"),
+        ("expunge", "delete a folder's messages, those before --before DATE"),
+    ):
+        sub = not_built(mailbox, action, summary, parent="mailbox")
+        sub.add_argument("user", metavar="USER", help="the user's address")
+        sub.add_argument("folder", metavar="FOLDER", nargs="?", help="one folder (default: all)")
+        sub.add_argument("--before", metavar="DATE", help="only messages received before DATE")
+        sub.add_argument("--json", action="store_true", help="JSON output")
+
+    storage = group("storage", f"move mail between storage backends ({_NOT_BUILT})")
+    for action, summary in (
+        ("migrate", "move every mailbox to the configured storage backend"),
+        ("export", "copy every mailbox out, as Maildirs"),
+        ("import", "copy Maildirs in"),
+    ):
+        sub = not_built(storage, action, summary, parent="storage")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--to", nargs=2, metavar=("maildir", "DIR"), help="into Maildirs")
+        where.add_argument("--from", nargs=2, metavar=("maildir", "DIR"), help="from Maildirs")
     return parser
 
 
@@ -346,6 +483,11 @@ def _newaliases(args: argparse.Namespace) -> int:
         print(f"newaliases: no aliases file: {config.source_name} has no 'aliases' key")
         return 0
     source = AliasSource(config.aliases)
+    # The file as just read is what every server process uses for its next RCPT, even
+    # with problems: a server would take it within a second anyway, without the
+    # entries that have them. No data_dir: no server has ever run, nothing to tell.
+    if config.data_dir.is_dir():
+        bump(config.data_dir, Counter.ALIASES)
     for problem in source.problems:
         print(problem, file=sys.stderr)
     for warning in _role_warnings(config, source):
@@ -431,15 +573,25 @@ def _queue_delete(args: argparse.Namespace) -> int:
     return status
 
 
+def _reload(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if not bump(config.data_dir, Counter.USERS, Counter.ALIASES, Counter.TLS):
+        raise CommandError(f"no server has ever run on {config.data_dir}: nothing to reload")
+    print(
+        "reload requested: every running server process re-reads users and aliases before "
+        "its next lookup, and its TLS certificate within a second"
+    )
+    return 0
+
+
+def _not_built(args: argparse.Namespace) -> int:
+    # Before loading the configuration: one line, whatever else is wrong.
+    print(f"{PROG} {args.command_name}: not built yet; see README", file=sys.stderr)
+    return 1
+
+
 def _plural(count: int, singular: str, plural: str | None = None) -> str:
     return f"{count} {singular if count == 1 else plural or singular + 's'}"
-
-
-def _not_built(feature: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise CommandError(f"{feature} not supported yet in this version")
-
-    return run
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -509,11 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script `sansmail-trio`; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
-    name = " ".join(
-        getattr(args, dest)
-        for dest in ("command", "user_command", "queue_command", "dkim_command")
-        if hasattr(args, dest)
-    )
+    name: str = args.command_name
     try:
         status: int = args.run(args)
     except ConfigError as exc:

@@ -13,9 +13,12 @@ Theory of operation:
   mail transaction (it gets `421 4.3.2`); give sessions with a transaction in flight up to
   `shutdown_grace` to finish, then cancel them (they too get a 421, and no message whose
   250 was not sent is kept). A second signal skips the wait.
-* The user store and the aliases file are re-read within a second of a change, so
-  `sansmail-trio user add` and an edited aliases file take effect without a restart
-  (CONTRACT.md).
+* `sansmail-trio user add/passwd/del`, `newaliases` and `reload` are in force by the time
+  they exit (CONTRACT.md): they bump a counter in ``<data_dir>/generations``, which the
+  user store and the aliases follow at every lookup (`sansmail.storage.generations`).
+  Once a second a housekeeping task re-reads, in a worker thread, what changed without
+  a lookup noticing yet and what was edited by hand, and reloads the TLS certificate
+  when `reload` asked for it.
 * Process 0 runs the queue runner (`_queue.py`); every process queues into the same
   directory, and the runner finds their messages by listing it.
 """
@@ -32,11 +35,12 @@ import attrs
 import trio
 
 from sansmail import __version__
-from sansmail.config import BUILT_SERVICES, Config
+from sansmail.config import BUILT_SERVICES, Config, not_in_force
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions.imapd import ImapService
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore
 from sansmail.storage.queue import QueueStore
@@ -65,7 +69,8 @@ log = get_logger("master")
 #: What a listener hands its connections to.
 Service = SMTPService | POP3Service | IMAPService
 
-#: How often the user store is checked for changes made by the CLI.
+#: How often the user store, the aliases and the reload counter are checked for changes
+#: that no lookup has noticed yet, and for files edited by hand.
 USERS_RELOAD_INTERVAL = 1.0
 #: Pending connections the kernel queues per listener (capped by net.core.somaxconn).
 LISTEN_BACKLOG = 4096
@@ -152,8 +157,13 @@ async def serve(
     shutdown = trio.Event() if shutdown is None else shutdown
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = MaildirStore(config.data_dir, hostname=config.hostname)
+    # Before the users and aliases are first read: a change announced from now on is
+    # seen, and one made before is in the files read next (storage/generations.py).
+    generations = await trio.to_thread.run_sync(Generations.open, config.data_dir)
     users = UserStore(
-        config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
+        config.data_dir / "users.json",
+        cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms,
+        generations=generations,
     )
     # One auth service for every protocol, as Dovecot's auth serves Postfix. Trusted
     # networks are never locked out (they still get the failure delay).
@@ -173,7 +183,9 @@ async def serve(
         # With several processes the parent did this before they started: recovery
         # must not race a session that is writing into the queue.
         await trio.to_thread.run_sync(recover_queue, queue)
-    aliases = await trio.to_thread.run_sync(AliasSource, config.aliases)
+    aliases = await trio.to_thread.run_sync(
+        functools.partial(AliasSource, config.aliases, generations=generations)
+    )
     for problem in aliases.problems:
         if process == 0:
             log.warning("aliases: %s", problem)
@@ -224,12 +236,9 @@ async def serve(
         services[name] = IMAPService(shared=imap_shared, log=imap_log, tls=tls)
 
     if process == 0:
-        for name, addresses in config.listen.items():
-            if name not in BUILT_SERVICES:
-                shown = ", ".join(f"{h}:{p}" for h, p in addresses)
-                log.warning(
-                    "%s listener on %s: not built yet in this version, skipped", name, shown
-                )
+        # The lines check-config prints: unbuilt listeners are skipped, keys accepted.
+        for line in not_in_force(config):
+            log.warning("%s", line)
     if sockets is None:
         sockets = bind_listeners(config)
     listeners = [
@@ -252,8 +261,9 @@ async def serve(
         if runner is not None:
             await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:
-            accept_nursery.start_soon(_reload_users, users)
+            accept_nursery.start_soon(_reload_users, users, generations)
             accept_nursery.start_soon(_reload_aliases, aliases)
+            accept_nursery.start_soon(_reload_tls_on_request, tls, generations)
             await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
                 accept_nursery.start_soon(
@@ -407,14 +417,31 @@ async def _handle_connection(
         connections.closed(ip)
 
 
-async def _reload_users(users: UserStore) -> None:
+async def _reload_users(users: UserStore, generations: Generations) -> None:
+    def housekeeping() -> bool:
+        # A generations file deleted or restored under us would go unheard.
+        if generations.reopen_if_replaced():
+            log.warning("%s was replaced: following the new one", generations.path)
+        return users.reload_if_changed()
+
     while True:
         await trio.sleep(USERS_RELOAD_INTERVAL)
         try:
-            if await trio.to_thread.run_sync(users.reload_if_changed):
+            if await trio.to_thread.run_sync(housekeeping):
                 log.info("user store reloaded")
         except Exception:  # a half-written or broken file must not stop the server
             log.exception("cannot reload the user store; keeping the previous one")
+
+
+async def _reload_tls_on_request(tls: TLSContextHolder, generations: Generations) -> None:
+    # `sansmail-trio reload` cannot signal us (there is no pid file); it bumps a counter.
+    seen = generations[Counter.TLS]
+    while True:
+        await trio.sleep(USERS_RELOAD_INTERVAL)
+        if generations[Counter.TLS] != seen:
+            seen = generations[Counter.TLS]
+            log.info("reload requested: reloading the TLS certificate")
+            await trio.to_thread.run_sync(tls.reload)
 
 
 async def _reload_aliases(aliases: AliasSource) -> None:

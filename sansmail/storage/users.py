@@ -48,7 +48,22 @@ Writers (the CLI's ``user add/passwd/del``, possibly while the server runs) take
 exclusive ``flock`` on ``users.json.lock``, re-read the file, change it and replace it
 atomically: a temporary file in the same directory, fsync, ``os.replace``, fsync of the
 directory. Readers take no lock: a rename is atomic, so they see the old file or the new
-one. The server polls `reload_if_changed` (one stat) about every second.
+one.
+
+In force when the writer returns. After its durable write a writer bumps the users
+counter of `sansmail.storage.generations` (``<data_dir>/generations``, next to
+``users.json``). A store made with ``generations=`` (the server's) compares that counter,
+a word of shared memory, with the one it saw before it last read the file, at every
+lookup; when it moved, the lookup re-reads the file first. So the next RCPT or login
+after ``user add/passwd/del`` exits sees the change, in every server process, and no
+lookup costs a system call otherwise. That re-read happens on the thread of the lookup:
+the event loop's for an RCPT (``in``) or a SCRAM lookup, a worker thread's for
+`verify_password`. It costs one read and one JSON parse of the file; users whose record
+did not change keep their `User` object, so it is about 5 ms per thousand users, paid
+once per change per process. The server's once-a-second `reload_if_changed`, run in a
+worker thread, also follows the counter, so a change not looked up at once is read off
+the loop; and it compares one ``stat`` with what was read, for edits made by hand (a
+restored backup) rather than through this class.
 
 Passwords are hashed with argon2id (argon2-cffi's `PasswordHasher`, whose defaults are
 RFC 9106 §4's second recommended option). Checking a password for an unknown user costs
@@ -57,10 +72,12 @@ which addresses exist.
 
 Writing, reloading, `verify_password` and `scram_secret` block (file I/O, argon2, PBKDF2):
 call them from a worker thread. The lookups (`get`, `get_scram`, `get_cram_md5`, ``in``)
-only read memory, and a reload swaps in a whole new table, so they are safe to call while a
-reload runs in another thread. Writers serialise through the file lock; one instance
-should not be written to from two threads at once (the CLI never does, the server never
-writes).
+only read memory, except for the one re-read after a change described above. A reload
+swaps in a whole new table, tagged with the counter it was read under, so lookups are
+safe while a reload runs in another thread; two reloads racing may leave the older table
+in place, but then its counter is the older too, and the next lookup reads again.
+Writers serialise through the file lock; one instance should not be written to from two
+threads at once (the CLI never does, the server never writes).
 """
 
 from __future__ import annotations
@@ -72,7 +89,7 @@ import json
 import os
 import pathlib
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import attrs
@@ -92,6 +109,7 @@ from sansmail.sasl import (
     saslprep,
 )
 from sansmail.storage.durable import fsync_dir
+from sansmail.storage.generations import Counter, Generations, bump
 
 __all__ = [
     "MAX_PASSWORD_OCTETS",
@@ -143,6 +161,17 @@ class User:
     cram_md5: CramMD5Credentials | None = None
 
 
+@attrs.frozen
+class _Loaded:
+    """One read of the file: the users counter seen before it, what was read, the raw
+    records (to keep the `User` of an unchanged record at the next read) and the users."""
+
+    generation: int
+    signature: _Signature | None
+    records: Mapping[str, Any]
+    users: dict[str, User]
+
+
 def check_password(password: str) -> None:
     """Refuse a password no login could send or SCRAM could hash: empty; with NUL, CR or
     LF (SASL PLAIN separates fields with NUL; POP3 and IMAP are line-based); not UTF-8;
@@ -175,7 +204,9 @@ class UserStore:
     `hasher` is injectable so tests can use cheap argon2 parameters. `cram_md5` says
     whether CRAM-MD5 is enabled, and so whether passwords set through this object also
     store CRAM-MD5 credentials. `scram_iterations` is the PBKDF2 count for new SCRAM
-    keys (at least `SCRAM_MIN_ITERATIONS`, RFC 7677 §4).
+    keys (at least `SCRAM_MIN_ITERATIONS`, RFC 7677 §4). `generations` (the server's)
+    makes every lookup follow the changes other processes announce (see the module
+    docstring); without it the store changes only through `reload_if_changed`.
     """
 
     def __init__(
@@ -185,6 +216,7 @@ class UserStore:
         hasher: PasswordHasher | None = None,
         cram_md5: bool = False,
         scram_iterations: int = SCRAM_MIN_ITERATIONS,
+        generations: Generations | None = None,
     ) -> None:
         if scram_iterations < SCRAM_MIN_ITERATIONS:
             raise ValueError(f"scram_iterations must be at least {SCRAM_MIN_ITERATIONS}")
@@ -195,55 +227,79 @@ class UserStore:
         self._hasher = hasher if hasher is not None else PasswordHasher()
         self._cram_md5 = cram_md5
         self._scram_iterations = scram_iterations
-        self._signature: _Signature | None = None
-        self._users: dict[str, User] = {}
+        self._generations = generations
         self._dummy_hash: str | None = None
         self._secret: bytes | None = None
-        self._signature, document = self._read()
-        self._users = _users_of(document, self.path)
+        # A reload done by a lookup is reported by the next `reload_if_changed`: a
+        # success as its True, a broken file as its UserError.
+        self._reloaded = False
+        self._error: UserError | None = None
+        self._loaded = self._load(None, self._generation())
 
     # -- reading --------------------------------------------------------------------
 
     def reload_if_changed(self) -> bool:
-        """Re-read the file if it changed since we last read it; True when we did.
+        """Re-read the file if it changed since we last read it: its users counter
+        moved, or (an edit by hand) its ``stat`` differs. True when the file was
+        re-read, here or by a lookup, since the last call.
 
         A broken file raises UserError once per change and the users read before stay in
         force, so a half-edited file does not lock everybody out.
         """
+        signature = _stat_signature(self.path)
+        loaded = self._loaded
+        if self._generation() != loaded.generation or signature != loaded.signature:
+            self._reload(signature)
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+        reloaded, self._reloaded = self._reloaded, False
+        return reloaded
+
+    def _users(self) -> dict[str, User]:
+        """The users in force, re-read first if another process announced a change."""
+        loaded = self._loaded
+        generations = self._generations
+        if generations is not None and generations[Counter.USERS] != loaded.generation:
+            loaded = self._reload(None)
+        return loaded.users
+
+    def _generation(self) -> int:
+        return 0 if self._generations is None else self._generations[Counter.USERS]
+
+    def _reload(self, signature: _Signature | None) -> _Loaded:
+        # The counter is read before the file: a write landing meanwhile bumps it again,
+        # and the next lookup reads once more.
+        generation = self._generation()
+        previous = self._loaded
         try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            signature = None
+            loaded = self._load(previous, generation)
+        except UserError as exc:
+            # Keep the users; remember what failed so that it is reported (and retried)
+            # once per change, not at every lookup.
+            if signature is None:
+                signature = _stat_signature(self.path)
+            loaded = attrs.evolve(previous, generation=generation, signature=signature)
+            self._error = exc
         else:
-            signature = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if signature == self._signature:
-            return False
-        if signature == self._signature:
-            return False
-        try:
-            read_signature, document = self._read()
-            users = _users_of(document, self.path)
-        except UserError:
-            self._signature = signature
-            raise
-        self._signature = read_signature
-        self._users = users
-        return True
+            self._reloaded = True
+        self._loaded = loaded
+        return loaded
 
     def get(self, key: str) -> User | None:
-        return self._users.get(key)
+        return self._users().get(key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._users
+        return key in self._users()
 
     def list(self) -> list[User]:
         """Every user, sorted by key."""
-        users = self._users
+        users = self._users()
         return [users[key] for key in sorted(users)]
 
     def verify_password(self, key: str, password: str) -> bool:
         """argon2id verification; an unknown user costs the same and yields False."""
-        user = self._users.get(key)
+        user = self._users().get(key)
         if user is None:
             encoded = self._dummy()
         else:
@@ -260,7 +316,7 @@ class UserStore:
         field = _SCRAM_FIELDS.get(hash_name)
         if field is None:
             raise ValueError(f"hash_name must be one of {SCRAM_HASHES}")
-        user = self._users.get(key)
+        user = self._users().get(key)
         if user is None:
             return None
         return user.scram_sha1 if hash_name == "sha1" else user.scram_sha256
@@ -268,7 +324,7 @@ class UserStore:
     def get_cram_md5(self, key: str) -> CramMD5Credentials | None:
         """The user's CRAM-MD5 credentials; None for an unknown user or one whose password
         was last set while CRAM-MD5 was disabled."""
-        user = self._users.get(key)
+        user = self._users().get(key)
         return None if user is None else user.cram_md5
 
     @property
@@ -406,8 +462,18 @@ class UserStore:
         _check_document(document, self.path)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), document
 
+    def _load(self, previous: _Loaded | None, generation: int) -> _Loaded:
+        signature, document = self._read()
+        return _Loaded(
+            generation=generation,
+            signature=signature,
+            records=document["users"],
+            users=_users_of(document, self.path, previous),
+        )
+
     def _modify(self, change: Callable[[dict[str, Any]], None]) -> None:
         with self._file_lock():
+            generation = self._generation()
             _signature, document = self._read()
             if document["version"] > FORMAT_VERSION:
                 raise UserError(
@@ -417,9 +483,25 @@ class UserStore:
             change(document["users"])
             # Whatever we wrote may hold version-2 fields (see the module docstring).
             document["version"] = FORMAT_VERSION
-            users = _users_of(document, self.path)
-            self._signature = self._write(document)
-            self._users = users
+            users = _users_of(document, self.path, self._loaded)
+            signature = self._write(document)
+            self._loaded = _Loaded(
+                generation=generation, signature=signature, records=document["users"], users=users
+            )
+            self._announce()
+
+    def _announce(self) -> None:
+        # After the durable write: whoever sees the counter move reads the new file.
+        try:
+            if self._generations is not None:
+                self._generations.bump(Counter.USERS)
+            else:
+                bump(self.path.parent, Counter.USERS)
+        except OSError as exc:
+            raise UserError(
+                f"{self.path} is written, but running servers could not be told at once "
+                f"({exc.filename}: {exc.strerror}); they see the change within a second"
+            ) from exc
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -473,9 +555,30 @@ def _check_document(document: object, path: pathlib.Path) -> None:
                 raise UserError(f"{path}: user {key!r}: {field!r} must be a string")
 
 
-def _users_of(document: dict[str, Any], path: pathlib.Path) -> dict[str, User]:
+def _users_of(
+    document: dict[str, Any], path: pathlib.Path, previous: _Loaded | None = None
+) -> dict[str, User]:
     _check_document(document, path)
-    return {key: _user_of(key, record, path) for key, record in document["users"].items()}
+    if previous is None:
+        return {key: _user_of(key, record, path) for key, record in document["users"].items()}
+    # Decoding the credentials is most of a reload's cost (about 15 µs a user); a record
+    # equal to the one read last time keeps the User made from it.
+    old_records, old_users = previous.records, previous.users
+    users = {}
+    for key, record in document["users"].items():
+        user = old_users.get(key)
+        if user is None or old_records.get(key) != record:
+            user = _user_of(key, record, path)
+        users[key] = user
+    return users
+
+
+def _stat_signature(path: pathlib.Path) -> _Signature | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _user_of(key: str, record: dict[str, Any], path: pathlib.Path) -> User:

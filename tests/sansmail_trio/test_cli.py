@@ -11,11 +11,13 @@ import subprocess
 import sys
 
 import pytest
+import trustme
 from argon2 import PasswordHasher
 
 from sansmail import __version__
-from sansmail.config import Config
+from sansmail.config import Config, not_in_force
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 from sansmail_trio import _cli
@@ -614,20 +616,85 @@ def test_queue_flush_without_a_queue(run, config_file):
 # --- commands not built yet, usage ----------------------------------------------------
 
 
+# Every command of CONTRACT.md not built yet, with arguments as the contract spells them.
+NOT_BUILT = [
+    ("dkim keygen", ["dkim", "keygen", "example.test"]),
+    ("dkim keygen", ["dkim", "keygen", "example.test", "--selector", "s1", "--config", "x.toml"]),
+    ("dns-records", ["dns-records", "example.test"]),
+    ("dns-records", ["dns-records", "example.test", "--check", "--config", "x.toml"]),
+    ("sieve check", ["sieve", "check", "script.sieve"]),
+    ("sieve put", ["sieve", "put", "alice@example.test", "main", "script.sieve"]),
+    ("sieve put", ["sieve", "put", "alice@example.test", "main", "-", "--config", "x.toml"]),
+    ("sieve put", ["sieve", "put", "alice@example.test", "main"]),
+    ("sieve get", ["sieve", "get", "alice@example.test", "main"]),
+    ("sieve list", ["sieve", "list", "alice@example.test"]),
+    ("sieve activate", ["sieve", "activate", "alice@example.test", "main"]),
+    ("sieve deactivate", ["sieve", "deactivate", "alice@example.test"]),
+    ("sieve delete", ["sieve", "delete", "alice@example.test", "main"]),
+    ("status", ["status"]),
+    ("status", ["status", "--json", "--config", "x.toml"]),
+    ("who", ["who", "--json"]),
+    ("kick", ["kick", "alice@example.test"]),
+    ("mailbox list", ["mailbox", "list", "alice@example.test", "--json"]),
+    ("mailbox status", ["mailbox", "status", "alice@example.test", "INBOX", "--json"]),
+    ("mailbox resync", ["mailbox", "resync", "alice@example.test", "INBOX"]),
+    (
+        "mailbox expunge",
+        ["mailbox", "expunge", "alice@example.test", "Trash", "--before", "2024-01-01"],
+    ),
+    ("storage migrate", ["storage", "migrate"]),
+    ("storage export", ["storage", "export", "--to", "maildir", "/tmp/out"]),
+    ("storage import", ["storage", "import", "--from", "maildir", "/tmp/in", "--config", "x"]),
+]
+
+
+@pytest.mark.parametrize(("name", "argv"), NOT_BUILT)
+def test_not_built_yet(run, name, argv):
+    # One line, before the configuration is even read (x.toml does not exist).
+    assert run(*argv) == 1
+    assert run.err_lines == [f"sansmail-trio {name}: not built yet; see README"]
+    assert run.out == ""
+
+
+def test_every_contract_command_is_in_the_help(run):
+    assert run.usage("--help") == 0
+    for command in ("serve", "check-config", "user", "newaliases", "queue", "dkim",
+                    "dns-records", "sieve", "status", "reload", "who", "kick", "mailbox",
+                    "storage"):  # fmt: skip
+        assert f"    {command} " in run.out or f"    {command}\n" in run.out, command
+    groups = {
+        "user": ["add", "passwd", "del", "list"],
+        "queue": ["list", "flush", "delete"],
+        "dkim": ["keygen"],
+        "sieve": ["check", "put", "get", "list", "activate", "deactivate", "delete"],
+        "mailbox": ["list", "status", "resync", "expunge"],
+        "storage": ["migrate", "export", "import"],
+    }
+    for group, actions in groups.items():
+        assert run.usage(group, "--help") == 0
+        for action in actions:
+            assert f"    {action} " in run.out, (group, action)
+
+
 @pytest.mark.parametrize(
-    ("argv", "line"),
+    ("argv", "usage"),
     [
-        (["dkim", "keygen", "example.test"], "dkim keygen: DKIM signing is not supported yet"),
-        (
-            ["dkim", "keygen", "example.test", "--selector", "s1", "--config", "x.toml"],
-            "dkim keygen: DKIM signing is not supported yet",
-        ),
+        # argparse lists the options first.
+        (["dkim", "keygen"], "[--selector NAME] DOMAIN"),
+        (["dns-records"], "[--check] DOMAIN"),
+        (["sieve", "check"], "FILE"),
+        (["sieve", "put"], "USER NAME [FILE|-]"),
+        (["status"], "[--json]"),
+        (["who"], "[--json]"),
+        (["kick"], "USER"),
+        (["mailbox", "expunge"], "[--before DATE] [--json] USER [FOLDER]"),
+        (["storage", "export"], "[--to maildir DIR | --from maildir DIR]"),
+        (["reload"], "[--config FILE]"),
     ],
 )
-def test_not_built_yet(run, argv, line):
-    assert run(*argv) == 1
-    [only] = run.err_lines
-    assert only.startswith(f"sansmail-trio: {line}")
+def test_contract_arguments_in_usage(run, argv, usage):
+    assert run.usage(*argv, "--help") == 0
+    assert usage in " ".join(run.out.split()), run.out
 
 
 @pytest.mark.parametrize(
@@ -677,7 +744,7 @@ def test_version(run):
         (["user", "passwd"], ["ADDRESS", "--password-stdin"]),
         (["user", "del"], ["ADDRESS"]),
         (["user", "list"], ["users.json"]),
-        (["newaliases"], ["file:line: message", "within two seconds", "only validates"]),
+        (["newaliases"], ["file:line: message", "in force", "include file", "newaliases after"]),
         (["queue"], ["mailq", "postqueue -f", "postsuper -d", "queue delete ALL"]),
         (["queue", "list"], ["mailq", "--config FILE"]),
         (["queue", "delete"], ["ID", "ALL"]),
@@ -777,3 +844,158 @@ def test_config_path_with_nul(run):
     assert run("check-config", "--config", "a\0b") == 1
     [line] = run.err_lines
     assert "cannot read" in line
+
+
+# --- the CONTRACT's configuration example ---------------------------------------------
+
+CONTRACT_EXAMPLE = pathlib.Path(__file__).parents[1] / "sansmail" / "contract_example.toml"
+
+
+def _contract_example(tmp_path: pathlib.Path) -> pathlib.Path:
+    """The CONTRACT's example file with the files it names: an aliases file and a TLS
+    pair that loads."""
+    path = tmp_path / "sansmail.toml"
+    shutil.copy(CONTRACT_EXAMPLE, path)
+    (tmp_path / "aliases").write_text("postmaster: alice\n")
+    cert = trustme.CA().issue_cert("mx.example.test")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    return path
+
+
+def test_check_config_of_the_contract_example(run, tmp_path):
+    path = _contract_example(tmp_path)
+    assert run("check-config", "--config", str(path)) == 0
+    assert run.out == f"config OK: {path}, 10 listeners, domains example.test\n"
+    assert all(line.startswith("warning: ") for line in run.err_lines), run.err
+    not_in_force = [line for line in run.err_lines if "accepted but not in force yet" in line]
+    keys = [line.removeprefix(f"warning: {path}: ").split(":")[0] for line in not_in_force]
+    assert keys == [
+        "listen.managesieve",
+        "listen.metrics",
+        "listen.http",
+        "mail_owner",
+        "antispam.spf",
+        "antispam.dkim",
+        "antispam.dmarc",
+    ]
+
+
+def test_check_config_of_every_feature_not_built(run, tmp_path):
+    path = _contract_example(tmp_path)
+    (tmp_path / "before.sieve").write_text("keep;\n")
+    text = path.read_text()
+    for old, new in [
+        ('log_format = "text"', 'log_format = "json"'),
+        ("dnsbl = []", 'dnsbl = ["zen.spamhaus.org"]'),
+        ("greylisting = false", "greylisting = true"),
+        ('before = ""', 'before = "before.sieve"'),
+        ('backend = "maildir"', 'backend = "postgresql"'),
+        ('dsn = ""', 'dsn = "postgresql://sansmail@db.example.test/mail"'),
+        ("storage = 0", 'storage = "10G"'),
+        ("milters = []", 'milters = ["inet:127.0.0.1:8891"]'),
+    ]:
+        assert old in text
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    assert run("check-config", "--config", str(path)) == 0
+    assert all(line.startswith("warning: ") for line in run.err_lines), run.err
+    for key in ("log_format", "antispam.dnsbl", "antispam.greylisting", "sieve.before",
+                "storage.backend", "storage.dsn", "quota.storage", "milter.milters"):  # fmt: skip
+        [line] = [line for line in run.err_lines if f"{path}: {key}: " in line]
+        assert "accepted but not in force yet" in line
+
+
+def test_check_config_of_a_wrong_new_value(run, tmp_path):
+    path = _contract_example(tmp_path)
+    path.write_text(path.read_text().replace("storage = 0", 'storage = "ten gigs"'))
+    assert run("check-config", "--config", str(path)) == 1
+    line = len(path.read_text().split("storage = ")[0].splitlines()) + 1
+    assert run.err_lines[0].startswith(f"{path}:{line}: quota.storage: expected a size like ")
+
+
+async def test_serve_logs_what_check_config_warns(start_server, caplog):
+    caplog.set_level("WARNING", logger="sansmail")
+    server = await start_server(listen={"smtp": "127.0.0.1:0", "metrics": "127.0.0.1:0"})
+    logged = [r.getMessage() for r in caplog.records if r.name == "sansmail.master"]
+    expected = not_in_force(server.config)
+    assert any("listen.metrics" in line for line in expected)
+    for line in expected:
+        assert logged.count(line) == 1, (line, logged)
+    assert "metrics" not in server.bound  # skipped, not bound
+
+
+# --- in force when the command exits: the counters the servers follow -------------------
+
+
+def _running_server_counters(config_file: pathlib.Path) -> Generations:
+    """What a server on that data_dir has made at start."""
+    data_dir = config_file.parent / "data"
+    data_dir.mkdir(exist_ok=True)
+    return Generations.open(data_dir)
+
+
+def test_user_commands_announce_their_change(run, config_file):
+    generations = _running_server_counters(config_file)
+    conf = str(config_file)
+    assert (
+        run("user", "add", "a@example.test", "--password-stdin", "--config", conf, stdin="p\n") == 0
+    )
+    assert generations[Counter.USERS] == 1
+    assert (
+        run("user", "passwd", "a@example.test", "--password-stdin", "--config", conf, stdin="q\n")
+        == 0
+    )
+    assert generations[Counter.USERS] == 2
+    assert run("user", "del", "a@example.test", "--config", conf) == 0
+    assert generations[Counter.USERS] == 3
+    assert run("user", "del", "a@example.test", "--config", conf) == 1  # nothing changed
+    assert run("user", "list", "--config", conf) == 0
+    assert generations[Counter.USERS] == 3
+    assert (generations[Counter.ALIASES], generations[Counter.TLS]) == (0, 0)
+
+
+def test_user_add_without_a_server_makes_no_counters(run, config_file):
+    conf = str(config_file)
+    assert (
+        run("user", "add", "a@example.test", "--password-stdin", "--config", conf, stdin="p\n") == 0
+    )
+    assert not (config_file.parent / "data" / "generations").exists()
+
+
+def test_newaliases_announces_the_file(run, config_file):
+    _with_aliases(config_file, "postmaster: a@elsewhere.test\n")
+    generations = _running_server_counters(config_file)
+    assert run("newaliases", "--config", str(config_file)) == 0
+    assert generations[Counter.ALIASES] == 1
+    # With problems too: the server uses the entries without them, as it would anyway.
+    _with_aliases(config_file, "postmaster: a@elsewhere.test\nbad: |/bin/sh\n")
+    assert run("newaliases", "--config", str(config_file)) == 1
+    assert generations[Counter.ALIASES] == 2
+    assert generations[Counter.USERS] == 0
+
+
+def test_newaliases_without_a_data_dir_writes_nothing(run, config_file):
+    _with_aliases(config_file, "postmaster: a@elsewhere.test\n")
+    assert run("newaliases", "--config", str(config_file)) == 0
+    assert not (config_file.parent / "data").exists()
+
+
+def test_reload(run, config_file):
+    assert run("reload", "--config", str(config_file)) == 1
+    data_dir = config_file.parent / "data"
+    assert run.err_lines == [
+        f"sansmail-trio: reload: no server has ever run on {data_dir}: nothing to reload"
+    ]
+    assert not data_dir.exists()
+    generations = _running_server_counters(config_file)
+    assert run("reload", "--config", str(config_file)) == 0
+    assert run.out.startswith("reload requested: ")
+    assert [generations[c] for c in Counter] == [1, 1, 1]
+
+
+def test_reload_checks_the_configuration_first(run, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('log_format = "xml"\n')
+    assert run("reload", "--config", str(path)) == 1
+    assert run.err_lines[0].startswith(f"{path}:1: log_format: ")

@@ -11,6 +11,7 @@ import sansmail.storage.aliasfile
 from sansmail.mail.address import MailboxId
 from sansmail.mail.aliases import expand
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.generations import Counter, Generations, bump
 
 DOMAINS = ("example.test",)
 
@@ -265,3 +266,69 @@ def test_too_large(tmp_path: pathlib.Path) -> None:
     source = AliasSource(path, max_size=100)
     assert source.problems == (f"{path}: cannot read: larger than 100 octets",)
     assert len(source.table) == 0
+
+
+# -- in force when newaliases returns (storage/generations.py) -----------------------------
+
+
+def watching(path: pathlib.Path, data_dir: pathlib.Path) -> AliasSource:
+    """A source as the server makes it: following the shared counters of data_dir."""
+    data_dir.mkdir(exist_ok=True)
+    return AliasSource(path, generations=Generations.open(data_dir))
+
+
+def test_an_announced_change_is_seen_by_the_next_lookup(tmp_path: pathlib.Path) -> None:
+    path, data_dir = tmp_path / "aliases", tmp_path / "data"
+    path.write_text("a: alice\n")
+    server = watching(path, data_dir)
+    # newaliases: it loads the file (and reports), then announces it.
+    with open(path, "a") as file:
+        file.write("b: bob\n")
+    assert list(server.table) == ["a"]  # not announced yet: the file is not looked at
+    newaliases = AliasSource(path)
+    assert newaliases.problems == ()
+    assert bump(data_dir, Counter.ALIASES)
+    assert sorted(server.table) == ["a", "b"]
+    assert deliver(server, "b@example.test", "bob").local[0].local == "bob"
+    # The housekeeping call reports the lookup's reload once, for the log.
+    assert server.reload_if_changed() is True
+    assert server.reload_if_changed() is False
+
+
+def test_an_announced_include_change_is_seen_at_once(tmp_path: pathlib.Path) -> None:
+    staff, path, data_dir = tmp_path / "staff", tmp_path / "aliases", tmp_path / "data"
+    staff.write_text("alice\n")
+    path.write_text(f"all: :include:{staff}\n")
+    server = watching(path, data_dir)
+    assert [m.local for m in deliver(server, "all@example.test", "alice").local] == ["alice"]
+    replace(staff, "bob\n")
+    assert bump(data_dir, Counter.ALIASES)
+    assert [m.local for m in deliver(server, "all@example.test", "bob").local] == ["bob"]
+
+
+def test_problems_follow_the_counter_too(tmp_path: pathlib.Path) -> None:
+    path, data_dir = tmp_path / "aliases", tmp_path / "data"
+    path.write_text("a: alice\n")
+    server = watching(path, data_dir)
+    replace(path, "a: alice\nbad: |/bin/sh\n")
+    assert bump(data_dir, Counter.ALIASES)
+    [problem] = server.problems
+    assert problem.startswith(f"{path}:2: '|command' targets are not supported")
+    assert list(server.table) == ["a"]
+
+
+def test_lookups_touch_no_file_while_the_counter_stands(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staff, path, data_dir = tmp_path / "staff", tmp_path / "aliases", tmp_path / "data"
+    staff.write_text("alice\n")
+    path.write_text(f"all: :include:{staff}\n")
+    server = watching(path, data_dir)
+
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a lookup did file I/O")
+
+    monkeypatch.setattr(os, "stat", no_io)
+    monkeypatch.setattr(os, "open", no_io)
+    for _ in range(3):
+        assert deliver(server, "all@example.test", "alice").local[0].local == "alice"

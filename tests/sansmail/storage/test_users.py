@@ -33,6 +33,7 @@ from sansmail.sasl import (
     derive_scram_credentials,
     server_mechanism,
 )
+from sansmail.storage.generations import Counter, Generations, bump
 from sansmail.storage.users import User, UserError, UserStore, check_password
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -181,6 +182,106 @@ def test_reload_sees_another_instance(path: pathlib.Path) -> None:
     assert server.reload_if_changed() is True
     assert server.list() == []
     assert server.reload_if_changed() is False
+
+
+# -- in force when the writer returns (storage/generations.py) -------------------------
+
+
+def watching(path: pathlib.Path) -> UserStore:
+    """A store as the server makes it: following the shared counters of its data_dir."""
+    path.parent.mkdir(exist_ok=True)
+    return UserStore(path, hasher=FAST, generations=Generations.open(path.parent))
+
+
+def test_a_write_is_seen_by_the_next_lookup_of_another_store(path: pathlib.Path) -> None:
+    server = watching(path)
+    cli = make(path)  # as the CLI makes it: no generations of its own
+    cli.add(ALICE, "pw")
+    assert "alice@example.test" in server  # no reload_if_changed, no waiting
+    cli.set_password("alice@example.test", "pw2")
+    assert server.verify_password("alice@example.test", "pw2")
+    assert not server.verify_password("alice@example.test", "pw")
+    cli.delete("alice@example.test")
+    assert server.get("alice@example.test") is None
+    assert server.list() == []
+    # The housekeeping call reports the lookups' reloads once, for the log.
+    assert server.reload_if_changed() is True
+    assert server.reload_if_changed() is False
+
+
+def test_each_kind_of_lookup_follows_the_counter(path: pathlib.Path) -> None:
+    lookups = {
+        "in": lambda users: "alice@example.test" in users,
+        "get": lambda users: users.get("alice@example.test") is not None,
+        "list": lambda users: len(users.list()) == 1,
+        "get_scram": lambda users: users.get_scram("alice@example.test", "sha256") is not None,
+        "verify_password": lambda users: users.verify_password("alice@example.test", "pw"),
+    }
+    for name, lookup in lookups.items():
+        server = watching(path)
+        assert not lookup(server), name
+        make(path).add(ALICE, "pw")
+        assert lookup(server), name
+        make(path).delete("alice@example.test")
+
+
+def test_lookups_touch_no_file_while_the_counter_stands(
+    path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make(path).add(ALICE, "pw")
+    server = watching(path)
+
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a lookup did file I/O")
+
+    monkeypatch.setattr(os, "stat", no_io)
+    monkeypatch.setattr(os, "open", no_io)
+    monkeypatch.setattr("builtins.open", no_io)
+    for _ in range(3):
+        assert "alice@example.test" in server
+        assert server.get_scram("alice@example.test", "sha1") is not None
+        assert "bob@example.test" not in server
+
+
+def test_a_hand_edit_waits_for_reload_if_changed(path: pathlib.Path) -> None:
+    make(path).add(ALICE, "pw")
+    server = watching(path)
+    document = json.loads(path.read_text())
+    del document["users"]["alice@example.test"]
+    path.write_text(json.dumps(document))  # by hand: nobody bumps the counter
+    assert "alice@example.test" in server
+    assert server.reload_if_changed() is True
+    assert "alice@example.test" not in server
+
+
+def test_a_broken_file_announced_keeps_the_users(path: pathlib.Path) -> None:
+    make(path).add(ALICE, "pw")
+    server = watching(path)
+    path.write_text("{ not json")
+    assert bump(path.parent, Counter.USERS)
+    assert server.verify_password("alice@example.test", "pw")  # the old users stay
+    assert "alice@example.test" in server  # and the file is not read at every lookup
+    with pytest.raises(UserError, match="not valid JSON"):
+        server.reload_if_changed()  # said once, by the housekeeping call
+    assert server.reload_if_changed() is False
+
+
+def test_unchanged_users_keep_their_objects(path: pathlib.Path) -> None:
+    make(path).add(ALICE, "pw")
+    server = watching(path)
+    alice = server.get("alice@example.test")
+    make(path).add(Address(local_part="bob", domain="example.test"), "pw")
+    assert server.get("bob@example.test") is not None
+    assert server.get("alice@example.test") is alice
+    make(path).set_password("alice@example.test", "pw2")
+    assert server.get("alice@example.test") is not alice
+
+
+def test_a_write_through_the_watching_store_is_announced(path: pathlib.Path) -> None:
+    server, other = watching(path), watching(path)
+    server.add(ALICE, "pw")
+    assert "alice@example.test" in other
+    assert "alice@example.test" in server
 
 
 def test_writers_do_not_lose_each_others_changes(path: pathlib.Path) -> None:
