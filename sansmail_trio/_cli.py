@@ -42,7 +42,6 @@ from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, bump
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
 from sansmail.storage.users import UserError, UserStore
-from sansmail_trio._run import run
 from sansmail_trio._tls import tls_files_problem
 
 __all__ = ["main"]
@@ -399,6 +398,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # Imported here: the other commands need none of the server.
+    from sansmail_trio._run import run  # noqa: PLC0415
+
     return run(_load(args))
 
 

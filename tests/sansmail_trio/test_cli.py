@@ -20,7 +20,7 @@ from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
-from sansmail_trio import _cli
+from sansmail_trio import _cli, _run
 from sansmail_trio._cli import main
 
 CONFIG = """\
@@ -376,7 +376,7 @@ def test_serve_runs_the_loaded_config(run, config_file, monkeypatch):
         seen.append(config)
         return 3
 
-    monkeypatch.setattr(_cli, "run", fake_run)
+    monkeypatch.setattr(_run, "run", fake_run)
     assert run("--config", str(config_file), "serve") == 3
     [config] = seen
     assert config.hostname == "mx.example.test"
@@ -384,7 +384,7 @@ def test_serve_runs_the_loaded_config(run, config_file, monkeypatch):
 
 
 def test_serve_bad_config_starts_nothing(run, tmp_path, monkeypatch):
-    monkeypatch.setattr(_cli, "run", lambda config: pytest.fail("must not start"))
+    monkeypatch.setattr(_run, "run", lambda config: pytest.fail("must not start"))
     path = tmp_path / "bad.toml"
     path.write_text("[listen]\nsmtp = 25\n")
     assert run("serve", "--config", str(path)) == 1
