@@ -38,6 +38,7 @@ from sansmail import __version__
 from sansmail.config import BUILT_SERVICES, Config, not_in_force
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions.imapd import ImapService
+from sansmail.sessions.pop3d import Pop3Service
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
@@ -219,9 +220,15 @@ async def serve(
     }
     pop3_log = get_logger("pop3")
     for name in ("pop3", "pop3s"):
-        services[name] = POP3Service(
-            config=config, store=store, users=users, log=pop3_log, service=name, tls=tls, auth=auth
+        pop3_shared = Pop3Service(
+            config=config,
+            store=store,
+            users=users,
+            auth=auth,
+            service=name,
+            tls_available=tls is not None,
         )
+        services[name] = POP3Service(shared=pop3_shared, log=pop3_log, tls=tls)
     imap_log = get_logger("imap")
     imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname)
     for name in ("imap", "imaps"):

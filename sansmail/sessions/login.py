@@ -135,9 +135,10 @@ class Login:
         )
         return Exchange(self, mech, initial_response)
 
-    def password(self, name: str, password: str) -> Exchange:
-        """A name and password sent in one command (POP3 USER/PASS, IMAP LOGIN)."""
-        return Exchange(self, None, None, name=name, password=password)
+    def password(self, name: str, password: str, *, method: str = "LOGIN") -> Exchange:
+        """A name and password sent in one command (POP3 USER/PASS, IMAP LOGIN); `method`
+        names it in the log lines (POP3 says "USER")."""
+        return Exchange(self, None, None, name=name, password=password, method=method)
 
 
 class Exchange:
@@ -151,11 +152,12 @@ class Exchange:
         *,
         name: str = "",
         password: str = "",
+        method: str = "LOGIN",
     ) -> None:
         self._login = login
         self._mech = mech
         self._initial = initial_response
-        self.mechanism = mech.name if mech is not None else "LOGIN"
+        self.mechanism = mech.name if mech is not None else method
         self.authcid = name
         self._password = password
         # What `work` has to do next: a password to verify, or credentials to provide.

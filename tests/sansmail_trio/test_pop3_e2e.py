@@ -7,6 +7,7 @@ byte-level POP3 client) are shared with test_pop3_session.py.
 
 from __future__ import annotations
 
+import imaplib
 import pathlib
 import poplib
 import shutil
@@ -19,9 +20,11 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
+import trio_helpers
 import trustme
 from trio_helpers import RunningServer, StartServer
 
+from sansmail.config import Config
 from sansmail.mail.auth import AuthSettings
 
 POP3_LISTEN = {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"}
@@ -394,6 +397,66 @@ async def test_big_message_streams_with_exact_size(
     assert got == wire_form(stored)
     assert listed == b"+OK 1 %d" % len(got)
     assert octets == len(got)
+
+
+@pytest.mark.parametrize("no_flag_updates", [False, True], ids=["default", "no_flag_updates"])
+async def test_retr_marks_seen_for_imap_at_quit(
+    start_server: StartServer,
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    monkeypatch: pytest.MonkeyPatch,
+    no_flag_updates: bool,
+) -> None:
+    if no_flag_updates:
+        # The helper writes only [smtp]: the [pop3] table goes in before the file is read.
+        real_load = trio_helpers.load_config
+
+        def load_config(path: pathlib.Path, **kw: Any) -> Config:
+            path.write_text(path.read_text() + "[pop3]\nno_flag_updates = true\n")
+            return real_load(path, **kw)
+
+        monkeypatch.setattr(trio_helpers, "load_config", load_config)
+    listen = {**POP3_LISTEN, "imap": "127.0.0.1:0"}
+    server = await start_server(tls=tls_files, listen=listen)
+    assert server.config.pop3.no_flag_updates is no_flag_updates
+    await deliver(server, *MESSAGES)
+    stored = _messages_in(server)
+    uids = sorted(p.name for p in (server.maildir(ALICE) / "new").iterdir())
+
+    def pop3_session() -> tuple[list[bytes], list[bytes]]:
+        client = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)
+        client.user(ALICE)
+        client.pass_("secret")
+        client.retr(1)
+        client.top(2, 0)  # TOP marks nothing
+        _resp, listing, _ = client.uidl()
+        client.quit()
+        again = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)
+        again.user(ALICE)
+        again.pass_("secret")
+        _resp, after, _ = again.uidl()
+        again.quit()
+        return listing, after
+
+    def imap_flags() -> list[bytes]:
+        client = imaplib.IMAP4("127.0.0.1", server.port_of("imap"), timeout=10)
+        client.login(ALICE, "secret")
+        client.select("INBOX")
+        status, data = client.fetch("1:*", "(FLAGS)")
+        client.logout()
+        assert status == "OK"
+        return [item for item in data if isinstance(item, bytes)]
+
+    before, after = await trio.to_thread.run_sync(pop3_session)
+    flags = await trio.to_thread.run_sync(imap_flags)
+    assert len(flags) == 2
+    if no_flag_updates:
+        assert not any(b"\\Seen" in item for item in flags)
+    else:
+        assert b"\\Seen" in flags[0]
+        assert b"\\Seen" not in flags[1]
+    # UIDL is the base name, the same before and after the rename; content unchanged.
+    assert before == after == [b"1 " + uids[0].encode(), b"2 " + uids[1].encode()]
+    assert sorted(_messages_in(server)) == sorted(stored)
 
 
 # --- curl from Debian ---------------------------------------------------------------------

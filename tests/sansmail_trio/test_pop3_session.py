@@ -5,17 +5,25 @@ connection caps and the mail log lines."""
 from __future__ import annotations
 
 import base64
+import logging
 import pathlib
 import ssl
 from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.testing
 from test_pop3_e2e import ALICE, MESSAGES, PopClient, deliver, pop3_server, stored_messages
 from trio_helpers import StartServer
 
 from sansmail import sasl
-from sansmail.mail.auth import AuthSettings
+from sansmail.config import parse_config
+from sansmail.mail.address import MailboxId, parse_address
+from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.sessions import pop3d
+from sansmail.sessions.pop3d import Pop3Service
+from sansmail.storage.maildir import MaildirStore, Maildrop
+from sansmail.storage.users import UserStore
 from sansmail_trio import _pop3_server
 
 OUTSIDE = ["192.0.2.0/24"]  # mynetworks that do not contain the test client
@@ -155,7 +163,9 @@ async def test_stls_on_pop3s_is_refused(
 
     listing, stls, noop = await trio.to_thread.run_sync(session)
     assert b"STLS" not in listing
-    assert stls == b"-ERR Already using TLS"
+    # The core knows the link is TLS from its first byte and refuses STLS itself, with
+    # the same answer as after an STLS upgrade (RFC 2595 §4).
+    assert stls == b"-ERR already using TLS"
     assert noop.startswith(b"-ERR")  # NOOP is a TRANSACTION command; the session goes on
 
 
@@ -358,7 +368,7 @@ async def test_idle_session_is_logged_out(
     tls_files: tuple[pathlib.Path, pathlib.Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(_pop3_server, "IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(pop3d, "IDLE_TIMEOUT", 0.3)
     server = await pop3_server(start_server, tls_files)
     await deliver(server, MESSAGES[0])
 
@@ -374,6 +384,70 @@ async def test_idle_session_is_logged_out(
     assert last == b"-ERR Autologout: idle for too long"
     assert closed
     assert len(stored_messages(server)) == 1  # no QUIT: nothing deleted
+
+
+class _Lines:
+    """The client end of an in-memory stream, read line by line."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            data = await self.stream.receive_some()
+            assert data, f"closed; unread: {self.buf!r}"
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    async def command(self, line: bytes) -> bytes:
+        await self.stream.send_all(line + b"\r\n")
+        return await self.line()
+
+
+async def test_a_client_that_stops_reading_a_retr_is_cut_off(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No socket needed: a lockstep stream's send_all waits until the peer reads, which is
+    # a client that stopped reading, exactly.
+    monkeypatch.setattr(_pop3_server, "SEND_TIMEOUT", 0.2)
+    monkeypatch.setattr(pop3d, "IDLE_TIMEOUT", 10.0)  # a broken test must not hang
+    caplog.set_level("INFO", logger="sansmail")
+    config = parse_config(
+        f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "{tmp_path}"\n',
+        source=None,
+        default_hostname="unused.example",
+    )
+    store = MaildirStore(tmp_path, hostname="mx.example.test")
+    users = UserStore(tmp_path / "users.json")
+    users.add(parse_address(ALICE), "secret")
+    mailbox = MailboxId(domain="example.test", local="alice")
+    for size in (200_000, 1):
+        delivery = store.begin([mailbox], prefix=b"")
+        delivery.write(b"Subject: big\r\n\r\n" + b"line\r\n" * size)
+        delivery.commit()
+    shared = Pop3Service(
+        config=config, store=store, users=users, auth=AuthService(users, secret=b"k" * 32)
+    )
+    service = _pop3_server.POP3Service(shared=shared, log=logging.getLogger("sansmail.pop3"))
+    server_end, client_end = trio.testing.lockstep_stream_pair()
+    client = _Lines(client_end)
+
+    with trio.fail_after(5):  # SEND_TIMEOUT ends it well before
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.handle, server_end, ("127.0.0.1", 1234))
+            assert (await client.line()).startswith(b"+OK")
+            assert await client.command(b"USER " + ALICE.encode()) == b"+OK"
+            assert (await client.command(b"PASS secret")).startswith(b"+OK Logged in, 2 messages")
+            assert await client.command(b"DELE 2") == b"+OK Message 2 deleted"
+            await client_end.send_all(b"RETR 1\r\n")  # and never read again
+    lines = [r.getMessage() for r in caplog.records if r.name == "sansmail.pop3"]
+    assert "[127.0.0.1]:1234: timeout" in lines
+    assert lines[-1].startswith(f"disconnect: user=<{ALICE}>, rip=127.0.0.1, top=0/0, retr=0/0,")
+    assert lines[-1].endswith("reason=timeout")
+    with Maildrop.open(store.maildir(mailbox)) as drop:  # the lock went with the session
+        assert len(drop.messages) == 2  # no QUIT: nothing deleted
 
 
 async def test_shutdown_ends_idle_sessions_without_deleting(

@@ -32,17 +32,29 @@ every line end a CRLF (`crlf_chunks`).
 Reading (RETR, TOP). `reader` opens the file and returns a `MessageReader` that yields
 the message in chunks, already converted, so a 25 MiB message never sits whole in
 memory; the POP3 core does the byte-stuffing. TOP stops reading at the requested body
-line. Reading never changes the file or moves it: POP3 has no \\Seen flag, and a rename
-per RETR would be disk work and a race with IMAP sessions for nothing POP3 needs. (This
-is Dovecot with ``pop3_no_flag_updates = yes``; Dovecot's default instead marks what
-RETR sent \\Seen, moving it from ``new/`` to ``cur/``.)
+line. Reading itself never changes the file or moves it: a rename per RETR would be
+disk work and a race with IMAP sessions in the middle of the session.
 
-Deleting (RFC 1939 §6). `expunge` runs only for QUIT in the TRANSACTION state: it unlinks
-each marked file, found again by its base if it moved, then fsyncs the directories it
-removed names from, and returns what happened. A message already removed by another
-client counts as removed (it is gone, which is what the user asked for); only a file that
-exists and cannot be unlinked is a failure, which the session reports with -ERR. A
-dropped connection never calls it, so nothing is deleted.
+The UPDATE state (RFC 1939 §6). `expunge` runs only for QUIT in the TRANSACTION state,
+and does the session's two kinds of change in one commit:
+
+* it unlinks each message marked deleted, found again by its base if it moved. A message
+  already removed by another client counts as removed (it is gone, which is what the
+  user asked for); only a file that exists and cannot be unlinked is a failure, which
+  the session reports with -ERR;
+* it marks \\Seen the messages the session asks for (those RETR sent, as Dovecot does
+  with its default ``pop3_no_flag_updates = no``), so a user who reads by POP3 on one
+  device sees them read over IMAP on another: ``new/<base>`` or ``cur/<base>:2,<letters>``
+  is renamed to ``cur/<base>:2,<letters + S>``, the flag letters the IMAP index reads
+  back from file names (`_imapmaildir`), in ASCII order, other letters kept. The base,
+  and so the UIDL and the ``,W=`` size, stays. A file already carrying S stays where it
+  is; one with an info part that is not ``2,`` (not ours to read) is left alone. An
+  IMAP session renaming the same file at the same time makes our rename miss it: it is
+  found again by its base and renamed from where it is now;
+
+then it fsyncs every directory it removed or added names in, and only then returns, so
+the +OK that follows is said about changes on disk. A dropped connection never calls it,
+so nothing is deleted or marked.
 
 Locking (one POP3 session per maildrop, RFC 1939 §4: "an exclusive-access lock"). The lock is
 ``flock(LOCK_EX | LOCK_NB)`` on ``sansmail-pop3.lock`` in the Maildir. flock locks belong
@@ -69,7 +81,7 @@ from typing import Final
 import attrs
 
 from sansmail.storage.durable import fsync_dir
-from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size
+from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size, split_name
 
 __all__ = [
     "LOCK_NAME",
@@ -132,6 +144,10 @@ class Expunged:
     gone: int = 0
     #: Base names of messages whose file exists but could not be unlinked.
     failed: tuple[str, ...] = ()
+    #: Files renamed by us to carry \Seen.
+    seen: int = 0
+    #: Base names of messages whose file exists but could not be renamed to carry \Seen.
+    unmarked: tuple[str, ...] = ()
 
 
 def unique_id(base: str) -> str:
@@ -150,6 +166,17 @@ def _wire_size(path: str) -> int:
 def _base_of(name: str) -> str:
     # Maildir: "unique:info"; the unique part never holds a ":" (writers escape it).
     return name.partition(":")[0]
+
+
+def _seen_name(name: str) -> str | None:
+    """The name in ``cur/`` of the file `name` once it carries \\Seen; None when it need
+    not or must not be renamed (already S, or an info part that is not ``2,``)."""
+    base, letters = split_name(name)
+    if letters is None:
+        return None if ":" in name else f"{base}:2,S"
+    if "S" in letters:
+        return None
+    return f"{base}:2,{''.join(sorted({*letters, 'S'}))}"
 
 
 class Maildrop:
@@ -221,10 +248,14 @@ class Maildrop:
             return MessageReader(fd, lines=lines, read_size=read_size)
         raise MessageGoneError(f"message {message.base} is no longer in {self.root}")
 
-    def expunge(self, messages: Iterable[MessageInfo]) -> Expunged:
-        """Remove `messages` for good, then make the removals durable (RFC 1939 §6)."""
-        removed = gone = 0
+    def expunge(
+        self, messages: Iterable[MessageInfo], *, seen: Iterable[MessageInfo] = ()
+    ) -> Expunged:
+        """Remove `messages` for good and mark `seen` \\Seen, then make both durable
+        (RFC 1939 §6; see the module docstring)."""
+        removed = gone = marked = 0
         failed: list[str] = []
+        unmarked: list[str] = []
         touched: set[str] = set()
         for message in messages:
             outcome = self._unlink(message)
@@ -235,9 +266,22 @@ class Maildrop:
             else:
                 removed += 1
                 touched.add(outcome)
+        for message in seen:
+            renamed = self._mark_seen(message)
+            if isinstance(renamed, OSError):
+                unmarked.append(message.base)
+            elif renamed:
+                marked += 1
+                touched.update(renamed)
         for folder in sorted(touched):
             fsync_dir(os.path.join(self.root, folder))
-        return Expunged(removed=removed, gone=gone, failed=tuple(failed))
+        return Expunged(
+            removed=removed,
+            gone=gone,
+            failed=tuple(failed),
+            seen=marked,
+            unmarked=tuple(unmarked),
+        )
 
     # -- finding a message that may have moved ---------------------------------------------
 
@@ -272,6 +316,26 @@ class Maildrop:
             except OSError as exc:
                 return exc
             return os.path.basename(os.path.dirname(path))
+        return OSError(errno.EAGAIN, f"{message.base} keeps moving")
+
+    def _mark_seen(self, message: MessageInfo) -> tuple[str, ...] | OSError:
+        # The folders a name left and arrived in: empty when there was nothing to do (the
+        # message is gone, or already seen), or the error that kept the file as it was.
+        for _attempt in range(_RELOCATE_ATTEMPTS):
+            path = self._find(message)
+            if path is None:
+                return ()
+            folder, name = os.path.split(path)
+            target = _seen_name(name)
+            if target is None:
+                return ()
+            try:
+                os.rename(path, os.path.join(self.root, "cur", target))
+            except FileNotFoundError:
+                continue  # renamed by someone else after we found it: find it again
+            except OSError as exc:
+                return exc
+            return (os.path.basename(folder), "cur")
         return OSError(errno.EAGAIN, f"{message.base} keeps moving")
 
 

@@ -401,6 +401,95 @@ def test_expunge_fsyncs_each_touched_directory(
     assert synced == [str(root / "cur"), str(root / "new")]
 
 
+# --- marking \Seen at QUIT ----------------------------------------------------------------
+
+
+def test_seen_renames_into_cur_with_the_s_letter(store: MaildirStore, root: pathlib.Path) -> None:
+    names = [deliver(store, b"m%d\r\n" % n) for n in range(5)]
+    os.rename(root / "new" / names[1], root / "cur" / (names[1] + ":2,RFa"))
+    os.rename(root / "new" / names[2], root / "cur" / (names[2] + ":2,S"))
+    os.rename(root / "new" / names[3], root / "cur" / names[3])  # cur/ without an info part
+    os.rename(root / "new" / names[4], root / "cur" / (names[4] + ":1,experimental"))
+    with Maildrop.open(root) as drop:
+        before = [(m.uid, m.size) for m in drop.messages]
+        result = drop.expunge([], seen=drop.messages)
+    assert result == Expunged(seen=3)
+    # The letters the IMAP index reads (_imapmaildir), in ASCII order, others kept; a
+    # file already seen, or with an info part that is not ours, stays as it is.
+    assert os.listdir(root / "new") == []
+    assert sorted(os.listdir(root / "cur")) == sorted(
+        [
+            names[0] + ":2,S",
+            names[1] + ":2,FRSa",
+            names[2] + ":2,S",
+            names[3] + ":2,S",
+            names[4] + ":1,experimental",
+        ]
+    )
+    with Maildrop.open(root) as drop:
+        assert [(m.uid, m.size) for m in drop.messages] == before
+
+
+def test_expunge_deletes_and_marks_in_one_commit(
+    store: MaildirStore, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [deliver(store, b"m%d\r\n" % n) for n in range(3)]
+    synced: list[str] = []
+    monkeypatch.setattr(_mailbox, "fsync_dir", synced.append)
+    with Maildrop.open(root) as drop:
+        (root / "new" / names[2]).unlink()  # removed by another client meanwhile
+        result = drop.expunge([drop.messages[0]], seen=drop.messages[1:])
+        # Every directory that lost or gained a name, once, after all the changes.
+        assert synced == [str(root / "cur"), str(root / "new")]
+        synced.clear()
+        drop.expunge([], seen=[drop.messages[1]])  # already seen: nothing to sync
+        assert synced == []
+    assert result == Expunged(removed=1, seen=1)
+    assert os.listdir(root / "new") == []
+    assert os.listdir(root / "cur") == [names[1] + ":2,S"]
+
+
+def test_seen_finds_a_file_renamed_meanwhile(
+    store: MaildirStore, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = deliver(store, b"m\r\n")
+    real_rename = os.rename
+    raced: list[str] = []
+
+    def rename(src: str, dst: str) -> None:
+        if not raced:
+            # An IMAP session flags the file between our listing and our rename.
+            raced.append(src)
+            real_rename(src, root / "cur" / (name + ":2,F"))
+        real_rename(src, dst)
+
+    with Maildrop.open(root) as drop:
+        monkeypatch.setattr(os, "rename", rename)
+        result = drop.expunge([], seen=drop.messages)
+    assert raced == [str(root / "new" / name)]
+    assert result == Expunged(seen=1)
+    assert os.listdir(root / "cur") == [name + ":2,FS"]
+
+
+def test_seen_reports_files_it_cannot_rename(
+    store: MaildirStore, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [deliver(store, b"m%d\r\n" % n) for n in range(2)]
+    real_rename = os.rename
+
+    def rename(src: str, dst: str) -> None:
+        if os.path.basename(src) == names[0]:
+            raise PermissionError(13, "Permission denied", src)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with Maildrop.open(root) as drop:
+        result = drop.expunge([], seen=drop.messages)
+    assert result == Expunged(seen=1, unmarked=(names[0],))
+    assert os.listdir(root / "new") == [names[0]]
+    assert os.listdir(root / "cur") == [names[1] + ":2,S"]
+
+
 # --- the lock -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,681 @@
+"""`Pop3Session` without sockets: client bytes go into the real POP3 core, the session
+answers each event as an adapter would (its blocking calls run inline), and the tests
+compare the octets a client would read, the log lines and the Maildir on disk."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from sansmail import NEED_DATA, PAUSED, RemoteProtocolError, pop3, sasl
+from sansmail.config import parse_config
+from sansmail.mail.address import MailboxId, parse_address
+from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.sessions import pop3d
+from sansmail.sessions.login import BLOCKING, FINISHED
+from sansmail.sessions.pop3d import AUTH_THROTTLED, Pop3Service, Pop3Session, Transfer
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore
+from sansmail.storage.users import UserStore
+
+ALICE = MailboxId(domain="example.test", local="alice")
+ADDRESS = "alice@example.test"
+MESSAGES = [
+    b"Subject: first\n\nHello Alice.\n.a line that starts with a dot\n",
+    b"Subject: second\nX-Two: 2\n\nline 1\nline 2\nline 3\n",
+    b"Subject: third\n\nbye\n",
+]
+TLS = "TLSv1.3 TLS_AES_256_GCM_SHA384"
+
+
+def wire(stored: bytes) -> bytes:
+    return stored.replace(b"\n", b"\r\n")
+
+
+def b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+class Server:
+    """A `Pop3Service` over a temporary data dir, with alice (password "secret")."""
+
+    def __init__(self, tmp_path: pathlib.Path, extra: str = "", **settings: object) -> None:
+        text = (
+            'hostname = "mx.example.test"\n'
+            'domains = ["example.test"]\n'
+            f'data_dir = "{tmp_path / "data"}"\n' + extra
+        )
+        self.config = parse_config(text, source=None, default_hostname="unused.example")
+        self.store = MaildirStore(self.config.data_dir, hostname="mx.example.test")
+        users = UserStore(tmp_path / "users.json")
+        users.add(parse_address(ADDRESS), "secret")
+        fast = AuthSettings(failure_delay=0.01, max_failure_delay=0.02, **settings)  # type: ignore[arg-type]
+        self.service = Pop3Service(
+            config=self.config,
+            store=self.store,
+            users=users,
+            auth=AuthService(users, secret=b"k" * 32, settings=fast),
+        )
+        self.root = self.store.maildir(ALICE)
+
+    def deliver(self, *messages: bytes) -> list[str]:
+        names = []
+        for message in messages:
+            delivery = self.store.begin([ALICE], prefix=b"")
+            delivery.write(message)
+            names += delivery.commit()
+        return names
+
+    def files(self) -> dict[str, list[str]]:
+        return {sub: sorted(os.listdir(self.root / sub)) for sub in ("new", "cur")}
+
+
+class Client:
+    """One connection: `send(b"CMD\\r\\n...")` runs every command the bytes hold, as the
+    Trio adapter would, and returns the octets the server wrote."""
+
+    def __init__(
+        self, server: Server, *, client_ip: str = "127.0.0.1", tls: str | None = None
+    ) -> None:
+        self.logs: list[tuple[int, str]] = []
+        self.session = Pop3Session(
+            server.service,
+            client_ip=client_ip,
+            client_port=40000,
+            log=lambda level, text: self.logs.append((level, text)),
+            tls=tls,
+        )
+        self.conn = self.session.conn
+        self.now = 1000.0
+        self.greeting = self.conn.send(self.session.greeting())
+
+    def send(self, data: bytes) -> bytes:
+        self.conn.receive_data(data)
+        out = bytearray()
+        while not self.session.ended:
+            event = self.conn.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            out += self._answer(event)
+        return bytes(out)
+
+    def line(self, data: bytes) -> bytes:
+        """One command, one line of answer (no CRLF)."""
+        answer = self.send(data + b"\r\n")
+        assert answer.endswith(b"\r\n"), answer
+        assert answer.count(b"\r\n") == 1, answer
+        return answer[:-2]
+
+    def login(self, password: str = "secret") -> bytes:
+        assert self.line(b"USER " + ADDRESS.encode()) == b"+OK"
+        return self.line(b"PASS " + password.encode())
+
+    def close(self) -> None:
+        self.session.close()
+
+    def log_lines(self) -> list[str]:
+        return [text for _level, text in self.logs]
+
+    def _answer(self, event: object) -> bytes:
+        session, send = self.session, self.conn.send
+        if isinstance(event, pop3.Retr | pop3.Top):
+            answer = session.retrieve(event)
+            if isinstance(answer, pop3.Err):
+                return send(answer)
+            out = send(answer.reply)
+            chunk = answer.first
+            while chunk:
+                out += send(pop3.MultilineData(data=chunk))
+                chunk = b"" if answer.done else answer.read()
+            answer.close()
+            return out + send(session.transferred(answer))
+        if isinstance(event, pop3.Pass | pop3.Auth):
+            return self._login(event)
+        if isinstance(event, pop3.Stls):
+            reply = session.stls()
+            out = send(reply)
+            if isinstance(reply, pop3.Ok):
+                self.conn.start_tls()
+                session.tls_started(
+                    TLS, "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
+                )
+            return out
+        if isinstance(event, pop3.Quit):
+            return send(session.quit())
+        assert isinstance(event, pop3.Event)
+        return b"".join(send(answer) for answer in session.handle(event))
+
+    def _login(self, event: pop3.Pass | pop3.Auth) -> bytes:
+        session, send = self.session, self.conn.send
+        login = session.login(event)
+        if isinstance(login, pop3.Err):
+            return send(login)
+        if not login.gate(self.now).allowed:
+            return send(AUTH_THROTTLED)
+        exchange = session.exchange(event, login, nonce="n0nce", now=1_700_000_000.0)
+        out = bytearray()
+        last: object = None
+        step = exchange.start()
+        while step is not FINISHED:
+            if step is BLOCKING:
+                step = exchange.work()
+                continue
+            assert isinstance(step, sasl.Challenge)
+            out += send(pop3.Challenge(data=step.data))
+            last = self.conn.next_event()
+            assert last is not NEED_DATA, "give the exchange's lines in the same send()"
+            step = exchange.answer(last.data if isinstance(last, pop3.AuthResponse) else None)
+        reply = session.login_result(exchange.finish(self.now), last)
+        return bytes(out) + (send(reply) if reply is not None else b"")
+
+
+@pytest.fixture
+def server(tmp_path: pathlib.Path) -> Server:
+    return Server(tmp_path)
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def connect(server: Server, clients: list[Client], **kw: object) -> Client:
+    client = Client(server, **kw)  # type: ignore[arg-type]
+    clients.append(client)
+    return client
+
+
+def capa(client: Client) -> list[bytes]:
+    answer = client.send(b"CAPA\r\n")
+    assert answer.startswith(b"+OK Capability list follows\r\n")
+    return answer.split(b"\r\n")[1:-2]
+
+
+# --- the greeting and CAPA ------------------------------------------------------------------
+
+
+def test_greeting_and_capa_before_login(server: Server, clients: list[Client]) -> None:
+    client = connect(server, clients)
+    assert client.greeting == b"+OK mx.example.test POP3 server ready\r\n"
+    assert capa(client) == [
+        b"TOP",
+        b"UIDL",
+        b"RESP-CODES",
+        b"PIPELINING",
+        b"USER",
+        b"SASL PLAIN LOGIN SCRAM-SHA-256",
+        b"AUTH-RESP-CODE",
+        b"STLS",
+        b"IMPLEMENTATION sansmail",
+    ]
+    assert client.log_lines() == ["connect from [127.0.0.1]:40000"]
+
+
+def test_capa_without_certificate_and_under_implicit_tls(
+    server: Server, clients: list[Client]
+) -> None:
+    implicit = connect(server, clients, tls=TLS)
+    assert b"STLS" not in capa(implicit)
+    server.service.tls_available = False
+    plain = connect(server, clients)
+    assert b"STLS" not in capa(plain)
+    assert plain.line(b"STLS") == b"-ERR TLS not available"
+    # Under TLS the core refuses STLS itself, as after an upgrade.
+    assert implicit.line(b"STLS") == b"-ERR already using TLS"
+
+
+def test_logins_refused_before_tls_then_allowed(tmp_path: pathlib.Path) -> None:
+    server = Server(tmp_path, '[smtp]\nplaintext_auth = "never"\n')
+    server.deliver(MESSAGES[0])
+    client = Client(server)
+    listed = capa(client)
+    # RFC 2449 §6.2, §6.3: what is not listed must not be used.
+    assert b"USER" not in listed
+    assert not any(line.startswith(b"SASL") for line in listed)
+    refused = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure connections: use STLS"
+    assert client.line(b"USER " + ADDRESS.encode()) == refused
+    assert client.line(b"PASS secret") == b"-ERR USER first"
+    plain = b64(b"\0" + ADDRESS.encode() + b"\0secret")
+    assert client.line(b"AUTH PLAIN " + plain) == refused
+    assert client.line(b"STLS") == b"+OK Begin TLS negotiation"
+    after = capa(client)
+    assert b"USER" in after
+    assert b"STLS" not in after
+    size = len(wire(MESSAGES[0]))
+    assert client.line(b"AUTH PLAIN " + plain) == b"+OK Logged in, 1 messages (%d octets)" % size
+    assert (
+        f"login: user=<{ADDRESS}>, method=PLAIN, rip=127.0.0.1, tls=TLSv1.3" in client.log_lines()
+    )
+    assert capa(client) == [
+        b"TOP",
+        b"UIDL",
+        b"RESP-CODES",
+        b"PIPELINING",
+        b"IMPLEMENTATION sansmail",
+    ]
+    client.close()
+
+
+def test_plaintext_login_outside_loopback_is_refused(server: Server, clients: list[Client]) -> None:
+    client = connect(server, clients, client_ip="192.0.2.7")
+    assert b"USER" not in capa(client)
+    assert client.line(b"USER " + ADDRESS.encode()).startswith(b"-ERR [AUTH] ")
+
+
+# --- logging in ---------------------------------------------------------------------------
+
+
+def test_user_pass_login_and_wrong_password(server: Server, clients: list[Client]) -> None:
+    server.deliver(*MESSAGES[:2])
+    client = connect(server, clients)
+    assert client.login("wrong") == b"-ERR [AUTH] Authentication failed"
+    assert client.line(b"STAT") == b"-ERR command not valid in this state"
+    size = sum(len(wire(m)) for m in MESSAGES[:2])
+    assert client.login() == b"+OK Logged in, 2 messages (%d octets)" % size
+    assert client.log_lines()[1:] == [
+        f"auth failed: service=pop3, method=USER, user=<{ADDRESS}>, rip=127.0.0.1",
+        "[127.0.0.1]:40000: -ERR STAT not valid in the AUTHORIZATION state: STAT",
+        f"login: user=<{ADDRESS}>, method=USER, rip=127.0.0.1, tls=no",
+    ]
+
+
+def test_throttled_client_gets_sys_temp_without_a_check(tmp_path: pathlib.Path) -> None:
+    server = Server(tmp_path, max_failures=2)
+    client = Client(server, client_ip="192.0.2.7", tls=TLS)
+    answers = [client.login(f"guess{n}") for n in range(2)]
+    answers.append(client.login())  # even the right password
+    answers.append(client.line(b"AUTH PLAIN " + b64(b"\0" + ADDRESS.encode() + b"\0secret")))
+    assert answers[:2] == [b"-ERR [AUTH] Authentication failed"] * 2
+    assert answers[2:] == [b"-ERR [SYS/TEMP] Too many authentication failures, try again later"] * 2
+    lines = client.log_lines()
+    assert sum(line.startswith("auth failed: service=pop3, method=USER") for line in lines) == 2
+    assert sum(line.startswith("auth throttled: service=pop3, ") for line in lines) == 2
+    client.close()
+
+
+def test_auth_exchanges(server: Server, clients: list[Client]) -> None:
+    client = connect(server, clients)
+    plain = b64(b"\0" + ADDRESS.encode() + b"\0secret")
+    assert client.line(b"AUTH CRAM-MD5") == b"-ERR Unrecognized authentication type"
+    assert client.send(b"AUTH PLAIN\r\n*\r\n") == b"+ \r\n-ERR Authentication cancelled\r\n"
+    assert client.send(b"AUTH LOGIN\r\n!!\r\n") == (
+        b"+ " + b64(b"Username:") + b"\r\n-ERR invalid base64\r\n"
+    )
+    assert client.send(
+        b"AUTH LOGIN " + b64(b"alice@example.test") + b"\r\n" + b64(b"bad") + b"\r\n"
+    ) == (b"+ " + b64(b"Password:") + b"\r\n-ERR [AUTH] Authentication failed\r\n")
+    assert client.send(b"AUTH PLAIN\r\n" + plain + b"\r\n") == (
+        b"+ \r\n+OK Logged in, 0 messages (0 octets)\r\n"
+    )
+    assert client.line(b"AUTH PLAIN") == b"-ERR command not valid in this state"
+    assert f"login: user=<{ADDRESS}>, method=PLAIN, rip=127.0.0.1, tls=no" in client.log_lines()
+
+
+def test_client_gone_mid_exchange_ends_the_session(server: Server) -> None:
+    # Step by step, as the adapter would: the client leaves instead of answering.
+    client = Client(server)
+    client.conn.receive_data(b"AUTH LOGIN\r\n")
+    event = client.conn.next_event()
+    assert isinstance(event, pop3.Auth)
+    login = client.session.login(event)
+    assert not isinstance(login, pop3.Err)
+    exchange = client.session.exchange(event, login, nonce="n", now=0.0)
+    step = exchange.start()
+    assert isinstance(step, sasl.Challenge)
+    client.conn.send(pop3.Challenge(data=step.data))
+    client.conn.receive_data(b"")
+    gone = client.conn.next_event()
+    assert isinstance(gone, pop3.ConnectionClosed)
+    assert exchange.answer(None) is FINISHED
+    assert client.session.login_result(exchange.finish(0.0), gone) is None
+    assert client.session.ended
+    client.session.close()
+    assert client.log_lines()[-1] == "disconnect: rip=127.0.0.1, no login, reason=connection closed"
+
+
+def test_maildrop_in_use(server: Server, clients: list[Client]) -> None:
+    server.deliver(MESSAGES[0])
+    first = connect(server, clients)
+    assert first.login().startswith(b"+OK")
+    second = connect(server, clients)
+    assert second.login() == b"-ERR [IN-USE] Maildrop already locked by another POP3 session"
+    assert second.line(b"STAT") == b"-ERR command not valid in this state"  # AUTHORIZATION
+    assert "login refused: user=<alice@example.test>, rip=127.0.0.1, maildrop in use" in (
+        second.log_lines()
+    )
+    first.close()  # the lock goes with the session
+    assert second.login().startswith(b"+OK Logged in, 1 messages")
+
+
+# --- TRANSACTION ----------------------------------------------------------------------------
+
+
+def test_numbering_list_uidl_stat_dele_rset(server: Server, clients: list[Client]) -> None:
+    names = server.deliver(*MESSAGES)
+    sizes = [len(wire(m)) for m in MESSAGES]
+    client = connect(server, clients)
+    client.login()
+    assert client.line(b"STAT") == b"+OK 3 %d" % sum(sizes)
+    assert client.send(b"LIST\r\n") == (
+        b"+OK 3 messages (%d octets)\r\n1 %d\r\n2 %d\r\n3 %d\r\n.\r\n" % (sum(sizes), *sizes)
+    )
+    assert client.send(b"UIDL\r\n") == (
+        b"+OK\r\n"
+        + b"".join(b"%d %s\r\n" % (n, name.encode()) for n, name in enumerate(names, 1))
+        + b".\r\n"
+    )
+    assert client.line(b"DELE 2") == b"+OK Message 2 deleted"
+    for command in (b"DELE 2", b"RETR 2", b"LIST 2", b"UIDL 2", b"TOP 2 0"):
+        assert client.line(command) == b"-ERR Message 2 already deleted"
+    assert client.line(b"LIST 4") == b"-ERR No such message, only 3 messages in maildrop"
+    assert client.line(b"LIST 3") == b"+OK 3 %d" % sizes[2]
+    assert client.line(b"UIDL 3") == b"+OK 3 " + names[2].encode()
+    assert client.line(b"STAT") == b"+OK 2 %d" % (sizes[0] + sizes[2])
+    assert client.send(b"LIST\r\n") == (
+        b"+OK 2 messages (%d octets)\r\n1 %d\r\n3 %d\r\n.\r\n"
+        % (sizes[0] + sizes[2], sizes[0], sizes[2])
+    )
+    assert client.line(b"RSET") == b"+OK Maildrop has 3 messages (%d octets)" % sum(sizes)
+    assert client.line(b"NOOP") == b"+OK"
+    assert client.line(b"QUIT") == b"+OK Logging out, 0 messages deleted"
+    assert len(server.files()["new"]) == 3
+
+
+def test_retr_and_top_exact_octets_and_stuffing(server: Server, clients: list[Client]) -> None:
+    server.deliver(*MESSAGES[:2])
+    client = connect(server, clients)
+    client.login()
+    first = wire(MESSAGES[0])
+    assert client.send(b"RETR 1\r\n") == (
+        b"+OK %d octets\r\n" % len(first) + first.replace(b"\r\n.a", b"\r\n..a") + b".\r\n"
+    )
+    assert client.send(b"TOP 2 1\r\n") == (
+        b"+OK Top of message follows\r\nSubject: second\r\nX-Two: 2\r\n\r\nline 1\r\n.\r\n"
+    )
+    assert client.send(b"TOP 2 0\r\n") == (
+        b"+OK Top of message follows\r\nSubject: second\r\nX-Two: 2\r\n\r\n.\r\n"
+    )
+
+
+BIG = b"Subject: big\n\n" + b"".join(
+    b".%06d ........................................................\n" % n for n in range(8000)
+)
+
+
+def test_big_retr_is_read_in_chunks(server: Server, clients: list[Client]) -> None:
+    server.deliver(BIG)
+    client = connect(server, clients)
+    client.login()
+    client.conn.receive_data(b"RETR 1\r\n")
+    event = client.conn.next_event()
+    assert isinstance(event, pop3.Retr)
+    answer = client.session.retrieve(event)
+    assert isinstance(answer, Transfer)
+    chunks = [answer.first]
+    while not answer.done:
+        chunks.append(answer.read())
+    assert b"".join(chunks) == wire(BIG)
+    # At most about READ_AHEAD octets in memory at a time (one file read past it).
+    assert len(chunks) >= 3
+    assert max(len(c) for c in chunks) < 2 * pop3d.READ_AHEAD + 2 * 1024
+    assert answer.octets == len(b"".join(chunks))
+    assert answer.reply == pop3.Ok(text=f"{answer.octets} octets")
+    client.conn.send(answer.reply)
+    for chunk in chunks:
+        client.conn.send(pop3.MultilineData(data=chunk))
+    client.conn.send(client.session.transferred(answer))
+    client.line(b"QUIT")
+    client.session.close()
+    assert f"retr=1/{answer.octets}" in client.log_lines()[-1]
+
+
+def test_message_removed_by_another_client(server: Server, clients: list[Client]) -> None:
+    names = server.deliver(*MESSAGES[:2])
+    client = connect(server, clients)
+    client.login()
+    (server.root / "new" / names[1]).unlink()
+    assert client.line(b"RETR 2") == b"-ERR Message 2 was removed by another client"
+    assert (
+        f"[127.0.0.1]:40000: message 2 ({names[1]}) removed by another client" in client.log_lines()
+    )
+    assert client.line(b"DELE 2") == b"+OK Message 2 deleted"
+    assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
+
+
+# --- QUIT: deletions and \Seen ---------------------------------------------------------------
+
+
+def test_quit_expunges_and_marks_retrieved_seen(server: Server, clients: list[Client]) -> None:
+    names = server.deliver(*MESSAGES)
+    sizes = [len(wire(m)) for m in MESSAGES]
+    view = MaildirImapStore(server.config.data_dir, hostname="mx.example.test")
+    inbox = view.account(ALICE).select("INBOX", readonly=True)
+    assert [m.flags for m in inbox.messages] == [frozenset()] * 3
+    client = connect(server, clients)
+    client.login()
+    client.send(b"RETR 1\r\nTOP 2 0\r\nRETR 3\r\nDELE 3\r\n")
+    assert server.files() == {"new": names, "cur": []}  # nothing changes before QUIT
+    assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
+    # RETR marks \Seen; TOP does not; a deleted message is just gone.
+    assert server.files() == {"new": [names[1]], "cur": [names[0] + ":2,S"]}
+    client.session.close()
+    head = b"Subject: second\r\nX-Two: 2\r\n\r\n"
+    assert client.log_lines()[-1] == (
+        f"disconnect: user=<{ADDRESS}>, rip=127.0.0.1, top=1/{len(head)},"
+        f" retr=2/{sizes[0] + sizes[2]}, del=1/3, size={sum(sizes)}, reason=logged out"
+    )
+    # The IMAP index reads the flag back from the name; UIDL and sizes stay.
+    inbox.sync()
+    assert [m.flags for m in inbox.messages] == [frozenset({"\\Seen"}), frozenset()]
+    inbox.close()
+    again = connect(server, clients)
+    again.login()
+    assert again.send(b"UIDL\r\n") == b"+OK\r\n1 %s\r\n2 %s\r\n.\r\n" % (
+        names[0].encode(),
+        names[1].encode(),
+    )
+    assert again.line(b"LIST 1") == b"+OK 1 %d" % sizes[0]
+
+
+def test_seen_keeps_other_flags_and_leaves_seen_files_alone(
+    server: Server, clients: list[Client]
+) -> None:
+    names = server.deliver(*MESSAGES)
+    root = server.root
+    os.rename(root / "new" / names[0], root / "cur" / (names[0] + ":2,RF"))
+    os.rename(root / "new" / names[1], root / "cur" / (names[1] + ":2,S"))
+    client = connect(server, clients)
+    client.login()
+    client.send(b"RETR 1\r\nRETR 2\r\n")
+    assert client.line(b"QUIT") == b"+OK Logging out, 0 messages deleted"
+    assert server.files() == {
+        "new": [names[2]],
+        "cur": sorted([names[0] + ":2,FRS", names[1] + ":2,S"]),
+    }
+
+
+def test_seen_follows_a_file_renamed_during_the_session(
+    server: Server, clients: list[Client]
+) -> None:
+    (name,) = server.deliver(MESSAGES[0])
+    client = connect(server, clients)
+    client.login()
+    client.send(b"RETR 1\r\n")
+    # An IMAP client flags it meanwhile: the file is the truth, its flags are kept.
+    os.rename(server.root / "new" / name, server.root / "cur" / (name + ":2,F"))
+    assert client.line(b"QUIT").startswith(b"+OK")
+    assert server.files() == {"new": [], "cur": [name + ":2,FS"]}
+
+
+def test_rset_forgets_the_seen_marks(server: Server, clients: list[Client]) -> None:
+    names = server.deliver(*MESSAGES[:2])
+    client = connect(server, clients)
+    client.login()
+    client.send(b"RETR 1\r\nRSET\r\nRETR 2\r\n")
+    assert client.line(b"QUIT").startswith(b"+OK")
+    assert server.files() == {"new": [names[0]], "cur": [names[1] + ":2,S"]}
+
+
+def test_no_flag_updates_marks_nothing(tmp_path: pathlib.Path) -> None:
+    server = Server(tmp_path, "[pop3]\nno_flag_updates = true\n")
+    names = server.deliver(*MESSAGES[:2])
+    client = Client(server)
+    client.login()
+    client.send(b"RETR 1\r\nRETR 2\r\nDELE 2\r\n")
+    assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
+    assert server.files() == {"new": [names[0]], "cur": []}
+    client.close()
+
+
+def test_dropped_connection_changes_nothing(server: Server) -> None:
+    names = server.deliver(*MESSAGES[:2])
+    client = Client(server)
+    client.login()
+    client.send(b"RETR 1\r\nDELE 2\r\n")
+    assert client.send(b"") == b""
+    assert client.session.ended
+    client.session.close()
+    assert server.files() == {"new": names, "cur": []}
+    size = len(wire(MESSAGES[0])) + len(wire(MESSAGES[1]))
+    assert client.log_lines()[-1].endswith(f", del=0/2, size={size}, reason=connection closed")
+
+
+def test_quit_reports_files_it_cannot_remove(
+    server: Server, clients: list[Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = server.deliver(*MESSAGES[:2])
+    real_unlink, real_rename = os.unlink, os.rename
+
+    def unlink(path: str) -> None:
+        if os.path.basename(path) == names[0]:
+            raise PermissionError(13, "Permission denied", path)
+        real_unlink(path)
+
+    def rename(src: str, dst: str) -> None:
+        if os.path.basename(src) == names[1]:
+            raise PermissionError(13, "Permission denied", src)
+        real_rename(src, dst)
+
+    client = connect(server, clients)
+    client.login()
+    client.send(b"DELE 1\r\nRETR 2\r\n")
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(os, "rename", rename)
+    assert client.line(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed"
+    errors = [text for level, text in client.logs if level == logging.ERROR]
+    assert errors == [
+        f"[127.0.0.1]:40000: user=<{ADDRESS}>: could not mark {names[1]} seen",
+        f"[127.0.0.1]:40000: user=<{ADDRESS}>: could not remove {names[0]}",
+    ]
+
+
+def test_quit_before_login(server: Server) -> None:
+    client = Client(server)
+    assert client.line(b"QUIT") == b"+OK Bye"
+    assert client.session.ended
+    client.session.close()
+    assert client.log_lines()[-1] == "disconnect: rip=127.0.0.1, no login, reason=logged out"
+
+
+# --- endings --------------------------------------------------------------------------------
+
+
+def test_refusal_timeout_shutdown_and_errors(server: Server) -> None:
+    refused = Client.__new__(Client)
+    refused.logs = []
+    session = Pop3Session(
+        server.service,
+        client_ip="::ffff:192.0.2.1",
+        client_port=1,
+        log=lambda level, text: refused.logs.append((level, text)),
+    )
+    err = session.refuse("mx.example.test Error: too many connections")
+    assert session.conn.send(err) == (
+        b"-ERR [SYS/TEMP] mx.example.test Error: too many connections\r\n"
+    )
+    session.close()
+    assert refused.log_lines() == [
+        "connect from [::ffff:192.0.2.1]:1",
+        "[::ffff:192.0.2.1]:1: refused: mx.example.test Error: too many connections",
+        "disconnect: rip=192.0.2.1, no login, reason=refused",
+    ]
+
+    idle = Client(server)
+    assert idle.session.timeout == pop3d.IDLE_TIMEOUT >= 600
+    assert idle.session.last_words(idle.session.timeout_reply()) == (
+        b"-ERR Autologout: idle for too long\r\n"
+    )
+    idle.session.close()
+    assert idle.log_lines()[-2:] == [
+        "[127.0.0.1]:40000: timeout",
+        "disconnect: rip=127.0.0.1, no login, reason=timeout",
+    ]
+
+    stopping = Client(server)
+    stopping.session.shutdown_reply()
+    stopping.session.close()
+    assert stopping.log_lines()[-1].endswith("reason=shutdown")
+
+    broken = Client(server)
+    with pytest.raises(RemoteProtocolError) as caught:
+        broken.send(b"NOOP\n")
+    broken.session.protocol_error(caught.value)
+    assert broken.session.last_words(caught.value.reply_hint) == (
+        b"-ERR bare CR or LF in a command line, closing\r\n"
+    )
+    assert broken.session.last_words(None) == b""
+    broken.session.close()
+    assert broken.log_lines()[-1].endswith("reason=protocol error")
+
+
+def test_no_last_words_inside_a_multiline_answer(server: Server, clients: list[Client]) -> None:
+    server.deliver(BIG)
+    client = connect(server, clients)
+    client.login()
+    client.conn.receive_data(b"RETR 1\r\n")
+    event = client.conn.next_event()
+    assert isinstance(event, pop3.Retr)
+    answer = client.session.retrieve(event)
+    assert isinstance(answer, Transfer)
+    client.conn.send(answer.reply)
+    # A send timeout here: a -ERR would be read as message content.
+    assert client.session.last_words(client.session.timeout_reply()) == b""
+    assert client.session.last_words(client.session.internal_error()) == b""
+    assert not answer.done
+    client.session.close()  # closes the open message too
+    with pytest.raises(OSError):
+        answer.read()  # its file is closed
+    assert client.log_lines()[-1].endswith("reason=internal error")
+
+
+def test_invalid_commands_are_answered_and_logged(server: Server) -> None:
+    client = Client(server)
+    assert client.line(b"FROB \x01x") == b"-ERR unknown command"
+    assert client.log_lines()[-1] == "[127.0.0.1]:40000: -ERR unknown command 'FROB': FROB \\x01x"
+    client.close()
+
+
+def test_handle_refuses_events_that_need_io(server: Server) -> None:
+    client = Client(server)
+    with pytest.raises(TypeError):
+        client.session.handle(pop3.Quit())
+    client.close()
+
+
+def test_public_names() -> None:
+    assert sorted(pop3d.__all__) == [
+        "AUTH_THROTTLED",
+        "Answer",
+        "IDLE_TIMEOUT",
+        "Pop3Service",
+        "Pop3Session",
+        "READ_AHEAD",
+        "Transfer",
+    ]
