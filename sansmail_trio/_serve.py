@@ -39,6 +39,7 @@ from sansmail.config import BUILT_SERVICES, Config, not_in_force
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions.imapd import ImapService
 from sansmail.sessions.pop3d import Pop3Service
+from sansmail.sessions.smtpd import SmtpService
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
@@ -49,13 +50,13 @@ from sansmail.storage.users import UserStore
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
-from sansmail_trio._intake import Intake
 from sansmail_trio._log import get_logger
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner
 from sansmail_trio._session import Stoppable
-from sansmail_trio._smtp_server import TLS_HANDSHAKE_TIMEOUT, SMTPService
+from sansmail_trio._smtp_server import SMTPService
 from sansmail_trio._tls import (
+    TLS_HANDSHAKE_TIMEOUT,
     TLSContextHolder,
     TLSHandshakeError,
     received_tls,
@@ -191,7 +192,6 @@ async def serve(
         if process == 0:
             log.warning("aliases: %s", problem)
     srs_key = await trio.to_thread.run_sync(load_or_create_srs_key, config.data_dir / "srs.key")
-    intake = Intake(config=config, queue=queue, aliases=aliases, srs_key=srs_key)
     runner: QueueRunner | None = None
     if process == 0:
         runner = QueueRunner(
@@ -203,21 +203,24 @@ async def serve(
             resolver=Resolver.from_config(config.dns),
             log=get_logger("queue"),
         )
-        intake.wake = runner.wake
     smtp_log = get_logger("smtp")
-    services: dict[str, Service] = {
-        name: SMTPService(
+    services: dict[str, Service] = {}
+    for name in ("smtp", "submission", "submissions"):
+        shared = SmtpService(
             config=config,
             store=store,
             users=users,
-            log=smtp_log,
-            service=name,
-            tls=tls,
+            queue=queue,
+            aliases=aliases,
             auth=auth,
-            intake=intake,
+            srs_key=srs_key,
+            service=name,
+            tls_available=tls is not None,
         )
-        for name in ("smtp", "submission", "submissions")
-    }
+        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls)
+        if runner is not None:
+            smtp_service.wake = runner.wake
+        services[name] = smtp_service
     pop3_log = get_logger("pop3")
     for name in ("pop3", "pop3s"):
         pop3_shared = Pop3Service(
