@@ -12,12 +12,27 @@ import attrs
 import pytest
 import trio
 import trustme
+from argon2 import PasswordHasher
 
 from sansmail.config import Config, load_config
 from sansmail.mail.address import parse_address
 from sansmail.mail.auth import AuthSettings
 from sansmail.storage.users import UserStore
 from sansmail_trio import serve
+
+#: Cheap argon2 parameters for the users a test makes. argon2 verifies with the
+#: parameters stored in the hash, so the server checks these passwords cheaply too; with
+#: the defaults each user made and each login checked costs about 0.2 s of CPU, which was
+#: a third of these tests' time. The cost itself is tested in tests/sansmail/storage.
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+def quick_auth(config: Config) -> AuthSettings:
+    """The auth settings `serve` picks by default (mynetworks exempt from the delay and
+    the throttle), with a short failure delay: a test that tries a wrong password on the
+    way to its point would otherwise wait 2 s. The delay itself is tested with a virtual
+    clock (test_smtp_adapter.py) and in tests/sansmail/mail/test_auth.py."""
+    return AuthSettings(failure_delay=0.05, max_failure_delay=0.1, exempt=config.mynetworks)
 
 
 @attrs.define
@@ -47,7 +62,7 @@ class RunningServer:
         return [p.read_bytes() for p in sorted(new.iterdir())]
 
     def add_user(self, address: str, password: str = "secret") -> None:
-        users = UserStore(self.data_dir / "users.json")
+        users = UserStore(self.data_dir / "users.json", hasher=FAST_HASHER)
         users.add(parse_address(address), password)
 
     async def stop(self) -> None:
@@ -106,16 +121,20 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
         shutdown = trio.Event()
         done = trio.Event()
 
+        settings = auth_settings if auth_settings is not None else quick_auth(config)
+
         async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             try:
                 await serve(
-                    config, shutdown=shutdown, task_status=task_status, auth_settings=auth_settings
+                    config, shutdown=shutdown, task_status=task_status, auth_settings=settings
                 )
             finally:
                 done.set()
 
         store = UserStore(
-            config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
+            config.data_dir / "users.json",
+            cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms,
+            hasher=FAST_HASHER,
         )
         for address in users:
             store.add(parse_address(address), "secret")
