@@ -27,6 +27,8 @@ How it answers (RFC 1034 §4.3.2, simplified to what mail delivery asks):
 - An answer too big for the client's UDP size (512 octets, or its EDNS payload) goes out
   empty with TC set (RFC 1035 §4.2.1), and the client retries over TCP.
 - Every question is logged in `queries`, whether answered, failed or dropped.
+- `hold` keeps the answers about a name until every one of some types has been asked:
+  a client that asks them one after another, each after the last answer, waits in vain.
 
 TTLs default to 0 so a test that changes the data sees the change at once even through a
 caching resolver; pass ``ttl=`` to `add` to test the cache itself.
@@ -39,7 +41,7 @@ import socket
 import socketserver
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -98,6 +100,8 @@ class DNSServer:
         # name -> type -> (ttl, rdatas); one TTL per RRset (RFC 2181 §5.2).
         self._records: dict[str, dict[str, tuple[int, list[dns.rdata.Rdata]]]] = {}
         self._failures: dict[tuple[str, str | None], Failure] = {}
+        # name -> (types still to be asked, answers waiting with how to send each)
+        self._held: dict[str, tuple[set[str], list[tuple[Callable[[bytes], None], bytes]]]] = {}
         self._queries: list[Query] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -148,6 +152,14 @@ class DNSServer:
             raise ValueError(f"unknown failure {how!r}")
         with self._lock:
             self._failures[_key(name), None if rdtype is None else rdtype.upper()] = how
+
+    def hold(self, name: str, rdtypes: Iterable[str]) -> None:
+        """Answer no question about `name` until one of each of `rdtypes` has come, then
+        all of them at once (retries too), and from then on as usual. A resolver that
+        asks the types in parallel gets its answers; one that asks them one at a time
+        times out on the first, however fast or slow the machine."""
+        with self._lock:
+            self._held[_key(name)] = ({t.upper() for t in rdtypes}, [])
 
     def heal(self, name: str) -> None:
         """Undo every `fail` for `name`."""
@@ -234,16 +246,39 @@ class DNSServer:
         ttl, rdatas = entry
         return dns.rrset.from_rdata_list(_absolute(key), ttl, rdatas)
 
-    def respond(self, wire: bytes, transport: str) -> bytes | None:
-        """The reply to one query message (None: send nothing). Public for the handlers."""
+    def respond(self, wire: bytes, transport: str, send: Callable[[bytes], None]) -> None:
+        """Answer one query message with `send`, now, later (`hold`) or never. Public for
+        the handlers."""
         try:
             request = dns.message.from_wire(wire)
         except dns.exception.DNSException:
-            return None  # not DNS: a real server would say FORMERR, nobody here cares
+            return  # not DNS: a real server would say FORMERR, nobody here cares
         with self._lock:
             response = self._answer(request, transport)
         if response is None:
-            return None
+            return
+        reply = self._render(request, response, transport)
+        question = request.question[0]
+        key = _key(question.name)
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                ready = [(send, reply)]
+            else:
+                missing, waiting = held
+                missing.discard(dns.rdatatype.to_text(question.rdtype))
+                waiting.append((send, reply))
+                if missing:
+                    return
+                del self._held[key]
+                ready = waiting
+        for deliver, data in ready:
+            deliver(data)
+
+    @staticmethod
+    def _render(
+        request: dns.message.Message, response: dns.message.Message, transport: str
+    ) -> bytes:
         if transport == "tcp":
             return response.to_wire(max_size=65535)
         limit = max(_UDP_MINIMUM, request.payload) if request.edns >= 0 else _UDP_MINIMUM
@@ -358,9 +393,8 @@ class _UDPHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         data, sock = self.request
-        reply = self.server.dns_server.respond(data, "udp")
-        if reply is not None:
-            sock.sendto(reply, self.client_address)
+        client = self.client_address
+        self.server.dns_server.respond(data, "udp", lambda reply: sock.sendto(reply, client))
 
 
 class _TCPHandler(socketserver.BaseRequestHandler):
@@ -385,9 +419,11 @@ class _TCPHandler(socketserver.BaseRequestHandler):
             while len(buffer) >= 2 and len(buffer) >= 2 + int.from_bytes(buffer[:2], "big"):
                 size = int.from_bytes(buffer[:2], "big")
                 message, buffer = buffer[2 : 2 + size], buffer[2 + size :]
-                reply = self.server.dns_server.respond(message, "tcp")
-                if reply is not None:
-                    sock.sendall(len(reply).to_bytes(2, "big") + reply)
+                self.server.dns_server.respond(
+                    message,
+                    "tcp",
+                    lambda reply: sock.sendall(len(reply).to_bytes(2, "big") + reply),
+                )
 
 
 @pytest.fixture(name="dns_server")
