@@ -16,6 +16,10 @@ import threading
 import time
 
 import pytest
+from trio_helpers import FAST_HASHER
+
+from sansmail.mail.address import parse_address
+from sansmail.storage.users import UserStore
 
 
 def _free_port() -> int:
@@ -61,14 +65,9 @@ def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: pathlib.
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
         f'[listen]\nimap = "127.0.0.1:{port}"\n'
     )
-    script = shutil.which("sansmail-trio")
-    assert script is not None
-    subprocess.run(
-        [script, "user", "add", "alice@example.test", "--password-stdin"],
-        cwd=tmp_path,
-        input=b"pw\n",
-        check=True,
-        capture_output=True,
+    # Cheap argon2 parameters: every login checks the hash (`user add` is in test_cli.py).
+    UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
+        parse_address("alice@example.test"), "pw"
     )
     proc = _serve(tmp_path, port)
     acknowledged: dict[int, bytes] = {}
