@@ -9,26 +9,46 @@ import time
 
 import bench_procs as procs
 
+# The child burns 0.3 s of CPU, says so, and lives until its stdin closes. The parent
+# passes the news on, lets the child go when told, reaps it, says so, and lives until its
+# own stdin closes. Each step waits for the last: nothing depends on the machine's speed.
+_BURN = (
+    "import sys, time\n"
+    "t = time.process_time()\n"
+    "while time.process_time() - t < 0.3: pass\n"
+    "print('burnt', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+_PARENT = (
+    "import subprocess, sys\n"
+    f"p = subprocess.Popen([sys.executable, '-c', {_BURN!r}], stdin=subprocess.PIPE,"
+    " stdout=subprocess.PIPE, text=True)\n"
+    "print(p.stdout.readline(), end='', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "p.stdin.close()\n"
+    "p.wait()\n"
+    "print('reaped', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
 
 def test_tree_cpu_includes_children():
-    # A parent that sleeps while its child burns CPU: only the tree view sees the work.
-    burn = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n"
+    # A parent that idles while its child burns CPU: only the tree view sees the work.
     parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c',{burn!r}]);"
-            "time.sleep(0.6); p.wait(); time.sleep(5)",
-        ]
+        [sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(0.45)  # the child is still alive and busy
-        live = procs.proc_tree_cpu(parent.pid)
-        time.sleep(1.0)  # the child has been reaped by now: cutime
-        reaped = procs.proc_tree_cpu(parent.pid)
+        assert parent.stdout.readline() == "burnt\n"
+        live = procs.proc_tree_cpu(parent.pid)  # the child is alive, its work done
+        parent.stdin.write("go\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "reaped\n"
+        reaped = procs.proc_tree_cpu(parent.pid)  # the child's work is in cutime now
     finally:
         parent.kill()
         parent.wait()
+        parent.stdin.close()
+        parent.stdout.close()
     assert live.total >= 0.15
     assert reaped.total >= 0.3
     assert procs.proc_tree_rss_kib(1) >= 0
