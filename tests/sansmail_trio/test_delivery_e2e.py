@@ -148,7 +148,7 @@ async def test_temporary_failure_expires_into_a_bounce(
     nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
 ) -> None:
     ours = await start_ours(
-        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "2s"'
+        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "1s"'
     )
     with Sink(FAILING, port, rcpt={"slow@fail.test": ["451 4.3.0 Try later"]}):
         await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["slow@fail.test"])
