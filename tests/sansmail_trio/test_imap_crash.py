@@ -10,40 +10,25 @@ import pathlib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 
-import pytest
-from trio_helpers import FAST_HASHER
+from trio_helpers import FAST_HASHER, started_lines, wait_until_started
 
 from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _serve(tmp_path: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The server started, and its IMAP port (it listens on port 0, read from the log)."""
     script = shutil.which("sansmail-trio")
     assert script is not None
-    with (tmp_path / "serve.log").open("ab") as log:
+    path = tmp_path / "serve.log"
+    seen = started_lines(path)
+    with path.open("ab") as log:
         proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-                if probe.recv(200).startswith(b"* OK"):
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    proc.wait(10)
-    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+    return proc, wait_until_started(proc, path, seen=seen)["imap"]
 
 
 def _login(port: int) -> imaplib.IMAP4:
@@ -60,16 +45,15 @@ def _appenduid(data: list[bytes]) -> tuple[int, int]:
 
 
 def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: pathlib.Path) -> None:
-    port = _free_port()
     (tmp_path / "sansmail.toml").write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        f'[listen]\nimap = "127.0.0.1:{port}"\n'
+        '[listen]\nimap = "127.0.0.1:0"\n'
     )
     # Cheap argon2 parameters: every login checks the hash (`user add` is in test_cli.py).
     UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
         parse_address("alice@example.test"), "pw"
     )
-    proc = _serve(tmp_path, port)
+    proc, port = _serve(tmp_path)
     acknowledged: dict[int, bytes] = {}
     validity: set[int] = set()
     stop = threading.Event()
@@ -105,7 +89,7 @@ def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: pathlib.
         writer.join(20)
         assert len(acknowledged) >= 30
 
-        proc = _serve(tmp_path, port)
+        proc, port = _serve(tmp_path)
         client = _login(port)
         assert client.select("INBOX")[0] == "OK"
         typ, data = client.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")

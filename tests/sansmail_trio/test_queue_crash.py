@@ -9,7 +9,6 @@ import collections
 import pathlib
 import shutil
 import smtplib
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from delivery_helpers import Sink, free_port
 from dns_server import DNSServer
+from trio_helpers import started_lines, wait_until_started
 
 from sansmail.storage.queue import QueueStore
 
@@ -32,8 +32,8 @@ def dns() -> Iterator[DNSServer]:
         yield server
 
 
-def _configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int) -> int:
-    port = free_port()
+def _configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int) -> None:
+    # Port 0: each start listens where the system says, read back from the log.
     (tmp_path / "sansmail.toml").write_text(
         f"""\
 hostname = "mx.example.test"
@@ -41,7 +41,7 @@ domains = ["example.test"]
 data_dir = "data"
 mynetworks = ["127.0.0.0/8"]
 [listen]
-smtp = "127.0.0.1:{port}"
+smtp = "127.0.0.1:0"
 [dns]
 nameservers = ["{dns.host_port}"]
 [delivery]
@@ -50,24 +50,17 @@ minimal_backoff = "1s"
 maximal_backoff = "1s"
 """
     )
-    return port
 
 
-def _serve(tmp_path: pathlib.Path, port: int) -> subprocess.Popen[bytes]:
+def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The server started, and its SMTP port."""
     script = shutil.which("sansmail-trio")
     assert script is not None
-    with (tmp_path / "serve.log").open("ab") as log:
+    path = tmp_path / "serve.log"
+    seen = started_lines(path)
+    with path.open("ab") as log:
         proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-                if probe.recv(100).startswith(b"220"):
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail("server did not start: " + (tmp_path / "serve.log").read_text())
+    return proc, wait_until_started(proc, path, seen=seen)["smtp"]
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -103,9 +96,9 @@ def _wait(condition: object, timeout: float, what: str, log: pathlib.Path) -> No
 
 def test_queued_mail_survives_kill_9(tmp_path: pathlib.Path, dns: DNSServer) -> None:
     peer_port = free_port(PEER)
-    port = _configure(tmp_path, dns, peer_port)
+    _configure(tmp_path, dns, peer_port)
     log = tmp_path / "serve.log"
-    proc = _serve(tmp_path, port)
+    proc, port = _serve(tmp_path)
     try:
         _send_all(port)  # the peer is down: everything is deferred
     finally:
@@ -113,7 +106,7 @@ def test_queued_mail_survives_kill_9(tmp_path: pathlib.Path, dns: DNSServer) -> 
     queue = QueueStore(tmp_path / "data" / "queue")
     assert len(queue.list()) == COUNT
     with Sink(PEER, peer_port) as sink:
-        proc = _serve(tmp_path, port)
+        proc, _ = _serve(tmp_path)
         try:
             _wait(lambda: sum(_subjects(sink).values()) >= COUNT, 30, "delivery", log)
             _wait(lambda: not queue.list(), 10, "the queue to empty", log)
@@ -127,17 +120,17 @@ def test_queued_mail_survives_kill_9(tmp_path: pathlib.Path, dns: DNSServer) -> 
 
 def test_kill_9_during_delivery_loses_nothing(tmp_path: pathlib.Path, dns: DNSServer) -> None:
     peer_port = free_port(PEER)
-    port = _configure(tmp_path, dns, peer_port)
+    _configure(tmp_path, dns, peer_port)
     log = tmp_path / "serve.log"
     queue = QueueStore(tmp_path / "data" / "queue")
     with Sink(PEER, peer_port) as sink:
-        proc = _serve(tmp_path, port)
+        proc, port = _serve(tmp_path)
         try:
             _send_all(port)
             _wait(lambda: sink.received, 30, "the first delivery", log)
         finally:
             _kill(proc)
-        proc = _serve(tmp_path, port)
+        proc, _ = _serve(tmp_path)
         try:
             _wait(lambda: len(_subjects(sink)) >= COUNT, 30, "every message", log)
             _wait(lambda: not queue.list(), 10, "the queue to empty", log)

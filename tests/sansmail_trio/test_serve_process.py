@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import shutil
 import signal
 import smtplib
@@ -16,7 +15,7 @@ import sys
 import time
 
 import pytest
-from trio_helpers import FAST_HASHER
+from trio_helpers import FAST_HASHER, wait_until_started
 
 from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
@@ -24,19 +23,12 @@ from sansmail.storage.users import UserStore
 MESSAGE = b"Subject: proc\r\n\r\nbody\r\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start(
     tmp_path: pathlib.Path, processes: int, smtp: str = ""
 ) -> tuple[subprocess.Popen[bytes], int]:
-    port = _free_port()
     (tmp_path / "sansmail.toml").write_text(
         f'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        f'processes = {processes}\n[listen]\nsmtp = "127.0.0.1:{port}"\n[smtp]\n{smtp}\n'
+        f'processes = {processes}\n[listen]\nsmtp = "127.0.0.1:0"\n[smtp]\n{smtp}\n'
     )
     # Made here rather than by `sansmail-trio user add` (tested in test_cli.py): these
     # tests only deliver to alice, and a process start and a default argon2 hash are
@@ -49,15 +41,8 @@ def _start(
     path = tmp_path / "serve.log"
     with path.open("wb") as log:
         proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=log)
-    # Each server process logs "started" once it listens. Waiting for that rather than
-    # for a greeting leaves no probe connection behind to count against the caps.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(re.findall(r"sansmail \S+ started", path.read_text())) >= processes:
-            return proc, port
-        time.sleep(0.02)
-    _stop(proc)
-    pytest.fail("server did not start: " + path.read_text())
+    # No probe connection: it would count against the caps until the server saw it close.
+    return proc, wait_until_started(proc, path, processes=processes)["smtp"]
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

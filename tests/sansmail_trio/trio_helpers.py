@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pathlib
+import re
 import socket
 import ssl
+import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -103,6 +106,36 @@ def write_config(
 
 
 StartServer = Callable[..., Any]
+
+# One line per server process, once it listens: "sansmail 1.0 started (process 1 of 2):
+# smtp on 127.0.0.1:2525; submission on 127.0.0.1:2587; domains=..."
+_STARTED = re.compile(r"sansmail \S+ started[^:]*: (.*?); domains=")
+_LISTENER = re.compile(r"(\w+) on 127\.0\.0\.1:(\d+)")
+
+
+def wait_until_started(
+    proc: subprocess.Popen[bytes], log: pathlib.Path, *, processes: int = 1, seen: int = 0
+) -> dict[str, int]:
+    """Wait until `sansmail-trio serve` (`proc`, logging to `log` after `seen` earlier
+    "started" lines) has logged that each of its `processes` listens, and return the
+    port of each service, from the last line. A test that listens on port 0 and reads
+    its port here leaves no moment in which another process could take the port; and
+    waiting for the log rather than for a greeting opens no probe connection."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        started = _STARTED.findall(log.read_text())
+        if len(started) >= seen + processes:
+            return {name: int(port) for name, port in _LISTENER.findall(started[-1])}
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(10)
+    pytest.fail("server did not start: " + log.read_text())
+
+
+def started_lines(log: pathlib.Path) -> int:
+    """How many "started" lines `log` holds (none if it does not exist yet)."""
+    return len(_STARTED.findall(log.read_text())) if log.exists() else 0
 
 
 @pytest.fixture
