@@ -30,10 +30,8 @@ from typing import Any
 from sansmail import NEED_DATA, RemoteProtocolError, pop3, smtp
 from sansmail.config import Config, load_config
 from sansmail.mail.auth import AuthService, AuthSettings
-from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result
-from sansmail.sessions.pop3d import AUTH_THROTTLED as POP3_THROTTLED
+from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Result
 from sansmail.sessions.pop3d import Pop3Service, Pop3Session
-from sansmail.sessions.smtpd import AUTH_THROTTLED as SMTP_THROTTLED
 from sansmail.sessions.smtpd import SmtpService, SmtpSession
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.keys import load_or_create_srs_key
@@ -84,53 +82,53 @@ async def drive(exchange: Exchange, challenge: Callable[[bytes], Awaitable[Any]]
     return result
 
 
-async def admitted(login: Login) -> bool:
-    verdict = login.gate(time.monotonic())
-    if verdict.allowed and verdict.delay:
-        await asyncio.sleep(verdict.delay)
-    return verdict.allowed
-
-
-async def smtp_auth(session: SmtpSession, wire: Wire, event: smtp.Auth) -> None:
+async def log_in(session: Any, event: Any, wire: Wire) -> None:
+    """SMTP AUTH, POP3 USER/PASS or AUTH: the session words answers and challenges."""
+    refusal = session.login_refusal(event)
+    if refusal is not None:
+        wire.send(refusal)
+        return
     login = session.login()
-    if not await admitted(login):
-        wire.send(SMTP_THROTTLED)
+    verdict = login.gate(time.monotonic())
+    if not verdict.allowed:
+        wire.send(session.throttled(event))
         return
-    exchange = session.auth(event, login, nonce=secrets.token_urlsafe(18), now=time.time())
-    last: Any = None
-
-    async def challenge(data: bytes) -> bytes | None:
-        nonlocal last
-        wire.send(smtp.Reply.challenge(data))
-        last = await wire.next_event(session.timeout)
-        return last.data if isinstance(last, smtp.AuthResponse) else None
-
-    reply = session.auth_result(await drive(exchange, challenge), last)
-    if reply is not None:
-        wire.send(reply)
-
-
-async def pop3_login(session: Pop3Session, wire: Wire, event: pop3.Pass | pop3.Auth) -> None:
-    login = session.login(event)
-    if isinstance(login, pop3.Err):
-        wire.send(login)
-        return
-    if not await admitted(login):
-        wire.send(POP3_THROTTLED)
-        return
+    await asyncio.sleep(verdict.delay)
     exchange = session.exchange(event, login, nonce=secrets.token_urlsafe(18), now=time.time())
     last: Any = None
 
     async def challenge(data: bytes) -> bytes | None:
         nonlocal last
-        wire.send(pop3.Challenge(data=data))
+        wire.send(session.challenge(data))
         last = await wire.next_event(session.timeout)
-        return last.data if isinstance(last, pop3.AuthResponse) else None
+        answer: bytes | None = session.answer(last)
+        return answer
 
     result = await drive(exchange, challenge)
-    reply = await asyncio.to_thread(session.login_result, result, last)  # opens the maildrop
+    # Blocking for POP3: a good login opens the maildrop.
+    reply = await asyncio.to_thread(session.login_result, event, result, last)
     if reply is not None:
         wire.send(reply)
+
+
+async def converse(session: Any, wire: Wire, loop: Callable[[], Awaitable[None]]) -> None:
+    """A connection's life around any session: greeting, the protocol's loop, last words."""
+    last_words = b""
+    try:
+        wire.send(session.greeting())
+        await loop()
+    except TimeoutError:
+        last_words = session.last_words(session.timeout_reply())
+    except RemoteProtocolError as exc:
+        session.protocol_error(exc)
+        last_words = session.last_words(exc.reply_hint)
+    finally:
+        # Inline, not in a thread: a cancellation at shutdown must not skip releasing a
+        # maildrop's lock or removing a half-received message (a few closes and unlinks).
+        session.closed()
+        wire.close(last_words)
+        if session.cleanup_due:
+            session.cleanup()
 
 
 async def pop3_retrieve(session: Pop3Session, wire: Wire, event: pop3.Retr | pop3.Top) -> None:
@@ -155,9 +153,9 @@ async def smtp_connection(
 ) -> None:
     ip, port = writer.get_extra_info("peername")[:2]
     session = SmtpSession(service, client_ip=ip, client_port=port, log=log.log)
-    wire, last_words = Wire(reader, writer, session.conn), b""
-    try:
-        wire.send(session.greeting())
+    wire = Wire(reader, writer, session.conn)
+
+    async def loop() -> None:
         while not session.ended:
             event = await wire.next_event(session.timeout)
             if isinstance(event, smtp.MessageData):
@@ -168,25 +166,15 @@ async def smtp_connection(
                 committed = await asyncio.to_thread(session.commit, time.time())
                 wire.send(committed.reply)
             elif isinstance(event, smtp.Auth):
-                await smtp_auth(session, wire, event)
+                await log_in(session, event, wire)
             else:
                 reply = session.handle(event, time.time())
                 if reply is not None:
                     wire.send(reply)
             if session.cleanup_due:
                 await asyncio.to_thread(session.cleanup)
-    except TimeoutError:
-        last_words = session.last_words(session.timeout_reply())
-    except RemoteProtocolError as exc:
-        session.protocol_error(exc)
-        last_words = session.last_words(exc.reply_hint)
-    finally:
-        # Inline, not in a thread: a cancellation at shutdown must not skip removing a
-        # half-received message's files (a few unlinks).
-        session.closed()
-        wire.close(last_words)
-        if session.cleanup_due:
-            session.cleanup()
+
+    await converse(session, wire, loop)
 
 
 async def pop3_connection(
@@ -194,30 +182,22 @@ async def pop3_connection(
 ) -> None:
     ip, port = writer.get_extra_info("peername")[:2]
     session = Pop3Session(service, client_ip=ip, client_port=port, log=log.log)
-    wire, last_words = Wire(reader, writer, session.conn), b""
-    try:
-        wire.send(session.greeting())
+    wire = Wire(reader, writer, session.conn)
+
+    async def loop() -> None:
         while not session.ended:
             event = await wire.next_event(session.timeout)
             if isinstance(event, pop3.Retr | pop3.Top):
                 await pop3_retrieve(session, wire, event)
             elif isinstance(event, pop3.Pass | pop3.Auth):
-                await pop3_login(session, wire, event)
+                await log_in(session, event, wire)
             elif isinstance(event, pop3.Quit):
                 wire.send(await asyncio.to_thread(session.quit))  # deletes, then +OK
             else:
                 for answer in session.handle(event):
                     wire.send(answer)
-    except TimeoutError:
-        last_words = session.last_words(session.timeout_reply())
-    except RemoteProtocolError as exc:
-        session.protocol_error(exc)
-        last_words = session.last_words(exc.reply_hint)
-    finally:
-        # Inline, not in a thread: a cancellation at shutdown must not skip releasing the
-        # maildrop's lock (one close).
-        wire.close(last_words)
-        session.close()
+
+    await converse(session, wire, loop)
 
 
 async def serve(config: Config, *, started: asyncio.Event | None = None) -> None:

@@ -11,9 +11,12 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from sansmail.sessions.common import LoginSteps
 from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result
+from sansmail_trio._session import SessionTime, send_all
+from sansmail_trio._wire import Wire
 
-__all__ = ["admitted", "drive", "nonce", "wall_clock"]
+__all__ = ["admitted", "drive", "log_in", "nonce", "wall_clock"]
 
 
 async def admitted(login: Login) -> bool:
@@ -44,6 +47,31 @@ async def drive(
     if result.user is None and not result.interrupted:
         await trio.sleep(result.delay)
     return result
+
+
+async def log_in(session: LoginSteps, event: object, wire: Wire, time: SessionTime) -> None:
+    """One login command (SMTP AUTH, POP3 PASS or AUTH, IMAP LOGIN or AUTHENTICATE),
+    whatever the protocol: the session words every answer and frames every challenge."""
+    refusal = session.login_refusal(event)
+    if refusal is not None:
+        await send_all(wire, refusal)
+        return
+    login = session.login()
+    if not await admitted(login):
+        await send_all(wire, session.throttled(event))
+        return
+    exchange = session.exchange(event, login, nonce=nonce(), now=wall_clock())
+    last: object = None
+
+    async def challenge(data: bytes) -> bytes | None:
+        nonlocal last
+        await wire.send(session.challenge(data))
+        last = await time.wait_for_client(wire, session.timeout)
+        return session.answer(last)
+
+    result = await drive(exchange, challenge)
+    # Blocking for POP3 and IMAP: a good login opens the mailbox.
+    await send_all(wire, await trio.to_thread.run_sync(session.login_result, event, result, last))
 
 
 def nonce() -> str:

@@ -37,10 +37,10 @@ import trio
 from sansmail import __version__
 from sansmail.config import BUILT_SERVICES, Config, not_in_force
 from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
 from sansmail.sessions.pop3d import Pop3Service
 from sansmail.sessions.smtpd import SmtpService
-from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
@@ -92,20 +92,14 @@ class _Connections:
     shutting_down: bool = False
     all_gone: trio.Event = attrs.Factory(trio.Event)
 
-    def admit(self, ip: str, hostname: str) -> Reply | None:
-        """None to admit, or the 421 to refuse with."""
+    def admit(self, ip: str) -> Refusal | None:
+        """None to admit, or why to refuse (the session words it)."""
         if self.shutting_down:
-            return Reply(code=421, lines=f"{hostname} Service shutting down", enhanced="4.3.2")
+            return Refusal.SHUTTING_DOWN
         if self.counts.total() >= self.max_total:
-            return Reply(
-                code=421, lines=f"{hostname} Error: too many connections", enhanced="4.7.0"
-            )
+            return Refusal.TOO_MANY_CONNECTIONS
         if self.counts.from_ip(ip) >= self.max_per_ip:
-            return Reply(
-                code=421,
-                lines=f"{hostname} Error: too many connections from {ip}",
-                enhanced="4.7.0",
-            )
+            return Refusal.TOO_MANY_FROM_CLIENT
         return None
 
     def opened(self, ip: str) -> None:
@@ -396,7 +390,7 @@ async def _handle_connection(
         await trio.aclose_forcefully(socket_stream)
         return
     ip, port = str(peer[0]), int(peer[1])
-    refuse = connections.admit(ip, service.config.hostname)
+    refuse = connections.admit(ip)
     connections.opened(ip)
     try:
         stream: trio.abc.Stream = socket_stream

@@ -1,4 +1,12 @@
-"""What every server session shares about time and shutdown.
+"""What every server connection shares, whatever its protocol: its life cycle around a
+`sansmail.sessions` session (`converse`), time and shutdown (`SessionTime`), and the
+STARTTLS upgrade (`upgrade`).
+
+`converse` greets (or refuses), runs the protocol's own loop, and ends every way a
+connection can end with the session's own last words: a timeout, shutdown, a protocol
+error from the core, a bug (logged with its traceback; it costs one connection, never the
+server), or the shutdown grace running out. Then the session hears that the connection
+is gone, its blocking cleanup runs in a worker thread, and the stream is closed.
 
 A session has one cancel scope for its whole life. Before each wait for the client its
 deadline is set to the idle timeout, and after the wait back to infinity, so our own
@@ -11,15 +19,33 @@ never an answer.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
+from sansmail import RemoteProtocolError
+from sansmail.sessions.common import Refusal, ServerSession
+from sansmail_trio._tls import (
+    TLSContextHolder,
+    TLSHandshakeError,
+    describe,
+    received_tls,
+    start_tls,
+)
 from sansmail_trio._wire import Wire
 
-__all__ = ["SessionRegistry", "SessionTime", "Stoppable", "run_registered"]
+__all__ = [
+    "SessionRegistry",
+    "SessionTime",
+    "Stoppable",
+    "converse",
+    "run_registered",
+    "send_all",
+    "upgrade",
+]
 
 
 class Stoppable(Protocol):
@@ -83,3 +109,63 @@ class SessionTime:
         finally:
             self.idle = False
             scope.deadline = math.inf
+
+
+async def converse(
+    session: ServerSession,
+    wire: Wire,
+    time: SessionTime,
+    log: logging.Logger,
+    *,
+    refusal: Refusal | None,
+    loop: Callable[[], Awaitable[None]],
+) -> None:
+    """One connection from greeting to close (see the module docstring); `loop` is the
+    protocol's part, run until the session has `ended`."""
+    last_words = b""
+    try:
+        with time.scope:
+            greeting = session.greeting() if refusal is None else session.refuse(refusal)
+            await wire.send(greeting, flush=True)
+            await loop()
+        if time.scope.cancelled_caught:
+            hint = session.shutdown_reply() if time.stopping else session.timeout_reply()
+            last_words = session.last_words(hint)
+    except RemoteProtocolError as exc:
+        session.protocol_error(exc)
+        last_words = session.last_words(exc.reply_hint)
+    except Exception:  # LocalProtocolError, a disk error, or any other bug
+        # A bug must cost one connection, never the server: its task would otherwise
+        # take the whole nursery down.
+        log.exception("%s: internal error, closing", getattr(session, "client", "?"))
+        last_words = session.last_words(session.internal_error())
+    except trio.Cancelled:
+        # The shutdown grace period ran out with this session still busy.
+        last_words = session.last_words(session.shutdown_reply())
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            session.closed()
+            if session.cleanup_due:
+                await trio.to_thread.run_sync(session.cleanup)
+            await wire.aclose(last_words=last_words)
+
+
+async def send_all(wire: Wire, answer: Any) -> None:
+    """Send a session's answer: one event, a list or tuple of them, or None."""
+    if answer is None:
+        return
+    for event in answer if isinstance(answer, list | tuple) else [answer]:
+        await wire.send(event)
+
+
+async def upgrade(session: ServerSession, wire: Wire, holder: TLSContextHolder | None) -> None:
+    """STARTTLS/STLS after the session's positive answer went out: the handshake, then
+    the session hears how it went."""
+    assert holder is not None, "TLS is never offered without a certificate"
+    try:
+        stream = await start_tls(wire, holder)
+    except TLSHandshakeError as exc:
+        session.tls_failed(str(exc))
+        return
+    session.tls_started(received_tls(stream), describe(stream))

@@ -1,11 +1,15 @@
-"""The mail log's words for what a client sent: text made safe for one log line, and the
-client's address as the firewall sees it (what fail2ban matches)."""
+"""The mail log: where a session's lines go (`LogSink`), text from a client made safe for
+one log line, and the client's address as the firewall sees it (what fail2ban matches)."""
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
-__all__ = ["ClientAddress", "client_address", "printable", "show_ip"]
+__all__ = ["ClientAddress", "LogSink", "client_address", "printable", "show_ip"]
+
+#: Where a session hands its log lines: ``(level, text)``, e.g. `logging.Logger.log`.
+LogSink = Callable[[int, str], None]
 
 ClientAddress = str | ipaddress.IPv4Address | ipaddress.IPv6Address | None
 

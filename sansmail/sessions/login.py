@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -47,12 +46,10 @@ from sansmail.mail.auth import (
     login_key,
     throttle_log_line,
 )
+from sansmail.mail.logtext import LogSink
 from sansmail.storage.users import UserStore
 
-__all__ = ["BLOCKING", "FINISHED", "Exchange", "LogSink", "Login", "Result", "Step"]
-
-#: Where a session hands its log lines: ``(level, text)``, e.g. `logging.Logger.log`.
-LogSink = Callable[[int, str], None]
+__all__ = ["BLOCKING", "FINISHED", "Exchange", "Login", "Result", "Step"]
 
 
 class _Marker(enum.Enum):

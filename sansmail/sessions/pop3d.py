@@ -9,23 +9,19 @@ commands and enforces RFC 1939's states; the maildrop (`sansmail.storage.maildir
 takes the lock and the snapshot, reads, deletes and marks; this object decides what each
 command means and answers it. An adapter moves bytes between the client and `conn`, and
 for each event calls the session (a sketch; `sansmail_trio._pop3_server` is the real
-one)::
+one; the life cycle and logging in are the same for every session, see
+`sansmail.sessions.common`)::
 
-    first          -> send session.greeting(), or session.refuse(text) (then it ends)
     Stls           -> send session.stls(); after a +OK: handshake, then
                       session.tls_started(...) or session.tls_failed(reason)
-    Pass, Auth     -> login = session.login(event): an Err is the answer; otherwise if
-                      login.gate(now) refuses, send AUTH_THROTTLED; else drive
-                      session.exchange(event, login, ...) (a `sansmail.sessions.login`
-                      exchange, its challenges sent as "+ " lines), then send
-                      session.login_result(result, last_event)         [blocking]
+    Pass, Auth     -> the common login steps (`LoginSteps`); login_result blocks
     Retr, Top      -> answer = session.retrieve(event)                 [blocking]
                       an Err: send it. A `Transfer`: send answer.reply, then each chunk
                       as MultilineData: answer.first, then answer.read() [blocking]
                       until answer.done; answer.close(); send session.transferred(answer)
     Quit           -> send session.quit()                              [blocking]
     anything else  -> send each of session.handle(event)
-    until session.ended; at the very end, session.close()              [blocking]
+    at the very end: session.closed(), then session.cleanup()          [blocking]
 
 Methods marked blocking do file I/O (opening the maildrop: the lock and the snapshot;
 reading a message; the QUIT commit) and belong in a worker thread, one at a time; the
@@ -35,7 +31,7 @@ others only compute. The session reads no clock and owns no timer: the adapter w
 lines go to the `log` sink given at construction (level, text), from whichever thread
 runs the method. Resources that must not outlive the session (the maildrop's lock, an
 open message file) are held by the session itself, never only by a caller's variable,
-so `close` releases them however the connection ended.
+so `cleanup` releases them however the connection ended.
 
 Logging in (RFC 1939 §7 USER/PASS, RFC 5034 AUTH) is offered only under TLS unless
 ``[smtp] plaintext_auth`` allows it for this client: the server-wide switch SMTP AUTH
@@ -72,8 +68,9 @@ from sansmail import SERVER, LocalProtocolError, pop3, sasl
 from sansmail.config import Config
 from sansmail.mail.address import MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
-from sansmail.mail.logtext import printable, show_ip
-from sansmail.sessions.login import Exchange, Login, LogSink, Result
+from sansmail.mail.logtext import LogSink, printable, show_ip
+from sansmail.sessions.common import Refusal, refusal_text
+from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import (
     Maildrop,
     MaildropInUseError,
@@ -252,9 +249,9 @@ class Pop3Session:
         self.log(logging.INFO, f"connect from {self.client}")
         return pop3.Ok(text=f"{self.config.hostname} POP3 server ready")
 
-    def refuse(self, text: str) -> pop3.Err:
-        """Greet with a refusal instead (connection limits, shutdown: `text` is the
-        listener's reason), and end."""
+    def refuse(self, refusal: Refusal) -> pop3.Err:
+        """Greet with a refusal instead (connection limits, shutdown), and end."""
+        text = refusal_text(refusal, hostname=self.config.hostname, client_ip=self.client_ip)
         self.log(logging.INFO, f"connect from {self.client}")
         self.log(logging.INFO, f"{self.client}: refused: {text}")
         self._reason = "refused"
@@ -292,14 +289,23 @@ class Pop3Session:
         except LocalProtocolError:
             return b""
 
-    def close(self) -> None:
-        """Blocking: release the maildrop's lock and any open message, and log the
-        disconnect line. Call once, when the connection is gone."""
-        if self._transfer is not None:
-            self._transfer.close()
-        if self.maildrop is not None:
-            self.maildrop.close()
+    def closed(self) -> None:
+        """The connection is gone: the disconnect line. What it held is released by
+        `cleanup`."""
         self._log_disconnect()
+
+    @property
+    def cleanup_due(self) -> bool:
+        return self._transfer is not None or self.maildrop is not None
+
+    def cleanup(self) -> None:
+        """Blocking: release the maildrop's lock and any open message."""
+        transfer, self._transfer = self._transfer, None
+        maildrop, self.maildrop = self.maildrop, None
+        if transfer is not None:
+            transfer.close()
+        if maildrop is not None:
+            maildrop.close()
 
     # -- commands that need no I/O ---------------------------------------------------------
 
@@ -398,9 +404,8 @@ class Pop3Session:
 
     # -- logging in ------------------------------------------------------------------------
 
-    def login(self, event: pop3.Pass | pop3.Auth) -> Login | pop3.Err:
-        """The shared login rules for this client (throttle, delays, fail2ban lines), or
-        the refusal of this command before any attempt is counted."""
+    def login_refusal(self, event: pop3.Pass | pop3.Auth) -> pop3.Err | None:
+        """The refusal of a login command before any attempt is counted, or None."""
         if isinstance(event, pop3.Auth):
             if not self._login_allowed():
                 return _PLAINTEXT_REFUSED
@@ -408,6 +413,10 @@ class Pop3Session:
                 return _UNKNOWN_MECHANISM
         # PASS comes only after a USER we answered +OK, which we do only when logins are
         # allowed (and STLS in between makes the core forget the USER).
+        return None
+
+    def login(self) -> Login:
+        """The shared login rules for this client (throttle, delays, fail2ban lines)."""
         return Login(
             service=self.service.service,
             auth=self.service.auth,
@@ -416,6 +425,16 @@ class Pop3Session:
             client_ip=self.client_ip,
             log=self.log,
         )
+
+    def throttled(self, event: pop3.Pass | pop3.Auth) -> pop3.Err:
+        """`Login.gate` refused the client: no password was checked."""
+        return AUTH_THROTTLED
+
+    def challenge(self, data: bytes) -> pop3.Challenge:
+        return pop3.Challenge(data=data)
+
+    def answer(self, event: object) -> bytes | None:
+        return event.data if isinstance(event, pop3.AuthResponse) else None
 
     def exchange(
         self, event: pop3.Pass | pop3.Auth, login: Login, *, nonce: str, now: float
@@ -428,7 +447,9 @@ class Pop3Session:
             return login.password(name, event.password, method="USER")
         return login.sasl(event.mechanism, event.initial_response, nonce=nonce, timestamp=int(now))
 
-    def login_result(self, result: Result, last: object) -> pop3.Ok | pop3.Err | None:
+    def login_result(
+        self, event: pop3.Pass | pop3.Auth, result: Result, last: object
+    ) -> pop3.Ok | pop3.Err | None:
         """Blocking after a good login (it opens the maildrop): the answer to a login
         that ended with `result`; `last` is the last event the core gave during it.
         None: the client went away mid-exchange (the session ends)."""

@@ -11,21 +11,16 @@ The protocol core (`sansmail.imap.Connection`, owned here as `conn`) parses comm
 enforces the session states (RFC 9051 §3); this object answers the events it hands out.
 An adapter moves bytes between the client and `counted` (the core seen through a counter
 of octets, for the logout line), and for each event does (a sketch;
-`sansmail_trio._imap_server` is the real one)::
+`sansmail_trio._imap_server` is the real one; the life cycle and logging in are the same
+for every session, see `sansmail.sessions.common`)::
 
-    first words       -> send greeting(), or refuse(text) (then the conversation ends)
     StartTLS          -> send starttls(event); after an OK, handshake, then
                          tls_started(description, log_description) or tls_failed(reason)
     Login, Authenticate
-                      -> send login_refusal(event) if there is one; else
-                         login = login(); gate it (throttled: send throttled(event))
-                         and wait its delay; drive exchange(event, login, nonce, now)
-                         (`sansmail.sessions.login`): a challenge is Continuation(data),
-                         the answer the AuthResponse's data, else None;
-                         send login_result(event, result, last)               [blocking]
+                      -> the common login steps (`LoginSteps`): a challenge is a
+                         Continuation, login_result opens the mailbox [blocking]
     anything else     -> send handle(event)              [blocking when blocks(event)]
-    until `ended`; wait at most `timeout` for each command, then send timeout_reply();
-    on shutdown shutdown_reply(); at the end cleanup() [blocking] if cleanup_due, closed().
+    until `ended`; at the end closed(), then cleanup() if cleanup_due  [blocking]
 
 The methods marked blocking do file I/O (opening, using and closing the user's folders)
 and belong in a worker thread, one call at a time; the others only compute. Nothing here
@@ -68,10 +63,11 @@ from sansmail import SERVER, LocalProtocolError, __version__, imap, sasl
 from sansmail.config import Config
 from sansmail.mail.address import MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
-from sansmail.mail.logtext import show_ip
+from sansmail.mail.logtext import LogSink, show_ip
+from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.imapd._capabilities import capabilities
 from sansmail.sessions.imapd._session import ImapSession
-from sansmail.sessions.login import Exchange, Login, LogSink, Result
+from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import ImapStore
 from sansmail.storage.users import UserStore
 
@@ -222,9 +218,11 @@ class ImapConversation:
             text=f"{self.service.config.hostname} IMAP server ready",
         )
 
-    def refuse(self, text: str) -> imap.UntaggedStatus:
-        """Greet with a BYE instead (connection limits, shutdown: the listeners' `text`)
-        and end."""
+    def refuse(self, refusal: Refusal) -> imap.UntaggedStatus:
+        """Greet with a BYE instead (connection limits, shutdown) and end."""
+        text = refusal_text(
+            refusal, hostname=self.service.config.hostname, client_ip=self.client_ip
+        )
         self.log(logging.INFO, f"connect from {self.client}")
         self.log(logging.INFO, f"{self.client}: refused: {text}")
         self._end("refused")
@@ -378,6 +376,12 @@ class ImapConversation:
     def throttled(self, event: imap.Login | imap.Authenticate) -> imap.Tagged:
         """The answer when `Login.gate` refused the client (no password was checked)."""
         return _no(event.tag, "UNAVAILABLE", "Too many authentication failures, try again later")
+
+    def challenge(self, data: bytes) -> imap.Continuation:
+        return imap.Continuation(data=data)
+
+    def answer(self, event: object) -> bytes | None:
+        return event.data if isinstance(event, imap.AuthResponse) else None
 
     def exchange(
         self, event: imap.Login | imap.Authenticate, login: Login, *, nonce: str, now: float

@@ -10,16 +10,16 @@ Theory of operation
 The protocol core (`sansmail.smtp.Connection`, owned by the session as `conn`) parses
 commands and enforces the order of the dialogue; this object decides what each one means
 and answers it. An adapter moves bytes between the client and `conn`, and for each event
-calls the session (a sketch; `sansmail_trio._smtp_server` is the real one)::
+calls the session (a sketch; `sansmail_trio._smtp_server` is the real one; the life
+cycle and logging in are the same for every session, see `sansmail.sessions.common`)::
 
     StartTLS      -> send session.starttls(); handshake; session.tls_started(...)
-    Auth          -> login = session.login(); if login.gate(now) allows:
-                     drive session.auth(event, login, ...) (a `sansmail.sessions.login`
-                     exchange), then send session.auth_result(result, last_event)
-    MessageData   -> if session.content(data): session.flush()      [blocking]
-    EndOfMessage  -> result = session.commit(now)                   [blocking]; send reply
+    Auth          -> the common login steps (`LoginSteps`)
+    MessageData   -> if session.content(data, now): session.flush()  [blocking]
+    EndOfMessage  -> committed = session.commit(now)                  [blocking];
+                     send committed.reply, wake the queue runner for committed.queued
     anything else -> send session.handle(event, now)
-    and whenever session.cleanup_due: session.cleanup()             [blocking]
+    and whenever session.cleanup_due: session.cleanup()               [blocking]
 
 Methods marked blocking do file I/O (writing the message to its tmp files, fsync, unlink)
 and belong in a worker thread; the others only compute. The session reads no clock: the

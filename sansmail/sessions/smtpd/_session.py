@@ -9,20 +9,23 @@ from sansmail import SERVER, smtp
 from sansmail.mail import trace
 from sansmail.mail.address import Address
 from sansmail.mail.envelope import QueuedRecipient
-from sansmail.mail.logtext import printable
+from sansmail.mail.logtext import LogSink, printable
 from sansmail.mail.policy import check_sender_login
 from sansmail.mail.recipients import Resolution
-from sansmail.sessions.login import Exchange, Login, LogSink, Result
+from sansmail.sessions.common import Refusal, refusal_text
+from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.sessions.smtpd._checks import Stage
 from sansmail.sessions.smtpd._replies import (
     AUTH_CANCELLED,
     AUTH_FAILED,
     AUTH_OK,
     AUTH_REQUIRED,
+    AUTH_THROTTLED,
     BYE,
     CANNOT_VRFY,
     ENCRYPTION_REQUIRED,
     HELP_REPLY,
+    INTERNAL_ERROR,
     MAIL_OK,
     NO_INITIAL_RESPONSE,
     NOT_STORED,
@@ -113,8 +116,12 @@ class SmtpSession:
             return refusal
         return Reply(code=220, lines=f"{self.config.hostname} ESMTP sansmail")
 
-    def refuse(self, reply: Reply) -> Reply:
-        """Greet with `reply` instead (connection limits, shutdown) and end."""
+    def refuse(self, refusal: Refusal) -> Reply:
+        """Greet with a 421 instead (connection limits, shutdown) and end."""
+        text = refusal_text(refusal, hostname=self.config.hostname, client_ip=self.client_ip)
+        # RFC 3463: 4.3.2 "system not accepting network messages"; 4.7.0 for a policy.
+        enhanced = "4.3.2" if refusal is Refusal.SHUTTING_DOWN else "4.7.0"
+        reply = Reply(code=421, lines=text, enhanced=enhanced)
         self.log(logging.INFO, f"connect from {self.client}")
         self.log(logging.INFO, f"{self.client}: refused: {reply.code} {reply.text}")
         self.ended = True
@@ -139,6 +146,10 @@ class SmtpSession:
         return smtp.serialize_reply(
             hint, enhanced="ENHANCEDSTATUSCODES" in self.conn.extensions, utf8=False
         )
+
+    def internal_error(self) -> Reply:
+        """A bug ended the session (the adapter logs the traceback)."""
+        return INTERNAL_ERROR
 
     def protocol_error(self, exc: Exception) -> None:
         self.log(logging.INFO, f"{self.client}: protocol error: {exc}")
@@ -361,6 +372,12 @@ class SmtpSession:
         self.log(logging.INFO, f"{self.client}: STARTTLS handshake failed: {reason}")
         self.ended = True
 
+    def login_refusal(self, event: smtp.Auth) -> Reply | None:
+        """An AUTH command (RFC 4954 §4) the core accepted: nothing more to refuse (the
+        core refuses what our EHLO reply did not offer)."""
+        self._bump("auth")
+        return None
+
     def login(self) -> Login:
         """The shared login rules for this client (throttle, delays, fail2ban lines)."""
         return Login(
@@ -372,14 +389,20 @@ class SmtpSession:
             log=self.log,
         )
 
-    def auth(self, event: smtp.Auth, login: Login, *, nonce: str, now: float) -> Exchange:
-        """An AUTH command (RFC 4954 §4) the core accepted: its exchange. The adapter has
-        passed `login.gate` (else `AUTH_THROTTLED`) and drives the exchange with 334
-        challenges, then calls `auth_result`."""
-        self._bump("auth")
+    def throttled(self, event: smtp.Auth) -> Reply:
+        return AUTH_THROTTLED
+
+    def exchange(self, event: smtp.Auth, login: Login, *, nonce: str, now: float) -> Exchange:
+        """The AUTH exchange, once the gate let it through: 334 challenges."""
         return login.sasl(event.mechanism, event.initial_response, nonce=nonce, timestamp=int(now))
 
-    def auth_result(self, result: Result, last: object) -> Reply | None:
+    def challenge(self, data: bytes) -> Reply:
+        return Reply.challenge(data)
+
+    def answer(self, event: object) -> bytes | None:
+        return event.data if isinstance(event, smtp.AuthResponse) else None
+
+    def login_result(self, event: smtp.Auth, result: Result, last: object) -> Reply | None:
         """The reply to an AUTH exchange that ended with `result`; `last` is the last
         event the core gave during it. None: the client went away (the session ends)."""
         if result.unexpected_initial_response:

@@ -12,7 +12,7 @@ import attrs
 from sansmail.mail import trace
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
-from sansmail.sessions.login import LogSink
+from sansmail.mail.logtext import LogSink
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import Delivery, MailStore
 from sansmail.storage.queue import QueueStore, QueueWriter

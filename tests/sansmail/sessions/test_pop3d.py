@@ -17,8 +17,9 @@ from sansmail.config import parse_config
 from sansmail.mail.address import MailboxId, parse_address
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions import pop3d
+from sansmail.sessions.common import Refusal
 from sansmail.sessions.login import BLOCKING, FINISHED
-from sansmail.sessions.pop3d import AUTH_THROTTLED, Pop3Service, Pop3Session, Transfer
+from sansmail.sessions.pop3d import Pop3Service, Pop3Session, Transfer
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore
 from sansmail.storage.users import UserStore
 
@@ -115,7 +116,10 @@ class Client:
         return self.line(b"PASS " + password.encode())
 
     def close(self) -> None:
-        self.session.close()
+        """The connection is gone, as the adapter ends it."""
+        self.session.closed()
+        if self.session.cleanup_due:
+            self.session.cleanup()
 
     def log_lines(self) -> list[str]:
         return [text for _level, text in self.logs]
@@ -151,11 +155,12 @@ class Client:
 
     def _login(self, event: pop3.Pass | pop3.Auth) -> bytes:
         session, send = self.session, self.conn.send
-        login = session.login(event)
-        if isinstance(login, pop3.Err):
-            return send(login)
+        refusal = session.login_refusal(event)
+        if refusal is not None:
+            return send(refusal)
+        login = session.login()
         if not login.gate(self.now).allowed:
-            return send(AUTH_THROTTLED)
+            return send(session.throttled(event))
         exchange = session.exchange(event, login, nonce="n0nce", now=1_700_000_000.0)
         out = bytearray()
         last: object = None
@@ -165,11 +170,11 @@ class Client:
                 step = exchange.work()
                 continue
             assert isinstance(step, sasl.Challenge)
-            out += send(pop3.Challenge(data=step.data))
+            out += send(session.challenge(step.data))
             last = self.conn.next_event()
             assert last is not NEED_DATA, "give the exchange's lines in the same send()"
-            step = exchange.answer(last.data if isinstance(last, pop3.AuthResponse) else None)
-        reply = session.login_result(exchange.finish(self.now), last)
+            step = exchange.answer(session.answer(last))
+        reply = session.login_result(event, exchange.finish(self.now), last)
         return bytes(out) + (send(reply) if reply is not None else b"")
 
 
@@ -324,9 +329,8 @@ def test_client_gone_mid_exchange_ends_the_session(server: Server) -> None:
     client.conn.receive_data(b"AUTH LOGIN\r\n")
     event = client.conn.next_event()
     assert isinstance(event, pop3.Auth)
-    login = client.session.login(event)
-    assert not isinstance(login, pop3.Err)
-    exchange = client.session.exchange(event, login, nonce="n", now=0.0)
+    assert client.session.login_refusal(event) is None
+    exchange = client.session.exchange(event, client.session.login(), nonce="n", now=0.0)
     step = exchange.start()
     assert isinstance(step, sasl.Challenge)
     client.conn.send(pop3.Challenge(data=step.data))
@@ -334,9 +338,9 @@ def test_client_gone_mid_exchange_ends_the_session(server: Server) -> None:
     gone = client.conn.next_event()
     assert isinstance(gone, pop3.ConnectionClosed)
     assert exchange.answer(None) is FINISHED
-    assert client.session.login_result(exchange.finish(0.0), gone) is None
+    assert client.session.login_result(event, exchange.finish(0.0), gone) is None
     assert client.session.ended
-    client.session.close()
+    client.close()
     assert client.log_lines()[-1] == "disconnect: rip=127.0.0.1, no login, reason=connection closed"
 
 
@@ -432,7 +436,7 @@ def test_big_retr_is_read_in_chunks(server: Server, clients: list[Client]) -> No
         client.conn.send(pop3.MultilineData(data=chunk))
     client.conn.send(client.session.transferred(answer))
     client.line(b"QUIT")
-    client.session.close()
+    client.close()
     assert f"retr=1/{answer.octets}" in client.log_lines()[-1]
 
 
@@ -465,7 +469,7 @@ def test_quit_expunges_and_marks_retrieved_seen(server: Server, clients: list[Cl
     assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
     # RETR marks \Seen; TOP does not; a deleted message is just gone.
     assert server.files() == {"new": [names[1]], "cur": [names[0] + ":2,S"]}
-    client.session.close()
+    client.close()
     head = b"Subject: second\r\nX-Two: 2\r\n\r\n"
     assert client.log_lines()[-1] == (
         f"disconnect: user=<{ADDRESS}>, rip=127.0.0.1, top=1/{len(head)},"
@@ -541,7 +545,7 @@ def test_dropped_connection_changes_nothing(server: Server) -> None:
     client.send(b"RETR 1\r\nDELE 2\r\n")
     assert client.send(b"") == b""
     assert client.session.ended
-    client.session.close()
+    client.close()
     assert server.files() == {"new": names, "cur": []}
     size = len(wire(MESSAGES[0])) + len(wire(MESSAGES[1]))
     assert client.log_lines()[-1].endswith(f", del=0/2, size={size}, reason=connection closed")
@@ -580,7 +584,7 @@ def test_quit_before_login(server: Server) -> None:
     client = Client(server)
     assert client.line(b"QUIT") == b"+OK Bye"
     assert client.session.ended
-    client.session.close()
+    client.close()
     assert client.log_lines()[-1] == "disconnect: rip=127.0.0.1, no login, reason=logged out"
 
 
@@ -596,11 +600,12 @@ def test_refusal_timeout_shutdown_and_errors(server: Server) -> None:
         client_port=1,
         log=lambda level, text: refused.logs.append((level, text)),
     )
-    err = session.refuse("mx.example.test Error: too many connections")
+    err = session.refuse(Refusal.TOO_MANY_CONNECTIONS)
     assert session.conn.send(err) == (
         b"-ERR [SYS/TEMP] mx.example.test Error: too many connections\r\n"
     )
-    session.close()
+    session.closed()
+    assert not session.cleanup_due
     assert refused.log_lines() == [
         "connect from [::ffff:192.0.2.1]:1",
         "[::ffff:192.0.2.1]:1: refused: mx.example.test Error: too many connections",
@@ -612,7 +617,7 @@ def test_refusal_timeout_shutdown_and_errors(server: Server) -> None:
     assert idle.session.last_words(idle.session.timeout_reply()) == (
         b"-ERR Autologout: idle for too long\r\n"
     )
-    idle.session.close()
+    idle.close()
     assert idle.log_lines()[-2:] == [
         "[127.0.0.1]:40000: timeout",
         "disconnect: rip=127.0.0.1, no login, reason=timeout",
@@ -620,7 +625,7 @@ def test_refusal_timeout_shutdown_and_errors(server: Server) -> None:
 
     stopping = Client(server)
     stopping.session.shutdown_reply()
-    stopping.session.close()
+    stopping.close()
     assert stopping.log_lines()[-1].endswith("reason=shutdown")
 
     broken = Client(server)
@@ -631,7 +636,7 @@ def test_refusal_timeout_shutdown_and_errors(server: Server) -> None:
         b"-ERR bare CR or LF in a command line, closing\r\n"
     )
     assert broken.session.last_words(None) == b""
-    broken.session.close()
+    broken.close()
     assert broken.log_lines()[-1].endswith("reason=protocol error")
 
 
@@ -649,7 +654,7 @@ def test_no_last_words_inside_a_multiline_answer(server: Server, clients: list[C
     assert client.session.last_words(client.session.timeout_reply()) == b""
     assert client.session.last_words(client.session.internal_error()) == b""
     assert not answer.done
-    client.session.close()  # closes the open message too
+    client.close()  # closes the open message too
     with pytest.raises(OSError):
         answer.read()  # its file is closed
     assert client.log_lines()[-1].endswith("reason=internal error")

@@ -20,7 +20,6 @@ from sansmail.mail.address import MailboxId, parse_address
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions.login import BLOCKING, FINISHED
 from sansmail.sessions.smtpd import (
-    AUTH_THROTTLED,
     Check,
     SessionView,
     SmtpService,
@@ -146,16 +145,18 @@ class Client:
 
     def _auth(self, event: smtp.Auth) -> None:
         # Initial-response mechanisms only: no challenge is ever sent here.
-        login = self.session.login()
+        session = self.session
+        assert session.login_refusal(event) is None
+        login = session.login()
         if not login.gate(0.0).allowed:
-            self._send(AUTH_THROTTLED)
+            self._send(session.throttled(event))
             return
-        exchange = self.session.auth(event, login, nonce="nonce", now=NOW)
+        exchange = session.exchange(event, login, nonce="nonce", now=NOW)
         step = exchange.start()
         while step is not FINISHED:
             assert step is BLOCKING
             step = exchange.work()
-        reply = self.session.auth_result(exchange.finish(0.0), None)
+        reply = session.login_result(event, exchange.finish(0.0), None)
         assert reply is not None
         self._send(reply)
 

@@ -35,6 +35,7 @@ from sansmail.imap import (
 )
 from sansmail.mail.address import parse_address
 from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import AUTOLOGOUT, ImapConversation, ImapService
 from sansmail.sessions.login import BLOCKING, FINISHED, Step
 from sansmail.storage.maildir import MaildirImapStore
@@ -68,7 +69,7 @@ class Driver:
         *,
         client_ip: str = REMOTE,
         tls: str | None = None,
-        refuse: str | None = None,
+        refuse: Refusal | None = None,
     ) -> None:
         self.logs: list[tuple[int, str]] = []
         self.session = ImapConversation(
@@ -509,7 +510,7 @@ def test_a_vanished_selected_folder_ends_with_mailbox_gone(
 
 
 def test_refusal_timeout_shutdown_and_errors(service: ImapService) -> None:
-    refused = Driver(service, refuse="mx.example.test Error: too many connections")
+    refused = Driver(service, refuse=Refusal.TOO_MANY_CONNECTIONS)
     assert refused.greeting == (
         b"* BYE [UNAVAILABLE] mx.example.test Error: too many connections\r\n"
     )
