@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from argon2 import PasswordHasher
 from test_imap_e2e import ALICE, MESSAGE_1, deliver, imap_server
-from trio_helpers import StartServer
+from trio_helpers import StartServer, logged
 
 from sansmail import sasl
 from sansmail.config import Config
@@ -301,8 +301,9 @@ async def test_mail_log_lines(
         c.closed()
 
     await trio.to_thread.run_sync(session)
-    await trio.sleep(0.1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "sansmail.imap"]
+    lines = await logged(
+        caplog, "sansmail.imap", lambda ls: any(x.startswith("logout:") for x in ls)
+    )
     assert any(
         line.startswith("auth failed: service=imaps, method=LOGIN, user=<alice@example.test>")
         for line in lines

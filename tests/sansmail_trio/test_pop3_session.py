@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 from test_pop3_e2e import ALICE, MESSAGES, PopClient, deliver, pop3_server, stored_messages
-from trio_helpers import StartServer
+from trio_helpers import StartServer, logged
 
 from sansmail import sasl
 from sansmail.config import parse_config
@@ -349,8 +349,9 @@ async def test_mail_log_lines(
         anonymous.command(b"QUIT")
 
     await trio.to_thread.run_sync(session)
-    await trio.sleep(0.1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "sansmail.pop3"]
+    lines = await logged(
+        caplog, "sansmail.pop3", lambda ls: sum(x.startswith("disconnect:") for x in ls) >= 2
+    )
     assert f"login: user=<{ALICE}>, method=USER, rip=127.0.0.1, tls=TLSv1.3" in lines
     disconnects = [line for line in lines if line.startswith("disconnect:")]
     assert (

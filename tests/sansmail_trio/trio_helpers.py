@@ -249,3 +249,19 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+async def logged(
+    caplog: pytest.LogCaptureFixture,
+    logger: str,
+    until: Callable[[list[str]], bool],
+    timeout: float = 10.0,
+) -> list[str]:
+    """The messages `logger` has logged, once `until(messages)` holds: a session's last
+    lines are written after its client has gone, so a test waits for them, not a while."""
+    with trio.fail_after(timeout):
+        while True:
+            lines = [r.getMessage() for r in caplog.records if r.name == logger]
+            if until(lines):
+                return lines
+            await trio.sleep(0.01)
