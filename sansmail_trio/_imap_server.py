@@ -29,8 +29,7 @@ from sansmail_trio._login import log_in
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
-    converse,
-    run_registered,
+    carry,
     send_all,
     upgrade,
 )
@@ -74,15 +73,13 @@ class IMAPService:
         )
         # Through `counted`: the logout line reports the octets of the conversation.
         wire = Wire(stream, session.counted)
-        time = SessionTime()
-
-        async def loop() -> None:
-            await _loop(self, session, wire, time)
-
-        await run_registered(
-            time,
-            registry,
-            lambda: converse(session, wire, time, self.log, refusal=refuse, loop=loop),
+        await carry(
+            session,
+            wire,
+            self.log,
+            registry=registry,
+            refusal=refuse,
+            loop=lambda time: _loop(self, session, wire, time),
         )
 
 

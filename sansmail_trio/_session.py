@@ -41,6 +41,7 @@ __all__ = [
     "SessionRegistry",
     "SessionTime",
     "Stoppable",
+    "carry",
     "converse",
     "run_registered",
     "send_all",
@@ -169,3 +170,22 @@ async def upgrade(session: ServerSession, wire: Wire, holder: TLSContextHolder |
         session.tls_failed(str(exc))
         return
     session.tls_started(received_tls(stream), describe(stream))
+
+
+async def carry(
+    session: ServerSession,
+    wire: Wire,
+    log: logging.Logger,
+    *,
+    registry: SessionRegistry | None,
+    refusal: Refusal | None,
+    loop: Callable[[SessionTime], Awaitable[None]],
+) -> None:
+    """Run one connection to its end: `converse`, with the session's time in `registry`
+    while it runs so that shutdown can reach it. `loop(time)` is the protocol's part."""
+    time = SessionTime()
+
+    async def run() -> None:
+        await converse(session, wire, time, log, refusal=refusal, loop=lambda: loop(time))
+
+    await run_registered(time, registry, run)

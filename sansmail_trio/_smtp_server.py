@@ -28,8 +28,7 @@ from sansmail_trio._login import log_in, wall_clock
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
-    converse,
-    run_registered,
+    carry,
     upgrade,
 )
 from sansmail_trio._tls import TLSContextHolder
@@ -77,15 +76,13 @@ class SMTPService:
             self.shared, client_ip=peer[0], client_port=peer[1], log=self.log.log, tls=tls
         )
         wire = Wire(stream, session.conn)
-        time = SessionTime()
-
-        async def loop() -> None:
-            await _loop(self, session, wire, time)
-
-        await run_registered(
-            time,
-            registry,
-            lambda: converse(session, wire, time, self.log, refusal=refuse, loop=loop),
+        await carry(
+            session,
+            wire,
+            self.log,
+            registry=registry,
+            refusal=refuse,
+            loop=lambda time: _loop(self, session, wire, time),
         )
 
 

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
 from sansmail import sasl
+from sansmail.config import Config
 from sansmail.mail.auth import (
     AuthService,
     Verdict,
@@ -49,7 +50,7 @@ from sansmail.mail.auth import (
 from sansmail.mail.logtext import LogSink
 from sansmail.storage.users import UserStore
 
-__all__ = ["BLOCKING", "FINISHED", "Exchange", "Login", "Result", "Step"]
+__all__ = ["BLOCKING", "FINISHED", "Exchange", "Listener", "Login", "Result", "Step"]
 
 
 class _Marker(enum.Enum):
@@ -81,8 +82,30 @@ class Result:
     unexpected_initial_response: bool = False
 
 
+class Listener(Protocol):
+    """What a listener's shared service object tells a login: its name ("smtp", "pop3",
+    "imaps" ...), the auth service and users, and the configuration (for the hostname)."""
+
+    service: str
+    auth: AuthService
+    users: UserStore
+    config: Config
+
+
 class Login:
     """Logging in on one connection of `service` ("smtp", "pop3", "imap" ...)."""
+
+    @classmethod
+    def on(cls, listener: Listener, *, client_ip: str, log: LogSink) -> Login:
+        """The login rules for a client of `listener`."""
+        return cls(
+            service=listener.service,
+            auth=listener.auth,
+            users=listener.users,
+            hostname=listener.config.hostname,
+            client_ip=client_ip,
+            log=log,
+        )
 
     def __init__(
         self,

@@ -417,14 +417,7 @@ class Pop3Session:
 
     def login(self) -> Login:
         """The shared login rules for this client (throttle, delays, fail2ban lines)."""
-        return Login(
-            service=self.service.service,
-            auth=self.service.auth,
-            users=self.service.users,
-            hostname=self.config.hostname,
-            client_ip=self.client_ip,
-            log=self.log,
-        )
+        return Login.on(self.service, client_ip=self.client_ip, log=self.log)
 
     def throttled(self, event: pop3.Pass | pop3.Auth) -> pop3.Err:
         """`Login.gate` refused the client: no password was checked."""

@@ -363,15 +363,7 @@ class ImapConversation:
 
     def login(self) -> Login:
         """The shared login rules for this client (throttle, delays, fail2ban lines)."""
-        service = self.service
-        return Login(
-            service=service.service,
-            auth=service.auth,
-            users=service.users,
-            hostname=service.config.hostname,
-            client_ip=self.client_ip,
-            log=self.log,
-        )
+        return Login.on(self.service, client_ip=self.client_ip, log=self.log)
 
     def throttled(self, event: imap.Login | imap.Authenticate) -> imap.Tagged:
         """The answer when `Login.gate` refused the client (no password was checked)."""

@@ -380,14 +380,7 @@ class SmtpSession:
 
     def login(self) -> Login:
         """The shared login rules for this client (throttle, delays, fail2ban lines)."""
-        return Login(
-            service=self.service.service,
-            auth=self.service.auth,
-            users=self.service.users,
-            hostname=self.config.hostname,
-            client_ip=self.client_ip,
-            log=self.log,
-        )
+        return Login.on(self.service, client_ip=self.client_ip, log=self.log)
 
     def throttled(self, event: smtp.Auth) -> Reply:
         return AUTH_THROTTLED
