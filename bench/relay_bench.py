@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -158,8 +159,7 @@ class Postfix(System):
         port = procs.free_port()
         main = POSTFIX_MAIN.format(root=self.root, sink=SINK_HOST, sink_port=self.sink_port)
         (self.root / "etc" / "main.cf").write_text(main)
-        master = Path("/etc/postfix/master.cf").read_text()
-        master = master.replace("\nsmtp      inet", f"\n{port}      inet", 1)
+        master = listen_on(Path("/etc/postfix/master.cf").read_text(), port)
         (self.root / "etc" / "master.cf").write_text(master)
         shutil.chown(self.root / "data", "postfix")
         os.chmod(self.root, 0o755)
@@ -177,6 +177,22 @@ class Postfix(System):
 
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.root / "etc"), "stop"], check=False)
+
+
+_SMTPD_LINE = re.compile(r"^smtp(?=\s+inet\s)", re.MULTILINE)
+
+
+def listen_on(master: str, port: int) -> str:
+    """`master` (a master.cf) with its smtpd service listening on `port` instead of 25.
+
+    Only the first uncommented ``smtp ... inet`` line is rewritten, whatever its spacing;
+    a master.cf without one is an error, not a Postfix silently listening on port 25
+    while the bench waits on another port.
+    """
+    edited, count = _SMTPD_LINE.subn(str(port), master, count=1)
+    if count != 1:
+        raise RuntimeError("master.cf has no 'smtp inet' service line to move to the bench port")
+    return edited
 
 
 def _wait_banner(port: int) -> None:
