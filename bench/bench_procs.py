@@ -1,9 +1,10 @@
 """The processes a benchmark run involves, and what /proc says about them.
 
-* ``BenchServer`` and its two kinds (sansmail, aiosmtpd-maildir): prepare a data dir,
-  start the server on a free loopback port with its log in a file, wait until it greets,
-  stop it with SIGTERM. Servers are started with PR_SET_PDEATHSIG so that they die with
-  the harness even when the harness itself is killed with SIGKILL.
+* ``BenchServer`` and its two kinds here (sansmail, aiosmtpd-maildir; Postfix is in
+  ``postfix_peer.py``): prepare a data dir, start the server on a free loopback port with
+  its log in a file, wait until it greets, stop it with SIGTERM and then sweep its process
+  group. Servers are started with PR_SET_PDEATHSIG so that they die with the harness even
+  when the harness itself is killed with SIGKILL.
 * ``run_smtp_source``: Postfix's C load generator, with its CPU time from wait4(2).
 * CPU accounting from /proc, the way shared/research/perf-baseline.md did it: utime +
   stime of every live process in the server's tree plus cutime + cstime (children it
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import select
@@ -38,10 +40,12 @@ __all__ = [
     "count_files",
     "find_smtp_source",
     "free_port",
+    "group_members",
     "machine_ticks",
     "proc_tree_cpu",
     "proc_tree_rss_kib",
     "run_smtp_source",
+    "stop_process_group",
     "verify_maildir",
     "wait_for_count",
 ]
@@ -219,6 +223,49 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM a server started in a session of its own, then kill what is left of it.
+
+    Postfix's master and Dovecot's leave the work to children that may outlive them by a
+    moment, and a crashed root leaves them running; a bench must leave no process behind,
+    so once the root is gone every process still in its process group gets SIGKILL. The
+    root is waited for with WNOWAIT (not reaped) first: while it is a zombie, or while any
+    member of its group lives, its pid (the group's id) cannot go to another process.
+    """
+    if proc.returncode is None:
+        # os.kill, not Popen.send_signal, which polls and so may reap the root first.
+        # Not reaped, the pid is still this child's (a zombie at worst).
+        os.kill(proc.pid, signal.SIGTERM)
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            exited = bool(select.select([pidfd], [], [], timeout)[0])
+        finally:
+            os.close(pidfd)
+        if not exited:
+            os.kill(proc.pid, signal.SIGKILL)
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+    if group_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):  # they went in the meantime
+            os.killpg(proc.pid, signal.SIGKILL)
+        # SIGKILL is delivered asynchronously: wait (boundedly) until it has been.
+        deadline = time.monotonic() + 5.0
+        while group_members(proc.pid, live=True) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    proc.wait()
+
+
+def group_members(pgid: int, *, live: bool = False) -> list[int]:
+    """The processes whose process group is ``pgid``; zombies too unless ``live``."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            # The state, ppid, pgrp: fields 3 to 5 of stat(5).
+            if fields is not None and int(fields[2]) == pgid and not (live and fields[0] == "Z"):
+                members.append(int(entry.name))
+    return members
+
+
 class BenchServer:
     """One server under test, running in its own directory for the whole benchmark."""
 
@@ -297,14 +344,21 @@ class BenchServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process_group(self.proc, timeout)
         self.proc = None
+
+    def settle(self, timeout: float) -> str | None:
+        """Wait until the server has nothing left in flight; None when it got there.
+
+        A server that answers 250 only once the message is in the Maildir is settled as
+        soon as the files are there; one that queues first (Postfix) overrides this.
+        """
+        return None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this server cannot run on this machine, or None when it can."""
+        return None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -323,6 +377,14 @@ class AiosmtpdServer(BenchServer):
     @property
     def maildir(self) -> Path:
         return self.workdir / "Maildir"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        try:
+            import aiosmtpd  # noqa: F401, PLC0415 (an optional peer)
+        except ImportError:
+            return "aiosmtpd is not importable (pip install aiosmtpd)"
+        return None
 
     def command(self) -> list[str]:
         script = BENCH_DIR / "aiosmtpd_maildir.py"

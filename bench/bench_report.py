@@ -15,6 +15,7 @@ printed can be recomputed. The tables follow shared/research/perf-baseline.md:
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ __all__ = [
     "LATENCY",
     "THROUGHPUT",
     "CellSummary",
+    "PhaseRatio",
     "RunRecord",
+    "Spread",
     "acceptance_lines",
     "format_ratio_table",
     "format_server_table",
+    "load_line",
     "parse_size",
     "ratios",
     "size_label",
@@ -61,6 +65,7 @@ class RunRecord:
     latency_ms: dict[str, float] = field(default_factory=dict)  # p50 p90 p99 max
     machine_busy_pct: float = 0.0  # all cores, during the pass
     background_busy_pct: float = 0.0  # all cores, during the idle pause before it
+    load_1m: float = 0.0  # the 1-minute load average as the pass began
     delivered: int = 0
 
     def per_1000(self, seconds: float) -> float:
@@ -102,6 +107,28 @@ class CellSummary:
     p50_ms: float | None
     p99_ms: float | None
     latency_msgs_per_s: float | None  # the timing generator's own rate, for comparison
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A median with the range it came from."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread | None:
+        return cls(statistics.median(values), min(values), max(values)) if values else None
+
+
+@dataclass(frozen=True)
+class PhaseRatio:
+    """One phase of the mailbox bench: sansmail's speed over the peer's."""
+
+    phase: str
+    warm: Spread | None  # over the warm reps, each ratio within its rep
+    first: float | None  # the first (cold) rep's ratio
 
 
 def _median(values: Iterable[float]) -> float | None:
@@ -224,6 +251,10 @@ def _rate(r: RunRecord) -> float:
     return r.msgs_per_s
 
 
+def _e2e_rate(r: RunRecord) -> float:
+    return r.messages / r.e2e_s if r.e2e_s > 0 else 0.0
+
+
 def _cpu(r: RunRecord) -> float:
     return r.per_1000(r.server_cpu_user + r.server_cpu_sys)
 
@@ -231,16 +262,38 @@ def _cpu(r: RunRecord) -> float:
 def format_ratio_table(
     records: Sequence[RunRecord], num: str, den: str, cells: Sequence[tuple[int, int]]
 ) -> str:
+    """msgs/s (to the last 250), e2e msgs/s (to the last file in new/) and CPU ratios.
+
+    The two rates differ for a server that queues before it delivers (Postfix): its
+    accept rate is how fast mail is safe, its e2e rate how fast it can be read.
+    """
     lines = [
-        f"| size | conc | msgs/s {num}/{den} | CPU per msg {num}/{den} | reps |",
-        "|---|---:|---:|---:|---:|",
+        f"| size | conc | msgs/s {num}/{den} | e2e msgs/s {num}/{den} "
+        f"| CPU per msg {num}/{den} | reps |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for size, conc in cells:
         rate = ratios(records, num, den, size=size, conc=conc, metric=_rate)
+        e2e = ratios(records, num, den, size=size, conc=conc, metric=_e2e_rate)
         cpu = ratios(records, num, den, size=size, conc=conc, metric=_cpu)
         reps = rate.count if rate else 0
-        lines.append(f"| {size_label(size)} | {conc} | {rate or '-'} | {cpu or '-'} | {reps} |")
+        lines.append(
+            f"| {size_label(size)} | {conc} | {rate or '-'} | {e2e or '-'} | {cpu or '-'} "
+            f"| {reps} |"
+        )
     return "\n".join(lines)
+
+
+def load_line(records: Sequence[RunRecord]) -> str:
+    """The 1-minute load average over the passes' starts: how shared the machine was."""
+    loads = sorted(r.load_1m for r in records)
+    if not loads:
+        return "load average (1 min) at pass starts: no pass ran"
+    return (
+        f"load average (1 min) at pass starts: min {loads[0]:.2f}, "
+        f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f} "
+        f"({os.cpu_count() or 1} cores)"
+    )
 
 
 # The issue's acceptance targets: (size, concurrency, minimum median msgs/s ratio).

@@ -1,8 +1,8 @@
-"""SMTP throughput of sansmail against aiosmtpd-maildir, in one command.
+"""SMTP throughput of sansmail against aiosmtpd-maildir and Postfix, in one command.
 
     python3 bench/smtp_bench.py [--sizes 1k,10k,100k] [--concurrency 1,10,50]
-        [--messages N] [--reps R] [--servers sansmail,aiosmtpd]
-        [--generator auto|smtp-source|python] [--quick] [--json FILE]
+        [--messages N] [--reps R] [--servers sansmail,aiosmtpd,postfix]
+        [--generator auto|smtp-source|python] [--quick] [--json FILE] [--png FILE]
 
 Theory of operation
 -------------------
@@ -10,7 +10,9 @@ This reproduces the method of shared/research/perf-baseline.md so that its figur
 these can be read side by side:
 
 1. Each server starts once, in its own directory under a temporary folder, on a free
-   port of 127.0.0.1, and runs for the whole benchmark (as the baseline's did).
+   port of 127.0.0.1, and runs for the whole benchmark (as the baseline's did). Postfix
+   is an instance of its own (``postfix_peer.py``), used when it is installed and the
+   bench runs as root; a peer that cannot run here is left out with a note.
 2. The matrix is walked rep by rep; inside a rep, cell by cell (size x concurrency); in
    each cell every server runs back to back, the order rotated by rep and cell so that
    no server always goes first. Ratios are taken within a cell of a rep only.
@@ -23,8 +25,11 @@ these can be read side by side:
 5. A pass counts only if every reply was the expected one and exactly N files with
    Return-Path and Received headers are in ``new/``. The server's CPU (whole process
    tree, from /proc) is read before the generator starts and after the last file
-   arrived; the generator's own CPU is reported beside it, so that a saturated
-   generator shows up as such.
+   arrived and the server has settled (Postfix: its queue is empty again); the
+   generator's own CPU is reported beside it, so that a saturated generator shows up.
+6. The report gives per-server tables, then sansmail's ratios to each peer within each
+   rep and cell; the JSON file keeps every pass, and a PNG draws the rates and ratios
+   (``bench_plot.py``, which can also redraw it from the JSON).
 
 Nothing here opens a socket to anything but 127.0.0.1, every run has a deadline, and the
 temporary folder and all processes go away on exit, Ctrl-C or SIGTERM.
@@ -39,12 +44,14 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import bench_procs as procs
 import loadgen
@@ -55,22 +62,28 @@ from bench_report import (
     acceptance_lines,
     format_ratio_table,
     format_server_table,
+    load_line,
     parse_size,
     size_label,
 )
+from postfix_peer import PostfixServer
 
 SERVERS: dict[str, type[procs.BenchServer]] = {
     "sansmail": procs.SansmailServer,
     "aiosmtpd": procs.AiosmtpdServer,
+    "postfix": PostfixServer,
 }
 LARGE = 64 * 1024  # at and above this size the default message count is halved
 MAX_RESTARTS = 2
+SETTLE_TIMEOUT = 60.0  # after the generator: for the last files, then an empty queue
+TARGET_PEER = "aiosmtpd"  # the issue's acceptance targets are against this peer
+T = TypeVar("T")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="smtp_bench.py",
-        description="SMTP throughput, latency and CPU of sansmail and aiosmtpd-maildir.",
+        description="SMTP throughput, latency and CPU of sansmail, aiosmtpd-maildir and Postfix.",
     )
     p.add_argument("--sizes", default="1k,10k,100k", help="payload sizes (default %(default)s)")
     p.add_argument("--concurrency", default="1,10,50", help="connections (default %(default)s)")
@@ -80,7 +93,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="messages per pass; halved for sizes >= 64 KiB (default 2000; --quick: 200)",
     )
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick: 1)")
-    p.add_argument("--servers", default="sansmail,aiosmtpd", help="default %(default)s")
+    p.add_argument(
+        "--servers",
+        default="sansmail,aiosmtpd,postfix",
+        help="the first is the numerator of the ratios; peers that cannot run here are "
+        "left out (default %(default)s)",
+    )
     p.add_argument(
         "--sansmail-processes",
         type=int,
@@ -114,6 +132,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="smoke run: 200 messages, 1 rep, 0.2 s idle",
     )
     p.add_argument("--json", type=Path, help="raw results (default smtp-bench-<time>.json)")
+    p.add_argument("--png", type=Path, help="the picture (default: the JSON's name, .png)")
+    p.add_argument("--no-png", action="store_true", help="draw no picture")
     p.add_argument("--tmpdir", type=Path, help="where the temporary data dirs go")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = p.parse_args(argv)
@@ -148,6 +168,22 @@ def messages_for(args: argparse.Namespace, size: int) -> int:
     return max(1, n // 2) if size >= LARGE else n
 
 
+def schedule(
+    reps: int, cells: Sequence[tuple[int, int]], servers: Sequence[T]
+) -> list[tuple[int, tuple[int, int], T]]:
+    """The order of the passes: rep by rep, cell by cell, every server back to back.
+
+    Within a cell the servers' order rotates with rep and cell, so that none always goes
+    first (onto a machine the previous server left with dirty pages and warm caches).
+    """
+    order = []
+    for rep in range(reps):
+        for index, cell in enumerate(cells):
+            shift = (rep + index) % len(servers) if servers else 0
+            order += [(rep, cell, server) for server in [*servers[shift:], *servers[:shift]]]
+    return order
+
+
 class Bench:
     """The benchmark's state: the servers, the records, the options."""
 
@@ -178,11 +214,8 @@ class Bench:
 
     def run_matrix(self) -> None:
         cells = [(size, conc) for size in self.args.size_list for conc in self.args.conc_list]
-        for rep in range(self.args.reps):
-            for index, (size, conc) in enumerate(cells):
-                shift = (rep + index) % len(self.servers) if self.servers else 0
-                for server in self.servers[shift:] + self.servers[:shift]:
-                    self.run_cell(server, rep, size, conc)
+        for rep, (size, conc), server in schedule(self.args.reps, cells, self.servers):
+            self.run_cell(server, rep, size, conc)
 
     def run_cell(self, server: procs.BenchServer, rep: int, size: int, conc: int) -> None:
         n = messages_for(self.args, size)
@@ -215,14 +248,18 @@ class Bench:
         time.sleep(self.args.idle)
         busy1, total1 = procs.machine_ticks()
         rec.background_busy_pct = 100 * (busy1 - busy0) / max(1, total1 - total0)
+        rec.load_1m = os.getloadavg()[0]
 
         cpu0 = procs.proc_tree_cpu(server.pid)
         start = time.perf_counter()
         gen_ok, detail = self.generate(rec, server.port)
         new_dir = server.maildir / "new"
         expected = n if gen_ok else rec.delivered
-        count, _ = procs.wait_for_count(new_dir, expected, 30.0 if gen_ok else 2.0)
+        count, _ = procs.wait_for_count(new_dir, expected, SETTLE_TIMEOUT if gen_ok else 2.0)
         rec.e2e_s = time.perf_counter() - start
+        # What the server still does after the last file landed (Postfix: removing the
+        # queue file, logging) is part of its cost, and must not run into the next pass.
+        unsettled = server.settle(SETTLE_TIMEOUT if gen_ok else 2.0) if server.alive() else None
         cpu = procs.proc_tree_cpu(server.pid) - cpu0 if server.alive() else None
         busy2, total2 = procs.machine_ticks()
         rec.machine_busy_pct = 100 * (busy2 - busy1) / max(1, total2 - total1)
@@ -237,6 +274,8 @@ class Bench:
         else:
             rec.server_cpu_user, rec.server_cpu_sys = cpu.user, cpu.sys
             rec.server_rss_kib = procs.proc_tree_rss_kib(server.pid)
+        if unsettled:
+            problems.append(unsettled)
         if not gen_ok:
             problems.insert(0, detail)
         rec.ok = not problems
@@ -318,9 +357,10 @@ class Bench:
                 out += [
                     f"\n### {num} / {den} (within each rep and cell: median [min-max])\n",
                     format_ratio_table(self.records, num, den, cells),
-                    "",
-                    *acceptance_lines(self.records, num, den),
                 ]
+                if den == TARGET_PEER:
+                    out += ["", *acceptance_lines(self.records, num, den)]
+        out.append(f"\n{load_line(self.records)}")
         noisy = [r for r in self.records if r.background_busy_pct > 10]
         if noisy:
             worst = max(r.background_busy_pct for r in noisy)
@@ -336,7 +376,9 @@ class Bench:
         return "\n".join(out)
 
     def write_json(self, path: Path, started: float, interrupted: bool) -> None:
+        loads = [r.load_1m for r in self.records]
         data = {
+            "kind": "smtp",
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "duration_s": round(time.time() - started, 1),
             "interrupted": interrupted,
@@ -347,10 +389,14 @@ class Bench:
                 if not k.endswith("_list")
             },
             "machine": machine_info(self.args.smtp_source),
+            "servers": [s.name for s in self.servers],
+            "load_1m": [min(loads), max(loads)] if loads else None,
+            "cells": [[size, conc] for size in self.args.size_list for conc in self.args.conc_list],
             "tmp_filesystem": self.tmp_fs,
             "failed_servers": self.failed_servers,
             "runs": [dataclasses.asdict(r) for r in self.records],
         }
+        path.parent.mkdir(parents=True, exist_ok=True)  # not to lose a long run's figures
         path.write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -367,6 +413,7 @@ def machine_info(smtp_source: str | None) -> dict[str, object]:
         info["aiosmtpd"] = aiosmtpd.__version__
     except ImportError:
         info["aiosmtpd"] = None
+    info["postfix"] = postfix_version()
     try:
         from sansmail._version import __version__  # noqa: PLC0415
 
@@ -374,6 +421,21 @@ def machine_info(smtp_source: str | None) -> dict[str, object]:
     except ImportError:
         info["sansmail"] = None
     return info
+
+
+def postfix_version() -> str | None:
+    """``mail_version`` of the installed Postfix (compiled-in, nothing is configured)."""
+    try:
+        done = subprocess.run(
+            ["postconf", "-d", "-h", "mail_version"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 def filesystem_type(path: Path) -> str:
@@ -395,15 +457,21 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if "aiosmtpd" in args.server_list and not _importable("aiosmtpd"):
-        print("aiosmtpd is not importable: benchmarking without it", file=sys.stderr)
-        args.server_list.remove("aiosmtpd")
-        if not args.server_list:
-            return 2
+    for name in list(args.server_list):
+        why = SERVERS[name].unavailable()
+        if why is not None:
+            print(f"{name} left out: {why}", file=sys.stderr)
+            args.server_list.remove(name)
+    if not args.server_list:
+        return 2
     signal.signal(signal.SIGTERM, _sigterm)
     started = time.time()
     json_path = args.json or Path(time.strftime("smtp-bench-%Y%m%dT%H%M%S.json"))
+    png_path = None if args.no_png else (args.png or json_path.with_suffix(".png"))
     tmp = Path(tempfile.mkdtemp(prefix="smtp-bench-", dir=args.tmpdir))
+    # Postfix's delivery agent runs as nobody and must pass through to its Maildir;
+    # o+x lets it through without letting anyone list the folder.
+    tmp.chmod(0o711)
     bench = Bench(args, tmp)
     if bench.tmp_fs in ("tmpfs", "ramfs"):
         print(f"warning: {tmp} is on {bench.tmp_fs}: fsync is free there; see --tmpdir")
@@ -423,16 +491,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(bench.report())
     bench.write_json(json_path, started, interrupted)
     print(f"\nraw results: {json_path}")
+    if png_path is not None:
+        print(draw(json_path, png_path))
     bad = interrupted or bench.failed_servers or any(not r.ok for r in bench.records)
     return 1 if bad else 0
 
 
-def _importable(module: str) -> bool:
+def draw(json_path: Path, png_path: Path) -> str:
+    """Draw the PNG from the JSON just written; say where it went, or why it did not."""
     try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
+        import bench_plot  # noqa: PLC0415 (matplotlib is optional and slow to import)
+
+        bench_plot.plot_file(json_path, png_path)
+    except ImportError as exc:
+        return f"no picture: {exc} (pip install -e '.[bench]')"
+    except (ValueError, KeyError, OSError) as exc:
+        return f"no picture: {exc}"
+    return f"picture: {png_path}"
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import bench_procs
+import postfix_peer
 import pytest
+import smtp_bench
 
 SCRIPT = Path(bench_procs.__file__).with_name("smtp_bench.py")
 
@@ -78,8 +83,58 @@ def test_smtp_source_pass_is_followed_by_a_timing_pass(tmp_path):
 
 
 def test_usage_errors_exit_2(tmp_path):
-    for bad in (["--sizes", "huge"], ["--servers", "postfix"], ["--concurrency", "0"]):
+    for bad in (["--sizes", "huge"], ["--servers", "exim"], ["--concurrency", "0"]):
         done = subprocess.run(
             [sys.executable, str(SCRIPT), *bad], capture_output=True, text=True, check=False
         )
         assert done.returncode == 2, bad
+
+
+def test_schedule_runs_every_server_once_per_cell_and_rotates_the_lead():
+    cells = [(1024, 1), (1024, 10), (10240, 1)]
+    order = smtp_bench.schedule(2, cells, ["s", "a", "p"])
+    assert len(order) == 2 * 3 * 3
+    assert [o[:2] for o in order[::3]] == [(r, c) for r in range(2) for c in cells]
+    for i in range(0, len(order), 3):
+        assert sorted(server for _, _, server in order[i : i + 3]) == ["a", "p", "s"]
+    leads = [order[i][2] for i in range(0, len(order), 3)]
+    assert leads == ["s", "a", "p", "a", "p", "s"]
+    assert smtp_bench.schedule(1, cells, []) == []
+
+
+@pytest.mark.skipif(
+    bench_procs.find_smtp_source() is None or postfix_peer.PostfixServer.unavailable() is not None,
+    reason="Postfix cannot run here",
+)
+def test_postfix_beside_aiosmtpd(tmp_path):
+    # Postfix's delivery agent (nobody) must reach its Maildir, which it cannot below
+    # pytest's 0700 folders: the bench's folder goes into one that lets it through.
+    open_dir = Path(tempfile.mkdtemp(prefix="bench-harness-test-"))
+    open_dir.chmod(0o711)
+    try:
+        done, data = run_bench(tmp_path, "--tmpdir", str(open_dir), *POSTFIX_ARGS)
+        assert not list(open_dir.iterdir()), "the temporary folder was left behind"
+    finally:
+        shutil.rmtree(open_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [(r["server"], r["ok"], r["delivered"]) for r in data["runs"]] == [
+        ("aiosmtpd", True, 20),
+        ("postfix", True, 20),
+    ]
+    assert "### aiosmtpd / postfix" in done.stdout
+    assert "load average (1 min)" in done.stdout
+    assert data["machine"]["postfix"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG")
+
+
+POSTFIX_ARGS = (
+    "--servers",
+    "aiosmtpd,postfix",
+    "--quick",
+    "--concurrency",
+    "3",
+    "--messages",
+    "20",
+    "--no-latency",
+)

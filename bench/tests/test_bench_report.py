@@ -10,6 +10,7 @@ from bench_report import (
     acceptance_lines,
     format_ratio_table,
     format_server_table,
+    load_line,
     parse_size,
     ratios,
     size_label,
@@ -103,7 +104,30 @@ def test_tables_show_failed_cells_as_failed():
     table = format_server_table(records, "a", cells)
     assert "| 10 KiB | 50 | FAILED | - |" in table
     assert "1 (1)" in table
-    assert "| 10 KiB | 50 | - | - | 0 |" in format_ratio_table(records, "a", "b", cells)
+    assert "| 10 KiB | 50 | - | - | - | 0 |" in format_ratio_table(records, "a", "b", cells)
+
+
+def test_ratio_table_shows_accept_and_end_to_end_ratios_apart():
+    # b accepts as fast as a but delivers at half the speed, as a queueing server does.
+    a0, a1 = rec("a", 0, 200), rec("a", 1, 300)
+    b0, b1 = rec("b", 0, 200), rec("b", 1, 300)
+    for r in (a0, a1):
+        r.e2e_s = r.wall_s = 1000 / r.msgs_per_s
+    for r in (b0, b1):
+        r.e2e_s = 2 * 1000 / r.msgs_per_s
+    table = format_ratio_table([a0, b0, a1, b1], "a", "b", [(10240, 50)])
+    assert "| e2e msgs/s a/b |" in table.splitlines()[0]
+    assert "| 10 KiB | 50 | 1.00 [1.00-1.00] | 2.00 [2.00-2.00] | 1.00 [1.00-1.00] | 2 |" in table
+
+
+def test_load_line_reports_the_spread_of_the_load_average():
+    records = [rec("a", i, 100) for i in range(3)]
+    for r, load in zip(records, (0.5, 3.25, 1.0), strict=True):
+        r.load_1m = load
+    assert load_line(records).startswith(
+        "load average (1 min) at pass starts: min 0.50, median 1.00, max 3.25 ("
+    )
+    assert load_line([]).endswith("no pass ran")
 
 
 def test_acceptance_lines():
