@@ -37,16 +37,18 @@ import trio
 from sansmail import __version__
 from sansmail.config import BUILT_SERVICES, Config, not_in_force
 from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.mail.authcache import AuthCache, AuthCacheSettings
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
 from sansmail.sessions.pop3d import Pop3Service
-from sansmail.sessions.smtpd import SmtpService
+from sansmail.sessions.smtpd import SmtpService, store_all
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
+from sansmail_trio._commit import Committer
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
@@ -167,6 +169,7 @@ async def serve(
         users,
         secret=secrets.token_bytes(32),
         settings=auth_settings or AuthSettings(exempt=config.mynetworks),
+        cache=_auth_cache(config, generations),
     )
     await trio.to_thread.run_sync(users.reload_if_changed)
     # Made or read once here, off the loop: SCRAM needs it for unknown users' fake salts.
@@ -198,6 +201,8 @@ async def serve(
             log=get_logger("queue"),
         )
     smtp_log = get_logger("smtp")
+    # One group committer for the SMTP sessions of this process (_commit.py).
+    committer = Committer(store_all)
     services: dict[str, Service] = {}
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
@@ -211,7 +216,7 @@ async def serve(
             service=name,
             tls_available=tls is not None,
         )
-        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls)
+        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls, committer=committer)
         if runner is not None:
             smtp_service.wake = runner.wake
         services[name] = smtp_service
@@ -262,6 +267,8 @@ async def serve(
         counts=counts if counts is not None else SharedCounts.create(1),
     )
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
+        # Outlives the connections: a session's commit in flight always completes.
+        await runner_nursery.start(committer.run)
         if runner is not None:
             await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:
@@ -289,6 +296,25 @@ async def serve(
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         runner_nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+def _auth_cache(config: Config, generations: Generations) -> AuthCache | None:
+    settings = AuthCacheSettings(
+        size=config.auth.cache_size,
+        ttl=config.auth.cache_ttl,
+        negative_ttl=config.auth.cache_negative_ttl,
+    )
+    if not settings.enabled:
+        return None
+    # Per process, with its own secret. `sansmail-trio reload` is the only writer of the
+    # TLS counter: following it empties the cache at the next login after a reload, as
+    # SIGHUP does Dovecot's. User changes need no flush (the cache checks each entry
+    # against the user's record in force).
+    return AuthCache(
+        secret=secrets.token_bytes(32),
+        settings=settings,
+        reloads=lambda: generations[Counter.TLS],
+    )
 
 
 def bind_listeners(config: Config) -> dict[str, list[socket.socket]]:

@@ -17,6 +17,16 @@ those, the ``[smtp]`` table takes these keys of ours:
 - ``bare_lf = "normalize"``: a bare LF in message content is ``"normalize"``-d to CRLF, or
   the message is refused (``"reject"``).
 
+And an ``[auth]`` table of ours, for every protocol's logins (Dovecot's auth cache,
+`sansmail.mail.authcache`):
+
+- ``cache_size = 10000``: logins remembered, and apart as many wrong passwords; 0 turns the
+  cache off (at most 1,000,000).
+- ``cache_ttl = "1h"``: a login repeated with the same password within this time skips
+  argon2 (Dovecot auth_cache_ttl); a password change or deletion ends it at once.
+- ``cache_negative_ttl = "1h"``: a wrong password repeated within this time is refused
+  without argon2, still delayed, counted and logged as before; 0 turns that off.
+
 Durations are strings with a unit (``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"1w"``) or
 integers (seconds). Sizes are integers (octets). Every key is optional; absent keys take the
 defaults shown in `DEFAULT_CONFIG_TOML`, except ``hostname`` (the machine's FQDN, given by the

@@ -110,6 +110,11 @@ bare_lf = "normalize"
 [pop3]
 no_flag_updates = false                 # true: what RETR sent stays unread at QUIT
 
+[auth]
+cache_size = 10000                      # logins remembered, and as many wrong passwords; 0: none
+cache_ttl = "1h"                        # a repeated login skips argon2 this long
+cache_negative_ttl = "1h"               # a repeated wrong password likewise; 0: not remembered
+
 [delivery]
 relayhost = ""
 transport = {}
@@ -216,6 +221,17 @@ class POP3Config:
 
 
 @attrs.frozen(kw_only=True)
+class AuthConfig:
+    # Dovecot's auth_cache_size, auth_cache_ttl and auth_cache_negative_ttl: a login
+    # repeated with the same password within cache_ttl skips argon2
+    # (sansmail.mail.authcache). cache_size counts entries (Dovecot counts octets), of
+    # successes and, apart, of failures.
+    cache_size: int = 10_000
+    cache_ttl: int = 3600  # seconds
+    cache_negative_ttl: int = 3600
+
+
+@attrs.frozen(kw_only=True)
 class DeliveryConfig:
     relayhost: NextHop | None = None
     transport: Mapping[str, NextHop] = attrs.field(factory=lambda: types.MappingProxyType({}))
@@ -311,6 +327,7 @@ class Config:
     )
     smtp: SMTPConfig = SMTPConfig()
     pop3: POP3Config = POP3Config()
+    auth: AuthConfig = AuthConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     dns: DNSConfig = DNSConfig()
     antispam: AntispamConfig = AntispamConfig()

@@ -24,6 +24,7 @@ from sansmail.config._model import (
     EMBEDDED_NAME,
     SERVICES,
     AntispamConfig,
+    AuthConfig,
     Config,
     ConfigError,
     DeliveryConfig,
@@ -43,6 +44,9 @@ from sansmail.config._model import (
 )
 from sansmail.config._tables import TABLE_KEYS, TOP_KEYS, Reader, Table
 from sansmail.config._unbuilt import not_in_force
+
+#: The most entries ``[auth] cache_size`` may ask for.
+_MAX_AUTH_CACHE_SIZE = 1_000_000
 
 # --- the front door ---------------------------------------------------------------------
 
@@ -183,6 +187,7 @@ def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
                 "no_flag_updates", _values.expect(bool, "true or false"), False
             )
         ),
+        auth=_read_auth(top.table("auth")),
         delivery=_read_delivery(top.table("delivery")),
         dns=DNSConfig(nameservers=top.table("dns").items("nameservers", _values.nameserver, ())),
         antispam=_read_antispam(top.table("antispam")),
@@ -269,6 +274,24 @@ def _read_smtp(table: Table) -> SMTPConfig:
         max_invalid_commands=table.integer("max_invalid_commands", d.max_invalid_commands, 1),
         shutdown_grace=table.duration("shutdown_grace", d.shutdown_grace, 0),
         bare_lf=table.choice("bare_lf", d.bare_lf),
+    )
+
+
+def _read_auth(table: Table) -> AuthConfig:
+    d = AuthConfig()
+
+    def entries(value: object) -> int:
+        number = _values.expect(int, "an integer")(value)
+        if not 0 <= number <= _MAX_AUTH_CACHE_SIZE:
+            # About 250 octets an entry, twice (successes and failures): the cap is
+            # about 500 MiB, more than any site with fewer users than that needs.
+            raise ValueError(f"must be between 0 and {_MAX_AUTH_CACHE_SIZE}, not {number}")
+        return number
+
+    return AuthConfig(
+        cache_size=table.get("cache_size", entries, d.cache_size),
+        cache_ttl=table.duration("cache_ttl", d.cache_ttl, 0),
+        cache_negative_ttl=table.duration("cache_negative_ttl", d.cache_negative_ttl, 0),
     )
 
 

@@ -25,6 +25,7 @@ from sansmail.config._lines import KeyLines, dotted_key
 from sansmail.config._model import (
     SERVICES,
     AntispamConfig,
+    AuthConfig,
     BareLF,
     DeliveryConfig,
     DKIMConfig,
@@ -81,6 +82,7 @@ TABLE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "listen": SERVICES,
     "smtp": tuple(attrs.fields_dict(SMTPConfig)),
     "pop3": tuple(attrs.fields_dict(POP3Config)),
+    "auth": tuple(attrs.fields_dict(AuthConfig)),
     "delivery": tuple(attrs.fields_dict(DeliveryConfig)),
     "dns": tuple(attrs.fields_dict(DNSConfig)),
     "antispam": tuple(attrs.fields_dict(AntispamConfig)),

@@ -2,7 +2,7 @@
 long to make a failing client wait, and the log line that records each failure.
 
 One service for every protocol, as Dovecot's auth process serves Postfix and its own IMAP
-and POP3: SMTP AUTH uses it now, POP3 USER/PASS and IMAP LOGIN/AUTHENTICATE will later, so
+and POP3: SMTP AUTH, POP3 USER/PASS and AUTH, IMAP LOGIN and AUTHENTICATE all use it, so
 a client that fails over IMAP is also slowed down over SMTP.
 
 Theory of operation
@@ -25,6 +25,14 @@ the expensive middle one (argon2, deliberately slow CPU work) in a worker thread
 SCRAM and CRAM-MD5 check their proofs inside the mechanism (`sansmail.sasl`); for them the
 adapter calls `begin` and `record` around the exchange and skips `verify_password`.
 `check_password` does all three steps in one blocking call.
+
+The auth cache. A service may carry an `AuthCache` (`cache`, `sansmail.mail.authcache`):
+the verdicts of recent password checks, so that a client logging in again with the same
+password skips argon2 and the worker thread. The sessions' logins consult it
+(`sansmail.sessions.login`), since they know the user's record it is checked against;
+`verify_password` and `check_password` never do. A remembered verdict goes through
+`begin` and `record` like a fresh one: the throttle, the delays and the repeat rule below
+see no difference.
 
 The numbers, and where they come from (all in `AuthSettings`):
 
@@ -96,6 +104,7 @@ from typing import Final, Protocol
 import attrs
 
 from sansmail.mail.address import AddressError, parse_address
+from sansmail.mail.authcache import AuthCache
 from sansmail.mail.logtext import ClientAddress, client_address, show_ip
 
 __all__ = [
@@ -206,9 +215,10 @@ class AuthService:
 
     `users` checks passwords (a `sansmail.storage.users.UserStore`). `secret` (at least 16 random
     bytes, e.g. ``secrets.token_bytes(32)``) keys `attempt_id`; it need not survive a
-    restart. Not thread-safe, on purpose (this package has no threads): call `begin` and
-    `record` from one thread, the event loop's; only `verify_password`, which reads
-    nothing here, belongs in a worker thread.
+    restart. `cache` is the auth cache the sessions' logins consult (None: every password
+    is checked). Not thread-safe, on purpose (this package has no threads): call `begin`,
+    `record` and the cache from one thread, the event loop's; only `verify_password`,
+    which reads nothing here, belongs in a worker thread.
     """
 
     def __init__(
@@ -217,12 +227,14 @@ class AuthService:
         *,
         secret: bytes,
         settings: AuthSettings | None = None,
+        cache: AuthCache | None = None,
     ) -> None:
         if not isinstance(secret, bytes) or len(secret) < 16:
             raise ValueError("secret must be at least 16 bytes")
         self._users = users
         self._secret = secret
         self.settings = settings if settings is not None else AuthSettings()
+        self.cache = cache
         # Oldest failure first: the front is what goes stale, or gets evicted, first.
         self._clients: collections.OrderedDict[str, _Client] = collections.OrderedDict()
 

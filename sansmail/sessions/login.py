@@ -25,6 +25,17 @@ safe from any thread); the auth service's bookkeeping (`gate`, `finish`) runs on
 caller's thread, so an adapter with one event loop needs no lock. Nonces and time come in
 as arguments: nothing here reads a clock or draws a random number.
 
+The auth cache (`sansmail.mail.authcache`, carried by the auth service). A password
+(PLAIN, LOGIN, POP3 USER/PASS, IMAP LOGIN) is looked up there before `BLOCKING` is
+asked for, on the caller's thread, with the time `gate` was given: a remembered verdict
+ends the exchange there (a success at once, a failure through the same `finish` as a
+fresh one), with no worker thread and no argon2. The lookup names the user's record now
+in force (`UserStore.get`, which follows other processes' changes first), so a verdict
+reached before a ``user passwd`` or ``user del`` no longer counts. A miss goes to `work`
+as before, which reads the record before it checks; `finish` stores the verdict with
+it. SCRAM and CRAM-MD5 never reach the cache: their server side holds no password and
+runs no argon2 (stored keys and an HMAC; `work` only fetches the keys).
+
 A failure is logged here in the fixed fail2ban form (`sansmail.mail.auth`); a throttled
 client gets its own line. Success is the protocol's to log, with what it knows.
 """
@@ -77,6 +88,8 @@ class Result:
     authcid: str = ""
     interrupted: bool = False
     delay: float = 0.0
+    #: The password's verdict came from the auth cache (no argon2 this time).
+    cached: bool = False
     #: A server-first mechanism (CRAM-MD5) got an initial response: each protocol
     #: refuses that with its own error (RFC 4954 §4, RFC 5034 §4, RFC 4959 §3).
     unexpected_initial_response: bool = False
@@ -123,11 +136,15 @@ class Login:
         self.hostname = hostname
         self.client_ip = client_ip
         self.log = log
+        #: When `gate` last let this client in: the time the auth cache judges ages by
+        #: (None before any gate: the cache is not consulted).
+        self.admitted_at: float | None = None
 
     def gate(self, now: float) -> Verdict:
         """May this client try now? When not, the refusal is logged; the caller answers
         with its temporary failure. When allowed, wait `delay` first."""
         verdict = self.auth.begin(self.client_ip, now)
+        self.admitted_at = now if verdict.allowed else None
         if not verdict.allowed:
             self.log(
                 logging.INFO,
@@ -183,6 +200,9 @@ class Exchange:
         # What `work` has to do next: a password to verify, or credentials to provide.
         self._pending: sasl.VerifyPassword | sasl.NeedCredentials | None = None
         self._attempt: bytes | None = None
+        # A fresh check's verdict, for the cache: (fingerprint, record before it, ok).
+        self._checked: tuple[bytes, object, bool] | None = None
+        self._cached = False
         self._user: str | None = None
         self._interrupted = False
         self._unexpected_initial_response = False
@@ -193,7 +213,12 @@ class Exchange:
         """The first step; no I/O."""
         mech = self._mech
         if mech is None:
-            return BLOCKING
+            ok = self._recall(self.authcid, self._password)
+            if ok is None:
+                return BLOCKING
+            self._password = ""
+            self._user = _allowed(self.authcid, ok, "")
+            return self._finished()
         if self._initial is not None and not mech.accepts_initial_response:
             self._unexpected_initial_response = True
             self._interrupted = True
@@ -222,7 +247,8 @@ class Exchange:
         for unknown users). Run it in a worker thread when `BLOCKING` asked for it."""
         pending, self._pending = self._pending, None
         if self._mech is None:
-            self._user = self._check(self.authcid, self._password, "")
+            password, self._password = self._password, ""
+            self._user = self._check(self.authcid, password, "")
             return self._finished()
         if isinstance(pending, sasl.VerifyPassword):
             self.authcid = pending.authcid
@@ -244,16 +270,41 @@ class Exchange:
         # Blocking (argon2); the user's key when the password is right and the login may
         # act as `authzid`.
         key = login_key(authcid)
-        auth = self._login.auth
+        login = self._login
+        auth = login.auth
         self._attempt = auth.attempt_id(key, password)
-        ok = auth.verify_password(key, password) and authzid_allowed(authzid, key)
-        return key if ok else None
+        # The record is read before the check: a change landing during it leaves an
+        # entry that the next lookup finds stale, never one that outlives the change.
+        record = login.users.get(key) if auth.cache is not None else None
+        ok = auth.verify_password(key, password)
+        if auth.cache is not None:
+            self._checked = (auth.cache.fingerprint(key, password), record, ok)
+        return _allowed(authcid, ok, authzid)
+
+    def _recall(self, authcid: str, password: str) -> bool | None:
+        # On the caller's thread: the cached verdict of this password, or None (check it).
+        login = self._login
+        cache, now = login.auth.cache, login.admitted_at
+        if cache is None or now is None:
+            return None
+        key = login_key(authcid)
+        ok = cache.lookup(cache.fingerprint(key, password), record=login.users.get(key), now=now)
+        if ok is not None:
+            # What a fresh check would have given `finish`: a repeated wrong password is
+            # recognised by the throttle as before.
+            self._attempt = login.auth.attempt_id(key, password)
+            self._cached = True
+        return ok
 
     def finish(self, now: float) -> Result:
         """The verdict, recorded with the auth service (a failure is logged too). Call
         once, after `FINISHED`; no I/O."""
         assert self._done, "finish() before FINISHED"
         login = self._login
+        if self._checked is not None and login.auth.cache is not None:
+            fingerprint, record, ok = self._checked
+            login.auth.cache.store(fingerprint, ok, record=record, now=now)
+            self._checked = None
         if self._interrupted:
             return Result(
                 self.mechanism,
@@ -263,7 +314,9 @@ class Exchange:
             )
         if self._user is not None:
             login.auth.record(login.client_ip, True, now)
-            return Result(self.mechanism, user=self._user, authcid=self.authcid)
+            return Result(
+                self.mechanism, user=self._user, authcid=self.authcid, cached=self._cached
+            )
         delay = login.auth.record(login.client_ip, False, now, attempt=self._attempt)
         login.log(
             logging.INFO,
@@ -274,11 +327,19 @@ class Exchange:
                 client_ip=login.client_ip,
             ),
         )
-        return Result(self.mechanism, authcid=self.authcid, delay=delay)
+        return Result(self.mechanism, authcid=self.authcid, delay=delay, cached=self._cached)
 
     def _advance(self, step: sasl.Step) -> Step:
         if isinstance(step, sasl.Challenge):
             return step
+        if isinstance(step, sasl.VerifyPassword):
+            # Only `receive` yields this, so we are on the caller's thread (start, answer).
+            self.authcid = step.authcid
+            ok = self._recall(step.authcid, step.password)
+            if ok is not None:
+                assert self._mech is not None
+                allowed = _allowed(step.authcid, ok, step.authzid) is not None
+                return self._advance(self._mech.accept() if allowed else self._mech.reject())
         if isinstance(step, sasl.VerifyPassword | sasl.NeedCredentials):
             self.authcid = step.authcid
             self._pending = step
@@ -295,3 +356,10 @@ class Exchange:
     def _finished(self) -> Step:
         self._done = True
         return FINISHED
+
+
+def _allowed(authcid: str, ok: bool, authzid: str) -> str | None:
+    """The user's key when the password was right (`ok`) and the login may act as
+    `authzid`."""
+    key = login_key(authcid)
+    return key if ok and authzid_allowed(authzid, key) else None
