@@ -18,6 +18,10 @@ from sansmail_trio._wire import Wire
 
 __all__ = ["admitted", "drive", "log_in", "nonce", "wall_clock"]
 
+#: The password checks running in this process, by `Exchange.pending_check`: a login
+#: with the same name and password waits for that check instead of paying argon2 again.
+_CHECKS: dict[bytes, trio.Event] = {}
+
 
 async def admitted(login: Login) -> bool:
     """Whether this client may try now; when it may, after its delay (the auth service's
@@ -36,14 +40,29 @@ async def drive(
     """Run `exchange` to its end: `challenge(data)` sends one challenge and returns the
     client's decoded answer, or None (cancelled, undecodable, gone). A failure is
     answered only after its delay, which this waits out."""
-    step = exchange.start()
-    while step is not FINISHED:
-        if step is BLOCKING:
-            step = await trio.to_thread.run_sync(exchange.work)
-        else:
-            assert not isinstance(step, type(BLOCKING))
-            step = exchange.answer(await challenge(step.data))
-    result = exchange.finish(trio.current_time())
+    ours: bytes | None = None
+    try:
+        step = exchange.start()
+        while step is not FINISHED:
+            if step is BLOCKING:
+                key = exchange.pending_check
+                running = None if key is None else _CHECKS.get(key)
+                if running is not None:
+                    await running.wait()
+                    step = exchange.retry()
+                    continue
+                if key is not None:
+                    ours, _CHECKS[key] = key, trio.Event()
+                step = await trio.to_thread.run_sync(exchange.work)
+            else:
+                assert not isinstance(step, type(BLOCKING))
+                step = exchange.answer(await challenge(step.data))
+        result = exchange.finish(trio.current_time())
+    finally:
+        # After `finish` stored the verdict (or on the way out without one): whoever
+        # waited retries.
+        if ours is not None:
+            _CHECKS.pop(ours).set()
     if result.user is None and not result.interrupted:
         await trio.sleep(result.delay)
     return result

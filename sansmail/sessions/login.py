@@ -16,6 +16,8 @@ lines, POP3's and IMAP's ``+`` continuations); everything else is here, as a san
     step = exchange.start()
     loop:
         BLOCKING   -> step = exchange.work()        in a worker thread (argon2, PBKDF2)
+                      or, while another exchange with the same `pending_check` runs
+                      its work: wait until it has finished, then step = exchange.retry()
         Challenge  -> step = exchange.answer(data)  data: the client's decoded answer,
                                                     or None (cancelled, undecodable, gone)
         FINISHED   -> result = exchange.finish(now); wait result.delay; answer
@@ -35,6 +37,14 @@ reached before a ``user passwd`` or ``user del`` no longer counts. A miss goes t
 as before, which reads the record before it checks; `finish` stores the verdict with
 it. SCRAM and CRAM-MD5 never reach the cache: their server side holds no password and
 runs no argon2 (stored keys and an HMAC; `work` only fetches the keys).
+
+One check for many logins. A mail client starting up opens several connections at once
+and logs in on each with the same password; each would miss the cache and pay argon2,
+all at the same time. So a miss names its check (`pending_check`, the cache's
+fingerprint): an adapter that sees a check of that name already running waits for it to
+finish, then calls `retry`, which finds its verdict in the cache (or, if it was not
+stored, asks for `BLOCKING` again). An adapter that ignores `pending_check` just runs
+`work` every time, as without the cache.
 
 A failure is logged here in the fixed fail2ban form (`sansmail.mail.auth`); a throttled
 client gets its own line. Success is the protocol's to log, with what it knows.
@@ -203,6 +213,9 @@ class Exchange:
         # A fresh check's verdict, for the cache: (fingerprint, record before it, ok).
         self._checked: tuple[bytes, object, bool] | None = None
         self._cached = False
+        #: The fingerprint of the password check `BLOCKING` is waiting for, when an
+        #: auth cache is there (see the module docstring); None for any other work.
+        self.pending_check: bytes | None = None
         self._user: str | None = None
         self._interrupted = False
         self._unexpected_initial_response = False
@@ -213,12 +226,7 @@ class Exchange:
         """The first step; no I/O."""
         mech = self._mech
         if mech is None:
-            ok = self._recall(self.authcid, self._password)
-            if ok is None:
-                return BLOCKING
-            self._password = ""
-            self._user = _allowed(self.authcid, ok, "")
-            return self._finished()
+            return self._recall_password()
         if self._initial is not None and not mech.accepts_initial_response:
             self._unexpected_initial_response = True
             self._interrupted = True
@@ -242,10 +250,23 @@ class Exchange:
         assert self._mech is not None
         return self._advance(self._mech.receive(data))
 
+    def retry(self) -> Step:
+        """Instead of `work`, after `BLOCKING` named a `pending_check`: look the auth
+        cache up again, now that another exchange has run the same check. `BLOCKING`
+        again if the verdict is not there (that check failed to finish, or failures are
+        not remembered); no I/O."""
+        assert self.pending_check is not None, "retry() without a pending check"
+        if self._mech is None:
+            return self._recall_password()
+        pending, self._pending = self._pending, None
+        assert isinstance(pending, sasl.VerifyPassword)
+        return self._advance(pending)
+
     def work(self) -> Step:
         """Blocking: verify a password (argon2) or derive credentials (SCRAM's fake keys
         for unknown users). Run it in a worker thread when `BLOCKING` asked for it."""
         pending, self._pending = self._pending, None
+        self.pending_check = None
         if self._mech is None:
             password, self._password = self._password, ""
             self._user = self._check(self.authcid, password, "")
@@ -281,19 +302,32 @@ class Exchange:
             self._checked = (auth.cache.fingerprint(key, password), record, ok)
         return _allowed(authcid, ok, authzid)
 
+    def _recall_password(self) -> Step:
+        # A name and password in one command: the verdict from the cache, or BLOCKING.
+        ok = self._recall(self.authcid, self._password)
+        if ok is None:
+            return BLOCKING
+        self._password = ""
+        self._user = _allowed(self.authcid, ok, "")
+        return self._finished()
+
     def _recall(self, authcid: str, password: str) -> bool | None:
         # On the caller's thread: the cached verdict of this password, or None (check it).
+        self.pending_check = None
         login = self._login
         cache, now = login.auth.cache, login.admitted_at
         if cache is None or now is None:
             return None
         key = login_key(authcid)
-        ok = cache.lookup(cache.fingerprint(key, password), record=login.users.get(key), now=now)
-        if ok is not None:
-            # What a fresh check would have given `finish`: a repeated wrong password is
-            # recognised by the throttle as before.
-            self._attempt = login.auth.attempt_id(key, password)
-            self._cached = True
+        fingerprint = cache.fingerprint(key, password)
+        ok = cache.lookup(fingerprint, record=login.users.get(key), now=now)
+        if ok is None:
+            self.pending_check = fingerprint
+            return None
+        # What a fresh check would have given `finish`: a repeated wrong password is
+        # recognised by the throttle as before.
+        self._attempt = login.auth.attempt_id(key, password)
+        self._cached = True
         return ok
 
     def finish(self, now: float) -> Result:

@@ -22,14 +22,20 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 from argon2 import PasswordHasher
-from test_live_changes import BothProcesses, Serve, cli, expect, login, server
+from test_live_changes import MAX_ROUNDS, BothProcesses, Serve, cli, expect, login, server
 from trio_helpers import RunningServer, StartServer
 
 from sansmail import sasl
 from sansmail.config import parse_config
-from sansmail.mail.authcache import AuthCacheSettings
+from sansmail.mail.address import parse_address
+from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.mail.authcache import AuthCache, AuthCacheSettings
+from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.generations import Counter, Generations, bump
+from sansmail.storage.users import UserStore
+from sansmail_trio._login import drive
 from sansmail_trio._serve import _auth_cache
 
 __all__ = ["server"]  # the fixture, from test_live_changes
@@ -183,6 +189,98 @@ async def test_ten_parallel_repeat_logins_pay_no_argon2(
     assert len(argon2_checks) == 1
 
 
+async def test_ten_parallel_first_logins_pay_argon2_once(
+    start_server: StartServer, argon2_checks: list[int]
+) -> None:
+    # A mail client starting up: ten connections at once, none of them cached yet. One
+    # checks the password; the other nine wait for its verdict (sansmail_trio._login).
+    server = await _start(start_server)
+    results: list[bool] = []
+
+    async def one() -> None:
+        results.append(await call(imap_login, server, ALICE, "secret"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(one)
+    assert results == [True] * 10
+    assert len(argon2_checks) == 1
+    # Ten wrong ones at once: one check too, and all ten refused.
+    results.clear()
+
+    async def wrong() -> None:
+        results.append(await call(imap_login, server, ALICE, "wrong"))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(wrong)
+    assert results == [False] * 10
+    assert len(argon2_checks) == 2
+
+
+async def test_a_waiting_login_checks_for_itself_if_the_running_check_fails(
+    tmp_path: pathlib.Path,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Held(PasswordHasher):
+        """Cheap argon2 whose first check waits for `release`, then breaks."""
+
+        checks = 0
+
+        def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+            Held.checks += 1
+            if Held.checks == 1:
+                entered.set()
+                release.wait(30)
+                raise MemoryError("argon2 could not get its 64 MiB")
+            return super().verify(hash, password)
+
+    users = UserStore(tmp_path / "users.json", hasher=Held(1, 8, 1))
+    users.add(parse_address(ALICE), "secret")
+    auth = AuthService(
+        users,
+        secret=b"a" * 32,
+        settings=AuthSettings(exempt=()),
+        cache=AuthCache(secret=b"c" * 32),
+    )
+
+    def exchange() -> Exchange:
+        login = Login(
+            service="imap",
+            auth=auth,
+            users=users,
+            hostname="mx.example.test",
+            client_ip="192.0.2.1",
+            log=lambda _level, _text: None,
+        )
+        assert login.gate(trio.current_time()).allowed
+        return login.password(ALICE, "secret")
+
+    async def no_challenge(_data: bytes) -> bytes | None:
+        raise AssertionError("a password login has no challenge")
+
+    results: list[Result] = []
+
+    async def lead() -> None:
+        with pytest.raises(MemoryError):
+            await drive(exchange(), no_challenge)
+
+    async def follow() -> None:
+        results.append(await drive(exchange(), no_challenge))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lead)
+        await trio.to_thread.run_sync(entered.wait)
+        nursery.start_soon(follow)
+        await trio.testing.wait_all_tasks_blocked()
+        assert Held.checks == 1  # the follower waits for the leader's check
+        release.set()  # which fails: no verdict is stored
+    [result] = results
+    assert (result.user, result.cached) == (ALICE, False)
+    assert Held.checks == 2  # the follower checked for itself
+
+
 async def test_user_passwd_and_del_end_a_cached_login_at_once(
     start_server: StartServer, argon2_checks: list[int]
 ) -> None:
@@ -267,11 +365,20 @@ def test_user_passwd_ends_a_cached_login_in_both_processes(server: Serve) -> Non
     changed = cli(server, "user", "passwd", address, "--password-stdin", stdin="second\n")
     assert changed.returncode == 0, changed.stderr
     both = BothProcesses()
-    both.check("old password", lambda: expect(login(server, address, "first"), False))
-    both.check("new password", lambda: expect(login(server, address, "second"), True))
-    both.check("new password again", lambda: expect(login(server, address, "second"), True))
+    everywhere(both, "old password", lambda: expect(login(server, address, "first"), False))
+    everywhere(both, "new password", lambda: expect(login(server, address, "second"), True))
+    everywhere(both, "new again", lambda: expect(login(server, address, "second"), True))
 
     deleted = cli(server, "user", "del", address)
     assert deleted.returncode == 0, deleted.stderr
-    both.check("after del", lambda: expect(login(server, address, "second"), False))
-    assert both.done(), both.seen
+    everywhere(both, "after del", lambda: expect(login(server, address, "second"), False))
+
+
+def everywhere(both: BothProcesses, name: str, attempt: Callable[[], int]) -> None:
+    """`attempt` on fresh connections until both processes have answered it (each
+    attempt must hold whichever answers: the state it checks does not change)."""
+    for _ in range(MAX_ROUNDS):
+        both.check(name, attempt)
+        if len(both.seen[name]) == 2:
+            return
+    pytest.fail(f"{name}: only {both.seen[name]} answered")

@@ -380,3 +380,87 @@ def test_the_failure_log_line_is_the_same_for_a_cached_failure(tmp_path: pathlib
     assert (
         server.log == [f"auth failed: service=imap, method=LOGIN, user=<{ALICE}>, rip={CLIENT}"] * 2
     )
+
+
+# --- one check for many logins ---------------------------------------------------------------
+
+
+def test_logins_with_the_same_password_name_the_same_pending_check(
+    tmp_path: pathlib.Path,
+) -> None:
+    server = Server(tmp_path)
+    first, second = (server.login() for _ in range(2))
+    for login in (first, second):
+        assert login.gate(0.0).allowed
+    a, b = first.password(ALICE, "secret"), second.password("alice@EXAMPLE.test", "secret")
+    assert a.start() is BLOCKING
+    assert b.start() is BLOCKING
+    assert a.pending_check is not None
+    assert a.pending_check == b.pending_check
+    # The adapter lets `a` check and `b` wait; then `b` retries and needs no argon2.
+    assert a.work() is FINISHED
+    assert a.finish(1.0).user == ALICE
+    assert a.pending_check is None
+    assert b.retry() is FINISHED
+    result = b.finish(1.0)
+    assert (result.user, result.cached) == (ALICE, True)
+    assert server.hasher.checks == 1
+    # Another password, another check.
+    c = server.login()
+    c.gate(2.0)
+    other = c.password(ALICE, "other")
+    assert other.start() is BLOCKING
+    assert other.pending_check not in (None, a.pending_check)
+
+
+def test_a_sasl_plain_retry_goes_on_from_the_cached_verdict(tmp_path: pathlib.Path) -> None:
+    server = Server(tmp_path)
+    logins = [server.login() for _ in range(2)]
+    for login in logins:
+        login.gate(0.0)
+    exchanges = [plain(ALICE, "secret")(login) for login in logins]
+    assert [e.start() for e in exchanges] == [BLOCKING, BLOCKING]
+    assert exchanges[0].work() is FINISHED
+    exchanges[0].finish(0.5)
+    assert exchanges[1].retry() is FINISHED
+    assert exchanges[1].finish(0.5).user == ALICE
+    assert server.hasher.checks == 1
+
+
+def test_a_retry_without_a_stored_verdict_asks_for_the_check_again(
+    tmp_path: pathlib.Path,
+) -> None:
+    server = Server(tmp_path)
+    assert server.cache is not None
+    server.cache.settings = AuthCacheSettings(negative_ttl=0)  # failures not remembered
+    logins = [server.login() for _ in range(2)]
+    for login in logins:
+        login.gate(0.0)
+    a, b = (login.password(ALICE, "wrong") for login in logins)
+    assert (a.start(), b.start()) == (BLOCKING, BLOCKING)
+    a.work()
+    assert a.finish(0.5).user is None
+    assert b.retry() is BLOCKING
+    assert b.pending_check is not None
+    assert b.work() is FINISHED
+    assert b.finish(0.6).user is None
+    assert server.hasher.checks == 2
+
+
+def test_only_a_cached_password_check_is_named(tmp_path: pathlib.Path) -> None:
+    uncached = Server(tmp_path / "a", cache=False)
+    login = uncached.login()
+    login.gate(0.0)
+    exchange = login.password(ALICE, "secret")
+    assert exchange.start() is BLOCKING
+    assert exchange.pending_check is None
+    server = Server(tmp_path / "b")
+    for mechanism in ("SCRAM-SHA-256", "CRAM-MD5"):
+        start, respond = with_client(mechanism, ALICE, "secret")
+        login = server.login()
+        login.gate(0.0)
+        exchange = start(login)
+        step = exchange.start()
+        while step is not FINISHED:
+            assert exchange.pending_check is None
+            step = exchange.work() if step is BLOCKING else exchange.answer(respond(step.data))
