@@ -9,7 +9,8 @@ STARTTLS switch, ENABLE (RFC 5161) of IMAP4rev2 and UTF8=ACCEPT, and mailbox nam
 modified UTF-7 or UTF-8. `write_command` writes commands as a client would.
 
 Value trees (`Value`, `Atom`, `Literal`, `encode_tree`, `decode_tree`) are the shared
-shape of structured IMAP data (ENVELOPE, BODYSTRUCTURE, response payloads).
+shape of structured IMAP data (ENVELOPE, BODYSTRUCTURE, response payloads); `Encoded`
+(made by `encode_value`) is one already in wire form, which `FetchBatch` joins.
 """
 
 from sansmail.imap._client import split_at_literals, write_command
@@ -74,6 +75,7 @@ from sansmail.imap._fetch import (
 from sansmail.imap._mailbox import MailboxNameError, decode_mailbox, encode_mailbox
 from sansmail.imap._responses import (
     Continuation,
+    FetchBatch,
     FetchResponse,
     MailboxName,
     Response,
@@ -102,8 +104,8 @@ from sansmail.imap._search import (
 )
 from sansmail.imap._sequence import MAX_NUMBER, SequenceSet
 from sansmail.imap._state import Phase, Stage
-from sansmail.imap._values import Atom, Literal, Value, decode_tree, encode_tree
-from sansmail.imap._writers import format_date, format_datetime
+from sansmail.imap._values import Atom, Encoded, Literal, Value, decode_tree, encode_tree
+from sansmail.imap._writers import encode_number, encode_value, format_date, format_datetime
 
 __all__ = [
     "DATE_KEYS",
@@ -138,10 +140,12 @@ __all__ = [
     "Create",
     "Delete",
     "Enable",
+    "Encoded",
     "Event",
     "Expunge",
     "Fetch",
     "FetchAttribute",
+    "FetchBatch",
     "FetchItem",
     "FetchResponse",
     "Id",
@@ -196,7 +200,9 @@ __all__ = [
     "decode_mailbox",
     "decode_tree",
     "encode_mailbox",
+    "encode_number",
     "encode_tree",
+    "encode_value",
     "format_date",
     "format_datetime",
     "split_at_literals",

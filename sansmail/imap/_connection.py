@@ -97,6 +97,7 @@ from sansmail.imap._parser import Head, parse_command, read_head
 from sansmail.imap._readers import AskLiteral, CommandReader, Complete, Refused, read_line
 from sansmail.imap._responses import (
     Continuation,
+    FetchBatch,
     FetchResponse,
     Response,
     ResponseCode,
@@ -401,7 +402,7 @@ class Connection(LockstepServer[Phase, Event, Response]):
                 # RFC 9051 §7.5.1; the `_state.EXPUNGE_FORBIDDEN` comment says why.
                 name = type(self._pending).__name__.upper()
                 raise LocalProtocolError(f"no EXPUNGE while answering {name} (RFC 9051 §7.5.1)")
-        elif not isinstance(event, Untagged | FetchResponse):
+        elif not isinstance(event, Untagged | FetchResponse | FetchBatch):
             raise LocalProtocolError(f"not a response: {event!r}")
         return self._write(event)
 

@@ -5,6 +5,7 @@
     Untagged(number=3, keyword="EXISTS")                       * 3 EXISTS
     Untagged(keyword="FLAGS", data=([Atom("\\Seen")],))         * FLAGS (\\Seen)
     FetchResponse(number=12, items=(("UID", 7), ...))          * 12 FETCH (UID 7 ...)
+    FetchBatch(names=("UID", "FLAGS"), rows=((12, e7, ef), ...))  many of those at once
     Continuation(text="go ahead") / Continuation(data=b"..")   + go ahead / + base64
 
 `Untagged` is general: a keyword, an optional number before it, and the data after it
@@ -28,10 +29,11 @@ import attrs
 
 from sansmail.imap._grammar import ATOM_RE, check_tag, check_text
 from sansmail.imap._sequence import SequenceSet
-from sansmail.imap._values import Atom, Value, check_value
+from sansmail.imap._values import Atom, Encoded, Value, check_value
 
 __all__ = [
     "Continuation",
+    "FetchBatch",
     "FetchResponse",
     "MailboxName",
     "Response",
@@ -296,6 +298,58 @@ class FetchResponse(Response):
 
     number: int = attrs.field(validator=_message_number)
     items: tuple[tuple[str, Value], ...] = attrs.field(validator=_fetch_items)
+
+
+def _batch_names(_inst: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    if not isinstance(value, tuple) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty tuple of item names")
+    for name in value:
+        if not isinstance(name, str) or not _FETCH_NAME.fullmatch(name):
+            raise ValueError(f"{attribute.name}: not a FETCH item name: {name!r}")
+
+
+_MAX_NUMBER64: Final = 2**63 - 1
+
+
+def _batch_rows(
+    inst: FetchBatch, attribute: attrs.Attribute[Any], value: tuple[tuple[Any, ...], ...]
+) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"{attribute.name} must be a tuple of rows")
+    width = len(inst.names) + 1
+    kinds = tuple(type(item) for item in value[0]) if value else ()
+    if kinds and any(kind is not int and kind is not Encoded for kind in kinds):
+        raise TypeError(f"{attribute.name}: values are numbers or Encoded: {value[0]!r}")
+    for row in value:
+        # Exact types, the same in every row: (message number, then per name a number or
+        # an Encoded as in the first row), so the writer joins them without looking again.
+        if type(row) is not tuple or len(row) != width:
+            raise ValueError(f"{attribute.name}: a row is (number, one value per name): {row!r}")
+        number = row[0]
+        if type(number) is not int or number < 1:
+            raise ValueError(f"{attribute.name}: not a message number: {number!r}")
+        for kind, item in zip(kinds, row, strict=True):
+            if type(item) is not kind or (kind is int and not 0 <= item <= _MAX_NUMBER64):
+                raise TypeError(f"{attribute.name}: not a {kind.__name__} value: {item!r}")
+
+
+@attrs.frozen(kw_only=True)
+class FetchBatch(Response):
+    """Many FETCH responses with the same items, as one event: ``* n FETCH (name value
+    ...)`` for each row, exactly as a `FetchResponse` per row would be written.
+
+    Each row is (message number, one value per name), and a value is a number (a
+    number64: UID, RFC822.SIZE) or an `Encoded`, the same kind in every row. It is how
+    a FETCH of FLAGS and ENVELOPE over a folder of thousands of messages is answered:
+    the values are stored fragments and numbers, checked when they became `Encoded`, so
+    writing is joining octets, where an event per message (its validation, its trip
+    through the core and the tree walk of the writer) cost more than the answer itself.
+    An `Encoded` value holds no 8-bit octet outside literals, so a batch suits every
+    session; a value that needs the session's UTF-8 form goes in a `FetchResponse`.
+    """
+
+    names: tuple[str, ...] = attrs.field(validator=_batch_names)
+    rows: tuple[tuple[Any, ...], ...] = attrs.field(validator=_batch_rows)
 
 
 def _continuation(inst: Continuation, attribute: attrs.Attribute[Any], value: str) -> None:

@@ -16,11 +16,23 @@ other:
                     (RFC 9051 §9). So a list of bodies or addresses holds tuples, and
                     every other list holds lists.
 
+    Encoded         a value already in wire form (see below), written as it is
+
 `encode_tree` / `decode_tree` are a compact, exact serialisation of such a tree for
 caches (not IMAP syntax): JSON in which bytes are stored as their Latin-1 text (one
 char per octet, so any octet string survives), and the non-JSON types are tagged
 objects. `decode_tree(encode_tree(v)) == v` with the same types throughout, Atom vs str,
 Literal vs bytes, list vs tuple included.
+
+`Encoded` is the other cache form: the octets the writer makes of a tree
+(`sansmail.imap.encode_value`), kept so that a FETCH of ENVELOPE over thousands of
+messages joins stored octets instead of building and walking trees. What makes such a
+fragment safe to splice into a response is its framing: outside literals it holds no
+CR, LF, NUL or 8-bit octet (so it can neither end the response line early nor need a
+UTF-8 session), and every literal's announced length is what follows it. `Encoded`
+checks exactly that when it is made, also from octets read back from a cache, in one
+pass of C-speed searches for the common fragment with no literal; it does not re-parse
+the fragment's grammar, which only the writer produced.
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import json
 import re
 from typing import Final, TypeAlias
 
-__all__ = ["Atom", "Literal", "Value", "check_value", "decode_tree", "encode_tree"]
+__all__ = ["Atom", "Encoded", "Literal", "Value", "check_value", "decode_tree", "encode_tree"]
 
 # RFC 9051 §9: ATOM-CHAR is any CHAR except atom-specials "(" ")" "{" SP CTL "%" "*"
 # DQUOTE "\" "]". An Atom here is looser on purpose, because the same marker carries
@@ -60,6 +72,53 @@ class Literal(bytes):
 
     def __repr__(self) -> str:
         return f"Literal({bytes.__repr__(self)})"
+
+
+class Encoded(bytes):
+    """A value in IMAP wire form, written exactly as it is (see the module docstring).
+
+    Raises ValueError unless the framing is sound: no CR, LF, NUL or 8-bit octet outside
+    literals, and each literal (``{n}`` or ``~{n}`` and CRLF) followed by its n octets.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, data: bytes) -> Encoded:
+        if not isinstance(data, bytes):
+            raise TypeError(f"Encoded takes bytes, not {type(data).__name__}")
+        # The common fragment (an ENVELOPE of plain ASCII headers) has no literal: two
+        # scans in C settle it.
+        if (b"\r" in data or b"\n" in data or b"\0" in data) or not data.isascii():
+            _check_framing(data)
+        return super().__new__(cls, data)
+
+    def __repr__(self) -> str:
+        return f"Encoded({bytes.__repr__(self)})"
+
+
+_LITERAL_HEAD = re.compile(rb"~?\{([0-9]{1,19})\}\r\n")
+_UNSAFE_OUTSIDE = re.compile(rb"[\x00\r\n\x80-\xff]")
+
+
+def _check_framing(data: bytes) -> None:
+    # Walk from literal to literal: each stretch outside literals must be clean up to
+    # the next literal's "{n}CRLF", and that literal must fit in what is left.
+    pos = 0
+    end = len(data)
+    while pos < end:
+        bad = _UNSAFE_OUTSIDE.search(data, pos)
+        if bad is None:
+            return
+        # The first unsafe octet must be the CR of a literal head ending right here.
+        start = data.rfind(b"{", pos, bad.start())
+        if start > pos and data[start - 1 : start] == b"~":
+            start -= 1
+        head = _LITERAL_HEAD.match(data, start) if start >= pos else None
+        if head is None or head.end() - 2 != bad.start():
+            raise ValueError(f"not framed as IMAP: unsafe octet at {bad.start()}")
+        pos = head.end() + int(head[1])
+        if pos > end:
+            raise ValueError("not framed as IMAP: a literal runs past the end")
 
 
 Value: TypeAlias = "int | bytes | str | list[Value] | tuple[Value, ...] | None"
@@ -115,6 +174,8 @@ def _node_from_json(raw: dict[str, object]) -> Value:
                     return Literal(inner.encode("latin-1"))
                 if key == "a":
                     return Atom(inner)
+                if key == "e":
+                    return Encoded(inner.encode("latin-1"))
             except (UnicodeEncodeError, ValueError):
                 pass  # not something encode_tree wrote: refused below
     raise ValueError(f"not an encoded value tree node: {raw!r}")
@@ -129,7 +190,8 @@ _DECODER: Final = json.JSONDecoder(
 
 
 # JSON shapes: null, int, string (a str), array (a list), and one-key objects for the rest:
-# {"b": latin1} bytes, {"l": latin1} Literal, {"a": text} Atom, {"t": [...]} tuple.
+# {"b": latin1} bytes, {"l": latin1} Literal, {"e": latin1} Encoded, {"a": text} Atom,
+# {"t": [...]} tuple.
 _Json: TypeAlias = "int | str | list[_Json] | dict[str, _Json] | None"
 
 
@@ -157,6 +219,8 @@ def _to_json(value: Value) -> _Json:
         return value
     if isinstance(value, Literal):
         return {"l": value.decode("latin-1")}
+    if isinstance(value, Encoded):
+        return {"e": value.decode("latin-1")}
     if isinstance(value, bytes):
         return {"b": value.decode("latin-1")}
     if isinstance(value, list):
@@ -185,6 +249,8 @@ def _from_json(raw: object) -> Value:
                     return Literal(inner.encode("latin-1"))
                 if key == "a":
                     return Atom(inner)
+                if key == "e":
+                    return Encoded(inner.encode("latin-1"))
             except (UnicodeEncodeError, ValueError):
                 pass  # not something encode_tree wrote: refused below
     raise ValueError(f"not an encoded value tree node: {raw!r}")

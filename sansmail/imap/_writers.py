@@ -11,6 +11,11 @@ or UTF-8 (RFC 9051 §5.1).
 
 The writer refuses (LocalProtocolError) what it cannot write faithfully: a literal
 inside a response code, a "]" inside a code's atoms, a number that is not a number64.
+
+`encode_value` is the writer's output for one value as an `Encoded`, the form a cache
+keeps (portable: written as for a session without UTF-8, so valid in every session);
+an `Encoded` is written as it is, and a `FetchBatch` is a run of FETCH responses made
+only of those, written by joining them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sansmail._errors import LocalProtocolError
 from sansmail.imap._mailbox import MailboxNameError, encode_mailbox
 from sansmail.imap._responses import (
     Continuation,
+    FetchBatch,
     FetchResponse,
     MailboxName,
     Response,
@@ -31,10 +37,18 @@ from sansmail.imap._responses import (
     Untagged,
     UntaggedStatus,
 )
-from sansmail.imap._values import Atom, Literal, Value
+from sansmail.imap._values import Atom, Encoded, Literal, Value
 from sansmail.sasl._b64 import encode_base64
 
-__all__ = ["MAX_QUOTED", "format_date", "format_datetime", "write_response", "write_value"]
+__all__ = [
+    "MAX_QUOTED",
+    "encode_number",
+    "encode_value",
+    "format_date",
+    "format_datetime",
+    "write_response",
+    "write_value",
+]
 
 #: Strings longer than this go as literals even when they could be quoted.
 MAX_QUOTED = 1024
@@ -71,6 +85,9 @@ def write_response(event: Response, *, utf8: bool) -> bytes:
             binary = name.startswith("BINARY[")
             write_value(out, value, utf8=utf8, binary=binary)
         out += b")"
+    elif isinstance(event, FetchBatch):
+        _write_batch(out, event)
+        return bytes(out)
     elif isinstance(event, Continuation):
         out += b"+ "
         if event.data is not None:
@@ -81,6 +98,37 @@ def write_response(event: Response, *, utf8: bool) -> bytes:
         raise LocalProtocolError(f"not a response: {event!r}")
     out += b"\r\n"
     return bytes(out)
+
+
+def _write_batch(out: bytearray, event: FetchBatch) -> None:
+    # The rows were checked when the event was made: numbers where the first row has
+    # them, Encoded values elsewhere. So each row is one %-format, the labels in the
+    # template and the values joined as they are.
+    if not event.rows:
+        return
+    labels = b" ".join(
+        name.encode("ascii") + (b" %d" if type(value) is int else b" %b")
+        for name, value in zip(event.names, event.rows[0][1:], strict=True)
+    )
+    template = b"* %d FETCH (" + labels + b")\r\n"
+    for row in event.rows:
+        out += template % row
+
+
+def encode_value(value: Value) -> Encoded:
+    """`value` as the writer writes it for a session without UTF-8 (so 8-bit strings
+    are literals, valid in every session), ready to be cached and spliced back."""
+    out = bytearray()
+    write_value(out, value, utf8=False)
+    return Encoded(bytes(out))
+
+
+def encode_number(number: int) -> Encoded:
+    """A number64 (RFC 9051 §9) as an `Encoded` value, e.g. a UID in a `FetchBatch`."""
+    if type(number) is not int or not 0 <= number <= _MAX_NUMBER64:
+        raise LocalProtocolError(f"not a number64: {number!r}")
+    # Digits alone are framed by construction: no need for Encoded's check.
+    return bytes.__new__(Encoded, b"%d" % number)
 
 
 def _status_tail(out: bytearray, code: ResponseCode | None, text: str, utf8: bool) -> None:
@@ -137,8 +185,18 @@ def write_value(out: bytearray, value: Value, *, utf8: bool, binary: bool = Fals
             # descriptions (RFC 9051 §9). Everything else is separated by SP.
             if index and not (type(item) is tuple and type(previous) is tuple):
                 out += b" "
-            write_value(out, item, utf8=utf8, binary=binary)
             previous = item
+            # NIL and short clean strings inline: the bulk of an ENVELOPE's nodes, and
+            # a call each cost as much as the rest of the work.
+            if item is None:
+                out += b"NIL"
+            elif (
+                type(item) is bytes and len(item) <= MAX_QUOTED and _ASCII_QUOTABLE.fullmatch(item)
+            ):
+                quoted = _ESCAPE.sub(rb"\\\1", item) if b'"' in item or b"\\" in item else item
+                out += b'"' + quoted + b'"'
+            else:
+                write_value(out, item, utf8=utf8, binary=binary)
         out += b")"
         return
     if isinstance(value, bool):
@@ -152,6 +210,9 @@ def write_value(out: bytearray, value: Value, *, utf8: bool, binary: bool = Fals
             _write_string(out, encode_mailbox(value, utf8=utf8), utf8)
         except MailboxNameError as exc:
             raise LocalProtocolError(str(exc)) from None
+    elif isinstance(value, Encoded):
+        # Checked when it was made: written as it is, inside lists too.
+        out += value
     elif isinstance(value, Atom):
         out += value.encode("ascii")
     elif isinstance(value, str):

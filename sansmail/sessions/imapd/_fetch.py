@@ -28,6 +28,13 @@ A message expunged by another session between the view's list and the read (`loa
 returns None) keeps its metadata items, and its content items come back NIL, as RFC
 2180 §4.1.3 allows; `FetchResult.gone` tells the session, which may prefer to answer NO
 [EXPUNGEISSUED] (RFC 5530).
+
+The batch path (`_messages.fetch_messages`, for FETCHes of `BATCH_ATTRIBUTES` and
+BODY.PEEK[] only, what clients list and download folders with) does not come through
+`fetch` at all: it wants the three structures already in wire form, which the store
+keeps beside the blob (`Structures`). `derive_structures` makes them from the
+content, `structures_from_cache` from a blob alone (no file read: an index written
+before the wire forms were kept, or a blob `fetch` wrote).
 """
 
 from __future__ import annotations
@@ -50,19 +57,24 @@ from sansmail.imap import (
     Value,
     decode_tree,
     encode_tree,
+    encode_value,
     format_datetime,
 )
-from sansmail.storage.maildir import ImapMessage
+from sansmail.storage.maildir import ImapMessage, Structures
 
 __all__ = [
+    "BATCH_ATTRIBUTES",
     "CACHE_VERSION",
     "UNKNOWN_CTE",
     "FetchContext",
     "FetchResult",
     "decode_cache",
+    "derive_structures",
     "encode_cache",
     "fetch",
     "message_flags",
+    "string_value",
+    "structures_from_cache",
 ]
 
 #: The format of the cache blob; bump it when the structures' shape changes.
@@ -85,6 +97,13 @@ _RFC822_FORMS: Final = {
     "RFC822.TEXT": (Section(text="TEXT"), True),
 }
 _CACHED: Final = {"ENVELOPE": 1, "BODYSTRUCTURE": 2, "BODY": 3}
+
+#: The attributes a FETCH batch answers without `fetch`: from the view's list, and the
+#: structures the store keeps in wire form (MODSEQ is not among them: `fetch` leaves it
+#: out for a store without mod-sequences, and a batch row cannot).
+BATCH_ATTRIBUTES: Final = frozenset(
+    {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY"}
+)
 
 # The response code RFC 3516 §4.3 gives for BINARY of an encoding we cannot undo.
 UNKNOWN_CTE: Final = "UNKNOWN-CTE"
@@ -276,6 +295,37 @@ def _string(data: bytes) -> bytes:
     if len(data) > _MAX_QUOTED or not data.isascii() or any(c in data for c in b"\r\n\0"):
         return Literal(data)
     return data
+
+
+def string_value(data: bytes) -> Value:
+    """Section data as `fetch` answers it (a short clean string quoted, anything else a
+    literal), for the batch path to encode the same way."""
+    return _string(data)
+
+
+def derive_structures(raw: bytes) -> Structures:
+    """The wire forms of the three structures, from a message's content (one parse).
+    Not the blob: only `fetch` reads it, rarely, and it makes one when it misses."""
+    root = mime.parse(raw)
+    return Structures(
+        envelope=encode_value(mime.envelope(root)),
+        bodystructure=encode_value(mime.bodystructure(root)),
+        body=encode_value(mime.bodystructure(root, extensible=False)),
+    )
+
+
+def structures_from_cache(blob: bytes | None) -> Structures | None:
+    """The wire forms of the trees in `blob` (None when it is not a blob `encode_cache`
+    of this version wrote: then only the content can tell)."""
+    trees = decode_cache(blob)
+    if trees is None:
+        return None
+    _, envelope, structure, body = trees
+    return Structures(
+        envelope=encode_value(envelope),
+        bodystructure=encode_value(structure),
+        body=encode_value(body),
+    )
 
 
 def encode_cache(envelope: Value, bodystructure: Value, body: Value) -> bytes:

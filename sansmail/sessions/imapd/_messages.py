@@ -7,20 +7,39 @@ tagged one last. None calls `FolderView.sync`: the session adds the news where R
 (`select_messages`): sequence numbers past the end are a BAD (`BadSetError`), UIDs that
 name no message are skipped (§6.4.9). FETCH and SEARCH are evaluated by `_fetch` and
 `_search`; here they are bound to the store.
+
+FETCH in batches. What a client lists a folder with (FLAGS, INTERNALDATE, RFC822.SIZE,
+ENVELOPE, BODYSTRUCTURE, BODY, UID) and downloads it with (BODY.PEEK[]) is answered
+column by column instead of message by message: one read of the kept structures for
+the whole set (`FolderView.structures`), the missing ones derived and kept in one write
+per `_KEEP_EVERY` messages, content read in one pass (`FolderView.contents`), and every
+value made `Encoded` once, so the responses are `FetchBatch` rows the writer joins. It
+answers exactly what `fetch` would: the same values, in the order asked. A UTF-8
+session differs only for a structure holding a literal (an 8-bit header, which it may
+get quoted): that message alone goes the per-message way.
 """
 
 from __future__ import annotations
 
+import bisect
+import datetime
+from typing import Any, Final
+
 from sansmail.imap import (
     Atom,
+    BodySection,
     Copy,
+    Encoded,
     Expunge,
     Fetch,
+    FetchAttribute,
+    FetchBatch,
     FetchResponse,
     Move,
     Response,
     ResponseCode,
     Search,
+    Section,
     SequenceSet,
     Store,
     Tagged,
@@ -28,8 +47,18 @@ from sansmail.imap import (
     Untagged,
     UntaggedStatus,
     Value,
+    encode_value,
+    format_datetime,
 )
-from sansmail.sessions.imapd._fetch import FetchContext, fetch, message_flags
+from sansmail.sessions.imapd._fetch import (
+    BATCH_ATTRIBUTES,
+    FetchContext,
+    derive_structures,
+    fetch,
+    message_flags,
+    string_value,
+    structures_from_cache,
+)
 from sansmail.sessions.imapd._folders import no, ok
 from sansmail.sessions.imapd._search import SearchContext, search
 from sansmail.storage.maildir import (
@@ -38,6 +67,7 @@ from sansmail.storage.maildir import (
     ImapMessage,
     ImapStoreError,
     NoSuchFolderError,
+    Structures,
 )
 
 __all__ = [
@@ -52,6 +82,15 @@ __all__ = [
 ]
 
 _FLAG_MODES = {"replace": FlagMode.REPLACE, "add": FlagMode.ADD, "remove": FlagMode.REMOVE}
+
+# Derived structures are kept this many messages at a time: one write per batch, and an
+# interrupted first FETCH of a big folder keeps most of its work.
+_KEEP_EVERY: Final = 500
+_NIL: Final = Encoded(b"NIL")
+_WHOLE: Final = BodySection(section=Section(), peek=True)
+_STRUCTURE_FIELDS: Final = {"ENVELOPE": 0, "BODYSTRUCTURE": 1, "BODY": 2}
+# RFC 9051 §9 date-month, as `format_datetime` spells them (index 0 unused).
+_MONTHS: Final = (b"", *b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
 
 
 class BadSetError(Exception):
@@ -72,8 +111,14 @@ def select_messages(
             raise BadSetError
         return [(n, messages[n - 1]) for span in spans for n in span]
     largest = messages[-1].uid if messages else 0
-    uid_spans = sequence_set.resolve(largest)
-    return [(n, m) for n, m in enumerate(messages, 1) if any(m.uid in span for span in uid_spans)]
+    # The list is in ascending UID order: each span is one slice of it.
+    uids = [m.uid for m in messages]
+    out: list[tuple[int, ImapMessage]] = []
+    for span in sequence_set.resolve(largest):
+        first = bisect.bisect_left(uids, span.start)
+        last = bisect.bisect_left(uids, span.stop, first)
+        out += [(n + 1, messages[n]) for n in range(first, last)]
+    return out
 
 
 def flag_list(uid: int, flags: frozenset[str], recent: frozenset[int], rev2: bool) -> Value:
@@ -84,11 +129,20 @@ def flag_list(uid: int, flags: frozenset[str], recent: frozenset[int], rev2: boo
     return listed
 
 
-def fetch_messages(view: FolderView, command: Fetch, *, rev2: bool) -> list[Response]:
-    """[UID] FETCH (RFC 9051 §6.4.5, §6.4.9)."""
+def fetch_messages(
+    view: FolderView, command: Fetch, *, rev2: bool, utf8: bool = False
+) -> list[Response]:
+    """[UID] FETCH (RFC 9051 §6.4.5, §6.4.9). `utf8`: the session writes strings in
+    their UTF-8 form (IMAP4rev2 or UTF8=ACCEPT)."""
+    selected = select_messages(view, command.sequence_set, uid=command.uid)
+    names = _batch_names(command)
+    if names is not None:
+        out = _fetch_batch(view, selected, names, rev2=rev2, utf8=utf8)
+        out.append(ok(command.tag, f"{'UID ' if command.uid else ''}FETCH completed"))
+        return out
     recent = view.recent
-    out: list[Response] = []
-    for number, message in select_messages(view, command.sequence_set, uid=command.uid):
+    out = []
+    for number, message in selected:
         uid = message.uid
         ctx = FetchContext(
             message=message,
@@ -116,6 +170,185 @@ def fetch_messages(view: FolderView, command: Fetch, *, rev2: bool) -> list[Resp
             items = {"UID": uid, **items}  # RFC 9051 §6.4.9: UID FETCH answers carry the UID
         out.append(FetchResponse(number=number, items=tuple(items.items())))
     out.append(ok(command.tag, f"{'UID ' if command.uid else ''}FETCH completed"))
+    return out
+
+
+def _batch_names(command: Fetch) -> tuple[str, ...] | None:
+    """The response names of a FETCH the batch path answers, in the order `fetch`
+    would give them (duplicates once, UID first when UID FETCH did not ask for it), or
+    None when an item needs the per-message path."""
+    names: list[str] = []
+    for item in command.items:
+        if isinstance(item, FetchAttribute) and item.name in BATCH_ATTRIBUTES:
+            name = item.name
+        elif item == _WHOLE:
+            name = item.response_name
+        else:
+            return None
+        if name not in names:
+            names.append(name)
+    if command.uid and "UID" not in names:
+        names.insert(0, "UID")  # RFC 9051 §6.4.9
+    return tuple(names)
+
+
+def _fetch_batch(
+    view: FolderView,
+    selected: list[tuple[int, ImapMessage]],
+    names: tuple[str, ...],
+    *,
+    rev2: bool,
+    utf8: bool,
+) -> list[Response]:
+    if not selected:
+        return []
+    messages = [message for _n, message in selected]
+    uids = [message.uid for message in messages]
+    structural = [_STRUCTURE_FIELDS[name] for name in names if name in _STRUCTURE_FIELDS]
+    kept = _kept_structures(view, uids, structural) if structural else {}
+    contents = dict(view.contents(uids)) if _WHOLE.response_name in names else {}
+    recent = view.recent
+    columns: list[list[Any]] = [
+        _column(name, messages, kept=kept, contents=contents, recent=recent, rev2=rev2)
+        for name in names
+    ]
+    rows: list[tuple[Any, ...]] = list(
+        zip([number for number, _m in selected], *columns, strict=True)
+    )
+    if utf8 and structural:
+        return _with_utf8_rows(view, rows, names, messages)
+    return [FetchBatch(names=names, rows=tuple(rows))]
+
+
+def _column(
+    name: str,
+    messages: list[ImapMessage],
+    *,
+    kept: dict[int, Structures],
+    contents: dict[int, bytes | None],
+    recent: frozenset[int],
+    rev2: bool,
+) -> list[Any]:
+    if name == "UID":
+        return [m.uid for m in messages]
+    if name == "RFC822.SIZE":
+        return [m.size for m in messages]
+    if name == "INTERNALDATE":
+        zones: dict[datetime.tzinfo | None, bytes] = {}
+        return [_date(m.internaldate, zones) for m in messages]
+    if name == "FLAGS":
+        # A folder has few distinct flag sets: each is written once.
+        seen: dict[tuple[frozenset[str], bool], Encoded] = {}
+        column = []
+        for m in messages:
+            key = (m.flags, not rev2 and m.uid in recent)
+            value = seen.get(key)
+            if value is None:
+                value = seen[key] = encode_value(flag_list(m.uid, m.flags, recent, rev2))
+            column.append(value)
+        return column
+    if name in _STRUCTURE_FIELDS:
+        field = _STRUCTURE_FIELDS[name]
+        nothing = Structures()
+        column = []
+        for m in messages:
+            fragment = kept.get(m.uid, nothing)[field]
+            column.append(_NIL if fragment is None else Encoded(fragment))
+        return column
+    # BODY[]: what `fetch` answers for it, NIL for a message expunged meanwhile.
+    return [
+        _NIL if (raw := contents.get(m.uid)) is None else encode_value(string_value(raw))
+        for m in messages
+    ]
+
+
+def _date(moment: datetime.datetime, zones: dict[datetime.tzinfo | None, bytes]) -> Encoded:
+    """INTERNALDATE as `format_datetime` writes it, quoted; the zone's text is worked
+    out once per zone (a view shares its zone objects), the rest is one format."""
+    zone = zones.get(moment.tzinfo)
+    if zone is None:
+        zone = zones[moment.tzinfo] = format_datetime(moment)[-5:].encode("ascii")
+    return Encoded(
+        b'"%2d-%b-%04d %02d:%02d:%02d %b"'
+        % (
+            moment.day,
+            _MONTHS[moment.month],
+            moment.year,
+            moment.hour,
+            moment.minute,
+            moment.second,
+            zone,
+        )
+    )
+
+
+def _kept_structures(view: FolderView, uids: list[int], fields: list[int]) -> dict[int, Structures]:
+    """The structures of the messages of `uids` that still exist, with every field of
+    `fields` there: derived from a kept blob or from the content where missing (and
+    kept for next time); a message expunged meanwhile has None there."""
+    kept = view.structures(uids)
+    missing = [uid for uid, s in kept.items() if any(s[f] is None for f in fields)]
+    made: dict[int, Structures] = {}
+
+    def keep() -> None:
+        if made:
+            view.set_structures(made)
+            kept.update(made)
+            made.clear()
+
+    unknown = []
+    if missing:
+        for uid, s in view.structures(missing, cache=True).items():
+            derived = structures_from_cache(s.cache)
+            if derived is None:
+                unknown.append(uid)
+            else:
+                made[uid] = derived
+        keep()
+    for uid, raw in view.contents(unknown):
+        if raw is not None:  # expunged meanwhile: NIL, as `fetch` answers
+            made[uid] = derive_structures(raw)
+        if len(made) >= _KEEP_EVERY:
+            keep()
+    keep()
+    return kept
+
+
+def _with_utf8_rows(
+    view: FolderView,
+    rows: list[tuple[Any, ...]],
+    names: tuple[str, ...],
+    messages: list[ImapMessage],
+) -> list[Response]:
+    """The batch for a UTF-8 session: a row whose structure holds a literal (an 8-bit
+    string, which this session may get quoted) is written from the trees, as `fetch`
+    does; the rows around it stay batches."""
+    fields = [(i, n) for i, n in enumerate(names) if n in _STRUCTURE_FIELDS]
+    out: list[Response] = []
+    start = 0
+    for at, row in enumerate(rows):
+        if not any(b"\r\n" in row[i + 1] for i, _n in fields):
+            continue
+        message = messages[at]
+        uid = message.uid
+        result = fetch(
+            [FetchAttribute(name=n) for _i, n in fields],
+            FetchContext(
+                message=message,
+                load=lambda uid=uid: view.read(uid),  # type: ignore[misc]
+                get_cache=lambda uid=uid: view.get_cache(uid),  # type: ignore[misc]
+                set_cache=lambda blob, uid=uid: view.set_cache(uid, blob),  # type: ignore[misc]
+            ),
+        )
+        if start < at:
+            out.append(FetchBatch(names=names, rows=tuple(rows[start:at])))
+        items: list[tuple[str, Value]] = list(zip(names, row[1:], strict=True))
+        for (i, name), (_name, tree) in zip(fields, result.items, strict=True):
+            items[i] = (name, tree)
+        out.append(FetchResponse(number=row[0], items=tuple(items)))
+        start = at + 1
+    if start < len(rows):
+        out.append(FetchBatch(names=names, rows=tuple(rows[start:])))
     return out
 
 

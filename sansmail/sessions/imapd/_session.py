@@ -122,6 +122,8 @@ class ImapSession:
         self.append_limit = append_limit
         self.capabilities = tuple(capabilities)
         self.view: FolderView | None = None
+        # The session writes strings in UTF-8 (what the command being handled was told).
+        self._utf8 = False
         #: A BYE was returned (logout, or the selected folder vanished): close now.
         self.ended = False
         #: Messages this session expunged (EXPUNGE, UID EXPUNGE, CLOSE, MOVE), for the log.
@@ -149,7 +151,9 @@ class ImapSession:
             Unselect: self._unselect,
             Expunge: self._expunge,
             UidExpunge: self._expunge,
-            Fetch: lambda c, rev2: _messages.fetch_messages(self._view(), c, rev2=rev2),
+            Fetch: lambda c, rev2: _messages.fetch_messages(
+                self._view(), c, rev2=rev2, utf8=self._utf8
+            ),
             Store: lambda c, rev2: _messages.store(self._view(), c, rev2=rev2),
             Search: lambda c, rev2: _messages.search_messages(self._view(), c, rev2=rev2),
             Copy: self._copy,
@@ -167,6 +171,7 @@ class ImapSession:
         """The responses to `command`, the tagged one last (or a BYE when the session
         must end). `rev2`: the client ENABLEd IMAP4rev2; `utf8`: mailbox names travel
         as UTF-8 (the writer's business: names here are always Unicode)."""
+        self._utf8 = utf8
         handler = self._handlers.get(type(command))
         if handler is None:
             return [_tagged(command.tag, "BAD", f"{type(command).__name__.upper()} not supported")]

@@ -43,6 +43,7 @@ from sansmail.storage.maildir._imapbase import (
     NoSuchFolderError,
     NotAllowedError,
     ReadOnlyError,
+    Structures,
     SyncChanges,
     TooManyKeywordsError,
 )
@@ -92,6 +93,7 @@ __all__ += [
     "NoSuchFolderError",
     "NotAllowedError",
     "ReadOnlyError",
+    "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
     "decode_mutf7",

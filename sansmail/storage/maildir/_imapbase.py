@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime
 import enum
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import BinaryIO, NamedTuple, Protocol
 
 import attrs
@@ -52,6 +52,7 @@ __all__ = [
     "NoSuchFolderError",
     "NotAllowedError",
     "ReadOnlyError",
+    "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
 ]
@@ -231,6 +232,18 @@ class SyncChanges:
         )
 
 
+class Structures(NamedTuple):
+    """What FETCH keeps of a message so that it parses the message once: ENVELOPE,
+    BODYSTRUCTURE and BODY already in IMAP wire form (`sansmail.imap.encode_value`), and
+    the opaque blob of `FolderView.set_cache`. The store keeps the octets and never looks
+    inside; None is "not kept (yet)"."""
+
+    envelope: bytes | None = None
+    bodystructure: bytes | None = None
+    body: bytes | None = None
+    cache: bytes | None = None
+
+
 class AppendResult(NamedTuple):
     """APPENDUID data (RFC 4315 §3)."""
 
@@ -313,6 +326,22 @@ class FolderView(Protocol):
 
     def set_cache(self, uid: int, blob: bytes) -> None:
         """Keep an opaque blob (the cached structures) with the message."""
+        ...
+
+    def structures(self, uids: Iterable[int], *, cache: bool = False) -> dict[int, Structures]:
+        """The kept `Structures` of each message of `uids` that still exists, in one
+        read (the blob only when `cache`: it is the bulky part, needed only where the
+        rest is missing)."""
+        ...
+
+    def set_structures(self, values: Mapping[int, Structures]) -> None:
+        """Keep `values` in one write; a None member leaves what was kept, and a message
+        expunged meanwhile is skipped."""
+        ...
+
+    def contents(self, uids: Iterable[int]) -> Iterator[tuple[int, bytes | None]]:
+        """(UID, content in CRLF form or None if expunged) for each of `uids` in order,
+        read one file at a time with one index read for them all."""
         ...
 
     def store_flags(

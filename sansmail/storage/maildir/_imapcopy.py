@@ -101,9 +101,9 @@ def transfer(
 
 def _sources(index: FolderIndex, uids: Sequence[int]) -> list[_Source]:
     with index.read() as conn:
-        rows = index.rows(
-            conn, uids, "uid, base, name, flags, keywords, internaldate, tz, size, cache"
-        )
+        rows = index.rows(conn, uids, "uid, base, name, flags, keywords, internaldate, tz, size")
+        # The copy is the same message: what FETCH derived from it holds there too.
+        structures = index.structures(conn, uids)
     found = {row[0] for row in rows}
     gone = [uid for uid in uids if uid not in found]
     if gone:
@@ -120,10 +120,10 @@ def _sources(index: FolderIndex, uids: Sequence[int]) -> list[_Source]:
                 internaldate=internaldate,
                 tz=tz,
                 size=size,
-                cache=cache,
+                structures=structures.get(uid),
             ),
         )
-        for uid, base, rel, bits, keywords, internaldate, tz, size, cache in rows
+        for uid, base, rel, bits, keywords, internaldate, tz, size in rows
     ]
 
 

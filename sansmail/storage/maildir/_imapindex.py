@@ -5,8 +5,12 @@ Theory of operation
 The Maildir is the truth about which messages exist and what flags they carry; the index
 (``sansmail.index.sqlite`` in the folder's directory, SQLite in WAL mode) adds what a
 Maildir cannot hold: UIDVALIDITY, UIDNEXT, each message's UID, its INTERNALDATE time
-zone, the CRLF size, the cached structure blob, and a modification sequence. Rows are
-keyed by the file's base name (the part before ``:``), which no rename changes.
+zone, the CRLF size and a modification sequence. Rows are keyed by the file's base name
+(the part before ``:``), which no rename changes. What FETCH derives from a message's
+content (its pre-serialised ENVELOPE, BODYSTRUCTURE and BODY, and the session's cache
+blob: `Structures`) lives in a table of its own, ``structures``, so that the list of
+messages a SELECT reads stays small; a row there goes with its message's row (expunge
+deletes both in one transaction) and is only ever a cache: losing it costs a re-parse.
 
 Sync (as Dovecot's maildir sync does it). Under the write lock (``BEGIN IMMEDIATE``),
 list ``new/`` and then ``cur/`` (a file moved from new/ to cur/ between the two listings
@@ -44,6 +48,12 @@ past a bound; a view older than the pruned range compares its whole UID list ins
 no read-write session has claimed yet. A read-write view's sync claims every UID from it
 to UIDNEXT in a write transaction, so exactly one session is first to see a message.
 
+Schema versions. ``PRAGMA user_version`` says which schema a file has; an older one is
+migrated in place, in one write transaction, keeping every UID and the UIDVALIDITY
+(version 1 kept the cache blob in ``messages``: version 2 moves it to ``structures``).
+A file of a newer version than this code knows is refused, not rebuilt: rebuilding
+would give every message a new UID under a new UIDVALIDITY for nothing.
+
 Crash safety. SQLite's WAL makes each transaction all or nothing (``synchronous=FULL``:
 a committed transaction survives power loss too, so UIDNEXT never goes backwards). A file
 written into ``cur/`` whose row was never inserted is simply found by the next sync. An
@@ -68,7 +78,7 @@ from typing import Any, Final
 import attrs
 
 from sansmail.storage.durable import unlink_quietly
-from sansmail.storage.maildir._imapbase import FolderGoneError, TooManyKeywordsError
+from sansmail.storage.maildir._imapbase import FolderGoneError, Structures, TooManyKeywordsError
 from sansmail.storage.maildir._imapmaildir import (
     arrival_key,
     crlf_size,
@@ -83,12 +93,19 @@ __all__ = ["INDEX_NAME", "KEYWORDS_NAME", "FolderIndex", "Header", "NewRow", "is
 INDEX_NAME: Final = "sansmail.index.sqlite"
 KEYWORDS_NAME: Final = "dovecot-keywords"
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
 _BUSY_TIMEOUT: Final = 60.0
 _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
 _CORRUPT: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+_STRUCTURES: Final = """CREATE TABLE IF NOT EXISTS structures (
+        uid INTEGER PRIMARY KEY,
+        cache BLOB,
+        envelope BLOB,
+        bodystructure BLOB,
+        body BLOB)"""
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS folder (
@@ -112,18 +129,38 @@ _SCHEMA: Final = (
         internaldate INTEGER NOT NULL,
         tz INTEGER NOT NULL,
         size INTEGER NOT NULL,
-        modseq INTEGER NOT NULL,
-        cache BLOB)""",
+        modseq INTEGER NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)",
     "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)",
+    _STRUCTURES,
 )
 
+# Version 1 kept the cache blob in a column of messages: it moves to structures (the
+# column goes where SQLite can drop one, 3.35 and later, and is emptied elsewhere).
+_MIGRATE_FROM_1: Final = (
+    _STRUCTURES,
+    "INSERT OR IGNORE INTO structures (uid, cache)"
+    " SELECT uid, cache FROM messages WHERE cache IS NOT NULL",
+)
 
 _INSERT: Final = (
-    "INSERT INTO messages (uid, base, name, flags, keywords, internaldate, tz, size, modseq,"
-    " cache) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO messages (uid, base, name, flags, keywords, internaldate, tz, size, modseq)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Keeps what is already there where the new value is None (`Structures` members), and
+# writes nothing for a message that is gone.
+_UPSERT_STRUCTURES: Final = (
+    "INSERT INTO structures (uid, cache, envelope, bodystructure, body)"
+    " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM messages WHERE uid = ?1)"
+    " ON CONFLICT (uid) DO UPDATE SET cache = coalesce(excluded.cache, cache),"
+    " envelope = coalesce(excluded.envelope, envelope),"
+    " bodystructure = coalesce(excluded.bodystructure, bodystructure),"
+    " body = coalesce(excluded.body, body)"
+)
+
+
+_NOTHING: Final = Structures()
 
 
 class _DamagedError(sqlite3.DatabaseError):
@@ -163,7 +200,8 @@ class NewRow:
     internaldate: int
     tz: int
     size: int
-    cache: bytes | None = None
+    #: What is known of its structures already (a copy's are its source's).
+    structures: Structures | None = None
 
 
 class FolderIndex:
@@ -231,9 +269,12 @@ class FolderIndex:
             conn.execute("PRAGMA synchronous=FULL")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
-            if conn.execute("PRAGMA user_version").fetchone()[0] != _SCHEMA_VERSION:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
                 # Taken before the write lock: the account's counter is a file of its own.
                 self._create_schema(conn, self._new_uidvalidity())
+            elif version != _SCHEMA_VERSION:
+                self._migrate(conn)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
                 raise _DamagedError("the index has no folder row")
         except BaseException:
@@ -255,6 +296,26 @@ class FolderIndex:
                 conn.execute(
                     "INSERT INTO folder VALUES (0, ?, 1, 1, 1, 0, -1, -1, 0, 0)", (uidvalidity,)
                 )
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have migrated it while we waited for the lock.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (1, _SCHEMA_VERSION):
+                raise RuntimeError(f"{self.db_path}: unknown index version {version}")
+            if version == 1:
+                for statement in _MIGRATE_FROM_1:
+                    conn.execute(statement)
+                try:
+                    conn.execute("ALTER TABLE messages DROP COLUMN cache")
+                except sqlite3.OperationalError:
+                    conn.execute("UPDATE messages SET cache = NULL")
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -535,44 +596,78 @@ class FolderIndex:
                 row.tz,
                 row.size,
                 modseq,
-                row.cache,
             )
             for row in rows
         ]
         if unindexed:
-            conn.executemany(_INSERT, [(uidnext + i, *v) for i, v in enumerate(values)])
+            uids = list(range(uidnext, uidnext + len(rows)))
+            conn.executemany(_INSERT, [(uid, *v) for uid, v in zip(uids, values, strict=True)])
             uidnext += len(rows)
-            conn.execute(
-                "UPDATE folder SET uidnext = ?, highestmodseq = max(highestmodseq, ?)",
-                (uidnext, modseq),
-            )
-            return list(range(uidnext - len(rows), uidnext))
-        uids: list[int] = []
-        for row, value in zip(rows, values, strict=True):
-            cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
-            if cursor.rowcount == 1:
-                uids.append(uidnext)
-                uidnext += 1
-                continue
-            (uid,) = conn.execute("SELECT uid FROM messages WHERE base = ?", (row.base,)).fetchone()
-            # What the caller knows beats what a sync could guess from the file.
-            conn.execute(
-                "UPDATE messages SET tz = ?, internaldate = ?, cache = coalesce(?, cache)"
-                " WHERE uid = ?",
-                (row.tz, row.internaldate, row.cache, uid),
-            )
-            uids.append(uid)
+        else:
+            uids = []
+            for row, value in zip(rows, values, strict=True):
+                cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
+                if cursor.rowcount == 1:
+                    uids.append(uidnext)
+                    uidnext += 1
+                    continue
+                (uid,) = conn.execute(
+                    "SELECT uid FROM messages WHERE base = ?", (row.base,)
+                ).fetchone()
+                # What the caller knows beats what a sync could guess from the file.
+                conn.execute(
+                    "UPDATE messages SET tz = ?, internaldate = ? WHERE uid = ?",
+                    (row.tz, row.internaldate, uid),
+                )
+                uids.append(uid)
         conn.execute(
             "UPDATE folder SET uidnext = ?, highestmodseq = max(highestmodseq, ?)",
             (uidnext, modseq),
         )
+        self.keep_structures(
+            conn,
+            {
+                uid: row.structures
+                for uid, row in zip(uids, rows, strict=True)
+                if row.structures is not None
+            },
+        )
         return uids
+
+    def keep_structures(self, conn: sqlite3.Connection, values: dict[int, Structures]) -> None:
+        """Keep `values` (see `Structures`; a None member leaves what is kept) for the
+        messages that still exist."""
+        conn.executemany(
+            _UPSERT_STRUCTURES,
+            [
+                (uid, s.cache, s.envelope, s.bodystructure, s.body)
+                for uid, s in values.items()
+                if s != _NOTHING
+            ],
+        )
+
+    def structures(
+        self, conn: sqlite3.Connection, uids: Iterable[int], *, cache: bool = True
+    ) -> dict[int, Structures]:
+        """The kept structures of the messages of `uids` that exist (all None where
+        none are kept); the cache blob only when `cache`."""
+        blob = "s.cache" if cache else "NULL"
+        return {
+            uid: Structures(envelope, bodystructure, body, cached)
+            for uid, envelope, bodystructure, body, cached in conn.execute(
+                f"SELECT m.uid, s.envelope, s.bodystructure, s.body, {blob}"  # noqa: S608
+                " FROM messages AS m LEFT JOIN structures AS s USING (uid)"
+                " WHERE m.uid IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(set(uids))),),
+            )
+        }
 
     def delete(self, conn: sqlite3.Connection, uids: Sequence[int], modseq: int) -> None:
         """Expunge `uids` from the index, leaving tombstones for views to find."""
         if not uids:
             return
         conn.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for uid in uids])
+        conn.executemany("DELETE FROM structures WHERE uid = ?", [(uid,) for uid in uids])
         conn.executemany(
             "INSERT OR REPLACE INTO expunged (uid, modseq) VALUES (?, ?)",
             [(uid, modseq) for uid in uids],

@@ -34,7 +34,7 @@ import functools
 import io
 import os
 import sqlite3
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 import attrs
@@ -48,6 +48,7 @@ from sansmail.storage.maildir._imapbase import (
     FolderView,
     ImapMessage,
     ReadOnlyError,
+    Structures,
     SyncChanges,
 )
 from sansmail.storage.maildir._imapcopy import transfer
@@ -111,7 +112,9 @@ _INFO_COLUMNS: Final = "uid, flags, keywords, internaldate, tz, size"
 _UIDVALIDITY: Final = "SELECT uidvalidity FROM folder"
 # The folder row always exists, so these give one row even when the message has none.
 _CHECKED_NAME: Final = "SELECT uidvalidity, (SELECT name FROM messages WHERE uid = ?) FROM folder"
-_CHECKED_CACHE: Final = "SELECT uidvalidity, (SELECT cache FROM messages WHERE uid = ?) FROM folder"
+_CHECKED_CACHE: Final = (
+    "SELECT uidvalidity, (SELECT cache FROM structures WHERE uid = ?) FROM folder"
+)
 
 
 _P = ParamSpec("_P")
@@ -402,18 +405,52 @@ class MaildirFolderView(FolderView):
         assert blob is None or isinstance(blob, bytes)
         return blob
 
-    @_guarded
     def set_cache(self, uid: int, blob: bytes) -> None:
+        self.set_structures({uid: Structures(cache=blob)})
+
+    @_guarded
+    def structures(self, uids: Iterable[int], *, cache: bool = False) -> dict[int, Structures]:
+        with self._index.read() as conn:
+            self._check_uidvalidity(conn.execute(_UIDVALIDITY).fetchone())
+            return self._index.structures(conn, uids, cache=cache)
+
+    @_guarded
+    def set_structures(self, values: Mapping[int, Structures]) -> None:
         self._check()
+        if not values:
+            return
         conn = self._index.conn
         # A lost cache entry is recomputed, so it is not worth an fsync of its own; the
         # next FULL commit makes it durable with the rest.
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._index.write():
-                conn.execute("UPDATE messages SET cache = ? WHERE uid = ?", (blob, uid))
+                self._index.keep_structures(conn, dict(values))
         finally:
             conn.execute("PRAGMA synchronous=FULL")
+
+    def contents(self, uids: Iterable[int]) -> Iterator[tuple[int, bytes | None]]:
+        wanted = list(uids)
+        names = self._names(wanted)
+        for uid in wanted:
+            name = names.get(uid)
+            if name is None:
+                yield uid, None
+                continue
+            try:
+                with open(os.path.join(self._index.folder, name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                # Renamed (flags) or removed meanwhile: the one-message path finds it.
+                yield uid, self.read(uid)
+                continue
+            yield uid, to_crlf(data)
+
+    @_guarded
+    def _names(self, uids: list[int]) -> dict[int, str]:
+        with self._index.read() as conn:
+            self._check_uidvalidity(conn.execute(_UIDVALIDITY).fetchone())
+            return dict(self._index.rows(conn, uids, "uid, name"))
 
     # -- flags ------------------------------------------------------------------------
 
