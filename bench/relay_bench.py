@@ -1,7 +1,8 @@
 """Relay throughput: sansmail's queue and SMTP client against Postfix's, side by side.
 
     python3 bench/relay_bench.py [--messages N] [--size 10k] [--concurrency 10]
-        [--reps 3] [--sansmail-processes P] [--postfix]
+        [--reps 3] [--sansmail-processes P] [--postfix] [--base CHECKOUT]
+        [--py-spy DIR]
 
 Theory of operation
 -------------------
@@ -13,8 +14,20 @@ the same). ``smtp-source`` sends N messages with C connections. Two times are ta
 * **accept**: smtp-source has finished: every message got its 250, so it is durably
   queued (both systems fsync before 250);
 * **relayed**: the queue is empty again: every message was delivered to the sink and
-  forgotten. The queue directory is counted (sansmail: ``*.env`` files under
-  ``data/queue``; Postfix: files under its incoming/active/deferred queues).
+  forgotten. The queue directory is counted (sansmail: the distinct queue ids of the
+  files in ``data/queue``, whatever the queue format; Postfix: files under its
+  incoming/active/deferred queues).
+
+Server CPU is utime+stime of each system's whole process tree (bench_procs), read before
+smtp-source starts and once the queue is empty, per 1000 messages.
+
+The machine is shared, so systems are compared inside one invocation only: every system
+is started once, then each rep runs them one after the other, in an order that rotates
+from rep to rep, and the ratios are taken within a rep (median [min-max] over the reps).
+``--base CHECKOUT`` adds a second sansmail run from another source tree (a
+``git worktree`` of the old commit), so an optimisation is measured as an interleaved
+A/B against the code it replaces. ``--py-spy DIR`` records the sansmail processes of
+the first rep (``py-spy record --subprocesses``, collapsed stacks) into DIR.
 
 ``--postfix`` runs Postfix too. It needs root, the ``postfix`` user, and a main.cf in
 /etc/postfix that lists the bench's config directory in ``alternate_config_directories``
@@ -104,18 +117,38 @@ class System:
     def queued(self) -> int:
         raise NotImplementedError
 
+    def cpu(self) -> float:
+        """CPU seconds used so far by the whole process tree."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         raise NotImplementedError
 
 
 class Sansmail(System):
-    name = "sansmail"
-
-    def __init__(self, root: Path, sink_port: int, processes: int) -> None:
-        self.root = root / "sansmail"
+    def __init__(
+        self,
+        root: Path,
+        sink_port: int,
+        processes: int,
+        *,
+        name: str = "sansmail",
+        source: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.root = root / name
         self.sink_port = sink_port
         self.processes = processes
+        self.source = source
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        if self.source is None:
+            return [*procs.sansmail_command(), "serve"], dict(os.environ)
+        # The checkout first on the path: it wins over the installed (editable) package.
+        env = dict(os.environ, PYTHONPATH=str(self.source))
+        code = "import sys; from sansmail_trio._cli import main; sys.exit(main())"
+        return [sys.executable, "-c", code, "serve"], env
 
     def start(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -125,23 +158,44 @@ class Sansmail(System):
                 port=port, processes=self.processes, sink=SINK_HOST, sink_port=self.sink_port
             )
         )
+        command, env = self.command()
         with open(self.root / "serve.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [*procs.sansmail_command(), "serve"], cwd=self.root, stderr=log
-            )
+            self.proc = subprocess.Popen(command, cwd=self.root, stderr=log, env=env)
         _wait_banner(port)
         return port
 
     def queued(self) -> int:
-        queue = self.root / "data" / "queue"
-        if not queue.exists():
-            return 0
-        return sum(1 for name in os.listdir(queue) if name.endswith(".env"))
+        return queued_ids(self.root / "data" / "queue")
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return procs.proc_tree_cpu(self.proc.pid).total
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+
+
+def queued_ids(queue: Path) -> int:
+    """Messages in a sansmail queue directory: distinct queue ids (upper-case letters and
+    digits before the first dot) among its files, temporary ones left out, so the count
+    is right for every queue format sansmail has written (``.msg`` + ``.env`` pairs, one
+    file per message)."""
+    try:
+        names = os.listdir(queue)
+    except FileNotFoundError:
+        return 0
+    ids = set()
+    for name in names:
+        stem, dot, _rest = name.partition(".")
+        if dot and not name.endswith(".tmp") and _QUEUE_ID.fullmatch(stem):
+            ids.add(stem)
+    return len(ids)
+
+
+GIL: list[str] = ["--gil"] if os.environ.get("RELAY_BENCH_GIL") else []
+_QUEUE_ID = re.compile(r"[0-9A-Z]{1,64}")
 
 
 class Postfix(System):
@@ -174,6 +228,10 @@ class Postfix(System):
     def queued(self) -> int:
         spool = self.root / "spool"
         return sum(queue_count(spool / q) for q in ("incoming", "active", "deferred", "maildrop"))
+
+    def cpu(self) -> float:
+        pid = int((self.root / "spool" / "pid" / "master.pid").read_text().split()[0])
+        return procs.proc_tree_cpu(pid).total
 
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.root / "etc"), "stop"], check=False)
@@ -222,36 +280,105 @@ def postfix_usable() -> str | None:
     return None
 
 
-def run(
-    system: System, smtp_source: str, args: argparse.Namespace, size: int
-) -> list[dict[str, float]]:
-    port = system.start()
-    results = []
+def one_run(
+    system: System, port: int, smtp_source: str, args: argparse.Namespace, size: int
+) -> dict[str, float]:
+    cpu_before = system.cpu()
+    start = time.perf_counter()
+    sent = procs.run_smtp_source(
+        smtp_source,
+        port=port,
+        messages=args.messages,
+        concurrency=args.concurrency,
+        size=size,
+        timeout=600,
+    )
+    accepted = time.perf_counter()
+    if not sent.ok:
+        raise RuntimeError(f"{system.name}: smtp-source failed: {sent.output}")
+    drained = wait_empty(system.queued, 600)
+    return {
+        "accept": args.messages / (accepted - start),
+        "relayed": args.messages / (drained - start),
+        "cpu": (system.cpu() - cpu_before) * 1000 / args.messages,
+    }
+
+
+def spy(system: System, directory: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy recording `system`'s processes (children included) until terminated."""
+    if not isinstance(system, Sansmail) or system.proc is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{system.name}.collapsed"
+    return subprocess.Popen(
+        [
+            "py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200", *GIL,
+            "--nonblocking", "-p", str(system.proc.pid), "-o", str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def run_all(
+    systems: list[System], smtp_source: str, args: argparse.Namespace, size: int
+) -> dict[str, list[dict[str, float]]]:
+    """Every rep runs every system once, in an order that rotates from rep to rep."""
+    ports: dict[str, int] = {}
+    table: dict[str, list[dict[str, float]]] = {s.name: [] for s in systems}
     try:
-        for _rep in range(args.reps):
-            start = time.perf_counter()
-            sent = procs.run_smtp_source(
-                smtp_source,
-                port=port,
-                messages=args.messages,
-                concurrency=args.concurrency,
-                size=size,
-                timeout=600,
-            )
-            accepted = time.perf_counter()
-            if not sent.ok:
-                raise RuntimeError(f"smtp-source failed: {sent.output}")
-            drained = wait_empty(system.queued, 600)
-            results.append(
-                {
-                    "accept": args.messages / (accepted - start),
-                    "relayed": args.messages / (drained - start),
-                }
-            )
-            time.sleep(1)
+        for system in systems:
+            ports[system.name] = system.start()
+        for rep in range(args.reps):
+            shift = rep % len(systems)
+            for system in systems[shift:] + systems[:shift]:
+                spying = spy(system, Path(args.py_spy)) if args.py_spy and rep == 0 else None
+                try:
+                    result = one_run(system, ports[system.name], smtp_source, args, size)
+                finally:
+                    if spying is not None:
+                        spying.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                        spying.wait(60)
+                table[system.name].append(result)
+                print(
+                    f"rep {rep + 1} {system.name:9} accept {result['accept']:7,.0f}/s "
+                    f"relayed {result['relayed']:7,.0f}/s cpu {result['cpu']:5.2f} s/1000",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(1)
     finally:
-        system.stop()
-    return results
+        for system in systems:
+            if system.name in ports:
+                system.stop()
+    return table
+
+
+def _spread(values: list[float], form: str) -> str:
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:{form}} [{low:{form}}-{high:{form}}]"
+
+
+def report(table: dict[str, list[dict[str, float]]], args: argparse.Namespace) -> None:
+    print(
+        f"{args.messages} messages of {args.size}, {args.concurrency} connections, "
+        f"{args.reps} reps interleaved, relayed to smtp-sink; median [min-max]"
+    )
+    print(f"  {'system':9} {'accept msgs/s':>22} {'relayed msgs/s':>22} {'CPU s/1000':>22}")
+    for name, runs in table.items():
+        cells = [
+            _spread([r["accept"] for r in runs], ",.0f"),
+            _spread([r["relayed"] for r in runs], ",.0f"),
+            _spread([r["cpu"] for r in runs], ".2f"),
+        ]
+        print(f"  {name:9} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+    pairs = [("sansmail", "postfix"), ("base", "postfix"), ("sansmail", "base")]
+    for mine, theirs in pairs:
+        if mine not in table or theirs not in table:
+            continue
+        for what in ("accept", "relayed", "cpu"):
+            ratios = [m[what] / t[what] for m, t in zip(table[mine], table[theirs], strict=True)]
+            print(f"  {mine}/{theirs} {what}: {_spread(ratios, '.2f')}x")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -262,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sansmail-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--postfix", action="store_true", help="run Postfix side by side")
+    parser.add_argument(
+        "--base", type=Path, help="also run sansmail from this checkout (named 'base')"
+    )
+    parser.add_argument("--py-spy", help="record the sansmail processes of rep 1 here")
     args = parser.parse_args(argv)
     smtp_source = procs.find_smtp_source()
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -281,33 +412,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         try:
             systems.append(Sansmail(Path(tmp), sink_port, args.sansmail_processes))
+            if args.base is not None:
+                systems.append(
+                    Sansmail(
+                        Path(tmp),
+                        sink_port,
+                        args.sansmail_processes,
+                        name="base",
+                        source=args.base.resolve(),
+                    )
+                )
             if args.postfix:
                 why = postfix_usable()
                 if why is None:
                     systems.append(Postfix(sink_port))
                 else:
                     print(f"postfix skipped: {why}", file=sys.stderr)
-            table = {s.name: run(s, smtp_source, args, size) for s in systems}
+            table = run_all(systems, smtp_source, args, size)
         finally:
             sink_proc.terminate()
             sink_proc.wait(10)
-    print(
-        f"{args.messages} messages of {args.size}, {args.concurrency} connections, "
-        f"{args.reps} reps, relayed to smtp-sink; msgs/s, median [min-max]"
-    )
-    for name, runs in table.items():
-        for what in ("accept", "relayed"):
-            values = [r[what] for r in runs]
-            print(
-                f"  {name:9} {what:8} {statistics.median(values):8,.0f} "
-                f"[{min(values):,.0f}-{max(values):,.0f}]"
-            )
-    if "postfix" in table:
-        for what in ("accept", "relayed"):
-            ratios = [
-                s[what] / p[what] for s, p in zip(table["sansmail"], table["postfix"], strict=True)
-            ]
-            print(f"  sansmail/postfix {what}: {statistics.median(ratios):.2f}x")
+    report(table, args)
     return 0
 
 

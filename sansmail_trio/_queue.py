@@ -3,37 +3,56 @@
 Theory of operation
 -------------------
 The queue is the directory `sansmail.storage.queue.QueueStore` keeps; every SMTP process
-writes into it, and one runner (in process 0) reads it. What an attempt does with a
-message (the loop check, which domains go where, the next hops, the verdicts, the new
-envelope, the notifications and their order, the log lines) is decided by
+writes into it, and one runner reads it (`sansmail-trio serve` gives it a process of
+its own, `_run.py`; an embedded `serve()` runs it in its own loop). What an attempt does
+with a message (the loop check, which domains go where, the next hops, the verdicts,
+the new envelope, the notifications and their order, the log lines) is decided by
 `sansmail.sessions.qmgr` and `sansmail.mail.delivery`. This file owns what needs the
 event loop: time, the schedule, worker threads for their blocking steps, DNS
 (`sansmail_trio._dns`), the concurrency limits, and writing the log lines it is handed;
 the SMTP connections, their TLS and their cache are `sansmail_trio._smtp_client`'s.
 
-The schedule lives in memory (queue id -> when it is next due), filled by listing the
-directory: at start, when an SMTP session of this process wakes the runner, and once a
-second for messages queued by the other processes or put back by hand. An envelope is
-read again at the start of every attempt, so `queue delete` takes effect at once.
+**The schedule** lives in memory: queue id -> when it is next due, with a heap beside
+it, so finding what is due costs no scan of every message. A message enters it when
+the session that queued it announces it (`wake`, through a pipe when the runner is a
+process of its own), when an attempt queues a notification, or when the directory is
+listed: at start, after ``queue flush``, and every `RESCAN_INTERVAL` for what nobody
+announced (a message put back by hand). An envelope is read again at the start of
+every attempt, so ``queue delete`` takes effect at once.
 
-One attempt takes one message (`QueueManager.open`): its destinations are delivered side
-by side, a local one in a worker thread, a remote one by answering its
-`sansmail.mail.delivery.RemoteDelivery` (DNS lookups, then connections) until it is done;
-then `Attempt.finish`, in a worker thread, writes the outcome.
+**One pass over due messages**, in batches, so a busy queue costs a few thread hops and
+fsyncs per batch rather than per message:
 
-Limits: at most `MAX_ACTIVE` messages in delivery at once, and
-``destination_concurrency_limit`` connections per destination domain.
+1. *Open*: up to `OPEN_BATCH` due messages in one worker-thread call
+   (`QueueManager.open_all`).
+2. *Deliver*: each message's local destinations in a worker thread; its remote ones
+   join their domain's line. A domain gets delivery agents as its line grows, never
+   more than ``destination_concurrency_limit``; an agent takes up to `BATCH_SIZE`
+   messages from the line and delivers them with one walk over the domain's next hops
+   (`QueueManager.remote`): the lookups once, then one transaction per message, one
+   after the other on the same cached connection. Each verdict is recorded (and
+   logged) as soon as its transaction ends.
+3. *Finish*: a message every destination of which is recorded goes to the finisher,
+   which writes the outcome of whatever has gathered meanwhile in one worker-thread call
+   (`QueueManager.finish_all`): the envelope updates, notifications and removals, with
+   one directory fsync for the removals. A crash can resend a message whose verdict
+   was not written yet, never more (the documented window between the next hop's
+   ``250`` and our note of it).
+
+Limits: at most `MAX_ACTIVE` messages between open and finish, and at most
+``destination_concurrency_limit`` agents (connections) per destination domain.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import functools
+import heapq
 import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 import trio
@@ -46,10 +65,9 @@ from sansmail.mail.delivery import (
     Done,
     LogLine,
     LookupMX,
-    RemoteDelivery,
 )
 from sansmail.mail.retry import RetryPolicy
-from sansmail.sessions.qmgr import Attempt, QueueManager
+from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore
@@ -57,18 +75,80 @@ from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import SMTPClient
 
-__all__ = ["MAX_ACTIVE", "QueueRunner"]
+__all__ = ["BATCH_SIZE", "MAX_ACTIVE", "OPEN_BATCH", "RESCAN_INTERVAL", "QueueRunner"]
 
-#: Messages in delivery at once (Postfix: default_process_limit is 100).
+#: Messages between open and finish at once (Postfix: default_process_limit is 100).
 MAX_ACTIVE = 100
-#: How often the queue directory is listed for messages other processes queued.
-SCAN_INTERVAL = 1.0
+#: Due messages opened in one worker-thread call.
+OPEN_BATCH = 32
+#: Messages one delivery agent takes from its domain's line for one connection.
+BATCH_SIZE = 10
+#: How often the flush request of ``queue flush`` is looked for.
+FLUSH_INTERVAL = 1.0
+#: How often the queue directory is listed for messages nobody announced.
+RESCAN_INTERVAL = 1.0
 
 
-@attrs.define
-class _Destination:
-    semaphore: trio.Semaphore
-    users: int = 0  # holding or waiting for a slot
+class _Schedule:
+    """Queue id -> when it is due, and a heap to find the due ones (stale heap entries,
+    whose time no longer matches, are skipped as they surface)."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __contains__(self, queue_id: str) -> bool:
+        return queue_id in self._due
+
+    def ids(self) -> set[str]:
+        return set(self._due)
+
+    def set(self, queue_id: str, due: float) -> None:
+        if self._due.get(queue_id) != due:
+            self._due[queue_id] = due
+            heapq.heappush(self._heap, (due, queue_id))
+
+    def discard(self, queue_id: str) -> None:
+        self._due.pop(queue_id, None)
+
+    def soonest(self) -> float:
+        self._drop_stale()
+        return self._heap[0][0] if self._heap else math.inf
+
+    def take_due(self, now: float, limit: int) -> list[str]:
+        """Up to `limit` ids due at `now`, soonest first, out of the schedule."""
+        taken: list[str] = []
+        while len(taken) < limit:
+            self._drop_stale()
+            if not self._heap or self._heap[0][0] > now:
+                break
+            _due, queue_id = heapq.heappop(self._heap)
+            del self._due[queue_id]
+            taken.append(queue_id)
+        return taken
+
+    def _drop_stale(self) -> None:
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+
+
+@attrs.define(eq=False)
+class _InFlight:
+    """A message between open and finish."""
+
+    attempt: Attempt
+    #: Destinations not recorded yet.
+    remaining: int
+    #: An internal error cut the attempt short: nothing is written, it is tried again.
+    failed: bool = False
+
+    @property
+    def queue_id(self) -> str:
+        return self.attempt.message.queue_id
+
+
+_Item = tuple[_InFlight, Destination]
 
 
 class QueueRunner:
@@ -102,21 +182,24 @@ class QueueRunner:
             aliases=aliases,
             policy=self.policy,
         )
-        self._schedule: dict[str, float] = {}
+        self._schedule = _Schedule()
         self._active: set[str] = set()
         self._wake = trio.Event()
         self._flush = False
-        self._slots = trio.CapacityLimiter(MAX_ACTIVE)
-        self._destinations: dict[str, _Destination] = {}
+        self._lines: dict[str, collections.deque[_Item]] = {}
+        self._agents: dict[str, int] = {}
+        self._open_due = trio.Event()
+        self._finishing: list[_InFlight] = []
+        self._finish_due = trio.Event()
         self._client = SMTPClient(hostname=config.hostname, delivery=config.delivery)
 
     # -- control -------------------------------------------------------------------
 
     def wake(self, queue_id: str | None = None) -> None:
-        """Look at the queue now. An SMTP session of this process names the message it
-        just queued, which is then due at once without listing the directory."""
+        """Look at the queue now. A session names the message it just queued, which is
+        then due at once without listing the directory."""
         if queue_id is not None and queue_id not in self._active:
-            self._schedule[queue_id] = 0.0
+            self._schedule.set(queue_id, 0.0)
         self._wake.set()
 
     def flush(self) -> None:
@@ -127,131 +210,237 @@ class QueueRunner:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. Messages in flight at cancellation keep their envelope
         as it was, and are tried again at the next start."""
-        next_scan = 0.0
         async with trio.open_nursery() as nursery:
             await nursery.start(self._client.run)
+            nursery.start_soon(self._opener, nursery)
+            nursery.start_soon(self._finisher)
             task_status.started()
+            now = trio.current_time()
+            next_flush, next_scan = now, now  # both at once: everything queued before us
             while True:
-                # The directory is listed once a second, not at every wake-up: under
-                # load a wake-up per message would list a directory of thousands of
-                # files per message.
-                if trio.current_time() >= next_scan:
+                now = trio.current_time()
+                if now >= next_flush:
                     if await trio.to_thread.run_sync(self.queue.take_flush_request):
                         self._flush = True
+                    next_flush = trio.current_time() + FLUSH_INTERVAL
+                if self._flush or now >= next_scan:
                     await self._scan()
-                    next_scan = trio.current_time() + SCAN_INTERVAL
-                self._start_due(nursery)
-                wait = next_scan - trio.current_time()
-                soonest = min(self._schedule.values(), default=math.inf) - self.clock()
-                with trio.move_on_after(max(0.0, min(wait, soonest))):
+                    next_scan = trio.current_time() + RESCAN_INTERVAL
+                wait = min(next_flush, next_scan) - trio.current_time()
+                until_due = self._schedule.soonest() - self.clock()
+                if until_due <= 0:
+                    # The opener takes it from here; a settled attempt (room again) or
+                    # a new message wakes us.
+                    self._open_due.set()
+                else:
+                    wait = min(wait, until_due)
+                with trio.move_on_after(max(0.0, wait)):
                     await self._wake.wait()
                 self._wake = trio.Event()
 
     async def _scan(self) -> None:
+        known = self._schedule.ids()
         names = await trio.to_thread.run_sync(self.manager.queue_ids)
-        for gone in set(self._schedule) - names:
-            if gone not in self._active:
-                del self._schedule[gone]
+        # Only what was scheduled before the listing began can be missing from it for
+        # being gone; an id announced meanwhile may simply be newer than the listing.
+        for gone in known - names:
+            self._schedule.discard(gone)
         new = [qid for qid in names if qid not in self._schedule and qid not in self._active]
         if new:
             due = await trio.to_thread.run_sync(self.manager.due, new)
-            self._schedule.update(due)
+            for qid, when in due.items():
+                if qid not in self._schedule and qid not in self._active:
+                    self._schedule.set(qid, when)
         if self._flush:
             self._flush = False
             now = self.clock()
-            for qid in self._schedule:
-                self._schedule[qid] = now
+            for qid in self._schedule.ids():
+                self._schedule.set(qid, now)
 
-    def _start_due(self, nursery: trio.Nursery) -> None:
-        now = self.clock()
-        for qid, due in sorted(self._schedule.items(), key=lambda item: item[1]):
-            if due > now:
-                break
-            if qid in self._active:
-                continue
-            self._active.add(qid)
-            self._schedule[qid] = math.inf
-            nursery.start_soon(self._attempt_task, qid)
-
-    async def _attempt_task(self, qid: str) -> None:
-        try:
-            async with self._slots:
-                due = await self._attempt(qid)
-        except Exception:
-            self.log.exception("%s: delivery attempt failed with an internal error", qid)
-            due = self.clock() + self.policy.minimal_backoff
-        finally:
-            self._active.discard(qid)
-        if due is None:
-            self._schedule.pop(qid, None)
-        else:
-            self._schedule[qid] = due
+    def _settle(self, queue_id: str, due: float | None) -> None:
+        """The attempt on `queue_id` is over: due again at `due`, or gone (None)."""
+        self._active.discard(queue_id)
+        if due is not None:
+            self._schedule.set(queue_id, due)
         self._wake.set()
 
-    # -- one attempt ------------------------------------------------------------------
+    def _retry_later(self) -> float:
+        return self.clock() + self.policy.minimal_backoff
 
-    async def _attempt(self, qid: str) -> float | None:
-        """Try every pending recipient of `qid` once; returns when it is due next, None
-        when it left the queue."""
-        attempt = await trio.to_thread.run_sync(self.manager.open, qid)
-        if attempt is None:
-            return None
-        async with trio.open_nursery() as nursery:
+    # -- 1. open ----------------------------------------------------------------------
+
+    async def _opener(self, nursery: trio.Nursery) -> None:
+        # One open at a time: what falls due while one is in its worker thread waits
+        # for the next, which takes it all at once. Batches grow with the load and
+        # cost no waiting when the queue is quiet.
+        while True:
+            await self._open_due.wait()
+            self._open_due = trio.Event()
+            while True:
+                room = min(OPEN_BATCH, MAX_ACTIVE - len(self._active))
+                ids = self._schedule.take_due(self.clock(), room) if room > 0 else []
+                if not ids:
+                    break
+                self._active.update(ids)
+                await self._open(ids, nursery)
+
+    async def _open(self, ids: list[str], nursery: trio.Nursery) -> None:
+        try:
+            opened = await trio.to_thread.run_sync(self.manager.open_all, ids)
+        except Exception:
+            self.log.exception("%s: cannot open for delivery", ", ".join(ids))
+            for qid in ids:
+                self._settle(qid, self._retry_later())
+            return
+        self._write(opened.log)
+        for qid in opened.gone:
+            self._settle(qid, None)
+        touched: set[str] = set()
+        for attempt in opened.attempts:
+            flight = _InFlight(attempt, remaining=len(attempt.destinations))
+            if not attempt.destinations:  # a loop: every recipient is decided already
+                self._to_finish(flight)
             for destination in attempt.destinations:
-                nursery.start_soon(self._deliver, attempt, destination)
-        try:
-            finished = await trio.to_thread.run_sync(
-                functools.partial(attempt.finish, now=self.clock(), jitter=self.rng.random())
-            )
-        finally:
-            self._write(attempt.take_log())
-        for notice in finished.queued:
-            self._schedule[notice] = 0.0
-        return finished.next_due
+                if destination.local:
+                    nursery.start_soon(self._deliver_local, flight, destination)
+                else:
+                    line = self._lines.setdefault(destination.domain, collections.deque())
+                    line.append((flight, destination))
+                    touched.add(destination.domain)
+        for domain in touched:
+            self._add_agents(domain, nursery)
 
-    async def _deliver(self, attempt: Attempt, destination: Destination) -> None:
+    # -- 2. deliver ---------------------------------------------------------------------
+
+    async def _deliver_local(self, flight: _InFlight, destination: Destination) -> None:
         start = self.clock()
-        if destination.local:
-            result = await trio.to_thread.run_sync(attempt.deliver_local, destination)
-        else:
-            async with self._destination_slot(destination.domain):
-                plan = attempt.remote(destination, shuffle=self.rng.shuffle)
-                result = await self._deliver_remote(plan)
-        now = self.clock()
-        attempt.record(destination, result, delay=now - start, now=now)
-        self._write(attempt.take_log())
-
-    @contextlib.asynccontextmanager
-    async def _destination_slot(self, domain: str) -> AsyncIterator[None]:
-        limit = self.config.delivery.destination_concurrency_limit
-        slot = self._destinations.setdefault(domain, _Destination(trio.Semaphore(limit)))
-        slot.users += 1
         try:
-            async with slot.semaphore:
-                yield
+            result = await trio.to_thread.run_sync(flight.attempt.deliver_local, destination)
+        except Exception:
+            self.log.exception("%s: local delivery failed with an internal error", flight.queue_id)
+            self._fail(flight)
+            return
+        self._record((flight, destination), result, start)
+
+    def _add_agents(self, domain: str, nursery: trio.Nursery) -> None:
+        # Enough agents for the line in batches, up to the domain's connection limit.
+        limit = self.config.delivery.destination_concurrency_limit
+        wanted = min(limit, -(-len(self._lines[domain]) // BATCH_SIZE))
+        while self._agents.get(domain, 0) < wanted:
+            self._agents[domain] = self._agents.get(domain, 0) + 1
+            nursery.start_soon(self._agent, domain)
+
+    async def _agent(self, domain: str) -> None:
+        try:
+            line = self._lines[domain]
+            while line:
+                await self._deliver_batch(
+                    [line.popleft() for _ in range(min(BATCH_SIZE, len(line)))]
+                )
         finally:
-            # Forget idle destinations so the table stays as small as the traffic.
-            slot.users -= 1
-            if not slot.users:
-                del self._destinations[domain]
+            # Forget idle destinations so the tables stay as small as the traffic.
+            self._agents[domain] -= 1
+            if not self._agents[domain]:
+                del self._agents[domain]
+                if not self._lines[domain]:
+                    del self._lines[domain]
+
+    async def _deliver_batch(self, batch: list[_Item]) -> None:
+        """Do the lookups and conversations the batch's walk asks for, until it is
+        done, recording each message's verdict as soon as it is settled."""
+        plan = self.manager.remote([(f.attempt, d) for f, d in batch], shuffle=self.rng.shuffle)
+        start = self.clock()
+        started: dict[int, float] = {}
+        recorded: set[int] = set()
+        try:
+            while True:
+                step = plan.next_step()
+                for index, result in plan.take_settled():
+                    recorded.add(index)
+                    self._record(batch[index], result, started.get(index, start))
+                if isinstance(step, Done):
+                    return
+                if isinstance(step, Connect):
+                    started.setdefault(plan.index, self.clock())
+                    plan.conversation_ended(await self._client.deliver(plan.message, step))
+                    continue
+                try:
+                    if isinstance(step, LookupMX):
+                        plan.mx_found(await self.resolver.mx(step.domain))
+                    else:
+                        plan.addresses_found(await self.resolver.addresses(step.host))
+                except DNSError as exc:
+                    plan.lookup_failed(str(exc), permanent=exc.permanent)
+        except Exception:
+            self.log.exception(
+                "%s: delivery attempt failed with an internal error",
+                ", ".join(flight.queue_id for flight, _ in batch),
+            )
+            # The recorded ones are done; the others are tried again later.
+            for index, (flight, _destination) in enumerate(batch):
+                if index not in recorded:
+                    self._fail(flight)
+
+    def _record(self, item: _Item, result: DomainResult, start: float) -> None:
+        flight, destination = item
+        now = self.clock()
+        flight.attempt.record(destination, result, delay=now - start, now=now)
+        self._write(flight.attempt.take_log())
+        self._done_with(flight)
+
+    def _fail(self, flight: _InFlight) -> None:
+        flight.failed = True
+        self._done_with(flight)
+
+    def _done_with(self, flight: _InFlight) -> None:
+        flight.remaining -= 1
+        if flight.remaining == 0:
+            self._to_finish(flight)
+
+    # -- 3. finish ----------------------------------------------------------------------
+
+    def _to_finish(self, flight: _InFlight) -> None:
+        self._finishing.append(flight)
+        self._finish_due.set()
+
+    async def _finisher(self) -> None:
+        while True:
+            await self._finish_due.wait()
+            self._finish_due = trio.Event()
+            batch, self._finishing = self._finishing, []
+            for flight in batch:
+                if flight.failed:
+                    self._settle(flight.queue_id, self._retry_later())
+            batch = [flight for flight in batch if not flight.failed]
+            if batch:
+                await self._finish(batch)
+
+    async def _finish(self, batch: list[_InFlight]) -> None:
+        attempts = [flight.attempt for flight in batch]
+        finish = functools.partial(
+            self.manager.finish_all,
+            attempts,
+            now=self.clock(),
+            jitters=[self.rng.random() for _ in attempts],
+        )
+        try:
+            outcomes: list[Finished | Exception] = await trio.to_thread.run_sync(finish)
+        except Exception as exc:  # the directory fsync after the batch
+            self.log.exception("cannot finish delivery attempts")
+            outcomes = [exc] * len(batch)
+        for attempt, outcome in zip(attempts, outcomes, strict=True):
+            qid = attempt.message.queue_id
+            self._write(attempt.take_log())
+            if isinstance(outcome, Exception):
+                self.log.error(
+                    "%s: delivery attempt failed with an internal error", qid, exc_info=outcome
+                )
+                self._settle(qid, self._retry_later())
+                continue
+            for notice in outcome.queued:
+                self._schedule.set(notice, 0.0)
+            self._settle(qid, outcome.next_due)
 
     def _write(self, lines: Iterable[LogLine]) -> None:
         for line in lines:
             self.log.log(logging.INFO if line.level == "info" else logging.WARNING, "%s", line.text)
-
-    async def _deliver_remote(self, plan: RemoteDelivery) -> DomainResult:
-        """Do the lookups and conversations `plan` asks for, until it is done."""
-        while True:
-            step = plan.next_step()
-            if isinstance(step, Done):
-                return step.result
-            if isinstance(step, Connect):
-                plan.conversation_ended(await self._client.deliver(plan.message, step))
-                continue
-            try:
-                if isinstance(step, LookupMX):
-                    plan.mx_found(await self.resolver.mx(step.domain))
-                else:
-                    plan.addresses_found(await self.resolver.addresses(step.host))
-            except DNSError as exc:
-                plan.lookup_failed(str(exc), permanent=exc.permanent)

@@ -37,6 +37,16 @@ no address of any host gave a verdict      defer    4.4.1 no answer from host
 An address lookup that fails for one host only moves on to the next host; its reason is
 kept as the last one, for the deferral.
 
+Batches. A `RemoteDelivery` may carry several messages for the same domain (the queue
+runner's batch for one next hop): the lookups are made once, and at each address the
+messages are delivered one after the other, each in its own transaction, so the runner
+does them all on one connection (its cache hands the connection from one transaction to
+the next). `RemoteDelivery.message` is the message the current `Connect` is for. A
+conversation that ends without a verdict marks the address as failed for the rest of
+the batch, as Postfix marks a dead destination: the messages not settled yet move on to
+the next address together. Each message's result is ready as soon as it is settled
+(`take_settled`), so the runner records a delivery without waiting for the batch.
+
 TLS, by ``[delivery] tls`` level (Postfix's smtp_tls_security_level):
 
 =======  ======================  =============================  =====================
@@ -331,9 +341,15 @@ class Connect:
 
 @attrs.frozen
 class Done:
-    """The walk is over: `result` has a verdict for every recipient."""
+    """The walk is over: `results` has, for each message in order, a verdict for every
+    recipient."""
 
-    result: DomainResult
+    results: tuple[DomainResult, ...]
+
+    @property
+    def result(self) -> DomainResult:
+        """The result of the first (for a walk of one message: the) message."""
+        return self.results[0]
 
 
 Step = LookupMX | LookupAddresses | Connect | Done
@@ -359,31 +375,52 @@ _Answer = _MXFound | _AddressesFound | _Failed | Conversation
 
 
 class RemoteDelivery:
-    """The next hops of one remote destination, tried in turn (see the module docstring).
+    """The next hops of one remote destination, tried in turn, for one message or a
+    batch of messages to the same domain (see the module docstring).
 
     `hostname` is ours (for the MX loop rule); `shuffle` permutes hosts of equal MX
     preference in place (``random.shuffle``). Call `next_step`, do what it says, answer
-    with the method the step names, until it is `Done`."""
+    with the method the step names, until it is `Done`; a `Connect` is for `message`."""
 
     def __init__(
         self,
-        message: outbound.OutboundMessage,
+        message: outbound.OutboundMessage | Sequence[outbound.OutboundMessage],
         domain: str,
         *,
         delivery: DeliveryConfig,
         hostname: str,
         shuffle: Callable[[list[str]], None],
     ) -> None:
-        self.message = message
+        if isinstance(message, outbound.OutboundMessage):
+            message = (message,)
+        if not message:
+            raise ValueError("a delivery needs a message")
+        #: Every message of the walk, in the order they are tried.
+        self.messages: tuple[outbound.OutboundMessage, ...] = tuple(message)
+        #: The index in `messages` of the one the current `Connect` is for.
+        self.index = 0
         self.domain = domain
         self._delivery = delivery
         self._hostname = hostname
         self._shuffle = shuffle
+        self._results: list[DomainResult | None] = [None] * len(self.messages)
+        self._settled: list[tuple[int, DomainResult]] = []
         self._walk = self._hops()
         self._step: Step = self._resume(lambda: next(self._walk))
 
+    @property
+    def message(self) -> outbound.OutboundMessage:
+        """The message the current `Connect` is for."""
+        return self.messages[self.index]
+
     def next_step(self) -> Step:
         return self._step
+
+    def take_settled(self) -> list[tuple[int, DomainResult]]:
+        """The messages settled since the last call, by index in `messages`, with their
+        results (each one once). Every message is settled by the time of `Done`."""
+        settled, self._settled = self._settled, []
+        return settled
 
     def mx_found(self, records: Iterable[MXRecord]) -> None:
         """The MX records of `LookupMX.domain` (none: it has no MX)."""
@@ -399,6 +436,7 @@ class RemoteDelivery:
         self._answer((LookupMX, LookupAddresses), _Failed(reason, permanent))
 
     def conversation_ended(self, conversation: Conversation) -> None:
+        """How delivering `message` as the current `Connect` said has ended."""
         self._answer(Connect, conversation)
 
     def _answer(self, expected: type[Step] | tuple[type[Step], ...], answer: _Answer) -> None:
@@ -406,31 +444,44 @@ class RemoteDelivery:
             raise RuntimeError(f"{type(answer).__name__} is no answer to {self._step!r}")
         self._step = self._resume(lambda: self._walk.send(answer))
 
-    @staticmethod
-    def _resume(advance: Callable[[], Step]) -> Step:
+    def _resume(self, advance: Callable[[], Step]) -> Step:
         try:
             return advance()
-        except StopIteration as stop:
-            return Done(stop.value)
+        except StopIteration:
+            results = tuple(r for r in self._results if r is not None)
+            assert len(results) == len(self.messages)
+            return Done(results)
 
-    def _everyone(self, outcome: Outcome) -> DomainResult:
-        return DomainResult(
-            outcomes={r.address: outcome for r in self.message.recipients}, relay="none"
-        )
+    def _settle(self, index: int, result: DomainResult) -> None:
+        self._results[index] = result
+        self._settled.append((index, result))
 
-    def _hops(self) -> Generator[Step, _Answer, DomainResult]:
+    def _everyone(self, indices: Iterable[int], outcome: Outcome) -> None:
+        for index in indices:
+            recipients = self.messages[index].recipients
+            self._settle(
+                index,
+                DomainResult(outcomes={r.address: outcome for r in recipients}, relay="none"),
+            )
+
+    def _hops(self) -> Generator[Step, _Answer, None]:
         # The walk reads in order as a generator: each `yield` is the step the runner
-        # takes next, and evaluates to the answer it gave; the return value is `Done`'s.
+        # takes next, and evaluates to the answer it gave; it ends with every message
+        # settled.
         delivery = self._delivery
+        unsettled = list(range(len(self.messages)))
         try:
             route = route_for(self.domain, delivery)
         except ValueError as exc:
-            return self._everyone(Outcome(status="bounced", reason=str(exc), dsn="5.1.2"))
+            self._everyone(unsettled, Outcome(status="bounced", reason=str(exc), dsn="5.1.2"))
+            return
         hosts = [route.host]
         if route.mx_lookup:
             answer = yield LookupMX(route.host)
             if isinstance(answer, _Failed):
-                return self._everyone(dns_failure(answer.reason, permanent=answer.permanent))
+                outcome = dns_failure(answer.reason, permanent=answer.permanent)
+                self._everyone(unsettled, outcome)
+                return
             assert isinstance(answer, _MXFound)
             try:
                 hosts = order_mx(
@@ -440,7 +491,9 @@ class RemoteDelivery:
                     self_names={self._hostname},
                 )
             except RoutingError as exc:  # null MX, or an MX loop
-                return self._everyone(Outcome(status="bounced", reason=str(exc), dsn=exc.status))
+                outcome = Outcome(status="bounced", reason=str(exc), dsn=exc.status)
+                self._everyone(unsettled, outcome)
+                return
         port = delivery.smtp_port if route.kind in ("mx", "literal") else route.port
         last = "no host to deliver to"
         for host in hosts:
@@ -458,15 +511,25 @@ class RemoteDelivery:
                     verify_name=host if delivery.tls == "verify" else None,
                     authenticate=route.kind == "relayhost",
                 )
-                ended = yield connect
-                assert isinstance(ended, Conversation)
-                if ended.again == "plaintext":
-                    ended = yield attrs.evolve(connect, tls="none", verify_name=None)
+                while unsettled:
+                    self.index = unsettled[0]
+                    ended = yield connect
                     assert isinstance(ended, Conversation)
-                if ended.outcomes is not None:
-                    return DomainResult(outcomes=ended.outcomes, relay=connect.relay, tls=ended.tls)
-                last = f"{connect.relay}: {ended.reason}"
-        return self._everyone(Outcome(status="deferred", reason=last, dsn="4.4.1"))
+                    if ended.again == "plaintext":
+                        # For the rest of the batch too: this address's TLS has failed.
+                        connect = attrs.evolve(connect, tls="none", verify_name=None)
+                        ended = yield connect
+                        assert isinstance(ended, Conversation)
+                    if ended.outcomes is None:
+                        last = f"{connect.relay}: {ended.reason}"
+                        break  # this address is done for the whole batch
+                    result = DomainResult(
+                        outcomes=ended.outcomes, relay=connect.relay, tls=ended.tls
+                    )
+                    self._settle(unsettled.pop(0), result)
+                if not unsettled:
+                    return
+        self._everyone(unsettled, Outcome(status="deferred", reason=last, dsn="4.4.1"))
 
 
 # -- the log ----------------------------------------------------------------------------------

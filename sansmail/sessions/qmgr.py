@@ -1,4 +1,4 @@
-"""`QueueManager` and `Attempt`: what one delivery attempt of one queued message does.
+"""`QueueManager` and `Attempt`: what a delivery attempt of a queued message does.
 
 Theory of operation
 -------------------
@@ -22,6 +22,14 @@ decides or stores is here, so a runner for another loop repeats no rule:
     finished = attempt.finish(now=clock(), jitter=rng.random())   # blocking
     write(attempt.take_log())                               # also when finish raised
 
+A busy runner does the same for many messages at once, which costs fewer worker-thread
+hops, fewer fsyncs and fewer connections: `open_all` opens a batch of due messages in
+one blocking call; `QueueManager.remote` hands several messages' destinations for one
+domain to one walk over its next hops (`sansmail.mail.delivery.RemoteDelivery`), which
+the runner delivers one transaction after the other on one connection, recording each
+as it is settled (`take_settled`); and `finish_all` writes the outcome of a batch of
+attempts with one directory fsync for all the messages that leave the queue.
+
 Methods marked BLOCKING do file I/O (the queue, the mailboxes, alias include files); an
 adapter runs them in a worker thread. The others only compute. `deliver_local` changes
 nothing in the `Attempt`, so it may run in a thread while other destinations' results
@@ -40,7 +48,7 @@ step that raised halfway leaves the lines of what it did complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
@@ -59,7 +67,7 @@ from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError
 from sansmail.storage.users import UserStore
 
-__all__ = ["Attempt", "Finished", "QueueManager"]
+__all__ = ["Attempt", "Finished", "Opened", "QueueManager"]
 
 
 @attrs.frozen
@@ -69,6 +77,17 @@ class Finished:
 
     next_due: float | None
     queued: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Opened:
+    """What `QueueManager.open_all` found: an attempt per message it could open, the
+    ids that are gone (delivered, deleted, or not committed yet), and the lines to log
+    about damaged files it set aside."""
+
+    attempts: tuple[Attempt, ...]
+    gone: tuple[str, ...]
+    log: tuple[LogLine, ...] = ()
 
 
 class QueueManager:
@@ -113,11 +132,72 @@ class QueueManager:
         """BLOCKING. An attempt on `queue_id`, read afresh (so ``queue delete`` takes
         effect at once); None when it is gone or unreadable."""
         try:
-            message = self.queue.load(queue_id)
-            content = self.queue.read_message(queue_id)
+            message, content = self.queue.read(queue_id)
         except (UnknownQueueIdError, CorruptEnvelopeError, ValueError):
             return None
         return Attempt(self, message, content)
+
+    def open_all(self, ids: Iterable[str]) -> Opened:
+        """BLOCKING. `open` for each of `ids`, in one call. A message whose file no
+        longer reads (its content fails its checksum: pages lost in a crash; or damage
+        from outside) is set aside in the queue's ``corrupt/`` and logged, rather than
+        sent damaged or tried again at every pass."""
+        attempts: list[Attempt] = []
+        gone: list[str] = []
+        log: list[LogLine] = []
+        for qid in ids:
+            try:
+                message, content = self.queue.read(qid)
+            except UnknownQueueIdError:
+                gone.append(qid)
+                continue
+            except (CorruptEnvelopeError, ValueError) as exc:
+                gone.append(qid)
+                if self.queue.set_aside(qid):
+                    text = f"{qid}: damaged queue file moved to corrupt/: {printable(str(exc))}"
+                    log.append(LogLine(text, level="warning"))
+                continue
+            attempts.append(Attempt(self, message, content))
+        return Opened(tuple(attempts), tuple(gone), tuple(log))
+
+    def remote(
+        self,
+        items: Sequence[tuple[Attempt, Destination]],
+        *,
+        shuffle: Callable[[list[str]], None],
+    ) -> RemoteDelivery:
+        """One walk over the next hops of a domain for several messages' destinations
+        there (`items`, all remote, all for one domain), delivered in this order."""
+        domains = {destination.domain for _attempt, destination in items}
+        if len(domains) != 1 or any(destination.local for _a, destination in items):
+            raise ValueError("a batch is for one remote domain")
+        messages = [
+            delivery.outbound_message(attempt.message, attempt.content, destination.recipients)
+            for attempt, destination in items
+        ]
+        return RemoteDelivery(
+            messages,
+            domains.pop(),
+            delivery=self.config.delivery,
+            hostname=self.config.hostname,
+            shuffle=shuffle,
+        )
+
+    def finish_all(
+        self, attempts: Sequence[Attempt], *, now: float, jitters: Sequence[float]
+    ) -> list[Finished | Exception]:
+        """BLOCKING. `Attempt.finish` for each of `attempts` (each with its jitter),
+        with one directory fsync for every message that left the queue, made before
+        this returns. An attempt that failed gets its exception in its place, and its
+        log lines stay in it."""
+        finished: list[Finished | Exception] = []
+        for attempt, jitter in zip(attempts, jitters, strict=True):
+            try:
+                finished.append(attempt.finish(now=now, jitter=jitter, sync=False))
+            except Exception as exc:  # noqa: BLE001 (handed back, one per attempt)
+                finished.append(exc)
+        self.queue.sync()
+        return finished
 
 
 class Attempt:
@@ -219,10 +299,12 @@ class Attempt:
                 )
             )
 
-    def finish(self, *, now: float, jitter: float) -> Finished:
+    def finish(self, *, now: float, jitter: float, sync: bool = True) -> Finished:
         """BLOCKING. Write what the attempt, ended at `now`, changed: the envelope, the
         notifications, the message's removal, in that order (see the module docstring).
-        `jitter` in [0, 1) spreads the next retry (`sansmail.mail.retry`)."""
+        `jitter` in [0, 1) spreads the next retry (`sansmail.mail.retry`). `sync=False`
+        leaves the directory fsync that makes a removal durable to the caller
+        (`finish_all` makes one for a batch)."""
         manager = self._manager
         queue = manager.queue
         message = self.message
@@ -251,7 +333,7 @@ class Attempt:
                 else:
                     self._log.append(item)
             if result.finished:
-                queue.delete(message.queue_id)
+                queue.delete(message.queue_id, sync=sync)
                 self._log.append(LogLine(f"{message.queue_id}: removed"))
         except UnknownQueueIdError:
             text = f"{message.queue_id}: deleted from the queue during delivery"

@@ -468,6 +468,125 @@ def test_fresh_that_reaches_the_walk_counts_as_no_answer() -> None:
     )
 
 
+# -- a batch of messages for one domain ---------------------------------------------------
+
+
+def batch(count: int = 3, **delivery: object) -> RemoteDelivery:
+    messages = [
+        outbound.OutboundMessage(
+            sender="alice@example.test",
+            recipients=(outbound.OutboundRecipient(address=f"r{n}@far.test"),),
+            content=f"Subject: {n}\r\n\r\nhello\r\n".encode(),
+        )
+        for n in range(count)
+    ]
+    config = DeliveryConfig(**delivery)  # type: ignore[arg-type]
+    return RemoteDelivery(
+        messages, "far.test", delivery=config, hostname="mx.example.test", shuffle=keep
+    )
+
+
+def accepted(walk: RemoteDelivery, tls: str | None = None) -> Conversation:
+    """The next hop's 250 for every recipient of the message `walk` is at."""
+    done = outbound.MessageDone(
+        results=tuple(
+            outbound.RecipientResult(address=r.address, reply=OK, status="sent")
+            for r in walk.message.recipients
+        )
+    )
+    return delivered(done, host="mx.far.test", tls=tls)
+
+
+def test_a_batch_looks_up_once_and_delivers_each_message_in_turn() -> None:
+    walk = batch()
+    walk.mx_found([MXRecord(10, "mx.far.test")])
+    walk.addresses_found(["192.0.2.1"])
+    connects = []
+    for n in range(3):
+        step = walk.next_step()
+        assert isinstance(step, Connect)
+        connects.append(step)
+        assert (walk.index, walk.message) == (n, walk.messages[n])
+        walk.conversation_ended(accepted(walk))
+        # Each result is ready at once, not at the end of the batch.
+        ((index, result),) = walk.take_settled()
+        assert index == n
+        assert result.outcomes[f"r{n}@far.test"].status == "sent"
+        assert result.relay == "mx.far.test[192.0.2.1]:25"
+    assert len(set(connects)) == 1  # one address: the runner's one connection
+    step = walk.next_step()
+    assert isinstance(step, Done)
+    assert [set(r.outcomes) for r in step.results] == [{f"r{n}@far.test"} for n in range(3)]
+    assert walk.take_settled() == []
+
+
+def test_an_address_that_fails_mid_batch_moves_the_rest_on_together() -> None:
+    walk = batch()
+    walk.mx_found([MXRecord(10, "mx.far.test")])
+    walk.addresses_found(["192.0.2.1", "192.0.2.2"])
+    walk.conversation_ended(accepted(walk))
+    assert walk.index == 1
+    walk.conversation_ended(connection_lost("reset by peer", reused=False))
+    assert [index for index, _ in walk.take_settled()] == [0]
+    for n in (1, 2):  # neither is tried at the failed address again
+        step = walk.next_step()
+        assert isinstance(step, Connect)
+        assert (step.ip, walk.index) == ("192.0.2.2", n)
+        walk.conversation_ended(accepted(walk))
+    step = walk.next_step()
+    assert isinstance(step, Done)
+    assert [r.relay for r in step.results] == [
+        "mx.far.test[192.0.2.1]:25",
+        "mx.far.test[192.0.2.2]:25",
+        "mx.far.test[192.0.2.2]:25",
+    ]
+
+
+def test_a_batch_no_address_takes_is_deferred_whole() -> None:
+    walk = batch()
+    walk.mx_found([MXRecord(10, "mx.far.test")])
+    walk.addresses_found(["192.0.2.1"])
+    walk.conversation_ended(accepted(walk))
+    walk.conversation_ended(TIMED_OUT)
+    step = walk.next_step()
+    assert isinstance(step, Done)
+    assert [r.outcomes[f"r{n}@far.test"].status for n, r in enumerate(step.results)] == [
+        "sent",
+        "deferred",
+        "deferred",
+    ]
+    assert step.results[2].outcomes["r2@far.test"].reason == (
+        "mx.far.test[192.0.2.1]:25: conversation timed out"
+    )
+    assert [index for index, _ in walk.take_settled()] == [0, 1, 2]
+
+
+def test_a_failed_handshake_at_may_means_plaintext_for_the_rest_of_the_batch() -> None:
+    walk = batch(2)
+    walk.mx_found([MXRecord(10, "mx.far.test")])
+    walk.addresses_found(["192.0.2.1"])
+    walk.conversation_ended(handshake_failed("TLS handshake failed", level="may"))
+    for n in range(2):
+        step = walk.next_step()
+        assert isinstance(step, Connect)
+        assert (step.tls, walk.index) == ("none", n)
+        walk.conversation_ended(accepted(walk))
+    assert isinstance(walk.next_step(), Done)
+
+
+def test_a_dns_verdict_settles_the_whole_batch() -> None:
+    walk = batch()
+    walk.lookup_failed("far.test: NXDOMAIN", permanent=True)
+    step = walk.next_step()
+    assert isinstance(step, Done)
+    assert [r.outcomes[f"r{n}@far.test"].dsn for n, r in enumerate(step.results)] == ["5.1.2"] * 3
+
+
+def test_a_batch_needs_a_message() -> None:
+    with pytest.raises(ValueError):
+        RemoteDelivery([], "far.test", delivery=DeliveryConfig(), hostname="me.test", shuffle=keep)
+
+
 # -- TLS: the fallback table ----------------------------------------------------------------
 
 GREETING = b"220 mx.far.test ESMTP\r\n"

@@ -5,6 +5,7 @@ and log lines out."""
 from __future__ import annotations
 
 import email
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -32,6 +33,7 @@ from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import Delivery, MaildirStore
 from sansmail.storage.queue import QueueStore, QueueWriter
+from sansmail.storage.queue._format import PREFIX
 from sansmail.storage.users import UserStore
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)  # no test logs in
@@ -138,7 +140,12 @@ def texts(lines: Sequence[LogLine]) -> list[str]:
 
 
 def test_public_names_are_pinned() -> None:
-    assert sorted(sansmail.sessions.qmgr.__all__) == ["Attempt", "Finished", "QueueManager"]
+    assert sorted(sansmail.sessions.qmgr.__all__) == [
+        "Attempt",
+        "Finished",
+        "Opened",
+        "QueueManager",
+    ]
 
 
 # -- reading the queue ---------------------------------------------------------------------
@@ -162,7 +169,7 @@ def test_open_reads_afresh_and_skips_what_is_gone_or_damaged(server: Server) -> 
     assert attempt.content == CONTENT
     assert attempt.message.sender == "bob@far.test"
     assert server.manager.open("F00D") is None
-    (server.queue.root / f"{qid}.env").write_bytes(b"{not json")
+    (server.queue.root / f"{qid}.q").write_bytes(b"{not json")
     assert server.manager.open(qid) is None
     assert server.manager.due([qid]) == {}
 
@@ -424,9 +431,9 @@ class Recording(QueueStore):
         self._note("notice")
         return super().begin(queue_id)
 
-    def delete(self, queue_id: str) -> None:
+    def delete(self, queue_id: str, *, sync: bool = True) -> None:
         self._note("delete")
-        super().delete(queue_id)
+        super().delete(queue_id, sync=sync)
 
 
 @pytest.mark.parametrize(
@@ -466,8 +473,8 @@ def test_partial_failure_still_hands_over_the_lines_of_what_was_done(server: Ser
 
 def test_a_sender_that_no_longer_parses_is_logged_as_a_warning(server: Server) -> None:
     qid = server.enqueue("x@far.test")
-    env = server.queue.root / f"{qid}.env"
-    env.write_bytes(env.read_bytes().replace(b"bob@far.test", b"bob at far"))
+    damaged = attrs.evolve(server.queue.load(qid), sender="bob at far")
+    server.queue.update(damaged)  # as if edited by hand
     attempt = server.open(qid)
     remote(attempt, {"x@far.test": REFUSED})
     attempt.take_log()
@@ -476,6 +483,76 @@ def test_a_sender_that_no_longer_parses_is_logged_as_a_warning(server: Server) -
         LogLine(f"{qid}: cannot report to sender <bob at far>", level="warning"),
         LogLine(f"{qid}: removed"),
     ]
+
+
+# -- batches ------------------------------------------------------------------------------------
+
+
+def test_open_all_opens_what_it_can_and_sets_aside_what_is_damaged(server: Server) -> None:
+    first = server.enqueue("x@far.test")
+    second = server.enqueue("y@far.test")
+    torn = server.enqueue("z@far.test")
+    path = server.queue.root / f"{torn}.q"
+    data = bytearray(path.read_bytes())
+    data[PREFIX + 3] ^= 0xFF  # inside the content: its checksum no longer matches
+    path.write_bytes(bytes(data))
+    opened = server.manager.open_all([first, "F00D", torn, second])
+    assert [a.message.queue_id for a in opened.attempts] == [first, second]
+    assert opened.attempts[0].content == CONTENT
+    assert opened.gone == ("F00D", torn)
+    (line,) = opened.log
+    assert line.level == "warning"
+    assert line.text.startswith(f"{torn}: damaged queue file moved to corrupt/: ")
+    assert "checksum" in line.text
+    assert set(server.queued()) == {first, second}
+    assert os.listdir(server.queue.root / "corrupt") == [f"{torn}.q"]
+
+
+def test_one_walk_for_several_messages_to_one_domain(server: Server) -> None:
+    ids = [server.enqueue(f"r{n}@far.test", "alice@example.test") for n in range(3)]
+    attempts = server.manager.open_all(ids).attempts
+    items = [(a, d) for a in attempts for d in a.destinations if not d.local]
+    plan = server.manager.remote(items, shuffle=lambda hosts: None)
+    assert [[r.address for r in m.recipients] for m in plan.messages] == [
+        [f"r{n}@far.test"] for n in range(3)
+    ]
+    assert plan.next_step() == LookupMX("far.test")
+    with pytest.raises(ValueError):
+        server.manager.remote(
+            [(a, d) for a in attempts for d in a.destinations], shuffle=lambda hosts: None
+        )
+
+
+def test_finish_all_removes_a_batch_with_one_directory_fsync(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [server.enqueue("x@far.test") for _ in range(3)] + [server.enqueue("y@far.test")]
+    attempts = server.manager.open_all(ids).attempts
+    for attempt in attempts[:3]:
+        remote(attempt, {"x@far.test": SENT})
+    remote(attempts[3], {"y@far.test": LATER})
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))
+    )
+    finished = server.manager.finish_all(attempts, now=NOW, jitters=[0.0] * 4)
+    assert finished == [Finished(None)] * 3 + [Finished(NOW + 300)]
+    assert synced == [str(server.queue.root)]  # one, for the three removals
+    assert set(server.queued()) == {ids[3]}
+    assert [texts(a.take_log())[-1] for a in attempts[:3]] == [f"{q}: removed" for q in ids[:3]]
+
+
+def test_finish_all_hands_back_each_failure_in_its_place(server: Server) -> None:
+    ids = [server.enqueue("x@far.test") for _ in range(2)]
+    server.manager.queue = Recording(server.queue.root, fail="update")
+    attempts = server.manager.open_all(ids).attempts
+    remote(attempts[0], {"x@far.test": LATER})  # its update fails
+    remote(attempts[1], {"x@far.test": SENT})
+    first, second = server.manager.finish_all(attempts, now=NOW, jitters=[0.0, 0.0])
+    assert isinstance(first, OSError)
+    assert second == Finished(None)
+    assert set(server.queued()) == {ids[0]}  # kept as it was: the next attempt repeats
 
 
 # -- a whole attempt, as an adapter drives it --------------------------------------------------

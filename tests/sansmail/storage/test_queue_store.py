@@ -1,10 +1,12 @@
-"""The outbound queue store: round trips, the durability order, crash leftovers."""
+"""The outbound queue store: round trips, the durability order, crash leftovers, and
+the queue sansmail 0.1 left (format 1) read, deleted and converted."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import threading
 from typing import Any
 
 import attrs
@@ -20,7 +22,14 @@ from sansmail.mail.envelope import (
     decode_envelope,
     encode_envelope,
 )
-from sansmail.storage.queue import QueueStore, UnknownQueueIdError, _store, format_mailq
+from sansmail.storage.queue import (
+    QueueStore,
+    QueueWriter,
+    UnknownQueueIdError,
+    _format,
+    _store,
+    format_mailq,
+)
 
 CONTENT = b"Subject: hi\r\n\r\nline one\r\nline two\r\n"
 
@@ -97,9 +106,18 @@ def test_round_trip(store: QueueStore) -> None:
     assert stored.recipients[0].notify == ("FAILURE", "DELAY")
     assert stored.ret == "HDRS"
     assert store.read_message("ABC123") == CONTENT
+    assert store.read("ABC123") == (stored, CONTENT)
     assert store.list() == [stored]
-    assert files(store) == ["ABC123.env", "ABC123.msg"]
-    assert os.stat(store.root / "ABC123.msg").st_mode & 0o777 == 0o600
+    assert files(store) == ["ABC123.q"]  # one file per message
+    assert os.stat(store.root / "ABC123.q").st_mode & 0o777 == 0o600
+
+
+def test_a_message_buffered_whole_round_trips(store: QueueStore) -> None:
+    stored = queue(store, "WHOLE1")
+    assert store.read("WHOLE1") == (stored, CONTENT)
+    data = (store.root / "WHOLE1.q").read_bytes()
+    assert data.startswith(_format.MAGIC)  # the format and its version, first
+    assert data[_format.PREFIX :].startswith(CONTENT)
 
 
 def test_empty_content_round_trips(store: QueueStore) -> None:
@@ -124,7 +142,10 @@ def test_abort_leaves_nothing(store: QueueStore) -> None:
     writer = store.begin("A2")
     writer.write(CONTENT)
     writer.flush()
-    assert len(files(store)) == 1  # the tmp content
+    assert files(store) == ["A2.q"]  # being written: not a message yet
+    with pytest.raises(UnknownQueueIdError):
+        store.load("A2")
+    assert store.list() == []
     writer.abort()
     writer.abort()
     assert files(store) == []
@@ -142,6 +163,17 @@ def test_begin_refuses_an_id_in_use(store: QueueStore) -> None:
     queue(store, "DUP1")
     with pytest.raises(FileExistsError):
         store.begin("DUP1")
+    write_pair(store, "DUP2")
+    with pytest.raises(FileExistsError):
+        store.begin("DUP2")
+
+
+def test_commit_refuses_an_id_taken_meanwhile(store: QueueStore) -> None:
+    first, second = store.begin("RACE2"), store.begin("RACE2")
+    stored = first.commit(envelope("RACE2"))
+    with pytest.raises(FileExistsError):
+        second.commit(envelope("RACE2"))
+    assert store.load("RACE2") == stored  # the loser took nothing away
 
 
 def test_new_id_is_valid_unique_and_ordered(tmp_path: pathlib.Path) -> None:
@@ -160,69 +192,103 @@ def test_new_id_is_valid_unique_and_ordered(tmp_path: pathlib.Path) -> None:
 
 
 class Recorder:
-    """Wraps os.open/fsync/rename/replace to log what reached the disk, by file name."""
+    """Wraps os.fsync/fdatasync/rename/replace to log what reached the disk, by name."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, root: pathlib.Path) -> None:
         self.calls: list[tuple[str, str]] = []
         self.root = str(root)
-        real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+        real = {name: getattr(os, name) for name in ("fsync", "fdatasync", "rename", "replace")}
 
-        def fsync(fd: int) -> None:
-            self.calls.append(("fsync", self._name(os.readlink(f"/proc/self/fd/{fd}"))))
-            real_fsync(fd)
+        def syncer(name: str) -> Any:
+            def sync(fd: int) -> None:
+                self.calls.append((name, self._name(os.readlink(f"/proc/self/fd/{fd}"))))
+                real[name](fd)
 
-        def rename(src: str, dst: str) -> None:
-            self.calls.append(("rename", f"{self._kind(src)}->{self._name(dst)}"))
-            real_rename(src, dst)
+            return sync
 
-        def replace(src: str, dst: str) -> None:
-            self.calls.append(("replace", f"{self._kind(src)}->{self._name(dst)}"))
-            real_replace(src, dst)
+        def renamer(name: str) -> Any:
+            def rename(src: str, dst: str) -> None:
+                self.calls.append((name, f"{self._name(src)}->{self._name(dst)}"))
+                real[name](src, dst)
 
-        monkeypatch.setattr(os, "fsync", fsync)
-        monkeypatch.setattr(os, "rename", rename)
-        monkeypatch.setattr(os, "replace", replace)
+            return rename
+
+        for name in ("fsync", "fdatasync"):
+            monkeypatch.setattr(os, name, syncer(name))
+        for name in ("rename", "replace"):
+            monkeypatch.setattr(os, name, renamer(name))
 
     def _name(self, path: str) -> str:
         path = os.fspath(path)
         if path == self.root:
             return "DIR"
-        return os.path.basename(path)
-
-    def _kind(self, path: str) -> str:
-        name = os.path.basename(os.fspath(path))
-        assert name.endswith(".tmp")
-        return "tmp" + name.split(".")[1]  # "tmpmsg" / "tmpenv"
+        name = os.path.basename(path)
+        return "tmp" if name.endswith(".tmp") else name
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fds")
-def test_commit_order(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+
+
+@needs_proc
+def test_commit_is_one_file_and_two_fsyncs(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store.begin("PRE1").abort()  # makes the directory, so only the commit is recorded
     recorder = Recorder(monkeypatch, store.root)
     writer = store.begin("ORD1")
     writer.write(CONTENT)
     writer.commit(envelope("ORD1"))
-    # content durable, envelope durable, content named, envelope named (the commit
-    # point), the names durable: all before commit returned.
-    assert recorder.calls == [
-        ("fsync", recorder.calls[0][1]),
-        ("fsync", recorder.calls[1][1]),
-        ("rename", "tmpmsg->ORD1.msg"),
-        ("rename", "tmpenv->ORD1.env"),
-        ("fsync", "DIR"),
-    ]
-    assert ".msg." in recorder.calls[0][1]
-    assert ".env." in recorder.calls[1][1]
+    # The file, whole, on disk; then its name: both before commit returned. No tmp
+    # file, no rename.
+    assert recorder.calls == [("fsync", "ORD1.q"), ("fsync", "DIR")]
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fds")
-def test_update_order(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    stored = queue(store, "ORD2")
+@needs_proc
+def test_commits_can_share_one_directory_fsync(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers = [store.begin(f"GRP{n}") for n in range(3)]
     recorder = Recorder(monkeypatch, store.root)
-    store.update(attrs.evolve(stored, warned=True))
-    assert [call[0] for call in recorder.calls] == ["fsync", "replace", "fsync"]
-    assert ".env." in recorder.calls[0][1]
-    assert recorder.calls[1:] == [("replace", "tmpenv->ORD2.env"), ("fsync", "DIR")]
+    stored = []
+    for writer in writers:
+        writer.write(CONTENT)
+        stored.append(writer.commit(envelope(writer.queue_id), sync=False))
+    store.sync()  # the group's one directory fsync, before any of their 250s
+    assert recorder.calls == [("fsync", f"GRP{n}.q") for n in range(3)] + [("fsync", "DIR")]
+    assert store.list() == stored
+
+
+@needs_proc
+def test_a_message_written_in_pieces_gets_its_header_at_commit(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = store.begin("BIG1")
+    writer.write(CONTENT)
+    writer.flush()
+    head = (store.root / "BIG1.q").read_bytes()[: _format.PREFIX]
+    assert head == _format.MAGIC + _format.PLACEHOLDER  # not committed, if we crash now
+    writer.write(b"more\r\n")
+    recorder = Recorder(monkeypatch, store.root)
+    stored = writer.commit(envelope("BIG1"))
+    assert recorder.calls == [("fsync", "BIG1.q"), ("fsync", "DIR")]
+    assert store.read("BIG1") == (stored, CONTENT + b"more\r\n")
+
+
+@needs_proc
+def test_update_appends_one_record_and_fdatasyncs(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = queue(store, "ORD2")
+    before = (store.root / "ORD2.q").read_bytes()
+    recorder = Recorder(monkeypatch, store.root)
+    new = attrs.evolve(stored, warned=True)
+    store.update(new)
+    assert recorder.calls == [("fdatasync", "ORD2.q")]  # no rename, no directory fsync
+    after = (store.root / "ORD2.q").read_bytes()
+    assert after.startswith(before)
+    assert after[len(before) :] == _format.envelope_record(encode_envelope(new))
+    assert store.load("ORD2") == new
+    assert store.read_message("ORD2") == CONTENT
 
 
 def test_first_begin_makes_the_directory_durably(
@@ -243,20 +309,26 @@ def test_first_begin_makes_the_directory_durably(
 
 
 def test_failed_commit_leaves_nothing(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_rename = os.rename
+    def fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
 
-    def rename(src: str, dst: str) -> None:
-        if str(dst).endswith(".env"):
-            raise OSError(28, "No space left on device")
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", rename)
     writer = store.begin("FAIL1")
     writer.write(CONTENT)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(OSError, match="Input/output"):
         writer.commit(envelope("FAIL1"))
     assert files(store) == []
     assert store.list() == []
+
+
+def test_commit_fails_when_the_file_was_removed_under_it(store: QueueStore) -> None:
+    writer = store.begin("GONE2")
+    writer.write(CONTENT)
+    writer.flush()
+    os.unlink(store.root / "GONE2.q")  # `queue delete`, or anything else
+    with pytest.raises(OSError, match="was removed"):
+        writer.commit(envelope("GONE2"))  # so no 250 is sent for it
+    assert files(store) == []
 
 
 def crash_instead_of(monkeypatch: pytest.MonkeyPatch, name: str) -> type[BaseException]:
@@ -270,59 +342,80 @@ def crash_instead_of(monkeypatch: pytest.MonkeyPatch, name: str) -> type[BaseExc
 
     monkeypatch.setattr(os, name, die)
     monkeypatch.setattr(_store, "_unlink_quietly", lambda path: None)
+    monkeypatch.setattr(_store.QueueWriter, "abort", lambda self: None)
     return Killed
 
 
-def test_update_crash_before_rename_keeps_the_old_envelope(
-    store: QueueStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_record_cut_short_reads_as_absent(store: QueueStore) -> None:
     old = queue(store, "UPD1")
     new = attrs.evolve(
         old, recipients=(attrs.evolve(old.recipients[0], state="sent"), old.recipients[1])
     )
-    killed = crash_instead_of(monkeypatch, "replace")
-    with pytest.raises(killed):
-        store.update(new)
-    monkeypatch.undo()
-    after = QueueStore(store.root)  # a restart
-    assert after.load("UPD1") == old
-    assert after.list() == [old]
-    leftovers = [name for name in files(after) if name.endswith(".tmp")]
-    assert len(leftovers) == 1
-    assert after.recover() == leftovers
-    assert files(after) == ["UPD1.env", "UPD1.msg"]
-    after.update(new)
+    path = store.root / "UPD1.q"
+    whole = path.read_bytes()
+    record = _format.envelope_record(encode_envelope(new))
+    for cut in (1, len(record) // 2, len(record) - 1):
+        path.write_bytes(whole + record[:cut])  # a crash in the middle of the append
+        after = QueueStore(store.root)  # a restart
+        assert after.load("UPD1") == old
+        assert after.list() == [old]
+        assert after.recover() == []  # nothing to clean up: the debris is harmless
+    after.update(new)  # goes where the last whole record ends, and the debris goes
     assert after.load("UPD1") == new
+    assert path.read_bytes() == whole + record
 
 
-def test_commit_crash_between_renames_leaves_an_orphan(
+def test_a_damaged_record_hides_nothing_before_it(store: QueueStore) -> None:
+    old = queue(store, "UPD2")
+    path = store.root / "UPD2.q"
+    data = bytearray(path.read_bytes() + _format.envelope_record(b'{"version":1}'))
+    data[-3] ^= 0xFF  # the CRC no longer matches
+    path.write_bytes(bytes(data))
+    assert store.load("UPD2") == old
+
+
+def test_commit_crash_before_the_header_leaves_nothing_queued(
     store: QueueStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_rename = os.rename
-
-    class Killed(BaseException):
-        pass
-
-    def rename(src: str, dst: str) -> None:
-        if str(dst).endswith(".env"):
-            raise Killed
-        real_rename(src, dst)
-
-    monkeypatch.setattr(os, "rename", rename)
-    monkeypatch.setattr(_store, "_unlink_quietly", lambda path: None)
-    monkeypatch.setattr(_store.QueueWriter, "abort", lambda self: None)
     writer = store.begin("CR1")
     writer.write(CONTENT)
-    with pytest.raises(Killed):
+    writer.flush()  # written in pieces: the placeholder header
+    killed = crash_instead_of(monkeypatch, "pwrite")
+    with pytest.raises(killed):
         writer.commit(envelope("CR1"))
     monkeypatch.undo()
+    os.close(writer._fd)  # the process is gone, and its lock with it
     after = QueueStore(store.root)
     assert after.list() == []
     with pytest.raises(UnknownQueueIdError):
         after.load("CR1")
-    removed = after.recover()
-    assert "CR1.msg" in removed
+    assert after.recover() == ["CR1.q"]
     assert files(after) == []
+
+
+def test_a_file_torn_by_power_loss_is_caught_by_its_checksum(store: QueueStore) -> None:
+    stored = queue(store, "TORN1")
+    path = store.root / "TORN1.q"
+    data = bytearray(path.read_bytes())
+    data[_format.PREFIX : _format.PREFIX + 4] = b"\0\0\0\0"  # content pages never written
+    path.write_bytes(bytes(data))
+    assert store.load("TORN1") == stored  # the envelope reads ...
+    with pytest.raises(CorruptEnvelopeError, match="checksum"):
+        store.read("TORN1")  # ... the content is never sent
+    assert store.set_aside("TORN1")
+    assert files(store) == ["corrupt"]
+    assert os.listdir(store.root / "corrupt") == ["TORN1.q"]
+
+
+def test_recover_and_set_aside_leave_a_file_being_written_alone(store: QueueStore) -> None:
+    # A server process still finishing a transaction while a new server starts.
+    writer = store.begin("LIVE1")
+    writer.write(CONTENT)
+    writer.flush()
+    assert store.recover() == []
+    assert not store.set_aside("LIVE1")
+    stored = writer.commit(envelope("LIVE1"))
+    assert store.list() == [stored]
 
 
 def test_update_of_a_deleted_message_does_not_resurrect_it(store: QueueStore) -> None:
@@ -333,23 +426,62 @@ def test_update_of_a_deleted_message_does_not_resurrect_it(store: QueueStore) ->
     assert files(store) == []
 
 
-def test_update_racing_a_delete_takes_the_envelope_back(
-    store: QueueStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_update_racing_a_delete_says_so(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
     stored = queue(store, "RACE1")
-    real_replace = os.replace
+    real_fdatasync = os.fdatasync
 
-    def replace(src: str, dst: str) -> None:
-        # The delete runs after update's existence check, before its rename.
-        os.unlink(store.root / "RACE1.env")
-        os.unlink(store.root / "RACE1.msg")
-        real_replace(src, dst)
+    def fdatasync(fd: int) -> None:
+        store.delete("RACE1")  # after update opened the file, before it is done
+        real_fdatasync(fd)
 
-    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     with pytest.raises(UnknownQueueIdError):
         store.update(attrs.evolve(stored, warned=True))
     monkeypatch.undo()
     assert files(store) == []
+
+
+def test_many_updates_compact_the_file(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_store, "COMPACT_AT", 2000)
+    stored = queue(store, "COMP1")
+    path = store.root / "COMP1.q"
+    inode = path.stat().st_ino
+    for attempt in range(1, 30):
+        latest = attrs.evolve(
+            stored, recipients=[attrs.evolve(r, attempts=attempt) for r in stored.recipients]
+        )
+        store.update(latest)
+        assert store.read("COMP1") == (latest, CONTENT)
+    assert path.stat().st_size < _format.PREFIX + len(CONTENT) + 2000
+    assert path.stat().st_ino != inode  # rewritten (under a tmp name, renamed over)
+    assert files(store) == ["COMP1.q"]
+
+
+def test_delete_waits_for_a_compaction_and_removes_its_result(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_store, "COMPACT_AT", 0)  # every update compacts
+    stored = queue(store, "COMP2")
+    renaming, release = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        renaming.set()
+        release.wait(10)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    updater = threading.Thread(target=store.update, args=(attrs.evolve(stored, warned=True),))
+    updater.start()
+    assert renaming.wait(10)
+    deleter = threading.Thread(target=store.delete, args=("COMP2",))
+    deleter.start()
+    deleter.join(0.2)
+    assert deleter.is_alive()  # waiting for the compaction's lock
+    release.set()
+    updater.join(10)
+    deleter.join(10)
+    assert files(store) == []  # the rewritten file is what went, not the one it replaced
 
 
 # -- list, recover, delete -------------------------------------------------------------
@@ -359,7 +491,8 @@ def test_list_is_oldest_first(store: QueueStore) -> None:
     late = queue(store, "B2", arrival=200.0)
     early = queue(store, "Z9", arrival=100.0)
     tie = queue(store, "A1", arrival=200.0)
-    assert store.list() == [early, tie, late]
+    old = write_pair(store, "C3", arrival=150.0)
+    assert store.list() == [early, old, tie, late]
 
 
 def test_list_of_a_missing_directory_is_empty(tmp_path: pathlib.Path) -> None:
@@ -367,62 +500,74 @@ def test_list_of_a_missing_directory_is_empty(tmp_path: pathlib.Path) -> None:
     assert QueueStore(tmp_path / "nothing").recover() == []
 
 
-def test_list_skips_half_written_entries(store: QueueStore) -> None:
-    whole = queue(store, "OK1")
+def make_debris(store: QueueStore) -> QueueWriter:
+    """Everything a crash or damage from outside can leave, in both formats; returns the
+    writer of a message still being written."""
     open_writer = store.begin("HALF1")
     open_writer.write(CONTENT)
-    open_writer.flush()  # a tmp content file, no envelope
+    open_writer.flush()  # being written: placeholder header, locked
+    (store.root / "EMPTY1.q").write_bytes(b"")  # created, never written
+    (store.root / "CUT1.q").write_bytes(_format.MAGIC[:5])
+    (store.root / "NOTQ1.q").write_bytes(b"something else entirely, and long enough" * 2)
+    whole = (store.root / "OK1.q").read_bytes()
+    (store.root / "NOENV1.q").write_bytes(whole[: _format.PREFIX + len(CONTENT)])
+    (store.root / "OK1.q.1-1.tmp").write_bytes(whole[:10])  # a compaction cut short
+    # Format 1 (sansmail 0.1).
     (store.root / "ORPHAN1.msg").write_bytes(CONTENT)  # content, envelope never written
     (store.root / "ENV1.env.1-1.tmp").write_bytes(b"{")  # an envelope never renamed
     (store.root / "NODATA1.env").write_bytes(encode_envelope(envelope("NODATA1")))
     (store.root / "BAD1.env").write_bytes(b"not json")
     (store.root / "BAD1.msg").write_bytes(CONTENT)
+    (store.root / "README").write_bytes(b"someone else's file")
+    (store.root / "lower.msg").write_bytes(b"not a queue id: not ours")
+    return open_writer
+
+
+def test_list_skips_half_written_entries(store: QueueStore) -> None:
+    whole = queue(store, "OK1")
+    make_debris(store)
     assert store.list() == [whole]
+    with pytest.raises(CorruptEnvelopeError):
+        store.load("NOENV1")
+    with pytest.raises(CorruptEnvelopeError):
+        store.load("NOTQ1")
 
 
 def test_recover_cleans_and_sets_aside(store: QueueStore) -> None:
     whole = queue(store, "OK1")
-    writer = store.begin("HALF1")
-    writer.write(CONTENT)
-    writer.flush()
-    (store.root / "ORPHAN1.msg").write_bytes(CONTENT)
-    (store.root / "ENV1.env.1-1.tmp").write_bytes(b"{")
-    (store.root / "NODATA1.env").write_bytes(encode_envelope(envelope("NODATA1")))
-    (store.root / "BAD1.env").write_bytes(b"not json")
-    (store.root / "BAD1.msg").write_bytes(CONTENT)
-    (store.root / "README").write_bytes(b"someone else's file")
-    (store.root / "lower.msg").write_bytes(b"not a queue id: not ours")
+    writer = make_debris(store)
     removed = store.recover()
     assert removed == sorted(removed)
     assert set(removed) == {
         "BAD1.env",
         "BAD1.msg",
+        "CUT1.q",
+        "EMPTY1.q",
         "ENV1.env.1-1.tmp",
         "NODATA1.env",
+        "NOENV1.q",
+        "NOTQ1.q",
+        "OK1.q.1-1.tmp",
         "ORPHAN1.msg",
-        next(name for name in removed if name.startswith("HALF1.msg.")),
     }
-    assert files(store) == ["OK1.env", "OK1.msg", "README", "corrupt", "lower.msg"]
-    assert sorted(os.listdir(store.root / "corrupt")) == ["BAD1.env", "BAD1.msg", "NODATA1.env"]
+    assert files(store) == ["HALF1.q", "OK1.q", "README", "corrupt", "lower.msg"]
+    assert sorted(os.listdir(store.root / "corrupt")) == [
+        "BAD1.env",
+        "BAD1.msg",
+        "NODATA1.env",
+        "NOENV1.q",
+        "NOTQ1.q",
+    ]
     assert store.list() == [whole]
     assert store.recover() == []
+    writer.abort()
+    assert files(store) == ["OK1.q", "README", "corrupt", "lower.msg"]
 
 
-def test_delete_removes_the_envelope_first(
-    store: QueueStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_delete(store: QueueStore) -> None:
     queue(store, "DEL1")
     keep = queue(store, "KEEP1")
-    order: list[str] = []
-    real_unlink = os.unlink
-
-    def unlink(path: str) -> None:
-        order.append(os.path.basename(path))
-        real_unlink(path)
-
-    monkeypatch.setattr(os, "unlink", unlink)
     store.delete("DEL1")
-    assert order == ["DEL1.env", "DEL1.msg"]
     assert store.list() == [keep]
     with pytest.raises(UnknownQueueIdError):
         store.delete("DEL1")
@@ -432,24 +577,123 @@ def test_delete_removes_the_envelope_first(
         store.read_message("DEL1")
 
 
+@needs_proc
+def test_deletes_can_share_one_directory_fsync(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for queue_id in ("D1", "D2", "D3"):
+        queue(store, queue_id)
+    recorder = Recorder(monkeypatch, store.root)
+    for queue_id in ("D1", "D2", "D3"):
+        store.delete(queue_id, sync=False)
+    assert recorder.calls == []
+    store.sync()
+    assert recorder.calls == [("fsync", "DIR")]
+    assert files(store) == []
+
+
 def test_load_refuses_an_envelope_under_another_name(store: QueueStore) -> None:
     queue(store, "REAL1")
-    os.rename(store.root / "REAL1.env", store.root / "FAKE1.env")
-    os.rename(store.root / "REAL1.msg", store.root / "FAKE1.msg")
+    os.rename(store.root / "REAL1.q", store.root / "FAKE1.q")
     with pytest.raises(CorruptEnvelopeError):
         store.load("FAKE1")
+    write_pair(store, "REAL2")
+    os.rename(store.root / "REAL2.env", store.root / "FAKE2.env")
+    os.rename(store.root / "REAL2.msg", store.root / "FAKE2.msg")
+    with pytest.raises(CorruptEnvelopeError):
+        store.load("FAKE2")
 
 
 @pytest.mark.parametrize(
     "bad", ["", "abc123", "../ETC", "A/B", "A.B", "A B", "A" * 65, "ÄBC", "A\x00", "-A"]
 )
 def test_bad_queue_ids_are_refused(store: QueueStore, bad: str) -> None:
-    for call in (store.begin, store.load, store.read_message, store.delete):
+    for call in (store.begin, store.load, store.read_message, store.read, store.delete):
         with pytest.raises(ValueError):
             call(bad)
     with pytest.raises(ValueError):
         envelope(bad)
     assert not store.root.exists() or files(store) == []
+
+
+def test_one_runner_lock_at_a_time(store: QueueStore) -> None:
+    held = store.lock()
+    assert held is not None
+    try:
+        assert store.lock(wait=False) is None
+    finally:
+        os.close(held)
+    again = store.lock(wait=False)
+    assert again is not None
+    os.close(again)
+    assert store.list() == []  # the lock file is no message
+    assert store.recover() == []
+
+
+# -- format 1 (sansmail 0.1): read, deleted, converted --------------------------------------
+
+
+def write_pair(
+    store: QueueStore, queue_id: str, content: bytes = CONTENT, **changes: Any
+) -> QueuedMessage:
+    """A message as sansmail 0.1 queued it: ``<id>.msg`` and an indented ``<id>.env``."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    message = envelope(queue_id, size=len(content), **changes)
+    doc = json.loads(encode_envelope(message))
+    (store.root / f"{queue_id}.msg").write_bytes(content)
+    (store.root / f"{queue_id}.env").write_text(json.dumps(doc, indent=1) + "\n")
+    return message
+
+
+def test_a_format_1_queue_reads_and_deletes(store: QueueStore) -> None:
+    old = write_pair(store, "OLD1")
+    new = queue(store, "NEW1", arrival=old.arrival + 1)
+    assert store.ids() == {"OLD1", "NEW1"}
+    assert store.list() == [old, new]
+    assert store.read("OLD1") == (old, CONTENT)
+    store.delete("OLD1")
+    assert files(store) == ["NEW1.q"]
+
+
+def test_recover_converts_format_1_pairs(store: QueueStore) -> None:
+    first = write_pair(store, "OLD1")
+    second = write_pair(
+        store,
+        "OLD2",
+        recipients=(
+            QueuedRecipient(address="x@remote.test", state="sent", attempts=1),
+            QueuedRecipient(address="y@remote.test", attempts=2, next_attempt=5.0),
+        ),
+    )
+    acted = store.recover()
+    assert acted == ["OLD1.env, OLD1.msg: now OLD1.q", "OLD2.env, OLD2.msg: now OLD2.q"]
+    assert files(store) == ["OLD1.q", "OLD2.q"]
+    assert store.read("OLD1") == (first, CONTENT)
+    assert store.read("OLD2") == (second, CONTENT)
+    assert store.recover() == []
+
+
+def test_update_converts_a_format_1_pair(store: QueueStore) -> None:
+    old = write_pair(store, "OLD3")
+    new = attrs.evolve(old, warned=True)
+    store.update(new)
+    assert files(store) == ["OLD3.q"]
+    assert store.read("OLD3") == (new, CONTENT)
+
+
+def test_a_conversion_cut_short_is_finished_by_recover(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = write_pair(store, "OLD4")
+    killed = crash_instead_of(monkeypatch, "unlink")  # dies removing the pair
+    with pytest.raises(killed):
+        store.update(old)
+    monkeypatch.undo()
+    assert files(store) == ["OLD4.env", "OLD4.msg", "OLD4.q"]
+    assert store.list() == [old]  # one message, not two
+    assert store.recover() == ["OLD4.env", "OLD4.msg"]
+    assert store.read("OLD4") == (old, CONTENT)
+    assert files(store) == ["OLD4.q"]
 
 
 # -- envelope validation -----------------------------------------------------------------
@@ -546,12 +790,12 @@ messages = st.builds(
 )
 @given(messages)
 def test_update_load_round_trip(store: QueueStore, message: QueuedMessage) -> None:
-    if not (store.root / "HYPO1.env").exists():
+    if not (store.root / "HYPO1.q").exists():
         queue(store, "HYPO1")
     store.update(message)
     assert store.load("HYPO1") == message
     assert store.list() == [message]
-    assert files(store) == ["HYPO1.env", "HYPO1.msg"]
+    assert files(store) == ["HYPO1.q"]
 
 
 @settings(deadline=None, max_examples=200)
