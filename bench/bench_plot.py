@@ -3,7 +3,7 @@
     python3 bench/bench_plot.py RESULTS.json [-o PICTURE.png]
 
 * **SMTP** (``smtp_bench.py``): one column per message size. Top: msgs/s per
-  concurrency, one bar per server (median of the reps, whiskers min-max), a black tick
+  concurrency, one bar per server (median of the reps, whiskers min-max), a black diamond
   for the end-to-end rate (to the last file in ``new/``), which sits below the bar only
   for a server that queues before it delivers. Bottom: the first server's msgs/s over
   each peer's, taken within each rep and cell (median, whiskers min-max), log scale,
@@ -34,7 +34,9 @@ matplotlib.use("Agg")  # files only: no display, and no GUI toolkit to import
 
 import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
 from bench_report import THROUGHPUT, PhaseRatio, RunRecord, Spread, ratios, size_label
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 __all__ = [
@@ -103,19 +105,22 @@ def plot_smtp(
                 width,
                 yerr=_whiskers(spreads),
                 capsize=3,
+                ecolor="dimgray",
                 color=COLORS[i % len(COLORS)],
                 label=server,
             )
             e2e = [(x, e) for x, (_, e) in zip(xs, stats, strict=True) if e is not None]
             if e2e:
+                # A diamond, not a tick: a tick would read as one of the whiskers' caps.
                 top.scatter(
                     [x for x, _ in e2e],
                     [e for _, e in e2e],
-                    marker="_",
-                    s=300,
+                    marker="D",
+                    s=22,
                     color="black",
+                    edgecolors="white",
                     zorder=3,
-                    label="end to end" if i == 0 else None,
+                    label="end to end (median)" if i == 0 else None,
                 )
         top.set_title(f"{size_label(size)} messages")
         top.set_xticks(range(len(concs)), [f"c={c}" for c in concs])
@@ -205,8 +210,11 @@ def _log_limits(ax: Axes, values: Sequence[float], axis: str) -> None:
     low = 10 ** (math.floor(math.log10(min(positive)) * 4 - 1) / 4)
     high = 10 ** (math.ceil(math.log10(max(positive)) * 4 + 1) / 4)
     plain = FuncFormatter(lambda v, _pos: f"{v:g}")  # 0.5, 1, 2 rather than 5x10^-1
-    # Minor ticks at 2, 3 and 5 only: all eight crowd each other near 1.
-    some = FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:e}"[0] in "235" else "")
+    # Labels on some minor ticks only, fewer the more decades are shown: all eight of
+    # them would crowd each other.
+    decades = math.log10(high / low)
+    digits = "235" if decades <= 1.6 else "5" if decades <= 3.1 else ""
+    some = FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:e}"[0] in digits else "")
     target = ax.yaxis if axis == "y" else ax.xaxis
     if axis == "y":
         ax.set_yscale("log")
@@ -234,7 +242,7 @@ def plot_mailbox(
     fig, axes = plt.subplots(
         len(heights),
         1,
-        figsize=(8.5, 1.4 + 0.36 * sum(heights) + 0.9 * len(heights)),
+        figsize=(8.5, 1.4 + 0.36 * sum(heights) + 1.1 * len(heights)),
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
@@ -249,12 +257,16 @@ def plot_mailbox(
             capsize=3,
             color=[COLORS[0] if s and s.median >= 1 else COLORS[3] for s in warm],
             alpha=0.8,
-            label="warm reps: median, min-max",
         )
+        # Stand-ins in the legend: the bars' own entry would take the first bar's color.
+        handles: list[Artist] = [
+            Patch(color=color, alpha=0.8, label=f"warm reps, sansmail {meaning}")
+            for color, meaning in ((COLORS[0], "faster"), (COLORS[3], "slower"))
+        ]
         firsts = [(y, r.first) for y, r in zip(ys, rows, strict=True) if r.first]
         if firsts:
             note = (first_notes or {}).get(protocol)
-            ax.scatter(
+            dots = ax.scatter(
                 [f for _, f in firsts],
                 [y for y, _ in firsts],
                 color="black",
@@ -262,6 +274,7 @@ def plot_mailbox(
                 s=18,
                 label=f"first rep ({note})" if note else "first rep",
             )
+            handles.append(dots)
         ax.axvline(1.0, color="gray", linestyle="--", linewidth=1)
         values = [v for s in warm if s for v in (s.low, s.high)]
         values += [f for _, f in firsts]
@@ -271,7 +284,13 @@ def plot_mailbox(
         ax.set_yticks(ys, labels)
         ax.set_title(f"{protocol}: sansmail speed / {peer} speed (> 1: sansmail is faster)")
         ax.grid(axis="x", alpha=0.3, which="both")
-        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
+        ax.legend(
+            handles=handles,
+            fontsize="x-small",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.12),
+            ncols=2,
+        )
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
