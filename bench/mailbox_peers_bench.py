@@ -413,6 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"kept {top}")
         else:
             shutil.rmtree(top, ignore_errors=True)
+    for rec in records:
+        if rec.ok and not rec.phases:  # the rep that was running when the run was cut short
+            rec.error = status
     if records:
         print(report(records, exp, args))
     write_json(json_path, records, exp=exp, args=args, started=started, status=status)

@@ -482,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping servers, reporting what was measured", file=sys.stderr)
+        for rec in bench.records:
+            if not rec.ok and not rec.error:  # the pass that was cut short
+                rec.error = "interrupted"
     finally:
         bench.stop_servers()
         if args.keep:
