@@ -110,9 +110,9 @@ def select_messages(
         if spans and spans[-1][-1] > len(messages):
             raise BadSetError
         return [(n, messages[n - 1]) for span in spans for n in span]
-    largest = messages[-1].uid if messages else 0
     # The list is in ascending UID order: each span is one slice of it.
-    uids = [m.uid for m in messages]
+    uids = view.uids
+    largest = uids[-1] if uids else 0
     out: list[tuple[int, ImapMessage]] = []
     for span in sequence_set.resolve(largest):
         first = bisect.bisect_left(uids, span.start)

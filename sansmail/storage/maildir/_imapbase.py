@@ -289,6 +289,11 @@ class FolderView(Protocol):
     def messages(self) -> Sequence[ImapMessage]: ...
 
     @property
+    def uids(self) -> Sequence[int]:
+        """The UIDs of `messages`, in order (ascending), without making the messages."""
+        ...
+
+    @property
     def recent(self) -> frozenset[int]:
         """UIDs of the messages this session is the first to see (rev1 \\Recent)."""
         ...

@@ -477,6 +477,9 @@ class FolderIndex:
             return self._sync(conn, move_new)
 
     def _sync(self, conn: sqlite3.Connection, move_new: bool) -> bool:
+        # A first sync of a big folder meets every file as new: the loops below are
+        # the ones that run per file, so they do no more than they must (one stat for
+        # the INTERNALDATE, the flag letters parsed once per distinct string).
         synced = self._clock()
         mtimes = self._stat_dirs()
         seen = self.scan()
@@ -491,10 +494,22 @@ class FolderIndex:
             for base in rows:
                 if base not in seen and base in again:
                     seen[base] = again[base]
-        if move_new:
-            self._move_new(seen)
-        new_count = sum(1 for rel in seen.values() if rel.startswith("new/"))
+        in_new = [base for base, rel in seen.items() if rel[0] == "n"]
+        if move_new and in_new:
+            self._move_new(seen, in_new)
+        new_count = sum(1 for base in in_new if seen[base][0] == "n")
         table = self.keywords()
+        letters: dict[str | None, tuple[int, str]] = {}
+
+        def info(rel: str) -> tuple[int, str]:
+            # (flag bits, keywords as stored) of a file name; few distinct ones.
+            key = split_name(rel[4:])[1]
+            parsed = letters.get(key)
+            if parsed is None:
+                bits, names = parse_info(key, table)
+                parsed = letters[key] = (bits, " ".join(names))
+            return parsed
+
         header = self.header(conn)
         modseq = header.highestmodseq + 1
         renamed: list[tuple[str, int]] = []
@@ -512,11 +527,11 @@ class FolderIndex:
             uid, name, flags, keywords = row
             if name == rel:
                 continue
-            bits, names = parse_info(split_name(rel[4:])[1], table)
-            if bits == flags and " ".join(names) == keywords:
+            bits, names = info(rel)
+            if bits == flags and names == keywords:
                 renamed.append((rel, uid))
             else:
-                reflagged.append((rel, bits, " ".join(names), modseq, uid))
+                reflagged.append((rel, bits, names, modseq, uid))
         expunged = [row[0] for base, row in rows.items() if base not in seen]
         found.sort(key=lambda item: item[0])
         new_rows = []
@@ -527,25 +542,19 @@ class FolderIndex:
                     size = crlf_size(os.path.join(self.folder, rel))
                 except FileNotFoundError:
                     continue
-            bits, names = parse_info(split_name(rel[4:])[1], table)
-            new_rows.append(
-                NewRow(
-                    base=base,
-                    name=rel,
-                    flags=bits,
-                    keywords=names,
-                    internaldate=int(st.st_mtime),
-                    tz=0,
-                    size=size,
-                )
-            )
+            bits, names = info(rel)
+            new_rows.append((base, rel, bits, names, int(st.st_mtime), 0, size, modseq))
         conn.executemany("UPDATE messages SET name = ? WHERE uid = ?", renamed)
         conn.executemany(
             "UPDATE messages SET name = ?, flags = ?, keywords = ?, modseq = ? WHERE uid = ?",
             reflagged,
         )
         self.delete(conn, expunged, modseq)
-        self.insert(conn, new_rows, modseq, unindexed=True)
+        if new_rows:
+            # Under the lock it listed in, so no row has these bases: one bulk insert.
+            uidnext = header.uidnext
+            conn.executemany(_INSERT, [(uidnext + i, *values) for i, values in enumerate(new_rows)])
+            conn.execute("UPDATE folder SET uidnext = ?", (uidnext + len(new_rows),))
         changed = bool(reflagged or expunged or new_rows)
         conn.execute(
             "UPDATE folder SET highestmodseq = max(highestmodseq, ?), new_mtime = ?,"
@@ -554,14 +563,14 @@ class FolderIndex:
         )
         return changed
 
-    def _move_new(self, seen: dict[str, str]) -> None:
-        for base, rel in list(seen.items()):
-            if not rel.startswith("new/"):
-                continue
-            name = rel[4:]
+    def _move_new(self, seen: dict[str, str], in_new: list[str]) -> None:
+        for base in in_new:
+            name = seen[base][4:]
             target = name if split_name(name)[1] is not None or ":" in name else name + ":2,"
             try:
-                os.rename(os.path.join(self.folder, rel), os.path.join(self.folder, "cur", target))
+                os.rename(
+                    os.path.join(self.folder, "new", name), os.path.join(self.folder, "cur", target)
+                )
             except FileNotFoundError:
                 continue  # moved or deleted by someone else: the next sync sees where
             seen[base] = "cur/" + target
@@ -573,13 +582,9 @@ class FolderIndex:
         conn: sqlite3.Connection,
         rows: Sequence[NewRow],
         modseq: int | None = None,
-        *,
-        unindexed: bool = False,
     ) -> list[int]:
         """Give `rows` UIDs in order; a base already indexed (a sync found the file
-        first) keeps its UID. UIDNEXT moves in this same transaction. `unindexed` says
-        the caller knows no row has its base yet (a sync, under the lock it listed in),
-        which allows one bulk insert."""
+        first) keeps its UID. UIDNEXT moves in this same transaction."""
         if not rows:
             return []
         header = self.header(conn)
@@ -599,27 +604,20 @@ class FolderIndex:
             )
             for row in rows
         ]
-        if unindexed:
-            uids = list(range(uidnext, uidnext + len(rows)))
-            conn.executemany(_INSERT, [(uid, *v) for uid, v in zip(uids, values, strict=True)])
-            uidnext += len(rows)
-        else:
-            uids = []
-            for row, value in zip(rows, values, strict=True):
-                cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
-                if cursor.rowcount == 1:
-                    uids.append(uidnext)
-                    uidnext += 1
-                    continue
-                (uid,) = conn.execute(
-                    "SELECT uid FROM messages WHERE base = ?", (row.base,)
-                ).fetchone()
-                # What the caller knows beats what a sync could guess from the file.
-                conn.execute(
-                    "UPDATE messages SET tz = ?, internaldate = ? WHERE uid = ?",
-                    (row.tz, row.internaldate, uid),
-                )
-                uids.append(uid)
+        uids = []
+        for row, value in zip(rows, values, strict=True):
+            cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
+            if cursor.rowcount == 1:
+                uids.append(uidnext)
+                uidnext += 1
+                continue
+            (uid,) = conn.execute("SELECT uid FROM messages WHERE base = ?", (row.base,)).fetchone()
+            # What the caller knows beats what a sync could guess from the file.
+            conn.execute(
+                "UPDATE messages SET tz = ?, internaldate = ? WHERE uid = ?",
+                (row.tz, row.internaldate, uid),
+            )
+            uids.append(uid)
         conn.execute(
             "UPDATE folder SET uidnext = ?, highestmodseq = max(highestmodseq, ?)",
             (uidnext, modseq),

@@ -10,6 +10,7 @@ import pytest
 from imapstore_helpers import ALICE, HOST, account, deliver, files, letters, message, root
 
 import sansmail.storage.maildir._imapindex as index_module
+import sansmail.storage.maildir._imapview as view_module
 from sansmail.storage.maildir._imapaccount import MaildirImapStore
 from sansmail.storage.maildir._imapbase import FlagMode, FolderGoneError, SyncChanges
 from sansmail.storage.maildir._imapindex import FolderIndex
@@ -227,6 +228,48 @@ def test_no_change_resync_does_not_list(
     deliver(tmp_path, message(9))
     assert view.sync().exists == 4
     assert scans
+
+
+def test_select_of_an_unchanged_folder_lists_nothing_and_makes_no_message(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [4 * 10**18]
+    store = MaildirImapStore(tmp_path, hostname=HOST, clock=lambda: clock[0])
+    for n in range(5):
+        deliver(tmp_path, message(n))
+    first = store.account(ALICE).select("INBOX")
+    first.sync()  # the move to cur/ changed cur/'s mtime: listed once more
+    first.store_flags([2], ["\\Seen"], FlagMode.ADD)
+    first.sync()
+    expected = list(first.messages)
+    scans = []
+    real_scan = FolderIndex.scan
+    monkeypatch.setattr(FolderIndex, "scan", lambda self: scans.append(1) or real_scan(self))
+    made = []
+    real_info = view_module.make_info
+    monkeypatch.setattr(view_module, "make_info", lambda row: made.append(row[0]) or real_info(row))
+    view = store.account(ALICE).select("INBOX", readonly=True)
+    assert scans == []
+    assert made == []
+    assert list(view.uids) == [1, 2, 3, 4, 5]
+    assert len(view.messages) == 5
+    assert made == []
+    # Each message is made when looked at, once; slices and iteration see the same.
+    assert view.messages[-1].uid == 5
+    assert view.messages[1].flags == {"\\Seen"}
+    assert made == [5, 2]
+    assert [m.uid for m in view.messages[1:4]] == [2, 3, 4]
+    assert view.messages == expected
+    assert made == [5, 2, 3, 4, 1]
+    # News still arrives: a POP3 delete and a flag rename by another tool.
+    top = root(tmp_path)
+    names = sorted(files(top).values())
+    os.unlink(top / names[0])
+    os.rename(top / names[3], top / (names[3] + "F"))
+    changes = view.sync()
+    assert changes.expunged == (1,)
+    assert changes.flags == ((3, 4, frozenset({"\\Flagged"})),)
+    assert [m.uid for m in view.messages] == [2, 3, 4, 5]
 
 
 def test_recent_listing_is_not_trusted(
