@@ -1,8 +1,8 @@
 """Relay throughput: sansmail's queue and SMTP client against Postfix's, side by side.
 
     python3 bench/relay_bench.py [--messages N] [--size 10k] [--concurrency 10]
-        [--reps 3] [--sansmail-processes P] [--postfix] [--base CHECKOUT]
-        [--py-spy DIR]
+        [--reps 3] [--sansmail-processes P] [--postfix] [--source CHECKOUT]
+        [--base CHECKOUT] [--py-spy DIR]
 
 Theory of operation
 -------------------
@@ -26,7 +26,8 @@ is started once, then each rep runs them one after the other, in an order that r
 from rep to rep, and the ratios are taken within a rep (median [min-max] over the reps).
 ``--base CHECKOUT`` adds a second sansmail run from another source tree (a
 ``git worktree`` of the old commit), so an optimisation is measured as an interleaved
-A/B against the code it replaces. ``--py-spy DIR`` records the sansmail processes of
+A/B against the code it replaces (``--source CHECKOUT`` runs the new side from a
+checkout too, rather than the installed package). ``--py-spy DIR`` records the sansmail processes of
 the first rep (``py-spy record --subprocesses``, collapsed stacks) into DIR.
 
 ``--postfix`` runs Postfix too. It needs root, the ``postfix`` user, and a main.cf in
@@ -390,6 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sansmail-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--postfix", action="store_true", help="run Postfix side by side")
     parser.add_argument(
+        "--source", type=Path, help="run sansmail from this checkout, not the installed one"
+    )
+    parser.add_argument(
         "--base", type=Path, help="also run sansmail from this checkout (named 'base')"
     )
     parser.add_argument("--py-spy", help="record the sansmail processes of rep 1 here")
@@ -411,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stderr=subprocess.DEVNULL,
         )
         try:
-            systems.append(Sansmail(Path(tmp), sink_port, args.sansmail_processes))
+            source = args.source.resolve() if args.source else None
+            systems.append(Sansmail(Path(tmp), sink_port, args.sansmail_processes, source=source))
             if args.base is not None:
                 systems.append(
                     Sansmail(

@@ -12,6 +12,11 @@ event loop: time, the schedule, worker threads for their blocking steps, DNS
 (`sansmail_trio._dns`), the concurrency limits, and writing the log lines it is handed;
 the SMTP connections, their TLS and their cache are `sansmail_trio._smtp_client`'s.
 
+**At start** the runner takes the queue's lock (`QueueStore.lock`: one runner per
+queue; after a crash, the new one waits for the old one to be gone) and cleans up what a
+crash left (`QueueStore.recover`, which converts a queue of sansmail 0.1 too); files
+that SMTP processes are writing meanwhile are locked, and recovery leaves them be.
+
 **The schedule** lives in memory: queue id -> when it is next due, with a heap beside
 it, so finding what is due costs no scan of every message. A message enters it when
 the session that queued it announces it (`wake`, through a pipe when the runner is a
@@ -46,10 +51,12 @@ Limits: at most `MAX_ACTIVE` messages between open and finish, and at most
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import heapq
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -66,6 +73,7 @@ from sansmail.mail.delivery import (
     LogLine,
     LookupMX,
 )
+from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.retry import RetryPolicy
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
@@ -75,7 +83,15 @@ from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import SMTPClient
 
-__all__ = ["BATCH_SIZE", "MAX_ACTIVE", "OPEN_BATCH", "RESCAN_INTERVAL", "QueueRunner"]
+__all__ = [
+    "BATCH_SIZE",
+    "MAX_ACTIVE",
+    "OPEN_BATCH",
+    "RESCAN_INTERVAL",
+    "QueueRunner",
+    "pipe_waker",
+    "read_wakeups",
+]
 
 #: Messages between open and finish at once (Postfix: default_process_limit is 100).
 MAX_ACTIVE = 100
@@ -86,7 +102,7 @@ BATCH_SIZE = 10
 #: How often the flush request of ``queue flush`` is looked for.
 FLUSH_INTERVAL = 1.0
 #: How often the queue directory is listed for messages nobody announced.
-RESCAN_INTERVAL = 1.0
+RESCAN_INTERVAL = 10.0
 
 
 class _Schedule:
@@ -208,8 +224,23 @@ class QueueRunner:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until cancelled. Messages in flight at cancellation keep their envelope
-        as it was, and are tried again at the next start."""
+        """Run until cancelled: take the queue's runner lock (waiting for a runner of an
+        earlier start to be gone), clean up what a crash left (`QueueStore.recover`),
+        deliver. Messages in flight at cancellation keep their envelope as it was, and
+        are tried again at the next start."""
+        lock = await trio.to_thread.run_sync(functools.partial(self.queue.lock, wait=False))
+        if lock is None:
+            self.log.warning("waiting for the queue runner of an earlier start to exit")
+            lock = await trio.to_thread.run_sync(self.queue.lock, abandon_on_cancel=True)
+        assert lock is not None
+        try:
+            for name in await trio.to_thread.run_sync(self.queue.recover):
+                self.log.warning("queue recovery: %s", name)
+            await self._run(task_status)
+        finally:
+            os.close(lock)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._client.run)
             nursery.start_soon(self._opener, nursery)
@@ -444,3 +475,35 @@ class QueueRunner:
     def _write(self, lines: Iterable[LogLine]) -> None:
         for line in lines:
             self.log.log(logging.INFO if line.level == "info" else logging.WARNING, "%s", line.text)
+
+
+# -- waking a runner in another process -------------------------------------------------------
+
+
+def pipe_waker(fd: int) -> Callable[[str], None]:
+    """What an SMTP process calls with each queue id it queued, to announce it to the
+    runner process through the pipe whose (non-blocking) write end is `fd`: one line per
+    id, written whole (a pipe never splits a write of up to PIPE_BUF octets, 4096 on
+    Linux), so any number of processes can share the pipe."""
+
+    def wake(queue_id: str) -> None:
+        # Full (the runner is far behind) or gone (it is stopping): the message is on
+        # disk, and the runner's next listing of the directory finds it.
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(fd, queue_id.encode("ascii") + b"\n")
+
+    return wake
+
+
+async def read_wakeups(fd: int, wake: Callable[[str], None]) -> None:
+    """Announce to `wake` every queue id read from the pipe's read end `fd` (taken over
+    and closed here), until every writer has closed it."""
+    async with trio.lowlevel.FdStream(fd) as stream:
+        pending = b""
+        while data := await stream.receive_some(65536):
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                try:
+                    wake(check_queue_id(line.decode("ascii")))
+                except ValueError:
+                    continue  # nothing we wrote

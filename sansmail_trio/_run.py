@@ -1,16 +1,25 @@
-"""Running the server: `run()`, the entry point of `sansmail-trio serve`, in one process
-or in several that share the listening sockets (`processes = N`).
+"""Running the server: `run()`, the entry point of `sansmail-trio serve`: `processes`
+server processes that share the listening sockets, and one queue runner process.
 
 One Python process runs one event loop on one core; Postfix and Dovecot use every core
 by running several smtpd/imap processes, and so does sansmail when `processes` is above
-one.
+one. Delivery from the queue has a process of its own whatever `processes` says, as
+Postfix's qmgr and smtp do: the relaying then never takes CPU from the SMTP sessions'
+loop, and a server with `processes = 1` uses a second core for it.
 
 Theory of operation:
 
 * The parent binds every listener first (a port in use fails here, before any fork),
-  then forks the server processes while it still has no threads. Each child runs its
-  own Trio loop with `serve(config, sockets=...)` on the inherited sockets; the kernel
-  hands each new connection to one of the processes waiting in accept().
+  then forks the queue runner and the server processes while it still has no threads.
+  Each server runs its own Trio loop with `serve(config, sockets=...)` on the inherited
+  sockets; the kernel hands each new connection to one of the processes waiting in
+  accept(). The runner (`serve_queue`) holds none of the sockets.
+* A pipe carries the queue id of every message a server process queues to the runner
+  (`_queue.pipe_waker`, `_queue.read_wakeups`): one line per id, written whole, never
+  waited for (a full pipe drops the line; the runner lists the queue directory every
+  few seconds and finds the message). The runner takes the queue's lock before it
+  recovers and delivers, so after a crash the runner of the new start waits for the
+  old one to be gone.
 * The parent does nothing but supervise. SIGINT and SIGTERM reach it and are passed on
   to the children as SIGTERM: the first asks for a graceful shutdown, the second for an
   immediate one. SIGHUP is passed on as it is (each process reloads its certificate).
@@ -21,6 +30,8 @@ Theory of operation:
   down gracefully instead of running on unsupervised.
 * A child that dies is not restarted: the parent stops the others and exits non-zero,
   so a service manager (systemd) sees the failure and restarts the whole server.
+* The runner names itself ``sansmail-queue`` (``ps``, ``top``), as Postfix's processes
+  carry their roles.
 """
 
 from __future__ import annotations
@@ -37,10 +48,10 @@ import trio
 
 from sansmail.config import Config
 from sansmail.storage.keys import SRSKeyError, load_or_create_srs_key
-from sansmail.storage.queue import QueueStore
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import configure_logging, get_logger
-from sansmail_trio._serve import bind_listeners, recover_queue, serve
+from sansmail_trio._queue import pipe_waker
+from sansmail_trio._serve import bind_listeners, serve, serve_queue
 from sansmail_trio._tls import TLSConfigError, TLSContextHolder
 
 __all__ = ["run"]
@@ -51,27 +62,7 @@ log = get_logger("master")
 def run(config: Config) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status."""
     configure_logging(logging.INFO)
-    if config.processes > 1:
-        return _run_processes(config)
-    try:
-        trio.run(_main, config)
-    except KeyboardInterrupt:  # before the signal receiver was installed
-        return 130
-    except (OSError, TLSConfigError, SRSKeyError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    return 0
-
-
-async def _main(config: Config) -> None:
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, _STOP_SIGNALS)
-        await serve(config, shutdown=shutdown)
-        nursery.cancel_scope.cancel()
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    return _run_processes(config)
 
 
 async def _watch_signals(
@@ -89,22 +80,39 @@ async def _watch_signals(
 
 
 def _run_processes(config: Config) -> int:
-    """Bind, fork `config.processes` servers, supervise them; return the exit status."""
+    """Bind, fork the queue runner and `config.processes` servers, supervise them;
+    return the exit status."""
     try:
         sockets = bind_listeners(config)
         # Made once, here: N children generating the self-signed certificate (or the SRS
-        # key) at the same moment would race each other; and the queue is cleaned up
-        # while no child can be writing into it.
+        # key) at the same moment would race each other.
         TLSContextHolder.from_config(config)
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         load_or_create_srs_key(config.data_dir / "srs.key")
-        recover_queue(QueueStore(config.data_dir / "queue"))
     except (OSError, TLSConfigError, SRSKeyError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)  # a server never waits for the runner
     counts = SharedCounts.create(config.processes)
-    children: dict[int, int] = {}
+    children: dict[int, str] = {}
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcome
+        os.close(alive_write)
+        os.close(wake_write)
+        for socks in sockets.values():
+            for sock in socks:
+                sock.close()
+        status = 1
+        try:
+            status = _runner(config, alive_read, wake_read)
+        finally:
+            sys.stderr.flush()
+            os._exit(status)
+    children[pid] = "the queue runner"
+    os.close(wake_read)
     for index in range(config.processes):
         sys.stderr.flush()
         pid = os.fork()
@@ -112,20 +120,27 @@ def _run_processes(config: Config) -> int:
             os.close(alive_write)
             status = 1
             try:
-                status = _child(config, sockets, alive_read, counts.for_process(index))
+                status = _child(config, sockets, alive_read, counts.for_process(index), wake_write)
             finally:
                 sys.stderr.flush()
                 os._exit(status)
-        children[pid] = index
+        children[pid] = f"server process {index + 1}"
     os.close(alive_read)
+    os.close(wake_write)
     for socks in sockets.values():
         for sock in socks:
             sock.close()
-    log.info("started %d server processes: %s", len(children), " ".join(map(str, children)))
+    servers = [str(pid) for pid, name in children.items() if name.startswith("server")]
+    log.info(
+        "started %d server processes: %s; the queue runner: %s",
+        len(servers),
+        " ".join(servers),
+        next(iter(children)),
+    )
     return _supervise(children, alive_write)
 
 
-def _supervise(children: dict[int, int], alive_write: int) -> int:
+def _supervise(children: dict[int, str], alive_write: int) -> int:
     signals_seen = 0
 
     def forward(signum: int, _frame: object) -> None:
@@ -146,10 +161,10 @@ def _supervise(children: dict[int, int], alive_write: int) -> int:
             pid, wait_status = os.wait()
             if pid not in children:
                 continue
-            index = children.pop(pid)
+            name = children.pop(pid)
             code = os.waitstatus_to_exitcode(wait_status)
             if code != 0 or not signals_seen:
-                log.error("server process %d (%d) ended with status %d", index + 1, pid, code)
+                log.error("%s (%d) ended with status %d", name, pid, code)
                 worst = max(worst, 1 if code < 0 else code, 1)
                 if not signals_seen:
                     # One server down: stop the rest, so the failure is seen.
@@ -162,7 +177,7 @@ def _supervise(children: dict[int, int], alive_write: int) -> int:
     return worst
 
 
-def _kill_all(children: dict[int, int], signum: int) -> None:
+def _kill_all(children: dict[int, str], signum: int) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -173,6 +188,7 @@ def _child(
     sockets: Mapping[str, list[socket.socket]],
     alive_read: int,
     counts: SharedCounts,
+    wake: int,
 ) -> int:
     index = counts.row
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -181,7 +197,7 @@ def _child(
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(logging.INFO)
     try:
-        trio.run(_child_main, config, sockets, alive_read, counts)
+        trio.run(_child_main, config, sockets, alive_read, counts, wake)
     except (OSError, TLSConfigError) as exc:
         log.error("server process %d failed: %s", index + 1, exc)
         return 1
@@ -196,13 +212,51 @@ async def _child_main(
     sockets: Mapping[str, list[socket.socket]],
     alive_read: int,
     counts: SharedCounts,
+    wake: int,
 ) -> None:
     shutdown = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, (signal.SIGTERM,))
         nursery.start_soon(_watch_parent, alive_read, shutdown)
-        await serve(config, shutdown=shutdown, sockets=sockets, process=counts.row, counts=counts)
+        await serve(
+            config,
+            shutdown=shutdown,
+            sockets=sockets,
+            process=counts.row,
+            counts=counts,
+            wake=pipe_waker(wake),
+        )
         nursery.cancel_scope.cancel()
+
+
+def _runner(config: Config, alive_read: int, wake_read: int) -> int:
+    _name_process(b"sansmail-queue")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # It has no certificate to reload: SIGHUP, passed on to every child, changes nothing.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(logging.INFO)
+    try:
+        trio.run(_runner_main, config, alive_read, wake_read)
+    except Exception:  # the parent exits through os._exit: say what happened first
+        log.exception("the queue runner failed")
+        return 1
+    return 0
+
+
+async def _runner_main(config: Config, alive_read: int, wake_read: int) -> None:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, shutdown, nursery.cancel_scope, (signal.SIGTERM,))
+        nursery.start_soon(_watch_parent, alive_read, shutdown)
+        await serve_queue(config, wakeups=wake_read, shutdown=shutdown)
+        nursery.cancel_scope.cancel()
+
+
+def _name_process(name: bytes) -> None:
+    # What ps and top show (Linux; elsewhere the name stays that of the parent).
+    with contextlib.suppress(OSError), open("/proc/self/comm", "wb") as comm:
+        comm.write(name)
 
 
 async def _watch_parent(alive_read: int, shutdown: trio.Event) -> None:

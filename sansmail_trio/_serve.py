@@ -19,8 +19,10 @@ Theory of operation:
   Once a second a housekeeping task re-reads, in a worker thread, what changed without
   a lookup noticing yet and what was edited by hand, and reloads the TLS certificate
   when `reload` asked for it.
-* Process 0 runs the queue runner (`_queue.py`); every process queues into the same
-  directory, and the runner finds their messages by listing it.
+* The queue runner (`_queue.py`) delivers what every process queues. Under
+  `sansmail-trio serve` it has a process of its own (`serve_queue`, started by
+  `_run.py`), which the SMTP sessions announce each queued message to through `wake`;
+  `serve()` without `wake` runs it in its own loop (embedded use, tests).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import errno
 import functools
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import attrs
 import trio
@@ -53,7 +55,7 @@ from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._log import get_logger
 from sansmail_trio._pop3_server import POP3Service
-from sansmail_trio._queue import QueueRunner
+from sansmail_trio._queue import QueueRunner, read_wakeups
 from sansmail_trio._session import Stoppable
 from sansmail_trio._smtp_server import SMTPService
 from sansmail_trio._tls import (
@@ -65,7 +67,7 @@ from sansmail_trio._tls import (
     watch_sighup,
 )
 
-__all__ = ["bind_listeners", "serve"]
+__all__ = ["bind_listeners", "serve", "serve_queue"]
 
 log = get_logger("master")
 
@@ -137,6 +139,7 @@ async def serve(
     process: int = 0,
     auth_settings: AuthSettings | None = None,
     counts: SharedCounts | None = None,
+    wake: Callable[[str], None] | None = None,
     task_status: trio.TaskStatus[Mapping[str, list[tuple[str, int]]]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until `shutdown` is set (never, if None), then shut down gracefully.
@@ -147,6 +150,8 @@ async def serve(
     `auth_settings` overrides the failure delays and throttle (tests use short ones).
     `counts` is the connection table shared with the other processes (made by the
     parent before it forked); without it, this process counts alone.
+    `wake` announces each queued message to the queue runner of another process;
+    without it, this process runs the queue runner.
 
     `task_status.started()` receives ``{service: [(host, port), ...]}`` with the ports
     actually bound (useful with port 0 in tests).
@@ -177,10 +182,6 @@ async def serve(
     # data_dir on first start (CONTRACT.md).
     tls = await trio.to_thread.run_sync(TLSContextHolder.from_config, config)
     queue = QueueStore(config.data_dir / "queue")
-    if config.processes == 1:
-        # With several processes the parent did this before they started: recovery
-        # must not race a session that is writing into the queue.
-        await trio.to_thread.run_sync(recover_queue, queue)
     aliases = await trio.to_thread.run_sync(
         functools.partial(AliasSource, config.aliases, generations=generations)
     )
@@ -189,7 +190,7 @@ async def serve(
             log.warning("aliases: %s", problem)
     srs_key = await trio.to_thread.run_sync(load_or_create_srs_key, config.data_dir / "srs.key")
     runner: QueueRunner | None = None
-    if process == 0:
+    if wake is None:
         runner = QueueRunner(
             config=config,
             queue=queue,
@@ -214,7 +215,9 @@ async def serve(
             tls_available=tls is not None,
         )
         smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls)
-        if runner is not None:
+        if wake is not None:
+            smtp_service.wake = wake
+        elif runner is not None:
             smtp_service.wake = runner.wake
         services[name] = smtp_service
     pop3_log = get_logger("pop3")
@@ -487,7 +490,45 @@ async def _reload_aliases(aliases: AliasSource) -> None:
             reported = problems
 
 
-def recover_queue(queue: QueueStore) -> None:
-    """Clean up what a crash left in the queue; before anyone writes into it."""
-    for name in queue.recover():
-        log.warning("queue recovery: %s", name)
+async def serve_queue(
+    config: Config,
+    *,
+    wakeups: int,
+    shutdown: trio.Event,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The queue runner alone, in a process of its own (`_run.py`), until `shutdown` is
+    set: what it needs of `serve` (the mailboxes and aliases for the notifications it
+    delivers here, and their reloads), and the queue ids the SMTP processes announce on
+    the pipe whose read end is `wakeups`."""
+    store = MaildirStore(config.data_dir, hostname=config.hostname)
+    generations = await trio.to_thread.run_sync(Generations.open, config.data_dir)
+    users = UserStore(
+        config.data_dir / "users.json",
+        cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms,
+        generations=generations,
+    )
+    await trio.to_thread.run_sync(users.reload_if_changed)
+    aliases = await trio.to_thread.run_sync(
+        functools.partial(AliasSource, config.aliases, generations=generations)
+    )
+    runner = QueueRunner(
+        config=config,
+        queue=QueueStore(config.data_dir / "queue"),
+        store=store,
+        users=users,
+        aliases=aliases,
+        resolver=Resolver.from_config(config.dns),
+        log=get_logger("queue"),
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_reload_users, users, generations)
+        nursery.start_soon(_reload_aliases, aliases)
+        # Read from the start: what is announced while the runner waits for its lock
+        # or recovers is kept in its schedule.
+        nursery.start_soon(read_wakeups, wakeups, runner.wake)
+        await nursery.start(runner.run)
+        task_status.started()
+        await shutdown.wait()
+        # Deliveries in flight keep their envelopes as they were: tried again at start.
+        nursery.cancel_scope.cancel()

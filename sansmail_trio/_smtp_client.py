@@ -20,6 +20,7 @@ connections (with a QUIT, as a courtesy) and, when cancelled, all of them.
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import secrets
@@ -132,44 +133,51 @@ class SMTPClient:
         sent_message = False
         keep = False
         try:
-            while True:
-                action = session.next_action()
-                if isinstance(action, outbound.Send):
-                    with trio.fail_after(session.timeout):
+            # One cancel scope for the conversation, its deadline moved before each read
+            # and write: RFC 5321 §4.5.3.2's timeouts, per operation, without a new
+            # scope for each of them.
+            with trio.CancelScope() as limit:
+                while True:
+                    action = session.next_action()
+                    if isinstance(action, outbound.Send):
+                        limit.deadline = trio.current_time() + session.timeout
                         await stream.send_all(action.data)
-                elif isinstance(action, outbound.NeedData):
-                    with trio.fail_after(session.timeout):
+                    elif isinstance(action, outbound.NeedData):
+                        limit.deadline = trio.current_time() + session.timeout
                         data = await stream.receive_some(65536)
-                    session.receive_data(data)
-                elif isinstance(action, outbound.StartTLS):
-                    context = (self._tls_verify if step.verify_name else None) or self._tls
-                    tls_stream = trio.SSLStream(stream, context, server_hostname=step.verify_name)
-                    try:
-                        with trio.fail_after(session.timeout):
-                            await tls_stream.do_handshake()
-                    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                        return handshake_failed(_tls_failure(exc), level=step.tls)
-                    stream = tls_stream
-                    tls_text = describe(tls_stream)
-                    session.tls_started()
-                elif isinstance(action, outbound.Ready):
-                    if sent_message:
-                        session.quit()
-                    else:
-                        sent_message = True
-                        session.start_message(message)
-                elif isinstance(action, outbound.MessageDone):
-                    keep = self._put_cached(key, _Cached(session, stream, tls_text, 0.0))
-                    if not keep:
-                        session.quit()
-                        await self._finish(session, stream)
-                    return delivered(action, host=step.host, tls=tls_text)
-                elif isinstance(action, outbound.SessionFailed):
-                    return session_failed(action, host=step.host, reused=reused)
-                elif isinstance(action, outbound.Closed):
-                    return connection_closed(reused=reused)
-        except trio.TooSlowError:
-            return TIMED_OUT
+                        session.receive_data(data)
+                    elif isinstance(action, outbound.StartTLS):
+                        limit.deadline = math.inf  # the handshake has its own
+                        context = (self._tls_verify if step.verify_name else None) or self._tls
+                        tls_stream = trio.SSLStream(
+                            stream, context, server_hostname=step.verify_name
+                        )
+                        try:
+                            with trio.fail_after(session.timeout):
+                                await tls_stream.do_handshake()
+                        except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+                            return handshake_failed(_tls_failure(exc), level=step.tls)
+                        stream = tls_stream
+                        tls_text = describe(tls_stream)
+                        session.tls_started()
+                    elif isinstance(action, outbound.Ready):
+                        if sent_message:
+                            session.quit()
+                        else:
+                            sent_message = True
+                            session.start_message(message)
+                    elif isinstance(action, outbound.MessageDone):
+                        keep = self._put_cached(key, _Cached(session, stream, tls_text, 0.0))
+                        if not keep:
+                            limit.deadline = math.inf  # QUIT has its own
+                            session.quit()
+                            await self._finish(session, stream)
+                        return delivered(action, host=step.host, tls=tls_text)
+                    elif isinstance(action, outbound.SessionFailed):
+                        return session_failed(action, host=step.host, reused=reused)
+                    elif isinstance(action, outbound.Closed):
+                        return connection_closed(reused=reused)
+            return TIMED_OUT  # only the deadline ends the loop without a return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             return connection_lost(_oserror(exc), reused=reused)
         finally:

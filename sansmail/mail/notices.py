@@ -86,6 +86,8 @@ def notices(
     """What `result` (an attempt on `message`, whose content is `content`, ended at `now`)
     owes: the notifications to queue and the lines to log, in order (see the module
     docstring). `hostname` is the reporting MTA."""
+    if not (result.failed or result.delayed or result.succeeded):
+        return []  # the common case: delivered, nothing to tell anyone
     if not message.sender:
         return [
             LogLine(

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import re
 from typing import Final, Literal
 
@@ -167,8 +168,16 @@ def _recipient_tuple(
     return tuple(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> Address:
+    # Remembered: a busy queue sends from and to the same addresses over and over, and
+    # each is read twice per message (checked here, used by start_message). Addresses
+    # are immutable; one that does not parse raises every time (nothing is cached).
+    return parse_address(text, smtputf8=True)
+
+
 def _check_address(_inst: object, _attr: object, value: str) -> None:
-    parse_address(value, smtputf8=True)
+    _parse(value)
 
 
 def _check_notify(_inst: object, _attr: object, value: tuple[str, ...]) -> None:
@@ -198,7 +207,7 @@ class OutboundRecipient:
 
 def _check_sender(_inst: object, _attr: object, value: str) -> None:
     if value:
-        parse_address(value, smtputf8=True)
+        _parse(value)
 
 
 def _check_recipients(_inst: object, _attr: object, value: tuple[OutboundRecipient, ...]) -> None:
@@ -480,8 +489,8 @@ class OutboundSession:
         if self._step is not _Step.READY or self._actions:
             raise LocalProtocolError("start_message() only when next_action() said Ready")
         extensions = self._client.extensions
-        sender = parse_address(message.sender, smtputf8=True) if message.sender else None
-        rcpt_addresses = [parse_address(r.address, smtputf8=True) for r in message.recipients]
+        sender = _parse(message.sender) if message.sender else None
+        rcpt_addresses = [_parse(r.address) for r in message.recipients]
         addresses: list[Address | None] = [sender, *rcpt_addresses]
         utf8 = message.smtputf8 or any(a is not None and a.needs_smtputf8 for a in addresses)
         content = message.content

@@ -48,13 +48,14 @@ step that raised halfway leaves the lines of what it did complete.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 
 import attrs
 
 from sansmail.config import Config
 from sansmail.mail import delivery, trace
-from sansmail.mail.address import MailboxId, parse_address
+from sansmail.mail.address import Address, MailboxId, parse_address
 from sansmail.mail.aliases import expand
 from sansmail.mail.attempt import Outcome, record_attempt
 from sansmail.mail.delivery import Destination, DomainResult, LogLine, RemoteDelivery
@@ -110,6 +111,11 @@ class QueueManager:
         self.users = users
         self.aliases = aliases
         self.policy = policy
+
+    @functools.cached_property
+    def postmaster(self) -> Address:
+        """Where postmaster copies of bounces go (the domains never change)."""
+        return postmaster_address(self.config.domains)
 
     def queue_ids(self) -> set[str]:
         """BLOCKING. The ids of every message in the queue, complete or being written."""
@@ -322,7 +328,7 @@ class Attempt:
                 now=now,
                 policy=manager.policy,
                 hostname=manager.config.hostname,
-                postmaster=postmaster_address(manager.config.domains),
+                postmaster=manager.postmaster,
                 new_id=queue.new_id,
             )
             for item in owed:

@@ -63,6 +63,15 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _servers(pid: int) -> list[int]:
+    """The server processes among `pid`'s children: all but the queue runner."""
+    return [c for c in _children(pid) if _name(c) != "sansmail-queue"]
+
+
+def _name(pid: int) -> str:
+    return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+
+
 def _send(port: int, count: int) -> None:
     for _ in range(count):
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
@@ -92,7 +101,8 @@ def test_two_processes_share_the_listener_and_stop_together(tmp_path: pathlib.Pa
     proc, port = _start(tmp_path, 2)
     try:
         children = _children(proc.pid)
-        assert len(children) == 2
+        assert len(_servers(proc.pid)) == 2
+        assert len(children) == 3  # and the queue runner
         _send(port, 20)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
@@ -126,7 +136,7 @@ def test_sighup_reloads_every_process_and_kills_none(tmp_path: pathlib.Path) -> 
 def test_children_stop_when_the_parent_is_killed(tmp_path: pathlib.Path) -> None:
     proc, _port = _start(tmp_path, 2)
     children = _children(proc.pid)
-    assert len(children) == 2
+    assert len(children) == 3  # two servers and the queue runner
     proc.kill()
     proc.wait(10)
     deadline = time.monotonic() + 20
