@@ -6,7 +6,8 @@ tagged one last. None calls `FolderView.sync`: the session adds the news where R
 §7.5.1 allows it. Message sets are resolved against the view's list as last reported
 (`select_messages`): sequence numbers past the end are a BAD (`BadSetError`), UIDs that
 name no message are skipped (§6.4.9). FETCH and SEARCH are evaluated by `_fetch` and
-`_search`; here they are bound to the store.
+`_search`; here they are bound to the store (`ViewIndex` is SEARCH's view of what the
+store keeps).
 
 FETCH in batches. What a client lists a folder with (FLAGS, INTERNALDATE, RFC822.SIZE,
 ENVELOPE, BODYSTRUCTURE, BODY, UID) and downloads it with (BODY.PEEK[]) is answered
@@ -60,18 +61,20 @@ from sansmail.sessions.imapd._fetch import (
     structures_from_cache,
 )
 from sansmail.sessions.imapd._folders import no, ok
-from sansmail.sessions.imapd._search import SearchContext, search
+from sansmail.sessions.imapd._search import SearchContext, SearchIndex, search, search_data
 from sansmail.storage.maildir import (
     FlagMode,
     FolderView,
     ImapMessage,
     ImapStoreError,
     NoSuchFolderError,
+    SearchData,
     Structures,
 )
 
 __all__ = [
     "BadSetError",
+    "ViewIndex",
     "copy",
     "expunge",
     "fetch_messages",
@@ -423,12 +426,52 @@ def expunge(view: FolderView, command: Expunge | UidExpunge) -> tuple[list[Respo
     return [ok(command.tag, "EXPUNGE completed")], len(removed)
 
 
+class ViewIndex(SearchIndex):
+    """The `SearchIndex` of a view: the store's kept `SearchData`, first completed for
+    the view's messages (each missing one read once, kept one write per `_KEEP_EVERY`),
+    the header fields alone unless a text key asks for the texts."""
+
+    def __init__(self, view: FolderView) -> None:
+        self._view = view
+        self._complete: set[bool] = set()  # what was completed: fields (False), texts
+
+    def _fill(self, *, texts: bool) -> None:
+        if texts in self._complete or True in self._complete:
+            return
+        view = self._view
+        made: dict[int, SearchData] = {}
+        for uid, raw in view.contents(view.search_missing(view.uids, texts=texts)):
+            if raw is not None:  # expunged meanwhile: it matches no content key
+                made[uid] = search_data(raw, texts=texts)
+            if len(made) >= _KEEP_EVERY:
+                view.keep_search_data(made)
+                made = {}
+        view.keep_search_data(made)
+        self._complete.add(texts)
+
+    def header(self, name: bytes, needle: str) -> set[int]:
+        self._fill(texts=False)
+        return self._view.find_in_header(name.decode("latin-1"), needle)
+
+    def text(self, needle: str, *, bodies_only: bool) -> set[int] | None:
+        self._fill(texts=True)
+        return self._view.find_in_texts(needle, bodies_only=bodies_only)
+
+    def sent(self) -> dict[int, datetime.date]:
+        self._fill(texts=False)
+        return {uid: datetime.date.fromordinal(day) for uid, day in self._view.sent_days().items()}
+
+
 def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Response]:
     """[UID] SEARCH (RFC 9051 §6.4.4): ``* SEARCH`` for a rev1 client that gave no
     RETURN, ``* ESEARCH`` otherwise (RFC 4731; no RETURN options means ALL)."""
     messages = view.messages
     ctx = SearchContext(
-        messages=messages, load=view.read, recent=frozenset() if rev2 else view.recent
+        messages=messages,
+        load=view.read,
+        recent=frozenset() if rev2 else view.recent,
+        index=ViewIndex(view),
+        uids=view.uids,
     )
     try:
         numbers = search(command.criteria, ctx)

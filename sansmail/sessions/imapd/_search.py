@@ -25,6 +25,13 @@ ignore the time and the zone: an internal date counts on its day in its own zone
 SENT* use the day written in the Date: header; a message without a readable Date:
 matches no SENT* key. Sequence numbers past the end simply match nothing (the session
 checks sets where RFC 9051 wants an error).
+
+With an index (`SearchContext.index`, the store's kept `SearchData`), the header keys,
+BODY, TEXT and SENT* are each one question to it at compile time, answered with the set
+of UIDs that match, and then cost nothing per message. What the store keeps is made by
+`search_data` from the very functions that answer without it, and it answers with
+exact substrings (`sansmail.storage.maildir._imapsearch`), so both ways give the same
+answer; where the index cannot answer (it says None) the key reads the files as above.
 """
 
 from __future__ import annotations
@@ -32,8 +39,8 @@ from __future__ import annotations
 import codecs
 import datetime
 import email.utils
-from collections.abc import Callable, Iterator, Sequence
-from typing import Final
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from typing import Final, Protocol
 
 import attrs
 
@@ -53,9 +60,28 @@ from sansmail.imap import (
     SearchUid,
     SequenceSet,
 )
-from sansmail.storage.maildir import ImapMessage
+from sansmail.storage.maildir import ImapMessage, SearchData
 
-__all__ = ["SearchContext", "search"]
+__all__ = ["SearchContext", "SearchIndex", "search", "search_data"]
+
+
+class SearchIndex(Protocol):
+    """What a store keeps to answer content keys without reading files. Needles come
+    case-folded; each answer is the set of UIDs that match, or None when it cannot tell
+    (the key then reads the files)."""
+
+    def header(self, name: bytes, needle: str) -> Collection[int] | None:
+        """Messages whose header field `name` (lower case) holds `needle`."""
+        ...
+
+    def text(self, needle: str, *, bodies_only: bool) -> Collection[int] | None:
+        """Messages whose texts (what TEXT compares, or BODY with `bodies_only`) hold
+        `needle`."""
+        ...
+
+    def sent(self) -> Mapping[int, datetime.date] | None:
+        """The day written in each message's Date: field, where it can be read."""
+        ...
 
 
 @attrs.frozen
@@ -71,18 +97,46 @@ class SearchContext:
     #: UIDs of the result saved by SEARCH RETURN (SAVE), which "$" names (RFC 5182 §2.1);
     #: None when the session keeps none, and then "$" raises ValueError.
     saved: frozenset[int] | None = None
+    #: The store's index of what messages say; None: content keys read the files.
+    index: SearchIndex | None = None
+    #: The UIDs of `messages` in order, when the caller has them without making the
+    #: messages (a key the index answers then needs no message at all).
+    uids: Sequence[int] | None = None
 
 
 def search(criteria: SearchKey, ctx: SearchContext) -> list[int]:
     """The sequence numbers of the messages matching `criteria`, ascending. Raises
     ValueError for "$" when `ctx.saved` is None."""
-    largest_uid = max((message.uid for message in ctx.messages), default=0)
-    node = _compile(criteria, ctx, len(ctx.messages), largest_uid)
+    uids = ctx.uids if ctx.uids is not None else [message.uid for message in ctx.messages]
+    scope = _Scope(ctx, uids)
+    node = _compile(criteria, scope)
+    if node.uids is not None:
+        # Answered as a set (index answers and ALL, under AND, OR and NOT): no message
+        # is made or tested.
+        members = node.uids
+        return [seq for seq, uid in enumerate(uids, start=1) if uid in members]
     return [
         seq
         for seq, message in enumerate(ctx.messages, start=1)
         if node.test(_Candidate(seq, message, ctx.load))
     ]
+
+
+class _Scope:
+    """What compiling needs besides the key: the context and the view's UIDs."""
+
+    def __init__(self, ctx: SearchContext, uids: Sequence[int]) -> None:
+        self.ctx = ctx
+        self.uids = uids
+        self.count = len(uids)
+        self.largest_uid = max(uids, default=0)
+        self._universe: frozenset[int] | None = None
+
+    @property
+    def universe(self) -> frozenset[int]:
+        if self._universe is None:
+            self._universe = frozenset(self.uids)
+        return self._universe
 
 
 # -- one message under test ------------------------------------------------------------
@@ -142,6 +196,25 @@ class _Candidate:
         return [text for is_body, text in _entities(raw, root) if is_body]
 
 
+def search_data(raw: bytes, *, texts: bool) -> SearchData:
+    """What the keys of this module compare of the message `raw`, for a store to keep:
+    its header fields and Date: day always, its texts only with `texts` (they cost a
+    parse and the decoding of every text part)."""
+    fields = _decoded_fields(raw, mime.MessagePart(raw, 0, len(raw)))
+    sent = _sent_date(fields)
+    data = SearchData(
+        fields=tuple((name.decode("latin-1"), value.casefold()) for name, value in fields),
+        sent=None if sent is None else sent.toordinal(),
+    )
+    if not texts:
+        return data
+    entities = list(_entities(raw, mime.parse(raw)))
+    return data._replace(
+        headers=tuple(text for is_body, text in entities if not is_body),
+        bodies=tuple(text for is_body, text in entities if is_body),
+    )
+
+
 def _decoded_fields(raw: bytes, part: mime.MessagePart) -> list[tuple[bytes, str]]:
     return [
         (name.lower(), mime.decoded_header(value)) for name, value in mime.header_fields(raw, part)
@@ -191,10 +264,16 @@ def _decode_text(data: bytes, params: tuple[tuple[bytes, bytes], ...]) -> str:
 
 @attrs.frozen
 class _Node:
-    """A compiled key: `test` answers for one message; `cost` orders AND and OR."""
+    """A compiled key: `test` answers for one message; `cost` orders AND and OR; `uids`
+    is the set of UIDs that match when it is known without testing each message."""
 
     cost: int
     test: Callable[[_Candidate], bool]
+    uids: frozenset[int] | None = None
+
+    @classmethod
+    def of(cls, uids: frozenset[int]) -> _Node:
+        return cls(0, lambda m: m.message.uid in uids, uids)
 
 
 _FLAG_KEYS: Final = {
@@ -218,21 +297,29 @@ _HEADER_OF_KEY: Final = {
 }
 
 
-def _compile(key: SearchKey, ctx: SearchContext, count: int, largest_uid: int) -> _Node:
+def _compile(key: SearchKey, scope: _Scope) -> _Node:
+    ctx = scope.ctx
     if isinstance(key, SearchAnd):
-        parts = sorted(
-            (_compile(k, ctx, count, largest_uid) for k in key.keys), key=lambda n: n.cost
-        )
+        parts = sorted((_compile(k, scope) for k in key.keys), key=lambda n: n.cost)
+        sets = [n.uids for n in parts if n.uids is not None]
+        if len(sets) == len(parts):
+            return _Node.of(frozenset.intersection(*sets))
         return _Node(max(n.cost for n in parts), lambda m: all(n.test(m) for n in parts))
     if isinstance(key, SearchOr):
-        left = _compile(key.left, ctx, count, largest_uid)
-        right = _compile(key.right, ctx, count, largest_uid)
+        left = _compile(key.left, scope)
+        right = _compile(key.right, scope)
+        if left.uids is not None and right.uids is not None:
+            return _Node.of(left.uids | right.uids)
         first, second = (left, right) if left.cost <= right.cost else (right, left)
         return _Node(max(left.cost, right.cost), lambda m: first.test(m) or second.test(m))
     if isinstance(key, SearchNot):
-        inner = _compile(key.key, ctx, count, largest_uid)
+        inner = _compile(key.key, scope)
+        if inner.uids is not None:
+            return _Node.of(scope.universe - inner.uids)
         return _Node(inner.cost, lambda m: not inner.test(m))
     if isinstance(key, SearchSimple):
+        if key.name == "ALL":
+            return _Node.of(scope.universe)
         return _Node(0, _simple(key.name, ctx.recent))
     if isinstance(key, SearchKeyword):
         return _Node(0, _keyword(key.keyword, key.negated))
@@ -242,21 +329,39 @@ def _compile(key: SearchKey, ctx: SearchContext, count: int, largest_uid: int) -
             return _Node(0, lambda m: m.message.size > size)
         return _Node(0, lambda m: m.message.size < size)
     if isinstance(key, SearchDate):
-        return _date(key.name, key.date)
+        return _date(key.name, key.date, ctx.index)
     if isinstance(key, SearchSequence):
-        return _Node(0, _number_set(key.sequence_set, count, ctx.saved, uid=False))
+        return _Node(0, _number_set(key.sequence_set, scope.count, ctx.saved, uid=False))
     if isinstance(key, SearchUid):
-        return _Node(0, _number_set(key.sequence_set, largest_uid, ctx.saved, uid=True))
-    if isinstance(key, SearchHeader):
-        return _Node(1, _header(key.field.lower().encode("ascii"), key.value))
+        return _Node(0, _number_set(key.sequence_set, scope.largest_uid, ctx.saved, uid=True))
+    if isinstance(key, SearchHeader) or (
+        isinstance(key, SearchText) and key.name in _HEADER_OF_KEY
+    ):
+        if isinstance(key, SearchHeader):
+            name = key.field.lower().encode("ascii")
+        else:
+            name = _HEADER_OF_KEY[key.name]
+        if ctx.index is not None:
+            found = _found(ctx.index.header(name, key.value.casefold()))
+            if found is not None:
+                return found
+        return _Node(1, _header(name, key.value))
     if isinstance(key, SearchText):
-        if key.name in _HEADER_OF_KEY:
-            return _Node(1, _header(_HEADER_OF_KEY[key.name], key.value))
         needle = key.value.casefold()
-        if key.name == "BODY":
+        bodies_only = key.name == "BODY"
+        if ctx.index is not None:
+            found = _found(ctx.index.text(needle, bodies_only=bodies_only))
+            if found is not None:
+                return found
+        if bodies_only:
             return _Node(2, lambda m: any(needle in text for text in m.bodies()))
         return _Node(2, lambda m: any(needle in text for text in m.texts()))
     raise TypeError(f"not a search key: {key!r}")
+
+
+def _found(uids: Collection[int] | None) -> _Node | None:
+    """The node of a key the index answered: membership, at no cost per message."""
+    return None if uids is None else _Node.of(frozenset(uids))
 
 
 def _simple(name: str, recent: frozenset[int]) -> Callable[[_Candidate], bool]:
@@ -284,7 +389,7 @@ def _keyword(keyword: str, negated: bool) -> Callable[[_Candidate], bool]:
     return test
 
 
-def _date(name: str, day: datetime.date) -> _Node:
+def _date(name: str, day: datetime.date, index: SearchIndex | None) -> _Node:
     compare: Callable[[datetime.date], bool]
     kind = name.removeprefix("SENT")
     if kind == "BEFORE":
@@ -293,6 +398,14 @@ def _date(name: str, day: datetime.date) -> _Node:
         compare = day.__eq__
     else:  # SINCE: on or after
         compare = day.__le__
+    days = index.sent() if index is not None and name.startswith("SENT") else None
+    if days is not None:
+
+        def kept(m: _Candidate) -> bool:
+            sent_day = days.get(m.message.uid)
+            return sent_day is not None and compare(sent_day)
+
+        return _Node(0, kept)
     if name.startswith("SENT"):
 
         def sent(m: _Candidate) -> bool:

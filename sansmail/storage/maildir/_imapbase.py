@@ -52,6 +52,7 @@ __all__ = [
     "NoSuchFolderError",
     "NotAllowedError",
     "ReadOnlyError",
+    "SearchData",
     "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
@@ -244,6 +245,22 @@ class Structures(NamedTuple):
     cache: bytes | None = None
 
 
+class SearchData(NamedTuple):
+    """What SEARCH compares of a message (RFC 9051 §6.4.4), worked out by the session and
+    kept by the store so that a SEARCH reads no file. Strings are case-folded
+    (`str.casefold`), header values decoded (RFC 2047)."""
+
+    #: The message's own header fields: (lower-case name, value), in order.
+    fields: tuple[tuple[str, str], ...]
+    #: The day written in its Date: field (`datetime.date.toordinal`), None if unreadable.
+    sent: int | None
+    #: What TEXT compares besides `bodies`: every header field of every part, as
+    #: "name: value"; None when not worked out (only `fields` and `sent` are then kept).
+    headers: tuple[str, ...] | None = None
+    #: What BODY compares: the decoded body of each text part; None as for `headers`.
+    bodies: tuple[str, ...] | None = None
+
+
 class AppendResult(NamedTuple):
     """APPENDUID data (RFC 4315 §3)."""
 
@@ -342,6 +359,30 @@ class FolderView(Protocol):
     def set_structures(self, values: Mapping[int, Structures]) -> None:
         """Keep `values` in one write; a None member leaves what was kept, and a message
         expunged meanwhile is skipped."""
+        ...
+
+    def search_missing(self, uids: Iterable[int], *, texts: bool) -> list[int]:
+        """Which of `uids` (ascending, those that still exist) have no `SearchData` kept,
+        or, with `texts`, none with its texts."""
+        ...
+
+    def keep_search_data(self, values: Mapping[int, SearchData]) -> None:
+        """Keep `values` in one write (a message expunged meanwhile is skipped)."""
+        ...
+
+    def find_in_header(self, name: str, needle: str) -> set[int]:
+        """UIDs of the messages whose kept header field `name` (lower case) holds
+        `needle` (case-folded), among those with `SearchData` kept."""
+        ...
+
+    def find_in_texts(self, needle: str, *, bodies_only: bool) -> set[int] | None:
+        """UIDs of the messages whose kept texts (`SearchData.headers` and `bodies`, or
+        `bodies` alone) hold `needle` (case-folded) in one of their entries; None when
+        the store cannot answer for this needle (the session then reads the files)."""
+        ...
+
+    def sent_days(self) -> dict[int, int]:
+        """UID -> `SearchData.sent` of the messages kept with a readable Date:."""
         ...
 
     def contents(self, uids: Iterable[int]) -> Iterator[tuple[int, bytes | None]]:

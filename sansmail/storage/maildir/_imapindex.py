@@ -50,7 +50,8 @@ to UIDNEXT in a write transaction, so exactly one session is first to see a mess
 
 Schema versions. ``PRAGMA user_version`` says which schema a file has; an older one is
 migrated in place, in one write transaction, keeping every UID and the UIDVALIDITY
-(version 1 kept the cache blob in ``messages``: version 2 moves it to ``structures``).
+(version 1 kept the cache blob in ``messages``: version 2 moves it to ``structures``;
+version 3 adds the search tables of `_imapsearch`, empty).
 A file of a newer version than this code knows is refused, not rebuilt: rebuilding
 would give every message a new UID under a new UIDVALIDITY for nothing.
 
@@ -87,14 +88,16 @@ from sansmail.storage.maildir._imapmaildir import (
     split_name,
 )
 from sansmail.storage.maildir._imapnames import KEYWORD_LETTERS, read_keywords, write_keywords
+from sansmail.storage.maildir._imapsearch import SEARCH_TABLES, create_texts, forget
 
 __all__ = ["INDEX_NAME", "KEYWORDS_NAME", "FolderIndex", "Header", "NewRow", "is_corrupt"]
 
 INDEX_NAME: Final = "sansmail.index.sqlite"
 KEYWORDS_NAME: Final = "dovecot-keywords"
 
-_SCHEMA_VERSION: Final = 2
+_SCHEMA_VERSION: Final = 3
 _BUSY_TIMEOUT: Final = 60.0
+_WAL_LIMIT: Final = 4 * 1024 * 1024
 _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
@@ -134,6 +137,7 @@ _SCHEMA: Final = (
     "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)",
     _STRUCTURES,
+    *SEARCH_TABLES,
 )
 
 # Version 1 kept the cache blob in a column of messages: it moves to structures (the
@@ -267,6 +271,9 @@ class FolderIndex:
         )
         try:
             conn.execute("PRAGMA synchronous=FULL")
+            # The first SEARCH of a big folder writes tens of MiB of texts through the
+            # WAL: once checkpointed, the file is cut back instead of staying that big.
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -292,6 +299,7 @@ class FolderIndex:
             if version == 0:
                 for statement in _SCHEMA:
                     conn.execute(statement)
+                create_texts(conn)
                 # Header mtimes of -1 never match a directory: the first sync lists.
                 conn.execute(
                     "INSERT INTO folder VALUES (0, ?, 1, 1, 1, 0, -1, -1, 0, 0)", (uidvalidity,)
@@ -307,7 +315,7 @@ class FolderIndex:
         try:
             # Another process may have migrated it while we waited for the lock.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (1, _SCHEMA_VERSION):
+            if version not in (1, 2, _SCHEMA_VERSION):
                 raise RuntimeError(f"{self.db_path}: unknown index version {version}")
             if version == 1:
                 for statement in _MIGRATE_FROM_1:
@@ -316,7 +324,12 @@ class FolderIndex:
                     conn.execute("ALTER TABLE messages DROP COLUMN cache")
                 except sqlite3.OperationalError:
                     conn.execute("UPDATE messages SET cache = NULL")
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            if version in (1, 2):
+                # Version 3 adds the search tables, empty: SEARCH fills them.
+                for statement in SEARCH_TABLES:
+                    conn.execute(statement)
+                create_texts(conn)
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -666,6 +679,7 @@ class FolderIndex:
             return
         conn.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for uid in uids])
         conn.executemany("DELETE FROM structures WHERE uid = ?", [(uid,) for uid in uids])
+        forget(conn, uids)
         conn.executemany(
             "INSERT OR REPLACE INTO expunged (uid, modseq) VALUES (?, ?)",
             [(uid, modseq) for uid in uids],

@@ -34,6 +34,7 @@ and processes take turns:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import datetime
 import functools
 import io
@@ -46,6 +47,7 @@ from typing import Any, BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeV
 import attrs
 
 from sansmail.storage.durable import fsync_dir, unlink_quietly
+from sansmail.storage.maildir import _imapsearch
 from sansmail.storage.maildir._imapbase import (
     AppendResult,
     CopyResult,
@@ -54,6 +56,7 @@ from sansmail.storage.maildir._imapbase import (
     FolderView,
     ImapMessage,
     ReadOnlyError,
+    SearchData,
     Structures,
     SyncChanges,
 )
@@ -481,22 +484,59 @@ class MaildirFolderView(FolderView):
 
     @_guarded
     def structures(self, uids: Iterable[int], *, cache: bool = False) -> dict[int, Structures]:
-        with self._index.read() as conn:
-            self._check_uidvalidity(conn.execute(_UIDVALIDITY).fetchone())
+        with self._checked_read() as conn:
             return self._index.structures(conn, uids, cache=cache)
 
     @_guarded
     def set_structures(self, values: Mapping[int, Structures]) -> None:
+        if values:
+            with self._cache_write() as conn:
+                self._index.keep_structures(conn, dict(values))
+
+    @_guarded
+    def search_missing(self, uids: Iterable[int], *, texts: bool) -> list[int]:
+        with self._checked_read() as conn:
+            return _imapsearch.missing(conn, uids, texts=texts)
+
+    @_guarded
+    def keep_search_data(self, values: Mapping[int, SearchData]) -> None:
+        if values:
+            with self._cache_write() as conn:
+                _imapsearch.keep(conn, values)
+
+    @_guarded
+    def find_in_header(self, name: str, needle: str) -> set[int]:
+        with self._checked_read() as conn:
+            return _imapsearch.find_in_header(conn, name, needle)
+
+    @_guarded
+    def find_in_texts(self, needle: str, *, bodies_only: bool) -> set[int] | None:
+        with self._checked_read() as conn:
+            return _imapsearch.find_in_texts(conn, needle, bodies_only=bodies_only)
+
+    @_guarded
+    def sent_days(self) -> dict[int, int]:
+        with self._checked_read() as conn:
+            return _imapsearch.sent_days(conn)
+
+    @contextlib.contextmanager
+    def _checked_read(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction of this view's folder (`FolderGoneError` if it is not)."""
+        with self._index.read() as conn:
+            self._check_uidvalidity(conn.execute(_UIDVALIDITY).fetchone())
+            yield conn
+
+    @contextlib.contextmanager
+    def _cache_write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction for what is only a cache of the files: a lost one is
+        worked out again, so it is not worth an fsync of its own (the next FULL commit
+        makes it durable with the rest)."""
         self._check()
-        if not values:
-            return
         conn = self._index.conn
-        # A lost cache entry is recomputed, so it is not worth an fsync of its own; the
-        # next FULL commit makes it durable with the rest.
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._index.write():
-                self._index.keep_structures(conn, dict(values))
+                yield conn
         finally:
             conn.execute("PRAGMA synchronous=FULL")
 
@@ -519,8 +559,7 @@ class MaildirFolderView(FolderView):
 
     @_guarded
     def _names(self, uids: list[int]) -> dict[int, str]:
-        with self._index.read() as conn:
-            self._check_uidvalidity(conn.execute(_UIDVALIDITY).fetchone())
+        with self._checked_read() as conn:
             return dict(self._index.rows(conn, uids, "uid, name"))
 
     # -- flags ------------------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_an_index_of_version_1_is_migrated_in_place(tmp_path: pathlib.Path) -> N
     assert view.get_cache(7) == b"blob1"
     assert view.get_cache(9) is None
     db = sqlite3.connect(top / INDEX_NAME)
-    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    assert db.execute("PRAGMA user_version").fetchone() == (3,)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert {"structures", "fields", "searched", "texts"} <= tables
     columns = [row[1] for row in db.execute("PRAGMA table_info(messages)")]
     if sqlite3.sqlite_version_info >= (3, 35):
         assert "cache" not in columns
