@@ -13,7 +13,9 @@ an ending means is decided there, not here.
 Connections are reused: after a transaction the connection waits up to
 `CACHE_TIME_LIMIT` for the next message to the same address, port and TLS level
 (Postfix's connection cache), so a backlog for one destination costs one TCP and TLS
-handshake per connection, not per message. A cached connection that turns out dead is
+handshake per connection, not per message. The queue runner hands each delivery agent
+a batch of messages for one domain, which it delivers one transaction after the other:
+each takes the connection the one before put back, at once. A cached connection that turns out dead is
 replaced by a fresh one at once, without counting as a failed attempt. `run` closes idle
 connections (with a QUIT, as a courtesy) and, when cancelled, all of them.
 """

@@ -6,6 +6,7 @@ is delivered after the upgrade."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -17,15 +18,20 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from delivery_helpers import PEER, Sink, free_port
 from dns_server import DNSServer
 from trio_helpers import quick_auth, wait_until_started
 
 from sansmail.config import load_config
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient, encode_envelope
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.maildir import MaildirStore
 from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 from sansmail_trio import serve
-from sansmail_trio._queue import BATCH_SIZE, pipe_waker, read_wakeups
+from sansmail_trio._dns import Resolver
+from sansmail_trio._queue import BATCH_SIZE, QueueRunner, pipe_waker, read_wakeups
 
 COUNT = 20
 
@@ -110,6 +116,47 @@ async def test_serve_with_wake_announces_and_leaves_delivery_to_the_runner(
         assert lock is not None
         os.close(lock)
         shutdown.set()
+
+
+async def test_a_runner_waits_for_the_runner_of_an_earlier_start(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "sansmail.toml").write_text(
+        'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
+        '[dns]\nnameservers = ["127.0.0.1:9"]\n'
+    )
+    config = load_config(tmp_path / "sansmail.toml", default_hostname="unused.test")
+    queue = QueueStore(config.data_dir / "queue")
+    half_written = config.data_dir / "queue" / "HALF1.q"
+    earlier = queue.lock()  # the runner of an earlier start, still going
+    assert earlier is not None
+    half_written.write_bytes(b"")  # what it may be about to recover or write
+    runner = QueueRunner(
+        config=config,
+        queue=queue,
+        store=MaildirStore(config.data_dir, hostname="mx.example.test"),
+        users=UserStore(config.data_dir / "users.json"),
+        aliases=AliasSource(None),
+        resolver=Resolver(),
+        log=logging.getLogger("sansmail.test.queue"),
+    )
+    started = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            await nursery.start(runner.run)
+            started.set()
+
+        nursery.start_soon(run)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not started.is_set()
+        assert half_written.exists()  # no recovery under another runner's feet
+        os.close(earlier)  # it exits
+        await started.wait()
+        assert "waiting for the queue runner of an earlier start to exit" in caplog.text
+        assert not half_written.exists()  # recovered, now that it is ours
+        assert "queue recovery: HALF1.q" in caplog.text
+        nursery.cancel_scope.cancel()
 
 
 # -- sansmail-trio serve ------------------------------------------------------------------------
