@@ -15,8 +15,8 @@ Connections are reused: after a transaction the connection waits up to
 (Postfix's connection cache), so a backlog for one destination costs one TCP and TLS
 handshake per connection, not per message. The queue runner hands each delivery agent
 a batch of messages for one domain, which it delivers one transaction after the other:
-each takes the connection the one before put back, at once. A cached connection that turns out dead is
-replaced by a fresh one at once, without counting as a failed attempt. `run` closes idle
+each takes the connection the one before put back, at once. A cached connection that
+turns out dead is replaced by a fresh one at once, without counting as a failed attempt. `run` closes idle
 connections (with a QUIT, as a courtesy) and, when cancelled, all of them.
 """
 

@@ -148,12 +148,14 @@ async def test_a_runner_waits_for_the_runner_of_an_earlier_start(
             started.set()
 
         nursery.start_soon(run)
+        with trio.fail_after(30):  # bounds a failing test only
+            while "waiting for the queue runner of an earlier start" not in caplog.text:
+                await trio.sleep(0.01)
         await trio.testing.wait_all_tasks_blocked()
         assert not started.is_set()
         assert half_written.exists()  # no recovery under another runner's feet
         os.close(earlier)  # it exits
         await started.wait()
-        assert "waiting for the queue runner of an earlier start to exit" in caplog.text
         assert not half_written.exists()  # recovered, now that it is ours
         assert "queue recovery: HALF1.q" in caplog.text
         nursery.cancel_scope.cancel()
