@@ -16,8 +16,9 @@ Connections are reused: after a transaction the connection waits up to
 handshake per connection, not per message. The queue runner hands each delivery agent
 a batch of messages for one domain, which it delivers one transaction after the other:
 each takes the connection the one before put back, at once. A cached connection that
-turns out dead is replaced by a fresh one at once, without counting as a failed attempt. `run` closes idle
-connections (with a QUIT, as a courtesy) and, when cancelled, all of them.
+turns out dead is replaced by a fresh one at once, without counting as a failed attempt.
+`run` closes idle connections (with a QUIT, as a courtesy) and, when cancelled, all of
+them.
 """
 
 from __future__ import annotations
