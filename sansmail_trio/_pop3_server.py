@@ -15,9 +15,17 @@ scope while the session waits for a command: nothing is deleted or marked then (
 Failure delays of logging in are waited out by `_login.py`.
 
 Threads. A RETR or TOP costs one hop for a message up to `READ_AHEAD` octets (open and
-first chunk together), then one per further chunk; at most one chunk is in memory. The
-session holds the maildrop and the open message itself, so a cancellation can never drop
-one between a thread and a variable; `Pop3Session.cleanup` at the end releases them.
+first chunk together), then one per further chunk; at most one chunk is in memory. A
+RETR read from disk also reads the small messages after it (`READ_AHEAD_BATCH` octets),
+whose RETRs `Pop3Session.ready` then answers with no hop: a client downloading the
+maildrop in order pays a thread hop per few dozen messages. The session holds the
+maildrop, the open message and what it read ahead itself, so a cancellation can never
+drop one between a thread and a variable; `Pop3Session.cleanup` at the end releases them.
+
+Writes. A message's answer is queued whole and leaves with the next read from the
+client (one write per RETR of a small message, the +OK, the text and the final dot
+together); a chunk with more to come, or more than `FLUSH_AT` octets queued by
+pipelined RETRs, is written at once, so the queue stays bounded.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import trio
 from sansmail import PAUSED, LocalProtocolError, pop3
 from sansmail.config import Config
 from sansmail.sessions.common import Refusal
-from sansmail.sessions.pop3d import Pop3Service, Pop3Session
+from sansmail.sessions.pop3d import READ_AHEAD_BATCH, Pop3Service, Pop3Session, Transfer
 from sansmail_trio._login import log_in
 from sansmail_trio._session import (
     SessionRegistry,
@@ -47,6 +55,8 @@ __all__ = ["SEND_TIMEOUT", "POP3Service"]
 
 #: How long one chunk of a RETR or TOP answer may take to leave.
 SEND_TIMEOUT = 600.0
+#: Queued answer octets past which they are written before the next command is read.
+FLUSH_AT = 256 * 1024
 
 
 @attrs.define
@@ -79,7 +89,12 @@ class POP3Service:
         away at the greeting; while it runs it is in `registry`, so shutdown can reach
         it. `tls` describes the TLS session when `stream` is already encrypted (pop3s)."""
         session = Pop3Session(
-            self.shared, client_ip=peer[0], client_port=peer[1], log=self.log.log, tls=tls
+            self.shared,
+            client_ip=peer[0],
+            client_port=peer[1],
+            log=self.log.log,
+            tls=tls,
+            read_ahead=READ_AHEAD_BATCH,
         )
         wire = Wire(stream, session.conn)
         await carry(
@@ -93,6 +108,7 @@ class POP3Service:
 
 
 async def _loop(service: POP3Service, session: Pop3Session, wire: Wire, time: SessionTime) -> None:
+    queued = _Queued()
     while not session.ended:
         event = await time.wait_for_client(wire, session.timeout)
         if event is PAUSED:
@@ -100,7 +116,7 @@ async def _loop(service: POP3Service, session: Pop3Session, wire: Wire, time: Se
             # except a bug.
             raise LocalProtocolError(f"core paused in {session.conn.our_state}")
         if isinstance(event, pop3.Retr | pop3.Top):
-            await _retrieve(session, wire, time, event)
+            await _retrieve(session, wire, time, event, queued)
         elif isinstance(event, pop3.Pass | pop3.Auth):
             await log_in(session, event, wire, time)
         elif isinstance(event, pop3.Stls):
@@ -115,10 +131,24 @@ async def _loop(service: POP3Service, session: Pop3Session, wire: Wire, time: Se
             await send_all(wire, session.handle(event))
 
 
+class _Queued:
+    """Answer octets queued since the last write we asked for (the wire may have written
+    them already, when it read the next command: then this counts high, which costs at
+    most one early write)."""
+
+    octets = 0
+
+
 async def _retrieve(
-    session: Pop3Session, wire: Wire, time: SessionTime, event: pop3.Retr | pop3.Top
+    session: Pop3Session,
+    wire: Wire,
+    time: SessionTime,
+    event: pop3.Retr | pop3.Top,
+    queued: _Queued,
 ) -> None:
-    answer = await trio.to_thread.run_sync(session.retrieve, event)
+    answer: Transfer | pop3.Err | None = session.ready(event)
+    if answer is None:
+        answer = await trio.to_thread.run_sync(session.retrieve, event)
     if isinstance(answer, pop3.Err):
         await wire.send(answer)
         return
@@ -126,13 +156,18 @@ async def _retrieve(
         await wire.send(answer.reply)
         chunk = answer.first
         while chunk:
-            # Each chunk must leave in time: a client that stops reading must not keep
-            # its maildrop locked. The wait for commands has its own deadline.
+            queued.octets += len(chunk)
+            # A chunk with more to come, or a long queue, leaves now, in time: a client
+            # that stops reading must not keep its maildrop locked. The wait for
+            # commands has its own deadline.
+            flush = not answer.done or queued.octets > FLUSH_AT
             time.scope.deadline = trio.current_time() + SEND_TIMEOUT
             try:
-                await wire.send(pop3.MultilineData(data=chunk), flush=True)
+                await wire.send(pop3.MultilineData(data=chunk), flush=flush)
             finally:
                 time.scope.deadline = math.inf
+            if flush:
+                queued.octets = 0
             chunk = b"" if answer.done else await trio.to_thread.run_sync(answer.read)
     finally:
         answer.close()

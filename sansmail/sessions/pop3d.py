@@ -15,7 +15,8 @@ one; the life cycle and logging in are the same for every session, see
     Stls           -> send session.stls(); after a +OK: handshake, then
                       session.tls_started(...) or session.tls_failed(reason)
     Pass, Auth     -> the common login steps (`LoginSteps`); login_result blocks
-    Retr, Top      -> answer = session.retrieve(event)                 [blocking]
+    Retr, Top      -> answer = session.ready(event), or if that is None
+                      answer = session.retrieve(event)                 [blocking]
                       an Err: send it. A `Transfer`: send answer.reply, then each chunk
                       as MultilineData: answer.first, then answer.read() [blocking]
                       until answer.done; answer.close(); send session.transferred(answer)
@@ -55,6 +56,15 @@ QUIT in TRANSACTION enters UPDATE (RFC 1939 §6): the marked messages are remove
 ones RETR sent in full are marked \\Seen (as Dovecot does by default; TOP marks nothing,
 RSET forgets the marks too, ``[pop3] no_flag_updates = true`` turns it off), in one
 commit made durable before the +OK. A connection that ends any other way changes nothing.
+
+Reading ahead. A client downloading a maildrop asks RETR 1, RETR 2, ... one after the
+other, and a worker thread per message costs more than reading a small one. So when an
+adapter that asks `ready` first gives the session a `read_ahead` budget, a RETR read
+from disk also reads the messages that follow (whole ones only, up to that many octets
+and `_READ_AHEAD_COUNT` messages), and `ready` answers their RETRs from memory, without
+blocking. Message files never change, so what was read ahead is what RETR would read;
+one removed meanwhile by another client is sent as it was read, as a RETR already under
+way would be.
 """
 
 from __future__ import annotations
@@ -85,6 +95,7 @@ __all__ = [
     "AUTH_THROTTLED",
     "IDLE_TIMEOUT",
     "READ_AHEAD",
+    "READ_AHEAD_BATCH",
     "Answer",
     "Pop3Service",
     "Pop3Session",
@@ -95,6 +106,10 @@ __all__ = [
 IDLE_TIMEOUT = 600.0
 #: Octets of a message read per blocking call (bounds the memory a RETR holds).
 READ_AHEAD = 128 * 1024
+#: The `read_ahead` budget an adapter that asks `ready` is expected to give: the octets of
+#: following messages a RETR reads with its own (see "Reading ahead").
+READ_AHEAD_BATCH = 256 * 1024
+_READ_AHEAD_COUNT = 64
 
 _IMPLEMENTATION = "sansmail"
 # Fixed answers are built once (a validated event per command is not free).
@@ -171,8 +186,15 @@ class Transfer:
     each `read()` until `done`, as the multi-line body (the core byte-stuffs it)."""
 
     def __init__(
-        self, reader: MessageReader, first: bytes, *, number: int, retr: bool, reply: pop3.Ok
+        self,
+        reader: MessageReader | None,
+        first: bytes,
+        *,
+        number: int,
+        retr: bool,
+        reply: pop3.Ok,
     ) -> None:
+        # None: `first` is the whole answer (a message read ahead).
         self._reader = reader
         self.first = first
         self.number = number
@@ -185,17 +207,20 @@ class Transfer:
     @property
     def done(self) -> bool:
         """Everything has been read (and the file is closed)."""
-        return self._reader.done
+        return self._reader is None or self._reader.done
 
     def read(self) -> bytes:
         """Blocking: the next chunk (at most about `READ_AHEAD` octets); b"" at the end."""
+        if self._reader is None:
+            return b""
         chunk = self._reader.read_up_to(READ_AHEAD)
         self.octets += len(chunk)
         return chunk
 
     def close(self) -> None:
         """Close the file. Idempotent; no blocking worth a thread (one close(2))."""
-        self._reader.close()
+        if self._reader is not None:
+            self._reader.close()
 
 
 class Pop3Session:
@@ -206,6 +231,8 @@ class Pop3Session:
         client_ip, client_port: the peer.
         log: where log lines go, ``(level, text)``.
         tls: "<version> <cipher>" when the link is already encrypted (pop3s).
+        read_ahead: octets of the following messages a RETR may read for `ready` (0:
+            none; see "Reading ahead", and `READ_AHEAD_BATCH`).
     """
 
     def __init__(
@@ -216,6 +243,7 @@ class Pop3Session:
         client_port: int,
         log: LogSink,
         tls: str | None = None,
+        read_ahead: int = 0,
     ) -> None:
         self.service = service
         self.config = service.config
@@ -237,6 +265,9 @@ class Pop3Session:
         self._counters = _Counters()
         self._reason = "disconnected"
         self._transfer: Transfer | None = None
+        self._read_ahead = read_ahead
+        #: Message number -> its whole content, read ahead for `ready`.
+        self._ahead: dict[int, bytes] = {}
 
     # -- what the adapter asks ------------------------------------------------------------
 
@@ -302,6 +333,7 @@ class Pop3Session:
         """Blocking: release the maildrop's lock and any open message."""
         transfer, self._transfer = self._transfer, None
         maildrop, self.maildrop = self.maildrop, None
+        self._ahead.clear()
         if transfer is not None:
             transfer.close()
         if maildrop is not None:
@@ -492,9 +524,48 @@ class Pop3Session:
 
     # -- RETR and TOP ----------------------------------------------------------------------
 
+    def ready(self, event: pop3.Retr | pop3.Top) -> Transfer | None:
+        """Not blocking: the answer to a RETR of a message read ahead, or None (then
+        `retrieve`, which blocks)."""
+        if not isinstance(event, pop3.Retr):
+            return None
+        data = self._ahead.pop(event.msg, None)
+        message = self._message(event.msg)
+        if data is None or isinstance(message, pop3.Err):
+            return None
+        self._transfer = Transfer(
+            None, data, number=event.msg, retr=True, reply=pop3.Ok(text=f"{message.size} octets")
+        )
+        return self._transfer
+
+    def _read_following(self, number: int) -> None:
+        """Read ahead the messages after `number` (see "Reading ahead")."""
+        maildrop = self.maildrop
+        assert maildrop is not None
+        # What is behind is not asked for again in a download in order: not kept.
+        self._ahead = {n: data for n, data in self._ahead.items() if n > number}
+        budget = self._read_ahead - sum(map(len, self._ahead.values()))
+        messages = maildrop.messages
+        for n in range(number + 1, min(len(messages), number + _READ_AHEAD_COUNT) + 1):
+            message = messages[n - 1]
+            if n in self.deleted or n in self._ahead:
+                continue
+            if message.size > min(budget, READ_AHEAD):
+                break
+            try:
+                with maildrop.reader(message) as reader:
+                    data = reader.read_up_to(READ_AHEAD)
+                    if not reader.done:
+                        break  # bigger than its size said: RETR reads it in chunks
+            except (MessageGoneError, OSError):
+                break  # RETR will say what is wrong with it
+            self._ahead[n] = data
+            budget -= len(data)
+
     def retrieve(self, event: pop3.Retr | pop3.Top) -> Transfer | pop3.Err:
         """Blocking: open the message RETR or TOP names and read its first chunk (one
-        call, so a small message needs nothing more), or the -ERR for it."""
+        call, so a small message needs nothing more), or the -ERR for it; a RETR also
+        reads ahead (see "Reading ahead")."""
         number = event.msg
         lines = event.lines if isinstance(event, pop3.Top) else None
         message = self._message(number)
@@ -522,6 +593,8 @@ class Pop3Session:
         self._transfer = Transfer(
             reader, first, number=number, retr=lines is None, reply=pop3.Ok(text=text)
         )
+        if lines is None and self._read_ahead:
+            self._read_following(number)
         return self._transfer
 
     def transferred(self, transfer: Transfer) -> pop3.EndOfMultiline:

@@ -237,14 +237,16 @@ class FolderIndex:
 
     # -- connection -------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Connect, creating the index if there is none and rebuilding a corrupt one."""
+    def open(self, *, rebuild: bool = True) -> None:
+        """Connect, creating the index if there is none and rebuilding a corrupt one
+        (unless not `rebuild`: then the error is raised, for a reader that can do
+        without the index and leaves its repair to IMAP)."""
         if self._conn is not None:
             return
         try:
             self._connect()
         except sqlite3.DatabaseError as exc:
-            if not is_corrupt(exc):
+            if not rebuild or not is_corrupt(exc):
                 raise
             self.rebuild()
 

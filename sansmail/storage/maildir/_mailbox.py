@@ -12,6 +12,14 @@ moving a file from one to the other between the two listings makes us see it twi
 the name (``<secs>.M<usecs>...``; for a name without one, the file's mtime), then the
 base name.
 
+Where IMAP keeps an index in the Maildir (``sansmail.index.sqlite``), the snapshot is
+its rows instead, brought up to date first (`FolderIndex.refresh`: nothing listed when
+the directories did not change, new files given their UIDs as IMAP would): the sizes
+were measured once, when the message was first indexed, and the listing costs one
+query, with no look at each file; the order is the same arrival order. An index that
+cannot be read (damaged, of an unknown version, busy past its timeout) is not repaired
+here: the snapshot lists the directories as above, and IMAP rebuilds the index.
+
 Base names and UIDL (RFC 1939 §7). A Maildir file name is ``<base>[:<info>]``; flag
 changes by IMAP clients and mutt rename ``new/X`` to ``cur/X:2,S`` and back and forth,
 but never touch the base, which is unique in the Maildir by its naming rules. So the base
@@ -75,12 +83,15 @@ import fcntl
 import hashlib
 import os
 import re
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
 from sansmail.storage.durable import fsync_dir
+from sansmail.storage.maildir._imapindex import INDEX_NAME, FolderIndex
 from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size, split_name
 
 __all__ = [
@@ -444,7 +455,53 @@ class _TopFilter:
 # -- the snapshot --------------------------------------------------------------------------
 
 
+class _NoIndexError(Exception):
+    """The IMAP index would have to be created or rebuilt: not POP3's business."""
+
+
+def _refuse() -> Any:
+    raise _NoIndexError
+
+
+def _indexed_snapshot(root: str) -> tuple[MessageInfo, ...] | None:
+    """The snapshot from the IMAP index, or None when there is none that can be read."""
+    if not os.path.exists(os.path.join(root, INDEX_NAME)):
+        return None
+    # Only storage reads the clock: the index's freshness margin needs it.
+    index = FolderIndex(root, uidvalidity=_refuse, lock=_refuse, clock=time.time_ns)
+    try:
+        index.open(rebuild=False)
+        index.refresh()
+        with index.read() as conn:
+            rows = conn.execute("SELECT base, name, size FROM messages").fetchall()
+    except (sqlite3.Error, _NoIndexError, RuntimeError):
+        return None  # damaged, unknown version, busy: list the directories instead
+    finally:
+        index.close()
+    keyed = []
+    for base, rel, size in rows:
+        folder, name = rel[:3], rel[4:]
+        arrival = _ARRIVAL.match(base)
+        if arrival is not None:
+            key = (int(arrival[1]), int(arrival[2] or 0), base)
+        else:
+            try:
+                stat = os.stat(os.path.join(root, rel), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone since the index saw it
+            key = (int(stat.st_mtime), stat.st_mtime_ns // 1000 % 1_000_000, base)
+        info = MessageInfo(base=base, uid=unique_id(base), size=size, folder=folder, name=name)
+        keyed.append((key, info))
+    keyed.sort(key=lambda item: item[0])
+    return tuple(info for _key, info in keyed)
+
+
 def _snapshot(root: str) -> tuple[MessageInfo, ...]:
+    indexed = _indexed_snapshot(root)
+    return indexed if indexed is not None else _listed_snapshot(root)
+
+
+def _listed_snapshot(root: str) -> tuple[MessageInfo, ...]:
     seen: dict[str, tuple[tuple[int, int, str], MessageInfo]] = {}
     for folder in _SUBDIRS:  # new/ first: see the module docstring
         directory = os.path.join(root, folder)
