@@ -2,7 +2,7 @@
 
     python3 bench/relay_bench.py [--messages N] [--size 10k] [--concurrency 10]
         [--reps 3] [--sansmail-processes P] [--postfix] [--source CHECKOUT]
-        [--base CHECKOUT] [--py-spy DIR]
+        [--base CHECKOUT] [--py-spy DIR [--gil]]
 
 Theory of operation
 -------------------
@@ -27,8 +27,10 @@ from rep to rep, and the ratios are taken within a rep (median [min-max] over th
 ``--base CHECKOUT`` adds a second sansmail run from another source tree (a
 ``git worktree`` of the old commit), so an optimisation is measured as an interleaved
 A/B against the code it replaces (``--source CHECKOUT`` runs the new side from a
-checkout too, rather than the installed package). ``--py-spy DIR`` records the sansmail processes of
-the first rep (``py-spy record --subprocesses``, collapsed stacks) into DIR.
+checkout too, rather than the installed package). ``--py-spy DIR`` records the sansmail
+processes of the first rep (``py-spy record --subprocesses``, collapsed stacks) into
+DIR; with ``--gil``, only the thread holding the GIL is sampled (Python's CPU time,
+without the waits in fsync and in the kernel).
 
 ``--postfix`` runs Postfix too. It needs root, the ``postfix`` user, and a main.cf in
 /etc/postfix that lists the bench's config directory in ``alternate_config_directories``
@@ -195,7 +197,6 @@ def queued_ids(queue: Path) -> int:
     return len(ids)
 
 
-GIL: list[str] = ["--gil"] if os.environ.get("RELAY_BENCH_GIL") else []
 _QUEUE_ID = re.compile(r"[0-9A-Z]{1,64}")
 
 
@@ -305,7 +306,7 @@ def one_run(
     }
 
 
-def spy(system: System, directory: Path) -> subprocess.Popen[bytes] | None:
+def spy(system: System, directory: Path, *, gil: bool) -> subprocess.Popen[bytes] | None:
     """py-spy recording `system`'s processes (children included) until terminated."""
     if not isinstance(system, Sansmail) or system.proc is None:
         return None
@@ -313,7 +314,8 @@ def spy(system: System, directory: Path) -> subprocess.Popen[bytes] | None:
     out = directory / f"{system.name}.collapsed"
     return subprocess.Popen(
         [
-            "py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200", *GIL,
+            "py-spy", "record", "--subprocesses", "--format", "raw", "--rate", "200",
+            *(["--gil"] if gil else []),
             "--nonblocking", "-p", str(system.proc.pid), "-o", str(out),
         ],
         stdout=subprocess.DEVNULL,
@@ -333,7 +335,11 @@ def run_all(
         for rep in range(args.reps):
             shift = rep % len(systems)
             for system in systems[shift:] + systems[:shift]:
-                spying = spy(system, Path(args.py_spy)) if args.py_spy and rep == 0 else None
+                spying = (
+                    spy(system, Path(args.py_spy), gil=args.gil)
+                    if args.py_spy and rep == 0
+                    else None
+                )
                 try:
                     result = one_run(system, ports[system.name], smtp_source, args, size)
                 finally:
@@ -397,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--base", type=Path, help="also run sansmail from this checkout (named 'base')"
     )
     parser.add_argument("--py-spy", help="record the sansmail processes of rep 1 here")
+    parser.add_argument("--gil", action="store_true", help="py-spy samples Python's CPU only")
     args = parser.parse_args(argv)
     smtp_source = procs.find_smtp_source()
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
