@@ -14,6 +14,7 @@ else must be base64, decoded strictly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from sansmail.pop3._events import (
     SASL_MECHANISM,
@@ -67,10 +68,17 @@ def _number(word: str, *, zero: bool = False) -> int:
     return value
 
 
+_CONTROLS: Final = frozenset(range(0x20)) | {0x7F}
+
+
 def _text(argument: bytes) -> str:
     # NUL would end the string in C-based password checkers and log readers.
     if b"\0" in argument:
         raise _refuse("NUL in an argument", "invalid argument")
+    # RFC 1939 §3: arguments are printable (RFC 6856 adds UTF-8, never controls); a control
+    # character would reach user names, the log and the echo of a reply.
+    if not _CONTROLS.isdisjoint(argument):
+        raise _refuse("control character in an argument", "invalid argument")
     try:
         return argument.decode("utf-8")
     except UnicodeDecodeError:

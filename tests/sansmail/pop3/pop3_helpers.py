@@ -79,7 +79,9 @@ class App:
     def answer(self, event: Event) -> None:
         match event:
             case User():
-                self.send(Ok(text=f"{event.name} is known"))
+                # Echoed only when it fits a reply (UTF-8 names are valid arguments).
+                name = event.name if event.name.isascii() else "user"
+                self.send(Ok(text=f"{name} is known"))
             case Pass():
                 if event.password == self.password:
                     self.send(Ok(text="maildrop locked and ready"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pop3_helpers import GREETING
+from pop3_helpers import GREETING, run
 
 from sansmail import NEED_DATA, PAUSED, SERVER
 from sansmail.pop3 import (
@@ -228,3 +228,13 @@ def test_invalid_command_event_carries_the_line() -> None:
     assert isinstance(event, InvalidCommand)
     assert event.line == b"LIST 0"
     assert conn.send(event.reply_hint) == b"-ERR no such message\r\n"
+
+
+@pytest.mark.parametrize("control", [b"\x01", b"\x1b", b"\x7f", b"\t"])
+def test_control_characters_in_arguments_are_refused(control: bytes) -> None:
+    # RFC 1939 §3: arguments are printable; a control would reach logs and replies.
+    events, out, error = run([b"USER al" + control + b"ice\r\nQUIT\r\n"])
+    assert error is None
+    assert isinstance(events[0], InvalidCommand)
+    assert events[0].reason == "control character in an argument"
+    assert out.startswith(b"-ERR invalid argument\r\n")
