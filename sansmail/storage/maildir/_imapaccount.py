@@ -185,7 +185,13 @@ class MaildirAccount(MailAccount):
             raise NoSuchFolderError(f"no folder {name!r}")
         # A folder made by hand may lack a Maildir subdirectory.
         _make_maildir(path, parents=False)
-        index = FolderIndex(path, uidvalidity=self._uidvalidity, lock=self._lock, clock=self._clock)
+        index = FolderIndex(
+            path,
+            uidvalidity=self._uidvalidity,
+            lock=self._lock,
+            clock=self._clock,
+            note_uidvalidity=self._note_uidvalidity,
+        )
         index.open()
         self._indexes[name] = index
         return index
@@ -433,6 +439,19 @@ class MaildirAccount(MailAccount):
             value = last % _UID_MAX + 1
         write_file_atomically(path, f"{value}\n".encode())
         return value
+
+    def _note_uidvalidity(self, value: int) -> None:
+        # A folder keeps the UIDVALIDITY Dovecot gave it (`_uidlist`): the ones given out
+        # later, to folders made or rebuilt, must still be greater. (Unlocked, as
+        # `_uidvalidity` is: a race at worst gives two folders one value.)
+        path = os.path.join(self.root, _UIDVALIDITY_NAME)
+        try:
+            with open(path, "rb") as f:
+                last = int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            last = 0
+        if value > last:
+            write_file_atomically(path, f"{value}\n".encode())
 
     def _clean_deleted(self) -> None:
         tmp = os.path.join(self.root, "tmp")

@@ -87,13 +87,29 @@ from sansmail.storage.maildir._imapmaildir import (
     size_from_name,
     split_name,
 )
-from sansmail.storage.maildir._imapnames import KEYWORD_LETTERS, read_keywords, write_keywords
+from sansmail.storage.maildir._imapnames import (
+    KEYWORD_LETTERS,
+    read_keywords,
+    write_file_atomically,
+    write_keywords,
+)
 from sansmail.storage.maildir._imapsearch import SEARCH_TABLES, create_texts, forget
+from sansmail.storage.maildir._uidlist import Uidlist, read_uidlist
 
-__all__ = ["INDEX_NAME", "KEYWORDS_NAME", "FolderIndex", "Header", "NewRow", "is_corrupt"]
+__all__ = [
+    "ADOPTED_MARKER",
+    "INDEX_NAME",
+    "KEYWORDS_NAME",
+    "FolderIndex",
+    "Header",
+    "NewRow",
+    "is_corrupt",
+]
 
 INDEX_NAME: Final = "sansmail.index.sqlite"
 KEYWORDS_NAME: Final = "dovecot-keywords"
+#: Written in a folder whose ``dovecot-uidlist`` an index was made from (`_uidlist`).
+ADOPTED_MARKER: Final = "sansmail.dovecot-adopted"
 
 _SCHEMA_VERSION: Final = 3
 _BUSY_TIMEOUT: Final = 60.0
@@ -109,6 +125,12 @@ _STRUCTURES: Final = """CREATE TABLE IF NOT EXISTS structures (
         envelope BLOB,
         bodystructure BLOB,
         body BLOB)"""
+
+# Dovecot's UIDs for the first sync of a folder it served (`_uidlist`); empty after it.
+_ADOPTED: Final = """CREATE TABLE IF NOT EXISTS adopted (
+        base TEXT PRIMARY KEY,
+        uid INTEGER NOT NULL,
+        size INTEGER)"""
 
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS folder (
@@ -138,6 +160,7 @@ _SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)",
     _STRUCTURES,
     *SEARCH_TABLES,
+    _ADOPTED,
 )
 
 # Version 1 kept the cache blob in a column of messages: it moves to structures (the
@@ -211,8 +234,10 @@ class NewRow:
 class FolderIndex:
     """The index of the Maildir folder at `folder` (see the module docstring).
 
-    `uidvalidity` gives a fresh UIDVALIDITY for a new or rebuilt index; `lock` is the
-    account's exclusive lock, taken only to rebuild; `clock` returns nanoseconds.
+    `uidvalidity` gives a fresh UIDVALIDITY for a new or rebuilt index; `note_uidvalidity`
+    is told one taken from Dovecot's uidlist instead (so that later fresh ones are
+    greater); `lock` is the account's exclusive lock, taken only to rebuild; `clock`
+    returns nanoseconds.
     """
 
     def __init__(
@@ -222,8 +247,10 @@ class FolderIndex:
         uidvalidity: Callable[[], int],
         lock: Callable[[], contextlib.AbstractContextManager[None]],
         clock: Callable[[], int],
+        note_uidvalidity: Callable[[int], None] = lambda value: None,
     ) -> None:
         self.folder = folder
+        self._note_uidvalidity = note_uidvalidity
         self.db_path = os.path.join(folder, INDEX_NAME)
         self._new_uidvalidity = uidvalidity
         self._lock = lock
@@ -262,7 +289,7 @@ class FolderIndex:
         assert self._conn is not None
         return self._conn
 
-    def _connect(self) -> None:
+    def _connect(self, *, adopt: bool = True) -> None:
         if not os.path.isdir(os.path.join(self.folder, "cur")):
             raise FolderGoneError(f"{self.folder} is gone")
         conn = sqlite3.connect(
@@ -280,8 +307,14 @@ class FolderIndex:
                 conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                # Taken before the write lock: the account's counter is a file of its own.
-                self._create_schema(conn, self._new_uidvalidity())
+                dovecot = self._dovecot_uidlist() if adopt else None
+                if dovecot is not None:
+                    self._note_uidvalidity(dovecot.uidvalidity)
+                    self._create_schema(conn, dovecot.uidvalidity, dovecot)
+                else:
+                    # Taken before the write lock: the account's counter is a file of
+                    # its own.
+                    self._create_schema(conn, self._new_uidvalidity())
             elif version != _SCHEMA_VERSION:
                 self._migrate(conn)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
@@ -292,7 +325,9 @@ class FolderIndex:
         self._conn = conn
         self._ino = _inode(self.db_path)
 
-    def _create_schema(self, conn: sqlite3.Connection, uidvalidity: int) -> None:
+    def _create_schema(
+        self, conn: sqlite3.Connection, uidvalidity: int, dovecot: Uidlist | None = None
+    ) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -302,15 +337,37 @@ class FolderIndex:
                 for statement in _SCHEMA:
                     conn.execute(statement)
                 create_texts(conn)
-                # Header mtimes of -1 never match a directory: the first sync lists.
+                # Header mtimes of -1 never match a directory: the first sync lists. What
+                # Dovecot listed is not \Recent: recent_uid starts at its next UID.
+                uidnext = dovecot.next_uid if dovecot is not None else 1
                 conn.execute(
-                    "INSERT INTO folder VALUES (0, ?, 1, 1, 1, 0, -1, -1, 0, 0)", (uidvalidity,)
+                    "INSERT INTO folder VALUES (0, ?, ?, 1, ?, 0, -1, -1, 0, 0)",
+                    (uidvalidity, uidnext, uidnext),
                 )
+                if dovecot is not None:
+                    conn.executemany(
+                        "INSERT INTO adopted VALUES (?, ?, ?)",
+                        [(b, r.uid, r.vsize) for b, r in dovecot.records.items()],
+                    )
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def _dovecot_uidlist(self) -> Uidlist | None:
+        """Dovecot's UIDs for a folder sansmail indexes for the first time (see
+        `_uidlist`), or None. Only the first time: an index deleted or rebuilt later has
+        messages the uidlist never saw, which must not share its UIDVALIDITY. The marker
+        that says so is written before the index, so a crash in between loses the
+        adoption, never repeats it."""
+        marker = os.path.join(self.folder, ADOPTED_MARKER)
+        if os.path.exists(marker):
+            return None
+        dovecot = read_uidlist(self.folder)
+        if dovecot is not None:
+            write_file_atomically(marker, b"dovecot-uidlist adopted\n")
+        return dovecot
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -328,7 +385,7 @@ class FolderIndex:
                     conn.execute("UPDATE messages SET cache = NULL")
             if version in (1, 2):
                 # Version 3 adds the search tables, empty: SEARCH fills them.
-                for statement in SEARCH_TABLES:
+                for statement in (*SEARCH_TABLES, _ADOPTED):
                     conn.execute(statement)
                 create_texts(conn)
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
@@ -356,7 +413,7 @@ class FolderIndex:
                     return
             for suffix in ("", "-wal", "-shm"):
                 unlink_quietly(self.db_path + suffix)
-            self._connect()
+            self._connect(adopt=False)
             self.rebuilt = True
 
     def _check_replaced(self) -> None:
@@ -549,16 +606,23 @@ class FolderIndex:
                 reflagged.append((rel, bits, names, modseq, uid))
         expunged = [row[0] for base, row in rows.items() if base not in seen]
         found.sort(key=lambda item: item[0])
+        # The UIDs Dovecot gave (see `_uidlist`), kept for the first sync only: a file
+        # that shows up later is new mail and gets a UID above all others.
+        adopted = {base: (uid, size) for base, uid, size in conn.execute("SELECT * FROM adopted")}
+        uidnext = header.uidnext
         new_rows = []
         for _, base, rel, st in found:
-            size = size_from_name(base)
+            uid, size = adopted.get(base, (None, None))
+            size = size_from_name(base) or size
             if size is None:
                 try:
                     size = crlf_size(os.path.join(self.folder, rel))
                 except FileNotFoundError:
                     continue
+            if uid is None:
+                uid, uidnext = uidnext, uidnext + 1
             bits, names = info(rel)
-            new_rows.append((base, rel, bits, names, int(st.st_mtime), 0, size, modseq))
+            new_rows.append((uid, base, rel, bits, names, int(st.st_mtime), 0, size, modseq))
         conn.executemany("UPDATE messages SET name = ? WHERE uid = ?", renamed)
         conn.executemany(
             "UPDATE messages SET name = ?, flags = ?, keywords = ?, modseq = ? WHERE uid = ?",
@@ -567,9 +631,10 @@ class FolderIndex:
         self.delete(conn, expunged, modseq)
         if new_rows:
             # Under the lock it listed in, so no row has these bases: one bulk insert.
-            uidnext = header.uidnext
-            conn.executemany(_INSERT, [(uidnext + i, *values) for i, values in enumerate(new_rows)])
-            conn.execute("UPDATE folder SET uidnext = ?", (uidnext + len(new_rows),))
+            conn.executemany(_INSERT, new_rows)
+            conn.execute("UPDATE folder SET uidnext = ?", (uidnext,))
+        if adopted:
+            conn.execute("DELETE FROM adopted")
         changed = bool(reflagged or expunged or new_rows)
         conn.execute(
             "UPDATE folder SET highestmodseq = max(highestmodseq, ?), new_mtime = ?,"
