@@ -59,6 +59,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    # Nor the caller's file and line, which logging finds by walking the stack for every
+    # record (the logging HOWTO's "Optimization" section documents this switch).
+    logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
     root = logging.getLogger("sansmail")

@@ -43,13 +43,14 @@ from sansmail.mail.authcache import AuthCache, AuthCacheSettings
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
 from sansmail.sessions.pop3d import Pop3Service
-from sansmail.sessions.smtpd import SmtpService
+from sansmail.sessions.smtpd import SmtpService, store_all
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
+from sansmail_trio._commit import Committer
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
@@ -201,6 +202,8 @@ async def serve(
             log=get_logger("queue"),
         )
     smtp_log = get_logger("smtp")
+    # One group committer for the SMTP sessions of this process (_commit.py).
+    committer = Committer(store_all)
     services: dict[str, Service] = {}
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
@@ -214,7 +217,7 @@ async def serve(
             service=name,
             tls_available=tls is not None,
         )
-        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls)
+        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls, committer=committer)
         if wake is not None:
             smtp_service.wake = wake
         elif runner is not None:
@@ -267,6 +270,8 @@ async def serve(
         counts=counts if counts is not None else SharedCounts.create(1),
     )
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
+        # Outlives the connections: a session's commit in flight always completes.
+        await runner_nursery.start(committer.run)
         if runner is not None:
             await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:

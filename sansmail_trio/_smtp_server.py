@@ -7,9 +7,12 @@ failure delays of logging in, shutdown), the TLS handshake, the worker threads f
 session's blocking calls, and writing the log lines the session hands over. Shutdown cuts
 a wait between transactions at once; a transaction in flight is let finish first.
 
-Durability rule: the `250` that ends a transaction is what `SmtpSession.commit` returns
-once every copy is on disk; the commit runs in a worker thread that is never abandoned,
-so shutdown can never turn a stored message into an unacknowledged one.
+Durability rule: the `250` that ends a transaction is what `SmtpSession.stored` returns
+once every copy is on disk. The blocking part runs in the process's group committer
+(`_commit.py`), which commits the messages of sessions that end at about the same time
+together, in one worker thread that is never abandoned; without a committer (tests that
+build one service alone) each message gets a worker thread of its own. Either way the
+wait is shielded, so shutdown can never turn a stored message into an unacknowledged one.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import trio
 from sansmail import PAUSED, LocalProtocolError, smtp
 from sansmail.config import Config
 from sansmail.sessions.common import Refusal
-from sansmail.sessions.smtpd import SmtpService, SmtpSession
+from sansmail.sessions.smtpd import SmtpService, SmtpSession, Storing, store_all
+from sansmail_trio._commit import Committer
 from sansmail_trio._login import log_in, wall_clock
 from sansmail_trio._session import (
     SessionRegistry,
@@ -51,6 +55,8 @@ class SMTPService:
     tls: TLSContextHolder | None = None
     #: Called with each queue id a session queued: the queue runner of this process.
     wake: Callable[[str], None] = _nothing
+    #: The group committer of this process (its task runs in `serve`).
+    committer: Committer[Storing] = attrs.Factory(lambda: Committer(store_all))
 
     @property
     def config(self) -> Config:
@@ -99,7 +105,12 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             if session.content(event.data, wall_clock()):
                 await trio.to_thread.run_sync(session.flush)
         elif isinstance(event, smtp.EndOfMessage):
-            committed = await trio.to_thread.run_sync(session.commit, wall_clock())
+            job = session.finish(wall_clock())
+            if isinstance(job, Storing):
+                await service.committer.commit(job)
+                committed = session.stored(job)
+            else:
+                committed = job
             for queue_id in committed.queued:
                 service.wake(queue_id)
             await wire.send(committed.reply)

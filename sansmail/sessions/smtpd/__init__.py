@@ -16,10 +16,16 @@ cycle and logging in are the same for every session, see `sansmail.sessions.comm
     StartTLS      -> send session.starttls(); handshake; session.tls_started(...)
     Auth          -> the common login steps (`LoginSteps`)
     MessageData   -> if session.content(data, now): session.flush()  [blocking]
-    EndOfMessage  -> committed = session.commit(now)                  [blocking];
+    EndOfMessage  -> job = session.finish(now)
+                     if job is a Storing: store_all([job, ...])        [blocking]
+                         committed = session.stored(job)
+                     else: committed = job (a refusal)
                      send committed.reply, wake the queue runner for committed.queued
     anything else -> send session.handle(event, now)
     and whenever session.cleanup_due: session.cleanup()               [blocking]
+
+(`session.commit(now)` is finish, store_all and stored in one call, for an adapter that
+commits one message at a time.)
 
 Methods marked blocking do file I/O (writing the message to its tmp files, fsync, unlink)
 and belong in a worker thread; the others only compute. The session reads no clock: the
@@ -29,10 +35,17 @@ asks `timeout` before each wait and answers with `timeout_reply()` or `shutdown_
 Log lines go to the `log` sink given at construction (level, text), from whichever thread
 runs the method.
 
-Durability (the one rule). `commit` returns the ``250`` only after every copy is on disk:
-the queue copies (remote and forwarded recipients) first, then the local Maildir
-delivery; if the local delivery fails the queue copies are taken back before the ``451``,
-so a client that retries never causes a second relay of the same message.
+Durability (the one rule). `stored` (and `commit`) returns the ``250`` only after every
+copy is on disk: the queue copies (remote and forwarded recipients) first, then the local
+Maildir delivery; if the local delivery fails the queue copies are taken back before the
+``451``, so a client that retries never causes a second relay of the same message.
+
+Group commit. `store_all` takes the jobs of several sessions whose messages ended at
+about the same time and commits their local deliveries together
+(`MailStore.commit_many`): each directory they share is fsync'd once for all of them,
+and each message is still durable before its own ``250``. Which jobs go together, and
+when a batch closes, is the adapter's business (it owns threads and time); the session
+only guarantees that any grouping is safe.
 
 Checks. Sender-authentication verdicts (SPF, DKIM, DMARC, reverse DNS, DNSBL) and milter
 replies enter at six points (`Stage`): CONNECT (the greeting), HELO, MAIL, RCPT,
@@ -50,7 +63,14 @@ from sansmail.sessions.smtpd._checks import Check, SessionView, Stage, Verdict
 from sansmail.sessions.smtpd._replies import AUTH_THROTTLED, INTERNAL_ERROR
 from sansmail.sessions.smtpd._service import SUBMISSION_SERVICES, SmtpService
 from sansmail.sessions.smtpd._session import HEADER_LIMIT, SmtpSession
-from sansmail.sessions.smtpd._transaction import SPILL_THRESHOLD, Committed, Outgoing, Transaction
+from sansmail.sessions.smtpd._transaction import (
+    SPILL_THRESHOLD,
+    Committed,
+    Outgoing,
+    Storing,
+    Transaction,
+    store_all,
+)
 
 __all__ = [
     "AUTH_THROTTLED",
@@ -65,6 +85,8 @@ __all__ = [
     "SmtpService",
     "SmtpSession",
     "Stage",
+    "Storing",
     "Transaction",
     "Verdict",
+    "store_all",
 ]

@@ -4,6 +4,7 @@ offer, where a recipient goes, the sender of forwarded copies)."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 
 import attrs
@@ -44,6 +45,11 @@ class SmtpService:
     checks: Sequence[Check] = ()
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
+    _greeting: Reply | None = attrs.field(default=None, init=False)
+    _stamp: tuple[int, datetime.datetime] = attrs.field(
+        default=(-1, datetime.datetime.min), init=False
+    )
+    _helo: Reply | None = attrs.field(default=None, init=False)
 
     @property
     def implicit_tls(self) -> bool:
@@ -82,6 +88,31 @@ class SmtpService:
                 bare_lf=c.bare_lf,
             )
         return self._core_config
+
+    @property
+    def greeting_reply(self) -> Reply:
+        """The 220 every connection is greeted with (built once: a validated Reply per
+        connection showed in the profile)."""
+        if self._greeting is None:
+            self._greeting = Reply(code=220, lines=f"{self.config.hostname} ESMTP sansmail")
+        return self._greeting
+
+    @property
+    def helo_reply(self) -> Reply:
+        """The 250 to HELO (RFC 5321 §4.1.1.1: the server's name, no extensions)."""
+        if self._helo is None:
+            self._helo = Reply(code=250, lines=self.config.hostname)
+        return self._helo
+
+    def local_time(self, now: float) -> datetime.datetime:
+        """`now` (seconds since the epoch) as an aware local time, to the second: what a
+        Received field shows. Made once per second (time zone conversion costs more
+        than the rest of the field)."""
+        second = int(now)
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, datetime.datetime.fromtimestamp(second).astimezone())
+        return stamp[1]
 
     def ehlo_reply(self, *, tls_active: bool, auth: bool) -> Reply:
         """What we offer: the core learns it from this very reply (STARTTLS only while

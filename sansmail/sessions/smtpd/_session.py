@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 
 from sansmail import SERVER, smtp
@@ -37,9 +36,11 @@ from sansmail.sessions.smtpd._service import SmtpService
 from sansmail.sessions.smtpd._transaction import (
     Committed,
     Outgoing,
+    Storing,
     Transaction,
     header_end,
     notify_values,
+    store_all,
     xtext,
 )
 from sansmail.smtp import Reply
@@ -114,7 +115,7 @@ class SmtpSession:
         if refusal is not None:
             self.ended = True
             return refusal
-        return Reply(code=220, lines=f"{self.config.hostname} ESMTP sansmail")
+        return self.service.greeting_reply
 
     def refuse(self, refusal: Refusal) -> Reply:
         """Greet with a 421 instead (connection limits, shutdown) and end."""
@@ -231,7 +232,7 @@ class SmtpSession:
             self.helo = ""
             return refusal
         if not event.extended:
-            return Reply(code=250, lines=self.config.hostname)
+            return self.service.helo_reply
         tls_active = self.tls is not None
         auth = self.service.auth_offered(tls_active=tls_active, client_ip=self.client_ip)
         return self.service.ehlo_reply(tls_active=tls_active, auth=auth)
@@ -447,7 +448,22 @@ class SmtpSession:
     def commit(self, now: float) -> Committed:
         """Blocking: the message ended (CRLF.CRLF, or BDAT LAST). Make every copy durable,
         and only then return the 250 (see the module docstring); any failure returns the
-        451 with nothing stored. The transaction is over either way."""
+        451 with nothing stored. The transaction is over either way. This is `finish`,
+        `store_all` and `stored` in one, for an adapter that commits one message at a
+        time."""
+        job = self.finish(now)
+        if isinstance(job, Committed):
+            self.cleanup()
+            return job
+        store_all([job])
+        return self.stored(job)
+
+    def finish(self, now: float) -> Committed | Storing:
+        """The message ended (CRLF.CRLF, or BDAT LAST); no I/O. Either the answer at once
+        (a refusal; the files are left to `cleanup`), or the `Storing` to make durable with
+        `store_all` (blocking; an adapter may batch the jobs of several sessions into one
+        call) and then hand to `stored` for the reply. The transaction is over either
+        way."""
         tx = self.transaction
         assert tx is not None
         assert tx.receiving
@@ -457,19 +473,23 @@ class SmtpSession:
         refusal = tx.refusal or self._check(Stage.END_OF_DATA, tx)
         self.transaction = None
         if refusal is not None:
-            tx.abort()
+            self._dead.append(tx)
             for address in tx.rcpt:
                 self._log_rejected(tx, address, refusal)
             return Committed(refusal)
+        service = self.service
+        return Storing(tx, store=service.store, queue=service.queue, now=now, log=self.log)
+
+    def stored(self, job: Storing) -> Committed:
+        """The reply, and the log lines, for a job `store_all` has run: the 250 if every
+        copy is durable, else the 451 (nothing of the message is left)."""
+        tx = job.transaction
         size = tx.size
-        try:
-            queued = tx.store(self.service.queue, now, self.log)
-        except OSError as exc:
-            tx.abort()
+        if job.error is not None:
             self.log(
                 logging.ERROR,
                 f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, client={self.client},"
-                f" size={size}, status=deferred (cannot store: {exc})",
+                f" size={size}, status=deferred (cannot store: {job.error})",
             )
             return Committed(NOT_STORED)
         text = f"Ok: queued as {tx.queue_id}"
@@ -480,7 +500,7 @@ class SmtpSession:
                 f" client={self.client}, relay=local, size={size},"
                 f" status=sent (250 2.0.0 {text})",
             )
-        for message in queued:
+        for message in tx.queued:
             self.log(
                 logging.INFO,
                 f"{message.queue_id}: from=<{printable(message.sender)}>,"
@@ -489,7 +509,7 @@ class SmtpSession:
             )
         return Committed(
             Reply(code=250, lines=text, enhanced="2.0.0"),
-            tuple(m.queue_id for m in queued),
+            tuple(m.queue_id for m in tx.queued),
         )
 
     def cleanup(self) -> None:
@@ -527,7 +547,7 @@ class SmtpSession:
             ),
             queue_id=tx.queue_id,
             recipient=single,
-            when=datetime.datetime.fromtimestamp(now).astimezone(),
+            when=self.service.local_time(now),
             tls=self.tls,
         )
         tx.start(self.service.store, self.service.queue, received)

@@ -1,11 +1,12 @@
 """One mail transaction (MAIL ... end of data): its envelope, where each recipient's copy
 goes, and the files the content is written to, with the commit order that comes before
-``250`` (queue copies first, local delivery last; see `Transaction.store`)."""
+``250`` (queue copies first, local delivery last; see `store_all`, which commits several
+transactions together)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -21,9 +22,11 @@ __all__ = [
     "SPILL_THRESHOLD",
     "Committed",
     "Outgoing",
+    "Storing",
     "Transaction",
     "header_end",
     "notify_values",
+    "store_all",
     "xtext",
 ]
 
@@ -72,6 +75,8 @@ class Transaction:
     delivery: Delivery | None = None
     #: The queue writers of `outgoing`, made when the files start.
     writers: list[QueueWriter] = attrs.Factory(list)
+    #: The queue copies committed so far (`commit_queue_copies`).
+    queued: list[QueuedMessage] = attrs.Factory(list)
     chunk_size: int = 0
 
     @property
@@ -122,10 +127,10 @@ class Transaction:
         for writer in self.writers:
             writer.flush()
 
-    def store(self, queue: QueueStore, now: float, log: LogSink) -> list[QueuedMessage]:
-        """Blocking: make every copy durable. The queue copies are committed first and
-        taken back if the local delivery then fails, so a 451 never leaves a queued copy
-        behind that the client's retry would relay a second time."""
+    def commit_queue_copies(self, now: float) -> list[QueuedMessage]:
+        """Blocking: make the queue copies durable (the first half of the commit, see
+        `store_all`). On failure the error propagates, and `queued` holds the copies
+        already committed, for `take_back`."""
         queued: list[QueuedMessage] = []
         try:
             for outgoing in self.outgoing:
@@ -142,19 +147,21 @@ class Transaction:
                     body_8bit=self.body_8bit,
                 )
                 queued.append(outgoing.writer.commit(envelope))
-            if self.delivery is not None:
-                self.delivery.commit()
         except BaseException:
-            for message in queued:
-                try:
-                    queue.delete(message.queue_id)
-                except Exception as exc:  # noqa: BLE001 (the original error matters more)
-                    log(
-                        logging.ERROR,
-                        f"{message.queue_id}: cannot take back the queued copy: {exc}",
-                    )
+            self.queued = queued
             raise
+        self.queued = queued
         return queued
+
+    def take_back(self, queue: QueueStore, log: LogSink) -> None:
+        """Blocking: delete the queue copies `commit_queue_copies` made, so a 451 never
+        leaves one behind that the client's retry would relay a second time."""
+        queued, self.queued = self.queued, []
+        for message in queued:
+            try:
+                queue.delete(message.queue_id)
+            except Exception as exc:  # noqa: BLE001 (the original error matters more)
+                log(logging.ERROR, f"{message.queue_id}: cannot take back the queued copy: {exc}")
 
     def abort(self) -> None:
         """Blocking: remove whatever was written; safe at any point, also after a
@@ -163,6 +170,60 @@ class Transaction:
             self.delivery.abort()
         for writer in self.writers:
             writer.abort()
+
+
+@attrs.define(eq=False)
+class Storing:
+    """A transaction whose content has ended, on its way to disk: `SmtpSession.finish`
+    hands it out, `store_all` (blocking) makes it durable, alone or together with
+    others, and `SmtpSession.stored` turns the outcome into the reply. `error` is set
+    when it could not be stored (nothing of it is left then)."""
+
+    transaction: Transaction
+    store: MailStore
+    queue: QueueStore
+    now: float
+    log: LogSink
+    error: OSError | None = None
+
+
+def store_all(jobs: Sequence[Storing]) -> None:
+    """Blocking: store every transaction of `jobs`, setting each one's `error` if it
+    could not be. Per transaction the order is `Transaction`'s: queue copies first, the
+    local delivery last, and a transaction whose local delivery fails gets its queue
+    copies taken back. The local deliveries of jobs that share a store are committed
+    together (`MailStore.commit_many`), so they share their directory syncs; each is
+    still durable before this returns, and a failure stays with its own job (but for a
+    shared directory whose sync failed). Anything but an OSError is a bug: every job is
+    then undone as far as it can be and the exception propagates."""
+    try:
+        for job in jobs:
+            try:
+                job.transaction.commit_queue_copies(job.now)
+            except OSError as exc:
+                job.error = exc
+        stores: dict[int, list[Storing]] = {}
+        for job in jobs:
+            if job.error is None and job.transaction.delivery is not None:
+                stores.setdefault(id(job.store), []).append(job)
+        for group in stores.values():
+            deliveries = [job.transaction.delivery for job in group]
+            results = group[0].store.commit_many([d for d in deliveries if d is not None])
+            for job, result in zip(group, results, strict=True):
+                if isinstance(result, OSError):
+                    job.error = result
+    except BaseException:
+        for job in jobs:
+            _undo(job)
+        raise
+    for job in jobs:
+        if job.error is not None:
+            _undo(job)
+
+
+def _undo(job: Storing) -> None:
+    job.transaction.take_back(job.queue, job.log)
+    job.transaction.abort()
 
 
 @attrs.frozen

@@ -2,8 +2,10 @@
 
 A `MailStore` hands out one `Delivery` per message. The adapter feeds it content as the
 message arrives (`write`, never blocking), spills it to disk now and then from a worker
-thread (`flush`), and finally calls `commit` (in a worker thread) before it answers 250,
-or `abort` when the transaction dies. `MaildirStore` is the one implementation; tests and
+thread (`flush`), and finally makes it durable before it answers 250, or calls `abort`
+when the transaction dies. Making it durable is either `Delivery.commit` (one message)
+or `MailStore.commit_many` (group commit: several messages that ended at about the same
+time share their directory syncs). `MaildirStore` is the one implementation; tests and
 other back ends can provide their own.
 """
 
@@ -22,7 +24,8 @@ class Delivery(Protocol):
     """One message being written for one or more mailboxes.
 
     Not safe for concurrent use: one task drives it, calling `flush`/`commit`/`abort`
-    from one worker thread at a time. Exactly one of `commit` or `abort` ends it.
+    from one worker thread at a time. Exactly one of `commit` (or a successful
+    `MailStore.commit_many`) or `abort` ends it.
     """
 
     @property
@@ -62,6 +65,14 @@ class MailStore(Protocol):
     def begin(self, mailboxes: Sequence[MailboxId], *, prefix: bytes) -> Delivery:
         """Start one message for `mailboxes`; `prefix` (trace header lines in CRLF form)
         is stored before the content. Does no I/O."""
+        ...
+
+    def commit_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:
+        """Blocking: `commit` each of `deliveries` (begun by this store), together: what
+        they share (a directory to sync) is done once. Per delivery, in order, the names
+        `commit` would return, or the OSError that stopped it (the caller must then
+        `abort` it). Every name returned is durable; a failure of one delivery does not
+        fail the others, unless it is the sync of a directory they share."""
         ...
 
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:

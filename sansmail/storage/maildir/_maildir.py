@@ -16,17 +16,27 @@ whether it starts a CRLF pair.
 The one rule is "no 250 before the message is durably stored". `commit` therefore runs:
 
 1. write what is still buffered to ``tmp/<unique>`` (one file, opened with O_EXCL), fsync
-   it, close it;
+   it, close it (`prepare`);
 2. for every mailbox after the first, hard-link that file into its ``new/`` (same inode;
    when linking fails, e.g. EXDEV, a copy with its own fsync, renamed into ``new/``);
 3. rename the tmp file into the first mailbox's ``new/``;
-4. fsync every ``new/`` touched; only then return.
+4. fsync every ``new/`` touched; only then return (steps 2 to 4 are `publish_many`).
 
 The file is complete and on disk before any name for it appears in a ``new/``, so a crash
 at any point leaves either no message or a whole one (possibly in only some mailboxes:
 the client got no 250 and will send it again). Linking from the tmp path (step 2) before
 the rename (step 3) means a reader moving the file out of ``new/`` cannot break the links.
 If any step fails, the names already made are removed before the error propagates.
+
+Group commit (`commit_many`). Messages that end at about the same time are committed
+together, in one worker thread: each file is written and fsync'd (step 1), then every
+name is made, and each ``new/`` directory is fsync'd once for the whole batch. Every
+message is still durable, file and name, before `commit_many` returns it; what is shared
+is only the directory sync, which makes every name in it durable at once. A failure
+stays with its own delivery, except that a failed directory sync fails every delivery
+that made a name in that directory (their names are removed again). (Starting the
+files' writeback before the first fsync, with ``posix_fadvise``, was measured: no
+faster here, and one more system call per message.)
 
 Names follow the Maildir convention (cr.yp.to/proto/maildir.html) as Dovecot writes them:
 ``<secs>.M<usecs>P<pid>Q<counter>.<host>,S=<size>,W=<size with CRLF>``. ``S=`` lets a
@@ -39,9 +49,7 @@ thread at a time. The unique-name counter is an `itertools.count` (one atomic st
 the GIL), the directory caches are a dict and a set whose single operations are atomic,
 and creating directories is idempotent: two threads creating the same mailbox at once
 both make sure of every directory and fsync every parent before using it, at worst
-twice. Sharing one directory fsync between concurrent deliveries (group commit) was
-measured and found within the noise on ext4, whose journal already batches concurrent
-fsyncs, so each delivery fsyncs its own ``new/``.
+twice.
 """
 
 from __future__ import annotations
@@ -134,6 +142,65 @@ class MaildirStore(MailStore):
             raise ValueError("a delivery needs at least one mailbox")
         return _MaildirDelivery(self, list(dict.fromkeys(mailboxes)), len(mailboxes), prefix)
 
+    def commit_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:
+        """Blocking: group commit (see the module docstring)."""
+        mine = [self._own(delivery) for delivery in deliveries]
+        errors: dict[int, OSError] = {}
+        for index, delivery in enumerate(mine):
+            try:
+                delivery.prepare()
+            except OSError as exc:
+                errors[index] = exc
+        ready = [index for index in range(len(mine)) if index not in errors]
+        published = dict(zip(ready, self.publish_many([mine[i] for i in ready]), strict=True))
+        return [
+            errors[index] if index in errors else published[index] for index in range(len(mine))
+        ]
+
+    def publish_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:
+        """Blocking: steps 2 to 4 of the module docstring for deliveries whose file is
+        already durable (`_MaildirDelivery.prepare`): make their names, then fsync each
+        ``new/`` they touched once. Per delivery, its names or its error; a delivery
+        that failed has no name left anywhere (the caller must still `abort` it)."""
+        mine = [self._own(delivery) for delivery in deliveries]
+        results: list[list[str] | OSError | None] = [None] * len(mine)
+        made: list[list[str]] = [[] for _ in mine]
+        # new/ directory -> the deliveries with a name in it, in the order first touched.
+        touched: dict[str, list[int]] = {}
+        try:
+            for index, delivery in enumerate(mine):
+                try:
+                    boxes = delivery._link(made[index])
+                except OSError as exc:
+                    results[index] = exc
+                    continue
+                for box in boxes:
+                    touched.setdefault(box.new, []).append(index)
+            for directory, users in touched.items():
+                try:
+                    _fsync_dir(directory)
+                except OSError as exc:
+                    # The log line of a failed delivery should name the directory.
+                    error = OSError(exc.errno, f"fsync of {directory}: {exc.strerror}")
+                    for index in users:
+                        results[index] = results[index] or error
+        except BaseException:
+            for paths in made:
+                for path in paths:
+                    _unlink_quietly(path)
+            raise
+        out: list[list[str] | OSError] = []
+        for index, delivery in enumerate(mine):
+            result = results[index]
+            if result is None:
+                delivery._done = True
+                out.append([delivery._name] * delivery._count)
+            else:
+                for path in made[index]:
+                    _unlink_quietly(path)
+                out.append(result)
+        return out
+
     # -- used by deliveries (worker threads) ------------------------------------------
 
     def _root(self, mailbox: MailboxId) -> str:
@@ -177,12 +244,10 @@ class MaildirStore(MailStore):
         self._boxes[mailbox] = box
         return box
 
-    def _sync_new(self, box: _Box) -> None:
-        try:
-            _fsync_dir(box.new)
-        except OSError as exc:
-            # The log line of a failed delivery should name the directory.
-            raise OSError(exc.errno, f"fsync of {box.new}: {exc.strerror}") from None
+    def _own(self, delivery: Delivery) -> _MaildirDelivery:
+        if not isinstance(delivery, _MaildirDelivery) or delivery._store is not self:
+            raise TypeError("a delivery can only be committed by the store that began it")
+        return delivery
 
 
 def _mkdir(path: str) -> None:
@@ -215,6 +280,7 @@ class _MaildirDelivery:
         self._fd = -1
         self._tmp_path: str | None = None
         self._base = ""
+        self._name = ""  # the final name, once the file is durable (prepared)
         self._done = False
 
     @property
@@ -259,42 +325,50 @@ class _MaildirDelivery:
     def commit(self) -> list[str]:
         if self._done:
             raise RuntimeError("commit after commit or abort")
+        (result,) = self._store.commit_many([self])
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def prepare(self) -> None:
+        """Blocking: step 1 of the module docstring: the whole message in its tmp file,
+        fsync'd and closed, with no name in any new/ yet (`MaildirStore.publish_many`
+        makes those)."""
+        if self._done or self._name:
+            raise RuntimeError("commit after commit or abort")
         if self._held_cr:
             self._chunks.append(b"\r")
             self._pending += 1
             self._held_cr = False
         self.flush()
-        assert self._tmp_path is not None
         os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        os.close(fd)
         total = self._head_size + self._size
-        name = f"{self._base},S={total},W={total + self._head_lines + self._lines}"
+        self._name = f"{self._base},S={total},W={total + self._head_lines + self._lines}"
+
+    def _link(self, made: list[str]) -> list[_Box]:
+        """Steps 2 and 3 for this (prepared) delivery: every name, each appended to
+        `made` as it appears; returns the boxes whose new/ now needs a sync."""
+        if not self._name or self._tmp_path is None:
+            raise RuntimeError("publish before prepare, or after commit or abort")
         store = self._store
-        made: list[str] = []
-        try:
-            boxes = [store._box(mailbox) for mailbox in self._mailboxes]
-            for box in boxes[1:]:
-                target = os.path.join(box.new, name)
-                try:
-                    os.link(self._tmp_path, target)
-                except OSError as exc:
-                    if exc.errno not in _COPY_ON:
-                        raise
-                    _copy(self._tmp_path, os.path.join(box.tmp, name), target)
-                made.append(target)
-            target = os.path.join(boxes[0].new, name)
-            os.rename(self._tmp_path, target)
-            self._tmp_path = None
+        name = self._name
+        boxes = [store._box(mailbox) for mailbox in self._mailboxes]
+        for box in boxes[1:]:
+            target = os.path.join(box.new, name)
+            try:
+                os.link(self._tmp_path, target)
+            except OSError as exc:
+                if exc.errno not in _COPY_ON:
+                    raise
+                _copy(self._tmp_path, os.path.join(box.tmp, name), target)
             made.append(target)
-            for box in boxes:
-                store._sync_new(box)
-        except BaseException:
-            for path in made:
-                _unlink_quietly(path)
-            raise
-        self._done = True
-        return [name] * self._count
+        target = os.path.join(boxes[0].new, name)
+        os.rename(self._tmp_path, target)
+        self._tmp_path = None
+        made.append(target)
+        return boxes
 
     def abort(self) -> None:
         if self._done:

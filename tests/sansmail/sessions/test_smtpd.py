@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import logging
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -25,11 +26,13 @@ from sansmail.sessions.smtpd import (
     SmtpService,
     SmtpSession,
     Stage,
+    Storing,
     Verdict,
+    store_all,
 )
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
-from sansmail.storage.maildir import Delivery, MaildirStore, MailStore
+from sansmail.storage.maildir import Delivery, MaildirStore, MailStore, _maildir
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 
@@ -110,6 +113,10 @@ class Client:
         self.out = bytearray()
         self.queued: list[str] = []
         self.greeting = session.conn.send(session.greeting())
+        #: Hold ended messages (`session.finish`) for a group commit instead of
+        #: committing each at once; `answer` then sends the reply to one.
+        self.holding = False
+        self.held: list[Storing] = []
 
     def _send(self, reply: Reply) -> None:
         self.out += self.session.conn.send(reply)
@@ -129,7 +136,14 @@ class Client:
                 if session.content(event.data, NOW):
                     session.flush()
             elif isinstance(event, smtp.EndOfMessage):
-                committed = session.commit(NOW)
+                if self.holding:
+                    job = session.finish(NOW)
+                    if isinstance(job, Storing):
+                        self.held.append(job)  # the core waits for its reply
+                        break
+                    committed = job
+                else:
+                    committed = session.commit(NOW)
                 self.queued += committed.queued
                 self._send(committed.reply)
             elif isinstance(event, smtp.Auth):
@@ -159,6 +173,12 @@ class Client:
         reply = session.login_result(event, exchange.finish(0.0), None)
         assert reply is not None
         self._send(reply)
+
+    def answer(self, job: Storing) -> bytes:
+        """The reply to a held message, once `store_all` has run on it."""
+        committed = self.session.stored(job)
+        self.queued += committed.queued
+        return self.session.conn.send(committed.reply)
 
     def transaction(self, sender: str, *recipients: str, content: bytes = MESSAGE) -> bytes:
         self.say("EHLO client.example")
@@ -407,6 +427,9 @@ class BrokenStore:
         delivery.commit = commit  # type: ignore[method-assign]
         return delivery
 
+    def commit_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:
+        return [OSError(28, "No space left on device") for _ in deliveries]
+
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:
         return self.inner.maildir(mailbox)
 
@@ -473,3 +496,70 @@ def test_header_fields_at_the_end_of_data_are_refused_loudly(tmp_path: pathlib.P
     client.say("DATA")
     with pytest.raises(ValueError, match="header fields at end-of-data"):
         client.say(MESSAGE + b".\r\n")
+
+
+def test_messages_that_end_together_are_committed_together(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Server(tmp_path)
+    clients = [server.session(TRUSTED) for _ in range(3)]
+    for client in clients:
+        client.holding = True
+        assert client.transaction("a@example.org", "alice@example.test") == b""  # held
+    jobs = [job for client in clients for job in client.held]
+    assert len(jobs) == 3
+    assert server.messages("alice") == []  # nothing is stored before store_all
+    synced: list[str] = []
+    real = _maildir._fsync_dir
+
+    def rec(path: str) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(_maildir, "_fsync_dir", rec)
+    store_all(jobs)
+    assert synced.count(str(tmp_path / "mail" / "example.test" / "alice" / "new")) == 1
+    for client, job in zip(clients, jobs, strict=True):
+        assert client.answer(job).startswith(b"250 2.0.0 Ok: queued as ")
+    assert len(server.messages("alice")) == 3
+    assert sum("status=sent" in line for line in server.lines()) == 3
+
+
+def test_a_failure_in_a_group_commit_stays_with_its_own_transaction(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Server(tmp_path)
+    good, bad = server.session(TRUSTED), server.session(TRUSTED)
+    for client, subject in ((good, b"good"), (bad, b"bad")):
+        client.holding = True
+        client.transaction(
+            "a@example.org",
+            "alice@example.test",
+            "x@far.test",
+            content=b"Subject: " + subject + b"\r\n\r\nbody\r\n",
+        )
+    (good_job,), (bad_job,) = good.held, bad.held
+    bad_delivery = bad_job.transaction.delivery
+    assert bad_delivery is not None
+    bad_delivery.flush()  # its tmp file exists, and its fsync will fail
+    [doomed] = os.listdir(tmp_path / "mail" / "example.test" / "alice" / "tmp")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(doomed):
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    store_all([good_job, bad_job])
+    assert good.answer(good_job).startswith(b"250 2.0.0")
+    assert bad.answer(bad_job).startswith(b"451 4.3.0")
+    [stored] = server.messages("alice")
+    assert b"Subject: good" in stored
+    # The good transaction's queue copy stays; the bad one's was taken back.
+    assert server.queued() == [good_job.transaction.queue_id]
+    assert not list((tmp_path / "mail").rglob("tmp/*"))
+    assert any(
+        level == logging.ERROR and "status=deferred (cannot store: [Errno 28]" in text
+        for level, text in server.log
+    )

@@ -394,3 +394,232 @@ def test_concurrent_commits(tmp_path: pathlib.Path) -> None:
     for (t, i), (name, *_) in results.items():
         assert (alice_new / name).read_bytes() == PREFIX_LF + f"thread {t} message {i}\n".encode()
     assert os.listdir(store.maildir(ALICE) / "tmp") == []
+
+
+# --- group commit (commit_many) ---------------------------------------------------------
+
+
+class _Recorder:
+    """os.open/fsync/link/rename of this test, recorded in order, with the path each
+    fsync'd descriptor was opened on."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fds: dict[int, str] = {}
+        real_open, real_fsync = os.open, os.fsync
+        real_rename, real_link = os.rename, os.link
+
+        def rec_open(path: str, flags: int, mode: int = 0o777) -> int:
+            fd = real_open(path, flags, mode)
+            self.fds[fd] = str(path)
+            return fd
+
+        def rec_fsync(fd: int) -> None:
+            self.calls.append(("fsync", self.fds[fd]))
+            real_fsync(fd)
+
+        def rec_rename(src: str, dst: str) -> None:
+            self.calls.append(("name", str(dst)))
+            real_rename(src, dst)
+
+        def rec_link(src: str, dst: str) -> None:
+            self.calls.append(("name", str(dst)))
+            real_link(src, dst)
+
+        monkeypatch.setattr(os, "open", rec_open)
+        monkeypatch.setattr(os, "fsync", rec_fsync)
+        monkeypatch.setattr(os, "rename", rec_rename)
+        monkeypatch.setattr(os, "link", rec_link)
+
+
+def test_commit_many_syncs_each_directory_once_after_every_name(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE, BOB], b"warm up: the directories exist\r\n")
+    recorder = _Recorder(monkeypatch)
+    boxes = [[ALICE], [ALICE, BOB], [BOB], [ALICE]]
+    deliveries = []
+    for n, mailboxes in enumerate(boxes):
+        delivery = store.begin(mailboxes, prefix=PREFIX)
+        delivery.write(f"message {n}\r\n".encode())
+        deliveries.append(delivery)
+    results = store.commit_many(deliveries)
+    new_a, new_b = (str(store.maildir(box) / "new") for box in (ALICE, BOB))
+    synced_dirs = [
+        path for kind, path in recorder.calls if kind == "fsync" and path.endswith("/new")
+    ]
+    assert synced_dirs == [new_a, new_b]  # once each, for the four messages
+    assert recorder.calls[-2:] == [("fsync", new_a), ("fsync", new_b)]  # nothing after them
+    for n, (mailboxes, result) in enumerate(zip(boxes, results, strict=True)):
+        assert isinstance(result, list)
+        assert len(result) == len(mailboxes)
+        name = result[0]
+        tmp = str(store.maildir(mailboxes[0]) / "tmp" / name.partition(",")[0])
+        file_synced = recorder.calls.index(("fsync", tmp))
+        for box in mailboxes:
+            path = store.maildir(box) / "new" / name
+            assert path.read_bytes() == PREFIX_LF + f"message {n}\n".encode()
+            # The file is on disk before any name for it appears.
+            assert file_synced < recorder.calls.index(("name", str(path)))
+    for box in (ALICE, BOB):
+        assert os.listdir(store.maildir(box) / "tmp") == []
+
+
+def test_commit_many_keeps_a_failure_to_its_own_delivery(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliveries = []
+    for n in range(3):
+        delivery = store.begin([ALICE], prefix=PREFIX)
+        delivery.write(f"message {n}\r\n".encode())
+        delivery.flush()  # the tmp files exist: the second one's fsync will fail
+        deliveries.append(delivery)
+    doomed = max(os.listdir(store.maildir(ALICE) / "tmp"), key=_counter)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(doomed):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    results = store.commit_many(deliveries)
+    assert [type(r) for r in results] == [list, list, OSError]
+    deliveries[2].abort()
+    new = store.maildir(ALICE) / "new"
+    assert sorted(p.read_bytes() for p in new.iterdir()) == [
+        PREFIX_LF + b"message 0\n",
+        PREFIX_LF + b"message 1\n",
+    ]
+    assert os.listdir(store.maildir(ALICE) / "tmp") == []
+
+
+def test_commit_many_a_failed_directory_sync_fails_only_its_deliveries(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    deliver(store, [ALICE, BOB, CAROL], b"warm up\r\n")
+    before = {box: set(os.listdir(store.maildir(box) / "new")) for box in (ALICE, BOB, CAROL)}
+    bob_new = str(store.maildir(BOB) / "new")
+    real = _maildir._fsync_dir
+
+    def failing(path: str) -> None:
+        if path == bob_new:
+            raise OSError(errno.EIO, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(_maildir, "_fsync_dir", failing)
+    boxes = [[ALICE], [ALICE, BOB], [CAROL], [BOB]]
+    deliveries = [store.begin(mailboxes, prefix=PREFIX) for mailboxes in boxes]
+    for delivery in deliveries:
+        delivery.write(b"body\r\n")
+    results = store.commit_many(deliveries)
+    assert [type(r) for r in results] == [list, OSError, list, OSError]
+    assert "fsync of " + bob_new in str(results[1])
+    for delivery, result in zip(deliveries, results, strict=True):
+        if isinstance(result, OSError):
+            delivery.abort()
+    # The failed ones left no name anywhere, not even in ALICE's new/ (synced fine).
+    assert len(set(os.listdir(store.maildir(ALICE) / "new")) - before[ALICE]) == 1
+    assert set(os.listdir(store.maildir(BOB) / "new")) == before[BOB]
+    assert len(set(os.listdir(store.maildir(CAROL) / "new")) - before[CAROL]) == 1
+    for box in (ALICE, BOB, CAROL):
+        assert os.listdir(store.maildir(box) / "tmp") == []
+
+
+def test_commit_many_refuses_a_delivery_of_another_store(tmp_path: pathlib.Path) -> None:
+    one = MaildirStore(tmp_path / "one", hostname="h")
+    other = MaildirStore(tmp_path / "other", hostname="h")
+    delivery = other.begin([ALICE], prefix=b"")
+    with pytest.raises(TypeError, match="store that began it"):
+        one.commit_many([delivery])
+    assert one.commit_many([]) == []
+
+
+def test_a_delivery_is_committed_once(tmp_path: pathlib.Path) -> None:
+    store = MaildirStore(tmp_path, hostname="h")
+    delivery = store.begin([ALICE], prefix=b"")
+    delivery.write(b"x\r\n")
+    store.commit_many([delivery])
+    with pytest.raises(RuntimeError):
+        store.commit_many([delivery])
+    prepared = store.begin([ALICE], prefix=b"")
+    assert isinstance(prepared, _maildir._MaildirDelivery)
+    with pytest.raises(RuntimeError, match="before prepare"):
+        store.publish_many([prepared])
+
+
+_BOXES = (ALICE, BOB, CAROL)
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    batch=st.lists(
+        st.tuples(
+            st.lists(st.sampled_from(_BOXES), min_size=1, max_size=4),  # duplicates too
+            st.booleans(),  # the file's fsync fails
+        ),
+        max_size=6,
+    ),
+    failing_dir=st.one_of(st.none(), st.sampled_from(_BOXES)),
+)
+def test_commit_many_outcomes(
+    batch: list[tuple[list[MailboxId], bool]], failing_dir: MailboxId | None
+) -> None:
+    """Whatever the batch and its failures: a delivery is stored, whole and in each of
+    its mailboxes, exactly when its file and every directory it touched synced; a failed
+    one leaves nothing once aborted; no name is left that was not returned."""
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as patch:
+        store = MaildirStore(pathlib.Path(tmp), hostname="h")
+        deliver(store, list(_BOXES), b"warm up\r\n")
+        before = {box: set(os.listdir(store.maildir(box) / "new")) for box in _BOXES}
+        doomed: set[str] = set()
+        deliveries = []
+        for n, (mailboxes, file_fails) in enumerate(batch):
+            delivery = store.begin(mailboxes, prefix=PREFIX)
+            delivery.write(f"message {n}\r\n".encode())
+            if file_fails:
+                delivery.flush()
+                doomed.add(max(os.listdir(store.maildir(mailboxes[0]) / "tmp"), key=_counter))
+            deliveries.append(delivery)
+        real_fsync, real_dir = os.fsync, _maildir._fsync_dir
+        bad_dir = None if failing_dir is None else str(store.maildir(failing_dir) / "new")
+
+        def fsync(fd: int) -> None:
+            if os.readlink(f"/proc/self/fd/{fd}").rpartition("/")[2] in doomed:
+                raise OSError(errno.EIO, "I/O error")
+            real_fsync(fd)
+
+        def fsync_dir(path: str) -> None:
+            if path == bad_dir:
+                raise OSError(errno.EIO, "I/O error")
+            real_dir(path)
+
+        patch.setattr(os, "fsync", fsync)
+        patch.setattr(_maildir, "_fsync_dir", fsync_dir)
+        results = store.commit_many(deliveries)
+        patch.undo()
+        stored: dict[MailboxId, set[str]] = {box: set() for box in _BOXES}
+        for n, ((mailboxes, file_fails), result, delivery) in enumerate(
+            zip(batch, results, deliveries, strict=True)
+        ):
+            if file_fails or failing_dir in mailboxes:
+                assert isinstance(result, OSError)
+                delivery.abort()
+                continue
+            assert isinstance(result, list)
+            assert len(result) == len(mailboxes)
+            for box, name in zip(mailboxes, result, strict=True):
+                path = store.maildir(box) / "new" / name
+                assert path.read_bytes() == PREFIX_LF + f"message {n}\n".encode()
+                stored[box].add(name)
+        for box in _BOXES:
+            assert set(os.listdir(store.maildir(box) / "new")) - before[box] == stored[box]
+            assert os.listdir(store.maildir(box) / "tmp") == []
+
+
+def _counter(name: str) -> int:
+    # The Q<n> counter of a Maildir name: the latest file made has the highest.
+    return int(name.split("Q", 1)[1].split(".", 1)[0])
