@@ -160,13 +160,15 @@ async def _retrieve(
             # A chunk with more to come, or a long queue, leaves now, in time: a client
             # that stops reading must not keep its maildrop locked. The wait for
             # commands has its own deadline.
-            flush = not answer.done or queued.octets > FLUSH_AT
-            time.scope.deadline = trio.current_time() + SEND_TIMEOUT
-            try:
-                await wire.send(pop3.MultilineData(data=chunk), flush=flush)
-            finally:
-                time.scope.deadline = math.inf
-            if flush:
+            data = pop3.MultilineData(data=chunk)
+            if answer.done and queued.octets <= FLUSH_AT:
+                await wire.send(data)  # queued only: no I/O, no deadline to keep
+            else:
+                time.scope.deadline = trio.current_time() + SEND_TIMEOUT
+                try:
+                    await wire.send(data, flush=True)
+                finally:
+                    time.scope.deadline = math.inf
                 queued.octets = 0
             chunk = b"" if answer.done else await trio.to_thread.run_sync(answer.read)
     finally:
