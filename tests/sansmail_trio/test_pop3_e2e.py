@@ -54,11 +54,18 @@ def wire_form(stored: bytes) -> bytes:
     return stored.replace(b"\n", b"\r\n")
 
 
+def arrival(path: pathlib.Path) -> tuple[int, int, str]:
+    """POP3's order: the name's ``<secs>.M<usecs>`` as numbers (the microseconds are not
+    zero-padded, so name order is not arrival order), then the name."""
+    secs, _, rest = path.name.partition(".M")
+    return int(secs), int(rest.partition("P")[0]), path.name
+
+
 def stored_messages(server: RunningServer, address: str = ALICE) -> list[bytes]:
-    """Every message in the INBOX, new/ and cur/, in name order."""
+    """Every message in the INBOX, new/ and cur/, in arrival order (POP3's numbering)."""
     root = server.maildir(address)
     paths = [p for sub in ("new", "cur") if (root / sub).exists() for p in (root / sub).iterdir()]
-    return [p.read_bytes() for p in sorted(paths, key=lambda p: p.name)]
+    return [p.read_bytes() for p in sorted(paths, key=arrival)]
 
 
 class PopClient:
@@ -353,7 +360,7 @@ async def test_renamed_during_the_session_is_still_read_and_deleted(
         client.line()
         client.login()
         # An IMAP client flags the first message and expunges the second meanwhile.
-        first, second = sorted((root / "new").iterdir())
+        first, second = sorted((root / "new").iterdir(), key=arrival)
         first.rename(root / "cur" / (first.name + ":2,FS"))
         second.unlink()
         answers = [client.command(b"RETR 1"), client.body(), client.command(b"RETR 2")]
