@@ -48,12 +48,7 @@ past a bound; a view older than the pruned range compares its whole UID list ins
 no read-write session has claimed yet. A read-write view's sync claims every UID from it
 to UIDNEXT in a write transaction, so exactly one session is first to see a message.
 
-Schema versions. ``PRAGMA user_version`` says which schema a file has; an older one is
-migrated in place, in one write transaction, keeping every UID and the UIDVALIDITY
-(version 1 kept the cache blob in ``messages``: version 2 moves it to ``structures``;
-version 3 adds the search tables of `_imapsearch`, empty).
-A file of a newer version than this code knows is refused, not rebuilt: rebuilding
-would give every message a new UID under a new UIDVALIDITY for nothing.
+Schema versions: `_imapschema`.
 
 Crash safety. SQLite's WAL makes each transaction all or nothing (``synchronous=FULL``:
 a committed transaction survives power loss too, so UIDNEXT never goes backwards). A file
@@ -93,7 +88,14 @@ from sansmail.storage.maildir._imapnames import (
     write_file_atomically,
     write_keywords,
 )
-from sansmail.storage.maildir._imapsearch import SEARCH_TABLES, create_texts, forget
+from sansmail.storage.maildir._imapschema import (
+    INSERT_MESSAGE,
+    SCHEMA_VERSION,
+    UPSERT_STRUCTURES,
+    create,
+    migrate,
+)
+from sansmail.storage.maildir._imapsearch import forget
 from sansmail.storage.maildir._uidlist import Uidlist, read_uidlist
 
 __all__ = [
@@ -111,81 +113,12 @@ KEYWORDS_NAME: Final = "dovecot-keywords"
 #: Written in a folder whose ``dovecot-uidlist`` an index was made from (`_uidlist`).
 ADOPTED_MARKER: Final = "sansmail.dovecot-adopted"
 
-_SCHEMA_VERSION: Final = 3
 _BUSY_TIMEOUT: Final = 60.0
 _WAL_LIMIT: Final = 4 * 1024 * 1024
 _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
 _CORRUPT: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
-
-_STRUCTURES: Final = """CREATE TABLE IF NOT EXISTS structures (
-        uid INTEGER PRIMARY KEY,
-        cache BLOB,
-        envelope BLOB,
-        bodystructure BLOB,
-        body BLOB)"""
-
-# Dovecot's UIDs for the first sync of a folder it served (`_uidlist`); empty after it.
-_ADOPTED: Final = """CREATE TABLE IF NOT EXISTS adopted (
-        base TEXT PRIMARY KEY,
-        uid INTEGER NOT NULL,
-        size INTEGER)"""
-
-_SCHEMA: Final = (
-    """CREATE TABLE IF NOT EXISTS folder (
-        id INTEGER PRIMARY KEY CHECK (id = 0),
-        uidvalidity INTEGER NOT NULL,
-        uidnext INTEGER NOT NULL,
-        highestmodseq INTEGER NOT NULL,
-        recent_uid INTEGER NOT NULL,
-        expunge_floor INTEGER NOT NULL,
-        new_mtime INTEGER NOT NULL,
-        cur_mtime INTEGER NOT NULL,
-        synced INTEGER NOT NULL,
-        new_count INTEGER NOT NULL)""",
-    # flags: system flag bits (_imapmaildir); keywords: space-separated, sorted.
-    """CREATE TABLE IF NOT EXISTS messages (
-        uid INTEGER PRIMARY KEY,
-        base TEXT NOT NULL UNIQUE,
-        name TEXT NOT NULL,
-        flags INTEGER NOT NULL,
-        keywords TEXT NOT NULL,
-        internaldate INTEGER NOT NULL,
-        tz INTEGER NOT NULL,
-        size INTEGER NOT NULL,
-        modseq INTEGER NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS messages_modseq ON messages (modseq)",
-    "CREATE TABLE IF NOT EXISTS expunged (uid INTEGER PRIMARY KEY, modseq INTEGER NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS expunged_modseq ON expunged (modseq)",
-    _STRUCTURES,
-    *SEARCH_TABLES,
-    _ADOPTED,
-)
-
-# Version 1 kept the cache blob in a column of messages: it moves to structures (the
-# column goes where SQLite can drop one, 3.35 and later, and is emptied elsewhere).
-_MIGRATE_FROM_1: Final = (
-    _STRUCTURES,
-    "INSERT OR IGNORE INTO structures (uid, cache)"
-    " SELECT uid, cache FROM messages WHERE cache IS NOT NULL",
-)
-
-_INSERT: Final = (
-    "INSERT INTO messages (uid, base, name, flags, keywords, internaldate, tz, size, modseq)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-# Keeps what is already there where the new value is None (`Structures` members), and
-# writes nothing for a message that is gone.
-_UPSERT_STRUCTURES: Final = (
-    "INSERT INTO structures (uid, cache, envelope, bodystructure, body)"
-    " SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM messages WHERE uid = ?1)"
-    " ON CONFLICT (uid) DO UPDATE SET cache = coalesce(excluded.cache, cache),"
-    " envelope = coalesce(excluded.envelope, envelope),"
-    " bodystructure = coalesce(excluded.bodystructure, bodystructure),"
-    " body = coalesce(excluded.body, body)"
-)
-
 
 _NOTHING: Final = Structures()
 
@@ -310,13 +243,13 @@ class FolderIndex:
                 dovecot = self._dovecot_uidlist() if adopt else None
                 if dovecot is not None:
                     self._note_uidvalidity(dovecot.uidvalidity)
-                    self._create_schema(conn, dovecot.uidvalidity, dovecot)
+                    create(conn, self.db_path, dovecot.uidvalidity, dovecot)
                 else:
                     # Taken before the write lock: the account's counter is a file of
                     # its own.
-                    self._create_schema(conn, self._new_uidvalidity())
-            elif version != _SCHEMA_VERSION:
-                self._migrate(conn)
+                    create(conn, self.db_path, self._new_uidvalidity())
+            elif version != SCHEMA_VERSION:
+                migrate(conn, self.db_path)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
                 raise _DamagedError("the index has no folder row")
         except BaseException:
@@ -324,36 +257,6 @@ class FolderIndex:
             raise
         self._conn = conn
         self._ino = _inode(self.db_path)
-
-    def _create_schema(
-        self, conn: sqlite3.Connection, uidvalidity: int, dovecot: Uidlist | None = None
-    ) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
-                raise RuntimeError(f"{self.db_path}: unknown index version {version}")
-            if version == 0:
-                for statement in _SCHEMA:
-                    conn.execute(statement)
-                create_texts(conn)
-                # Header mtimes of -1 never match a directory: the first sync lists. What
-                # Dovecot listed is not \Recent: recent_uid starts at its next UID.
-                uidnext = dovecot.next_uid if dovecot is not None else 1
-                conn.execute(
-                    "INSERT INTO folder VALUES (0, ?, ?, 1, ?, 0, -1, -1, 0, 0)",
-                    (uidvalidity, uidnext, uidnext),
-                )
-                if dovecot is not None:
-                    conn.executemany(
-                        "INSERT INTO adopted VALUES (?, ?, ?)",
-                        [(b, r.uid, r.vsize) for b, r in dovecot.records.items()],
-                    )
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _dovecot_uidlist(self) -> Uidlist | None:
         """Dovecot's UIDs for a folder sansmail indexes for the first time (see
@@ -368,31 +271,6 @@ class FolderIndex:
         if dovecot is not None:
             write_file_atomically(marker, b"dovecot-uidlist adopted\n")
         return dovecot
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another process may have migrated it while we waited for the lock.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (1, 2, _SCHEMA_VERSION):
-                raise RuntimeError(f"{self.db_path}: unknown index version {version}")
-            if version == 1:
-                for statement in _MIGRATE_FROM_1:
-                    conn.execute(statement)
-                try:
-                    conn.execute("ALTER TABLE messages DROP COLUMN cache")
-                except sqlite3.OperationalError:
-                    conn.execute("UPDATE messages SET cache = NULL")
-            if version in (1, 2):
-                # Version 3 adds the search tables, empty: SEARCH fills them.
-                for statement in (*SEARCH_TABLES, _ADOPTED):
-                    conn.execute(statement)
-                create_texts(conn)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def rebuild(self) -> None:
         """Replace a corrupt index with an empty one (new UIDVALIDITY); the next
@@ -631,7 +509,7 @@ class FolderIndex:
         self.delete(conn, expunged, modseq)
         if new_rows:
             # Under the lock it listed in, so no row has these bases: one bulk insert.
-            conn.executemany(_INSERT, new_rows)
+            conn.executemany(INSERT_MESSAGE, new_rows)
             conn.execute("UPDATE folder SET uidnext = ?", (uidnext,))
         if adopted:
             conn.execute("DELETE FROM adopted")
@@ -686,7 +564,9 @@ class FolderIndex:
         ]
         uids = []
         for row, value in zip(rows, values, strict=True):
-            cursor = conn.execute(_INSERT + " ON CONFLICT (base) DO NOTHING", (uidnext, *value))
+            cursor = conn.execute(
+                INSERT_MESSAGE + " ON CONFLICT (base) DO NOTHING", (uidnext, *value)
+            )
             if cursor.rowcount == 1:
                 uids.append(uidnext)
                 uidnext += 1
@@ -716,7 +596,7 @@ class FolderIndex:
         """Keep `values` (see `Structures`; a None member leaves what is kept) for the
         messages that still exist."""
         conn.executemany(
-            _UPSERT_STRUCTURES,
+            UPSERT_STRUCTURES,
             [
                 (uid, s.cache, s.envelope, s.bodystructure, s.body)
                 for uid, s in values.items()

@@ -12,7 +12,7 @@ in increasing order under the index's write lock) and flag changes.
 
 A big folder's list is read in one query whose rows SQLite serialises itself (JSON,
 parsed in C), and a row becomes an `ImapMessage` only when something looks at it
-(`_MessageList`): a client that SELECTs a folder of 10,000 messages and fetches only
+(`MessageList`): a client that SELECTs a folder of 10,000 messages and fetches only
 what is new never pays for the other 9,990.
 
 Operations never edit the list behind the client's back (RFC 9051 §7.5.1: sequence
@@ -42,7 +42,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar, overload
+from typing import Any, BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar
 
 import attrs
 
@@ -62,6 +62,7 @@ from sansmail.storage.maildir._imapbase import (
 )
 from sansmail.storage.maildir._imapcopy import transfer
 from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt
+from sansmail.storage.maildir._imaplist import ALL_ROWS, INFO_COLUMNS, MessageList, make_info
 from sansmail.storage.maildir._imapmaildir import (
     DELETED,
     CrlfReader,
@@ -74,7 +75,7 @@ from sansmail.storage.maildir._imapmaildir import (
     to_crlf,
 )
 
-__all__ = ["Account", "MaildirFolderView", "make_info"]
+__all__ = ["Account", "MaildirFolderView"]
 
 
 class Account(Protocol):
@@ -94,35 +95,6 @@ class Account(Protocol):
     ) -> AppendResult: ...
 
 
-def make_info(row: Sequence[Any]) -> ImapMessage:
-    """An `ImapMessage` from the index columns `_INFO_COLUMNS`."""
-    uid, flags, keywords, internaldate, tz, size = row
-    return ImapMessage(
-        uid=uid,
-        flags=_flag_set(flags, keywords),
-        internaldate=datetime.datetime.fromtimestamp(internaldate, _zone(tz)),
-        size=size,
-    )
-
-
-# A folder has few distinct flag combinations and zones: share the objects (SELECT of a
-# big folder builds one ImapMessage per message).
-@functools.lru_cache(maxsize=1024)
-def _flag_set(flags: int, keywords: str) -> frozenset[str]:
-    return flags_of(flags, keywords.split())
-
-
-@functools.lru_cache(maxsize=64)
-def _zone(minutes: int) -> datetime.tzinfo:
-    return datetime.timezone(datetime.timedelta(minutes=minutes)) if minutes else datetime.UTC
-
-
-_INFO_COLUMNS: Final = "uid, flags, keywords, internaldate, tz, size"
-# Every row at once as one JSON text: parsed in C, faster than a Python tuple per row.
-_ALL_ROWS: Final = (
-    "SELECT json_group_array(json_array(uid, flags, keywords, internaldate, tz, size))"
-    " FROM (SELECT uid, flags, keywords, internaldate, tz, size FROM messages ORDER BY uid)"
-)
 _UIDVALIDITY: Final = "SELECT uidvalidity FROM folder"
 # The folder row always exists, so these give one row even when the message has none.
 _CHECKED_NAME: Final = "SELECT uidvalidity, (SELECT name FROM messages WHERE uid = ?) FROM folder"
@@ -167,46 +139,6 @@ class _Relister:
         return self._listing.get(base)
 
 
-class _MessageList(Sequence[ImapMessage]):
-    """The view's list, whose entries are `ImapMessage`s or the index rows they are made
-    from when first looked at (`make_info`); it shares the view's list, so the view's
-    edits show through."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[ImapMessage | list[Any]]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    @overload
-    def __getitem__(self, index: int) -> ImapMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[ImapMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> ImapMessage | list[ImapMessage]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self._items)))]
-        item = self._items[index]
-        if type(item) is list:
-            item = self._items[index] = make_info(item)
-        return item
-
-    def __iter__(self) -> Iterator[ImapMessage]:
-        for index in range(len(self._items)):
-            yield self[index]
-
-    def __eq__(self, other: object) -> bool:
-        # As the list it stands for.
-        if isinstance(other, _MessageList | list):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 class MaildirFolderView(FolderView):
     """See the module docstring; made by `MaildirAccount.select`."""
 
@@ -216,7 +148,7 @@ class MaildirFolderView(FolderView):
         self._index = index
         self._readonly = readonly
         self._uids: list[int] = []
-        # ImapMessages, or the rows not looked at yet (see `_MessageList`).
+        # ImapMessages, or the rows not looked at yet (see `MessageList`).
         self._messages: list[ImapMessage | list[Any]] = []
         self._recent: set[int] = set()
         self._modseq = 0
@@ -250,14 +182,14 @@ class MaildirFolderView(FolderView):
 
     @property
     def messages(self) -> Sequence[ImapMessage]:
-        return _MessageList(self._messages)
+        return MessageList(self._messages)
 
     @property
     def uids(self) -> Sequence[int]:
         return self._uids
 
     def _message(self, pos: int) -> ImapMessage:
-        return _MessageList(self._messages)[pos]
+        return MessageList(self._messages)[pos]
 
     @property
     def recent(self) -> frozenset[int]:
@@ -312,15 +244,15 @@ class MaildirFolderView(FolderView):
                 self._dead = True
                 return SyncChanges(exists=len(self._uids), uidvalidity_changed=True)
             if first:
-                rows = json.loads(conn.execute(_ALL_ROWS).fetchone()[0])
+                rows = json.loads(conn.execute(ALL_ROWS).fetchone()[0])
                 gone: list[int] = []
             elif self._modseq < header.expunge_floor:
-                rows = conn.execute(f"SELECT {_INFO_COLUMNS} FROM messages").fetchall()  # noqa: S608
+                rows = conn.execute(f"SELECT {INFO_COLUMNS} FROM messages").fetchall()  # noqa: S608
                 present = {row[0] for row in rows}
                 gone = [uid for uid in self._uids if uid not in present]
             else:
                 rows = conn.execute(
-                    f"SELECT {_INFO_COLUMNS} FROM messages WHERE modseq > ?",  # noqa: S608
+                    f"SELECT {INFO_COLUMNS} FROM messages WHERE modseq > ?",  # noqa: S608
                     (self._modseq,),
                 ).fetchall()
                 gone = [

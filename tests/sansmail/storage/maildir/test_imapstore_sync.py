@@ -10,7 +10,7 @@ import pytest
 from imapstore_helpers import ALICE, HOST, account, deliver, files, letters, message, root
 
 import sansmail.storage.maildir._imapindex as index_module
-import sansmail.storage.maildir._imapview as view_module
+import sansmail.storage.maildir._imaplist as list_module
 from sansmail.storage.maildir._imapaccount import MaildirImapStore
 from sansmail.storage.maildir._imapbase import FlagMode, FolderGoneError, SyncChanges
 from sansmail.storage.maildir._imapindex import FolderIndex
@@ -246,8 +246,8 @@ def test_select_of_an_unchanged_folder_lists_nothing_and_makes_no_message(
     real_scan = FolderIndex.scan
     monkeypatch.setattr(FolderIndex, "scan", lambda self: scans.append(1) or real_scan(self))
     made = []
-    real_info = view_module.make_info
-    monkeypatch.setattr(view_module, "make_info", lambda row: made.append(row[0]) or real_info(row))
+    real_info = list_module.make_info
+    monkeypatch.setattr(list_module, "make_info", lambda row: made.append(row[0]) or real_info(row))
     view = store.account(ALICE).select("INBOX", readonly=True)
     assert scans == []
     assert made == []
