@@ -67,7 +67,7 @@ async def test_jobs_that_arrive_during_a_batch_form_the_next_one() -> None:
 
 async def test_workers_commit_batches_side_by_side() -> None:
     store = Store()
-    committer = Committer(store, workers=2)
+    committer = Committer(store, workers=2, spread=1)
     async with trio.open_nursery() as nursery:
         await nursery.start(committer.run)
         store.gate.clear()
@@ -78,6 +78,27 @@ async def test_workers_commit_batches_side_by_side() -> None:
         assert store.batches == [["a"], ["b"]]
         store.gate.set()
         while len(store.stored) < 2:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_second_batch_starts_only_once_enough_jobs_wait() -> None:
+    store = Store()
+    committer = Committer(store, workers=2, spread=3)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        store.gate.clear()
+        nursery.start_soon(committer.commit, "a")
+        await store.wait_entered()
+        for job in ("b", "c"):
+            nursery.start_soon(committer.commit, job)
+        await trio.testing.wait_all_tasks_blocked()
+        assert store.batches == [["a"]]  # two waiting: the disk may yet keep up
+        nursery.start_soon(committer.commit, "d")
+        await store.wait_entered()  # three waiting: a batch beside the first
+        assert [sorted(batch) for batch in store.batches] == [["a"], ["b", "c", "d"]]
+        store.gate.set()
+        while len(store.stored) < 4:
             await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
 
@@ -152,3 +173,5 @@ async def test_a_cancelled_committer_still_commits_what_is_queued() -> None:
 def test_a_committer_needs_a_worker() -> None:
     with pytest.raises(ValueError, match="at least one worker"):
         Committer(Store(), workers=0)
+    with pytest.raises(ValueError, match="spread"):
+        Committer(Store(), spread=0)
