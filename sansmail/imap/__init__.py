@@ -105,7 +105,13 @@ from sansmail.imap._search import (
 from sansmail.imap._sequence import MAX_NUMBER, SequenceSet
 from sansmail.imap._state import Phase, Stage
 from sansmail.imap._values import Atom, Encoded, Literal, Value, decode_tree, encode_tree
-from sansmail.imap._writers import encode_number, encode_value, format_date, format_datetime
+from sansmail.imap._writers import (
+    encode_datetime,
+    encode_number,
+    encode_value,
+    format_date,
+    format_datetime,
+)
 
 __all__ = [
     "DATE_KEYS",
@@ -199,6 +205,7 @@ __all__ = [
     "Value",
     "decode_mailbox",
     "decode_tree",
+    "encode_datetime",
     "encode_mailbox",
     "encode_number",
     "encode_tree",

@@ -90,7 +90,7 @@ class Encoded(bytes):
         # scans in C settle it.
         if (b"\r" in data or b"\n" in data or b"\0" in data) or not data.isascii():
             _check_framing(data)
-        return super().__new__(cls, data)
+        return bytes.__new__(cls, data)
 
     def __repr__(self) -> str:
         return f"Encoded({bytes.__repr__(self)})"

@@ -48,8 +48,8 @@ from sansmail.imap import (
     Untagged,
     UntaggedStatus,
     Value,
+    encode_datetime,
     encode_value,
-    format_datetime,
 )
 from sansmail.sessions.imapd._fetch import (
     BATCH_ATTRIBUTES,
@@ -92,8 +92,6 @@ _KEEP_EVERY: Final = 500
 _NIL: Final = Encoded(b"NIL")
 _WHOLE: Final = BodySection(section=Section(), peek=True)
 _STRUCTURE_FIELDS: Final = {"ENVELOPE": 0, "BODYSTRUCTURE": 1, "BODY": 2}
-# RFC 9051 §9 date-month, as `format_datetime` spells them (index 0 unused).
-_MONTHS: Final = (b"", *b"Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split())
 
 
 class BadSetError(Exception):
@@ -237,8 +235,7 @@ def _column(
     if name == "RFC822.SIZE":
         return [m.size for m in messages]
     if name == "INTERNALDATE":
-        zones: dict[datetime.tzinfo | None, bytes] = {}
-        return [_date(m.internaldate, zones) for m in messages]
+        return [encode_datetime(m.internaldate) for m in messages]
     if name == "FLAGS":
         # A folder has few distinct flag sets: each is written once.
         seen: dict[tuple[frozenset[str], bool], Encoded] = {}
@@ -263,26 +260,6 @@ def _column(
         _NIL if (raw := contents.get(m.uid)) is None else encode_value(string_value(raw))
         for m in messages
     ]
-
-
-def _date(moment: datetime.datetime, zones: dict[datetime.tzinfo | None, bytes]) -> Encoded:
-    """INTERNALDATE as `format_datetime` writes it, quoted; the zone's text is worked
-    out once per zone (a view shares its zone objects), the rest is one format."""
-    zone = zones.get(moment.tzinfo)
-    if zone is None:
-        zone = zones[moment.tzinfo] = format_datetime(moment)[-5:].encode("ascii")
-    return Encoded(
-        b'"%2d-%b-%04d %02d:%02d:%02d %b"'
-        % (
-            moment.day,
-            _MONTHS[moment.month],
-            moment.year,
-            moment.hour,
-            moment.minute,
-            moment.second,
-            zone,
-        )
-    )
 
 
 def _kept_structures(view: FolderView, uids: list[int], fields: list[int]) -> dict[int, Structures]:

@@ -4,6 +4,7 @@ agreement with the tree writer and with one `FetchResponse` per row."""
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import pytest
@@ -26,9 +27,11 @@ from sansmail.imap import (
     UntaggedStatus,
     Value,
     decode_tree,
+    encode_datetime,
     encode_number,
     encode_tree,
     encode_value,
+    format_datetime,
 )
 from sansmail.imap._writers import write_response, write_value
 
@@ -153,6 +156,25 @@ def test_encoded_takes_bytes_only_and_round_trips_through_the_tree_cache() -> No
     assert type(decode_tree(encode_tree(tree))[0]) is Encoded  # type: ignore[index]
     with pytest.raises(ValueError, match="tree"):
         decode_tree(b'[{"e":"a\\r\\nb"}]')
+
+
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1000, 1, 1), max_value=datetime.datetime(9999, 12, 31)
+    ),
+    st.integers(-23 * 60 - 59, 23 * 60 + 59),
+)
+def test_dates_as_format_datetime_writes_them(moment: datetime.datetime, minutes: int) -> None:
+    aware = moment.replace(tzinfo=datetime.timezone(datetime.timedelta(minutes=minutes)))
+    encoded = encode_datetime(aware)
+    assert type(encoded) is Encoded
+    assert encoded == b'"' + format_datetime(aware).encode("ascii") + b'"'
+    assert Encoded(encoded) == encoded
+
+
+def test_a_date_needs_a_zone() -> None:
+    with pytest.raises(ValueError, match="zone"):
+        encode_datetime(datetime.datetime(2025, 6, 1))
 
 
 def test_numbers() -> None:
