@@ -127,10 +127,11 @@ class Transaction:
         for writer in self.writers:
             writer.flush()
 
-    def commit_queue_copies(self, now: float) -> list[QueuedMessage]:
+    def commit_queue_copies(self, now: float, *, sync: bool = True) -> list[QueuedMessage]:
         """Blocking: make the queue copies durable (the first half of the commit, see
         `store_all`). On failure the error propagates, and `queued` holds the copies
-        already committed, for `take_back`."""
+        already committed, for `take_back`. With `sync=False` their names are durable
+        only after the queue's next `QueueStore.sync` (shared by a batch)."""
         queued: list[QueuedMessage] = []
         try:
             for outgoing in self.outgoing:
@@ -146,7 +147,7 @@ class Transaction:
                     smtputf8=self.smtputf8,
                     body_8bit=self.body_8bit,
                 )
-                queued.append(outgoing.writer.commit(envelope))
+                queued.append(outgoing.writer.commit(envelope, sync=sync))
         except BaseException:
             self.queued = queued
             raise
@@ -191,17 +192,27 @@ def store_all(jobs: Sequence[Storing]) -> None:
     """Blocking: store every transaction of `jobs`, setting each one's `error` if it
     could not be. Per transaction the order is `Transaction`'s: queue copies first, the
     local delivery last, and a transaction whose local delivery fails gets its queue
-    copies taken back. The local deliveries of jobs that share a store are committed
-    together (`MailStore.commit_many`), so they share their directory syncs; each is
-    still durable before this returns, and a failure stays with its own job (but for a
-    shared directory whose sync failed). Anything but an OSError is a bug: every job is
-    then undone as far as it can be and the exception propagates."""
+    copies taken back. The queue copies of jobs that share a queue share its directory
+    sync, made before any local delivery; the local deliveries of jobs that share a store
+    are committed together (`MailStore.commit_many`), so they share their directory syncs.
+    Each copy is durable before this returns, and a failure stays with its own job (but
+    for a shared directory whose sync failed: then every job with a name in it fails).
+    Anything but an OSError is a bug: every job is then undone as far as it can be and
+    the exception propagates."""
     try:
+        queues: dict[int, list[Storing]] = {}
         for job in jobs:
             try:
-                job.transaction.commit_queue_copies(job.now)
+                if job.transaction.commit_queue_copies(job.now, sync=False):
+                    queues.setdefault(id(job.queue), []).append(job)
             except OSError as exc:
                 job.error = exc
+        for group in queues.values():
+            try:
+                group[0].queue.sync()
+            except OSError as exc:
+                for job in group:
+                    job.error = job.error or exc
         stores: dict[int, list[Storing]] = {}
         for job in jobs:
             if job.error is None and job.transaction.delivery is not None:

@@ -10,6 +10,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import pytest
@@ -523,6 +524,61 @@ def test_messages_that_end_together_are_committed_together(
         assert client.answer(job).startswith(b"250 2.0.0 Ok: queued as ")
     assert len(server.messages("alice")) == 3
     assert sum("status=sent" in line for line in server.lines()) == 3
+
+
+def test_relayed_messages_that_end_together_share_the_queue_directory_sync(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Server(tmp_path)
+    clients = [server.session(TRUSTED) for _ in range(3)]
+    for client in clients:
+        client.holding = True
+        client.transaction("a@example.org", "x@far.test", "alice@example.test")
+    jobs = [job for client in clients for job in client.held]
+    events: list[str] = []
+    real_sync = QueueStore.sync
+
+    def queue_sync(self: QueueStore) -> None:
+        events.append("queue sync")
+        real_sync(self)
+
+    real_commit_many = MaildirStore.commit_many
+
+    def commit_many(self: MaildirStore, deliveries: Sequence[Delivery]) -> Any:
+        events.append("local commit")
+        return real_commit_many(self, deliveries)
+
+    monkeypatch.setattr(QueueStore, "sync", queue_sync)
+    monkeypatch.setattr(MaildirStore, "commit_many", commit_many)
+    store_all(jobs)
+    # One directory sync for the three queue files, before any local delivery, so a
+    # failed local commit can still take the queued copies back.
+    assert events == ["queue sync", "local commit"]
+    for client, job in zip(clients, jobs, strict=True):
+        assert client.answer(job).startswith(b"250 2.0.0")
+    assert len(server.queued()) == 3
+    assert len(server.messages("alice")) == 3
+
+
+def test_a_failed_queue_directory_sync_fails_every_message_of_the_batch(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = Server(tmp_path)
+    clients = [server.session(TRUSTED) for _ in range(2)]
+    for client in clients:
+        client.holding = True
+        client.transaction("a@example.org", "x@far.test", "alice@example.test")
+    jobs = [job for client in clients for job in client.held]
+
+    def broken_sync(self: QueueStore) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(QueueStore, "sync", broken_sync)
+    store_all(jobs)
+    for client, job in zip(clients, jobs, strict=True):
+        assert client.answer(job).startswith(b"451 4.3.0")
+    assert server.queued() == []
+    assert server.messages("alice") == []
 
 
 def test_a_failure_in_a_group_commit_stays_with_its_own_transaction(
