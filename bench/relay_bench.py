@@ -19,7 +19,10 @@ the same). ``smtp-source`` sends N messages with C connections. Two times are ta
   incoming/active/deferred queues).
 
 Server CPU is utime+stime of each system's whole process tree (bench_procs), read before
-smtp-source starts and once the queue is empty, per 1000 messages.
+smtp-source starts and once the queue is empty, per 1000 messages; it is also split by
+process name (``/proc/PID/comm``: sansmail's ``sansmail-queue`` runner apart from its
+SMTP processes, Postfix's smtpd, cleanup, qmgr, smtp ...), so a change can be seen to
+move CPU from one role to another.
 
 The machine is shared, so systems are compared inside one invocation only: every system
 is started once, then each rep runs them one after the other, in an order that rotates
@@ -122,6 +125,13 @@ class System:
 
     def cpu(self) -> float:
         """CPU seconds used so far by the whole process tree."""
+        return sum(self.cpu_by_role().values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds used so far by the process tree, by process name."""
+        return cpu_by_role(self.root_pid())
+
+    def root_pid(self) -> int:
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -170,14 +180,31 @@ class Sansmail(System):
     def queued(self) -> int:
         return queued_ids(self.root / "data" / "queue")
 
-    def cpu(self) -> float:
+    def root_pid(self) -> int:
         assert self.proc is not None
-        return procs.proc_tree_cpu(self.proc.pid).total
+        return self.proc.pid
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+
+
+def cpu_by_role(root: int) -> dict[str, float]:
+    """utime+stime (children reaped by a process counted with it) of `root` and its
+    descendants, summed by process name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    roles: dict[str, float] = {}
+    for pid in procs._tree(root):
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # gone between listing and reading
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        used = sum(int(x) for x in fields[11:15]) / ticks
+        roles[name] = roles.get(name, 0.0) + used
+    return roles
 
 
 def queued_ids(queue: Path) -> int:
@@ -231,9 +258,8 @@ class Postfix(System):
         spool = self.root / "spool"
         return sum(queue_count(spool / q) for q in ("incoming", "active", "deferred", "maildrop"))
 
-    def cpu(self) -> float:
-        pid = int((self.root / "spool" / "pid" / "master.pid").read_text().split()[0])
-        return procs.proc_tree_cpu(pid).total
+    def root_pid(self) -> int:
+        return int((self.root / "spool" / "pid" / "master.pid").read_text().split()[0])
 
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.root / "etc"), "stop"], check=False)
@@ -285,7 +311,7 @@ def postfix_usable() -> str | None:
 def one_run(
     system: System, port: int, smtp_source: str, args: argparse.Namespace, size: int
 ) -> dict[str, float]:
-    cpu_before = system.cpu()
+    cpu_before = system.cpu_by_role()
     start = time.perf_counter()
     sent = procs.run_smtp_source(
         smtp_source,
@@ -299,11 +325,15 @@ def one_run(
     if not sent.ok:
         raise RuntimeError(f"{system.name}: smtp-source failed: {sent.output}")
     drained = wait_empty(system.queued, 600)
-    return {
+    cpu_after = system.cpu_by_role()
+    result = {
         "accept": args.messages / (accepted - start),
         "relayed": args.messages / (drained - start),
-        "cpu": (system.cpu() - cpu_before) * 1000 / args.messages,
+        "cpu": (sum(cpu_after.values()) - sum(cpu_before.values())) * 1000 / args.messages,
     }
+    for role, used in cpu_after.items():
+        result[f"cpu:{role}"] = (used - cpu_before.get(role, 0.0)) * 1000 / args.messages
+    return result
 
 
 def spy(system: System, directory: Path, *, gil: bool) -> subprocess.Popen[bytes] | None:
@@ -379,6 +409,14 @@ def report(table: dict[str, list[dict[str, float]]], args: argparse.Namespace) -
             _spread([r["cpu"] for r in runs], ".2f"),
         ]
         print(f"  {name:9} {cells[0]:>22} {cells[1]:>22} {cells[2]:>22}")
+    print("  CPU s/1000 by process name, median over the reps:")
+    for name, runs in table.items():
+        roles = sorted({key for run in runs for key in run if key.startswith("cpu:")})
+        split = [
+            (statistics.median(run.get(role, 0.0) for run in runs), role[4:]) for role in roles
+        ]
+        text = ", ".join(f"{role} {used:.2f}" for used, role in sorted(split, reverse=True))
+        print(f"  {name:9} {text}")
     pairs = [("sansmail", "postfix"), ("base", "postfix"), ("sansmail", "base")]
     for mine, theirs in pairs:
         if mine not in table or theirs not in table:

@@ -29,7 +29,8 @@ every attempt, so ``queue delete`` takes effect at once.
 fsyncs per batch rather than per message:
 
 1. *Open*: up to `OPEN_BATCH` due messages in one worker-thread call
-   (`QueueManager.open_all`).
+   (`QueueManager.open_all`), after `LINGER` for more to fall due (a thread hop per
+   message or two costs more CPU than the rest of the open).
 2. *Deliver*: each message's local destinations in a worker thread; its remote ones
    join their domain's line. A domain gets delivery agents as its line grows, never
    more than ``destination_concurrency_limit``; an agent takes up to `BATCH_SIZE`
@@ -38,11 +39,15 @@ fsyncs per batch rather than per message:
    after the other on the same cached connection. Each verdict is recorded (and
    logged) as soon as its transaction ends.
 3. *Finish*: a message every destination of which is recorded goes to the finisher,
-   which writes the outcome of whatever has gathered meanwhile in one worker-thread call
-   (`QueueManager.finish_all`): the envelope updates, notifications and removals, with
-   one directory fsync for the removals. A crash can resend a message whose verdict
-   was not written yet, never more (the documented window between the next hop's
-   ``250`` and our note of it).
+   which writes the outcome of whatever has gathered meanwhile (and for `LINGER` more)
+   in one worker-thread call (`QueueManager.finish_all`): the envelope updates,
+   notifications and removals. The removals are made durable by one directory fsync
+   every `REMOVAL_SYNC_INTERVAL` at most, for all the batches finished meanwhile, and
+   once more when the runner stops: a removal only ever follows the next hop's ``250``,
+   so what a crash can bring back is a message sent already, which is sent again (the
+   documented window between the next hop's ``250`` and our note of it, widened to
+   that interval), never one lost. Every other write of the finish (an envelope
+   record, a notification) is durable before its batch is done.
 
 Limits: at most `MAX_ACTIVE` messages between open and finish, and at most
 ``destination_concurrency_limit`` agents (connections) per destination domain.
@@ -85,8 +90,10 @@ from sansmail_trio._smtp_client import SMTPClient
 
 __all__ = [
     "BATCH_SIZE",
+    "LINGER",
     "MAX_ACTIVE",
     "OPEN_BATCH",
+    "REMOVAL_SYNC_INTERVAL",
     "RESCAN_INTERVAL",
     "QueueRunner",
     "pipe_waker",
@@ -103,6 +110,12 @@ BATCH_SIZE = 10
 FLUSH_INTERVAL = 1.0
 #: How often the queue directory is listed for messages nobody announced.
 RESCAN_INTERVAL = 10.0
+#: How long the opener and the finisher wait, once woken, for more work to share the
+#: worker-thread call: at a few hundred messages a second, batches of about ten.
+LINGER = 0.02
+#: At most this long between a message's removal and the directory fsync that makes it
+#: durable (Postfix never syncs its queue directory on removal).
+REMOVAL_SYNC_INTERVAL = 1.0
 
 
 class _Schedule:
@@ -207,6 +220,7 @@ class QueueRunner:
         self._open_due = trio.Event()
         self._finishing: list[_InFlight] = []
         self._finish_due = trio.Event()
+        self._unsynced = trio.Event()
         self._client = SMTPClient(hostname=config.hostname, delivery=config.delivery)
 
     # -- control -------------------------------------------------------------------
@@ -245,6 +259,7 @@ class QueueRunner:
             await nursery.start(self._client.run)
             nursery.start_soon(self._opener, nursery)
             nursery.start_soon(self._finisher)
+            nursery.start_soon(self._syncer)
             task_status.started()
             now = trio.current_time()
             next_flush, next_scan = now, now  # both at once: everything queued before us
@@ -306,6 +321,7 @@ class QueueRunner:
         # cost no waiting when the queue is quiet.
         while True:
             await self._open_due.wait()
+            await trio.sleep(LINGER)
             self._open_due = trio.Event()
             while True:
                 room = min(OPEN_BATCH, MAX_ACTIVE - len(self._active))
@@ -437,6 +453,7 @@ class QueueRunner:
     async def _finisher(self) -> None:
         while True:
             await self._finish_due.wait()
+            await trio.sleep(LINGER)
             self._finish_due = trio.Event()
             batch, self._finishing = self._finishing, []
             for flight in batch:
@@ -453,10 +470,11 @@ class QueueRunner:
             attempts,
             now=self.clock(),
             jitters=[self.rng.random() for _ in attempts],
+            sync=False,  # the syncer's, for many batches
         )
         try:
             outcomes: list[Finished | Exception] = await trio.to_thread.run_sync(finish)
-        except Exception as exc:  # the directory fsync after the batch
+        except Exception as exc:  # finish_all hands back each attempt's own failure
             self.log.exception("cannot finish delivery attempts")
             outcomes = [exc] * len(batch)
         for attempt, outcome in zip(attempts, outcomes, strict=True):
@@ -470,7 +488,32 @@ class QueueRunner:
                 continue
             for notice in outcome.queued:
                 self._schedule.set(notice, 0.0)
+            if outcome.next_due is None:
+                self._unsynced.set()
             self._settle(qid, outcome.next_due)
+
+    async def _syncer(self) -> None:
+        """Make removals durable, one directory fsync per `REMOVAL_SYNC_INTERVAL` at
+        most, and a last one when cancelled."""
+        try:
+            while True:
+                await self._unsynced.wait()
+                await trio.sleep(REMOVAL_SYNC_INTERVAL)
+                await self._sync_removals()
+        finally:
+            if self._unsynced.is_set():
+                with trio.CancelScope(shield=True):
+                    await self._sync_removals()
+
+    async def _sync_removals(self) -> None:
+        # Reset first: a removal made while the fsync runs may miss it and owes another.
+        self._unsynced = trio.Event()
+        try:
+            await trio.to_thread.run_sync(self.manager.sync)
+        except OSError:
+            # The removals are made; a crash before some later fsync may resend them.
+            self.log.exception("cannot sync the queue directory after removals")
+            self._unsynced.set()
 
     def _write(self, lines: Iterable[LogLine]) -> None:
         for line in lines:

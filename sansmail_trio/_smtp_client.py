@@ -57,6 +57,10 @@ CONNECT_TIMEOUT = 30.0
 #: such connections are kept at most.
 CACHE_TIME_LIMIT = 2.0
 CACHE_SIZE = 100
+#: A read or write may time out up to this much after its timeout (RFC 5321 §4.5.3.2's
+#: are minimums, of minutes), never before: consecutive operations with one timeout
+#: then share one deadline, and each move of a deadline costs Trio a heap operation.
+DEADLINE_SLACK = 1.0
 
 
 def client_tls_context(*, verify: bool, cafile: os.PathLike[str] | str | None) -> ssl.SSLContext:
@@ -143,10 +147,10 @@ class SMTPClient:
                 while True:
                     action = session.next_action()
                     if isinstance(action, outbound.Send):
-                        limit.deadline = trio.current_time() + session.timeout
+                        _move_deadline(limit, trio.current_time() + session.timeout)
                         await stream.send_all(action.data)
                     elif isinstance(action, outbound.NeedData):
-                        limit.deadline = trio.current_time() + session.timeout
+                        _move_deadline(limit, trio.current_time() + session.timeout)
                         data = await stream.receive_some(65536)
                         session.receive_data(data)
                     elif isinstance(action, outbound.StartTLS):
@@ -261,6 +265,13 @@ class SMTPClient:
                 return
             except RemoteProtocolError:
                 return
+
+
+def _move_deadline(scope: trio.CancelScope, deadline: float) -> None:
+    """Give the next operation until `deadline`, or at most `DEADLINE_SLACK` more."""
+    current = scope.deadline
+    if current < deadline or current > deadline + DEADLINE_SLACK:
+        scope.deadline = deadline + DEADLINE_SLACK
 
 
 def _oserror(exc: BaseException) -> str:

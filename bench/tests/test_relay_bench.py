@@ -1,10 +1,14 @@
 """relay_bench.py's Postfix setup: the smtpd line moves to the bench port whatever its
-spacing, and a master.cf without one fails loudly."""
+spacing, and a master.cf without one fails loudly; CPU is split by process name."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
-from relay_bench import listen_on
+from relay_bench import cpu_by_role, listen_on
 
 _DEBIAN = (
     "# service type  private unpriv  chroot  wakeup  maxproc command + args\n"
@@ -41,3 +45,26 @@ def test_any_spacing(gap: str) -> None:
 def test_no_smtpd_line_fails_loudly(master: str) -> None:
     with pytest.raises(RuntimeError, match="no 'smtp inet' service line"):
         listen_on(master, 2525)
+
+
+def test_cpu_by_role_sums_the_tree_by_process_name() -> None:
+    # A child that names itself (as sansmail-queue does), works 0.2 s of CPU, then waits.
+    code = (
+        "import time\n"
+        "open('/proc/self/comm', 'w').write('relay-test-role')\n"
+        "end = time.process_time() + 0.2\n"
+        "while time.process_time() < end: pass\n"
+        "print('done', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"done\n"
+        roles = cpu_by_role(os.getpid())
+    finally:
+        child.kill()
+        child.communicate()
+    assert roles["relay-test-role"] >= 0.2
+    with open("/proc/self/comm") as comm:
+        assert comm.read().strip() in roles  # this process too, by its own name

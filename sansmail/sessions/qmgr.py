@@ -28,7 +28,8 @@ one blocking call; `QueueManager.remote` hands several messages' destinations fo
 domain to one walk over its next hops (`sansmail.mail.delivery.RemoteDelivery`), which
 the runner delivers one transaction after the other on one connection, recording each
 as it is settled (`take_settled`); and `finish_all` writes the outcome of a batch of
-attempts with one directory fsync for all the messages that leave the queue.
+attempts with one directory fsync for all the messages that leave the queue (or none,
+leaving it to a later `sync` that covers many batches).
 
 Methods marked BLOCKING do file I/O (the queue, the mailboxes, alias include files); an
 adapter runs them in a worker thread. The others only compute. `deliver_local` changes
@@ -190,20 +191,38 @@ class QueueManager:
         )
 
     def finish_all(
-        self, attempts: Sequence[Attempt], *, now: float, jitters: Sequence[float]
+        self,
+        attempts: Sequence[Attempt],
+        *,
+        now: float,
+        jitters: Sequence[float],
+        sync: bool = True,
     ) -> list[Finished | Exception]:
         """BLOCKING. `Attempt.finish` for each of `attempts` (each with its jitter),
         with one directory fsync for every message that left the queue, made before
         this returns. An attempt that failed gets its exception in its place, and its
-        log lines stay in it."""
+        log lines stay in it.
+
+        `sync=False` leaves that fsync to a later `sync`, which may then cover the
+        removals of many batches. Until it is made, a crash can bring removed messages
+        back, and they are sent again: a duplicate, which a removal after the next
+        hop's ``250`` may always cause (RFC 5321 §6.1), never a loss, since what comes
+        back is the file as it was last written in full (content, envelope records and
+        the notifications queued before the removal are each durable on their own)."""
         finished: list[Finished | Exception] = []
         for attempt, jitter in zip(attempts, jitters, strict=True):
             try:
                 finished.append(attempt.finish(now=now, jitter=jitter, sync=False))
             except Exception as exc:  # noqa: BLE001 (handed back, one per attempt)
                 finished.append(exc)
-        self.queue.sync()
+        if sync:
+            self.queue.sync()
         return finished
+
+    def sync(self) -> None:
+        """BLOCKING. Make the removals of ``finish_all(..., sync=False)`` durable (one
+        directory fsync)."""
+        self.queue.sync()
 
 
 class Attempt:

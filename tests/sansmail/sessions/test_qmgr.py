@@ -543,6 +543,27 @@ def test_finish_all_removes_a_batch_with_one_directory_fsync(
     assert [texts(a.take_log())[-1] for a in attempts[:3]] == [f"{q}: removed" for q in ids[:3]]
 
 
+def test_finish_all_can_leave_the_directory_fsync_to_a_later_sync(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [server.enqueue("x@far.test") for _ in range(4)]
+    attempts = server.manager.open_all(ids).attempts
+    for attempt in attempts:
+        remote(attempt, {"x@far.test": SENT})
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))
+    )
+    first = server.manager.finish_all(attempts[:2], now=NOW, jitters=[0.0] * 2, sync=False)
+    second = server.manager.finish_all(attempts[2:], now=NOW, jitters=[0.0] * 2, sync=False)
+    assert first == second == [Finished(None)] * 2
+    assert synced == []  # removed, not yet durably
+    assert not server.queued()
+    server.manager.sync()
+    assert synced == [str(server.queue.root)]  # one, for both batches
+
+
 def test_finish_all_hands_back_each_failure_in_its_place(server: Server) -> None:
     ids = [server.enqueue("x@far.test") for _ in range(2)]
     server.manager.queue = Recording(server.queue.root, fail="update")
