@@ -67,6 +67,7 @@ from sansmail_trio._tls import (
     tls_handshake,
     watch_sighup,
 )
+from sansmail_trio._wire import PlainStream
 
 __all__ = ["bind_listeners", "serve", "serve_queue"]
 
@@ -80,6 +81,14 @@ Service = SMTPService | POP3Service | IMAPService
 USERS_RELOAD_INTERVAL = 1.0
 #: Pending connections the kernel queues per listener (capped by net.core.somaxconn).
 LISTEN_BACKLOG = 4096
+#: Connections accepted in a row before the accepting task lets their sessions run.
+ACCEPT_BATCH = 64
+#: accept(2) errors that only say the connection waiting is already gone (accept(2),
+#: "Error handling": Linux passes the new socket's pending network errors on).
+_ACCEPT_GONE = frozenset(
+    {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT}
+    | {errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH}
+)
 
 
 @attrs.define
@@ -253,14 +262,10 @@ async def serve(
             log.warning("%s", line)
     if sockets is None:
         sockets = bind_listeners(config)
-    listeners = [
-        (name, trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-        for name, socks in sockets.items()
-        for sock in socks
-    ]
+    listeners = [(name, sock) for name, socks in sockets.items() for sock in socks]
     bound: dict[str, list[tuple[str, int]]] = {}
     for name, listener in listeners:
-        sockname = listener.socket.getsockname()
+        sockname = listener.getsockname()
         bound.setdefault(name, []).append((sockname[0], sockname[1]))
 
     # Several processes share the listeners and, through `counts`, the caps.
@@ -390,15 +395,25 @@ def _log_started(
 
 
 async def _accept_loop(
-    listener: trio.SocketListener,
+    listener: socket.socket,
     service: Service,
     connections: _Connections,
     nursery: trio.Nursery,
 ) -> None:
-    async with listener:
+    # The stdlib socket itself rather than trio.SocketListener: each connection costs an
+    # accept(2) and no scheduler round after it, the peer's address comes with it (no
+    # getpeername), and the connections waiting are taken in one go, up to ACCEPT_BATCH,
+    # before the loop yields to their sessions.
+    listener.setblocking(False)
+    with listener:
+        taken = 0
         while True:
             try:
-                stream = await listener.accept()
+                sock, peer = listener.accept()
+            except BlockingIOError:
+                taken = 0
+                await trio.lowlevel.wait_readable(listener)
+                continue
             except OSError as exc:
                 # Out of file descriptors: wait for some to be released rather than spin
                 # (the same answer trio.serve_listeners gives).
@@ -406,23 +421,31 @@ async def _accept_loop(
                     log.error("accept failed (%s); sleeping", exc)
                     await trio.sleep(0.1)
                     continue
+                if exc.errno in _ACCEPT_GONE:
+                    continue
                 raise
-            nursery.start_soon(_handle_connection, stream, service, connections)
+            nursery.start_soon(_handle_connection, sock, peer, service, connections)
+            taken += 1
+            if taken >= ACCEPT_BATCH:
+                taken = 0
+                await trio.lowlevel.checkpoint()
 
 
 async def _handle_connection(
-    socket_stream: trio.SocketStream, service: Service, connections: _Connections
+    sock: socket.socket, peer: tuple[str, int], service: Service, connections: _Connections
 ) -> None:
     try:
-        peer = socket_stream.socket.getpeername()
+        sock.setblocking(False)
+        # As trio.SocketStream does: replies leave at once, not after the client's ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
-        await trio.aclose_forcefully(socket_stream)
+        sock.close()
         return
     ip, port = str(peer[0]), int(peer[1])
     refuse = connections.admit(ip)
     connections.opened(ip)
     try:
-        stream: trio.abc.Stream = socket_stream
+        stream: trio.abc.Stream = PlainStream(sock)
         tls_text = None
         if service.implicit_tls and service.tls is not None:
             # RFC 8314 §3.3: the handshake comes first, even for a connection we are
@@ -455,6 +478,9 @@ async def _handle_connection(
             )
     finally:
         connections.closed(ip)
+        # Every path above closes the connection; this catches a bug or a cancellation
+        # before the session got it (closing twice is harmless).
+        sock.close()
 
 
 async def _reload_users(users: UserStore, generations: Generations) -> None:

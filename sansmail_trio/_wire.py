@@ -18,17 +18,23 @@ Theory of operation:
 * If writing fails for any reason, cancellation included, the core is told with
   `send_failed()` so it does not believe bytes reached the peer that never did.
 * Timeouts are the caller's: it wraps `next_event()` in `trio.fail_after`.
-* A plain TCP stream (`trio.SocketStream`) is read and written through its Trio socket
-  directly: the same system calls, checkpoints and errors as the stream's own methods,
-  without the per-call layers around them (a generator context manager per call that
-  translates errors, a conflict detector) that showed in the profile of a busy server.
-  A TLS stream goes through `receive_some`/`send_all` as before.
+* A plain TCP connection accepted by the server is a `PlainStream`: a stdlib socket in
+  non-blocking mode, read and written with the system call first and a wait only when
+  the kernel says EAGAIN. Trio's own socket methods yield to the scheduler after every
+  call that succeeded at once (two or three scheduler rounds per command of a lockstep
+  client); here a call that succeeds is not a checkpoint, and one call in
+  `EAGER_LIMIT` in a row yields, so a client whose data is always there cannot hold the
+  loop, and cancellation (timeouts, shutdown) is noticed at the latest there. TLS runs
+  on top of it through the `trio.abc.Stream` methods, as on any stream. A
+  `trio.SocketStream` (tests, clients) is read and written through its Trio socket, a
+  TLS or memory stream through `receive_some`/`send_all`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import socket
 import ssl
 from typing import Any, Protocol
 
@@ -36,7 +42,7 @@ import trio
 
 from sansmail import NEED_DATA
 
-__all__ = ["SansIOConnection", "Wire"]
+__all__ = ["EAGER_LIMIT", "PlainStream", "SansIOConnection", "Wire"]
 
 #: Large reads keep message DATA in big chunks for the core's bulk scanner (a socket read
 #: returns what is there, so small commands are not delayed by this size). It stays under
@@ -44,6 +50,9 @@ __all__ = ["SansIOConnection", "Wire"]
 #: the threshold every read cost an mmap, an mremap and an munmap (with TLB shootdowns
 #: across threads), which measured as a large part of the server's system time.
 RECEIVE_SIZE = 64 * 1024
+
+#: Calls of a `PlainStream` that succeed at once before one of them yields anyway.
+EAGER_LIMIT = 16
 
 
 class SansIOConnection(Protocol):
@@ -82,7 +91,9 @@ class Wire:
             stream = self.stream
             data: bytes | bytearray
             try:
-                if type(stream) is trio.SocketStream:
+                if type(stream) is PlainStream:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                elif type(stream) is trio.SocketStream:
                     data = await stream.socket.recv(RECEIVE_SIZE)
                 else:
                     data = await stream.receive_some(RECEIVE_SIZE)
@@ -108,7 +119,9 @@ class Wire:
         self._outgoing.clear()
         stream = self.stream
         try:
-            if type(stream) is trio.SocketStream:
+            if type(stream) is PlainStream:
+                await stream.send_all(data)
+            elif type(stream) is trio.SocketStream:
                 await _send_all(stream.socket, data)
             else:
                 await stream.send_all(data)
@@ -134,7 +147,10 @@ class Wire:
             scope.shield = True
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 await self.flush()
-        await trio.aclose_forcefully(self.stream)
+        if type(self.stream) is PlainStream:
+            self.stream.close()  # what aclose_forcefully does, without a cancel scope
+        else:
+            await trio.aclose_forcefully(self.stream)
 
 
 async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
@@ -148,3 +164,73 @@ async def _send_all(sock: trio.socket.SocketType, data: bytes) -> None:
         if exc.errno in (errno.EBADF, errno.ENOTSOCK):
             raise trio.ClosedResourceError("this socket was already closed") from None
         raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
+
+
+class PlainStream(trio.abc.HalfCloseableStream):
+    """A plain TCP connection on a non-blocking stdlib socket (see the module
+    docstring): `receive_some` and `send_all` are a checkpoint only when they wait, or
+    every `EAGER_LIMIT` calls. Errors are the ones `trio.SocketStream` raises."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
+        self._eager = 0
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        sock = self.socket
+        if self._eager >= EAGER_LIMIT:
+            self._eager = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                data = sock.recv(max_bytes or RECEIVE_SIZE)
+            except BlockingIOError:
+                self._eager = 0
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as exc:
+                raise _translate(exc) from exc
+            else:
+                self._eager += 1
+                return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.socket
+        if self._eager >= EAGER_LIMIT:
+            self._eager = 0
+            await trio.lowlevel.checkpoint()
+        with memoryview(data) as view:
+            sent = 0
+            while sent < len(view):
+                try:
+                    sent += sock.send(view[sent:] if sent else view)
+                except BlockingIOError:
+                    self._eager = 0
+                    await trio.lowlevel.wait_writable(sock)
+                except OSError as exc:
+                    raise _translate(exc) from exc
+        self._eager += 1
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.wait_writable(self.socket)
+
+    async def send_eof(self) -> None:
+        await trio.lowlevel.checkpoint()
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            raise _translate(exc) from exc
+
+    def close(self) -> None:
+        """Close at once. Only the task that owns the stream ever waits on its socket,
+        and it is the one closing it, so no waiter needs `notify_closing`; the kernel
+        drops a closed socket from the epoll set by itself."""
+        self.socket.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+        return trio.ClosedResourceError("this socket was already closed")
+    return trio.BrokenResourceError(f"socket connection broken: {exc}")
