@@ -28,6 +28,7 @@ from sansmail.config import Config
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.smtpd import SmtpService, SmtpSession, Storing, store_all
 from sansmail_trio._commit import Committer
+from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in, wall_clock
 from sansmail_trio._session import (
     SessionRegistry,
@@ -57,6 +58,10 @@ class SMTPService:
     wake: Callable[[str], None] = _nothing
     #: The group committer of this process (its task runs in `serve`).
     committer: Committer[Storing] = attrs.Factory(lambda: Committer(store_all))
+    _log_line: Callable[[int, str], None] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._log_line = line_logger(self.log)
 
     @property
     def config(self) -> Config:
@@ -79,7 +84,7 @@ class SMTPService:
         away at the greeting; while it runs it is in `registry`, so shutdown can reach
         it. `tls` describes the TLS session when `stream` is already encrypted."""
         session = SmtpSession(
-            self.shared, client_ip=peer[0], client_port=peer[1], log=self.log.log, tls=tls
+            self.shared, client_ip=peer[0], client_port=peer[1], log=self._log_line, tls=tls
         )
         wire = Wire(stream, session.conn)
         await carry(
@@ -94,8 +99,11 @@ class SMTPService:
 
 async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: SessionTime) -> None:
     while not session.ended:
+        # The deadline stays set after the wait: each wait of our own below lifts it
+        # first (own_work), shielded ones too (a deadline that passes cancels the scope
+        # for good, even while a shield hides it).
         event = await time.wait_for_client(
-            wire, session.timeout, interruptible=not session.in_transaction
+            wire, session.timeout, interruptible=not session.in_transaction, keep=True
         )
         if event is PAUSED:
             # The core waits for something only we can do; nothing here leaves it paused
@@ -103,10 +111,12 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             raise LocalProtocolError(f"core paused in {session.conn.our_state}")
         if isinstance(event, smtp.MessageData):
             if session.content(event.data, wall_clock()):
+                time.own_work()
                 await trio.to_thread.run_sync(session.flush)
         elif isinstance(event, smtp.EndOfMessage):
             job = session.finish(wall_clock())
             if isinstance(job, Storing):
+                time.own_work()
                 await service.committer.commit(job)
                 committed = session.stored(job)
             else:
@@ -115,9 +125,11 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
                 service.wake(queue_id)
             await wire.send(committed.reply)
         elif isinstance(event, smtp.StartTLS):
+            time.own_work()
             await wire.send(session.starttls(), flush=True)
             await upgrade(session, wire, service.tls)
         elif isinstance(event, smtp.Auth):
+            time.own_work()
             await log_in(session, event, wire, time)
         else:
             assert isinstance(event, smtp.Event)
@@ -125,5 +137,6 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             if reply is not None:
                 await wire.send(reply)
         if session.cleanup_due:
+            time.own_work()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.cleanup)

@@ -109,7 +109,7 @@ def received(
         "id",
         _clean(queue_id, _SAFE_NAME, utf8=False) or "unknown",
     ]
-    date = email.utils.format_datetime(when)
+    date = _date(when)
     rcpt = _path(recipient, utf8=utf8)
     if rcpt is None:
         by_line[-1] += ";"
@@ -118,6 +118,18 @@ def received(
         lines += [by_line, ["for", f"<{rcpt}>;", date]]
     text = "\r\n\t".join(_fill(words, 8 if i else 0) for i, words in enumerate(lines))
     return (text + "\r\n").encode()
+
+
+def _date(when: datetime.datetime) -> str:
+    # format_datetime costs 4 µs, a lookup 1: the messages of one second share the text.
+    # The key holds the offset too: aware datetimes compare equal across zones, their
+    # texts do not.
+    return _second(when.replace(microsecond=0), when.utcoffset())
+
+
+@functools.lru_cache(maxsize=8)
+def _second(when: datetime.datetime, _offset: datetime.timedelta | None) -> str:
+    return email.utils.format_datetime(when)
 
 
 def _fill(words: list[str], indent: int) -> str:
