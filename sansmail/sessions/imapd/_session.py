@@ -159,6 +159,7 @@ class ImapSession:
             Copy: self._copy,
             Move: self._copy,
         }
+        self.account.release()
 
     @property
     def selected(self) -> str | None:
@@ -183,6 +184,9 @@ class ImapSession:
             return self._gone()
         except BadSetError:
             return [_tagged(command.tag, "BAD", "Invalid message sequence number")]
+        finally:
+            # Idle until the next command: the account's connections go back to the pool.
+            self.account.release()
         if self.ended and self.view is not None:
             self._release()
         return responses
@@ -196,6 +200,8 @@ class ImapSession:
             return self._updates(rev2)
         except FolderGoneError:
             return self._gone()
+        finally:
+            self.account.release()
 
     def close(self) -> None:
         """Release the selected folder and the account (idempotent)."""

@@ -34,7 +34,8 @@ is first renamed into ``tmp/`` (one atomic step, so nobody sees half a folder), 
 removed; leftovers from a crash are removed at the next open.
 
 One account object belongs to one session: it and its views are used by one thread at a
-time. It caches each folder's `FolderIndex` (and its SQLite connection).
+time. It caches each folder's `FolderIndex`; between commands (`release`) their SQLite
+connections go back to the process's pool (`_imapindex`).
 """
 
 from __future__ import annotations
@@ -405,6 +406,10 @@ class MaildirAccount(MailAccount):
                     raise
                 index.rebuild()
         raise AssertionError("unreachable")
+
+    def release(self) -> None:
+        for index in self._indexes.values():
+            index.release()
 
     def close(self) -> None:
         for index in self._indexes.values():

@@ -457,6 +457,10 @@ class MailAccount(Protocol):
         message survives a crash and has its UID."""
         ...
 
+    def release(self) -> None:
+        """The session is between commands: let go of what only an operation needs (its
+        database connections); the next operation takes it again."""
+
     def close(self) -> None: ...
 
 

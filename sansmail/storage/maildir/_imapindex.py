@@ -57,12 +57,24 @@ index that SQLite reports corrupt (or that is not a database) is deleted and reb
 from the Maildir with a new UIDVALIDITY, so clients drop their caches; the account lock
 keeps two processes from rebuilding at once, and `rebuilt` tells the caller to log it.
 
-Everything blocks; one object is used by one thread at a time (each session has its own
-connections, and SQLite's locks order the sessions and processes).
+Connections. An open SQLite connection costs about 130 KiB (its page cache, schema and
+statements), which an idle IMAP session would hold all day. So a session gives its
+connection back between commands (`release`), to a pool of the process's idle
+connections, by index file; the next operation on the index takes one from there
+(`conn`), or opens one. At most `_IDLE_MAX` wait in the pool, the oldest closed first, so
+a server with 1,000 idle sessions keeps a few connections rather than 1,000, and a busy
+folder finds its page cache warm. A connection taken from the pool whose file was
+replaced meanwhile (a rebuild) is closed, not used. The pool's steps are single list and
+dictionary operations, atomic under the GIL, so sessions in different threads share it
+without a lock: a connection belongs to whoever took it out of its list.
+
+Everything blocks; one object is used by one thread at a time (it holds its connection
+only while it works, and SQLite's locks order the sessions and processes).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -119,6 +131,12 @@ _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
 _CORRUPT: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+# Idle connections the process keeps (see "Connections" above).
+_IDLE_MAX: Final = 16
+# Index file -> its idle (connection, inode of the file it opened); and the order they
+# went idle in, oldest first (entries of connections taken out since are skipped).
+_IDLE: Final[dict[str, list[tuple[sqlite3.Connection, int]]]] = {}
+_IDLE_ORDER: Final[collections.deque[tuple[str, sqlite3.Connection, int]]] = collections.deque()
 
 _NOTHING: Final = Structures()
 
@@ -201,7 +219,7 @@ class FolderIndex:
         """Connect, creating the index if there is none and rebuilding a corrupt one
         (unless not `rebuild`: then the error is raised, for a reader that can do
         without the index and leaves its repair to IMAP)."""
-        if self._conn is not None:
+        if self._conn is not None or self._take_idle():
             return
         try:
             self._connect()
@@ -214,6 +232,49 @@ class FolderIndex:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def release(self) -> None:
+        """Put the connection in the process's pool until the next operation (see
+        "Connections" in the module docstring); nothing if it is inside a transaction."""
+        conn = self._conn
+        if conn is None or conn.in_transaction:
+            return
+        self._conn = None
+        entry = (conn, self._ino)
+        _IDLE.setdefault(self.db_path, []).append(entry)
+        _IDLE_ORDER.append((self.db_path, *entry))
+        while len(_IDLE_ORDER) > _IDLE_MAX:
+            try:
+                path, old, ino = _IDLE_ORDER.popleft()
+            except IndexError:
+                break
+            idle = _IDLE.get(path)
+            if idle is None:
+                continue
+            try:
+                # Whoever takes it out of its list owns it: a connection in use is not.
+                idle.remove((old, ino))
+            except ValueError:
+                continue
+            old.close()
+            _forget_if_empty(path, idle)
+
+    def _take_idle(self) -> bool:
+        """Take an idle connection of this index from the pool (whether one was)."""
+        idle = _IDLE.get(self.db_path)
+        while idle:
+            try:
+                conn, ino = idle.pop()
+            except IndexError:
+                break
+            if ino == _inode(self.db_path):
+                self._conn, self._ino = conn, ino
+                _forget_if_empty(self.db_path, idle)
+                return True
+            conn.close()  # the file was replaced: this connection reads the old one
+        if idle is not None:
+            _forget_if_empty(self.db_path, idle)
+        return False
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -648,6 +709,14 @@ class FolderIndex:
             " ORDER BY uid",
             (json.dumps(sorted(set(uids))),),
         ).fetchall()
+
+
+def _forget_if_empty(path: str, idle: list[tuple[sqlite3.Connection, int]]) -> None:
+    # No key per index file ever seen. A connection put in the list between the test and
+    # the removal is in no list then: its entry in _IDLE_ORDER is its last reference, and
+    # it is closed when that goes.
+    if not idle and _IDLE.get(path) is idle:
+        _IDLE.pop(path, None)
 
 
 def _inode(path: str) -> int:

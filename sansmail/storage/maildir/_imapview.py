@@ -3,17 +3,20 @@
 Theory of operation
 -------------------
 The view holds the message list as last reported to the client (UIDs ascending, so
-``messages[i]`` is sequence number i+1), the flags it reported, the modseq those reports
-reflect and the UIDs it claimed as \\Recent. `sync` refreshes the index from the Maildir
+``messages[i]`` is sequence number i+1), the modseq it reflects, the flags STORE reported
+since, and the UIDs it claimed as \\Recent. `sync` refreshes the index from the Maildir
 (`FolderIndex.refresh`), then reads only rows and tombstones newer than the view's modseq
 and turns them into EXPUNGE sequence numbers (highest first, so each number is valid
 when it is sent), new messages (always above every UID the view has: UIDs are assigned
 in increasing order under the index's write lock) and flag changes.
 
-A big folder's list is read in one query whose rows SQLite serialises itself (JSON,
-parsed in C), and a row becomes an `ImapMessage` only when something looks at it
-(`MessageList`): a client that SELECTs a folder of 10,000 messages and fetches only
-what is new never pays for the other 9,990.
+The list is a `FolderList`, which every view of the process that reached the same modseq
+shares (`_imaplist`): after a sync, a view's list is the index's table at the modseq it
+read, so one copy serves them all, and what a session keeps of its own is that modseq,
+its \\Recent UIDs and the flags its STOREs reported since its last sync (`_flags`,
+folded in at the next one). A SELECT takes the process's list when it is current and
+reads the table only when it is not; a sync that finds changes derives the next list
+from the changes, or takes the one another session derived.
 
 Operations never edit the list behind the client's back (RFC 9051 §7.5.1: sequence
 numbers change only with EXPUNGE responses): EXPUNGE and MOVE change the index, and the
@@ -38,11 +41,10 @@ import contextlib
 import datetime
 import functools
 import io
-import json
 import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar
+from typing import Any, BinaryIO, Concatenate, Final, ParamSpec, Protocol, TypeVar, overload
 
 import attrs
 
@@ -62,7 +64,13 @@ from sansmail.storage.maildir._imapbase import (
 )
 from sansmail.storage.maildir._imapcopy import transfer
 from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt
-from sansmail.storage.maildir._imaplist import ALL_ROWS, INFO_COLUMNS, MessageList, make_info
+from sansmail.storage.maildir._imaplist import (
+    INFO_COLUMNS,
+    FolderList,
+    make_info,
+    share,
+    shared,
+)
 from sansmail.storage.maildir._imapmaildir import (
     DELETED,
     CrlfReader,
@@ -147,9 +155,10 @@ class MaildirFolderView(FolderView):
         self._name = name
         self._index = index
         self._readonly = readonly
-        self._uids: list[int] = []
-        # ImapMessages, or the rows not looked at yet (see `MessageList`).
-        self._messages: list[ImapMessage | list[Any]] = []
+        self._list = FolderList.empty()
+        # UID -> the flags a STORE reported since the last sync: the list is shared, and
+        # changes only at a sync (see the module docstring).
+        self._flags: dict[int, frozenset[str]] = {}
         self._recent: set[int] = set()
         self._modseq = 0
         self._dead = False
@@ -182,14 +191,13 @@ class MaildirFolderView(FolderView):
 
     @property
     def messages(self) -> Sequence[ImapMessage]:
-        return MessageList(self._messages)
+        if self._flags:
+            return _Reflagged(self._list, dict(self._flags))
+        return self._list
 
     @property
     def uids(self) -> Sequence[int]:
-        return self._uids
-
-    def _message(self, pos: int) -> ImapMessage:
-        return MessageList(self._messages)[pos]
+        return self._list.uids
 
     @property
     def recent(self) -> frozenset[int]:
@@ -211,7 +219,7 @@ class MaildirFolderView(FolderView):
 
     def sync(self) -> SyncChanges:
         if self._dead:
-            return SyncChanges(exists=len(self._uids), uidvalidity_changed=True)
+            return SyncChanges(exists=len(self._list), uidvalidity_changed=True)
         try:
             self._index.refresh(move_new=not self._readonly)
             return self._catch_up()
@@ -221,7 +229,7 @@ class MaildirFolderView(FolderView):
             if not is_corrupt(exc):
                 raise
             self._lost()
-        return SyncChanges(exists=len(self._uids), uidvalidity_changed=True)
+        return SyncChanges(exists=len(self._list), uidvalidity_changed=True)
 
     def _lost(self) -> None:
         self._dead = True
@@ -229,8 +237,7 @@ class MaildirFolderView(FolderView):
 
     def _catch_up(self, *, first: bool = False) -> SyncChanges:
         """Read what changed since the view's last report (everything, when `first`:
-        then the rows stay rows until looked at, and no news is made of them, the
-        SELECT being the report)."""
+        then no news is made of it, the SELECT being the report)."""
         index = self._index
         header = index.header()
         claim = not self._readonly and header.recent_uid < header.uidnext
@@ -242,15 +249,20 @@ class MaildirFolderView(FolderView):
             header = index.header(conn)
             if header.uidvalidity != self._uidvalidity:
                 self._dead = True
-                return SyncChanges(exists=len(self._uids), uidvalidity_changed=True)
+                return SyncChanges(exists=len(self._list), uidvalidity_changed=True)
+            key = index.db_path
+            latest = shared(key, header.uidvalidity, header.highestmodseq)
+            rows: list[Any] = []
+            gone: list[int] = []
             if first:
-                rows = json.loads(conn.execute(ALL_ROWS).fetchone()[0])
-                gone: list[int] = []
+                if latest is None:
+                    made = FolderList.read(conn, header.uidvalidity, header.highestmodseq)
+                    latest = share(key, made)
             elif self._modseq < header.expunge_floor:
                 rows = conn.execute(f"SELECT {INFO_COLUMNS} FROM messages").fetchall()  # noqa: S608
                 present = {row[0] for row in rows}
-                gone = [uid for uid in self._uids if uid not in present]
-            else:
+                gone = [uid for uid in self._list.uids if uid not in present]
+            elif header.highestmodseq != self._modseq:
                 rows = conn.execute(
                     f"SELECT {INFO_COLUMNS} FROM messages WHERE modseq > ?",  # noqa: S608
                     (self._modseq,),
@@ -267,12 +279,13 @@ class MaildirFolderView(FolderView):
         self._modseq = header.highestmodseq
         self._uidnext = header.uidnext
         if first:
-            self._uids = [row[0] for row in rows]
-            self._messages = rows
+            assert latest is not None
+            self._list = latest
             if claimed:
-                self._recent = set(self._uids[bisect.bisect_left(self._uids, claimed.start) :])
+                uids = latest.uids
+                self._recent = set(uids[bisect.bisect_left(uids, claimed.start) :])
             return self._changes(keywords=keywords)
-        return self._apply(rows, gone, claimed, keywords)
+        return self._apply(rows, gone, claimed, keywords, latest=latest)
 
     def _apply(
         self,
@@ -280,42 +293,84 @@ class MaildirFolderView(FolderView):
         gone: Iterable[int],
         claimed: range,
         keywords: tuple[str, ...],
+        *,
+        latest: FolderList | None,
     ) -> SyncChanges:
+        """Report what changed between the view's list and the index at `self._modseq`
+        (`rows`: the rows changed since the list's modseq, `gone`: the UIDs expunged
+        since), and hold the index's list from now on: `latest`, the process's, when it
+        agrees, else one derived here (and registered)."""
+        before = self._list
         recent_before = len(self._recent)
-        expunged: list[int] = []
-        expunged_uids: list[int] = []
-        for uid in sorted(set(gone), reverse=True):
-            pos = bisect.bisect_left(self._uids, uid)
-            if pos < len(self._uids) and self._uids[pos] == uid:
-                del self._uids[pos]
-                del self._messages[pos]
-                self._recent.discard(uid)
-                expunged.append(pos + 1)
-                expunged_uids.append(uid)
-        last = self._uids[-1] if self._uids else 0
+        # The expunged, as positions in the list before (ascending); EXPUNGE responses go
+        # highest first, so that each number is right when it is read.
+        positions = sorted(
+            pos for pos in (before.position(uid) for uid in set(gone)) if pos is not None
+        )
+        expunged_uids = tuple(before.uids[pos] for pos in positions)
+        self._recent.difference_update(expunged_uids)
+        gone_at = set(positions)
+        last = before.uids[-1] if before else 0
         added: list[ImapMessage] = []
+        # UID -> the index's flags where they differ from the list's (for the next
+        # list), and the changes the client was not told of (its view included STORE's
+        # reports).
+        reflagged: dict[int, frozenset[str]] = {}
+        told = dict(self._flags)
         changed: list[tuple[int, int, frozenset[str]]] = []
         for row in sorted(rows):
             info = make_info(row)
             if info.uid > last:
                 added.append(info)
                 continue
-            pos = bisect.bisect_left(self._uids, info.uid)
-            if pos < len(self._uids) and self._uids[pos] == info.uid:
-                if self._message(pos).flags != info.flags:
-                    self._messages[pos] = info
-                    changed.append((pos + 1, info.uid, info.flags))
+            pos = before.position(info.uid)
+            if pos is None or pos in gone_at:
+                continue
+            if before.flags(pos) != info.flags:
+                reflagged[info.uid] = info.flags
+            if told.pop(info.uid, before.flags(pos)) != info.flags:
+                changed.append((pos, info.uid, info.flags))
+        # What STORE reported of a message the rows do not name is the list's already
+        # unless something went behind its back: then the client hears the truth.
+        for uid, flags in told.items():
+            pos = before.position(uid)
+            if pos is not None and pos not in gone_at and before.flags(pos) != flags:
+                changed.append((pos, uid, before.flags(pos)))
+        changed.sort()
+        if not (positions or reflagged or added):
+            # Nothing that shows: the same list (the process's, if it is the same).
+            if latest is not None and latest.uids == before.uids:
+                self._list = latest
+            self._flags = {}
+            return self._changes(
+                recent=len(self._recent) if len(self._recent) != recent_before else None,
+                flags=tuple((pos + 1, uid, flags) for pos, uid, flags in changed),
+                keywords=keywords,
+            )
+        derived = before.derive(
+            self._modseq,
+            gone=positions,
+            flags=reflagged,
+            added=added,
+            keep_made=latest is None,
+        )
+        if latest is not None and latest.uids == derived.uids:
+            self._list = latest
+        else:
+            self._list = share(self._index.db_path, derived)
+        self._flags = {}
         for info in added:
-            self._uids.append(info.uid)
-            self._messages.append(info)
             if info.uid in claimed:
                 self._recent.add(info.uid)
         return self._changes(
-            expunged=tuple(expunged),
-            expunged_uids=tuple(sorted(expunged_uids)),
+            expunged=tuple(pos + 1 for pos in reversed(positions)),
+            expunged_uids=expunged_uids,
             added=tuple(added),
             recent=len(self._recent) if len(self._recent) != recent_before else None,
-            flags=tuple(changed),
+            flags=tuple(
+                (pos + 1 - bisect.bisect_left(positions, pos), uid, flags)
+                for pos, uid, flags in changed
+            ),
             keywords=keywords,
         )
 
@@ -336,7 +391,7 @@ class MaildirFolderView(FolderView):
             expunged=expunged,
             expunged_uids=expunged_uids,
             added=added,
-            exists=len(self._uids),
+            exists=len(self._list),
             recent=recent,
             flags=flags,
             keywords=new_keywords,
@@ -534,9 +589,7 @@ class MaildirFolderView(FolderView):
             )
             if updates:
                 conn.execute("UPDATE folder SET highestmodseq = ?", (modseq,))
-        for uid, new_flags in result.items():
-            pos = bisect.bisect_left(self._uids, uid)
-            self._messages[pos] = attrs.evolve(self._message(pos), flags=new_flags)
+        self._flags.update(result)
         return result
 
     def _rename_for_flags(
@@ -577,13 +630,7 @@ class MaildirFolderView(FolderView):
     def _known(self, uids: Iterable[int]) -> list[int]:
         # Only messages the client has been told about can be acted on: their responses
         # need sequence numbers.
-        out = []
-        for uid in set(uids):
-            pos = bisect.bisect_left(self._uids, uid)
-            if pos < len(self._uids) and self._uids[pos] == uid:
-                out.append(uid)
-        out.sort()
-        return out
+        return sorted(uid for uid in set(uids) if self._list.position(uid) is not None)
 
     # -- expunge ----------------------------------------------------------------------
 
@@ -591,7 +638,7 @@ class MaildirFolderView(FolderView):
     def expunge(self, uids: Iterable[int] | None = None) -> list[int]:
         self._check(write=True)
         index = self._index
-        scope = self._uids if uids is None else self._known(uids)
+        scope = self._list.uids if uids is None else self._known(uids)
         removed: list[int] = []
         with index.write() as conn:
             relister = _Relister(index)
@@ -650,8 +697,12 @@ class MaildirFolderView(FolderView):
         )
 
     def close(self) -> None:
-        # The index (and its connection) belongs to the account, which may reuse it.
+        # The index (and its connection) belongs to the account, which may reuse it. The
+        # list goes, so that the process's copy goes with its last view.
         self._dead = True
+        self._list = FolderList.empty()
+        self._flags = {}
+        self._recent = set()
 
 
 def _apply_mode(
@@ -662,3 +713,36 @@ def _apply_mode(
     if mode is FlagMode.REMOVE:
         return bits & ~new_bits, keywords - new_keywords
     return new_bits, set(new_keywords)
+
+
+class _Reflagged(Sequence[ImapMessage]):
+    """A view's list with the flags its STOREs reported since its last sync."""
+
+    __slots__ = ("_flags", "_list")
+
+    def __init__(self, messages: FolderList, flags: dict[int, frozenset[str]]) -> None:
+        self._list = messages
+        self._flags = flags
+
+    def __len__(self) -> int:
+        return len(self._list)
+
+    @overload
+    def __getitem__(self, index: int) -> ImapMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ImapMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> ImapMessage | list[ImapMessage]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._list)))]
+        message = self._list[index]
+        flags = self._flags.get(message.uid)
+        return message if flags is None else attrs.evolve(message, flags=flags)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, str | bytes):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,7 +1,8 @@
 """Random sequences of operations, by this store and by other Maildir writers, checked
 against a simple model: UIDs strictly increase and are never reused, each UID always
 names the same message, a client applying the reported changes holds the same list as
-the view, and flags match the file names."""
+the view, and flags match the file names. Three sessions (two read-write, one read-only)
+in one process share the folder's list (`_imaplist`) while each keeps its own."""
 
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ class StoreMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="imapstore-"))
         self.top = root(self.dir)
-        self.accounts = [account(self.dir), account(self.dir)]
+        self.accounts = [account(self.dir), account(self.dir), account(self.dir)]
         self.views: dict[str, FolderView] = {
             "a": self.accounts[0].select("INBOX"),
             "b": self.accounts[1].select("INBOX", readonly=True),
+            "c": self.accounts[2].select("INBOX"),
         }
         # What each client holds: the UID list built only from the reported changes.
         self.client = {name: [m.uid for m in v.messages] for name, v in self.views.items()}
+        # And the flags it was told: at SELECT, by STORE and by the syncs' FETCH news.
+        self.told = {name: {m.uid: m.flags for m in v.messages} for name, v in self.views.items()}
         self.ids = 0
         self.uid_ids: dict[int, int] = {}  # every UID ever seen -> X-Id of its message
         self.uidnext = 1
@@ -83,11 +87,12 @@ class StoreMachine(RuleBasedStateMachine):
         self.uid_ids[result.uid] = n
         self.uidnext = result.uid + 1
 
-    @rule(data=st.data(), flags=FLAGS, mode=st.sampled_from(FlagMode))
-    def store(self, data: st.DataObject, flags: set[str], mode: FlagMode) -> None:
-        view = self.views["a"]
+    @rule(data=st.data(), flags=FLAGS, mode=st.sampled_from(FlagMode), name=st.sampled_from("ac"))
+    def store(self, data: st.DataObject, flags: set[str], mode: FlagMode, name: str) -> None:
+        view = self.views[name]
         uids = data.draw(st.sets(st.sampled_from([m.uid for m in view.messages] or [1])))
         result = view.store_flags(uids, flags, mode)
+        self.told[name].update(result)
         assert set(result) <= uids
         for got in result.values():
             if mode is FlagMode.REPLACE:
@@ -97,9 +102,9 @@ class StoreMachine(RuleBasedStateMachine):
             else:
                 assert not got & flags
 
-    @rule()
-    def expunge(self) -> None:
-        self.views["a"].expunge()
+    @rule(name=st.sampled_from("ac"))
+    def expunge(self, name: str) -> None:
+        self.views[name].expunge()
 
     @rule(data=st.data(), move=st.booleans())
     def copy_or_move(self, data: st.DataObject, move: bool) -> None:
@@ -114,7 +119,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert dest == sorted(dest)
 
     @precondition(lambda self: True)
-    @rule(name=st.sampled_from(["a", "b"]))
+    @rule(name=st.sampled_from(["a", "b", "c"]))
     def sync(self, name: str) -> None:
         view = self.views[name]
         changes = view.sync()
@@ -132,9 +137,14 @@ class StoreMachine(RuleBasedStateMachine):
         assert changes.exists == len(held)
         view = self.views[name]
         assert held == [m.uid for m in view.messages]
+        told = self.told[name]
+        told.update((m.uid, m.flags) for m in changes.added)
         for seq, uid, flags in changes.flags:
             assert held[seq - 1] == uid
             assert view.messages[seq - 1].flags == flags
+            told[uid] = flags
+        # The client knows every message's flags as the view has them.
+        assert {uid: told[uid] for uid in held} == {m.uid: m.flags for m in view.messages}
 
     def _check_against_disk(self, view: FolderView) -> None:
         on_disk = files(self.top)

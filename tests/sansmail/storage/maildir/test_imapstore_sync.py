@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+import attrs
 import pytest
 from imapstore_helpers import ALICE, HOST, account, deliver, files, letters, message, root
 
@@ -241,13 +242,22 @@ def test_select_of_an_unchanged_folder_lists_nothing_and_makes_no_message(
     first.sync()  # the move to cur/ changed cur/'s mtime: listed once more
     first.store_flags([2], ["\\Seen"], FlagMode.ADD)
     first.sync()
-    expected = list(first.messages)
+    expected = [attrs.astuple(m) for m in first.messages]
+    # Its list goes with it: the next SELECT reads the table.
+    key = store.account(ALICE).index_for("INBOX").db_path
+    assert list_module.registered(key) is not None
+    first.close()
+    assert list_module.registered(key) is None
     scans = []
     real_scan = FolderIndex.scan
     monkeypatch.setattr(FolderIndex, "scan", lambda self: scans.append(1) or real_scan(self))
     made = []
-    real_info = list_module.make_info
-    monkeypatch.setattr(list_module, "make_info", lambda row: made.append(row[0]) or real_info(row))
+    real_make = list_module.FolderList._make
+    monkeypatch.setattr(
+        list_module.FolderList,
+        "_make",
+        lambda self, index: made.append(self.uids[index]) or real_make(self, index),
+    )
     view = store.account(ALICE).select("INBOX", readonly=True)
     assert scans == []
     assert made == []
@@ -259,17 +269,28 @@ def test_select_of_an_unchanged_folder_lists_nothing_and_makes_no_message(
     assert view.messages[1].flags == {"\\Seen"}
     assert made == [5, 2]
     assert [m.uid for m in view.messages[1:4]] == [2, 3, 4]
-    assert view.messages == expected
+    assert [attrs.astuple(m) for m in view.messages] == expected
+    assert made == [5, 2, 3, 4, 1]
+    # Another session of the process shares the list and the messages made.
+    other = store.account(ALICE).select("INBOX", readonly=True)
+    assert other.messages is view.messages
+    assert other.messages[0] is view.messages[0]
     assert made == [5, 2, 3, 4, 1]
     # News still arrives: a POP3 delete and a flag rename by another tool.
     top = root(tmp_path)
-    names = sorted(files(top).values())
+    # By UID (file names sort by arrival only while their microseconds have as many
+    # digits).
+    index = store.account(ALICE).index_for("INBOX")
+    names = [name for (name,) in index.conn.execute("SELECT name FROM messages ORDER BY uid")]
     os.unlink(top / names[0])
     os.rename(top / names[3], top / (names[3] + "F"))
     changes = view.sync()
     assert changes.expunged == (1,)
     assert changes.flags == ((3, 4, frozenset({"\\Flagged"})),)
     assert [m.uid for m in view.messages] == [2, 3, 4, 5]
+    # The other session sees the same news when it syncs, and ends on the same list.
+    assert other.sync() == changes
+    assert other.messages is view.messages
 
 
 def test_recent_listing_is_not_trusted(
