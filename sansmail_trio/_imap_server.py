@@ -12,11 +12,26 @@ deadline is set to the conversation's `timeout` (the autologout timer); expiry s
 BYE and closes. Shutdown cancels the same scope, but only while the session waits for a
 command: a command being answered (an APPEND being stored) is finished first, then the
 session says BYE. Worker threads are never abandoned, so a store call always completes.
+
+Memory after logout. What a session held is freed when it ends, but freed is not given
+back: glibc's malloc keeps freed heap (and the heaps of the worker threads) for reuse, so
+a server that held 1,000 sessions would stay that big after they left. `MemoryTrimmer`
+runs, a little after sessions end and at most every `TRIM_INTERVAL`, a full garbage
+collection (what sessions left in reference cycles) and glibc's ``malloc_trim(0)`` (free
+pages go back to the system), in a worker thread, off any session's path. What it cannot
+give back is CPython's own: an arena of small objects (1 MiB) goes back only once all of
+it is free, and objects that outlive the sessions made beside theirs (Trio keeps up to
+1,000 expired deadline entries until their time passes) keep some arenas; with
+``PYTHONMALLOC=malloc`` those too are glibc's, trimmed page by page.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
@@ -36,7 +51,70 @@ from sansmail_trio._session import (
 from sansmail_trio._tls import TLSContextHolder
 from sansmail_trio._wire import Wire
 
-__all__ = ["IMAPService"]
+__all__ = ["IMAPService", "MemoryTrimmer", "release_memory"]
+
+log = logging.getLogger("sansmail.imap")
+
+#: Seconds after a session ends before memory is given back (a burst of logouts is
+#: handled once), and the least seconds between two such.
+TRIM_DELAY = 2.0
+TRIM_INTERVAL = 10.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    # glibc only; elsewhere (musl, macOS) there is nothing to call and nothing is kept.
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Collect reference cycles, then give the allocator's free pages back to the
+    system (blocking: a worker thread's job)."""
+    gc.collect()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+@attrs.define
+class MemoryTrimmer:
+    """Calls `release` (in a worker thread: `in_thread`) `delay` seconds after
+    `session_ended`, at most once per `interval`: one call for a burst of logouts (see the
+    module docstring)."""
+
+    delay: float = TRIM_DELAY
+    interval: float = TRIM_INTERVAL
+    release: Callable[[], None] = release_memory
+    in_thread: Callable[[Callable[[], None]], Awaitable[None]] = trio.to_thread.run_sync
+    _scheduled: bool = False
+    _last: float = -float("inf")
+
+    def session_ended(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            # A system task: it outlives the connection that ended, and shutdown cancels it.
+            trio.lowlevel.spawn_system_task(self._release_later)
+
+    async def _release_later(self) -> None:
+        try:
+            await trio.sleep_until(
+                max(trio.current_time() + self.delay, self._last + self.interval)
+            )
+        finally:
+            self._scheduled = False
+        self._last = trio.current_time()
+        try:
+            await self.in_thread(self.release)
+        except Exception:  # a system task's error would end the server: log it instead
+            log.exception("giving memory back failed")
 
 
 @attrs.define
@@ -47,6 +125,7 @@ class IMAPService:
     log: logging.Logger
     #: The server certificate; None: no TLS at all (STARTTLS is then not offered).
     tls: TLSContextHolder | None = None
+    trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
 
     @property
     def config(self) -> Config:
@@ -81,6 +160,8 @@ class IMAPService:
             refusal=refuse,
             loop=lambda time: _loop(self, session, wire, time),
         )
+        if session.mailbox is not None:  # it held a user's folders
+            self.trimmer.session_ended()
 
 
 async def _loop(
