@@ -65,11 +65,15 @@ SPREAD = 4
 
 
 class _Waiter:
-    __slots__ = ("done", "error")
+    __slots__ = ("error", "task")
 
-    def __init__(self) -> None:
-        self.done = trio.Event()
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
         self.error: BaseException | None = None
+
+
+def _not_abortable(_raise_cancel: object) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED
 
 
 _Batch = list[tuple[J, _Waiter]]
@@ -104,11 +108,12 @@ class Committer(Generic[J]):
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._store_all, [job])
             return
-        waiter = _Waiter()
+        waiter = _Waiter(trio.lowlevel.current_task())
         self._pending.append((job, waiter))
         self._dispatch()
-        with trio.CancelScope(shield=True):
-            await waiter.done.wait()
+        # A wait that cancellation cannot end, as a shielded one, without the Event and
+        # the cancel scope each message cost: `_finished` wakes exactly this task once.
+        await trio.lowlevel.wait_task_rescheduled(_not_abortable)
         if waiter.error is not None:
             raise RuntimeError("group commit failed") from waiter.error
 
@@ -169,7 +174,7 @@ class Committer(Generic[J]):
     def _finished(self, batch: _Batch[J], failure: BaseException | None) -> None:
         for _job, waiter in batch:
             waiter.error = failure
-            waiter.done.set()
+            trio.lowlevel.reschedule(waiter.task)
         self._in_flight -= 1
         self._dispatch()
         if not self._in_flight:

