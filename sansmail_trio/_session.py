@@ -8,14 +8,14 @@ error from the core, a bug (logged with its traceback; it costs one connection, 
 server), or the shutdown grace running out. Then the session hears that the connection
 is gone, its blocking cleanup runs in a worker thread, and the stream is closed.
 
-A session has one cancel scope for its whole life. Before each wait for the client its
-deadline is set to the idle timeout, and after the wait back to infinity, so our own
-work (a slow disk) never counts against the client. A protocol loop may keep the
-deadline after the wait instead (``keep=True``: moving a deadline is a heap operation
-behind a generator context manager in Trio, and a quarter of a small SMTP message's
-scheduler cost went there); it then calls `SessionTime.own_work` before each wait of its
-own, shielded ones too: a deadline that passes cancels the scope for good, even while a
-shield hides it. Shutdown uses the same scope:
+A session has one cancel scope for its whole life. Its deadline is the idle timeout
+from the moment a wait for the client starts, and it is set only once the wait really
+blocks (on a `PlainStream`: when the kernel has nothing to read or no room to write;
+on other streams: for the whole wait), and put back to infinity after it, so our own
+work (a slow disk) never counts against the client. Moving a deadline is a heap
+operation behind a generator context manager in Trio, about a quarter of a small SMTP
+message's scheduler cost when it was done twice per command; under load most commands
+are already there when the session asks. Shutdown uses the same scope:
 `request_stop()` cancels it at once when the session is waiting for the client, and
 otherwise only marks the session, which then stops at its next wait. Whatever the
 session owes the client is flushed before that wait starts, so shutdown cuts a wait,
@@ -90,6 +90,9 @@ class SessionTime:
         self.scope = trio.CancelScope()
         self.idle = False
         self.stopping = False
+        self._due = math.inf
+        self._armed = False
+        self._arm = self._arm_deadline  # bound once, not per wait
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -97,32 +100,32 @@ class SessionTime:
             self.scope.cancel()
 
     async def wait_for_client(
-        self, wire: Wire, timeout: float, *, interruptible: bool = True, keep: bool = False
+        self, wire: Wire, timeout: float, *, interruptible: bool = True
     ) -> object:
         """The next event from `wire`, within `timeout` seconds of idleness. A wait that
         is not `interruptible` (inside an SMTP transaction) is not cut by shutdown: the
-        session stops at its next interruptible wait instead. With `keep`, the deadline
-        stays set afterwards (see the module docstring)."""
+        session stops at its next interruptible wait instead."""
         scope = self.scope
-        scope.deadline = trio.current_time() + timeout
+        self._due = trio.current_time() + timeout
         try:
             if interruptible:
-                await wire.flush()
+                await wire.flush(before_wait=self._arm)
                 if self.stopping:
                     scope.cancel()
                     await trio.lowlevel.checkpoint()
                 self.idle = True
-            return await wire.next_event()
+            return await wire.next_event(before_wait=self._arm)
         finally:
             self.idle = False
-            if not keep:
+            if self._armed:
+                self._armed = False
                 scope.deadline = math.inf
 
-    def own_work(self) -> None:
-        """Lift the deadline a `wait_for_client(keep=True)` left, before waiting for
-        something of our own (a disk, a login's delay, a handshake's own timeout)."""
-        if self.scope.deadline != math.inf:
-            self.scope.deadline = math.inf
+    def _arm_deadline(self) -> None:
+        # The wire is about to block on the client (see the module docstring).
+        if not self._armed:
+            self._armed = True
+            self.scope.deadline = self._due
 
 
 async def converse(

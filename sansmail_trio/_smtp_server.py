@@ -99,11 +99,8 @@ class SMTPService:
 
 async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: SessionTime) -> None:
     while not session.ended:
-        # The deadline stays set after the wait: each wait of our own below lifts it
-        # first (own_work), shielded ones too (a deadline that passes cancels the scope
-        # for good, even while a shield hides it).
         event = await time.wait_for_client(
-            wire, session.timeout, interruptible=not session.in_transaction, keep=True
+            wire, session.timeout, interruptible=not session.in_transaction
         )
         if event is PAUSED:
             # The core waits for something only we can do; nothing here leaves it paused
@@ -111,12 +108,10 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             raise LocalProtocolError(f"core paused in {session.conn.our_state}")
         if isinstance(event, smtp.MessageData):
             if session.content(event.data, wall_clock()):
-                time.own_work()
                 await trio.to_thread.run_sync(session.flush)
         elif isinstance(event, smtp.EndOfMessage):
             job = session.finish(wall_clock())
             if isinstance(job, Storing):
-                time.own_work()
                 await service.committer.commit(job)
                 committed = session.stored(job)
             else:
@@ -125,11 +120,9 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
                 service.wake(queue_id)
             await wire.send(committed.reply)
         elif isinstance(event, smtp.StartTLS):
-            time.own_work()
             await wire.send(session.starttls(), flush=True)
             await upgrade(session, wire, service.tls)
         elif isinstance(event, smtp.Auth):
-            time.own_work()
             await log_in(session, event, wire, time)
         else:
             assert isinstance(event, smtp.Event)
@@ -137,6 +130,5 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             if reply is not None:
                 await wire.send(reply)
         if session.cleanup_due:
-            time.own_work()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.cleanup)

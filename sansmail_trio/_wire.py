@@ -36,6 +36,7 @@ import contextlib
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -78,8 +79,11 @@ class Wire:
         self._outgoing = bytearray()
         self._eof_fed = False
 
-    async def next_event(self) -> Any:
-        """The core's next event (or `PAUSED`); reads from the peer as needed."""
+    async def next_event(self, *, before_wait: Callable[[], None] | None = None) -> Any:
+        """The core's next event (or `PAUSED`); reads from the peer as needed.
+        `before_wait` is called (maybe more than once) before this waits for the peer:
+        on a `PlainStream` only when the kernel has nothing to read (or no room for what
+        is still to be written), on other streams before any I/O."""
         while True:
             event = self.conn.next_event()
             if event is not NEED_DATA:
@@ -87,16 +91,24 @@ class Wire:
             if self._eof_fed:
                 # A core that wants data after EOF is broken; do not spin.
                 raise RuntimeError("protocol core asked for data after end of stream")
-            await self.flush()
+            await self.flush(before_wait=before_wait)
             stream = self.stream
-            data: bytes | bytearray
+            data: bytes | bytearray | None = None
             try:
                 if type(stream) is PlainStream:
-                    data = await stream.receive_some(RECEIVE_SIZE)
-                elif type(stream) is trio.SocketStream:
-                    data = await stream.socket.recv(RECEIVE_SIZE)
+                    if before_wait is not None:
+                        data = stream.receive_now(RECEIVE_SIZE)
+                        if data is None:
+                            before_wait()
+                    if data is None:
+                        data = await stream.receive_some(RECEIVE_SIZE)
                 else:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if before_wait is not None:
+                        before_wait()
+                    if type(stream) is trio.SocketStream:
+                        data = await stream.socket.recv(RECEIVE_SIZE)
+                    else:
+                        data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
                 # OSError: the socket's own (a reset), which the stream would have turned
                 # into BrokenResourceError.
@@ -111,8 +123,8 @@ class Wire:
         if flush:
             await self.flush()
 
-    async def flush(self) -> None:
-        """Write everything queued by `send()`."""
+    async def flush(self, *, before_wait: Callable[[], None] | None = None) -> None:
+        """Write everything queued by `send()`; `before_wait` as in `next_event`."""
         if not self._outgoing:
             return
         data = bytes(self._outgoing)
@@ -120,11 +132,20 @@ class Wire:
         stream = self.stream
         try:
             if type(stream) is PlainStream:
+                if before_wait is not None:
+                    sent = stream.send_now(data)
+                    if sent == len(data):
+                        return
+                    data = data[sent:]
+                    before_wait()
                 await stream.send_all(data)
-            elif type(stream) is trio.SocketStream:
-                await _send_all(stream.socket, data)
             else:
-                await stream.send_all(data)
+                if before_wait is not None:
+                    before_wait()
+                if type(stream) is trio.SocketStream:
+                    await _send_all(stream.socket, data)
+                else:
+                    await stream.send_all(data)
         except BaseException:
             self.conn.send_failed()
             raise
@@ -189,6 +210,34 @@ class PlainStream(trio.abc.HalfCloseableStream):
     def __init__(self, sock: socket.socket) -> None:
         self.socket = sock
         self._eager = 0
+
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """recv(2) once, without waiting and without a checkpoint: None when there is
+        nothing to read yet, or when it is time to yield (`receive_some` then does)."""
+        if self._eager >= EAGER_LIMIT:
+            return None
+        try:
+            data = self.socket.recv(max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _translate(exc) from exc
+        self._eager += 1
+        return data
+
+    def send_now(self, data: bytes) -> int:
+        """send(2) once, without waiting and without a checkpoint: the octets taken
+        (0 when there is no room, or when it is time to yield)."""
+        if self._eager >= EAGER_LIMIT:
+            return 0
+        try:
+            sent = self.socket.send(data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _translate(exc) from exc
+        self._eager += 1
+        return sent
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         sock = self.socket

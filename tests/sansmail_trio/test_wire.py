@@ -1,14 +1,17 @@
-"""`PlainStream`: the server's plain TCP connection, on a socketpair."""
+"""`PlainStream`, the server's plain TCP connection, and `Wire` on it, on a socketpair."""
 
 from __future__ import annotations
 
+import math
 import socket
 
 import pytest
 import trio
 import trio.testing
 
-from sansmail_trio._wire import EAGER_LIMIT, PlainStream
+from sansmail import NEED_DATA
+from sansmail_trio._session import SessionTime
+from sansmail_trio._wire import EAGER_LIMIT, PlainStream, Wire
 
 
 def _pair() -> tuple[PlainStream, socket.socket]:
@@ -105,3 +108,69 @@ async def test_errors_are_the_ones_trio_streams_raise() -> None:
         await stream.receive_some(10)
     with pytest.raises(trio.ClosedResourceError):
         await stream.send_all(b"z")
+
+
+class _Lines:
+    """A core that hands over each line it received as an event."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def receive_data(self, data: bytes) -> None:
+        self.buffer += data if data else b"EOF\n"
+
+    def next_event(self) -> object:
+        if b"\n" not in self.buffer:
+            return NEED_DATA
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def send(self, event: bytes) -> bytes:
+        return event
+
+    def send_failed(self) -> None:
+        pass
+
+    def start_tls(self) -> None:
+        pass
+
+
+async def test_before_wait_is_called_only_when_the_wire_blocks() -> None:
+    stream, peer = _pair()
+    wire = Wire(stream, _Lines())
+    calls: list[str] = []
+    with peer:
+        peer.sendall(b"one\n")
+        await wire.send(b"250 ok\r\n")
+        assert await wire.next_event(before_wait=lambda: calls.append("wait")) == b"one"
+        assert calls == []  # the reply went out and the line was there: no wait
+        assert peer.recv(100) == b"250 ok\r\n"
+        got: list[object] = []
+
+        async def read() -> None:
+            got.append(await wire.next_event(before_wait=lambda: calls.append("wait")))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == ["wait"]
+            peer.sendall(b"two\n")
+        assert got == [b"two"]
+    stream.close()
+
+
+async def test_the_idle_deadline_is_set_only_while_blocked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream, peer = _pair()
+    wire = Wire(stream, _Lines())
+    time = SessionTime()
+    with peer, time.scope:
+        peer.sendall(b"ready\n")
+        assert await time.wait_for_client(wire, 300) == b"ready"
+        assert time.scope.deadline == math.inf  # and never was: nothing blocked
+        start = trio.current_time()
+        await time.wait_for_client(wire, 300)  # nothing comes
+    assert time.scope.cancelled_caught
+    assert trio.current_time() - start == pytest.approx(300)
+    stream.close()
