@@ -161,11 +161,13 @@ async def converse(
         last_words = session.last_words(session.shutdown_reply())
         raise
     finally:
-        with trio.CancelScope(shield=True):
-            session.closed()
-            if session.cleanup_due:
+        session.closed()
+        if session.cleanup_due:
+            with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(session.cleanup)
-            await wire.aclose(last_words=last_words)
+        # Needs no shield: it bounds its own writing by a shielded grace period, and
+        # closing is never cut short (a cancel scope per connection saved).
+        await wire.aclose(last_words=last_words)
 
 
 async def send_all(wire: Wire, answer: Any) -> None:
