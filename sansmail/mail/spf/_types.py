@@ -10,11 +10,10 @@ concurrency) is its business; what each status means for SPF is ours (RFC 7208 �
 from __future__ import annotations
 
 import enum
-import ipaddress
-from collections.abc import Iterable
-from typing import Literal
 
 import attrs
+
+from sansmail.mail.dnsquery import DnsAnswer, DnsQuery, DnsStatus, IPAddress, RType
 
 __all__ = [
     "DnsAnswer",
@@ -26,9 +25,6 @@ __all__ = [
     "SpfSyntaxError",
     "Verdict",
 ]
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-RType = Literal["TXT", "A", "AAAA", "MX", "PTR"]
 
 
 class SpfSyntaxError(ValueError):
@@ -48,59 +44,6 @@ class Verdict(enum.Enum):
     NONE = "none"
     TEMPERROR = "temperror"
     PERMERROR = "permerror"
-
-
-class DnsStatus(enum.Enum):
-    """How a DNS query ended, as far as SPF cares.
-
-    OK with no records is "no data"; it and NXDOMAIN are the "void lookups" of §4.6.4.
-    SERVFAIL (any RCODE other than 0 and 3) and TIMEOUT are the transient errors that
-    make a result "temperror" (§2.6.6)."""
-
-    OK = "ok"
-    NXDOMAIN = "nxdomain"
-    SERVFAIL = "servfail"
-    TIMEOUT = "timeout"
-
-
-def _records(records: Iterable[str]) -> tuple[str, ...]:
-    return tuple(records)
-
-
-@attrs.frozen
-class DnsQuery:
-    """One question: a name (no trailing dot, as the evaluator builds it) and a type."""
-
-    name: str
-    rtype: RType
-
-
-@attrs.frozen
-class DnsAnswer:
-    """The answer to one `DnsQuery`.
-
-    `records` hold, per type: TXT, each record's character-strings joined with nothing
-    between them (§3.3), decoded as latin-1 so that every octet stays one character and
-    non-ASCII is seen as such; A and AAAA, the addresses as text; MX, the exchange names
-    (preference order is irrelevant to SPF; "." or "" is a null MX); PTR, the names."""
-
-    status: DnsStatus = DnsStatus.OK
-    records: tuple[str, ...] = attrs.field(default=(), converter=_records)
-
-    @classmethod
-    def of(cls, *records: str) -> DnsAnswer:
-        return cls(DnsStatus.OK, records)
-
-    @property
-    def failed(self) -> bool:
-        return self.status in (DnsStatus.SERVFAIL, DnsStatus.TIMEOUT)
-
-    @property
-    def void(self) -> bool:
-        """NXDOMAIN, or success with no answer: a "void lookup" (§4.6.4)."""
-        return self.status is DnsStatus.NXDOMAIN or (
-            self.status is DnsStatus.OK and not self.records
-        )
 
 
 @attrs.frozen(kw_only=True)
