@@ -30,7 +30,8 @@ fsyncs per batch rather than per message:
 
 1. *Open*: up to `OPEN_BATCH` due messages in one worker-thread call
    (`QueueManager.open_all`), after `LINGER` for more to fall due (a thread hop per
-   message or two costs more CPU than the rest of the open).
+   message or two costs more CPU than the rest of the open) unless the runner is
+   nearly full: draining a backlog, every wait would be a wait of the whole pipeline.
 2. *Deliver*: each message's local destinations in a worker thread; its remote ones
    join their domain's line. A domain gets delivery agents as its line grows, never
    more than ``destination_concurrency_limit``; an agent takes up to `BATCH_SIZE`
@@ -39,15 +40,16 @@ fsyncs per batch rather than per message:
    after the other on the same cached connection. Each verdict is recorded (and
    logged) as soon as its transaction ends.
 3. *Finish*: a message every destination of which is recorded goes to the finisher,
-   which writes the outcome of whatever has gathered meanwhile (and for `LINGER` more)
-   in one worker-thread call (`QueueManager.finish_all`): the envelope updates,
-   notifications and removals. The removals are made durable by one directory fsync
-   every `REMOVAL_SYNC_INTERVAL` at most, for all the batches finished meanwhile, and
-   once more when the runner stops: a removal only ever follows the next hop's ``250``,
-   so what a crash can bring back is a message sent already, which is sent again (the
-   documented window between the next hop's ``250`` and our note of it, widened to
-   that interval), never one lost. Every other write of the finish (an envelope
-   record, a notification) is durable before its batch is done.
+   which writes the outcome of whatever has gathered meanwhile (and for `LINGER` more,
+   unless the runner is nearly full) in one worker-thread call
+   (`QueueManager.finish_all`): the envelope updates, notifications and removals. The
+   removals are made durable by one directory fsync every `REMOVAL_SYNC_INTERVAL` at
+   most, for all the batches finished meanwhile, and once more when the runner stops:
+   a removal only ever follows the next hop's ``250``, so what a crash can bring back
+   is a message sent already, which is sent again (the documented window between the
+   next hop's ``250`` and our note of it, widened to that interval), never one lost.
+   Every other write of the finish (an envelope record, a notification) is durable
+   before its batch is done.
 
 Limits: at most `MAX_ACTIVE` messages between open and finish, and at most
 ``destination_concurrency_limit`` agents (connections) per destination domain.
@@ -111,7 +113,8 @@ FLUSH_INTERVAL = 1.0
 #: How often the queue directory is listed for messages nobody announced.
 RESCAN_INTERVAL = 10.0
 #: How long the opener and the finisher wait, once woken, for more work to share the
-#: worker-thread call: at a few hundred messages a second, batches of about ten.
+#: worker-thread call: at a few hundred messages a second, batches of about ten. Not
+#: when the runner holds more than `MAX_ACTIVE` - `OPEN_BATCH` messages (a backlog).
 LINGER = 0.02
 #: At most this long between a message's removal and the directory fsync that makes it
 #: durable (Postfix never syncs its queue directory on removal).
@@ -310,6 +313,10 @@ class QueueRunner:
             self._schedule.set(queue_id, due)
         self._wake.set()
 
+    def _backlog(self) -> bool:
+        """Nearly `MAX_ACTIVE` in flight: every wait would hold up the whole pipeline."""
+        return len(self._active) > MAX_ACTIVE - OPEN_BATCH
+
     def _retry_later(self) -> float:
         return self.clock() + self.policy.minimal_backoff
 
@@ -321,7 +328,8 @@ class QueueRunner:
         # cost no waiting when the queue is quiet.
         while True:
             await self._open_due.wait()
-            await trio.sleep(LINGER)
+            if not self._backlog():
+                await trio.sleep(LINGER)
             self._open_due = trio.Event()
             while True:
                 room = min(OPEN_BATCH, MAX_ACTIVE - len(self._active))
@@ -453,7 +461,8 @@ class QueueRunner:
     async def _finisher(self) -> None:
         while True:
             await self._finish_due.wait()
-            await trio.sleep(LINGER)
+            if not self._backlog():
+                await trio.sleep(LINGER)
             self._finish_due = trio.Event()
             batch, self._finishing = self._finishing, []
             for flight in batch:
