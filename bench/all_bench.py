@@ -252,7 +252,7 @@ def commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
         ],
         "relay": [
             py, str(HERE / "relay_bench.py"), "--postfix", "--reps", reps,
-            "--messages", "300" if args.quick else "3000", "--json", str(out / "relay.json"),
+            "--messages", "300" if args.quick else "4000", "--json", str(out / "relay.json"),
         ],
         "mailbox": [
             py, str(HERE / "mailbox_peers_bench.py"), *quick, "--reps", reps,

@@ -44,6 +44,7 @@ and never writes outside its temporary folder.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -442,6 +443,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--py-spy", help="record the sansmail processes of rep 1 here")
     parser.add_argument("--gil", action="store_true", help="py-spy samples Python's CPU only")
+    parser.add_argument(
+        "--json", type=Path, help="write every rep's figures here (for all_bench.py)"
+    )
     args = parser.parse_args(argv)
     smtp_source = procs.find_smtp_source()
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -483,6 +487,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sink_proc.terminate()
             sink_proc.wait(10)
     report(table, args)
+    if args.json is not None:
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        data = {"kind": "relay", "argv": sys.argv, "options": options, "runs": table}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=1) + "\n")
     return 0
 
 
