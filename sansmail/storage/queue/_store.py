@@ -171,6 +171,8 @@ class QueueStore:
         self._clock = clock
         self._counter = itertools.count(1)
         self._made = False
+        #: Whether the queue may hold format-1 pairs (None: not looked yet); see `begin`.
+        self._legacy_pairs: bool | None = None
 
     # -- writing and reading messages --------------------------------------------------
 
@@ -182,10 +184,20 @@ class QueueStore:
         return f"{micros:X}{os.getpid() & 0xFFFFF:05X}{next(self._counter) & 0xFFF:03X}"
 
     def begin(self, queue_id: str) -> QueueWriter:
-        """Start writing a new message; FileExistsError if `queue_id` is in use."""
+        """Start writing a new message; FileExistsError if `queue_id` is in use, here
+        for a format-1 pair, and from the writer's `flush` or `commit` for a message
+        file, which it creates with ``O_EXCL``."""
         check_queue_id(queue_id)
         self._ensure_dir()
-        if any(os.path.lexists(self._path(queue_id, s)) for s in (_QF, _legacy.ENV, _legacy.MSG)):
+        # No lookup of our own file: O_EXCL refuses it at creation, race-free, and an
+        # intake starting a message spares the loop's thread the system calls. Format-1
+        # pairs are looked up only in a queue that held one at the first `begin`:
+        # nothing writes that format any more, so one listing settles it for good.
+        if self._legacy_pairs is None:
+            self._legacy_pairs = _has_legacy_pairs(self._dir)
+        if self._legacy_pairs and any(
+            os.path.lexists(self._path(queue_id, s)) for s in (_legacy.ENV, _legacy.MSG)
+        ):
             raise FileExistsError(errno.EEXIST, f"queue id {queue_id} is in use")
         return QueueWriter(self, queue_id)
 
@@ -585,6 +597,11 @@ class QueueStore:
                 names.discard(name)
                 acted.append(name)
         _fsync_dir(corrupt)
+
+
+def _has_legacy_pairs(directory: str) -> bool:
+    with os.scandir(directory) as entries:
+        return any(entry.name.endswith((_legacy.ENV, _legacy.MSG)) for entry in entries)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

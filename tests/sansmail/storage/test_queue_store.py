@@ -159,13 +159,39 @@ def test_commit_checks_the_queue_id(store: QueueStore) -> None:
         writer.commit(envelope("A4"))
 
 
-def test_begin_refuses_an_id_in_use(store: QueueStore) -> None:
-    queue(store, "DUP1")
+def test_an_id_in_use_is_refused(store: QueueStore) -> None:
+    stored = queue(store, "DUP1")
+    # A message file of that id: the writer's O_EXCL creation refuses it, whole or spilled.
+    whole = store.begin("DUP1")
+    whole.write(CONTENT)
     with pytest.raises(FileExistsError):
-        store.begin("DUP1")
+        whole.commit(envelope("DUP1"))
+    spilled = store.begin("DUP1")
+    spilled.write(CONTENT)
+    with pytest.raises(FileExistsError):
+        spilled.flush()
+    spilled.abort()
+    assert store.load("DUP1") == stored  # the losers took nothing away
+    assert files(store) == ["DUP1.q"]
+    # A format-1 pair of that id, in a queue that held one when the store started: begin.
     write_pair(store, "DUP2")
     with pytest.raises(FileExistsError):
-        store.begin("DUP2")
+        QueueStore(store.root).begin("DUP2")
+    later = QueueStore(store.root)
+    later.begin("NEW1").abort()
+    with pytest.raises(FileExistsError):
+        later.begin("DUP2")
+
+
+def test_a_queue_without_format_1_pairs_is_listed_once(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.begin("FIRST1").abort()
+    looked: list[str] = []
+    real_lexists = os.path.lexists
+    monkeypatch.setattr(os.path, "lexists", lambda path: looked.append(path) or real_lexists(path))
+    queue(store, "SECOND1")
+    assert looked == []
 
 
 def test_commit_refuses_an_id_taken_meanwhile(store: QueueStore) -> None:
