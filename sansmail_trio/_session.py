@@ -8,14 +8,15 @@ error from the core, a bug (logged with its traceback; it costs one connection, 
 server), or the shutdown grace running out. Then the session hears that the connection
 is gone, its blocking cleanup runs in a worker thread, and the stream is closed.
 
-A session has one cancel scope for its whole life. Its deadline is the idle timeout
-from the moment a wait for the client starts, and it is set only once the wait really
-blocks (on a `PlainStream`: when the kernel has nothing to read or no room to write;
-on other streams: for the whole wait), and put back to infinity after it, so our own
-work (a slow disk) never counts against the client. Moving a deadline is a heap
-operation behind a generator context manager in Trio, about a quarter of a small SMTP
-message's scheduler cost when it was done twice per command; under load most commands
-are already there when the session asks. Shutdown uses the same scope:
+A session has one cancel scope for its whole life. Its idle deadline is the idle
+timeout from the moment a wait for the client starts; it is armed only once the wait
+really blocks (on a `PlainStream`: when the kernel has nothing to read or no room to
+write; on other streams: for the whole wait), and disarmed after it, so our own work (a
+slow disk) never counts against the client. The deadlines are kept by the loop's
+`IdleWatch` (`_idle`), which cancels the scope when one passes, rather than by Trio's
+deadline heap, whose abandoned entries kept logged-out sessions' scopes alive for their
+30 minutes; and arming only when a wait blocks saves most of the work, since under load
+most commands are already there when the session asks. Shutdown uses the same scope:
 `request_stop()` cancels it at once when the session is waiting for the client, and
 otherwise only marks the session, which then stops at its next wait. Whatever the
 session owes the client is flushed before that wait starts, so shutdown cuts a wait,
@@ -33,6 +34,7 @@ import trio
 
 from sansmail import RemoteProtocolError
 from sansmail.sessions.common import Refusal, ServerSession
+from sansmail_trio._idle import IdleWatch, idle_watch
 from sansmail_trio._tls import (
     TLSContextHolder,
     TLSHandshakeError,
@@ -93,6 +95,12 @@ class SessionTime:
         self._due = math.inf
         self._armed = False
         self._arm = self._arm_deadline  # bound once, not per wait
+        self._watch: IdleWatch | None = None  # the loop's, at the first wait
+
+    def expire(self) -> None:
+        """The idle deadline passed (called by the loop's `IdleWatch`)."""
+        self._armed = False
+        self.scope.cancel()
 
     def request_stop(self) -> None:
         self.stopping = True
@@ -119,13 +127,16 @@ class SessionTime:
             self.idle = False
             if self._armed:
                 self._armed = False
-                scope.deadline = math.inf
+                assert self._watch is not None
+                self._watch.disarm(self)
 
     def _arm_deadline(self) -> None:
         # The wire is about to block on the client (see the module docstring).
         if not self._armed:
             self._armed = True
-            self.scope.deadline = self._due
+            if self._watch is None:
+                self._watch = idle_watch()
+            self._watch.arm(self, self._due)
 
 
 async def converse(
