@@ -25,6 +25,9 @@ Choices:
   so a large MX or address set rarely needs the TCP retry; dnspython does that retry when
   an answer comes back truncated.
 - One bounded LRU cache of answers (positive and negative), each kept for its TTL only.
+- `Resolver.answer` and `run_check` serve the pure sender checks (SPF, iprev, DNSBL,
+  DMARC in `sansmail.mail`): each batch a check yields is asked at once, one task per
+  question, through the same cache, within one deadline for the whole check.
 - `Resolver.addresses` returns IPv4 before IPv6. RFC 6724 ordering would need the host's
   routes and source addresses; without them, IPv4 first is what works on the most hosts
   (many have an IPv6 address but no working IPv6 route), and the caller tries every
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -46,15 +49,19 @@ import dns.rcode
 import dns.rdatatype
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.TXT
 import dns.resolver
 import dns.reversename
 import trio
 
 from sansmail.config import DNSConfig, HostPort
 from sansmail.mail.address import AddressError, canonical_domain
+from sansmail.mail.dnsquery import DnsAnswer, DnsCheck, DnsQuery, DnsStatus
 from sansmail.mail.routing import MXRecord
 
-__all__ = ["DNSError", "Resolver"]
+__all__ = ["DNSError", "Resolver", "run_check"]
+
+_T = TypeVar("_T")
 
 #: Answers kept at most; each for no longer than its TTL.
 CACHE_SIZE: Final = 10_000
@@ -179,6 +186,31 @@ class Resolver:
             if isinstance(rdata, dns.rdtypes.ANY.PTR.PTR)
         ]
 
+    async def answer(self, query: DnsQuery) -> DnsAnswer:
+        """`query` answered as the pure checks read it (`sansmail.mail.dnsquery`): never
+        raises for what the DNS says. Answers, negative ones included, are cached for
+        their TTL (a negative one for its SOA minimum, RFC 2308 §5)."""
+        if self._unconfigured is not None:
+            return DnsAnswer(DnsStatus.SERVFAIL)
+        try:
+            name = _absolute(query.name)
+        except DNSError:
+            # A name that cannot be written in the DNS cannot exist there either.
+            return DnsAnswer(DnsStatus.NXDOMAIN)
+        try:
+            answer = await self._resolver.resolve(name, query.rtype, search=False)
+        except dns.resolver.NoAnswer:
+            return DnsAnswer(DnsStatus.OK)
+        except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
+            return DnsAnswer(DnsStatus.NXDOMAIN)
+        except dns.resolver.LifetimeTimeout:
+            return DnsAnswer(DnsStatus.TIMEOUT)
+        except dns.exception.DNSException:
+            # SERVFAIL, REFUSED, no server to ask, a malformed answer: all transient for
+            # the checks (RFC 7208 §2.6.6 "temperror").
+            return DnsAnswer(DnsStatus.SERVFAIL)
+        return DnsAnswer(DnsStatus.OK, _render(query.rtype, answer))
+
     async def _resolve(self, domain: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer:
         """Ask; NoAnswer and NXDOMAIN pass through for the caller to read, every other
         failure becomes a `DNSError`."""
@@ -205,6 +237,49 @@ class Resolver:
             # asked) may pass when the zone is fixed: defer rather than bounce.
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise DNSError(f"{shown} {rdtype}: {first_line}", permanent=False) from None
+
+
+async def run_check(check: DnsCheck[_T], resolver: Resolver, *, timeout: float = 20.0) -> _T:
+    """Run the pure `check` to its end and return its result, asking each batch it yields
+    at once (one task per question, answers in question order). Past `timeout` seconds
+    from the start, every question not yet answered gets TIMEOUT, so a check costs one
+    deadline however many rounds it takes."""
+    deadline = trio.current_time() + timeout
+
+    async def ask(answers: list[DnsAnswer], index: int, query: DnsQuery) -> None:
+        with trio.move_on_at(deadline):
+            answers[index] = await resolver.answer(query)
+
+    try:
+        queries = next(check)
+        while True:
+            answers = [DnsAnswer(DnsStatus.TIMEOUT)] * len(queries)
+            async with trio.open_nursery() as nursery:
+                for index, query in enumerate(queries):
+                    nursery.start_soon(ask, answers, index, query)
+            queries = check.send(answers)
+    except StopIteration as done:
+        result: _T = done.value
+        return result
+    finally:
+        # Cancelled mid-check: the generator's own cleanup runs now, not at collection.
+        check.close()
+
+
+def _render(rtype: str, answer: dns.resolver.Answer) -> list[str]:
+    """The records of `answer` in the text `DnsAnswer` documents for `rtype`."""
+    records: list[str] = []
+    for rdata in answer:
+        if isinstance(rdata, dns.rdtypes.ANY.TXT.TXT):
+            # One record's strings run together (RFC 7208 §3.3); latin-1 keeps each octet.
+            records.append(b"".join(rdata.strings).decode("latin-1"))
+        elif isinstance(rdata, dns.rdtypes.ANY.MX.MX):
+            records.append(_host_text(rdata.exchange))
+        elif isinstance(rdata, dns.rdtypes.ANY.PTR.PTR):
+            records.append(_host_text(rdata.target))
+        elif rtype in ("A", "AAAA"):
+            records.append(rdata.to_text())
+    return records
 
 
 def _list(outcome: object) -> list[str]:
