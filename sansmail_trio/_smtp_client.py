@@ -20,24 +20,20 @@ turns out dead is replaced by a fresh one at once, without counting as a failed 
 `run` closes idle connections (with a QUIT, as a courtesy) and, when cancelled, all of
 them.
 
-A connection is a `PlainStream`: the connected socket in non-blocking mode, written and
-read with the system call first and a wait only when the kernel says EAGAIN. Trio's
-`SocketStream` wraps each call in context managers and yields to the scheduler after
-every call that succeeded at once: for a relay, where each message is two writes and
-two reads, that was a tenth of the runner's CPU. Here a call that succeeds is no
-checkpoint, and one in `EAGER_LIMIT` in a row yields anyway, so a peer that is always
-ready cannot hold the loop, and a cancellation is noticed there at the latest. TLS runs
-on top of it as on any `trio.abc.Stream`.
+A connection is the server's `PlainStream` (`_wire`): the connected socket in
+non-blocking mode, written and read with the system call first and a wait only when the
+kernel says EAGAIN. Trio's `SocketStream` wraps each call in context managers and yields
+to the scheduler after every call that succeeded at once: for a relay, where each
+message is two writes and two reads, that was a tenth of the runner's CPU. TLS runs on
+top of it as on any `trio.abc.Stream`.
 """
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import pathlib
 import secrets
-import socket
 import ssl
 
 import attrs
@@ -58,12 +54,11 @@ from sansmail.mail.delivery import (
     session_failed,
 )
 from sansmail_trio._tls import describe
+from sansmail_trio._wire import PlainStream
 
 __all__ = [
     "CACHE_SIZE",
     "CACHE_TIME_LIMIT",
-    "EAGER_LIMIT",
-    "PlainStream",
     "SMTPClient",
     "client_tls_context",
 ]
@@ -79,8 +74,6 @@ CACHE_SIZE = 100
 #: are minimums, of minutes), never before: consecutive operations with one timeout
 #: then share one deadline, and each move of a deadline costs Trio a heap operation.
 DEADLINE_SLACK = 1.0
-#: Calls of a `PlainStream` that succeed at once before one of them yields anyway.
-EAGER_LIMIT = 16
 #: Octets asked of one read: replies are small, and the few that are not (EHLO) come
 #: whole within this.
 RECEIVE_SIZE = 65536
@@ -288,76 +281,6 @@ class SMTPClient:
                 return
             except RemoteProtocolError:
                 return
-
-
-class PlainStream(trio.abc.Stream):
-    """A TCP connection on a non-blocking stdlib socket (see the module docstring):
-    `send_all` and `receive_some` are a checkpoint only when they wait, or every
-    `EAGER_LIMIT` calls. Errors are the ones `trio.SocketStream` raises."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.socket = sock
-        self._eager = 0
-
-    @classmethod
-    def take(cls, stream: trio.SocketStream) -> PlainStream:
-        """The connection of `stream`, which is left without it."""
-        return cls(socket.socket(fileno=stream.socket.detach()))
-
-    async def _yield_now_and_then(self) -> None:
-        # A run of calls that never waited: let the others run, and notice a cancel.
-        self._eager += 1
-        if self._eager >= EAGER_LIMIT:
-            self._eager = 0
-            await trio.lowlevel.checkpoint()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sock = self.socket
-        if sock.fileno() < 0:
-            raise trio.ClosedResourceError("the connection was already closed")
-        with memoryview(data) as view:
-            sent = 0
-            while sent < len(view):
-                try:
-                    sent += sock.send(view[sent:])
-                except BlockingIOError:
-                    self._eager = 0
-                    await trio.lowlevel.wait_writable(sock)
-                except OSError as exc:
-                    raise _translate(exc) from exc
-        await self._yield_now_and_then()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await trio.lowlevel.wait_writable(self.socket)
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        sock = self.socket
-        size = RECEIVE_SIZE if max_bytes is None else max_bytes
-        while True:
-            try:
-                data = sock.recv(size)
-            except BlockingIOError:
-                self._eager = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError as exc:
-                raise _translate(exc) from exc
-            await self._yield_now_and_then()
-            return data
-
-    async def aclose(self) -> None:
-        # Closed before the checkpoint, so a cancelled close (aclose_forcefully) closes.
-        if self.socket.fileno() >= 0:
-            trio.lowlevel.notify_closing(self.socket)
-            self.socket.close()
-        await trio.lowlevel.checkpoint()
-
-
-def _translate(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
-    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
-        return trio.ClosedResourceError("the connection was already closed")
-    return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
 def _move_deadline(scope: trio.CancelScope, deadline: float) -> None:

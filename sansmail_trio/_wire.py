@@ -211,6 +211,14 @@ class PlainStream(trio.abc.HalfCloseableStream):
         self.socket = sock
         self._eager = 0
 
+    @classmethod
+    def take(cls, stream: trio.SocketStream) -> PlainStream:
+        """The connection of `stream` (an outbound one, as `trio.open_tcp_stream` made
+        it), which is left without it."""
+        sock = socket.socket(fileno=stream.socket.detach())
+        sock.setblocking(False)
+        return cls(sock)
+
     def receive_now(self, max_bytes: int) -> bytes | None:
         """recv(2) once, without waiting and without a checkpoint: None when there is
         nothing to read yet, or when it is time to yield (`receive_some` then does)."""

@@ -1,4 +1,4 @@
-"""`PlainStream`, the outbound connection of the SMTP client: a non-blocking stdlib
+"""`PlainStream` as the outbound connection of the SMTP client: a non-blocking stdlib
 socket that waits only when the kernel says EAGAIN, yields every `EAGER_LIMIT` calls that
 did not wait, and raises what `trio.SocketStream` raises."""
 
@@ -11,11 +11,12 @@ import pytest
 import trio
 import trio.testing
 
-from sansmail_trio._smtp_client import EAGER_LIMIT, PlainStream
+from sansmail_trio._wire import EAGER_LIMIT, PlainStream
 
 
 def _pair() -> tuple[PlainStream, socket.socket]:
     ours, theirs = socket.socketpair()
+    ours.setblocking(False)
     theirs.setblocking(False)
     return PlainStream(ours), theirs
 
@@ -64,8 +65,10 @@ async def test_receive_returns_what_is_there_and_empty_at_eof() -> None:
 async def test_a_peer_that_is_always_ready_cannot_hold_the_loop() -> None:
     stream, peer = _pair()
     # Trio may resume us before the other task after a yield; after the second one
-    # the other has run, whatever the order.
-    peer.send(b"x" * 2 * EAGER_LIMIT)
+    # (before the call that follows each EAGER_LIMIT in a row) the other has run,
+    # whatever the order.
+    calls = 2 * EAGER_LIMIT + 1
+    peer.send(b"x" * calls)
     others_ran = False
 
     async def other() -> None:
@@ -74,7 +77,7 @@ async def test_a_peer_that_is_always_ready_cannot_hold_the_loop() -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other)
-        for _ in range(2 * EAGER_LIMIT):
+        for _ in range(calls):
             assert await stream.receive_some(1) == b"x"  # never has to wait
         assert others_ran
     await stream.aclose()
