@@ -46,6 +46,8 @@ from collections.abc import Callable, Generator, Sequence
 
 import attrs
 
+from sansmail.mail.dnsquery import ask, drive
+
 from ._macro import MacroString, expand, parse_macro_string
 from ._record import Mechanism, is_spf_record, parse_record
 from ._types import (
@@ -77,7 +79,6 @@ _MAX_NAME = 253  # §7.3 / RFC 1035 §2.3.4, without the trailing dot
 _MAX_LABEL = 63
 
 SpfCheck = Generator[tuple[DnsQuery, ...], Sequence[DnsAnswer], SpfResult]
-_Ask = Generator[tuple[DnsQuery, ...], Sequence[DnsAnswer], tuple[DnsAnswer, ...]]
 
 
 class _PermError(Exception):
@@ -215,31 +216,16 @@ def check_helo(ip: IPAddress | str, helo: str, *, now: int, receiver: str = "unk
 
 def evaluate(check: SpfCheck, resolve: Callable[[DnsQuery], DnsAnswer]) -> SpfResult:
     """Run `check` to its end, answering each query with `resolve` (one at a time)."""
-    try:
-        queries = next(check)
-        while True:
-            queries = check.send([resolve(query) for query in queries])
-    except StopIteration as done:
-        result: SpfResult = done.value
-        return result
+    return drive(check, resolve)
 
 
 # -- the evaluation -------------------------------------------------------------------
 
 
-def _ask(*queries: DnsQuery) -> _Ask:
-    if not queries:
-        return ()  # an empty batch would only cost the adapter a round trip
-    answers = tuple((yield queries))
-    if len(answers) != len(queries) or not all(isinstance(a, DnsAnswer) for a in answers):
-        raise TypeError(f"expected {len(queries)} DnsAnswer, got {answers!r}")
-    return answers
-
-
 def _check(
     ctx: _Context, domain: str
 ) -> Generator[tuple[DnsQuery, ...], Sequence[DnsAnswer], _Outcome]:
-    (answer,) = yield from _ask(DnsQuery(domain, "TXT"))
+    (answer,) = yield from ask(DnsQuery(domain, "TXT"))
     if answer.failed:
         raise _TempError(f"DNS {answer.status.value} looking up TXT {domain}")
     records = [text for text in answer.records if is_spf_record(text)]
@@ -293,21 +279,21 @@ def _matches(
     if target is None:
         return False  # an impossible name: nothing to look up, so nothing matches
     if kind == "exists":
-        (answer,) = yield from _ask(DnsQuery(target, "A"))
+        (answer,) = yield from ask(DnsQuery(target, "A"))
         return _usable(ctx, answer, mechanism, target)
     if kind == "a":
-        (answer,) = yield from _ask(DnsQuery(target, ctx.address_type))
+        (answer,) = yield from ask(DnsQuery(target, ctx.address_type))
         if not _usable(ctx, answer, mechanism, target):
             return False
         return _any_in(ctx, answer, mechanism)
     if kind == "mx":
-        (answer,) = yield from _ask(DnsQuery(target, "MX"))
+        (answer,) = yield from ask(DnsQuery(target, "MX"))
         if not _usable(ctx, answer, mechanism, target):
             return False
         if len(answer.records) > MAX_NAMES:
             raise _PermError(f"{mechanism.text}: more than {MAX_NAMES} MX records")
         hosts = [name for name in map(_query_name, answer.records) if name is not None]
-        answers = yield from _ask(*(DnsQuery(host, ctx.address_type) for host in hosts))
+        answers = yield from ask(*(DnsQuery(host, ctx.address_type) for host in hosts))
         for host, host_answer in zip(hosts, answers, strict=True):
             if host_answer.failed:
                 raise _TempError(f"DNS {host_answer.status.value} looking up {host}")
@@ -360,12 +346,12 @@ def _validated_names(
 def _lookup_validated(
     ctx: _Context,
 ) -> Generator[tuple[DnsQuery, ...], Sequence[DnsAnswer], tuple[str, ...]]:
-    (answer,) = yield from _ask(DnsQuery(ctx.ip.reverse_pointer, "PTR"))
+    (answer,) = yield from ask(DnsQuery(ctx.ip.reverse_pointer, "PTR"))
     if answer.failed or answer.void:
         ctx.ptr_void = answer.void
         return ()
     names = [name for name in map(_query_name, answer.records[:MAX_NAMES]) if name is not None]
-    answers = yield from _ask(*(DnsQuery(name, ctx.address_type) for name in names))
+    answers = yield from ask(*(DnsQuery(name, ctx.address_type) for name in names))
     return tuple(
         name.lower()
         for name, address_answer in zip(names, answers, strict=True)
@@ -436,7 +422,7 @@ def _explain(
     target = yield from _target(ctx, spec, domain)
     if target is None:
         return None
-    (answer,) = yield from _ask(DnsQuery(target, "TXT"))
+    (answer,) = yield from ask(DnsQuery(target, "TXT"))
     if answer.status is not DnsStatus.OK or len(answer.records) != 1:
         return None
     try:
