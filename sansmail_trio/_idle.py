@@ -66,6 +66,11 @@ class IdleWatch:
             return
         if not self._armed:
             self._heap.clear()  # the last one left: nothing of theirs stays
+            if self._sleep is not None and self._wake_at != math.inf:
+                # No timer for a deadline nobody has: a mock clock in autojump would
+                # jump to it while a worker thread checks a password, and a real one
+                # would wake the loop for nothing.
+                self._sleep.cancel()
         elif len(self._heap) > 2 * len(self._armed) + _SLACK:
             self._prune()
 

@@ -63,6 +63,8 @@ async def test_logged_out_owners_are_not_kept(autojump_clock: trio.testing.MockC
     assert len(watch._heap) <= 2 + 64
     watch.disarm(owners[0])
     assert not watch._heap  # the last one gone: nothing at all
+    # The watcher's stopped sleep holds the disarming frame until the watcher runs.
+    await trio.testing.wait_all_tasks_blocked()
     del owners, owner
     gc.collect()
     assert all(ref() is None for ref in refs)
@@ -98,3 +100,20 @@ async def test_an_idle_session_is_cancelled_at_its_deadline(
     assert time.scope.cancelled_caught
     assert trio.current_time() == start + 300
     assert not time._armed
+
+
+async def test_no_timer_is_left_when_the_last_deadline_is_disarmed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    watch = IdleWatch()
+    owner = Owner()
+    watch.arm(owner, trio.current_time() + 300)
+    await trio.sleep(1)
+    assert watch._wake_at == trio.current_time() + 299
+    watch.disarm(owner)
+    await trio.testing.wait_all_tasks_blocked()
+    assert watch._wake_at == float("inf")
+    # Work done off the loop must not see the clock jump to the dropped deadline.
+    start = trio.current_time()
+    await trio.to_thread.run_sync(lambda: __import__("time").sleep(0.05))
+    assert trio.current_time() == start
