@@ -70,6 +70,7 @@ __all__ = [
     "check_sender_login",
     "decide_recipient",
     "evaluate_recipient",
+    "in_networks",
     "postmaster_mailbox",
 ]
 
@@ -293,6 +294,11 @@ def _detail_base(local: str, delimiters: str) -> str | None:
     or None when there is none or nothing precedes it."""
     cut = min((i for i in (local.find(d) for d in delimiters) if i >= 0), default=-1)
     return local[:cut] if cut > 0 else None
+
+
+def in_networks(client_ip: str, networks: Collection[IPNetwork]) -> bool:
+    """`client_ip` (IPv4-mapped IPv6 read as IPv4) is in one of `networks`."""
+    return _in_networks(client_ip, networks)
 
 
 def _in_networks(client_ip: ClientAddress, networks: Collection[IPNetwork]) -> bool:

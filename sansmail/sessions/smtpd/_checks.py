@@ -19,10 +19,12 @@ import attrs
 
 from sansmail import smtp
 from sansmail.mail.dnsquery import DnsCheck
+from sansmail.mail.headeredit import HeaderEdit
 from sansmail.sessions.smtpd._transaction import Transaction
 from sansmail.smtp import Reply
 
 __all__ = [
+    "CLIENT_NAME",
     "Check",
     "Conversation",
     "Errand",
@@ -34,6 +36,11 @@ __all__ = [
     "Stage",
     "Verdict",
 ]
+
+
+#: The findings key of the client's forward-confirmed reverse DNS name (a str), which
+#: the Received field then shows (`SessionView.client_name`).
+CLIENT_NAME = "client_name"
 
 
 class Stage(enum.Enum):
@@ -58,30 +65,15 @@ def _header_fields(_inst: object, _attr: object, value: tuple[tuple[str, str], .
             )
 
 
-@attrs.frozen
-class HeaderEdit:
-    """A change to the message's own header section, made at END_OF_DATA (the milter
-    actions addheader, insheader and chgheader).
-
-    `action` "add" appends the field at the end of the header section; "insert" puts it
-    before the field at 0-based position `index` (past the end: appended); "change"
-    replaces the value of the `index`-th (1-based) field called `name` (any case), and an
-    empty `value` deletes that field. Values are unfolded text: no CR or LF."""
-
-    action: str = attrs.field(validator=attrs.validators.in_(("add", "insert", "change")))
-    name: str
-    value: str
-    index: int = 0
-
-
 @attrs.frozen(kw_only=True)
 class Verdict:
     """What one check said at one stage. `reply` (a 4xx or 5xx) refuses; `header_fields`
     are written above the Received line of the stored message ("Authentication-Results",
     "Received-SPF" ...); `source` names the check in the log.
 
-    Only at END_OF_DATA, and only for a message the session held (`Check.wants_message`):
-    `header_edits` change the message's own header section, `body` replaces the body,
+    `header_edits` change the message's own header section (`sansmail.mail.headeredit`),
+    at END_OF_HEADERS or END_OF_DATA. Only at END_OF_DATA, and only for a message the
+    session held (`Inquiring.wants_message`): header fields, `body` replaces the body,
     `quarantine` (a reason) files the local copies in the recipients' Junk folder, and
     `discard` accepts the message and stores nothing (the milter's DISCARD)."""
 

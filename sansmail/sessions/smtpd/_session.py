@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from sansmail import SERVER, smtp
 from sansmail.mail import trace
 from sansmail.mail.address import Address
+from sansmail.mail.authres import remove_claiming_fields
 from sansmail.mail.envelope import QueuedRecipient
+from sansmail.mail.headeredit import apply_edits
 from sansmail.mail.logtext import LogSink, printable
-from sansmail.mail.policy import check_sender_login
+from sansmail.mail.policy import check_sender_login, in_networks
 from sansmail.mail.recipients import Resolution
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
-from sansmail.sessions.smtpd._checks import Stage
+from sansmail.sessions.smtpd._checks import CLIENT_NAME, Inquiring, Inquiry, Stage
 from sansmail.sessions.smtpd._replies import (
     AUTH_CANCELLED,
     AUTH_FAILED,
@@ -85,9 +88,12 @@ class SmtpSession:
         self.transaction: Transaction | None = None
         #: The session is over: the adapter closes after sending what it has.
         self.ended = False
+        #: What the checks' inquiries found out, by the check's own keys (`Inquiring`).
+        self.findings: dict[str, Any] = {}
         self._counters: dict[str, int] = {}
         # Transactions that died with files started: `cleanup` removes them.
         self._dead: list[Transaction] = []
+        self._inquiring = [c for c in service.checks if isinstance(c, Inquiring)]
 
     # -- what the adapter asks ------------------------------------------------------------
 
@@ -107,6 +113,30 @@ class SmtpSession:
     @property
     def cleanup_due(self) -> bool:
         return bool(self._dead)
+
+    @property
+    def trusted(self) -> bool:
+        """Authenticated, or in mynetworks: the sender checks leave the client be, as
+        Postfix's permit_sasl_authenticated and permit_mynetworks come before them."""
+        return self.user is not None or in_networks(self.client_ip, self.config.mynetworks)
+
+    @property
+    def client_name(self) -> str | None:
+        """The client's forward-confirmed reverse DNS name, when a check found one."""
+        name = self.findings.get(CLIENT_NAME)
+        return name if isinstance(name, str) else None
+
+    def inquiries(self, stage: Stage, command: smtp.Event | None = None) -> list[Inquiry]:
+        """What the adapter must find out (DNS, milters, blocking errands) before it
+        lets `stage` be asked: at CONNECT before `greeting`, at HELO, MAIL and RCPT
+        before `handle` of that `command`, at END_OF_DATA before `finish`. The
+        inquiries write into `findings`; carry them all out, then go on."""
+        if not self._inquiring:
+            return []
+        found: list[Inquiry] = []
+        for check in self._inquiring:
+            found.extend(check.inquiries(stage, self, command))
+        return found
 
     def greeting(self) -> Reply:
         """The 220, or a CONNECT check's refusal (then the session ends)."""
@@ -425,6 +455,18 @@ class SmtpSession:
         tx = self.transaction
         assert tx is not None
         assert tx.receiving
+        if tx.message is not None:
+            # Held for END_OF_DATA: the copies start in `finish`. The core has bounded
+            # the message by max_message_size.
+            start = max(0, len(tx.message) - 3)
+            tx.message += data
+            if not tx.headers_done:
+                end = header_end(tx.message, start)
+                if end >= 0 or len(tx.message) >= HEADER_LIMIT:
+                    tx.headers = bytearray(tx.message[: end if end >= 0 else HEADER_LIMIT])
+                    tx.headers_done = True
+                    tx.refusal = self._check(Stage.END_OF_HEADERS, tx)
+            return False
         if not tx.headers_done:
             headers = tx.headers
             start = max(0, len(headers) - 3)
@@ -436,8 +478,10 @@ class SmtpSession:
                 end = len(headers)
             content = bytes(headers)
             del headers[end:]  # the checks see the header section, no more
+            tx.headers_done = True
+            tx.refusal = self._check(Stage.END_OF_HEADERS, tx)
             self._start_files(tx, now)
-            return tx.write(content)
+            return tx.write(self._own_header(tx, content[:end]) + content[end:])
         return tx.write(data)
 
     def flush(self) -> None:
@@ -467,9 +511,16 @@ class SmtpSession:
         tx = self.transaction
         assert tx is not None
         assert tx.receiving
-        if not tx.headers_done:
+        if tx.message is None and not tx.headers_done:
+            # Content ended inside the header section (or there was none).
+            tx.headers_done = True
+            tx.refusal = self._check(Stage.END_OF_HEADERS, tx)
             self._start_files(tx, now)
-            tx.write(bytes(tx.headers))
+            tx.write(self._own_header(tx, bytes(tx.headers)))
+        elif tx.message is not None and not tx.headers_done:
+            tx.headers = bytearray(tx.message)
+            tx.headers_done = True
+            tx.refusal = self._check(Stage.END_OF_HEADERS, tx)
         refusal = tx.refusal or self._check(Stage.END_OF_DATA, tx)
         self.transaction = None
         if refusal is not None:
@@ -477,6 +528,32 @@ class SmtpSession:
             for address in tx.rcpt:
                 self._log_rejected(tx, address, refusal)
             return Committed(refusal)
+        if tx.discard:
+            for address in tx.rcpt:
+                self.log(
+                    logging.INFO,
+                    f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, to=<{_path(address)}>,"
+                    f" client={self.client}, relay=none, status=discarded",
+                )
+            self._dead.append(tx)
+            return Committed(
+                Reply(code=250, lines=f"Ok: queued as {tx.queue_id}", enhanced="2.0.0")
+            )
+        if tx.message is not None:
+            self._start_files(tx, now)
+            message, tx.message = bytes(tx.message), None
+            end = header_end(bytearray(message), 0)
+            end = len(message) if end < 0 else end
+            header = self._own_header(tx, message[:end])
+            if tx.new_body is None:
+                body = message[end:]
+            elif header.endswith(b"\r\n\r\n") or header == b"\r\n":
+                body = tx.new_body
+            else:  # a message of header fields only gains the empty line
+                body = b"\r\n" + tx.new_body
+            tx.write(header + body)
+        if tx.quarantine is not None:
+            self.log(logging.INFO, f"{tx.queue_id}: quarantined (Junk): {tx.quarantine}")
         service = self.service
         return Storing(tx, store=service.store, queue=service.queue, now=now, log=self.log)
 
@@ -526,18 +603,25 @@ class SmtpSession:
         assert tx is not None
         assert not tx.empty
         tx.receiving = True
+        if any(check.wants_message(self) for check in self._inquiring):
+            tx.message = bytearray()
+
+    def _own_header(self, tx: Transaction, section: bytes) -> bytes:
+        """The message's header section as stored: Authentication-Results fields that
+        claim our host name dropped (RFC 8601 §5: only we may write them), then the
+        checks' edits."""
+        section = remove_claiming_fields(section, self.config.hostname)
+        return apply_edits(section, tx.header_edits) if tx.header_edits else section
 
     def _start_files(self, tx: Transaction, now: float) -> None:
-        """The header section is complete: ask END_OF_HEADERS, then start the copies with
-        Return-Path (local only), the checks' fields and Received."""
-        tx.headers_done = True
-        tx.refusal = self._check(Stage.END_OF_HEADERS, tx)
+        """Start the copies with Return-Path (local only), the checks' fields and
+        Received."""
         single = tx.recipients[0][0] if len(tx.recipients) == 1 and not tx.outgoing else None
         fields = b"".join(f"{name}: {text}\r\n".encode() for name, text in tx.added_fields)
         received = fields + trace.received(
             helo=self.helo,
             client_ip=self.client_ip,
-            client_name=None,
+            client_name=self.client_name,
             by=self.config.hostname,
             protocol=trace.with_protocol(
                 esmtp=self.conn.esmtp,
@@ -564,12 +648,31 @@ class SmtpSession:
             verdict = check.check(stage, self)
             if verdict is None:
                 continue
+            late = stage is Stage.END_OF_DATA
             if verdict.header_fields:
-                if stage is Stage.END_OF_DATA or tx is None:
+                if tx is None or (late and tx.message is None):
                     raise ValueError(
                         f"{verdict.source}: header fields at {stage.value} are not supported"
+                        " (without the message held)"
                     )
                 tx.added_fields.extend(verdict.header_fields)
+            if verdict.header_edits:
+                if (
+                    tx is None
+                    or stage not in (Stage.END_OF_HEADERS, Stage.END_OF_DATA)
+                    or (late and tx.message is None)
+                ):
+                    raise ValueError(f"{verdict.source}: header edits at {stage.value}")
+                tx.header_edits.extend(verdict.header_edits)
+            if verdict.body is not None or verdict.quarantine or verdict.discard:
+                if tx is None or not late or tx.message is None:
+                    raise ValueError(
+                        f"{verdict.source}: body, quarantine and discard need the message held"
+                    )
+                if verdict.body is not None:
+                    tx.new_body = verdict.body
+                tx.quarantine = tx.quarantine or verdict.quarantine
+                tx.discard = tx.discard or verdict.discard
             if verdict.reply is not None:
                 reply = verdict.reply
                 self.log(

@@ -13,6 +13,7 @@ import attrs
 from sansmail.mail import trace
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.headeredit import HeaderEdit
 from sansmail.mail.logtext import LogSink
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import Delivery, MailStore
@@ -29,6 +30,9 @@ __all__ = [
     "store_all",
     "xtext",
 ]
+
+#: Where quarantined mail goes (RFC 6154's \\Junk special use; Dovecot's name for it).
+JUNK = "Junk"
 
 #: Past this much buffered content the adapter should `flush` it to the tmp files in a
 #: worker thread, so a large message never sits whole in memory; smaller ones cost one
@@ -67,6 +71,17 @@ class Transaction:
     added_fields: list[tuple[str, str]] = attrs.Factory(list)
     #: A check refused the message at END_OF_HEADERS: the reply at its end.
     refusal: Reply | None = None
+    #: The whole message in wire form, held until END_OF_DATA for the checks that want
+    #: it (`Inquiring.wants_message`); None: the copies start at the end of the header.
+    message: bytearray | None = None
+    #: Header edits the END_OF_HEADERS checks asked for, applied when the files start.
+    header_edits: list[HeaderEdit] = attrs.Factory(list)
+    #: A check quarantined the message: the reason (local copies go to Junk).
+    quarantine: str | None = None
+    #: A check replaced the body (held messages only).
+    new_body: bytes | None = None
+    #: A check discarded the message: 250, and nothing stored.
+    discard: bool = False
     #: Content has started (DATA's 354, or the first BDAT).
     receiving: bool = False
     #: The header section, buffered until its end (see the module docstring).
@@ -97,11 +112,15 @@ class Transaction:
     def start(self, store: MailStore, queue: QueueStore, trace_fields: bytes) -> None:
         """Start the copies: the local delivery with Return-Path (RFC 5321 §4.4: added
         at final delivery, never in transit) above `trace_fields`, and one queue file per
-        outgoing envelope. No I/O yet: the files are written from `flush` or `store`."""
+        outgoing envelope. No I/O yet: the files are written from `flush` or `store`.
+        A quarantined message's local copies go to the recipients' Junk folder."""
         if self.recipients:
             mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in self.recipients))
             prefix = trace.return_path(self.reverse_path) + trace_fields
-            self.delivery = store.begin(mailboxes, prefix=prefix)
+            if self.quarantine is not None:
+                self.delivery = store.begin(mailboxes, prefix=prefix, folder=JUNK)
+            else:
+                self.delivery = store.begin(mailboxes, prefix=prefix)
         for index, outgoing in enumerate(self.outgoing):
             # The second envelope (forwarded copies) needs its own queue id.
             qid = self.queue_id if index == 0 else queue.new_id()
