@@ -294,6 +294,10 @@ smtp = "{PEER}:{port}"
 {listen}
 [dns]
 nameservers = ["127.0.0.1:9"]
+[antispam]
+spf = "off"
+dkim = "off"
+dmarc = "off"
 [smtp]
 {smtp}
 """,

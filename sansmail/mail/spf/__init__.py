@@ -7,6 +7,7 @@ takes the `DnsAnswer`s back and returns the `SpfResult`. `evaluate` drives one w
 resolver function; `received_spf` renders the trace header's value.
 """
 
+from ._decide import decide_spf
 from ._eval import (
     MAX_LOOKUPS,
     MAX_NAMES,
@@ -50,6 +51,7 @@ __all__ = [
     "check_helo",
     "check_host",
     "check_mail_from",
+    "decide_spf",
     "evaluate",
     "expand",
     "is_spf_record",

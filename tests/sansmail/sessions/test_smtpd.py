@@ -9,7 +9,7 @@ import email
 import logging
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -20,9 +20,12 @@ from sansmail import NEED_DATA, PAUSED, smtp
 from sansmail.config import Config
 from sansmail.mail.address import MailboxId, parse_address
 from sansmail.mail.auth import AuthService, AuthSettings
+from sansmail.mail.dnsquery import DnsAnswer, DnsQuery, DnsStatus, drive
 from sansmail.sessions.login import BLOCKING, FINISHED
 from sansmail.sessions.smtpd import (
     Check,
+    Errand,
+    Lookup,
     SessionView,
     SmtpService,
     SmtpSession,
@@ -37,6 +40,7 @@ from sansmail.storage.maildir import Delivery, MaildirStore, MailStore, _maildir
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 
+STAGES = {smtp.Hello: Stage.HELO, smtp.Mail: Stage.MAIL, smtp.Rcpt: Stage.RCPT}
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 NOW = 1_700_000_000.0
 STRANGER = "192.0.2.7"  # outside mynetworks
@@ -84,7 +88,13 @@ class Server:
         )
         self.log: list[tuple[int, str]] = []
 
-    def session(self, client_ip: str = STRANGER, *, tls: str | None = None) -> Client:
+    def session(
+        self,
+        client_ip: str = STRANGER,
+        *,
+        tls: str | None = None,
+        resolve: Callable[[DnsQuery], DnsAnswer] | None = None,
+    ) -> Client:
         session = SmtpSession(
             self.shared,
             client_ip=client_ip,
@@ -92,7 +102,7 @@ class Server:
             log=lambda level, text: self.log.append((level, text)),
             tls=tls,
         )
-        return Client(session)
+        return Client(session, resolve=resolve)
 
     def messages(self, local: str) -> list[bytes]:
         new = self.root / "mail" / "example.test" / local / "new"
@@ -109,10 +119,15 @@ class Client:
     """The adapter's loop, synchronous: what `sansmail_trio._smtp_server` does, with the
     blocking calls inline and no clock (NOW)."""
 
-    def __init__(self, session: SmtpSession) -> None:
+    def __init__(
+        self, session: SmtpSession, *, resolve: Callable[[DnsQuery], DnsAnswer] | None = None
+    ) -> None:
         self.session = session
+        #: Answers the checks' DNS questions (none: every name is unknown).
+        self.resolve = resolve or (lambda _query: DnsAnswer(DnsStatus.NXDOMAIN))
         self.out = bytearray()
         self.queued: list[str] = []
+        self.inquire(Stage.CONNECT)
         self.greeting = session.conn.send(session.greeting())
         #: Hold ended messages (`session.finish`) for a group commit instead of
         #: committing each at once; `answer` then sends the reply to one.
@@ -137,6 +152,7 @@ class Client:
                 if session.content(event.data, NOW):
                     session.flush()
             elif isinstance(event, smtp.EndOfMessage):
+                self.inquire(Stage.END_OF_DATA)
                 if self.holding:
                     job = session.finish(NOW)
                     if isinstance(job, Storing):
@@ -150,6 +166,9 @@ class Client:
             elif isinstance(event, smtp.Auth):
                 self._auth(event)
             else:
+                stage = STAGES.get(type(event))
+                if stage is not None:
+                    self.inquire(stage, event)
                 reply = session.handle(event, NOW)
                 if reply is not None:
                     self._send(reply)
@@ -157,6 +176,17 @@ class Client:
                 session.cleanup()
         out, self.out = bytes(self.out), bytearray()
         return out
+
+    def inquire(self, stage: Stage, command: smtp.Event | None = None) -> None:
+        """What an adapter does before a stage: answer the checks' DNS questions, run
+        their errands (no milters here)."""
+        for inquiry in self.session.inquiries(stage, command):
+            if isinstance(inquiry, Lookup):
+                inquiry.deliver(drive(inquiry.check, self.resolve))
+            elif isinstance(inquiry, Errand):
+                inquiry.run()
+            else:
+                raise AssertionError(f"no conversation in this adapter: {inquiry}")
 
     def _auth(self, event: smtp.Auth) -> None:
         # Initial-response mechanisms only: no challenge is ever sent here.
