@@ -36,6 +36,7 @@ from sansmail.milter import Negotiate, Quit, encode
 RSPAMD_REJECT = "SANSMAIL-REJECT-TEST"
 RSPAMD_HEADER = "SANSMAIL-HEADER-TEST"
 RSPAMD_REJECT_REPLY = "5.7.1 Spam message rejected"
+RSPAMD_GTUBE_REPLY = "5.7.1 Gtube pattern"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 SPAMASS_REJECT_REPLY = "5.7.1 Blocked by SpamAssassin"
 #: The score at and above which the rejecting spamass-milter refuses (-r).
@@ -284,7 +285,7 @@ milter_headers {
   # sansmail's clients come from 127.0.0.1, which rspamd counts as local.
   skip_local = false;
   skip_authenticated = false;
-  use = ["x-spamd-result", "x-spam-status", "sansmail-test"];
+  use = ["x-spamd-result", "x-spam-status", "x-rspamd-queue-id", "sansmail-test"];
   custom {
     sansmail-test = <<EOD
 return function(task, common_meta)

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from realfilters import (
     GTUBE,
+    RSPAMD_GTUBE_REPLY,
     RSPAMD_HEADER,
     RSPAMD_REJECT,
     RSPAMD_REJECT_REPLY,
@@ -41,6 +42,8 @@ from sansmail.milter import (
     Family,
     Header,
     Helo,
+    Macros,
+    MacroStage,
     Mail,
     Modification,
     Negotiate,
@@ -62,6 +65,15 @@ HEADERS = (
     ("Date", "Mon, 07 Dec 2026 05:00:00 +0000"),
     ("Message-ID", "<realfilters.1@example.org>"),
 )
+
+
+STAGE_OF: dict[MacroStage, type[Command]] = {
+    MacroStage.ENVFROM: Mail,
+    MacroStage.ENVRCPT: Rcpt,
+    MacroStage.DATA: Data,
+    MacroStage.EOH: EndOfHeaders,
+    MacroStage.EOM: EndOfMessage,
+}
 
 
 class Milter:
@@ -98,9 +110,14 @@ class Milter:
             assert self.exchange(command) in ([], [Continue()])
 
     def message(
-        self, body: bytes, headers: Sequence[tuple[str, str]] = HEADERS, sender: str = "alice"
+        self,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = HEADERS,
+        sender: str = "alice",
+        macros: Sequence[Macros] = (),
     ) -> Outcome:
-        """One message, MAIL to end of message: every step before the end must go on."""
+        """One message, MAIL to end of message: every step before the end must go on.
+        `macros` go each just before the command of its stage."""
         steps: list[Command] = [
             Mail(sender=f"<{sender}@example.org>"),
             Rcpt(recipient="<bob@example.test>"),
@@ -109,8 +126,14 @@ class Milter:
         steps += [Header(name=name, value=value) for name, value in headers]
         steps.append(EndOfHeaders())
         steps += [Body(data=chunk) for chunk in body_chunks(body)]
+        before = {STAGE_OF[macro.stage]: macro for macro in macros}
         for command in steps:
+            if (macro := before.pop(type(command), None)) is not None:
+                assert self.exchange(macro) == []  # never answered
             assert self.exchange(command) in ([], [Continue()]), command
+        if (macro := before.pop(EndOfMessage, None)) is not None:
+            self.exchange(macro)
+        assert not before, "macros for a stage this driver does not reach"
         return fold(self.exchange(EndOfMessage()))
 
     def quit(self) -> None:
@@ -184,6 +207,30 @@ def test_rspamd_tags_its_header_marker(rspamd: Milter) -> None:
     assert "SANSMAIL_HEADER_TEST(8.00)" in fields["X-Spamd-Result"]
     assert "\n\t" in fields["X-Spamd-Result"]
     assert "\r" not in fields["X-Spamd-Result"]
+
+
+def test_rspamd_refuses_gtube(rspamd: Milter) -> None:
+    """rspamd knows GTUBE by itself."""
+    rspamd.negotiate()
+    rspamd.connect()
+    outcome = rspamd.message(f"{GTUBE}\r\n".encode())
+    assert outcome.verdict == ReplyCode(code=554, lines=(RSPAMD_GTUBE_REPLY,))
+
+
+def test_rspamd_takes_the_queue_id_from_a_macro(rspamd: Milter) -> None:
+    """Macros reach it: the queue id sent as "i" with MAIL comes back in the field its
+    x-rspamd-queue-id routine adds."""
+    rspamd.negotiate()
+    rspamd.connect()
+    outcome = rspamd.message(
+        f"{RSPAMD_HEADER}\r\n".encode(),
+        macros=[
+            Macros(stage=MacroStage.ENVFROM, values=(("i", "4QUEUEID7"),)),
+            Macros(stage=MacroStage.ENVRCPT, values=(("{rcpt_addr}", "bob@example.test"),)),
+        ],
+    )
+    assert outcome.verdict == Accept()
+    assert added(outcome)["X-Rspamd-Queue-Id"] == "4QUEUEID7"
 
 
 def test_rspamd_reads_a_body_of_many_chunks(rspamd: Milter) -> None:
