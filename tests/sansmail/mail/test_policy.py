@@ -71,6 +71,7 @@ def test_public_surface() -> None:
         "check_sender_login",
         "decide_recipient",
         "evaluate_recipient",
+        "in_networks",
         "postmaster_mailbox",
     ]
 

@@ -26,6 +26,7 @@ from sansmail.mail.spf import (
     check_helo,
     check_host,
     check_mail_from,
+    decide_spf,
     evaluate,
     expand,
     parse_macro_string,
@@ -72,6 +73,7 @@ def test_public_names() -> None:
             "check_helo",
             "check_host",
             "check_mail_from",
+            "decide_spf",
             "evaluate",
             "expand",
             "is_spf_record",
@@ -585,3 +587,38 @@ def test_any_sender_and_helo_text_is_handled(
         assert result.explanation.isprintable()
         result.explanation.encode("utf-8")
     received_spf(result).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("mode", "verdict", "code", "enhanced"),
+    [
+        ("reject", "fail", 550, "5.7.23"),
+        ("reject", "temperror", 451, "4.7.24"),
+        ("reject", "softfail", None, None),
+        ("reject", "permerror", None, None),
+        ("reject", "pass", None, None),
+        ("tag", "fail", None, None),
+        ("off", "fail", None, None),
+    ],
+)
+def test_the_spf_setting_decides(
+    mode: str, verdict: str, code: int | None, enhanced: str | None
+) -> None:
+    result = SpfResult(
+        verdict=Verdict(verdict),
+        domain="example.org",
+        ip=ipaddress.ip_address("192.0.2.1"),
+        sender="a@example.org",
+        helo="h.example.org",
+        receiver="mx.example.test",
+        identity="mailfrom",
+        explanation="see \x01 http://example.org/why" if verdict == "fail" else None,
+    )
+    reply = decide_spf(mode, result)
+    if code is None:
+        assert reply is None
+        return
+    assert reply is not None
+    assert (reply.code, reply.enhanced) == (code, enhanced)
+    if verdict == "fail":
+        assert reply.text == "see ? http://example.org/why"  # the domain's words, printable
