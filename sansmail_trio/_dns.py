@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
+import attrs
 import dns.asyncresolver
 import dns.exception
 import dns.message
@@ -239,11 +240,15 @@ class Resolver:
             raise DNSError(f"{shown} {rdtype}: {first_line}", permanent=False) from None
 
 
-async def run_check(check: DnsCheck[_T], resolver: Resolver, *, timeout: float = 20.0) -> _T:
+async def run_check(
+    check: DnsCheck[_T], resolver: Resolver, *, timeout: float = 20.0, heavy: bool = False
+) -> _T:
     """Run the pure `check` to its end and return its result, asking each batch it yields
     at once (one task per question, answers in question order). Past `timeout` seconds
     from the start, every question not yet answered gets TIMEOUT, so a check costs one
-    deadline however many rounds it takes."""
+    deadline however many rounds it takes. `heavy`: the check computes between batches
+    (DKIM hashing a whole body), so each of its steps runs in a worker thread instead of
+    on the event loop."""
     deadline = trio.current_time() + timeout
 
     async def ask(answers: list[DnsAnswer], index: int, query: DnsQuery) -> None:
@@ -251,19 +256,41 @@ async def run_check(check: DnsCheck[_T], resolver: Resolver, *, timeout: float =
             answers[index] = await resolver.answer(query)
 
     try:
-        queries = next(check)
-        while True:
+        if heavy:
+            step = await trio.to_thread.run_sync(_step, check, None)
+        else:
+            step = _step(check, None)
+        while not step.done:
+            queries: tuple[DnsQuery, ...] = step.value
             answers = [DnsAnswer(DnsStatus.TIMEOUT)] * len(queries)
             async with trio.open_nursery() as nursery:
                 for index, query in enumerate(queries):
                     nursery.start_soon(ask, answers, index, query)
-            queries = check.send(answers)
-    except StopIteration as done:
-        result: _T = done.value
+            if heavy:
+                step = await trio.to_thread.run_sync(_step, check, answers)
+            else:
+                step = _step(check, answers)
+        result: _T = step.value
         return result
     finally:
         # Cancelled mid-check: the generator's own cleanup runs now, not at collection.
+        # (A step in a worker thread has ended by then: the thread is waited for.)
         check.close()
+
+
+@attrs.frozen
+class _Step:
+    done: bool
+    value: Any
+
+
+def _step(check: DnsCheck[Any], answers: list[DnsAnswer] | None) -> _Step:
+    """One step of `check`. StopIteration is caught here: raised through a coroutine
+    (the worker thread's result) it would become a RuntimeError (PEP 479)."""
+    try:
+        return _Step(False, next(check) if answers is None else check.send(answers))
+    except StopIteration as done:
+        return _Step(True, done.value)
 
 
 def _render(rtype: str, answer: dns.resolver.Answer) -> list[str]:
