@@ -28,6 +28,7 @@ from realfilters import (
 from sansmail import NEED_DATA, PAUSED
 from sansmail.milter import (
     Accept,
+    Action,
     AddHeader,
     Body,
     ChangeHeader,
@@ -182,6 +183,20 @@ def test_rspamd_negotiates_no_replies_before_end_of_message(rspamd: Milter) -> N
     assert fields["X-Spam-Status"].startswith("No, score=")
     assert "X-Sansmail-Test" not in fields
     assert "X-Spam" not in fields
+
+
+def test_rspamd_answers_a_smaller_offer(rspamd: Milter) -> None:
+    """Offered only header and body changes (what sansmail's MilterCheck offers), rspamd
+    still asks for every action; the core keeps what was offered, reports the rest, and
+    the conversation goes on."""
+    offer = Action.ADDHDRS | Action.CHGHDRS | Action.CHGBODY | Action.QUARANTINE
+    [negotiated] = rspamd.exchange(Negotiate(actions=offer | Action.SETSYMLIST))
+    assert isinstance(negotiated, Negotiated)
+    assert negotiated.actions == offer | Action.SETSYMLIST
+    assert Action.ADDRCPT in negotiated.unoffered_actions
+    rspamd.connect()
+    outcome = rspamd.message(f"{RSPAMD_HEADER}\r\n".encode())
+    assert added(outcome)["X-Sansmail-Test"] == "yes"
 
 
 def test_rspamd_rejects_its_marker(rspamd: Milter) -> None:
