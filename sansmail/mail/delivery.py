@@ -68,6 +68,14 @@ runner reused from its cache that fails before any verdict says nothing about th
 destination (it may simply have been closed by the server while idle): it asks for a
 fresh connection (`Conversation.again`) instead of counting as a failed address.
 
+Signing. A message leaves for another host with a DKIM-Signature when we hold a key for
+its From domain, and a forwarded copy (an alias sent it on to another domain) with an
+ARC set too (`sansmail.mail.dkim.outbound_fields`). The queue keeps no mark for a
+forwarded copy; its envelope tells it (`forwarded`): the SRS sender the intake gives it
+(`sansmail.mail.srs`), or, when the sender was left as it was (the null sender, one of
+ours, one too long to rewrite), the ORCPT the intake sets to the alias's address, in our
+domain, beside a recipient in another one.
+
 Log lines. `disposition` is the Postfix-shaped line for one recipient's verdict (one of
 sent, deferred, bounced; CONTRACT.md), with the relay, the TLS in use, the time in the
 queue and in this delivery, the DSN status and the reason. Remote text in it is
@@ -83,7 +91,7 @@ from typing import Final, Literal
 import attrs
 
 from sansmail.config import DeliveryConfig, OutboundTLS
-from sansmail.mail import outbound
+from sansmail.mail import outbound, srs
 from sansmail.mail.attempt import Outcome
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.mail.logtext import printable
@@ -111,9 +119,11 @@ __all__ = [
     "destinations",
     "disposition",
     "dns_failure",
+    "forwarded",
     "forwarding_loop",
     "handshake_failed",
     "outbound_message",
+    "own_sender",
     "recipient_outcome",
     "reply_text",
     "session_failed",
@@ -124,6 +134,7 @@ __all__ = [
 #: Received header fields past this mean a forwarding loop (Postfix: hopcount_limit).
 HOP_LIMIT: Final = 50
 _RECEIVED: Final = re.compile(rb"^Received:", re.IGNORECASE | re.MULTILINE)
+_XTEXT_HEX: Final = re.compile(r"\+([0-9A-Fa-f]{2})")
 
 
 @attrs.frozen
@@ -148,6 +159,35 @@ def forwarding_loop(content: bytes, *, limit: int = HOP_LIMIT) -> Outcome | None
         reason=f"mail forwarding loop: more than {limit} Received headers",
         dsn="5.4.6",
     )
+
+
+def forwarded(message: QueuedMessage, *, domains: Iterable[str]) -> bool:
+    """Whether `message` is a copy an alias of ours forwards (see the module docstring):
+    its sender is an SRS address at one of our `domains`, or a recipient outside them
+    has an ORCPT inside them."""
+    ours = {d.lower() for d in domains}
+    local, _, domain = message.sender.rpartition("@")
+    if domain.lower() in ours and srs.is_srs(local):
+        return True
+    for recipient in message.recipients:
+        if recipient.address.rpartition("@")[2].lower() in ours or not recipient.orcpt:
+            continue
+        kind, _, original = recipient.orcpt.partition(";")
+        if kind.strip().lower() != "rfc822":
+            continue
+        # xtext (RFC 3461 §4) hex-encodes only "+", "=" and what is not printable ASCII.
+        original = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), original)
+        if original.rpartition("@")[2].strip().lower() in ours:
+            return True
+    return False
+
+
+def own_sender(message: QueuedMessage, *, domains: Iterable[str]) -> bool:
+    """Whether the envelope sender of `message` is one of ours, not rewritten by SRS:
+    for a forwarded copy, the mail of our own users. (Our own bounces are never
+    forwarded: the null sender of a forwarded copy is someone else's bounce.)"""
+    local, _, domain = message.sender.rpartition("@")
+    return domain.lower() in {d.lower() for d in domains} and not srs.is_srs(local)
 
 
 @attrs.frozen(kw_only=True)

@@ -91,7 +91,7 @@ def test_public_names_are_pinned() -> None:
             *("Done", "DomainResult", "LogLine", "LookupAddresses", "LookupMX"),
             *("RemoteDelivery", "Step", "connect_failed", "connection_closed"),
             *("connection_lost", "delivered", "destinations", "disposition", "dns_failure"),
-            *("forwarding_loop", "handshake_failed", "outbound_message"),
+            *("forwarded", "forwarding_loop", "handshake_failed", "outbound_message", "own_sender"),
             *("recipient_outcome", "reply_text", "session_failed", "store_failed"),
             "unknown_recipient",
         ]
