@@ -618,8 +618,6 @@ def test_queue_flush_without_a_queue(run, config_file):
 
 # Every command of CONTRACT.md not built yet, with arguments as the contract spells them.
 NOT_BUILT = [
-    ("dkim keygen", ["dkim", "keygen", "example.test"]),
-    ("dkim keygen", ["dkim", "keygen", "example.test", "--selector", "s1", "--config", "x.toml"]),
     ("dns-records", ["dns-records", "example.test"]),
     ("dns-records", ["dns-records", "example.test", "--check", "--config", "x.toml"]),
     ("sieve check", ["sieve", "check", "script.sieve"]),
