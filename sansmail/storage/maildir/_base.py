@@ -62,9 +62,13 @@ class Delivery(Protocol):
 class MailStore(Protocol):
     """Where local mail goes."""
 
-    def begin(self, mailboxes: Sequence[MailboxId], *, prefix: bytes) -> Delivery:
+    def begin(
+        self, mailboxes: Sequence[MailboxId], *, prefix: bytes, folder: str | None = None
+    ) -> Delivery:
         """Start one message for `mailboxes`; `prefix` (trace header lines in CRLF form)
-        is stored before the content. Does no I/O."""
+        is stored before the content. `folder` (an IMAP folder name such as "Junk")
+        files it in that folder of each mailbox instead of its INBOX, the folder made on
+        first use. Does no I/O; ValueError for a folder name the store cannot hold."""
         ...
 
     def commit_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:

@@ -22,6 +22,19 @@ The one rule is "no 250 before the message is durably stored". `commit` therefor
 3. rename the tmp file into the first mailbox's ``new/``;
 4. fsync every ``new/`` touched; only then return (steps 2 to 4 are `publish_many`).
 
+Folders (`begin(..., folder="Junk")`: quarantined mail). The message goes into the
+folder's ``new/`` in each mailbox instead of INBOX's. The folder is a Maildir++ folder of
+the user's Maildir as the IMAP store names it (`_imapnames.folder_dir`: ``.Junk/`` with
+``tmp/ new/ cur/`` and an empty ``maildirfolder``), created on first use as Dovecot's LDA
+does with ``lda_mailbox_autocreate`` and ``lda_mailbox_autosubscribe``: under the IMAP
+store's account lock (so it cannot cross a CREATE, DELETE or RENAME), each directory and
+the marker durable before use, and the new folder added to the ``subscriptions`` file, so
+mail clients that show only subscribed folders show it. A folder that exists (the IMAP
+store makes Junk for every account) is only made sure of, once per process. The tmp file
+is written in INBOX's ``tmp/``, on the same file system: a folder deleted over IMAP
+while a message is on its way takes no half-written file with it, and a name made after
+the folder vanished finds it gone (ENOENT) and makes the folder again, once.
+
 The file is complete and on disk before any name for it appears in a ``new/``, so a crash
 at any point leaves either no message or a whole one (possibly in only some mailboxes:
 the client got no 250 and will send it again). Linking from the tmp path (step 2) before
@@ -54,12 +67,14 @@ twice.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import itertools
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 import attrs
@@ -69,6 +84,14 @@ from sansmail.storage.durable import fsync_dir as _fsync_dir
 from sansmail.storage.durable import unlink_quietly as _unlink_quietly
 from sansmail.storage.durable import write_all as _write_all
 from sansmail.storage.maildir._base import Delivery, MailStore
+from sansmail.storage.maildir._imapbase import InvalidFolderNameError
+from sansmail.storage.maildir._imapnames import (
+    INBOX,
+    folder_dir,
+    normalize,
+    read_subscriptions,
+    write_subscriptions,
+)
 
 __all__ = ["MaildirStore"]
 
@@ -79,6 +102,11 @@ _O_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NO
 # systems without hard links (EPERM, ENOTSUP): those fall back to a copy.
 _COPY_ON: Final = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP})
 _CREATE_ATTEMPTS: Final = 5
+# The IMAP store's account lock and subscriptions file (`_imapaccount`, which imports this
+# module, so the names are repeated here; a test checks that they agree).
+ACCOUNT_LOCK_NAME: Final = "sansmail-imap.lock"
+SUBSCRIPTIONS_NAME: Final = "subscriptions"
+MAILDIRFOLDER_NAME: Final = "maildirfolder"
 
 
 def _escape_component(text: str) -> str:
@@ -104,7 +132,8 @@ def _escape_hostname(hostname: str) -> str:
 
 @attrs.frozen
 class _Box:
-    """A mailbox whose directories are known to exist."""
+    """A mailbox (or one of its folders) whose directories are known to exist: `tmp` is
+    where its files are written (always INBOX's), `new` where they are named."""
 
     tmp: str
     new: str
@@ -131,16 +160,28 @@ class MaildirStore(MailStore):
         self._host = _escape_hostname(hostname)
         self._clock = clock
         self._counter = itertools.count(1)
-        self._boxes: dict[MailboxId, _Box] = {}
+        self._boxes: dict[MailboxId, _Box] = {}  # INBOX
+        self._folders: dict[tuple[MailboxId, str], _Box] = {}
         self._durable_dirs: set[str] = set()
 
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:
         return pathlib.Path(self._root(mailbox))
 
-    def begin(self, mailboxes: Sequence[MailboxId], *, prefix: bytes) -> Delivery:
+    def begin(
+        self, mailboxes: Sequence[MailboxId], *, prefix: bytes, folder: str | None = None
+    ) -> Delivery:
         if not mailboxes:
             raise ValueError("a delivery needs at least one mailbox")
-        return _MaildirDelivery(self, list(dict.fromkeys(mailboxes)), len(mailboxes), prefix)
+        if folder is not None:
+            try:
+                folder = normalize(folder)
+            except InvalidFolderNameError as exc:
+                raise ValueError(str(exc)) from None
+            if folder == INBOX:
+                folder = None
+        return _MaildirDelivery(
+            self, list(dict.fromkeys(mailboxes)), len(mailboxes), prefix, folder
+        )
 
     def commit_many(self, deliveries: Sequence[Delivery]) -> list[list[str] | OSError]:
         """Blocking: group commit (see the module docstring)."""
@@ -214,15 +255,22 @@ class MaildirStore(MailStore):
         counter = next(self._counter)
         return f"{secs}.M{nanos // 1000}P{os.getpid()}Q{counter}.{self._host}"
 
-    def _box(self, mailbox: MailboxId) -> _Box:
-        box = self._boxes.get(mailbox)
-        if box is None:
-            box = self._create(mailbox)
-        return box
+    def _box(self, mailbox: MailboxId, folder: str | None = None) -> _Box:
+        if folder is None:
+            box = self._boxes.get(mailbox)
+            return box if box is not None else self._create(mailbox)
+        box = self._folders.get((mailbox, folder))
+        return box if box is not None else self._create_folder(mailbox, folder)
 
-    def _forget(self, mailbox: MailboxId) -> None:
-        # Someone removed the Maildir under us: believe nothing about its directories.
-        self._boxes.pop(mailbox, None)
+    def _forget(self, mailbox: MailboxId, folder: str | None = None) -> None:
+        # Someone removed the Maildir (or the folder) under us: believe nothing about
+        # its directories.
+        if folder is None:
+            self._boxes.pop(mailbox, None)
+            for key in [key for key in self._folders if key[0] == mailbox]:
+                self._folders.pop(key, None)
+        else:
+            self._folders.pop((mailbox, folder), None)
         self._durable_dirs.clear()
 
     def _create(self, mailbox: MailboxId) -> _Box:
@@ -244,10 +292,65 @@ class MaildirStore(MailStore):
         self._boxes[mailbox] = box
         return box
 
+    def _create_folder(self, mailbox: MailboxId, folder: str) -> _Box:
+        # See "Folders" in the module docstring. The lock is taken only to make the
+        # folder; one that exists is made sure of without it (all steps idempotent).
+        inbox = self._box(mailbox)
+        root = os.path.dirname(inbox.tmp)
+        path = folder_dir(root, folder)
+        if os.path.isdir(path):
+            _fill_folder(path)
+            _fsync_dir(root)
+        else:
+            with _account_lock(root):
+                try:
+                    os.mkdir(path, _DIR_MODE)
+                    made = True
+                except FileExistsError:
+                    made = False
+                _fill_folder(path)
+                _fsync_dir(root)
+                if made:
+                    _subscribe(root, folder)
+        box = _Box(tmp=inbox.tmp, new=os.path.join(path, "new"))
+        self._folders[(mailbox, folder)] = box
+        return box
+
     def _own(self, delivery: Delivery) -> _MaildirDelivery:
         if not isinstance(delivery, _MaildirDelivery) or delivery._store is not self:
             raise TypeError("a delivery can only be committed by the store that began it")
         return delivery
+
+
+def _fill_folder(path: str) -> None:
+    """Make sure folder directory `path` has ``tmp/ new/ cur/`` and ``maildirfolder``,
+    all durable (the caller syncs the folder's own entry in the Maildir)."""
+    for sub in ("tmp", "new", "cur"):
+        _mkdir(os.path.join(path, sub))
+    marker = os.path.join(path, MAILDIRFOLDER_NAME)
+    os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE))
+    _fsync_dir(path)
+
+
+@contextlib.contextmanager
+def _account_lock(root: str) -> Iterator[None]:
+    """The IMAP store's account lock (`_imapaccount.MaildirAccount._lock`)."""
+    fd = os.open(
+        os.path.join(root, ACCOUNT_LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE
+    )
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _subscribe(root: str, folder: str) -> None:
+    """Add `folder` to the Maildir's subscriptions (under the account lock)."""
+    path = os.path.join(root, SUBSCRIPTIONS_NAME)
+    names = read_subscriptions(path)
+    if folder not in names:
+        write_subscriptions(path, [*names, folder])
 
 
 def _mkdir(path: str) -> None:
@@ -264,10 +367,16 @@ class _MaildirDelivery:
     """One message on its way into one or more Maildirs (the `Delivery` protocol)."""
 
     def __init__(
-        self, store: MaildirStore, mailboxes: list[MailboxId], count: int, prefix: bytes
+        self,
+        store: MaildirStore,
+        mailboxes: list[MailboxId],
+        count: int,
+        prefix: bytes,
+        folder: str | None = None,
     ) -> None:
         self._store = store
         self._mailboxes = mailboxes  # distinct, in order
+        self._folder = folder  # normalised; None: INBOX
         self._count = count  # names to return, duplicates included
         head = prefix.replace(b"\r\n", b"\n")
         self._chunks: list[bytes] = [head] if head else []
@@ -354,21 +463,52 @@ class _MaildirDelivery:
             raise RuntimeError("publish before prepare, or after commit or abort")
         store = self._store
         name = self._name
-        boxes = [store._box(mailbox) for mailbox in self._mailboxes]
-        for box in boxes[1:]:
-            target = os.path.join(box.new, name)
+        tmp_path = self._tmp_path
+        folder = self._folder
+        boxes = [store._box(mailbox, folder) for mailbox in self._mailboxes]
+        for index in range(1, len(boxes)):
+            target = os.path.join(boxes[index].new, name)
             try:
-                os.link(self._tmp_path, target)
+                os.link(tmp_path, target)
             except OSError as exc:
-                if exc.errno not in _COPY_ON:
-                    raise
-                _copy(self._tmp_path, os.path.join(box.tmp, name), target)
+                boxes[index], target = self._name_again(index, exc, link=True)
             made.append(target)
         target = os.path.join(boxes[0].new, name)
-        os.rename(self._tmp_path, target)
+        try:
+            os.rename(tmp_path, target)
+        except OSError as exc:
+            boxes[0], target = self._name_again(0, exc, link=False)
         self._tmp_path = None
         made.append(target)
         return boxes
+
+    def _name_again(self, index: int, exc: OSError, *, link: bool) -> tuple[_Box, str]:
+        """The slow way to the name in the `index`-th mailbox after `exc`: a copy where
+        a hard link is impossible, or a folder deleted (over IMAP) since we last saw it
+        made again, once (our own file is in INBOX's tmp/, which no folder operation
+        removes). Returns the box and the name made; raises when neither applies."""
+        assert self._tmp_path is not None
+        store = self._store
+        mailbox = self._mailboxes[index]
+        box = store._box(mailbox, self._folder)
+        target = os.path.join(box.new, self._name)
+        if link and exc.errno in _COPY_ON:
+            _copy(self._tmp_path, os.path.join(box.tmp, self._name), target)
+            return box, target
+        if (
+            not isinstance(exc, FileNotFoundError)
+            or self._folder is None
+            or not os.path.exists(self._tmp_path)
+        ):
+            raise exc
+        store._forget(mailbox, self._folder)
+        box = store._box(mailbox, self._folder)
+        target = os.path.join(box.new, self._name)
+        if link:
+            _link_or_copy(self._tmp_path, box, target)
+        else:
+            os.rename(self._tmp_path, target)
+        return box, target
 
     def abort(self) -> None:
         if self._done:
@@ -403,6 +543,15 @@ class _MaildirDelivery:
             self._tmp_path = path
             return
         raise OSError(errno.EEXIST, f"cannot create a unique file in {box.tmp}")
+
+
+def _link_or_copy(source: str, box: _Box, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in _COPY_ON:
+            raise
+        _copy(source, os.path.join(box.tmp, os.path.basename(target)), target)
 
 
 def _copy(source: str, tmp: str, target: str) -> None:
