@@ -212,7 +212,14 @@ async def _exchange(stream: trio.abc.Stream, conversation: Conversation) -> None
 
 
 def _why(exc: BaseException) -> str:
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-    if isinstance(cause, OSError) and cause.strerror:
-        return cause.strerror
-    return str(cause) or type(cause).__name__
+    """The system's words for a failure: trio wraps them (BrokenResourceError around
+    the OSError; open_tcp_stream's "all attempts failed" around a group of them)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        else:
+            cause = cause.__cause__
+    return str(exc) or type(exc).__name__
