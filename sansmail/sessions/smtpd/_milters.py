@@ -16,9 +16,11 @@ dead or silent milter with `failed`. Then `check` turns what was stored into a `
 What goes when (Postfix's milter8.c order):
 
 - CONNECT: option negotiation, then the client's connection (`Connect` with the
-  connect macros ``j {daemon_name} v {client_addr} {client_name} {client_port} _``).
+  connect macros ``j {daemon_name} v {client_addr} {client_name} {client_port} _``, and
+  ``{if_addr}`` from a session that has a `server_ip`).
 - HELO: ``{tls_version} {cipher}`` and the HELO/EHLO argument.
-- MAIL: ``{auth_authen} {mail_addr}`` (``i`` is not known yet) and the reverse path
+- MAIL: ``{auth_authen} {mail_addr}`` (and ``{auth_type}`` from a session that has an
+  `auth_mechanism`; ``i`` is not known yet) and the reverse path
   with its ESMTP parameters; an ABORT first when the milter is still in an earlier
   transaction (RSET, a refused MAIL or RCPT, a new EHLO: the abort travels lazily with
   the next step, or with the QUIT at the end, as `close_data`).
@@ -347,6 +349,9 @@ class MilterCheck:
             }
             if port:
                 values["{client_port}"] = str(port)
+            server_ip = _optional_text(session, "server_ip")
+            if server_ip:
+                values["{if_addr}"] = server_ip
             yield from _macros(conn, MacroStage.CONNECT, values)
             yield _connect_command(ip, name, port)
 
@@ -375,6 +380,9 @@ class MilterCheck:
         values = {"{mail_addr}": _clean(str(sender)) if sender is not None else ""}
         if session.user is not None:
             values["{auth_authen}"] = _clean(session.user)
+            mechanism = _optional_text(session, "auth_mechanism")
+            if mechanism:
+                values["{auth_type}"] = mechanism
         yield from _macros(conn, MacroStage.ENVFROM, values)
         yield Mail(
             sender=_clean(f"<{sender if sender is not None else ''}>"),
@@ -596,6 +604,12 @@ def _client_port(session: SessionView) -> int:
     # Not part of SessionView (yet): a session that knows it says so.
     port: Any = getattr(session, "client_port", 0)
     return port if isinstance(port, int) and 0 <= port <= 0xFFFF else 0
+
+
+def _optional_text(session: SessionView, name: str) -> str | None:
+    """What a session may know beyond SessionView (our address, the SASL mechanism)."""
+    value: Any = getattr(session, name, None)
+    return value if isinstance(value, str) else None
 
 
 def _parameters(parameters: Any) -> tuple[str, ...]:

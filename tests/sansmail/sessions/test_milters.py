@@ -139,6 +139,9 @@ class FakeSession:
     trusted: bool = False
     client_name: str | None = None
     findings: dict[str, Any] = attrs.Factory(dict)
+    # Beyond SessionView: used when a session has them.
+    server_ip: str | None = None
+    auth_mechanism: str | None = None
 
 
 def carry(conversation: Any, milter: ScriptedMilter | None) -> None:
@@ -236,6 +239,8 @@ def test_a_whole_session_sends_every_step_with_postfix_macros() -> None:
     run.session.client_name = "client.example.org"
     run.session.tls = "TLSv1.3 TLS_AES_256_GCM_SHA384"
     run.session.user = "alice@example.test"
+    run.session.auth_mechanism = "PLAIN"
+    run.session.server_ip = "192.0.2.25"
     run.through_rcpt()
     assert run.rcpt("carol@far.test") is None
     assert run.data() is None
@@ -274,6 +279,7 @@ def test_a_whole_session_sends_every_step_with_postfix_macros() -> None:
         "{client_name}": "client.example.org",
         "_": "client.example.org [192.0.2.7]",
         "{client_port}": "40000",
+        "{if_addr}": "192.0.2.25",
     }
     assert milter.macros[MacroStage.HELO] == {
         "{tls_version}": "TLSv1.3",
@@ -282,6 +288,7 @@ def test_a_whole_session_sends_every_step_with_postfix_macros() -> None:
     assert milter.macros[MacroStage.ENVFROM] == {
         "{mail_addr}": "alice@example.org",
         "{auth_authen}": "alice@example.test",
+        "{auth_type}": "PLAIN",
     }
     # The last RCPT's macros: a remote recipient.
     assert milter.macros[MacroStage.ENVRCPT] == {
