@@ -365,11 +365,10 @@ loadplugin Mail::SpamAssassin::Plugin::WLBLEval
 loadplugin Mail::SpamAssassin::Plugin::ReplaceTags
 """
 
-# report_safe 0: a spam keeps its body and gains X-Spam-* fields (with 1, spamass-milter
-# would replace the body by SpamAssassin's report).
+# report_safe (added per instance) 0: a spam keeps its body and gains X-Spam-* fields;
+# 1: spamass-milter replaces the body by SpamAssassin's report with the message attached.
 _SPAMD_LOCAL_CF = """\
 required_score 5.0
-report_safe 0
 use_bayes 0
 bayes_auto_learn 0
 skip_rbl_checks 1
@@ -389,8 +388,9 @@ class Spamd:
     startup: float = 0.0
 
 
-def start_spamd(directory: pathlib.Path) -> Spamd:
-    """spamd on a Unix socket in `directory` (no port to race for)."""
+def start_spamd(directory: pathlib.Path, *, report_safe: int = 0) -> Spamd:
+    """spamd on a Unix socket in `directory` (no port to race for). With `report_safe`
+    1, a spam's body becomes SpamAssassin's report with the message attached."""
     spamd = program("spamd")
     # The configuration goes on the command line: spamd started by root reads its files
     # as nobody, who may not enter a test's temporary directory. The site directory
@@ -406,6 +406,7 @@ def start_spamd(directory: pathlib.Path) -> Spamd:
         f"--siteconfigpath={site}",
         *(f"--pre={line}" for line in _SPAMD_INIT_PRE.splitlines()),
         *(f"--cf={line}" for line in _SPAMD_LOCAL_CF.splitlines()),
+        f"--cf=report_safe {report_safe}",
         "--local",
         "--nouser-config",
         f"--socketpath={path}",
@@ -495,3 +496,18 @@ def spamass_milter_tag_fixture(
     running = start_spamass_milter(tmp_path_factory.mktemp("spamass"), spamd, reject_score=None)
     yield running
     running.daemons[-1].stop()
+
+
+@pytest.fixture(scope="module", name="spamass_milter_report")
+def spamass_milter_report_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filter]:
+    """spamass-milter, tagging only, before a spamd of its own with report_safe 1: a spam's
+    body is replaced (SMFIR_REPLBODY) and its Content-Type changed."""
+    directory = tmp_path_factory.mktemp("spamass-report")
+    own = start_spamd(directory, report_safe=1)
+    try:
+        running = start_spamass_milter(directory, own, reject_score=None)
+    except BaseException:
+        own.daemon.stop()
+        raise
+    yield running
+    running.stop()

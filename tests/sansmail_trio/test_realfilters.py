@@ -21,6 +21,7 @@ from realfilters import (
     Filter,
     rspamd_milter_fixture,  # noqa: F401  (fixtures)
     spamass_milter_reject_fixture,  # noqa: F401
+    spamass_milter_report_fixture,  # noqa: F401
     spamass_milter_tag_fixture,  # noqa: F401
     spamd_fixture,  # noqa: F401
 )
@@ -53,6 +54,7 @@ from sansmail.milter import (
     Phase,
     Quit,
     Rcpt,
+    ReplaceBody,
     ReplyCode,
     body_chunks,
     fold,
@@ -84,6 +86,8 @@ class Milter:
     def __init__(self, running: Filter) -> None:
         self.sock = socket.create_connection((running.host, running.port), timeout=60)
         self.conn = Connection()
+        #: What the milter sent at the last end of message, as it came.
+        self.last_end: list[Event] = []
 
     def exchange(self, command: Command) -> list[Event]:
         self.sock.sendall(self.conn.send(command))
@@ -135,7 +139,8 @@ class Milter:
         if (macro := before.pop(EndOfMessage, None)) is not None:
             self.exchange(macro)
         assert not before, "macros for a stage this driver does not reach"
-        return fold(self.exchange(EndOfMessage()))
+        self.last_end = self.exchange(EndOfMessage())
+        return fold(self.last_end)
 
     def quit(self) -> None:
         self.sock.sendall(self.conn.send(Quit()))
@@ -317,3 +322,32 @@ def test_spamass_milter_tags_gtube_without_r(spamass_milter_tag: Filter) -> None
     # spamass-milter replaces a spam's body by what spamd returned, which with
     # report_safe 0 is the same body.
     assert outcome.body == f"{GTUBE}\r\n".encode()
+
+
+def test_spamass_milter_replaces_the_body_of_a_spam(spamass_milter_report: Filter) -> None:
+    """With report_safe 1 a spam becomes SpamAssassin's report with the original
+    attached: over 150 KiB of new body in several SMFIR_REPLBODY packets, and a new
+    Content-Type (SMFIR_CHGHEADER on the field the message had)."""
+    filler = b"All work and no play makes Jack a dull boy. 0123456789 abcdefghij\r\n"
+    # GTUBE first: SpamAssassin's body rules read the first 50,000 octets of a part.
+    body = f"{GTUBE}\r\n".encode() + filler * (150_000 // len(filler))
+    headers = (*HEADERS, ("Content-Type", "text/plain; charset=us-ascii"))
+    with spamass_milter_report.explained():
+        milter = Milter(spamass_milter_report)
+        milter.negotiate()
+        milter.connect()
+        outcome = milter.message(body, headers=headers)
+        chunks = [e for e in milter.last_end if isinstance(e, ReplaceBody)]
+        milter.quit()
+    assert outcome.verdict == Continue()
+    assert len(chunks) >= 3
+    assert outcome.body is not None
+    assert outcome.body.startswith(b"This is a multi-part message in MIME format.\r\n")
+    assert len(outcome.body) > len(body)
+    assert body in outcome.body  # the original, attached whole
+    [content_type] = [
+        m for m in outcome.modifications if isinstance(m, ChangeHeader) and m.name == "Content-Type"
+    ]
+    assert content_type.index == 1
+    assert content_type.value.startswith("multipart/mixed; boundary=")
+    assert added(outcome)["X-Spam-Flag"] == "YES"
