@@ -8,9 +8,11 @@ One `Inquirer` per SMTP session. `run(inquiries)` carries out one stage's inquir
 once, one task each, and returns when all are done:
 
 - `Lookup`: `_dns.run_check` drives the DNS check through the resolver, its questions
-  asked concurrently under one deadline; `deliver(result)`, or `deliver(None)` when the
-  check overran its deadline or no resolver is configured. A heavy check (DKIM's body
-  hash) runs its steps in a worker thread.
+  asked concurrently under one deadline (past it they get TIMEOUT answers, and the check
+  returns its own temporary failure); `deliver(result)`, or `deliver(None)` when no
+  resolver is configured or the check still runs `LOOKUP_GRACE` past its deadline (a
+  check that never stops asking). A heavy check (DKIM's body hash) runs its steps in a
+  worker thread, where a step once begun is let finish.
 - `Errand`: `run` in a worker thread.
 - `Conversation`: over a stream kept per `address` for the session's life (("host",
   port): TCP; a path: a Unix socket), opened on first use within the conversation's

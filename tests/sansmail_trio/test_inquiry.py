@@ -22,6 +22,7 @@ from sansmail.mail.iprev import IprevVerdict, check_iprev
 from sansmail.sessions.smtpd import Stage
 from sansmail.sessions.smtpd._checks import Errand, Lookup
 from sansmail.sessions.smtpd._milters import MilterCheck
+from sansmail_trio import _inquiry
 from sansmail_trio._dns import Resolver, run_check
 from sansmail_trio._inquiry import Inquirer
 
@@ -159,6 +160,21 @@ async def test_a_heavy_check_steps_in_a_worker_thread(dns_server, resolver, heav
 async def test_run_check_heavy_returns_what_the_check_returns(dns_server, resolver):
     dns_server.add("mx.sender.test", "A", "127.0.0.7")
     assert await run_check(stepping([]), resolver, heavy=True) == "127.0.0.7"
+
+
+def endless() -> DnsCheck[str]:
+    """A check that never stops asking (a bug): only the Inquirer's deadline ends it."""
+    while True:
+        yield (DnsQuery("mx.sender.test", "A"),)
+
+
+async def test_a_lookup_that_never_ends_gets_none(dns_server, resolver, monkeypatch):
+    dns_server.add("mx.sender.test", "A", "127.0.0.7")
+    monkeypatch.setattr(_inquiry, "LOOKUP_GRACE", 0.0)
+    found, deliver = collect()
+    inquirer = Inquirer(resolver, dns_timeout=0.2)
+    await inquirer.run([Lookup("endless", endless(), deliver)])
+    assert found == [None]
 
 
 async def test_without_a_resolver_a_lookup_gets_none():
