@@ -58,6 +58,7 @@ SOURCE: Final = "greylist"
 #: Where the errands leave their decisions in `SessionView.findings`: a dict from
 #: `Triplet` to `Decision`, or to None when the store failed.
 FINDINGS_KEY: Final = "greylist"
+_FINDINGS_MAX: Final = 256
 
 
 def _no_log(_level: int, _text: str) -> None:
@@ -92,6 +93,10 @@ class GreylistCheck:
             session.client_ip, sender, recipient, normalize=self.settings.normalize_sender
         )
         findings: dict[Triplet, Decision | None] = session.findings.setdefault(FINDINGS_KEY, {})
+        if len(findings) >= _FINDINGS_MAX:
+            # Decisions no check took (their RCPT was refused before it): forgotten, so a
+            # session of many refused recipients holds no more than this.
+            findings.clear()
         # Read here, in the session's thread; the errand only uses these copies.
         queue_id = tx.queue_id
         describe = functools.partial(

@@ -242,3 +242,13 @@ def test_factory_follows_the_config(tmp_path: pathlib.Path) -> None:
     stretched = greylist_check(long, tmp_path)
     assert stretched is not None
     assert stretched.settings.retry_window > stretched.settings.delay
+
+
+def test_findings_no_check_took_are_bounded(check: GreylistCheck) -> None:
+    view = View(transaction=Transaction(queue_id="4F2A1B", reverse_path=SENDER))
+    for n in range(1000):
+        # RCPTs refused before the check is asked (unknown users): errands only.
+        command = smtp.Rcpt(forward_path=Address(local_part=f"u{n}", domain="example.net"))
+        for inquiry in check.inquiries(Stage.RCPT, view, command):
+            inquiry.run()
+    assert 0 < len(view.findings[FINDINGS_KEY]) <= 256
