@@ -84,6 +84,7 @@ from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.retry import RetryPolicy
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
@@ -213,6 +214,7 @@ class QueueRunner:
             users=users,
             aliases=aliases,
             policy=self.policy,
+            dkim_keys=DkimKeys(config.data_dir, config.dkim.selector),
         )
         self._schedule = _Schedule()
         self._active: set[str] = set()

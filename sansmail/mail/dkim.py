@@ -44,6 +44,16 @@ serves answers already in hand, so nothing here waits:
   ARC set (see its docstring).
 - `generate`, `txt_record` and `dns_record` make keys and the record to publish.
 
+Speed. The RSA signature itself, RSASSA-PKCS1-v1_5 with the private key, is computed by
+dkimpy in pure Python (``pow`` on 1024-bit halves): 7.5 ms per signature, 94% of what
+signing a 10 KiB message costs in a profile of the queue runner, which then relayed at a
+sixth of its unsigned rate. The same operation through OpenSSL (``cryptography``) takes
+0.4 ms, and gives the same octets: PKCS #1 v1.5 signatures are deterministic. So
+dkimpy's module-level ``RSASSA_PKCS1_v1_5_sign``, the one function its signer calls for
+that step, is replaced here by `_rsa_sign`, which does it through OpenSSL and hands
+anything it does not expect back to dkimpy's own; everything else (canonicalization,
+the hashes, the tags, folding) stays dkimpy's.
+
 The libraries keep two things of their own that the rest of sansmail passes as
 arguments: dkimpy reads the clock (t= when signing, x= when verifying) and `generate`
 draws the key from the operating system's randomness through ``cryptography``.
@@ -57,12 +67,12 @@ import functools
 import logging
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 import dkim as dkimpy  # type: ignore[import-untyped]
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
 
 from sansmail.mail.dnsquery import DnsAnswer, DnsCheck, DnsQuery, ask
@@ -158,6 +168,53 @@ class ArcResult:
     reason: str | None = None
     instance: int = 0
     domain: str | None = None
+
+
+# -- dkimpy's RSA signature through OpenSSL (see "Speed" above) --------------------------------
+
+_DKIMPY_RSA_SIGN: Final = dkimpy.RSASSA_PKCS1_v1_5_sign
+_PREHASHED: Final = {
+    "sha256": utils.Prehashed(hashes.SHA256()),
+    "sha1": utils.Prehashed(hashes.SHA1()),  # noqa: S303 (rsa-sha1 signatures: dkimpy's)
+}
+
+
+@functools.lru_cache(maxsize=64)
+def _openssl_key(numbers: tuple[int, int, int, int, int, int, int, int]) -> rsa.RSAPrivateKey:
+    n, e, d, p, q, dmp1, dmq1, iqmp = numbers
+    public = rsa.RSAPublicNumbers(e, n)
+    return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, public).private_key()
+
+
+def _rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
+    """dkimpy's ``RSASSA_PKCS1_v1_5_sign(hash, private_key)`` through OpenSSL: `digest`
+    is dkimpy's hash object, `private_key` the key as dkimpy parsed it."""
+    prehashed = _PREHASHED.get(getattr(digest, "name", "").lower())
+    try:
+        numbers = tuple(
+            private_key[name]
+            for name in (
+                "modulus",
+                "publicExponent",
+                "privateExponent",
+                "prime1",
+                "prime2",
+                "exponent1",
+                "exponent2",
+                "coefficient",
+            )
+        )
+        if prehashed is None:
+            raise KeyError(digest)
+        key = _openssl_key(numbers)
+        return key.sign(digest.digest(), padding.PKCS1v15(), prehashed)
+    except (KeyError, TypeError, ValueError):
+        # Not a key or hash of the kind dkimpy signs with: its own code says why.
+        signature: bytes = _DKIMPY_RSA_SIGN(digest, private_key)
+        return signature
+
+
+dkimpy.RSASSA_PKCS1_v1_5_sign = _rsa_sign
 
 
 # -- verifying ---------------------------------------------------------------------------

@@ -43,6 +43,15 @@ complete before it is logged; and only then does a finished message leave the qu
 a crash in between may send a bounce twice but never loses one. A message deleted from
 the queue during the attempt (``queue delete``) is dropped without notifications.
 
+Signing. What leaves for another host is signed (DKIM) and, for a forwarded copy,
+sealed (ARC) with the keys of `sansmail.storage.dkimkeys`, as
+`sansmail.mail.dkim.outbound_fields` decides, when the attempt is opened: in the same
+blocking call, so the public-key work stays off the event loop, and once per attempt,
+whatever number of destinations and connections the copy then takes. Local copies
+(bounces to our own users) are stored as queued. A server without keys skips all of it
+(`DkimKeys.any`). A key that cannot sign leaves the message unsigned, with a warning: a
+message delayed for want of a signature is worse than one that may land in spam.
+
 The log lines each step owes collect in the attempt and `take_log` hands them over; a
 step that raised halfway leaves the lines of what it did complete.
 """
@@ -55,7 +64,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 
 from sansmail.config import Config
-from sansmail.mail import delivery, trace
+from sansmail.mail import delivery, dkim, trace
 from sansmail.mail.address import Address, MailboxId, parse_address
 from sansmail.mail.aliases import expand
 from sansmail.mail.attempt import Outcome, record_attempt
@@ -65,6 +74,7 @@ from sansmail.mail.logtext import printable
 from sansmail.mail.notices import Notice, notices, postmaster_address
 from sansmail.mail.retry import RetryPolicy
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError
 from sansmail.storage.users import UserStore
@@ -105,6 +115,7 @@ class QueueManager:
         users: UserStore,
         aliases: AliasSource,
         policy: RetryPolicy,
+        dkim_keys: DkimKeys | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -112,6 +123,8 @@ class QueueManager:
         self.users = users
         self.aliases = aliases
         self.policy = policy
+        #: The signing keys (None: nothing is signed).
+        self.dkim_keys = dkim_keys
 
     @functools.cached_property
     def postmaster(self) -> Address:
@@ -179,7 +192,7 @@ class QueueManager:
         if len(domains) != 1 or any(destination.local for _a, destination in items):
             raise ValueError("a batch is for one remote domain")
         messages = [
-            delivery.outbound_message(attempt.message, attempt.content, destination.recipients)
+            delivery.outbound_message(attempt.message, attempt.outbound, destination.recipients)
             for attempt, destination in items
         ]
         return RemoteDelivery(
@@ -241,6 +254,32 @@ class Attempt:
             pending = ()
         #: Where to deliver: empty when the message loops.
         self.destinations = delivery.destinations(pending, domains=manager.config.domains)
+        #: What goes to other hosts: `content` with its signature fields, if any.
+        self.outbound = content
+        if any(not d.local for d in self.destinations):
+            self.outbound = self._signed(content)
+
+    def _signed(self, content: bytes) -> bytes:
+        keys = self._manager.dkim_keys
+        if keys is None or not keys.any():
+            return content
+        config = self._manager.config
+        message = self.message
+        try:
+            fields = dkim.outbound_fields(
+                content,
+                forwarded=delivery.forwarded(message, domains=config.domains),
+                own_sender=delivery.own_sender(message, domains=config.domains),
+                domains=config.domains,
+                hostname=config.hostname,
+                selector=keys.selector,
+                key_for=keys.key_for,
+            )
+        except dkim.DkimError as exc:
+            text = f"{message.queue_id}: sent unsigned: {printable(str(exc))}"
+            self._log.append(LogLine(text, level="warning"))
+            return content
+        return fields + content
 
     def take_log(self) -> list[LogLine]:
         """The log lines owed so far, each once."""
@@ -252,7 +291,7 @@ class Attempt:
     ) -> RemoteDelivery:
         """The walk over `destination`'s next hops, for the runner to drive."""
         config = self._manager.config
-        message = delivery.outbound_message(self.message, self.content, destination.recipients)
+        message = delivery.outbound_message(self.message, self.outbound, destination.recipients)
         return RemoteDelivery(
             message,
             destination.domain,

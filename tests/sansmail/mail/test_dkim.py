@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import re
 
 import dkim as dkimpy
@@ -121,6 +122,21 @@ def test_signature_tags(algorithm) -> None:
         b"content-type",
         b"from",
     ]
+
+
+@pytest.mark.parametrize("hash_name", ["sha256", "sha1"])
+def test_openssl_rsa_gives_dkimpys_octets(hash_name) -> None:
+    # dkimpy's signer calls our OpenSSL version of its pure-Python RSA step; PKCS #1
+    # v1.5 is deterministic, so both must give the same signature for the same digest.
+    assert dkimpy.RSASSA_PKCS1_v1_5_sign is dkim._rsa_sign
+    parsed = dkimpy.crypto.parse_pem_private_key(key()[0])
+    digest = hashlib.new(hash_name, b"the headers, canonicalized")
+    pure = bytes(dkimpy.crypto.RSASSA_PKCS1_v1_5_sign(digest, parsed))
+    assert dkim._rsa_sign(digest, parsed) == pure
+    small = dkimpy.crypto.parse_pem_private_key(SMALL_KEY)
+    assert dkim._rsa_sign(digest, small) == bytes(
+        dkimpy.crypto.RSASSA_PKCS1_v1_5_sign(digest, small)
+    )
 
 
 def test_oversigned_from_refuses_an_added_from() -> None:
