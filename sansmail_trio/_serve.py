@@ -43,7 +43,7 @@ from sansmail.mail.authcache import AuthCache, AuthCacheSettings
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
 from sansmail.sessions.pop3d import Pop3Service
-from sansmail.sessions.smtpd import SmtpService, store_all
+from sansmail.sessions.smtpd import SmtpService, intake_checks, store_all
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
@@ -54,7 +54,7 @@ from sansmail_trio._commit import Committer
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
-from sansmail_trio._log import get_logger
+from sansmail_trio._log import get_logger, line_logger
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner, read_wakeups
 from sansmail_trio._session import Stoppable
@@ -213,6 +213,10 @@ async def serve(
     smtp_log = get_logger("smtp")
     # One group committer for the SMTP sessions of this process (_commit.py).
     committer = Committer(store_all)
+    checks = await trio.to_thread.run_sync(
+        functools.partial(intake_checks, config, log=line_logger(smtp_log))
+    )
+    check_resolver = Resolver.from_config(config.dns) if checks else None
     services: dict[str, Service] = {}
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
@@ -225,8 +229,11 @@ async def serve(
             srs_key=srs_key,
             service=name,
             tls_available=tls is not None,
+            checks=checks,
         )
-        smtp_service = SMTPService(shared=shared, log=smtp_log, tls=tls, committer=committer)
+        smtp_service = SMTPService(
+            shared=shared, log=smtp_log, tls=tls, committer=committer, resolver=check_resolver
+        )
         if wake is not None:
             smtp_service.wake = wake
         elif runner is not None:

@@ -147,12 +147,16 @@ async def converse(
     *,
     refusal: Refusal | None,
     loop: Callable[[], Awaitable[None]],
+    before_greeting: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """One connection from greeting to close (see the module docstring); `loop` is the
-    protocol's part, run until the session has `ended`."""
+    protocol's part, run until the session has `ended`; `before_greeting` what must be
+    found out first (SMTP's CONNECT checks)."""
     last_words = b""
     try:
         with time.scope:
+            if refusal is None and before_greeting is not None:
+                await before_greeting()
             greeting = session.greeting() if refusal is None else session.refuse(refusal)
             await wire.send(greeting, flush=True)
             await loop()
@@ -209,12 +213,21 @@ async def carry(
     registry: SessionRegistry | None,
     refusal: Refusal | None,
     loop: Callable[[SessionTime], Awaitable[None]],
+    before_greeting: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Run one connection to its end: `converse`, with the session's time in `registry`
     while it runs so that shutdown can reach it. `loop(time)` is the protocol's part."""
     time = SessionTime()
 
     async def run() -> None:
-        await converse(session, wire, time, log, refusal=refusal, loop=lambda: loop(time))
+        await converse(
+            session,
+            wire,
+            time,
+            log,
+            refusal=refusal,
+            loop=lambda: loop(time),
+            before_greeting=before_greeting,
+        )
 
     await run_registered(time, registry, run)

@@ -26,8 +26,10 @@ import trio
 from sansmail import PAUSED, LocalProtocolError, smtp
 from sansmail.config import Config
 from sansmail.sessions.common import Refusal
-from sansmail.sessions.smtpd import SmtpService, SmtpSession, Storing, store_all
+from sansmail.sessions.smtpd import SmtpService, SmtpSession, Stage, Storing, store_all
 from sansmail_trio._commit import Committer
+from sansmail_trio._dns import Resolver
+from sansmail_trio._inquiry import Inquirer
 from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in, wall_clock
 from sansmail_trio._session import (
@@ -40,6 +42,14 @@ from sansmail_trio._tls import TLSContextHolder
 from sansmail_trio._wire import Wire
 
 __all__ = ["SMTPService"]
+
+
+#: The commands whose stage may need inquiries first (CONNECT and END_OF_DATA have none).
+_STAGES: dict[type, Stage] = {
+    smtp.Hello: Stage.HELO,
+    smtp.Mail: Stage.MAIL,
+    smtp.Rcpt: Stage.RCPT,
+}
 
 
 def _nothing(_queue_id: str) -> None:
@@ -58,6 +68,8 @@ class SMTPService:
     wake: Callable[[str], None] = _nothing
     #: The group committer of this process (its task runs in `serve`).
     committer: Committer[Storing] = attrs.Factory(lambda: Committer(store_all))
+    #: Answers the sender checks' DNS questions (None: no check asks any).
+    resolver: Resolver | None = None
     _log_line: Callable[[int, str], None] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -87,17 +99,34 @@ class SMTPService:
             self.shared, client_ip=peer[0], client_port=peer[1], log=self._log_line, tls=tls
         )
         wire = Wire(stream, session.conn)
-        await carry(
-            session,
-            wire,
-            self.log,
-            registry=registry,
-            refusal=refuse,
-            loop=lambda time: _loop(self, session, wire, time),
-        )
+        inquirer = Inquirer(self.resolver, log=self._log_line)
+        try:
+            await carry(
+                session,
+                wire,
+                self.log,
+                registry=registry,
+                refusal=refuse,
+                loop=lambda time: _loop(self, session, wire, time, inquirer),
+                before_greeting=lambda: _inquire(session, inquirer, Stage.CONNECT),
+            )
+        finally:
+            with trio.CancelScope(shield=True):
+                await inquirer.aclose()
 
 
-async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: SessionTime) -> None:
+async def _inquire(
+    session: SmtpSession, inquirer: Inquirer, stage: Stage, command: smtp.Event | None = None
+) -> None:
+    """Carry out what the checks need to know before `stage` (DNS, milters, errands)."""
+    inquiries = session.inquiries(stage, command, wall_clock())
+    if inquiries:
+        await inquirer.run(inquiries)
+
+
+async def _loop(
+    service: SMTPService, session: SmtpSession, wire: Wire, time: SessionTime, inquirer: Inquirer
+) -> None:
     while not session.ended:
         event = await time.wait_for_client(
             wire, session.timeout, interruptible=not session.in_transaction
@@ -110,6 +139,7 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             if session.content(event.data, wall_clock()):
                 await trio.to_thread.run_sync(session.flush)
         elif isinstance(event, smtp.EndOfMessage):
+            await _inquire(session, inquirer, Stage.END_OF_DATA)
             job = session.finish(wall_clock())
             if isinstance(job, Storing):
                 await service.committer.commit(job)
@@ -126,6 +156,9 @@ async def _loop(service: SMTPService, session: SmtpSession, wire: Wire, time: Se
             await log_in(session, event, wire, time)
         else:
             assert isinstance(event, smtp.Event)
+            stage = _STAGES.get(type(event))
+            if stage is not None:
+                await _inquire(session, inquirer, stage, event)
             reply = session.handle(event, wall_clock())
             if reply is not None:
                 await wire.send(reply)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from sansmail.config import _values
-from sansmail.config._model import BUILT_SERVICES, AntispamConfig, Config, DKIMConfig, MilterConfig
+from sansmail.config._model import BUILT_SERVICES, Config, DKIMConfig
 
 __all__ = ["UNBUILT", "not_in_force"]
 
@@ -29,42 +29,9 @@ UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
     ("mail_owner", lambda c: c.mail_owner is not None, "serve keeps the user it started as"),
     ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
     (
-        "antispam.spf",
-        lambda c: c.antispam.spf != "off",
-        "no SPF check is made; nothing is tagged or rejected",
-    ),
-    (
-        "antispam.reverse_dns",
-        lambda c: c.antispam.reverse_dns != "off",
-        "no reverse DNS check is made; nothing is tagged or rejected",
-    ),
-    (
-        "antispam.dkim",
-        lambda c: c.antispam.dkim != "off",
-        "DKIM signatures of incoming mail are not verified",
-    ),
-    (
-        "antispam.dmarc",
-        lambda c: c.antispam.dmarc != "off",
-        "no DMARC policy is applied",
-    ),
-    ("antispam.dnsbl", lambda c: bool(c.antispam.dnsbl), "no DNSBL zone is queried"),
-    ("antispam.greylisting", lambda c: c.antispam.greylisting, "no mail is greylisted"),
-    (
-        "antispam.greylist_delay",
-        lambda c: c.antispam.greylist_delay != AntispamConfig().greylist_delay,
-        "no mail is greylisted",
-    ),
-    (
         "dkim.selector",
         lambda c: c.dkim.selector != DKIMConfig().selector,
         "outgoing mail is not DKIM-signed",
-    ),
-    ("milter.milters", lambda c: bool(c.milter.milters), "no milter is called"),
-    (
-        "milter.default_action",
-        lambda c: c.milter.default_action != MilterConfig().default_action,
-        "no milter is called",
     ),
     ("sieve.before", lambda c: c.sieve.before is not None, "the script is not run"),
     (

@@ -80,6 +80,8 @@ def write_config(
     tls: tuple[pathlib.Path, pathlib.Path] | None = None,
     mynetworks: list[str] | None = None,
     listen: Mapping[str, str] | None = None,
+    antispam: Mapping[str, Any] | None = None,
+    nameservers: list[str] | None = None,
 ) -> pathlib.Path:
     lines = [
         'hostname = "mx.example.test"',
@@ -95,17 +97,28 @@ def write_config(
         lines += ["[tls]", f'cert = "{tls[0]}"', f'key = "{tls[1]}"']
     # Tests never ask the machine's resolver (and so never the Internet): a queued
     # message for a domain no test set up meets a closed port on loopback.
-    lines += ["[dns]", 'nameservers = ["127.0.0.1:9"]']
+    servers = nameservers or ["127.0.0.1:9"]
+    lines += ["[dns]", "nameservers = [" + ", ".join(f'"{n}"' for n in servers) + "]"]
     # A client outside mynetworks would meet the default sender checks, whose DNS
     # questions go unanswered here (10 s each); the anti-spam tests set their own.
-    lines += ["[antispam]", 'spf = "off"', 'dkim = "off"', 'dmarc = "off"']
+    checks: dict[str, Any] = {"spf": "off", "dkim": "off", "dmarc": "off"}
+    checks.update(antispam or {})
+    lines.append("[antispam]")
+    lines += [f"{key} = {_toml(value)}" for key, value in checks.items()]
     lines.append("[smtp]")
     for key, value in (smtp or {}).items():
-        shown = str(value).lower() if isinstance(value, bool) else repr(value)
-        lines.append(f"{key} = {shown}".replace("'", '"'))
+        lines.append(f"{key} = {_toml(value)}")
     path = tmp_path / "sansmail.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value).replace("'", '"')
 
 
 StartServer = Callable[..., Any]
@@ -149,9 +162,19 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
         mynetworks: list[str] | None = None,
         listen: Mapping[str, str] | None = None,
         auth_settings: AuthSettings | None = None,
+        antispam: Mapping[str, Any] | None = None,
+        nameservers: list[str] | None = None,
         **smtp: Any,
     ) -> RunningServer:
-        path = write_config(tmp_path, smtp, tls=tls, mynetworks=mynetworks, listen=listen)
+        path = write_config(
+            tmp_path,
+            smtp,
+            tls=tls,
+            mynetworks=mynetworks,
+            listen=listen,
+            antispam=antispam,
+            nameservers=nameservers,
+        )
         config = load_config(path, default_hostname="unused.test")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         shutdown = trio.Event()

@@ -59,8 +59,21 @@ that stage would need the store to prepend to a written file and are refused (Va
 until the store can.
 """
 
-from sansmail.sessions.smtpd._checks import Check, SessionView, Stage, Verdict
+from sansmail.sessions.smtpd._checks import (
+    CLIENT_NAME,
+    Check,
+    Conversation,
+    Errand,
+    Inquiring,
+    Inquiry,
+    Lookup,
+    SessionView,
+    Stage,
+    Verdict,
+)
+from sansmail.sessions.smtpd._intake import intake_checks
 from sansmail.sessions.smtpd._replies import AUTH_THROTTLED, INTERNAL_ERROR
+from sansmail.sessions.smtpd._sender import SenderChecks, sender_checks
 from sansmail.sessions.smtpd._service import SUBMISSION_SERVICES, SmtpService
 from sansmail.sessions.smtpd._session import HEADER_LIMIT, SmtpSession
 from sansmail.sessions.smtpd._transaction import (
@@ -74,13 +87,20 @@ from sansmail.sessions.smtpd._transaction import (
 
 __all__ = [
     "AUTH_THROTTLED",
+    "CLIENT_NAME",
     "HEADER_LIMIT",
     "INTERNAL_ERROR",
     "SPILL_THRESHOLD",
     "SUBMISSION_SERVICES",
     "Check",
     "Committed",
+    "Conversation",
+    "Errand",
+    "Inquiring",
+    "Inquiry",
+    "Lookup",
     "Outgoing",
+    "SenderChecks",
     "SessionView",
     "SmtpService",
     "SmtpSession",
@@ -88,5 +108,7 @@ __all__ = [
     "Storing",
     "Transaction",
     "Verdict",
+    "intake_checks",
+    "sender_checks",
     "store_all",
 ]

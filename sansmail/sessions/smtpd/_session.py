@@ -94,6 +94,8 @@ class SmtpSession:
         # Transactions that died with files started: `cleanup` removes them.
         self._dead: list[Transaction] = []
         self._inquiring = [c for c in service.checks if isinstance(c, Inquiring)]
+        # The RCPT being inquired about, and its resolution (see `inquiries`).
+        self._resolved: tuple[smtp.Rcpt, Resolution] | None = None
 
     # -- what the adapter asks ------------------------------------------------------------
 
@@ -126,13 +128,22 @@ class SmtpSession:
         name = self.findings.get(CLIENT_NAME)
         return name if isinstance(name, str) else None
 
-    def inquiries(self, stage: Stage, command: smtp.Event | None = None) -> list[Inquiry]:
+    def inquiries(
+        self, stage: Stage, command: smtp.Event | None = None, now: float = 0.0
+    ) -> list[Inquiry]:
         """What the adapter must find out (DNS, milters, blocking errands) before it
         lets `stage` be asked: at CONNECT before `greeting`, at HELO, MAIL and RCPT
-        before `handle` of that `command`, at END_OF_DATA before `finish`. The
-        inquiries write into `findings`; carry them all out, then go on."""
+        before `handle` of that `command` (with the same `now`), at END_OF_DATA before
+        `finish`. The inquiries write into `findings`; carry them all out, then go on.
+        A recipient that is refused anyway (unknown user, relay denied) asks nothing:
+        its resolution is kept for `handle`, as Postfix's restrictions come before
+        its policy services."""
         if not self._inquiring:
             return []
+        if stage is Stage.RCPT and isinstance(command, smtp.Rcpt):
+            resolution = self._resolve(command, now)
+            if not resolution.accepted:
+                return []
         found: list[Inquiry] = []
         for check in self._inquiring:
             found.extend(check.inquiries(stage, self, command))
@@ -310,9 +321,8 @@ class SmtpSession:
         tx = self.transaction
         assert tx is not None, "the core only passes RCPT inside a transaction"
         rcpt = event.forward_path
-        resolution = self.service.resolve(
-            rcpt, sasl_authenticated=self.user is not None, client_ip=self.client_ip, now=now
-        )
+        resolution = self._resolve(event, now)
+        self._resolved = None
         for problem in resolution.problems:
             self.log(logging.WARNING, f"{tx.queue_id}: to=<{_path(rcpt)}>: aliases: {problem}")
         reply = resolution.reply
@@ -327,6 +337,19 @@ class SmtpSession:
         if not reply.is_positive:
             self._log_rejected(tx, rcpt, reply)
         return reply
+
+    def _resolve(self, event: smtp.Rcpt, now: float) -> Resolution:
+        """The recipient's resolution, made once for `inquiries` and `handle`."""
+        if self._resolved is not None and self._resolved[0] is event:
+            return self._resolved[1]
+        resolution = self.service.resolve(
+            event.forward_path,
+            sasl_authenticated=self.user is not None,
+            client_ip=self.client_ip,
+            now=now,
+        )
+        self._resolved = (event, resolution)
+        return resolution
 
     def _take(
         self, tx: Transaction, rcpt: Address, resolution: Resolution, event: smtp.Rcpt, now: float

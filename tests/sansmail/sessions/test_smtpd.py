@@ -180,7 +180,7 @@ class Client:
     def inquire(self, stage: Stage, command: smtp.Event | None = None) -> None:
         """What an adapter does before a stage: answer the checks' DNS questions, run
         their errands (no milters here)."""
-        for inquiry in self.session.inquiries(stage, command):
+        for inquiry in self.session.inquiries(stage, command, NOW):
             if isinstance(inquiry, Lookup):
                 inquiry.deliver(drive(inquiry.check, self.resolve))
             elif isinstance(inquiry, Errand):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import pytest
@@ -57,23 +56,21 @@ class Holder:
         return None
 
 
-def run_inquiries(client: Any, stage: Stage, command: smtp.Event | None = None) -> None:
-    for inquiry in client.session.inquiries(stage, command):
-        assert isinstance(inquiry, Errand)
-        inquiry.run()
-
-
 def test_inquiries_are_gathered_per_stage_with_the_command(tmp_path: pathlib.Path) -> None:
     check = Holder()
     client = Server(tmp_path, checks=[check]).session(STRANGER)
-    mail = smtp.Mail(reverse_path=None)
-    run_inquiries(client, Stage.CONNECT)
-    run_inquiries(client, Stage.MAIL, mail)
-    assert check.asked == [(Stage.CONNECT, "NoneType", False), (Stage.MAIL, "Mail", False)]
-    assert client.session.findings["ran"] == [Stage.CONNECT, Stage.MAIL]
+    client.transaction("a@example.org", "alice@example.test")
+    assert check.asked == [
+        (Stage.CONNECT, "NoneType", False),
+        (Stage.HELO, "Hello", False),
+        (Stage.MAIL, "Mail", False),
+        (Stage.RCPT, "Rcpt", False),
+        (Stage.END_OF_DATA, "NoneType", False),
+    ]
+    # The errands ran before each stage, in the adapter's order.
+    assert client.session.findings["ran"] == [s for s, _c, _t in check.asked]
     (tmp_path / "t").mkdir()
-    trusted = Server(tmp_path / "t", checks=[check]).session(TRUSTED)
-    assert trusted.session.trusted
+    assert Server(tmp_path / "t", checks=[check]).session(TRUSTED).session.trusted
     assert not client.session.trusted
 
 
@@ -223,3 +220,15 @@ def test_edits_never_touch_the_body_and_keep_a_header_section(
     added = sum(e.action != "change" for e in edits)
     assert len(parsed) <= len(fields) + len(edits)
     assert len(parsed) >= len(fields) + added - sum(e.action == "change" for e in edits)
+
+
+def test_a_refused_recipient_asks_nothing(tmp_path: pathlib.Path) -> None:
+    check = Holder()
+    client = Server(tmp_path, checks=[check]).session(STRANGER)
+    client.say("EHLO client.example")
+    client.say("MAIL FROM:<a@example.org>")
+    assert client.say("RCPT TO:<nobody@example.test>").startswith(b"550 5.1.1")
+    assert client.say("RCPT TO:<victim@far.test>").startswith(b"554 5.7.1")
+    assert client.say("RCPT TO:<alice@example.test>").startswith(b"250")
+    # Only the accepted recipient was inquired about (greylisting, milters).
+    assert [stage for stage, _c, _t in check.asked].count(Stage.RCPT) == 1
