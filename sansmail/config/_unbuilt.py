@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Final
 
 from sansmail.config import _values
-from sansmail.config._model import BUILT_SERVICES, Config, DKIMConfig
+from sansmail.config._model import BUILT_SERVICES, Config
 
 __all__ = ["UNBUILT", "not_in_force"]
 
@@ -28,11 +28,6 @@ __all__ = ["UNBUILT", "not_in_force"]
 UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
     ("mail_owner", lambda c: c.mail_owner is not None, "serve keeps the user it started as"),
     ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
-    (
-        "dkim.selector",
-        lambda c: c.dkim.selector != DKIMConfig().selector,
-        "outgoing mail is not DKIM-signed",
-    ),
     ("sieve.before", lambda c: c.sieve.before is not None, "the script is not run"),
     (
         "storage.backend",

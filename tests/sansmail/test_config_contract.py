@@ -295,7 +295,6 @@ def test_each_key_asking_for_something_is_reported_once(tmp_path: pathlib.Path) 
         "listen.metrics",
         "mail_owner",
         "log_format",
-        "dkim.selector",
         "sieve.before",
         "storage.backend",
         "storage.dsn",
