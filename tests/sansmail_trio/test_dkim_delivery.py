@@ -16,8 +16,16 @@ import trustme
 from delivery_helpers import FAILING, PEER, Sink, free_port, send, start_ours, submit, wait_for
 from dns_server import DNSServer
 
+from sansmail.config import Config
 from sansmail.mail import dkim
-from sansmail.storage.dkimkeys import write_key
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.retry import RetryPolicy
+from sansmail.sessions.qmgr import QueueManager
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.dkimkeys import DkimKeys, write_key
+from sansmail.storage.maildir import MaildirStore
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._dns import Resolver, run_check
 
 
@@ -171,3 +179,73 @@ async def test_bounce_to_a_remote_sender_is_signed_for_the_hostname(
     assert b" d=mx.example.test;" in bounce.content
     records = {"sansmail._domainkey.mx.example.test": txt}
     assert dkimpy.verify(bounce.content, dnsfunc=dnsfunc(records))
+
+
+# -- the attempt, without sockets -----------------------------------------------------------
+
+CONTENT = b"From: alice@example.test\r\nTo: bob@peer.test\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def manager(root: pathlib.Path) -> QueueManager:
+    (root / "aliases").write_text("")
+    config = Config(
+        source=None,
+        hostname="mx.example.test",
+        domains=("example.test",),
+        data_dir=root,
+        aliases=root / "aliases",
+    )
+    return QueueManager(
+        config=config,
+        queue=QueueStore(root / "queue"),
+        store=MaildirStore(root, hostname="mx.example.test"),
+        users=UserStore(root / "users.json"),
+        aliases=AliasSource(root / "aliases"),
+        policy=RetryPolicy(minimal_backoff=300, maximal_backoff=3600, max_lifetime=86400),
+        dkim_keys=DkimKeys(root, "sansmail"),
+    )
+
+
+def enqueue(queue: QueueManager, *recipients: str) -> str:
+    qid = queue.queue.new_id()
+    writer = queue.queue.begin(qid)
+    writer.write(CONTENT)
+    writer.commit(
+        QueuedMessage(
+            queue_id=qid,
+            sender="alice@example.test",
+            arrival=0.0,
+            size=0,
+            recipients=[QueuedRecipient(address=r) for r in recipients],
+        )
+    )
+    return qid
+
+
+def test_attempt_signs_what_goes_to_other_hosts_only(tmp_path: pathlib.Path) -> None:
+    queue = manager(tmp_path)
+    private, _txt = dkim.generate("ed25519")
+    write_key(tmp_path, "example.test", "sansmail", private, _txt)
+    remote = queue.open(enqueue(queue, "bob@peer.test", "carol@example.test"))
+    assert remote is not None
+    assert remote.content == CONTENT  # local copies and bounces quote it as queued
+    assert remote.outbound.startswith(b"DKIM-Signature:")
+    assert remote.outbound.endswith(CONTENT)
+    (destination,) = [d for d in remote.destinations if not d.local]
+    walk = queue.remote([(remote, destination)], shuffle=lambda hosts: None)
+    assert walk.message.content == remote.outbound
+    local = queue.open(enqueue(queue, "carol@example.test"))
+    assert local is not None
+    assert local.outbound == CONTENT  # no remote destination: nothing signed
+
+
+def test_attempt_with_a_bad_key_goes_unsigned_with_a_warning(tmp_path: pathlib.Path) -> None:
+    queue = manager(tmp_path)
+    write_key(tmp_path, "example.test", "sansmail", b"not a key", "v=DKIM1; p=")
+    qid = enqueue(queue, "bob@peer.test")
+    attempt = queue.open(qid)
+    assert attempt is not None
+    assert attempt.outbound == CONTENT
+    [line] = attempt.take_log()
+    assert line.level == "warning"
+    assert line.text.startswith(f"{qid}: sent unsigned: not a PEM private key")
