@@ -12,7 +12,7 @@ and keeps no session state of its own."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -65,6 +65,14 @@ def _header_fields(_inst: object, _attr: object, value: tuple[tuple[str, str], .
             )
 
 
+def _field_tuple(value: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    return tuple(value)
+
+
+def _edit_tuple(value: Iterable[HeaderEdit]) -> tuple[HeaderEdit, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Verdict:
     """What one check said at one stage. `reply` (a 4xx or 5xx) refuses; `header_fields`
@@ -80,9 +88,9 @@ class Verdict:
     source: str
     reply: Reply | None = attrs.field(default=None)
     header_fields: tuple[tuple[str, str], ...] = attrs.field(
-        default=(), converter=tuple, validator=_header_fields
+        default=(), converter=_field_tuple, validator=_header_fields
     )
-    header_edits: tuple[HeaderEdit, ...] = attrs.field(default=(), converter=tuple)
+    header_edits: tuple[HeaderEdit, ...] = attrs.field(default=(), converter=_edit_tuple)
     body: bytes | None = None
     quarantine: str | None = None
     discard: bool = False

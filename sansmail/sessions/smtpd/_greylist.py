@@ -150,7 +150,7 @@ class GreylistCheck:
         if field is None or any(name == field[0] for name, _ in tx.added_fields):
             return None
         # (mypy cannot type attrs' converter=tuple on Verdict.header_fields.)
-        return Verdict(source=SOURCE, header_fields=(field,))  # type: ignore[arg-type]
+        return Verdict(source=SOURCE, header_fields=(field,))
 
     def close(self) -> None:
         """Blocking: close the store's open files."""

@@ -40,6 +40,7 @@ import attrs
 from sansmail import smtp
 from sansmail.config import Config
 from sansmail.mail import authres, dkim
+from sansmail.mail.dkim import ArcResult, DkimResult
 from sansmail.mail.dmarc import DmarcDecision, DmarcMode, DmarcResult, check_dmarc, decide_dmarc
 from sansmail.mail.dnsbl import DnsblResult, ListZone, check_lists, decide_dnsbl, parse_zone
 from sansmail.mail.dnsquery import DnsAnswer, DnsQuery
@@ -74,10 +75,10 @@ _MESSAGE = "antispam.message"  # (dkim results, dmarc result) of the transaction
 
 @attrs.frozen
 class _MessageFindings:
-    dkim: tuple[dkim.DkimResult, ...] | None  # None: not checked, or out of time
+    dkim: tuple[DkimResult, ...] | None  # None: not checked, or out of time
     dmarc: DmarcResult | None
     from_domain: str | None
-    arc: dkim.ArcResult | None = None
+    arc: ArcResult | None = None
 
 
 @attrs.define
@@ -207,12 +208,12 @@ class SenderChecks:
             if not isinstance(message, _MessageFindings):
                 message = _MessageFindings(dkim=None, dmarc=None, from_domain=None)
             sample = _sample(tx.queue_id)
-            decision = decide_dmarc(self.dmarc, message.dmarc, sample)
-            verdict = self._results(session, message, decision)
+            policy = decide_dmarc(self.dmarc, message.dmarc, sample)
+            verdict = self._results(session, message, policy)
             return attrs.evolve(
                 verdict,
-                reply=decision.reply,
-                quarantine=f"DMARC policy of {message.from_domain}" if decision.junk else None,
+                reply=policy.reply,
+                quarantine=f"DMARC policy of {message.from_domain}" if policy.junk else None,
             )
         return None
 
@@ -270,7 +271,7 @@ def sender_checks(config: Config) -> SenderChecks | None:
     return checks
 
 
-def _dkim_methods(results: tuple[dkim.DkimResult, ...] | None) -> list[authres.MethodResult]:
+def _dkim_methods(results: tuple[DkimResult, ...] | None) -> list[authres.MethodResult]:
     if results is None:
         return [authres.dkim_method("temperror", reason="DNS lookups timed out")]
     if not results:
