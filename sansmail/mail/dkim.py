@@ -22,7 +22,8 @@ serves answers already in hand, so nothing here waits:
   policy      it verifies, with a key too small to count (RFC 8301 §3.2)
   temperror   the key lookup failed transiently (SERVFAIL, timeout)
   permerror   no key record (NXDOMAIN or no TXT), a key record that does not
-              parse, a required tag missing or invalid, an unreadable header
+              parse or whose h= excludes the signature's hash (§6.1.2), a required
+              tag missing or invalid, an unreadable header
   ==========  ===============================================================
 
   An empty tuple means no signature (``dkim=none``).
@@ -307,6 +308,9 @@ def _verify_one(
         dkimpy.evaluate_pk(name, record)
     except dkimpy.DKIMException as exc:
         return result("permerror", f"bad key at {name}: {exc}")
+    if not _hash_allowed(record, sig.text(b"a")):
+        # RFC 6376 §6.1.2 (dkimpy does not look at the key's h= tag).
+        return result("permerror", f"inappropriate hash algorithm for the key at {name}")
     try:
         valid = checker.verify(idx=sig.index, dnsfunc=lambda _name, timeout=5: record)
     except dkimpy.KeyFormatError as exc:
@@ -332,6 +336,20 @@ def _key_record(answer: DnsAnswer) -> bytes | None:
         if re.match(rb"\s*(v\s*=\s*DKIM1|[a-z]\s*=)", record):
             return record
     return records[0]
+
+
+def _hash_allowed(record: bytes, algorithm: str) -> bool:
+    """Whether the key record's h= tag (RFC 6376 §3.6.1: the hash algorithms the key may
+    be used with; absent, any) allows the hash of a= ("rsa-sha256": "sha256")."""
+    try:
+        tags = parse_tag_value(record)
+    except InvalidTagValueList:
+        return True  # evaluate_pk has read it; a tag list it accepts is dkimpy's call
+    allowed = tags.get(b"h")
+    if allowed is None:
+        return True
+    hashes_ = {h.strip().lower() for h in allowed.decode("latin-1").split(":")}
+    return algorithm.lower().rpartition("-")[2] in hashes_
 
 
 def _reason(text: str) -> str:

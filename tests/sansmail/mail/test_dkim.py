@@ -221,6 +221,17 @@ def test_verify_permerror_bad_key_record() -> None:
     assert result.result == "permerror"
 
 
+def test_verify_permerror_hash_the_key_excludes() -> None:
+    # RFC 6376 §6.1.2: a key record whose h= does not list the signature's hash.
+    txt = key()[1].replace("k=rsa;", "k=rsa; h=sha1;")
+    (result,) = drive(dkim.verify(signed()), zone({"sel._domainkey.example.com": txt}))
+    assert result.result == "permerror"
+    assert "hash" in result.reason
+    txt = key()[1].replace("k=rsa;", "k=rsa; h=sha1:SHA256;")
+    (result,) = drive(dkim.verify(signed()), zone({"sel._domainkey.example.com": txt}))
+    assert result.result == "pass"
+
+
 def test_verify_permerror_missing_tag() -> None:
     message = (
         b"DKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=sel; h=from; b=AAAA\r\n" + MESSAGE
