@@ -20,10 +20,10 @@ What goes when (Postfix's milter8.c order):
   ``{if_addr}`` from a session that has a `server_ip`).
 - HELO: ``{tls_version} {cipher}`` and the HELO/EHLO argument.
 - MAIL: ``{auth_authen} {mail_addr}`` (and ``{auth_type}`` from a session that has an
-  `auth_mechanism`; ``i`` is not known yet) and the reverse path
-  with its ESMTP parameters; an ABORT first when the milter is still in an earlier
-  transaction (RSET, a refused MAIL or RCPT, a new EHLO: the abort travels lazily with
-  the next step, or with the QUIT at the end, as `close_data`).
+  `auth_mechanism`; ``i`` is not known yet) and the reverse path with its ESMTP
+  parameters; an ABORT first when the milter is still in an earlier transaction (RSET,
+  a refused MAIL or RCPT, a new EHLO: the abort travels lazily with the next step, or
+  with the QUIT at the end, as `close_data`).
 - RCPT: ``i {rcpt_addr} {rcpt_host} {rcpt_mailer}`` and one forward path.
 - END_OF_DATA: DATA, each header field, end of header, the body in chunks of at most
   65535 octets, end of message (each with ``i``), all from the held message
