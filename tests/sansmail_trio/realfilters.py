@@ -463,25 +463,27 @@ def start_spamass_milter(
 
 
 # --- fixtures --------------------------------------------------------------------------
-# Module-scoped: one instance per test module (and per xdist worker that runs its tests).
-# A test module imports the *_fixture functions; its tests ask for the fixtures by name.
+# Session-scoped: one instance per pytest process (each xdist worker that runs a test
+# needing it starts its own). conftest.py imports the *_fixture functions, so that every
+# module shares them (fixtures imported into two modules would be two fixtures); tests
+# ask for them by name.
 
 
-@pytest.fixture(scope="module", name="rspamd_milter")
+@pytest.fixture(scope="session", name="rspamd_milter")
 def rspamd_milter_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filter]:
     running = start_rspamd(tmp_path_factory.mktemp("rspamd"))
     yield running
     running.stop()
 
 
-@pytest.fixture(scope="module", name="spamd")
+@pytest.fixture(scope="session", name="spamd")
 def spamd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spamd]:
     running = start_spamd(tmp_path_factory.mktemp("spamd"))
     yield running
     running.daemon.stop()
 
 
-@pytest.fixture(scope="module", name="spamass_milter_reject")
+@pytest.fixture(scope="session", name="spamass_milter_reject")
 def spamass_milter_reject_fixture(
     tmp_path_factory: pytest.TempPathFactory, spamd: Spamd
 ) -> Iterator[Filter]:
@@ -492,7 +494,7 @@ def spamass_milter_reject_fixture(
     running.daemons[-1].stop()  # spamd is the spamd fixture's to stop
 
 
-@pytest.fixture(scope="module", name="spamass_milter_tag")
+@pytest.fixture(scope="session", name="spamass_milter_tag")
 def spamass_milter_tag_fixture(
     tmp_path_factory: pytest.TempPathFactory, spamd: Spamd
 ) -> Iterator[Filter]:
@@ -501,7 +503,7 @@ def spamass_milter_tag_fixture(
     running.daemons[-1].stop()
 
 
-@pytest.fixture(scope="module", name="spamass_milter_report")
+@pytest.fixture(scope="session", name="spamass_milter_report")
 def spamass_milter_report_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Filter]:
     """spamass-milter, tagging only, before a spamd of its own with report_safe 1: a spam's
     body is replaced (SMFIR_REPLBODY) and its Content-Type changed."""

@@ -19,11 +19,6 @@ from realfilters import (
     RSPAMD_REJECT_REPLY,
     SPAMASS_REJECT_REPLY,
     Filter,
-    rspamd_milter_fixture,  # noqa: F401  (fixtures)
-    spamass_milter_reject_fixture,  # noqa: F401
-    spamass_milter_report_fixture,  # noqa: F401
-    spamass_milter_tag_fixture,  # noqa: F401
-    spamd_fixture,  # noqa: F401
 )
 
 from sansmail import NEED_DATA, PAUSED
