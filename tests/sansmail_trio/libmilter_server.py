@@ -5,7 +5,9 @@ connection, with a behaviour chosen by what it is sent:
 - a recipient containing "spamtrap" is rejected at RCPT;
 - at end of message, the Subject decides: "reject" -> REJECT, "tempfail" -> TEMPFAIL,
   "replycode" -> 554 5.7.1 with its own text, "discard" -> DISCARD, "body" -> the body
-  replaced, anything else -> an "X-Milter: seen by libmilter" field added;
+  replaced, "reroute" -> alice@example.test deleted, bob@example.test added and the
+  sender changed to bounces@example.test, anything else -> an "X-Milter: seen by
+  libmilter" field added;
 - every callback is recorded in `LibMilter.calls` as (connection number, name, data).
 
 Named libmilter_server, not milter_helpers: the core's tests have a module of that name,
@@ -27,7 +29,15 @@ lm: Any = pytest.importorskip("libmilter")
 
 __all__ = ["LibMilter", "libmilter_fixture"]
 
-OPTIONS = lm.SMFIF_ADDHDRS | lm.SMFIF_CHGHDRS | lm.SMFIF_CHGBODY | lm.SMFIF_QUARANTINE
+OPTIONS = (
+    lm.SMFIF_ADDHDRS
+    | lm.SMFIF_CHGHDRS
+    | lm.SMFIF_CHGBODY
+    | lm.SMFIF_QUARANTINE
+    | lm.SMFIF_ADDRCPT
+    | lm.SMFIF_DELRCPT
+    | lm.SMFIF_CHGFROM
+)
 
 
 class ScriptMilter(lm.ThreadMixin, lm.MilterProtocol):  # type: ignore[misc]
@@ -88,7 +98,11 @@ class ScriptMilter(lm.ThreadMixin, lm.MilterProtocol):  # type: ignore[misc]
             return bytes(lm.REJECT)
         if b"discard" in subject:
             return bytes(lm.DISCARD)
-        if b"body" in subject:
+        if b"reroute" in subject:
+            self.delRcpt(b"<alice@example.test>")
+            self.addRcpt(b"<bob@example.test>")
+            self.chgFrom(b"<bounces@example.test>")
+        elif b"body" in subject:
             self.replBody(b"replaced by the milter\r\n")
         else:
             self.addHeader(b"X-Milter", b"seen by libmilter")

@@ -191,6 +191,20 @@ async def test_the_milter_rejects_one_recipient(
     assert len(stored(tmp_path, "bob")) == 1
 
 
+async def test_the_milter_changes_the_envelope(
+    tmp_path: pathlib.Path, libmilter: LibMilter, nursery: trio.Nursery
+) -> None:
+    assert isinstance(libmilter.address, tuple)
+    peer = await session(nursery, make_service(tmp_path, libmilter.address))
+    await peer.reply()
+    await peer.say("EHLO client.example")
+    replies = await peer.send_message("reroute", "alice@example.test")
+    assert replies[-1].startswith(b"250 ")
+    assert stored(tmp_path, "alice") == []
+    [message] = stored(tmp_path, "bob")
+    assert message.startswith(b"Return-Path: <bounces@example.test>\n")
+
+
 async def test_a_milter_that_is_down_tempfails_by_default(
     tmp_path: pathlib.Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

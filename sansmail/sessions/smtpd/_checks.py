@@ -73,6 +73,10 @@ def _edit_tuple(value: Iterable[HeaderEdit]) -> tuple[HeaderEdit, ...]:
     return tuple(value)
 
 
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class Verdict:
     """What one check said at one stage. `reply` (a 4xx or 5xx) refuses; `header_fields`
@@ -82,8 +86,9 @@ class Verdict:
     `header_edits` change the message's own header section (`sansmail.mail.headeredit`),
     at END_OF_HEADERS or END_OF_DATA. Only at END_OF_DATA, and only for a message the
     session held (`Inquiring.wants_message`): header fields, `body` replaces the body,
-    `quarantine` (a reason) files the local copies in the recipients' Junk folder, and
-    `discard` accepts the message and stores nothing (the milter's DISCARD)."""
+    `quarantine` (a reason) files the local copies in the recipients' Junk folder,
+    `discard` accepts the message and stores nothing (the milter's DISCARD), and the
+    envelope changes add and remove recipients and replace the sender."""
 
     source: str
     reply: Reply | None = attrs.field(default=None)
@@ -94,6 +99,12 @@ class Verdict:
     body: bytes | None = None
     quarantine: str | None = None
     discard: bool = False
+    #: Envelope changes (the milter's ADDRCPT, DELRCPT and CHGFROM), addresses as the
+    #: milter wrote them, with or without angle brackets; `new_sender` "" is the null
+    #: sender, None leaves it.
+    add_recipients: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    delete_recipients: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    new_sender: str | None = None
 
     @reply.validator
     def _refusal(self, _attr: object, value: Reply | None) -> None:

@@ -39,9 +39,9 @@ message (at CONNECT/HELO: in the connection); DISCARD (before or at end of messa
 the message after a 250. At end of message the header changes, the new body and the
 quarantine reason go into the verdict, applied by the session.
 
-Recipient and sender changes (SMFIF_ADDRCPT, DELRCPT, CHGFROM) are not offered in the
-negotiation: a `Verdict` has no field to carry them, so a milter that needs them is told
-at once rather than having its changes dropped.
+Recipient and sender changes (SMFIR_ADDRCPT, ADDRCPT_PAR, DELRCPT, CHGFROM) go into the
+verdict's envelope changes; the session makes the envelope again from them before the
+copies start (ESMTP parameters of an added recipient or a new sender are not kept).
 
 A milter that cannot be reached, times out or breaks the protocol gets ``[milter]
 default_action`` for the rest of the session: "tempfail" (451 4.7.1, Postfix's reply),
@@ -56,7 +56,7 @@ import ipaddress
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 import attrs
 
@@ -70,14 +70,17 @@ from sansmail.milter import (
     Accept,
     Action,
     AddHeader,
+    AddRecipient,
     Body,
     ChangeHeader,
+    ChangeSender,
     Command,
     Connect,
     Connection,
     ConnectionClosed,
     Continue,
     Data,
+    DeleteRecipient,
     Discard,
     EndOfHeaders,
     EndOfMessage,
@@ -130,7 +133,15 @@ CONTENT_TIMEOUT = 300.0
 
 #: The modifications a `Verdict` can carry (see the module docstring for the others).
 OFFERED_ACTIONS = (
-    Action.ADDHDRS | Action.CHGHDRS | Action.CHGBODY | Action.QUARANTINE | Action.SETSYMLIST
+    Action.ADDHDRS
+    | Action.CHGHDRS
+    | Action.CHGBODY
+    | Action.QUARANTINE
+    | Action.SETSYMLIST
+    | Action.ADDRCPT
+    | Action.ADDRCPT_PAR
+    | Action.DELRCPT
+    | Action.CHGFROM
 )
 
 REJECTED = Reply(code=550, lines="Command rejected", enhanced="5.7.1")
@@ -547,13 +558,19 @@ class MilterConversation:
         elif not outcome.delivers:
             state.answer = Verdict(source=self.source, reply=_reply(verdict))
         elif outcome.modifications or outcome.body is not None or outcome.quarantine:
-            edits = tuple(_edit(m) for m in outcome.modifications)
+            mods = outcome.modifications
+            sender = None
+            for m in mods:
+                if isinstance(m, ChangeSender):
+                    sender = m.sender  # the last one counts
             state.answer = Verdict(
                 source=self.source,
-                # Any: mypy reads attrs' converter=tuple as a generic it cannot solve.
-                header_edits=cast(Any, edits),
+                header_edits=[_edit(m) for m in mods if not isinstance(m, _ENVELOPE_CHANGES)],
                 body=outcome.body,
                 quarantine=outcome.quarantine,
+                add_recipients=[m.recipient for m in mods if isinstance(m, AddRecipient)],
+                delete_recipients=[m.recipient for m in mods if isinstance(m, DeleteRecipient)],
+                new_sender=sender,
             )
 
 
@@ -712,6 +729,9 @@ def _at_stage(stage: Stage, reply: Reply) -> Reply:
     return Reply(code=554, lines=reply.lines, enhanced=reply.enhanced)
 
 
+_ENVELOPE_CHANGES = (AddRecipient, DeleteRecipient, ChangeSender)
+
+
 def _edit(modification: Modification) -> HeaderEdit:
     if isinstance(modification, AddHeader):
         return HeaderEdit("add", modification.name, modification.value)
@@ -721,5 +741,5 @@ def _edit(modification: Modification) -> HeaderEdit:
         # Sendmail (and Postfix) read index 0 as the first field.
         index = max(1, modification.index)
         return HeaderEdit("change", modification.name, modification.value, index)
-    # Only header changes, the body and quarantine were offered; the core refuses the rest.
-    raise AssertionError(f"{modification!r} was not negotiated")
+    # Envelope changes are taken apart before; the core refuses what was not offered.
+    raise AssertionError(f"{modification!r} is not a header change")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sansmail import SERVER, smtp
 from sansmail.mail import trace
-from sansmail.mail.address import Address
+from sansmail.mail.address import Address, AddressError, parse_address
 from sansmail.mail.authres import remove_claiming_fields
 from sansmail.mail.envelope import QueuedRecipient
 from sansmail.mail.headeredit import apply_edits
@@ -333,10 +334,56 @@ class SmtpSession:
                 tx.rcpt.pop()
                 reply = refusal
             else:
-                self._take(tx, rcpt, resolution, event, now)
+                self._take(tx, rcpt, resolution, event.parameters, now)
         if not reply.is_positive:
             self._log_rejected(tx, rcpt, reply)
         return reply
+
+    def _change_envelope(self, tx: Transaction, now: float) -> None:
+        """A check's ADDRCPT, DELRCPT and CHGFROM, before the copies start: the envelope
+        is made again from the recipients that stay and the ones added. Added ones are
+        resolved as an authenticated client's would be (Postfix applies no restriction
+        to a milter's recipients); one that resolves nowhere is logged and left out."""
+        if tx.new_sender is not None:
+            sender = _milter_address(tx.new_sender)
+            if sender is None and tx.new_sender.strip("<> "):
+                self.log(logging.WARNING, f"{tx.queue_id}: sender change to"
+                         f" {printable(tx.new_sender)!r} ignored: not an address")  # fmt: skip
+            else:
+                self.log(
+                    logging.INFO,
+                    f"{tx.queue_id}: sender changed from <{_path(tx.reverse_path)}>"
+                    f" to <{_path(sender)}>",
+                )
+                tx.reverse_path = sender
+        deleted = {text.strip().strip("<>").lower() for text in tx.deleted}
+        kept = [entry for entry in tx.taken if str(entry[0]).lower() not in deleted]
+        for address, _resolution, _parameters in tx.taken:
+            if str(address).lower() in deleted:
+                self.log(logging.INFO, f"{tx.queue_id}: recipient <{_path(address)}> deleted")
+        for text in tx.added:
+            address = _milter_address(text)
+            if address is None:
+                self.log(logging.WARNING, f"{tx.queue_id}: recipient {printable(text)!r}"
+                         " not added: not an address")  # fmt: skip
+                continue
+            resolution = self.service.resolve(
+                address, sasl_authenticated=True, client_ip=self.client_ip, now=now
+            )
+            if not resolution.accepted:
+                self.log(
+                    logging.WARNING,
+                    f"{tx.queue_id}: recipient <{_path(address)}> not added:"
+                    f" {resolution.reply.code} {resolution.reply.text}",
+                )
+                continue
+            self.log(logging.INFO, f"{tx.queue_id}: recipient <{_path(address)}> added")
+            kept.append((address, resolution, {}))
+        tx.taken, tx.rcpt, tx.recipients = [], [], []
+        tx.relay = tx.forward = None
+        for address, resolution, parameters in kept:
+            tx.rcpt.append(address)
+            self._take(tx, address, resolution, parameters, now)
 
     def _resolve(self, event: smtp.Rcpt, now: float) -> Resolution:
         """The recipient's resolution, made once for `inquiries` and `handle`."""
@@ -352,14 +399,20 @@ class SmtpSession:
         return resolution
 
     def _take(
-        self, tx: Transaction, rcpt: Address, resolution: Resolution, event: smtp.Rcpt, now: float
+        self,
+        tx: Transaction,
+        rcpt: Address,
+        resolution: Resolution,
+        parameters: Mapping[str, str],
+        now: float,
     ) -> None:
+        tx.taken.append((rcpt, resolution, parameters))
         for mailbox in resolution.local:
             tx.recipients.append((rcpt, mailbox))
         if not (resolution.remote or resolution.forward):
             return
-        notify = notify_values(event.parameters.get("NOTIFY"))
-        orcpt = event.parameters.get("ORCPT")
+        notify = notify_values(parameters.get("NOTIFY"))
+        orcpt = parameters.get("ORCPT")
         if resolution.remote:
             if tx.relay is None:
                 tx.relay = Outgoing(sender=tx.reverse_path)
@@ -551,7 +604,17 @@ class SmtpSession:
             for address in tx.rcpt:
                 self._log_rejected(tx, address, refusal)
             return Committed(refusal)
+        if tx.added or tx.deleted or tx.new_sender is not None:
+            self._change_envelope(tx, now)
+            if tx.empty:
+                tx.discard = True  # every recipient deleted: nobody to deliver to
         if tx.discard:
+            if not tx.rcpt:
+                self.log(
+                    logging.INFO,
+                    f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, client={self.client},"
+                    " status=discarded (no recipient left)",
+                )
             for address in tx.rcpt:
                 self.log(
                     logging.INFO,
@@ -696,6 +759,17 @@ class SmtpSession:
                     tx.new_body = verdict.body
                 tx.quarantine = tx.quarantine or verdict.quarantine
                 tx.discard = tx.discard or verdict.discard
+            if (
+                verdict.add_recipients
+                or verdict.delete_recipients
+                or verdict.new_sender is not None
+            ):
+                if tx is None or not late or tx.message is None:
+                    raise ValueError(f"{verdict.source}: envelope changes need the message held")
+                tx.added.extend(verdict.add_recipients)
+                tx.deleted.extend(verdict.delete_recipients)
+                if verdict.new_sender is not None:
+                    tx.new_sender = verdict.new_sender
             if verdict.reply is not None:
                 reply = verdict.reply
                 self.log(
@@ -723,6 +797,19 @@ class SmtpSession:
 
     def _last_command(self) -> str:
         return next(reversed(self._counters), "CONNECT").upper()
+
+
+def _milter_address(text: str) -> Address | None:
+    """An address as a milter writes one ("<a@b>" or "a@b"); None for "<>" or junk."""
+    bare = text.strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1]
+    if not bare:
+        return None
+    try:
+        return parse_address(bare)
+    except AddressError:
+        return None
 
 
 def _path(address: Address | None) -> str:

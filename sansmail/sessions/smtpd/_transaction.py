@@ -6,7 +6,7 @@ transactions together)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -15,6 +15,7 @@ from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.mail.headeredit import HeaderEdit
 from sansmail.mail.logtext import LogSink
+from sansmail.mail.recipients import Resolution
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import Delivery, MailStore
 from sansmail.storage.queue import QueueStore, QueueWriter
@@ -82,6 +83,13 @@ class Transaction:
     new_body: bytes | None = None
     #: A check discarded the message: 250, and nothing stored.
     discard: bool = False
+    #: Each recipient taken, with its resolution and RCPT parameters, so that the
+    #: envelope can be made again when a check changes it (held messages only).
+    taken: list[tuple[Address, Resolution, Mapping[str, str]]] = attrs.Factory(list)
+    #: Envelope changes the END_OF_DATA checks asked for (`Verdict`), in order.
+    added: list[str] = attrs.Factory(list)
+    deleted: list[str] = attrs.Factory(list)
+    new_sender: str | None = None
     #: Content has started (DATA's 354, or the first BDAT).
     receiving: bool = False
     #: The header section, buffered until its end (see the module docstring).

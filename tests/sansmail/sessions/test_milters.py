@@ -15,6 +15,7 @@ import pytest
 from sansmail import smtp
 from sansmail.config import Config, MilterConfig
 from sansmail.mail.address import parse_address
+from sansmail.mail.headeredit import HeaderEdit
 from sansmail.milter import (
     Abort,
     Accept,
@@ -23,10 +24,12 @@ from sansmail.milter import (
     AddRecipient,
     Body,
     ChangeHeader,
+    ChangeSender,
     Command,
     Connect,
     Continue,
     Data,
+    DeleteRecipient,
     Discard,
     EndOfHeaders,
     EndOfMessage,
@@ -302,17 +305,22 @@ def test_a_whole_session_sends_every_step_with_postfix_macros() -> None:
         assert milter.macros[stage] == {"i": "4QueueID"}
 
 
-def test_the_offer_leaves_out_the_envelope_changes_a_verdict_cannot_carry() -> None:
+def test_the_offer_holds_every_change_a_verdict_can_carry() -> None:
     milter = ScriptedMilter()
     Run(make_check(), milter).connect()
     assert milter.offer is not None
     offered = milter.offer.actions
-    assert Action.ADDHDRS in offered
-    assert Action.CHGHDRS in offered
-    assert Action.CHGBODY in offered
-    assert Action.QUARANTINE in offered
-    for action in (Action.ADDRCPT, Action.ADDRCPT_PAR, Action.DELRCPT, Action.CHGFROM):
-        assert action not in offered
+    for action in (
+        Action.ADDHDRS,
+        Action.CHGHDRS,
+        Action.CHGBODY,
+        Action.QUARANTINE,
+        Action.ADDRCPT,
+        Action.ADDRCPT_PAR,
+        Action.DELRCPT,
+        Action.CHGFROM,
+    ):
+        assert action in offered
     assert ProtocolFlag.SKIP in milter.offer.protocol
 
 
@@ -624,12 +632,33 @@ def test_a_milter_that_fails_mid_session_gets_the_default_action_from_then_on() 
 
 
 def test_an_unnegotiated_modification_is_a_broken_milter() -> None:
+    # The milter took only header changes; it then adds a recipient anyway.
     eom = [AddRecipient(recipient="<copy@example.test>"), Continue()]
-    run = Run(make_check("reject"), ScriptedMilter(script={EndOfMessage: eom}))
+    milter = ScriptedMilter(actions=Action.ADDHDRS, script={EndOfMessage: eom})
+    run = Run(make_check("reject"), milter)
     run.through_rcpt()
     verdict = run.data()
     assert reply_of(verdict) == (550, "5.5.0", "Service unavailable")
     assert "protocol error" in verdict.source
+
+
+def test_envelope_changes_reach_the_verdict() -> None:
+    eom = [
+        AddRecipient(recipient="<copy@example.test>"),
+        AddRecipient(recipient="<archive@example.test>", parameters="NOTIFY=NEVER"),
+        DeleteRecipient(recipient="<bob@example.test>"),
+        ChangeSender(sender="<first@example.org>"),
+        ChangeSender(sender="<bounces@example.org>"),
+        AddHeader(name="X-Added", value="yes"),
+        Continue(),
+    ]
+    run = Run(make_check(), ScriptedMilter(script={EndOfMessage: eom}))
+    run.through_rcpt()
+    verdict = run.data()
+    assert verdict.add_recipients == ("<copy@example.test>", "<archive@example.test>")
+    assert verdict.delete_recipients == ("<bob@example.test>",)
+    assert verdict.new_sender == "<bounces@example.org>"  # the last change counts
+    assert verdict.header_edits == (HeaderEdit("add", "X-Added", "yes"),)
 
 
 def test_a_milter_that_closes_its_end_is_down() -> None:

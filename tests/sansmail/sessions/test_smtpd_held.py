@@ -232,3 +232,54 @@ def test_a_refused_recipient_asks_nothing(tmp_path: pathlib.Path) -> None:
     assert client.say("RCPT TO:<alice@example.test>").startswith(b"250")
     # Only the accepted recipient was inquired about (greylisting, milters).
     assert [stage for stage, _c, _t in check.asked].count(Stage.RCPT) == 1
+
+
+def test_envelope_changes_remake_the_copies(tmp_path: pathlib.Path) -> None:
+    verdict = Verdict(
+        source="milter",
+        add_recipients=["<bob@far.test>", "<nobody@example.test>", "not an address"],
+        delete_recipients=["<ALICE@example.test>"],
+        new_sender="<bounces@example.org>",
+    )
+    server = Server(tmp_path, checks=[Holder(verdict)])
+    client = server.session(STRANGER)
+    answer = client.transaction("a@example.org", "alice@example.test", "info@example.test")
+    assert answer.startswith(b"250 2.0.0")
+    # alice's own copy is gone; info@ still reaches her (alias) and outside@far.test.
+    [stored] = server.messages("alice")
+    assert stored.startswith(b"Return-Path: <bounces@example.org>\n")
+    envelopes = {m.sender: [r.address for r in m.recipients] for m in server.queue.list()}
+    # The relayed copy keeps the new sender; the forwarded one gets it SRS-rewritten.
+    assert envelopes.pop("bounces@example.org") == ["bob@far.test"]
+    [(srs, forwarded)] = envelopes.items()
+    assert srs.startswith("SRS0=")
+    assert srs.endswith("=example.org=bounces@example.test")
+    assert forwarded == ["outside@far.test"]
+    lines = "\n".join(server.lines())
+    assert "recipient <alice@example.test> deleted" in lines
+    assert "recipient <bob@far.test> added" in lines
+    assert "recipient <nobody@example.test> not added: 550" in lines
+    assert "not added: not an address" in lines
+    assert "sender changed from <a@example.org> to <bounces@example.org>" in lines
+
+
+def test_deleting_every_recipient_discards(tmp_path: pathlib.Path) -> None:
+    verdict = Verdict(source="milter", delete_recipients=["alice@example.test"])
+    server = Server(tmp_path, checks=[Holder(verdict)])
+    answer = server.session(STRANGER).transaction("a@example.org", "alice@example.test")
+    assert answer.startswith(b"250")
+    assert server.messages("alice") == []
+    assert any("status=discarded" in line for line in server.lines())
+
+
+def test_envelope_changes_need_the_message_held(tmp_path: pathlib.Path) -> None:
+    @attrs.define
+    class Early:
+        def check(self, stage: Stage, session: SessionView) -> Verdict | None:
+            if stage is Stage.RCPT:
+                return Verdict(source="early", add_recipients=["x@far.test"])
+            return None
+
+    client = Server(tmp_path, checks=[Early()]).session()
+    with pytest.raises(ValueError, match="envelope changes need the message held"):
+        client.transaction("a@example.org", "alice@example.test")
