@@ -362,11 +362,12 @@ class SmtpSession:
             if str(address).lower() in deleted:
                 self.log(logging.INFO, f"{tx.queue_id}: recipient <{_path(address)}> deleted")
         for text in tx.added:
-            address = _milter_address(text)
-            if address is None:
+            added = _milter_address(text)
+            if added is None:
                 self.log(logging.WARNING, f"{tx.queue_id}: recipient {printable(text)!r}"
                          " not added: not an address")  # fmt: skip
                 continue
+            address = added
             resolution = self.service.resolve(
                 address, sasl_authenticated=True, client_ip=self.client_ip, now=now
             )
@@ -403,10 +404,10 @@ class SmtpSession:
         tx: Transaction,
         rcpt: Address,
         resolution: Resolution,
-        parameters: Mapping[str, str],
+        parameters: Mapping[str, str | None],
         now: float,
     ) -> None:
-        tx.taken.append((rcpt, resolution, parameters))
+        tx.taken.append((rcpt, resolution, {k: v for k, v in parameters.items() if v is not None}))
         for mailbox in resolution.local:
             tx.recipients.append((rcpt, mailbox))
         if not (resolution.remote or resolution.forward):
