@@ -37,6 +37,7 @@ Choices:
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Sequence
 from typing import Any, Final, TypeVar
 
@@ -113,6 +114,28 @@ class Resolver:
         resolver.use_edns(0, 0, EDNS_PAYLOAD)
         resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
         self._resolver = resolver
+        self._hits: dict[tuple[str, str], tuple[float, DnsAnswer]] = {}
+
+    def cached(self, query: DnsQuery) -> DnsAnswer | None:
+        """`answer`'s answer to `query` while its TTL lasts, without a task, a cancel
+        scope or dnspython's resolve path (the checks ask the same few names over and
+        over: a sender's SPF record, a signer's key); None when not known."""
+        key = (query.name.lower(), query.rtype)
+        entry = self._hits.get(key)
+        if entry is None:
+            return None
+        if trio.current_time() >= entry[0]:
+            del self._hits[key]
+            return None
+        return entry[1]
+
+    def _remember(self, query: DnsQuery, answer: DnsAnswer, ttl: float) -> DnsAnswer:
+        if ttl > 0:
+            if len(self._hits) >= CACHE_SIZE:
+                self._hits.clear()  # crude but bounded; dnspython's LRU cache stays behind it
+            expiry = trio.current_time() + ttl
+            self._hits[query.name.lower(), query.rtype] = (expiry, answer)
+        return answer
 
     @classmethod
     def from_config(cls, dns: DNSConfig) -> Resolver:
@@ -200,9 +223,14 @@ class Resolver:
             return DnsAnswer(DnsStatus.NXDOMAIN)
         try:
             answer = await self._resolver.resolve(name, query.rtype, search=False)
-        except dns.resolver.NoAnswer:
-            return DnsAnswer(DnsStatus.OK)
-        except (dns.resolver.NXDOMAIN, dns.resolver.YXDOMAIN):
+        except dns.resolver.NoAnswer as exc:
+            ttl = _negative_ttl(exc.kwargs.get("response"))
+            return self._remember(query, DnsAnswer(DnsStatus.OK), ttl)
+        except dns.resolver.NXDOMAIN as exc:
+            responses = exc.kwargs.get("responses") or {}
+            ttl = _negative_ttl(responses.get(name) or next(iter(responses.values()), None))
+            return self._remember(query, DnsAnswer(DnsStatus.NXDOMAIN), ttl)
+        except dns.resolver.YXDOMAIN:
             return DnsAnswer(DnsStatus.NXDOMAIN)
         except dns.resolver.LifetimeTimeout:
             return DnsAnswer(DnsStatus.TIMEOUT)
@@ -210,7 +238,8 @@ class Resolver:
             # SERVFAIL, REFUSED, no server to ask, a malformed answer: all transient for
             # the checks (RFC 7208 §2.6.6 "temperror").
             return DnsAnswer(DnsStatus.SERVFAIL)
-        return DnsAnswer(DnsStatus.OK, _render(query.rtype, answer))
+        ttl = answer.expiration - time.time()
+        return self._remember(query, DnsAnswer(DnsStatus.OK, _render(query.rtype, answer)), ttl)
 
     async def _resolve(self, domain: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer:
         """Ask; NoAnswer and NXDOMAIN pass through for the caller to read, every other
@@ -262,10 +291,13 @@ async def run_check(
             step = _step(check, None)
         while not step.done:
             queries: tuple[DnsQuery, ...] = step.value
-            answers = [DnsAnswer(DnsStatus.TIMEOUT)] * len(queries)
-            async with trio.open_nursery() as nursery:
-                for index, query in enumerate(queries):
-                    nursery.start_soon(ask, answers, index, query)
+            hits = [resolver.cached(query) for query in queries]
+            answers = [DnsAnswer(DnsStatus.TIMEOUT) if a is None else a for a in hits]
+            if None in hits:
+                async with trio.open_nursery() as nursery:
+                    for index, query in enumerate(queries):
+                        if hits[index] is None:
+                            nursery.start_soon(ask, answers, index, query)
             if heavy:
                 step = await trio.to_thread.run_sync(_step, check, answers)
             else:
@@ -360,3 +392,14 @@ def _server_failures(errors: Sequence[tuple[object, ...]]) -> str:
         if text not in seen:
             seen.append(text)
     return ", ".join(seen)
+
+
+def _negative_ttl(response: dns.message.Message | None) -> float:
+    """How long a negative answer may be kept: its SOA's TTL, at most the SOA's minimum
+    (RFC 2308 §5); 0 (not kept by us) when the answer carries no SOA."""
+    if response is None:
+        return 0.0
+    for rrset in response.authority:
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return 0.0

@@ -72,6 +72,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 import attrs
 import dkim as dkimpy  # type: ignore[import-untyped]
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa, utils
 from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
@@ -217,6 +218,32 @@ def _rsa_sign(digest: Any, private_key: dict[str, int]) -> bytes:
 
 dkimpy.RSASSA_PKCS1_v1_5_sign = _rsa_sign
 
+_DKIMPY_RSA_VERIFY: Final = dkimpy.RSASSA_PKCS1_v1_5_verify
+
+
+@functools.lru_cache(maxsize=256)
+def _openssl_public(n: int, e: int) -> rsa.RSAPublicKey:
+    return rsa.RSAPublicNumbers(e, n).public_key()
+
+
+def _rsa_verify(digest: Any, signature: bytes, public_key: dict[str, int]) -> bool:
+    """dkimpy's ``RSASSA_PKCS1_v1_5_verify`` through OpenSSL (dkimpy's is pure Python)."""
+    prehashed = _PREHASHED.get(getattr(digest, "name", "").lower())
+    try:
+        if prehashed is None:
+            raise KeyError(digest)
+        key = _openssl_public(public_key["modulus"], public_key["publicExponent"])
+    except (KeyError, TypeError, ValueError):
+        return bool(_DKIMPY_RSA_VERIFY(digest, signature, public_key))
+    try:
+        key.verify(signature, digest.digest(), padding.PKCS1v15(), prehashed)
+    except InvalidSignature:
+        return False
+    return True
+
+
+dkimpy.RSASSA_PKCS1_v1_5_verify = _rsa_verify
+
 
 # -- verifying ---------------------------------------------------------------------------
 
@@ -360,8 +387,14 @@ def _reason(text: str) -> str:
 # -- ARC verification -----------------------------------------------------------------------
 
 
+_ARC_FIELD = re.compile(rb"^arc-", re.I | re.M)
+
+
 def arc_verify(message: bytes, *, max_sets: int = MAX_ARC_SETS) -> DnsCheck[ArcResult]:
     """The validation of `message`'s ARC chain (RFC 8617 §5.2)."""
+    end = message.find(b"\r\n\r\n")
+    if not _ARC_FIELD.search(message[: end if end >= 0 else len(message)]):
+        return ArcResult(result="none")  # no ARC field: dkimpy need not parse it all again
     try:
         checker = dkimpy.ARC(message, logger=_LOG)
     except dkimpy.DKIMException as exc:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import trio
+import trio.testing
 from dns_server import DNSServer, dns_server_fixture  # noqa: F401  (fixture)
 
 from sansmail.mail.dmarc import DmarcVerdict, Policy, check_dmarc
@@ -225,3 +227,34 @@ async def test_failures_are_not_cached(dns_server, resolver):
     dns_server.heal("flaky.test")
     dns_server.add("flaky.test", "A", "127.0.0.2", ttl=300)
     assert await resolver.answer(DnsQuery("flaky.test", "A")) == DnsAnswer.of("127.0.0.2")
+
+
+async def test_the_checks_own_cache_keeps_answers_for_their_ttl(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # run_check takes what `cached` has without a task or dnspython's path.
+    with DNSServer(ttl=300) as server:
+        server.add("kept.test", "TXT", '"v=spf1 -all"')
+        server.add("brief.test", "TXT", '"x"', ttl=0)
+        resolver = Resolver([server.address], timeout=2.0)
+        kept, brief, gone = (
+            DnsQuery("kept.test", "TXT"),
+            DnsQuery("brief.test", "TXT"),
+            DnsQuery("gone.test", "TXT"),
+        )
+        assert resolver.cached(kept) is None
+        result = await run_check(ask(kept, brief, gone), resolver)
+        assert result == (
+            DnsAnswer.of("v=spf1 -all"),
+            DnsAnswer.of("x"),
+            DnsAnswer(DnsStatus.NXDOMAIN),
+        )
+        assert resolver.cached(kept) == DnsAnswer.of("v=spf1 -all")
+        assert resolver.cached(DnsQuery("KEPT.test", "TXT")) == DnsAnswer.of("v=spf1 -all")
+        assert resolver.cached(brief) is None  # TTL 0: never kept
+        assert resolver.cached(gone) == DnsAnswer(DnsStatus.NXDOMAIN)  # the SOA minimum
+        # The clock stands still but when told (autojump would jump over the DNS
+        # server's thread answering).
+        mock_clock.jump(301)
+        assert resolver.cached(kept) is None
+        assert resolver.cached(gone) is None

@@ -152,7 +152,7 @@ class SenderChecks:
                     "dkim+dmarc",
                     self._message_check(bytes(tx.message), bytes(tx.headers), spf),
                     _store(findings, _MESSAGE),
-                    heavy=True,
+                    heavy=len(tx.message) >= 65536,
                 )
             ]
         return ()
