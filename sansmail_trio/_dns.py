@@ -115,6 +115,7 @@ class Resolver:
         resolver.cache = dns.resolver.LRUCache(CACHE_SIZE)
         self._resolver = resolver
         self._hits: dict[tuple[str, str], tuple[float, DnsAnswer]] = {}
+        self._asking: dict[tuple[str, str], trio.Event] = {}
 
     def cached(self, query: DnsQuery) -> DnsAnswer | None:
         """`answer`'s answer to `query` while its TTL lasts, without a task, a cancel
@@ -213,7 +214,26 @@ class Resolver:
     async def answer(self, query: DnsQuery) -> DnsAnswer:
         """`query` answered as the pure checks read it (`sansmail.mail.dnsquery`): never
         raises for what the DNS says. Answers, negative ones included, are cached for
-        their TTL (a negative one for its SOA minimum, RFC 2308 §5)."""
+        their TTL (a negative one for its SOA minimum, RFC 2308 §5). A question already
+        on its way is not asked twice: the sessions that start together after a restart
+        all want the same sender's records, and wait for the one answer."""
+        key = (query.name.lower(), query.rtype)
+        pending = self._asking.get(key)
+        if pending is not None:
+            await pending.wait()
+            found = self.cached(query)
+            if found is not None:
+                return found
+            # Not kept (TTL 0, or a failure): ask for ourselves.
+            return await self._ask(query)
+        done = self._asking[key] = trio.Event()
+        try:
+            return await self._ask(query)
+        finally:
+            del self._asking[key]
+            done.set()
+
+    async def _ask(self, query: DnsQuery) -> DnsAnswer:
         if self._unconfigured is not None:
             return DnsAnswer(DnsStatus.SERVFAIL)
         try:

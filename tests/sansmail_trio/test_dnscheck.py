@@ -258,3 +258,18 @@ async def test_the_checks_own_cache_keeps_answers_for_their_ttl(
         mock_clock.jump(301)
         assert resolver.cached(kept) is None
         assert resolver.cached(gone) is None
+
+
+async def test_a_question_on_its_way_is_not_asked_again(dns_server: DNSServer) -> None:
+    dns_server.add("busy.test", "TXT", '"v=spf1 -all"', ttl=300)
+    resolver = Resolver([dns_server.address], timeout=2.0)
+    answers: list[DnsAnswer] = []
+
+    async def one() -> None:
+        answers.append(await resolver.answer(DnsQuery("busy.test", "TXT")))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(20):  # twenty sessions started together, one sender
+            nursery.start_soon(one)
+    assert answers == [DnsAnswer.of("v=spf1 -all")] * 20
+    assert asked(dns_server) == [("busy.test", "TXT")]
