@@ -216,3 +216,9 @@ class SessionView(Protocol):
     def findings(self) -> dict[str, Any]:
         """Per-session results of inquiries, by whatever key the check chose."""
         ...
+
+    @property
+    def now(self) -> float:
+        """The wall clock the adapter gave with the stage's inquiries (seconds since the
+        epoch; SPF's %{t} macro): the session reads no clock of its own."""
+        ...

@@ -138,7 +138,11 @@ class SenderChecks:
             findings.pop(_SPF, None)
             sender = "" if command.reverse_path is None else str(command.reverse_path)
             check = check_mail_from(
-                ip, sender, session.helo or "unknown", now=0, receiver=self.authserv_id
+                ip,
+                sender,
+                session.helo or "unknown",
+                now=int(session.now),
+                receiver=self.authserv_id,
             )
             return [Lookup("spf", check, _store(findings, _SPF))]
         if stage is Stage.END_OF_DATA and self._checks_message:

@@ -91,6 +91,8 @@ class SmtpSession:
         self.ended = False
         #: What the checks' inquiries found out, by the check's own keys (`Inquiring`).
         self.findings: dict[str, Any] = {}
+        #: The wall clock given with the last inquiries (`SessionView.now`).
+        self.now = 0.0
         self._counters: dict[str, int] = {}
         # Transactions that died with files started: `cleanup` removes them.
         self._dead: list[Transaction] = []
@@ -139,6 +141,7 @@ class SmtpSession:
         A recipient that is refused anyway (unknown user, relay denied) asks nothing:
         its resolution is kept for `handle`, as Postfix's restrictions come before
         its policy services."""
+        self.now = now
         if not self._inquiring:
             return []
         if stage is Stage.RCPT and isinstance(command, smtp.Rcpt):

@@ -233,3 +233,14 @@ def test_forged_results_are_replaced_by_ours(tmp_path: pathlib.Path) -> None:
     [stored] = made.messages("alice")
     assert b"bank.example" not in stored
     assert results(stored).startswith("Authentication-Results: mx.example.test;")
+
+
+def test_spf_macros_see_the_adapters_clock(tmp_path: pathlib.Path) -> None:
+    zone = good_zone()
+    zone.records.pop(("sender.example", "TXT"))
+    zone.add("sender.example", "TXT", "v=spf1 exists:%{t}.stamp.sender.example -all")
+    zone.add("1700000000.stamp.sender.example", "A", "127.0.0.2")  # test_smtpd's NOW
+    made = server(tmp_path, dmarc="off")
+    answer, _ = send(made, zone, BODY)
+    assert answer.startswith(b"250")
+    assert "spf=pass" in results(made.messages("alice")[0])
