@@ -79,6 +79,7 @@ class SmtpSession:
         self.config = service.config
         self.log = log
         self.client_ip = client_ip
+        self.client_port = client_port
         self.client = f"[{client_ip}]:{client_port}"
         self.conn = smtp.Connection(SERVER, config=service.core_config, tls_active=tls is not None)
         #: "TLSv1.3 TLS_AES_256_GCM_SHA384" once the session is encrypted.
@@ -86,6 +87,8 @@ class SmtpSession:
         self.helo = ""
         #: The user-store key of the authenticated user (SMTP AUTH), if any.
         self.user: str | None = None
+        #: The SASL mechanism the user logged in with (milters' {auth_type}).
+        self.auth_mechanism: str | None = None
         self.transaction: Transaction | None = None
         #: The session is over: the adapter closes after sending what it has.
         self.ended = False
@@ -477,6 +480,7 @@ class SmtpSession:
         # RFC 3207 §4.2: forget everything the client said before TLS.
         self.helo = ""
         self.user = None
+        self.auth_mechanism = None
         self.log(logging.INFO, f"{self.client}: STARTTLS: {log_description}")
 
     def tls_failed(self, reason: str) -> None:
@@ -513,6 +517,7 @@ class SmtpSession:
             return NO_INITIAL_RESPONSE
         if result.user is not None:
             self.user = result.user
+            self.auth_mechanism = result.mechanism
             self.log(
                 logging.INFO,
                 f"{self.client}: authenticated as <{result.user}> ({result.mechanism})",
