@@ -246,3 +246,23 @@ def test_spf_macros_see_the_adapters_clock(tmp_path: pathlib.Path) -> None:
     # test_smtpd's adapter gives NOW as the clock.
     answer = client.say("MAIL FROM:<ann@sender.example>")
     assert answer == b"550 5.7.23 refused at 1700000000\r\n"
+
+
+def test_without_message_checks_the_results_come_at_the_end_of_the_header(
+    tmp_path: pathlib.Path,
+) -> None:
+    made = server(tmp_path, dkim="off", dmarc="off", reverse_dns="tag")
+    client = made.session(CLIENT, resolve=good_zone())
+    client.say("EHLO client.example")
+    client.say("MAIL FROM:<ann@sender.example>")
+    client.say("RCPT TO:<alice@example.test>")
+    client.say("DATA")
+    # Nothing holds the message: its header section is all the checks wait for.
+    assert client.session.transaction is not None
+    assert client.session.transaction.message is None
+    assert client.say(BODY + b".\r\n").startswith(b"250")
+    value = results(made.messages("alice")[0])
+    assert "spf=pass" in value
+    assert "iprev=pass" in value
+    assert "dkim" not in value
+    assert "dmarc" not in value
