@@ -25,7 +25,9 @@ from sansmail.imap._events import (
     LIST_RETURN_OPTIONS,
     LIST_SELECTION_OPTIONS,
     SEARCH_RETURN_OPTIONS,
+    SORT_KEYS,
     STATUS_ITEMS,
+    THREAD_ALGORITHMS,
     Append,
     Authenticate,
     Capability,
@@ -50,10 +52,12 @@ from sansmail.imap._events import (
     Rename,
     Search,
     Select,
+    Sort,
     StartTLS,
     Status,
     Store,
     Subscribe,
+    Thread,
     UidExpunge,
     Unselect,
     Unsubscribe,
@@ -62,7 +66,7 @@ from sansmail.imap._fetch import parse_fetch_items
 from sansmail.imap._grammar import FLAG_RE
 from sansmail.imap._lexer import Cursor, ParseError
 from sansmail.imap._responses import ResponseCode
-from sansmail.imap._search import parse_search_keys
+from sansmail.imap._search import SearchKey, parse_search_keys
 from sansmail.imap._values import Atom, Value
 from sansmail.sasl._b64 import decode_base64_strict
 from sansmail.sasl._base import SASLError
@@ -394,6 +398,51 @@ def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
     return decode
 
 
+def _sort(cursor: Cursor, tag: str, context: Context) -> Command:
+    """sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria; sort-criteria = "("
+    sort-criterion *(SP sort-criterion) ")"; sort-criterion = ["REVERSE" SP] sort-key;
+    search-criteria = charset 1*(SP search-key) (RFC 5256 §5, RFC 5957 §4)."""
+    cursor.sp()
+    cursor.open()
+    criteria: list[tuple[str, bool]] = []
+    while not criteria or not cursor.take(b")"):
+        if criteria:
+            cursor.sp()
+        name = cursor.keyword("a sort key")
+        reverse = name == "REVERSE"
+        if reverse:
+            cursor.sp()
+            name = cursor.keyword("a sort key")
+        if name not in SORT_KEYS:
+            raise ParseError("unknown sort key")
+        criteria.append((name, reverse))
+    cursor.unnest()
+    cursor.sp()
+    charset, criteria_keys = _charset_and_keys(cursor)
+    return Sort(
+        tag=tag, uid=context.uid, criteria=tuple(criteria), charset=charset, search=criteria_keys
+    )
+
+
+def _thread(cursor: Cursor, tag: str, context: Context) -> Command:
+    """thread = ["UID" SP] "THREAD" SP thread-alg SP search-criteria (RFC 5256 §5)."""
+    cursor.sp()
+    algorithm = cursor.keyword("a threading algorithm")
+    if algorithm not in THREAD_ALGORITHMS:
+        raise ParseError("unknown threading algorithm")
+    cursor.sp()
+    charset, keys = _charset_and_keys(cursor)
+    return Thread(tag=tag, uid=context.uid, algorithm=algorithm, charset=charset, search=keys)
+
+
+def _charset_and_keys(cursor: Cursor) -> tuple[str, SearchKey]:
+    # The charset is not optional here (RFC 5256 §5: search-criteria = charset ...).
+    raw = cursor.quoted() if cursor.peek() == 0x22 else cursor.atom("a charset")
+    charset = raw.decode("ascii", "replace").upper()
+    cursor.sp()
+    return charset, parse_search_keys(cursor, _charset_decoder(charset))
+
+
 #: Command name -> (event type, parser).
 PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "CAPABILITY": (Capability, _no_arguments(Capability)),
@@ -432,4 +481,8 @@ PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "UID COPY": (Copy, _copy_or_move(Copy)),
     "UID MOVE": (Move, _copy_or_move(Move)),
     "UID EXPUNGE": (UidExpunge, _uid_expunge),
+    "SORT": (Sort, _sort),
+    "UID SORT": (Sort, _sort),
+    "THREAD": (Thread, _thread),
+    "UID THREAD": (Thread, _thread),
 }

@@ -89,7 +89,9 @@ from sansmail.imap._events import (
     LiteralRequested,
     Logout,
     Search,
+    Sort,
     StartTLS,
+    Thread,
     Uid,
 )
 from sansmail.imap._lexer import ParseError
@@ -491,7 +493,7 @@ def _by_sequence_number(command: Command | None) -> bool:
     """`command` is FETCH, STORE or SEARCH without UID (RFC 9051 §7.5.1)."""
     if type(command) not in EXPUNGE_FORBIDDEN:
         return False
-    assert isinstance(command, Uid | Search)  # the UID-capable commands
+    assert isinstance(command, Uid | Search | Sort | Thread)  # the UID-capable commands
     return not command.uid
 
 

@@ -45,7 +45,9 @@ __all__ = [
     "LIST_RETURN_OPTIONS",
     "LIST_SELECTION_OPTIONS",
     "SEARCH_RETURN_OPTIONS",
+    "SORT_KEYS",
     "STATUS_ITEMS",
+    "THREAD_ALGORITHMS",
     "Append",
     "AuthCancel",
     "AuthResponse",
@@ -77,10 +79,12 @@ __all__ = [
     "Rename",
     "Search",
     "Select",
+    "Sort",
     "StartTLS",
     "Status",
     "Store",
     "Subscribe",
+    "Thread",
     "Uid",
     "UidExpunge",
     "Unselect",
@@ -526,6 +530,51 @@ class Search(Command):
         converter=_optional_upper_tuple,
         validator=attrs.validators.optional(_one_of(SEARCH_RETURN_OPTIONS)),
     )
+
+
+# --- SORT and THREAD (RFC 5256, RFC 5957) ----------------------------------------------------
+
+#: SORT keys (RFC 5256 §3; DISPLAYFROM and DISPLAYTO are RFC 5957).
+SORT_KEYS: Final = frozenset(
+    {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
+)
+#: THREAD algorithms (RFC 5256 §3).
+THREAD_ALGORITHMS: Final = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _sort_criteria(
+    _inst: Any, attribute: attrs.Attribute[Any], value: tuple[tuple[str, bool], ...]
+) -> None:
+    if not isinstance(value, tuple) or not value:
+        raise ValueError(f"{attribute.name} must be a non-empty tuple of (key, reverse)")
+    for pair in value:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and pair[0] in SORT_KEYS):
+            raise ValueError(f"{attribute.name}: not a (sort key, reverse) pair: {pair!r}")
+        if not isinstance(pair[1], bool):
+            raise TypeError(f"{attribute.name}: reverse must be a bool")
+
+
+@attrs.frozen(kw_only=True)
+class Sort(Command):
+    """[UID] SORT (criteria) charset search-keys (RFC 5256 §3): `criteria` holds (key,
+    reversed) pairs; the search strings are decoded from `charset` already."""
+
+    uid: bool = attrs.field(default=False, validator=_bool)
+    criteria: tuple[tuple[str, bool], ...] = attrs.field(validator=_sort_criteria)
+    charset: str = attrs.field(converter=_upper, validator=_charset)
+    search: SearchKey = attrs.field(validator=_search_key)
+
+
+@attrs.frozen(kw_only=True)
+class Thread(Command):
+    """[UID] THREAD algorithm charset search-keys (RFC 5256 §3)."""
+
+    uid: bool = attrs.field(default=False, validator=_bool)
+    algorithm: str = attrs.field(
+        converter=_upper, validator=attrs.validators.in_(THREAD_ALGORITHMS)
+    )
+    charset: str = attrs.field(converter=_upper, validator=_charset)
+    search: SearchKey = attrs.field(validator=_search_key)
 
 
 @attrs.frozen(kw_only=True)

@@ -68,10 +68,12 @@ from sansmail.imap._events import (
     Rename,
     Search,
     Select,
+    Sort,
     StartTLS,
     Status,
     Store,
     Subscribe,
+    Thread,
     UidExpunge,
     Unselect,
     Unsubscribe,
@@ -144,6 +146,8 @@ COMMANDS: tuple[type[Command], ...] = (
     Store,
     Copy,
     Move,
+    Sort,
+    Thread,
 )
 
 # --- ALLOWED: which commands each stage accepts (RFC 9051 §6) -------------------------------
@@ -172,7 +176,10 @@ _AUTHENTICATED = (
     Append,
     Idle,
 )
-_SELECTED = (Check, Close, Unselect, Expunge, UidExpunge, Search, Fetch, Store, Copy, Move)
+_SELECTED = (
+    *(Check, Close, Unselect, Expunge, UidExpunge, Search, Fetch, Store, Copy, Move),
+    *(Sort, Thread),  # RFC 5256
+)
 
 ALLOWED: frozenset[tuple[Stage, type[Command]]] = frozenset(
     {(Stage.NOT_AUTHENTICATED, kind) for kind in (*_ANY, *_NOT_AUTHENTICATED)}
@@ -255,4 +262,4 @@ STAGE_AFTER: Mapping[tuple[Stage, type[Command], str], Stage] = MappingProxyType
 # and UID SEARCH are different commands that may carry it (the events' `uid` flag), and
 # so may every other command.
 
-EXPUNGE_FORBIDDEN: frozenset[type[Command]] = frozenset({Fetch, Store, Search})
+EXPUNGE_FORBIDDEN: frozenset[type[Command]] = frozenset({Fetch, Store, Search, Sort, Thread})

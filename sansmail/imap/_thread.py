@@ -16,7 +16,7 @@ In-Reply-To), as the search index keeps them. Nothing here reads a file or a clo
 - `thread_ordered_subject` and `thread_references` are the two algorithms of §3, and
   `format_threads` writes the result in the grammar of §4 ("(3 6 (4 23)(44 7 96))").
 
-A thread is a `Thread`: a message number, or None for a dummy that only groups its
+A thread is a `ThreadNode`: a message number, or None for a dummy that only groups its
 children (REFERENCES puts one where a message is missing or two threads share a subject).
 """
 
@@ -34,7 +34,7 @@ import attrs
 __all__ = [
     "SORT_KEYS",
     "SortItem",
-    "Thread",
+    "ThreadNode",
     "base_subject",
     "format_threads",
     "sent_date",
@@ -64,9 +64,9 @@ class SortItem:
 
 
 @attrs.frozen
-class Thread:
+class ThreadNode:
     number: int | None  # None: a dummy holding its children together
-    children: tuple[Thread, ...] = ()
+    children: tuple[ThreadNode, ...] = ()
 
 
 # -- base subject (RFC 5256 §2.1) -----------------------------------------------------------
@@ -179,7 +179,7 @@ def _by_date(items: Iterable[SortItem]) -> list[SortItem]:
     return sorted(items, key=lambda item: (sent_date(item), item.seq))
 
 
-def thread_ordered_subject(items: Iterable[SortItem]) -> list[Thread]:
+def thread_ordered_subject(items: Iterable[SortItem]) -> list[ThreadNode]:
     """Messages sorted by base subject, then sent date; each run of one subject is a
     thread: its first message the parent, the others its children (siblings in date
     order); threads ordered by the sent date of their first message."""
@@ -187,7 +187,7 @@ def thread_ordered_subject(items: Iterable[SortItem]) -> list[Thread]:
     for item in _by_date(items):
         groups.setdefault(base_subject(item.fields.get("subject", "")), []).append(item)
     threads = [
-        (group[0], Thread(group[0].number, tuple(Thread(i.number) for i in group[1:])))
+        (group[0], ThreadNode(group[0].number, tuple(ThreadNode(i.number) for i in group[1:])))
         for group in groups.values()
     ]
     threads.sort(key=lambda pair: (sent_date(pair[0]), pair[0].seq))
@@ -231,7 +231,7 @@ def _references(item: SortItem) -> list[str]:
     return ids
 
 
-def thread_references(items: Iterable[SortItem]) -> list[Thread]:
+def thread_references(items: Iterable[SortItem]) -> list[ThreadNode]:
     """The REFERENCES algorithm of RFC 5256 §3 (after JWZ), steps 1 to 6."""
     table: dict[str, _Container] = {}
     ordered = sorted(items, key=lambda item: item.seq)
@@ -343,20 +343,20 @@ def _sorted(nodes: list[_Container]) -> list[_Container]:
     return sorted(nodes, key=_date_of)
 
 
-def _thread(node: _Container) -> Thread:
+def _thread(node: _Container) -> ThreadNode:
     children = tuple(_thread(c) for c in _sorted(node.children))
-    return Thread(node.item.number if node.item is not None else None, children)
+    return ThreadNode(node.item.number if node.item is not None else None, children)
 
 
 # -- the answer (RFC 5256 §4) ---------------------------------------------------------------
 
 
-def format_threads(threads: Iterable[Thread]) -> str:
+def format_threads(threads: Iterable[ThreadNode]) -> str:
     """thread-data without "THREAD": each thread as a parenthesised thread-list."""
     return "".join(f"({_members(thread)})" for thread in threads)
 
 
-def _members(thread: Thread) -> str:
+def _members(thread: ThreadNode) -> str:
     if thread.number is None:
         if len(thread.children) == 1:
             return _members(thread.children[0])

@@ -7,7 +7,14 @@ tagged one last. None calls `FolderView.sync`: the session adds the news where R
 (`select_messages`): sequence numbers past the end are a BAD (`BadSetError`), UIDs that
 name no message are skipped (§6.4.9). FETCH and SEARCH are evaluated by `_fetch` and
 `_search`; here they are bound to the store (`ViewIndex` is SEARCH's view of what the
-store keeps).
+store keeps). SORT and THREAD (RFC 5256) select with SEARCH and order with
+`sansmail.imap._thread`, from the header fields the index keeps: no file is read for a
+message whose fields are kept.
+
+SEARCHRES (RFC 5182). SEARCH RETURN (SAVE) keeps its result, as UIDs, with the view
+that made it; "$" in a later command is that result (what was expunged since is no
+longer in it), and the empty set before any SAVE. A new view (SELECT, EXAMINE) starts
+without one, and UNSELECT or CLOSE drop the view and its result with it.
 
 FETCH in batches. What a client lists a folder with (FLAGS, INTERNALDATE, RFC822.SIZE,
 ENVELOPE, BODYSTRUCTURE, BODY, UID) and downloads it with (BODY.PEEK[]) is answered
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import weakref
 from typing import Any, Final
 
 from sansmail.imap import (
@@ -40,10 +48,13 @@ from sansmail.imap import (
     Response,
     ResponseCode,
     Search,
+    SearchKey,
     Section,
     SequenceSet,
+    Sort,
     Store,
     Tagged,
+    Thread,
     UidExpunge,
     Untagged,
     UntaggedStatus,
@@ -51,6 +62,13 @@ from sansmail.imap import (
     encode_datetime,
     encode_value,
 )
+from sansmail.imap._thread import (
+    SortItem,
+    format_threads,
+    thread_ordered_subject,
+    thread_references,
+)
+from sansmail.imap._thread import sort as sort_items
 from sansmail.sessions.imapd._fetch import (
     BATCH_ATTRIBUTES,
     FetchContext,
@@ -81,7 +99,9 @@ __all__ = [
     "flag_list",
     "search_messages",
     "select_messages",
+    "sort_messages",
     "store",
+    "thread_messages",
 ]
 
 _FLAG_MODES = {"replace": FlagMode.REPLACE, "add": FlagMode.ADD, "remove": FlagMode.REMOVE}
@@ -92,11 +112,26 @@ _KEEP_EVERY: Final = 500
 _NIL: Final = Encoded(b"NIL")
 _WHOLE: Final = BodySection(section=Section(), peek=True)
 _STRUCTURE_FIELDS: Final = {"ENVELOPE": 0, "BODYSTRUCTURE": 1, "BODY": 2}
+#: The header fields SORT and THREAD compare (RFC 5256 §2, §3).
+_SORT_FIELDS: Final = (
+    "from",
+    "to",
+    "cc",
+    "subject",
+    "date",
+    "message-id",
+    "references",
+    "in-reply-to",
+)
+#: The result of the last SEARCH RETURN (SAVE) on a view, as UIDs (RFC 5182). Kept
+#: beside the view rather than in it: a view that goes (UNSELECT, CLOSE, SELECT) takes
+#: its result along, as RFC 5182 §2.1 wants.
+_SAVED: weakref.WeakKeyDictionary[FolderView, frozenset[int]] = weakref.WeakKeyDictionary()
 
 
 class BadSetError(Exception):
-    """A message sequence number past the end of the mailbox, or "$" (RFC 5182 SEARCHRES,
-    not offered): the command gets BAD (RFC 9051 §6.4.5)."""
+    """A message sequence number past the end of the mailbox: the command gets BAD (RFC
+    9051 §6.4.5)."""
 
 
 def select_messages(
@@ -105,7 +140,8 @@ def select_messages(
     """(sequence number, message) of the messages a set names, ascending."""
     messages = view.messages
     if sequence_set.saved:
-        raise BadSetError
+        saved = _SAVED.get(view, frozenset())
+        return [(n, m) for n, m in enumerate(messages, start=1) if m.uid in saved]
     if not uid:
         spans = sequence_set.resolve(len(messages))
         if spans and spans[-1][-1] > len(messages):
@@ -434,31 +470,49 @@ class ViewIndex(SearchIndex):
         self._fill(texts=True)
         return self._view.find_in_texts(needle, bodies_only=bodies_only)
 
+    def fields(self, names: tuple[str, ...]) -> dict[int, dict[str, str]]:
+        """UID -> {name: decoded, case-folded value of the first field so named}."""
+        self._fill(texts=False)
+        return self._view.search_fields(names)
+
     def sent(self) -> dict[int, datetime.date]:
         self._fill(texts=False)
         return {uid: datetime.date.fromordinal(day) for uid, day in self._view.sent_days().items()}
 
 
-def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Response]:
-    """[UID] SEARCH (RFC 9051 §6.4.4): ``* SEARCH`` for a rev1 client that gave no
-    RETURN, ``* ESEARCH`` otherwise (RFC 4731; no RETURN options means ALL)."""
-    messages = view.messages
+def _search(view: FolderView, criteria: SearchKey, *, rev2: bool, index: ViewIndex) -> list[int]:
+    """The sequence numbers of the view's messages that match `criteria`."""
     ctx = SearchContext(
-        messages=messages,
+        messages=view.messages,
         load=view.read,
         recent=frozenset() if rev2 else view.recent,
-        index=ViewIndex(view),
+        saved=_SAVED.get(view, frozenset()),
+        index=index,
         uids=view.uids,
     )
-    try:
-        numbers = search(command.criteria, ctx)
-    except ValueError:
-        raise BadSetError from None
+    return search(criteria, ctx)
+
+
+def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Response]:
+    """[UID] SEARCH (RFC 9051 §6.4.4): ``* SEARCH`` for a rev1 client that gave no
+    RETURN, ``* ESEARCH`` otherwise (RFC 4731; no RETURN options means ALL). RETURN
+    (SAVE) keeps the result for "$" (RFC 5182)."""
+    messages = view.messages
+    numbers = _search(view, command.criteria, rev2=rev2, index=ViewIndex(view))
     found = [messages[n - 1].uid for n in numbers] if command.uid else numbers
     done = ok(command.tag, f"{'UID ' if command.uid else ''}SEARCH completed")
     if command.return_options is None and not rev2:
         return [Untagged.search(found), done]
     options = command.return_options or ("ALL",)
+    if "SAVE" in options:
+        uids = [messages[n - 1].uid for n in numbers]
+        others = set(options) - {"SAVE"}
+        if uids and others and others <= {"MIN", "MAX"}:
+            # RFC 5182 §2.4: with MIN and/or MAX alone, only those are kept.
+            uids = [min(uids)] * ("MIN" in others) + [max(uids)] * ("MAX" in others)
+        _SAVED[view] = frozenset(uids)
+        if not others:
+            return [done]  # RFC 5182 §2.1: SAVE alone gives no ESEARCH
     results: list[tuple[str, int | SequenceSet]] = []
     if "MIN" in options and found:
         results.append(("MIN", min(found)))
@@ -469,3 +523,48 @@ def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Re
     if "ALL" in options and found:  # RFC 4731 §3.1: ALL is left out when nothing matched
         results.append(("ALL", SequenceSet.of(*found)))
     return [Untagged.esearch(tag=command.tag, uid=command.uid, results=results), done]
+
+
+def _sort_items(view: FolderView, command: Sort | Thread, *, rev2: bool) -> list[SortItem]:
+    """The messages SORT or THREAD orders: those its search keys match, with the header
+    fields the orders compare, from the index."""
+    messages = view.messages
+    index = ViewIndex(view)
+    numbers = _search(view, command.search, rev2=rev2, index=index)
+    fields = index.fields(_SORT_FIELDS) if numbers else {}
+    items = []
+    for n in numbers:
+        message = messages[n - 1]
+        items.append(
+            SortItem(
+                number=message.uid if command.uid else n,
+                seq=n,
+                arrival=message.internaldate,
+                size=message.size,
+                fields=fields.get(message.uid, {}),
+            )
+        )
+    return items
+
+
+def sort_messages(view: FolderView, command: Sort, *, rev2: bool) -> list[Response]:
+    """[UID] SORT (RFC 5256 §3, RFC 5957): ``* SORT`` with the numbers in order."""
+    ordered = sort_items(_sort_items(view, command, rev2=rev2), command.criteria)
+    return [
+        Untagged(keyword="SORT", data=tuple(ordered)),
+        ok(command.tag, f"{'UID ' if command.uid else ''}SORT completed"),
+    ]
+
+
+def thread_messages(view: FolderView, command: Thread, *, rev2: bool) -> list[Response]:
+    """[UID] THREAD (RFC 5256 §3): ``* THREAD`` with the threads in the grammar of §4."""
+    items = _sort_items(view, command, rev2=rev2)
+    if command.algorithm == "REFERENCES":
+        threads = thread_references(items)
+    else:
+        threads = thread_ordered_subject(items)
+    text = format_threads(threads)
+    return [
+        Untagged(keyword="THREAD", data=(Encoded(text.encode("ascii")),) if text else ()),
+        ok(command.tag, f"{'UID ' if command.uid else ''}THREAD completed"),
+    ]

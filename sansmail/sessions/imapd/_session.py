@@ -61,10 +61,12 @@ from sansmail.imap import (
     ResponseCode,
     Search,
     Select,
+    Sort,
     Status,
     Store,
     Subscribe,
     Tagged,
+    Thread,
     UidExpunge,
     Unselect,
     Unsubscribe,
@@ -92,7 +94,7 @@ ENABLE_EXTENSIONS = ("IMAP4rev2", "UTF8=ACCEPT")
 
 _SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # The commands during which EXPUNGE may not be sent unless in their UID form (§7.5.1).
-_NO_EXPUNGE = (Fetch, Store, Search)
+_NO_EXPUNGE = (Fetch, Store, Search, Sort, Thread)
 
 
 class ImapSession:
@@ -156,6 +158,8 @@ class ImapSession:
             ),
             Store: lambda c, rev2: _messages.store(self._view(), c, rev2=rev2),
             Search: lambda c, rev2: _messages.search_messages(self._view(), c, rev2=rev2),
+            Sort: lambda c, rev2: _messages.sort_messages(self._view(), c, rev2=rev2),
+            Thread: lambda c, rev2: _messages.thread_messages(self._view(), c, rev2=rev2),
             Copy: self._copy,
             Move: self._copy,
         }

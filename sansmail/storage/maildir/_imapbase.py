@@ -375,6 +375,11 @@ class FolderView(Protocol):
         `needle` (case-folded), among those with `SearchData` kept."""
         ...
 
+    def search_fields(self, names: Iterable[str]) -> dict[int, dict[str, str]]:
+        """UID -> {name: kept value of the first field so named} for the header fields
+        `names` (lower case), among the messages with `SearchData` kept (SORT, THREAD)."""
+        ...
+
     def find_in_texts(self, needle: str, *, bodies_only: bool) -> set[int] | None:
         """UIDs of the messages whose kept texts (`SearchData.headers` and `bodies`, or
         `bodies` alone) hold `needle` (case-folded) in one of their entries; None when

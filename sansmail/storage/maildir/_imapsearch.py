@@ -50,6 +50,7 @@ __all__ = [
     "SEARCH_TABLES",
     "TEXT_SEPARATOR",
     "create_texts",
+    "field_values",
     "find_in_header",
     "find_in_texts",
     "forget",
@@ -200,6 +201,20 @@ def find_in_texts(conn: sqlite3.Connection, needle: str, *, bodies_only: bool) -
         query = "SELECT rowid FROM texts WHERE " + test.format(column)  # noqa: S608
         found.update(uid for (uid,) in conn.execute(query, () if argument is None else (argument,)))
     return found
+
+
+def field_values(conn: sqlite3.Connection, names: Iterable[str]) -> dict[int, dict[str, str]]:
+    """UID -> {name: the kept value of the first field of that name} for the fields
+    `names` (lower case): what SORT and THREAD compare, without reading a file."""
+    out: dict[int, dict[str, str]] = {}
+    # Descending n: the first field of a name is written last and stays.
+    for name, uid, value in conn.execute(
+        "SELECT name, uid, value FROM fields WHERE name IN (SELECT value FROM json_each(?))"
+        " ORDER BY uid, n DESC",
+        (json.dumps(sorted(set(names))),),
+    ):
+        out.setdefault(uid, {})[name] = value
+    return out
 
 
 def sent_days(conn: sqlite3.Connection) -> dict[int, int]:

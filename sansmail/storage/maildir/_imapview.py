@@ -497,6 +497,11 @@ class MaildirFolderView(FolderView):
             return _imapsearch.find_in_header(conn, name, needle)
 
     @_guarded
+    def search_fields(self, names: Iterable[str]) -> dict[int, dict[str, str]]:
+        with self._checked_read() as conn:
+            return _imapsearch.field_values(conn, names)
+
+    @_guarded
     def find_in_texts(self, needle: str, *, bodies_only: bool) -> set[int] | None:
         with self._checked_read() as conn:
             return _imapsearch.find_in_texts(conn, needle, bodies_only=bodies_only)

@@ -41,12 +41,14 @@ from sansmail.imap import (
     Rename,
     Search,
     Select,
+    Sort,
     Stage,
     StartTLS,
     Status,
     Store,
     Subscribe,
     Tagged,
+    Thread,
     UidExpunge,
     Unselect,
     Unsubscribe,
@@ -87,6 +89,8 @@ LINES: dict[type[Command], bytes] = {
     Store: b"STORE 1 FLAGS ()",
     Copy: b"COPY 1 x",
     Move: b"MOVE 1 x",
+    Sort: b"SORT (DATE) UTF-8 ALL",
+    Thread: b"THREAD REFERENCES UTF-8 ALL",
 }
 STAGES = {
     Stage.NOT_AUTHENTICATED: "not-authenticated",

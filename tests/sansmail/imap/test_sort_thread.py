@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from sansmail.imap._thread import (
     SortItem,
-    Thread,
+    ThreadNode,
     base_subject,
     format_threads,
     sent_date,
@@ -74,13 +74,22 @@ def test_sent_date_falls_back_to_the_internal_date() -> None:
 def test_format_from_the_rfc() -> None:
     # RFC 5256 §4: "(2)(3 6 (4 23)(44 7 96))" and "((3)(5))".
     threads = [
-        Thread(2),
-        Thread(
-            3, (Thread(6, (Thread(4, (Thread(23),)), Thread(44, (Thread(7, (Thread(96),)),)))),)
+        ThreadNode(2),
+        ThreadNode(
+            3,
+            (
+                ThreadNode(
+                    6,
+                    (
+                        ThreadNode(4, (ThreadNode(23),)),
+                        ThreadNode(44, (ThreadNode(7, (ThreadNode(96),)),)),
+                    ),
+                ),
+            ),
         ),
     ]
     assert format_threads(threads) == "(2)(3 6 (4 23)(44 7 96))"
-    assert format_threads([Thread(None, (Thread(3), Thread(5)))]) == "((3)(5))"
+    assert format_threads([ThreadNode(None, (ThreadNode(3), ThreadNode(5)))]) == "((3)(5))"
     assert format_threads([]) == ""
 
 
@@ -177,7 +186,7 @@ def mailboxes(draw: st.DrawFn) -> list[SortItem]:
     return out
 
 
-def numbers(threads: list[Thread]) -> Iterator[int]:
+def numbers(threads: list[ThreadNode]) -> Iterator[int]:
     for thread in threads:
         if thread.number is not None:
             yield thread.number
