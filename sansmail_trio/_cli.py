@@ -33,14 +33,22 @@ from sansmail.config import (
     Config,
     ConfigError,
     load_config,
+    parse_size,
     warnings,
 )
-from sansmail.mail.address import Address, AddressError, canonical_domain, parse_address
+from sansmail.mail.address import (
+    Address,
+    AddressError,
+    MailboxId,
+    canonical_domain,
+    parse_address,
+)
 from sansmail.mail.aliases import role_account_problems
 from sansmail.mail.envelope import check_queue_id
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
+from sansmail.storage.maildir import MaildirStore, recalculate_usage
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
 from sansmail.storage.users import UserError, UserStore
 from sansmail_trio._tls import tls_files_problem
@@ -116,7 +124,16 @@ examples:
   {PROG} user passwd alice@example.test
   {PROG} user del bob@example.test
   {PROG} user list
+  {PROG} user quota alice@example.test 10G          # her own storage limit
+  {PROG} user quota alice@example.test none         # no limit for her
+  {PROG} user quota alice@example.test default      # [quota] storage again
+  {PROG} user quota alice@example.test              # her limit and usage
 """
+
+_QUOTA_ARG_HELP = (
+    'the storage limit: octets or a size like "500M", "10G"; "none" (no limit) or'
+    ' "default" (the [quota] storage of the configuration)'
+)
 
 _NEWALIASES_HELP = f"""\
 Check the aliases file (the `aliases` key of the configuration; /etc/aliases format)
@@ -260,6 +277,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add = command(users, "add", "add a user with a password", _user_add, _USER_HELP, parent="user")
     add.add_argument("address", metavar="ADDRESS", help="the user's mail address")
     add.add_argument("--password-stdin", action="store_true", help=_STDIN_HELP)
+    add.add_argument("--quota", metavar="SIZE", help=_QUOTA_ARG_HELP)
     passwd = command(
         users, "passwd", "change a user's password", _user_passwd, _USER_HELP, parent="user"
     )
@@ -277,6 +295,16 @@ def _build_parser() -> argparse.ArgumentParser:
         _USER_HELP,
         parent="user",
     )
+    quota = command(
+        users,
+        "quota",
+        "show or set a user's storage limit",
+        _user_quota,
+        _USER_HELP,
+        parent="user",
+    )
+    quota.add_argument("address", metavar="ADDRESS", help="the user's mail address")
+    quota.add_argument("size", metavar="SIZE", nargs="?", help=_QUOTA_ARG_HELP)
 
     command(
         commands,
@@ -472,9 +500,10 @@ def _postmaster_warning(config: Config) -> list[str]:
 def _user_add(args: argparse.Namespace) -> int:
     config = _load(args)
     address = _local_address(config, args.address)
+    quota = None if args.quota is None else _quota_size(args.quota)
     password = _read_password(args.password_stdin)
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    user = _user_store(config).add(address, password)
+    user = _user_store(config).add(address, password, quota=quota)
     print(f"added {user.address}")
     return 0
 
@@ -489,6 +518,39 @@ def _user_passwd(args: argparse.Namespace) -> int:
     store.set_password(address.key, _read_password(args.password_stdin))
     print(f"password changed for {address}")
     return 0
+
+
+def _user_quota(args: argparse.Namespace) -> int:
+    config = _load(args)
+    address = _local_address(config, args.address)
+    store = _user_store(config)
+    if args.size is not None:
+        store.set_quota(address.key, _quota_size(args.size))
+    user = store.get(address.key)
+    if user is None:
+        raise CommandError(f"no such user: {address}")
+    limit = config.quota.storage if user.quota is None else user.quota
+    whose = "[quota] storage" if user.quota is None else "own"
+    mailbox = MailboxId(domain=address.domain, local=address.local_part.lower())
+    root = MaildirStore(config.data_dir, hostname=config.hostname).maildir(mailbox)
+    shown = f"{limit} octets ({whose})" if limit else f"none ({whose})"
+    if not root.is_dir():
+        print(f"{user.address}: limit {shown}, used 0 octets (no mail yet)")
+        return 0
+    used = recalculate_usage(str(root), limit)
+    print(f"{user.address}: limit {shown}, used {used.octets} octets in {used.messages} messages")
+    return 0
+
+
+def _quota_size(text: str) -> int | None:
+    if text.lower() == "default":
+        return None
+    if text.lower() == "none":
+        return 0
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise CommandError(f"{text!r}: {exc}") from None
 
 
 def _user_del(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ from sansmail.sessions.smtpd import SmtpService, intake_checks, store_all
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._commit import Committer
@@ -186,6 +186,8 @@ async def serve(
         cache=_auth_cache(config, generations),
     )
     await trio.to_thread.run_sync(users.reload_if_changed)
+    # Each user's storage limit: their own from users.json, else [quota] storage.
+    quota = store.quota = QuotaLimits(config.quota.storage, functools.partial(_own_quota, users))
     # Made or read once here, off the loop: SCRAM needs it for unknown users' fake salts.
     await trio.to_thread.run_sync(users.scram_secret)
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
@@ -230,6 +232,7 @@ async def serve(
             service=name,
             tls_available=tls is not None,
             checks=checks,
+            mailbox_full=store.full,
         )
         smtp_service = SMTPService(
             shared=shared, log=smtp_log, tls=tls, committer=committer, resolver=check_resolver
@@ -251,7 +254,7 @@ async def serve(
         )
         services[name] = POP3Service(shared=pop3_shared, log=pop3_log, tls=tls)
     imap_log = get_logger("imap")
-    imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname)
+    imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname, quota=quota)
     for name in ("imap", "imaps"):
         imap_shared = ImapService(
             config=config,
@@ -577,3 +580,9 @@ async def serve_queue(
         await shutdown.wait()
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         nursery.cancel_scope.cancel()
+
+
+def _own_quota(users: UserStore, key: str) -> int | None:
+    """A user's own storage limit (None: ``[quota] storage``)."""
+    user = users.get(key)
+    return None if user is None else user.quota

@@ -106,6 +106,7 @@ from sansmail.config._model import (
 )
 from sansmail.config._parse import load_config, parse_config, warnings
 from sansmail.config._unbuilt import not_in_force
+from sansmail.config._values import size as parse_size
 
 __all__ = [
     "BUILT_SERVICES",
@@ -141,5 +142,6 @@ __all__ = [
     "load_config",
     "not_in_force",
     "parse_config",
+    "parse_size",
     "warnings",
 ]

@@ -39,7 +39,6 @@ UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
         lambda c: bool(c.storage.dsn) and c.storage.backend != "maildir",
         "no database is used",
     ),
-    ("quota.storage", lambda c: c.quota.storage != 0, "no quota is enforced"),
 )
 
 

@@ -26,6 +26,8 @@ from sansmail.imap._events import (
     Enable,
     Expunge,
     Fetch,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     List,
@@ -38,6 +40,7 @@ from sansmail.imap._events import (
     Rename,
     Search,
     Select,
+    SetQuota,
     StartTLS,
     Status,
     Store,
@@ -278,6 +281,16 @@ def _write_arguments(w: _Writer, command: Command) -> None:
         w.mailbox(command.mailbox)
     elif isinstance(command, Search):
         _write_search(w, command)
+    elif isinstance(command, GetQuota):
+        w.raw("GETQUOTA ")
+        w.astring(command.root.encode("utf-8"))
+    elif isinstance(command, GetQuotaRoot):
+        w.raw("GETQUOTAROOT ")
+        w.mailbox(command.mailbox)
+    elif isinstance(command, SetQuota):
+        w.raw("SETQUOTA ")
+        w.astring(command.root.encode("utf-8"))
+        w.raw(" (" + " ".join(f"{name} {limit}" for name, limit in command.resources) + ")")
     else:
         raise TypeError(f"not a command: {command!r}")
 

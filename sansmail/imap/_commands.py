@@ -40,6 +40,8 @@ from sansmail.imap._events import (
     Enable,
     Expunge,
     Fetch,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     List,
@@ -52,6 +54,7 @@ from sansmail.imap._events import (
     Rename,
     Search,
     Select,
+    SetQuota,
     Sort,
     StartTLS,
     Status,
@@ -398,6 +401,44 @@ def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
     return decode
 
 
+def _getquota(cursor: Cursor, tag: str, _context: Context) -> Command:
+    """getquota = "GETQUOTA" SP quota-root; quota-root = astring (RFC 9208 §5)."""
+    cursor.sp()
+    try:
+        return GetQuota(tag=tag, root=utf8_text(cursor.astring(), "quota root"))
+    except ValueError:
+        raise ParseError("NUL in a quota root") from None
+
+
+def _getquotaroot(cursor: Cursor, tag: str, context: Context) -> Command:
+    """getquotaroot = "GETQUOTAROOT" SP mailbox (RFC 9208 §5)."""
+    cursor.sp()
+    return GetQuotaRoot(tag=tag, mailbox=read_mailbox(cursor, context))
+
+
+def _setquota(cursor: Cursor, tag: str, _context: Context) -> Command:
+    """setquota = "SETQUOTA" SP quota-root SP setquota-list; setquota-list = "("
+    [setquota-resource *(SP setquota-resource)] ")"; setquota-resource = resource-name
+    SP resource-limit; resource-limit = number64 (RFC 9208 §5)."""
+    cursor.sp()
+    root = utf8_text(cursor.astring(), "quota root")
+    cursor.sp()
+    cursor.open()
+    resources: list[tuple[str, int]] = []
+    while not cursor.take(b")"):
+        if resources:
+            cursor.sp()
+        name = cursor.keyword("a quota resource")
+        cursor.sp()
+        limit = cursor.number(limit=2**63 - 1)
+        resources.append((name, limit))
+    cursor.unnest()
+    try:
+        return SetQuota(tag=tag, root=root, resources=tuple(resources))
+    except ValueError:
+        raise ParseError("not a quota root or resource name") from None
+
+
 def _sort(cursor: Cursor, tag: str, context: Context) -> Command:
     """sort = ["UID" SP] "SORT" SP sort-criteria SP search-criteria; sort-criteria = "("
     sort-criterion *(SP sort-criterion) ")"; sort-criterion = ["REVERSE" SP] sort-key;
@@ -485,4 +526,7 @@ PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "UID SORT": (Sort, _sort),
     "THREAD": (Thread, _thread),
     "UID THREAD": (Thread, _thread),
+    "GETQUOTA": (GetQuota, _getquota),
+    "GETQUOTAROOT": (GetQuotaRoot, _getquotaroot),
+    "SETQUOTA": (SetQuota, _setquota),
 }

@@ -64,6 +64,8 @@ __all__ = [
     "Event",
     "Expunge",
     "Fetch",
+    "GetQuota",
+    "GetQuotaRoot",
     "Id",
     "Idle",
     "IdleDone",
@@ -79,6 +81,7 @@ __all__ = [
     "Rename",
     "Search",
     "Select",
+    "SetQuota",
     "Sort",
     "StartTLS",
     "Status",
@@ -443,6 +446,56 @@ class UidExpunge(Command):
     """UID EXPUNGE uid-set (RFC 9051 §6.4.9, RFC 4315 §2.1)."""
 
     sequence_set: SequenceSet = attrs.field(validator=_sequence_set)
+
+
+# --- QUOTA (RFC 9208) --------------------------------------------------------------------
+
+#: The largest resource limit SETQUOTA can carry (RFC 9208 §5: number64).
+_NUMBER64_MAX: Final = 2**63 - 1
+
+
+def _quota_root(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str")
+    _mailbox(_inst, attribute, value)
+
+
+def _quota_resources(
+    _inst: Any, attribute: attrs.Attribute[Any], value: tuple[tuple[str, int], ...]
+) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"{attribute.name} must be a tuple of (resource, limit) pairs")
+    for pair in value:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError(f"{attribute.name}: not a (resource, limit) pair: {pair!r}")
+        name, limit = pair
+        if not isinstance(name, str) or not _OPTION_NAME.fullmatch(name):
+            raise ValueError(f"{attribute.name}: not an upper-case resource name: {name!r}")
+        if type(limit) is not int or not 0 <= limit <= _NUMBER64_MAX:
+            raise ValueError(f"{attribute.name}: not a number64: {limit!r}")
+
+
+@attrs.frozen(kw_only=True)
+class GetQuota(Command):
+    """GETQUOTA quota-root (RFC 9208 §4.1.1)."""
+
+    root: str = attrs.field(validator=_quota_root)
+
+
+@attrs.frozen(kw_only=True)
+class GetQuotaRoot(Command):
+    """GETQUOTAROOT mailbox (RFC 9208 §4.1.2)."""
+
+    mailbox: str = _mailbox_field()
+
+
+@attrs.frozen(kw_only=True)
+class SetQuota(Command):
+    """SETQUOTA quota-root (resource limit ...) (RFC 9208 §4.1.4); resource names upper
+    case."""
+
+    root: str = attrs.field(validator=_quota_root)
+    resources: tuple[tuple[str, int], ...] = attrs.field(validator=_quota_resources)
 
 
 @attrs.frozen(kw_only=True)

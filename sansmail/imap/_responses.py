@@ -264,6 +264,19 @@ class Untagged(Response):
             keyword="NAMESPACE", data=(describe(personal), describe(other), describe(shared))
         )
 
+    @classmethod
+    def quotaroot(cls, *, mailbox: str, roots: Sequence[str]) -> Untagged:
+        """``* QUOTAROOT INBOX ""`` (RFC 9208 §5.2); with no roots, no quota applies."""
+        return cls(keyword="QUOTAROOT", data=(MailboxName(mailbox), *roots))
+
+    @classmethod
+    def quota(cls, *, root: str, resources: Sequence[tuple[str, int, int]]) -> Untagged:
+        """ "* QUOTA "" (STORAGE 10 512)" (RFC 9208 §5.1): (name, usage, limit) each."""
+        listing: list[Value] = []
+        for name, used, limit in resources:
+            listing += [Atom(name), used, limit]
+        return cls(keyword="QUOTA", data=(root, listing))
+
 
 _FETCH_NAME: Final = re.compile(r"[A-Z0-9.]+(?:\[[^\r\n]*\](?:<[0-9]+>)?)?")
 

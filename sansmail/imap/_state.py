@@ -53,6 +53,8 @@ from sansmail.imap._events import (
     Event,
     Expunge,
     Fetch,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     IdleDone,
@@ -68,6 +70,7 @@ from sansmail.imap._events import (
     Rename,
     Search,
     Select,
+    SetQuota,
     Sort,
     StartTLS,
     Status,
@@ -148,6 +151,9 @@ COMMANDS: tuple[type[Command], ...] = (
     Move,
     Sort,
     Thread,
+    GetQuota,
+    GetQuotaRoot,
+    SetQuota,
 )
 
 # --- ALLOWED: which commands each stage accepts (RFC 9051 §6) -------------------------------
@@ -175,6 +181,9 @@ _AUTHENTICATED = (
     Status,
     Append,
     Idle,
+    GetQuota,  # RFC 9208 §4.1: authenticated and selected states
+    GetQuotaRoot,
+    SetQuota,
 )
 _SELECTED = (
     *(Check, Close, Unselect, Expunge, UidExpunge, Search, Fetch, Store, Copy, Move),

@@ -25,6 +25,14 @@ An alias that expands to nothing at all (every target an unknown user, a loop wi
 way out) is refused with 550 5.1.1 rather than accepted into a void; partial problems are
 returned in `problems` for the log while the rest is delivered, as Postfix's local(8)
 does.
+
+Storage quota. A local mailbox that is already at or over its limit (`mailbox_full`) is
+left out; a recipient left with nowhere to go is refused with 552 5.2.2 "mailbox is full"
+at RCPT, the answer Dovecot's quota-status policy service gives Postfix (RFC 3463 X.2.2:
+mailbox full; RFC 5321 §4.5.3.1.10 lets a client treat a 552 to RCPT as a 452 and try
+later). A mailbox under its limit takes the message whatever its size: SMTP has one
+answer to DATA for all the recipients, so a message is never refused there for one of
+them, and a mailbox ends at most one message over its limit (Dovecot's quota_grace).
 """
 
 from __future__ import annotations
@@ -60,6 +68,11 @@ class Resolution:
         return self.reply.is_positive
 
 
+def _mailbox_full(rcpt: Address) -> Resolution:
+    # RFC 5321 §4.2.2 552; RFC 3463 X.2.2 mailbox full.
+    return Resolution(reply=Reply(code=552, lines=f"<{rcpt}>: mailbox is full", enhanced="5.2.2"))
+
+
 def _no_such_user(rcpt: Address, why: str) -> Resolution:
     # RFC 5321 §4.2.2 550; RFC 3463 X.1.1 bad destination mailbox address.
     return Resolution(
@@ -81,9 +94,11 @@ def resolve_recipient(
     recipient_delimiter: str = "",
     srs_key: bytes | None = None,
     today: int = 0,
+    mailbox_full: Callable[[MailboxId], bool] | None = None,
 ) -> Resolution:
     """Decide one RCPT TO (see the module docstring). `user_exists` takes an
-    `Address.key`; `srs_key` None turns SRS reversal off; `today` is `srs.today(now)`."""
+    `Address.key`; `srs_key` None turns SRS reversal off; `today` is `srs.today(now)`;
+    `mailbox_full` says whether a mailbox is at its storage limit (None: no quota)."""
     ours = rcpt.domain in domains
     if ours and srs_key is not None and srs.is_srs(rcpt.local_part):
         try:
@@ -123,9 +138,18 @@ def resolve_recipient(
     if not expansion.local and not expansion.remote:
         why = "; ".join(expansion.problems) or "the alias expands to nothing"
         return Resolution(reply=_no_such_user(rcpt, why).reply, problems=expansion.problems)
+    local, problems = expansion.local, expansion.problems
+    if mailbox_full is not None and local:
+        full = [mailbox for mailbox in local if mailbox_full(mailbox)]
+        if full:
+            local = tuple(mailbox for mailbox in local if mailbox not in full)
+            if not local and not expansion.remote:
+                return attrs.evolve(_mailbox_full(rcpt), problems=problems)
+            # Some of an alias's mailboxes: the others take it, as local(8) would.
+            problems += tuple(f"{m.local}@{m.domain}: mailbox is full" for m in full)
     return Resolution(
         reply=decision.reply,
-        local=expansion.local,
+        local=local,
         forward=expansion.remote,
-        problems=expansion.problems,
+        problems=problems,
     )

@@ -9,12 +9,16 @@ The file (``<data_dir>/users.json``, mode 0600) looks like::
          "scram-sha-1":   {"salt": "<base64>", "iterations": 4096,
                            "stored_key": "<base64>", "server_key": "<base64>"},
          "scram-sha-256": {...the same, with 32-byte keys...},
-         "cram-md5": "<64 hex digits>"}}}
+         "cram-md5": "<64 hex digits>",
+         "quota": 10737418240}}}
 
 keyed by `Address.key` (lower-cased local part, canonical domain). Fields this version
 does not know, at the top or per user, are kept when the file is rewritten, so a later
-release can add its own (quotas, say) and an older CLI will not erase them; a file whose
-version is newer than ours is read but never rewritten.
+release can add its own and an older CLI will not erase them; a file whose version is
+newer than ours is read but never rewritten.
+
+``quota`` (optional) is the user's own storage limit in octets, 0 for none; without it
+the user has ``[quota] storage`` (`set_quota`, ``sansmail-trio user quota``).
 
 What a password yields. Every password set by `add` or `set_password` is stored four ways,
 and all four are replaced together so that an old password never survives in one of them:
@@ -130,6 +134,7 @@ MAX_PASSWORD_OCTETS: Final = 1024
 SCRAM_HASHES: Final = ("sha1", "sha256")
 _SCRAM_FIELDS: Final = {"sha1": "scram-sha-1", "sha256": "scram-sha-256"}
 _CRAM_MD5_FIELD: Final = "cram-md5"
+_QUOTA_FIELD: Final = "quota"
 # The length the SCRAM mechanism gives the salts it invents for unknown users, so that
 # real and invented salts look alike.
 _SALT_OCTETS: Final = 16
@@ -159,6 +164,8 @@ class User:
     scram_sha1: ScramCredentials | None = None
     scram_sha256: ScramCredentials | None = None
     cram_md5: CramMD5Credentials | None = None
+    #: The user's own storage limit in octets (0: none); None: ``[quota] storage``.
+    quota: int | None = None
 
 
 @attrs.frozen
@@ -343,12 +350,16 @@ class UserStore:
 
     # -- writing --------------------------------------------------------------------
 
-    def add(self, address: Address, password: str) -> User:
-        """Create a user; UserError if it exists or the password is unusable."""
+    def add(self, address: Address, password: str, *, quota: int | None = None) -> User:
+        """Create a user (with their own storage limit `quota`, see `set_quota`);
+        UserError if it exists or the password is unusable."""
         check_password(password)
+        _check_quota(quota)
         key = address.key
         fields = self._password_fields(password)
         record = {"address": str(address), **fields}
+        if quota is not None:
+            record[_QUOTA_FIELD] = quota
 
         def change(users: dict[str, Any]) -> None:
             if key in users:
@@ -373,6 +384,22 @@ class UserStore:
             record.update(fields)
             if _CRAM_MD5_FIELD not in fields:
                 record.pop(_CRAM_MD5_FIELD, None)
+
+        self._modify(change)
+
+    def set_quota(self, key: str, octets: int | None) -> None:
+        """Give a user their own storage limit (0: none), or None to follow ``[quota]
+        storage`` again; UserError if the user does not exist."""
+        _check_quota(octets)
+
+        def change(users: dict[str, Any]) -> None:
+            record = users.get(key)
+            if record is None:
+                raise UserError(f"{key}: no such user")
+            if octets is None:
+                record.pop(_QUOTA_FIELD, None)
+            else:
+                record[_QUOTA_FIELD] = octets
 
         self._modify(change)
 
@@ -538,6 +565,11 @@ class UserStore:
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def _check_quota(octets: int | None) -> None:
+    if octets is not None and (type(octets) is not int or octets < 0):
+        raise UserError("a quota is a number of octets, 0 or more")
+
+
 def _check_document(document: object, path: pathlib.Path) -> None:
     if not isinstance(document, dict):
         raise UserError(f"{path}: expected a JSON object at the top")
@@ -598,6 +630,9 @@ def _user_of(key: str, record: dict[str, Any], path: pathlib.Path) -> User:
             raise UserError(
                 f"{path}: user {key!r}: {_CRAM_MD5_FIELD!r} must be 64 hex digits"
             ) from None
+    quota = record.get(_QUOTA_FIELD)
+    if quota is not None and (type(quota) is not int or quota < 0):
+        raise UserError(f"{path}: user {key!r}: {_QUOTA_FIELD!r} must be a number of octets")
     return User(
         address=record["address"],
         key=key,
@@ -605,6 +640,7 @@ def _user_of(key: str, record: dict[str, Any], path: pathlib.Path) -> User:
         scram_sha1=scram.get("sha1"),
         scram_sha256=scram.get("sha256"),
         cram_md5=cram_md5,
+        quota=quota,
     )
 
 

@@ -126,7 +126,7 @@ def test_public_names():
             "MilterConfig", "NextHop", "OutboundTLS", "PlaintextAuth", "Problem",
             "QuotaConfig", "ReverseDNSMode", "SMTPConfig", "SPFMode", "SieveConfig",
             "StorageBackend", "StorageConfig", "TLSConfig", "load_config", "not_in_force",
-            "parse_config", "warnings",
+            "parse_config", "parse_size", "warnings",
         ]
     )  # fmt: skip
     for name in config_module.__all__:
@@ -701,7 +701,6 @@ def test_quiet_config_has_no_warnings(tmp_path):
         ('[listen]\nsmtp = "127.0.0.1:1"\n[smtp]\nmax_recipients = 10', "§4.5.3.1.8"),
         ('[listen]\nsmtp = "127.0.0.1:1"\n[smtp]\nmax_connections = 5', "never applies"),
         ('[listen]\nsmtp = "0.0.0.0:25"\n[smtp]\nplaintext_auth = "always"', "in clear on"),
-        ('[listen]\nsmtp = "127.0.0.1:1"\n[quota]\nstorage = "1G"', "quota"),
     ],
 )
 def test_warnings(tmp_path, text, expected):

@@ -298,7 +298,6 @@ def test_each_key_asking_for_something_is_reported_once(tmp_path: pathlib.Path) 
         "sieve.before",
         "storage.backend",
         "storage.dsn",
-        "quota.storage",
     ]
     assert all("sansmail@db" not in line for line in not_in_force(config))
 

@@ -170,6 +170,36 @@ def test_user_passwd(run, config_file):
     assert line == "sansmail-trio: user passwd: no such user: z@example.test"
 
 
+def test_user_quota(run, config_file):
+    conf = str(config_file)
+    data = config_file.parent / "data"
+    add = ("user", "add", "a@example.test", "--password-stdin", "--quota", "10M")
+    assert run(*add, "--config", conf, stdin="pw\n") == 0
+    assert _store(data).get("a@example.test").quota == 10 * 2**20
+    assert run("user", "quota", "A@example.test", "--config", conf) == 0
+    assert run.out == "a@example.test: limit 10485760 octets (own), used 0 octets (no mail yet)\n"
+    maildir = data / "mail" / "example.test" / "a" / "cur"
+    maildir.mkdir(parents=True)
+    (maildir / "1.M1P1.h,S=10,W=12:2,S").write_bytes(b"x\n" * 5)
+    assert run("user", "quota", "a@example.test", "2G", "--config", conf) == 0
+    assert run.out == (
+        "a@example.test: limit 2147483648 octets (own), used 12 octets in 1 messages\n"
+    )
+    assert (maildir.parent / "maildirsize").read_bytes() == b"2147483648S\n12 1\n"
+    assert run("user", "quota", "a@example.test", "none", "--config", conf) == 0
+    assert run.out.startswith("a@example.test: limit none (own), used 12 octets")
+    assert _store(data).get("a@example.test").quota == 0
+    assert run("user", "quota", "a@example.test", "default", "--config", conf) == 0
+    assert run.out.startswith("a@example.test: limit none ([quota] storage), used 12")
+    assert _store(data).get("a@example.test").quota is None
+    assert run("user", "quota", "a@example.test", "lots", "--config", conf) == 1
+    [line] = run.err_lines
+    assert line.startswith("sansmail-trio: user quota: 'lots': expected a size like")
+    assert run("user", "quota", "z@example.test", "1G", "--config", conf) == 1
+    [line] = run.err_lines
+    assert line == "sansmail-trio: user quota: z@example.test: no such user"
+
+
 def test_address_outside_domains_refused(run, config_file):
     assert (
         run(
@@ -896,12 +926,15 @@ def test_check_config_of_every_feature_not_built(run, tmp_path):
     path.write_text(text)
     assert run("check-config", "--config", str(path)) == 0
     assert all(line.startswith("warning: ") for line in run.err_lines), run.err
-    for key in ("log_format", "sieve.before",
-                "storage.backend", "storage.dsn", "quota.storage"):  # fmt: skip
+    for key in ("log_format", "sieve.before", "storage.backend", "storage.dsn"):
         [line] = [line for line in run.err_lines if f"{path}: {key}: " in line]
         assert "accepted but not in force yet" in line
-    # The sender checks and milters are built: in force, so not reported.
-    assert not [line for line in run.err_lines if ": antispam." in line or ": milter." in line]
+    # The sender checks, milters and quota are built: in force, so not reported.
+    assert not [
+        line
+        for line in run.err_lines
+        if ": antispam." in line or ": milter." in line or ": quota." in line
+    ]
 
 
 def test_check_config_of_a_wrong_new_value(run, tmp_path):

@@ -36,6 +36,8 @@ _SESSION = (
     "THREAD=REFERENCES",  # RFC 5256
     "BINARY",  # RFC 3516
     "STATUS=SIZE",  # RFC 8438
+    "QUOTA",  # RFC 9208
+    "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
 )
 
 

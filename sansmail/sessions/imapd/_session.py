@@ -49,6 +49,8 @@ from sansmail.imap import (
     Expunge,
     Fetch,
     FetchResponse,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     List,
     Logout,
@@ -61,6 +63,7 @@ from sansmail.imap import (
     ResponseCode,
     Search,
     Select,
+    SetQuota,
     Sort,
     Status,
     Store,
@@ -74,7 +77,7 @@ from sansmail.imap import (
     UntaggedStatus,
 )
 from sansmail.mail.address import MailboxId
-from sansmail.sessions.imapd import _folders, _messages
+from sansmail.sessions.imapd import _folders, _messages, _quota
 from sansmail.sessions.imapd._messages import BadSetError, flag_list
 from sansmail.storage.maildir import (
     SEPARATOR,
@@ -162,6 +165,9 @@ class ImapSession:
             Thread: lambda c, rev2: _messages.thread_messages(self._view(), c, rev2=rev2),
             Copy: self._copy,
             Move: self._copy,
+            GetQuotaRoot: lambda c, _r: _quota.getquotaroot(self.account, c),
+            GetQuota: lambda c, _r: _quota.getquota(self.account, c),
+            SetQuota: lambda c, _r: _quota.setquota(c),
         }
         self.account.release()
 
@@ -406,6 +412,10 @@ class ImapSession:
         return responses
 
     def _copy(self, command: Copy | Move, rev2: bool) -> list[Response]:
+        if isinstance(command, Copy):
+            refusal = _quota.copy_refusal(self.account, self._view(), command)
+            if refusal is not None:
+                return [refusal]
         responses, moved = _messages.copy(self._view(), command)
         self.expunged += moved
         return responses

@@ -5,14 +5,14 @@ offer, where a recipient goes, the sender of forwarded copies)."""
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
 from sansmail import sasl, smtp
 from sansmail.config import Config
 from sansmail.mail import srs
-from sansmail.mail.address import Address
+from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.recipients import Resolution, resolve_recipient
 from sansmail.sessions.smtpd._checks import Check
@@ -43,6 +43,8 @@ class SmtpService:
     #: A certificate exists, so STARTTLS may be offered on a plaintext link.
     tls_available: bool = True
     checks: Sequence[Check] = ()
+    #: Whether a mailbox is at its storage limit (`MaildirStore.full`); None: no quota.
+    mailbox_full: Callable[[MailboxId], bool] | None = None
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
     _greeting: Reply | None = attrs.field(default=None, init=False)
@@ -139,8 +141,9 @@ class SmtpService:
     def resolve(
         self, rcpt: Address, *, sasl_authenticated: bool, client_ip: str, now: float
     ) -> Resolution:
-        """One RCPT TO: restrictions, users, aliases and SRS (`resolve_recipient`). May
-        read an aliases ``:include:`` file the first time it is used (then cached)."""
+        """One RCPT TO: restrictions, users, aliases, SRS and full mailboxes
+        (`resolve_recipient`). May read an aliases ``:include:`` file the first time it
+        is used (then cached), and reads a limited mailbox's small quota file."""
         config = self.config
         return resolve_recipient(
             rcpt,
@@ -155,6 +158,7 @@ class SmtpService:
             recipient_delimiter=config.recipient_delimiter,
             srs_key=self.srs_key,
             today=srs.today(now),
+            mailbox_full=self.mailbox_full,
         )
 
     def forward_sender(self, reverse_path: Address | None, now: float) -> Address | None:

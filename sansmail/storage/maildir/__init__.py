@@ -10,6 +10,9 @@ The store does blocking file I/O (and stamps file names with the clock); the ada
 `Maildrop` is the other side of a Maildir INBOX: the snapshot, reading and deleting that a
 POP3 session does, with its exclusive lock; it blocks too (worker threads).
 
+`QuotaLimits`, `peek_usage` and `recalculate_usage` are the storage quota: each
+Maildir's usage, kept current by every writer in its ``maildirsize`` file (`_quota`).
+
 `ImapStore` / `MailAccount` / `FolderView` are what IMAP sessions work through: folders,
 UIDs, flags and a per-folder index. `MaildirImapStore` implements them on the same
 Maildirs (Maildir++ folders, a SQLite index per folder); another back end would
@@ -59,6 +62,9 @@ from sansmail.storage.maildir._mailbox import (
     MessageReader,
 )
 from sansmail.storage.maildir._maildir import MaildirStore
+from sansmail.storage.maildir._quota import OverQuotaError, QuotaLimits, Usage
+from sansmail.storage.maildir._quota import peek as peek_usage
+from sansmail.storage.maildir._quota import recalculate as recalculate_usage
 
 __all__ = ["Delivery", "MailStore", "MaildirStore"]
 __all__ += [
@@ -93,12 +99,17 @@ __all__ += [
     "MaildirImapStore",
     "NoSuchFolderError",
     "NotAllowedError",
+    "OverQuotaError",
+    "QuotaLimits",
     "ReadOnlyError",
     "SearchData",
     "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
+    "Usage",
     "decode_mutf7",
     "encode_mutf7",
     "folder_dir",
+    "peek_usage",
+    "recalculate_usage",
 ]

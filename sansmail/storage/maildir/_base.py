@@ -82,3 +82,9 @@ class MailStore(Protocol):
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:
         """The directory that holds `mailbox` (it may not exist yet)."""
         ...
+
+    def full(self, mailbox: MailboxId) -> bool:
+        """Whether `mailbox` is at or over its storage limit, as far as one small read
+        tells (never a walk of the mailbox: fit for an event loop); False when it has
+        no limit or its usage is not known yet."""
+        ...

@@ -88,6 +88,9 @@ from sansmail.storage.maildir._imapnames import (
 )
 from sansmail.storage.maildir._imapview import MaildirFolderView
 from sansmail.storage.maildir._maildir import MaildirStore
+from sansmail.storage.maildir._quota import OverQuotaError
+from sansmail.storage.maildir._quota import invalidate as _invalidate_quota
+from sansmail.storage.maildir._quota import usage as _quota_usage
 
 __all__ = ["DEFAULT_SPECIAL_USE", "MaildirAccount", "MaildirImapStore"]
 
@@ -114,7 +117,8 @@ class MaildirImapStore(ImapStore):
     """The `ImapStore` over the Maildirs ``MaildirStore`` delivers into.
 
     `hostname` goes into the names of files APPEND writes; `clock` returns nanoseconds
-    since the epoch (file names, UIDVALIDITY, index freshness).
+    since the epoch (file names, UIDVALIDITY, index freshness); `quota` gives each
+    mailbox's storage limit in octets (0: none; `_quota.QuotaLimits`).
     """
 
     def __init__(
@@ -124,7 +128,9 @@ class MaildirImapStore(ImapStore):
         hostname: str,
         clock: Callable[[], int] = time.time_ns,
         special_use: Mapping[str, str] = DEFAULT_SPECIAL_USE,
+        quota: Callable[[MailboxId], int] | None = None,
     ) -> None:
+        self._quota = quota
         # Only for its mapping of addresses to directories, so both agree by construction.
         self._paths = MaildirStore(data_dir, hostname=hostname, clock=clock)
         self._namer = Namer(hostname, clock)
@@ -138,6 +144,7 @@ class MaildirImapStore(ImapStore):
             namer=self._namer,
             clock=self._clock,
             special_use=self._special_use,
+            quota=self._quota(mailbox) if self._quota is not None else 0,
         )
 
 
@@ -151,8 +158,11 @@ class MaildirAccount(MailAccount):
         namer: Namer,
         clock: Callable[[], int] = time.time_ns,
         special_use: Mapping[str, str] = DEFAULT_SPECIAL_USE,
+        quota: int = 0,
     ) -> None:
         self.root = os.fspath(root)
+        #: The storage limit in octets, 0 for none (`_quota`).
+        self.quota_limit = quota
         self.namer = namer
         self._clock = clock
         self._special_use = dict(special_use)
@@ -263,6 +273,7 @@ class MaildirAccount(MailAccount):
                 raise NoSuchFolderError(f"no folder {name!r}")
             os.rename(path, graveyard)
             fsync_dir(self.root)
+        _invalidate_quota(self.root)  # its messages no longer count: measure again
         self._forget(name)
         shutil.rmtree(graveyard, ignore_errors=True)
 
@@ -351,6 +362,17 @@ class MaildirAccount(MailAccount):
             name, lambda index: MaildirFolderView(self, name, index, readonly=readonly)
         )
 
+    def storage(self) -> tuple[int, int] | None:
+        if not self.quota_limit:
+            return None
+        return _quota_usage(self.root, self.quota_limit)[0].octets, self.quota_limit
+
+    def check_quota(self, octets: int) -> None:
+        if self.quota_limit:
+            used = _quota_usage(self.root, self.quota_limit)[0].octets
+            if used + octets > self.quota_limit:
+                raise OverQuotaError("the mailbox would be over its storage quota")
+
     def append(
         self,
         name: str,
@@ -362,6 +384,7 @@ class MaildirAccount(MailAccount):
         # Stored with LF line ends and no CR left, so ,W= is the size and read() gives
         # back these very octets.
         data = _to_crlf(content).replace(b"\r\n", b"\n")
+        self.check_quota(len(data) + data.count(b"\n"))
         tz = 0
         if internaldate is not None:
             offset = internaldate.utcoffset()

@@ -459,7 +459,17 @@ class MailAccount(Protocol):
         internaldate: datetime.datetime | None = None,
     ) -> AppendResult:
         """Store `content` (CRLF form) durably in folder `name`; when this returns the
-        message survives a crash and has its UID."""
+        message survives a crash and has its UID. `OverQuotaError` when it would take
+        the account over its storage limit."""
+        ...
+
+    def storage(self) -> tuple[int, int] | None:
+        """(octets used, limit) of the account's storage quota (RFC 9208 STORAGE, all
+        folders together); None when it has no limit."""
+        ...
+
+    def check_quota(self, octets: int) -> None:
+        """`OverQuotaError` unless `octets` more fit under the storage limit (COPY)."""
         ...
 
     def release(self) -> None:

@@ -108,6 +108,9 @@ from sansmail.storage.maildir._imapschema import (
     migrate,
 )
 from sansmail.storage.maildir._imapsearch import forget
+from sansmail.storage.maildir._quota import account_root
+from sansmail.storage.maildir._quota import invalidate as _invalidate_quota
+from sansmail.storage.maildir._quota import record as _record_quota
 from sansmail.storage.maildir._uidlist import Uidlist, read_uidlist
 
 __all__ = [
@@ -212,6 +215,10 @@ class FolderIndex:
         self._keywords_stamp: tuple[int, int, int] | None = None
         #: Set when this object replaced a corrupt index; the owner logs and clears it.
         self.rebuilt = False
+        # Octets and messages added (removed: negative) by the open write transaction,
+        # counted in the account's quota file once it commits (`_quota`).
+        self._quota_root = account_root(folder)
+        self._quota_delta = [0, 0]
 
     # -- connection -------------------------------------------------------------------
 
@@ -371,9 +378,13 @@ class FolderIndex:
         """A write transaction: the folder's lock, held until the block ends."""
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
+        self._quota_delta = [0, 0]
         try:
             yield conn
             conn.execute("COMMIT")
+            octets, messages = self._quota_delta
+            if octets or messages:
+                _record_quota(self._quota_root, octets, messages)
         except BaseException:
             if conn.in_transaction:
                 # A damaged file may refuse even this; the error being raised says more.
@@ -571,6 +582,15 @@ class FolderIndex:
         if new_rows:
             # Under the lock it listed in, so no row has these bases: one bulk insert.
             conn.executemany(INSERT_MESSAGE, new_rows)
+            # Files in new/ were counted by their delivery; others came from outside,
+            # unless this is a new index meeting the folder's old mail: then the quota
+            # file is dropped, to be measured again.
+            arrived = set(in_new)
+            outside = [row[7] for row in new_rows if row[1] not in arrived]
+            if outside and not header.synced:
+                _invalidate_quota(self._quota_root)
+            self._quota_delta[0] += sum(outside)
+            self._quota_delta[1] += len(outside)
             conn.execute("UPDATE folder SET uidnext = ?", (uidnext,))
         if adopted:
             conn.execute("DELETE FROM adopted")
@@ -631,6 +651,8 @@ class FolderIndex:
             if cursor.rowcount == 1:
                 uids.append(uidnext)
                 uidnext += 1
+                self._quota_delta[0] += row.size
+                self._quota_delta[1] += 1
                 continue
             (uid,) = conn.execute("SELECT uid FROM messages WHERE base = ?", (row.base,)).fetchone()
             # What the caller knows beats what a sync could guess from the file.
@@ -685,7 +707,12 @@ class FolderIndex:
         """Expunge `uids` from the index, leaving tombstones for views to find."""
         if not uids:
             return
-        conn.executemany("DELETE FROM messages WHERE uid = ?", [(uid,) for uid in uids])
+        sizes = conn.execute(
+            "DELETE FROM messages WHERE uid IN (SELECT value FROM json_each(?)) RETURNING size",
+            (json.dumps(list(uids)),),
+        ).fetchall()
+        self._quota_delta[0] -= sum(size for (size,) in sizes)
+        self._quota_delta[1] -= len(sizes)
         conn.executemany("DELETE FROM structures WHERE uid = ?", [(uid,) for uid in uids])
         forget(conn, uids)
         conn.executemany(

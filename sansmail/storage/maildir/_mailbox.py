@@ -93,6 +93,7 @@ import attrs
 from sansmail.storage.durable import fsync_dir
 from sansmail.storage.maildir._imapindex import INDEX_NAME, FolderIndex
 from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size, split_name
+from sansmail.storage.maildir._quota import record as record_quota
 
 __all__ = [
     "LOCK_NAME",
@@ -264,7 +265,7 @@ class Maildrop:
     ) -> Expunged:
         """Remove `messages` for good and mark `seen` \\Seen, then make both durable
         (RFC 1939 §6; see the module docstring)."""
-        removed = gone = marked = 0
+        removed = gone = marked = octets = 0
         failed: list[str] = []
         unmarked: list[str] = []
         touched: set[str] = set()
@@ -276,6 +277,7 @@ class Maildrop:
                 failed.append(message.base)
             else:
                 removed += 1
+                octets += message.size
                 touched.add(outcome)
         for message in seen:
             renamed = self._mark_seen(message)
@@ -286,6 +288,9 @@ class Maildrop:
                 touched.update(renamed)
         for folder in sorted(touched):
             fsync_dir(os.path.join(self.root, folder))
+        if removed and not os.path.exists(os.path.join(self.root, INDEX_NAME)):
+            # Where there is an IMAP index, its next sync counts what went (`_quota`).
+            record_quota(self.root, -octets, -removed)
         return Expunged(
             removed=removed,
             gone=gone,

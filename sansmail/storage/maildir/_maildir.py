@@ -92,6 +92,9 @@ from sansmail.storage.maildir._imapnames import (
     read_subscriptions,
     write_subscriptions,
 )
+from sansmail.storage.maildir._quota import peek as _quota_peek
+from sansmail.storage.maildir._quota import record as _record_quota
+from sansmail.storage.maildir._quota import usage as _quota_usage
 
 __all__ = ["MaildirStore"]
 
@@ -143,7 +146,9 @@ class MaildirStore(MailStore):
     """Delivers into ``<data_dir>/mail/<domain>/<local>/``; see the module docstring.
 
     `clock` returns nanoseconds since the epoch (for file names only); `hostname` goes
-    into the file names, as Maildir readers expect.
+    into the file names, as Maildir readers expect. `quota` gives each mailbox's storage
+    limit in octets (0: none; `_quota.QuotaLimits`): each copy delivered is counted in
+    the Maildir's quota file (`_quota`), measured first where a limit applies.
     """
 
     def __init__(
@@ -152,9 +157,11 @@ class MaildirStore(MailStore):
         *,
         hostname: str,
         clock: Callable[[], int] = time.time_ns,
+        quota: Callable[[MailboxId], int] | None = None,
     ) -> None:
         if not hostname:
             raise ValueError("a hostname is needed for Maildir file names")
+        self.quota = quota
         self.data_dir = pathlib.Path(data_dir)
         self._mail_dir = os.path.join(os.fspath(self.data_dir), "mail")
         self._host = _escape_hostname(hostname)
@@ -166,6 +173,16 @@ class MaildirStore(MailStore):
 
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:
         return pathlib.Path(self._root(mailbox))
+
+    def full(self, mailbox: MailboxId) -> bool:
+        limit = self.quota(mailbox) if self.quota is not None else 0
+        if not limit:
+            return False
+        try:
+            found = _quota_peek(self._root(mailbox), limit)
+        except OSError:
+            return False
+        return found is not None and found.octets >= limit
 
     def begin(
         self, mailboxes: Sequence[MailboxId], *, prefix: bytes, folder: str | None = None
@@ -236,6 +253,7 @@ class MaildirStore(MailStore):
             if result is None:
                 delivery._done = True
                 out.append([delivery._name] * delivery._count)
+                self._count_quota(delivery)
             else:
                 for path in made[index]:
                     _unlink_quietly(path)
@@ -243,6 +261,21 @@ class MaildirStore(MailStore):
         return out
 
     # -- used by deliveries (worker threads) ------------------------------------------
+
+    def _count_quota(self, delivery: _MaildirDelivery) -> None:
+        # After the names are durable (the usage is a cache, the mail is not). Where a
+        # limit applies the file is read, and measured when due, so that the RCPT check
+        # (`_quota.peek`, which never walks) finds it current; a measure that ran now
+        # already saw this copy.
+        for mailbox in delivery._mailboxes:
+            root = self._root(mailbox)
+            limit = self.quota(mailbox) if self.quota is not None else 0
+            try:
+                if limit and _quota_usage(root, limit)[1]:
+                    continue
+            except OSError:
+                continue
+            _record_quota(root, delivery._wire, 1)
 
     def _root(self, mailbox: MailboxId) -> str:
         return os.path.join(
@@ -390,6 +423,7 @@ class _MaildirDelivery:
         self._tmp_path: str | None = None
         self._base = ""
         self._name = ""  # the final name, once the file is durable (prepared)
+        self._wire = 0  # its CRLF size (,W=), once prepared
         self._done = False
 
     @property
@@ -454,7 +488,8 @@ class _MaildirDelivery:
         fd, self._fd = self._fd, -1
         os.close(fd)
         total = self._head_size + self._size
-        self._name = f"{self._base},S={total},W={total + self._head_lines + self._lines}"
+        self._wire = total + self._head_lines + self._lines
+        self._name = f"{self._base},S={total},W={self._wire}"
 
     def _link(self, made: list[str]) -> list[_Box]:
         """Steps 2 and 3 for this (prepared) delivery: every name, each appended to

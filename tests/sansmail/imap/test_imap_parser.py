@@ -561,7 +561,7 @@ def test_commands_in_the_wrong_state_are_bad(line: bytes, state: str) -> None:
 def test_unknown_commands_are_bad_and_the_session_goes_on() -> None:
     conn = server("selected")
     events, out, error, _ = run(
-        [b'a GETQUOTAROOT INBOX\r\nb XLIST "" *\r\nc NOOP\r\n'], conn=conn, eof=False
+        [b'a SETACL INBOX bob lr\r\nb XLIST "" *\r\nc NOOP\r\n'], conn=conn, eof=False
     )
     assert error is None
     assert out == b"a BAD unknown command\r\nb BAD unknown command\r\nc OK done\r\n"

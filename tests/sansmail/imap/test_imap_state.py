@@ -26,6 +26,8 @@ from sansmail.imap import (
     Event,
     Expunge,
     Fetch,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     InvalidCommand,
@@ -41,6 +43,7 @@ from sansmail.imap import (
     Rename,
     Search,
     Select,
+    SetQuota,
     Sort,
     Stage,
     StartTLS,
@@ -91,6 +94,9 @@ LINES: dict[type[Command], bytes] = {
     Move: b"MOVE 1 x",
     Sort: b"SORT (DATE) UTF-8 ALL",
     Thread: b"THREAD REFERENCES UTF-8 ALL",
+    GetQuota: b'GETQUOTA ""',
+    GetQuotaRoot: b"GETQUOTAROOT INBOX",
+    SetQuota: b'SETQUOTA "" (STORAGE 512)',
 }
 STAGES = {
     Stage.NOT_AUTHENTICATED: "not-authenticated",

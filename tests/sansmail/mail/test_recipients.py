@@ -30,6 +30,7 @@ def resolve(
     authenticated=False,
     client="192.0.2.9",
     users=("alice@example.org", "bob@example.org"),
+    full=None,
 ):
     table = parse_aliases(ALIASES, source="aliases")
     includes = {"/lists/everyone": "alice\ncarol@far.test\n"}
@@ -46,6 +47,7 @@ def resolve(
         recipient_delimiter="+",
         srs_key=KEY,
         today=DAY,
+        mailbox_full=None if full is None else (lambda m: m.local in full),
     )
 
 
@@ -160,3 +162,21 @@ def test_never_an_open_relay(local, domain, authenticated):
     if not authenticated:
         assert r.remote == ()
         assert set(r.forward) <= {addr("partner@far.test"), addr("carol@far.test")}
+
+
+def test_a_full_mailbox_is_refused_at_rcpt_with_552_5_2_2():
+    r = resolve(addr("alice+x@example.org"), full={"alice"})
+    assert (r.reply.code, r.reply.enhanced) == (552, "5.2.2")
+    assert "<alice+x@example.org>: mailbox is full" in r.reply.text
+    assert r.local == r.forward == r.remote == ()
+    assert resolve(addr("alice@example.org"), full={"bob"}).reply.code == 250
+
+
+def test_an_alias_delivers_to_the_mailboxes_that_are_not_full():
+    r = resolve(addr("sales@example.org"), full={"alice"})
+    assert r.reply.code == 250
+    assert r.local == (MailboxId(domain="example.org", local="bob"),)
+    assert r.forward == (addr("partner@far.test"),)
+    assert r.problems == ("alice@example.org: mailbox is full",)
+    # Every local mailbox full, but a copy goes on outside: accepted for that.
+    assert resolve(addr("sales@example.org"), full={"alice", "bob"}).reply.code == 250

@@ -49,6 +49,7 @@ def test_public_surface() -> None:
             *sansmail.storage.maildir._imapbase.__all__,
             *("DEFAULT_SPECIAL_USE", "MaildirAccount", "MaildirFolderView", "MaildirImapStore"),
             *("decode_mutf7", "encode_mutf7", "folder_dir"),
+            *("OverQuotaError", "QuotaLimits", "Usage", "peek_usage", "recalculate_usage"),
         ]
     )
 
