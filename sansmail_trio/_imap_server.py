@@ -3,9 +3,23 @@
 `sansmail.sessions.imapd.ImapConversation`, which decides everything.
 
 This file owns what the conversation cannot: time (the autologout timer, shutdown, the
-failure delays of logging in), the TLS handshake, the worker threads for the blocking
-calls (every command of a logged-in session, which work on the store), and writing the
-log lines the conversation hands over.
+failure delays of logging in, IDLE's keep-alives), the TLS handshake, the worker threads
+for the blocking calls (every command of a logged-in session, which work on the store),
+learning that a folder changed (`_notify`: inotify), and writing the log lines the
+conversation hands over.
+
+IDLE. After "+ idling" the session waits for the client as between commands (the
+autologout timer and shutdown cut that wait, as any other), while a second task
+subscribes to the selected folder's directories (`ImapConversation.watch_paths`) and,
+each time they change, has the conversation sync the view in a worker thread and sends
+its news at once. A change is seen by every server process (the kernel tells each
+watcher), whichever process, queue runner or outside tool made it. Every
+`IDLE_KEEPALIVE` seconds the pusher also syncs (a check that costs two ``stat`` calls
+when nothing changed, the net under what inotify cannot see: an index rebuilt, changes
+on another machine's mount) and says ``* OK Still here``; a folder that cannot be
+watched is synced every `FALLBACK_POLL` seconds instead. When DONE comes, the pusher
+finishes what it was sending, so no news computed by a sync is lost (the view has
+counted it as told), and the DONE is answered.
 
 Time: `SessionTime`'s one cancel scope per session. Before each wait for a command its
 deadline is set to the conversation's `timeout` (the autologout timer); expiry sends its
@@ -39,8 +53,9 @@ import trio
 from sansmail import PAUSED, LocalProtocolError, imap
 from sansmail.config import Config
 from sansmail.sessions.common import Refusal
-from sansmail.sessions.imapd import ImapConversation, ImapService
+from sansmail.sessions.imapd import IDLE_KEEPALIVE, ImapConversation, ImapService
 from sansmail_trio._login import log_in
+from sansmail_trio._notify import FALLBACK_POLL, Subscription, watcher
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
@@ -169,6 +184,10 @@ async def _loop(
 ) -> None:
     while not session.ended:
         event = await time.wait_for_client(wire, session.timeout)
+        if isinstance(event, imap.Idle) and session.mailbox is not None:
+            event = await _idle(session, wire, time, event)
+            if event is None:  # the selected folder went: its BYE is sent
+                continue
         if event is PAUSED:
             # The core waits for something only we can do; nothing here leaves it paused
             # except a bug.
@@ -186,3 +205,62 @@ async def _loop(
                 await send_all(wire, await trio.to_thread.run_sync(session.handle, event))
             else:
                 await send_all(wire, session.handle(event))
+
+
+async def _idle(
+    session: ImapConversation, wire: Wire, time: SessionTime, event: imap.Idle
+) -> object:
+    """Answer IDLE and push news until the client's next event, which is returned (see
+    the module docstring); None when the session ended meanwhile (its folder gone)."""
+    await send_all(wire, session.handle(event))
+    if not session.idling:
+        return None
+    done: object = None
+    with watcher().subscribe(session.watch_paths) as changes:
+        stopped = _Stopped()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_push, session, wire, changes, stopped, nursery.cancel_scope)
+            done = await time.wait_for_client(wire, session.timeout)
+            stopped.stop(changes)
+    return done
+
+
+class _Stopped:
+    """The client's DONE (or anything else) came: the pusher ends after its round."""
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+    def stop(self, changes: Subscription) -> None:
+        self.is_set = True
+        changes.wake()
+
+
+async def _push(
+    session: ImapConversation,
+    wire: Wire,
+    changes: Subscription,
+    stopped: _Stopped,
+    scope: trio.CancelScope,
+) -> None:
+    poll = IDLE_KEEPALIVE if changes.available else FALLBACK_POLL
+    keepalive = trio.current_time() + IDLE_KEEPALIVE
+    while True:
+        with trio.move_on_at(min(keepalive, trio.current_time() + poll)):
+            await changes.wait()
+        if stopped.is_set:
+            return
+        # Not cancellable (a worker thread is never abandoned) and followed by no
+        # checkpoint before the news is queued: what the view counts as told is sent.
+        news = await trio.to_thread.run_sync(session.idle_updates)
+        if trio.current_time() >= keepalive:
+            news.append(session.still_here())
+            keepalive = trio.current_time() + IDLE_KEEPALIVE
+        await send_all(wire, news)
+        try:
+            await wire.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # the client is gone: the waiting side reads the end of the stream
+        if session.ended:
+            scope.cancel()  # the folder went (BYE sent): stop waiting for DONE
+            return

@@ -15,6 +15,7 @@ are evaluated by `fetch` and `search` (pure, over the store's data).
 from sansmail.sessions.imapd._capabilities import capabilities
 from sansmail.sessions.imapd._conversation import (
     AUTOLOGOUT,
+    IDLE_KEEPALIVE,
     INTERNAL_ERROR,
     ImapConversation,
     ImapService,
@@ -26,6 +27,7 @@ from sansmail.sessions.imapd._session import ENABLE_EXTENSIONS, ImapSession
 __all__ = [
     "AUTOLOGOUT",
     "ENABLE_EXTENSIONS",
+    "IDLE_KEEPALIVE",
     "INTERNAL_ERROR",
     "FetchContext",
     "FetchResult",

@@ -2,7 +2,6 @@
 
 Loop-agnostic, so every adapter advertises the same thing: what the session code
 implements, plus what depends on the connection (TLS, whether login is allowed yet).
-IDLE is not listed: the session does not implement it (yet).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ _SESSION = (
     "SASL-IR",  # RFC 4959
     "ENABLE",  # RFC 5161
     "ID",  # RFC 2971
+    "IDLE",  # RFC 2177 (and RFC 9051 §6.3.13)
     "NAMESPACE",  # RFC 2342
     "UNSELECT",  # RFC 3691
     "UIDPLUS",  # RFC 4315

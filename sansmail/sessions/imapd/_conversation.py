@@ -16,6 +16,10 @@ for every session, see `sansmail.sessions.common`)::
 
     StartTLS          -> send starttls(event); after an OK, handshake, then
                          tls_started(description, log_description) or tls_failed(reason)
+    Idle              -> send handle(event) ("+ idling"); until the next event, watch
+                         watch_paths and send idle_updates() [blocking] when they
+                         change, and still_here() every IDLE_KEEPALIVE seconds; the
+                         DONE that ends it is answered by handle [blocking]
     Login, Authenticate
                       -> the common login steps (`LoginSteps`): a challenge is a
                          Continuation, login_result opens the mailbox [blocking]
@@ -43,7 +47,15 @@ The rules, with their sources:
 * A login opens the mailbox of the user-store key it authenticated as, and its OK carries
   the new capabilities (§6.2.3: they may change at login).
 * A literal the core let through (it refused what breaks `imap.Config`, TOOBIG included,
-  RFC 7889) gets a continuation. IDLE is not offered, so it gets BAD.
+  RFC 7889) gets a continuation.
+* IDLE (RFC 2177, RFC 9051 §6.3.13) in the authenticated and selected states: "+ idling",
+  then the selected folder's news (EXISTS, EXPUNGE, FETCH FLAGS: any untagged response
+  may be sent while idling) as the adapter learns of changes, ``* OK Still here`` every
+  `IDLE_KEEPALIVE` seconds (Dovecot's imap_idle_notify_interval, so NAT boxes keep the
+  connection), and after DONE the news not sent yet and the tagged OK. Idling is waiting
+  for the client: the autologout timer runs from the IDLE command (re-armed by each
+  command, so a client that re-issues IDLE within 29 minutes, as RFC 2177 §3 advises,
+  stays), and shutdown ends an idler with its BYE.
 * The autologout timer is `AUTOLOGOUT` (§5.4: at least 30 minutes); its BYE, shutdown's
   BYE [UNAVAILABLE] and a bug's BYE [SERVERBUG] are the last words (§7.1.5).
 
@@ -71,10 +83,12 @@ from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import ImapStore
 from sansmail.storage.users import UserStore
 
-__all__ = ["AUTOLOGOUT", "INTERNAL_ERROR", "ImapConversation", "ImapService"]
+__all__ = ["AUTOLOGOUT", "IDLE_KEEPALIVE", "INTERNAL_ERROR", "ImapConversation", "ImapService"]
 
 #: RFC 9051 §5.4: "an autologout timer MUST be of at least 30 minutes duration".
 AUTOLOGOUT = 1800.0
+#: Seconds between two ``* OK Still here`` to an idling client (Dovecot's default).
+IDLE_KEEPALIVE = 120.0
 
 INTERNAL_ERROR = imap.UntaggedStatus(
     status="BYE", code=imap.ResponseCode(name="SERVERBUG"), text="Internal error, closing"
@@ -85,6 +99,8 @@ _SHUTDOWN_BYE = imap.UntaggedStatus(
 )
 _LOGOUT_BYE = imap.UntaggedStatus(status="BYE", text="Logging out")
 _READY_FOR_LITERAL = imap.Continuation(text="Ready for literal data")
+_IDLING = imap.Continuation(text="idling")
+_STILL_HERE = imap.UntaggedStatus(status="OK", text="Still here")
 _PLAINTEXT_REFUSED = "Plaintext authentication disallowed: use STARTTLS"
 # Handled by this object even after login: the rest of a logged-in session's commands
 # are the `ImapSession`'s.
@@ -202,6 +218,8 @@ class ImapConversation:
         #: Why it ended, for the logout line.
         self.reason = "disconnected"
         self._released = False
+        # The tag of the IDLE being answered (its OK follows DONE).
+        self._idle_tag: str | None = None
 
     # -- what the adapter asks ------------------------------------------------------------
 
@@ -283,23 +301,54 @@ class ImapConversation:
     # -- commands ---------------------------------------------------------------------------
 
     def blocks(self, event: object) -> bool:
-        """Whether `handle(event)` does file I/O: a command of the logged-in session."""
-        return (
-            self.mailbox is not None
-            and isinstance(event, imap.Command)
-            and not isinstance(event, _NOT_FOR_THE_MAILBOX)
-        )
+        """Whether `handle(event)` does file I/O: a command of the logged-in session,
+        or the DONE that ends its IDLE (the last news goes before the OK)."""
+        if self.mailbox is None:
+            return False
+        if isinstance(event, imap.IdleDone):
+            return True
+        return isinstance(event, imap.Command) and not isinstance(event, _NOT_FOR_THE_MAILBOX)
+
+    # -- IDLE -------------------------------------------------------------------------------
+
+    @property
+    def idling(self) -> bool:
+        """An IDLE was accepted and its DONE has not come: the adapter pushes news."""
+        return self._idle_tag is not None and not self.ended
+
+    @property
+    def watch_paths(self) -> tuple[str, ...]:
+        """The directories whose changes may be news for an idler (none: nothing
+        selected, nothing to watch)."""
+        return () if self.mailbox is None else self.mailbox.watch_paths
+
+    def idle_updates(self) -> list[imap.Response]:
+        """Blocking: the selected folder's news since the last report, for an idler
+        (a BYE, and the conversation ends, when the folder is gone)."""
+        if self.mailbox is None:
+            return []
+        responses = self.mailbox.updates(rev2=self.conn.imap4rev2)
+        if self.mailbox.ended:
+            self._end("mailbox gone")
+        return responses
+
+    def still_here(self) -> imap.UntaggedStatus:
+        """What an idler hears every `IDLE_KEEPALIVE` seconds."""
+        return _STILL_HERE
 
     def handle(self, event: imap.Event) -> list[imap.Response]:
         """The responses to one event, in order (all but StartTLS, Login and
         Authenticate). Blocking when `blocks(event)`."""
         if self.mailbox is not None and self.blocks(event):
+            if isinstance(event, imap.IdleDone):
+                return self._idle_done(self.mailbox)
             assert isinstance(event, imap.Command)
             return self._to_mailbox(event, self.mailbox)
         if isinstance(event, imap.ConnectionClosed):
             self._end("connection closed")
             return []
         if isinstance(event, imap.InvalidCommand):
+            self._idle_tag = None  # a line other than DONE ends IDLE with its BAD
             return [event.reply_hint]
         if isinstance(event, imap.LiteralRequested):
             return [_READY_FOR_LITERAL]
@@ -309,7 +358,9 @@ class ImapConversation:
                 _tagged(event.tag, "OK", "CAPABILITY completed"),
             ]
         if isinstance(event, imap.Idle):
-            return [_tagged(event.tag, "BAD", "IDLE is not supported")]
+            # The core lets IDLE through only once logged in.
+            self._idle_tag = event.tag
+            return [_IDLING]
         # The core lets only these through before login.
         if isinstance(event, imap.Logout):
             # RFC 9051 §6.1.3: BYE first, then the tagged OK.
@@ -324,6 +375,15 @@ class ImapConversation:
                 _tagged(event.tag, "OK", "ID completed"),
             ]
         raise LocalProtocolError(f"unexpected event {type(event).__name__}")
+
+    def _idle_done(self, session: ImapSession) -> list[imap.Response]:
+        tag, self._idle_tag = self._idle_tag, None
+        assert tag is not None, "the core sends DONE only after our continuation"
+        responses = session.updates(rev2=self.conn.imap4rev2)
+        if session.ended:
+            self._end("mailbox gone")
+            return responses
+        return [*responses, _tagged(tag, "OK", "IDLE terminated")]
 
     def _to_mailbox(self, command: imap.Command, session: ImapSession) -> list[imap.Response]:
         responses = session.handle(command, rev2=self.conn.imap4rev2, utf8=self.conn.utf8)

@@ -17,7 +17,9 @@ of messages as this session last reported it, and only `FolderView.sync` changes
 `sync` is called, and its EXPUNGE/EXISTS/RECENT/FLAGS news sent, at the end of every
 command except FETCH, STORE and SEARCH without UID, during which an EXPUNGE response is
 forbidden (the client could not tell which message a number meant). So an EXPUNGE made
-by another session reaches this one at its next NOOP, CHECK, UID command or the like.
+by another session reaches this one at its next NOOP, CHECK, UID command or the like,
+or while it idles (`updates`, which the conversation calls for IDLE: RFC 2177 lets any
+untagged response flow then).
 
 Errors. A store error is a tagged NO with the store's RFC 5530 code (NONEXISTENT,
 ALREADYEXISTS, CANNOT, READ-ONLY ...); a missing destination of APPEND, COPY or MOVE is
@@ -212,6 +214,12 @@ class ImapSession:
             return self._gone()
         finally:
             self.account.release()
+
+    @property
+    def watch_paths(self) -> tuple[str, ...]:
+        """What an idling adapter watches for changes of the selected folder (see
+        `FolderView.watch_paths`); empty when none is selected."""
+        return () if self.view is None else self.view.watch_paths
 
     def close(self) -> None:
         """Release the selected folder and the account (idempotent)."""

@@ -330,6 +330,13 @@ class FolderView(Protocol):
         """The index was found corrupt and rebuilt when the view opened (log it)."""
         ...
 
+    @property
+    def watch_paths(self) -> tuple[str, ...]:
+        """The directories whose changes (entries created, renamed, removed) are the
+        changes `sync` could report: an IDLE adapter watches them (inotify) and syncs
+        when they change, rather than polling. Empty: nothing to watch, poll."""
+        return ()
+
     def sync(self) -> SyncChanges:
         """Bring the view up to date with the folder and say what changed."""
         ...

@@ -215,6 +215,14 @@ class MaildirFolderView(FolderView):
     def index_rebuilt(self) -> bool:
         return self._index_rebuilt
 
+    @property
+    def watch_paths(self) -> tuple[str, ...]:
+        # Every change a sync can find is a file created, renamed or unlinked in new/ or
+        # cur/, by sansmail or another tool: deliveries, APPEND, COPY and MOVE, STORE's
+        # renames, EXPUNGE, POP3's DELE.
+        folder = self._index.folder
+        return (os.path.join(folder, "new"), os.path.join(folder, "cur"))
+
     # -- sync -------------------------------------------------------------------------
 
     def sync(self) -> SyncChanges:

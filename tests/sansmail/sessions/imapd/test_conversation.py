@@ -27,6 +27,7 @@ from sansmail.imap import (
     Capability,
     Continuation,
     Idle,
+    IdleDone,
     Login,
     Noop,
     Response,
@@ -47,7 +48,7 @@ TLS = "TLSv1.3 TLS_AES_256_GCM_SHA384"
 TLS_LOG = "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits)"
 REMOTE = "192.0.2.7"
 SESSION_CAPS = (
-    b"IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ENABLE ID NAMESPACE UNSELECT UIDPLUS MOVE"
+    b"IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ENABLE ID IDLE NAMESPACE UNSELECT UIDPLUS MOVE"
     b" SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN ESEARCH SEARCHRES SORT SORT=DISPLAY"
     b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY STATUS=SIZE"
     b" QUOTA QUOTA=RES-STORAGE APPENDLIMIT=26214400"
@@ -293,7 +294,12 @@ def test_login_opens_the_users_mailbox(tmp_path: pathlib.Path, service: ImapServ
     assert driver.session.blocks(Select(tag="x", mailbox="INBOX"))
     assert not driver.session.blocks(Capability(tag="x"))
     assert not driver.session.blocks(Idle(tag="x"))
-    assert driver.lines(b"a2 IDLE") == [b"a2 BAD IDLE is not supported"]
+    assert driver.lines(b"a2 IDLE") == [b"+ idling"]
+    assert driver.session.idling
+    assert driver.session.watch_paths == ()  # nothing selected: nothing to watch
+    assert driver.session.blocks(IdleDone())
+    assert driver.lines(b"DONE") == [b"a2 OK IDLE terminated"]
+    assert not driver.session.idling
     assert driver.lines(b"a3 SELECT INBOX")[-1] == b"a3 OK [READ-WRITE] SELECT completed"
     assert (tmp_path / "mail" / "example.test" / "alice").is_dir()
 

@@ -34,6 +34,7 @@ def test_exports() -> None:
     assert imapd.__all__ == [
         "AUTOLOGOUT",
         "ENABLE_EXTENSIONS",
+        "IDLE_KEEPALIVE",
         "INTERNAL_ERROR",
         "FetchContext",
         "FetchResult",
@@ -61,7 +62,7 @@ def test_capabilities_by_state() -> None:
     assert "LOGINDISABLED" in before
     assert "AUTH=PLAIN" not in before
     assert "APPENDLIMIT=10" in before
-    assert "IDLE" not in before
+    assert "IDLE" in before
     allowed = capabilities(append_limit=10, authenticated=False, mechanisms=["PLAIN", "LOGIN"])
     assert allowed[-2:] == ["AUTH=PLAIN", "AUTH=LOGIN"]
     assert "STARTTLS" not in allowed
