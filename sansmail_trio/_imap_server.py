@@ -46,6 +46,7 @@ import ctypes.util
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from time import time_ns
 
 import attrs
 import trio
@@ -252,7 +253,9 @@ async def _push(
             return
         # Not cancellable (a worker thread is never abandoned) and followed by no
         # checkpoint before the news is queued: what the view counts as told is sent.
-        news = await trio.to_thread.run_sync(session.idle_updates)
+        # The wall clock now is after every change that woke us: a look at the folder
+        # by another idler since then serves this one too (`FolderIndex.refresh`).
+        news = await trio.to_thread.run_sync(session.idle_updates, time_ns())
         if trio.current_time() >= keepalive:
             news.append(session.still_here())
             keepalive = trio.current_time() + IDLE_KEEPALIVE

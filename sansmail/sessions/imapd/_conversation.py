@@ -322,12 +322,13 @@ class ImapConversation:
         selected, nothing to watch)."""
         return () if self.mailbox is None else self.mailbox.watch_paths
 
-    def idle_updates(self) -> list[imap.Response]:
+    def idle_updates(self, changed_before: int | None = None) -> list[imap.Response]:
         """Blocking: the selected folder's news since the last report, for an idler
-        (a BYE, and the conversation ends, when the folder is gone)."""
+        (a BYE, and the conversation ends, when the folder is gone). `changed_before`:
+        the wall clock in nanoseconds when the adapter learnt that something changed."""
         if self.mailbox is None:
             return []
-        responses = self.mailbox.updates(rev2=self.conn.imap4rev2)
+        responses = self.mailbox.updates(rev2=self.conn.imap4rev2, changed_before=changed_before)
         if self.mailbox.ended:
             self._end("mailbox gone")
         return responses

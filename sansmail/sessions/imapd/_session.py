@@ -203,13 +203,15 @@ class ImapSession:
             self._release()
         return responses
 
-    def updates(self, *, rev2: bool) -> list[Response]:
+    def updates(self, *, rev2: bool, changed_before: int | None = None) -> list[Response]:
         """What changed in the selected folder since the last report (for IDLE, or an
-        adapter that wants to push news between commands); a BYE when it is gone."""
+        adapter that wants to push news between commands); a BYE when it is gone.
+        `changed_before`: the wall clock (nanoseconds) when the adapter learnt of the
+        changes, so that another session's look at the folder since serves this one."""
         if self.view is None:
             return []
         try:
-            return self._updates(rev2)
+            return self._updates(rev2, changed_before)
         except FolderGoneError:
             return self._gone()
         finally:
@@ -243,9 +245,9 @@ class ImapSession:
             )
         ]
 
-    def _updates(self, rev2: bool) -> list[Response]:
+    def _updates(self, rev2: bool, changed_before: int | None = None) -> list[Response]:
         assert self.view is not None
-        changes = self.view.sync()
+        changes = self.view.sync(listed_since=changed_before)
         if changes.uidvalidity_changed:
             raise FolderGoneError("UIDVALIDITY changed")
         return self._report(changes, rev2)

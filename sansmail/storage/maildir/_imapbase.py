@@ -337,8 +337,10 @@ class FolderView(Protocol):
         when they change, rather than polling. Empty: nothing to watch, poll."""
         return ()
 
-    def sync(self) -> SyncChanges:
-        """Bring the view up to date with the folder and say what changed."""
+    def sync(self, *, listed_since: int | None = None) -> SyncChanges:
+        """Bring the view up to date with the folder and say what changed.
+        `listed_since`: the changes looked for happened before this time (the store's
+        clock, nanoseconds), so a look at the folder taken since is recent enough."""
         ...
 
     def read(self, uid: int) -> bytes | None:

@@ -38,6 +38,13 @@ recorded mtimes are trusted only when they are older than the listing by a margi
 (one second); otherwise the next sync lists again. A no-change sync is then two stat
 calls and one small query.
 
+A caller that knows when the change it looks for happened (an IDLE session woken by
+inotify: the change came before the wake-up) passes that time as `listed_since`: a
+listing that started later (`synced`) saw the change, so when another session made one
+meanwhile, this caller does not list again, even inside the margin. Without it, the
+sessions idling on a folder would each list it under the write lock after every
+delivery (the first one's listing is less than a second old for all the others).
+
 Modification sequences. Every transaction that changes messages takes
 ``highestmodseq + 1`` and stamps it on the rows it changed and on a tombstone per
 expunged UID. A `FolderView` remembers the modseq it reported last and asks only for
@@ -478,23 +485,36 @@ class FolderIndex:
         except FileNotFoundError:
             raise FolderGoneError(f"{self.folder} is gone") from None
 
-    def _fresh(self, header: Header, mtimes: tuple[int, int], move_new: bool) -> bool:
+    def _fresh(
+        self,
+        header: Header,
+        mtimes: tuple[int, int],
+        move_new: bool,
+        listed_since: int | None = None,
+    ) -> bool:
+        if move_new and header.new_count:
+            return False
+        if listed_since is not None and header.synced >= listed_since:
+            return True
         return (
             mtimes == (header.new_mtime, header.cur_mtime)
             and max(mtimes) <= header.synced - _FRESH_MARGIN_NS
-            and not (move_new and header.new_count)
         )
 
-    def refresh(self, *, move_new: bool = False, force: bool = False) -> bool:
+    def refresh(
+        self, *, move_new: bool = False, force: bool = False, listed_since: int | None = None
+    ) -> bool:
         """Sync the index with the Maildir unless it is known fresh; returns whether
         any message was added, changed or expunged. `move_new` moves ``new/`` files to
-        ``cur/`` (read-write sessions only)."""
+        ``cur/`` (read-write sessions only). `listed_since` (the clock's nanoseconds):
+        a listing started since then is fresh enough (see the module docstring)."""
         self._check_replaced()
-        if not force and self._fresh(self.header(), self._stat_dirs(), move_new):
+        if not force and self._fresh(self.header(), self._stat_dirs(), move_new, listed_since):
             return False
         with self.write() as conn:
             # Another session may have synced while we waited for the lock.
-            if not force and self._fresh(self.header(conn), self._stat_dirs(), move_new):
+            header = self.header(conn)
+            if not force and self._fresh(header, self._stat_dirs(), move_new, listed_since):
                 return False
             return self._sync(conn, move_new)
 

@@ -225,11 +225,11 @@ class MaildirFolderView(FolderView):
 
     # -- sync -------------------------------------------------------------------------
 
-    def sync(self) -> SyncChanges:
+    def sync(self, *, listed_since: int | None = None) -> SyncChanges:
         if self._dead:
             return SyncChanges(exists=len(self._list), uidvalidity_changed=True)
         try:
-            self._index.refresh(move_new=not self._readonly)
+            self._index.refresh(move_new=not self._readonly, listed_since=listed_since)
             return self._catch_up()
         except FolderGoneError:
             self._dead = True

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 
+import pytest
 from session_helpers import ALICE, Client
 
 from sansmail import SERVER, LocalProtocolError
 from sansmail.imap import Connection, Fetch, Tagged, Untagged, UntaggedStatus
-from sansmail.storage.maildir import MaildirStore, Maildrop
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore, Maildrop
+from sansmail.storage.maildir._imapindex import FolderIndex
 
 HELLO = b"Subject: hello\r\n\r\nHello.\r\n"
 
@@ -29,10 +32,10 @@ def two(tmp_path: pathlib.Path, messages: int, *, rev2: bool = False) -> tuple[C
     return one, other
 
 
-def pushed(client: Client) -> bytes:
+def pushed(client: Client, changed_before: int | None = None) -> bytes:
     """What an idling client reads: the session's news, written by its core (which
     refuses an EXPUNGE where the client could not place it)."""
-    responses = client.session.updates(rev2=client.conn.imap4rev2)
+    responses = client.session.updates(rev2=client.conn.imap4rev2, changed_before=changed_before)
     return b"".join(client.conn.send(r) for r in responses)
 
 
@@ -207,3 +210,38 @@ def test_the_core_would_refuse_an_expunge_inside_a_fetch() -> None:
         pass
     else:
         raise AssertionError("EXPUNGE inside FETCH was written")
+
+
+def test_idlers_woken_together_list_the_folder_once(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A delivery wakes every idler of the folder; the first one's look at the folder
+    # (taken after the wake-up) serves the others, even inside the one-second margin in
+    # which the directories' mtimes are not trusted.
+    store = MaildirImapStore(tmp_path, hostname="mx.example.test")  # the wall clock
+    one = Client(tmp_path, store=store)
+    other = Client(tmp_path, store=store)
+    one.run(b"s1 SELECT INBOX")
+    other.run(b"s2 SELECT INBOX")
+    listings: list[str] = []
+    sync = FolderIndex._sync
+
+    def counted(self: FolderIndex, *args: object) -> bool:
+        listings.append(self.folder)
+        return sync(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(FolderIndex, "_sync", counted)
+    deliver(tmp_path)
+    woken = time.time_ns()
+    assert pushed(one, woken) == b"* 1 EXISTS\r\n* 1 RECENT\r\n"
+    assert pushed(other, woken) == b"* 1 EXISTS\r\n"
+    assert len(listings) == 1
+    # A change after the last listing is looked for again.
+    deliver(tmp_path)
+    assert pushed(other, time.time_ns()) == b"* 2 EXISTS\r\n* 1 RECENT\r\n"
+    assert len(listings) == 2
+    # Without the time (a NOOP), inside the margin: listed again, found unchanged.
+    assert one.run(b"a1 NOOP") == b"* 2 EXISTS\r\na1 OK NOOP completed\r\n"
+    assert len(listings) == 3
+    one.close()
+    other.close()
