@@ -175,8 +175,9 @@ def sort(items: Iterable[SortItem], keys: Sequence[tuple[str, bool]]) -> list[in
 # -- THREAD=ORDEREDSUBJECT (RFC 5256 §3) ------------------------------------------------------
 
 
-def _by_date(items: Iterable[SortItem]) -> list[SortItem]:
-    return sorted(items, key=lambda item: (sent_date(item), item.seq))
+def _by_date(items: Iterable[SortItem]) -> list[tuple[tuple[datetime.datetime, int], SortItem]]:
+    """(sent date, sequence number), item: in that order (each date parsed once)."""
+    return sorted(((sent_date(item), item.seq), item) for item in items)
 
 
 def thread_ordered_subject(items: Iterable[SortItem]) -> list[ThreadNode]:
@@ -184,14 +185,13 @@ def thread_ordered_subject(items: Iterable[SortItem]) -> list[ThreadNode]:
     thread: its first message the parent, the others its children (siblings in date
     order); threads ordered by the sent date of their first message."""
     groups: dict[str, list[SortItem]] = {}
-    for item in _by_date(items):
+    for _, item in _by_date(items):
         groups.setdefault(base_subject(item.fields.get("subject", "")), []).append(item)
-    threads = [
-        (group[0], ThreadNode(group[0].number, tuple(ThreadNode(i.number) for i in group[1:])))
+    # Each group is in date order, and the groups in the order of their first message.
+    return [
+        ThreadNode(group[0].number, tuple(ThreadNode(i.number) for i in group[1:]))
         for group in groups.values()
     ]
-    threads.sort(key=lambda pair: (sent_date(pair[0]), pair[0].seq))
-    return [thread for _, thread in threads]
 
 
 # -- THREAD=REFERENCES (RFC 5256 §3) ----------------------------------------------------------
@@ -200,10 +200,12 @@ _MSGID = re.compile(r"<[^<>\s]+>")
 
 
 class _Container:
-    __slots__ = ("children", "item", "parent")
+    __slots__ = ("children", "item", "key", "parent")
 
     def __init__(self) -> None:
         self.item: SortItem | None = None
+        #: (sent date, sequence number) that step 6 sorts by, once worked out.
+        self.key: tuple[datetime.datetime, int] | None = None
         self.parent: _Container | None = None
         self.children: list[_Container] = []
 
@@ -334,9 +336,13 @@ def _gather(roots: list[_Container], subjects: Mapping[int, tuple[str, bool]]) -
 
 
 def _date_of(node: _Container) -> tuple[datetime.datetime, int]:
-    item = node.item if node.item is not None else _sorted(node.children)[0].item
-    assert item is not None
-    return sent_date(item), item.seq
+    # A dummy sorts as its first child (step 6). Kept: the tree no longer changes here.
+    if node.key is None:
+        if node.item is not None:
+            node.key = (sent_date(node.item), node.item.seq)
+        else:
+            node.key = min(_date_of(child) for child in node.children)
+    return node.key
 
 
 def _sorted(nodes: list[_Container]) -> list[_Container]:

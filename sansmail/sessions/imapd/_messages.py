@@ -112,17 +112,21 @@ _KEEP_EVERY: Final = 500
 _NIL: Final = Encoded(b"NIL")
 _WHOLE: Final = BodySection(section=Section(), peek=True)
 _STRUCTURE_FIELDS: Final = {"ENVELOPE": 0, "BODYSTRUCTURE": 1, "BODY": 2}
-#: The header fields SORT and THREAD compare (RFC 5256 §2, §3).
-_SORT_FIELDS: Final = (
-    "from",
-    "to",
-    "cc",
-    "subject",
-    "date",
-    "message-id",
-    "references",
-    "in-reply-to",
-)
+#: The header fields each SORT key and THREAD algorithm compares (RFC 5256 §2, §3):
+#: only those are read from the index.
+_FIELDS_OF: Final = {
+    "ARRIVAL": (),
+    "SIZE": (),
+    "DATE": ("date",),
+    "SUBJECT": ("subject",),
+    "FROM": ("from",),
+    "DISPLAYFROM": ("from",),
+    "TO": ("to",),
+    "DISPLAYTO": ("to",),
+    "CC": ("cc",),
+    "ORDEREDSUBJECT": ("subject", "date"),
+    "REFERENCES": ("subject", "date", "message-id", "references", "in-reply-to"),
+}
 #: The result of the last SEARCH RETURN (SAVE) on a view, as UIDs (RFC 5182). Kept
 #: beside the view rather than in it: a view that goes (UNSELECT, CLOSE, SELECT) takes
 #: its result along, as RFC 5182 §2.1 wants.
@@ -531,7 +535,11 @@ def _sort_items(view: FolderView, command: Sort | Thread, *, rev2: bool) -> list
     messages = view.messages
     index = ViewIndex(view)
     numbers = _search(view, command.search, rev2=rev2, index=index)
-    fields = index.fields(_SORT_FIELDS) if numbers else {}
+    if isinstance(command, Sort):
+        names = {name for key, _ in command.criteria for name in _FIELDS_OF[key]}
+    else:
+        names = set(_FIELDS_OF[command.algorithm])
+    fields = index.fields(tuple(names)) if numbers and names else {}
     items = []
     for n in numbers:
         message = messages[n - 1]

@@ -207,13 +207,13 @@ def field_values(conn: sqlite3.Connection, names: Iterable[str]) -> dict[int, di
     """UID -> {name: the kept value of the first field of that name} for the fields
     `names` (lower case): what SORT and THREAD compare, without reading a file."""
     out: dict[int, dict[str, str]] = {}
-    # Descending n: the first field of a name is written last and stays.
-    for name, uid, value in conn.execute(
-        "SELECT name, uid, value FROM fields WHERE name IN (SELECT value FROM json_each(?))"
-        " ORDER BY uid, n DESC",
-        (json.dumps(sorted(set(names))),),
-    ):
-        out.setdefault(uid, {})[name] = value
+    for name in sorted(set(names)):
+        # One name at a time, the primary key read backwards (no sort): descending n, so the
+        # first field of the name is written last and stays.
+        for uid, value in conn.execute(
+            "SELECT uid, value FROM fields WHERE name = ? ORDER BY uid DESC, n DESC", (name,)
+        ):
+            out.setdefault(uid, {})[name] = value
     return out
 
 
