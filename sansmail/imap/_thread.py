@@ -263,27 +263,46 @@ def thread_references(items: Iterable[SortItem]) -> list[ThreadNode]:
     # (2) the root set, in the order the containers were made (deterministic).
     roots = [c for c in table.values() if c.parent is None]
     # (4) prune dummies.
-    roots = _prune(roots, at_root=True)
+    roots = _prune(roots)
     # (5) gather root threads of one base subject.
     roots = _gather(roots, subjects)
     # (6) sort siblings by sent date.
-    return [_thread(c) for c in _sorted(roots)]
+    return _threads(_sorted(roots))
 
 
-def _prune(siblings: list[_Container], *, at_root: bool) -> list[_Container]:
-    out: list[_Container] = []
-    for node in siblings:
-        node.children = _prune(node.children, at_root=False)
+def _descendants(roots: Iterable[_Container]) -> list[_Container]:
+    """`roots` and everything under them, each before its children. Iterative: a chain of
+    replies is as deep as the mailbox is long, deeper than Python's recursion goes."""
+    order: list[_Container] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    return order
+
+
+def _prune(roots: list[_Container]) -> list[_Container]:
+    # Children before their parents, so a dummy's children are pruned when it is.
+    for node in reversed(_descendants(roots)):
+        node.children = _pruned(node.children, at_root=False)
         for child in node.children:
             child.parent = node
+    out = _pruned(roots, at_root=True)
+    for node in out:
+        node.parent = None
+    return out
+
+
+def _pruned(siblings: list[_Container], *, at_root: bool) -> list[_Container]:
+    out: list[_Container] = []
+    for node in siblings:
         if node.item is not None:
             out.append(node)
         elif not node.children:
             continue  # (4A) a dummy without children goes
         elif not at_root or len(node.children) == 1:
             # (4B) its children take its place (at the root only when there is one).
-            for child in node.children:
-                child.parent = node.parent
             out += node.children
         else:
             out.append(node)
@@ -349,9 +368,13 @@ def _sorted(nodes: list[_Container]) -> list[_Container]:
     return sorted(nodes, key=_date_of)
 
 
-def _thread(node: _Container) -> ThreadNode:
-    children = tuple(_thread(c) for c in _sorted(node.children))
-    return ThreadNode(node.item.number if node.item is not None else None, children)
+def _threads(roots: list[_Container]) -> list[ThreadNode]:
+    """The trees under `roots`, siblings in date order (step 6), made leaves first."""
+    made: dict[int, ThreadNode] = {}
+    for node in reversed(_descendants(roots)):
+        children = tuple(made.pop(id(c)) for c in _sorted(node.children))
+        made[id(node)] = ThreadNode(node.item.number if node.item is not None else None, children)
+    return [made[id(root)] for root in roots]
 
 
 # -- the answer (RFC 5256 §4) ---------------------------------------------------------------
@@ -359,16 +382,34 @@ def _thread(node: _Container) -> ThreadNode:
 
 def format_threads(threads: Iterable[ThreadNode]) -> str:
     """thread-data without "THREAD": each thread as a parenthesised thread-list."""
-    return "".join(f"({_members(thread)})" for thread in threads)
+    out: list[str] = []
+    for thread in threads:
+        out.append("(")
+        _members(thread, out)
+        out.append(")")
+    return "".join(out)
 
 
-def _members(thread: ThreadNode) -> str:
-    if thread.number is None:
-        if len(thread.children) == 1:
-            return _members(thread.children[0])
-        return "".join(f"({_members(child)})" for child in thread.children)
-    if not thread.children:
-        return str(thread.number)
-    if len(thread.children) == 1:
-        return f"{thread.number} {_members(thread.children[0])}"
-    return f"{thread.number} " + "".join(f"({_members(child)})" for child in thread.children)
+def _members(thread: ThreadNode, out: list[str]) -> None:
+    """thread-members / thread-nested of `thread` onto `out`: a message followed by its
+    only child is written flat ("3 6"), several children each in parentheses."""
+    stack: list[ThreadNode | str] = [thread]
+    while stack:
+        top = stack.pop()
+        if isinstance(top, str):
+            out.append(top)
+            continue
+        children = top.children
+        if top.number is None and len(children) == 1:
+            stack.append(children[0])
+            continue
+        if top.number is not None:
+            out.append(str(top.number))
+            if not children:
+                continue
+            out.append(" ")
+            if len(children) == 1:
+                stack.append(children[0])
+                continue
+        for child in reversed(children):
+            stack += [")", child, "("]

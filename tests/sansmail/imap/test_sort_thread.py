@@ -230,3 +230,19 @@ def test_ordered_subject_groups_by_base_subject(items: list[SortItem]) -> None:
 )
 def test_sort_is_a_permutation(items: list[SortItem], keys: list[tuple[str, bool]]) -> None:
     assert sorted(sort(items, keys)) == sorted(i.number for i in items)
+
+
+def test_a_reply_chain_deeper_than_recursion_goes() -> None:
+    depth = 5000
+    items = [
+        item(n, arrival=n, message_id=f"<{n}@x>", in_reply_to=f"<{n - 1}@x>" if n > 1 else "")
+        for n in range(1, depth + 1)
+    ]
+    assert (
+        format_threads(thread_references(items))
+        == "(" + " ".join(map(str, range(1, depth + 1))) + ")"
+    )
+    # Fan-out below the chain: each of the last message's replies in parentheses.
+    items += [item(depth + k, arrival=depth + k, in_reply_to=f"<{depth}@x>") for k in (1, 2)]
+    expected = " ".join(map(str, range(1, depth + 1))) + f" ({depth + 1})({depth + 2})"
+    assert format_threads(thread_references(items)) == f"({expected})"
