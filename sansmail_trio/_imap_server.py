@@ -255,7 +255,9 @@ async def _push(
         # checkpoint before the news is queued: what the view counts as told is sent.
         # The wall clock now is after every change that woke us: a look at the folder
         # by another idler since then serves this one too (`FolderIndex.refresh`).
-        news = await trio.to_thread.run_sync(session.idle_updates, time_ns())
+        woken = time_ns()
+        async with changes.turn:
+            news = await trio.to_thread.run_sync(session.idle_updates, woken)
         if trio.current_time() >= keepalive:
             news.append(session.still_here())
             keepalive = trio.current_time() + IDLE_KEEPALIVE

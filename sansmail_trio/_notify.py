@@ -97,11 +97,16 @@ def _libc() -> _Libc | None:
 
 class Subscription:
     """What one idler waits on: `wait()` returns once something it watches changed (or
-    `wake()` was called) since the last `wait()` returned."""
+    `wake()` was called) since the last `wait()` returned. `turn` is shared by every
+    subscription to the same paths in this event loop: the idlers a change wakes
+    together look at the folder one after the other, so that the first one's look
+    serves the rest (each taking the folder's write lock at once would have them wait
+    in SQLite's busy handler, which sleeps for milliseconds at a time)."""
 
-    def __init__(self, available: bool) -> None:
+    def __init__(self, available: bool, turn: trio.Lock | None = None) -> None:
         #: Every path is watched: changes will be told. False: the caller must poll.
         self.available = available
+        self.turn = trio.Lock() if turn is None else turn
         self._event = trio.Event()
 
     def wake(self) -> None:
@@ -125,6 +130,8 @@ class Watcher:
         self._fd = -1
         self._failed = libc is None
         self._subscribers: dict[int, set[Subscription]] = {}  # wd -> its subscribers
+        # paths -> the turn their subscribers share, and how many hold it.
+        self._turns: dict[tuple[str, ...], tuple[trio.Lock, int]] = {}
 
     @property
     def available(self) -> bool:
@@ -141,7 +148,10 @@ class Watcher:
                 ok = False
             else:
                 watches.append(wd)
-        subscription = Subscription(ok and self.available)
+        key = tuple(wanted)
+        turn, holders = self._turns.get(key, (trio.Lock(), 0))
+        self._turns[key] = (turn, holders + 1)
+        subscription = Subscription(ok and self.available, turn)
         for wd in watches:
             self._subscribers.setdefault(wd, set()).add(subscription)
         try:
@@ -149,6 +159,11 @@ class Watcher:
         finally:
             for wd in watches:
                 self._drop(wd, subscription)
+            turn, holders = self._turns[key]
+            if holders == 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (turn, holders - 1)
 
     def _add(self, path: str) -> int | None:
         if self._libc is None or self._failed:
