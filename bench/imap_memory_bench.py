@@ -3,6 +3,7 @@
     python3 bench/imap_memory_bench.py [--sessions N] [--messages M] [--processes LIST]
         [--reps R] [--servers LIST] [--after LIST] [--clients C] [--trace]
         [--server-env KEY=VALUE] [--json FILE] [--tmpdir DIR] [--keep] [--deadline S]
+        [--idle]
 
 Theory of operation
 -------------------
@@ -21,8 +22,9 @@ rotated by rep:
    a settled level, not the warm-up's leftovers), **before** is read.
 2. ``--clients`` threads open ``--sessions`` connections between them, each with LOGIN
    and SELECT INBOX over a raw socket (the EXISTS count is checked), and leave them
-   open and silent. After ``--settle`` seconds, **held** is read: per session is
-   (held - before) / N.
+   open and silent; with ``--idle`` each then sends IDLE (RFC 2177) and waits in it,
+   as a phone or Thunderbird does (DONE before the LOGOUT of step 3). After ``--settle``
+   seconds, **held** is read: per session is (held - before) / N.
 3. Every session sends LOGOUT (its BYE and OK are read) and closes. The clock starts when
    the last one is closed; the memory is read at each of ``--after`` (3, 10 and 60 s):
    what a server gives back once its users leave.
@@ -341,8 +343,13 @@ def _read_until(sock: socket.socket, done: bytes, buf: bytearray) -> bytes:
         buf += data
 
 
+#: ``--idle``: sessions wait in IDLE rather than silent after SELECT.
+IDLE = False
+
+
 def open_session(port: int, messages: int) -> socket.socket:
-    """A connection that has logged in and SELECTed INBOX (`messages` EXISTS)."""
+    """A connection that has logged in and SELECTed INBOX (`messages` EXISTS), and
+    under ``--idle`` is idling."""
     sock = socket.create_connection((HOST, port), timeout=120)
     try:
         buf = bytearray()
@@ -359,6 +366,11 @@ def open_session(port: int, messages: int) -> socket.socket:
             raise SessionError(f"SELECT: {reply[-200:]!r}")
         if f"* {messages} EXISTS\r\n".encode() not in reply:
             raise SessionError(f"SELECT did not say {messages} EXISTS: {reply[:300]!r}")
+        if IDLE:
+            sock.sendall(b"c IDLE\r\n")
+            reply = _read_until(sock, b"+", buf)
+            if not reply.startswith(b"+"):
+                raise SessionError(f"IDLE: {reply[-200:]!r}")
     except BaseException:
         sock.close()
         raise
@@ -366,8 +378,11 @@ def open_session(port: int, messages: int) -> socket.socket:
 
 
 def close_session(sock: socket.socket) -> None:
-    """LOGOUT, its BYE and OK read, then close."""
+    """LOGOUT (after DONE under ``--idle``), its BYE and OK read, then close."""
     try:
+        if IDLE:
+            sock.sendall(b"DONE\r\n")
+            _read_until(sock, b"c ", bytearray())
         sock.sendall(b"z LOGOUT\r\n")
         _read_until(sock, b"z ", bytearray())
     finally:
@@ -666,6 +681,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, help="seconds to wait before reading memory (default 5)")
     p.add_argument("--quick", action="store_true", help="smoke run: 100 sessions, 1000 messages")
     p.add_argument("--trace", action="store_true", help="profile sansmail with tracemalloc")
+    p.add_argument("--idle", action="store_true", help="sessions wait in IDLE after SELECT")
     p.add_argument(
         "--server-env",
         action="append",
@@ -735,6 +751,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global IDLE  # one switch for every session of the run
+    IDLE = args.idle
     fd_limit = raise_fd_limit(args.sessions)
     targets: list[str] = []
     if "sansmail" in args.server_list:
