@@ -92,9 +92,8 @@ from sansmail.storage.maildir._imapnames import (
     read_subscriptions,
     write_subscriptions,
 )
+from sansmail.storage.maildir._quota import count_delivery as _count_delivery
 from sansmail.storage.maildir._quota import peek as _quota_peek
-from sansmail.storage.maildir._quota import record as _record_quota
-from sansmail.storage.maildir._quota import usage as _quota_usage
 
 __all__ = ["MaildirStore"]
 
@@ -264,18 +263,12 @@ class MaildirStore(MailStore):
 
     def _count_quota(self, delivery: _MaildirDelivery) -> None:
         # After the names are durable (the usage is a cache, the mail is not). Where a
-        # limit applies the file is read, and measured when due, so that the RCPT check
-        # (`_quota.peek`, which never walks) finds it current; a measure that ran now
-        # already saw this copy.
+        # limit applies, a missing or long file is measured here, in the worker thread,
+        # so that the RCPT check (`_quota.peek`, which never walks) finds it.
         for mailbox in delivery._mailboxes:
-            root = self._root(mailbox)
             limit = self.quota(mailbox) if self.quota is not None else 0
-            try:
-                if limit and _quota_usage(root, limit)[1]:
-                    continue
-            except OSError:
-                continue
-            _record_quota(root, delivery._wire, 1)
+            with contextlib.suppress(OSError):
+                _count_delivery(self._root(mailbox), delivery._wire, limit)
 
     def _root(self, mailbox: MailboxId) -> str:
         return os.path.join(

@@ -96,18 +96,40 @@ def test_the_file_format_and_reading_rules(tmp_path: pathlib.Path) -> None:
     assert not path.exists()  # writers never make the file
     path.write_bytes(b"100S\n30 2\n-10 -1\n")
     assert peek(str(tmp_path), 100) == Usage(20, 1)
-    assert peek(str(tmp_path), 200) is None  # measured for another limit
-    record(str(tmp_path), 5, 1)
+    assert record(str(tmp_path), 5, 1) == len(b"100S\n30 2\n-10 -1\n5 1\n")
     assert path.read_bytes() == b"100S\n30 2\n-10 -1\n5 1\n"
+    assert peek(str(tmp_path), 200) is None  # measured for another limit: dropped
+    assert not path.exists()
     path.write_bytes(b"100S\n")
     assert peek(str(tmp_path), 100) == Usage(0, 0)
     path.write_bytes(b"100S,50C\n30 2\n")  # Courier's message count limit is read too
     assert peek(str(tmp_path), 100) == Usage(30, 2)
-    for broken in (b"", b"100S\n30 2", b"100S\nx y\n", b"S\n1 1\n", b"100S\n-5 -1\n"):
+    for broken in (
+        *(b"", b"100S\n30 2", b"100S\nx y\n", b"S\n1 1\n", b"100S\n-5 -1\n"),
+        *(b"100S\n1 2 3\n", b"100S\n1\n2\n", b"100S\n1 2\n\n"),
+    ):
         path.write_bytes(broken)
         assert peek(str(tmp_path), 100) is None, broken
+        assert not path.exists()
     path.write_bytes(b"100S\n" + b"1 1\n" * (RECALC_SIZE // 4))
     assert peek(str(tmp_path), 100) is None  # grown past Courier's 5120 octets
+
+
+def test_reading_again_parses_only_what_was_appended(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / QUOTA_NAME
+    path.write_bytes(b"100S\n30 2\n")
+    assert peek(str(tmp_path), 100) == Usage(30, 2)
+    record(str(tmp_path), 7, 1)
+    assert peek(str(tmp_path), 100) == Usage(37, 3)
+    # Replaced (a measure): summed from the start again, whatever was seen before.
+    path.write_bytes(b"100S\n31 2\n")
+    assert peek(str(tmp_path), 100) == Usage(31, 2)
+    path.write_bytes(b"100S\n31 2\n-1 -1\n")
+    assert peek(str(tmp_path), 100) == Usage(30, 1)
+    path.write_bytes(b"100S\n31 2\nx\n")
+    assert peek(str(tmp_path), 100) is None
+    path.write_bytes(b"100S\n31 2\n")
+    assert peek(str(tmp_path), 200) is None  # the limit is checked every time
 
 
 def test_over_the_limit_is_believed_for_15_minutes(tmp_path: pathlib.Path) -> None:
@@ -116,6 +138,7 @@ def test_over_the_limit_is_believed_for_15_minutes(tmp_path: pathlib.Path) -> No
     mtime = path.stat().st_mtime_ns
     assert peek(str(tmp_path), 100, now=mtime + STALE_NS) == Usage(150, 3)
     assert peek(str(tmp_path), 100, now=mtime + STALE_NS + 1) is None
+    assert not path.exists()  # dropped: the next delivery measures
     path.write_bytes(b"100S\n50 3\n")
     mtime = path.stat().st_mtime_ns
     assert peek(str(tmp_path), 100, now=mtime + 10 * STALE_NS) == Usage(50, 3)
@@ -141,10 +164,16 @@ def test_deliveries_are_counted_and_measured_when_due(tmp_path: pathlib.Path) ->
     # A delivery without a limit still counts, as long as the file exists.
     deliver(tmp_path, message(9))
     assert counted(tmp_path) == measured(tmp_path)
-    # Another limit: measured again at the next limited delivery.
+    # Another limit: the RCPT check drops the file, the next delivery measures.
+    assert counted(tmp_path, LIMIT + 1) is None
     limited_delivery(tmp_path, message(10), limit=LIMIT + 1)
     assert counted(tmp_path, LIMIT + 1) == measured(tmp_path, LIMIT + 1)
     assert quota_file(tmp_path).read_bytes().startswith(b"%dS\n" % (LIMIT + 1))
+    # Past RECALC_SIZE octets of lines: measured again (one line left).
+    for n in range(RECALC_SIZE // 10):
+        limited_delivery(tmp_path, message(n), limit=LIMIT + 1)
+    assert quota_file(tmp_path).stat().st_size < RECALC_SIZE
+    assert counted(tmp_path, LIMIT + 1) == measured(tmp_path, LIMIT + 1)
 
 
 def test_without_a_limit_nothing_is_kept(tmp_path: pathlib.Path) -> None:
