@@ -14,35 +14,39 @@ Who appends. Every writer that changes the Maildir appends its change, with one
 ``write(2)`` on an ``O_APPEND`` descriptor: a line of a few octets is written whole, at
 the end, however many processes append at once, so concurrent deliveries cannot corrupt
 it or lose each other's lines (no lock, no read). Writers append only to a file that
-exists (`record`); only a reader that knows the limit makes one (`usage`), so a server
-with no quota pays one failed ``open`` per delivered copy. The writers:
+exists (`record`); only a delivery or a reader that knows a limit makes one, so a
+server with no quota pays one failed ``open`` per delivered copy. The writers:
 
-- delivery (`MaildirStore.publish_many`): each copy's CRLF size, once it is durable;
+- delivery (`MaildirStore.publish_many`, `count_delivery`): each copy's CRLF size, once
+  it is durable; where a limit applies and there is no file, or it has grown past
+  `RECALC_SIZE`, the delivery measures instead (in its worker thread);
 - the IMAP index (`FolderIndex`): rows inserted (APPEND, COPY, MOVE's target) and rows
   deleted (EXPUNGE, MOVE's source, files found gone by a sync: another tool, a POP3
   session, mutt), after their transaction commits. A sync also counts a file it finds
   in ``cur/`` without a row (another tool wrote it there); files it finds in ``new/``
-  were counted by the delivery that put them there. A new or rebuilt index (a first
-  sync) counts nothing and drops the file instead, which the next reader measures again;
+  were counted by the delivery that put them there. A new or rebuilt index meeting
+  files in ``cur/`` (a first sync) counts nothing and drops the file instead;
 - POP3 (`Maildrop.expunge`) when its snapshot did not come from the index (otherwise the
   index's next sync counts what it removed);
 - DELETE of a folder drops the file (`invalidate`).
 
 When it is measured again (`recalculate`, a walk of every folder's ``new/`` and
 ``cur/``, sizes from ``,W=``; a file another tool named without one is read, as the IMAP
-index reads it once). As Courier's rules say: when there
-is no file, when it has grown past `RECALC_SIZE` octets, when its first line names
-another limit (the limit changed), and when it says the user is over the limit but was
-last written more than `STALE_NS` ago (changes nobody counted, e.g. a tool deleting
-files, must not keep a mailbox "full" for ever). The new file is written beside and
-renamed over the old one. A change appended while a walk runs may be counted twice or
-not at all until the next measure; that is the same trade Courier and Dovecot make for
-a file that needs no lock. A file that grows past `DROP_SIZE` with nobody reading it
-(quota off) is removed by the writer that notices, so it never grows without bound.
+index reads it once). As Courier's rules say: when there is no file, when it has grown
+past `RECALC_SIZE` octets, when its first line names another limit (the limit changed),
+and when it says the user is over the limit but was last written more than `STALE_NS`
+ago (changes nobody counted, e.g. a tool deleting files, must not keep a mailbox "full"
+for ever). The new file is written beside and renamed over the old one. A change
+appended while a walk runs may be counted twice or not at all until the next measure;
+that is the same trade Courier and Dovecot make for a file that needs no lock. A file
+that grows past `DROP_SIZE` with nobody reading it (quota off) is removed by the writer
+that notices, so it never grows without bound.
 
-Reading on the event loop. `peek` reads the file and never walks: it answers None when a
-measure is due, and the caller accepts (the SMTP session at RCPT); the delivery that
-follows runs `usage` in its worker thread, which measures.
+Reading on the event loop. `peek` reads the file and never walks: when a measure is due
+it drops the file and answers None, and the caller accepts (the SMTP session at RCPT);
+the delivery that follows finds no file and measures, in its worker thread. `usage`
+(IMAP, the CLI: worker threads) measures at once. Each process remembers the file as it
+last summed it, and a re-read parses only the lines appended since.
 """
 
 from __future__ import annotations
