@@ -259,8 +259,10 @@ def _write_arguments(w: _Writer, command: Command) -> None:
             w.words(command.flags)
         if command.date is not None:
             w.raw(f' "{format_datetime(command.date)}"')
-        w.raw(" ")
+        w.raw(" UTF8 (" if command.utf8 else " ")
         w.literal(command.message, binary=command.binary)
+        if command.utf8:
+            w.raw(")")
     elif isinstance(command, UidExpunge):
         w.raw(f"UID EXPUNGE {command.sequence_set}")
     elif isinstance(command, Fetch):

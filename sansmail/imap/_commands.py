@@ -267,7 +267,8 @@ def _status(cursor: Cursor, tag: str, context: Context) -> Command:
 
 def _append(cursor: Cursor, tag: str, context: Context) -> Command:
     """append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
-    (RFC 9051 §9; literal8 for BINARY, RFC 3516 §4.4)."""
+    (RFC 9051 §9; literal8 for BINARY, RFC 3516 §4.4); append-data =/ "UTF8" SP "("
+    literal8 ")" once UTF-8 is enabled (RFC 6855 §4)."""
     cursor.sp()
     mailbox = read_mailbox(cursor, context)
     cursor.sp()
@@ -279,8 +280,17 @@ def _append(cursor: Cursor, tag: str, context: Context) -> Command:
     if cursor.peek() == 0x22:
         date = cursor.date_time()
         cursor.sp()
+    utf8 = context.utf8 and cursor.take(b"UTF8 (")
+    if utf8:
+        cursor.nest()
     message, binary = cursor.literal(binary_ok=True)
-    return Append(tag=tag, mailbox=mailbox, flags=flags, date=date, message=message, binary=binary)
+    if utf8:
+        if not binary:
+            raise ParseError("the UTF8 APPEND data is a literal8 (RFC 6855 §4)")
+        cursor.close()
+    return Append(
+        tag=tag, mailbox=mailbox, flags=flags, date=date, message=message, binary=binary, utf8=utf8
+    )
 
 
 def _uid_expunge(cursor: Cursor, tag: str, _context: Context) -> Command:

@@ -407,7 +407,9 @@ def _aware(_inst: Any, attribute: attrs.Attribute[Any], value: datetime.datetime
 class Append(Command):
     """APPEND mailbox [(flags)] [date-time] message (RFC 9051 §6.3.12).
 
-    `binary` is True when the message came as a literal8 (RFC 3516 §4.4).
+    `binary` is True when the message came as a literal8 (RFC 3516 §4.4); `utf8` when
+    it came as the UTF8 data extension, ``UTF8 (~{n}...)``, of a session that ENABLEd
+    UTF8=ACCEPT (RFC 6855 §4: a message whose header fields may hold UTF-8).
     """
 
     mailbox: str = _mailbox_field()
@@ -419,6 +421,11 @@ class Append(Command):
         repr=lambda m: f"<{len(m)} octets>", validator=attrs.validators.instance_of(bytes)
     )
     binary: bool = attrs.field(default=False, validator=_bool)
+    utf8: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        if self.utf8 and not self.binary:
+            raise ValueError("the UTF8 form of APPEND data is a literal8 (RFC 6855 §4)")
 
 
 @attrs.frozen(kw_only=True)

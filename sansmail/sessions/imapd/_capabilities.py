@@ -38,6 +38,7 @@ _SESSION = (
     "STATUS=SIZE",  # RFC 8438
     "QUOTA",  # RFC 9208
     "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
+    "UTF8=ACCEPT",  # RFC 6855
 )
 
 

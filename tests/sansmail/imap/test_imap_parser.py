@@ -60,6 +60,7 @@ from sansmail.imap import (
     Unselect,
     Unsubscribe,
     UntaggedStatus,
+    write_command,
 )
 
 S = SequenceSet.parse
@@ -291,6 +292,31 @@ def test_append_forms() -> None:
         b"a LOGIN ~{1+}\r\nx y\r\n",  # literal8 only for APPEND
     ]:
         assert isinstance(one(bad, st), InvalidCommand), bad
+
+
+def test_append_utf8_data_once_utf8_is_enabled() -> None:
+    """RFC 6855 §4: append-data =/ "UTF8" SP "(" literal8 ")"."""
+    st = "authenticated"
+    message = "Subject: Grüße\r\n\r\nhi\r\n".encode()
+    data = b"a APPEND INBOX (\\Seen) UTF8 (~{%d}\r\n" % len(message) + message + b")\r\n"
+    event = one(data, st, utf8=True)
+    assert event == Append(
+        tag="a", mailbox="INBOX", flags=("\\Seen",), message=message, binary=True, utf8=True
+    )
+    assert write_command(event, utf8=True, literal_plus=False) == data
+    assert one(b"a APPEND x utf8 (~{1+}\r\nx)\r\n", st, utf8=True) == Append(
+        tag="a", mailbox="x", message=b"x", binary=True, utf8=True
+    )
+    for bad in [
+        b"a APPEND x UTF8 ({1+}\r\nx)\r\n",  # a literal8, not a literal
+        b"a APPEND x UTF8 (~{1+}\r\nx\r\n",  # unclosed
+        b"a APPEND x UTF8 ~{1+}\r\nx\r\n",
+    ]:
+        assert isinstance(one(bad, st, utf8=True), InvalidCommand), bad
+    # Not enabled: "UTF8" is no APPEND data.
+    assert isinstance(one(b"a APPEND x UTF8 (~{1+}\r\nx)\r\n", st), InvalidCommand)
+    with pytest.raises(ValueError, match="literal8"):
+        Append(tag="a", mailbox="x", message=b"x", utf8=True)
 
 
 # --- selected --------------------------------------------------------------------------------
