@@ -15,6 +15,7 @@ from typing import Final
 
 from sansmail.imap._events import (
     Append,
+    AppendMessage,
     Authenticate,
     Capability,
     Check,
@@ -254,15 +255,15 @@ def _write_arguments(w: _Writer, command: Command) -> None:
     elif isinstance(command, Append):
         w.raw("APPEND ")
         w.mailbox(command.mailbox)
-        if command.flags:
-            w.raw(" ")
-            w.words(command.flags)
-        if command.date is not None:
-            w.raw(f' "{format_datetime(command.date)}"')
-        w.raw(" UTF8 (" if command.utf8 else " ")
-        w.literal(command.message, binary=command.binary)
-        if command.utf8:
-            w.raw(")")
+        first = AppendMessage(
+            flags=command.flags,
+            date=command.date,
+            message=command.message,
+            binary=command.binary,
+            utf8=command.utf8,
+        )
+        for message in (first, *command.more):
+            _write_append_message(w, message)
     elif isinstance(command, UidExpunge):
         w.raw(f"UID EXPUNGE {command.sequence_set}")
     elif isinstance(command, Fetch):
@@ -295,6 +296,18 @@ def _write_arguments(w: _Writer, command: Command) -> None:
         w.raw(" (" + " ".join(f"{name} {limit}" for name, limit in command.resources) + ")")
     else:
         raise TypeError(f"not a command: {command!r}")
+
+
+def _write_append_message(w: _Writer, message: AppendMessage) -> None:
+    if message.flags:
+        w.raw(" ")
+        w.words(message.flags)
+    if message.date is not None:
+        w.raw(f' "{format_datetime(message.date)}"')
+    w.raw(" UTF8 (" if message.utf8 else " ")
+    w.literal(message.message, binary=message.binary)
+    if message.utf8:
+        w.raw(")")
 
 
 def _write_list(w: _Writer, command: List) -> None:

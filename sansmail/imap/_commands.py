@@ -29,6 +29,7 @@ from sansmail.imap._events import (
     STATUS_ITEMS,
     THREAD_ALGORITHMS,
     Append,
+    AppendMessage,
     Authenticate,
     Capability,
     Check,
@@ -266,12 +267,33 @@ def _status(cursor: Cursor, tag: str, context: Context) -> Command:
 
 
 def _append(cursor: Cursor, tag: str, context: Context) -> Command:
-    """append = "APPEND" SP mailbox [SP flag-list] [SP date-time] SP literal
-    (RFC 9051 §9; literal8 for BINARY, RFC 3516 §4.4); append-data =/ "UTF8" SP "("
-    literal8 ")" once UTF-8 is enabled (RFC 6855 §4)."""
+    """append = "APPEND" SP mailbox 1*append-message; append-message = [SP flag-list]
+    [SP date-time] SP literal (RFC 9051 §9, RFC 3502 §6.3.11 MULTIAPPEND; literal8 for
+    BINARY, RFC 3516 §4.4); append-data =/ "UTF8" SP "(" literal8 ")" once UTF-8 is
+    enabled (RFC 6855 §4)."""
     cursor.sp()
     mailbox = read_mailbox(cursor, context)
     cursor.sp()
+    first = _append_message(cursor, context)
+    more = []
+    while cursor.take(b" "):
+        # imapclient (3.0, 4.x) writes two spaces between two messages that have no
+        # flags or date (one after a literal, one before the next); one more is taken.
+        cursor.take(b" ")
+        more.append(_append_message(cursor, context))
+    return Append(
+        tag=tag,
+        mailbox=mailbox,
+        flags=first.flags,
+        date=first.date,
+        message=first.message,
+        binary=first.binary,
+        utf8=first.utf8,
+        more=tuple(more),
+    )
+
+
+def _append_message(cursor: Cursor, context: Context) -> AppendMessage:
     flags: tuple[str, ...] = ()
     if cursor.peek() == 0x28:
         flags = read_flag_list(cursor)
@@ -288,9 +310,7 @@ def _append(cursor: Cursor, tag: str, context: Context) -> Command:
         if not binary:
             raise ParseError("the UTF8 APPEND data is a literal8 (RFC 6855 §4)")
         cursor.close()
-    return Append(
-        tag=tag, mailbox=mailbox, flags=flags, date=date, message=message, binary=binary, utf8=utf8
-    )
+    return AppendMessage(flags=flags, date=date, message=message, binary=binary, utf8=utf8)
 
 
 def _uid_expunge(cursor: Cursor, tag: str, _context: Context) -> Command:

@@ -49,6 +49,7 @@ __all__ = [
     "STATUS_ITEMS",
     "THREAD_ALGORITHMS",
     "Append",
+    "AppendMessage",
     "AuthCancel",
     "AuthResponse",
     "Authenticate",
@@ -404,12 +405,40 @@ def _aware(_inst: Any, attribute: attrs.Attribute[Any], value: datetime.datetime
 
 
 @attrs.frozen(kw_only=True)
+class AppendMessage:
+    """A message of a MULTIAPPEND after the first (RFC 3502 §6.3.11): its flags, date
+    and octets, as `Append` carries the first one's."""
+
+    flags: tuple[str, ...] = attrs.field(
+        default=(), converter=_flags_converter, validator=check_flags
+    )
+    date: datetime.datetime | None = attrs.field(default=None, validator=_aware)
+    message: bytes = attrs.field(
+        repr=lambda m: f"<{len(m)} octets>", validator=attrs.validators.instance_of(bytes)
+    )
+    binary: bool = attrs.field(default=False, validator=_bool)
+    utf8: bool = attrs.field(default=False, validator=_bool)
+
+    def __attrs_post_init__(self) -> None:
+        if self.utf8 and not self.binary:
+            raise ValueError("the UTF8 form of APPEND data is a literal8 (RFC 6855 §4)")
+
+
+def _append_messages(
+    _inst: Any, attribute: attrs.Attribute[Any], value: tuple[AppendMessage, ...]
+) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(m, AppendMessage) for m in value):
+        raise TypeError(f"{attribute.name} must be a tuple of AppendMessage")
+
+
+@attrs.frozen(kw_only=True)
 class Append(Command):
     """APPEND mailbox [(flags)] [date-time] message (RFC 9051 §6.3.12).
 
     `binary` is True when the message came as a literal8 (RFC 3516 §4.4); `utf8` when
     it came as the UTF8 data extension, ``UTF8 (~{n}...)``, of a session that ENABLEd
-    UTF8=ACCEPT (RFC 6855 §4: a message whose header fields may hold UTF-8).
+    UTF8=ACCEPT (RFC 6855 §4: a message whose header fields may hold UTF-8). `more` are
+    the messages after the first of a MULTIAPPEND (RFC 3502), appended all or none.
     """
 
     mailbox: str = _mailbox_field()
@@ -422,6 +451,7 @@ class Append(Command):
     )
     binary: bool = attrs.field(default=False, validator=_bool)
     utf8: bool = attrs.field(default=False, validator=_bool)
+    more: tuple[AppendMessage, ...] = attrs.field(default=(), validator=_append_messages)
 
     def __attrs_post_init__(self) -> None:
         if self.utf8 and not self.binary:

@@ -39,6 +39,7 @@ _SESSION = (
     "QUOTA",  # RFC 9208
     "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
     "UTF8=ACCEPT",  # RFC 6855
+    "MULTIAPPEND",  # RFC 3502
 )
 
 

@@ -34,12 +34,14 @@ on SELECT (rev1 only); the LIST reply on SELECT and ``* ESEARCH`` for every SEAR
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from sansmail import __version__
 from sansmail.imap import (
     Append,
+    Atom,
     Capability,
     Check,
     Close,
@@ -65,6 +67,7 @@ from sansmail.imap import (
     ResponseCode,
     Search,
     Select,
+    SequenceSet,
     SetQuota,
     Sort,
     Status,
@@ -83,6 +86,7 @@ from sansmail.sessions.imapd import _folders, _messages, _quota
 from sansmail.sessions.imapd._messages import BadSetError, flag_list
 from sansmail.storage.maildir import (
     SEPARATOR,
+    FlagMode,
     FolderGoneError,
     FolderView,
     ImapStore,
@@ -397,24 +401,52 @@ class ImapSession:
     # -- messages -------------------------------------------------------------------------
 
     def _append(self, command: Append, rev2: bool) -> list[Response]:
-        if not command.message:
+        """APPEND, and MULTIAPPEND (RFC 3502): every message or none. The storage quota
+        is checked for all of them first; a message the store refuses after others went
+        in takes those out again (flagged \\Deleted and expunged by UID)."""
+        messages = [(command.flags, command.date, command.message)]
+        messages += [(m.flags, m.date, m.message) for m in command.more]
+        if not all(message for _flags, _date, message in messages):
             return [_tagged(command.tag, "NO", "Cannot append an empty message")]
-        flags = [f for f in command.flags if f != "\\Recent"]
+        uids: list[int] = []
         try:
-            result = self.account.append(command.mailbox, command.message, flags, command.date)
+            if command.more:
+                self.account.check_quota(sum(len(message) for _f, _d, message in messages))
+            for flags, date, message in messages:
+                kept = [f for f in flags if f != "\\Recent"]
+                result = self.account.append(command.mailbox, message, kept, date)
+                uids.append(result.uid)
         except NoSuchFolderError as exc:
-            # RFC 9051 §6.3.12: the client may CREATE and try again.
+            # RFC 9051 §6.3.12: the client may CREATE and try again. (Gone part way
+            # through a MULTIAPPEND: with the folder went what was appended.)
             return [_folders.no(command.tag, exc, code="TRYCREATE")]
         except ImapStoreError as exc:
+            self._take_back(command.mailbox, uids)
             return [_folders.no(command.tag, exc)]
-        return [
-            Tagged(
-                tag=command.tag,
-                status="OK",
-                code=ResponseCode.appenduid(result.uidvalidity, result.uid),
-                text="APPEND completed",
+        except BaseException:
+            self._take_back(command.mailbox, uids)
+            raise
+        if len(uids) == 1:
+            code = ResponseCode.appenduid(result.uidvalidity, uids[0])
+        else:  # RFC 4315 §3: a uid-set for MULTIAPPEND
+            code = ResponseCode(
+                name="APPENDUID", data=(result.uidvalidity, Atom(str(SequenceSet.of(*uids))))
             )
-        ]
+        return [Tagged(tag=command.tag, status="OK", code=code, text="APPEND completed")]
+
+    def _take_back(self, name: str, uids: list[int]) -> None:
+        """Remove the messages of a MULTIAPPEND that failed part way (RFC 3502 §6.3.11:
+        none of them may stay)."""
+        if not uids:
+            return
+        # Nothing more can be done if this fails too: the NO goes out all the same.
+        with contextlib.suppress(ImapStoreError):
+            view = self.account.select(name)
+            try:
+                view.store_flags(uids, ["\\Deleted"], FlagMode.ADD)
+                view.expunge(uids)
+            finally:
+                view.close()
 
     def _expunge(self, command: Expunge | UidExpunge, rev2: bool) -> list[Response]:
         responses, removed = _messages.expunge(self._view(), command)

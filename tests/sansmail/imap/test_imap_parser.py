@@ -10,6 +10,7 @@ from imap_helpers import one, run, server
 
 from sansmail.imap import (
     Append,
+    AppendMessage,
     Atom,
     Authenticate,
     BinarySection,
@@ -287,11 +288,42 @@ def test_append_forms() -> None:
         b'a APPEND x "hello"\r\n',
         b'a APPEND x "31-Feb-2024 00:00:00 +0000" {1+}\r\nx\r\n',
         b'a APPEND x "1-Feb-2024 00:00:00 +0000" {1+}\r\nx\r\n',  # date-day-fixed
-        b"a APPEND x {1+}\r\nx {1+}\r\ny\r\n",  # MULTIAPPEND is not offered
+        b"a APPEND x {1+}\r\nx {1+}\r\ny \r\n",  # a space with no message after it
+        b"a APPEND x {1+}\r\nx{1+}\r\ny\r\n",  # MULTIAPPEND messages need their space
+        b"a APPEND x {1+}\r\nx (\\Seen)\r\n",
+        b"a APPEND x {1+}\r\nx   {1+}\r\ny\r\n",  # but no more
         b"a APPEND x {2+}\r\n\x00x\r\n",  # NUL needs literal8
         b"a LOGIN ~{1+}\r\nx y\r\n",  # literal8 only for APPEND
     ]:
         assert isinstance(one(bad, st), InvalidCommand), bad
+
+
+def test_multiappend() -> None:
+    """RFC 3502 §6.3.11: append = "APPEND" SP mailbox 1*append-message."""
+    data = (
+        b'a APPEND INBOX {1}\r\nx (\\Seen) " 5-Jan-2026 10:00:00 +0100" {2}\r\nyy ~{1}\r\n\x00\r\n'
+    )
+    event = one(data, "authenticated")
+    assert event == Append(
+        tag="a",
+        mailbox="INBOX",
+        message=b"x",
+        more=(
+            AppendMessage(
+                flags=("\\Seen",),
+                date=datetime.datetime(2026, 1, 5, 10, tzinfo=TZ(datetime.timedelta(hours=1))),
+                message=b"yy",
+            ),
+            AppendMessage(message=b"\x00", binary=True),
+        ),
+    )
+    assert write_command(event, literal_plus=False) == data
+    # imapclient's two spaces between messages without flags or date are taken.
+    assert one(b"a APPEND x {1+}\r\nx  {1+}\r\ny\r\n", "authenticated") == Append(
+        tag="a", mailbox="x", message=b"x", more=(AppendMessage(message=b"y"),)
+    )
+    with pytest.raises(TypeError):
+        Append(tag="a", mailbox="x", message=b"x", more=(b"y",))  # type: ignore[arg-type]
 
 
 def test_append_utf8_data_once_utf8_is_enabled() -> None:
