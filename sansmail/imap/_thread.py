@@ -38,6 +38,7 @@ __all__ = [
     "base_subject",
     "format_threads",
     "sent_date",
+    "sent_seconds",
     "sort",
     "thread_ordered_subject",
     "thread_references",
@@ -47,8 +48,6 @@ __all__ = [
 SORT_KEYS: Final = frozenset(
     {"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"}
 )
-
-_UTC = datetime.UTC
 
 
 @attrs.frozen
@@ -117,17 +116,37 @@ def base_subject(subject: str) -> str:
     return _extract(subject)[0].casefold()
 
 
-def sent_date(item: SortItem) -> datetime.datetime:
-    """RFC 5256 §2.2: the Date: field, or the internal date when it is missing or bad."""
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_EPOCH_DAY: Final = _EPOCH.toordinal()
+
+
+def _date_seconds(value: str) -> float | None:
+    """Seconds since the epoch (UTC) of a Date: value, or None when it cannot be read."""
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    year, month, day, hour, minute, second = parsed[:6]
+    offset = parsed[9] or 0  # no zone: taken as UTC, whatever the server's zone is
+    if not (0 <= hour < 24 and 0 <= minute < 60 and 0 <= second <= 60):
+        return None
+    try:
+        days = datetime.date(year, month, day).toordinal() - _EPOCH_DAY
+    except ValueError:
+        return None
+    return days * 86400 + hour * 3600 + minute * 60 + second - offset
+
+
+def sent_seconds(item: SortItem) -> float:
+    """RFC 5256 §2.2 as seconds since the epoch: the Date: field, or the internal date when
+    it is missing or cannot be read."""
     value = item.fields.get("date")
-    if value is not None:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is not None:
-            try:
-                return datetime.datetime.fromtimestamp(email.utils.mktime_tz(parsed), _UTC)
-            except (OverflowError, ValueError, OSError):
-                pass
-    return item.arrival.astimezone(_UTC)
+    seconds = None if value is None else _date_seconds(value)
+    return item.arrival.timestamp() if seconds is None else seconds
+
+
+def sent_date(item: SortItem) -> datetime.datetime:
+    """RFC 5256 §2.2: the Date: field in UTC, or the internal date when it is missing or bad."""
+    return _EPOCH + datetime.timedelta(seconds=sent_seconds(item))
 
 
 # -- SORT ---------------------------------------------------------------------------------
@@ -143,9 +162,9 @@ def _first_address(value: str | None) -> tuple[str, str]:
 
 def _sort_value(key: str, item: SortItem) -> object:
     if key == "ARRIVAL":
-        return item.arrival.astimezone(_UTC)
+        return item.arrival.timestamp()
     if key == "DATE":
-        return sent_date(item)
+        return sent_seconds(item)
     if key == "SIZE":
         return item.size
     if key == "SUBJECT":
@@ -175,9 +194,9 @@ def sort(items: Iterable[SortItem], keys: Sequence[tuple[str, bool]]) -> list[in
 # -- THREAD=ORDEREDSUBJECT (RFC 5256 §3) ------------------------------------------------------
 
 
-def _by_date(items: Iterable[SortItem]) -> list[tuple[tuple[datetime.datetime, int], SortItem]]:
+def _by_date(items: Iterable[SortItem]) -> list[tuple[tuple[float, int], SortItem]]:
     """(sent date, sequence number), item: in that order (each date parsed once)."""
-    return sorted(((sent_date(item), item.seq), item) for item in items)
+    return sorted(((sent_seconds(item), item.seq), item) for item in items)
 
 
 def thread_ordered_subject(items: Iterable[SortItem]) -> list[ThreadNode]:
@@ -205,7 +224,7 @@ class _Container:
     def __init__(self) -> None:
         self.item: SortItem | None = None
         #: (sent date, sequence number) that step 6 sorts by, once worked out.
-        self.key: tuple[datetime.datetime, int] | None = None
+        self.key: tuple[float, int] | None = None
         self.parent: _Container | None = None
         self.children: list[_Container] = []
 
@@ -354,11 +373,11 @@ def _gather(roots: list[_Container], subjects: Mapping[int, tuple[str, bool]]) -
     return [c for c in places if c.parent is None and id(c) not in deleted]
 
 
-def _date_of(node: _Container) -> tuple[datetime.datetime, int]:
+def _date_of(node: _Container) -> tuple[float, int]:
     # A dummy sorts as its first child (step 6). Kept: the tree no longer changes here.
     if node.key is None:
         if node.item is not None:
-            node.key = (sent_date(node.item), node.item.seq)
+            node.key = (sent_seconds(node.item), node.item.seq)
         else:
             node.key = min(_date_of(child) for child in node.children)
     return node.key

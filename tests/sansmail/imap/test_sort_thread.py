@@ -6,6 +6,7 @@ are the base subjects)."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 from collections.abc import Iterator
 
 import pytest
@@ -18,6 +19,7 @@ from sansmail.imap._thread import (
     base_subject,
     format_threads,
     sent_date,
+    sent_seconds,
     sort,
     thread_ordered_subject,
     thread_references,
@@ -246,3 +248,42 @@ def test_a_reply_chain_deeper_than_recursion_goes() -> None:
     items += [item(depth + k, arrival=depth + k, in_reply_to=f"<{depth}@x>") for k in (1, 2)]
     expected = " ".join(map(str, range(1, depth + 1))) + f" ({depth + 1})({depth + 2})"
     assert format_threads(thread_references(items)) == f"({expected})"
+
+
+@settings(max_examples=300, derandomize=True)
+@given(
+    st.datetimes(
+        min_value=datetime.datetime(1900, 1, 1),
+        max_value=datetime.datetime(2200, 1, 1),
+        timezones=st.sampled_from(
+            [datetime.timezone(datetime.timedelta(minutes=m)) for m in (-690, -60, 0, 330, 840)]
+        ),
+    ),
+    st.sampled_from(["{}", "{} (UTC)", "  {}  "]),
+    st.booleans(),
+)
+def test_sent_seconds_agree_with_email_utils(
+    when: datetime.datetime, frame: str, weekday: bool
+) -> None:
+    when = when.replace(microsecond=0)
+    text = email.utils.format_datetime(when)
+    if not weekday:
+        text = text.split(", ", 1)[1]
+    value = frame.format(text)
+    expected = email.utils.mktime_tz(email.utils.parsedate_tz(value))  # type: ignore[arg-type]
+    assert sent_seconds(item(1, date=value)) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Tue, 3 Jun 25 23:59:59 EST", "3 Jun 2025 23:59 GMT", "Tue, 31 Feb 2025 10:00:00 +0000"],
+)
+def test_date_other_forms(value: str) -> None:
+    parsed = email.utils.parsedate_tz(value)
+    assert parsed is not None
+    try:
+        expected: float = email.utils.mktime_tz(parsed)
+        datetime.date(*parsed[:3])
+    except ValueError:
+        expected = T0.timestamp()  # 31 February: the internal date stands in
+    assert sent_seconds(item(1, date=value)) == expected
