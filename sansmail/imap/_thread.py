@@ -27,7 +27,7 @@ import email.utils
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -160,7 +160,8 @@ def _first_address(value: str | None) -> tuple[str, str]:
     return addresses[0] if addresses else ("", "")
 
 
-def _sort_value(key: str, item: SortItem) -> object:
+def _sort_value(key: str, item: SortItem) -> Any:
+    # One key yields one type for every item (numbers or strings), so the values compare.
     if key == "ARRIVAL":
         return item.arrival.timestamp()
     if key == "DATE":
