@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import weakref
+from collections.abc import Iterable
 from typing import Any, Final
 
 from sansmail.imap import (
@@ -373,7 +374,8 @@ def _with_utf8_rows(
 
 
 def store(view: FolderView, command: Store, *, rev2: bool) -> list[Response]:
-    """[UID] STORE (RFC 9051 §6.4.6): the new flags as FETCH responses unless .SILENT."""
+    """[UID] STORE (RFC 9051 §6.4.6): the new flags as FETCH responses; with .SILENT
+    only where they are not what the client will believe."""
     targets = select_messages(view, command.sequence_set, uid=command.uid)
     flags = [f for f in command.flags if f != "\\Recent"]  # never stored (RFC 3501 §2.3.2)
     try:
@@ -381,19 +383,38 @@ def store(view: FolderView, command: Store, *, rev2: bool) -> list[Response]:
     except ImapStoreError as exc:
         return [no(command.tag, exc)]
     out: list[Response] = []
-    if not command.silent:
-        recent = view.recent
-        for number, message in targets:
-            if message.uid not in changed:
-                continue  # expunged meanwhile; its EXPUNGE comes with a later sync
+    recent = view.recent
+    for number, message in targets:
+        if message.uid not in changed:
+            continue  # expunged meanwhile; its EXPUNGE comes with a later sync
+        # .SILENT: the client takes the flags to be its own ones changed as it asked,
+        # while the view now counts the stored ones as told: where another session
+        # changed them meanwhile, say so now (an unsolicited FETCH is always allowed).
+        stored = changed[message.uid]
+        if not command.silent or _lower(stored) != _believed(message.flags, flags, command.mode):
             items: list[tuple[str, Value]] = [
-                ("FLAGS", flag_list(message.uid, changed[message.uid], recent, rev2))
+                ("FLAGS", flag_list(message.uid, stored, recent, rev2))
             ]
             if command.uid:
                 items.append(("UID", message.uid))
             out.append(FetchResponse(number=number, items=tuple(items)))
     out.append(ok(command.tag, f"{'UID ' if command.uid else ''}STORE completed"))
     return out
+
+
+def _believed(told: frozenset[str], flags: list[str], mode: str) -> frozenset[str]:
+    """What a client that was told `told` believes after a STORE .SILENT of `flags`
+    (flags compare without regard to case, RFC 9051 §2.3.2)."""
+    told, given = _lower(told), _lower(flags)
+    if mode == "add":
+        return told | given
+    if mode == "remove":
+        return told - given
+    return given
+
+
+def _lower(flags: Iterable[str]) -> frozenset[str]:
+    return frozenset(f.lower() for f in flags)
 
 
 def copy(view: FolderView, command: Copy | Move) -> tuple[list[Response], int]:

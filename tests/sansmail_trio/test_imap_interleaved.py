@@ -1,0 +1,228 @@
+"""Two and three IMAP sessions on one INBOX, against a real serve() on 127.0.0.1, with
+STORE, EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND, SMTP deliveries and POP3 DELE
+interleaved (issue 13 item 7): after every step each session's view (sequence number ->
+UID, flags, EXISTS) must equal the model and the store, learnt only from the untagged
+responses the session was sent (see imap_interleave.py).
+
+Each script runs twice: once with a NOOP of every session after each step (the change
+must show at once: the server notices its own changes synchronously), once with the
+sessions that take no part in a step IDLE-ing through it (they must hear of it while
+idling, through inotify). Some steps act on stale views on purpose: a FETCH, SEARCH or
+STORE by sequence number after another session expunged must see the old numbers and
+no EXPUNGE (RFC 9051 §7.5.1), a STORE .SILENT on a message another session reflagged
+must be corrected at the next NOOP, a MOVE of a message expunged elsewhere is all or
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import attrs
+import pytest
+import trio
+from imap_interleave import ALICE, Session, World
+from test_imap_e2e import imap_server
+from trio_helpers import RunningServer
+
+Body = Callable[[World, list[Session]], None]
+
+
+@attrs.frozen
+class Step:
+    """A step's operations, and the sessions that run them (indexes into the sessions,
+    modulo their number; none: SMTP or POP3). The others may idle through it."""
+
+    body: Body
+    actors: tuple[int, ...]
+
+    def acting(self, sessions: list[Session]) -> list[Session]:
+        return [sessions[i % len(sessions)] for i in self.actors]
+
+
+def _step(*actors: int) -> Callable[[Body], Step]:
+    return lambda body: Step(body, actors)
+
+
+def _uid(world: World, index: int) -> int:
+    return sorted(world.model)[index]
+
+
+@_step()
+def deliver_three(w: World, s: list[Session]) -> None:
+    w.deliver(3)
+
+
+@_step(0)
+def seen_by_number(w: World, s: list[Session]) -> None:
+    w.store(s[0], [1], "+", ["\\Seen"], uid=False)
+
+
+@_step(1)
+def flag_by_uid(w: World, s: list[Session]) -> None:
+    w.store(s[1], [_uid(w, 1)], "+", ["\\Flagged", "$Label1"], uid=True)
+
+
+@_step(-1)
+def delete_silently(w: World, s: list[Session]) -> None:
+    w.store(s[-1], [2, 3], "+", ["\\Deleted"], uid=False, silent=True)
+
+
+@_step(1)
+def uid_expunge_one(w: World, s: list[Session]) -> None:
+    w.expunge(s[1], [_uid(w, 2)])
+
+
+@_step(0)
+def append_seen(w: World, s: list[Session]) -> None:
+    w.append(s[0], ["\\Seen"])
+
+
+@_step()
+def deliver_two(w: World, s: list[Session]) -> None:
+    w.deliver(2)
+
+
+@_step(0)
+def copy_into_inbox(w: World, s: list[Session]) -> None:
+    w.copy(s[0], [1, 2], "INBOX", uid=False, move=False)
+
+
+@_step(1)
+def move_to_archive(w: World, s: list[Session]) -> None:
+    w.copy(s[1], [1], "Archive", uid=False, move=True)
+
+
+@_step()
+def pop3_dele(w: World, s: list[Session]) -> None:
+    w.pop3_delete([_uid(w, 0), _uid(w, -1)])
+
+
+@_step(-1)
+def expunge_deleted(w: World, s: list[Session]) -> None:
+    w.expunge(s[-1])
+
+
+@_step(1)
+def uid_move_last(w: World, s: list[Session]) -> None:
+    w.copy(s[1], [_uid(w, -1)], "Archive", uid=True, move=True)
+
+
+@_step(1, 0)
+def stale_numbers(w: World, s: list[Session]) -> None:
+    # B expunges message 1 and reflags message 2; A, not told yet, still numbers from 1
+    # and keeps doing so through FETCH, SEARCH and STORE (which do not carry EXPUNGE).
+    first, second = _uid(w, 0), _uid(w, 1)
+    w.store(s[1], [first], "+", ["\\Deleted"], uid=True)
+    w.expunge(s[1], [first])
+    w.store(s[1], [second], "+", ["\\Answered"], uid=True)
+    w.fetch_all(s[0], uid=False)
+    w.search_all(s[0], uid=False)
+    # Message 1 is gone: STORE on it changes nothing; message 2 answers with the flags
+    # B gave it too.
+    w.store(s[0], [1, 2], "+", ["\\Seen"], uid=False)
+    w.fetch_all(s[0], uid=False)
+
+
+@_step(1, 0)
+def silent_over_another_change(w: World, s: list[Session]) -> None:
+    # B flags a message; A, not told yet, stores .SILENT on it: A's belief lacks B's flag
+    # until the server tells it.
+    target = _uid(w, 0)
+    w.store(s[1], [target], "+", ["\\Flagged"], uid=True)
+    w.store(s[0], [1], "+", ["\\Seen"], uid=False, silent=True)
+
+
+@_step(1, 0)
+def move_of_an_expunged_message(w: World, s: list[Session]) -> None:
+    # B expunges the first message; A, not told yet, moves messages 1 and 2 to Archive:
+    # NO [EXPUNGEISSUED] and nothing moved, or the move without it.
+    first = _uid(w, 0)
+    w.store(s[1], [first], "+", ["\\Deleted"], uid=True)
+    w.expunge(s[1])
+    w.copy(s[0], [1, 2], "Archive", uid=False, move=True)
+
+
+@_step(0, 1)
+def uid_commands_carry_expunges(w: World, s: list[Session]) -> None:
+    # After a UID command the session hears of others' expunges at once.
+    target = _uid(w, -1)
+    w.store(s[0], [target], "", ["\\Deleted"], uid=True)
+    w.expunge(s[0], [target])
+    w.fetch_all(s[1], uid=True)
+    w.search_all(s[1], uid=True)
+
+
+SCRIPT: list[Step] = [
+    deliver_three,
+    seen_by_number,
+    flag_by_uid,
+    delete_silently,
+    uid_expunge_one,
+    append_seen,
+    deliver_two,
+    copy_into_inbox,
+    move_to_archive,
+    pop3_dele,
+    expunge_deleted,
+    stale_numbers,
+    deliver_two,
+    silent_over_another_change,
+    copy_into_inbox,
+    move_of_an_expunged_message,
+    uid_commands_carry_expunges,
+    uid_move_last,
+    deliver_three,
+]
+
+
+def run_script(world: World, *, idle: bool) -> None:
+    sessions = world.sessions
+    world.noop_all()
+    for step in SCRIPT:
+        if idle:
+            idlers = [x for x in sessions if x not in step.acting(sessions)]
+            for session in idlers:
+                session.idle()
+            step.body(world, sessions)
+            world.idle_until(idlers)
+        else:
+            step.body(world, sessions)
+        world.noop_all()
+    world.check_archive()
+
+
+@pytest.fixture
+def sessions_of() -> Iterator[Callable[[RunningServer, int, object], list[Session]]]:
+    opened: list[Session] = []
+
+    def make(server: RunningServer, count: int, context: object) -> list[Session]:
+        made = [
+            Session.connect("ABC"[i], server.port_of("imaps"), context, rev2=i == 1)  # type: ignore[arg-type]
+            for i in range(count)
+        ]
+        opened.extend(made)
+        return made
+
+    yield make
+    for session in opened:
+        session.close()
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("idle", [False, True], ids=["noop", "idle"])
+async def test_sessions_agree_with_the_model(
+    start_server, tls_files, client_tls, sessions_of, count: int, idle: bool
+) -> None:
+    server = await imap_server(start_server, tls_files)
+
+    def run() -> None:
+        world = World(
+            sessions_of(server, count, client_tls),
+            inbox=str(server.maildir(ALICE)),
+            smtp_port=server.port_of("smtp"),
+            pop3_port=server.port_of("pop3"),
+        )
+        run_script(world, idle=idle)
+
+    await trio.to_thread.run_sync(run)
