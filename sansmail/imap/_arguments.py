@@ -118,6 +118,8 @@ def read_keywords(cursor: Cursor, allowed: frozenset[str], what: str) -> list[st
 
 _VALUE_WORD: Final = re.compile(f"[{ATOM_CHARS}*]+".encode())
 _NUMBER_TEXT: Final = re.compile(rb"[0-9]{1,19}")
+# RFC 4466 §2.1 tagged-ext-label, as the events check it: "1,2" after a value is no name.
+_PARAMETER_NAME: Final = re.compile(r"[A-Z0-9][A-Z0-9_.:-]*")
 
 
 def read_parameters(cursor: Cursor) -> tuple[tuple[str, Value], ...]:
@@ -130,6 +132,8 @@ def read_parameters(cursor: Cursor) -> tuple[tuple[str, Value], ...]:
     params: list[tuple[str, Value]] = []
     while True:
         name = cursor.keyword("a parameter name")
+        if not _PARAMETER_NAME.fullmatch(name):
+            raise ParseError("bad parameter name")
         value: Value = None
         if cursor.peek() == 0x20:
             saved = cursor.pos

@@ -58,6 +58,7 @@ from sansmail.imap._search import (
     SearchHeader,
     SearchKey,
     SearchKeyword,
+    SearchModseq,
     SearchNot,
     SearchOr,
     SearchSequence,
@@ -382,5 +383,11 @@ def _write_key(w: _Writer, key: SearchKey, encoding: str) -> None:
         w.raw(f"UID {key.sequence_set}")
     elif isinstance(key, SearchSequence):
         w.raw(str(key.sequence_set))
+    elif isinstance(key, SearchModseq):
+        w.raw("MODSEQ ")
+        if key.entry is not None and key.entry_type is not None:
+            w.string(key.entry.encode("ascii"))
+            w.raw(f" {key.entry_type.lower()} ")
+        w.raw(str(key.modseq))
     else:
         raise TypeError(f"not a search key: {key!r}")

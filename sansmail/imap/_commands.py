@@ -21,6 +21,7 @@ from sansmail.imap._arguments import (
     read_sequence_set,
     utf8_text,
 )
+from sansmail.imap._condstore import fetch_options, select_options, store_unchangedsince
 from sansmail.imap._events import (
     LIST_RETURN_OPTIONS,
     LIST_SELECTION_OPTIONS,
@@ -157,6 +158,7 @@ def _select(readonly: bool) -> Parse:
         parameters: tuple[tuple[str, Value], ...] = ()
         if cursor.take(b" "):
             parameters = read_parameters(cursor)
+            select_options(parameters)  # RFC 7162's are checked here: BAD if malformed
         return Select(tag=tag, mailbox=mailbox, readonly=readonly, parameters=parameters)
 
     return parse
@@ -328,6 +330,7 @@ def _fetch(cursor: Cursor, tag: str, context: Context) -> Command:
     modifiers: tuple[tuple[str, Value], ...] = ()
     if cursor.take(b" "):
         modifiers = read_parameters(cursor)
+        fetch_options(modifiers, uid=context.uid)  # RFC 7162's: BAD if malformed
     return Fetch(
         tag=tag, uid=context.uid, sequence_set=sequence_set, items=items, modifiers=modifiers
     )
@@ -349,6 +352,7 @@ def _store(cursor: Cursor, tag: str, context: Context) -> Command:
     modifiers: tuple[tuple[str, Value], ...] = ()
     if cursor.peek() == 0x28:
         modifiers = read_parameters(cursor)
+        store_unchangedsince(modifiers)  # RFC 7162's: BAD if malformed
         cursor.sp()
     sign = b"+" if cursor.take(b"+") else b"-" if cursor.take(b"-") else b""
     cursor.expect(b"FLAGS")

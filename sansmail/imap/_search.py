@@ -36,6 +36,7 @@ __all__ = [
     "SearchHeader",
     "SearchKey",
     "SearchKeyword",
+    "SearchModseq",
     "SearchNot",
     "SearchOr",
     "SearchSequence",
@@ -162,6 +163,38 @@ class SearchSize(SearchKey):
     size: int = attrs.field(validator=_size)
 
 
+#: RFC 7162 §3.1.5: entry-type-req of a MODSEQ key's metadata entry.
+MODSEQ_ENTRY_TYPES: Final = frozenset({"PRIV", "SHARED", "ALL"})
+_MAX_MODSEQ = 2**63 - 1
+
+
+def _modseq_entry(_inst: Any, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    # entry-flag-name = DQUOTE "/flags/" attr-flag DQUOTE (kept without the quotes).
+    if value is None:
+        return
+    flag = value[7:] if isinstance(value, str) and value.startswith("/flags/") else ""
+    name = flag[1:] if flag.startswith("\\") else flag
+    if not name or not ATOM_RE.fullmatch(name):
+        raise ValueError(f"{attribute.name} must be /flags/ and a flag: {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class SearchModseq(SearchKey):
+    """MODSEQ ["/flags/<flag>" PRIV|SHARED|ALL] n (RFC 7162 §3.1.5): messages whose
+    mod-sequence is at least `modseq`. A store that keeps one mod-sequence per message
+    (not one per flag) answers the entry form from it too, as §3.1.5 allows."""
+
+    modseq: int = attrs.field(validator=_size)
+    entry: str | None = attrs.field(default=None, validator=_modseq_entry)
+    entry_type: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.in_(MODSEQ_ENTRY_TYPES))
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if (self.entry is None) != (self.entry_type is None):
+            raise ValueError("a MODSEQ entry name goes with its entry type")
+
+
 @attrs.frozen(kw_only=True)
 class SearchNot(SearchKey):
     key: SearchKey = attrs.field(validator=_key)
@@ -254,7 +287,27 @@ def _search_key(cursor: Cursor, decode: Callable[[bytes], str]) -> SearchKey:
         return SearchHeader(field=field, value=decode(cursor.astring()))
     if name == "UID":
         return SearchUid(sequence_set=_sequence_set(cursor))
+    if name == "MODSEQ":
+        return _modseq_key(cursor)
     raise ParseError("unknown search key")
+
+
+def _modseq_key(cursor: Cursor) -> SearchModseq:
+    """search-modsequence = "MODSEQ" [SP entry-name SP entry-type-req] SP
+    mod-sequence-valzer (RFC 7162 §7), after "MODSEQ "."""
+    entry = entry_type = None
+    if cursor.peek() == 0x22:
+        entry = cursor.string().decode("ascii", "replace")
+        cursor.sp()
+        entry_type = cursor.keyword("an entry type")
+        if entry_type not in MODSEQ_ENTRY_TYPES:
+            raise ParseError("the entry type is priv, shared or all")
+        cursor.sp()
+        try:
+            _modseq_entry(None, attrs.fields(SearchModseq).entry, entry)
+        except ValueError:
+            raise ParseError('the entry name is "/flags/" and a flag') from None
+    return SearchModseq(modseq=cursor.number(limit=_MAX_MODSEQ), entry=entry, entry_type=entry_type)
 
 
 def _sequence_set(cursor: Cursor) -> SequenceSet:
