@@ -218,6 +218,10 @@ async def _idle(
         return None
     done: object = None
     with watcher().subscribe(session.watch_paths) as changes:
+        # The first round syncs at once: what changed since the last command (a FETCH
+        # or STORE by number reports nothing, RFC 9051 §7.5.1) woke no watch of ours,
+        # and would otherwise wait for the next change or keep-alive.
+        changes.wake()
         stopped = _Stopped()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_push, session, wire, changes, stopped, nursery.cancel_scope)

@@ -226,3 +226,28 @@ async def test_sessions_agree_with_the_model(
         run_script(world, idle=idle)
 
     await trio.to_thread.run_sync(run)
+
+
+async def test_idle_reports_what_changed_before_it_began(
+    start_server, tls_files, client_tls, sessions_of
+) -> None:
+    # Changes made after the idler's last command and before its IDLE wake no watch of
+    # its own: the idler must still hear of them at once, not at the next change.
+    server = await imap_server(start_server, tls_files)
+
+    def run() -> None:
+        idler, other = sessions_of(server, 2, client_tls)
+        world = World(
+            [idler, other], inbox=str(server.maildir(ALICE)), smtp_port=server.port_of("smtp")
+        )
+        world.deliver(2)
+        world.noop_all()
+        world.store(other, [_uid(world, 0)], "+", ["\\Flagged"], uid=True)
+        world.deliver(1)
+        # A FETCH by number (which may carry no EXPUNGE and carries no news here).
+        world.fetch_all(idler, uid=False)
+        idler.idle()
+        world.idle_until([idler])
+        world.noop_all()
+
+    await trio.to_thread.run_sync(run)
