@@ -136,12 +136,16 @@ class Session:
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
         session = cls(name, sock)
-        greeting = session.read_response()
-        assert greeting.startswith(b"* OK"), greeting
-        session.command(f"LOGIN {ALICE} secret")
-        if rev2:
-            session.command("ENABLE IMAP4rev2")
+        session.log_in(rev2=rev2)
         return session
+
+    def log_in(self, *, rev2: bool) -> None:
+        """Read the greeting, LOGIN, and ENABLE IMAP4rev2 if `rev2`."""
+        greeting = self.read_response()
+        assert greeting.startswith(b"* OK"), greeting
+        self.command(f"LOGIN {ALICE} secret")
+        if rev2:
+            self.command("ENABLE IMAP4rev2")
 
     # -- the wire -------------------------------------------------------------------
 

@@ -16,6 +16,11 @@ nothing.
 
 from __future__ import annotations
 
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 
 import attrs
@@ -23,7 +28,11 @@ import pytest
 import trio
 from imap_interleave import ALICE, Session, World
 from test_imap_e2e import imap_server
-from trio_helpers import RunningServer
+from test_imap_idle import _serving_process
+from trio_helpers import FAST_HASHER, RunningServer, wait_until_started
+
+from sansmail.mail.address import parse_address
+from sansmail.storage.users import UserStore
 
 Body = Callable[[World, list[Session]], None]
 
@@ -251,3 +260,102 @@ async def test_idle_reports_what_changed_before_it_began(
         world.noop_all()
 
     await trio.to_thread.run_sync(run)
+
+
+# --- processes = 2 ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, int], list[int]]]:
+    """`sansmail-trio serve` with ``processes = 2``: (port by service, the pids of the two
+    server processes)."""
+    (tmp_path / "sansmail.toml").write_text(
+        'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
+        'processes = 2\n[listen]\nsmtp = "127.0.0.1:0"\nimap = "127.0.0.1:0"\n'
+        'pop3 = "127.0.0.1:0"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+    )
+    UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
+        parse_address(ALICE), "secret"
+    )
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=out)
+    try:
+        ports = wait_until_started(proc, log, processes=2)
+        children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text()
+        servers = [
+            int(pid)
+            for pid in children.split()
+            if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() != "sansmail-queue"
+        ]
+        assert len(servers) == 2
+        yield ports, servers
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def spread_sessions(port: int, pids: list[int], count: int) -> list[Session]:
+    """`count` sessions, in both server processes (A and B never in the same one).
+
+    One process tends to take every connection made one at a time (whichever accepts
+    first), so they are made a few at once and the processes race for them."""
+    wanted = [pids[i % 2] for i in range(count)]
+    made: dict[int, Session] = {}
+    try:
+        for _attempt in range(20):
+            burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+            for sock in burst:
+                # Accepted once the greeting comes: only then does a process hold it.
+                session = Session("?", sock)
+                greeting = session.read_response()
+                assert greeting.startswith(b"* OK"), greeting
+                process = _serving_process(pids, (port,), sock)
+                open_slots = (i for i in range(count) if i not in made)
+                slot = next((i for i in open_slots if wanted[i] == process), None)
+                if slot is None:
+                    sock.close()
+                    continue
+                session.name, session.process = "ABC"[slot], process
+                session.command(f"LOGIN {ALICE} secret")
+                if slot == 1:
+                    session.command("ENABLE IMAP4rev2")
+                made[slot] = session
+            if len(made) == count:
+                return [made[i] for i in range(count)]
+        raise AssertionError("the kernel never gave a connection to the other process")
+    except BaseException:
+        for session in made.values():
+            session.close()
+        raise
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("idle", [False, True], ids=["noop", "idle"])
+def test_sessions_in_two_processes_agree_with_the_model(
+    tmp_path: pathlib.Path,
+    two_processes: tuple[dict[str, int], list[int]],
+    count: int,
+    idle: bool,
+) -> None:
+    # The NOOPs are not polled: a change made in the other process shows at the next
+    # NOOP as one made in this one does (the index is shared, the directories listed).
+    ports, pids = two_processes
+    sessions = spread_sessions(ports["imap"], pids, count)
+    try:
+        world = World(
+            sessions,
+            inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
+            smtp_port=ports["smtp"],
+            pop3_port=ports["pop3"],
+        )
+        run_script(world, idle=idle)
+    finally:
+        for session in sessions:
+            session.close()
