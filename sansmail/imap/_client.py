@@ -21,6 +21,7 @@ from sansmail.imap._events import (
     Check,
     Close,
     Command,
+    Compress,
     Copy,
     Create,
     Delete,
@@ -291,6 +292,8 @@ def _write_arguments(w: _Writer, command: Command) -> None:
     elif isinstance(command, GetQuotaRoot):
         w.raw("GETQUOTAROOT ")
         w.mailbox(command.mailbox)
+    elif isinstance(command, Compress):
+        w.raw("COMPRESS " + command.mechanism)
     elif isinstance(command, SetQuota):
         w.raw("SETQUOTA ")
         w.astring(command.root.encode("utf-8"))

@@ -23,6 +23,7 @@ from sansmail.imap._arguments import (
 )
 from sansmail.imap._condstore import fetch_options, select_options, store_unchangedsince
 from sansmail.imap._events import (
+    COMPRESS_MECHANISMS,
     LIST_RETURN_OPTIONS,
     LIST_SELECTION_OPTIONS,
     SEARCH_RETURN_OPTIONS,
@@ -36,6 +37,7 @@ from sansmail.imap._events import (
     Check,
     Close,
     Command,
+    Compress,
     Copy,
     Create,
     Delete,
@@ -518,6 +520,17 @@ def _charset_and_keys(cursor: Cursor) -> tuple[str, SearchKey]:
     return charset, parse_search_keys(cursor, _charset_decoder(charset))
 
 
+def _compress(cursor: Cursor, tag: str, _context: Context) -> Command:
+    """compress = "COMPRESS" SP algorithm; algorithm = "DEFLATE" (RFC 4978 §5). A
+    well-formed name we do not have is NO, as Dovecot and mox answer it: the command was
+    understood, the mechanism is what is missing."""
+    cursor.sp()
+    mechanism = cursor.keyword("a compression mechanism")
+    if mechanism not in COMPRESS_MECHANISMS:
+        raise RefusalError("mechanism not supported", status="NO", code=None)
+    return Compress(tag=tag, mechanism=mechanism)
+
+
 #: Command name -> (event type, parser).
 PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "CAPABILITY": (Capability, _no_arguments(Capability)),
@@ -563,4 +576,5 @@ PARSERS: Final[dict[str, tuple[type[Command], Parse]]] = {
     "GETQUOTA": (GetQuota, _getquota),
     "GETQUOTAROOT": (GetQuotaRoot, _getquotaroot),
     "SETQUOTA": (SetQuota, _setquota),
+    "COMPRESS": (Compress, _compress),
 }

@@ -65,6 +65,18 @@ the first byte (`tls_active=True`, port 993): a CAPABILITY (response or code) li
 STARTTLS is a `LocalProtocolError`, STARTTLS is refused with BAD whatever was
 advertised before, and `tls_active` is what the application consults before allowing
 LOGIN.
+
+COMPRESS (RFC 4978). The core parses COMPRESS DEFLATE and answers the rest itself: a
+mechanism it does not know is NO, a second COMPRESS once compression is on is
+NO [COMPRESSIONACTIVE] (§3). Compressing is the adapter's work, a transform of the
+octets under this core: after our tagged OK the connection is COMPRESS_PENDING, the
+adapter writes that OK uncompressed (§3: compression starts right after its CRLF), puts
+its compressor and decompressor in place and calls `start_compression()`. That returns
+what the client sent after the COMPRESS command, which is compressed already (the
+client compresses from the first command after COMPRESS), for the adapter to inflate and
+feed back through `receive_data`: unlike plaintext behind STARTTLS, nothing in it is
+read as if it had come another way. From then on every octet in and out of the core is
+the uncompressed conversation.
 """
 
 from __future__ import annotations
@@ -80,6 +92,7 @@ from sansmail.imap._events import (
     AuthCancel,
     AuthResponse,
     Command,
+    Compress,
     ConnectionClosed,
     Enable,
     Event,
@@ -167,6 +180,7 @@ class Connection(LockstepServer[Phase, Event, Response]):
         self._capabilities: frozenset[str] = frozenset()
         self._enabled: frozenset[str] = frozenset()
         self._tls_active = tls_active
+        self._compressing = False
         self._bye_sent = False  # the BYE of a LOGOUT answer
         self._idling = False  # the IDLE being answered was accepted with "+"
         self._logged_out = False
@@ -210,6 +224,11 @@ class Connection(LockstepServer[Phase, Event, Response]):
         """The link is under TLS: from its first byte (`tls_active=True`), or since
         `start_tls()` completed."""
         return self._tls_active
+
+    @property
+    def compressing(self) -> bool:
+        """COMPRESS is in force (since `start_compression()`, RFC 4978)."""
+        return self._compressing
 
     # --- receiving -----------------------------------------------------------------------
 
@@ -267,7 +286,7 @@ class Connection(LockstepServer[Phase, Event, Response]):
         if frame.refusal is not None:
             return self._invalid(head, frame.refusal)
         try:
-            return parse_command(
+            command = parse_command(
                 head,
                 frame.lines,
                 frame.literals,
@@ -278,6 +297,10 @@ class Connection(LockstepServer[Phase, Event, Response]):
             return self._invalid(head, str(exc), status=exc.status, code=exc.code)
         except ParseError as exc:
             return self._invalid(head, str(exc))
+        if isinstance(command, Compress) and self._compressing:
+            # RFC 4978 §3: NO with COMPRESSIONACTIVE when the mechanism is on already.
+            return self._invalid(head, "already active", status="NO", code="COMPRESSIONACTIVE")
+        return command
 
     def _invalid(
         self,
@@ -348,6 +371,9 @@ class Connection(LockstepServer[Phase, Event, Response]):
             raise LocalProtocolError("the client broke the protocol: only a BYE may follow")
         if phase is Phase.TLS_PENDING:
             raise LocalProtocolError("nothing may be sent before start_tls()")
+        if phase is Phase.COMPRESS_PENDING:
+            # It would leave uncompressed, where the client expects a deflate stream.
+            raise LocalProtocolError("nothing may be sent before start_compression()")
         if phase is Phase.GREETING:
             return self._send_greeting(event)
         if isinstance(event, Tagged):
@@ -487,6 +513,20 @@ class Connection(LockstepServer[Phase, Event, Response]):
         self._tls_active = True
         self._capabilities = frozenset()
         self._phase = Phase.COMMAND
+
+    # --- the COMPRESS switch -------------------------------------------------------------
+
+    def start_compression(self) -> bytes:
+        """Call after our OK to COMPRESS has been written and the adapter's compression
+        is in place: returns the octets received after the COMPRESS command, still
+        compressed, which the adapter inflates and feeds back (see the module docstring)."""
+        if self._phase is not Phase.COMPRESS_PENDING or self._their_error or self._our_error:
+            self._our_error = True
+            raise LocalProtocolError("start_compression() outside the COMPRESS switch")
+        pending = self._buffer.extract_all()
+        self._compressing = True
+        self._phase = Phase.COMMAND
+        return pending
 
 
 def _by_sequence_number(command: Command | None) -> bool:

@@ -42,6 +42,7 @@ from sansmail.imap._sequence import SequenceSet
 from sansmail.imap._values import Value, check_value
 
 __all__ = [
+    "COMPRESS_MECHANISMS",
     "LIST_RETURN_OPTIONS",
     "LIST_SELECTION_OPTIONS",
     "SEARCH_RETURN_OPTIONS",
@@ -57,6 +58,7 @@ __all__ = [
     "Check",
     "Close",
     "Command",
+    "Compress",
     "ConnectionClosed",
     "Copy",
     "Create",
@@ -238,6 +240,20 @@ class Logout(Command):
 @attrs.frozen(kw_only=True)
 class StartTLS(Command):
     """STARTTLS (RFC 9051 §6.2.1)."""
+
+
+#: Compression mechanisms COMPRESS takes (RFC 4978 §3: DEFLATE is the only one defined).
+COMPRESS_MECHANISMS: Final = frozenset({"DEFLATE"})
+
+
+@attrs.frozen(kw_only=True)
+class Compress(Command):
+    """COMPRESS mechanism (RFC 4978 §3): after the tagged OK both directions are
+    compressed, starting right after the OK's CRLF."""
+
+    mechanism: str = attrs.field(
+        default="DEFLATE", converter=_upper, validator=attrs.validators.in_(COMPRESS_MECHANISMS)
+    )
 
 
 @attrs.frozen(kw_only=True)

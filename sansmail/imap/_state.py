@@ -7,7 +7,7 @@ Two kinds of state are kept apart, as in the POP3 core:
 * `Phase` is about framing and turns: the greeting is owed, a command is being read,
   the application owes the answer to a command, a synchronizing literal waits for the
   application's decision, a line of an AUTHENTICATE exchange or the DONE of IDLE is
-  expected, a TLS handshake is under way.
+  expected, a TLS handshake is under way, the adapter is putting compression in place.
 * `Stage` is RFC 9051 §3's session state: NOT_AUTHENTICATED, AUTHENTICATED, SELECTED,
   LOGOUT. It decides which well-formed commands are acceptable (`ALLOWED`). (Called
   `Stage`, as in the SMTP and POP3 cores, so that it is never confused with what
@@ -45,6 +45,7 @@ from sansmail.imap._events import (
     Check,
     Close,
     Command,
+    Compress,
     ConnectionClosed,
     Copy,
     Create,
@@ -104,6 +105,7 @@ class Phase(enum.Enum):
     AUTH = "auth"  # AUTHENTICATE challenge sent: the next line is base64 or "*"
     IDLE = "idle"  # "+ idling" sent: the next line must be DONE
     TLS_PENDING = "tls-pending"  # OK sent to STARTTLS; waiting for start_tls()
+    COMPRESS_PENDING = "compress-pending"  # OK sent to COMPRESS; start_compression() owed
     CLOSED = "closed"  # BYE sent, LOGOUT answered, or the client closed
     ERROR = "error"  # this side broke the protocol (only ever shown, never stored)
 
@@ -154,6 +156,7 @@ COMMANDS: tuple[type[Command], ...] = (
     GetQuota,
     GetQuotaRoot,
     SetQuota,
+    Compress,
 )
 
 # --- ALLOWED: which commands each stage accepts (RFC 9051 §6) -------------------------------
@@ -184,6 +187,7 @@ _AUTHENTICATED = (
     GetQuota,  # RFC 9208 §4.1: authenticated and selected states
     GetQuotaRoot,
     SetQuota,
+    Compress,  # RFC 4978 §5: command-auth, so authenticated and selected states
 )
 _SELECTED = (
     *(Check, Close, Unselect, Expunge, UidExpunge, Search, Fetch, Store, Copy, Move),
@@ -219,7 +223,8 @@ RECEIVE: Mapping[tuple[Phase, type[Event]], Phase] = MappingProxyType(
 # A tagged response is keyed by its status, a continuation request by "+". Every command
 # may end OK, NO or BAD (RFC 9051 §7.1), after which the next command is read, except:
 # §6.2.1: after the OK to STARTTLS the TLS negotiation starts at once;
-# §6.1.3: the OK to LOGOUT (after the BYE) ends the session.
+# §6.1.3: the OK to LOGOUT (after the BYE) ends the session;
+# RFC 4978 §3: after the OK to COMPRESS the next octets each way are compressed.
 # A continuation carries an AUTHENTICATE challenge (§6.2.2) or accepts IDLE (§6.3.13).
 # A synchronizing literal (`LiteralRequested`) is let come by a continuation (§4.3, §7.6)
 # or refused by a tagged NO or BAD, after which the client sends none of the command.
@@ -233,6 +238,7 @@ SEND: Mapping[tuple[type[Event], str], Phase] = MappingProxyType(
     {
         **{(kind, status): Phase.COMMAND for kind in COMMANDS for status in _TAGGED},
         (StartTLS, "OK"): Phase.TLS_PENDING,
+        (Compress, "OK"): Phase.COMPRESS_PENDING,
         (Logout, "OK"): Phase.CLOSED,
         (Authenticate, "+"): Phase.AUTH,
         (Idle, "+"): Phase.IDLE,

@@ -112,7 +112,8 @@ def run(
 ) -> tuple[list[Event], bytes, RemoteProtocolError | None, Connection]:
     """Feed `chunks` one at a time, answer every event, and collect events and output.
 
-    STARTTLS answered OK is followed by `start_tls()` as if the handshake succeeded."""
+    STARTTLS answered OK is followed by `start_tls()` as if the handshake succeeded, and
+    COMPRESS answered OK by `start_compression()`, whose octets are fed back as they are."""
     conn = conn if conn is not None else Connection(SERVER, config=config)
     out = bytearray(conn.send(greeting)) if conn.their_state.name == "GREETING" else bytearray()
     events: list[Event] = []
@@ -133,6 +134,12 @@ def run(
             if event is PAUSED:
                 if conn.our_state.name == "TLS_PENDING":
                     conn.start_tls()
+                    continue
+                if conn.our_state.name == "COMPRESS_PENDING":
+                    # An identity "compression": the octets after COMPRESS come back.
+                    pending = conn.start_compression()
+                    if pending:
+                        conn.receive_data(pending)
                     continue
                 return True
             events.append(event)  # type: ignore[arg-type]

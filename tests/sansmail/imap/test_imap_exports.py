@@ -27,4 +27,4 @@ def test_all_is_pinned_and_importable() -> None:
         "SequenceSet",
         "write_command",
     }
-    assert len(sansmail.imap.__all__) == 106
+    assert len(sansmail.imap.__all__) == 107

@@ -17,6 +17,7 @@ from sansmail.imap import (
     Check,
     Close,
     Command,
+    Compress,
     Connection,
     Continuation,
     Copy,
@@ -97,6 +98,7 @@ LINES: dict[type[Command], bytes] = {
     GetQuota: b'GETQUOTA ""',
     GetQuotaRoot: b"GETQUOTAROOT INBOX",
     SetQuota: b'SETQUOTA "" (STORAGE 512)',
+    Compress: b"COMPRESS DEFLATE",
 }
 STAGES = {
     Stage.NOT_AUTHENTICATED: "not-authenticated",
@@ -225,6 +227,7 @@ def test_tables_are_consistent() -> None:
     assert {kind for kind, key in SEND if key == "+"} == {Authenticate, Idle, LiteralRequested}
     assert {key: after for key, after in SEND.items() if after is not Phase.COMMAND} == {
         (StartTLS, "OK"): Phase.TLS_PENDING,
+        (Compress, "OK"): Phase.COMPRESS_PENDING,
         (Logout, "OK"): Phase.CLOSED,
         (Authenticate, "+"): Phase.AUTH,
         (Idle, "+"): Phase.IDLE,
@@ -276,3 +279,7 @@ def test_any_sequence_only_raises_protocol_errors(steps: list[object]) -> None:
                 conn.start_tls()
             except (LocalProtocolError, RemoteProtocolError):
                 return
+        if conn.our_state is Phase.COMPRESS_PENDING:
+            pending = conn.start_compression()  # an identity "compression"
+            if pending:
+                conn.receive_data(pending)
