@@ -40,6 +40,8 @@ _SESSION = (
     "QUOTA=RES-STORAGE",  # RFC 9208 §5.1
     "UTF8=ACCEPT",  # RFC 6855
     "MULTIAPPEND",  # RFC 3502
+    "CONDSTORE",  # RFC 7162 §3.1
+    "QRESYNC",  # RFC 7162 §3.2
 )
 
 

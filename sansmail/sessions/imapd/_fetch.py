@@ -11,7 +11,8 @@ does at startup) must not read and parse thousands of files every time. So the
 structures live in the store's per-message cache blob, and the content is touched only
 when an item needs it:
 
-- FLAGS, INTERNALDATE, RFC822.SIZE, UID and MODSEQ come from the `ImapMessage`.
+- FLAGS, INTERNALDATE, RFC822.SIZE and UID come from the `ImapMessage`, MODSEQ from
+  `FetchContext.modseq` (the session reads it with the flags it goes with).
 - ENVELOPE, BODY and BODYSTRUCTURE come from the cache blob. On a miss (or a blob this
   code did not write) the message is loaded and parsed once, all three are computed,
   and the blob is stored, so the next FETCH of any of them reads no file.
@@ -98,11 +99,10 @@ _RFC822_FORMS: Final = {
 }
 _CACHED: Final = {"ENVELOPE": 1, "BODYSTRUCTURE": 2, "BODY": 3}
 
-#: The attributes a FETCH batch answers without `fetch`: from the view's list, and the
-#: structures the store keeps in wire form (MODSEQ is not among them: `fetch` leaves it
-#: out for a store without mod-sequences, and a batch row cannot).
+#: The attributes a FETCH batch answers without `fetch`: from the view's list, the
+#: structures the store keeps in wire form, and MODSEQ (read for the whole set).
 BATCH_ATTRIBUTES: Final = frozenset(
-    {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY"}
+    {"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
 )
 
 # The response code RFC 3516 §4.3 gives for BINARY of an encoding we cannot undo.
@@ -122,6 +122,8 @@ class FetchContext:
     #: The session speaks IMAP4rev2. The answers do not differ today (the RFC822 forms
     #: are answered either way, and the writer picks the string forms per session).
     rev2: bool = False
+    #: The message's mod-sequence (RFC 7162), None from a store without them.
+    modseq: int | None = None
 
 
 @attrs.frozen
@@ -215,10 +217,9 @@ class _Fetcher:
                 elif name in _CACHED:
                     out.append((name, self.structure(_CACHED[name])))
                 elif name == "MODSEQ":
-                    # RFC 7162 §3.3.2: "MODSEQ (n)"; a store without mod-sequences has none.
-                    modseq = getattr(message, "modseq", None)
-                    if isinstance(modseq, int):
-                        out.append((name, [modseq]))
+                    # RFC 7162 §3.1.4.1: "MODSEQ (n)"; a store without them has none.
+                    if self.ctx.modseq is not None:
+                        out.append((name, [self.ctx.modseq]))
                 else:
                     out.append((name, self.simple(name)))
             elif isinstance(item, BodySection):

@@ -200,11 +200,11 @@ def _status_response(account: MailAccount, name: str, items: tuple[str, ...]) ->
 
 
 def status(account: MailAccount, command: Status, *, append_limit: int) -> list[Response]:
-    """STATUS (RFC 9051 §6.3.11); APPENDLIMIT is the server's (RFC 7889 §4), MAILBOXID
-    and HIGHESTMODSEQ are left out (OBJECTID and CONDSTORE are not offered)."""
+    """STATUS (RFC 9051 §6.3.11); APPENDLIMIT is the server's (RFC 7889 §4),
+    HIGHESTMODSEQ the folder's (RFC 7162 §3.1.6), MAILBOXID left out (OBJECTID is not
+    offered)."""
     try:
         asked = [i for i in dict.fromkeys(command.items) if i in STATUS_ITEMS]
-        asked = [i for i in asked if i != "HIGHESTMODSEQ"]
         values = account.status(command.mailbox, asked) if asked else {}
     except ImapStoreError as exc:
         return [no(command.tag, exc)]

@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Final
 
+import attrs
+
 from sansmail.imap import (
     Atom,
     BodySection,
@@ -44,6 +46,7 @@ from sansmail.imap import (
     Fetch,
     FetchAttribute,
     FetchBatch,
+    FetchItem,
     FetchResponse,
     Move,
     Response,
@@ -63,6 +66,14 @@ from sansmail.imap import (
     encode_datetime,
     encode_value,
 )
+from sansmail.imap._condstore import (
+    Qresync,
+    fetch_options,
+    modified,
+    modseq_item,
+    store_unchangedsince,
+    vanished,
+)
 from sansmail.imap._thread import (
     SortItem,
     format_threads,
@@ -80,7 +91,13 @@ from sansmail.sessions.imapd._fetch import (
     structures_from_cache,
 )
 from sansmail.sessions.imapd._folders import no, ok
-from sansmail.sessions.imapd._search import SearchContext, SearchIndex, search, search_data
+from sansmail.sessions.imapd._search import (
+    SearchContext,
+    SearchIndex,
+    modseq_keys,
+    search,
+    search_data,
+)
 from sansmail.storage.maildir import (
     FlagMode,
     FolderView,
@@ -98,6 +115,7 @@ __all__ = [
     "expunge",
     "fetch_messages",
     "flag_list",
+    "resync",
     "search_messages",
     "select_messages",
     "sort_messages",
@@ -106,6 +124,8 @@ __all__ = [
 ]
 
 _FLAG_MODES = {"replace": FlagMode.REPLACE, "add": FlagMode.ADD, "remove": FlagMode.REMOVE}
+_MODSEQ: Final = FetchAttribute(name="MODSEQ")
+_FLAGS: Final = FetchAttribute(name="FLAGS")
 
 # Derived structures are kept this many messages at a time: one write per batch, and an
 # interrupted first FETCH of a big folder keeps most of its work.
@@ -172,18 +192,49 @@ def flag_list(uid: int, flags: frozenset[str], recent: frozenset[int], rev2: boo
 
 
 def fetch_messages(
-    view: FolderView, command: Fetch, *, rev2: bool, utf8: bool = False
+    view: FolderView,
+    command: Fetch,
+    *,
+    rev2: bool,
+    utf8: bool = False,
+    condstore: bool = False,
 ) -> list[Response]:
     """[UID] FETCH (RFC 9051 §6.4.5, §6.4.9). `utf8`: the session writes strings in
-    their UTF-8 form (IMAP4rev2 or UTF8=ACCEPT)."""
+    their UTF-8 form (IMAP4rev2 or UTF8=ACCEPT). `condstore`: the client enabled
+    CONDSTORE (RFC 7162), so FLAGS come with their MODSEQ.
+
+    With MODSEQ (asked for, implied by CHANGEDSINCE, or going with FLAGS under
+    CONDSTORE) the flags and mod-sequence are read from the store together, so the
+    pair is one the store held: a message whose flags changed since the view's last
+    report gets its new FLAGS with it (a FETCH may carry them unasked, RFC 9051 §7.5.2),
+    never old flags beside a new mod-sequence, after which a CHANGEDSINCE would skip
+    the change. CHANGEDSINCE (§3.1.4.1) keeps the messages changed after it, and
+    VANISHED (§3.2.6) first reports the UIDs of the set expunged after it."""
+    options = fetch_options(command.modifiers, uid=command.uid)
     selected = select_messages(view, command.sequence_set, uid=command.uid)
+    asked = list(command.items)
+    with_modseq = (
+        _MODSEQ in asked or options.changedsince is not None or (condstore and _FLAGS in asked)
+    )
+    out: list[Response] = []
+    modseqs: dict[int, int] = {}
+    if with_modseq:
+        if _MODSEQ not in asked:
+            asked.append(_MODSEQ)
+        if options.vanished and options.changedsince is not None:
+            gone = _vanished(view, command.sequence_set, options.changedsince)
+            if gone:
+                out.append(vanished(gone, earlier=True))
+        selected, modseqs = _with_states(view, selected, options.changedsince, asked)
+    if len(asked) != len(command.items):
+        command = attrs.evolve(command, items=tuple(asked))
     names = _batch_names(command)
+    done = ok(command.tag, f"{'UID ' if command.uid else ''}FETCH completed")
     if names is not None:
-        out = _fetch_batch(view, selected, names, rev2=rev2, utf8=utf8)
-        out.append(ok(command.tag, f"{'UID ' if command.uid else ''}FETCH completed"))
+        out += _fetch_batch(view, selected, names, rev2=rev2, utf8=utf8, modseqs=modseqs)
+        out.append(done)
         return out
     recent = view.recent
-    out = []
     for number, message in selected:
         uid = message.uid
         ctx = FetchContext(
@@ -192,8 +243,9 @@ def fetch_messages(
             get_cache=lambda uid=uid: view.get_cache(uid),  # type: ignore[misc]
             set_cache=lambda blob, uid=uid: view.set_cache(uid, blob),  # type: ignore[misc]
             rev2=rev2,
+            modseq=modseqs.get(uid) if with_modseq else None,
         )
-        result = fetch(command.items, ctx)
+        result = fetch(asked, ctx)
         if result.error is not None:
             # E.g. BINARY of an unknown transfer encoding: NO [UNKNOWN-CTE] (RFC 3516 §4.3).
             code = ResponseCode(name=result.error)
@@ -202,17 +254,87 @@ def fetch_messages(
         flags = message.flags
         if result.set_seen and not view.readonly and not result.gone:
             # RFC 9051 §6.4.5: a non-PEEK body fetch sets \Seen, and the new flags are
-            # reported with it.
-            changed = view.store_flags([uid], ["\\Seen"], FlagMode.ADD)
-            flags = changed.get(uid, flags | {"\\Seen"})
+            # reported with it (and, under CONDSTORE, their mod-sequence).
+            stored = view.store([uid], ["\\Seen"], FlagMode.ADD)
+            flags = stored.flags.get(uid, flags | {"\\Seen"})
             items["FLAGS"] = None
+            if condstore and uid in stored.modseqs:
+                items["MODSEQ"] = [stored.modseqs[uid]]
         if "FLAGS" in items:
             items["FLAGS"] = flag_list(uid, flags, recent, rev2)
         if command.uid and "UID" not in items:
             items = {"UID": uid, **items}  # RFC 9051 §6.4.9: UID FETCH answers carry the UID
         out.append(FetchResponse(number=number, items=tuple(items.items())))
-    out.append(ok(command.tag, f"{'UID ' if command.uid else ''}FETCH completed"))
+    out.append(done)
     return out
+
+
+def resync(view: FolderView, qresync: Qresync, *, rev2: bool) -> list[Response]:
+    """What SELECT (QRESYNC ...) adds when the UIDVALIDITY is the client's (RFC 7162
+    §3.2.5): ``* VANISHED (EARLIER)`` with the known UIDs expunged since its
+    mod-sequence (all UIDs below UIDNEXT when it named none), then a FETCH of UID, FLAGS
+    and MODSEQ for every message changed since, new ones included."""
+    known = qresync.known_uids
+    spans = known.resolve(0) if known is not None else (range(1, view.uidnext),)
+    out: list[Response] = []
+    gone = view.vanished_since(qresync.modseq, spans)
+    if gone:
+        out.append(vanished(gone, earlier=True))
+    changed = view.changed_since(qresync.modseq)
+    recent = view.recent
+    uids = view.uids
+    for uid in sorted(changed):
+        modseq, flags = changed[uid]
+        number = bisect.bisect_left(uids, uid) + 1
+        items = (("UID", uid), ("FLAGS", flag_list(uid, flags, recent, rev2)), modseq_item(modseq))
+        out.append(FetchResponse(number=number, items=items))
+    return out
+
+
+def _with_states(
+    view: FolderView,
+    selected: list[tuple[int, ImapMessage]],
+    changedsince: int | None,
+    asked: list[FetchItem],
+) -> tuple[list[tuple[int, ImapMessage]], dict[int, int]]:
+    """The messages of `selected` (those changed after `changedsince`, if given) with
+    the flags the store holds, and UID -> mod-sequence. A message whose flags are not
+    the view's gets FLAGS in `asked` (so the pair goes out together); one expunged
+    meanwhile keeps the view's flags, with the view's HIGHESTMODSEQ (no reported change
+    of it is newer)."""
+    states = view.flag_states([m.uid for _n, m in selected])
+    out: list[tuple[int, ImapMessage]] = []
+    modseqs: dict[int, int] = {}
+    for number, message in selected:
+        state = states.get(message.uid)
+        if state is None:
+            if changedsince is not None:
+                continue
+            modseqs[message.uid] = view.highestmodseq
+            out.append((number, message))
+            continue
+        modseq, flags = state
+        if changedsince is not None and modseq <= changedsince:
+            continue
+        modseqs[message.uid] = modseq
+        if flags == message.flags:
+            out.append((number, message))
+            continue
+        out.append((number, attrs.evolve(message, flags=flags)))
+        if _FLAGS not in asked:
+            asked.insert(0, _FLAGS)
+    return out, modseqs
+
+
+def _vanished(view: FolderView, uids: SequenceSet, since: int) -> list[int]:
+    """UID FETCH ... (CHANGEDSINCE since VANISHED): the UIDs of the set expunged after
+    `since` (RFC 7162 §3.2.6); "*" is the highest UID assigned."""
+    if uids.saved:
+        saved = _SAVED.get(view, frozenset())
+        spans: tuple[range, ...] = tuple(range(uid, uid + 1) for uid in sorted(saved))
+    else:
+        spans = uids.resolve(max(view.uidnext - 1, 0))
+    return view.vanished_since(since, spans)
 
 
 def _batch_names(command: Fetch) -> tuple[str, ...] | None:
@@ -241,6 +363,7 @@ def _fetch_batch(
     *,
     rev2: bool,
     utf8: bool,
+    modseqs: dict[int, int],
 ) -> list[Response]:
     if not selected:
         return []
@@ -251,7 +374,9 @@ def _fetch_batch(
     contents = dict(view.contents(uids)) if _WHOLE.response_name in names else {}
     recent = view.recent
     columns: list[list[Any]] = [
-        _column(name, messages, kept=kept, contents=contents, recent=recent, rev2=rev2)
+        _column(
+            name, messages, kept=kept, contents=contents, recent=recent, rev2=rev2, modseqs=modseqs
+        )
         for name in names
     ]
     rows: list[tuple[Any, ...]] = list(
@@ -270,9 +395,12 @@ def _column(
     contents: dict[int, bytes | None],
     recent: frozenset[int],
     rev2: bool,
+    modseqs: dict[int, int],
 ) -> list[Any]:
     if name == "UID":
         return [m.uid for m in messages]
+    if name == "MODSEQ":
+        return [Encoded(b"(%d)" % modseqs[m.uid]) for m in messages]
     if name == "RFC822.SIZE":
         return [m.size for m in messages]
     if name == "INTERNALDATE":
@@ -373,32 +501,56 @@ def _with_utf8_rows(
     return out
 
 
-def store(view: FolderView, command: Store, *, rev2: bool) -> list[Response]:
+def store(
+    view: FolderView, command: Store, *, rev2: bool, condstore: bool = False
+) -> list[Response]:
     """[UID] STORE (RFC 9051 §6.4.6): the new flags as FETCH responses; with .SILENT
-    only where they are not what the client will believe."""
+    only where they are not what the client will believe.
+
+    Under CONDSTORE (RFC 7162 §3.1.3) each FETCH carries the message's MODSEQ, and a
+    message the STORE changed gets one even with .SILENT (its MODSEQ alone), so the
+    client's cache learns the new mod-sequence. UNCHANGEDSINCE leaves alone the
+    messages changed after it, named in the tagged OK's [MODIFIED] (sequence numbers,
+    or UIDs for UID STORE)."""
+    unchangedsince = store_unchangedsince(command.modifiers)
     targets = select_messages(view, command.sequence_set, uid=command.uid)
     flags = [f for f in command.flags if f != "\\Recent"]  # never stored (RFC 3501 §2.3.2)
     try:
-        changed = view.store_flags([m.uid for _n, m in targets], flags, _FLAG_MODES[command.mode])
+        result = view.store(
+            [m.uid for _n, m in targets],
+            flags,
+            _FLAG_MODES[command.mode],
+            unchangedsince=unchangedsince,
+        )
     except ImapStoreError as exc:
         return [no(command.tag, exc)]
+    changed = result.flags
     out: list[Response] = []
     recent = view.recent
     for number, message in targets:
         if message.uid not in changed:
-            continue  # expunged meanwhile; its EXPUNGE comes with a later sync
+            continue  # expunged meanwhile (its EXPUNGE comes with a later sync), or refused
         # .SILENT: the client takes the flags to be its own ones changed as it asked,
         # while the view now counts the stored ones as told: where another session
         # changed them meanwhile, say so now (an unsolicited FETCH is always allowed).
         stored = changed[message.uid]
+        items: list[tuple[str, Value]] = []
         if not command.silent or _lower(stored) != _believed(message.flags, flags, command.mode):
-            items: list[tuple[str, Value]] = [
-                ("FLAGS", flag_list(message.uid, stored, recent, rev2))
-            ]
+            items.append(("FLAGS", flag_list(message.uid, stored, recent, rev2)))
+        if condstore and (items or stored != message.flags):
+            items.append(modseq_item(result.modseqs[message.uid]))
+        if items:
             if command.uid:
                 items.append(("UID", message.uid))
             out.append(FetchResponse(number=number, items=tuple(items)))
-    out.append(ok(command.tag, f"{'UID ' if command.uid else ''}STORE completed"))
+    verb = f"{'UID ' if command.uid else ''}STORE"
+    if result.modified:
+        refused = set(result.modified)
+        numbers = [m.uid if command.uid else n for n, m in targets if m.uid in refused]
+        text = f"Conditional {verb} failed for some messages"
+        out.append(Tagged(tag=command.tag, status="OK", code=modified(numbers), text=text))
+        return out
+    out.append(ok(command.tag, f"{verb} completed"))
     return out
 
 
@@ -505,7 +657,14 @@ class ViewIndex(SearchIndex):
         return {uid: datetime.date.fromordinal(day) for uid, day in self._view.sent_days().items()}
 
 
-def _search(view: FolderView, criteria: SearchKey, *, rev2: bool, index: ViewIndex) -> list[int]:
+def _search(
+    view: FolderView,
+    criteria: SearchKey,
+    *,
+    rev2: bool,
+    index: ViewIndex,
+    modseqs: dict[int, int] | None = None,
+) -> list[int]:
     """The sequence numbers of the view's messages that match `criteria`."""
     ctx = SearchContext(
         messages=view.messages,
@@ -514,8 +673,16 @@ def _search(view: FolderView, criteria: SearchKey, *, rev2: bool, index: ViewInd
         saved=_SAVED.get(view, frozenset()),
         index=index,
         uids=view.uids,
+        modseqs=modseqs,
     )
     return search(criteria, ctx)
+
+
+def _modseqs(view: FolderView, criteria: SearchKey) -> dict[int, int] | None:
+    """UID -> mod-sequence of the view's messages when `criteria` compares them."""
+    if not modseq_keys(criteria):
+        return None
+    return {uid: modseq for uid, (modseq, _flags) in view.flag_states(view.uids).items()}
 
 
 def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Response]:
@@ -523,11 +690,24 @@ def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Re
     RETURN, ``* ESEARCH`` otherwise (RFC 4731; no RETURN options means ALL). RETURN
     (SAVE) keeps the result for "$" (RFC 5182)."""
     messages = view.messages
-    numbers = _search(view, command.criteria, rev2=rev2, index=ViewIndex(view))
+    modseqs = _modseqs(view, command.criteria)
+    numbers = _search(view, command.criteria, rev2=rev2, index=ViewIndex(view), modseqs=modseqs)
     found = [messages[n - 1].uid for n in numbers] if command.uid else numbers
     done = ok(command.tag, f"{'UID ' if command.uid else ''}SEARCH completed")
+
+    def highest(chosen: list[int]) -> int | None:
+        # RFC 7162 §3.1.5: with a MODSEQ key, the highest mod-sequence of the messages
+        # returned (none when nothing matched).
+        if modseqs is None or not chosen:
+            return None
+        uid_of = dict(zip(found, (messages[n - 1].uid for n in numbers), strict=True))
+        return max(modseqs.get(uid_of[f], 0) for f in chosen)
+
     if command.return_options is None and not rev2:
-        return [Untagged.search(found), done]
+        top = highest(found)
+        if top is None:
+            return [Untagged.search(found), done]
+        return [Untagged(keyword="SEARCH", data=(*found, [Atom("MODSEQ"), top])), done]
     options = command.return_options or ("ALL",)
     if "SAVE" in options:
         uids = [messages[n - 1].uid for n in numbers]
@@ -547,6 +727,13 @@ def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Re
         results.append(("COUNT", len(found)))
     if "ALL" in options and found:  # RFC 4731 §3.1: ALL is left out when nothing matched
         results.append(("ALL", SequenceSet.of(*found)))
+    if {"ALL", "COUNT"} & set(options):
+        returned = found
+    else:  # MIN and/or MAX alone: theirs (RFC 7162 §3.1.5)
+        returned = [value for name, value in results if isinstance(value, int)]
+    top = highest(returned)
+    if top is not None:
+        results.append(("MODSEQ", top))
     return [Untagged.esearch(tag=command.tag, uid=command.uid, results=results), done]
 
 

@@ -60,9 +60,10 @@ from sansmail.imap import (
     SearchUid,
     SequenceSet,
 )
+from sansmail.imap._search import SearchModseq
 from sansmail.storage.maildir import ImapMessage, SearchData
 
-__all__ = ["SearchContext", "SearchIndex", "search", "search_data"]
+__all__ = ["SearchContext", "SearchIndex", "modseq_keys", "search", "search_data"]
 
 
 class SearchIndex(Protocol):
@@ -102,6 +103,22 @@ class SearchContext:
     #: The UIDs of `messages` in order, when the caller has them without making the
     #: messages (a key the index answers then needs no message at all).
     uids: Sequence[int] | None = None
+    #: UID -> mod-sequence (RFC 7162), for MODSEQ keys; a message without one has 0.
+    modseqs: Mapping[int, int] | None = None
+
+
+def modseq_keys(key: SearchKey) -> bool:
+    """Whether `key` holds a MODSEQ key (RFC 7162 §3.1.5: the answer then carries the
+    highest mod-sequence of what matched)."""
+    if isinstance(key, SearchModseq):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(modseq_keys(k) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return modseq_keys(key.left) or modseq_keys(key.right)
+    if isinstance(key, SearchNot):
+        return modseq_keys(key.key)
+    return False
 
 
 def search(criteria: SearchKey, ctx: SearchContext) -> list[int]:
@@ -330,6 +347,12 @@ def _compile(key: SearchKey, scope: _Scope) -> _Node:
         return _Node(0, lambda m: m.message.size < size)
     if isinstance(key, SearchDate):
         return _date(key.name, key.date, ctx.index)
+    if isinstance(key, SearchModseq):
+        # One mod-sequence per message here, so the per-flag entry form (RFC 7162
+        # §3.1.5) compares it too: a flag changed no later than its message did.
+        modseqs = ctx.modseqs or {}
+        least = key.modseq
+        return _Node.of(frozenset(uid for uid in scope.uids if modseqs.get(uid, 0) >= least))
     if isinstance(key, SearchSequence):
         return _Node(0, _number_set(key.sequence_set, scope.count, ctx.saved, uid=False))
     if isinstance(key, SearchUid):

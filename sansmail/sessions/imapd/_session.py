@@ -27,6 +27,16 @@ NO [TRYCREATE] instead (RFC 9051 §6.3.12). A folder deleted or rebuilt under a 
 view (`FolderGoneError`, or a new UIDVALIDITY seen by `sync`) makes every UID
 meaningless: the answer is ``* BYE`` and `ended` becomes True; the adapter closes.
 
+CONDSTORE and QRESYNC (RFC 7162). The store stamps a mod-sequence on every change
+(`_imapindex`); the view reports HIGHESTMODSEQ as of its last sync. CONDSTORE comes on
+with the first command that uses it (§3.1: ENABLE, SELECT/EXAMINE (CONDSTORE), FETCH
+MODSEQ or CHANGEDSINCE, SEARCH MODSEQ, STORE UNCHANGEDSINCE): SELECT then answers
+[HIGHESTMODSEQ] (one turned on with a mailbox selected gets it in an untagged OK) and
+every FETCH of flags changes carries MODSEQ. ENABLE QRESYNC turns on both; then
+``* VANISHED uid-set`` replaces ``* n EXPUNGE`` wherever expunges are reported (they all
+come through `_report`: EXPUNGE, UID EXPUNGE, MOVE, other sessions' changes, IDLE),
+and SELECT (QRESYNC ...) answers with what changed since the client's mod-sequence.
+
 IMAP4rev1 and IMAP4rev2 differ here in: \\Recent and ``* n RECENT``, ``OK [UNSEEN n]``
 on SELECT (rev1 only); the LIST reply on SELECT and ``* ESEARCH`` for every SEARCH
 (rev2 only, RFC 9051 §6.3.2, §6.4.4); \\NonExistent versus \\Noselect in LIST.
@@ -52,6 +62,7 @@ from sansmail.imap import (
     Enable,
     Expunge,
     Fetch,
+    FetchAttribute,
     FetchResponse,
     GetQuota,
     GetQuotaRoot,
@@ -81,9 +92,20 @@ from sansmail.imap import (
     Untagged,
     UntaggedStatus,
 )
+from sansmail.imap._condstore import (
+    fetch_options,
+    highestmodseq,
+    modseq_item,
+    nomodseq,
+    select_options,
+    store_unchangedsince,
+    vanished,
+)
+from sansmail.imap._lexer import ParseError
 from sansmail.mail.address import MailboxId
 from sansmail.sessions.imapd import _folders, _messages, _quota
 from sansmail.sessions.imapd._messages import BadSetError, flag_list
+from sansmail.sessions.imapd._search import modseq_keys
 from sansmail.storage.maildir import (
     SEPARATOR,
     FlagMode,
@@ -98,12 +120,16 @@ from sansmail.storage.maildir import (
 
 __all__ = ["ENABLE_EXTENSIONS", "ImapSession"]
 
-#: What ENABLE can switch on (RFC 5161; RFC 9051 §6.3.1; RFC 6855 §3).
-ENABLE_EXTENSIONS = ("IMAP4rev2", "UTF8=ACCEPT")
+#: What ENABLE can switch on (RFC 5161; RFC 9051 §6.3.1; RFC 6855 §3; RFC 7162 §3.1, §3.2.3).
+ENABLE_EXTENSIONS = ("IMAP4rev2", "UTF8=ACCEPT", "CONDSTORE", "QRESYNC")
 
 _SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # The commands during which EXPUNGE may not be sent unless in their UID form (§7.5.1).
 _NO_EXPUNGE = (Fetch, Store, Search, Sort, Thread)
+# The RFC 4466 parameters this server knows: any other is a BAD (RFC 4466 §2.1-2.4).
+_SELECT_PARAMETERS = frozenset({"CONDSTORE", "QRESYNC"})
+_FETCH_MODIFIERS = frozenset({"CHANGEDSINCE", "VANISHED"})
+_STORE_MODIFIERS = frozenset({"UNCHANGEDSINCE"})
 
 
 class ImapSession:
@@ -139,6 +165,10 @@ class ImapSession:
         self.ended = False
         #: Messages this session expunged (EXPUNGE, UID EXPUNGE, CLOSE, MOVE), for the log.
         self.expunged = 0
+        #: CONDSTORE is on (RFC 7162 §3.1): MODSEQ in FETCH, HIGHESTMODSEQ on SELECT.
+        self.condstore = False
+        #: QRESYNC was ENABLEd (RFC 7162 §3.2.3): VANISHED instead of EXPUNGE.
+        self.qresync = False
         # Each handler takes the command (of its key's type) and the session's rev2 flag.
         self._handlers: dict[type[Command], Callable[[Any, bool], list[Response]]] = {
             Capability: self._capability,
@@ -163,9 +193,11 @@ class ImapSession:
             Expunge: self._expunge,
             UidExpunge: self._expunge,
             Fetch: lambda c, rev2: _messages.fetch_messages(
-                self._view(), c, rev2=rev2, utf8=self._utf8
+                self._view(), c, rev2=rev2, utf8=self._utf8, condstore=self.condstore
             ),
-            Store: lambda c, rev2: _messages.store(self._view(), c, rev2=rev2),
+            Store: lambda c, rev2: _messages.store(
+                self._view(), c, rev2=rev2, condstore=self.condstore
+            ),
             Search: lambda c, rev2: _messages.search_messages(self._view(), c, rev2=rev2),
             Sort: lambda c, rev2: _messages.sort_messages(self._view(), c, rev2=rev2),
             Thread: lambda c, rev2: _messages.thread_messages(self._view(), c, rev2=rev2),
@@ -192,8 +224,18 @@ class ImapSession:
         handler = self._handlers.get(type(command))
         if handler is None:
             return [_tagged(command.tag, "BAD", f"{type(command).__name__.upper()} not supported")]
+        refusal = self._refusal(command)
+        if refusal is not None:
+            return [_tagged(command.tag, "BAD", refusal)]
+        enabling = not self.condstore and _enables_condstore(command)
+        if enabling:
+            self.condstore = True
         try:
             responses = handler(command, rev2)
+            if enabling and self.view is not None and not isinstance(command, Select):
+                # RFC 7162 §3.1: the first CONDSTORE command in a selected mailbox
+                # tells the client where the mod-sequences stand.
+                responses[-1:-1] = [self._highestmodseq(self.view)]
             if self.view is not None and not self.ended and not _no_updates_after(command):
                 responses[-1:-1] = self._updates(rev2)
         except FolderGoneError:
@@ -260,7 +302,12 @@ class ImapSession:
         # In the order SyncChanges prescribes: each EXPUNGE number is valid when sent.
         view = self.view
         assert view is not None
-        out: list[Response] = [Untagged.expunge(n) for n in changes.expunged]
+        out: list[Response]
+        if self.qresync:
+            # RFC 7162 §3.2.10: one VANISHED for them all, UIDs rather than numbers.
+            out = [vanished(changes.expunged_uids)] if changes.expunged_uids else []
+        else:
+            out = [Untagged.expunge(n) for n in changes.expunged]
         if changes.added:
             out.append(Untagged.exists(changes.exists))
         if changes.recent is not None and not rev2:
@@ -269,13 +316,43 @@ class ImapSession:
             out += self._flag_lists(view)
         recent = view.recent
         for number, uid, flags in changes.flags:
-            out.append(
-                FetchResponse(
-                    number=number,
-                    items=(("FLAGS", flag_list(uid, flags, recent, rev2)), ("UID", uid)),
-                )
+            items: tuple[tuple[str, Any], ...] = (
+                ("FLAGS", flag_list(uid, flags, recent, rev2)),
+                ("UID", uid),
             )
+            if self.condstore and uid in changes.modseqs:
+                items += (modseq_item(changes.modseqs[uid]),)
+            out.append(FetchResponse(number=number, items=items))
         return out
+
+    def _highestmodseq(self, view: FolderView) -> UntaggedStatus:
+        if view.highestmodseq:
+            code = highestmodseq(view.highestmodseq)
+            return UntaggedStatus(status="OK", code=code, text="Highest")
+        return UntaggedStatus(status="OK", code=nomodseq(), text="No mod-sequences here")
+
+    def _refusal(self, command: Command) -> str | None:
+        """Why `command` is a BAD for its RFC 4466/7162 parameters, or None."""
+        try:
+            if isinstance(command, Select):
+                names = {name for name, _value in command.parameters}
+                if names - _SELECT_PARAMETERS:
+                    return "unknown SELECT parameter"
+                options = select_options(command.parameters)
+                if options.qresync is not None and not self.qresync:
+                    return "QRESYNC must be ENABLEd first (RFC 7162 §3.2.5)"
+            elif isinstance(command, Fetch):
+                if {name for name, _value in command.modifiers} - _FETCH_MODIFIERS:
+                    return "unknown FETCH modifier"
+                if fetch_options(command.modifiers, uid=command.uid).vanished and not self.qresync:
+                    return "VANISHED needs QRESYNC ENABLEd (RFC 7162 §3.2.6)"
+            elif isinstance(command, Store):
+                if {name for name, _value in command.modifiers} - _STORE_MODIFIERS:
+                    return "unknown STORE modifier"
+                store_unchangedsince(command.modifiers)
+        except ParseError as exc:
+            return str(exc)
+        return None
 
     def _flag_lists(self, view: FolderView) -> list[Response]:
         defined = [*_SYSTEM_ORDER, *view.keywords]
@@ -326,6 +403,17 @@ class ImapSession:
         enabled = [known[name] for name in dict.fromkeys(command.capabilities) if name in known]
         if rev2:
             enabled = [name for name in enabled if name != "IMAP4rev2"]
+        # Each is named once: a repeated ENABLE lists nothing it already switched on.
+        enabled = [
+            name
+            for name in enabled
+            if not (name == "CONDSTORE" and self.condstore)
+            and not (name == "QRESYNC" and self.qresync)
+        ]
+        if "QRESYNC" in enabled:
+            self.qresync = self.condstore = True  # RFC 7162 §3.2.3: QRESYNC implies CONDSTORE
+        if "CONDSTORE" in enabled:
+            self.condstore = True
         return [Untagged.enabled(enabled), _tagged(command.tag, "OK", "ENABLE completed")]
 
     def _id(self, command: Command, rev2: bool) -> list[Response]:
@@ -371,9 +459,14 @@ class ImapSession:
                 out.append(_status_code("UNSEEN", unseen, f"Message {unseen} is first unseen"))
         out.append(_status_code("UIDVALIDITY", view.uidvalidity, "UIDs valid"))
         out.append(_status_code("UIDNEXT", view.uidnext, "Predicted next UID"))
+        if self.condstore:
+            out.append(self._highestmodseq(view))
         if rev2:
             # RFC 9051 §6.3.2: the LIST reply gives the name's canonical form.
             out.append(Untagged.mailbox_list(attributes=[], delimiter=SEPARATOR, mailbox=view.name))
+        qresync = select_options(command.parameters).qresync
+        if qresync is not None and qresync.uidvalidity == view.uidvalidity and view.highestmodseq:
+            out += _messages.resync(view, qresync, rev2=rev2)
         mode = "READ-ONLY" if view.readonly else "READ-WRITE"
         verb = "EXAMINE" if command.readonly else "SELECT"
         out.append(
@@ -461,6 +554,21 @@ class ImapSession:
         responses, moved = _messages.copy(self._view(), command)
         self.expunged += moved
         return responses
+
+
+def _enables_condstore(command: Command) -> bool:
+    """Whether `command` is a CONDSTORE enabling command (RFC 7162 §3.1); ENABLE is
+    `_enable`'s."""
+    if isinstance(command, Select):
+        return bool(command.parameters)  # CONDSTORE or QRESYNC, the only ones let in
+    if isinstance(command, Fetch):
+        return bool(command.modifiers) or FetchAttribute(name="MODSEQ") in command.items
+    if isinstance(command, Store):
+        return bool(command.modifiers)
+    if isinstance(command, Search | Sort | Thread):
+        key = command.criteria if isinstance(command, Search) else command.search
+        return modseq_keys(key)
+    return False
 
 
 def _no_updates_after(command: Command) -> bool:

@@ -53,6 +53,7 @@ __all__ = [
     "NotAllowedError",
     "ReadOnlyError",
     "SearchData",
+    "StoreResult",
     "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
@@ -217,6 +218,9 @@ class SyncChanges:
     recent: int | None = None
     #: (sequence number after the expunges, UID, flags) of messages whose flags changed.
     flags: tuple[tuple[int, int, frozenset[str]], ...] = ()
+    #: UID -> mod-sequence of each message of `flags` (RFC 7162: their FETCH carries
+    #: MODSEQ once the client enabled CONDSTORE); empty from a store without them.
+    modseqs: Mapping[int, int] = attrs.field(factory=dict)
     #: The folder's keywords, when a new one was defined.
     keywords: tuple[str, ...] | None = None
     #: The index was rebuilt (new UIDVALIDITY) or the folder vanished: end the session.
@@ -259,6 +263,17 @@ class SearchData(NamedTuple):
     headers: tuple[str, ...] | None = None
     #: What BODY compares: the decoded body of each text part; None as for `headers`.
     bodies: tuple[str, ...] | None = None
+
+
+class StoreResult(NamedTuple):
+    """What a (conditional) STORE did (`FolderView.store`)."""
+
+    #: UID -> the message's flags now, for every message stored to (or left as it was).
+    flags: dict[int, frozenset[str]]
+    #: UID -> its mod-sequence now (RFC 7162), for the same messages.
+    modseqs: dict[int, int]
+    #: UIDs left alone because their mod-sequence was above UNCHANGEDSINCE, ascending.
+    modified: list[int]
 
 
 class AppendResult(NamedTuple):
@@ -308,6 +323,32 @@ class FolderView(Protocol):
     @property
     def uids(self) -> Sequence[int]:
         """The UIDs of `messages`, in order (ascending), without making the messages."""
+        ...
+
+    @property
+    def highestmodseq(self) -> int:
+        """HIGHESTMODSEQ (RFC 7162 §3.1.2) as of the last sync: every change the view
+        has reported is at or below it, none it has not reported is. 0: this store
+        keeps no mod-sequences (SELECT says NOMODSEQ)."""
+        ...
+
+    def flag_states(self, uids: Iterable[int]) -> dict[int, tuple[int, frozenset[str]]]:
+        """UID -> (mod-sequence, flags) as the store holds them now, for those of
+        `uids` that still exist: a pair FETCH MODSEQ can report together (the view's
+        list may hold older flags, which its next sync reports)."""
+        ...
+
+    def changed_since(self, modseq: int) -> dict[int, tuple[int, frozenset[str]]]:
+        """`flag_states` of the view's messages whose mod-sequence is above `modseq`
+        (FETCH CHANGEDSINCE, SELECT QRESYNC)."""
+        ...
+
+    def vanished_since(self, modseq: int, uids: Sequence[range]) -> list[int]:
+        """The UIDs in `uids` expunged after mod-sequence `modseq` and reported by
+        this view already (they are not in its list), ascending (VANISHED (EARLIER),
+        RFC 7162 §3.2.5, §3.2.6). Where the store no longer knows when a UID went, every
+        UID in `uids` below UIDNEXT that the view does not list is in it (§3.2.5.2
+        lets the server answer so)."""
         ...
 
     @property
@@ -408,6 +449,19 @@ class FolderView(Protocol):
         self, uids: Iterable[int], flags: Collection[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
         """Change flags; returns the new flags of every message of `uids` still there."""
+        ...
+
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Collection[str],
+        mode: FlagMode,
+        *,
+        unchangedsince: int | None = None,
+    ) -> StoreResult:
+        """`store_flags` with the mod-sequences, and conditional (RFC 7162 §3.1.3): a
+        message whose mod-sequence is above `unchangedsince` is left alone, decided in
+        the same transaction as the change."""
         ...
 
     def append(

@@ -46,7 +46,15 @@ from typing import Any, Final, overload
 from sansmail.storage.maildir._imapbase import ImapMessage
 from sansmail.storage.maildir._imapmaildir import flags_of
 
-__all__ = ["INFO_COLUMNS", "FolderList", "make_info", "registered", "share", "shared"]
+__all__ = [
+    "INFO_COLUMNS",
+    "FolderList",
+    "flag_set",
+    "make_info",
+    "registered",
+    "share",
+    "shared",
+]
 
 #: The index columns of an `ImapMessage`, in `make_info`'s order.
 INFO_COLUMNS: Final = "uid, flags, keywords, internaldate, tz, size"
@@ -75,6 +83,11 @@ def make_info(row: Sequence[Any]) -> ImapMessage:
 @functools.lru_cache(maxsize=1024)
 def _flag_set(flags: int, keywords: str) -> frozenset[str]:
     return flags_of(flags, keywords.split())
+
+
+def flag_set(flags: int, keywords: str) -> frozenset[str]:
+    """The flags of the index columns `flags` and `keywords` (shared objects)."""
+    return _flag_set(flags, keywords)
 
 
 @functools.lru_cache(maxsize=64)

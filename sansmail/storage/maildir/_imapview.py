@@ -59,6 +59,7 @@ from sansmail.storage.maildir._imapbase import (
     ImapMessage,
     ReadOnlyError,
     SearchData,
+    StoreResult,
     Structures,
     SyncChanges,
 )
@@ -67,6 +68,7 @@ from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt
 from sansmail.storage.maildir._imaplist import (
     INFO_COLUMNS,
     FolderList,
+    flag_set,
     make_info,
     share,
     shared,
@@ -104,6 +106,8 @@ class Account(Protocol):
 
 
 _UIDVALIDITY: Final = "SELECT uidvalidity FROM folder"
+# What a sync reads of a changed row: an `ImapMessage`'s columns, and its mod-sequence.
+_CHANGED_COLUMNS: Final = f"{INFO_COLUMNS}, modseq"
 # The folder row always exists, so these give one row even when the message has none.
 _CHECKED_NAME: Final = "SELECT uidvalidity, (SELECT name FROM messages WHERE uid = ?) FROM folder"
 _CHECKED_CACHE: Final = (
@@ -204,6 +208,10 @@ class MaildirFolderView(FolderView):
         return frozenset(self._recent)
 
     @property
+    def highestmodseq(self) -> int:
+        return self._modseq
+
+    @property
     def keywords(self) -> tuple[str, ...]:
         return self._keywords
 
@@ -267,12 +275,12 @@ class MaildirFolderView(FolderView):
                     made = FolderList.read(conn, header.uidvalidity, header.highestmodseq)
                     latest = share(key, made)
             elif self._modseq < header.expunge_floor:
-                rows = conn.execute(f"SELECT {INFO_COLUMNS} FROM messages").fetchall()  # noqa: S608
+                rows = conn.execute(f"SELECT {_CHANGED_COLUMNS} FROM messages").fetchall()  # noqa: S608
                 present = {row[0] for row in rows}
                 gone = [uid for uid in self._list.uids if uid not in present]
             elif header.highestmodseq != self._modseq:
                 rows = conn.execute(
-                    f"SELECT {INFO_COLUMNS} FROM messages WHERE modseq > ?",  # noqa: S608
+                    f"SELECT {_CHANGED_COLUMNS} FROM messages WHERE modseq > ?",  # noqa: S608
                     (self._modseq,),
                 ).fetchall()
                 gone = [
@@ -326,8 +334,10 @@ class MaildirFolderView(FolderView):
         reflagged: dict[int, frozenset[str]] = {}
         told = dict(self._flags)
         changed: list[tuple[int, int, frozenset[str]]] = []
+        modseqs: dict[int, int] = {}
         for row in sorted(rows):
-            info = make_info(row)
+            info = make_info(row[:-1])
+            modseqs[info.uid] = row[-1]
             if info.uid > last:
                 added.append(info)
                 continue
@@ -345,6 +355,7 @@ class MaildirFolderView(FolderView):
             if pos is not None and pos not in gone_at and before.flags(pos) != flags:
                 changed.append((pos, uid, before.flags(pos)))
         changed.sort()
+        modseqs = self._modseqs_of([uid for _pos, uid, _flags in changed], modseqs)
         if not (positions or reflagged or added):
             # Nothing that shows: the same list (the process's, if it is the same).
             if latest is not None and latest.uids == before.uids:
@@ -353,6 +364,7 @@ class MaildirFolderView(FolderView):
             return self._changes(
                 recent=len(self._recent) if len(self._recent) != recent_before else None,
                 flags=tuple((pos + 1, uid, flags) for pos, uid, flags in changed),
+                modseqs=modseqs,
                 keywords=keywords,
             )
         derived = before.derive(
@@ -379,6 +391,7 @@ class MaildirFolderView(FolderView):
                 (pos + 1 - bisect.bisect_left(positions, pos), uid, flags)
                 for pos, uid, flags in changed
             ),
+            modseqs=modseqs,
             keywords=keywords,
         )
 
@@ -391,6 +404,7 @@ class MaildirFolderView(FolderView):
         added: tuple[ImapMessage, ...] = (),
         recent: int | None = None,
         flags: tuple[tuple[int, int, frozenset[str]], ...] = (),
+        modseqs: dict[int, int] | None = None,
     ) -> SyncChanges:
         new_keywords = None
         if keywords != self._keywords:
@@ -402,8 +416,20 @@ class MaildirFolderView(FolderView):
             exists=len(self._list),
             recent=recent,
             flags=flags,
+            modseqs=modseqs or {},
             keywords=new_keywords,
         )
+
+    def _modseqs_of(self, uids: list[int], known: dict[int, int]) -> dict[int, int]:
+        """`known` for `uids`, and for a UID it lacks (its flags were reported by STORE
+        but changed back behind it) the index's mod-sequence, else the view's."""
+        out = {uid: known[uid] for uid in uids if uid in known}
+        missing = [uid for uid in uids if uid not in out]
+        if missing:
+            out.update(self._index.rows(self._index.conn, missing, "uid, modseq"))
+            for uid in missing:
+                out.setdefault(uid, self._modseq)
+        return out
 
     def _keyword_names(self) -> tuple[str, ...]:
         return tuple(k for k in self._index.keywords() if k is not None)
@@ -562,17 +588,83 @@ class MaildirFolderView(FolderView):
         with self._checked_read() as conn:
             return dict(self._index.rows(conn, uids, "uid, name"))
 
-    # -- flags ------------------------------------------------------------------------
+    # -- mod-sequences (RFC 7162) -----------------------------------------------------
 
     @_guarded
+    def flag_states(self, uids: Iterable[int]) -> dict[int, tuple[int, frozenset[str]]]:
+        with self._checked_read() as conn:
+            rows = self._index.rows(conn, uids, "uid, modseq, flags, keywords")
+        return {uid: (modseq, flag_set(flags, keywords)) for uid, modseq, flags, keywords in rows}
+
+    @_guarded
+    def changed_since(self, modseq: int) -> dict[int, tuple[int, frozenset[str]]]:
+        with self._checked_read() as conn:
+            rows = conn.execute(
+                "SELECT uid, modseq, flags, keywords FROM messages WHERE modseq > ?", (modseq,)
+            ).fetchall()
+        listed = self._list
+        return {
+            uid: (changed, flag_set(flags, keywords))
+            for uid, changed, flags, keywords in rows
+            if listed.position(uid) is not None
+        }
+
+    @_guarded
+    def vanished_since(self, modseq: int, uids: Sequence[range]) -> list[int]:
+        listed = self._list
+        below = self._uidnext
+        with self._checked_read() as conn:
+            floor = conn.execute("SELECT expunge_floor FROM folder").fetchone()[0]
+            if modseq >= floor:
+                # The tombstones up to what this view reported; later ones are still in
+                # its list, and reach the client as VANISHED with its next sync.
+                gone = [
+                    uid
+                    for (uid,) in conn.execute(
+                        "SELECT uid FROM expunged WHERE modseq > ? AND modseq <= ? ORDER BY uid",
+                        (modseq, self._modseq),
+                    )
+                ]
+                return [uid for uid in gone if any(uid in span for span in uids)]
+        # Pruned past `modseq`: every UID of `uids` this view does not list (RFC 7162
+        # §3.2.5.2), walked as the spans between listed UIDs, never one by one.
+        out: list[int] = []
+        for span in uids:
+            start, stop = span.start, min(span.stop, below)
+            uid = start
+            while uid < stop:
+                pos = bisect.bisect_left(listed.uids, uid)
+                nxt = listed.uids[pos] if pos < len(listed.uids) else stop
+                if nxt == uid:
+                    uid += 1
+                    continue
+                out.extend(range(uid, min(nxt, stop)))
+                uid = min(nxt, stop)
+        return sorted(set(out))
+
+    # -- flags ------------------------------------------------------------------------
+
     def store_flags(
         self, uids: Iterable[int], flags: Collection[str], mode: FlagMode
     ) -> dict[int, frozenset[str]]:
+        return self.store(uids, flags, mode).flags
+
+    @_guarded
+    def store(
+        self,
+        uids: Iterable[int],
+        flags: Collection[str],
+        mode: FlagMode,
+        *,
+        unchangedsince: int | None = None,
+    ) -> StoreResult:
         self._check(write=True)
         bits, keywords = bits_of(flags)
         wanted = self._known(uids)
         index = self._index
         result: dict[int, frozenset[str]] = {}
+        modseqs: dict[int, int] = {}
+        modified: list[int] = []
         updates: list[tuple[str, int, str, int, int]] = []
         with index.write() as conn:
             if keywords and mode is not FlagMode.REMOVE:
@@ -586,15 +678,26 @@ class MaildirFolderView(FolderView):
             table = index.keywords()
             modseq = index.header(conn).highestmodseq + 1
             relister = _Relister(index)
-            for uid, base, rel, old_bits, old_keywords in index.rows(
-                conn, wanted, "uid, base, name, flags, keywords"
+            for uid, base, rel, old_bits, old_keywords, old_modseq in index.rows(
+                conn, wanted, "uid, base, name, flags, keywords, modseq"
             ):
+                if unchangedsince is not None and old_modseq > unchangedsince:
+                    # RFC 7162 §3.1.3: changed since the client looked; checked under
+                    # the write lock, so no other change can come in between.
+                    modified.append(uid)
+                    continue
                 before = (rel, old_bits, set(old_keywords.split()))
                 after = self._rename_for_flags(base, before, change, table, relister)
                 if after is None:
                     continue  # gone: its EXPUNGE comes with the next sync
-                if after != before:
+                if after[1:] != before[1:]:
                     updates.append((after[0], after[1], " ".join(sorted(after[2])), modseq, uid))
+                    modseqs[uid] = modseq
+                else:
+                    if after != before:
+                        # Only the file's name changed (another tool's spelling).
+                        conn.execute("UPDATE messages SET name = ? WHERE uid = ?", (after[0], uid))
+                    modseqs[uid] = old_modseq
                 result[uid] = flags_of(after[1], after[2])
             conn.executemany(
                 "UPDATE messages SET name = ?, flags = ?, keywords = ?, modseq = ? WHERE uid = ?",
@@ -603,7 +706,7 @@ class MaildirFolderView(FolderView):
             if updates:
                 conn.execute("UPDATE folder SET highestmodseq = ?", (modseq,))
         self._flags.update(result)
-        return result
+        return StoreResult(result, modseqs, modified)
 
     def _rename_for_flags(
         self,

@@ -218,8 +218,8 @@ def test_what_the_batch_leaves_to_the_per_message_path() -> None:
     assert names(flags, flags, FetchAttribute(name="UID")) == ("FLAGS", "UID")
     assert names(flags, uid=True) == ("UID", "FLAGS")
     assert names(BodySection(section=Section(), peek=True)) == ("BODY[]",)
+    assert names(flags, FetchAttribute(name="MODSEQ")) == ("FLAGS", "MODSEQ")
     for other in (
-        FetchAttribute(name="MODSEQ"),
         FetchAttribute(name="RFC822"),
         BodySection(section=Section(), peek=False),  # sets \Seen
         BodySection(section=Section(), peek=True, partial=(0, 10)),

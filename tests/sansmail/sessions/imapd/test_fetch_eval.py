@@ -157,13 +157,9 @@ def test_uid_size_internaldate_in_the_order_asked_without_loading() -> None:
 def test_modseq_only_when_the_message_has_one() -> None:
     msg = FakeMessage(SIMPLE)
     assert msg.wire(attr("UID"), attr("MODSEQ")) == b"* 1 FETCH (UID 7)\r\n"
-
-    @attrs.frozen(kw_only=True)
-    class WithModseq(ImapMessage):
-        modseq: int
-
-    msg.message = WithModseq(uid=7, flags=frozenset(), internaldate=WHEN, size=1, modseq=42)
-    assert msg.wire(attr("UID"), attr("MODSEQ")) == b"* 1 FETCH (UID 7 MODSEQ (42))\r\n"
+    ctx = attrs.evolve(msg.context(), modseq=42)
+    result = fetch([attr("UID"), attr("MODSEQ")], ctx)
+    assert result.items == (("UID", 7), ("MODSEQ", [42]))
 
 
 # -- structures and the cache --------------------------------------------------------------

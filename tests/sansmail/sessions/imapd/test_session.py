@@ -46,7 +46,7 @@ def test_exports() -> None:
         "fetch",
         "search",
     ]
-    assert ENABLE_EXTENSIONS == ("IMAP4rev2", "UTF8=ACCEPT")
+    assert ENABLE_EXTENSIONS == ("IMAP4rev2", "UTF8=ACCEPT", "CONDSTORE", "QRESYNC")
 
 
 def test_capabilities_by_state() -> None:
@@ -339,7 +339,7 @@ def test_id_namespace_enable_noop_logout(client: Client) -> None:
         client.run(b"a2 NAMESPACE")
         == b'* NAMESPACE (("" "/")) NIL NIL\r\na2 OK NAMESPACE completed\r\n'
     )
-    assert client.run(b"a3 ENABLE CONDSTORE UTF8=ACCEPT") == (
+    assert client.run(b"a3 ENABLE X-UNKNOWN UTF8=ACCEPT") == (
         b"* ENABLED UTF8=ACCEPT\r\na3 OK ENABLE completed\r\n"
     )
     assert client.run(b"a4 NOOP") == b"a4 OK NOOP completed\r\n"
