@@ -737,12 +737,16 @@ def search_messages(view: FolderView, command: Search, *, rev2: bool) -> list[Re
     return [Untagged.esearch(tag=command.tag, uid=command.uid, results=results), done]
 
 
-def _sort_items(view: FolderView, command: Sort | Thread, *, rev2: bool) -> list[SortItem]:
+def _sort_items(
+    view: FolderView, command: Sort | Thread, *, rev2: bool
+) -> tuple[list[SortItem], int | None]:
     """The messages SORT or THREAD orders: those its search keys match, with the header
-    fields the orders compare, from the index."""
+    fields the orders compare, from the index; and with a MODSEQ key, the highest
+    mod-sequence among them (RFC 7162 §3.1.5)."""
     messages = view.messages
     index = ViewIndex(view)
-    numbers = _search(view, command.search, rev2=rev2, index=index)
+    modseqs = _modseqs(view, command.search)
+    numbers = _search(view, command.search, rev2=rev2, index=index, modseqs=modseqs)
     if isinstance(command, Sort):
         names = {name for key, _ in command.criteria for name in _FIELDS_OF[key]}
     else:
@@ -760,12 +764,17 @@ def _sort_items(view: FolderView, command: Sort | Thread, *, rev2: bool) -> list
                 fields=fields.get(message.uid, {}),
             )
         )
-    return items
+    if modseqs is None or not numbers:
+        return items, None
+    return items, max(modseqs.get(messages[n - 1].uid, 0) for n in numbers)
 
 
 def sort_messages(view: FolderView, command: Sort, *, rev2: bool) -> list[Response]:
     """[UID] SORT (RFC 5256 §3, RFC 5957): ``* SORT`` with the numbers in order."""
-    ordered = sort_items(_sort_items(view, command, rev2=rev2), command.criteria)
+    items, top = _sort_items(view, command, rev2=rev2)
+    ordered: list[Value] = list(sort_items(items, command.criteria))
+    if top is not None:
+        ordered.append([Atom("MODSEQ"), top])  # sort-data's search-sort-mod-seq
     return [
         Untagged(keyword="SORT", data=tuple(ordered)),
         ok(command.tag, f"{'UID ' if command.uid else ''}SORT completed"),
@@ -774,7 +783,7 @@ def sort_messages(view: FolderView, command: Sort, *, rev2: bool) -> list[Respon
 
 def thread_messages(view: FolderView, command: Thread, *, rev2: bool) -> list[Response]:
     """[UID] THREAD (RFC 5256 §3): ``* THREAD`` with the threads in the grammar of §4."""
-    items = _sort_items(view, command, rev2=rev2)
+    items, _top = _sort_items(view, command, rev2=rev2)
     if command.algorithm == "REFERENCES":
         threads = thread_references(items)
     else:

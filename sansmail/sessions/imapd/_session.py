@@ -63,6 +63,7 @@ from sansmail.imap import (
     Expunge,
     Fetch,
     FetchAttribute,
+    FetchBatch,
     FetchResponse,
     GetQuota,
     GetQuotaRoot,
@@ -238,6 +239,12 @@ class ImapSession:
                 responses[-1:-1] = [self._highestmodseq(self.view)]
             if self.view is not None and not self.ended and not _no_updates_after(command):
                 responses[-1:-1] = self._updates(rev2)
+            elif self.condstore and self.view is not None and not isinstance(command, Select):
+                # Expunges wait for a later command, and their mod-sequences may be
+                # below a MODSEQ just sent: RFC 7162 §3.2 wants the client told a
+                # HIGHESTMODSEQ below them, lest it resync from past them.
+                if _modseq_sent(responses) > self.view.highestmodseq:
+                    responses[-1:-1] = [self._highestmodseq(self.view)]
         except FolderGoneError:
             return self._gone()
         except BadSetError:
@@ -554,6 +561,21 @@ class ImapSession:
         responses, moved = _messages.copy(self._view(), command)
         self.expunged += moved
         return responses
+
+
+def _modseq_sent(responses: list[Response]) -> int:
+    """The highest MODSEQ among FETCH `responses` (0: none)."""
+    top = 0
+    for response in responses:
+        if isinstance(response, FetchResponse):
+            for name, value in response.items:
+                if name == "MODSEQ" and isinstance(value, list) and isinstance(value[0], int):
+                    top = max(top, value[0])
+        elif isinstance(response, FetchBatch) and "MODSEQ" in response.names:
+            at = response.names.index("MODSEQ") + 1
+            # The batch writes "(n)" already encoded.
+            top = max([top, *(int(bytes(row[at])[1:-1]) for row in response.rows)])
+    return top
 
 
 def _enables_condstore(command: Command) -> bool:

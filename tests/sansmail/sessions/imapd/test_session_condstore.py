@@ -81,13 +81,16 @@ def test_select_condstore_fetch_store_search_status(tmp_path: pathlib.Path) -> N
         b"* 3 FETCH (UID 3 MODSEQ (4))\r\n* 4 FETCH (UID 4 MODSEQ (5))\r\n"
         b"f2 OK UID FETCH completed\r\n"
     )
+    # Above the HIGHESTMODSEQ this session has reported in full: it says so, as an
+    # expunge below 6 could still be on its way (RFC 7162 §3.2).
     assert c.run(b"t1 STORE 2 +FLAGS (\\Seen)") == (
-        b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (6))\r\nt1 OK STORE completed\r\n"
+        b"* 2 FETCH (FLAGS (\\Seen \\Recent) MODSEQ (6))\r\n"
+        b"* OK [HIGHESTMODSEQ 5] Highest\r\nt1 OK STORE completed\r\n"
     )
     # RFC 7162 §3.1.3: 2 changed after 5, so it is left alone; .SILENT still tells the
     # new MODSEQ of what changed.
     assert c.run(b"t2 STORE 1,2 (UNCHANGEDSINCE 5) +FLAGS.SILENT (\\Flagged)") == (
-        b"* 1 FETCH (MODSEQ (7))\r\n"
+        b"* 1 FETCH (MODSEQ (7))\r\n* OK [HIGHESTMODSEQ 5] Highest\r\n"
         b"t2 OK [MODIFIED 2] Conditional STORE failed for some messages\r\n"
     )
     assert c.run(b"t3 UID STORE 1:* (UNCHANGEDSINCE 0) +FLAGS.SILENT (\\Flagged)") == (
@@ -111,6 +114,12 @@ def test_select_condstore_fetch_store_search_status(tmp_path: pathlib.Path) -> N
         b'* STATUS "INBOX" (HIGHESTMODSEQ 7 MESSAGES 4)\r\nq5 OK STATUS completed\r\n'
     )
     assert b"(HIGHESTMODSEQ 7)" in c.run(b'l1 LIST "" "*" RETURN (STATUS (HIGHESTMODSEQ))')
+    assert c.run(b"r1 UID SORT (ARRIVAL) UTF-8 MODSEQ 6") == (
+        b"* SORT 1 2 (MODSEQ 7)\r\nr1 OK UID SORT completed\r\n"
+    )
+    assert c.run(b"r2 THREAD REFERENCES UTF-8 MODSEQ 7") == (
+        b"* THREAD (1)\r\nr2 OK THREAD completed\r\n"
+    )
     c.close()
 
 
@@ -145,7 +154,8 @@ def test_other_sessions_changes_come_with_modseq_and_the_pair_stays_together(
     # A FETCH of MODSEQ alone, before the view heard of the change, gives the flags
     # that go with that mod-sequence: never old flags beside the new number.
     assert other.run(b"b1 FETCH 2 (MODSEQ)") == (
-        b"* 2 FETCH (FLAGS (\\Flagged) MODSEQ (4))\r\nb1 OK FETCH completed\r\n"
+        b"* 2 FETCH (FLAGS (\\Flagged) MODSEQ (4))\r\n"
+        b"* OK [HIGHESTMODSEQ 3] Highest\r\nb1 OK FETCH completed\r\n"
     )
     one.run(b"a2 STORE 1 +FLAGS (\\Seen)")
     assert other.run(b"b2 NOOP") == (
