@@ -3,7 +3,8 @@
 `sansmail.sessions.imapd.ImapConversation`, which decides everything.
 
 This file owns what the conversation cannot: time (the autologout timer, shutdown, the
-failure delays of logging in, IDLE's keep-alives), the TLS handshake, the worker threads
+failure delays of logging in, IDLE's keep-alives), the TLS handshake, COMPRESS's deflate
+(`_compress.DeflateStream`, put under the core right after the OK), the worker threads
 for the blocking calls (every command of a logged-in session, which work on the store),
 learning that a folder changed (`_notify`: inotify), and writing the log lines the
 conversation hands over.
@@ -51,10 +52,11 @@ from time import time_ns
 import attrs
 import trio
 
-from sansmail import PAUSED, LocalProtocolError, imap
+from sansmail import PAUSED, LocalProtocolError, RemoteProtocolError, imap
 from sansmail.config import Config
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import IDLE_KEEPALIVE, ImapConversation, ImapService
+from sansmail_trio._compress import DeflateStream, InflateError
 from sansmail_trio._login import log_in
 from sansmail_trio._notify import FALLBACK_POLL, Subscription, watcher
 from sansmail_trio._session import (
@@ -184,7 +186,7 @@ async def _loop(
     service: IMAPService, session: ImapConversation, wire: Wire, time: SessionTime
 ) -> None:
     while not session.ended:
-        event = await time.wait_for_client(wire, session.timeout)
+        event = await _next_event(session, wire, time)
         if isinstance(event, imap.Idle) and session.mailbox is not None:
             event = await _idle(session, wire, time, event)
             if event is None:  # the selected folder went: its BYE is sent
@@ -198,6 +200,15 @@ async def _loop(
             await wire.send(reply, flush=True)
             if reply.status == "OK":
                 await upgrade(session, wire, service.tls)
+        elif isinstance(event, imap.Compress):
+            reply = session.compress(event)
+            await wire.send(reply, flush=True)
+            if reply.status == "OK":
+                # RFC 4978 §3: compressed from the octet after the OK's CRLF, which has
+                # left; no checkpoint from here to the switch, so nothing else is sent
+                # in between. What the client sent after COMPRESS is deflate already.
+                received = session.compression_started()
+                wire.stream = DeflateStream(wire.stream, received=received)
         elif isinstance(event, imap.Login | imap.Authenticate):
             await log_in(session, event, wire, time)
         else:
@@ -206,6 +217,15 @@ async def _loop(
                 await send_all(wire, await trio.to_thread.run_sync(session.handle, event))
             else:
                 await send_all(wire, session.handle(event))
+
+
+async def _next_event(session: ImapConversation, wire: Wire, time: SessionTime) -> object:
+    """The client's next event, within the autologout timer; a compressed stream that
+    does not inflate ends the session as any protocol error does (a BYE, a log line)."""
+    try:
+        return await time.wait_for_client(wire, session.timeout)
+    except InflateError as exc:
+        raise session.compression_error(str(exc)) from None
 
 
 async def _idle(
@@ -217,6 +237,7 @@ async def _idle(
     if not session.idling:
         return None
     done: object = None
+    failure: RemoteProtocolError | None = None
     with watcher().subscribe(session.watch_paths) as changes:
         # The first round syncs at once: what changed since the last command (a FETCH
         # or STORE by number reports nothing, RFC 9051 §7.5.1) woke no watch of ours,
@@ -225,8 +246,15 @@ async def _idle(
         stopped = _Stopped()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_push, session, wire, changes, stopped, nursery.cancel_scope)
-            done = await time.wait_for_client(wire, session.timeout)
+            try:
+                done = await _next_event(session, wire, time)
+            except RemoteProtocolError as exc:
+                # Raised out of the nursery it would come out in an ExceptionGroup, which
+                # `converse` takes for a bug; the client's error is answered after it.
+                failure = exc
             stopped.stop(changes)
+    if failure is not None:
+        raise failure
     return done
 
 

@@ -42,6 +42,7 @@ _SESSION = (
     "MULTIAPPEND",  # RFC 3502
     "CONDSTORE",  # RFC 7162 §3.1
     "QRESYNC",  # RFC 7162 §3.2
+    "COMPRESS=DEFLATE",  # RFC 4978
 )
 
 

@@ -16,6 +16,9 @@ for every session, see `sansmail.sessions.common`)::
 
     StartTLS          -> send starttls(event); after an OK, handshake, then
                          tls_started(description, log_description) or tls_failed(reason)
+    Compress          -> send compress(event); after an OK, flushed uncompressed, put
+                         deflate under the core, then inflate and feed back what
+                         compression_started() returns
     Idle              -> send handle(event) ("+ idling"); until the next event, watch
                          watch_paths and send idle_updates() [blocking] when they
                          change, and still_here() every IDLE_KEEPALIVE seconds; the
@@ -56,6 +59,12 @@ The rules, with their sources:
   for the client: the autologout timer runs from the IDLE command (re-armed by each
   command, so a client that re-issues IDLE within 29 minutes, as RFC 2177 §3 advises,
   stays), and shutdown ends an idler with its BYE.
+* COMPRESS=DEFLATE (RFC 4978) in the authenticated and selected states, with or without
+  TLS (§3: data is compressed, then encrypted; our TLS never compresses, so TLS is no
+  reason for COMPRESSIONACTIVE): OK "DEFLATE active", after which the adapter
+  compresses both ways; the core refuses other mechanisms (NO) and a second COMPRESS
+  (NO [COMPRESSIONACTIVE]). The logout line's in= and out= stay the octets of the
+  conversation, before compression.
 * The autologout timer is `AUTOLOGOUT` (§5.4: at least 30 minutes); its BYE, shutdown's
   BYE [UNAVAILABLE] and a bug's BYE [SERVERBUG] are the last words (§7.1.5).
 
@@ -71,7 +80,7 @@ from typing import Any, Literal
 
 import attrs
 
-from sansmail import SERVER, LocalProtocolError, __version__, imap, sasl
+from sansmail import SERVER, LocalProtocolError, RemoteProtocolError, __version__, imap, sasl
 from sansmail.config import Config
 from sansmail.mail.address import MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
@@ -101,10 +110,18 @@ _LOGOUT_BYE = imap.UntaggedStatus(status="BYE", text="Logging out")
 _READY_FOR_LITERAL = imap.Continuation(text="Ready for literal data")
 _IDLING = imap.Continuation(text="idling")
 _STILL_HERE = imap.UntaggedStatus(status="OK", text="Still here")
+_CORRUPT_COMPRESSION = imap.UntaggedStatus(status="BYE", text="Corrupt compressed data, closing")
 _PLAINTEXT_REFUSED = "Plaintext authentication disallowed: use STARTTLS"
 # Handled by this object even after login: the rest of a logged-in session's commands
 # are the `ImapSession`'s.
-_NOT_FOR_THE_MAILBOX = (imap.Capability, imap.Idle, imap.StartTLS, imap.Login, imap.Authenticate)
+_NOT_FOR_THE_MAILBOX = (
+    imap.Capability,
+    imap.Idle,
+    imap.StartTLS,
+    imap.Compress,
+    imap.Login,
+    imap.Authenticate,
+)
 
 
 @attrs.define
@@ -410,6 +427,24 @@ class ImapConversation:
     def tls_failed(self, reason: str) -> None:
         self.log(logging.INFO, f"{self.client}: STARTTLS handshake failed: {reason}")
         self._end("TLS handshake failed")
+
+    # -- COMPRESS ---------------------------------------------------------------------------
+
+    def compress(self, event: imap.Compress) -> imap.Tagged:
+        """RFC 4978 §3: OK, after which the adapter compresses (the core lets through
+        only DEFLATE, once, after login)."""
+        return _tagged(event.tag, "OK", "DEFLATE active")
+
+    def compression_error(self, reason: str) -> RemoteProtocolError:
+        """What the adapter raises when the client's compressed octets do not inflate:
+        a protocol error (logged, the session ends) with a BYE to send, compressed."""
+        return RemoteProtocolError(f"corrupt compressed data: {reason}", _CORRUPT_COMPRESSION)
+
+    def compression_started(self) -> bytes:
+        """The adapter's deflate is in place under the core: the octets the client sent
+        after COMPRESS, still compressed, for the adapter to inflate and feed back."""
+        self.log(logging.DEBUG, f"{self.client}: COMPRESS: DEFLATE")
+        return self.conn.start_compression()
 
     # -- LOGIN and AUTHENTICATE -------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from sansmail.imap import (
     Authenticate,
     AuthResponse,
     Capability,
+    Compress,
     Continuation,
     Idle,
     IdleDone,
@@ -51,7 +52,8 @@ SESSION_CAPS = (
     b"IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ENABLE ID IDLE NAMESPACE UNSELECT UIDPLUS MOVE"
     b" SPECIAL-USE LIST-EXTENDED LIST-STATUS CHILDREN ESEARCH SEARCHRES SORT SORT=DISPLAY"
     b" THREAD=ORDEREDSUBJECT THREAD=REFERENCES BINARY STATUS=SIZE"
-    b" QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT MULTIAPPEND CONDSTORE QRESYNC APPENDLIMIT=26214400"
+    b" QUOTA QUOTA=RES-STORAGE UTF8=ACCEPT MULTIAPPEND CONDSTORE QRESYNC COMPRESS=DEFLATE"
+    b" APPENDLIMIT=26214400"
 )
 MECHANISMS = b"AUTH=PLAIN AUTH=LOGIN AUTH=SCRAM-SHA-256"
 
@@ -88,6 +90,7 @@ class Driver:
         self._exchange: Any = None
         self._attempt: Login | Authenticate | None = None
         self._last: object = None
+        self.after_compress: bytes | None = None
         first = self.session.greeting() if refuse is None else self.session.refuse(refuse)
         self.greeting = self.session.counted.send(first)
 
@@ -126,6 +129,12 @@ class Driver:
                 if reply.status == "OK":
                     session.counted.start_tls()
                     session.tls_started(TLS, TLS_LOG)
+            elif isinstance(event, Compress):
+                reply = session.compress(event)
+                self._send(reply)
+                if reply.status == "OK":
+                    # What a real adapter would inflate and feed back (test_compress).
+                    self.after_compress = session.compression_started()
             elif isinstance(event, Login | Authenticate):
                 self._login(event)
             else:
