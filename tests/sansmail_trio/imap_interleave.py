@@ -464,7 +464,7 @@ class World:
             return
         view = session.view
         uids = sorted(
-            set(u for u in targets if u in view.flags) if uid else self._uids(session, targets)
+            {u for u in targets if u in view.flags} if uid else set(self._uids(session, targets))
         )
         tagged, untagged = session.try_command(f"{'UID ' * uid}{verb} {_set(targets)} {dest}")
         if any(u not in self.model for u in uids):
@@ -544,6 +544,45 @@ class World:
         finally:
             pop.quit()
 
+    def _file(self, uid: int) -> str:
+        conn = sqlite3.connect(f"file:{os.path.join(self.inbox, INDEX_NAME)}?mode=ro", uri=True)
+        try:
+            (name,) = conn.execute("SELECT name FROM messages WHERE uid = ?", (uid,)).fetchone()
+        finally:
+            conn.close()
+        return str(name)
+
+    def outside_flag(self, uid: int) -> None:
+        """Another tool (mutt) flags a message: it renames the file to carry F."""
+        self.log.append(f"outside F {uid}")
+        name = self._file(uid)
+        base, _, letters = name.partition(":2,")
+        os.rename(
+            os.path.join(self.inbox, name),
+            os.path.join(self.inbox, f"cur/{base[4:]}:2,{''.join(sorted({*letters, 'F'}))}"),
+        )
+        self.model[uid] = self.model[uid] | {"\\Flagged"}
+
+    def outside_unlink(self, uid: int) -> None:
+        """Another tool removes a message's file."""
+        self.log.append(f"outside unlink {uid}")
+        os.unlink(os.path.join(self.inbox, self._file(uid)))
+        del self.model[uid]
+
+    def reselect(self, session: Session, *, close: bool) -> None:
+        """CLOSE (which expunges the session's \\Deleted silently) or UNSELECT, and
+        SELECT again: the view starts afresh."""
+        self.log.append(f"{session.name} {'CLOSE' if close else 'UNSELECT'} SELECT")
+        if close:
+            for u in set(session.view.flags):
+                if "\\Deleted" in self.model.get(u, ()):
+                    del self.model[u]
+        _tagged, untagged = session.command("CLOSE" if close else "UNSELECT")
+        assert not [line for line in untagged if b"EXPUNGE" in line], untagged
+        session.view = View()
+        session.command("SELECT INBOX")
+        self.learn(session)
+
     def fetch_all(self, session: Session, *, uid: bool) -> None:
         """[UID] FETCH 1:* (UID FLAGS): every number answers with the UID the view has
         for it (a number never shifts inside FETCH)."""
@@ -565,9 +604,12 @@ class World:
         self.log.append(f"{session.name} {'UID ' * uid}SEARCH")
         before = list(session.view.uids)
         _tagged, untagged = session.command(f"{'UID ' * uid}SEARCH ALL", expunge_allowed=uid)
-        found = [
-            int(n) for line in untagged if line.startswith(b"* SEARCH") for n in line.split()[2:]
-        ]
+        found: list[int] = []
+        for line in untagged:
+            if line.startswith(b"* SEARCH"):
+                found += [int(n) for n in line.split()[2:]]
+            elif line.startswith(b"* ESEARCH") and (all_ := re.search(rb" ALL (\S+)", line)):
+                found += _expand(all_[1])
         if uid:
             assert set(found) <= set(before), (found, before)
         else:
