@@ -3,9 +3,9 @@
 - ``mbsync`` (isync 1.4 and later) sends COMPRESS DEFLATE by itself once the server
   lists it after login (its NEWS: "Support for compressed data transfer has been
   added"); a pull of a small mailbox over imaps goes through it. The other installed
-  clients do not speak it here: curl has no COMPRESS, Debian's neomutt 20220429 is built
-  without zlib (no ``imap_deflate``), offlineimap3's ``usecompression`` goes through
-  imaplib2, which only the system Python has.
+  clients: ``offlineimap3`` with ``usecompression = yes`` (imaplib2's
+  enable_compression); curl has no COMPRESS, and Debian's neomutt 20220429 is built
+  without zlib (no ``imap_deflate``).
 - imaplib with a small zlib wrapper (`DeflatingIMAP`, the way imaplib2 does it) for a
   whole session over STARTTLS and over implicit TLS, byte counts included;
 - a raw TLS socket for what no polite client sends: a command pipelined behind
@@ -35,6 +35,7 @@ from test_imap_e2e import ALICE, connect_imaps, imap_server, in_thread, ok
 from trio_helpers import RunningServer, logged
 
 MBSYNC = shutil.which("mbsync")
+OFFLINEIMAP = shutil.which("offlineimap")
 # imaplib knows no COMPRESS; it may send it in any state (the server is what refuses).
 imaplib.Commands.setdefault("COMPRESS", ("NONAUTH", "AUTH", "SELECTED"))
 
@@ -400,10 +401,27 @@ async def test_a_deflate_bomb_is_a_protocol_error_not_memory(
 # --- a real client that is not ours ------------------------------------------------------
 
 
+@pytest.fixture
+def tls_files(tls_ca: trustme.CA, tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A certificate for localhost with the name in its common name too: offlineimap3's
+    imaplib2 insists on one (test_imap_sync_clients.py says more)."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", common_name="localhost")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
+
+
+def compressed_sessions(caplog: pytest.LogCaptureFixture) -> int:
+    """Sessions whose COMPRESS the server took (its DEBUG line)."""
+    return sum(r.getMessage().endswith(": COMPRESS: DEFLATE") for r in caplog.records)
+
+
 @pytest.mark.skipif(MBSYNC is None, reason="isync (mbsync) is not installed")
 async def test_mbsync_pulls_a_mailbox_through_compress(
     start_server, tls_files, tls_ca: trustme.CA, tmp_path: pathlib.Path, caplog
 ):
+    caplog.set_level("DEBUG", logger="sansmail")
     server = await imap_server(start_server, tls_files)
     expected = fill_inbox(server, 200)
     ca_file = tmp_path / "ca.pem"
@@ -442,3 +460,40 @@ async def test_mbsync_pulls_a_mailbox_through_compress(
     # mbsync stores lines with LF ends, as Maildir tools do, and adds its X-TUID field.
     pulled = [re.sub(rb"(?m)^X-TUID: .*\n", b"", data) for data in pulled]
     assert sorted(pulled) == sorted(m.replace(b"\r\n", b"\n") for m in expected)
+    assert compressed_sessions(caplog) >= 1
+
+
+@pytest.mark.skipif(OFFLINEIMAP is None, reason="offlineimap3 is not installed")
+async def test_offlineimap_pulls_a_mailbox_through_compress(
+    start_server, tls_files, tls_ca: trustme.CA, tmp_path: pathlib.Path, caplog
+):
+    caplog.set_level("DEBUG", logger="sansmail")
+    server = await imap_server(start_server, tls_files)
+    expected = fill_inbox(server, 100)
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    local = tmp_path / "local"
+    rc = tmp_path / "offlineimaprc"
+    rc.write_text(
+        "[general]\naccounts = main\n"
+        f"metadata = {tmp_path / 'meta'}\nui = basic\n\n"
+        "[Account main]\nlocalrepository = near\nremoterepository = far\n\n"
+        f"[Repository near]\ntype = Maildir\nlocalfolders = {local}\nsep = /\n\n"
+        "[Repository far]\ntype = IMAP\nremotehost = localhost\n"
+        f"remoteport = {server.port_of('imaps')}\nremoteuser = {ALICE}\n"
+        f"remotepass = secret\nssl = yes\nsslcacertfile = {ca_file}\n"
+        "usecompression = yes\nfolderfilter = lambda name: name == 'INBOX'\n"
+    )
+    assert OFFLINEIMAP is not None
+    done = await trio.run_process(
+        [OFFLINEIMAP, "-c", str(rc), "-o"],
+        capture_stdout=True,
+        stderr=subprocess.STDOUT,
+        check=False,
+    )
+    output = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    assert "ERROR" not in output, output[-3000:]
+    pulled = [p.read_bytes() for sub in ("cur", "new") for p in (local / "INBOX" / sub).iterdir()]
+    assert sorted(pulled) == sorted(m.replace(b"\r\n", b"\n") for m in expected)
+    assert compressed_sessions(caplog) >= 1
