@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 import trio
 import trustme
-from test_imap_e2e import ALICE, connect_imaps, imap_server, in_thread, ok
+from test_imap_e2e import ALICE, connect_imaps, deliver, imap_server, in_thread, ok
 from trio_helpers import RunningServer, logged
 
 MBSYNC = shutil.which("mbsync")
@@ -284,6 +284,43 @@ async def test_a_command_pipelined_behind_compress_is_inflated(start_server, tls
         b"c OK CAPABILITY completed",
         b"* BYE Logging out",
         b"l OK LOGOUT completed",
+    ]
+
+
+async def test_idle_news_arrives_compressed(start_server, tls_files, client_tls):
+    # IDLE's pusher writes beside the task waiting for DONE: both through one deflate.
+    server = await imap_server(start_server, tls_files)
+
+    def start() -> RawTLS:
+        client = RawTLS(server, client_tls)  # blocking: not on the server's loop
+        client.login_and_compress()
+        client.send(b"s SELECT INBOX\r\n")
+        assert client.until_tagged(b"s")[-1].startswith(b"s OK")
+        client.send(b"i IDLE\r\n")
+        assert client.line() == b"+ idling"
+        return client
+
+    def news_then_done() -> list[bytes]:
+        lines = [client.line()]
+        while not lines[-1].endswith(b" RECENT"):
+            lines.append(client.line())
+        client.send(b"DONE\r\n")
+        lines += client.until_tagged(b"i")
+        client.send(b"n NOOP\r\n")
+        lines += client.until_tagged(b"n")
+        return lines
+
+    client = await in_thread(start)
+    try:
+        await deliver(server, message(1))
+        lines = await in_thread(news_then_done)
+    finally:
+        client.close()
+    assert lines == [
+        b"* 1 EXISTS",
+        b"* 1 RECENT",
+        b"i OK IDLE terminated",
+        b"n OK NOOP completed",
     ]
 
 
