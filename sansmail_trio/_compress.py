@@ -11,8 +11,8 @@ and later data is compressed against the 32 KiB of history before it.
 
 Sending. Every `send_all` ends with a sync flush (``Z_SYNC_FLUSH``): its octets leave
 whole, ending on a byte boundary, so the client can inflate every response as it
-arrives (RFC 4978 §4: a response held back in the compressor's buffer would stall a
-client waiting for it). The `Wire` calls `send_all` once per batch of responses, when
+arrives (a response held back in the compressor's buffer would stall a client that
+waits for it before it sends more). The `Wire` calls `send_all` once per batch of responses, when
 it is about to wait for the client, so a FETCH of a thousand messages is one deflate
 run and one flush, not one per message; a run of `THREAD_THRESHOLD` octets or more is
 deflated in a worker thread, so that the other sessions of the process are not held
