@@ -211,7 +211,8 @@ def fetch_messages(
     the change. CHANGEDSINCE (§3.1.4.1) keeps the messages changed after it, and
     VANISHED (§3.2.6) first reports the UIDs of the set expunged after it."""
     options = fetch_options(command.modifiers, uid=command.uid)
-    selected = select_messages(view, command.sequence_set, uid=command.uid)
+    if options.changedsince is None:
+        selected = select_messages(view, command.sequence_set, uid=command.uid)
     asked = list(command.items)
     with_modseq = (
         _MODSEQ in asked or options.changedsince is not None or (condstore and _FLAGS in asked)
@@ -225,7 +226,13 @@ def fetch_messages(
             gone = _vanished(view, command.sequence_set, options.changedsince)
             if gone:
                 out.append(vanished(gone, earlier=True))
-        selected, modseqs = _with_states(view, selected, options.changedsince, asked)
+        if options.changedsince is None:
+            states = view.flag_states([m.uid for _n, m in selected])
+        else:
+            selected, states = _changed(
+                view, command.sequence_set, options.changedsince, command.uid
+            )
+        selected, modseqs = _with_states(view, selected, states, asked)
     if len(asked) != len(command.items):
         command = attrs.evolve(command, items=tuple(asked))
     names = _batch_names(command)
@@ -291,31 +298,56 @@ def resync(view: FolderView, qresync: Qresync, *, rev2: bool) -> list[Response]:
     return out
 
 
+def _changed(
+    view: FolderView, sequence_set: SequenceSet, since: int, uid: bool
+) -> tuple[list[tuple[int, ImapMessage]], dict[int, tuple[int, frozenset[str]]]]:
+    """What `select_messages` selects, of the messages changed after `since` only, and
+    their states: found through the store's mod-sequences, so a resync of a big folder
+    makes no message that did not change."""
+    states = view.changed_since(since)
+    uids = view.uids
+    messages = view.messages
+    if sequence_set.saved:
+        saved = _SAVED.get(view, frozenset())
+        wanted = sorted(u for u in states if u in saved)
+    else:
+        largest = (uids[-1] if uids else 0) if uid else len(uids)
+        spans = sequence_set.resolve(largest)
+        if not uid and spans and spans[-1][-1] > len(uids):
+            raise BadSetError
+        starts = [span.start for span in spans]
+
+        def named(key: int) -> bool:
+            at = bisect.bisect_right(starts, key) - 1
+            return at >= 0 and key in spans[at]
+
+        wanted = [u for u in sorted(states) if named(u if uid else bisect.bisect_left(uids, u) + 1)]
+    out = []
+    for u in wanted:
+        pos = bisect.bisect_left(uids, u)
+        out.append((pos + 1, messages[pos]))
+    return out, states
+
+
 def _with_states(
     view: FolderView,
     selected: list[tuple[int, ImapMessage]],
-    changedsince: int | None,
+    states: dict[int, tuple[int, frozenset[str]]],
     asked: list[FetchItem],
 ) -> tuple[list[tuple[int, ImapMessage]], dict[int, int]]:
-    """The messages of `selected` (those changed after `changedsince`, if given) with
-    the flags the store holds, and UID -> mod-sequence. A message whose flags are not
-    the view's gets FLAGS in `asked` (so the pair goes out together); one expunged
-    meanwhile keeps the view's flags, with the view's HIGHESTMODSEQ (no reported change
-    of it is newer)."""
-    states = view.flag_states([m.uid for _n, m in selected])
+    """The messages of `selected` with the flags of `states` (the store's now), and UID
+    -> mod-sequence. A message whose flags are not the view's gets FLAGS in `asked` (so
+    the pair goes out together); one expunged meanwhile keeps the view's flags, with
+    the view's HIGHESTMODSEQ (no reported change of it is newer)."""
     out: list[tuple[int, ImapMessage]] = []
     modseqs: dict[int, int] = {}
     for number, message in selected:
         state = states.get(message.uid)
         if state is None:
-            if changedsince is not None:
-                continue
             modseqs[message.uid] = view.highestmodseq
             out.append((number, message))
             continue
         modseq, flags = state
-        if changedsince is not None and modseq <= changedsince:
-            continue
         modseqs[message.uid] = modseq
         if flags == message.flags:
             out.append((number, message))

@@ -12,6 +12,8 @@ import re
 import sqlite3
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from session_helpers import ALICE, Client, make_store
 
 from sansmail.storage.maildir import MaildirStore, Maildrop, _imapindex
@@ -311,3 +313,47 @@ def test_modseqs_survive_a_restart_and_never_go_back(tmp_path: pathlib.Path) -> 
     again.run(b"a2 STORE 2 +FLAGS (\\Seen)")
     assert highest(again) == before + 1
     again.close()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.integers(1, 12), max_size=8),
+    st.lists(st.integers(1, 12), max_size=3),
+    st.lists(st.tuples(st.integers(1, 14), st.integers(1, 14)), min_size=1, max_size=3),
+    st.booleans(),
+    st.integers(1, 20),
+)
+def test_changedsince_is_the_full_answer_filtered(
+    tmp_path_factory: pytest.TempPathFactory,
+    flagged: list[int],
+    expunged: list[int],
+    ranges: list[tuple[int, int]],
+    uid: bool,
+    since: int,
+) -> None:
+    c = filled(tmp_path_factory.mktemp("changed"), 12)
+    c.run(b"s1 SELECT INBOX (CONDSTORE)")
+    for n in flagged:
+        c.run(b"f UID STORE %d +FLAGS.SILENT ($X%d)" % (n, n))
+    for n in expunged:
+        c.run(b"d UID STORE %d +FLAGS.SILENT (\\Deleted)" % n)
+        c.run(b"x UID EXPUNGE %d" % n)
+    c.run(b"n NOOP")
+    count = int(re.findall(rb"(\d+) EXISTS", c.run(b"s2 SELECT INBOX"))[-1])
+    words = ",".join(f"{a}:{b}" for a, b in ranges).encode()
+    prefix = b"UID " if uid else b""
+    full = c.run(b"a " + prefix + b"FETCH " + words + b" (FLAGS MODSEQ)")
+    changed = c.run(b"b " + prefix + b"FETCH " + words + b" (FLAGS) (CHANGEDSINCE %d)" % since)
+    if not uid and max(max(r) for r in ranges) > count:
+        assert full.startswith(b"a BAD")
+        assert changed.startswith(b"b BAD")
+        return
+    kept = [
+        line
+        for line in full.split(b"\r\n")[:-2]
+        if int(re.search(rb"MODSEQ \((\d+)\)", line).group(1)) > since  # type: ignore[union-attr]
+    ]
+    assert changed.split(b"\r\n")[:-2] == kept
+    c.close()
