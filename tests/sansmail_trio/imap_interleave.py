@@ -545,12 +545,18 @@ class World:
             pop.quit()
 
     def _file(self, uid: int) -> str:
+        """Where the message's file is now (the index may not have seen the last rename
+        another tool made)."""
         conn = sqlite3.connect(f"file:{os.path.join(self.inbox, INDEX_NAME)}?mode=ro", uri=True)
         try:
-            (name,) = conn.execute("SELECT name FROM messages WHERE uid = ?", (uid,)).fetchone()
+            (base,) = conn.execute("SELECT base FROM messages WHERE uid = ?", (uid,)).fetchone()
         finally:
             conn.close()
-        return str(name)
+        for sub in ("cur", "new"):
+            for name in os.listdir(os.path.join(self.inbox, sub)):
+                if name.partition(":")[0] == base:
+                    return f"{sub}/{name}"
+        raise AssertionError(f"no file for UID {uid}")
 
     def outside_flag(self, uid: int) -> None:
         """Another tool (mutt) flags a message: it renames the file to carry F."""

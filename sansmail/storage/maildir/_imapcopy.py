@@ -35,7 +35,7 @@ import attrs
 from sansmail.storage.durable import fsync_dir, unlink_quietly
 from sansmail.storage.maildir._imapbase import CopyResult, ExpungeIssuedError, ImapStoreError
 from sansmail.storage.maildir._imapindex import FolderIndex, NewRow, is_corrupt
-from sansmail.storage.maildir._imapmaildir import Namer, info_letters
+from sansmail.storage.maildir._imapmaildir import Namer, info_letters, parse_info, split_name
 
 __all__ = ["transfer"]
 
@@ -108,23 +108,31 @@ def _sources(index: FolderIndex, uids: Sequence[int]) -> list[_Source]:
     gone = [uid for uid in uids if uid not in found]
     if gone:
         raise ExpungeIssuedError("some of the messages were expunged", gone)
-    return [
-        _Source(
-            uid=uid,
-            path=os.path.join(index.folder, rel),
-            row=NewRow(
-                base=base,
-                name=rel,
-                flags=bits,
-                keywords=tuple(keywords.split()),
-                internaldate=internaldate,
-                tz=tz,
-                size=size,
-                structures=structures.get(uid),
-            ),
+    sources = []
+    listing: dict[str, str] | None = None
+    for uid, base, indexed, indexed_bits, keywords, internaldate, tz, size in rows:
+        rel, bits, names = indexed, indexed_bits, tuple(keywords.split())
+        if not os.path.exists(os.path.join(index.folder, rel)):
+            # Renamed by another tool (mutt flagging it) since the index looked: the file
+            # is the truth, and the copy must carry the flags its name has now.
+            if listing is None:
+                listing = index.scan()
+            moved = listing.get(base)
+            if moved is not None:
+                rel = moved
+                bits, names = parse_info(split_name(rel[4:])[1], index.keywords())
+        row = NewRow(
+            base=base,
+            name=rel,
+            flags=bits,
+            keywords=names,
+            internaldate=internaldate,
+            tz=tz,
+            size=size,
+            structures=structures.get(uid),
         )
-        for uid, base, rel, bits, keywords, internaldate, tz, size in rows
-    ]
+        sources.append(_Source(uid=uid, path=os.path.join(index.folder, rel), row=row))
+    return sources
 
 
 def _place(
