@@ -29,6 +29,7 @@ import pty
 import re
 import select
 import shutil
+import smtplib
 import ssl
 import struct
 import subprocess
@@ -343,12 +344,13 @@ def local_file(path: pathlib.Path, message_id: str) -> pathlib.Path:
 _SENT_COMMAND = re.compile(r">>> \d+ (UID \w+|\w+)(.*)")
 
 
-#: What a sync that finds nothing to do sends: it logs in (and turns on COMPRESS
-#: DEFLATE where the server offers it), lists, and per folder selects, fetches UIDs and
-#: flags, and closes.
+#: What a sync that finds nothing to do sends: it logs in (after STARTTLS where asked
+#: to, and turns on COMPRESS DEFLATE where the server offers it), lists, and per folder
+#: selects, fetches UIDs and flags, and closes.
 _LOOKING = frozenset(
     (
-        *("AUTHENTICATE", "LOGIN", "CAPABILITY", "COMPRESS", "ENABLE", "ID", "NAMESPACE"),
+        *("STARTTLS", "AUTHENTICATE", "LOGIN", "CAPABILITY", "COMPRESS", "ENABLE", "ID"),
+        "NAMESPACE",
         *("LIST", "SELECT", "EXAMINE", "UID FETCH", "FETCH", "CLOSE", "LOGOUT"),
     )
 )
@@ -526,6 +528,66 @@ async def test_mbsync_converges_both_ways(
     # and CLOSE per folder, where the second run stored, appended and created.
     assert changing_commands(third) == []
     assert {"APPEND", "CREATE", "UID STORE"} <= set(changing_commands(second))
+
+
+@pytest.mark.skipif(
+    MBSYNC is None, reason="mbsync is not installed (.ci/run: apt-get install isync)"
+)
+async def test_mbsync_converges_with_changes_made_while_it_runs(
+    start_server: StartServer,
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    client_tls: ssl.SSLContext,
+    ca_file: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    """Deliveries, flag changes and expunges made by others while mbsync pulls reach it
+    as untagged EXISTS, FETCH and EXPUNGE in the middle of its session (STARTTLS here):
+    whatever it picked up then, the next run converges on what the server holds, and
+    the one after changes nothing."""
+    assert MBSYNC is not None
+    server = await imap_server(start_server, tls_files)
+    fill_server_folder(server, "INBOX", 1000)
+    local = tmp_path / "local"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(
+        mbsync_config(server, ca_file, local)
+        .replace(f"Port {server.port_of('imaps')}", f"Port {server.port_of('imap')}")
+        .replace("SSLType IMAPS", "SSLType STARTTLS")
+    )
+
+    async def mbsync(*options: str) -> str:
+        status, output = await run(MBSYNC, "-c", str(rc), *options, "-a")
+        assert status == 0, output
+        return output
+
+    def meanwhile() -> None:
+        client = connect(server, client_tls)
+        ok(client.select("INBOX"))
+        with smtplib.SMTP("127.0.0.1", server.port_of("smtp"), timeout=10) as smtp:
+            for i in range(20):
+                smtp.sendmail("sender@example.org", [ALICE], message(i, "meanwhile"))
+                ok(client.uid("STORE", str(100 + 7 * i), "+FLAGS", "(\\Flagged)"))
+                if i % 5 == 0:
+                    ok(client.uid("STORE", str(500 + i), "+FLAGS", "(\\Deleted)"))
+                    ok(client.expunge())
+                time.sleep(0.05)
+        client.logout()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mbsync)
+        nursery.start_soon(in_thread, meanwhile)
+    await mbsync()
+    far, near = await in_thread(lambda: both_sides(server, client_tls, local))
+    assert far == near
+    assert len(far["INBOX"]) == 1000 + 20 - 4
+    flagged = {m for m, flags in far["INBOX"].items() if "\\Flagged" in flags}
+    assert {f"<INBOX.{99 + 7 * i}@example.org>" for i in range(20)} <= flagged
+
+    before = await in_thread(lambda: snapshot(server, client_tls, local))
+    third = await mbsync("-Dn")
+    assert await in_thread(lambda: snapshot(server, client_tls, local)) == before
+    assert changing_commands(third) == []
 
 
 # --- offlineimap3 ------------------------------------------------------------------------------
