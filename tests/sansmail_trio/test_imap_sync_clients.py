@@ -623,6 +623,8 @@ def offlineimap_config(
         "remotepass = secret\n"
         "ssl = yes\n"
         f"sslcacertfile = {ca_file}\n"
+        # Two sessions at once, each syncing its own folders.
+        "maxconnections = 2\n"
     )
 
 
