@@ -4,8 +4,9 @@
   a full pull of a few thousand messages, then flag changes, expunges and new mail on
   both sides, a second run that converges and a third that changes nothing;
 - ``offlineimap3`` does the same both ways on a small mailbox;
-- ``neomutt``, driven by pushed keys on a pseudo-terminal, reads, flags, copies and
-  deletes over imaps, and resyncs its header cache with CONDSTORE and QRESYNC;
+- ``neomutt``, driven by keys on a pseudo-terminal, reads, flags, copies and deletes
+  over imaps, resyncs its header cache with CONDSTORE and QRESYNC, and hears a delivery
+  while it idles (IDLE);
 - ``curl`` lists, examines, fetches by UID, searches and appends over imap and imaps.
 
 Debian packages: isync, offlineimap3, neomutt, curl (``.ci/run`` installs them; a test
@@ -731,43 +732,58 @@ def neomutt_config(server: RunningServer, ca_file: pathlib.Path) -> str:
     )
 
 
-def drive_on_a_terminal(
-    argv: list[str], home: pathlib.Path, timeout: float = 30
-) -> tuple[int, bytes]:
-    """Run a curses program on a pseudo-terminal of its own to its end, reading what it
-    draws (a full pipe would stop it); its status and its screen output.
+class Terminal:
+    """A curses program on a pseudo-terminal of its own, whose drawing is read as it
+    comes (a full pipe would stop it) and to which keys can be typed.
 
     neomutt has no batch mode that opens a mailbox: ``-B`` starts no UI and so reads no
     folder, and a message sent in batch mode is not saved to an IMAP folder ("Fcc to an
     IMAP mailbox is not supported in batch mode"). So it runs as its user would run it,
-    on a terminal, with the keys pushed by ``-e 'push ...'`` ending in <quit>."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = dict(os.environ, TERM="xterm", HOME=str(home))
-    proc = subprocess.Popen(
-        argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
-    )
-    os.close(slave)
-    screen = b""
-    deadline = time.monotonic() + timeout
-    try:
+    on a terminal, with keys pushed by ``-e 'push ...'`` or typed here."""
+
+    def __init__(self, argv: list[str], home: pathlib.Path) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        env = dict(os.environ, TERM="xterm", HOME=str(home))
+        self.proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+        os.close(slave)
+        self.screen = b""
+
+    def pump(self, seconds: float) -> bool:
+        """Read what it draws for up to `seconds`; False once it has ended."""
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
+            ready, _, _ = select.select([self.master], [], [], 0.05)
             if ready:
                 try:
-                    data = os.read(master, 65536)
+                    data = os.read(self.master, 65536)
                 except OSError:  # EIO: the program and its terminal are gone
-                    break
+                    return False
                 if not data:
-                    break
-                screen += data
-            elif proc.poll() is not None:
-                break
-        else:
-            proc.kill()
-        return proc.wait(10), screen
-    finally:
-        os.close(master)
+                    return False
+                self.screen += data
+            elif self.proc.poll() is not None:
+                return False
+        return True
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def finish(self, timeout: float = 30) -> tuple[int, bytes]:
+        """Its status once it has ended (killed after `timeout`), and all it drew."""
+        try:
+            if self.pump(timeout):
+                self.proc.kill()
+            return self.proc.wait(10), self.screen
+        finally:
+            os.close(self.master)
+
+
+def drive_on_a_terminal(argv: list[str], home: pathlib.Path) -> tuple[int, bytes]:
+    """Run a curses program on a terminal to its end (keys pushed by its arguments)."""
+    return Terminal(argv, home).finish()
 
 
 @pytest.mark.skipif(
@@ -907,6 +923,64 @@ async def test_neomutt_resyncs_its_header_cache_with_condstore_and_qresync(
     screen, log = await open_and_quit(3)
     assert re.search(r"< \* VANISHED \(EARLIER\) 3,6\r?$", log, re.MULTILINE), log
     assert last_status(screen) == (7, 5, 2)  # UID 3 was unread, UID 6 read
+
+
+@pytest.mark.skipif(
+    NEOMUTT is None, reason="neomutt is not installed (.ci/run: apt-get install neomutt)"
+)
+async def test_neomutt_idles_and_hears_a_delivery(
+    start_server: StartServer,
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    ca_file: pathlib.Path,
+    tmp_path: pathlib.Path,
+) -> None:
+    """neomutt with imap_idle waits in IDLE while its user reads the index; a message
+    delivered by SMTP then reaches it as ``* n EXISTS`` inside the IDLE, it ends the IDLE
+    with DONE and fetches the new message's header, and quits when told."""
+    assert NEOMUTT is not None
+    server = await imap_server(start_server, tls_files)
+    fill_server_folder(server, "INBOX", 5)
+    rc = tmp_path / "neomuttrc"
+    # timeout: seconds without a key before neomutt looks at its mailbox, which is
+    # when it (re)enters IDLE.
+    rc.write_text(
+        neomutt_config(server, ca_file)
+        + "set imap_idle = yes\nset timeout = 1\nset mail_check = 1\n"
+    )
+    log = tmp_path / "neomutt.log"
+    argv = [NEOMUTT, "-n", "-F", str(rc), "-d", "5", "-l", str(log)]
+
+    def read_log() -> str:
+        # neomutt adds a number to the log's name.
+        return "".join(p.read_text(errors="replace") for p in tmp_path.glob("neomutt.log*"))
+
+    def session() -> tuple[int, str, str]:
+        terminal = Terminal(argv, tmp_path)
+        try:
+            deadline = time.monotonic() + 20
+            while "< + idling" not in read_log() and time.monotonic() < deadline:
+                terminal.pump(0.1)
+            before = read_log()
+            assert "< + idling" in before, before
+            with smtplib.SMTP("127.0.0.1", server.port_of("smtp"), timeout=10) as smtp:
+                smtp.sendmail("sender@example.org", [ALICE], message(5))
+            deadline = time.monotonic() + 10
+            while "< * 6 FETCH (UID 6 " not in read_log() and time.monotonic() < deadline:
+                terminal.pump(0.1)
+            terminal.type(b"q")
+        finally:
+            status, _screen = terminal.finish()
+        return status, before, read_log()[len(before) :]
+
+    status, before, after = await in_thread(session)
+    assert status == 0
+    assert re.search(r"> a\d+ IDLE\r?$", before, re.MULTILINE), before
+    # In the IDLE, the delivery: EXISTS, then neomutt's DONE, the OK, the new header.
+    # "... mutt_socket_readln_d() 4< * 6 EXISTS": 4 is the socket, < read, > written.
+    lines = [m.group(1) for m in re.finditer(r"\(\) \d+[<>] (.*?)\r?$", after, re.MULTILINE)]
+    assert lines.index("* 6 EXISTS") < lines.index("DONE")
+    assert any(re.fullmatch(r"a\d+ OK IDLE terminated", line) for line in lines), lines
+    assert any(line.startswith("* 6 FETCH (UID 6 ") for line in lines), lines
 
 
 # --- curl ---------------------------------------------------------------------------------------
