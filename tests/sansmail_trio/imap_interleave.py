@@ -606,6 +606,25 @@ class World:
             assert numbers == list(range(1, len(before) + 1)), (numbers, before)
         self.learn(session)
 
+    def read(self, session: Session, targets: Sequence[int], *, uid: bool) -> None:
+        """[UID] FETCH `targets` (BODY[]): sets \\Seen where the session had not been
+        told it is set (RFC 9051 §6.4.5), and says so with FLAGS."""
+        self.log.append(f"{session.name} {'UID ' * uid}FETCH {targets} BODY[]")
+        if not targets:
+            return
+        view = session.view
+        uids = {u for u in targets if u in view.flags} if uid else set(self._uids(session, targets))
+        for u in uids:
+            if u in self.model and "\\Seen" not in view.flags[u]:
+                self.model[u] = self.model[u] | {"\\Seen"}
+        _tagged, untagged = session.command(
+            f"{'UID ' * uid}FETCH {_set(targets)} (UID BODY[])", expunge_allowed=uid
+        )
+        for u in uids:
+            if u in self.model:
+                assert "\\Seen" in view.flags[u], (u, view.flags, untagged)
+        self.learn(session)
+
     def search_all(self, session: Session, *, uid: bool) -> None:
         self.log.append(f"{session.name} {'UID ' * uid}SEARCH")
         before = list(session.view.uids)

@@ -16,6 +16,7 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import shutil
 import signal
@@ -267,6 +268,12 @@ async def test_idle_reports_what_changed_before_it_began(
 
 @pytest.fixture
 def two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, int], list[int]]]:
+    with serving_two_processes(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serving_two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, int], list[int]]]:
     """`sansmail-trio serve` with ``processes = 2``: (port by service, the pids of the two
     server processes)."""
     (tmp_path / "sansmail.toml").write_text(

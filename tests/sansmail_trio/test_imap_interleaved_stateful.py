@@ -1,18 +1,23 @@
-"""Random interleavings of STORE, EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND, FETCH and
-SEARCH by two or three IMAP sessions, SMTP deliveries and POP3 DELE on one INBOX, against
-a real serve() on 127.0.0.1 (hypothesis' stateful testing; the harness and its model are
-imap_interleave.py's). Sessions act on stale views, as real clients do; after each NOOP
+"""Random interleavings of STORE [.SILENT], EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND,
+FETCH (BODY[] setting \\Seen), SEARCH, CLOSE/UNSELECT and IDLE by two or three IMAP
+sessions (IMAP4rev1 and rev2), SMTP deliveries, POP3 DELE and another tool renaming or
+removing files, on one INBOX, against a real server on 127.0.0.1 (hypothesis' stateful
+testing; the harness and its model are imap_interleave.py's): serve() in the test's
+loop, and `sansmail-trio serve` with ``processes = 2`` with sessions A and B in
+different processes. Sessions act on stale views, as real clients do; after each NOOP
 the session's view must equal the model and the store, and an idler must hear what
 changed (before it began to idle, and while it idles).
 
 One server serves every example; each example's sessions start from whatever the INBOX
-holds and empty it as they leave. Few, short examples, so the whole stays under a
-minute: the fixed scripts of test_imap_interleaved.py cover the named cases."""
+holds and empty it as they leave. Few, short examples, so the whole stays well under a
+minute (SANSMAIL_INTERLEAVINGS=1000 for a longer hunt); the fixed scripts of
+test_imap_interleaved.py cover the named cases."""
 
 from __future__ import annotations
 
 import os
-import ssl
+import pathlib
+from collections.abc import Callable
 
 import trio
 from hypothesis import HealthCheck, settings
@@ -20,9 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from imap_interleave import ALICE, FLAGS, Session, World
 from test_imap_e2e import imap_server
-from trio_helpers import RunningServer
+from test_imap_interleaved import serving_two_processes, spread_sessions
 
-#: More for a longer hunt: SANSMAIL_INTERLEAVINGS=500 pytest test_imap_interleaved_stateful.py
 EXAMPLES = int(os.environ.get("SANSMAIL_INTERLEAVINGS", "100"))
 
 picks = st.lists(st.integers(0, 9), max_size=3)
@@ -31,8 +35,9 @@ flag_sets = st.lists(st.sampled_from(FLAGS), min_size=1, max_size=2, unique=True
 
 
 class Interleaving(RuleBasedStateMachine):
-    server: RunningServer
-    context: ssl.SSLContext
+    #: (number of sessions, which ENABLE IMAP4rev2) -> the world of an example; set by
+    #: the test, for its server.
+    make: Callable[[int, list[bool]], World]
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,16 +45,7 @@ class Interleaving(RuleBasedStateMachine):
 
     @initialize(count=st.integers(2, 3), rev2=st.lists(st.booleans(), min_size=3, max_size=3))
     def open(self, count: int, rev2: list[bool]) -> None:
-        made = [
-            Session.connect("ABC"[i], self.server.port_of("imaps"), self.context, rev2=rev2[i])
-            for i in range(count)
-        ]
-        self.world = World(
-            made,
-            inbox=str(self.server.maildir(ALICE)),
-            smtp_port=self.server.port_of("smtp"),
-            pop3_port=self.server.port_of("pop3"),
-        )
+        self.world = type(self).make(count, rev2)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -141,6 +137,11 @@ class Interleaving(RuleBasedStateMachine):
     def fetch(self, who: int, uid: bool) -> None:
         self.w.fetch_all(self.session(who), uid=uid)
 
+    @rule(who=sessions, chosen=picks, uid=st.booleans())
+    def read(self, who: int, chosen: list[int], uid: bool) -> None:
+        session = self.session(who)
+        self.w.read(session, self.targets(session, chosen, uid=uid), uid=uid)
+
     @rule(who=sessions, uid=st.booleans())
     def search(self, who: int, uid: bool) -> None:
         self.w.search_all(self.session(who), uid=uid)
@@ -187,23 +188,52 @@ class Interleaving(RuleBasedStateMachine):
                 session.close()
 
 
+def run_machine(make: Callable[[int, list[bool]], World], examples: int = EXAMPLES) -> None:
+    Interleaving.make = staticmethod(make)  # type: ignore[assignment]
+    run_state_machine_as_test(
+        Interleaving,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=25,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        ),
+    )
+
+
 async def test_random_interleavings_agree_with_the_model(
     start_server, tls_files, client_tls
 ) -> None:
     server = await imap_server(start_server, tls_files)
-    Interleaving.server = server
-    Interleaving.context = client_tls
 
-    def run() -> None:
-        run_state_machine_as_test(
-            Interleaving,
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=25,
-                deadline=None,
-                database=None,
-                suppress_health_check=list(HealthCheck),
-            ),
+    def make(count: int, rev2: list[bool]) -> World:
+        port = server.port_of("imaps")
+        return World(
+            [Session.connect("ABC"[i], port, client_tls, rev2=rev2[i]) for i in range(count)],
+            inbox=str(server.maildir(ALICE)),
+            smtp_port=server.port_of("smtp"),
+            pop3_port=server.port_of("pop3"),
         )
 
-    await trio.to_thread.run_sync(run)
+    await trio.to_thread.run_sync(run_machine, make)
+
+
+def test_random_interleavings_in_two_processes(tmp_path: pathlib.Path) -> None:
+    # Sessions A and B in different server processes; a third beside one of them.
+    with serving_two_processes(tmp_path) as (ports, pids):
+        _in_two_processes(tmp_path, ports, pids)
+
+
+def _in_two_processes(tmp_path: pathlib.Path, ports: dict[str, int], pids: list[int]) -> None:
+
+    def make(count: int, rev2: list[bool]) -> World:
+        return World(
+            spread_sessions(ports["imap"], pids, count),
+            inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
+            smtp_port=ports["smtp"],
+            pop3_port=ports["pop3"],
+        )
+
+    # Half as many: the in-process test covers the same rules, these the processes.
+    run_machine(make, EXAMPLES // 2)
