@@ -17,6 +17,7 @@ nothing.
 from __future__ import annotations
 
 import contextlib
+import os
 import pathlib
 import shutil
 import signal
@@ -366,3 +367,26 @@ def test_sessions_in_two_processes_agree_with_the_model(
     finally:
         for session in sessions:
             session.close()
+
+
+def test_shutdown_ends_idlers_in_both_processes_with_bye(
+    two_processes: tuple[dict[str, int], list[int]],
+) -> None:
+    ports, pids = two_processes
+    idlers = spread_sessions(ports["imap"], pids, 2)
+    try:
+        for session in idlers:
+            session.command("SELECT INBOX")
+            session.idle()
+        # The master: the parent of the server processes.
+        master = int(pathlib.Path(f"/proc/{pids[0]}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(master, signal.SIGTERM)
+        for session in idlers:
+            last = b""
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    last = session.read_response()
+            assert last == b"* BYE [UNAVAILABLE] Server shutting down", session.name
+    finally:
+        for session in idlers:
+            session.sock.close()
