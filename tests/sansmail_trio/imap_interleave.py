@@ -77,6 +77,9 @@ class View:
     flags: dict[int, frozenset[str]] = attrs.Factory(dict)
 
     def apply(self, line: bytes, *, expunge_allowed: bool) -> None:
+        if line.startswith(b"* VANISHED"):
+            self._vanished(line, expunge_allowed=expunge_allowed)
+            return
         match = _NUMBERED.match(line)
         if match is None:
             return
@@ -109,6 +112,20 @@ class View:
                     raise ProtocolViolationError(f"FLAGS for a message of unknown UID: {line!r}")
                 self.flags[uid] = _flags(flags[1])
 
+    def _vanished(self, line: bytes, *, expunge_allowed: bool) -> None:
+        """``* VANISHED uid-set`` (QRESYNC, RFC 7162 §3.2.10): EXPUNGE by UID, under the
+        same rule; (EARLIER) answers only what this harness never asks."""
+        words = line.split()
+        if words[2:3] == [b"(EARLIER)"] or len(words) != 3:
+            raise ProtocolViolationError(f"unasked for: {line!r}")
+        if not expunge_allowed:
+            raise ProtocolViolationError(f"VANISHED inside FETCH/STORE/SEARCH: {line!r}")
+        for uid in _expand(words[2]):
+            if uid not in self.uids:
+                raise ProtocolViolationError(f"VANISHED of UID {uid} never told: {line!r}")
+            self.uids.remove(uid)
+            self.flags.pop(uid, None)
+
     def known(self) -> list[tuple[int, frozenset[str]]]:
         return [(uid, self.flags.get(uid, frozenset())) for uid in self.uids if uid is not None]
 
@@ -130,22 +147,22 @@ class Session:
 
     @classmethod
     def connect(
-        cls, name: str, port: int, context: ssl.SSLContext | None = None, *, rev2: bool = False
+        cls, name: str, port: int, context: ssl.SSLContext | None = None, *, enable: str = ""
     ) -> Session:
+        """Connected and logged in; `enable`: what to ENABLE ("IMAP4rev2 QRESYNC")."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
         session = cls(name, sock)
-        session.log_in(rev2=rev2)
+        greeting = session.read_response()
+        assert greeting.startswith(b"* OK"), greeting
+        session.log_in(enable=enable)
         return session
 
-    def log_in(self, *, rev2: bool) -> None:
-        """Read the greeting, LOGIN, and ENABLE IMAP4rev2 if `rev2`."""
-        greeting = self.read_response()
-        assert greeting.startswith(b"* OK"), greeting
+    def log_in(self, *, enable: str = "") -> None:
         self.command(f"LOGIN {ALICE} secret")
-        if rev2:
-            self.command("ENABLE IMAP4rev2")
+        if enable:
+            self.command(f"ENABLE {enable}")
 
     # -- the wire -------------------------------------------------------------------
 

@@ -209,7 +209,9 @@ def sessions_of() -> Iterator[Callable[[RunningServer, int, object], list[Sessio
 
     def make(server: RunningServer, count: int, context: object) -> list[Session]:
         made = [
-            Session.connect("ABC"[i], server.port_of("imaps"), context, rev2=i == 1)  # type: ignore[arg-type]
+            Session.connect(  # type: ignore[arg-type]
+                "ABC"[i], server.port_of("imaps"), context, enable=MODES[i]
+            )
             for i in range(count)
         ]
         opened.extend(made)
@@ -235,6 +237,11 @@ async def test_sessions_agree_with_the_model(
             pop3_port=server.port_of("pop3"),
         )
         run_script(world, idle=idle)
+        if count == 3:
+            # C enabled QRESYNC: it heard of expunges as VANISHED, never as EXPUNGE.
+            heard = world.sessions[2].transcript
+            assert any(line.startswith(b"* VANISHED ") for line in heard)
+            assert not any(line.endswith(b" EXPUNGE") for line in heard)
 
     await trio.to_thread.run_sync(run)
 
@@ -309,8 +316,15 @@ def serving_two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, in
             proc.wait(10)
 
 
-def spread_sessions(port: int, pids: list[int], count: int) -> list[Session]:
-    """`count` sessions, in both server processes (A and B never in the same one).
+#: What sessions A, B and C ENABLE in the scripts.
+MODES = ("", "IMAP4rev2", "QRESYNC")
+
+
+def spread_sessions(
+    port: int, pids: list[int], count: int, modes: tuple[str, ...] = MODES
+) -> list[Session]:
+    """`count` sessions, in both server processes (A and B never in the same one), each
+    ENABLE-ing its `modes` entry.
 
     One process tends to take every connection made one at a time (whichever accepts
     first), so they are made a few at once and the processes race for them."""
@@ -331,9 +345,7 @@ def spread_sessions(port: int, pids: list[int], count: int) -> list[Session]:
                     sock.close()
                     continue
                 session.name, session.process = "ABC"[slot], process
-                session.command(f"LOGIN {ALICE} secret")
-                if slot == 1:
-                    session.command("ENABLE IMAP4rev2")
+                session.log_in(enable=modes[slot])
                 made[slot] = session
             if len(made) == count:
                 return [made[i] for i in range(count)]

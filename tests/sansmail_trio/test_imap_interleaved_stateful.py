@@ -1,12 +1,13 @@
 """Random interleavings of STORE [.SILENT], EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND,
 FETCH (BODY[] setting \\Seen), SEARCH, CLOSE/UNSELECT and IDLE by two or three IMAP
-sessions (IMAP4rev1 and rev2), SMTP deliveries, POP3 DELE and another tool renaming or
-removing files, on one INBOX, against a real server on 127.0.0.1 (hypothesis' stateful
-testing; the harness and its model are imap_interleave.py's): serve() in the test's
-loop, and `sansmail-trio serve` with ``processes = 2`` with sessions A and B in
-different processes. Sessions act on stale views, as real clients do; after each NOOP
-the session's view must equal the model and the store, and an idler must hear what
-changed (before it began to idle, and while it idles).
+sessions (IMAP4rev1, rev2, CONDSTORE, QRESYNC: VANISHED instead of EXPUNGE), SMTP
+deliveries, POP3 DELE and another tool renaming or removing files, on one INBOX,
+against a real server on 127.0.0.1 (hypothesis' stateful testing; the harness and its
+model are imap_interleave.py's): serve() in the test's loop, and `sansmail-trio serve`
+with ``processes = 2`` with sessions A and B in different processes. Sessions act on
+stale views, as real clients do; after each NOOP the session's view must equal the
+model and the store, and an idler must hear what changed (before it began to idle, and
+while it idles).
 
 One server serves every example; each example's sessions start from whatever the INBOX
 holds and empty it as they leave. Few, short examples, so the whole stays well under a
@@ -29,23 +30,25 @@ from test_imap_interleaved import serving_two_processes, spread_sessions
 
 EXAMPLES = int(os.environ.get("SANSMAIL_INTERLEAVINGS", "100"))
 
+#: What a session ENABLEs: rev1, rev2, CONDSTORE (MODSEQ in FETCH), QRESYNC (VANISHED).
+modes = st.sampled_from(["", "IMAP4rev2", "CONDSTORE", "QRESYNC", "IMAP4rev2 QRESYNC"])
 picks = st.lists(st.integers(0, 9), max_size=3)
 sessions = st.integers(0, 2)
 flag_sets = st.lists(st.sampled_from(FLAGS), min_size=1, max_size=2, unique=True)
 
 
 class Interleaving(RuleBasedStateMachine):
-    #: (number of sessions, which ENABLE IMAP4rev2) -> the world of an example; set by
-    #: the test, for its server.
-    make: Callable[[int, list[bool]], World]
+    #: (number of sessions, what each ENABLEs) -> the world of an example; set by the
+    #: test, for its server.
+    make: Callable[[int, tuple[str, ...]], World]
 
     def __init__(self) -> None:
         super().__init__()
         self.world: World | None = None
 
-    @initialize(count=st.integers(2, 3), rev2=st.lists(st.booleans(), min_size=3, max_size=3))
-    def open(self, count: int, rev2: list[bool]) -> None:
-        self.world = type(self).make(count, rev2)
+    @initialize(count=st.integers(2, 3), modes=st.tuples(modes, modes, modes))
+    def open(self, count: int, modes: tuple[str, ...]) -> None:
+        self.world = type(self).make(count, modes)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Interleaving(RuleBasedStateMachine):
                 session.close()
 
 
-def run_machine(make: Callable[[int, list[bool]], World], examples: int = EXAMPLES) -> None:
+def run_machine(make: Callable[[int, tuple[str, ...]], World], examples: int = EXAMPLES) -> None:
     Interleaving.make = staticmethod(make)  # type: ignore[assignment]
     run_state_machine_as_test(
         Interleaving,
@@ -207,10 +210,10 @@ async def test_random_interleavings_agree_with_the_model(
 ) -> None:
     server = await imap_server(start_server, tls_files)
 
-    def make(count: int, rev2: list[bool]) -> World:
+    def make(count: int, modes: tuple[str, ...]) -> World:
         port = server.port_of("imaps")
         return World(
-            [Session.connect("ABC"[i], port, client_tls, rev2=rev2[i]) for i in range(count)],
+            [Session.connect("ABC"[i], port, client_tls, enable=modes[i]) for i in range(count)],
             inbox=str(server.maildir(ALICE)),
             smtp_port=server.port_of("smtp"),
             pop3_port=server.port_of("pop3"),
@@ -227,9 +230,9 @@ def test_random_interleavings_in_two_processes(tmp_path: pathlib.Path) -> None:
 
 def _in_two_processes(tmp_path: pathlib.Path, ports: dict[str, int], pids: list[int]) -> None:
 
-    def make(count: int, rev2: list[bool]) -> World:
+    def make(count: int, modes: tuple[str, ...]) -> World:
         return World(
-            spread_sessions(ports["imap"], pids, count),
+            spread_sessions(ports["imap"], pids, count, modes),
             inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
             smtp_port=ports["smtp"],
             pop3_port=ports["pop3"],
