@@ -50,6 +50,8 @@ _LITERAL = re.compile(rb"\{(\d+)\+?\}\r\n$")
 _NUMBERED = re.compile(rb"\* (\d+) (EXISTS|EXPUNGE|RECENT|FETCH)\b ?(.*)$", re.DOTALL)
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
+_FETCH_MODSEQ = re.compile(rb"\bMODSEQ \((\d+)\)")
+_HIGHEST = re.compile(rb"\[HIGHESTMODSEQ (\d+)\]")
 _CODE = re.compile(rb"\[([A-Z]+) ([^\]]*)\]")
 
 
@@ -75,11 +77,20 @@ class View:
 
     uids: list[int | None] = attrs.Factory(list)
     flags: dict[int, frozenset[str]] = attrs.Factory(dict)
+    #: CONDSTORE: the last MODSEQ told per UID and HIGHESTMODSEQ, neither of which may
+    #: go back (RFC 7162 §3.1.1, §3.1.2).
+    modseqs: dict[int, int] = attrs.Factory(dict)
+    highest: int = 0
 
     def apply(self, line: bytes, *, expunge_allowed: bool) -> None:
         if line.startswith(b"* VANISHED"):
             self._vanished(line, expunge_allowed=expunge_allowed)
             return
+        highest = _HIGHEST.search(line)
+        if highest is not None and line.startswith(b"* OK"):
+            if int(highest[1]) < self.highest:
+                raise ProtocolViolationError(f"HIGHESTMODSEQ below {self.highest}: {line!r}")
+            self.highest = int(highest[1])
         match = _NUMBERED.match(line)
         if match is None:
             return
@@ -106,6 +117,13 @@ class View:
                 if uid is not None and uid != told:
                     raise ProtocolViolationError(f"message {number} is UID {uid}, not: {line!r}")
                 self.uids[number - 1] = uid = told
+            modseq = _FETCH_MODSEQ.search(rest)
+            if modseq is not None and uid is not None:
+                if int(modseq[1]) < self.modseqs.get(uid, 0):
+                    raise ProtocolViolationError(
+                        f"MODSEQ of UID {uid} below {self.modseqs[uid]}: {line!r}"
+                    )
+                self.modseqs[uid] = int(modseq[1])
             flags = _FETCH_FLAGS.search(rest)
             if flags is not None:
                 if uid is None:
@@ -642,13 +660,16 @@ class World:
                 assert "\\Seen" in view.flags[u], (u, view.flags, untagged)
         self.learn(session)
 
-    def search_all(self, session: Session, *, uid: bool) -> None:
-        self.log.append(f"{session.name} {'UID ' * uid}SEARCH")
+    def search_all(self, session: Session, *, uid: bool, sort: bool = False) -> None:
+        """[UID] SEARCH ALL, or SORT (ARRIVAL): by number, exactly the numbers the view
+        has (none shifts inside SEARCH or SORT); by UID, UIDs the view had."""
+        verb = "SORT (ARRIVAL) UTF-8" if sort else "SEARCH"
+        self.log.append(f"{session.name} {'UID ' * uid}{verb}")
         before = list(session.view.uids)
-        _tagged, untagged = session.command(f"{'UID ' * uid}SEARCH ALL", expunge_allowed=uid)
+        _tagged, untagged = session.command(f"{'UID ' * uid}{verb} ALL", expunge_allowed=uid)
         found: list[int] = []
         for line in untagged:
-            if line.startswith(b"* SEARCH"):
+            if line.startswith((b"* SEARCH", b"* SORT")):
                 found += [int(n) for n in line.split()[2:]]
             elif line.startswith(b"* ESEARCH") and (all_ := re.search(rb" ALL (\S+)", line)):
                 found += _expand(all_[1])

@@ -145,9 +145,9 @@ class Interleaving(RuleBasedStateMachine):
         session = self.session(who)
         self.w.read(session, self.targets(session, chosen, uid=uid), uid=uid)
 
-    @rule(who=sessions, uid=st.booleans())
-    def search(self, who: int, uid: bool) -> None:
-        self.w.search_all(self.session(who), uid=uid)
+    @rule(who=sessions, uid=st.booleans(), sort=st.booleans())
+    def search(self, who: int, uid: bool, sort: bool) -> None:
+        self.w.search_all(self.session(who), uid=uid, sort=sort)
 
     @rule(who=sessions)
     def noop(self, who: int) -> None:
