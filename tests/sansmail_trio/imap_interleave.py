@@ -157,6 +157,9 @@ class Session:
     sock: socket.socket
     view: View = attrs.Factory(View)
     process: int | None = None
+    #: Opens the INBOX with EXAMINE: STORE, EXPUNGE and MOVE are refused, CLOSE
+    #: expunges nothing, FETCH BODY[] sets no \\Seen (RFC 9051 §6.3.3).
+    readonly: bool = False
     _buffer: bytes = b""
     _tags: int = 0
     idle_tag: str | None = None
@@ -167,7 +170,8 @@ class Session:
     def connect(
         cls, name: str, port: int, context: ssl.SSLContext | None = None, *, enable: str = ""
     ) -> Session:
-        """Connected and logged in; `enable`: what to ENABLE ("IMAP4rev2 QRESYNC")."""
+        """Connected and logged in; `enable`: what to ENABLE ("IMAP4rev2 QRESYNC"), and
+        EXAMINE among them for a `readonly` session."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
         if context is not None:
             sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
@@ -179,8 +183,13 @@ class Session:
 
     def log_in(self, *, enable: str = "") -> None:
         self.command(f"LOGIN {ALICE} secret")
-        if enable:
-            self.command(f"ENABLE {enable}")
+        words = enable.split()
+        self.readonly = "EXAMINE" in words
+        if extensions := [word for word in words if word != "EXAMINE"]:
+            self.command(f"ENABLE {' '.join(extensions)}")
+
+    def select(self) -> None:
+        self.command("EXAMINE INBOX" if self.readonly else "SELECT INBOX")
 
     # -- the wire -------------------------------------------------------------------
 
@@ -316,7 +325,7 @@ class World:
         #: The operations so far, for failure messages.
         self.log: list[str] = []
         for session in self.sessions:
-            session.command("SELECT INBOX")
+            session.select()
             self.learn(session, initial=not self.model)
             if not self.model:
                 self.model = dict(session.view.known())
@@ -438,6 +447,11 @@ class World:
         self.log.append(f"{session.name} {'UID ' * uid}STORE {targets} {mode}{flags} {silent}")
         if not targets:
             return
+        item = f"{mode}FLAGS{'.SILENT' * silent}"
+        command = f"{'UID ' * uid}STORE {_set(targets)} {item} ({' '.join(flags)})"
+        if session.readonly:
+            self._refused(session, command, expunge_allowed=uid)
+            return
         view = session.view
         uids = [u for u in targets if u in view.flags] if uid else self._uids(session, targets)
         new: dict[int, frozenset[str]] = {}
@@ -450,11 +464,7 @@ class World:
             for u in uids:
                 view.flags[u] = _change(view.flags[u], mode, flags)
         positions = {u: n for n, u in enumerate(view.uids, 1)}
-        item = f"{mode}FLAGS{'.SILENT' * silent}"
-        _tagged, untagged = session.command(
-            f"{'UID ' * uid}STORE {_set(targets)} {item} ({' '.join(flags)})",
-            expunge_allowed=uid,
-        )
+        _tagged, untagged = session.command(command, expunge_allowed=uid)
         fetched = {
             int(m[1]): _flags(f[1])
             for line in untagged
@@ -473,10 +483,19 @@ class World:
                     assert fetched.get(number) == flags_now, (number, fetched, new, untagged)
         self.learn(session)
 
+    def _refused(self, session: Session, command: str, *, expunge_allowed: bool = True) -> None:
+        """A change asked of an EXAMINEd folder: NO, and nothing changed."""
+        tagged, _untagged = session.try_command(command, expunge_allowed=expunge_allowed)
+        assert tagged.split(b" ", 2)[1] == b"NO", (command, tagged)
+        self.learn(session)
+
     def expunge(self, session: Session, uids: Sequence[int] | None = None) -> None:
         """EXPUNGE, or UID EXPUNGE `uids`: of the session's messages, those \\Deleted."""
         self.log.append(f"{session.name} {'UID ' * (uids is not None)}EXPUNGE {uids}")
         if uids is not None and not uids:
+            return
+        if session.readonly:
+            self._refused(session, "EXPUNGE" if uids is None else f"UID EXPUNGE {_set(uids)}")
             return
         scope = set(session.view.flags) if uids is None else set(uids) & set(session.view.flags)
         gone = {u for u in scope if "\\Deleted" in self.model.get(u, ())}
@@ -496,6 +515,9 @@ class World:
         verb = "MOVE" if move else "COPY"
         self.log.append(f"{session.name} {'UID ' * uid}{verb} {targets} {dest}")
         if not targets:
+            return
+        if move and session.readonly:
+            self._refused(session, f"{'UID ' * uid}MOVE {_set(targets)} {dest}")
             return
         view = session.view
         uids = sorted(
@@ -614,14 +636,14 @@ class World:
         """CLOSE (which expunges the session's \\Deleted silently) or UNSELECT, and
         SELECT again: the view starts afresh."""
         self.log.append(f"{session.name} {'CLOSE' if close else 'UNSELECT'} SELECT")
-        if close:
+        if close and not session.readonly:
             for u in set(session.view.flags):
                 if "\\Deleted" in self.model.get(u, ()):
                     del self.model[u]
         _tagged, untagged = session.command("CLOSE" if close else "UNSELECT")
         assert not [line for line in untagged if b"EXPUNGE" in line], untagged
         session.view = View()
-        session.command("SELECT INBOX")
+        session.select()
         self.learn(session)
 
     def fetch_all(self, session: Session, *, uid: bool) -> None:
@@ -650,13 +672,13 @@ class World:
         view = session.view
         uids = {u for u in targets if u in view.flags} if uid else set(self._uids(session, targets))
         for u in uids:
-            if u in self.model and "\\Seen" not in view.flags[u]:
+            if u in self.model and "\\Seen" not in view.flags[u] and not session.readonly:
                 self.model[u] = self.model[u] | {"\\Seen"}
         _tagged, untagged = session.command(
             f"{'UID ' * uid}FETCH {_set(targets)} (UID BODY[])", expunge_allowed=uid
         )
         for u in uids:
-            if u in self.model:
+            if u in self.model and not session.readonly:
                 assert "\\Seen" in view.flags[u], (u, view.flags, untagged)
         self.learn(session)
 

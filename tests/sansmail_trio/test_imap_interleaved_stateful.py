@@ -1,6 +1,6 @@
 """Random interleavings of STORE [.SILENT], EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND,
 FETCH (BODY[] setting \\Seen), SEARCH, CLOSE/UNSELECT and IDLE by two or three IMAP
-sessions (IMAP4rev1, rev2, CONDSTORE, QRESYNC: VANISHED instead of EXPUNGE), SMTP
+sessions (IMAP4rev1, rev2, CONDSTORE, QRESYNC, read-only), SMTP
 deliveries, POP3 DELE and another tool renaming or removing files, on one INBOX,
 against a real server on 127.0.0.1 (hypothesis' stateful testing; the harness and its
 model are imap_interleave.py's): serve() in the test's loop, and `sansmail-trio serve`
@@ -30,8 +30,11 @@ from test_imap_interleaved import serving_two_processes, spread_sessions
 
 EXAMPLES = int(os.environ.get("SANSMAIL_INTERLEAVINGS", "100"))
 
-#: What a session ENABLEs: rev1, rev2, CONDSTORE (MODSEQ in FETCH), QRESYNC (VANISHED).
-modes = st.sampled_from(["", "IMAP4rev2", "CONDSTORE", "QRESYNC", "IMAP4rev2 QRESYNC"])
+#: What a session ENABLEs: rev1, rev2, CONDSTORE (MODSEQ in FETCH), QRESYNC (VANISHED);
+#: and EXAMINE for a read-only one.
+modes = st.sampled_from(
+    ["", "IMAP4rev2", "CONDSTORE", "QRESYNC", "IMAP4rev2 QRESYNC", "EXAMINE", "EXAMINE QRESYNC"]
+)
 picks = st.lists(st.integers(0, 9), max_size=3)
 sessions = st.integers(0, 2)
 flag_sets = st.lists(st.sampled_from(FLAGS), min_size=1, max_size=2, unique=True)
@@ -182,10 +185,15 @@ class Interleaving(RuleBasedStateMachine):
         try:
             self.w.noop_all()
             self.w.check_archive()
-            first = self.w.sessions[0]
-            if first.view.uids:
-                first.command("STORE 1:* +FLAGS.SILENT (\\Deleted)")
-                first.command("EXPUNGE")
+            # Empty the INBOX for the next example, from a session that may.
+            writer = next((s for s in self.w.sessions if not s.readonly), None)
+            if writer is None:
+                writer = self.w.sessions[0]
+                writer.readonly = False
+                writer.select()
+            if writer.view.uids:
+                writer.command("STORE 1:* +FLAGS.SILENT (\\Deleted)")
+                writer.command("EXPUNGE")
         finally:
             for session in self.w.sessions:
                 session.close()
