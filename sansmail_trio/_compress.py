@@ -116,6 +116,27 @@ class DeflateStream(trio.abc.Stream):
             self.received_compressed += len(data)
             self._input = bytes(data)
 
+    def receive_now(self, max_bytes: int) -> bytes | None:
+        """What `receive_some(max_bytes)` would return without waiting: input
+        already here inflated, or the transport's when it has some at once
+        (`_wire.ReceivesNow`); None when it would wait. The `Wire` arms no autologout
+        timer for the commands a client pipelined, one per command otherwise."""
+        receive_now = getattr(self.transport, "receive_now", None)
+        while True:
+            while self._input:
+                out = self._inflate_some(max_bytes)
+                if out:
+                    self.received_plain += len(out)
+                    return out
+            # Bounded: a `PlainStream` says None after `EAGER_LIMIT` reads in a row.
+            data = None if receive_now is None else receive_now(CHUNK)
+            if data is None:
+                return None
+            if not data:
+                return b""
+            self.received_compressed += len(data)
+            self._input = bytes(data)
+
     def _inflate_some(self, limit: int) -> bytes:
         inflate = self._inflate
         if inflate.eof:

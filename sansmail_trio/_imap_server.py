@@ -28,6 +28,16 @@ BYE and closes. Shutdown cancels the same scope, but only while the session wait
 command: a command being answered (an APPEND being stored) is finished first, then the
 session says BYE. Worker threads are never abandoned, so a store call always completes.
 
+Pipelining. mbsync sends one ``UID FETCH`` per message, hundreds at a time, and the
+session answers them as they stand in the core's buffer, without a wait between them:
+no autologout timer is armed, nothing is flushed (answers go out when the client must
+be waited for, or past `RUN_OCTETS`), and the commands that work on the store go to a
+worker thread as runs, up to `RUN_COMMANDS` in one trip (`_answer_run`), instead of a
+trip each; the core serialises the answers in the thread, in order, and hands out each
+next command only once the one before is answered, so the commands run one after the
+other as always (RFC 9051 §5.5). A run stops at a command the loop answers (IDLE,
+STARTTLS, COMPRESS, LOGIN), at the end of the session, and at shutdown.
+
 Memory after logout. What a session held is freed when it ends, but freed is not given
 back: glibc's malloc keeps freed heap (and the heaps of the worker threads) for reuse, so
 a server that held 1,000 sessions would stay that big after they left. `MemoryTrimmer`
@@ -72,6 +82,14 @@ from sansmail_trio._wire import Wire
 __all__ = ["IMAPService", "MemoryTrimmer", "release_memory"]
 
 log = logging.getLogger("sansmail.imap")
+
+#: A run of pipelined commands answered in one worker-thread trip ends after this many
+#: commands or once this many octets of answers wait to be written (see Pipelining).
+RUN_COMMANDS = 64
+RUN_OCTETS = 256 * 1024
+#: Pipelined events taken from the core's buffer in a row without a checkpoint (a worker
+#: thread trip is one), so that one client's pipeline of NOOPs cannot hold the loop.
+EAGER_EVENTS = 16
 
 #: Seconds after a session ends before memory is given back (a burst of logouts is
 #: handled once), and the least seconds between two such.
@@ -185,8 +203,19 @@ class IMAPService:
 async def _loop(
     service: IMAPService, session: ImapConversation, wire: Wire, time: SessionTime
 ) -> None:
+    ahead: object = None  # an event the last run of answers took from the core
+    eager = 0  # events taken from the core's buffer since the last checkpoint
     while not session.ended:
-        event = await _next_event(session, wire, time)
+        if ahead is not None:
+            event, ahead = ahead, None
+        elif (event := _pipelined(wire, time)) is not None:
+            eager += 1
+            if eager >= EAGER_EVENTS:
+                # Answered on the loop, a pipeline of NOOPs has no checkpoint of its own.
+                eager = 0
+                await trio.lowlevel.checkpoint()
+        else:
+            event = await _next_event(session, wire, time)
         if isinstance(event, imap.Idle) and session.mailbox is not None:
             event = await _idle(session, wire, time, event)
             if event is None:  # the selected folder went: its BYE is sent
@@ -214,9 +243,39 @@ async def _loop(
         else:
             assert isinstance(event, imap.Event)
             if session.blocks(event):
-                await send_all(wire, await trio.to_thread.run_sync(session.handle, event))
+                eager = 0
+                ahead = await trio.to_thread.run_sync(_answer_run, session, wire, time, event)
             else:
                 await send_all(wire, session.handle(event))
+
+
+def _pipelined(wire: Wire, time: SessionTime) -> object:
+    """The client's next event when it is already here (pipelined) and nothing needs
+    a wait first, else None: then `_next_event` flushes, and arms the autologout timer
+    if it has to wait (see the module docstring: Pipelining)."""
+    if time.stopping or wire.corked >= RUN_OCTETS:
+        return None
+    return wire.buffered_event()
+
+
+def _answer_run(session: ImapConversation, wire: Wire, time: SessionTime, event: object) -> object:
+    """Blocking (a worker thread): answer `event`, then the commands pipelined behind
+    it that work on the store, in order, up to `RUN_COMMANDS` or `RUN_OCTETS` of
+    answers. The core is the worker's alone meanwhile (the session's task waits for
+    it). Returns the event it took from the core and did not answer (one the loop
+    answers), or None."""
+    answered = 0
+    while True:
+        assert isinstance(event, imap.Event)
+        for response in session.handle(event):
+            wire.queue(response)
+        answered += 1
+        if session.ended or time.stopping or answered >= RUN_COMMANDS or wire.corked >= RUN_OCTETS:
+            return None
+        following = wire.buffered_event()
+        if not isinstance(following, imap.Event) or not session.blocks(following):
+            return following
+        event = following
 
 
 async def _next_event(session: ImapConversation, wire: Wire, time: SessionTime) -> object:

@@ -43,7 +43,7 @@ import trio
 
 from sansmail import NEED_DATA
 
-__all__ = ["EAGER_LIMIT", "PlainStream", "SansIOConnection", "Wire"]
+__all__ = ["EAGER_LIMIT", "PlainStream", "ReceivesNow", "SansIOConnection", "Wire"]
 
 #: Large reads keep message DATA in big chunks for the core's bulk scanner (a socket read
 #: returns what is there, so small commands are not delayed by this size). It stays under
@@ -54,6 +54,14 @@ RECEIVE_SIZE = 64 * 1024
 
 #: Calls of a `PlainStream` that succeed at once before one of them yields anyway.
 EAGER_LIMIT = 16
+
+
+class ReceivesNow(Protocol):
+    """A stream that can hand over data without waiting when it has some:
+    ``receive_now(max_bytes)`` is what ``receive_some`` would return at once (``b""``
+    at the end of the stream), or None when that would wait. No checkpoint."""
+
+    def receive_now(self, max_bytes: int) -> bytes | None: ...
 
 
 class SansIOConnection(Protocol):
@@ -83,7 +91,8 @@ class Wire:
         """The core's next event (or `PAUSED`); reads from the peer as needed.
         `before_wait` is called (maybe more than once) before this waits for the peer:
         on a `PlainStream` only when the kernel has nothing to read (or no room for what
-        is still to be written), on other streams before any I/O."""
+        is still to be written), on a stream with a `receive_now` (`ReceivesNow`) only
+        when that has nothing, on other streams before any I/O."""
         while True:
             event = self.conn.next_event()
             if event is not NEED_DATA:
@@ -104,11 +113,19 @@ class Wire:
                         data = await stream.receive_some(RECEIVE_SIZE)
                 else:
                     if before_wait is not None:
-                        before_wait()
-                    if type(stream) is trio.SocketStream:
-                        data = await stream.socket.recv(RECEIVE_SIZE)
-                    else:
-                        data = await stream.receive_some(RECEIVE_SIZE)
+                        # A stream that can say it has data without waiting (a
+                        # `DeflateStream` with input inflated or on the socket) arms
+                        # nothing for the commands a client pipelined.
+                        receive_now = getattr(stream, "receive_now", None)
+                        if receive_now is not None:
+                            data = receive_now(RECEIVE_SIZE)
+                        if data is None:
+                            before_wait()
+                    if data is None:
+                        if type(stream) is trio.SocketStream:
+                            data = await stream.socket.recv(RECEIVE_SIZE)
+                        else:
+                            data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
                 # OSError: the socket's own (a reset), which the stream would have turned
                 # into BrokenResourceError.
@@ -116,6 +133,22 @@ class Wire:
             if not data:
                 self._eof_fed = True
             self.conn.receive_data(bytes(data) if isinstance(data, bytearray) else data)
+
+    def buffered_event(self) -> Any:
+        """The core's next event when it needs no more data for it (the client
+        pipelined it), else None; never reads, writes or waits."""
+        event = self.conn.next_event()
+        return None if event is NEED_DATA else event
+
+    @property
+    def corked(self) -> int:
+        """Octets queued by `send()`/`queue()` and not written yet."""
+        return len(self._outgoing)
+
+    def queue(self, event: Any) -> None:
+        """Serialise `event` through the core and queue its bytes: `send()` without a
+        checkpoint, callable from the worker thread that answers for the session."""
+        self._outgoing += self.conn.send(event)
 
     async def send(self, event: Any, *, flush: bool = False) -> None:
         """Serialise `event` through the core and queue its bytes (see module docstring)."""

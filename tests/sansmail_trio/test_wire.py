@@ -1,15 +1,18 @@
-"""`PlainStream`, the server's plain TCP connection, and `Wire` on it, on a socketpair."""
+"""`PlainStream`, the server's plain TCP connection, and `Wire` on it (and on a
+`DeflateStream` over it), on a socketpair."""
 
 from __future__ import annotations
 
 import math
 import socket
+import zlib
 
 import pytest
 import trio
 import trio.testing
 
 from sansmail import NEED_DATA
+from sansmail_trio._compress import DeflateStream
 from sansmail_trio._session import SessionTime
 from sansmail_trio._wire import EAGER_LIMIT, PlainStream, Wire
 
@@ -173,4 +176,34 @@ async def test_the_idle_deadline_is_set_only_while_blocked(
         await time.wait_for_client(wire, 300)  # nothing comes
     assert time.scope.cancelled_caught
     assert trio.current_time() - start == pytest.approx(300)
+    stream.close()
+
+
+async def test_before_wait_is_not_called_for_what_a_compressed_stream_has() -> None:
+    # COMPRESS=DEFLATE: lines the client pipelined, in the socket or inflated already,
+    # cost no autologout timer each; one is armed only when the wire must wait.
+    stream, peer = _pair()
+    wire = Wire(DeflateStream(stream), _Lines())
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    calls: list[str] = []
+
+    def before_wait() -> None:
+        calls.append("wait")
+
+    with peer:
+        peer.sendall(deflate.compress(b"one\ntwo\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+        assert await wire.next_event(before_wait=before_wait) == b"one"
+        assert await wire.next_event(before_wait=before_wait) == b"two"
+        assert calls == []
+        got: list[object] = []
+
+        async def read() -> None:
+            got.append(await wire.next_event(before_wait=before_wait))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == ["wait"]
+            peer.sendall(deflate.compress(b"three\n") + deflate.flush(zlib.Z_SYNC_FLUSH))
+        assert got == [b"three"]
     stream.close()
