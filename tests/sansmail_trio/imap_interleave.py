@@ -311,11 +311,15 @@ class World:
         inbox: str,
         smtp_port: int,
         pop3_port: int | None = None,
+        archive_watcher: Session | None = None,
     ) -> None:
         self.sessions = list(sessions)
         self.inbox = inbox
         self.smtp_port = smtp_port
         self.pop3_port = pop3_port
+        #: A session with the Archive selected, which must see what COPY and MOVE put
+        #: there arrive (EXISTS), as the INBOX's sessions see theirs.
+        self.archive_watcher = archive_watcher
         #: UID -> flags: what the INBOX must hold.
         self.model: dict[int, frozenset[str]] = {}
         #: Delivered messages no session has seen yet (their UIDs are the server's).
@@ -333,6 +337,9 @@ class World:
         found = re.search(rb"MESSAGES (\d+)", archive)
         assert found is not None, archive
         self.archive = int(found[1])
+        if archive_watcher is not None:
+            archive_watcher.command("SELECT Archive")
+            assert len(archive_watcher.view.uids) == self.archive
 
     # -- learning -------------------------------------------------------------------
 
@@ -362,11 +369,14 @@ class World:
     # -- checks ---------------------------------------------------------------------
 
     def noop_all(self) -> None:
-        """Every session's NOOP, then `check`."""
+        """Every session's NOOP, then `check` (and the Archive's watcher)."""
         for session in self.sessions:
             session.command("NOOP")
             self.learn(session)
         self.check()
+        if self.archive_watcher is not None:
+            self.archive_watcher.command("NOOP")
+            assert len(self.archive_watcher.view.uids) == self.archive, self.log
 
     def check(self, sessions: Iterable[Session] | None = None) -> None:
         assert self.pending == 0, f"a delivery no session saw; {self.log}"

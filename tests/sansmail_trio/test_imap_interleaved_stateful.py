@@ -1,13 +1,13 @@
-"""Random interleavings of STORE [.SILENT], EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND,
-FETCH (BODY[] setting \\Seen), SEARCH, CLOSE/UNSELECT and IDLE by two or three IMAP
-sessions (IMAP4rev1, rev2, CONDSTORE, QRESYNC, read-only), SMTP
-deliveries, POP3 DELE and another tool renaming or removing files, on one INBOX,
-against a real server on 127.0.0.1 (hypothesis' stateful testing; the harness and its
-model are imap_interleave.py's): serve() in the test's loop, and `sansmail-trio serve`
-with ``processes = 2`` with sessions A and B in different processes. Sessions act on
-stale views, as real clients do; after each NOOP the session's view must equal the
-model and the store, and an idler must hear what changed (before it began to idle, and
-while it idles).
+"""Random interleavings of STORE [.SILENT], EXPUNGE, UID EXPUNGE, MOVE, COPY, APPEND, FETCH
+(BODY[] setting \\Seen), SEARCH, CLOSE/UNSELECT and IDLE by two or three IMAP sessions
+(IMAP4rev1, rev2, CONDSTORE, QRESYNC, read-only; one more may watch the Archive the
+others COPY and MOVE into), SMTP deliveries, POP3 DELE and another tool renaming or
+removing files, on one INBOX, against a real server on 127.0.0.1 (hypothesis' stateful
+testing; the harness and its model are imap_interleave.py's): serve() in the test's
+loop, and `sansmail-trio serve` with ``processes = 2`` with sessions A and B in
+different processes. Sessions act on stale views, as real clients do; after each NOOP
+the session's view must equal the model and the store, and an idler must hear what
+changed (before it began to idle, and while it idles).
 
 One server serves every example; each example's sessions start from whatever the INBOX
 holds and empty it as they leave. Few, short examples, so the whole stays well under a
@@ -41,17 +41,17 @@ flag_sets = st.lists(st.sampled_from(FLAGS), min_size=1, max_size=2, unique=True
 
 
 class Interleaving(RuleBasedStateMachine):
-    #: (number of sessions, what each ENABLEs) -> the world of an example; set by the
-    #: test, for its server.
-    make: Callable[[int, tuple[str, ...]], World]
+    #: (number of sessions, what each ENABLEs, whether a session watches the Archive) ->
+    #: the world of an example; set by the test, for its server.
+    make: Callable[[int, tuple[str, ...], bool], World]
 
     def __init__(self) -> None:
         super().__init__()
         self.world: World | None = None
 
-    @initialize(count=st.integers(2, 3), modes=st.tuples(modes, modes, modes))
-    def open(self, count: int, modes: tuple[str, ...]) -> None:
-        self.world = type(self).make(count, modes)
+    @initialize(count=st.integers(2, 3), modes=st.tuples(modes, modes, modes), watch=st.booleans())
+    def open(self, count: int, modes: tuple[str, ...], watch: bool) -> None:
+        self.world = type(self).make(count, modes, watch)
 
     # -- helpers --------------------------------------------------------------------
 
@@ -197,9 +197,13 @@ class Interleaving(RuleBasedStateMachine):
         finally:
             for session in self.w.sessions:
                 session.close()
+            if self.w.archive_watcher is not None:
+                self.w.archive_watcher.close()
 
 
-def run_machine(make: Callable[[int, tuple[str, ...]], World], examples: int = EXAMPLES) -> None:
+def run_machine(
+    make: Callable[[int, tuple[str, ...], bool], World], examples: int = EXAMPLES
+) -> None:
     Interleaving.make = staticmethod(make)  # type: ignore[assignment]
     run_state_machine_as_test(
         Interleaving,
@@ -218,13 +222,14 @@ async def test_random_interleavings_agree_with_the_model(
 ) -> None:
     server = await imap_server(start_server, tls_files)
 
-    def make(count: int, modes: tuple[str, ...]) -> World:
+    def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
         port = server.port_of("imaps")
         return World(
             [Session.connect("ABC"[i], port, client_tls, enable=modes[i]) for i in range(count)],
             inbox=str(server.maildir(ALICE)),
             smtp_port=server.port_of("smtp"),
             pop3_port=server.port_of("pop3"),
+            archive_watcher=Session.connect("W", port, client_tls) if watch else None,
         )
 
     await trio.to_thread.run_sync(run_machine, make)
@@ -238,12 +243,13 @@ def test_random_interleavings_in_two_processes(tmp_path: pathlib.Path) -> None:
 
 def _in_two_processes(tmp_path: pathlib.Path, ports: dict[str, int], pids: list[int]) -> None:
 
-    def make(count: int, modes: tuple[str, ...]) -> World:
+    def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
         return World(
             spread_sessions(ports["imap"], pids, count, modes),
             inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
             smtp_port=ports["smtp"],
             pop3_port=ports["pop3"],
+            archive_watcher=Session.connect("W", ports["imap"]) if watch else None,
         )
 
     # Half as many: the in-process test covers the same rules, these the processes.
