@@ -281,6 +281,12 @@ class FolderIndex:
                 conn, ino = idle.pop()
             except IndexError:
                 break
+            # Its entry in the order goes too. Left there, it would count as idle, and the
+            # same connection released again has an equal entry: once the older one was
+            # first in line, the pool would close the connection its session had just
+            # given back (every 17th command of a session paid a new connection).
+            with contextlib.suppress(ValueError):
+                _IDLE_ORDER.remove((self.db_path, conn, ino))
             if ino == _inode(self.db_path):
                 self._conn, self._ino = conn, ino
                 _forget_if_empty(self.db_path, idle)

@@ -244,6 +244,25 @@ def test_the_pool_keeps_a_few_and_closes_the_oldest(
     assert key not in index_module._IDLE
 
 
+def test_a_session_keeps_its_connection_however_often_it_gives_it_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    # One connection released and taken back more often than the pool holds: it stays
+    # open (the pool once closed it every 17th time, for its stale places in line).
+    acc, key = _inbox_with(tmp_path, 1)
+    index = acc.index_for("INBOX")
+    conn = index.conn
+    for _ in range(3 * index_module._IDLE_MAX):
+        acc.release()
+        assert index.header().uidnext == 2
+        assert index._conn is conn
+    acc.release()
+    assert [c for c, _ in index_module._IDLE[key]] == [conn]
+    assert [entry for entry in index_module._IDLE_ORDER if entry[0] == key] == [
+        (key, conn, index._ino)
+    ]
+
+
 def test_a_pooled_connection_to_a_replaced_index_is_not_used(tmp_path: pathlib.Path) -> None:
     acc, _ = _inbox_with(tmp_path, 2)
     index = acc.index_for("INBOX")
