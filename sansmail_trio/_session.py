@@ -11,8 +11,9 @@ is gone, its blocking cleanup runs in a worker thread, and the stream is closed.
 A session has one cancel scope for its whole life. Its idle deadline is the idle
 timeout from the moment a wait for the client starts; it is armed only once the wait
 really blocks (on a `PlainStream`: when the kernel has nothing to read or no room to
-write; on other streams: for the whole wait), and disarmed after it, so our own work (a
-slow disk) never counts against the client. The deadlines are kept by the loop's
+write; reading a `DeflateStream`: when it has nothing inflated or on the socket; on
+other streams: for the whole wait), and disarmed after it, so our own work (a slow
+disk) never counts against the client. The deadlines are kept by the loop's
 `IdleWatch` (`_idle`), which cancels the scope when one passes, rather than by Trio's
 deadline heap, whose abandoned entries kept logged-out sessions' scopes alive for their
 30 minutes; and arming only when a wait blocks saves most of the work, since under load

@@ -25,7 +25,9 @@ Theory of operation:
   client); here a call that succeeds is not a checkpoint, and one call in
   `EAGER_LIMIT` in a row yields, so a client whose data is always there cannot hold the
   loop, and cancellation (timeouts, shutdown) is noticed at the latest there. TLS runs
-  on top of it through the `trio.abc.Stream` methods, as on any stream. A
+  on top of it through the `trio.abc.Stream` methods, as on any stream; a stream that
+  has a `receive_now` (`ReceivesNow`: COMPRESS's `DeflateStream`) is read with it
+  first, so that `before_wait` is called only when it has nothing. A
   `trio.SocketStream` (tests, clients) is read and written through its Trio socket, a
   TLS or memory stream through `receive_some`/`send_all`.
 """
