@@ -198,3 +198,38 @@ def _rest(client: Pipeliner) -> bytes:
             break
         data += chunk
     return bytes(data)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["tls", "tls+deflate"])
+async def test_answers_corked_before_a_protocol_error_still_go_out(
+    start_server, tls_files, client_tls, compress
+):
+    # The FETCHes are answered in a run and their answers wait to be written when the
+    # core finds the bare LF behind them: they leave before the BYE, nothing is lost.
+    server = await imap_server(start_server, tls_files)
+    fill_inbox(server, 3)
+
+    def run() -> list[bytes]:
+        client = Pipeliner(server, client_tls)
+        try:
+            if compress:
+                client.login_and_compress()
+            else:
+                assert client.line().startswith(b"* OK")
+                client.send(b"a LOGIN alice@example.test secret\r\n")
+                assert client.until_tagged(b"a")[-1].startswith(b"a OK")
+            client.send(b"s SELECT INBOX\r\n")
+            assert client.until_tagged(b"s")[-1].startswith(b"s OK")
+            client.send(
+                b"f1 UID FETCH 1 (FLAGS)\r\nf2 UID FETCH 2 (FLAGS)\r\nf3 UID FETCH 3 (FLAGS)\r\n"
+                b"bad\nline\r\n"
+            )
+            rest = client.rest() if client.inflate is not None else _rest(client)
+            return [line for line in rest.split(b"\r\n") if line]
+        finally:
+            client.close()
+
+    lines = await in_thread(run)
+    tagged = [line.split(b" ")[0] for line in lines if not line.startswith(b"* ")]
+    assert tagged == [b"f1", b"f2", b"f3"]
+    assert lines[-1].startswith(b"* BYE"), lines
