@@ -674,15 +674,16 @@ class World:
         self.learn(session)
 
     def read(self, session: Session, targets: Sequence[int], *, uid: bool) -> None:
-        """[UID] FETCH `targets` (BODY[]): sets \\Seen where the session had not been
-        told it is set (RFC 9051 §6.4.5), and says so with FLAGS."""
+        """[UID] FETCH `targets` (BODY[]): sets \\Seen (RFC 9051 §6.4.5), also where
+        this session still believes it set and another took it away, and says so with
+        FLAGS where it was not stored."""
         self.log.append(f"{session.name} {'UID ' * uid}FETCH {targets} BODY[]")
         if not targets:
             return
         view = session.view
         uids = {u for u in targets if u in view.flags} if uid else set(self._uids(session, targets))
         for u in uids:
-            if u in self.model and "\\Seen" not in view.flags[u] and not session.readonly:
+            if u in self.model and not session.readonly:
                 self.model[u] = self.model[u] | {"\\Seen"}
         _tagged, untagged = session.command(
             f"{'UID ' * uid}FETCH {_set(targets)} (UID BODY[])", expunge_allowed=uid

@@ -131,8 +131,9 @@ class FetchResult:
     """The answer for one message: (response name, value) pairs for `FetchResponse`."""
 
     items: tuple[tuple[str, Value], ...]
-    #: A non-PEEK BODY[...], BINARY[...], RFC822 or RFC822.TEXT was fetched and the
-    #: message is not \\Seen: the session sets \\Seen and adds FLAGS (RFC 9051 §6.4.5).
+    #: A non-PEEK BODY[...], BINARY[...], RFC822 or RFC822.TEXT was fetched: the session
+    #: sets \\Seen where the store does not have it and adds FLAGS (RFC 9051 §6.4.5).
+    #: The message's flags here are the view's and may be stale, so they do not decide.
     set_seen: bool
     #: A response code for the session to answer NO with, e.g. "UNKNOWN-CTE" (RFC 3516
     #: §4.3); `items` is then empty.
@@ -204,7 +205,6 @@ class _Fetcher:
         return self._decoded[index]
 
     def run(self, items: Sequence[FetchItem]) -> FetchResult:
-        message = self.ctx.message
         out: list[tuple[str, Value]] = []
         seen_wanted = False
         for item in items:
@@ -238,7 +238,7 @@ class _Fetcher:
                 out.append((item.response_name, size))
             else:
                 raise TypeError(f"not a FETCH item: {item!r}")
-        set_seen = seen_wanted and not self.gone and "\\Seen" not in message.flags
+        set_seen = seen_wanted and not self.gone
         return FetchResult(items=tuple(out), set_seen=set_seen, gone=self.gone)
 
     def simple(self, name: str) -> Value:

@@ -259,7 +259,7 @@ def fetch_messages(
             return [*out, Tagged(tag=command.tag, status="NO", code=code, text="Cannot fetch")]
         items = dict(result.items)
         flags = message.flags
-        if result.set_seen and not view.readonly and not result.gone:
+        if result.set_seen and not view.readonly and not result.gone and _unseen(view, message):
             # RFC 9051 §6.4.5: a non-PEEK body fetch sets \Seen, and the new flags are
             # reported with it (and, under CONDSTORE, their mod-sequence).
             stored = view.store([uid], ["\\Seen"], FlagMode.ADD)
@@ -274,6 +274,17 @@ def fetch_messages(
         out.append(FetchResponse(number=number, items=tuple(items.items())))
     out.append(done)
     return out
+
+
+def _unseen(view: FolderView, message: ImapMessage) -> bool:
+    """Whether a body fetch must still set \\Seen. The view's flags are what this session
+    was last told: another session may have taken \\Seen away since, and the user has
+    just read the message, so a message the view holds read is looked up in the store
+    (one indexed row) rather than left unread."""
+    if "\\Seen" not in message.flags:
+        return True
+    state = view.flag_states([message.uid]).get(message.uid)
+    return state is not None and "\\Seen" not in state[1]
 
 
 def resync(view: FolderView, qresync: Qresync, *, rev2: bool) -> list[Response]:

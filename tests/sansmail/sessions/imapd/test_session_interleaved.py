@@ -27,3 +27,18 @@ def test_store_silent_tells_of_flags_another_session_set(tmp_path: pathlib.Path)
     assert one.run(b"a3 UID STORE 1:2 -FLAGS.SILENT (\\seen)") == b"a3 OK UID STORE completed\r\n"
     one.close()
     other.close()
+
+
+def test_a_body_fetch_sets_seen_that_another_session_took_away(tmp_path: pathlib.Path) -> None:
+    one, other = two(tmp_path, 1)
+    one.run(b"a1 STORE 1 +FLAGS.SILENT (\\Seen)")
+    assert other.run(b"b1 NOOP").startswith(b"* 1 FETCH (FLAGS (\\Seen")
+    one.run(b"a2 STORE 1 -FLAGS.SILENT (\\Seen)")
+    # `other` still believes \Seen; its user reads the message, which must end up read.
+    answer = other.run(b"b2 FETCH 1 (BODY[])")
+    assert b"FLAGS (\\Seen" in answer, answer
+    assert one.run(b"a3 NOOP").startswith(b"* 1 FETCH (FLAGS (\\Seen")
+    # Where the store has \Seen already, a body fetch writes nothing and adds no FLAGS.
+    assert b"FLAGS" not in other.run(b"b3 FETCH 1 (BODY[])")
+    one.close()
+    other.close()
