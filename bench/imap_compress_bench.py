@@ -32,14 +32,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
@@ -49,8 +47,8 @@ from pathlib import Path
 
 import bench_procs as procs
 import mailbox_bench as mb
-from dovecot_peer import DovecotServer
 from profile_smtp import by_function, parse_raw
+from side_by_side import DovecotZlib, side_by_side
 
 MODES = ("plain", "deflate")
 #: Leaf frames of a thread that waits (see `profile`).
@@ -61,25 +59,6 @@ WAITING = (
     "_supervise ",
     "process ",
 )
-IMAP_ZLIB = Path("/usr/lib/dovecot/modules/lib30_imap_zlib_plugin.so")
-
-
-class DovecotZlib(DovecotServer):
-    """The mailbox bench's Dovecot, with COMPRESS=DEFLATE (imap_zlib) for IMAP."""
-
-    def prepare(self) -> None:
-        super().prepare()
-        with self.config_path.open("a") as conf:
-            conf.write("protocol imap {\n  mail_plugins = $mail_plugins imap_zlib\n}\n")
-        done = subprocess.run(
-            ["doveconf", "-c", str(self.config_path), "-n"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise procs.ServerError(f"doveconf refused imap_zlib:\n{done.stderr.strip()}")
 
 
 class Client:
@@ -278,27 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="py-spy on sansmail afterwards")
     p.add_argument("--tmpdir", type=Path)
     args = p.parse_args(argv)
-    why = DovecotServer.unavailable() or (
-        None if IMAP_ZLIB.exists() else f"no {IMAP_ZLIB} (dovecot-core's imap_zlib)"
-    )
-    top = Path(tempfile.mkdtemp(prefix="imap-compress-", dir=args.tmpdir))
-    top.chmod(0o711)
-    ours = mb.MailServer(top / "sansmail", 1)
-    peer = None if why else DovecotZlib(top / "dovecot")
-    servers: list[tuple[str, mb.MailServer]] = [("sansmail", ours)]
     runs: list[Run] = []
-    try:
-        ours.prepare()
-        exp = mb.generate_mailbox(ours.inbox, args.messages)
-        ours.start()
-        if peer is not None:
-            peer.prepare()
-            mb.generate_mailbox(peer.inbox, args.messages)
-            peer.own()
-            peer.start()
-            servers.append(("dovecot", peer))
-        else:
-            print(f"Dovecot with COMPRESS cannot run here: {why}", file=sys.stderr)
+    with side_by_side("imap-compress-", args.messages, args.tmpdir, peer_class=DovecotZlib) as both:
+        exp, servers, ours, top = both.exp, both.servers, both.ours, both.top
         print(f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.2f} MiB", flush=True)
         for rep in range(args.reps + 1):
             for name, server in servers:
@@ -333,11 +294,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.profile:
             print()
             print(profile(ours, args.reps * args.fetches, exp.messages, top))
-    finally:
-        for _name, server in servers:
-            server.stop()
-        if os.environ.get("KEEP") is None:
-            shutil.rmtree(top, ignore_errors=True)
     return 0
 
 

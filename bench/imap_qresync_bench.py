@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import imaplib
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import bench_procs as procs
 import mailbox_bench as mb
-from dovecot_peer import DovecotServer
+from side_by_side import side_by_side
 
 
 def connect(server: mb.MailServer) -> imaplib.IMAP4:
@@ -130,69 +128,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--tmpdir", type=Path)
     args = p.parse_args(argv)
-    why = DovecotServer.unavailable()
-    top = Path(tempfile.mkdtemp(prefix="imap-qresync-", dir=args.tmpdir))
-    top.chmod(0o711)
-    ours = mb.MailServer(top / "sansmail", 1)
-    peer = None if why else DovecotServer(top / "dovecot")
-    servers: list[tuple[str, mb.MailServer]] = [("sansmail", ours)]
     try:
-        ours.prepare()
-        exp = mb.generate_mailbox(ours.inbox, args.messages)
-        ours.start()
-        if peer is not None:
-            peer.prepare()
-            mb.generate_mailbox(peer.inbox, args.messages)
-            peer.own()
-            peer.start()
-            servers.append(("dovecot", peer))
-        else:
-            print(f"Dovecot cannot run here: {why}", file=sys.stderr)
-        print(
-            f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB, {args.changes} changes",
-            flush=True,
-        )
-        states = {name: baseline(server) for name, server in servers}
-        for _name, server in servers:
-            change(server, args.messages, args.changes)
-        times: dict[str, list[float]] = {}
-        answers: dict[str, tuple[Answer, Answer]] = {}
-        for rep in range(args.reps):
-            order = servers if rep % 2 == 0 else servers[::-1]
-            for name, server in order:
-                elapsed, answer = resync(server, *states[name])
-                times.setdefault(name, []).append(elapsed)
-                if answers.setdefault(name, answer) != answer:
-                    raise procs.ServerError(f"{name} answered differently at rep {rep}")
-        label = "SELECT (QRESYNC) + UID FETCH (CHANGEDSINCE VANISHED)"
-        print(f"\n{'':<56}{'first ms':>10}{'warm ms':>10}{'dovecot/ours':>14}")
-        warm = {name: statistics.median(times[name][1:] or times[name]) for name, _ in servers}
-        for name, _server in servers:
-            ratio = f"{warm['dovecot'] / warm['sansmail']:.2f}x" if name == "dovecot" else ""
+        with side_by_side("imap-qresync-", args.messages, args.tmpdir) as both:
+            exp, servers = both.exp, both.servers
             print(
-                f"{label + ' ' + name:<56}{times[name][0] * 1000:>10.1f}"
-                f"{warm[name] * 1000:>10.1f}{ratio:>14}"
+                f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB,"
+                f" {args.changes} changes",
+                flush=True,
             )
-        for name, (at_select, at_fetch) in answers.items():
-            print(
-                f"{name}: SELECT {len(at_select[0])} vanished, {len(at_select[1])} changed;"
-                f" UID FETCH {len(at_fetch[0])} vanished, {len(at_fetch[1])} changed"
-            )
-        if peer is not None:
-            same = answers["sansmail"] == answers["dovecot"]
-            print(f"answers {'identical' if same else 'DIFFER'}")
-            if not same:
-                print(f"  sansmail {answers['sansmail']}\n  dovecot  {answers['dovecot']}")
-                return 1
+            states = {name: baseline(server) for name, server in servers}
+            for _name, server in servers:
+                change(server, args.messages, args.changes)
+            times: dict[str, list[float]] = {}
+            answers: dict[str, tuple[Answer, Answer]] = {}
+            for rep in range(args.reps):
+                order = servers if rep % 2 == 0 else servers[::-1]
+                for name, server in order:
+                    elapsed, answer = resync(server, *states[name])
+                    times.setdefault(name, []).append(elapsed)
+                    if answers.setdefault(name, answer) != answer:
+                        raise procs.ServerError(f"{name} answered differently at rep {rep}")
+            label = "SELECT (QRESYNC) + UID FETCH (CHANGEDSINCE VANISHED)"
+            print(f"\n{'':<56}{'first ms':>10}{'warm ms':>10}{'dovecot/ours':>14}")
+            warm = {name: statistics.median(times[name][1:] or times[name]) for name, _ in servers}
+            for name, _server in servers:
+                ratio = f"{warm['dovecot'] / warm['sansmail']:.2f}x" if name == "dovecot" else ""
+                print(
+                    f"{label + ' ' + name:<56}{times[name][0] * 1000:>10.1f}"
+                    f"{warm[name] * 1000:>10.1f}{ratio:>14}"
+                )
+            for name, (at_select, at_fetch) in answers.items():
+                print(
+                    f"{name}: SELECT {len(at_select[0])} vanished, {len(at_select[1])} changed;"
+                    f" UID FETCH {len(at_fetch[0])} vanished, {len(at_fetch[1])} changed"
+                )
+            if len(servers) == 2:
+                same = answers["sansmail"] == answers["dovecot"]
+                print(f"answers {'identical' if same else 'DIFFER'}")
+                if not same:
+                    print(f"  sansmail {answers['sansmail']}\n  dovecot  {answers['dovecot']}")
+                    return 1
     except procs.ServerError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for _name, server in servers:
-            if server.proc is not None:
-                procs.stop_process_group(server.proc)
-                server.proc = None
-        shutil.rmtree(top, ignore_errors=True)
     return 0
 
 

@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import imaplib
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import bench_procs as procs
 import mailbox_bench as mb
-from dovecot_peer import DovecotServer
+from side_by_side import side_by_side
 
 COMMANDS = (("SORT", "(SUBJECT) UTF-8 ALL"), ("THREAD", "REFERENCES UTF-8 ALL"))
 
@@ -56,63 +54,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tmpdir", type=Path)
     args = p.parse_args(argv)
-    why = DovecotServer.unavailable()
-    top = Path(tempfile.mkdtemp(prefix="imap-sort-", dir=args.tmpdir))
-    top.chmod(0o711)
-    ours = mb.MailServer(top / "sansmail", 1)
-    peer = None if why else DovecotServer(top / "dovecot")
-    servers: list[tuple[str, mb.MailServer]] = [("sansmail", ours)]
     try:
-        ours.prepare()
-        exp = mb.generate_mailbox(ours.inbox, args.messages)
-        ours.start()
-        if peer is not None:
-            peer.prepare()
-            mb.generate_mailbox(peer.inbox, args.messages)
-            peer.own()
-            peer.start()
-            servers.append(("dovecot", peer))
-        else:
-            print(f"Dovecot cannot run here: {why}", file=sys.stderr)
-        print(f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB", flush=True)
-        conns = {name: connect(server) for name, server in servers}
-        times: dict[tuple[str, str], list[float]] = {}
-        answers: dict[tuple[str, str], bytes] = {}
-        for command, arguments in COMMANDS:
-            for rep in range(args.reps):
-                order = servers if rep % 2 == 0 else servers[::-1]
-                for name, _server in order:
-                    elapsed, answer = timed(conns[name], command, arguments)
-                    times.setdefault((command, name), []).append(elapsed)
-                    answers[(command, name)] = answer
-        print(f"\n{'command':<34}{'server':<10}{'first s':>9}{'warm s':>9}{'dovecot/ours':>14}")
-        for command, arguments in COMMANDS:
-            warm = {
-                name: statistics.median(times[(command, name)][1:] or [0]) for name, _ in servers
-            }
-            for name, _server in servers:
-                first = times[(command, name)][0]
-                ratio = ""
-                if name == "dovecot":
-                    ratio = f"{warm['dovecot'] / warm['sansmail']:.2f}x"
-                print(
-                    f"{'UID ' + command + ' ' + arguments:<34}{name:<10}"
-                    f"{first:>9.3f}{warm[name]:>9.3f}{ratio:>14}"
-                )
-            if peer is not None:
-                same = answers[(command, "sansmail")] == answers[(command, "dovecot")]
-                print(f"{'':<34}answers {'identical' if same else 'DIFFER'}")
-        for conn in conns.values():
-            conn.logout()
+        with side_by_side("imap-sort-", args.messages, args.tmpdir) as both:
+            exp, servers = both.exp, both.servers
+            print(f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB", flush=True)
+            conns = {name: connect(server) for name, server in servers}
+            times: dict[tuple[str, str], list[float]] = {}
+            answers: dict[tuple[str, str], bytes] = {}
+            for command, arguments in COMMANDS:
+                for rep in range(args.reps):
+                    order = servers if rep % 2 == 0 else servers[::-1]
+                    for name, _server in order:
+                        elapsed, answer = timed(conns[name], command, arguments)
+                        times.setdefault((command, name), []).append(elapsed)
+                        answers[(command, name)] = answer
+            print(f"\n{'command':<34}{'server':<10}{'first s':>9}{'warm s':>9}{'dovecot/ours':>14}")
+            for command, arguments in COMMANDS:
+                warm = {
+                    name: statistics.median(times[(command, name)][1:] or [0])
+                    for name, _ in servers
+                }
+                for name, _server in servers:
+                    first = times[(command, name)][0]
+                    ratio = ""
+                    if name == "dovecot":
+                        ratio = f"{warm['dovecot'] / warm['sansmail']:.2f}x"
+                    print(
+                        f"{'UID ' + command + ' ' + arguments:<34}{name:<10}"
+                        f"{first:>9.3f}{warm[name]:>9.3f}{ratio:>14}"
+                    )
+                if len(servers) == 2:
+                    same = answers[(command, "sansmail")] == answers[(command, "dovecot")]
+                    print(f"{'':<34}answers {'identical' if same else 'DIFFER'}")
+            for conn in conns.values():
+                conn.logout()
     except procs.ServerError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for _name, server in servers:
-            if server.proc is not None:
-                procs.stop_process_group(server.proc)
-                server.proc = None
-        shutil.rmtree(top, ignore_errors=True)
     return 0
 
 

@@ -37,7 +37,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pathlib import Path
 import bench_procs as procs
 import mailbox_bench as mb
 from dovecot_peer import DovecotServer
+from side_by_side import DovecotZlib, side_by_side
 
 MBSYNC_CONFIG = """\
 IMAPAccount bench
@@ -70,14 +70,6 @@ Patterns INBOX
 Create Near
 Sync Pull
 SyncState *
-"""
-
-
-DOVECOT_COMPRESS = """
-# Added by bench/mbsync_bench.py --dovecot-compress: COMPRESS=DEFLATE, as sansmail offers.
-protocol imap {
-  mail_plugins = $mail_plugins imap_zlib
-}
 """
 
 
@@ -189,52 +181,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if mbsync is None:
         print("mbsync is not installed (apt-get install isync)", file=sys.stderr)
         return 1
-    why = DovecotServer.unavailable()
-    top = Path(tempfile.mkdtemp(prefix="mbsync-bench-", dir=args.tmpdir))
-    top.chmod(0o711)
-    ours = mb.MailServer(top / "sansmail", 1)
-    peer = None if why else DovecotServer(top / "dovecot")
-    servers: list[tuple[str, mb.MailServer]] = [("sansmail", ours)]
     pulls: list[Pull] = []
+    peer_class = DovecotZlib if args.dovecot_compress else DovecotServer
     try:
-        ours.prepare()
-        exp = mb.generate_mailbox(ours.inbox, args.messages)
-        ours.start()
-        if peer is not None:
-            peer.prepare()
-            if args.dovecot_compress:
-                with peer.config_path.open("a") as conf:
-                    conf.write(DOVECOT_COMPRESS)
-            if mb.generate_mailbox(peer.inbox, args.messages) != exp:
-                raise procs.ServerError("the two mailboxes differ")
-            peer.own()
-            peer.start()
-            servers.append(("dovecot", peer))
-        else:
-            print(f"Dovecot cannot run here: {why}", file=sys.stderr)
-        print(f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB", flush=True)
-        for name, server in servers:
-            print(f"{name} offers COMPRESS=DEFLATE: {offers_compress(server)}", flush=True)
-        for rep in range(args.reps + 1):
-            order = servers if rep % 2 == 0 else servers[::-1]
-            for name, server in order:
-                done = pull(
-                    mbsync, server, name=name, rep=rep, work=top / "local", count=args.messages
-                )
-                pulls.append(done)
-                print(
-                    f"rep {rep} {name}: {done.wall:.2f} s, server CPU {done.server_cpu:.2f} s",
-                    flush=True,
-                )
+        with side_by_side(
+            "mbsync-bench-", args.messages, args.tmpdir, peer_class=peer_class
+        ) as both:
+            exp, servers, top = both.exp, both.servers, both.top
+            print(f"{exp.messages} messages, {exp.crlf_bytes / mb.MIB:.1f} MiB", flush=True)
+            for name, server in servers:
+                print(f"{name} offers COMPRESS=DEFLATE: {offers_compress(server)}", flush=True)
+            for rep in range(args.reps + 1):
+                order = servers if rep % 2 == 0 else servers[::-1]
+                for name, server in order:
+                    done = pull(
+                        mbsync, server, name=name, rep=rep, work=top / "local", count=args.messages
+                    )
+                    pulls.append(done)
+                    print(
+                        f"rep {rep} {name}: {done.wall:.2f} s, server CPU {done.server_cpu:.2f} s",
+                        flush=True,
+                    )
     except procs.ServerError as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    finally:
-        for _name, server in servers:
-            if server.proc is not None:
-                procs.stop_process_group(server.proc)
-                server.proc = None
-        shutil.rmtree(top, ignore_errors=True)
     print()
     print(report(pulls, [name for name, _ in servers]))
     return 0
