@@ -53,6 +53,13 @@ class SharedCounts:
     def _bucket(self, ip: str) -> int:
         return 1 + hash(ip) % BUCKETS
 
+    def clear(self) -> None:
+        """Zero this process's row: its connections are gone with it. A server process
+        that replaces a dead one calls this first, so that the dead one's connections,
+        which it could not close, no longer count against the caps."""
+        base = self.row * self._width
+        self._cells[base : base + self._width] = memoryview(bytes(self._width * _SLOT)).cast("I")
+
     def opened(self, ip: str) -> None:
         base = self.row * self._width
         self._cells[base] += 1

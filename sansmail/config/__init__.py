@@ -27,6 +27,12 @@ And an ``[auth]`` table of ours, for every protocol's logins (Dovecot's auth cac
 - ``cache_negative_ttl = "1h"``: a wrong password repeated within this time is refused
   without argon2, still delayed, counted and logged as before; 0 turns that off.
 
+And a ``[limits]`` table of ours: what one client, user or connection may take (connection
+caps of POP3 and IMAP, one user's sessions per address, IMAP line and command sizes,
+commands per second, messages and recipients per minute per client address and per
+authenticated user, the login lockout). `LimitsConfig` lists the keys; their defaults are
+in `DEFAULT_CONFIG_TOML`. 0 turns a rate off; mynetworks are exempt from the rates.
+
 Durations are strings with a unit (``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"1w"``) or
 integers (seconds). Sizes are integers (octets). Every key is optional; absent keys take the
 defaults shown in `DEFAULT_CONFIG_TOML`, except ``hostname`` (the machine's FQDN, given by the
@@ -88,6 +94,7 @@ from sansmail.config._model import (
     DMARCMode,
     DNSConfig,
     HostPort,
+    LimitsConfig,
     LogFormat,
     MilterAction,
     MilterConfig,
@@ -124,6 +131,7 @@ __all__ = [
     "DNSConfig",
     "DeliveryConfig",
     "HostPort",
+    "LimitsConfig",
     "LogFormat",
     "MilterAction",
     "MilterConfig",

@@ -155,6 +155,23 @@ dsn = ""
 
 [quota]
 storage = 0
+
+[limits]                                # what one client, user or connection may take
+pop3_max_connections = 200              # simultaneous POP3 connections (pop3 and pop3s together)
+pop3_max_connections_per_ip = 20
+imap_max_connections = 1000             # simultaneous IMAP connections (imap and imaps together)
+imap_max_connections_per_ip = 50
+max_userip_connections = 10             # one user's IMAP (and POP3) sessions from one address
+imap_max_line_length = 65536            # octets of an IMAP command line between literals
+imap_max_command_size = 1048576         # octets of any IMAP command but APPEND, literals included
+commands_per_second = 1000              # per connection, every protocol, then paced; 0: none
+client_message_rate = 100               # messages a minute from one client address; 0: none
+client_recipient_rate = 1000            # recipients a minute from one client address; 0: none
+user_message_rate = 100                 # messages a minute from one authenticated user; 0: none
+user_recipient_rate = 1000              # recipients a minute from one authenticated user; 0: none
+auth_max_failures = 10                  # failed logins from one address in auth_failure_window...
+auth_failure_window = "10m"
+auth_lockout = "10m"                    # ...then its logins are refused this long
 """
 
 EMBEDDED_NAME: Final = "<embedded default>"
@@ -303,6 +320,39 @@ class QuotaConfig:
 
 
 @attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """What one client, user or connection may take (README "Security and limits").
+    Clients in mynetworks are exempt from the rates and from the auth lockout, as
+    Postfix's smtpd_client_event_limit_exceptions defaults to $mynetworks; the
+    connection caps count them like everyone."""
+
+    # Connection caps per service family; SMTP's are smtp.max_connections(_per_ip).
+    pop3_max_connections: int = 200
+    pop3_max_connections_per_ip: int = 20
+    imap_max_connections: int = 1000
+    imap_max_connections_per_ip: int = 50
+    # Dovecot's mail_max_userip_connections: sessions of one user from one address,
+    # counted per protocol (IMAP apart from POP3).
+    max_userip_connections: int = 10
+    # The IMAP core's limits (sansmail.imap.Config); APPEND's is smtp.max_message_size.
+    imap_max_line_length: int = 65536
+    imap_max_command_size: int = 1_048_576
+    # Per connection, every protocol; a client faster than this is read more slowly.
+    commands_per_second: int = 1000
+    # Postfix's anvil (smtpd_client_message_rate_limit, smtpd_client_recipient_rate_limit),
+    # per minute; the user_ ones count per authenticated user. 0: no limit.
+    client_message_rate: int = 100
+    client_recipient_rate: int = 1000
+    user_message_rate: int = 100
+    user_recipient_rate: int = 1000
+    # Logins: auth_max_failures failures from one address (or IPv6 /48) within
+    # auth_failure_window lock it out for auth_lockout (sansmail.mail.auth).
+    auth_max_failures: int = 10
+    auth_failure_window: int = 600  # seconds
+    auth_lockout: int = 600
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """A validated configuration. Paths are absolute; domains are canonical (lower case,
     IDNs as A-labels); durations are seconds."""
@@ -336,6 +386,7 @@ class Config:
     sieve: SieveConfig = SieveConfig()
     storage: StorageConfig = StorageConfig()
     quota: QuotaConfig = QuotaConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @property
     def source_name(self) -> str:

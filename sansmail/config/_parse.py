@@ -31,6 +31,7 @@ from sansmail.config._model import (
     DKIMConfig,
     DNSConfig,
     HostPort,
+    LimitsConfig,
     MilterConfig,
     NextHop,
     POP3Config,
@@ -129,6 +130,13 @@ def warnings(config: Config) -> list[str]:
             f"{where}: smtp.max_connections_per_ip: larger than max_connections, so it "
             "never applies"
         )
+    found.extend(
+        f"{where}: limits.{service}_max_connections_per_ip: larger than "
+        f"{service}_max_connections, so it never applies"
+        for service in ("pop3", "imap")
+        if getattr(config.limits, f"{service}_max_connections_per_ip")
+        > getattr(config.limits, f"{service}_max_connections")
+    )
     if config.smtp.plaintext_auth == "always":
         exposed = [
             _values.show_address(address)
@@ -199,6 +207,33 @@ def _read(text: str, reader: Reader, default_hostname: str) -> Config | None:
         sieve=SieveConfig(before=_existing(top.table("sieve"), "before")),
         storage=_read_storage(top.table("storage")),
         quota=QuotaConfig(storage=top.table("quota").get("storage", _values.size, 0)),
+        limits=_read_limits(top.table("limits")),
+    )
+
+
+def _read_limits(table: Table) -> LimitsConfig:
+    d = LimitsConfig()
+
+    def count(key: str, minimum: int = 1) -> int:
+        return table.integer(key, getattr(d, key), minimum)
+
+    return LimitsConfig(
+        pop3_max_connections=count("pop3_max_connections"),
+        pop3_max_connections_per_ip=count("pop3_max_connections_per_ip"),
+        imap_max_connections=count("imap_max_connections"),
+        imap_max_connections_per_ip=count("imap_max_connections_per_ip"),
+        max_userip_connections=count("max_userip_connections"),
+        # The IMAP core's own floors (RFC 7162 §4 asks for 8192-octet lines).
+        imap_max_line_length=count("imap_max_line_length", 8192),
+        imap_max_command_size=count("imap_max_command_size", 65536),
+        commands_per_second=count("commands_per_second", 0),
+        client_message_rate=count("client_message_rate", 0),
+        client_recipient_rate=count("client_recipient_rate", 0),
+        user_message_rate=count("user_message_rate", 0),
+        user_recipient_rate=count("user_recipient_rate", 0),
+        auth_max_failures=count("auth_max_failures"),
+        auth_failure_window=table.duration("auth_failure_window", d.auth_failure_window, 1),
+        auth_lockout=table.duration("auth_lockout", d.auth_lockout, 1),
     )
 
 

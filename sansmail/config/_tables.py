@@ -32,6 +32,7 @@ from sansmail.config._model import (
     DKIMMode,
     DMARCMode,
     DNSConfig,
+    LimitsConfig,
     LogFormat,
     MilterAction,
     MilterConfig,
@@ -91,6 +92,7 @@ TABLE_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
     "sieve": tuple(attrs.fields_dict(SieveConfig)),
     "storage": tuple(attrs.fields_dict(StorageConfig)),
     "quota": tuple(attrs.fields_dict(QuotaConfig)),
+    "limits": tuple(attrs.fields_dict(LimitsConfig)),
 }
 
 

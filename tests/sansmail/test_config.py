@@ -123,7 +123,7 @@ def test_public_names():
             "BUILT_SERVICES", "DEFAULT_CONFIG_TOML", "MECHANISMS", "RESTRICTIONS", "SERVICES",
             "AntispamConfig", "BareLF", "Config", "ConfigError", "DKIMConfig", "DKIMMode",
             "DMARCMode", "DNSConfig", "DeliveryConfig", "HostPort", "LogFormat", "MilterAction",
-            "MilterConfig", "NextHop", "OutboundTLS", "PlaintextAuth", "Problem",
+            "LimitsConfig", "MilterConfig", "NextHop", "OutboundTLS", "PlaintextAuth", "Problem",
             "QuotaConfig", "ReverseDNSMode", "SMTPConfig", "SPFMode", "SieveConfig",
             "StorageBackend", "StorageConfig", "TLSConfig", "load_config", "not_in_force",
             "parse_config", "parse_size", "warnings",
