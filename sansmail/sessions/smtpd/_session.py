@@ -31,7 +31,6 @@ from sansmail.sessions.smtpd._replies import (
     INTERNAL_ERROR,
     MAIL_OK,
     NO_INITIAL_RESPONSE,
-    NOT_STORED,
     OK,
     READY_FOR_TLS,
     START_DATA,
@@ -44,6 +43,7 @@ from sansmail.sessions.smtpd._transaction import (
     Transaction,
     header_end,
     notify_values,
+    storage_reply,
     store_all,
     xtext,
 )
@@ -570,9 +570,24 @@ class SmtpSession:
         return tx.write(data)
 
     def flush(self) -> None:
-        """Blocking: hand buffered content to the tmp files."""
-        assert self.transaction is not None
-        self.transaction.flush()
+        """Blocking: hand buffered content to the tmp files. A failure (a full disk, an
+        I/O error) is not the client's: every file of the transaction is removed at
+        once, so a full disk is not kept full by a message that cannot be stored, and
+        the rest of the content is read and dropped until its end, which `finish`
+        answers with a temporary failure (never 250)."""
+        tx = self.transaction
+        assert tx is not None
+        if tx.failed is not None:
+            return
+        try:
+            tx.flush()
+        except OSError as exc:
+            tx.failed = exc
+            tx.abort()
+            self.log(
+                logging.ERROR,
+                f"{tx.queue_id}: cannot write the message: {exc}; the rest is dropped",
+            )
 
     def commit(self, now: float) -> Committed:
         """Blocking: the message ended (CRLF.CRLF, or BDAT LAST). Make every copy durable,
@@ -596,6 +611,10 @@ class SmtpSession:
         tx = self.transaction
         assert tx is not None
         assert tx.receiving
+        if tx.failed is not None:
+            # `flush` failed and removed the files; no check need see the message.
+            self.transaction = None
+            return Committed(self._not_stored(tx, tx.failed))
         if tx.message is None and not tx.headers_done:
             # Content ended inside the header section (or there was none).
             tx.headers_done = True
@@ -658,12 +677,7 @@ class SmtpSession:
         tx = job.transaction
         size = tx.size
         if job.error is not None:
-            self.log(
-                logging.ERROR,
-                f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, client={self.client},"
-                f" size={size}, status=deferred (cannot store: {job.error})",
-            )
-            return Committed(NOT_STORED)
+            return Committed(self._not_stored(tx, job.error))
         text = f"Ok: queued as {tx.queue_id}"
         for address, _mailbox in tx.recipients:
             self.log(
@@ -683,6 +697,16 @@ class SmtpSession:
             Reply(code=250, lines=text, enhanced="2.0.0"),
             tuple(m.queue_id for m in tx.queued),
         )
+
+    def _not_stored(self, tx: Transaction, error: OSError) -> Reply:
+        reply = storage_reply(error)
+        self.log(
+            logging.ERROR,
+            f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, client={self.client},"
+            f" size={tx.size}, status=deferred (cannot store: {error}; {reply.code}"
+            f" {reply.enhanced})",
+        )
+        return reply
 
     def cleanup(self) -> None:
         """Blocking: remove the files of transactions that died (RSET, a new EHLO, a

@@ -5,6 +5,8 @@ transactions together)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -16,11 +18,13 @@ from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.mail.headeredit import HeaderEdit
 from sansmail.mail.logtext import LogSink
 from sansmail.mail.recipients import Resolution
+from sansmail.sessions.smtpd._replies import NOT_STORED
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import Delivery, MailStore
 from sansmail.storage.queue import QueueStore, QueueWriter
 
 __all__ = [
+    "NO_STORAGE",
     "SPILL_THRESHOLD",
     "Committed",
     "Outgoing",
@@ -28,6 +32,7 @@ __all__ = [
     "Transaction",
     "header_end",
     "notify_values",
+    "storage_reply",
     "store_all",
     "xtext",
 ]
@@ -39,6 +44,20 @@ JUNK = "Junk"
 #: worker thread, so a large message never sits whole in memory; smaller ones cost one
 #: thread hop, at commit.
 SPILL_THRESHOLD = 1024 * 1024
+
+#: The message could not be stored because the disk (or the user's file system quota)
+#: is full: RFC 5321's 452 "insufficient system storage" with RFC 3463's 4.3.1 "mail
+#: system full", Postfix's words for it. The client keeps the message and tries later.
+NO_STORAGE = Reply(code=452, lines="Insufficient system storage", enhanced="4.3.1")
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def storage_reply(error: OSError) -> Reply:
+    """The temporary failure that answers a message `error` kept from being stored:
+    `NO_STORAGE` for a full disk, else `NOT_STORED` (RFC 5321's 451 "local error in
+    processing", 4.3.0 as Postfix's cleanup says for a queue file write error): EIO or
+    EROFS is not a full disk, and the log line says which it was."""
+    return NO_STORAGE if error.errno in _FULL else NOT_STORED
 
 
 @attrs.define
@@ -101,6 +120,10 @@ class Transaction:
     #: The queue copies committed so far (`commit_queue_copies`).
     queued: list[QueuedMessage] = attrs.Factory(list)
     chunk_size: int = 0
+    #: Writing the content failed (`SmtpSession.flush`): every file is removed, the
+    #: rest of the content is dropped, and the end of data is answered with
+    #: `storage_reply`.
+    failed: OSError | None = None
 
     @property
     def outgoing(self) -> list[Outgoing]:
@@ -137,7 +160,11 @@ class Transaction:
             self.writers.append(outgoing.writer)
 
     def write(self, data: bytes) -> bool:
-        """Buffer content for every copy; True when it is time to `flush`."""
+        """Buffer content for every copy; True when it is time to `flush`. Dropped once
+        the transaction has `failed`: the client still sends the rest, which no one
+        will store."""
+        if self.failed is not None:
+            return False
         spill = False
         if self.delivery is not None:
             self.delivery.write(data)
@@ -148,7 +175,7 @@ class Transaction:
         return spill
 
     def flush(self) -> None:
-        """Blocking: hand buffered content to the tmp files."""
+        """Blocking: hand buffered content to the tmp files (raises OSError)."""
         if self.delivery is not None:
             self.delivery.flush()
         for writer in self.writers:
@@ -193,11 +220,15 @@ class Transaction:
 
     def abort(self) -> None:
         """Blocking: remove whatever was written; safe at any point, also after a
-        partial `store`."""
+        partial `store`, and more than once. Every copy is tried even when one fails
+        (a close(2) may report EIO): a tmp file left behind is never delivered, and the
+        next start removes it."""
+        copies: list[Delivery | QueueWriter] = [*self.writers]
         if self.delivery is not None:
-            self.delivery.abort()
-        for writer in self.writers:
-            writer.abort()
+            copies.insert(0, self.delivery)
+        for copy in copies:
+            with contextlib.suppress(OSError):
+                copy.abort()
 
 
 @attrs.define(eq=False)

@@ -470,7 +470,7 @@ def test_a_failed_local_commit_takes_back_the_queued_copy(tmp_path: pathlib.Path
     server = Server(tmp_path, store=store)
     client = server.session(TRUSTED)
     answer = client.transaction("a@example.org", "alice@example.test", "x@far.test")
-    assert answer.startswith(b"451 4.3.0")
+    assert answer.startswith(b"452 4.3.1")
     assert server.queued() == []  # the client will retry: no second relay
     assert any(
         level == logging.ERROR and "status=deferred (cannot store" in text
@@ -639,7 +639,7 @@ def test_a_failure_in_a_group_commit_stays_with_its_own_transaction(
     monkeypatch.setattr(os, "fsync", fsync)
     store_all([good_job, bad_job])
     assert good.answer(good_job).startswith(b"250 2.0.0")
-    assert bad.answer(bad_job).startswith(b"451 4.3.0")
+    assert bad.answer(bad_job).startswith(b"452 4.3.1")
     [stored] = server.messages("alice")
     assert b"Subject: good" in stored
     # The good transaction's queue copy stays; the bad one's was taken back.
