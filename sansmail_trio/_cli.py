@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import pathlib
 import re
 import socket
@@ -51,6 +52,7 @@ from sansmail.storage.generations import Counter, bump
 from sansmail.storage.maildir import MaildirStore, recalculate_usage
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
 from sansmail.storage.users import UserError, UserStore
+from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
 
 __all__ = ["main"]
@@ -456,11 +458,20 @@ def _serve(args: argparse.Namespace) -> int:
     # Imported here: the other commands need none of the server.
     from sansmail_trio._run import run  # noqa: PLC0415
 
-    return run(_load(args))
+    # As root: serve binds its ports first and drops privileges itself.
+    config = _load(args, as_owner=False)
+    owner = config.mail_owner
+    if owner is not None and os.geteuid() != 0 and resolve_uid(owner) != os.geteuid():
+        # Refused before anything is bound or written, in one line.
+        raise CommandError(
+            f"mail_owner = {owner!r}: only root can switch to another user: start it as "
+            f"root or as {owner}"
+        )
+    return run(config)
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = _load(args, as_owner=False)  # reads only
     found = warnings(config)
     problems: list[str] = []
     if config.aliases is not None:
@@ -714,10 +725,29 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _load(args: argparse.Namespace) -> Config:
-    return load_config(
+def _load(args: argparse.Namespace, *, as_owner: bool = True) -> Config:
+    """The configuration; with `as_owner`, root also becomes its ``mail_owner`` first
+    (`_as_owner`), so what the command writes in data_dir is the server's."""
+    config = load_config(
         args.config, default_hostname=_default_hostname(), check_tls=tls_files_problem
     )
+    if as_owner:
+        _as_owner(config)
+    return config
+
+
+def _as_owner(config: Config) -> None:
+    # Root with a mail_owner runs the command as that user, as Postfix's postsuper runs
+    # as its mail_owner: users.json, a DKIM key, a queue file or a generations counter
+    # made by root would be closed to the server after its own drop. What root left in
+    # data_dir before (a command run before mail_owner was set) is given to the user
+    # first; the Maildirs are the server's to claim, not worth a walk per command.
+    if os.geteuid() != 0 or config.mail_owner is None:
+        return
+    account = resolve(config.mail_owner)
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    claim(config.data_dir, account, skip=("mail",))
+    become(account)
 
 
 def _default_hostname() -> str:
@@ -776,6 +806,9 @@ def _read_password(from_stdin: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script `sansmail-trio`; returns the exit status."""
+    # Whatever a command or the server creates is for mail_owner alone: SQLite's index
+    # and journal files and the Maildirs' folders take the mode the umask leaves.
+    os.umask(0o077)
     parser = _build_parser()
     args = parser.parse_args(argv)
     name: str = args.command_name
@@ -785,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    except (CommandError, UserError) as exc:
+    except (CommandError, UserError, PrivilegeError) as exc:
         print(f"{PROG}: {name}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

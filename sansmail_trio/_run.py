@@ -50,6 +50,7 @@ from sansmail.config import Config
 from sansmail.storage.keys import SRSKeyError, load_or_create_srs_key
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import configure_logging, get_logger
+from sansmail_trio._privileges import PrivilegeError, drop_privileges
 from sansmail_trio._queue import pipe_waker
 from sansmail_trio._serve import bind_listeners, serve, serve_queue
 from sansmail_trio._tls import TLSConfigError, TLSContextHolder
@@ -89,7 +90,9 @@ def _run_processes(config: Config) -> int:
         TLSContextHolder.from_config(config)
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         load_or_create_srs_key(config.data_dir / "srs.key")
-    except (OSError, TLSConfigError, SRSKeyError) as exc:
+        # Root's work ends here: nothing after this line runs as root (_privileges.py).
+        drop_privileges(config)
+    except (OSError, TLSConfigError, SRSKeyError, PrivilegeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     alive_read, alive_write = os.pipe()

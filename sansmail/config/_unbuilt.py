@@ -26,7 +26,6 @@ __all__ = ["UNBUILT", "not_in_force"]
 
 #: (key, what it asks for, what happens instead), in the order of CONTRACT.md.
 UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
-    ("mail_owner", lambda c: c.mail_owner is not None, "serve keeps the user it started as"),
     ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
     ("sieve.before", lambda c: c.sieve.before is not None, "the script is not run"),
     (

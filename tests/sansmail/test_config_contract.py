@@ -36,7 +36,6 @@ EXAMPLE_NOT_IN_FORCE = [
     "listen.managesieve",
     "listen.metrics",
     "listen.http",
-    "mail_owner",
 ]
 
 
@@ -293,7 +292,6 @@ def test_each_key_asking_for_something_is_reported_once(tmp_path: pathlib.Path) 
     where = str(tmp_path / "sansmail.toml")
     assert keys_of(not_in_force(config), where) == [
         "listen.metrics",
-        "mail_owner",
         "log_format",
         "sieve.before",
         "storage.backend",

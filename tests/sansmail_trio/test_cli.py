@@ -903,7 +903,6 @@ def test_check_config_of_the_contract_example(run, tmp_path):
         "listen.managesieve",
         "listen.metrics",
         "listen.http",
-        "mail_owner",
     ]
 
 
