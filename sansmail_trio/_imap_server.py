@@ -64,14 +64,17 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, RemoteProtocolError, imap
 from sansmail.config import Config
+from sansmail.mail.pacing import pacer_for
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import IDLE_KEEPALIVE, ImapConversation, ImapService
 from sansmail_trio._compress import DeflateStream, InflateError
+from sansmail_trio._counts import SharedCounts
 from sansmail_trio._login import log_in
 from sansmail_trio._notify import FALLBACK_POLL, Subscription, watcher
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
+    UserSlot,
     carry,
     send_all,
     upgrade,
@@ -162,6 +165,8 @@ class IMAPService:
     #: The server certificate; None: no TLS at all (STARTTLS is then not offered).
     tls: TLSContextHolder | None = None
     trimmer: MemoryTrimmer = attrs.field(factory=MemoryTrimmer)
+    #: The table every server process counts in (None: no max_userip_connections).
+    counts: SharedCounts | None = None
 
     @property
     def config(self) -> Config:
@@ -188,20 +193,32 @@ class IMAPService:
         )
         # Through `counted`: the logout line reports the octets of the conversation.
         wire = Wire(stream, session.counted)
-        await carry(
-            session,
-            wire,
-            self.log,
-            registry=registry,
-            refusal=refuse,
-            loop=lambda time: _loop(self, session, wire, time),
-        )
+        slot = UserSlot(self.counts, "imap", peer[0])
+        limits = self.config.limits
+        try:
+            await carry(
+                session,
+                wire,
+                self.log,
+                registry=registry,
+                refusal=refuse,
+                loop=lambda time: _loop(self, session, wire, time, slot),
+                pacer=pacer_for(
+                    peer[0], rate=limits.commands_per_second, exempt=self.config.mynetworks
+                ),
+            )
+        finally:
+            slot.release()
         if session.mailbox is not None:  # it held a user's folders
             self.trimmer.session_ended()
 
 
 async def _loop(
-    service: IMAPService, session: ImapConversation, wire: Wire, time: SessionTime
+    service: IMAPService,
+    session: ImapConversation,
+    wire: Wire,
+    time: SessionTime,
+    slot: UserSlot,
 ) -> None:
     ahead: object = None  # an event the last run of answers took from the core
     eager = 0  # events taken from the core's buffer since the last checkpoint
@@ -216,6 +233,8 @@ async def _loop(
                 await trio.lowlevel.checkpoint()
         else:
             event = await _next_event(session, wire, time)
+        if time.pacer is not None:
+            await time.pace()
         if isinstance(event, imap.Idle) and session.mailbox is not None:
             event = await _idle(session, wire, time, event)
             if event is None:  # the selected folder went: its BYE is sent
@@ -239,12 +258,15 @@ async def _loop(
                 received = session.compression_started()
                 wire.stream = DeflateStream(wire.stream, received=received)
         elif isinstance(event, imap.Login | imap.Authenticate):
-            await log_in(session, event, wire, time)
+            await log_in(session, event, wire, time, userip=slot)
+            slot.settle(session.user)
         else:
             assert isinstance(event, imap.Event)
             if session.blocks(event):
                 eager = 0
-                ahead = await trio.to_thread.run_sync(_answer_run, session, wire, time, event)
+                ahead = await trio.to_thread.run_sync(
+                    _answer_run, session, wire, time, event, trio.current_time()
+                )
             else:
                 await send_all(wire, session.handle(event))
 
@@ -258,12 +280,15 @@ def _pipelined(wire: Wire, time: SessionTime) -> object:
     return wire.buffered_event()
 
 
-def _answer_run(session: ImapConversation, wire: Wire, time: SessionTime, event: object) -> object:
+def _answer_run(
+    session: ImapConversation, wire: Wire, time: SessionTime, event: object, now: float
+) -> object:
     """Blocking (a worker thread): answer `event`, then the commands pipelined behind
     it that work on the store, in order, up to `RUN_COMMANDS` or `RUN_OCTETS` of
-    answers. The core is the worker's alone meanwhile (the session's task waits for
-    it). Returns the event it took from the core and did not answer (one the loop
-    answers), or None."""
+    answers, and while the connection's command rate lets them through at `now` (the
+    time the run started: a stale time only paces sooner). The core is the worker's
+    alone meanwhile (the session's task waits for it). Returns the event it took from
+    the core and did not answer (one the loop answers, or paces first), or None."""
     answered = 0
     while True:
         assert isinstance(event, imap.Event)
@@ -274,6 +299,8 @@ def _answer_run(session: ImapConversation, wire: Wire, time: SessionTime, event:
             return None
         following = wire.buffered_event()
         if not isinstance(following, imap.Event) or not session.blocks(following):
+            return following
+        if time.pacer is not None and not time.pacer.try_take(now):
             return following
         event = following
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from sansmail.sessions.common import LoginSteps
-from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result
+from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result, UserSessions
 from sansmail_trio._session import SessionTime, send_all
 from sansmail_trio._wire import Wire
 
@@ -68,14 +68,23 @@ async def drive(
     return result
 
 
-async def log_in(session: LoginSteps, event: object, wire: Wire, time: SessionTime) -> None:
+async def log_in(
+    session: LoginSteps,
+    event: object,
+    wire: Wire,
+    time: SessionTime,
+    *,
+    userip: UserSessions | None = None,
+) -> None:
     """One login command (SMTP AUTH, POP3 PASS or AUTH, IMAP LOGIN or AUTHENTICATE),
-    whatever the protocol: the session words every answer and frames every challenge."""
+    whatever the protocol: the session words every answer and frames every challenge.
+    `userip` counts the user's sessions per address (max_userip_connections)."""
     refusal = session.login_refusal(event)
     if refusal is not None:
         await send_all(wire, refusal)
         return
     login = session.login()
+    login.userip = userip
     if not await admitted(login):
         await send_all(wire, session.throttled(event))
         return

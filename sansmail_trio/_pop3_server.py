@@ -38,12 +38,15 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, pop3
 from sansmail.config import Config
+from sansmail.mail.pacing import pacer_for
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.pop3d import READ_AHEAD_BATCH, Pop3Service, Pop3Session, Transfer
+from sansmail_trio._counts import SharedCounts
 from sansmail_trio._login import log_in
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
+    UserSlot,
     carry,
     send_all,
     upgrade,
@@ -67,6 +70,8 @@ class POP3Service:
     log: logging.Logger
     #: The server certificate; None: no TLS at all (STLS is then not offered).
     tls: TLSContextHolder | None = None
+    #: The table every server process counts in (None: no max_userip_connections).
+    counts: SharedCounts | None = None
 
     @property
     def config(self) -> Config:
@@ -97,20 +102,32 @@ class POP3Service:
             read_ahead=READ_AHEAD_BATCH,
         )
         wire = Wire(stream, session.conn)
-        await carry(
-            session,
-            wire,
-            self.log,
-            registry=registry,
-            refusal=refuse,
-            loop=lambda time: _loop(self, session, wire, time),
-        )
+        slot = UserSlot(self.counts, "pop3", peer[0])
+        limits = self.config.limits
+        try:
+            await carry(
+                session,
+                wire,
+                self.log,
+                registry=registry,
+                refusal=refuse,
+                loop=lambda time: _loop(self, session, wire, time, slot),
+                pacer=pacer_for(
+                    peer[0], rate=limits.commands_per_second, exempt=self.config.mynetworks
+                ),
+            )
+        finally:
+            slot.release()
 
 
-async def _loop(service: POP3Service, session: Pop3Session, wire: Wire, time: SessionTime) -> None:
+async def _loop(
+    service: POP3Service, session: Pop3Session, wire: Wire, time: SessionTime, slot: UserSlot
+) -> None:
     queued = _Queued()
     while not session.ended:
         event = await time.wait_for_client(wire, session.timeout)
+        if time.pacer is not None:
+            await time.pace()
         if event is PAUSED:
             # The core waits for something only we can do; nothing here leaves it paused
             # except a bug.
@@ -118,7 +135,8 @@ async def _loop(service: POP3Service, session: Pop3Session, wire: Wire, time: Se
         if isinstance(event, pop3.Retr | pop3.Top):
             await _retrieve(session, wire, time, event, queued)
         elif isinstance(event, pop3.Pass | pop3.Auth):
-            await log_in(session, event, wire, time)
+            await log_in(session, event, wire, time, userip=slot)
+            slot.settle(session.user)
         elif isinstance(event, pop3.Stls):
             reply = session.stls()
             await wire.send(reply, flush=True)

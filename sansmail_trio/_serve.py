@@ -5,9 +5,13 @@ Theory of operation:
 * `serve()` opens all listeners first (so a port already in use fails before anything
   else happens), reports their addresses through `task_status`, then accepts in one task
   per listener. Each accepted connection gets its own task and its own nursery.
-* Connection caps (`max_connections`, `max_connections_per_ip`) are checked at accept: a
-  connection over a cap is still answered, with `421 4.7.0` as its greeting, then closed
-  (RFC 5321 §3.1 allows a 421 greeting; a silent close would look like a network fault).
+* Connection caps are checked at accept, per service family (`_counts.Family`): SMTP
+  (smtp, submission, submissions) against ``[smtp] max_connections(_per_ip)``, POP3 and
+  IMAP against their ``[limits]`` keys, each counted over every server process. A
+  connection over a cap is still answered, with its protocol's refusal as the greeting
+  (SMTP's `421 4.7.0`, POP3's ``-ERR [SYS/TEMP]``, IMAP's ``* BYE [UNAVAILABLE]``), then
+  closed (RFC 5321 §3.1 allows a 421 greeting; a silent close would look like a network
+  fault).
 * Shutdown (first SIGINT/SIGTERM, or the `shutdown` event in tests) happens in three
   steps: stop accepting; interrupt every session that is waiting for a command outside a
   mail transaction (it gets `421 4.3.2`); give sessions with a transaction in flight up to
@@ -51,7 +55,7 @@ from sansmail.storage.maildir import MaildirImapStore, MaildirStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._commit import Committer
-from sansmail_trio._counts import SharedCounts
+from sansmail_trio._counts import Family, SharedCounts, family_of
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._log import get_logger, line_logger
@@ -94,35 +98,36 @@ _ACCEPT_GONE = frozenset(
 @attrs.define
 class _Connections:
     """Connection accounting and the idle-session registry used at shutdown. The caps
-    are checked against the counts of every server process (`SharedCounts`); `total`
-    is this process's own, which is what shutdown waits for."""
+    (`caps`: family -> (total, per address)) are checked against the counts of every
+    server process (`SharedCounts`); `total` is this process's own, which is what
+    shutdown waits for."""
 
-    max_total: int
-    max_per_ip: int
+    caps: Mapping[Family, tuple[int, int]]
     counts: SharedCounts
     total: int = 0
     sessions: set[Stoppable] = attrs.Factory(set)
     shutting_down: bool = False
     all_gone: trio.Event = attrs.Factory(trio.Event)
 
-    def admit(self, ip: str) -> Refusal | None:
+    def admit(self, family: Family, ip: str) -> Refusal | None:
         """None to admit, or why to refuse (the session words it)."""
         if self.shutting_down:
             return Refusal.SHUTTING_DOWN
-        if self.counts.total() >= self.max_total:
+        max_total, max_per_ip = self.caps[family]
+        if self.counts.total(family) >= max_total:
             return Refusal.TOO_MANY_CONNECTIONS
-        if self.counts.from_ip(ip) >= self.max_per_ip:
+        if self.counts.from_ip(family, ip) >= max_per_ip:
             return Refusal.TOO_MANY_FROM_CLIENT
         return None
 
-    def opened(self, ip: str) -> None:
+    def opened(self, family: Family, ip: str) -> None:
         self.total += 1
-        self.counts.opened(ip)
+        self.counts.opened(family, ip)
         self.all_gone = trio.Event() if self.all_gone.is_set() else self.all_gone
 
-    def closed(self, ip: str) -> None:
+    def closed(self, family: Family, ip: str) -> None:
         self.total -= 1
-        self.counts.closed(ip)
+        self.counts.closed(family, ip)
         if self.total == 0:
             self.all_gone.set()
 
@@ -219,6 +224,8 @@ async def serve(
         functools.partial(intake_checks, config, log=line_logger(smtp_log))
     )
     check_resolver = Resolver.from_config(config.dns) if checks else None
+    # Several processes share the listeners and, through this table, the caps.
+    shared_counts = counts if counts is not None else SharedCounts.create(1)
     services: dict[str, Service] = {}
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
@@ -252,7 +259,9 @@ async def serve(
             service=name,
             tls_available=tls is not None,
         )
-        services[name] = POP3Service(shared=pop3_shared, log=pop3_log, tls=tls)
+        services[name] = POP3Service(
+            shared=pop3_shared, log=pop3_log, tls=tls, counts=shared_counts
+        )
     imap_log = get_logger("imap")
     imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname, quota=quota)
     for name in ("imap", "imaps"):
@@ -264,7 +273,9 @@ async def serve(
             service=name,
             tls_available=tls is not None,
         )
-        services[name] = IMAPService(shared=imap_shared, log=imap_log, tls=tls)
+        services[name] = IMAPService(
+            shared=imap_shared, log=imap_log, tls=tls, counts=shared_counts
+        )
 
     if process == 0:
         # The lines check-config prints: unbuilt listeners are skipped, keys accepted.
@@ -278,11 +289,14 @@ async def serve(
         sockname = listener.getsockname()
         bound.setdefault(name, []).append((sockname[0], sockname[1]))
 
-    # Several processes share the listeners and, through `counts`, the caps.
+    limits = config.limits
     connections = _Connections(
-        max_total=config.smtp.max_connections,
-        max_per_ip=config.smtp.max_connections_per_ip,
-        counts=counts if counts is not None else SharedCounts.create(1),
+        caps={
+            Family.SMTP: (config.smtp.max_connections, config.smtp.max_connections_per_ip),
+            Family.POP3: (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
+            Family.IMAP: (limits.imap_max_connections, limits.imap_max_connections_per_ip),
+        },
+        counts=shared_counts,
     )
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
         # Outlives the connections: a session's commit in flight always completes.
@@ -296,7 +310,12 @@ async def serve(
             await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
                 accept_nursery.start_soon(
-                    _accept_loop, listener, services[name], connections, connection_nursery
+                    _accept_loop,
+                    listener,
+                    services[name],
+                    family_of(name),
+                    connections,
+                    connection_nursery,
                 )
             # Logged once everything is listening, SIGHUP included: "started" means ready.
             _log_started(config, bound, process, config.processes)
@@ -407,6 +426,7 @@ def _log_started(
 async def _accept_loop(
     listener: socket.socket,
     service: Service,
+    family: Family,
     connections: _Connections,
     nursery: trio.Nursery,
 ) -> None:
@@ -434,7 +454,7 @@ async def _accept_loop(
                 if exc.errno in _ACCEPT_GONE:
                     continue
                 raise
-            nursery.start_soon(_handle_connection, sock, peer, service, connections)
+            nursery.start_soon(_handle_connection, sock, peer, service, family, connections)
             taken += 1
             if taken >= ACCEPT_BATCH:
                 taken = 0
@@ -442,7 +462,11 @@ async def _accept_loop(
 
 
 async def _handle_connection(
-    sock: socket.socket, peer: tuple[str, int], service: Service, connections: _Connections
+    sock: socket.socket,
+    peer: tuple[str, int],
+    service: Service,
+    family: Family,
+    connections: _Connections,
 ) -> None:
     try:
         sock.setblocking(False)
@@ -452,8 +476,8 @@ async def _handle_connection(
         sock.close()
         return
     ip, port = str(peer[0]), int(peer[1])
-    refuse = connections.admit(ip)
-    connections.opened(ip)
+    refuse = connections.admit(family, ip)
+    connections.opened(family, ip)
     try:
         stream: trio.abc.Stream = PlainStream(sock)
         tls_text = None
@@ -487,7 +511,7 @@ async def _handle_connection(
                 )
             )
     finally:
-        connections.closed(ip)
+        connections.closed(family, ip)
         # Every path above closes the connection; this catches a bug or a cancellation
         # before the session got it (closing twice is harmless).
         sock.close()

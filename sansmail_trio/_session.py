@@ -22,6 +22,17 @@ most commands are already there when the session asks. Shutdown uses the same sc
 otherwise only marks the session, which then stops at its next wait. Whatever the
 session owes the client is flushed before that wait starts, so shutdown cuts a wait,
 never an answer.
+
+Pacing (``[limits] commands_per_second``). Each connection outside mynetworks has a
+token bucket (`sansmail.mail.pacing.Pacer`, on `SessionTime.pacer`); the protocol
+loops call `SessionTime.pace` before they hand a command to the session, which sleeps
+while the client is over its rate. Only that connection waits, its commands stay in its
+socket buffer, and the sleep is our time, not the client's idleness.
+
+One user's sessions per address (max_userip_connections): a `UserSlot` per POP3 or
+IMAP connection is what `sansmail.sessions.login` asks for the count, and holds this
+connection's place in the shared table (`_counts.SharedCounts`) from the login that
+opened a mailbox to the end of the connection.
 """
 
 from __future__ import annotations
@@ -34,7 +45,9 @@ from typing import Any, Protocol
 import trio
 
 from sansmail import RemoteProtocolError
+from sansmail.mail.pacing import Pacer
 from sansmail.sessions.common import Refusal, ServerSession
+from sansmail_trio._counts import SharedCounts
 from sansmail_trio._idle import IdleWatch, idle_watch
 from sansmail_trio._tls import (
     TLSContextHolder,
@@ -49,6 +62,7 @@ __all__ = [
     "SessionRegistry",
     "SessionTime",
     "Stoppable",
+    "UserSlot",
     "carry",
     "converse",
     "run_registered",
@@ -88,8 +102,42 @@ async def run_registered(
         registry.discard(session)
 
 
+class UserSlot:
+    """A POP3 or IMAP connection's place in the count of one user's sessions from one
+    address over one protocol (see the module docstring): `sessions` is what a login
+    asks (`sansmail.sessions.login.UserSessions`), `settle` counts the user a login
+    opened a mailbox for, `release` takes them off at the end."""
+
+    def __init__(self, counts: SharedCounts | None, protocol: str, ip: str) -> None:
+        self._counts = counts
+        self._protocol = protocol
+        self._ip = ip
+        self._held: str | None = None
+
+    def sessions(self, protocol: str, user: str, ip: str) -> int:
+        return 0 if self._counts is None else self._counts.sessions(protocol, user, ip)
+
+    def settle(self, user: str | None) -> None:
+        """After a login command: `user` is who is logged in now (None: nobody)."""
+        if self._counts is None or user == self._held:
+            return
+        self.release()
+        if user is not None:
+            self._counts.session_opened(self._protocol, user, self._ip)
+            self._held = user
+
+    def release(self) -> None:
+        if self._counts is not None and self._held is not None:
+            self._counts.session_closed(self._protocol, self._held, self._ip)
+            self._held = None
+
+
 class SessionTime:
-    def __init__(self) -> None:
+    def __init__(self, pacer: Pacer | None = None, paced: Callable[[], None] | None = None) -> None:
+        #: The connection's command rate (None: not paced), and what to call the first
+        #: time it makes the client wait (the log line an operator sees).
+        self.pacer = pacer
+        self._paced = paced
         self.scope = trio.CancelScope()
         self.idle = False
         self.stopping = False
@@ -130,6 +178,18 @@ class SessionTime:
                 self._armed = False
                 assert self._watch is not None
                 self._watch.disarm(self)
+
+    async def pace(self) -> None:
+        """Before a command is handed to the session: wait while the client is over its
+        command rate (no wait, and no checkpoint, when it is not)."""
+        pacer = self.pacer
+        if pacer is not None:
+            wait = pacer.take(trio.current_time())
+            if wait:
+                if self._paced is not None:
+                    paced, self._paced = self._paced, None
+                    paced()
+                await trio.sleep(wait)
 
     def _arm_deadline(self) -> None:
         # The wire is about to block on the client (see the module docstring).
@@ -215,10 +275,19 @@ async def carry(
     refusal: Refusal | None,
     loop: Callable[[SessionTime], Awaitable[None]],
     before_greeting: Callable[[], Awaitable[None]] | None = None,
+    pacer: Pacer | None = None,
 ) -> None:
     """Run one connection to its end: `converse`, with the session's time in `registry`
-    while it runs so that shutdown can reach it. `loop(time)` is the protocol's part."""
-    time = SessionTime()
+    while it runs so that shutdown can reach it. `loop(time)` is the protocol's part;
+    `pacer` its command rate (None: not paced)."""
+    time = SessionTime(
+        pacer,
+        paced=lambda: log.info(
+            "%s: over %g commands a second: paced",
+            getattr(session, "client", "?"),
+            pacer.rate if pacer is not None else 0,
+        ),
+    )
 
     async def run() -> None:
         await converse(

@@ -25,6 +25,7 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, smtp
 from sansmail.config import Config
+from sansmail.mail.pacing import pacer_for
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.smtpd import SmtpService, SmtpSession, Stage, Storing, store_all
 from sansmail_trio._commit import Committer
@@ -109,6 +110,11 @@ class SMTPService:
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, inquirer),
                 before_greeting=lambda: _inquire(session, inquirer, Stage.CONNECT),
+                pacer=pacer_for(
+                    peer[0],
+                    rate=self.config.limits.commands_per_second,
+                    exempt=self.config.mynetworks,
+                ),
             )
         finally:
             with trio.CancelScope(shield=True):
@@ -135,6 +141,8 @@ async def _loop(
             # The core waits for something only we can do; nothing here leaves it paused
             # except a bug.
             raise LocalProtocolError(f"core paused in {session.conn.our_state}")
+        if time.pacer is not None and not isinstance(event, smtp.MessageData):
+            await time.pace()  # a command (message content is never paced)
         if isinstance(event, smtp.MessageData):
             if session.content(event.data, wall_clock()):
                 await trio.to_thread.run_sync(session.flush)

@@ -48,6 +48,17 @@ stored, asks for `BLOCKING` again). An adapter that ignores `pending_check` just
 
 A failure is logged here in the fixed fail2ban form (`sansmail.mail.auth`); a throttled
 client gets its own line. Success is the protocol's to log, with what it knows.
+
+One user's sessions per client address (Dovecot's mail_max_userip_connections,
+``[limits] max_userip_connections``). A good password for an IMAP or POP3 login is
+refused all the same when that user already has that many sessions of the protocol from
+that address (IMAP counted apart from POP3), in any server process: `finish` asks the
+adapter's count (`UserSessions`, set as `Login.userip`) and answers with `Result.refusal`,
+Dovecot's words, which the protocol frames (IMAP NO [LIMIT], POP3 -ERR [IN-USE]). The
+count is the adapter's: it adds the session once the login opened the mailbox and takes
+it away when the connection ends. Two logins deciding at the same moment may both pass,
+one over the limit, as with Dovecot's anvil: the limit is against a client that opens
+sessions without end, not an exact quota. SMTP AUTH has no such limit.
 """
 
 from __future__ import annotations
@@ -68,10 +79,20 @@ from sansmail.mail.auth import (
     login_key,
     throttle_log_line,
 )
-from sansmail.mail.logtext import LogSink
+from sansmail.mail.logtext import LogSink, show_ip
 from sansmail.storage.users import UserStore
 
-__all__ = ["BLOCKING", "FINISHED", "Exchange", "Listener", "Login", "Result", "Step"]
+__all__ = [
+    "BLOCKING",
+    "FINISHED",
+    "Exchange",
+    "Listener",
+    "Login",
+    "Result",
+    "Step",
+    "UserSessions",
+    "userip_refusal",
+]
 
 
 class _Marker(enum.Enum):
@@ -103,6 +124,27 @@ class Result:
     #: A server-first mechanism (CRAM-MD5) got an initial response: each protocol
     #: refuses that with its own error (RFC 4954 §4, RFC 5034 §4, RFC 4959 §3).
     unexpected_initial_response: bool = False
+    #: The password was right but the login is refused: too many sessions of this user
+    #: from this address (`userip_refusal`'s words, which the protocol frames).
+    refusal: str | None = None
+
+
+#: The protocol each listener's sessions are counted under for max_userip_connections.
+_USERIP_PROTOCOLS = {"imap": "imap", "imaps": "imap", "pop3": "pop3", "pop3s": "pop3"}
+
+
+def userip_refusal(limit: int) -> str:
+    """Dovecot's words for a login over mail_max_userip_connections."""
+    return (
+        f"Maximum number of connections from user+IP exceeded (mail_max_userip_connections={limit})"
+    )
+
+
+class UserSessions(Protocol):
+    """How many sessions a user has over a protocol ("imap", "pop3") from a client
+    address, in every server process: the adapter's count."""
+
+    def sessions(self, protocol: str, user: str, ip: str) -> int: ...
 
 
 class Listener(Protocol):
@@ -128,6 +170,7 @@ class Login:
             hostname=listener.config.hostname,
             client_ip=client_ip,
             log=log,
+            max_userip=listener.config.limits.max_userip_connections,
         )
 
     def __init__(
@@ -139,6 +182,7 @@ class Login:
         hostname: str,
         client_ip: str,
         log: LogSink,
+        max_userip: int = 0,
     ) -> None:
         self.service = service
         self.auth = auth
@@ -149,6 +193,25 @@ class Login:
         #: When `gate` last let this client in: the time the auth cache judges ages by
         #: (None before any gate: the cache is not consulted).
         self.admitted_at: float | None = None
+        #: The most sessions of one user from one address (0: no limit), and the
+        #: adapter's count of them (None: not counted, no limit).
+        self.max_userip = max_userip
+        self.userip: UserSessions | None = None
+
+    def over_userip(self, user: str) -> bool:
+        """Whether `user` already has `max_userip` sessions of this protocol from this
+        client (see the module docstring); logged when so."""
+        protocol = _USERIP_PROTOCOLS.get(self.service)
+        if protocol is None or self.userip is None or not self.max_userip:
+            return False
+        if self.userip.sessions(protocol, user, self.client_ip) < self.max_userip:
+            return False
+        self.log(
+            logging.INFO,
+            f"login refused: user=<{user}>, rip={show_ip(self.client_ip)}, "
+            f"{userip_refusal(self.max_userip)}",
+        )
+        return True
 
     def gate(self, now: float) -> Verdict:
         """May this client try now? When not, the refusal is logged; the caller answers
@@ -348,6 +411,13 @@ class Exchange:
             )
         if self._user is not None:
             login.auth.record(login.client_ip, True, now)
+            if login.over_userip(self._user):
+                return Result(
+                    self.mechanism,
+                    authcid=self.authcid,
+                    cached=self._cached,
+                    refusal=userip_refusal(login.max_userip),
+                )
             return Result(
                 self.mechanism, user=self._user, authcid=self.authcid, cached=self._cached
             )

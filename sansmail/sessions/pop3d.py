@@ -483,6 +483,8 @@ class Pop3Session:
             return _NO_INITIAL_RESPONSE
         if result.user is not None:
             return self._open(result.user, result.mechanism)
+        if result.refusal is not None:  # max_userip_connections, as Dovecot answers it
+            return pop3.Err(code="IN-USE", text=result.refusal)
         if result.interrupted:
             # "*" (RFC 5034 §4), an undecodable line, or a non-empty answer to the final
             # challenge: the exchange fails and the session goes on; EOF ends it.

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import os
 
-from sansmail_trio._counts import SharedCounts
+from sansmail_trio._counts import Family, SharedCounts
 
 
 def test_counts_are_per_process_rows_summed() -> None:
     table = SharedCounts.create(3)
     first, second = table.for_process(0), table.for_process(2)
-    first.opened("192.0.2.1")
-    first.opened("192.0.2.1")
-    second.opened("192.0.2.1")
-    second.opened("192.0.2.7")
-    assert first.total() == second.total() == 4
-    assert first.from_ip("192.0.2.1") >= 3
-    second.closed("192.0.2.1")
-    first.closed("192.0.2.1")
-    assert first.total() == 2
-    assert table.for_process(1).from_ip("192.0.2.1") >= 1
+    first.opened(Family.SMTP, "192.0.2.1")
+    first.opened(Family.SMTP, "192.0.2.1")
+    second.opened(Family.SMTP, "192.0.2.1")
+    second.opened(Family.SMTP, "192.0.2.7")
+    assert first.total(Family.SMTP) == second.total(Family.SMTP) == 4
+    assert first.from_ip(Family.SMTP, "192.0.2.1") >= 3
+    second.closed(Family.SMTP, "192.0.2.1")
+    first.closed(Family.SMTP, "192.0.2.1")
+    assert first.total(Family.SMTP) == 2
+    assert table.for_process(1).from_ip(Family.SMTP, "192.0.2.1") >= 1
 
 
 def test_a_forked_child_sees_and_updates_the_same_table() -> None:
     table = SharedCounts.create(2)
-    table.for_process(0).opened("198.51.100.5")
+    table.for_process(0).opened(Family.SMTP, "198.51.100.5")
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         child = table.for_process(1)
-        seen = child.from_ip("198.51.100.5")
-        child.opened("198.51.100.5")
+        seen = child.from_ip(Family.SMTP, "198.51.100.5")
+        child.opened(Family.SMTP, "198.51.100.5")
         os.write(write, bytes([seen]))
         os._exit(0)
     os.close(write)
@@ -38,4 +38,4 @@ def test_a_forked_child_sees_and_updates_the_same_table() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert seen == 1  # the child saw the parent's connection
-    assert table.from_ip("198.51.100.5") == 2  # and the parent sees the child's
+    assert table.from_ip(Family.SMTP, "198.51.100.5") == 2  # and the parent sees the child's

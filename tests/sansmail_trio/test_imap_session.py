@@ -262,7 +262,7 @@ async def test_idle_session_is_logged_out_after_thirty_minutes(
 async def test_connection_cap_is_a_bye_greeting(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:
-    server = await imap_server(start_server, tls_files, max_connections_per_ip=1)
+    server = await imap_server(start_server, tls_files, limits={"imap_max_connections_per_ip": 1})
 
     def session() -> tuple[list[bytes], bytes, bool]:
         first = ImapClient(server.port_of("imap"))

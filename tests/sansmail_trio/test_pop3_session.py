@@ -478,7 +478,7 @@ async def test_shutdown_ends_idle_sessions_without_deleting(
 async def test_connection_cap_is_answered_with_err(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:
-    server = await pop3_server(start_server, tls_files, max_connections_per_ip=1)
+    server = await pop3_server(start_server, tls_files, limits={"pop3_max_connections_per_ip": 1})
 
     def session() -> tuple[bytes, bytes, bool]:
         first = PopClient(server.port_of("pop3"))

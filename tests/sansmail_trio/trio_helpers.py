@@ -82,6 +82,7 @@ def write_config(
     listen: Mapping[str, str] | None = None,
     antispam: Mapping[str, Any] | None = None,
     nameservers: list[str] | None = None,
+    limits: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
     lines = [
         'hostname = "mx.example.test"',
@@ -108,6 +109,8 @@ def write_config(
     lines.append("[smtp]")
     for key, value in (smtp or {}).items():
         lines.append(f"{key} = {_toml(value)}")
+    lines.append("[limits]")
+    lines += [f"{key} = {_toml(value)}" for key, value in (limits or {}).items()]
     path = tmp_path / "sansmail.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -164,6 +167,7 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
         auth_settings: AuthSettings | None = None,
         antispam: Mapping[str, Any] | None = None,
         nameservers: list[str] | None = None,
+        limits: Mapping[str, Any] | None = None,
         **smtp: Any,
     ) -> RunningServer:
         path = write_config(
@@ -174,6 +178,7 @@ def start_server(tmp_path: pathlib.Path, nursery: trio.Nursery) -> Iterator[Star
             listen=listen,
             antispam=antispam,
             nameservers=nameservers,
+            limits=limits,
         )
         config = load_config(path, default_hostname="unused.test")
         config.data_dir.mkdir(parents=True, exist_ok=True)

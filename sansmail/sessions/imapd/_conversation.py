@@ -156,7 +156,12 @@ class ImapService:
     @property
     def core_config(self) -> imap.Config:
         if self._core_config is None:
-            self._core_config = imap.Config(max_message_size=self.append_limit)
+            limits = self.config.limits
+            self._core_config = imap.Config(
+                max_message_size=self.append_limit,
+                max_line_length=limits.imap_max_line_length,
+                max_command_size=limits.imap_max_command_size,
+            )
         return self._core_config
 
     def login_allowed(self, *, tls_active: bool, client_ip: str) -> bool:
@@ -490,6 +495,8 @@ class ImapConversation:
             return [_tagged(tag, "BAD", "This mechanism takes no initial response")]
         if result.user is not None:
             return [self._open(tag, result.user, result.mechanism)]
+        if result.refusal is not None:  # max_userip_connections, in Dovecot's words
+            return [_no(tag, "LIMIT", result.refusal)]
         if result.interrupted:
             if isinstance(last, imap.InvalidCommand):  # not base64
                 return [last.reply_hint]
