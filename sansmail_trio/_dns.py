@@ -266,7 +266,7 @@ class Resolver:
         failure becomes a `DNSError`."""
         shown = _show(domain)
         if self._unconfigured is not None:
-            raise DNSError(f"{shown} {rdtype}: {self._unconfigured}", permanent=False)
+            raise _try_again(shown, rdtype, self._unconfigured)
         name = domain if isinstance(domain, dns.name.Name) else _absolute(domain)
         try:
             return await self._resolver.resolve(name, rdtype, search=False)
@@ -276,17 +276,15 @@ class Resolver:
             # The name grows too long through a DNAME (RFC 6672 §2.2): it cannot exist.
             raise DNSError(f"{shown}: name too long after DNAME", permanent=True) from None
         except dns.resolver.LifetimeTimeout:
-            raise DNSError(
-                f"{shown} {rdtype}: no answer within {self._timeout:g}s", permanent=False
-            ) from None
+            raise _try_again(shown, rdtype, f"no answer within {self._timeout:g}s") from None
         except dns.resolver.NoNameservers as exc:
             why = _server_failures(exc.kwargs.get("errors", []))
-            raise DNSError(f"{shown} {rdtype}: {why}", permanent=False) from None
+            raise _try_again(shown, rdtype, why) from None
         except dns.exception.DNSException as exc:
             # Anything else dnspython refuses (a malformed answer, a name that cannot be
             # asked) may pass when the zone is fixed: defer rather than bounce.
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise DNSError(f"{shown} {rdtype}: {first_line}", permanent=False) from None
+            raise _try_again(shown, rdtype, first_line) from None
 
 
 async def run_check(
@@ -359,6 +357,16 @@ def _render(rtype: str, answer: dns.resolver.Answer) -> list[str]:
         elif rtype in ("A", "AAAA"):
             records.append(rdata.to_text())
     return records
+
+
+def _try_again(shown: str, rdtype: str, why: str) -> DNSError:
+    """A temporary failure, in the words of Postfix's deferral (which an operator
+    greps for in ``queue list``), with what the name servers did after them."""
+    return DNSError(
+        f"Host or domain name not found. Name service error for name={shown} type={rdtype}: "
+        f"Host not found, try again ({why})",
+        permanent=False,
+    )
 
 
 def _list(outcome: object) -> list[str]:

@@ -81,6 +81,7 @@ from sansmail.mail.delivery import (
     LookupMX,
 )
 from sansmail.mail.envelope import check_queue_id
+from sansmail.mail.outbound import ClientTimeouts
 from sansmail.mail.retry import RetryPolicy
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
@@ -199,6 +200,7 @@ class QueueRunner:
         log: logging.Logger,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        timeouts: ClientTimeouts | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -226,7 +228,9 @@ class QueueRunner:
         self._finishing: list[_InFlight] = []
         self._finish_due = trio.Event()
         self._unsynced = trio.Event()
-        self._client = SMTPClient(hostname=config.hostname, delivery=config.delivery)
+        self._client = SMTPClient(
+            hostname=config.hostname, delivery=config.delivery, timeouts=timeouts
+        )
 
     # -- control -------------------------------------------------------------------
 
@@ -461,18 +465,29 @@ class QueueRunner:
         self._finish_due.set()
 
     async def _finisher(self) -> None:
-        while True:
-            await self._finish_due.wait()
-            if not self._backlog():
-                await trio.sleep(LINGER)
-            self._finish_due = trio.Event()
-            batch, self._finishing = self._finishing, []
-            for flight in batch:
-                if flight.failed:
-                    self._settle(flight.queue_id, self._retry_later())
-            batch = [flight for flight in batch if not flight.failed]
-            if batch:
-                await self._finish(batch)
+        try:
+            while True:
+                await self._finish_due.wait()
+                if not self._backlog():
+                    await trio.sleep(LINGER)
+                self._finish_due = trio.Event()
+                await self._finish_gathered()
+        finally:
+            # Stopping: what the next hops took is written down before we go, or the
+            # next start would send it again (a duplicate at every SIGTERM).
+            with trio.CancelScope(shield=True):
+                await self._finish_gathered()
+                if self._unsynced.is_set():
+                    await self._sync_removals()
+
+    async def _finish_gathered(self) -> None:
+        batch, self._finishing = self._finishing, []
+        for flight in batch:
+            if flight.failed:
+                self._settle(flight.queue_id, self._retry_later())
+        batch = [flight for flight in batch if not flight.failed]
+        if batch:
+            await self._finish(batch)
 
     async def _finish(self, batch: list[_InFlight]) -> None:
         attempts = [flight.attempt for flight in batch]

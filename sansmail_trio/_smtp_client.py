@@ -20,6 +20,15 @@ turns out dead is replaced by a fresh one at once, without counting as a failed 
 `run` closes idle connections (with a QUIT, as a courtesy) and, when cancelled, all of
 them.
 
+Time is this file's: each step of a conversation gets the timeout its action carries
+(`sansmail.mail.outbound.ClientTimeouts`, given to `SMTPClient`; the TCP connect's too),
+and when one fires, or the connection breaks, the session is told (`timed_out`,
+`connection_lost`) and says what it was doing, so the deferral reads "conversation
+timed out while receiving the initial server greeting" or "lost connection while
+sending end of data -- message may be sent more than once" (RFC 1047's window).
+A failed TLS handshake reads "Cannot start TLS: handshake failure (OpenSSL's reason)"
+or "... server certificate not verified (...)".
+
 A connection is the server's `PlainStream` (`_wire`): the connected socket in
 non-blocking mode, written and read with the system call first and a wait only when the
 kernel says EAGAIN. Trio's `SocketStream` wraps each call in context managers and yields
@@ -33,6 +42,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import re
 import secrets
 import ssl
 
@@ -43,12 +53,10 @@ from sansmail import RemoteProtocolError
 from sansmail.config import DeliveryConfig
 from sansmail.mail import outbound
 from sansmail.mail.delivery import (
-    TIMED_OUT,
     Connect,
     Conversation,
     connect_failed,
     connection_closed,
-    connection_lost,
     delivered,
     handshake_failed,
     session_failed,
@@ -63,8 +71,6 @@ __all__ = [
     "client_tls_context",
 ]
 
-#: TCP connect timeout per address (Postfix: smtp_connect_timeout = 30s).
-CONNECT_TIMEOUT = 30.0
 #: How long a connection whose transaction is done waits for the next message to the
 #: same host before QUIT (Postfix: smtp_connection_cache_time_limit = 2s), and how many
 #: such connections are kept at most.
@@ -73,10 +79,12 @@ CACHE_SIZE = 100
 #: A read or write may time out up to this much after its timeout (RFC 5321 §4.5.3.2's
 #: are minimums, of minutes), never before: consecutive operations with one timeout
 #: then share one deadline, and each move of a deadline costs Trio a heap operation.
+#: At most a tenth of the timeout, so a short one (a test's) stays short.
 DEADLINE_SLACK = 1.0
 #: Octets asked of one read: replies are small, and the few that are not (EHLO) come
 #: whole within this.
 RECEIVE_SIZE = 65536
+_ERRNO_TEXT = re.compile(r"\[Errno \d+\] (.+)")
 
 
 def client_tls_context(*, verify: bool, cafile: os.PathLike[str] | str | None) -> ssl.SSLContext:
@@ -108,8 +116,16 @@ class SMTPClient:
     """One transaction per `deliver`, on a cached connection when one is idle. `run`
     must be running (it reads the relayhost password and expires the cache)."""
 
-    def __init__(self, *, hostname: str, delivery: DeliveryConfig) -> None:
+    def __init__(
+        self,
+        *,
+        hostname: str,
+        delivery: DeliveryConfig,
+        timeouts: outbound.ClientTimeouts | None = None,
+    ) -> None:
         self.hostname = hostname
+        #: How long each step may take (RFC 5321 §4.5.3.2's minimums by default).
+        self.timeouts = timeouts or outbound.ClientTimeouts()
         self._tls = client_tls_context(verify=False, cafile=None)
         self._tls_verify = (
             client_tls_context(verify=True, cafile=delivery.tls_ca_file)
@@ -141,7 +157,7 @@ class SMTPClient:
             session, stream, tls_text = cached.session, cached.stream, cached.tls
         else:
             try:
-                with trio.fail_after(CONNECT_TIMEOUT):
+                with trio.fail_after(self.timeouts.connect):
                     stream = PlainStream.take(await trio.open_tcp_stream(step.ip, step.port))
             except (OSError, trio.TooSlowError) as exc:
                 return connect_failed(_oserror(exc))
@@ -150,6 +166,7 @@ class SMTPClient:
                 tls=step.tls,
                 credentials=credentials,
                 nonce=secrets.token_urlsafe(18),
+                timeouts=self.timeouts,
             )
             tls_text = None
         reused = cached is not None
@@ -163,10 +180,10 @@ class SMTPClient:
                 while True:
                     action = session.next_action()
                     if isinstance(action, outbound.Send):
-                        _move_deadline(limit, trio.current_time() + session.timeout)
+                        _move_deadline(limit, session.timeout)
                         await stream.send_all(action.data)
                     elif isinstance(action, outbound.NeedData):
-                        _move_deadline(limit, trio.current_time() + session.timeout)
+                        _move_deadline(limit, session.timeout)
                         data = await stream.receive_some(RECEIVE_SIZE)
                         session.receive_data(data)
                     elif isinstance(action, outbound.StartTLS):
@@ -179,7 +196,11 @@ class SMTPClient:
                             with trio.fail_after(session.timeout):
                                 await tls_stream.do_handshake()
                         except (trio.BrokenResourceError, trio.TooSlowError) as exc:
-                            return handshake_failed(_tls_failure(exc), level=step.tls)
+                            return handshake_failed(
+                                _tls_failure(exc),
+                                level=step.tls,
+                                authenticate=credentials is not None,
+                            )
                         stream = tls_stream
                         tls_text = describe(tls_stream)
                         session.tls_started()
@@ -200,12 +221,26 @@ class SMTPClient:
                         return session_failed(action, host=step.host, reused=reused)
                     elif isinstance(action, outbound.Closed):
                         return connection_closed(reused=reused)
-            return TIMED_OUT  # only the deadline ends the loop without a return
+            # Only the deadline ends the loop without a return.
+            session.timed_out()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            return connection_lost(_oserror(exc), reused=reused)
+            session.connection_lost(_oserror(exc))
         finally:
             if not keep:
                 await trio.aclose_forcefully(stream)
+        return self._ended(session, step, reused=reused)
+
+    @staticmethod
+    def _ended(session: outbound.OutboundSession, step: Connect, *, reused: bool) -> Conversation:
+        """How a session the connection of which is gone (lost, or given up on) ended:
+        its `SessionFailed`, which says what it was doing (an RFC 1047 window among
+        them: "while sending end of data -- message may be sent more than once")."""
+        while True:
+            action = session.next_action()
+            if isinstance(action, outbound.SessionFailed):
+                return session_failed(action, host=step.host, reused=reused)
+            if isinstance(action, outbound.Closed):
+                return connection_closed(reused=reused)
 
     def _take_cached(self, key: _CacheKey) -> _Cached | None:
         pool = self._cache.get(key)
@@ -264,7 +299,7 @@ class SMTPClient:
 
     async def _finish(self, session: outbound.OutboundSession, stream: trio.abc.Stream) -> None:
         # QUIT and its reply are a courtesy; the verdict is already in.
-        with trio.move_on_after(10):
+        with trio.move_on_after(min(10.0, self.timeouts.command)):
             try:
                 while True:
                     action = session.next_action()
@@ -283,25 +318,39 @@ class SMTPClient:
                 return
 
 
-def _move_deadline(scope: trio.CancelScope, deadline: float) -> None:
-    """Give the next operation until `deadline`, or at most `DEADLINE_SLACK` more."""
+def _move_deadline(scope: trio.CancelScope, timeout: float) -> None:
+    """Give the next operation `timeout` seconds from now, or a little more (at most
+    `DEADLINE_SLACK`, and a tenth of `timeout`)."""
+    deadline = trio.current_time() + timeout
+    slack = min(DEADLINE_SLACK, timeout / 10)
     current = scope.deadline
-    if current < deadline or current > deadline + DEADLINE_SLACK:
-        scope.deadline = deadline + DEADLINE_SLACK
+    if current < deadline or current > deadline + slack:
+        scope.deadline = deadline + slack
 
 
 def _oserror(exc: BaseException) -> str:
+    """The system's word for what broke ("Connection reset by peer"), for the log."""
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+    for error in (exc, exc.__cause__, exc.__context__):
+        if isinstance(error, OSError) and error.strerror:
+            return error.strerror
+    text = str(exc)
+    # The stream's own wording around an OSError: "socket connection broken: [Errno
+    # 104] Connection reset by peer".
+    found = _ERRNO_TEXT.search(text)
+    return found.group(1) if found else text or type(exc).__name__
 
 
 def _tls_failure(exc: BaseException) -> str:
+    # Postfix's words ("Cannot start TLS: handshake failure"), and OpenSSL's reason.
     if isinstance(exc, trio.TooSlowError):
-        return "TLS handshake timed out"
+        return "Cannot start TLS: handshake timed out"
     cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError) and cause.verify_message:
+        return f"Cannot start TLS: server certificate not verified ({cause.verify_message})"
     if isinstance(cause, ssl.SSLError) and cause.reason:
-        return f"TLS handshake failed: {cause.reason}"
-    return "TLS handshake failed"
+        return f"Cannot start TLS: handshake failure ({cause.reason})"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"Cannot start TLS: handshake failure ({cause.strerror})"
+    return "Cannot start TLS: handshake failure"

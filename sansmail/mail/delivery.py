@@ -54,6 +54,7 @@ level    STARTTLS not offered    handshake fails                certificate
 =======  ======================  =============================  =====================
 none     plaintext               (no STARTTLS)                  (no STARTTLS)
 may      plaintext               same address again, plaintext  not checked (RFC 7435)
+                                 (not with AUTH: next address)
 encrypt  next address           next address                   not checked
 verify   next address           next address                   chain and MX host name
 =======  ======================  =============================  =====================
@@ -66,7 +67,10 @@ under encrypt and verify); the other two are `Connect.tls`, `Connect.verify_name
 A conversation ends in a `Conversation`: a verdict, or none and why. A connection the
 runner reused from its cache that fails before any verdict says nothing about the
 destination (it may simply have been closed by the server while idle): it asks for a
-fresh connection (`Conversation.again`) instead of counting as a failed address.
+fresh connection (`Conversation.again`) instead of counting as a failed address;
+except when it was lost after the final "." with no reply (RFC 1047's window, see
+`sansmail.mail.outbound`): the server may have the message, so it is deferred like any
+other failure and retried on the schedule, not within the second.
 
 Signing. A message leaves for another host with a DKIM-Signature when we hold a key for
 its From domain, and a forwarded copy (an alias sent it on to another domain) with an
@@ -314,14 +318,22 @@ def connect_failed(why: str) -> Conversation:
     return Conversation(reason=f"connect failed: {why}")
 
 
-def handshake_failed(why: str, *, level: OutboundTLS) -> Conversation:
+def handshake_failed(why: str, *, level: OutboundTLS, authenticate: bool = False) -> Conversation:
     """The TLS handshake after STARTTLS failed (or timed out): at "may" the mail still
-    goes, in plaintext, as Postfix does; stricter levels try the next address."""
-    return Conversation(reason=why, again="plaintext" if level == "may" else None)
+    goes, in plaintext, at once and to the same address, as Postfix does; stricter
+    levels try the next address. Not when we would AUTH there (Postfix: not with SASL
+    credentials): a relay that wants them will not relay for a plaintext stranger."""
+    plaintext = level == "may" and not authenticate
+    return Conversation(reason=why, again="plaintext" if plaintext else None)
 
 
 def session_failed(failed: outbound.SessionFailed, *, host: str, reused: bool) -> Conversation:
-    if reused:
+    # A cached connection that fails says nothing about the destination (the server
+    # may have closed it while idle), so a fresh one is tried at once; but not once the
+    # final "." is out with no reply (RFC 1047): the server may have the message, and a
+    # retry within seconds would make the duplicate likely rather than possible.
+    in_window = failed.stage == "end-of-data" and failed.reply is None
+    if reused and not in_window:
         return Conversation(reason="cached connection failed", again="fresh")
     if failed.reply is None:
         return Conversation(reason=failed.reason)

@@ -24,9 +24,26 @@ Actions. `next_action()` returns one of:
   it, the session says QUIT before closing;
 * `Closed()`: the end; close the connection. Always the last action.
 
-If a send fails, the handshake fails or a timeout fires, the runner calls
-`connection_lost(reason)`: the session reports `SessionFailed` (if it had not) and
-`Closed`.
+If a send or a read fails, the runner calls `connection_lost(reason)`; if a timeout
+fires, `timed_out()`: the session reports `SessionFailed` (if it had not) and `Closed`.
+
+Timeouts. Every `Send`, `NeedData` and `StartTLS` carries the timeout of that one step,
+from the session's `ClientTimeouts` (RFC 5321 §4.5.3.2's minimums, which are Postfix's
+defaults: greeting and commands 5 minutes, DATA 2, each content block 3, the reply to
+the final "." 10; the TCP connect, Postfix's 30 s, is the adapter's alone). A server
+that stops answering is given up on after one of them; one that answers slowly but
+within each is waited for.
+
+Where it broke. A failure's `stage` (and `stage` at any moment) says what the session
+was doing, and the reason of a lost connection or a timeout says it in Postfix's words
+(`describe_stage`): "lost connection while sending message body", "conversation timed
+out while receiving the initial server greeting". Content is "content" until the
+runner comes back for the action after the block that carries the final "." (that
+block's write failing leaves the server without the "."), then "end-of-data": RFC
+1047's window, where the server may have taken the message without our hearing so,
+and the deferral that follows may deliver it a second time (the reason says "message
+may be sent more than once", as Postfix's does). It is the only window for a duplicate
+on the wire; the runner never retries at once in it (`sansmail.mail.delivery`).
 
 The conversation (RFC 5321 §3, §4):
 
@@ -101,6 +118,7 @@ __all__ = [
     "RCPT_TIMEOUT",
     "TLS_HANDSHAKE_TIMEOUT",
     "Action",
+    "ClientTimeouts",
     "Closed",
     "MessageDone",
     "NeedData",
@@ -112,6 +130,7 @@ __all__ = [
     "Send",
     "SessionFailed",
     "StartTLS",
+    "describe_stage",
 ]
 
 # RFC 5321 §4.5.3.2: how long a client waits, in seconds.
@@ -128,12 +147,72 @@ TLS_HANDSHAKE_TIMEOUT: Final = 300.0
 #: Octets of content per `Send`: the unit RFC 5321 §4.5.3.2.5's timeout applies to.
 CONTENT_BLOCK: Final = 64 * 1024
 
+
+def _check_timeout(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{attribute.name} timeout must be positive and finite, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class ClientTimeouts:
+    """How long one step of an outbound session may take, in seconds: each bounds one
+    read or one write (a content block), so a server that answers, however slowly,
+    within each is never cut off, and one that stops answering is given up on after at
+    most one of them. The defaults are RFC 5321 §4.5.3.2's minimums, which are also
+    Postfix's defaults (its parameter names in the comments)."""
+
+    #: The TCP connect, per address (smtp_connect_timeout); the adapter's.
+    connect: float = attrs.field(default=30.0, validator=_check_timeout)
+    #: The 220 greeting (§4.5.3.2.1; Postfix counts it in smtp_helo_timeout).
+    greeting: float = attrs.field(default=GREETING_TIMEOUT, validator=_check_timeout)
+    #: EHLO, HELO, STARTTLS, AUTH, RSET and QUIT replies (smtp_helo_timeout).
+    command: float = attrs.field(default=COMMAND_TIMEOUT, validator=_check_timeout)
+    #: The TLS handshake after STARTTLS (smtp_starttls_timeout); the adapter's.
+    starttls: float = attrs.field(default=TLS_HANDSHAKE_TIMEOUT, validator=_check_timeout)
+    #: MAIL (§4.5.3.2.2, smtp_mail_timeout), a pipelined group's first reply included.
+    mail: float = attrs.field(default=MAIL_TIMEOUT, validator=_check_timeout)
+    #: RCPT (§4.5.3.2.3, smtp_rcpt_timeout).
+    rcpt: float = attrs.field(default=RCPT_TIMEOUT, validator=_check_timeout)
+    #: The 354 to DATA (§4.5.3.2.4, smtp_data_init_timeout).
+    data_init: float = attrs.field(default=DATA_INIT_TIMEOUT, validator=_check_timeout)
+    #: Each block of content written (§4.5.3.2.5, smtp_data_xfer_timeout).
+    data_block: float = attrs.field(default=DATA_BLOCK_TIMEOUT, validator=_check_timeout)
+    #: The reply to the final "." (§4.5.3.2.6, smtp_data_done_timeout).
+    data_done: float = attrs.field(default=DATA_END_TIMEOUT, validator=_check_timeout)
+
+
 TLSPolicy = Literal["none", "may", "encrypt", "verify"]
 DeliveryStatus = Literal["sent", "deferred", "bounced"]
 FailureStage = Literal[
-    "greeting", "ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "end-of-data",
-    "rset", "quit",
+    "greeting", "ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "content",
+    "end-of-data", "rset", "quit",
 ]  # fmt: skip
+
+# What the session was doing at each stage, in Postfix's words ("lost connection with
+# ... while sending message body"), so a log or ``queue list`` reads as an operator
+# used to Postfix expects. "end-of-data" is RFC 1047's window: the final "." is written
+# and its reply has not come, so the server may have the message, and the retry that
+# follows may deliver it a second time.
+_DURING: Final[dict[FailureStage, str]] = {
+    "greeting": "receiving the initial server greeting",
+    "ehlo": "performing the EHLO handshake",
+    "helo": "performing the HELO handshake",
+    "starttls": "receiving the STARTTLS response",
+    "auth": "sending AUTH",
+    "mail": "sending MAIL FROM",
+    "rcpt": "sending RCPT TO",
+    "data": "sending DATA command",
+    "content": "sending message body",
+    "end-of-data": "sending end of data -- message may be sent more than once",
+    "rset": "sending final RSET",
+    "quit": "sending QUIT",
+}
+
+
+def describe_stage(stage: FailureStage) -> str:
+    """What the session was doing at `stage`, as Postfix words it after "while"."""
+    return _DURING[stage]
+
 
 # Strongest first. CRAM-MD5 is left out: it needs the server to keep the password.
 _MECHANISMS: Final = ("SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "LOGIN")
@@ -325,11 +404,11 @@ _STAGES: Final[dict[type[smtp.Event], FailureStage]] = {
     smtp.Reset: "rset",
     smtp.Quit: "quit",
 }
-_TIMEOUTS: Final[dict[type[smtp.Event], float]] = {
-    smtp.Mail: MAIL_TIMEOUT,
-    smtp.Rcpt: RCPT_TIMEOUT,
-    smtp.Data: DATA_INIT_TIMEOUT,
-    smtp.EndOfMessage: DATA_END_TIMEOUT,
+_TIMEOUTS: Final[dict[type[smtp.Event], str]] = {
+    smtp.Mail: "mail",
+    smtp.Rcpt: "rcpt",
+    smtp.Data: "data_init",
+    smtp.EndOfMessage: "data_done",
 }
 
 
@@ -341,8 +420,11 @@ def _stage_of(event: smtp.Event | None) -> FailureStage:
     return _STAGES.get(type(event), "data")
 
 
-def _timeout_for(event: smtp.Event | None) -> float:
-    return GREETING_TIMEOUT if event is None else _TIMEOUTS.get(type(event), COMMAND_TIMEOUT)
+def _timeout_for(event: smtp.Event | None, timeouts: ClientTimeouts) -> float:
+    if event is None:
+        return timeouts.greeting
+    value: float = getattr(timeouts, _TIMEOUTS.get(type(event), "command"))
+    return value
 
 
 @attrs.define
@@ -386,6 +468,7 @@ class OutboundSession:
         tls_active: TLS is already up (implicit TLS): no STARTTLS.
         credentials: (user, password) for AUTH to a relayhost, or None.
         nonce: fresh randomness for SCRAM; without it SCRAM is not used.
+        timeouts: how long each step may take (the `timeout` of each action).
     """
 
     def __init__(
@@ -396,6 +479,7 @@ class OutboundSession:
         tls_active: bool = False,
         credentials: tuple[str, str] | None = None,
         nonce: str | None = None,
+        timeouts: ClientTimeouts | None = None,
     ) -> None:
         if tls not in ("none", "may", "encrypt", "verify"):
             raise ValueError(f"unknown TLS policy {tls!r}")
@@ -419,7 +503,15 @@ class OutboundSession:
         self._mechanism: ClientMechanism | None = None
         self._held_response: bytes | None = None  # an initial response too long for AUTH
         self._auth_problem = ""  # why we cancelled an AUTH exchange
-        self._timeout = GREETING_TIMEOUT
+        self._timeouts = timeouts or ClientTimeouts()
+        self._timeout = self._timeouts.greeting
+        # Where the content of the message in flight is: "sending" from the 354 until
+        # the adapter comes back for the action after the block that ends with the
+        # final ".", then "sent" until its reply. Which one a lost connection falls in
+        # decides whether the server may have the message (RFC 1047).
+        self._body: Literal["none", "sending", "sent"] = "none"
+        self._dot: Send | None = None  # the Send that ends the content
+        self._handed: Action | None = None  # the last action handed to the adapter
         self._quit_requested = False  # quit() came while a command was in progress
 
     # --- what the adapter calls ----------------------------------------------------
@@ -440,8 +532,20 @@ class OutboundSession:
         connection."""
         self._client.receive_data(data if isinstance(data, bytes) else bytes(data))
 
+    @property
+    def stage(self) -> FailureStage:
+        """What the session is doing now: what a lost connection or a timeout would
+        interrupt (`describe_stage` words it). A write of the block that ends the
+        content that fails is still "content": the server lacks the final "."; once
+        the adapter has come back for the next action, it is "end-of-data"."""
+        return self._stage_now()
+
     def next_action(self) -> Action:
         """What the adapter should do now (see the module docstring)."""
+        if self._handed is not None and self._handed is self._dot:
+            # The adapter is back for more: the block with the final "." is written.
+            self._body = "sent"
+            self._dot = None
         while not self._actions:
             step = self._step
             if step is _Step.CLOSED:
@@ -449,7 +553,7 @@ class OutboundSession:
             if step is _Step.READY:
                 return Ready()
             if step is _Step.HANDSHAKE:
-                return self._note(StartTLS())
+                return self._note(StartTLS(timeout=self._timeouts.starttls))
             stage = self._stage_now()  # what the next reply answers, before it is popped
             try:
                 event = self._client.next_event()
@@ -463,10 +567,11 @@ class OutboundSession:
             elif isinstance(event, Reply):
                 self._on_reply(event, stage)
             else:
-                self._lost("connection closed by the server", stage=stage)
+                self._lost(f"lost connection while {describe_stage(stage)}", stage=stage)
         return self._note(self._actions.popleft())
 
     def _note(self, action: Action) -> Action:
+        self._handed = action
         if isinstance(action, Send | NeedData | StartTLS):
             self._timeout = action.timeout
         return action
@@ -482,7 +587,7 @@ class OutboundSession:
             self._lost(str(exc), stage="starttls")
             return
         self._tls_active = True
-        self._send(smtp.Hello(domain=self.helo_name), timeout=COMMAND_TIMEOUT)
+        self._send(smtp.Hello(domain=self.helo_name), timeout=self._timeouts.command)
 
     def start_message(self, message: OutboundMessage) -> None:
         """Deliver `message` next (only after a `Ready` action)."""
@@ -536,9 +641,9 @@ class OutboundSession:
         self._step = _Step.CONVERSING
         if self._client.pipelining:
             # RFC 2920 §3.1: MAIL and RCPT anywhere in a group, DATA last.
-            self._send(mail, *rcpts, smtp.Data(), timeout=MAIL_TIMEOUT)
+            self._send(mail, *rcpts, smtp.Data(), timeout=self._timeouts.mail)
         else:
-            self._send(mail, timeout=MAIL_TIMEOUT)
+            self._send(mail, timeout=self._timeouts.mail)
 
     def quit(self) -> None:
         """End the session: politely (QUIT) when it is Ready or only an RSET stands in the
@@ -548,7 +653,7 @@ class OutboundSession:
         step = self._step
         pending = self._client.pending
         if step is _Step.READY:
-            self._send(smtp.Quit(), timeout=COMMAND_TIMEOUT)
+            self._send(smtp.Quit(), timeout=self._timeouts.command)
             self._step = _Step.QUIT
         elif step is _Step.CONVERSING and pending and isinstance(pending[-1], smtp.Reset):
             self._quit_requested = True
@@ -558,22 +663,35 @@ class OutboundSession:
             self._step = _Step.CLOSED
 
     def connection_lost(self, reason: str) -> None:
-        """The adapter lost the connection: a send failed, a timeout fired, the TLS
-        handshake failed. Pending `Send` actions are dropped."""
+        """The adapter lost the connection: a send or a read failed, the TLS handshake
+        failed. Pending `Send` actions are dropped. The `SessionFailed` reason says
+        what the session was doing, in Postfix's words: "lost connection while sending
+        message body (Connection reset by peer)"."""
+        stage = self.stage
         self._actions = collections.deque(a for a in self._actions if not isinstance(a, Send))
-        self._lost(reason, stage=self._stage_now())
+        why = f"lost connection while {describe_stage(stage)}"
+        self._lost(f"{why} ({reason})" if reason else why, stage=stage)
+
+    def timed_out(self) -> None:
+        """The adapter gave up on the last `Send`, `NeedData` or `StartTLS` after its
+        timeout: as `connection_lost`, the reason "conversation timed out while ..."."""
+        stage = self.stage
+        self._actions = collections.deque(a for a in self._actions if not isinstance(a, Send))
+        self._lost(f"conversation timed out while {describe_stage(stage)}", stage=stage)
 
     # --- inside ----------------------------------------------------------------------
 
     def _stage_now(self) -> FailureStage:
         if self._step is _Step.HANDSHAKE:
             return "starttls"
+        if self._body != "none":
+            return "content" if self._body == "sending" else "end-of-data"
         pending = self._client.pending
         return _stage_of(pending[0] if pending else self._client.answered)
 
     def _reply_timeout(self) -> float:
         pending = self._client.pending
-        return _timeout_for(pending[0]) if pending else COMMAND_TIMEOUT
+        return _timeout_for(pending[0], self._timeouts) if pending else self._timeouts.command
 
     def _send(self, *events: smtp.Event, timeout: float) -> None:
         data = b"".join(self._client.send(event) for event in events)
@@ -588,6 +706,7 @@ class OutboundSession:
         self, reply: Reply | None, reason: str, *, permanent: bool, stage: FailureStage
     ) -> None:
         """The session cannot go on: report it, then QUIT if the server can hear it."""
+        self._body, self._dot = "none", None
         if not self._failed:
             self._failed = True
             self._actions.append(
@@ -595,13 +714,14 @@ class OutboundSession:
             )
         self._txn = None
         if self._client.our_state is Phase.COMMAND:
-            self._send(smtp.Quit(), timeout=COMMAND_TIMEOUT)
+            self._send(smtp.Quit(), timeout=self._timeouts.command)
             self._step = _Step.QUIT
         else:
             self._step = _Step.CLOSED
 
     def _lost(self, reason: str, reply: Reply | None = None, *, stage: FailureStage) -> None:
         """The connection is gone or unusable: no QUIT, temporary failure."""
+        self._body, self._dot = "none", None
         if self._step is not _Step.QUIT and self._step is not _Step.CLOSED and not self._failed:
             self._failed = True
             self._actions.append(
@@ -622,7 +742,7 @@ class OutboundSession:
         cls = reply.code // 100
         if answered is None:
             if cls == 2:
-                self._send(smtp.Hello(domain=self.helo_name), timeout=COMMAND_TIMEOUT)
+                self._send(smtp.Hello(domain=self.helo_name), timeout=self._timeouts.command)
             else:
                 self._fail(reply, "greeting refused", permanent=cls == 5, stage="greeting")
         elif isinstance(answered, smtp.Hello):
@@ -650,7 +770,9 @@ class OutboundSession:
             self._after_hello()
         elif hello.extended and cls == 5:
             # RFC 5321 §3.2: a server that does not know EHLO may know HELO.
-            self._send(smtp.Hello(domain=self.helo_name, extended=False), timeout=COMMAND_TIMEOUT)
+            self._send(
+                smtp.Hello(domain=self.helo_name, extended=False), timeout=self._timeouts.command
+            )
         else:
             verb = "EHLO" if hello.extended else "HELO"
             self._fail(reply, f"{verb} refused", permanent=cls == 5, stage=_stage_of(hello))
@@ -658,7 +780,7 @@ class OutboundSession:
     def _after_hello(self) -> None:
         if not self._tls_active and self.tls != "none":
             if "STARTTLS" in self._client.extensions:
-                self._send(smtp.StartTLS(), timeout=COMMAND_TIMEOUT)
+                self._send(smtp.StartTLS(), timeout=self._timeouts.command)
                 return
             if self.tls != "may":
                 self._fail(None, "TLS required but not offered", permanent=False, stage="starttls")
@@ -694,7 +816,7 @@ class OutboundSession:
             # RFC 4954 §4: leave it out; it answers the server's empty challenge instead.
             self._held_response = initial
             auth = smtp.Auth(mechanism=name)
-        self._send(auth, timeout=COMMAND_TIMEOUT)
+        self._send(auth, timeout=self._timeouts.command)
 
     def _on_auth(self, answered: smtp.Event, reply: Reply) -> None:
         mechanism = self._mechanism
@@ -710,9 +832,9 @@ class OutboundSession:
                     response = mechanism.respond(challenge)
             except RemoteSASLError as exc:
                 self._auth_problem = f"AUTH {mechanism.name}: {exc}"
-                self._send(smtp.AuthCancel(), timeout=COMMAND_TIMEOUT)
+                self._send(smtp.AuthCancel(), timeout=self._timeouts.command)
                 return
-            self._send(smtp.AuthResponse(data=response), timeout=COMMAND_TIMEOUT)
+            self._send(smtp.AuthResponse(data=response), timeout=self._timeouts.command)
         elif reply.code == 235:
             try:
                 # RFC 4954 §4 has no data with success: SCRAM's proof came as a 334.
@@ -736,7 +858,7 @@ class OutboundSession:
             txn.mail = reply
             if not pipelining:
                 if positive:
-                    self._send(txn.rcpts[0], timeout=RCPT_TIMEOUT)
+                    self._send(txn.rcpts[0], timeout=self._timeouts.rcpt)
                 else:
                     self._finish()
         elif isinstance(answered, smtp.Rcpt):
@@ -744,9 +866,9 @@ class OutboundSession:
             if not pipelining:
                 done = len(txn.rcpt_replies)
                 if done < len(txn.rcpts):
-                    self._send(txn.rcpts[done], timeout=RCPT_TIMEOUT)
+                    self._send(txn.rcpts[done], timeout=self._timeouts.rcpt)
                 elif txn.accepted:
-                    self._send(smtp.Data(), timeout=DATA_INIT_TIMEOUT)
+                    self._send(smtp.Data(), timeout=self._timeouts.data_init)
                 else:
                     self._finish()  # RFC 2920 §3.1 aside, DATA with no recipient is pointless
         elif isinstance(answered, smtp.Data):
@@ -759,7 +881,7 @@ class OutboundSession:
                 # A pipelined DATA that got 354 although nobody was accepted: end it with
                 # an empty message, and ignore what the server says to it.
                 txn.aborted = True
-                self._send(smtp.EndOfMessage(), timeout=DATA_BLOCK_TIMEOUT)
+                self._send(smtp.EndOfMessage(), timeout=self._timeouts.data_block)
         else:
             assert isinstance(answered, smtp.EndOfMessage)
             if not txn.aborted:
@@ -772,17 +894,22 @@ class OutboundSession:
             block = client.send(smtp.MessageData(data=content[start : start + CONTENT_BLOCK]))
             if start + CONTENT_BLOCK >= len(content):
                 block += client.send(smtp.EndOfMessage())
-            self._actions.append(Send(data=block, timeout=DATA_BLOCK_TIMEOUT))
+            self._actions.append(Send(data=block, timeout=self._timeouts.data_block))
         if not content:
-            self._send(smtp.EndOfMessage(), timeout=DATA_BLOCK_TIMEOUT)
+            self._send(smtp.EndOfMessage(), timeout=self._timeouts.data_block)
+        self._body = "sending"
+        last = self._actions[-1]
+        assert isinstance(last, Send)
+        self._dot = last
 
     def _finish(self) -> None:
         txn = self._txn
         assert txn is not None
         self._txn = None
+        self._body, self._dot = "none", None
         self._actions.append(MessageDone(results=txn.results()))
         if txn.final is not None:
             self._ready()  # the transaction ended with its content: no RSET needed
         else:
             # RFC 5321 §4.1.1.5: clear whatever the failed transaction left open.
-            self._send(smtp.Reset(), timeout=COMMAND_TIMEOUT)
+            self._send(smtp.Reset(), timeout=self._timeouts.command)

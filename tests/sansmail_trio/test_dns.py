@@ -94,7 +94,9 @@ async def test_servfail_is_temporary_and_names_the_server(dns_server, resolver):
     with pytest.raises(DNSError) as caught:
         await resolver.mx("broken.test")
     assert not caught.value.permanent
-    assert str(caught.value) == f"broken.test MX: {dns_server.host_port} SERVFAIL"
+    assert str(caught.value).endswith(
+        f"type=MX: Host not found, try again ({dns_server.host_port} SERVFAIL)"
+    )
     dns_server.heal("broken.test")
     assert await resolver.mx("broken.test") == [MXRecord(10, "mx.broken.test")]
 
@@ -113,7 +115,10 @@ async def test_no_answer_at_all_is_a_temporary_timeout(dns_server):
     with pytest.raises(DNSError) as caught:
         await resolver.mx("slow.test")
     assert not caught.value.permanent
-    assert str(caught.value) == "slow.test MX: no answer within 0.3s"
+    assert str(caught.value) == (
+        "Host or domain name not found. Name service error for name=slow.test type=MX: "
+        "Host not found, try again (no answer within 0.3s)"
+    )
     assert trio.current_time() - start < 2.0
     assert ("slow.test", "MX") in asked(dns_server)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -289,6 +290,25 @@ def test_a_reused_connection_that_died_asks_for_a_fresh_one() -> None:
         assert ended.outcomes is None
         assert ended.again == "fresh"
         assert ended.reason.startswith("cached connection ")
+
+
+def test_a_reused_connection_lost_after_the_final_dot_is_not_retried_at_once() -> None:
+    # RFC 1047: the server may have the message; a fresh connection now would make a
+    # duplicate likely. The deferral retries it on the schedule instead.
+    window = "lost connection while sending end of data -- message may be sent more than once"
+    lost = outbound.SessionFailed(reply=None, reason=window, permanent=False, stage="end-of-data")
+    assert session_failed(lost, host="mx", reused=True) == Conversation(reason=window)
+    # A 421 to the "." is an answer: the server does not have it.
+    refused = attrs.evolve(lost, reply=Reply(code=421, lines="bye"))
+    assert session_failed(refused, host="mx", reused=True).again == "fresh"
+    # Mid-content, the server lacks the ".": nothing was delivered.
+    content = attrs.evolve(lost, stage="content")
+    assert session_failed(content, host="mx", reused=True).again == "fresh"
+
+
+def test_no_plaintext_fallback_where_we_would_authenticate() -> None:
+    ended = handshake_failed("Cannot start TLS: handshake failure", level="may", authenticate=True)
+    assert ended == Conversation(reason="Cannot start TLS: handshake failure")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ NeedData, and the bytes the session sends checked exactly."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import sansmail.mail.outbound
@@ -15,6 +16,7 @@ from sansmail.mail.outbound import (
     GREETING_TIMEOUT,
     MAIL_TIMEOUT,
     Action,
+    ClientTimeouts,
     Closed,
     MessageDone,
     NeedData,
@@ -25,6 +27,7 @@ from sansmail.mail.outbound import (
     Send,
     SessionFailed,
     StartTLS,
+    describe_stage,
 )
 
 GREETING = b"220 mx.example ESMTP\r\n"
@@ -99,9 +102,9 @@ def test_public_names_are_pinned() -> None:
             "COMMAND_TIMEOUT", "CONTENT_BLOCK", "DATA_BLOCK_TIMEOUT", "DATA_END_TIMEOUT",
             "DATA_INIT_TIMEOUT", "GREETING_TIMEOUT", "MAIL_TIMEOUT", "RCPT_TIMEOUT",
             "TLS_HANDSHAKE_TIMEOUT",
-            "Action", "Closed", "MessageDone", "NeedData", "OutboundMessage",
-            "OutboundRecipient", "OutboundSession", "Ready", "RecipientResult", "Send",
-            "SessionFailed", "StartTLS",
+            "Action", "ClientTimeouts", "Closed", "describe_stage", "MessageDone", "NeedData",
+            "OutboundMessage", "OutboundRecipient", "OutboundSession", "Ready", "RecipientResult",
+            "Send", "SessionFailed", "StartTLS",
         ]
     )  # fmt: skip
 
@@ -454,7 +457,156 @@ def test_connection_lost_mid_message() -> None:
     failed = actions[1]
     assert isinstance(failed, SessionFailed)
     assert (failed.permanent, failed.stage, failed.reply) == (False, "end-of-data", None)
-    assert "closed" in failed.reason
+    # RFC 1047: the "." is out, so the server may have the message; Postfix's words.
+    assert failed.reason == (
+        "lost connection while sending end of data -- message may be sent more than once"
+    )
+
+
+BIG = attrs.evolve(MSG, content=b"Subject: big\r\n\r\n" + b"x" * 200_000 + b"\r\n")
+
+
+def through_354(s: OutboundSession, message: OutboundMessage = MSG) -> None:
+    """Drive `s` (no PIPELINING) to the 354 of `message`'s DATA."""
+    replies = [GREETING, EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n"]
+    while replies:
+        action = s.next_action()
+        if isinstance(action, NeedData):
+            s.receive_data(replies.pop(0))
+        elif isinstance(action, Ready):
+            s.start_message(message)
+
+
+def test_a_write_of_the_content_that_fails_is_before_the_window() -> None:
+    s = session()
+    through_354(s, BIG)
+    blocks = 0
+    while True:
+        action = s.next_action()
+        assert isinstance(action, Send)
+        blocks += 1
+        assert s.stage == "content"
+        if blocks == 2:  # the second block of four fails to go out
+            break
+    s.connection_lost("Connection reset by peer")
+    failed = s.next_action()
+    assert isinstance(failed, SessionFailed)
+    assert failed.stage == "content"
+    assert failed.reason == "lost connection while sending message body (Connection reset by peer)"
+
+
+def test_the_block_with_the_final_dot_is_in_the_window_only_once_written() -> None:
+    s = session()
+    through_354(s)
+    last = s.next_action()
+    assert isinstance(last, Send)
+    assert last.data.endswith(b"\r\n.\r\n")
+    # Its write failing: the server lacks the ".", nothing can have been delivered.
+    assert s.stage == "content"
+    wait = s.next_action()  # the adapter is back: the "." is out
+    assert isinstance(wait, NeedData)
+    assert wait.timeout == DATA_END_TIMEOUT
+    assert (s.stage,) == ("end-of-data",)  # (a tuple: mypy would hold the narrowed one)
+    s.timed_out()
+    failed = s.next_action()
+    assert isinstance(failed, SessionFailed)
+    assert (failed.stage, failed.reply) == ("end-of-data", None)
+    assert failed.reason == (
+        "conversation timed out while sending end of data -- message may be sent more than once"
+    )
+    assert isinstance(s.next_action(), Closed)
+
+
+def test_the_next_transaction_starts_outside_the_window() -> None:
+    s = session()
+    through_354(s)
+    assert isinstance(s.next_action(), Send)  # the content
+    assert isinstance(s.next_action(), NeedData)
+    s.receive_data(b"250 queued\r\n")
+    assert isinstance(s.next_action(), MessageDone)
+    assert isinstance(s.next_action(), Ready)
+    s.start_message(MSG)
+    assert isinstance(s.next_action(), Send)
+    s.connection_lost("Broken pipe")  # a cached connection the server had closed
+    failed = s.next_action()
+    assert isinstance(failed, SessionFailed)
+    assert failed.stage == "mail"
+
+
+@pytest.mark.parametrize(
+    ("replies", "stage", "during"),
+    [
+        ([], "greeting", "receiving the initial server greeting"),
+        ([GREETING], "ehlo", "performing the EHLO handshake"),
+        ([GREETING, EHLO_PLAIN], "mail", "sending MAIL FROM"),
+        ([GREETING, EHLO_PLAIN, b"250 ok\r\n"], "rcpt", "sending RCPT TO"),
+        (
+            [GREETING, EHLO_PLAIN, b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n"],
+            "data",
+            "sending DATA command",
+        ),
+    ],
+)
+def test_a_timeout_says_what_the_session_waited_for(
+    replies: list[bytes], stage: str, during: str
+) -> None:
+    s = session()
+    while True:
+        action = s.next_action()
+        if isinstance(action, Ready):
+            s.start_message(MSG)
+        elif isinstance(action, NeedData):
+            if not replies:
+                break
+            s.receive_data(replies.pop(0))
+    s.timed_out()
+    failed = s.next_action()
+    assert isinstance(failed, SessionFailed)
+    assert (failed.stage, failed.reason) == (stage, f"conversation timed out while {during}")
+
+
+def test_every_action_carries_the_configured_timeout() -> None:
+    timeouts = ClientTimeouts(
+        greeting=1, command=2, starttls=3, mail=4, rcpt=5, data_init=6, data_block=7, data_done=8
+    )
+    s = session(timeouts=timeouts, tls="may")
+    ehlo_tls = b"250-mx.example\r\n250 STARTTLS\r\n"
+    replies = [GREETING, ehlo_tls, b"220 go\r\n", EHLO_PLAIN]
+    replies += [b"250 ok\r\n", b"250 ok\r\n", b"250 ok\r\n", b"354 go\r\n", b"250 ok\r\n"]
+    seen = []
+    while True:
+        action = s.next_action()
+        if isinstance(action, Send | NeedData | StartTLS):
+            seen.append((type(action).__name__, action.timeout))
+            assert s.timeout == action.timeout
+        if isinstance(action, NeedData):
+            s.receive_data(replies.pop(0) if replies else b"")
+        elif isinstance(action, StartTLS):
+            s.tls_started()
+        elif isinstance(action, Ready):
+            if replies:
+                s.start_message(MSG)
+            else:
+                s.quit()
+        elif isinstance(action, Closed | SessionFailed):
+            break
+    assert seen[:3] == [("NeedData", 1), ("Send", 2), ("NeedData", 2)]
+    assert ("StartTLS", 3) in seen
+    assert {("Send", 4), ("NeedData", 4)} <= set(seen)  # MAIL
+    assert {("NeedData", 5), ("NeedData", 6), ("Send", 7), ("NeedData", 8)} <= set(seen)
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
+def test_timeouts_are_positive_and_finite(bad: float) -> None:
+    with pytest.raises(ValueError, match="data_done timeout"):
+        ClientTimeouts(data_done=bad)
+
+
+def test_default_timeouts_are_rfc_5321_and_postfix() -> None:
+    t = ClientTimeouts()
+    assert (t.connect, t.greeting, t.command, t.starttls) == (30, 300, 300, 300)
+    assert (t.mail, t.rcpt, t.data_init, t.data_block, t.data_done) == (300, 300, 120, 180, 600)
+    assert describe_stage("content") == "sending message body"
 
 
 def test_malformed_reply_mid_message() -> None:
@@ -473,10 +625,13 @@ def test_connection_lost_reported_by_the_adapter() -> None:
     assert isinstance(s.next_action(), NeedData)
     s.receive_data(GREETING)
     assert isinstance(s.next_action(), Send)  # EHLO
-    s.connection_lost("timed out")
+    s.connection_lost("Broken pipe")
     failed = s.next_action()
     assert isinstance(failed, SessionFailed)
-    assert (failed.stage, failed.reason) == ("ehlo", "timed out")
+    assert (failed.stage, failed.reason) == (
+        "ehlo",
+        "lost connection while performing the EHLO handshake (Broken pipe)",
+    )
     assert isinstance(s.next_action(), Closed)
     assert isinstance(s.next_action(), Closed)
 
