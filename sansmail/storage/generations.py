@@ -33,8 +33,9 @@ A file replaced under a running server (a restored backup of data_dir) would lea
 server watching the old one; the server's once-a-second housekeeping calls
 `Generations.reopen_if_replaced` (one ``stat``) to map the new one. A damaged file (wrong
 size or magic number) is rewritten with every counter at zero, which readers see as a
-change. Only truncating the file in place while servers map it is fatal to them (a
-mapped page past the end of a file raises SIGBUS): leave the file alone, or delete it.
+change, and a warning says so (``sansmail.repair``). Only truncating the file in place
+while servers map it is fatal to them (a mapped page past the end of a file raises
+SIGBUS): leave the file alone, or delete it.
 
 Blocking, loop-agnostic: `open`, `bump` and `reopen_if_replaced` do file I/O; reading a
 counter (``generations[Counter.USERS]``) does none and may be called from any thread.
@@ -45,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import logging
 import mmap
 import os
 import pathlib
@@ -60,6 +62,7 @@ _SLOT: Final = 8  # octets per counter
 #: The file's size: the magic number, then room for eight counters.
 SIZE: Final = len(_MAGIC) + 8 * _SLOT
 _FILE_MODE: Final = 0o600
+_log = logging.getLogger("sansmail.repair")
 
 
 class Counter(enum.IntEnum):
@@ -94,7 +97,7 @@ class Generations:
         need be. Raises OSError."""
         path = pathlib.Path(data_dir) / FILE_NAME
         with _locked(path, create=True) as fd:
-            _ensure_layout(fd)
+            _ensure_layout(fd, path)
         return cls(path)
 
     def __getitem__(self, counter: Counter) -> int:
@@ -124,9 +127,10 @@ def bump(data_dir: pathlib.Path, *counters: Counter) -> bool:
     when there is no generations file (no server has started on this data_dir, and the
     next to start reads everything afresh). Call it after the change is durable.
     Raises OSError."""
+    path = pathlib.Path(data_dir) / FILE_NAME
     try:
-        with _locked(pathlib.Path(data_dir) / FILE_NAME, create=False) as fd:
-            _ensure_layout(fd)
+        with _locked(path, create=False) as fd:
+            _ensure_layout(fd, path)
             # Through a writable mapping, so that readers' aligned 8-octet loads see
             # the old value or the new, never a half-written one.
             memory = mmap.mmap(fd, SIZE, flags=mmap.MAP_SHARED)
@@ -142,13 +146,21 @@ def bump(data_dir: pathlib.Path, *counters: Counter) -> bool:
     return True
 
 
-def _ensure_layout(fd: int) -> None:
+def _ensure_layout(fd: int, path: pathlib.Path) -> None:
     # Called under the lock. A new file (size 0: two servers starting at once, the
     # other one has not written yet) gets its header; a damaged one is rewritten, all
     # counters back to zero, which every reader sees as a change and reads afresh.
     st = os.fstat(fd)
     if st.st_size == SIZE and os.pread(fd, len(_MAGIC), 0) == _MAGIC:
         return
+    if st.st_size:
+        _log.warning(
+            "%s was damaged (%d octets, %d expected, or not its magic number):"
+            " rewritten with every counter at zero (users and aliases are read afresh)",
+            path,
+            st.st_size,
+            SIZE,
+        )
     os.ftruncate(fd, SIZE)
     os.pwrite(fd, _MAGIC.ljust(SIZE, b"\0"), 0)
 

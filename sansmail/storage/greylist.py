@@ -44,17 +44,25 @@ left alone (SQLite forbids using a connection across fork) and a new one is open
 
 Failures. Anything SQLite or the file system raises comes out of `consult` as
 `GreylistStoreError`; the check then lets the mail through and logs it (as postgrey
-fails open when it is down). A damaged file can simply be deleted: greylisting starts
-again from nothing.
+fails open when it is down). A damaged file (SQLite says corrupt, or not a database) is
+repaired on the spot: under an ``flock`` of ``greylist.sqlite.lock`` (so two processes
+do not both repair), and unless a fresh connection finds it sound (another process
+repaired it first), it is renamed ``greylist.sqlite.corrupt`` for a post-mortem, its
+``-wal`` and ``-shm`` removed, a warning logged on ``sansmail.repair``, and the consult
+tried once more on a new, empty database. Nothing but time is lost: greylisting starts
+again from nothing, so known senders are delayed once more.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import pathlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from sansmail.mail.greylist import (
@@ -77,6 +85,9 @@ __all__ = [
 FILE_NAME: Final = "greylist.sqlite"
 SCHEMA_VERSION: Final = 1
 _IDLE_MAX: Final = 4
+# What SQLite says of a file that is not a sound database (see "Failures" above).
+_DAMAGED: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_log = logging.getLogger("sansmail.repair")
 # Connections a forked child found in its parent's pool (see _fork_check).
 _INHERITED: Final[list[sqlite3.Connection]] = []
 _SCHEMA: Final = """
@@ -147,17 +158,63 @@ class SqliteGreylistStore(GreylistStore):
         self._pid = os.getpid()
 
     def consult(self, triplet: Triplet, settings: GreylistSettings) -> Decision:
-        try:
-            conn = self._take()
+        for attempt in range(2):
             try:
-                decision = self._consult(conn, triplet, settings)
-            except BaseException:
-                conn.close()
-                raise
-            self._give(conn)
-        except (sqlite3.Error, OSError) as exc:
-            raise GreylistStoreError(f"{self.path}: {exc}") from exc
-        return decision
+                conn = self._take()
+                try:
+                    decision = self._consult(conn, triplet, settings)
+                except BaseException:
+                    conn.close()
+                    raise
+                self._give(conn)
+            except (sqlite3.Error, OSError) as exc:
+                if attempt or not _damaged(exc) or not self._repair(exc):
+                    raise GreylistStoreError(f"{self.path}: {exc}") from exc
+                continue
+            return decision
+        raise AssertionError("unreachable")
+
+    def _repair(self, exc: BaseException) -> bool:
+        """Set a damaged database aside (see "Failures" in the module docstring);
+        whether to try again."""
+        self.close()
+        try:
+            with self._repair_lock():
+                try:
+                    conn = self._open()
+                    try:
+                        sound = conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+                    finally:
+                        conn.close()
+                except sqlite3.DatabaseError as again:
+                    if not _damaged(again):
+                        return False
+                    sound = False
+                if sound:
+                    return True  # repaired by another process meanwhile
+                os.replace(self.path, self.path + ".corrupt")
+                for suffix in ("-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path + suffix)
+        except OSError:
+            return False
+        _log.warning(
+            "greylist database %s was damaged (%s): set aside as %s.corrupt and started"
+            " afresh (known senders are greylisted once more)",
+            self.path,
+            exc,
+            self.path,
+        )
+        return True
+
+    @contextlib.contextmanager
+    def _repair_lock(self) -> Iterator[None]:
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _consult(
         self, conn: sqlite3.Connection, triplet: Triplet, settings: GreylistSettings
@@ -329,3 +386,9 @@ class SqliteGreylistStore(GreylistStore):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def _damaged(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.DatabaseError) and (
+        getattr(exc, "sqlite_errorname", "") in _DAMAGED
+    )

@@ -69,6 +69,19 @@ worker thread, also follows the counter, so a change not looked up at once is re
 the loop; and it compares one ``stat`` with what was read, for edits made by hand (a
 restored backup) rather than through this class.
 
+A broken file never stops the server. Every write also leaves its document in
+``users.json.bak``, and a server store (one made with ``generations=``) keeps that copy
+equal to the last ``users.json`` it read whole, so a valid edit by hand is kept too. A
+server starting on a file that does not parse (or finding it gone while the copy is
+there) serves the copy's users and says so at warning level, once; the broken file is
+left as it is, for the admin to mend or replace (``cp users.json.bak users.json``), and
+is read again as soon as it changes. With no good copy either, the store is
+*unavailable*: every login fails and ``in`` raises `UsersUnavailableError`, which the
+SMTP server answers with a temporary failure (451 4.3.0), so no mail to a local user
+bounces while the file is broken. A running server that finds the file broken keeps the
+users it has (`reload_if_changed`). The CLI's store (no ``generations``) raises
+UserError instead: ``sansmail-trio user ...`` prints one line and changes nothing.
+
 Passwords are hashed with argon2id (argon2-cffi's `PasswordHasher`, whose defaults are
 RFC 9106 §4's second recommended option). Checking a password for an unknown user costs
 the same as for a known one: it is verified against a dummy hash, so timing does not tell
@@ -90,6 +103,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import secrets
@@ -121,6 +135,7 @@ __all__ = [
     "User",
     "UserError",
     "UserStore",
+    "UsersUnavailableError",
     "check_password",
 ]
 
@@ -142,6 +157,8 @@ _SECRET_OCTETS: Final = 32
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
 
+_log = logging.getLogger("sansmail.repair")
+
 # (device, inode, size, mtime): every write replaces the file, so the inode changes even
 # when two writes land within one mtime tick.
 _Signature = tuple[int, int, int, int]
@@ -150,6 +167,11 @@ _Signature = tuple[int, int, int, int]
 class UserError(Exception):
     """A user-level failure (unknown user, existing user, unusable password, broken
     file); str() is one line fit for the CLI's stderr."""
+
+
+class UsersUnavailableError(UserError):
+    """No users can be told apart from strangers: the file is broken and there is no
+    good copy (see the module docstring). Answer with a temporary failure."""
 
 
 @attrs.frozen(kw_only=True)
@@ -177,6 +199,8 @@ class _Loaded:
     signature: _Signature | None
     records: Mapping[str, Any]
     users: dict[str, User]
+    #: Why no users are known (the file and its copy are broken), or None.
+    unavailable: str | None = None
 
 
 def check_password(password: str) -> None:
@@ -229,6 +253,7 @@ class UserStore:
             raise ValueError(f"scram_iterations must be at least {SCRAM_MIN_ITERATIONS}")
         self.path = pathlib.Path(path)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._backup_path = self.path.with_name(self.path.name + ".bak")
         self._tmp_path = self.path.with_name("." + self.path.name + ".tmp")
         self._secret_path = self.path.with_name(self.path.name + ".scram-secret")
         self._hasher = hasher if hasher is not None else PasswordHasher()
@@ -241,7 +266,13 @@ class UserStore:
         # success as its True, a broken file as its UserError.
         self._reloaded = False
         self._error: UserError | None = None
-        self._loaded = self._load(None, self._generation())
+        self._serving = generations is not None
+        try:
+            self._loaded = self._load(None, self._generation())
+        except UserError as exc:
+            if not self._serving:
+                raise
+            self._loaded = self._fall_back(exc)
 
     # -- reading --------------------------------------------------------------------
 
@@ -263,13 +294,21 @@ class UserStore:
         reloaded, self._reloaded = self._reloaded, False
         return reloaded
 
-    def _users(self) -> dict[str, User]:
-        """The users in force, re-read first if another process announced a change."""
+    def _current(self) -> _Loaded:
+        """What is in force, re-read first if another process announced a change."""
         loaded = self._loaded
         generations = self._generations
         if generations is not None and generations[Counter.USERS] != loaded.generation:
             loaded = self._reload(None)
-        return loaded.users
+        return loaded
+
+    def _users(self) -> dict[str, User]:
+        return self._current().users
+
+    @property
+    def unavailable(self) -> str | None:
+        """Why no user can be recognised (a broken file without a good copy), or None."""
+        return self._current().unavailable
 
     def _generation(self) -> int:
         return 0 if self._generations is None else self._generations[Counter.USERS]
@@ -297,7 +336,11 @@ class UserStore:
         return self._users().get(key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._users()
+        """Whether `key` is a user; `UsersUnavailableError` when that cannot be told."""
+        loaded = self._current()
+        if loaded.unavailable is not None:
+            raise UsersUnavailableError(loaded.unavailable)
+        return key in loaded.users
 
     def list(self) -> list[User]:
         """Every user, sorted by key."""
@@ -473,35 +516,86 @@ class UserStore:
             self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
         return self._dummy_hash
 
-    def _read(self) -> tuple[_Signature | None, dict[str, Any]]:
+    def _read(self) -> tuple[_Signature | None, dict[str, Any], bytes]:
         try:
-            with open(self.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                data = f.read()
+            signature, document, data = _read_document(self.path)
         except FileNotFoundError:
-            return None, {"version": FORMAT_VERSION, "users": {}}
-        except OSError as exc:
-            raise UserError(f"{self.path}: cannot read: {exc.strerror}") from exc
-        try:
-            document = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.path}: not valid JSON: {exc}") from exc
-        _check_document(document, self.path)
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), document
+            if self._serving and self._backup_path.exists():
+                # Users do not vanish by themselves: `del` of the last one leaves an
+                # empty list. Serving nobody would bounce every local recipient.
+                raise UserError(f"{self.path}: missing") from None
+            return None, {"version": FORMAT_VERSION, "users": {}}, b""
+        return signature, document, data
 
     def _load(self, previous: _Loaded | None, generation: int) -> _Loaded:
-        signature, document = self._read()
+        signature, document, data = self._read()
+        users = _users_of(document, self.path, previous)
+        if self._serving and signature is not None:
+            self._keep_copy(data)
         return _Loaded(
             generation=generation,
             signature=signature,
             records=document["users"],
-            users=_users_of(document, self.path, previous),
+            users=users,
         )
+
+    def _fall_back(self, broken: UserError) -> _Loaded:
+        """At start, with `broken` the failure to read the file: the users of the last
+        good copy, or none at all (unavailable). The broken file is left as it is; its
+        signature is kept so that mending it is noticed at once."""
+        generation = self._generation()
+        signature = _stat_signature(self.path)
+        try:
+            _signature, document, _data = _read_document(self._backup_path)
+            users = _users_of(document, self._backup_path)
+        except FileNotFoundError:
+            why = f"{broken}; there is no {self._backup_path.name} to serve instead"
+        except UserError as exc:
+            why = f"{broken}; and the copy is no good either ({exc})"
+        else:
+            _log.warning(
+                "%s; serving the %d user(s) of %s, the last good copy, until it is mended"
+                " (it is left as it is)",
+                broken,
+                len(users),
+                self._backup_path,
+            )
+            return _Loaded(generation, signature, document["users"], users)
+        _log.error(
+            "%s: logins fail and mail to local users is deferred (451) until it is mended",
+            why,
+        )
+        return _Loaded(generation, signature, {}, {}, unavailable=why)
+
+    def _keep_copy(self, data: bytes) -> None:
+        """Make ``users.json.bak`` hold `data` (a whole, valid file), unless it does."""
+        try:
+            if self._backup_path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        tmp = self.path.with_name(f".{self._backup_path.name}.{secrets.token_hex(8)}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, _FILE_MODE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._backup_path)
+        except OSError as exc:
+            # Only the copy is at stake, never the users in force: say so and go on.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _log.warning("cannot keep %s: %s", self._backup_path, exc.strerror or exc)
 
     def _modify(self, change: Callable[[dict[str, Any]], None]) -> None:
         with self._file_lock():
             generation = self._generation()
-            _signature, document = self._read()
+            _signature, document, _data = self._read()
             if document["version"] > FORMAT_VERSION:
                 raise UserError(
                     f"{self.path}: written by a newer sansmail (format version "
@@ -561,8 +655,27 @@ class UserStore:
         finally:
             os.close(fd)
         os.replace(self._tmp_path, self.path)
+        self._keep_copy(data)
         fsync_dir(self.path.parent)
         return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _read_document(path: pathlib.Path) -> tuple[_Signature, dict[str, Any], bytes]:
+    """The checked document of the file at `path`; FileNotFoundError, or UserError."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON: {exc}") from exc
+    _check_document(document, path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns), document, data
 
 
 def _check_quota(octets: int | None) -> None:

@@ -20,7 +20,7 @@ from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import UserStore, UsersUnavailableError
 
 __all__ = ["SUBMISSION_SERVICES", "SmtpService"]
 
@@ -144,6 +144,18 @@ class SmtpService:
         """One RCPT TO: restrictions, users, aliases, SRS and full mailboxes
         (`resolve_recipient`). May read an aliases ``:include:`` file the first time it
         is used (then cached), and reads a limited mailbox's small quota file."""
+        try:
+            return self._resolve(rcpt, sasl_authenticated, client_ip, now)
+        except UsersUnavailableError:
+            # users.json is broken with no good copy: deferring keeps the mail (RFC 5321
+            # §4.2.1 451, RFC 3463 X.3.0), a 550 would bounce it.
+            return Resolution(
+                reply=Reply(code=451, lines="user database unavailable", enhanced="4.3.0")
+            )
+
+    def _resolve(
+        self, rcpt: Address, sasl_authenticated: bool, client_ip: str, now: float
+    ) -> Resolution:
         config = self.config
         return resolve_recipient(
             rcpt,

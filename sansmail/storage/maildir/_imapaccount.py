@@ -66,7 +66,13 @@ from sansmail.storage.maildir._imapbase import (
     NoSuchFolderError,
     NotAllowedError,
 )
-from sansmail.storage.maildir._imapindex import INDEX_NAME, FolderIndex, NewRow, is_corrupt
+from sansmail.storage.maildir._imapindex import (
+    INDEX_NAME,
+    INDEXED_MARKER,
+    FolderIndex,
+    NewRow,
+    is_corrupt,
+)
 from sansmail.storage.maildir._imapmaildir import (
     DELETED,
     SEEN,
@@ -167,7 +173,12 @@ class MaildirAccount(MailAccount):
         self._clock = clock
         self._special_use = dict(special_use)
         self._indexes: dict[str, FolderIndex] = {}
-        first = not os.path.exists(os.path.join(self.root, INDEX_NAME))
+        # Not merely "INBOX has no index": one lost (`_imapindex`) must not bring back
+        # the special-use folders and subscriptions the user removed.
+        first = not any(
+            os.path.exists(os.path.join(self.root, name))
+            for name in (INDEX_NAME, INDEXED_MARKER, _UIDVALIDITY_NAME)
+        )
         _make_maildir(self.root, parents=True)
         self._clean_deleted()
         if first:
@@ -427,7 +438,7 @@ class MaildirAccount(MailAccount):
             except Exception as exc:
                 if attempt or not is_corrupt(exc):
                     raise
-                index.rebuild()
+                index.rebuild(exc)
         raise AssertionError("unreachable")
 
     def release(self) -> None:

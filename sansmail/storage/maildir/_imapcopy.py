@@ -89,7 +89,7 @@ def transfer(
             else:
                 unlink_quietly(dst)
         if is_corrupt(exc):
-            target.rebuild()
+            target.rebuild(exc)
             raise ImapStoreError("the destination's index was damaged and is rebuilt") from exc
         raise
     if move:

@@ -62,7 +62,21 @@ a committed transaction survives power loss too, so UIDNEXT never goes backwards
 written into ``cur/`` whose row was never inserted is simply found by the next sync. An
 index that SQLite reports corrupt (or that is not a database) is deleted and rebuilt
 from the Maildir with a new UIDVALIDITY, so clients drop their caches; the account lock
-keeps two processes from rebuilding at once, and `rebuilt` tells the caller to log it.
+keeps two processes from rebuilding at once.
+
+What a lost index costs. The UIDs live in the index and nowhere else (Dovecot's
+``dovecot-uidlist`` is read once, at the first index, `_uidlist`), so an index deleted,
+truncated or damaged takes them along: the new one numbers the messages again under a
+greater UIDVALIDITY (the account's counter, `MaildirAccount._uidvalidity`), as Dovecot
+does when its uidlist is lost (RFC 9051 §2.3.1.1: clients then drop their caches).
+Nothing else is lost: the messages are the files, their flags the letters in the file
+names, the keywords' letters ``dovecot-keywords``. What goes is what only the index held
+(each message's INTERNALDATE time zone, the modification sequences, the FETCH and SEARCH
+caches). To tell a lost index from a folder never indexed, each index leaves
+``sansmail.indexed`` beside it (its UIDVALIDITY, written when it is made): a new index
+made where one is found is a repair, and both kinds are logged at warning level on the
+``sansmail.repair`` logger, with the UIDVALIDITY before and after; `rebuilt` tells the
+view it happened.
 
 Connections. An open SQLite connection costs about 130 KiB (its page cache, schema and
 statements), which an idle IMAP session would hold all day. So a session gives its
@@ -84,7 +98,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import itertools
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -122,6 +138,7 @@ from sansmail.storage.maildir._uidlist import Uidlist, read_uidlist
 
 __all__ = [
     "ADOPTED_MARKER",
+    "INDEXED_MARKER",
     "INDEX_NAME",
     "KEYWORDS_NAME",
     "FolderIndex",
@@ -134,6 +151,12 @@ INDEX_NAME: Final = "sansmail.index.sqlite"
 KEYWORDS_NAME: Final = "dovecot-keywords"
 #: Written in a folder whose ``dovecot-uidlist`` an index was made from (`_uidlist`).
 ADOPTED_MARKER: Final = "sansmail.dovecot-adopted"
+#: Written beside every index when it is made, with its UIDVALIDITY: an index missing
+#: where this is was lost, not never made (see "What a lost index costs").
+INDEXED_MARKER: Final = "sansmail.indexed"
+
+_log = logging.getLogger("sansmail.repair")
+_MARKER_COUNTER: Final = itertools.count()
 
 _BUSY_TIMEOUT: Final = 60.0
 _WAL_LIMIT: Final = 4 * 1024 * 1024
@@ -240,7 +263,7 @@ class FolderIndex:
         except sqlite3.DatabaseError as exc:
             if not rebuild or not is_corrupt(exc):
                 raise
-            self.rebuild()
+            self.rebuild(exc)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -321,23 +344,45 @@ class FolderIndex:
                 conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                dovecot = self._dovecot_uidlist() if adopt else None
-                if dovecot is not None:
-                    self._note_uidvalidity(dovecot.uidvalidity)
-                    create(conn, self.db_path, dovecot.uidvalidity, dovecot)
-                else:
-                    # Taken before the write lock: the account's counter is a file of
-                    # its own.
-                    create(conn, self.db_path, self._new_uidvalidity())
+                self._create(conn, adopt=adopt)
             elif version != SCHEMA_VERSION:
                 migrate(conn, self.db_path)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
                 raise _DamagedError("the index has no folder row")
+            if version and _read_marker(self.folder) is None:
+                # An index made before the markers were: mark it now.
+                (uidvalidity,) = conn.execute("SELECT uidvalidity FROM folder").fetchone()
+                _write_marker(self.folder, uidvalidity)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._ino = _inode(self.db_path)
+
+    def _create(self, conn: sqlite3.Connection, *, adopt: bool) -> None:
+        """Fill a new, empty index (`adopt`: from Dovecot's uidlist if this is the
+        folder's first); log it when the folder had one before (not for `rebuild`,
+        which logs its own line)."""
+        lost = _read_marker(self.folder)
+        dovecot = self._dovecot_uidlist() if adopt and lost is None else None
+        if dovecot is not None:
+            self._note_uidvalidity(dovecot.uidvalidity)
+            uidvalidity = dovecot.uidvalidity
+        else:
+            # Taken before the write lock: the account's counter is a file of its own.
+            uidvalidity = self._new_uidvalidity()
+        if not create(conn, self.db_path, uidvalidity, dovecot):
+            return  # another process made it meanwhile (and said so)
+        _write_marker(self.folder, uidvalidity)
+        if lost is not None and adopt:
+            self.rebuilt = True
+            _log.warning(
+                "IMAP index %s was missing (or empty): rebuilt from the Maildir, UIDVALIDITY"
+                " %s -> %d (messages and flags kept, UIDs renumbered)",
+                self.db_path,
+                lost or "unknown",
+                uidvalidity,
+            )
 
     def _dovecot_uidlist(self) -> Uidlist | None:
         """Dovecot's UIDs for a folder sansmail indexes for the first time (see
@@ -353,9 +398,10 @@ class FolderIndex:
             write_file_atomically(marker, b"dovecot-uidlist adopted\n")
         return dovecot
 
-    def rebuild(self) -> None:
+    def rebuild(self, reason: object = "damaged") -> None:
         """Replace a corrupt index with an empty one (new UIDVALIDITY); the next
-        `refresh` fills it from the Maildir."""
+        `refresh` fills it from the Maildir. `reason` (the error met) goes into the log
+        line."""
         self.close()
         with self._lock():
             # Another process may have rebuilt it while we waited for the lock.
@@ -370,10 +416,19 @@ class FolderIndex:
                 else:
                     self.rebuilt = True
                     return
+            before = _read_marker(self.folder)
             for suffix in ("", "-wal", "-shm"):
                 unlink_quietly(self.db_path + suffix)
             self._connect(adopt=False)
             self.rebuilt = True
+            _log.warning(
+                "IMAP index %s was damaged (%s): rebuilt from the Maildir, UIDVALIDITY"
+                " %s -> %d (messages and flags kept, UIDs renumbered)",
+                self.db_path,
+                reason,
+                before or "unknown",
+                self.header().uidvalidity,
+            )
 
     def _check_replaced(self) -> None:
         # A rebuild by another process (or a user deleting the file) leaves us on the old
@@ -779,3 +834,29 @@ def _inode(path: str) -> int:
         if exc.errno != errno.ENOENT:
             raise
         return -1
+
+
+def _read_marker(folder: str) -> int | None:
+    """The UIDVALIDITY in `folder`'s ``sansmail.indexed`` (0 if unreadable), or None
+    when there is none: the folder never had an index."""
+    try:
+        with open(os.path.join(folder, INDEXED_MARKER), "rb") as f:
+            text = f.read(32)
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def _write_marker(folder: str, uidvalidity: int) -> None:
+    # No fsync, and no error: it only serves the log line of a later repair.
+    path = os.path.join(folder, INDEXED_MARKER)
+    tmp = f"{path}.tmp.{os.getpid()}.{next(_MARKER_COUNTER)}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(b"%d\n" % uidvalidity)
+        os.replace(tmp, path)
+    except OSError:
+        unlink_quietly(tmp)

@@ -103,9 +103,10 @@ UPSERT_STRUCTURES: Final = (
 
 def create(
     conn: sqlite3.Connection, path: str, uidvalidity: int, dovecot: Uidlist | None = None
-) -> None:
+) -> bool:
     """Make the tables of an empty index (`path`, for messages): a new folder, or one
-    Dovecot served (its UIDs go into ``adopted`` for the first sync)."""
+    Dovecot served (its UIDs go into ``adopted`` for the first sync). False when another
+    process made them first."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -132,6 +133,7 @@ def create(
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return version == 0
 
 
 def migrate(conn: sqlite3.Connection, path: str) -> None:

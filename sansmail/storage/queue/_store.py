@@ -370,7 +370,7 @@ class QueueStore:
         Removes tmp files and files that were never committed, moves committed-looking
         files that do not read to ``corrupt/``, converts format-1 pairs into format-2
         files, and cleans up what format 1 could leave. Returns what it did, one entry
-        per file, sorted, for the log.
+        per file (``<name>: <what was done and why>``), sorted, for the log.
         """
         names = self._names()
         acted: builtins.list[str] = []
@@ -383,7 +383,7 @@ class QueueStore:
             if name.endswith(_TMP):
                 _unlink_quietly(os.path.join(self._dir, name))
                 names.discard(name)
-                acted.append(name)
+                acted.append(f"{name}: removed (a temporary file)")
             elif kind == "q":
                 self._recover_file(queue_id, names, acted)
         for name in sorted(names):
@@ -392,7 +392,7 @@ class QueueStore:
                 continue  # not ours, or dealt with as part of its pair
             if kind == "msg" and queue_id + _legacy.ENV not in names:
                 _unlink_quietly(os.path.join(self._dir, name))  # format 1: an orphan
-                acted.append(name)
+                acted.append(f"{name}: removed (content whose envelope was never written)")
             elif kind == "env":
                 self._recover_pair(queue_id, names, acted)
         if acted:
@@ -555,13 +555,15 @@ class QueueStore:
             try:
                 self._read(queue_id, content=False)
             except UnknownQueueIdError:
-                os.unlink(path)  # never committed
+                # Cut short before its commit's fsync: no 250 was ever sent for it.
+                os.unlink(path)
                 names.discard(name)
-                acted.append(name)
+                acted.append(f"{name}: removed (half-written, never committed)")
                 return
-            except (CorruptEnvelopeError, ValueError):
+            except (CorruptEnvelopeError, ValueError) as exc:
                 # A format-1 pair beside it is older than it: set aside together.
-                self._move_aside(queue_id, (_QF, _legacy.MSG, _legacy.ENV), names, acted)
+                suffixes = (_QF, _legacy.MSG, _legacy.ENV)
+                self._move_aside(queue_id, suffixes, names, acted, _why(exc, queue_id))
                 return
         finally:
             os.close(fd)
@@ -570,13 +572,14 @@ class QueueStore:
             if queue_id + suffix in names:
                 _unlink_quietly(self._path(queue_id, suffix))
                 names.discard(queue_id + suffix)
-                acted.append(queue_id + suffix)
+                acted.append(f"{queue_id}{suffix}: removed (converted to {name} already)")
 
     def _recover_pair(self, queue_id: str, names: set[str], acted: builtins.list[str]) -> None:
         if not _legacy.readable(self._dir, queue_id, names):
             # Content first: if we crash in between, the envelope is still in the queue
             # and the next `recover` finishes the move.
-            self._move_aside(queue_id, (_legacy.MSG, _legacy.ENV), names, acted)
+            why = "a format-1 envelope that does not read, or without its content"
+            self._move_aside(queue_id, (_legacy.MSG, _legacy.ENV), names, acted, why)
             return
         self._convert(queue_id, _legacy.load(self._dir, queue_id))
         names.discard(queue_id + _legacy.MSG)
@@ -588,6 +591,7 @@ class QueueStore:
         suffixes: tuple[str, ...],
         names: set[str],
         acted: builtins.list[str],
+        why: str,
     ) -> None:
         corrupt = self._corrupt_dir()
         for suffix in suffixes:
@@ -595,8 +599,13 @@ class QueueStore:
             if name in names:
                 os.replace(os.path.join(self._dir, name), os.path.join(corrupt, name))
                 names.discard(name)
-                acted.append(name)
+                acted.append(f"{name}: set aside in {_CORRUPT}/ ({why})")
         _fsync_dir(corrupt)
+
+
+def _why(exc: Exception, queue_id: str) -> str:
+    """The reason `exc` gives, without the queue id it starts with."""
+    return str(exc).removeprefix(f"{queue_id}: ") or type(exc).__name__
 
 
 def _has_legacy_pairs(directory: str) -> bool:

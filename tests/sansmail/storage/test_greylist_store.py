@@ -201,15 +201,17 @@ def test_a_locked_database_is_an_error_after_the_busy_timeout(path: pathlib.Path
     store.close()
 
 
-def test_unwritable_place_and_damaged_file_are_errors(tmp_path: pathlib.Path) -> None:
+def test_unwritable_place_is_an_error_and_a_damaged_file_is_repaired(
+    tmp_path: pathlib.Path,
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(GreylistStoreError):
         SqliteGreylistStore(blocker / FILE_NAME, clock=Clock()).consult(KEY, S)
     damaged = tmp_path / FILE_NAME
     damaged.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(GreylistStoreError):
-        SqliteGreylistStore(damaged, clock=Clock()).consult(KEY, S)
+    # Set aside and started afresh (tests/sansmail/storage/test_repair_stores.py).
+    assert SqliteGreylistStore(damaged, clock=Clock()).consult(KEY, S).action is Action.GREYLIST
 
 
 def test_newer_schema_is_refused(path: pathlib.Path) -> None:

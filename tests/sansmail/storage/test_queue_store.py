@@ -415,7 +415,7 @@ def test_commit_crash_before_the_header_leaves_nothing_queued(
     assert after.list() == []
     with pytest.raises(UnknownQueueIdError):
         after.load("CR1")
-    assert after.recover() == ["CR1.q"]
+    assert after.recover() == ["CR1.q: removed (half-written, never committed)"]
     assert files(after) == []
 
 
@@ -562,8 +562,11 @@ def test_list_skips_half_written_entries(store: QueueStore) -> None:
 def test_recover_cleans_and_sets_aside(store: QueueStore) -> None:
     whole = queue(store, "OK1")
     writer = make_debris(store)
-    removed = store.recover()
-    assert removed == sorted(removed)
+    acted = store.recover()
+    assert acted == sorted(acted)
+    removed = [entry.partition(": ")[0] for entry in acted]
+    assert "NOENV1.q: set aside in corrupt/ (no whole envelope record)" in acted
+    assert "EMPTY1.q: removed (half-written, never committed)" in acted
     assert set(removed) == {
         "BAD1.env",
         "BAD1.msg",
@@ -717,7 +720,10 @@ def test_a_conversion_cut_short_is_finished_by_recover(
     monkeypatch.undo()
     assert files(store) == ["OLD4.env", "OLD4.msg", "OLD4.q"]
     assert store.list() == [old]  # one message, not two
-    assert store.recover() == ["OLD4.env", "OLD4.msg"]
+    assert store.recover() == [
+        "OLD4.env: removed (converted to OLD4.q already)",
+        "OLD4.msg: removed (converted to OLD4.q already)",
+    ]
     assert store.read("OLD4") == (old, CONTENT)
     assert files(store) == ["OLD4.q"]
 

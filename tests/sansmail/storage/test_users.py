@@ -57,6 +57,7 @@ def test_public_surface() -> None:
         "User",
         "UserError",
         "UserStore",
+        "UsersUnavailableError",
         "check_password",
     ]
 
@@ -153,7 +154,9 @@ def test_file_mode_and_leftovers(path: pathlib.Path) -> None:
     users.add(ALICE, "pw")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert sorted(os.listdir(path.parent)) == ["users.json", "users.json.lock"]
+    assert sorted(os.listdir(path.parent)) == ["users.json", "users.json.bak", "users.json.lock"]
+    assert (path.parent / "users.json.bak").read_bytes() == path.read_bytes()  # a good copy
+    assert stat.S_IMODE((path.parent / "users.json.bak").stat().st_mode) == 0o600
     document = json.loads(path.read_text())
     assert document["version"] == 2
     assert list(document["users"]) == ["alice@example.test"]

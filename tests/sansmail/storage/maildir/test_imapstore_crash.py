@@ -226,7 +226,7 @@ def test_damaged_index_is_rebuilt(tmp_path: pathlib.Path, damage: str) -> None:
     else:
         db.unlink()
     view = account(tmp_path).select("INBOX")
-    assert view.index_rebuilt is (damage != "delete")
+    assert view.index_rebuilt  # a deleted one too: its marker says there was one
     assert view.uidvalidity > old_validity
     assert [m.flags for m in view.messages] == flags  # from the file names
     assert sorted(x_id(view.read(m.uid) or b"") for m in view.messages) == list(range(300))
