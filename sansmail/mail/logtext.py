@@ -4,9 +4,18 @@ one log line, and the client's address as the firewall sees it (what fail2ban ma
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
+from typing import Final
 
-__all__ = ["ClientAddress", "LogSink", "client_address", "printable", "show_ip"]
+__all__ = [
+    "ClientAddress",
+    "LogSink",
+    "client_address",
+    "command_for_log",
+    "printable",
+    "show_ip",
+]
 
 #: Where a session hands its log lines: ``(level, text)``, e.g. `logging.Logger.log`.
 LogSink = Callable[[int, str], None]
@@ -20,6 +29,27 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+#: A command that carries a password or a SASL response, IMAP's after its tag: SMTP and
+#: POP3 AUTH (an initial response), POP3 PASS and APOP, IMAP LOGIN and AUTHENTICATE. The
+#: mechanism after AUTH/AUTHENTICATE is kept, for the reader of the log.
+_SECRET_COMMAND: Final = re.compile(
+    rb"\A((?:[^ \t]+[ \t]+)?(?:(?:AUTH|AUTHENTICATE)(?:[ \t][A-Za-z0-9_-]{1,20}\b)?"
+    rb"|PASS|APOP|LOGIN))(?=[ \t]|\Z)",
+    re.IGNORECASE,
+)
+
+
+def command_for_log(line: bytes, limit: int = 100) -> str:
+    """A command line from a client, for one log line: made `printable`, cut at `limit`
+    characters, and with what follows the verb of a command that carries a secret
+    (`_SECRET_COMMAND`) replaced by ``<hidden>``: a rejected ``AUTH PLAIN <base64>``
+    or ``PASS <password>`` must not write the password into the log."""
+    secret = _SECRET_COMMAND.match(line)
+    if secret is not None and len(line) > secret.end():
+        line = secret.group(1) + b" <hidden>"
+    return printable(line.decode("utf-8", "replace")[:limit])
 
 
 def client_address(

@@ -78,7 +78,7 @@ from sansmail import SERVER, LocalProtocolError, pop3, sasl
 from sansmail.config import Config
 from sansmail.mail.address import MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
-from sansmail.mail.logtext import LogSink, printable, show_ip
+from sansmail.mail.logtext import LogSink, command_for_log, show_ip
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import (
@@ -372,7 +372,7 @@ class Pop3Session:
             count, size = self._totals()
             return (pop3.Ok(text=f"Maildrop has {count} messages ({size} octets)"),)
         if isinstance(event, pop3.InvalidCommand):
-            line = printable(event.line.decode("utf-8", "replace")[:100])
+            line = command_for_log(event.line)
             self.log(logging.INFO, f"{self.client}: -ERR {event.reason}: {line}")
             return (event.reply_hint,)
         if isinstance(event, pop3.ConnectionClosed):

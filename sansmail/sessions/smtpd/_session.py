@@ -12,7 +12,7 @@ from sansmail.mail.address import Address, AddressError, parse_address
 from sansmail.mail.authres import remove_claiming_fields
 from sansmail.mail.envelope import QueuedRecipient
 from sansmail.mail.headeredit import apply_edits
-from sansmail.mail.logtext import LogSink, printable
+from sansmail.mail.logtext import LogSink, command_for_log, printable
 from sansmail.mail.policy import check_sender_login, in_networks
 from sansmail.mail.recipients import Resolution
 from sansmail.sessions.common import Refusal, refusal_text
@@ -458,7 +458,7 @@ class SmtpSession:
         ):
             # AUTH is not offered before TLS here: say why (RFC 4954 §6, 538).
             hint = ENCRYPTION_REQUIRED
-        line = printable(event.line.decode("utf-8", "replace")[:100])
+        line = command_for_log(event.line)
         self.log(
             logging.INFO,
             f"{self.client}: {hint.code} {hint.enhanced or ''} {event.reason}: {line}",
