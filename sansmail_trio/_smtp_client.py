@@ -173,17 +173,24 @@ class SMTPClient:
         sent_message = False
         keep = False
         try:
-            # One cancel scope for the conversation, its deadline moved before each read
-            # and write: RFC 5321 §4.5.3.2's timeouts, per operation, without a new
-            # scope for each of them.
+            # One cancel scope for the conversation, its deadline moved before each
+            # write and each reply awaited: RFC 5321 §4.5.3.2's timeouts, per operation,
+            # without a new scope for each of them. A reply's deadline is kept over all
+            # the reads it takes: one timeout per reply, not per read (Postfix's
+            # smtp_per_record_deadline), so a server that dribbles a byte a minute
+            # cannot hold the connection for hours.
+            awaiting: int | None = None  # session.replies when the deadline was set
             with trio.CancelScope() as limit:
                 while True:
                     action = session.next_action()
                     if isinstance(action, outbound.Send):
+                        awaiting = None
                         _move_deadline(limit, session.timeout)
                         await stream.send_all(action.data)
                     elif isinstance(action, outbound.NeedData):
-                        _move_deadline(limit, session.timeout)
+                        if awaiting != session.replies:
+                            awaiting = session.replies
+                            _move_deadline(limit, session.timeout)
                         data = await stream.receive_some(RECEIVE_SIZE)
                         session.receive_data(data)
                     elif isinstance(action, outbound.StartTLS):

@@ -513,6 +513,7 @@ class OutboundSession:
         self._dot: Send | None = None  # the Send that ends the content
         self._handed: Action | None = None  # the last action handed to the adapter
         self._quit_requested = False  # quit() came while a command was in progress
+        self._replies = 0
 
     # --- what the adapter calls ----------------------------------------------------
 
@@ -531,6 +532,13 @@ class OutboundSession:
         """Bytes from the server (what `receive_some` returned); b"" when it closed the
         connection."""
         self._client.receive_data(data if isinstance(data, bytes) else bytes(data))
+
+    @property
+    def replies(self) -> int:
+        """How many replies the session has read so far: an adapter that sees the same
+        count at a second `NeedData` is still reading the same reply, and keeps its
+        deadline (one timeout per reply, however the server dribbles it)."""
+        return self._replies
 
     @property
     def stage(self) -> FailureStage:
@@ -565,6 +573,7 @@ class OutboundSession:
             if event is PAUSED:
                 self._step = _Step.HANDSHAKE  # (the 220 to STARTTLS already said so)
             elif isinstance(event, Reply):
+                self._replies += 1
                 self._on_reply(event, stage)
             else:
                 self._lost(f"lost connection while {describe_stage(stage)}", stage=stage)

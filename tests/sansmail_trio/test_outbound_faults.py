@@ -55,6 +55,7 @@ RELAXED = ClientTimeouts(
     connect=30, greeting=30, command=30, starttls=30, mail=30, rcpt=30, data_init=30
 )
 SHORT = 0.3  # the timeout of the step a test makes slow
+DRIBBLE = SHORT / 4  # between the octets of a dribbled reply: each read comes in time
 BOUND = 60.0  # bounds a failing test's waits only
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
@@ -104,11 +105,15 @@ async def _until_eof(stream: trio.abc.Stream) -> None:
         pass
 
 
+_CONNECTION_MODES = ("silent", "dribble", "tls", "tls-garbage", "tls-abort")
+
+
 @attrs.define
 class FakeMX:
     """An SMTP server on 127.0.0.1 that does, on its n-th connection, what `plans[n]`
     says (the last plan repeats). A plan is a tuple of words: an optional first word
-    for the connection ("silent": no greeting; "tls": STARTTLS offered and done with
+    for the connection ("silent": no greeting; "dribble": the greeting an octet at a
+    time, `DRIBBLE` seconds apart; "tls": STARTTLS offered and done with
     `tls_context`; "tls-garbage": STARTTLS answered 220, then bytes that are not TLS;
     "tls-abort": 220, then the connection closed), then one word per transaction, the
     last repeating: "ok", "quiet-ehlo", "quiet-mail", "quiet-rcpt", "quiet-data" (no
@@ -148,14 +153,20 @@ class FakeMX:
 
     async def _converse(self, raw: trio.SocketStream, plan: tuple[str, ...]) -> None:
         stream: trio.abc.Stream = raw
-        mode = plan[0] if plan[0] in ("silent", "tls", "tls-garbage", "tls-abort") else None
+        mode = plan[0] if plan[0] in _CONNECTION_MODES else None
         steps = plan[1:] if mode else plan
         if mode == "silent":
             await _until_eof(stream)
             return
-        await stream.send_all(b"220 fake.test ESMTP\r\n")
+        greeting = b"220 fake.test ESMTP\r\n"
+        if mode == "dribble":
+            for octet in greeting:
+                await stream.send_all(bytes([octet]))
+                await trio.sleep(DRIBBLE)
+        else:
+            await stream.send_all(greeting)
         lines = _Lines(stream)
-        offer_tls = mode is not None
+        offer_tls = mode is not None and mode.startswith("tls")
         done = 0  # transactions answered
         while (line := await lines.line()) is not None:
             verb = line[:4].upper()
@@ -448,6 +459,8 @@ async def test_a_cached_connection_lost_after_the_dot_is_not_retried_at_once(
     ("step", "timeouts", "during"),
     [
         (("silent",), {"greeting": SHORT}, "receiving the initial server greeting"),
+        # Every octet within the timeout, the whole reply not: one deadline per reply.
+        (("dribble", "ok"), {"greeting": SHORT}, "receiving the initial server greeting"),
         (("quiet-ehlo",), {"command": SHORT}, "performing the EHLO handshake"),
         (("quiet-mail",), {"mail": SHORT}, "sending MAIL FROM"),
         (("quiet-rcpt",), {"rcpt": SHORT}, "sending RCPT TO"),

@@ -596,6 +596,17 @@ def test_every_action_carries_the_configured_timeout() -> None:
     assert {("NeedData", 5), ("NeedData", 6), ("Send", 7), ("NeedData", 8)} <= set(seen)
 
 
+def test_replies_are_counted_so_the_adapter_sees_one_reply_in_many_reads() -> None:
+    s = session()
+    assert isinstance(s.next_action(), NeedData)
+    s.receive_data(GREETING[:5])
+    assert isinstance(s.next_action(), NeedData)
+    assert s.replies == 0  # the same reply, still coming
+    s.receive_data(GREETING[5:])
+    assert isinstance(s.next_action(), Send)  # EHLO
+    assert s.replies == 1
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan")])
 def test_timeouts_are_positive_and_finite(bad: float) -> None:
     with pytest.raises(ValueError, match="data_done timeout"):
