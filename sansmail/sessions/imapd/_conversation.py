@@ -76,6 +76,7 @@ IMAP conversation, TLS overhead excluded), or ``disconnect: rip=..., no login, r
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any, Literal
 
 import attrs
@@ -87,6 +88,7 @@ from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.logtext import LogSink, show_ip
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.imapd._capabilities import capabilities
+from sansmail.sessions.imapd._folders import is_storage_failure, storage_failure
 from sansmail.sessions.imapd._session import ImapSession
 from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import ImapStore
@@ -350,7 +352,17 @@ class ImapConversation:
         the wall clock in nanoseconds when the adapter learnt that something changed."""
         if self.mailbox is None:
             return []
-        responses = self.mailbox.updates(rev2=self.conn.imap4rev2, changed_before=changed_before)
+        try:
+            responses = self.mailbox.updates(
+                rev2=self.conn.imap4rev2, changed_before=changed_before
+            )
+        except (OSError, sqlite3.OperationalError) as exc:
+            if not is_storage_failure(exc):
+                raise
+            # A full disk kept the index from catching up: the news waits for the next
+            # wake-up, or DONE, and the idler stays.
+            self.log(logging.ERROR, f"{self.client}: user=<{self.user}>: IDLE: {exc}")
+            return []
         if self.mailbox.ended:
             self._end("mailbox gone")
         return responses
@@ -409,7 +421,20 @@ class ImapConversation:
         return [*responses, _tagged(tag, "OK", "IDLE terminated")]
 
     def _to_mailbox(self, command: imap.Command, session: ImapSession) -> list[imap.Response]:
-        responses = session.handle(command, rev2=self.conn.imap4rev2, utf8=self.conn.utf8)
+        try:
+            responses = session.handle(command, rev2=self.conn.imap4rev2, utf8=self.conn.utf8)
+        except (OSError, sqlite3.OperationalError) as exc:
+            # A full or failing disk refused a write: the store undid the command, and
+            # the session goes on (reads are still served). Anything else is a bug.
+            refusal = storage_failure(command.tag, exc)
+            if refusal is None:
+                raise
+            self.log(
+                logging.ERROR,
+                f"{self.client}: user=<{self.user}>: {type(command).__name__.upper()}"
+                f" failed: {exc}",
+            )
+            return [refusal]
         if session.ended:
             # A BYE among the responses: LOGOUT, or the selected folder vanished.
             self._end("logged out" if isinstance(command, imap.Logout) else "mailbox gone")

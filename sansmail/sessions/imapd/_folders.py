@@ -21,7 +21,9 @@ selectable name's LIST line with its STATUS (RFC 5819 §2).
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
+import sqlite3
 from collections.abc import Callable
 
 from sansmail.imap import (
@@ -52,6 +54,7 @@ from sansmail.storage.maildir import (
 __all__ = [
     "create",
     "delete",
+    "is_storage_failure",
     "list_mailboxes",
     "lsub",
     "match_pattern",
@@ -59,11 +62,63 @@ __all__ = [
     "ok",
     "rename",
     "status",
+    "storage_failure",
     "subscribe",
     "unsubscribe",
 ]
 
 _INBOX = "INBOX"
+
+# A disk (or a file system quota) that is full, in errno's words and SQLite's.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_FULL_SQLITE = frozenset({"SQLITE_FULL"})
+# A disk that fails: SQLite's words (SQLITE_IOERR_WRITE, _FSYNC ...; a read-only file
+# system). Any OSError out of the store is one too.
+_FAILING_SQLITE = ("SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+
+
+def storage_failure(tag: str, exc: BaseException) -> Tagged | None:
+    """The tagged NO for a command the disk kept from being carried out, or None when
+    `exc` is not a disk's error (a bug, which ends the session).
+
+    RFC 5530 has no code for a full disk; Dovecot answers it with ``NO [OVERQUOTA] Not
+    enough disk space``, and so do we: it is a temporary, storage-size refusal, which
+    clients show the user rather than retry in a loop, and a file system quota (EDQUOT)
+    is exactly what OVERQUOTA names. A disk that fails (EIO, a read-only file system) is
+    ``NO [SERVERBUG]`` as Dovecot says it, the details going to the log. Either way it
+    is a NO, not a BYE: the store undid the command (a message APPENDed, COPYed or
+    MOVEd is in no folder but the one it was in), and reads go on being served."""
+    full = _full(exc)
+    if full is None:
+        return None
+    if full:
+        return Tagged(
+            tag=tag, status="NO", code=ResponseCode(name="OVERQUOTA"), text="Not enough disk space"
+        )
+    return Tagged(
+        tag=tag,
+        status="NO",
+        code=ResponseCode(name="SERVERBUG"),
+        text="Internal error occurred. Refer to server log for more information.",
+    )
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether `exc` is a disk's refusal that `storage_failure` answers."""
+    return _full(exc) is not None
+
+
+def _full(exc: BaseException) -> bool | None:
+    # True: a full disk; False: a failing one; None: not the disk's doing.
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.OperationalError):
+        name = getattr(exc, "sqlite_errorname", "")
+        if name in _FULL_SQLITE:
+            return True
+        if name.startswith(_FAILING_SQLITE):
+            return False
+    return None
 
 
 def no(tag: str, error: ImapStoreError, *, code: str | None = None) -> Tagged:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import bisect
 import datetime
+import sqlite3
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import attrs
@@ -90,7 +91,7 @@ from sansmail.sessions.imapd._fetch import (
     string_value,
     structures_from_cache,
 )
-from sansmail.sessions.imapd._folders import no, ok
+from sansmail.sessions.imapd._folders import is_storage_failure, no, ok
 from sansmail.sessions.imapd._search import (
     SearchContext,
     SearchIndex,
@@ -105,6 +106,7 @@ from sansmail.storage.maildir import (
     ImapStoreError,
     NoSuchFolderError,
     SearchData,
+    StoreResult,
     Structures,
 )
 
@@ -248,7 +250,7 @@ def fetch_messages(
             message=message,
             load=lambda uid=uid: view.read(uid),  # type: ignore[misc]
             get_cache=lambda uid=uid: view.get_cache(uid),  # type: ignore[misc]
-            set_cache=lambda blob, uid=uid: view.set_cache(uid, blob),  # type: ignore[misc]
+            set_cache=lambda blob, uid=uid: _cache(view.set_cache, uid, blob),  # type: ignore[misc]
             rev2=rev2,
             modseq=modseqs.get(uid) if with_modseq else None,
         )
@@ -262,11 +264,12 @@ def fetch_messages(
         if result.set_seen and not view.readonly and not result.gone and _unseen(view, message):
             # RFC 9051 §6.4.5: a non-PEEK body fetch sets \Seen, and the new flags are
             # reported with it (and, under CONDSTORE, their mod-sequence).
-            stored = view.store([uid], ["\\Seen"], FlagMode.ADD)
-            flags = stored.flags.get(uid, flags | {"\\Seen"})
-            items["FLAGS"] = None
-            if condstore and uid in stored.modseqs:
-                items["MODSEQ"] = [stored.modseqs[uid]]
+            stored = _set_seen(view, uid)
+            if stored is not None:
+                flags = stored.flags.get(uid, flags | {"\\Seen"})
+                items["FLAGS"] = None
+                if condstore and uid in stored.modseqs:
+                    items["MODSEQ"] = [stored.modseqs[uid]]
         if "FLAGS" in items:
             items["FLAGS"] = flag_list(uid, flags, recent, rev2)
         if command.uid and "UID" not in items:
@@ -274,6 +277,32 @@ def fetch_messages(
         out.append(FetchResponse(number=number, items=tuple(items.items())))
     out.append(done)
     return out
+
+
+def _set_seen(view: FolderView, uid: int) -> StoreResult | None:
+    """Blocking: \\Seen added to message `uid` for a body fetch; None when a full or
+    failing disk refused it. The content is served all the same (a FETCH is a read,
+    and reads go on while the disk is full), without the FLAGS of a change that did not
+    happen: the message stays unseen, and its next body fetch tries again."""
+    try:
+        return view.store([uid], ["\\Seen"], FlagMode.ADD)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not is_storage_failure(exc):
+            raise
+        return None
+
+
+def _cache(write: Callable[..., None], *args: Any) -> bool:
+    """Blocking: keep what is only a cache of the files (derived structures, search
+    data); a full or failing disk skips it (False), and the FETCH, SEARCH or SORT that
+    made it is answered anyway (it is made again next time)."""
+    try:
+        write(*args)
+    except (OSError, sqlite3.OperationalError) as exc:
+        if not is_storage_failure(exc):
+            raise
+        return False
+    return True
 
 
 def _unseen(view: FolderView, message: ImapMessage) -> bool:
@@ -484,7 +513,7 @@ def _kept_structures(view: FolderView, uids: list[int], fields: list[int]) -> di
 
     def keep() -> None:
         if made:
-            view.set_structures(made)
+            _cache(view.set_structures, dict(made))
             kept.update(made)
             made.clear()
 
@@ -529,7 +558,7 @@ def _with_utf8_rows(
                 message=message,
                 load=lambda uid=uid: view.read(uid),  # type: ignore[misc]
                 get_cache=lambda uid=uid: view.get_cache(uid),  # type: ignore[misc]
-                set_cache=lambda blob, uid=uid: view.set_cache(uid, blob),  # type: ignore[misc]
+                set_cache=lambda blob, uid=uid: _cache(view.set_cache, uid, blob),  # type: ignore[misc]
             ),
         )
         if start < at:
@@ -662,11 +691,16 @@ def expunge(view: FolderView, command: Expunge | UidExpunge) -> tuple[list[Respo
 class ViewIndex(SearchIndex):
     """The `SearchIndex` of a view: the store's kept `SearchData`, first completed for
     the view's messages (each missing one read once, kept one write per `_KEEP_EVERY`),
-    the header fields alone unless a text key asks for the texts."""
+    the header fields alone unless a text key asks for the texts.
+
+    What a full disk kept from being stored is held here instead (`_unkept`), and the
+    answers add it to the store's: a SEARCH or SORT while the disk is full answers as it
+    would otherwise, only slower (texts are then read from the files)."""
 
     def __init__(self, view: FolderView) -> None:
         self._view = view
         self._complete: set[bool] = set()  # what was completed: fields (False), texts
+        self._unkept: dict[int, SearchData] = {}
 
     def _fill(self, *, texts: bool) -> None:
         if texts in self._complete or True in self._complete:
@@ -677,27 +711,48 @@ class ViewIndex(SearchIndex):
             if raw is not None:  # expunged meanwhile: it matches no content key
                 made[uid] = search_data(raw, texts=texts)
             if len(made) >= _KEEP_EVERY:
-                view.keep_search_data(made)
+                self._keep(made)
                 made = {}
-        view.keep_search_data(made)
+        self._keep(made)
         self._complete.add(texts)
+
+    def _keep(self, made: dict[int, SearchData]) -> None:
+        if not _cache(self._view.keep_search_data, made):
+            self._unkept.update(made)
 
     def header(self, name: bytes, needle: str) -> set[int]:
         self._fill(texts=False)
-        return self._view.find_in_header(name.decode("latin-1"), needle)
+        lower = name.decode("latin-1")
+        found = self._view.find_in_header(lower, needle)
+        for uid, data in self._unkept.items():
+            if any(n == lower and needle in value for n, value in data.fields):
+                found.add(uid)
+        return found
 
     def text(self, needle: str, *, bodies_only: bool) -> set[int] | None:
         self._fill(texts=True)
+        if self._unkept:
+            return None  # the files answer (the store's kept texts are not all there)
         return self._view.find_in_texts(needle, bodies_only=bodies_only)
 
     def fields(self, names: tuple[str, ...]) -> dict[int, dict[str, str]]:
         """UID -> {name: decoded, case-folded value of the first field so named}."""
         self._fill(texts=False)
-        return self._view.search_fields(names)
+        found = self._view.search_fields(names)
+        for uid, data in self._unkept.items():
+            values: dict[str, str] = {}
+            for name, value in data.fields:
+                if name in names:
+                    values.setdefault(name, value)
+            if values:
+                found[uid] = values
+        return found
 
     def sent(self) -> dict[int, datetime.date]:
         self._fill(texts=False)
-        return {uid: datetime.date.fromordinal(day) for uid, day in self._view.sent_days().items()}
+        days = self._view.sent_days()
+        days.update({uid: d.sent for uid, d in self._unkept.items() if d.sent is not None})
+        return {uid: datetime.date.fromordinal(day) for uid, day in days.items()}
 
 
 def _search(

@@ -51,7 +51,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Final, TypeVar
 
 from sansmail.mail.address import MailboxId
-from sansmail.storage.durable import fsync_dir
+from sansmail.storage.durable import fsync_dir, unlink_quietly
 from sansmail.storage.maildir._imapbase import (
     SEPARATOR,
     STATUS_ITEMS,
@@ -418,9 +418,15 @@ class MaildirAccount(MailAccount):
                 tz=tz,
                 size=len(data) + data.count(b"\n"),
             )
-            with index.write() as conn:
-                (uid,) = index.insert(conn, [row])
-                return AppendResult(index.header(conn).uidvalidity, uid)
+            try:
+                with index.write() as conn:
+                    (uid,) = index.insert(conn, [row])
+                    return AppendResult(index.header(conn).uidvalidity, uid)
+            except Exception:
+                # No row (a full disk refused it): the client hears NO and APPENDs again
+                # later, so the file must not turn up at the next sync as a first copy.
+                unlink_quietly(os.path.join(index.folder, rel))
+                raise
 
         return self._retry(name, append)
 

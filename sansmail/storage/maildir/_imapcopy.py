@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from typing import Final
 
@@ -34,7 +35,7 @@ import attrs
 
 from sansmail.storage.durable import fsync_dir, unlink_quietly
 from sansmail.storage.maildir._imapbase import CopyResult, ExpungeIssuedError, ImapStoreError
-from sansmail.storage.maildir._imapindex import FolderIndex, NewRow, is_corrupt
+from sansmail.storage.maildir._imapindex import FolderIndex, NewRow, is_corrupt, is_unwritable
 from sansmail.storage.maildir._imapmaildir import Namer, info_letters, parse_info, split_name
 
 __all__ = ["transfer"]
@@ -93,9 +94,16 @@ def transfer(
             raise ImapStoreError("the destination's index was damaged and is rebuilt") from exc
         raise
     if move:
-        with source.write() as conn:
-            present = [row[0] for row in source.rows(conn, uids, "uid")]
-            source.delete(conn, present, source.header(conn).highestmodseq + 1)
+        try:
+            with source.write() as conn:
+                present = [row[0] for row in source.rows(conn, uids, "uid")]
+                source.delete(conn, present, source.header(conn).highestmodseq + 1)
+        except sqlite3.OperationalError as exc:
+            # The messages are in the target, durably, and their files left the source:
+            # the MOVE is done. The source's rows that a full disk kept are rows without
+            # a file, which its next sync expunges.
+            if not is_unwritable(exc):
+                raise
     return CopyResult(uidvalidity, [(s.uid, u) for s, u in zip(sources, new_uids, strict=True)])
 
 
@@ -176,9 +184,13 @@ def _link_or_copy(src: str, dst: str, folder: str, st: os.stat_result) -> None:
             raise
     # No hard link possible: a copy as durable as the original before its name appears.
     tmp = os.path.join(folder, "tmp", os.path.basename(dst).partition(":")[0])
-    with open(src, "rb") as fin, open(tmp, "xb") as fout:
-        shutil.copyfileobj(fin, fout)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-    os.rename(tmp, dst)
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.rename(tmp, dst)
+    except BaseException:
+        unlink_quietly(tmp)  # a full disk leaves no half copy behind
+        raise

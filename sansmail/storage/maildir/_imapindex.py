@@ -145,6 +145,7 @@ __all__ = [
     "Header",
     "NewRow",
     "is_corrupt",
+    "is_unwritable",
 ]
 
 INDEX_NAME: Final = "sansmail.index.sqlite"
@@ -164,6 +165,7 @@ _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
 _CORRUPT: Final = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+_UNWRITABLE: Final = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
 # Idle connections the process keeps (see "Connections" above).
 _IDLE_MAX: Final = 16
 # Index file -> its idle (connection, inode of the file it opened); and the order they
@@ -176,6 +178,13 @@ _NOTHING: Final = Structures()
 
 class _DamagedError(sqlite3.DatabaseError):
     """A database SQLite reads fine that is not a sound index."""
+
+
+def is_unwritable(exc: BaseException) -> bool:
+    """Whether `exc` says SQLite could not write (a full disk, an I/O error, a read-only
+    file system): the transaction was rolled back, and the index is as it was."""
+    name = getattr(exc, "sqlite_errorname", "")
+    return isinstance(exc, sqlite3.OperationalError) and name.startswith(_UNWRITABLE)
 
 
 def is_corrupt(exc: BaseException) -> bool:
@@ -572,12 +581,20 @@ class FolderIndex:
         self._check_replaced()
         if not force and self._fresh(self.header(), self._stat_dirs(), move_new, listed_since):
             return False
-        with self.write() as conn:
-            # Another session may have synced while we waited for the lock.
-            header = self.header(conn)
-            if not force and self._fresh(header, self._stat_dirs(), move_new, listed_since):
-                return False
-            return self._sync(conn, move_new)
+        try:
+            with self.write() as conn:
+                # Another session may have synced while we waited for the lock.
+                header = self.header(conn)
+                if not force and self._fresh(header, self._stat_dirs(), move_new, listed_since):
+                    return False
+                return self._sync(conn, move_new)
+        except sqlite3.OperationalError as exc:
+            # A full disk: the index stays as it was, consistent but behind the Maildir,
+            # and the reads go on from it (what arrived meanwhile shows at the first
+            # sync that can write again; a file moved to cur/ just now is found there).
+            if force or not is_unwritable(exc):
+                raise
+            return False
 
     def _sync(self, conn: sqlite3.Connection, move_new: bool) -> bool:
         # A first sync of a big folder meets every file as new: the loops below are

@@ -256,5 +256,11 @@ def store_file(
     except BaseException:
         unlink_quietly(tmp)
         raise
-    fsync_dir(os.path.join(folder, "cur"))
+    try:
+        fsync_dir(os.path.join(folder, "cur"))
+    except Exception:
+        # Not durable, so not stored: the caller reports the failure, and a name left
+        # here would be indexed by the next sync as if it had been.
+        unlink_quietly(os.path.join(folder, "cur", name))
+        raise
     return "cur/" + name, stamp

@@ -64,7 +64,7 @@ from sansmail.storage.maildir._imapbase import (
     SyncChanges,
 )
 from sansmail.storage.maildir._imapcopy import transfer
-from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt
+from sansmail.storage.maildir._imapindex import FolderIndex, is_corrupt, is_unwritable
 from sansmail.storage.maildir._imaplist import (
     INFO_COLUMNS,
     FolderList,
@@ -173,7 +173,7 @@ class MaildirFolderView(FolderView):
         self._uidvalidity = header.uidvalidity
         self._uidnext = header.uidnext
         self._keywords = self._keyword_names()
-        self._catch_up(first=True)
+        self._catch_up_or_read(first=True)
 
     # -- properties -------------------------------------------------------------------
 
@@ -238,7 +238,7 @@ class MaildirFolderView(FolderView):
             return SyncChanges(exists=len(self._list), uidvalidity_changed=True)
         try:
             self._index.refresh(move_new=not self._readonly, listed_since=listed_since)
-            return self._catch_up()
+            return self._catch_up_or_read()
         except FolderGoneError:
             self._dead = True
         except sqlite3.DatabaseError as exc:
@@ -251,12 +251,22 @@ class MaildirFolderView(FolderView):
         self._dead = True
         self._index.rebuild(exc)
 
-    def _catch_up(self, *, first: bool = False) -> SyncChanges:
+    def _catch_up_or_read(self, *, first: bool = False) -> SyncChanges:
+        try:
+            return self._catch_up(first=first)
+        except sqlite3.OperationalError as exc:
+            # A full disk refused the claim of \Recent (nothing was applied): the view
+            # reads as a read-only one would, and claims them at a later sync.
+            if not is_unwritable(exc):
+                raise
+            return self._catch_up(first=first, claim=False)
+
+    def _catch_up(self, *, first: bool = False, claim: bool = True) -> SyncChanges:
         """Read what changed since the view's last report (everything, when `first`:
         then no news is made of it, the SELECT being the report)."""
         index = self._index
         header = index.header()
-        claim = not self._readonly and header.recent_uid < header.uidnext
+        claim = claim and not self._readonly and header.recent_uid < header.uidnext
         keywords = self._keyword_names()
         if header.uidvalidity == self._uidvalidity and header.highestmodseq == self._modseq:
             if not claim:
@@ -666,7 +676,8 @@ class MaildirFolderView(FolderView):
         modseqs: dict[int, int] = {}
         modified: list[int] = []
         updates: list[tuple[str, int, str, int, int]] = []
-        with index.write() as conn:
+        renamed: list[tuple[str, str]] = []
+        with _renamed_back(index.folder, renamed), index.write() as conn:
             if keywords and mode is not FlagMode.REMOVE:
                 keywords = frozenset(index.allocate_keywords(keywords).values())
             else:
@@ -690,6 +701,8 @@ class MaildirFolderView(FolderView):
                 after = self._rename_for_flags(base, before, change, table, relister)
                 if after is None:
                     continue  # gone: its EXPUNGE comes with the next sync
+                if after[0] != before[0]:
+                    renamed.append((before[0], after[0]))
                 if after[1:] != before[1:]:
                     updates.append((after[0], after[1], " ".join(sorted(after[2])), modseq, uid))
                     modseqs[uid] = modseq
@@ -819,6 +832,20 @@ class MaildirFolderView(FolderView):
         self._list = FolderList.empty()
         self._flags = {}
         self._recent = set()
+
+
+@contextlib.contextmanager
+def _renamed_back(folder: str, renamed: list[tuple[str, str]]) -> Iterator[None]:
+    """On the way out of a failed STORE (its rows rolled back: a full disk), give the
+    files in `renamed` (old, new: relative to `folder`) their names back, so that a
+    STORE answered NO changed nothing and every row still names its file."""
+    try:
+        yield
+    except Exception:
+        for old, new in reversed(renamed):
+            with contextlib.suppress(OSError):
+                os.rename(os.path.join(folder, new), os.path.join(folder, old))
+        raise
 
 
 def _apply_mode(

@@ -111,14 +111,21 @@ class Faults:
 
 
 class FullConnection(sqlite3.Connection):
-    """A connection whose COMMIT fails as SQLite's does on a full disk, while `full()`."""
+    """A connection whose write transactions fail at COMMIT as SQLite's do on a full
+    disk (SQLITE_FULL), while `full()`; read transactions commit as ever."""
 
     full: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
+    writing = False
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
-        if sql.strip().upper() == "COMMIT" and type(self).full():
-            error = sqlite3.OperationalError("database or disk is full")
-            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
-            error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
-            raise error
+        verb = sql.strip().upper()
+        if verb.startswith("BEGIN IMMEDIATE"):
+            self.writing = True
+        elif verb in ("COMMIT", "ROLLBACK"):
+            writing, self.writing = self.writing, False
+            if verb == "COMMIT" and writing and type(self).full():
+                error = sqlite3.OperationalError("database or disk is full")
+                error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+                error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]
+                raise error
         return super().execute(sql, *args)
