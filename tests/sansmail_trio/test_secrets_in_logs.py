@@ -30,6 +30,7 @@ from sansmail import sasl
 from sansmail.mail.address import parse_address
 from sansmail.mail.logtext import command_for_log
 from sansmail.storage.users import UserStore
+from sansmail_trio._tls import ensure_self_signed, server_context
 
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256")
 USER = "alice@example.test"
@@ -523,3 +524,14 @@ maximal_backoff = "1s"
 )
 def test_command_lines_are_logged_without_their_secrets(line: bytes, logged: str) -> None:
     assert command_for_log(line) == logged
+
+
+def test_server_tls_keys_are_never_written_out(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SSLKEYLOGFILE makes ssl.create_default_context write every session's secrets to a
+    # file (for Wireshark); the server's context must not honour it.
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
+    cert, key = ensure_self_signed(tmp_path, "mx.example.test")
+    assert server_context(cert, key).keylog_filename is None
+    assert not (tmp_path / "keys.log").exists()
