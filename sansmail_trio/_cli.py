@@ -96,6 +96,11 @@ accepting and lets transactions in flight finish (smtp.shutdown_grace); a second
 stops at once. `{PROG} user add/passwd/del`, `newaliases` and `reload` are in force in
 every server process by the time they exit, without a restart.
 
+Started as root with mail_owner set, it binds the listeners, then runs as that user
+(its group and groups too) and gives it data_dir; as root without mail_owner it warns.
+Run as root, the commands that write in data_dir switch to mail_owner first. See
+contrib/ for a systemd unit.
+
 examples:
   {PROG} serve                       # ./sansmail.toml, or the embedded default
   {PROG} serve --config /etc/sansmail.toml
