@@ -44,7 +44,8 @@ The numbers, and where they come from (all in `AuthSettings`):
   out, so opening more connections does not buy more guesses (Dovecot delays the next
   request by the penalty in the same way).
 * Throttling. After `max_failures` (10) failures within `window` (10 minutes) the client
-  is refused outright for `lockout` (10 minutes), without a password check: a temporary
+  is refused outright for `lockout` (10 minutes), without a password check (``[limits]``
+  auth_max_failures, auth_failure_window and auth_lockout): a temporary
   error, like Postfix's anvil-based ``smtpd_client_auth_rate_limit`` (counted per
   ``anvil_rate_time_unit``, 60 s by default; we count over a longer window because a
   patient guesser at one try per delay would never hit a per-minute limit). fail2ban's
@@ -103,6 +104,7 @@ from typing import Final, Protocol
 
 import attrs
 
+from sansmail.config import Config
 from sansmail.mail.address import AddressError, parse_address
 from sansmail.mail.authcache import AuthCache
 from sansmail.mail.logtext import ClientAddress, client_address, show_ip
@@ -173,6 +175,18 @@ class AuthSettings:
     def __attrs_post_init__(self) -> None:
         if self.max_failure_delay < self.failure_delay:
             raise ValueError("max_failure_delay must be at least failure_delay")
+
+    @classmethod
+    def from_config(cls, config: Config) -> AuthSettings:
+        """``[limits]``'s auth_max_failures, auth_failure_window and auth_lockout, with
+        ``mynetworks`` exempt; the delays are the defaults."""
+        limits = config.limits
+        return cls(
+            max_failures=limits.auth_max_failures,
+            window=float(limits.auth_failure_window),
+            lockout=float(limits.auth_lockout),
+            exempt=config.mynetworks,
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -57,6 +57,12 @@ header section (at most `HEADER_LIMIT` octets) before anything is written, so th
 are known when the file is started. END_OF_DATA verdicts may refuse; header fields at
 that stage would need the store to prepend to a written file and are refused (ValueError)
 until the store can.
+
+Rates. The first check (`RateCheck`, ``[limits]``) counts each MAIL and RCPT of a client
+outside mynetworks, and of its authenticated user, in a table every server process
+shares, and refuses over a limit with Postfix's ``450 4.7.1 Error: too much mail from
+...``. It does its few microseconds of file I/O in `check` itself, so an adapter needs
+nothing more than the inquiries' `now` to run it.
 """
 
 from sansmail.sessions.smtpd._checks import (
@@ -72,6 +78,7 @@ from sansmail.sessions.smtpd._checks import (
     Verdict,
 )
 from sansmail.sessions.smtpd._intake import intake_checks
+from sansmail.sessions.smtpd._rates import RateCheck, RateTable, rate_check
 from sansmail.sessions.smtpd._replies import AUTH_THROTTLED, INTERNAL_ERROR
 from sansmail.sessions.smtpd._sender import SenderChecks, sender_checks
 from sansmail.sessions.smtpd._service import SUBMISSION_SERVICES, SmtpService
@@ -100,6 +107,8 @@ __all__ = [
     "Inquiry",
     "Lookup",
     "Outgoing",
+    "RateCheck",
+    "RateTable",
     "SenderChecks",
     "SessionView",
     "SmtpService",
@@ -109,6 +118,7 @@ __all__ = [
     "Transaction",
     "Verdict",
     "intake_checks",
+    "rate_check",
     "sender_checks",
     "store_all",
 ]

@@ -1,4 +1,5 @@
-"""The checks an SMTP listener runs, in Postfix's order: the sender checks of
+"""The checks an SMTP listener runs, in Postfix's order: the rates of ``[limits]``
+(anvil), the sender checks of
 ``[antispam]`` (smtpd's restrictions and policy services), then greylisting (a policy
 service at RCPT), then the milters of ``[milter]`` (smtpd_milters, which see the message
 last, with every earlier verdict already applied)."""
@@ -11,6 +12,7 @@ from sansmail.mail.logtext import LogSink
 from sansmail.sessions.smtpd._checks import Check
 from sansmail.sessions.smtpd._greylist import greylist_check
 from sansmail.sessions.smtpd._milters import milter_checks
+from sansmail.sessions.smtpd._rates import rate_check
 from sansmail.sessions.smtpd._sender import sender_checks
 
 __all__ = ["intake_checks"]
@@ -20,6 +22,9 @@ def intake_checks(config: Config, *, log: LogSink) -> list[Check]:
     """Blocking (it loads the Public Suffix List): the checks `config` asks for, in the
     order they are asked; `log` is the mail log's sink."""
     checks: list[Check] = []
+    rates = rate_check(config, config.data_dir, log=log)  # first, as Postfix asks anvil
+    if rates is not None:
+        checks.append(rates)
     sender = sender_checks(config)
     if sender is not None:
         if sender.dmarc.value != "off":
