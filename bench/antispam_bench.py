@@ -116,6 +116,10 @@ smtp = "127.0.0.1:{port}"
 max_connections = 1000
 max_connections_per_ip = 1000
 
+[limits]                # off, as Postfix's are by default: every message is one client's
+client_message_rate = 0
+client_recipient_rate = 0
+
 [antispam]
 {antispam}
 [dns]
