@@ -53,6 +53,7 @@ from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
+from sansmail.storage.repair import repair_at_start
 from sansmail.storage.users import UserStore
 from sansmail_trio._commit import Committer
 from sansmail_trio._counts import Family, SharedCounts, family_of
@@ -301,6 +302,9 @@ async def serve(
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
         # Outlives the connections: a session's commit in flight always completes.
         await runner_nursery.start(committer.run)
+        if process == 0:  # what a crash left in the Maildirs' tmp/ (storage/repair.py)
+            repair = functools.partial(repair_at_start, config.data_dir, hostname=config.hostname)
+            runner_nursery.start_soon(trio.to_thread.run_sync, repair)
         if runner is not None:
             await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:
