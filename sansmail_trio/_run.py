@@ -28,21 +28,32 @@ Theory of operation:
 * Every child holds the read end of a pipe whose write end only the parent holds. If the
   parent dies without a word (kill -9), the pipe reads end-of-file and the children shut
   down gracefully instead of running on unsupervised.
-* A child that dies is not restarted: the parent stops the others and exits non-zero,
-  so a service manager (systemd) sees the failure and restarts the whole server.
+* A child that dies on its own (a crash, the OOM killer, kill -9) is replaced: the
+  parent keeps the listening sockets and both ends of the wake pipe open for that, forks
+  a new one in its place (a server process keeps its number and zeroes its row of the
+  shared connection counts, whose connections died with the old one) and logs one line
+  per death and replacement. The kernel had closed the dead one's connections; mail it
+  acknowledged is on disk, and a replaced runner takes the queue's lock and recovers
+  what the dead one had in flight, as at a restart.
+* Unless children keep dying: more than `MAX_DEATHS` within `DEATH_WINDOW` seconds is a
+  crash loop (a broken disk, a bad configuration met at run time) that replacing cannot
+  mend. The parent then stops the others and exits non-zero, so that a service manager
+  (systemd) sees the failure, restarts the whole server, and gives up if that fails too.
 * The runner names itself ``sansmail-queue`` (``ps``, ``top``), as Postfix's processes
   carry their roles.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 
 import trio
 
@@ -95,92 +106,174 @@ def _run_processes(config: Config) -> int:
     except (OSError, TLSConfigError, SRSKeyError, PrivilegeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    alive_read, alive_write = os.pipe()
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)  # a server never waits for the runner
-    counts = SharedCounts.create(config.processes)
-    children: dict[int, str] = {}
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcome
-        os.close(alive_write)
-        os.close(wake_write)
-        for socks in sockets.values():
-            for sock in socks:
-                sock.close()
-        status = 1
-        try:
-            status = _runner(config, alive_read, wake_read)
-        finally:
-            sys.stderr.flush()
-            os._exit(status)
-    children[pid] = "the queue runner"
-    os.close(wake_read)
-    for index in range(config.processes):
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcome
-            os.close(alive_write)
-            status = 1
-            try:
-                status = _child(config, sockets, alive_read, counts.for_process(index), wake_write)
-            finally:
-                sys.stderr.flush()
-                os._exit(status)
-        children[pid] = f"server process {index + 1}"
-    os.close(alive_read)
-    os.close(wake_write)
-    for socks in sockets.values():
-        for sock in socks:
-            sock.close()
-    servers = [str(pid) for pid, name in children.items() if name.startswith("server")]
+    master = _Master(config, sockets)
+    try:
+        with _signals_held():
+            runner = master.start(_RUNNER)
+            servers = [master.start(index) for index in range(config.processes)]
+    except OSError as exc:  # fork: out of processes or memory
+        log.error("cannot start: %s", exc)
+        master.stop()
+        return 1
     log.info(
         "started %d server processes: %s; the queue runner: %s",
         len(servers),
-        " ".join(servers),
-        next(iter(children)),
+        " ".join(map(str, servers)),
+        runner,
     )
-    return _supervise(children, alive_write)
+    return master.supervise()
 
 
-def _supervise(children: dict[int, str], alive_write: int) -> int:
-    signals_seen = 0
+#: More deaths than this within `DEATH_WINDOW` seconds: stop, and leave the restart to
+#: the service manager (a crash loop, not bad luck).
+MAX_DEATHS = 5
+DEATH_WINDOW = 60.0
 
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        _kill_all(children, signal.SIGTERM)
+#: The index of the queue runner among the children (servers are 0..processes-1).
+_RUNNER = -1
+_PASSED_ON = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def reload(signum: int, _frame: object) -> None:
-        # SIGHUP re-reads the TLS certificate: every process serves with its own copy.
-        _kill_all(children, signal.SIGHUP)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
-    worst = 0
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """The signals the parent passes on wait until the block is done. Around a fork:
+    until the child has set its own handlers, a signal would run the parent's and the
+    child would signal its siblings. Around a replacement: the handler that passes a
+    SIGTERM on must see the new child among the others, or it would serve on alone."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _PASSED_ON)
     try:
-        while children:
-            # EINTR is retried by Python (PEP 475) after `forward` ran.
-            pid, wait_status = os.wait()
-            if pid not in children:
-                continue
-            name = children.pop(pid)
-            code = os.waitstatus_to_exitcode(wait_status)
-            if code != 0 or not signals_seen:
-                log.error("%s (%d) ended with status %d", name, pid, code)
-                worst = max(worst, 1 if code < 0 else code, 1)
-                if not signals_seen:
-                    # One server down: stop the rest, so the failure is seen.
-                    forward(signal.SIGTERM, None)
+        yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        os.close(alive_write)
-    log.info("stopped")
-    return worst
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _kill_all(children: dict[int, str], signum: int) -> None:
+def _release_signals() -> None:
+    """In a child, once its handlers are set: what the parent held back arrives now."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _PASSED_ON)
+
+
+class _Master:
+    """The parent: what it keeps open to fork a child again, and the children."""
+
+    def __init__(self, config: Config, sockets: Mapping[str, list[socket.socket]]) -> None:
+        self.config = config
+        self.sockets = sockets
+        self.alive_read, self.alive_write = os.pipe()
+        self.wake_read, self.wake_write = os.pipe()
+        os.set_blocking(self.wake_write, False)  # a server never waits for the runner
+        self.counts = SharedCounts.create(config.processes)
+        self.children: dict[int, int] = {}  # pid: index
+        self.stopping = False
+
+    def start(self, index: int) -> int:
+        """Fork the child `index` (`_RUNNER` or a server's); its pid. Call with the
+        signals held (`_signals_held`)."""
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, measured by the tests' outcome
+            status = 1
+            try:
+                status = self._child(index)
+            finally:
+                sys.stderr.flush()
+                os._exit(status)
+        self.children[pid] = index
+        return pid
+
+    def _child(self, index: int) -> int:  # pragma: no cover - runs in the child
+        os.close(self.alive_write)
+        if index == _RUNNER:
+            os.close(self.wake_write)
+            for socks in self.sockets.values():
+                for sock in socks:
+                    sock.close()
+            return _runner(self.config, self.alive_read, self.wake_read)
+        os.close(self.wake_read)
+        counts = self.counts.for_process(index)
+        # A replacement: the connections of the process it replaces died with it.
+        counts.clear()
+        return _child(self.config, self.sockets, self.alive_read, counts, self.wake_write)
+
+    def supervise(self) -> int:
+        """Wait for the children, replacing those that die on their own, until a signal
+        or a crash loop stops them all; the exit status."""
+        signals_seen = 0
+
+        def forward(signum: int, _frame: object) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            _kill_all(self.children, signal.SIGTERM)
+
+        def reload(signum: int, _frame: object) -> None:
+            # SIGHUP re-reads the TLS certificate: every process serves with its own copy.
+            _kill_all(self.children, signal.SIGHUP)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload)
+        deaths: collections.deque[float] = collections.deque()
+        worst = 0
+        try:
+            while self.children:
+                # EINTR is retried by Python (PEP 475) after `forward` ran.
+                pid, wait_status = os.wait()
+                with _signals_held():
+                    index = self.children.pop(pid, None)
+                    if index is None:
+                        continue
+                    code = os.waitstatus_to_exitcode(wait_status)
+                    name = f"{_name(index)} (pid {pid})"
+                    if signals_seen or self.stopping:
+                        # SIGTERM is ours to send: what we asked for is no failure.
+                        if code not in (0, -signal.SIGTERM):
+                            log.error("%s ended with status %d", name, code)
+                            worst = max(worst, 1 if code < 0 else code)
+                        continue
+                    now = time.monotonic()
+                    deaths.append(now)
+                    while deaths[0] < now - DEATH_WINDOW:
+                        deaths.popleft()
+                    if len(deaths) > MAX_DEATHS:
+                        log.error(
+                            "%s %s; %d deaths within %gs: stopping the server",
+                            name,
+                            _how(code),
+                            len(deaths),
+                            DEATH_WINDOW,
+                        )
+                        worst = 1
+                        self.stop()
+                        continue
+                    try:
+                        new = self.start(index)
+                    except OSError as exc:
+                        log.error("%s %s; cannot start another: %s", name, _how(code), exc)
+                        worst = 1
+                        self.stop()
+                        continue
+                    log.error("%s %s; started pid %d in its place", name, _how(code), new)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            os.close(self.alive_write)
+        log.info("stopped")
+        return worst
+
+    def stop(self) -> None:
+        """Stop every child gracefully; `supervise` waits for them."""
+        self.stopping = True
+        _kill_all(self.children, signal.SIGTERM)
+
+
+def _name(index: int) -> str:
+    return "the queue runner" if index == _RUNNER else f"server process {index + 1}"
+
+
+def _how(code: int) -> str:
+    """How a child ended, from its exit code (negative: the signal that killed it)."""
+    return f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+
+def _kill_all(children: Mapping[int, int], signum: int) -> None:
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
@@ -198,6 +291,7 @@ def _child(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Until the server's own SIGHUP watcher is up, a reload request must not kill us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _release_signals()
     configure_logging(logging.INFO)
     try:
         trio.run(_child_main, config, sockets, alive_read, counts, wake)
@@ -238,6 +332,7 @@ def _runner(config: Config, alive_read: int, wake_read: int) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # It has no certificate to reload: SIGHUP, passed on to every child, changes nothing.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _release_signals()
     configure_logging(logging.INFO)
     try:
         trio.run(_runner_main, config, alive_read, wake_read)
