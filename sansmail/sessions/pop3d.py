@@ -631,7 +631,14 @@ class Pop3Session:
         seen = []
         if not self.config.pop3.no_flag_updates:
             seen = [messages[number - 1] for number in sorted(self.retrieved - self.deleted)]
-        result = maildrop.expunge(marked, seen=seen)
+        try:
+            result = maildrop.expunge(marked, seen=seen)
+        except OSError as exc:
+            # The removals could not be made durable (a directory fsync, a disk error):
+            # RFC 1939 §6's "some deleted messages not removed", a temporary error
+            # (RFC 3206 SYS/TEMP); the client keeps its state and tries again.
+            self.log(logging.ERROR, f"{self.client}: user=<{self.user}>: QUIT: {exc}")
+            return _NOT_REMOVED
         self._counters.deleted = result.removed + result.gone
         if result.unmarked:
             self.log(

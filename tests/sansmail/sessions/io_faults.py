@@ -1,5 +1,5 @@
 """Fault injection for the storage's system calls: `Faults` makes os.write, fsync,
-rename, link, replace, open(O_CREAT) and SQLite's commits fail with a chosen errno for
+rename, link, replace, unlink, open(O_CREAT) and SQLite's commits fail with a chosen errno for
 the paths a test picks, as a full disk or a dying one would, in-process (no root, no
 mount), so the session tests run everywhere."""
 
@@ -13,13 +13,9 @@ from typing import Any
 
 import pytest
 
-#: The errors a full or failing disk gives a writer.
-ERRORS = {
-    "ENOSPC": errno.ENOSPC,
-    "EDQUOT": errno.EDQUOT,
-    "EIO": errno.EIO,
-    "EROFS": errno.EROFS,
-}
+#: The calls that write; `unlink` is left to the tests that ask for it, since a
+#: cleanup that cannot unlink would hide the cleanup under test.
+WRITES = frozenset({"write", "pwrite", "fsync", "fdatasync", "rename", "replace", "link", "open"})
 
 
 def _fd_path(fd: int) -> str:
@@ -40,20 +36,28 @@ class Faults:
         self.where: Callable[[str], bool] = lambda path: True
         self.sqlite = False
         self.hits = 0
+        self.calls = WRITES
         self._patch(monkeypatch)
 
-    def fail(self, code: int = errno.ENOSPC, where: Callable[[str], bool] | None = None) -> Faults:
+    def fail(
+        self,
+        code: int = errno.ENOSPC,
+        where: Callable[[str], bool] | None = None,
+        calls: frozenset[str] = WRITES,
+    ) -> Faults:
+        """Fail the `calls` (os function names) on the paths `where` picks."""
         self.on = True
         self.code = code
         self.where = where or (lambda path: True)
+        self.calls = calls
         return self
 
     def heal(self) -> None:
         self.on = False
         self.sqlite = False
 
-    def _check(self, *paths: str) -> None:
-        if self.on and any(self.where(path) for path in paths if path):
+    def _check(self, call: str, *paths: str) -> None:
+        if self.on and call in self.calls and any(self.where(p) for p in paths if p):
             self.hits += 1
             raise OSError(self.code, os.strerror(self.code))
 
@@ -62,42 +66,47 @@ class Faults:
         real_pwrite = os.pwrite
         real_rename, real_replace, real_link = os.rename, os.replace, os.link
         real_open = os.open
+        real_unlink = os.unlink
 
         def write(fd: int, data: Any) -> int:
-            self._check(_fd_path(fd))
+            self._check("write", _fd_path(fd))
             return real_write(fd, data)
 
         def pwrite(fd: int, data: Any, offset: int) -> int:
-            self._check(_fd_path(fd))
+            self._check("pwrite", _fd_path(fd))
             return real_pwrite(fd, data, offset)
 
         def fsync(fd: Any) -> None:
             fd = fd if isinstance(fd, int) else fd.fileno()
-            self._check(_fd_path(fd))
+            self._check("fsync", _fd_path(fd))
             real_fsync(fd)
 
         def fdatasync(fd: Any) -> None:
             fd = fd if isinstance(fd, int) else fd.fileno()
-            self._check(_fd_path(fd))
+            self._check("fdatasync", _fd_path(fd))
             real_fdatasync(fd)
 
         def rename(src: Any, dst: Any, **kw: Any) -> None:
-            self._check(os.fspath(dst))
+            self._check("rename", os.fspath(dst))
             real_rename(src, dst, **kw)
 
         def replace(src: Any, dst: Any, **kw: Any) -> None:
-            self._check(os.fspath(dst))
+            self._check("replace", os.fspath(dst))
             real_replace(src, dst, **kw)
 
         def link(src: Any, dst: Any, **kw: Any) -> None:
-            self._check(os.fspath(dst))
+            self._check("link", os.fspath(dst))
             real_link(src, dst, **kw)
+
+        def unlink(path: Any, **kw: Any) -> None:
+            self._check("unlink", os.fspath(path))
+            real_unlink(path, **kw)
 
         def open_(path: Any, flags: int, *args: Any, **kw: Any) -> int:
             if flags & os.O_CREAT and isinstance(path, str | os.PathLike):
                 text = os.fspath(path)
                 if isinstance(text, str) and not os.path.exists(text):
-                    self._check(text)
+                    self._check("open", text)
             return real_open(path, flags, *args, **kw)
 
         monkeypatch.setattr(os, "write", write)
@@ -108,6 +117,7 @@ class Faults:
         monkeypatch.setattr(os, "replace", replace)
         monkeypatch.setattr(os, "link", link)
         monkeypatch.setattr(os, "open", open_)
+        monkeypatch.setattr(os, "unlink", unlink)
 
 
 class FullConnection(sqlite3.Connection):
