@@ -474,6 +474,10 @@ class UserStore:
             return self._read_secret()
         except FileNotFoundError:
             pass
+        except UserError:
+            if not self._serving:
+                raise
+            self._set_secret_aside()
         self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         # Written under a unique name, then published with link(), which (unlike
         # rename) fails if the name exists: when two processes race, both end up
@@ -493,6 +497,20 @@ class UserStore:
             os.unlink(tmp)
         fsync_dir(self.path.parent)
         return self._read_secret()
+
+    def _set_secret_aside(self) -> None:
+        """A server meeting a damaged secret file: renamed ``.broken`` (under the file
+        lock, so that two processes do not set aside each other's new one) for a new one
+        to be made. Only the salts invented for unknown users change with it."""
+        with self._file_lock():
+            try:
+                self._read_secret()
+            except FileNotFoundError:
+                return
+            except UserError as exc:
+                broken = self._secret_path.with_name(self._secret_path.name + ".broken")
+                os.replace(self._secret_path, broken)
+                _log.warning("%s; set aside as %s, and a new secret made", exc, broken.name)
 
     def _read_secret(self) -> bytes:
         try:

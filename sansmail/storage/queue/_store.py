@@ -318,8 +318,10 @@ class QueueStore:
         for queue_id in self.ids():
             try:
                 found.append(self.load(queue_id))
-            except (UnknownQueueIdError, CorruptEnvelopeError, ValueError):
-                continue  # being written, deleted meanwhile, or for `recover` to set aside
+            except (UnknownQueueIdError, CorruptEnvelopeError, ValueError, OSError):
+                # Being written, deleted meanwhile, for `recover` to set aside, or not
+                # readable at all (`recover` logs it): the others are listed all the same.
+                continue
         found.sort(key=lambda message: (message.arrival, message.queue_id))
         return found
 
@@ -564,6 +566,11 @@ class QueueStore:
                 # A format-1 pair beside it is older than it: set aside together.
                 suffixes = (_QF, _legacy.MSG, _legacy.ENV)
                 self._move_aside(queue_id, suffixes, names, acted, _why(exc, queue_id))
+                return
+            except OSError as exc:
+                # Not ours to judge (a directory, an I/O error): the runner goes on
+                # without it, and the log says where to look.
+                acted.append(f"{name}: left alone, cannot be read ({exc.strerror or exc})")
                 return
         finally:
             os.close(fd)

@@ -58,6 +58,14 @@ def test_half_written_queue_files_are_never_delivered(tmp_path: pathlib.Path) ->
     assert store.recover() == []
 
 
+def test_an_unreadable_queue_entry_is_reported_not_fatal(tmp_path: pathlib.Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+    queued(store, "GOOD1")
+    (store.root / "ODD1.q").mkdir()
+    assert store.recover() == ["ODD1.q: left alone, cannot be read (Is a directory)"]
+    assert [m.queue_id for m in store.list()] == ["GOOD1"]
+
+
 def test_a_torn_content_is_set_aside_before_it_is_sent(tmp_path: pathlib.Path) -> None:
     store = QueueStore(tmp_path / "queue")
     path = store.root / "TORN1.q"

@@ -147,3 +147,20 @@ def test_the_cli_refuses_a_broken_file_and_leaves_it(path: pathlib.Path) -> None
     with pytest.raises(UserError, match="not valid JSON"):
         store.add(BOB, "pw")
     assert path.read_bytes() == BROKEN
+
+
+def test_a_damaged_scram_secret_is_replaced_by_a_server(
+    path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cli(path).add(ALICE, "pw")
+    secret = path.with_name("users.json.scram-secret")
+    secret.write_text("not hex\n")
+    with pytest.raises(UserError, match="64 hex digits"):
+        cli(path).scram_secret()  # the CLI only reports it
+    with caplog.at_level(logging.WARNING, logger="sansmail.repair"):
+        made = server(path).scram_secret()
+    assert len(made) == 32
+    assert server(path).scram_secret() == made  # kept from now on
+    assert path.with_name("users.json.scram-secret.broken").read_text() == "not hex\n"
+    (line,) = repairs(caplog)
+    assert "expected 64 hex digits" in line.message
