@@ -472,6 +472,9 @@ def _serve(args: argparse.Namespace) -> int:
             f"mail_owner = {owner!r}: only root can switch to another user: start it as "
             f"root or as {owner}"
         )
+    # What the server creates is for mail_owner alone: SQLite's index and journal files
+    # take the mode the umask leaves (the stores give their own files 0600 and 0700).
+    os.umask(0o077)
     return run(config)
 
 
@@ -753,6 +756,7 @@ def _as_owner(config: Config) -> None:
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     claim(config.data_dir, account, skip=("mail",))
     become(account)
+    os.umask(0o077)
 
 
 def _default_hostname() -> str:
@@ -811,9 +815,6 @@ def _read_password(from_stdin: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script `sansmail-trio`; returns the exit status."""
-    # Whatever a command or the server creates is for mail_owner alone: SQLite's index
-    # and journal files and the Maildirs' folders take the mode the umask leaves.
-    os.umask(0o077)
     parser = _build_parser()
     args = parser.parse_args(argv)
     name: str = args.command_name

@@ -29,9 +29,10 @@ Theory of operation:
   Each is opened once as the user right after the drop, so a key readable only by root
   fails the start with its name, not the first reload or delivery hours later.
 
-Modes: every process runs with umask 077 (`sansmail_trio._cli.main` sets it), so what
-the stores create without an explicit mode (SQLite's index and journal files) is 0600
-and directories 0700, like the files the stores create with one.
+Modes: `serve`, and a command run as root for mail_owner, run with umask 077
+(`sansmail_trio._cli`), so what the stores create without an explicit mode (SQLite's
+index and journal files) is 0600 and directories 0700, like the files the stores create
+with one.
 """
 
 from __future__ import annotations
