@@ -66,7 +66,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 import trio
@@ -228,6 +228,9 @@ class QueueRunner:
         self._finishing: list[_InFlight] = []
         self._finish_due = trio.Event()
         self._unsynced = trio.Event()
+        # Conversations (and local deliveries) whose outcome is still to be noted: a
+        # stop lets them end, within a grace, before the runner goes (`_finisher`).
+        self._unnoted: set[trio.CancelScope] = set()
         self._client = SMTPClient(
             hostname=config.hostname, delivery=config.delivery, timeouts=timeouts
         )
@@ -376,7 +379,8 @@ class QueueRunner:
     async def _deliver_local(self, flight: _InFlight, destination: Destination) -> None:
         start = self.clock()
         try:
-            result = await trio.to_thread.run_sync(flight.attempt.deliver_local, destination)
+            with self._until_noted():
+                result = await trio.to_thread.run_sync(flight.attempt.deliver_local, destination)
         except Exception:
             self.log.exception("%s: local delivery failed with an internal error", flight.queue_id)
             self._fail(flight)
@@ -423,7 +427,13 @@ class QueueRunner:
                     return
                 if isinstance(step, Connect):
                     started.setdefault(plan.index, self.clock())
-                    plan.conversation_ended(await self._client.deliver(plan.message, step))
+                    # Stopping: start no new conversation.
+                    await trio.lowlevel.checkpoint()
+                    with self._until_noted() as scope:
+                        ended = await self._client.deliver(plan.message, step)
+                    if scope.cancelled_caught:  # the stop's grace is over
+                        await trio.lowlevel.checkpoint()
+                    plan.conversation_ended(ended)
                     continue
                 try:
                     if isinstance(step, LookupMX):
@@ -441,6 +451,18 @@ class QueueRunner:
             for index, (flight, _destination) in enumerate(batch):
                 if index not in recorded:
                     self._fail(flight)
+
+    @contextlib.contextmanager
+    def _until_noted(self) -> Iterator[trio.CancelScope]:
+        """A step a stop lets end: cut after the final dot, a conversation would leave
+        the message taken by the next hop and not noted here, to be sent again at the
+        next start (RFC 1047). The stop (`_finisher`) gives it a deadline."""
+        with trio.CancelScope(shield=True) as scope:
+            self._unnoted.add(scope)
+            try:
+                yield scope
+            finally:
+                self._unnoted.discard(scope)
 
     def _record(self, item: _Item, result: DomainResult, start: float) -> None:
         flight, destination = item
@@ -474,8 +496,14 @@ class QueueRunner:
                 await self._finish_gathered()
         finally:
             # Stopping: what the next hops took is written down before we go, or the
-            # next start would send it again (a duplicate at every SIGTERM).
+            # next start would send it again (a duplicate at every SIGTERM). The
+            # conversations under way end first, within the shutdown grace.
             with trio.CancelScope(shield=True):
+                deadline = trio.current_time() + self.config.smtp.shutdown_grace
+                while self._unnoted:
+                    for scope in self._unnoted:
+                        scope.deadline = min(scope.deadline, deadline)
+                    await trio.sleep(0.01)
                 await self._finish_gathered()
                 if self._unsynced.is_set():
                     await self._sync_removals()
