@@ -252,8 +252,10 @@ class QueueRunner:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: take the queue's runner lock (waiting for a runner of an
         earlier start to be gone), clean up what a crash left (`QueueStore.recover`),
-        deliver. Messages in flight at cancellation keep their envelope as it was, and
-        are tried again at the next start."""
+        deliver. At cancellation the conversations under way end first (within
+        ``[smtp] shutdown_grace``) and what they settled is written down; the other
+        messages in flight keep their envelope as it was, and are tried again at the
+        next start."""
         lock = await trio.to_thread.run_sync(functools.partial(self.queue.lock, wait=False))
         if lock is None:
             self.log.warning("waiting for the queue runner of an earlier start to exit")
