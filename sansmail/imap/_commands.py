@@ -419,7 +419,10 @@ def _charset_decoder(charset: str | None) -> Callable[[bytes], str]:
     name = charset or "UTF-8"
     try:
         codec = codecs.lookup(name)
-        if not FLAG_RE.fullmatch(name):
+        # Python also knows codecs that are no text encoding (base64, rot13, zlib), whose
+        # decode gives bytes or raises errors of its own; bytes.decode refuses them by
+        # this same flag. Found by the fuzz tests (tests/sansmail/fuzz/).
+        if not FLAG_RE.fullmatch(name) or not getattr(codec, "_is_text_encoding", True):
             raise LookupError(name)
     except LookupError:
         code = ResponseCode(name="BADCHARSET", data=([Atom(c) for c in SEARCH_CHARSETS],))

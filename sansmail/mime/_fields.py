@@ -18,7 +18,6 @@ BODYSTRUCTURE would force literals on IMAP4rev1 clients that never expect them t
 from __future__ import annotations
 
 import binascii
-import codecs
 import re
 from collections.abc import Callable
 from typing import Final, TypeAlias
@@ -390,11 +389,14 @@ def _decode_word(encoding: bytes, text: bytes) -> bytes:
 
 
 def _decode_charset(data: bytes, charset: bytes) -> str:
+    # The charset is the sender's word: besides unknown names (LookupError) Python also
+    # knows codecs that are no text encoding (base64, rot13, zlib: LookupError at
+    # decode), names with a NUL and codecs that refuse "replace" (idna, punycode,
+    # undefined: ValueError). Found by fuzz/fuzz_mime.py.
     try:
-        codec = codecs.lookup(charset.decode("ascii"))
-    except (LookupError, UnicodeDecodeError):
+        return data.decode(charset.decode("ascii"), errors="replace")
+    except (LookupError, ValueError):
         return _decode_plain(data)
-    return data.decode(codec.name, errors="replace")
 
 
 def _decode_plain(data: bytes) -> str:

@@ -36,7 +36,6 @@ answer; where the index cannot answer (it says None) the key reads the files as 
 
 from __future__ import annotations
 
-import codecs
 import datetime
 import email.utils
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -265,11 +264,11 @@ def _entities(raw: bytes, part: mime.MessagePart) -> Iterator[tuple[bool, str]]:
 def _decode_text(data: bytes, params: tuple[tuple[bytes, bytes], ...]) -> str:
     charset = next((value for name, value in params if name.lower() == b"charset"), b"")
     try:
-        codec = codecs.lookup(charset.decode("ascii").strip('"'))
-    except (LookupError, UnicodeDecodeError):
-        codec = None
-    if codec is not None:
-        return data.decode(codec.name, errors="replace")
+        # LookupError: unknown, or no text encoding (base64, rot13); ValueError: a NUL in
+        # the name, or a codec that refuses "replace" (idna, undefined). See mime._fields.
+        return data.decode(charset.decode("ascii").strip('"'), errors="replace")
+    except (LookupError, ValueError):
+        pass
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -392,19 +392,19 @@ def check_aliases(text: str, start: str) -> None:
         return text
 
     for name in [start, *list(table)[:5]]:
-        key = name if "@" in name else f"{name}@a.example"
+        # expand takes an Address.key: only names that make an address can be asked.
         try:
-            result = aliases.expand(
-                table,
-                key.lower(),
-                domains=("a.example", "b.example"),
-                user_exists=lambda key: key.startswith(("u", "postmaster@")),
-                recipient_delimiter="+",
-                read_include=read_include,
-            )
-        except ValueError:
-            # An address_key that is not an Address.key is the caller's bug.
+            key = parse_address(name if "@" in name else f"{name}@a.example").key
+        except AddressError:
             continue
+        result = aliases.expand(
+            table,
+            key,
+            domains=("a.example", "b.example"),
+            user_exists=lambda key: key.startswith(("u", "postmaster@")),
+            recipient_delimiter="+",
+            read_include=read_include,
+        )
         if not isinstance(result, aliases.Expansion):
             raise InvariantError(f"expand gave {result!r}")
 
