@@ -111,7 +111,7 @@ async def test_an_imap_pipeline_under_the_burst_is_not_paced_and_one_over_is(
             answers += [line for line in _read_lines(sock, 1, buf) if line[:2] in (b"l ", b"s ")]
         # mbsync's way: one UID FETCH after the other, without waiting for answers.
         sock.sendall(b"".join(b"f%d UID FETCH 1:* (FLAGS)\r\n" % n for n in range(count)))
-        tagged = []
+        tagged: list[bytes] = []
         while len(tagged) < count:
             tagged += [line for line in _read_lines(sock, 1, buf) if line.startswith(b"f")]
         sock.sendall(b"z LOGOUT\r\n")
