@@ -16,7 +16,10 @@ the core does not export, a state outside its enum, output that is not CRLF-term
 lines within the protocol's line limit, a reply hint the core itself gives that it then
 refuses to send, and a receive buffer larger than its limits once the core asks for more
 data (the adapter stops reading while a core is PAUSED, so only NEED_DATA promises that
-the buffered octets were judged).
+the buffered octets were judged). The protocol drivers live in drive_<core>.py and add
+their core's own promises: SMTP and IMAP commands read back as themselves once written by
+the client-side writers, a genuine SASL exchange succeeds and convinces its client. The
+pure parsers' checks are the check_* functions below.
 """
 
 from __future__ import annotations
@@ -33,11 +36,21 @@ from sansmail.mail import aliases
 from sansmail.mail.address import AddressError, canonical_domain, parse_address, read_path
 
 __all__ = [
+    "DRIVEN",
     "Decisions",
     "Driver",
     "InvariantError",
+    "LockstepDriver",
+    "check_address",
+    "check_aliases",
+    "check_config",
+    "check_config_value",
     "check_lines",
+    "check_mime",
+    "config_keys",
+    "driver_class",
     "run_stream",
+    "split_input",
 ]
 
 
@@ -79,10 +92,6 @@ def check_lines(data: bytes, max_line: int | None, what: str) -> None:
             raise InvariantError(f"{what}: bare CR or LF in output line {line[:80]!r}")
         if max_line is not None and len(line) + 2 > max_line:
             raise InvariantError(f"{what}: output line of {len(line) + 2} octets over {max_line}")
-
-
-def _is_signal(value: object) -> bool:
-    return value is NEED_DATA or value is PAUSED
 
 
 class Driver:
@@ -289,16 +298,6 @@ def driver_class(name: str) -> type[Driver]:
     module = importlib.import_module(f"drive_{name}")
     driver: type[Driver] = module.DRIVER
     return driver
-
-
-def pieces(data: bytes, decisions: Decisions) -> Iterator[bytes]:
-    """`data` in pieces whose sizes `decisions` choose."""
-    pos = 0
-    while pos < len(data):
-        size = decisions.pick(256)
-        end = len(data) if size == 0 else pos + size
-        yield data[pos:end]
-        pos = end
 
 
 # --- pure parsers: MIME, addresses, aliases, config ----------------------------------------
