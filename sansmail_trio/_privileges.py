@@ -157,6 +157,9 @@ def claim(
     (see the module docstring)."""
     if not top.exists():
         return 0, []
+    # data_dir may be a link the administrator made (to /srv/mail, say): what it names
+    # is walked. fwalk would yield nothing for a link at the top.
+    top = pathlib.Path(os.path.realpath(top))
     changed = 0
     skipped: list[pathlib.Path] = []
     info = os.stat(top)

@@ -374,6 +374,13 @@ def test_claim_never_follows_links(system_user: Account, tmp_path: pathlib.Path)
     assert (top / "sub" / "link").lstat().st_uid == owner.uid
     assert (top / "sub" / "file").stat().st_uid == owner.uid
     assert claim(top, owner) == (0, [top / "hardlink"])  # nothing more to do
+    # data_dir as a link the administrator made: what it names is walked.
+    (top / "sub" / "file").unlink()
+    (top / "sub" / "new").write_bytes(b"x")
+    link = tmp_path / "data-link"
+    link.symlink_to(top)
+    assert claim(link, owner) == (1, [top / "hardlink"])
+    assert (top / "sub" / "new").stat().st_uid == owner.uid
 
 
 def test_cli_as_root_writes_what_mail_owner_can_use(owner: Account, base: pathlib.Path) -> None:
