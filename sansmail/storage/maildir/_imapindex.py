@@ -872,8 +872,11 @@ def _write_marker(folder: str, uidvalidity: int) -> None:
     path = os.path.join(folder, INDEXED_MARKER)
     tmp = f"{path}.tmp.{os.getpid()}.{next(_MARKER_COUNTER)}"
     try:
-        with open(tmp, "wb") as f:
-            f.write(b"%d\n" % uidvalidity)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, b"%d\n" % uidvalidity)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError:
         unlink_quietly(tmp)

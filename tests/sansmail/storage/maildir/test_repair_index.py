@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import stat
 
 import pytest
 from imapstore_helpers import account, message, root, x_id
@@ -119,9 +120,9 @@ def test_a_new_folder_is_no_repair(
         assert not acc.select("Projects").index_rebuilt
         assert not acc.select("INBOX").index_rebuilt
     assert repairs(caplog) == []
-    assert (root(tmp_path) / ".Projects" / INDEXED_MARKER).read_text().strip() == str(
-        acc.select("Projects").uidvalidity
-    )
+    marker = root(tmp_path) / ".Projects" / INDEXED_MARKER
+    assert marker.read_text().strip() == str(acc.select("Projects").uidvalidity)
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600  # as every file of the Maildir
 
 
 def test_an_index_made_before_the_markers_gets_one(tmp_path: pathlib.Path) -> None:
