@@ -23,7 +23,9 @@ The attacks: a line without end to SMTP, POP3 and IMAP; an SMTP DATA and a BDAT 
 ``--size`` over ``max_message_size``; an IMAP APPEND with a non-synchronizing literal
 (LITERAL+) of that size, one with a synchronizing literal whose refusal (NO [TOOBIG])
 the client ignores, sending the octets anyway, and a SEARCH with a non-synchronizing
-literal of that size (past ``imap_max_command_size``).
+literal of that size (past ``imap_max_command_size``); and pipelined NOOPs to SMTP and
+IMAP from a client that never reads the answers (what the server has to say must not
+pile up either: it stops reading once the socket's buffers are full).
 
 The table gives, per attack, the octets the server took, its answer, the seconds it took
 and before / peak in MiB. A bounded server shows a peak of a few MiB whatever ``--size``
@@ -103,8 +105,8 @@ class Client:
                 piece = chunk[: total - sent]
                 self.sock.sendall(piece)
                 sent += len(piece)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # closed, or no longer reading (the answers not read fill the pipe)
         return sent
 
     def close(self) -> None:
@@ -192,6 +194,21 @@ def imap_search_literal(ports: dict[str, int], size: int) -> tuple[int, bytes]:
     return sent, _answer(c)
 
 
+def smtp_unread(ports: dict[str, int], size: int) -> tuple[int, bytes]:
+    c = Client(ports["smtp"])
+    c.line()
+    c.sock.settimeout(5)  # the server stops reading when its answers are not read
+    sent = c.flood(size, b"NOOP\r\n" * (MIB // 6))
+    return sent, _answer(c)
+
+
+def imap_unread(ports: dict[str, int], size: int) -> tuple[int, bytes]:
+    c = _imap_login(ports)
+    c.sock.settimeout(5)
+    sent = c.flood(size, b"n NOOP\r\n" * (MIB // 8))
+    return sent, _answer(c)
+
+
 def _answer(c: Client) -> bytes:
     try:
         c.sock.settimeout(60)
@@ -211,6 +228,8 @@ ATTACKS: dict[str, Callable[[dict[str, int], int], tuple[int, bytes]]] = {
     "imap APPEND {n+}": imap_append_nonsync,
     "imap APPEND {n} ignored": imap_append_sync_ignored,
     "imap SEARCH {n+}": imap_search_literal,
+    "smtp NOOPs unread": smtp_unread,
+    "imap NOOPs unread": imap_unread,
 }
 
 
