@@ -339,7 +339,13 @@ def _oserror(exc: BaseException) -> str:
     """The system's word for what broke ("Connection reset by peer"), for the log."""
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
-    for error in (exc, exc.__cause__, exc.__context__):
+    # trio.open_tcp_stream's OSError says only "all attempts to connect to ... failed",
+    # the system's reason being in the group of its cause.
+    cause = exc.__cause__
+    group = list(cause.exceptions) if isinstance(cause, BaseExceptionGroup) else []
+    for error in (exc, cause, *group, exc.__context__):
+        if isinstance(error, OSError) and error.errno:
+            return os.strerror(error.errno)
         if isinstance(error, OSError) and error.strerror:
             return error.strerror
     text = str(exc)

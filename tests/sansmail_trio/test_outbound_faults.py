@@ -452,6 +452,21 @@ async def test_a_cached_connection_lost_after_the_dot_is_not_retried_at_once(
     assert recipient.next_attempt == T0 + MINIMAL
 
 
+async def test_a_refused_connection_defers_with_the_system_reason(
+    start_ours: OursFactory,
+) -> None:
+    with socket.socket() as reserved:  # bound, not listening: the port refuses
+        reserved.bind(("127.0.0.1", 0))
+        mx = FakeMX([("ok",)], port=reserved.getsockname()[1])
+        ours = await start_ours(mx)
+        qid = ours.enqueue("refused")
+        recipient = await ours.attempt(qid, previous=0)
+    assert recipient is not None
+    relay = f"127.0.0.1[127.0.0.1]:{mx.port}"
+    assert recipient.last_reason == f"{relay}: connect failed: Connection refused"
+    assert recipient.next_attempt == T0 + MINIMAL
+
+
 # -- slow answers ----------------------------------------------------------------------------
 
 
