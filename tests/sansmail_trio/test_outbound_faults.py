@@ -120,13 +120,16 @@ class FakeMX:
     last repeating: "ok", "quiet-ehlo", "quiet-mail", "quiet-rcpt", "quiet-data" (no
     answer to that command), "drop-mid-data" (the connection reset after some of the
     content), "drop-after-dot" (closed after the final "." without a reply),
-    "quiet-dot" (no reply to the final ".").
+    "quiet-dot" (no reply to the final "."), "drop-early" (closed after the first line
+    of content), "mail-421", "rcpt-451".
 
     `received` counts by Message-ID every message whose final "." arrived, answered or
     not (the remote has it); `accepted` those it said 250 to."""
 
     plans: list[tuple[str, ...]]
     tls_context: ssl.SSLContext | None = None
+    #: Picks each transaction's word at its MAIL, in place of the plans' words.
+    choose: Callable[[], str] | None = None
     port: int = 0
     connections: int = 0
     received: collections.Counter[str] = attrs.Factory(collections.Counter)
@@ -169,9 +172,12 @@ class FakeMX:
         lines = _Lines(stream)
         offer_tls = mode is not None and mode.startswith("tls")
         done = 0  # transactions answered
+        chosen: str | None = None
         while (line := await lines.line()) is not None:
             verb = line[:4].upper()
-            step = steps[min(done, len(steps) - 1)]
+            if verb == b"MAIL" and self.choose is not None:
+                chosen = self.choose()
+            step = chosen or steps[min(done, len(steps) - 1)]
             if verb in (b"EHLO", b"HELO"):
                 if step == "quiet-ehlo":
                     await _until_eof(stream)
@@ -206,6 +212,11 @@ class FakeMX:
             elif verb == b"QUIT":
                 await stream.send_all(b"221 2.0.0 bye\r\n")
                 return
+            elif verb == b"MAIL" and step == "mail-421":
+                await stream.send_all(b"421 4.3.2 going away\r\n")
+                return
+            elif verb == b"RCPT" and step == "rcpt-451":
+                await stream.send_all(b"451 4.3.0 try again later\r\n")
             else:  # MAIL, RCPT, RSET
                 await stream.send_all(b"250 2.0.0 ok\r\n")
 
@@ -216,7 +227,7 @@ class FakeMX:
             if line == b".\r\n":
                 break
             content += line
-            if step == "drop-mid-data" and len(content) > 100_000:
+            if step == "drop-early" or (step == "drop-mid-data" and len(content) > 100_000):
                 # Close with unread data: the kernel resets the connection.
                 await trio.aclose_forcefully(stream)
                 return False
@@ -469,6 +480,42 @@ async def test_a_refused_connection_defers_with_the_system_reason(
     relay = f"127.0.0.1[127.0.0.1]:{mx.port}"
     assert recipient.last_reason == f"{relay}: connect failed: Connection refused"
     assert recipient.next_attempt == T0 + MINIMAL
+
+
+async def test_random_faults_never_duplicate_outside_the_window(
+    nursery: trio.Nursery, start_ours: OursFactory
+) -> None:
+    # Many messages to one next hop, so most transactions run on cached connections,
+    # against a server that fails a random half of them, in every way above that
+    # costs no timeout. Every message is accepted exactly once in the end; every copy
+    # the server got beyond that came from a window our log owns up to.
+    faults = ["drop-after-dot", "drop-early", "drop-mid-data", "mail-421", "rcpt-451"]
+    rng = random.Random(14)
+
+    def choose() -> str:
+        return rng.choice(faults) if rng.random() < 0.5 else "ok"
+
+    mx = await start_mx(nursery, ("ok",), choose=choose)
+    ours = await start_ours(mx)
+    ids = {f"r{n}": ours.enqueue(f"r{n}") for n in range(30)}
+    with trio.fail_after(BOUND):
+        while True:
+            left = await trio.to_thread.run_sync(ours.queue.list)
+            if not left:
+                break
+            due = min(m.recipients[0].next_attempt for m in left)
+            if due > ours.clock.now:
+                # Every one still queued waits for its retry: on to the soonest.
+                ours.clock.now = due
+                ours.runner.wake()
+            await trio.sleep(0.02)
+    assert mx.accepted == {f"<{name}@example.test>": 1 for name in ids}
+    window = "may be sent more than once"
+    for name, qid in ids.items():
+        extra = mx.received[f"<{name}@example.test>"] - 1
+        owned = [line for line in ours.deferred_lines(qid) if window in line]
+        assert extra <= len(owned), name
+    assert sum(mx.received.values()) > len(ids)  # the window was hit at all
 
 
 # -- slow answers ----------------------------------------------------------------------------
