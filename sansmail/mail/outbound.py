@@ -30,9 +30,11 @@ fires, `timed_out()`: the session reports `SessionFailed` (if it had not) and `C
 Timeouts. Every `Send`, `NeedData` and `StartTLS` carries the timeout of that one step,
 from the session's `ClientTimeouts` (RFC 5321 §4.5.3.2's minimums, which are Postfix's
 defaults: greeting and commands 5 minutes, DATA 2, each content block 3, the reply to
-the final "." 10; the TCP connect, Postfix's 30 s, is the adapter's alone). A server
-that stops answering is given up on after one of them; one that answers slowly but
-within each is waited for.
+the final "." 10; the TCP connect, Postfix's 30 s, is the adapter's alone). A reply's
+timeout covers all the reads it takes (`replies` tells the adapter when one is
+complete), so a server that dribbles a reply cannot stretch it. A server that stops
+answering is given up on after one of them; one that answers slowly but within each
+is waited for.
 
 Where it broke. A failure's `stage` (and `stage` at any moment) says what the session
 was doing, and the reason of a lost connection or a timeout says it in Postfix's words
@@ -156,10 +158,11 @@ def _check_timeout(_inst: object, attribute: attrs.Attribute[float], value: floa
 @attrs.frozen(kw_only=True)
 class ClientTimeouts:
     """How long one step of an outbound session may take, in seconds: each bounds one
-    read or one write (a content block), so a server that answers, however slowly,
-    within each is never cut off, and one that stops answering is given up on after at
-    most one of them. The defaults are RFC 5321 §4.5.3.2's minimums, which are also
-    Postfix's defaults (its parameter names in the comments)."""
+    reply, however many reads it takes (see `OutboundSession.replies`), or one write (a
+    content block), so a server that answers, however slowly, within each is never cut
+    off, and one that stops answering, or dribbles, is given up on after at most one of
+    them. The defaults are RFC 5321 §4.5.3.2's minimums, which are also Postfix's
+    defaults (its parameter names in the comments)."""
 
     #: The TCP connect, per address (smtp_connect_timeout); the adapter's.
     connect: float = attrs.field(default=30.0, validator=_check_timeout)
