@@ -27,6 +27,7 @@ from sansmail.smtp import (
     Reset,
     StartTLS,
 )
+from sansmail.smtp._client_readers import MAX_REPLY_LINE
 
 sender = Address.from_parts("a", "b.example")
 commands: list[Callable[[], object]] = [
@@ -82,6 +83,9 @@ class SMTPClientDriver(Driver):
                     continue
                 return
             if event is NEED_DATA:
+                buffered = len(conn.trailing_data[0])
+                if conn.our_state is not Phase.CLOSED and buffered >= MAX_REPLY_LINE:
+                    raise InvariantError(f"{buffered} octets buffered waiting for a reply")
                 self.try_sending()
                 return
             if not isinstance(event, smtp.Reply | smtp.ConnectionClosed):
