@@ -358,7 +358,7 @@ class FolderIndex:
                 migrate(conn, self.db_path)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
                 raise _DamagedError("the index has no folder row")
-            if version and _read_marker(self.folder) is None:
+            if version and not os.path.exists(os.path.join(self.folder, INDEXED_MARKER)):
                 # An index made before the markers were: mark it now.
                 (uidvalidity,) = conn.execute("SELECT uidvalidity FROM folder").fetchone()
                 _write_marker(self.folder, uidvalidity)
