@@ -384,8 +384,7 @@ def test_claim_never_follows_links(system_user: Account, tmp_path: pathlib.Path)
 
 
 def test_cli_as_root_writes_what_mail_owner_can_use(owner: Account, base: pathlib.Path) -> None:
-    _config(base, owner.name, {"smtp": "127.0.0.1:0"}, extra='aliases = "aliases"')
-    (base / "aliases").write_text("postmaster: alice@example.test\n")
+    _config(base, owner.name, {"smtp": "127.0.0.1:0"})
     data = base / "data"
     script = shutil.which("sansmail-trio")
     assert script is not None
@@ -401,7 +400,6 @@ def test_cli_as_root_writes_what_mail_owner_can_use(owner: Account, base: pathli
     UserStore(data / "users.json", hasher=FAST_HASHER).add(parse_address("old@example.test"), "pw")
     run("user", "add", "alice@example.test", "--password-stdin", stdin="pw\n")
     run("dkim", "keygen", "example.test", "--algorithm", "ed25519")
-    run("newaliases")
     run("queue", "flush")
     for path, info in _walk(data):
         assert (info.st_uid, info.st_gid) == (owner.uid, owner.gid), path
