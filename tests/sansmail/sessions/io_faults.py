@@ -122,10 +122,15 @@ class Faults:
 
 class FullConnection(sqlite3.Connection):
     """A connection whose write transactions fail at COMMIT as SQLite's do on a full
-    disk (SQLITE_FULL), while `full()`; read transactions commit as ever."""
+    disk (SQLITE_FULL), while `full(path)` holds for its database file; read
+    transactions commit as ever."""
 
-    full: Callable[[], bool] = staticmethod(lambda: False)  # type: ignore[assignment]
+    full: Callable[[str], bool] = staticmethod(lambda path: False)  # type: ignore[assignment]
     writing = False
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self.path = os.fspath(database)
 
     def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
         verb = sql.strip().upper()
@@ -133,7 +138,7 @@ class FullConnection(sqlite3.Connection):
             self.writing = True
         elif verb in ("COMMIT", "ROLLBACK"):
             writing, self.writing = self.writing, False
-            if verb == "COMMIT" and writing and type(self).full():
+            if verb == "COMMIT" and writing and type(self).full(self.path):
                 error = sqlite3.OperationalError("database or disk is full")
                 error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
                 error.sqlite_errorname = "SQLITE_FULL"  # type: ignore[attr-defined]

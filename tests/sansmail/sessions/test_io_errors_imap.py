@@ -32,14 +32,22 @@ def faults(monkeypatch: pytest.MonkeyPatch) -> Faults:
     return Faults(monkeypatch)
 
 
+class Sqlite:
+    """Whether SQLite's commits fail as on a full disk (`on`), for which files."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.where: Callable[[str], bool] = lambda path: True
+
+
 @pytest.fixture
-def full_sqlite(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Every SQLite connection opened from here on fails its COMMITs while the list
-    holds True (`FullConnection`), as SQLite does on a full disk."""
-    state = [False]
+def full_sqlite(monkeypatch: pytest.MonkeyPatch) -> Sqlite:
+    """Every SQLite connection opened from here on fails its write COMMITs while `on`
+    (`FullConnection`), as SQLite does on a full disk."""
+    state = Sqlite()
 
     class Full(FullConnection):
-        full = staticmethod(lambda: state[0])
+        full = staticmethod(lambda path: state.on and state.where(path))
 
     real_connect = sqlite3.connect
 
@@ -93,26 +101,24 @@ def test_append_that_cannot_write_is_no_and_leaves_nothing(
 
 
 def test_append_whose_index_row_cannot_be_written_leaves_no_file(
-    tmp_path: pathlib.Path, full_sqlite: list[bool]
+    tmp_path: pathlib.Path, full_sqlite: Sqlite
 ) -> None:
     driver = logged_in(make_service(tmp_path))
     assert _append(driver, "a1").startswith(b"a1 OK [APPENDUID 1")
-    full_sqlite[0] = True
+    full_sqlite.on = True
     assert _append(driver, "a2") == b"a2 " + FULL
-    full_sqlite[0] = False
+    full_sqlite.on = False
     # A file left in cur/ would be indexed now, as a message the client was told NO for.
     assert _count(driver, "a3") == 1
     assert len(_messages(tmp_path)["cur"]) == 1
     assert re.match(rb"a4 OK \[APPENDUID \d+ 2\]", _append(driver, "a4"))
 
 
-def test_reads_go_on_while_sqlite_cannot_write(
-    tmp_path: pathlib.Path, full_sqlite: list[bool]
-) -> None:
+def test_reads_go_on_while_sqlite_cannot_write(tmp_path: pathlib.Path, full_sqlite: Sqlite) -> None:
     driver = logged_in(make_service(tmp_path))
     for n in range(3):
         assert _append(driver, f"a{n}").startswith(f"a{n} OK".encode())
-    full_sqlite[0] = True
+    full_sqlite.on = True
     lines = driver.lines(b"b1 SELECT INBOX")
     assert lines[-1].startswith(b"b1 OK [READ-WRITE]"), lines
     assert b"* 3 EXISTS" in lines
@@ -125,7 +131,7 @@ def test_reads_go_on_while_sqlite_cannot_write(
     assert driver.lines(b"b4 SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 1 2 3"
     assert driver.lines(b"b5 STORE 1 +FLAGS (\\Flagged)") == [b"b5 " + FULL]
     assert driver.lines(b"b6 NOOP")[-1] == b"b6 OK NOOP completed"
-    full_sqlite[0] = False
+    full_sqlite.on = False
     lines = driver.lines(b"b7 STORE 1 +FLAGS (\\Flagged)")
     assert lines[-1] == b"b7 OK STORE completed"
     lines = driver.lines(b"b8 FETCH 1:3 FLAGS")
@@ -139,7 +145,7 @@ def test_reads_go_on_while_sqlite_cannot_write(
 
 @pytest.mark.parametrize("verb", ["COPY", "MOVE"])
 def test_copy_and_move_that_cannot_write_change_nothing(
-    tmp_path: pathlib.Path, faults: Faults, full_sqlite: list[bool], verb: str
+    tmp_path: pathlib.Path, faults: Faults, full_sqlite: Sqlite, verb: str
 ) -> None:
     driver = logged_in(make_service(tmp_path))
     assert _append(driver, "a1").startswith(b"a1 OK")
@@ -152,12 +158,33 @@ def test_copy_and_move_that_cannot_write_change_nothing(
     faults.heal()
     assert (_messages(tmp_path), _messages(tmp_path, ".Archive")) == before
     # The rows: the Archive's index cannot take them.
-    full_sqlite[0] = True
+    full_sqlite.on = True
     assert driver.lines(f"b2 {verb} 1:2 Archive".encode()) == [b"b2 " + FULL]
-    full_sqlite[0] = False
+    full_sqlite.on = False
     assert (_messages(tmp_path), _messages(tmp_path, ".Archive")) == before
     assert _count(driver, "b3", "Archive") == 0
     lines = driver.lines(f"b4 {verb} 1:2 Archive".encode())
     assert lines[-1].startswith(b"b4 OK"), lines
     assert _count(driver, "b5", "Archive") == 2
     assert _count(driver, "b6") == (2 if verb == "COPY" else 0)
+
+
+def test_a_move_whose_source_rows_cannot_be_deleted_is_done(
+    tmp_path: pathlib.Path, full_sqlite: Sqlite
+) -> None:
+    # The files moved and the Archive's rows are in: the MOVE happened. The INBOX rows
+    # a full disk kept are rows without files, which its next sync expunges.
+    driver = logged_in(make_service(tmp_path))
+    for n in range(2):
+        assert _append(driver, f"a{n}").startswith(f"a{n} OK".encode())
+    assert driver.lines(b"a3 SELECT INBOX")[-1].startswith(b"a3 OK")
+    full_sqlite.where = lambda path: "/.Archive/" not in path
+    full_sqlite.on = True
+    lines = driver.lines(b"b1 MOVE 1 Archive")
+    assert lines[0].startswith(b"* OK [COPYUID "), lines
+    assert lines[-1] == b"b1 OK MOVE completed"
+    full_sqlite.on = False
+    assert driver.lines(b"b2 NOOP")[0] == b"* 1 EXPUNGE"
+    assert _count(driver, "b3", "Archive") == 1
+    assert len(_messages(tmp_path)["cur"]) == 1
+    assert len(_messages(tmp_path, ".Archive")["cur"]) == 1
