@@ -32,7 +32,7 @@ from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
 
 ALICE = "alice@example.test"
-SIZE = 2 * 1024 * 1024
+SIZE = 4 * 1024 * 1024
 
 
 def _message(subject: str, body: bytes = b"hello\r\n") -> bytes:
@@ -184,6 +184,7 @@ def test_a_full_disk_is_a_temporary_error_and_nothing_is_corrupt(
     # A message that fails mid-DATA, spilled to disk past 1 MiB: its files go at once.
     os.truncate(small_fs / "filler", os.path.getsize(small_fs / "filler") - 512 * 1024)
     room = _free(small_fs)
+    assert room < 1024 * 1024
     big = _message("big", (b"y" * 998 + b"\r\n") * 1500)
     assert _send(smtp, big) == (452, b"4.3.1 Insufficient system storage")
     assert _free(small_fs) >= room - 64 * 1024  # no tmp file kept it
