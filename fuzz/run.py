@@ -22,8 +22,9 @@ def main() -> int:
     parser.add_argument("target", nargs="?", choices=TARGETS)
     parser.add_argument("--seconds", type=int, default=300, help="total run time")
     parser.add_argument("--list", action="store_true", help="name the targets and stop")
-    parser.add_argument("extra", nargs="*", help="more libFuzzer flags, after --")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: len(argv) - len(extra) - (1 if extra else 0)])
     if args.list or args.target is None:
         print("\n".join(TARGETS))
         return 0
@@ -41,7 +42,7 @@ def main() -> int:
         f"-artifact_prefix={crashes}/{args.target}-",
         "-rss_limit_mb=4096",
         "-timeout=10",
-        *args.extra,
+        *extra,
     ]
     return subprocess.call(command)  # noqa: S603 (our own target and flags)
 
