@@ -22,6 +22,7 @@ to each call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 
 import attrs
@@ -41,7 +42,7 @@ class Pacer:
     rate: float = attrs.field(validator=attrs.validators.gt(0))
     burst: float = attrs.field(validator=attrs.validators.ge(1))
     _tokens: float = attrs.field(init=False)
-    _at: float | None = attrs.field(init=False, default=None)
+    _at: float = attrs.field(init=False, default=-math.inf)
 
     def __attrs_post_init__(self) -> None:
         self._tokens = self.burst  # a new connection starts with a full bucket
@@ -51,26 +52,29 @@ class Pacer:
         """A bucket for `rate` commands a second, `BURST_SECONDS` of them in a row."""
         return cls(rate=rate, burst=max(1.0, rate * BURST_SECONDS))
 
-    def _refill(self, now: float) -> None:
-        if self._at is not None and now > self._at:
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        if self._at is None or now > self._at:
+    def _refill(self, now: float) -> float:
+        # The tokens at `now` (a clock that went back refills nothing).
+        tokens = self._tokens
+        if now > self._at:
+            tokens += (now - self._at) * self.rate
+            tokens = min(tokens, self.burst)
             self._at = now
+        return tokens
 
     def take(self, now: float) -> float:
         """One command at `now`: the seconds to wait before handling it (0.0: at once).
         The token is taken either way; the wait pays the debt."""
-        self._refill(now)
-        self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0.0 else -self._tokens / self.rate
+        tokens = self._tokens = self._refill(now) - 1.0
+        return 0.0 if tokens >= 0.0 else -tokens / self.rate
 
     def try_take(self, now: float) -> bool:
         """Take a token if one is there at `now` (the command needs no wait); False
         takes nothing (the caller then `take`s and waits)."""
-        self._refill(now)
-        if self._tokens < 1.0:
+        tokens = self._refill(now)
+        if tokens < 1.0:
+            self._tokens = tokens
             return False
-        self._tokens -= 1.0
+        self._tokens = tokens - 1.0
         return True
 
 
