@@ -246,6 +246,12 @@ def store_failed(reason: str) -> Outcome:
     return Outcome(status="deferred", reason=f"cannot store the message: {reason}", dsn="4.3.0")
 
 
+def users_unavailable(reason: str) -> Outcome:
+    """The deferral when the users file cannot be read (storage/users.py serves no copy):
+    whether the recipient exists cannot be told, so the message waits."""
+    return Outcome(status="deferred", reason=f"user database unavailable: {reason}", dsn="4.3.0")
+
+
 # -- remote delivery: verdicts ------------------------------------------------------------
 
 

@@ -77,7 +77,7 @@ from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import UserStore, UsersUnavailableError
 
 __all__ = ["Attempt", "Finished", "Opened", "QueueManager"]
 
@@ -312,14 +312,20 @@ class Attempt:
         accepted: list[str] = []
         for recipient in destination.recipients:
             local, _, domain = recipient.address.rpartition("@")
-            expansion = expand(
-                manager.aliases.table,
-                f"{local.lower()}@{domain.lower()}",
-                domains=config.domains,
-                user_exists=manager.users.__contains__,
-                recipient_delimiter=config.recipient_delimiter,
-                read_include=manager.aliases.read_include,
-            )
+            try:
+                expansion = expand(
+                    manager.aliases.table,
+                    f"{local.lower()}@{domain.lower()}",
+                    domains=config.domains,
+                    user_exists=manager.users.__contains__,
+                    recipient_delimiter=config.recipient_delimiter,
+                    read_include=manager.aliases.read_include,
+                )
+            except UsersUnavailableError as exc:
+                # A users file that cannot be read says nothing of who exists: wait for
+                # the admin to mend it rather than bounce (the SMTP side answers 451).
+                outcomes[recipient.address] = delivery.users_unavailable(str(exc))
+                continue
             if not expansion.local and not expansion.remote:
                 problems = expansion.problems
                 outcomes[recipient.address] = delivery.unknown_recipient(

@@ -31,6 +31,7 @@ from sansmail.mail.retry import RetryPolicy
 from sansmail.mail.routing import MXRecord
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.generations import Generations
 from sansmail.storage.maildir import Delivery, MaildirStore
 from sansmail.storage.queue import QueueStore, QueueWriter
 from sansmail.storage.queue._format import PREFIX
@@ -305,6 +306,26 @@ def test_a_store_that_fails_defers_the_local_recipients(server: Server) -> None:
     )
     assert outcomes["ghost@example.test"].status == "bounced"
     assert full.aborted == 1
+
+
+def test_an_unreadable_users_file_defers_the_local_recipients(server: Server) -> None:
+    # No good copy at all: who exists cannot be told, so nothing may bounce.
+    users_file = server.config.data_dir / "users.json"
+    users_file.write_text("{ not json")
+    users_file.with_name("users.json.bak").unlink(missing_ok=True)
+    # A server's store (it follows the generations): it starts on a broken file.
+    users = UserStore(users_file, hasher=FAST, generations=Generations.open(server.config.data_dir))
+    assert users.unavailable is not None
+    server.manager.users = users
+    qid = server.enqueue("alice@example.test", "ghost@example.test")
+    attempt = server.open(qid)
+    (destination,) = attempt.destinations
+    outcomes = attempt.deliver_local(destination).outcomes
+    for address in ("alice@example.test", "ghost@example.test"):
+        assert outcomes[address].status == "deferred"
+        assert outcomes[address].dsn == "4.3.0"
+        assert outcomes[address].reason.startswith("user database unavailable: ")
+    assert server.mailbox("alice") == []
 
 
 # -- remote verdicts, the envelope and the notifications -------------------------------------
