@@ -4,7 +4,9 @@ RCPT of a client outside mynetworks, and of its authenticated user, and refuses 
 limit with Postfix's ``450 4.7.1 Error: too much mail from 192.0.2.1`` (the rules are in
 `sansmail.mail.anvil`).
 
-The windows are shared by every server process (`sansmail.storage.anvil`). A count is a
+The windows are shared by every server process (`sansmail.storage.anvil`). The time is
+`SessionView.now`, the wall clock the adapter gives with each stage's inquiries (all
+processes must count on the same clock); a session given none counts nothing. A count is a
 few microseconds of file I/O on a table that is never locked for long, so the check does
 it in `check` itself, on the session's thread, rather than in an `Errand` (a worker
 thread per MAIL and RCPT would cost ten times more); the table never waits for its lock
@@ -71,6 +73,7 @@ class RateCheck:
     table: RateTable
     log: LogSink = _no_log
     _failure_logged: float = attrs.field(default=float("-inf"), alias="_failure_logged")
+    _unclocked_logged: bool = attrs.field(default=False, alias="_unclocked_logged")
 
     def check(self, stage: Stage, session: SessionView) -> Verdict | None:
         if stage is Stage.MAIL:
@@ -87,6 +90,13 @@ class RateCheck:
             return None
         limits = self.limits
         now = session.now
+        if now <= 0:
+            # No clock came with the stage (an adapter that skips `inquiries`): every
+            # event would fall in one endless window, so nothing is counted.
+            if not self._unclocked_logged:
+                self._unclocked_logged = True
+                self.log(logging.WARNING, "anvil: rates not counted: the adapter gave no time")
+            return None
         user = session.user
         try:
             client = (

@@ -171,3 +171,14 @@ def test_the_rates_come_first_among_the_intake_checks(tmp_path: pathlib.Path) ->
     checks = intake_checks(config, log=Log())
     assert isinstance(checks[0], RateCheck)
     assert len(checks) == 2
+
+
+def test_a_session_given_no_time_counts_nothing_and_says_so_once() -> None:
+    table = MemoryWindows()
+    check = make(table, client_message=1)
+    view = View(now=0.0)
+    assert replies(check, view, Stage.MAIL, 3) == [None] * 3
+    assert len(table) == 0
+    log = check.log
+    assert isinstance(log, Log)
+    assert log.lines == [(logging.WARNING, "anvil: rates not counted: the adapter gave no time")]
