@@ -188,7 +188,7 @@ async def serve(
     auth = AuthService(
         users,
         secret=secrets.token_bytes(32),
-        settings=auth_settings or AuthSettings(exempt=config.mynetworks),
+        settings=auth_settings or AuthSettings.from_config(config),
         cache=_auth_cache(config, generations),
     )
     await trio.to_thread.run_sync(users.reload_if_changed)
