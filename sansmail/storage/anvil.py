@@ -1,5 +1,5 @@
 """The rate windows (`sansmail.mail.anvil`) of every server process, in one small file:
-``<data_dir>/anvil.table``. Blocking, but only for microseconds, and never for a lock.
+``<data_dir>/anvil.table``. Blocking, for microseconds, and never more than 5 ms on a lock.
 
 Theory of operation
 -------------------
@@ -21,10 +21,11 @@ slots (1.5 MiB) however many clients come; keys past that many in one minute pus
 other out, which only ever forgets counts (a brake, not a ban).
 
 One count is a read-modify-write of one set, under a POSIX record lock (``fcntl``) on
-that set's octets: two processes counting keys of different sets do not even meet. The
-lock is asked for without waiting (it is held for a few microseconds at a time); if it
-stays taken after `LOCK_TRIES` tries, with the CPU yielded between them (its holder may
-have been preempted), or the file cannot be read or written, `count` raises
+that set's octets: two processes counting keys of different sets do not even meet. A
+count takes about 5 µs (two lock calls, a 192-octet ``pread``, a 24-octet ``pwrite``,
+the key's hash remembered). The lock is asked for without waiting, again and again with
+the CPU yielded between tries (its holder may have been preempted); if it is still taken
+after `LOCK_WAIT` (5 ms), or the file cannot be read or written, `count` raises
 `AnvilError` and the caller lets the command through: a rate limit is a brake, never a
 reason to refuse mail. Reads and writes are ``pread``/``pwrite``, not a shared mapping,
 so that a full disk is an error here and not a SIGBUS anywhere.
