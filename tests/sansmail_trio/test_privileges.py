@@ -71,9 +71,30 @@ def system_user() -> Iterator[Account]:
 
 
 @pytest.fixture(scope="module")
-def owner(system_user: Account) -> Account:
+def traversable() -> Iterator[None]:
+    """Lets other users pass through the folders above the Python installation and the
+    checkout for these tests (pyenv puts them under a 0700 /root), then puts every mode
+    back. Root only, as these tests are; nothing is made readable, only passable."""
+    changed: list[tuple[pathlib.Path, int]] = []
+    places = {pathlib.Path(sys.executable).resolve(), pathlib.Path(__file__).resolve()}
+    places |= {pathlib.Path(p).resolve() for p in sys.path if p}
+    for place in places:
+        for folder in reversed(place.parents):
+            mode = folder.stat().st_mode
+            if folder.is_dir() and not mode & stat.S_IXOTH and folder not in dict(changed):
+                changed.append((folder, stat.S_IMODE(mode)))
+                folder.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for folder, mode in changed:
+            folder.chmod(mode)
+
+
+@pytest.fixture(scope="module")
+def owner(system_user: Account, traversable: None) -> Account:
     """`system_user`, when it can run the server: the Python installation must be
-    readable by an unprivileged user (it is not under a 0700 /root, where pyenv puts it)."""
+    readable by an unprivileged user (`traversable` opens the way through a 0700 /root)."""
     try:
         probe = subprocess.run(
             [sys.executable, "-c", "import publicsuffixlist, sansmail_trio._serve; "
@@ -90,10 +111,7 @@ def owner(system_user: Account) -> Account:
     except OSError as exc:
         failure = str(exc)
     if failure:
-        pytest.skip(
-            f"an unprivileged user cannot run {sys.executable} and its packages (under a "
-            f"0700 /root? chmod 711 /root runs these tests): {failure}"
-        )
+        pytest.skip(f"an unprivileged user cannot run {sys.executable} and its packages: {failure}")
     return system_user
 
 
