@@ -31,7 +31,8 @@ And a ``[limits]`` table of ours: what one client, user or connection may take (
 caps of POP3 and IMAP, one user's sessions per address, IMAP line and command sizes,
 commands per second, messages and recipients per minute per client address and per
 authenticated user, the login lockout). `LimitsConfig` lists the keys; their defaults are
-in `DEFAULT_CONFIG_TOML`. 0 turns a rate off; mynetworks are exempt from the rates.
+in `DEFAULT_CONFIG_TOML`. 0 turns a rate off; mynetworks are exempt from the rates, the
+pacing and the lockout.
 
 Durations are strings with a unit (``"30s"``, ``"5m"``, ``"2h"``, ``"5d"``, ``"1w"``) or
 integers (seconds). Sizes are integers (octets). Every key is optional; absent keys take the
@@ -62,9 +63,8 @@ Choices of ours where CONTRACT.md is silent:
 - ``storage.backend = "postgresql"`` needs ``storage.dsn``, a ``postgresql://`` URI; a
   dsn is never quoted in a message, since it may hold a password.
 
-Keys for features not built yet (``[antispam]``, ``[dkim]``, ``[milter]``, ``[sieve]``,
-``[storage]``, ``[quota]``, ``mail_owner``, ``log_format = "json"``, the ``managesieve``,
-``metrics`` and ``http`` listeners) are read and checked like the others, and
+Keys for features not built yet (``[sieve]``, ``[storage]``, ``log_format = "json"``, the
+``managesieve``, ``metrics`` and ``http`` listeners) are read and checked like the others, and
 `not_in_force` lists, one line each, those that ask for something this version does not
 do yet (see `_unbuilt`).
 

@@ -74,7 +74,7 @@ mynetworks = ["127.0.0.0/8", "::1/128"]
 recipient_delimiter = "+"
 processes = 1                           # server processes sharing the listeners (one per core)
 log_format = "text"
-# mail_owner = "sansmail"               # started as root: the user to run as (not built yet)
+# mail_owner = "sansmail"               # started as root: bind, then run as this user
 
 # No [tls] table: a self-signed certificate is generated into data_dir on first start.
 
