@@ -15,7 +15,7 @@ from sansmail.mail import srs
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.recipients import Resolution, resolve_recipient
-from sansmail.sessions.smtpd._checks import Check
+from sansmail.sessions.smtpd._checks import Check, Inquiring
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MailStore
@@ -52,6 +52,15 @@ class SmtpService:
         default=(-1, datetime.datetime.min), init=False
     )
     _helo: Reply | None = attrs.field(default=None, init=False)
+    _inquiring: tuple[Inquiring, ...] | None = attrs.field(default=None, init=False)
+
+    @property
+    def inquiring(self) -> tuple[Inquiring, ...]:
+        """The checks that inquire (`Inquiring`), worked out once: an isinstance against
+        a runtime Protocol costs microseconds a check, and every connection asked."""
+        if self._inquiring is None:
+            self._inquiring = tuple(c for c in self.checks if isinstance(c, Inquiring))
+        return self._inquiring
 
     @property
     def implicit_tls(self) -> bool:

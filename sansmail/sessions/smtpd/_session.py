@@ -17,7 +17,7 @@ from sansmail.mail.policy import check_sender_login, in_networks
 from sansmail.mail.recipients import Resolution
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
-from sansmail.sessions.smtpd._checks import CLIENT_NAME, Inquiring, Inquiry, Stage
+from sansmail.sessions.smtpd._checks import CLIENT_NAME, Inquiry, Stage
 from sansmail.sessions.smtpd._replies import (
     AUTH_CANCELLED,
     AUTH_FAILED,
@@ -99,7 +99,7 @@ class SmtpSession:
         self._counters: dict[str, int] = {}
         # Transactions that died with files started: `cleanup` removes them.
         self._dead: list[Transaction] = []
-        self._inquiring = [c for c in service.checks if isinstance(c, Inquiring)]
+        self._inquiring = service.inquiring
         # The RCPT being inquired about, and its resolution (see `inquiries`).
         self._resolved: tuple[smtp.Rcpt, Resolution] | None = None
 
