@@ -1,3 +1,7 @@
+import os
+from collections.abc import Iterator
+
+import pytest
 from realfilters import (  # noqa: F401  (fixtures, shared by the modules that use them)
     rspamd_milter_fixture,
     spamass_milter_reject_fixture,
@@ -6,3 +10,14 @@ from realfilters import (  # noqa: F401  (fixtures, shared by the modules that u
     spamd_fixture,
 )
 from trio_helpers import client_tls, start_server, tls_ca, tls_files  # noqa: F401  (fixtures)
+
+
+@pytest.fixture(autouse=True)
+def _umask_restored() -> Iterator[None]:
+    """`sansmail-trio serve` sets umask 077 for the server's files; run in-process (the
+    CLI tests), it would stay for every later test of this worker, and the Postfix the
+    bench tests start cannot then read its own queue folders."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)

@@ -118,7 +118,7 @@ class FetchContext:
     load: Callable[[], bytes | None]
     #: The blob last stored with `set_cache` (None when there is none).
     get_cache: Callable[[], bytes | None]
-    set_cache: Callable[[bytes], None]
+    set_cache: Callable[[bytes], object]
     #: The session speaks IMAP4rev2. The answers do not differ today (the RFC822 forms
     #: are answered either way, and the writer picks the string forms per session).
     rev2: bool = False
