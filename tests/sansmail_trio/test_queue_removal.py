@@ -146,3 +146,42 @@ async def test_a_removal_a_crash_undid_is_sent_again_not_lost(
         shutil.copy2(on_disk, queue.root / f"{queue_id}.q")
         await _deliver_all(_runner(config, queue), queue, sink, 2)
     assert _subjects(sink) == ["again", "again"]  # a duplicate, as RFC 5321 §6.1 allows
+
+
+async def test_an_attempt_the_disk_cannot_record_is_one_error_line_and_kept(
+    tmp_path: pathlib.Path, dns: DNSServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A full disk when the attempt's record is written (finish_all hands each attempt's
+    # failure back in its place): no traceback, the message stays queued as it was.
+    peer_port = free_port(PEER)
+    config = _config(tmp_path, dns, peer_port)
+    queue = QueueStore(config.data_dir / "queue")
+    queue_id = _enqueue(queue, "full")
+    runner = _runner(config, queue)
+    calls: list[int] = []
+
+    def finish_all(attempts: list[object], **_: object) -> list[Exception]:
+        calls.append(len(attempts))
+        return [OSError(28, "No space left on device")] * len(attempts)
+
+    runner.manager.finish_all = finish_all  # type: ignore[method-assign,assignment]
+    caplog.set_level(logging.INFO, logger="sansmail.test.queue")
+    with Sink(PEER, peer_port) as sink:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runner.run)
+            await wait_for(lambda: bool(calls), what="the attempt to be finished")
+            await wait_for(
+                lambda: any("cannot record" in r.getMessage() for r in caplog.records),
+                what="the log line",
+            )
+            nursery.cancel_scope.cancel()
+    [line] = [r for r in caplog.records if "cannot record" in r.getMessage()]
+    assert line.levelno == logging.ERROR
+    assert line.exc_info is None
+    assert line.getMessage() == (
+        f"{queue_id}: cannot record the delivery attempt, tried again later: "
+        "[Errno 28] No space left on device"
+    )
+    assert not any("internal error" in r.getMessage() for r in caplog.records)
+    assert set(queue.ids()) == {queue_id}  # still queued, whole
+    assert len(sink.received) == 1
