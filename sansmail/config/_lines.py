@@ -11,6 +11,7 @@ item of a list), it answers with the line of the nearest enclosing key.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tomllib
 
@@ -29,7 +30,10 @@ def _split_dotted(text: str) -> tuple[str, ...]:
         part = match.group()
         if part[0] in "\"'":
             # Let tomllib undo the quoting, escapes included, rather than reimplement it.
-            part = tomllib.loads(f"k = {part}")["k"]
+            # A key it refuses (a control character, a bad escape) stays as written: the
+            # parse of the whole text reports it, with its line.
+            with contextlib.suppress(tomllib.TOMLDecodeError):
+                part = tomllib.loads(f"k = {part}")["k"]
         parts.append(part)
     return tuple(parts)
 

@@ -248,8 +248,8 @@ def _read_tls(table: Table) -> TLSConfig:
         return TLSConfig()
     ok = True
     for name, path in (("cert", cert), ("key", key)):
-        if not path.is_file():
-            table.problem(name, f"{path}: no such file")
+        if (problem := _not_a_file(path)) is not None:
+            table.problem(name, problem)
             ok = False
     # Whether the pair actually loads is the TLS layer's to judge (this package has no
     # ssl): the adapter passes its checker in.
@@ -401,9 +401,20 @@ def _port(table: Table, key: str, default: int) -> int:
 
 def _existing(table: Table, key: str) -> pathlib.Path | None:
     path = table.path_value(key, None)
-    if path is not None and not path.is_file():
-        table.problem(key, f"{path}: no such file")
+    if path is not None and (problem := _not_a_file(path)) is not None:
+        table.problem(key, problem)
     return path
+
+
+def _not_a_file(path: pathlib.Path) -> str | None:
+    """Why `path` is no file to read, or None. `is_file` raises for a name too long or a
+    folder that cannot be searched (ENAMETOOLONG, EACCES): a problem like the others."""
+    try:
+        if path.is_file():
+            return None
+    except OSError as exc:
+        return f"{path}: cannot be looked at: {exc.strerror}"
+    return f"{path}: no such file"
 
 
 def _read_antispam(table: Table) -> AntispamConfig:

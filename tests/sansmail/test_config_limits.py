@@ -100,3 +100,22 @@ def test_a_per_ip_cap_above_the_total_is_warned_about(tmp_path: pathlib.Path) ->
     )
     assert any("limits.imap_max_connections_per_ip: larger than" in w for w in warnings(config))
     assert not any("pop3_max" in w for w in warnings(config))
+
+
+# Two findings of fuzz/fuzz_config.py: both raised out of the parser instead of a problem.
+
+
+def test_a_path_too_long_to_look_at_is_a_problem(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(f'aliases = "{"a" * 300}"\n[tls]\ncert = "{"c" * 300}"\nkey = "k"\n', tmp_path)
+    message = str(caught.value)
+    assert "sansmail.toml:1: aliases: " in message
+    assert "sansmail.toml:3: tls.cert: " in message
+    assert message.count("cannot be looked at: File name too long") == 2
+
+
+@pytest.mark.parametrize("header", ['[a."\\x"]', '["\\u0000"]', "['\\x01']"])
+def test_a_table_name_toml_refuses_is_a_problem(tmp_path: pathlib.Path, header: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(f"{header}\nkey = 1\n", tmp_path)
+    assert "sansmail.toml:1:" in str(caught.value)
