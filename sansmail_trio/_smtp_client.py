@@ -92,7 +92,13 @@ def client_tls_context(*, verify: bool, cafile: os.PathLike[str] | str | None) -
     checks no certificate: an MX host name comes from unauthenticated DNS, so a check
     proves nothing there, and refusing would push the mail to plain text (RFC 7435).
     ``verify`` checks the chain and the MX host name, as Postfix's ``verify`` level."""
-    context = ssl.create_default_context(cafile=os.fspath(cafile) if cafile else None)
+    # What ssl.create_default_context makes, without its one extra: it honours
+    # SSLKEYLOGFILE, writing every session's secrets to that file.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname checked, chain required
+    if cafile:
+        context.load_verify_locations(cafile=os.fspath(cafile))
+    else:
+        context.load_default_certs()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
         context.check_hostname = False

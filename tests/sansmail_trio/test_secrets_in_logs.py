@@ -17,6 +17,7 @@ import pathlib
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from sansmail import sasl
 from sansmail.mail.address import parse_address
 from sansmail.mail.logtext import command_for_log
 from sansmail.storage.users import UserStore
+from sansmail_trio._smtp_client import client_tls_context
 from sansmail_trio._tls import ensure_self_signed, server_context
 
 MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256")
@@ -534,4 +536,17 @@ def test_server_tls_keys_are_never_written_out(
     monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
     cert, key = ensure_self_signed(tmp_path, "mx.example.test")
     assert server_context(cert, key).keylog_filename is None
+    assert not (tmp_path / "keys.log").exists()
+
+
+def test_outbound_tls_keys_are_never_written_out(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same for the queue runner's STARTTLS to next hops, at every level.
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
+    for verify in (False, True):
+        context = client_tls_context(verify=verify, cafile=None)
+        assert context.keylog_filename is None
+        assert context.verify_mode == (ssl.CERT_REQUIRED if verify else ssl.CERT_NONE)
+        assert context.check_hostname is verify
     assert not (tmp_path / "keys.log").exists()
