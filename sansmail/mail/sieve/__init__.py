@@ -1,0 +1,19 @@
+"""Sieve (RFC 5228 and its extensions): users' mail filters, as pure code.
+
+`_ast` is the tree; the parser (text to tree, errors with line and column) and the
+evaluator (a tree, a message and its envelope to a list of actions) build on it. No I/O:
+the caller reads scripts and messages and carries the actions out.
+"""
+
+from sansmail.mail.sieve._ast import (
+    Argument,
+    Command,
+    Number,
+    Position,
+    Script,
+    StringList,
+    Tag,
+    Test,
+)
+
+__all__ = ["Argument", "Command", "Number", "Position", "Script", "StringList", "Tag", "Test"]
