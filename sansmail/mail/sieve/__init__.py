@@ -1,4 +1,5 @@
-"""Sieve (RFC 5228 and its extensions): users' mail filters, as pure code.
+"""Sieve (RFC 5228 and its extensions): users' mail filters, as pure code that reads no
+file, message or clock of its own and sends nothing: the caller does all of that.
 
 `_ast` is the tree; the parser (text to tree, errors with line and column) and the
 evaluator (a tree, a message and its envelope to a list of actions) build on it. No I/O:
