@@ -16,5 +16,9 @@ from sansmail.mail.sieve._ast import (
     Tag,
     Test,
 )
+from sansmail.mail.sieve._lexer import SieveError
+from sansmail.mail.sieve._parser import parse
+from sansmail.mail.sieve._validate import SUPPORTED
 
 __all__ = ["Argument", "Command", "Number", "Position", "Script", "StringList", "Tag", "Test"]
+__all__ += ["SUPPORTED", "SieveError", "parse"]

@@ -62,6 +62,9 @@ class Test:
     arguments: tuple[Argument, ...]
     tests: tuple[Test, ...]
     position: Position
+    # ``allof (t)`` against ``not t``: whether the nested tests came as a parenthesised
+    # list, which the validator checks (anyof wants a list, not wants one bare test).
+    test_list: bool = False
 
 
 @attrs.frozen
@@ -73,6 +76,7 @@ class Command:
     tests: tuple[Test, ...]  # the test of if/elsif (one), none for most commands
     block: tuple[Command, ...] | None  # None: the command has no block
     position: Position
+    test_list: bool = False  # as Test.test_list: ``if (t) {}`` is refused
 
 
 @attrs.frozen
