@@ -57,7 +57,7 @@ def _describe(token: Token) -> str:
         return f"tag ':{token.value}'"
     if token.kind is Kind.NUMBER:
         return f"number {token.value}"
-    return token.kind.value
+    return str(token.kind.value)
 
 
 class _Parser:
