@@ -6,6 +6,19 @@ evaluator (a tree, a message and its envelope to a list of actions) build on it.
 the caller reads scripts and messages and carries the actions out.
 """
 
+from sansmail.mail.sieve._actions import (
+    Action,
+    AddHeader,
+    DeleteHeader,
+    Discard,
+    Error,
+    FileInto,
+    Keep,
+    Redirect,
+    Reject,
+    Result,
+    Vacation,
+)
 from sansmail.mail.sieve._ast import (
     Argument,
     Command,
@@ -16,9 +29,13 @@ from sansmail.mail.sieve._ast import (
     Tag,
     Test,
 )
+from sansmail.mail.sieve._eval import Limits, SieveContext, SieveEnvelope, SieveMessage, evaluate
 from sansmail.mail.sieve._lexer import SieveError
 from sansmail.mail.sieve._parser import parse
 from sansmail.mail.sieve._validate import SUPPORTED
 
 __all__ = ["Argument", "Command", "Number", "Position", "Script", "StringList", "Tag", "Test"]
 __all__ += ["SUPPORTED", "SieveError", "parse"]
+__all__ += ["Action", "AddHeader", "DeleteHeader", "Discard", "Error", "FileInto", "Keep"]
+__all__ += ["Limits", "Redirect", "Reject", "Result", "SieveContext", "SieveEnvelope"]
+__all__ += ["SieveMessage", "Vacation", "evaluate"]
