@@ -20,7 +20,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sansmail"
-CORES = ("smtp", "pop3", "imap", "sasl", "mime", "milter")
+CORES = ("smtp", "pop3", "imap", "sasl", "mime", "milter", "managesieve")
 FORBIDDEN = ("trio", "asyncio", "anyio", "socket", "ssl", "selectors", "threading")
 
 
