@@ -46,6 +46,9 @@ from sansmail.mail.address import (
 )
 from sansmail.mail.aliases import role_account_problems
 from sansmail.mail.envelope import check_queue_id
+from sansmail.mail.sieve import Position, SieveError
+from sansmail.mail.sieve import parse as parse_sieve
+from sansmail.mail.sieve._parser import DEFAULT_MAX_SIZE as SIEVE_MAX_SIZE
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
@@ -205,6 +208,12 @@ new keys within a second; no restart). A key is never replaced without --force.
 examples:
   {PROG} dkim keygen example.com
   {PROG} dkim keygen example.com --selector s2024 --algorithm ed25519
+"""
+
+_SIEVE_CHECK_HELP = """\
+Check a Sieve script (RFC 5228 and the extensions sansmail runs) as ManageSieve's
+PUTSCRIPT will: prints nothing and exits 0 when it is good; else prints
+FILE:LINE:COLUMN: message on standard error (the first error) and exits 1.
 """
 
 _NOT_BUILT = "not built yet"
@@ -387,9 +396,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="look the records up and say which differ"
     )
 
-    sieve = group("sieve", f"Sieve scripts: check, and manage users' scripts ({_NOT_BUILT})")
-    check = not_built(
-        sieve, "check", "check a Sieve script: FILE:LINE:COLUMN: message", parent="sieve"
+    sieve = group(
+        "sieve", f"Sieve scripts: check, and manage users' scripts (managing: {_NOT_BUILT})"
+    )
+    check = command(
+        sieve,
+        "check",
+        "check a Sieve script: FILE:LINE:COLUMN: message",
+        _sieve_check,
+        _SIEVE_CHECK_HELP,
+        parent="sieve",
     )
     check.add_argument("file", metavar="FILE", help="the script")
     for action, summary, arguments in (
@@ -717,6 +733,34 @@ def _reload(args: argparse.Namespace) -> int:
         "reload requested: every running server process re-reads users and aliases before "
         "its next lookup, and its TLS certificate within a second"
     )
+    return 0
+
+
+def _sieve_check(args: argparse.Namespace) -> int:
+    # Only the script: no configuration is read, so it checks a file before it is put.
+    name = args.file
+    try:
+        with pathlib.Path(name).open("rb") as file:
+            raw = file.read(SIEVE_MAX_SIZE + 1)  # a byte more than a script may have
+    except OSError as error:
+        print(f"{PROG} sieve check: {name}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    if len(raw) > SIEVE_MAX_SIZE:
+        print(f"{name}:1:1: script is too large (max {SIEVE_MAX_SIZE} bytes)", file=sys.stderr)
+        return 1
+    try:
+        text = raw.decode("utf-8")  # RFC 5228 §2.4.2.4: a script is UTF-8
+    except UnicodeDecodeError as error:
+        before = raw[: error.start].decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        print(f"{name}:{Position(line, column)}: the script is not valid UTF-8", file=sys.stderr)
+        return 1
+    try:
+        parse_sieve(text)
+    except SieveError as error:
+        print(f"{name}:{error.position}: {error.message}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -651,7 +651,6 @@ def test_queue_flush_without_a_queue(run, config_file):
 NOT_BUILT = [
     ("dns-records", ["dns-records", "example.test"]),
     ("dns-records", ["dns-records", "example.test", "--check", "--config", "x.toml"]),
-    ("sieve check", ["sieve", "check", "script.sieve"]),
     ("sieve put", ["sieve", "put", "alice@example.test", "main", "script.sieve"]),
     ("sieve put", ["sieve", "put", "alice@example.test", "main", "-", "--config", "x.toml"]),
     ("sieve put", ["sieve", "put", "alice@example.test", "main"]),
