@@ -171,7 +171,8 @@ _TAG_VALUES: Final = frozenset(
 )
 _MATCH_TYPES: Final = frozenset({"is", "contains", "matches", "value", "count"})
 _ADDRESS_PARTS: Final = frozenset({"all", "localpart", "domain", "user", "detail"})
-_PROTECTED_HEADERS: Final = frozenset({"received", "auto-submitted"})  # RFC 5293 §6
+# RFC 5293 §6: never deleted (Pigeonhole's sieve_editheader_protected); adding is allowed.
+_PROTECTED_HEADERS: Final = frozenset({"received", "auto-submitted"})
 _FIELD_NAME: Final = re.compile(r"[!-9;-~]+")
 _VARIABLE: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|[0-9]+)\}")
 _ENCODED: Final = re.compile(r"\$\{(hex|unicode)\s*:([0-9a-fA-F\s]*)\}", re.IGNORECASE)
@@ -707,8 +708,6 @@ def _cmd_addheader(run: _Run, command: Command, args: _Args) -> None:
         run.fail(f"bad header name {name!r}", pos)
     if "\r" in value or "\n" in value or "\x00" in value:
         value = re.sub(r"[\r\n\x00]+", " ", value)
-    if fold(name) in _PROTECTED_HEADERS:
-        return  # RFC 5293 §6: never touched; ignored, as Pigeonhole does
     _count_edit(run, pos)
     last = "last" in args.tags
     field = (name, b" " + value.encode())
@@ -731,7 +730,7 @@ def _cmd_deleteheader(run: _Run, command: Command, args: _Args) -> None:
         run.fail("deleteheader needs a name and optional values", pos)
     name = run.string(args.positional[0], pos)
     if fold(name) in _PROTECTED_HEADERS:
-        return
+        return  # RFC 5293 §6: the trace stays whole; ignored, as Pigeonhole does
     patterns = run.strings(args.positional[1], pos) if len(args.positional) == 2 else None
     folded = fold(name)
     where = [i for i, (field, _) in enumerate(run.headers) if fold(field) == folded]
@@ -924,13 +923,17 @@ def _test_envelope(run: _Run, test: Test, args: _Args) -> bool:
             addresses.append((envelope.original_to or envelope.to).strip("<>"))
         elif part == "auth" and envelope.auth is not None:
             addresses.append(envelope.auth)
-    if "detail" not in args.tags:
-        values = _parts(run, args, addresses)
-    else:
-        values = [p for a in addresses if a and (p := _address_part(run, args, a)) is not None]
-    if "count" not in args.tags:
-        # RFC 5228 §5.4: the null sender is "", whatever the address part.
-        values = ["" if not a else v for a, v in zip(addresses, values, strict=False)] or values
+    values: list[str] = []
+    for address in addresses:
+        if not address:
+            # RFC 5228 §5.4: the null reverse-path is "" under every address part but
+            # :detail, which it has none of (RFC 5233 §4).
+            if "detail" not in args.tags:
+                values.append("")
+            continue
+        part = _address_part(run, args, address)
+        if part is not None:
+            values.append(part)
     return run.match(args, values, keys, test.position)
 
 

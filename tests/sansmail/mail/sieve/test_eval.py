@@ -470,10 +470,11 @@ def test_editheader_edits_are_seen_by_later_tests() -> None:
     )
 
 
-def test_editheader_never_touches_received() -> None:
-    msg = with_header("Received: from a", "Subject: s")
-    script = 'require "editheader"; deleteheader "Received"; addheader "Received" "x";'
-    assert actions(script, msg) == (Keep(),)
+def test_editheader_never_deletes_received_or_auto_submitted() -> None:
+    msg = with_header("Received: from a", "Auto-Submitted: auto-replied", "Subject: s")
+    script = """require "editheader";
+    deleteheader "Received"; deleteheader "auto-submitted"; addheader "Received" "x";"""
+    assert actions(script, msg) == (AddHeader("Received", "x"), Keep())
 
 
 def test_deleteheader_by_value_and_index() -> None:
