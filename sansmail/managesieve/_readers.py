@@ -102,12 +102,21 @@ Token = Atom | String
 
 # RFC 5804 §4: QUOTED-CHAR = SAFE-UTF8-CHAR / "\" QUOTED-SPECIALS; SAFE-CHAR is any octet
 # but NUL, CR, LF, DQUOTE and "\" (CR and LF cannot occur inside a line).
-_QUOTED: Final = re.compile(rb'"((?:[^"\\\x00]|\\["\\])*)"')
-_UNESCAPE: Final = re.compile(rb'\\(["\\])')
+# Runs of plain octets are taken whole, and possessively: an unterminated string fails at
+# once instead of backtracking through every way of splitting the run.
+_QUOTED: Final = re.compile(rb'"((?:[^"\\\x00]++|\\["\\])*+)"')
 # RFC 5804 §4: literal-c2s = "{" number [ "+" ] "}" CRLF *OCTET.
 _LITERAL: Final = re.compile(rb"\{([0-9]{1,10})(\+?)\}\Z")
 # Command names are letters; a number is digits. Nothing else is bare.
 _ATOM: Final = re.compile(rb"[A-Za-z0-9]+")
+
+
+def _unescape(value: bytes) -> bytes:
+    # _QUOTED pairs every backslash with the octet after it, left to right, as
+    # bytes.replace scans; NUL cannot occur in a quoted string, so it holds the escaped
+    # backslashes meanwhile. (re.sub with a template ran Python code per escape: 40% of
+    # parsing a quoted script.)
+    return value.replace(b"\\\\", b"\0").replace(b'\\"', b'"').replace(b"\0", b"\\")
 
 
 def literal_at_end(line: bytes) -> int | None:
@@ -141,7 +150,10 @@ def scan_line(line: bytes, tokens: list[Token], *, continuation: bool) -> int | 
             match = _QUOTED.match(line, pos)
             if match is None:
                 raise _refuse("bad quoted string", "syntax error in a quoted string")
-            tokens.append(String(_UNESCAPE.sub(rb"\1", match[1])))
+            value = match[1]
+            if b"\\" in value:
+                value = _unescape(value)
+            tokens.append(String(value))
             pos = match.end()
         elif char == 0x7B:  # {
             match = _LITERAL.match(line, pos)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from managesieve_helpers import events_of, greeted
 
 from sansmail.managesieve import (
@@ -28,7 +30,9 @@ from sansmail.managesieve import (
     StartTls,
     Unauthenticate,
     name_problem,
+    write_string,
 )
+from sansmail.managesieve._readers import String, Token, scan_line
 
 
 def _authenticated(**kwargs: object) -> Connection:
@@ -222,3 +226,17 @@ def test_unauthenticated_literal_is_never_buffered() -> None:
 )
 def test_name_rules(name: str, problem: str | None) -> None:
     assert name_problem(name) == problem
+
+
+@given(value=st.binary(max_size=1500))
+def test_strings_round_trip(value: bytes) -> None:
+    # What the writer quotes (or makes a literal of), the reader gives back unchanged.
+    tokens: list[Token] = []
+    wire = b"NOOP " + write_string(value)
+    literal = scan_line(wire.split(b"\r\n", 1)[0], tokens, continuation=False)
+    if literal is None:
+        assert tokens[1] == value
+        assert type(tokens[1]) is String
+    else:
+        assert literal == len(value)
+        assert wire.endswith(b"\r\n" + value)
