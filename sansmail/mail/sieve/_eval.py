@@ -239,6 +239,7 @@ class _Run:
         self._root: MessagePart | None = None
         self._headers: list[tuple[str, bytes]] | None = None
         self.actions: list[Action] = []
+        self.positions: list[Position] = []  # of each action, for errors about it
         self.implicit_keep = True
         self.flags: list[str] = []  # imap4flags' internal variable (RFC 5232 §3)
         self.flag_variables: dict[str, list[str]] = {}
@@ -315,6 +316,7 @@ class _Run:
         if len(self.actions) >= self.limits.max_actions:
             self.fail(f"more than {self.limits.max_actions} actions", position)
         self.actions.append(action)
+        self.positions.append(position)
 
     # -- strings ------------------------------------------------------------------
 
@@ -916,12 +918,12 @@ def _test_envelope(run: _Run, test: Test, args: _Args) -> bool:
     addresses: list[str] = []
     envelope = run.envelope
     for name in names:
-        part = fold(name)
-        if part == "from":
+        which = fold(name)
+        if which == "from":
             addresses.append(envelope.from_.strip("<>"))
-        elif part == "to":
+        elif which == "to":
             addresses.append((envelope.original_to or envelope.to).strip("<>"))
-        elif part == "auth" and envelope.auth is not None:
+        elif which == "auth" and envelope.auth is not None:
             addresses.append(envelope.auth)
     values: list[str] = []
     for address in addresses:
@@ -1153,13 +1155,16 @@ _TESTS: Final[dict[str, Callable[[_Run, Test, _Args], bool]]] = {
 }
 
 
-def _conflict(actions: Sequence[Action]) -> str | None:
+def _conflict(run: _Run) -> SieveRuntimeError | None:
     """RFC 5429 §2.1 (as Pigeonhole): reject cannot go with an action that delivers or
-    answers the message."""
-    if any(isinstance(a, Reject) for a in actions):
-        for a in actions:
-            if isinstance(a, Keep | FileInto | Redirect | Vacation):
-                return f"reject conflicts with {type(a).__name__.lower()}"
+    answers the message; the error points at the reject."""
+    rejects = [i for i, a in enumerate(run.actions) if isinstance(a, Reject)]
+    if not rejects:
+        return None
+    for action in run.actions:
+        if isinstance(action, Keep | FileInto | Redirect | Vacation):
+            name = type(action).__name__.lower()
+            return SieveRuntimeError(f"reject conflicts with {name}", run.positions[rejects[0]])
     return None
 
 
@@ -1179,9 +1184,9 @@ def evaluate(
     try:
         with contextlib.suppress(_StopError):
             run.run_script(script)
-        problem = _conflict(run.actions)
+        problem = _conflict(run)
         if problem is not None:
-            raise SieveRuntimeError(problem)
+            raise problem
     except SieveRuntimeError as e:
         pos = e.position
         error = Error(str(e), pos.line if pos else 0, pos.column if pos else 0)

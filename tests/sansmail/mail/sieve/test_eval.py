@@ -218,9 +218,10 @@ def test_reject_and_ereject() -> None:
 
 
 def test_reject_conflicts_with_fileinto() -> None:
-    result = run('require ["reject", "fileinto"]; fileinto "A"; reject "no";')
+    result = run('require ["reject", "fileinto"];\nfileinto "A";\n reject "no";')
     assert result.actions == (Keep(),)
     assert "conflicts" in result.errors[0].message
+    assert (result.errors[0].line, result.errors[0].column) == (3, 2)
 
 
 # -- imap4flags (RFC 5232) --------------------------------------------------------------
