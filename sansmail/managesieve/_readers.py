@@ -6,10 +6,10 @@ A ManageSieve command (RFC 5804 §4) is a command name and arguments separated b
 spaces, ended by CRLF. Arguments are numbers (HAVESPACE's size) or strings, and a string
 is quoted ("..." with only \\" and \\\\ escaped) or a literal: "{n}" or "{n+}" at the end
 of a line, then exactly n octets, after which the command goes on (a space and more
-arguments) or ends (CRLF). ManageSieve has no continuation request: a client sends a
-literal's octets without waiting, whether it wrote {n+} (non-synchronizing, as
-sieve-connect and the Python managesieve library do) or {n} (as some older clients do),
-so both are read the same way.
+arguments) or ends (CRLF). RFC 5804 §4 has clients send only "{n+}" (literal-c2s,
+non-synchronizing: sieve-connect, Roundcube and the Python managesieve library do) and
+defines no continuation request, so a client that writes the synchronizing "{n}" has
+nothing to wait for and sends the octets at once: both are read the same way.
 
 `CommandReader` gathers one command across its lines and literals from the connection's
 `LineBuffer`: each line is scanned once (`scan_line`), each literal taken whole once it
@@ -105,7 +105,9 @@ Token = Atom | String
 # Runs of plain octets are taken whole, and possessively: an unterminated string fails at
 # once instead of backtracking through every way of splitting the run.
 _QUOTED: Final = re.compile(rb'"((?:[^"\\\x00]++|\\["\\])*+)"')
-# RFC 5804 §4: literal-c2s = "{" number [ "+" ] "}" CRLF *OCTET.
+# RFC 5804 §4: literal-c2s = "{" number "+}" CRLF *OCTET. The "+" is optional here: a
+# client writing {n} gets no continuation (ManageSieve has none) and sends the octets
+# anyway, so they are read the same way.
 _LITERAL: Final = re.compile(rb"\{([0-9]{1,10})(\+?)\}\Z")
 # Command names are letters; a number is digits. Nothing else is bare.
 _ATOM: Final = re.compile(rb"[A-Za-z0-9]+")
