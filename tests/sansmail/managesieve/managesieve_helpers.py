@@ -1,13 +1,33 @@
 """Shared drivers for the ManageSieve core tests: a greeted connection and a runner that
 plays a session (client bytes in, expected events, the answers, expected server bytes)
-with the client's bytes cut into any chunks."""
+with the client's bytes cut into any chunks; and a toy script store serving one real
+client over a socket."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Sequence
 
 from sansmail import NEED_DATA, PAUSED, SERVER
-from sansmail.managesieve import Capabilities, Connection, Event
+from sansmail.managesieve import (
+    Authenticate,
+    Capabilities,
+    Connection,
+    ConnectionClosed,
+    DeleteScript,
+    Event,
+    GetScript,
+    HaveSpace,
+    InvalidCommand,
+    ListScripts,
+    Logout,
+    No,
+    Ok,
+    PutScript,
+    Script,
+    ScriptList,
+    SetActive,
+)
 
 CAPABILITIES = Capabilities(
     implementation="sansmail",
@@ -68,3 +88,60 @@ def play(conn: Connection, steps: Sequence[Step], *, sizes: Iterable[int] = ()) 
         assert got == [expected], (client, got)
         if answer is not None:
             assert conn.send(answer) == server, client  # type: ignore[arg-type]
+
+
+STORE_CAPABILITIES = Capabilities(implementation="sansmail", sasl=("PLAIN",), sieve=("fileinto",))
+
+
+def _answer(event: Event, scripts: dict[str, bytes], active: list[str]) -> Event:
+    # A toy script store: user "user", password "pass", scripts in a dict.
+    if isinstance(event, InvalidCommand):
+        return event.reply_hint
+    if isinstance(event, Authenticate):
+        ok = event.mechanism == "PLAIN" and event.initial_response == b"\0user\0pass"
+        return Ok() if ok else No(text="authentication failed")
+    if isinstance(event, PutScript):
+        scripts[event.name] = event.content
+    elif isinstance(event, HaveSpace):
+        return Ok() if event.size < 1000 else No(code="QUOTA/MAXSIZE", text="too big")
+    elif isinstance(event, SetActive):
+        active[:] = [event.name] if event.name else []
+    elif isinstance(event, ListScripts):
+        return ScriptList(names=tuple(scripts), active=active[0] if active else None)
+    elif isinstance(event, GetScript):
+        if event.name not in scripts:
+            return No(code="NONEXISTENT", text="no such script")
+        return Script(content=scripts[event.name])
+    elif isinstance(event, DeleteScript):
+        if event.name in active:
+            return No(code="ACTIVE", text="the active script")
+        scripts.pop(event.name, None)
+    return Ok()
+
+
+def serve_one(
+    sock: socket.socket,
+    events: list[Event],
+    scripts: dict[str, bytes] | None = None,
+    active: list[str] | None = None,
+) -> None:
+    """Serve one client on `sock` until LOGOUT or EOF, recording the events; `scripts`
+    and `active` are the store, kept across connections when given. For tests against
+    real clients; the loop only moves bytes."""
+    conn = Connection(SERVER)
+    scripts = {} if scripts is None else scripts
+    active = [] if active is None else active
+    with sock:
+        sock.sendall(conn.send(STORE_CAPABILITIES))
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+                continue
+            if event is PAUSED or isinstance(event, ConnectionClosed):
+                return
+            assert isinstance(event, Event)
+            events.append(event)
+            sock.sendall(conn.send(_answer(event, scripts, active)))  # type: ignore[arg-type]
+            if isinstance(event, Logout):
+                return
