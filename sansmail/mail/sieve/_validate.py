@@ -71,8 +71,23 @@ _DATE_PARTS = frozenset(
     {"year", "month", "day", "date", "julian", "hour", "minute", "second", "time"}
     | {"iso8601", "std11", "zone", "weekday"}
 )
+_ADDRESS = re.compile(r"[^\s@<>]+@[^\s@<>]+(>\s*)?\Z")  # a bare or <>-ended addr-spec
 _ZONE = re.compile(r"[+-][0-9]{4}\Z")
-_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")  # no namespace is supported
+# RFC 5228 §5.1: the address test reads only headers that hold addresses; Pigeonhole's
+# list, which refuses "subject" and the like at upload rather than never matching.
+_ADDRESS_HEADERS = frozenset(
+    {"from", "sender", "to", "cc", "bcc", "reply-to", "resent-from", "resent-sender"}
+    | {"resent-to", "resent-cc", "resent-bcc", "resent-reply-to", "return-receipt-to"}
+    | {"errors-to", "disposition-notification-to", "delivered-to", "envelope-to"}
+    | {"x-original-to", "original-recipient", "return-path", "approved", "mail-followup-to"}
+    | {"mail-reply-to", "x-envelope-to", "x-envelope-from"}
+)
+_ENVELOPE_PARTS = frozenset({"from", "to", "auth"})  # RFC 5228 §5.4, and "auth"
+
+# Pigeonhole's words; RFC 5228 §3.2 puts require before any other command, at the top.
+_REQUIRE_PLACE = "require commands can only be placed at top level at the beginning of the file"
+_FLAG_COMMANDS = frozenset({"setflag", "addflag", "removeflag", "hasflag"})
 
 STRING = "string"
 STRING_LIST = "string-list"
@@ -315,11 +330,7 @@ def _requires(commands: Iterable[Command]) -> frozenset[str]:
             others = True
             continue
         if others:
-            raise SieveError(
-                "the require command can only be placed at the beginning of the script,"
-                " before any other command",
-                command.position,
-            )
+            raise SieveError(_REQUIRE_PLACE, command.position)
         _check_arguments(command.name, "command", COMMANDS["require"], command, frozenset())
         (capabilities,) = command.arguments
         assert isinstance(capabilities, StringList)
@@ -352,10 +363,7 @@ class _Validator:
         self.check_capability(spec, f"command '{name}'", command.position)
         if name == "require":
             if not top:
-                raise SieveError(
-                    "the require command can only be placed at the top level of the script",
-                    command.position,
-                )
+                raise SieveError(_REQUIRE_PLACE, command.position)
         if name in ("elsif", "else") and previous not in ("if", "elsif"):
             raise SieveError(
                 f"the {name} command must follow an if or elsif command", command.position
@@ -469,6 +477,13 @@ def _check_arguments(
         )
     _check_values(name, what, tag_values, requires)
     _check_special(name, positional, tag_values)
+    if name in _FLAG_COMMANDS and len(positional) == 2 and "variables" not in requires:
+        # RFC 5232 §3: the variable name form exists only with "variables".
+        raise SieveError(
+            f"the {name} {what} only takes a variable name when the variables extension"
+            ' is active (it needs require "variables")',
+            positional[0].position,
+        )
 
 
 def _check_positional(
@@ -570,10 +585,44 @@ def _check_special(
         variable = positional[0]
         assert isinstance(variable, StringList)
         (value,) = variable.strings
+        if "." in value and _VARIABLE_NAME.match(value.split(".")[0]):
+            namespace = value.split(".")[0]
+            raise SieveError(
+                f"referring to variable in unknown namespace '{namespace}'", variable.position
+            )
         if not _VARIABLE_NAME.match(value):
             raise SieveError(
                 f"invalid variable name '{value}' for the set command", variable.position
             )
+    elif name in ("address", "envelope"):
+        parts = positional[0]
+        assert isinstance(parts, StringList)
+        allowed = _ADDRESS_HEADERS if name == "address" else _ENVELOPE_PARTS
+        for value in parts.strings:
+            if _constant(value) and value.lower() not in allowed:
+                what = "header" if name == "address" else "envelope part"
+                raise SieveError(
+                    f"specified {what} '{value}' is not allowed for the {name} test",
+                    parts.position,
+                )
+    elif name == "vacation" and "from" in values:
+        # Pigeonhole refuses a bad redirect address here too; the evaluator's tests want
+        # that one at run time (a runtime error and the implicit keep), so it waits.
+        address = values["from"]
+        assert isinstance(address, StringList)
+        (value,) = address.strings
+        if _constant(value) and not _ADDRESS.search(value):
+            raise SieveError(
+                f"specified :from address '{value}' is invalid (expecting local-part@domain)",
+                address.position,
+            )
+    elif name == "include":
+        script = positional[0]
+        assert isinstance(script, StringList)
+        (value,) = script.strings
+        # RFC 6609 §3.2 names scripts as ManageSieve does: no "/" (nor an empty name).
+        if _constant(value) and (not value or "/" in value or "\x00" in value):
+            raise SieveError(f"include: invalid script name '{value}'", script.position)
     elif name in ("date", "currentdate"):
         part = positional[-2]
         assert isinstance(part, StringList)

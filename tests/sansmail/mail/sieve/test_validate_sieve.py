@@ -262,7 +262,7 @@ BAD = [
     ("frobnicate;", 1, 1, "unknown command 'frobnicate'"),
     ('fileinto "x";', 1, 1, 'it needs require "fileinto"'),
     ('if body :text "x" {}', 1, 4, 'it needs require "body"'),
-    ('keep;\nrequire "fileinto";', 2, 1, "beginning of the script"),
+    ('keep;\nrequire "fileinto";', 2, 1, "at top level at the beginning of the file"),
     ('if true { require "fileinto"; }', 1, 11, "top level"),
     ('require "frobnicate";', 1, 9, "unknown Sieve capability 'frobnicate'"),
     ('require ["fileinto", "x-nope"];', 1, 9, "unknown Sieve capability 'x-nope'"),
@@ -326,7 +326,14 @@ BAD = [
     ('require "imap4flags";\nsetflag;', 2, 1, "expects a string list as its list of flags"),
     ('require "imap4flags";\nsetflag ["a"] ["b"];', 2, 9, "expects a string as its variable"),
     ('require "imap4flags";\nsetflag "a" "b" "c";', 2, 17, "takes 2 positional arguments"),
+    ('require "imap4flags";\nsetflag "a" "b";', 2, 9, 'it needs require "variables"'),
+    ('require "imap4flags";\nif hasflag "a" "b" {}', 2, 12, 'it needs require "variables"'),
     ('require "mailbox";\nif mailboxexists {}', 2, 4, "expects a string list"),
+    ('if address ["to", "Subject"] "x" {}', 1, 12, "header 'Subject' is not allowed"),
+    ('require "envelope";\nif envelope "foo" "x" {}', 2, 13, "envelope part 'foo'"),
+    ('require "vacation";\nvacation :from "bad" "x";', 2, 16, ":from address 'bad'"),
+    ('require "include";\ninclude "a/b";', 2, 9, "invalid script name 'a/b'"),
+    ('require "variables";\nset "a.b" "x";', 2, 5, "unknown namespace 'a'"),
 ]
 
 
