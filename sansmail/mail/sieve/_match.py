@@ -11,6 +11,8 @@ it can, which is what the match variables of RFC 5229 §3.2 report (as Pigeonhol
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Final
 
 __all__ = [
@@ -91,9 +93,9 @@ def compare(comparator: str, match_type: str, value: str, key: str) -> list[str]
     raise MatchError(f"unknown match type :{match_type}")
 
 
-def _segments(pattern: str) -> tuple[list[list[str | None]], bool, bool]:
-    """The pattern cut at ``*``: each segment a list of characters, None for ``?``; and
-    whether it starts and ends with ``*``. ``\\`` makes the next character literal."""
+def _segments(pattern: str) -> list[list[str | None]]:
+    """The pattern cut at ``*``: each segment a list of characters, None for ``?``.
+    ``\\`` makes the next character literal."""
     segments: list[list[str | None]] = [[]]
     i = 0
     while i < len(pattern):
@@ -107,7 +109,7 @@ def _segments(pattern: str) -> tuple[list[list[str | None]], bool, bool]:
         else:
             segments[-1].append(None if ch == "?" else ch)
         i += 1
-    return segments, False, False
+    return segments
 
 
 def _fits(value: str, at: int, segment: list[str | None]) -> bool:
@@ -120,23 +122,27 @@ def _fits(value: str, at: int, segment: list[str | None]) -> bool:
 
 
 def _find(value: str, start: int, segment: list[str | None]) -> int:
-    """The leftmost position at or after `start` where `segment` fits, or -1."""
+    """The leftmost position at or after `start` where `segment` fits, or -1. A segment
+    with ``?`` is searched as a fixed-length regular expression (literals and ``.``, no
+    quantifier, so it cannot backtrack), which keeps the scan in C."""
     if not segment:
         return start
     if None not in segment:
         return value.find("".join(segment), start)  # type: ignore[arg-type]
-    last = len(value) - len(segment)
-    for at in range(start, last + 1):
-        if _fits(value, at, segment):
-            return at
-    return -1
+    found = _segment_regex(tuple(segment)).search(value, start)
+    return -1 if found is None else found.start()
+
+
+@functools.lru_cache(maxsize=256)
+def _segment_regex(segment: tuple[str | None, ...]) -> re.Pattern[str]:
+    return re.compile("".join("." if ch is None else re.escape(ch) for ch in segment), re.DOTALL)
 
 
 def matches(value: str, pattern: str, original: str | None = None) -> list[str] | None:
     """Wildcard match of the whole `value`; the captures are cut from `original` (the
     value before case folding, same length) so ``${1}`` keeps the message's case."""
     source = value if original is None else original
-    segments, _, _ = _segments(pattern)
+    segments = _segments(pattern)
     captures = [source]
     first = segments[0]
     if len(segments) == 1:

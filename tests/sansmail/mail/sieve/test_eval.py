@@ -552,3 +552,12 @@ def test_now_without_zone_is_utc() -> None:
     zoned = datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=-5)))
     result = evaluate(script, SieveMessage(MESSAGE), ENVELOPE, now=zoned)
     assert result.actions == (Keep(),)
+
+
+def test_question_mark_segments_on_a_long_value() -> None:
+    # a segment with "?" between stars is searched for, not tried at every position
+    msg = with_header("Subject: " + "ab" * 20000 + "xqz" + "ab" * 10)
+    script = """require ["variables", "fileinto"];
+    if header :matches "subject" "*x?z*" { fileinto "${2}"; }"""
+    assert actions(script, msg) == (FileInto("q"),)
+    assert actions('if header :matches "subject" "*x?y*" { discard; }', msg) == (Keep(),)
