@@ -116,4 +116,4 @@ class Result:
     actions: tuple[Action, ...]
     errors: tuple[Error, ...] = ()
     steps: int = 0
-    seen: tuple[str, ...] = ()  # duplicate: "key seconds" for the caller to record
+    seen: tuple[tuple[str, int], ...] = ()  # duplicate: (key, seconds) to record

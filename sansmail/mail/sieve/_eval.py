@@ -253,7 +253,7 @@ class _Run:
         self.included_once: set[tuple[str, bool]] = set()
         self.stack: list[tuple[str, bool]] = []
         self.vacation = False
-        self.seen: list[str] = []
+        self.seen: list[tuple[str, int]] = []
         self.scope: _Scope | None = None
 
     # -- the message --------------------------------------------------------------
@@ -1001,7 +1001,7 @@ def _test_duplicate(run: _Run, test: Test, args: _Args) -> bool:
     key = hashlib.sha256(f"{handle}\x00{unique}".encode()).hexdigest()
     found = run.context.seen(key)
     if not found or "last" in args.tags:
-        run.seen.append(f"{key} {seconds}")
+        run.seen.append((key, seconds))
     return found
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sansmail.mail.sieve import (
     AddHeader,
@@ -448,7 +450,8 @@ def test_duplicate_asks_the_store_and_reports_ids() -> None:
     result = run(script)
     assert result.actions == (Keep(),)
     assert len(result.seen) == 1
-    key = result.seen[0].split()[0]
+    ((key, seconds),) = result.seen
+    assert seconds == Limits().duplicate_default_seconds
     result = run(script, context=SieveContext(seen=lambda k: k == key))
     assert result.actions == (Discard(),)
     assert result.seen == ()
@@ -561,3 +564,24 @@ def test_question_mark_segments_on_a_long_value() -> None:
     if header :matches "subject" "*x?z*" { fileinto "${2}"; }"""
     assert actions(script, msg) == (FileInto("q"),)
     assert actions('if header :matches "subject" "*x?y*" { discard; }', msg) == (Keep(),)
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=200, deadline=None)
+def test_any_message_gives_actions_never_an_exception(raw: bytes) -> None:
+    result = evaluate(BROAD, SieveMessage(raw), ENVELOPE, now=NOW)
+    assert result.actions
+    assert result.errors == ()
+
+
+BROAD = parse(
+    """require ["body", "date", "variables", "subaddress", "relational", "index",
+               "editheader", "imap4flags", "fileinto", "duplicate", "envelope"];
+    if anyof (address :detail :matches "from" "*", header :matches "subject" "*?*",
+              body :text :contains "x", body :raw :matches "*a?*",
+              date :value "ge" "date" "year" "2000", header :index 1 :last :count "gt" "to" "0",
+              envelope :user "to" "x", duplicate, exists "x-y") {
+        addflag "${1}"; deleteheader "subject"; addheader "X-Seen" "${0}";
+    }
+    if header :matches "x-seen" "*" { fileinto "seen"; }"""
+)
