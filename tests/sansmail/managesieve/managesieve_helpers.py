@@ -6,7 +6,10 @@ client over a socket."""
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
+
+import attrs
 
 from sansmail import NEED_DATA, PAUSED, SERVER
 from sansmail.managesieve import (
@@ -22,7 +25,9 @@ from sansmail.managesieve import (
     ListScripts,
     Logout,
     No,
+    Noop,
     Ok,
+    Phase,
     PutScript,
     Script,
     ScriptList,
@@ -100,6 +105,9 @@ def _answer(event: Event, scripts: dict[str, bytes], active: list[str]) -> Event
     if isinstance(event, Authenticate):
         ok = event.mechanism == "PLAIN" and event.initial_response == b"\0user\0pass"
         return Ok() if ok else No(text="authentication failed")
+    if isinstance(event, Noop) and event.tag is not None:
+        # RFC 5804 §2.13; sieve-connect resynchronises with one after STARTTLS.
+        return Ok(code="TAG", code_argument=event.tag, text="Done")
     if isinstance(event, PutScript):
         scripts[event.name] = event.content
     elif isinstance(event, HaveSpace):
@@ -124,19 +132,26 @@ def serve_one(
     events: list[Event],
     scripts: dict[str, bytes] | None = None,
     active: list[str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
     """Serve one client on `sock` until LOGOUT or EOF, recording the events; `scripts`
     and `active` are the store, kept across connections when given. For tests against
-    real clients; the loop only moves bytes."""
+    real clients; the loop only moves bytes. With `tls`, STARTTLS is offered and done."""
     conn = Connection(SERVER)
     scripts = {} if scripts is None else scripts
     active = [] if active is None else active
-    with sock:
-        sock.sendall(conn.send(STORE_CAPABILITIES))
+    try:
+        greeting = attrs.evolve(STORE_CAPABILITIES, starttls=tls is not None)
+        sock.sendall(conn.send(greeting))
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
                 conn.receive_data(sock.recv(65536))
+                continue
+            if event is PAUSED and tls is not None and conn.our_state is Phase.TLS_PENDING:
+                sock = tls.wrap_socket(sock, server_side=True)
+                conn.start_tls()
+                sock.sendall(conn.send(STORE_CAPABILITIES))  # RFC 5804 §2.2
                 continue
             if event is PAUSED or isinstance(event, ConnectionClosed):
                 return
@@ -145,3 +160,5 @@ def serve_one(
             sock.sendall(conn.send(_answer(event, scripts, active)))  # type: ignore[arg-type]
             if isinstance(event, Logout):
                 return
+    finally:
+        sock.close()  # the TLS socket once wrapped: closing the plain one leaves it open

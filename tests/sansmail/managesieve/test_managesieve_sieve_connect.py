@@ -1,16 +1,19 @@
-"""The core against Debian's sieve-connect (Perl), over plaintext loopback (--notls; the
-TLS switch needs an adapter, not built yet): upload, list, activate, download, delete.
-Skipped when sieve-connect is not installed."""
+"""The core against Debian's sieve-connect (Perl) over loopback: upload, list, activate,
+download, delete in plaintext, and a session through STARTTLS, where the capability
+listing is sent again (RFC 5804 §2.2) and sieve-connect resynchronises with a tagged
+NOOP. Skipped when sieve-connect is not installed."""
 
 from __future__ import annotations
 
 import pathlib
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 
 import pytest
+import trustme
 from managesieve_helpers import serve_one
 
 from sansmail.managesieve import (
@@ -19,8 +22,10 @@ from sansmail.managesieve import (
     GetScript,
     InvalidCommand,
     ListScripts,
+    Noop,
     PutScript,
     SetActive,
+    StartTls,
 )
 
 SIEVE_CONNECT = shutil.which("sieve-connect")
@@ -82,4 +87,36 @@ def test_sieve_connect_manages_scripts(tmp_path: pathlib.Path) -> None:
     assert ListScripts() in events
     assert GetScript(name="my.sieve") in events
     assert events.count(DeleteScript(name="my.sieve")) == 2
+    assert not any(isinstance(event, InvalidCommand) for event in events)
+
+
+def test_sieve_connect_through_starttls(tmp_path: pathlib.Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    events: list[Event] = []
+    assert SIEVE_CONNECT is not None
+    login = ["-u", "user", "--authmech", "PLAIN", "--passwordfd", "0"]
+    command = [SIEVE_CONNECT, *login, "-s", "127.0.0.1", "-p"]
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        thread = threading.Thread(
+            target=lambda: serve_one(listener.accept()[0], events, {"a": b"keep;"}, tls=context)
+        )
+        thread.start()
+        done = subprocess.run(
+            [*command, str(port), "--list", "--tlscafile", str(tmp_path / "ca.pem")],
+            input="pass\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        thread.join(10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == '"a"\n'
+    assert events[:2] == [StartTls(), Noop(tag="STARTTLS-RESYNC-CAPA")]
+    assert ListScripts() in events
     assert not any(isinstance(event, InvalidCommand) for event in events)
