@@ -29,7 +29,7 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Final, NoReturn
+from typing import Final, NoReturn, TypeVar
 
 import attrs
 
@@ -69,6 +69,8 @@ from sansmail.mime import MessagePart, binary, decoded_header, header_fields, pa
 from sansmail.mime._address import address_list
 
 __all__ = ["Limits", "SieveContext", "SieveEnvelope", "SieveMessage", "evaluate"]
+
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -478,7 +480,7 @@ class _Run:
                     return True
         return False
 
-    def indexed(self, args: _Args, values: list[str], pos: Position) -> list[str]:
+    def indexed(self, args: _Args, values: list[_T], pos: Position) -> list[_T]:
         """RFC 5260 §6: ``:index n`` picks the nth value (from the end with ``:last``)."""
         if "index" not in args.tags:
             return values
@@ -906,23 +908,27 @@ def _parts(run: _Run, args: _Args, addresses: list[str]) -> list[str]:
     return out
 
 
-def _header_addresses(run: _Run, name: str) -> list[str]:
+def _header_addresses(run: _Run, name: str) -> list[list[str]]:
+    """The addresses of each field called `name`, field by field."""
     out = []
     for value in run._raw_values(name):
+        field = []
         for _, _, mailbox, host in address_list(value) or ():
             if mailbox is None or host is None:
                 continue  # a group's start or end marker
             local = decoded_header(mailbox)
-            out.append(f"{local}@{host.decode('utf-8', errors='replace')}")
+            field.append(f"{local}@{host.decode('utf-8', errors='replace')}")
+        out.append(field)
     return out
 
 
 def _test_address(run: _Run, test: Test, args: _Args) -> bool:
     names, keys = _two(run, test, args)
-    addresses: list[str] = []
+    fields: list[list[str]] = []
     for name in names:
-        addresses.extend(_header_addresses(run, name))
-    addresses = run.indexed(args, addresses, test.position)
+        fields.extend(_header_addresses(run, name))
+    # RFC 5260 §6: :index counts header fields, not the addresses in them.
+    addresses = [a for field in run.indexed(args, fields, test.position) for a in field]
     return run.match(args, _parts(run, args, addresses), keys, test.position)
 
 

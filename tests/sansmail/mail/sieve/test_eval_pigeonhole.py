@@ -142,7 +142,9 @@ CASES: list[tuple[str, bytes]] = [
         """require ["index", "fileinto"];
         if header :index 2 :is "x-a" "two" { fileinto "second"; }
         if header :index 1 :last :is "x-a" "three" { fileinto "last"; }
-        if header :index 9 :is "x-a" "three" { fileinto "none"; }""",
+        if header :index 9 :is "x-a" "three" { fileinto "none"; }
+        if address :index 1 :is "to" "c@d.example" { fileinto "first-to-field"; }
+        if address :index 2 :is "to" "c@d.example" { fileinto "no-second-field"; }""",
         PLAIN,
     ),
     (
