@@ -56,6 +56,11 @@ MULTIPART = (
     b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
     b"c2VjcmV0IHBsYW5z\r\n--XX--\r\n"
 )
+GROUPS = (
+    b"From: a@b.example\r\n"
+    b"To: undisclosed-recipients:;, Team: x@y.example, z@w.example;\r\n"
+    b"Subject: 3 apples * ? \\ x\r\nX-N: 010\r\nX-N: abc\r\nX-E:\r\n\r\nbody\r\n"
+)
 
 CASES: list[tuple[str, bytes]] = [
     ("", PLAIN),
@@ -161,6 +166,44 @@ CASES: list[tuple[str, bytes]] = [
         """require ["encoded-character", "fileinto"];
         fileinto "${hex:41 42}${unicode:263a}";""",
         PLAIN,
+    ),
+    (
+        """require ["relational", "comparator-i;ascii-numeric", "fileinto"];
+        if header :count "eq" ["x-n", "subject"] "3" { fileinto "c3"; }
+        if header :value "eq" :comparator "i;ascii-numeric" "x-n" "10" { fileinto "n10"; }
+        if header :value "gt" :comparator "i;ascii-numeric" "x-n" "99999" { fileinto "inf"; }
+        if address :count "eq" "to" "2" { fileinto "two"; }""",
+        GROUPS,
+    ),
+    (
+        """require "fileinto";
+        if address :all :is "to" "x@y.example" { fileinto "group-member"; }
+        if header :matches "subject" "* \\\\* \\\\? \\\\\\\\ x" { fileinto "escapes"; }
+        if header :is "x-e" "" { fileinto "empty"; }
+        if header :contains "subject" "" { fileinto "empty-key"; }
+        if header :contains "x-none" "" { fileinto "no-header"; }""",
+        GROUPS,
+    ),
+    (
+        """require ["variables", "imap4flags", "fileinto", "relational"];
+        set "a" "${b}x"; set "b" "y"; fileinto "${a}${b}${unknown}";
+        if string :matches " ${a} " "*x*" { fileinto "m-${1}-${2}."; }
+        if string :count "eq" ["a", "", "b"] "2" { fileinto "count2"; }
+        set "v" "x"; addflag "v" "A B"; removeflag "v" "x";
+        if hasflag :is "v" "b" { fileinto "has-b"; }
+        fileinto "${v}";""",
+        GROUPS,
+    ),
+    ('require "imap4flags"; setflag "\\\\Seen \\\\Seen"; keep; addflag "X";', GROUPS),
+    ('require ["fileinto", "copy"]; fileinto :copy "INBOX"; keep; keep;', GROUPS),
+    ('require "reject"; redirect "a@b.example"; reject "x";', GROUPS),
+    ('require "reject"; discard; reject "x";', GROUPS),
+    (
+        """require ["body", "fileinto"];
+        if body :content "text/plain" :contains "Meet" { fileinto "text-plain"; }
+        if body :content "multipart" :contains "Meet" { fileinto "multipart"; }
+        if body :content "" :contains "secret" { fileinto "any"; }""",
+        MULTIPART,
     ),
 ]
 
