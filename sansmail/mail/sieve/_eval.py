@@ -77,7 +77,10 @@ _T = TypeVar("_T")
 class Limits:
     """Bounds on one run; the defaults are Pigeonhole's where it has one."""
 
-    max_steps: int = 100_000  # commands + tests + comparisons (a CPU bound per run)
+    # Commands, tests and comparisons, a compared KiB counting one: a CPU bound per run.
+    # Sieve has no loops, so this bounds the data compared: a million steps is about a
+    # gigabyte, a second or two; five body tests over a 25 MB message stay well inside.
+    max_steps: int = 1_000_000
     max_actions: int = 32  # sieve_max_actions
     max_redirects: int = 4  # sieve_max_redirects
     max_include_depth: int = 10  # sieve_include_max_nesting_depth
@@ -257,6 +260,7 @@ class _Run:
         self.vacation = False
         self.seen: list[tuple[str, int]] = []
         self.scope: _Scope | None = None
+        self.bodies: dict[tuple[str, ...], list[str]] = {}  # decoded once per transform
 
     # -- the message --------------------------------------------------------------
 
@@ -1018,7 +1022,10 @@ def _body_texts(run: _Run, args: _Args, pos: Position) -> list[str]:
     if "raw" in args.tags:
         return [_text(run.raw[root.body_start : root.body_end], b"utf-8")]
     types = run.strings(args.tags["content"], pos) if "content" in args.tags else ["text"]
-    wanted = [fold(t) for t in types]
+    wanted = tuple(fold(t) for t in types)
+    cached = run.bodies.get(wanted)
+    if cached is not None:
+        return cached
     out: list[str] = []
     for numbers, part in _leaves(root):
         run.step()
@@ -1030,6 +1037,7 @@ def _body_texts(run: _Run, args: _Args, pos: Position) -> list[str]:
             body = run.raw[part.body_start : part.body_end]
         charset = next((v for k, v in part.params if k.lower() == b"charset"), b"utf-8")
         out.append(_text(body, charset.strip(b'"')))
+    run.bodies[wanted] = out
     return out
 
 
