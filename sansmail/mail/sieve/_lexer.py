@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from sansmail.mail.sieve._ast import Position
 
-__all__ = ["MAX_NUMBER", "Kind", "SieveError", "Token", "tokenize"]
+__all__ = ["MAX_NUMBER", "Kind", "SieveError", "Token", "tokenize", "tokens"]
 
 # Pigeonhole's sieve_number_t is 64 bits; a signed bound keeps every number safe for the
 # evaluator's comparisons and for anything that stores it (RFC 5228 §2.4.1 asks for 2^31 at
@@ -94,6 +95,13 @@ _SINGLE_KINDS = {char: Kind[name] for char, name in _SINGLES.items()}
 def tokenize(text: str) -> list[Token]:
     """The tokens of ``text``, ending with one EOF token; a SieveError at the first
     lexical error."""
+    return list(tokens(text))
+
+
+def tokens(text: str) -> Iterator[Token]:
+    """The tokens of ``text`` one by one, so that a parser reading them reports the
+    errors in the order of the text (a grammar error before a later lexical one), as
+    Pigeonhole's does."""
     return _Lexer(text).run()
 
 
@@ -113,9 +121,7 @@ class _Lexer:
         self.line += 1
         self.line_start = index + 1
 
-    def run(self) -> list[Token]:
-        tokens: list[Token] = []
-        append = tokens.append
+    def run(self) -> Iterator[Token]:
         text = self.text
         end = len(text)
         scan = _SCAN.match
@@ -124,7 +130,9 @@ class _Lexer:
             found = scan(text, index)
             group = found.lastgroup if found is not None else None
             if found is None or group is None:
-                self.rare(tokens)
+                rare = self.rare()
+                if rare is not None:
+                    yield rare
                 continue
             column = index - self.line_start + 1
             if group == "blank":
@@ -132,39 +140,38 @@ class _Lexer:
             elif group == "newline":
                 self.newline_at(found.end() - 1)
             elif group == "single":
-                append(Token(_SINGLE_KINDS[text[index]], "", self.line, column))
+                yield Token(_SINGLE_KINDS[text[index]], "", self.line, column)
             elif group == "identifier":
                 name = found.group().lower()
                 if name == "text" and text.startswith(":", found.end()):
                     self.index = found.end() + 1
                     start = Position(self.line, column)
-                    append(Token(Kind.STRING, self.multiline(start), start.line, column))
+                    yield Token(Kind.STRING, self.multiline(start), start.line, column)
                     continue
-                append(Token(Kind.IDENTIFIER, name, self.line, column))
+                yield Token(Kind.IDENTIFIER, name, self.line, column)
             elif group == "tag":
-                append(Token(Kind.TAG, found.group()[1:].lower(), self.line, column))
+                yield Token(Kind.TAG, found.group()[1:].lower(), self.line, column)
             else:
-                append(Token(Kind.NUMBER, self.number(found.group()), self.line, column))
+                yield Token(Kind.NUMBER, self.number(found.group()), self.line, column)
             self.index = found.end()
-        tokens.append(Token(Kind.EOF, "", self.line, self.index - self.line_start + 1))
-        return tokens
+        yield Token(Kind.EOF, "", self.line, self.index - self.line_start + 1)
 
-    def rare(self, tokens: list[Token]) -> None:
+    def rare(self) -> Token | None:
         """The tokens the scanner leaves to code: quoted strings, bracket comments, and
         the errors."""
         text = self.text
         char = text[self.index]
         start = self.position()
         if char == '"':
-            tokens.append(Token(Kind.STRING, self.quoted(), start.line, start.column))
-        elif text.startswith("/*", self.index):
+            return Token(Kind.STRING, self.quoted(), start.line, start.column)
+        if text.startswith("/*", self.index):
             self.bracket_comment()
-        elif char == "\r":
+            return None
+        if char == "\r":
             raise SieveError("bare carriage return (CR without LF)", start)
-        elif char == ":":
+        if char == ":":
             raise SieveError("unexpected character ':' (a tag needs a name)", start)
-        else:
-            raise SieveError(f"unexpected character(s) starting with {char!r}", start)
+        raise SieveError(f"unexpected character(s) starting with {char!r}", start)
 
     def bracket_comment(self) -> None:
         start = self.position()

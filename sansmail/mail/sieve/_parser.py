@@ -10,6 +10,8 @@ The meaning of the arguments (which command takes what, ``require``) is `_valida
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sansmail.mail.sieve._ast import (
     Argument,
     Command,
@@ -20,7 +22,7 @@ from sansmail.mail.sieve._ast import (
     Tag,
     Test,
 )
-from sansmail.mail.sieve._lexer import Kind, SieveError, Token, tokenize
+from sansmail.mail.sieve._lexer import Kind, SieveError, Token, tokens
 from sansmail.mail.sieve._validate import validate
 
 __all__ = ["DEFAULT_MAX_SIZE", "MAX_NESTING", "parse", "parse_tree"]
@@ -42,7 +44,7 @@ def parse_tree(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Script:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > max_size:
         raise SieveError(f"script is too large ({size} bytes, max {max_size})", Position(1, 1))
-    parser = _Parser(tokenize(text))
+    parser = _Parser(tokens(text))
     commands = parser.commands(0)
     token = parser.peek()
     if token.kind is not Kind.EOF:
@@ -61,17 +63,18 @@ def _describe(token: Token) -> str:
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    # One token of look-ahead, read from the lexer only when needed.
+    def __init__(self, tokens: Iterator[Token]) -> None:
         self.tokens = tokens
-        self.index = 0
+        self.next = next(tokens)
 
     def peek(self) -> Token:
-        return self.tokens[self.index]
+        return self.next
 
     def take(self) -> Token:
-        token = self.tokens[self.index]
+        token = self.next
         if token.kind is not Kind.EOF:
-            self.index += 1
+            self.next = next(self.tokens)
         return token
 
     def commands(self, depth: int) -> tuple[Command, ...]:

@@ -323,14 +323,11 @@ def validate(script: Script) -> Script:
 
 
 def _requires(commands: Iterable[Command]) -> frozenset[str]:
+    # Only the leading ones: a require further on is an error the walk meets in order.
     names: set[str] = set()
-    others = False
     for command in commands:
         if command.name != "require":
-            others = True
-            continue
-        if others:
-            raise SieveError(_REQUIRE_PLACE, command.position)
+            break
         _check_arguments(command.name, "command", COMMANDS["require"], command, frozenset())
         (capabilities,) = command.arguments
         assert isinstance(capabilities, StringList)
@@ -351,31 +348,35 @@ class _Validator:
 
     def commands(self, commands: tuple[Command, ...], *, top: bool = True) -> None:
         previous: str | None = None
+        leading = top  # still among the requires at the start of the script
         for command in commands:
-            self.command(command, previous, top=top)
+            leading = leading and command.name == "require"
+            self.command(command, previous, leading=leading)
             previous = command.name
 
-    def command(self, command: Command, previous: str | None, *, top: bool) -> None:
+    def command(self, command: Command, previous: str | None, *, leading: bool) -> None:
         name = command.name
         spec = COMMANDS.get(name)
         if spec is None:
             raise SieveError(f"unknown command '{name}'", command.position)
         self.check_capability(spec, f"command '{name}'", command.position)
-        if name == "require":
-            if not top:
-                raise SieveError(_REQUIRE_PLACE, command.position)
+        if name == "require" and not leading:
+            raise SieveError(_REQUIRE_PLACE, command.position)
         if name in ("elsif", "else") and previous not in ("if", "elsif"):
             raise SieveError(
                 f"the {name} command must follow an if or elsif command", command.position
             )
         _check_arguments(name, "command", spec, command, self.requires)
         self.check_tests(name, "command", spec, command)
+        # The command's own shape first, then what it holds, as Pigeonhole orders them.
         if spec.block and command.block is None:
             raise SieveError(f"the {name} command requires a command block", command.position)
         if not spec.block and command.block is not None:
             raise SieveError(
                 f"the {name} command does not accept a command block", command.position
             )
+        for test in command.tests:
+            self.test(test)
         if command.block is not None:
             self.commands(command.block, top=False)
 
@@ -390,8 +391,6 @@ class _Validator:
         if spec.tests == "list" and not test_list:
             where = tests[0].position if tests else node.position
             raise SieveError(f"the {name} {what} requires a test list", where)
-        for test in tests:
-            self.test(test)
 
     def test(self, test: Test) -> None:
         spec = TESTS.get(test.name)
@@ -400,6 +399,8 @@ class _Validator:
         self.check_capability(spec, f"test '{test.name}'", test.position)
         _check_arguments(test.name, "test", spec, test, self.requires)
         self.check_tests(test.name, "test", spec, test)
+        for nested in test.tests:
+            self.test(nested)
 
     def check_capability(self, spec: Spec, what: str, position: Position) -> None:
         for capability in spec.capability:
