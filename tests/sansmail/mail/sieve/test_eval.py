@@ -535,13 +535,23 @@ def test_encoded_character() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [b"", b"\r\n", b"Subject: \xff\xfe\r\n\r\n", b"From: <<<@@@>>>\r\n\r\n", b"garbage no header"],
+    [
+        b"Date: Fri, 31 Dec 9999 23:59:59 -1200\r\n\r\n",
+        b"Date: Mon, 1 Jan 0001 00:00:00 +1400\r\n\r\n",
+        b"",
+        b"\r\n",
+        b"Subject: \xff\xfe\r\n\r\n",
+        b"From: <<<@@@>>>\r\n\r\n",
+        b"garbage no header",
+    ],
 )
 def test_broken_messages_never_raise(message: bytes) -> None:
     script: Script = parse(
         """require ["body", "date", "variables", "subaddress"];
         if anyof (address :detail "from" "x", header :matches "subject" "*",
-                  body :contains "x", date "date" "year" "2000") { discard; }"""
+                  body :contains "x", date "date" "year" "2000",
+                  date :zone "+1400" "date" "year" "2000",
+                  date :zone "-1200" "date" "year" "2000") { discard; }"""
     )
     result = evaluate(script, SieveMessage(message), ENVELOPE, now=NOW)
     assert result.errors == ()
