@@ -595,3 +595,42 @@ BROAD = parse(
     }
     if header :matches "x-seen" "*" { fileinto "seen"; }"""
 )
+
+
+_FIELD_VALUES = st.one_of(
+    st.text(max_size=60),
+    st.sampled_from(
+        [
+            "Tue, 1 Apr 1997 09:06:31 -0800",
+            "Fri, 31 Dec 9999 23:59:59 -1200",
+            "1 Jan 0001 00:00:00 +9959",
+            "=?utf-8?b?w6k=?= <a+b@c>",
+            "multipart/mixed; boundary=x",
+            "group: a@b, <c@d>;, e",
+            "<1@x>",
+        ]
+    ),
+)
+_MESSAGES = st.builds(
+    lambda fields, body: (
+        "".join(f"{name}: {value}\r\n" for name, value in fields) + "\r\n" + body
+    ).encode("utf-8", "surrogatepass"),
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                ["Date", "From", "To", "Subject", "Received", "Content-Type", "Message-ID"]
+            ),
+            _FIELD_VALUES,
+        ),
+        max_size=8,
+    ),
+    st.text(max_size=200),
+)
+
+
+@given(_MESSAGES)
+@settings(max_examples=300, deadline=None)
+def test_any_header_gives_actions_never_an_exception(raw: bytes) -> None:
+    result = evaluate(BROAD, SieveMessage(raw), ENVELOPE, now=NOW)
+    assert result.actions
+    assert result.errors == ()
