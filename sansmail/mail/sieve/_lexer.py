@@ -1,9 +1,12 @@
 """Sieve's lexical tokens (RFC 5228 §2 and §8.1), with the position of each.
 
-Theory of operation: one pass over the whole script (the caller has already bounded its
-size), index by index, keeping the line number and the index where the line began so that
-every token carries its line and column (both from 1, columns in characters). Comments
-and white space are dropped here; strings come out decoded (quoted strings with their
+Theory of operation: one pass over the script (the caller has already bounded its size),
+a generator the parser pulls from, so errors come in the order of the text. One regular
+expression, matched at the current index, takes blanks, hash comments, line ends,
+identifiers, tags, numbers and punctuation; quoted strings, bracket comments and
+``text:`` are scanned by hand. The line number and the index where the line began give
+every token its line and column (both from 1, columns in characters). Comments and white
+space are dropped here; strings come out decoded (quoted strings with their
 escapes undone, ``text:`` strings dot-unstuffed), so the parser only sees shapes. Line ends
 are CRLF by the RFC; a bare LF is accepted too, as Pigeonhole does, since scripts are
 edited as local text files: a Sieve script is no wire protocol and nothing is smuggled.
