@@ -46,6 +46,8 @@ from typing import Final
 import attrs
 
 from sansmail.config import Config
+from sansmail.mail.logtext import client_address
+from sansmail.mail.policy import in_networks
 from sansmail.smtp import Reply
 
 __all__ = [
@@ -156,21 +158,12 @@ class RateLimits:
 
     def is_exempt(self, client_ip: str) -> bool:
         """`client_ip` is in `exempt` (an address that does not parse is not)."""
-        address = _address(client_ip)
-        if address is None:
-            return False
-        return any(address.version == net.version and address in net for net in self.exempt)
+        return in_networks(client_ip, self.exempt)
 
 
-@functools.lru_cache(maxsize=1024)  # the same few clients come back
-def _address(client_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+#: Who the client is (`client_address`), parsed once per client: it comes back at every
+#: MAIL and RCPT.
+_address = functools.lru_cache(maxsize=1024)(client_address)
 
 
 def client_key(client_ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
