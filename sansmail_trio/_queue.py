@@ -536,18 +536,19 @@ class QueueRunner:
         for attempt, outcome in zip(attempts, outcomes, strict=True):
             qid = attempt.message.queue_id
             self._write(attempt.take_log())
-            if isinstance(outcome, OSError):
-                # A full or failing disk: the record of this attempt is not written, the
-                # message stays as it was and is tried again. Not a bug: no traceback.
-                self.log.error(
-                    "%s: cannot record the delivery attempt, tried again later: %s", qid, outcome
-                )
-                self._settle(qid, self._retry_later())
-                continue
             if isinstance(outcome, Exception):
-                self.log.error(
-                    "%s: delivery attempt failed with an internal error", qid, exc_info=outcome
-                )
+                if isinstance(outcome, OSError):
+                    # A full or failing disk: the record of this attempt is not written,
+                    # the message stays as it was. Not a bug: no traceback.
+                    self.log.error(
+                        "%s: cannot record the delivery attempt, tried again later: %s",
+                        qid,
+                        outcome,
+                    )
+                else:
+                    self.log.error(
+                        "%s: delivery attempt failed with an internal error", qid, exc_info=outcome
+                    )
                 self._settle(qid, self._retry_later())
                 continue
             for notice in outcome.queued:

@@ -9,9 +9,9 @@ Theory of operation:
   (smtp, submission, submissions) against ``[smtp] max_connections(_per_ip)``, POP3 and
   IMAP against their ``[limits]`` keys, each counted over every server process. A
   connection over a cap is still answered, with its protocol's refusal as the greeting
-  (SMTP's `421 4.7.0`, POP3's ``-ERR [SYS/TEMP]``, IMAP's ``* BYE [UNAVAILABLE]``), then
-  closed (RFC 5321 §3.1 allows a 421 greeting; a silent close would look like a network
-  fault).
+  (SMTP's `421`, with no enhanced code since none may come before EHLO; POP3's
+  ``-ERR [SYS/TEMP]``; IMAP's ``* BYE [UNAVAILABLE]``), then closed (RFC 5321 §3.1
+  allows a 421 greeting; a silent close would look like a network fault).
 * Shutdown (first SIGINT/SIGTERM, or the `shutdown` event in tests) happens in three
   steps: stop accepting; interrupt every session that is waiting for a command outside a
   mail transaction (it gets `421 4.3.2`); give sessions with a transaction in flight up to
