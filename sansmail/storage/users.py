@@ -126,7 +126,7 @@ from sansmail.sasl import (
     encode_base64,
     saslprep,
 )
-from sansmail.storage.durable import fsync_dir
+from sansmail.storage.durable import fsync_dir, unlink_quietly, write_all
 from sansmail.storage.generations import Counter, Generations, bump
 
 __all__ = [
@@ -597,17 +597,14 @@ class UserStore:
         try:
             fd = os.open(tmp, flags, _FILE_MODE)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self._backup_path)
         except OSError as exc:
             # Only the copy is at stake, never the users in force: say so and go on.
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            unlink_quietly(tmp)
             _log.warning("cannot keep %s: %s", self._backup_path, exc.strerror or exc)
 
     def _modify(self, change: Callable[[dict[str, Any]], None]) -> None:
@@ -665,9 +662,7 @@ class UserStore:
         fd = os.open(self._tmp_path, flags, _FILE_MODE)
         try:
             os.fchmod(fd, _FILE_MODE)  # a stale temp file may have had another mode
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
             st = os.fstat(fd)
         finally:
