@@ -64,7 +64,7 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, RemoteProtocolError, imap
 from sansmail.config import Config
-from sansmail.mail.pacing import pacer_for
+from sansmail.mail.pacing import connection_pacer
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import IDLE_KEEPALIVE, ImapConversation, ImapService
 from sansmail_trio._compress import DeflateStream, InflateError
@@ -194,7 +194,6 @@ class IMAPService:
         # Through `counted`: the logout line reports the octets of the conversation.
         wire = Wire(stream, session.counted)
         slot = UserSlot(self.counts, "imap", peer[0])
-        limits = self.config.limits
         try:
             await carry(
                 session,
@@ -203,9 +202,7 @@ class IMAPService:
                 registry=registry,
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, slot),
-                pacer=pacer_for(
-                    peer[0], rate=limits.commands_per_second, exempt=self.config.mynetworks
-                ),
+                pacer=connection_pacer(self.config, peer[0]),
             )
         finally:
             slot.release()

@@ -38,7 +38,7 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, pop3
 from sansmail.config import Config
-from sansmail.mail.pacing import pacer_for
+from sansmail.mail.pacing import connection_pacer
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.pop3d import READ_AHEAD_BATCH, Pop3Service, Pop3Session, Transfer
 from sansmail_trio._counts import SharedCounts
@@ -103,7 +103,6 @@ class POP3Service:
         )
         wire = Wire(stream, session.conn)
         slot = UserSlot(self.counts, "pop3", peer[0])
-        limits = self.config.limits
         try:
             await carry(
                 session,
@@ -112,9 +111,7 @@ class POP3Service:
                 registry=registry,
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, slot),
-                pacer=pacer_for(
-                    peer[0], rate=limits.commands_per_second, exempt=self.config.mynetworks
-                ),
+                pacer=connection_pacer(self.config, peer[0]),
             )
         finally:
             slot.release()

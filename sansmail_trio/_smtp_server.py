@@ -25,7 +25,7 @@ import trio
 
 from sansmail import PAUSED, LocalProtocolError, smtp
 from sansmail.config import Config
-from sansmail.mail.pacing import pacer_for
+from sansmail.mail.pacing import connection_pacer
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.smtpd import SmtpService, SmtpSession, Stage, Storing, store_all
 from sansmail_trio._commit import Committer
@@ -110,11 +110,7 @@ class SMTPService:
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, inquirer),
                 before_greeting=lambda: _inquire(session, inquirer, Stage.CONNECT),
-                pacer=pacer_for(
-                    peer[0],
-                    rate=self.config.limits.commands_per_second,
-                    exempt=self.config.mynetworks,
-                ),
+                pacer=connection_pacer(self.config, peer[0]),
             )
         finally:
             with trio.CancelScope(shield=True):

@@ -27,9 +27,10 @@ from collections.abc import Collection
 
 import attrs
 
+from sansmail.config import Config
 from sansmail.mail.policy import IPNetwork, in_networks
 
-__all__ = ["BURST_SECONDS", "Pacer", "pacer_for"]
+__all__ = ["BURST_SECONDS", "Pacer", "connection_pacer", "pacer_for"]
 
 #: The bucket's size, in seconds of the rate: what a client may send in a row unpaced.
 BURST_SECONDS = 5.0
@@ -84,3 +85,9 @@ def pacer_for(client_ip: str, *, rate: int, exempt: Collection[IPNetwork]) -> Pa
     if rate <= 0 or in_networks(client_ip, exempt):
         return None
     return Pacer.per_second(rate)
+
+
+def connection_pacer(config: Config, client_ip: str) -> Pacer | None:
+    """`pacer_for` with ``[limits] commands_per_second`` and mynetworks exempt: what every
+    protocol's connection from `client_ip` is paced by."""
+    return pacer_for(client_ip, rate=config.limits.commands_per_second, exempt=config.mynetworks)
