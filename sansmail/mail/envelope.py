@@ -20,6 +20,8 @@ from typing import Any, Final, Literal, get_args
 
 import attrs
 
+from sansmail.mail.address import MailboxId
+
 __all__ = [
     "CorruptEnvelopeError",
     "QueuedMessage",
@@ -103,6 +105,13 @@ class QueuedRecipient:
     parameters of its RCPT command (NOTIFY upper-cased). `next_attempt` is seconds since
     the epoch; `last_reason` is the last remote reply or local error, for ``queue list``
     and for the bounce.
+
+    `mailbox` marks a local recipient the SMTP intake has already expanded (aliases,
+    subaddress) to one of our mailboxes, queued so that the runner delivers it there
+    through the mailbox's Sieve scripts without expanding it again; `address` is then
+    the address that reached the mailbox (envelope "to" for the scripts). None: the
+    runner expands the address at delivery (bounces and notices to our users), or it
+    goes to another host.
     """
 
     address: str
@@ -114,6 +123,7 @@ class QueuedRecipient:
     attempts: int = attrs.field(default=0, validator=_check_not_negative)
     next_attempt: float = attrs.field(default=0.0, validator=_check_finite)
     last_reason: str = ""
+    mailbox: MailboxId | None = None
 
 
 def _recipient_tuple(value: Iterable[QueuedRecipient]) -> tuple[QueuedRecipient, ...]:
@@ -156,7 +166,7 @@ class QueuedMessage:
 def encode_envelope(message: QueuedMessage) -> bytes:
     """The envelope as stored. ASCII-only JSON, so a lone surrogate (from a header
     decoded with surrogateescape) survives and the file reads in any locale."""
-    doc = {
+    doc: dict[str, Any] = {
         "version": ENVELOPE_VERSION,
         "queue_id": message.queue_id,
         "sender": message.sender,
@@ -167,20 +177,33 @@ def encode_envelope(message: QueuedMessage) -> bytes:
         "smtputf8": message.smtputf8,
         "body_8bit": message.body_8bit,
         "warned": message.warned,
-        "recipients": [
-            {
-                "address": r.address,
-                "orcpt": r.orcpt,
-                "notify": list(r.notify),
-                "state": r.state,
-                "attempts": r.attempts,
-                "next_attempt": r.next_attempt,
-                "last_reason": r.last_reason,
-            }
-            for r in message.recipients
-        ],
+        "recipients": [_encode_recipient(r) for r in message.recipients],
     }
     return json.dumps(doc, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _encode_recipient(recipient: QueuedRecipient) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "address": recipient.address,
+        "orcpt": recipient.orcpt,
+        "notify": list(recipient.notify),
+        "state": recipient.state,
+        "attempts": recipient.attempts,
+        "next_attempt": recipient.next_attempt,
+        "last_reason": recipient.last_reason,
+    }
+    # Written only when set: the envelopes of everything else stay as they were, and an
+    # envelope without it (queued before the marker existed) reads as unmarked.
+    if recipient.mailbox is not None:
+        doc["mailbox"] = {"domain": recipient.mailbox.domain, "local": recipient.mailbox.local}
+    return doc
+
+
+def _decode_mailbox(item: dict[str, Any]) -> MailboxId | None:
+    if "mailbox" not in item:
+        return None
+    value = _field(item, "mailbox", dict)
+    return MailboxId(domain=_field(value, "domain", str), local=_field(value, "local", str))
 
 
 def _field(doc: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -228,6 +251,7 @@ def decode_envelope(data: bytes) -> QueuedMessage:
                     attempts=_field(item, "attempts", int),
                     next_attempt=float(_field(item, "next_attempt", (int, float))),
                     last_reason=_field(item, "last_reason", str),
+                    mailbox=_decode_mailbox(item),
                 )
             )
         return QueuedMessage(

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sansmail.storage.queue
+from sansmail.mail.address import MailboxId
 from sansmail.mail.envelope import (
     CorruptEnvelopeError,
     QueuedMessage,
@@ -787,6 +788,49 @@ def test_decode_refuses_what_it_did_not_write() -> None:
             decode_envelope(junk)
 
 
+def test_a_recipient_expanded_at_intake_keeps_its_mailbox(store: QueueStore) -> None:
+    marked = QueuedRecipient(
+        address="bob+lists@example.test",
+        orcpt="rfc822;info@example.test",
+        mailbox=MailboxId(domain="example.test", local="bob"),
+    )
+    stored = queue(store, "MARK1", recipients=(marked, QueuedRecipient(address="x@remote.test")))
+    loaded = store.load("MARK1")
+    assert loaded == stored
+    assert loaded.recipients[0].mailbox == MailboxId(domain="example.test", local="bob")
+    assert loaded.recipients[1].mailbox is None
+    doc = json.loads(encode_envelope(stored))
+    assert doc["recipients"][0]["mailbox"] == {"domain": "example.test", "local": "bob"}
+    # Unmarked recipients are written as before the marker existed.
+    assert "mailbox" not in doc["recipients"][1]
+
+
+def test_an_envelope_from_before_the_marker_reads_unmarked() -> None:
+    doc = json.loads(encode_envelope(envelope()))
+    assert all("mailbox" not in r for r in doc["recipients"])
+    message = decode_envelope(json.dumps(doc).encode())
+    assert message == envelope()
+    assert [r.mailbox for r in message.recipients] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "mailbox",
+    [
+        None,
+        "bob@example.test",
+        {},
+        {"domain": "example.test"},
+        {"domain": "", "local": "bob"},
+        {"domain": "example.test", "local": 7},
+    ],
+)
+def test_decode_refuses_a_damaged_mailbox(mailbox: Any) -> None:
+    doc = json.loads(encode_envelope(envelope()))
+    doc["recipients"][0]["mailbox"] = mailbox
+    with pytest.raises(CorruptEnvelopeError):
+        decode_envelope(json.dumps(doc).encode())
+
+
 # -- hypothesis ----------------------------------------------------------------------------
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
@@ -801,6 +845,12 @@ recipients = st.builds(
     attempts=st.integers(min_value=0, max_value=10**6),
     next_attempt=finite,
     last_reason=st.text(max_size=60),
+    mailbox=st.none()
+    | st.builds(
+        MailboxId,
+        domain=st.text(min_size=1, max_size=10).filter(lambda t: "\0" not in t),
+        local=st.text(min_size=1, max_size=10).filter(lambda t: "\0" not in t),
+    ),
 )
 messages = st.builds(
     QueuedMessage,
