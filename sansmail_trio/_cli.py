@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import pathlib
 import re
@@ -54,6 +55,13 @@ from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
 from sansmail.storage.maildir import MaildirStore, recalculate_usage
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
+from sansmail.storage.sieve import (
+    SieveQuota,
+    SieveQuotaError,
+    SieveStore,
+    SieveStoreError,
+    valid_script_name,
+)
 from sansmail.storage.users import UserError, UserStore
 from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
@@ -215,6 +223,63 @@ Check a Sieve script (RFC 5228 and the extensions sansmail runs) as ManageSieve'
 PUTSCRIPT will: prints nothing and exits 0 when it is good; else prints
 FILE:LINE:COLUMN: message on standard error (the first error) and exits 1.
 """
+
+_SIEVE_EXAMPLES = f"""\
+examples (Alice is away; her vacation reply, set by an admin, then removed):
+  cat > away.sieve <<'EOF'
+  require "vacation";
+  vacation :days 7 :subject "Away until 2 January"
+    "I am away until 2 January. For anything urgent, write to bob@example.test.";
+  EOF
+  {PROG} sieve check away.sieve
+  {PROG} sieve put alice@example.test away away.sieve --activate
+  {PROG} sieve list alice@example.test
+  {PROG} sieve get alice@example.test away
+  {PROG} sieve deactivate alice@example.test        # she is back
+  {PROG} sieve delete alice@example.test away
+"""
+
+_SIEVE_HELP = f"""\
+Sieve scripts (RFC 5228): each user's mail filters, run when mail is delivered to
+them. A user's scripts live in <data_dir>/sieve/<domain>/<local-part>/ as NAME.sieve;
+the active one, the one run at delivery, is the symbolic link .dovecot.sieve to it
+(Pigeonhole's layout). Users manage their own over ManageSieve (RFC 5804); these
+commands do the same for an admin, on the users of users.json. A change is in force
+for the next message delivered, without a reload. Run as root, the files are written
+as mail_owner.
+
+{_SIEVE_EXAMPLES}"""
+
+_SIEVE_QUOTA = SieveQuota()
+_SIEVE_ACTION_HELP = {
+    "put": f"""\
+Store FILE (- or none: standard input) as the user's script NAME, replacing one of
+that name. It is checked first, as `{PROG} sieve check` does: a script with an
+error is not stored (FILE:LINE:COLUMN: message on standard error, exit 1), nor one
+over the user's quota of {_SIEVE_QUOTA.max_scripts} scripts, \
+{_SIEVE_QUOTA.max_script_size // 1024} KiB each, {_SIEVE_QUOTA.max_storage // 1024} KiB \
+in all.
+With --activate it also becomes the user's active script; without it, the active
+script stays as it was.
+""",
+    "get": "Print the user's script NAME, as stored.\n",
+    "list": """\
+Print the user's scripts, one name a line, sorted, the active one followed by
+" (active)"; with --json, one JSON array of {"name": ..., "active": ...} objects.
+""",
+    "activate": """\
+Make the user's script NAME the active one: from the next message on, it is the one
+run at delivery (a user has at most one active script).
+""",
+    "deactivate": """\
+Leave the user with no active script: mail is delivered to the INBOX unfiltered
+(a site script, [sieve] before, still runs). The scripts are kept.
+""",
+    "delete": """\
+Delete the user's script NAME. The active script cannot be deleted: deactivate it, or
+activate another, first.
+""",
+}
 
 _NOT_BUILT = "not built yet"
 _NOT_BUILT_HELP = "Not built yet in this version: prints one line saying so and exits 1."
@@ -396,27 +461,26 @@ def _build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="look the records up and say which differ"
     )
 
-    sieve = group(
-        "sieve", f"Sieve scripts: check, and manage users' scripts (managing: {_NOT_BUILT})"
-    )
+    sieve = group("sieve", "Sieve scripts: check them, and manage users' scripts", _SIEVE_HELP)
     check = command(
         sieve,
         "check",
         "check a Sieve script: FILE:LINE:COLUMN: message",
         _sieve_check,
-        _SIEVE_CHECK_HELP,
+        f"{_SIEVE_CHECK_HELP}\n{_SIEVE_EXAMPLES}",
         parent="sieve",
     )
     check.add_argument("file", metavar="FILE", help="the script")
-    for action, summary, arguments in (
-        ("put", "store a script for a user", ("NAME", "FILE|-")),
-        ("get", "print a user's script", ("NAME",)),
-        ("list", "list a user's scripts, the active one marked", ()),
-        ("activate", "make a script the user's active one", ("NAME",)),
-        ("deactivate", "leave the user with no active script", ()),
-        ("delete", "delete a user's script", ("NAME",)),
+    for action, summary, run, arguments in (
+        ("put", "check and store a script for a user", _sieve_put, ("NAME", "FILE|-")),
+        ("get", "print a user's script", _sieve_get, ("NAME",)),
+        ("list", "list a user's scripts, the active one marked", _sieve_list, ()),
+        ("activate", "make a script the user's active one", _sieve_activate, ("NAME",)),
+        ("deactivate", "leave the user with no active script", _sieve_deactivate, ()),
+        ("delete", "delete a user's script", _sieve_delete, ("NAME",)),
     ):
-        sub = not_built(sieve, action, summary, parent="sieve")
+        description = f"{_SIEVE_ACTION_HELP[action]}\n{_SIEVE_EXAMPLES}"
+        sub = command(sieve, action, summary, run, description, parent="sieve")
         sub.add_argument("user", metavar="USER", help="the user's address")
         for metavar in arguments:
             if metavar == "FILE|-":
@@ -429,6 +493,18 @@ def _build_parser() -> argparse.ArgumentParser:
                 )
             else:
                 sub.add_argument("name", metavar=metavar, help="the script's name")
+        if action == "put":
+            sub.add_argument(
+                "--activate",
+                action="store_true",
+                help="also make it the user's active script (the one run at delivery)",
+            )
+        if action == "list":
+            sub.add_argument(
+                "--json",
+                action="store_true",
+                help='one JSON array: [{"name": ..., "active": true|false}, ...]',
+            )
 
     status = not_built(
         commands, "status", "version, uptime, listeners, processes and queue size of the server"
@@ -745,9 +821,15 @@ def _sieve_check(args: argparse.Namespace) -> int:
     except OSError as error:
         print(f"{PROG} sieve check: {name}: {error.strerror or error}", file=sys.stderr)
         return 1
+    return 0 if _sieve_valid(name, raw) else 1
+
+
+def _sieve_valid(name: str, raw: bytes) -> bool:
+    """Whether `raw` is a script sansmail runs; if not, FILE:LINE:COLUMN: message on
+    stderr."""
     if len(raw) > SIEVE_MAX_SIZE:
         print(f"{name}:1:1: script is too large (max {SIEVE_MAX_SIZE} bytes)", file=sys.stderr)
-        return 1
+        return False
     try:
         text = raw.decode("utf-8")  # RFC 5228 §2.4.2.4: a script is UTF-8
     except UnicodeDecodeError as error:
@@ -755,13 +837,114 @@ def _sieve_check(args: argparse.Namespace) -> int:
         line = before.count("\n") + 1
         column = len(before) - (before.rfind("\n") + 1) + 1
         print(f"{name}:{Position(line, column)}: the script is not valid UTF-8", file=sys.stderr)
-        return 1
+        return False
     try:
         parse_sieve(text)
     except SieveError as error:
         print(f"{name}:{error.position}: {error.message}", file=sys.stderr)
+        return False
+    return True
+
+
+def _sieve_put(args: argparse.Namespace) -> int:
+    config, address, mailbox = _sieve_user(args)
+    scripts = SieveStore(config.data_dir)
+    name = _sieve_name(args.name)
+    limit = scripts.quota.max_script_size
+    try:
+        if args.file == "-":
+            shown = "<stdin>"
+            raw = sys.stdin.buffer.read(limit + 1)
+        else:
+            shown = args.file
+            with pathlib.Path(args.file).open("rb") as file:
+                raw = file.read(limit + 1)  # a byte more than the quota lets it have
+    except OSError as error:
+        raise CommandError(f"{args.file}: {error.strerror or error}") from None
+    if not _sieve_valid(shown, raw):
         return 1
+    try:
+        scripts.put(mailbox, name, raw)
+        if args.activate:
+            scripts.activate(mailbox, name)
+    except SieveQuotaError as error:
+        raise CommandError(f"{address}: over the Sieve quota ({error.kind}): {error}") from None
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
+    print(f"stored script {name!r} for {address}{' (active)' if args.activate else ''}")
     return 0
+
+
+def _sieve_get(args: argparse.Namespace) -> int:
+    config, address, mailbox = _sieve_user(args)
+    try:
+        text = SieveStore(config.data_dir).get(mailbox, _sieve_name(args.name))
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
+    sys.stdout.buffer.write(text)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _sieve_list(args: argparse.Namespace) -> int:
+    config, _address, mailbox = _sieve_user(args)
+    listed = SieveStore(config.data_dir).list(mailbox)
+    if args.json:
+        print(json.dumps([{"name": name, "active": active} for name, active in listed]))
+        return 0
+    for name, active in listed:
+        print(f"{name} (active)" if active else name)
+    return 0
+
+
+def _sieve_activate(args: argparse.Namespace) -> int:
+    config, address, mailbox = _sieve_user(args)
+    name = _sieve_name(args.name)
+    try:
+        SieveStore(config.data_dir).activate(mailbox, name)
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
+    print(f"script {name!r} is active for {address}")
+    return 0
+
+
+def _sieve_deactivate(args: argparse.Namespace) -> int:
+    config, address, mailbox = _sieve_user(args)
+    scripts = SieveStore(config.data_dir)
+    was = scripts.active(mailbox)
+    scripts.activate(mailbox, None)
+    if was is None:
+        print(f"{address} had no active script")
+    else:
+        print(f"script {was[0]!r} is no longer active for {address}")
+    return 0
+
+
+def _sieve_delete(args: argparse.Namespace) -> int:
+    config, address, mailbox = _sieve_user(args)
+    name = _sieve_name(args.name)
+    try:
+        SieveStore(config.data_dir).delete(mailbox, name)
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
+    print(f"deleted script {name!r} of {address}")
+    return 0
+
+
+def _sieve_user(args: argparse.Namespace) -> tuple[Config, Address, MailboxId]:
+    """The configuration (as mail_owner, when root) and USER, who must be a user."""
+    config = _load(args)
+    address = _local_address(config, args.user)
+    if address.key not in _user_store(config):
+        raise CommandError(f"no such user: {address}")
+    return config, address, MailboxId(domain=address.domain, local=address.local_part.lower())
+
+
+def _sieve_name(name: str) -> str:
+    why = valid_script_name(name)
+    if why is not None:
+        raise CommandError(f"{name!r}: {why}")
+    return name
 
 
 def _not_built(args: argparse.Namespace) -> int:
