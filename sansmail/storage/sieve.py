@@ -48,7 +48,8 @@ replaced does not count against its replacement.
 is a promise to the sender not to repeat it), a busy timeout so two deliveries to one user
 wait for each other instead of failing, expired rows deleted at each record, a
 bounded number at a time through an index on the expiry. A damaged file is set aside as
-``.duplicates.db.corrupt`` with a warning on ``sansmail.repair`` and a fresh one made:
+``.duplicates.db.corrupt`` (under the user's lock, unless a fresh look finds another
+process repaired it first) with a warning on ``sansmail.repair`` and a fresh one made:
 only memory of replies sent is lost, so a sender may get one vacation reply more.
 """
 
@@ -538,12 +539,22 @@ class DuplicateStore:
         raise AssertionError("unreachable")
 
     def _set_aside(self, exc: BaseException) -> None:
+        # Under the user's lock, and only if a fresh look still finds it damaged: two
+        # deliveries that both hit the damage must not set aside each other's repair.
+        lock = os.path.join(os.path.dirname(self.path), LOCK_NAME)
         try:
-            os.replace(self.path, self.path + ".corrupt")
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if _sound(self.path):
+                    return  # repaired by another process meanwhile
+                os.replace(self.path, self.path + ".corrupt")
+                for suffix in ("-journal", "-wal", "-shm"):
+                    unlink_quietly(self.path + suffix)
+            finally:
+                os.close(fd)
         except OSError as again:
             raise SieveStoreError(f"{self.path}: {exc}") from again
-        for suffix in ("-journal", "-wal", "-shm"):
-            unlink_quietly(self.path + suffix)
         _log.warning(
             "duplicates database %s was damaged (%s): set aside as %s.corrupt and started"
             " afresh (a sender may get one vacation reply more)",
@@ -595,6 +606,17 @@ def _sweep(conn: sqlite3.Connection, now: float) -> None:
         " (SELECT rowid FROM duplicates WHERE expires <= ? ORDER BY expires LIMIT ?)",
         (now, _SWEEP_ROWS),
     )
+
+
+def _sound(path: str) -> bool:
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _damaged(exc: BaseException) -> bool:

@@ -108,3 +108,19 @@ def test_an_unwritable_database_is_a_store_error(store: SieveStore, tmp_path: pa
     path.mkdir()  # neither a database nor repairable
     with pytest.raises(SieveStoreError):
         store.duplicates(ALICE)
+
+
+def test_a_database_another_process_repaired_is_kept(
+    store: SieveStore, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The damage one delivery saw was set aside by another before this one took the
+    # lock: the fresh database (with what the other recorded since) stays.
+    dups = store.duplicates(ALICE)
+    dups.record("k", DAY, now=T0)
+    with caplog.at_level(logging.WARNING, logger="sansmail.repair"):
+        dups._set_aside(sqlite3.DatabaseError("database disk image is malformed"))
+    dups.close()
+    assert not os.path.exists(str(db_path(tmp_path)) + ".corrupt")
+    assert not [r for r in caplog.records if r.name == "sansmail.repair"]
+    with store.duplicates(ALICE) as again:
+        assert again.seen("k", now=T0)
