@@ -16,6 +16,8 @@ inside the Maildir, where a dot entry would be a Maildir++ folder. In it:
 * ``.sieve.lock``: `flock`'d around every change, so two ManageSieve sessions and the CLI
   cannot interleave a quota check with another's write, or activate a script being
   deleted. Reads take no lock: every change is a rename, so a reader sees before or after.
+  Temporary files (``.tmp.*``) are made only under it, so any found by the next holder
+  is a crashed writer's, and removed.
 
 Durability: a script is written to a dot-named temporary file, fsync'd, renamed onto
 ``NAME.sieve``, and the directory fsync'd before `put` returns. Activation makes a
@@ -390,6 +392,7 @@ class SieveStore:
         try:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                _clean_tmp(directory)
                 _adopt(directory)
             yield directory
         finally:
@@ -433,6 +436,14 @@ def _point_link(directory: str, name: str) -> None:
     except BaseException:
         unlink_quietly(tmp)
         raise
+
+
+def _clean_tmp(directory: str) -> None:
+    """Remove temporary files a crashed writer left. Under the user's lock: every
+    temporary file is made under it, so none found there is still being written."""
+    for entry in os.listdir(directory):
+        if entry.startswith(_TMP_PREFIX):
+            unlink_quietly(os.path.join(directory, entry))
 
 
 def _adopt(directory: str) -> None:

@@ -458,3 +458,16 @@ def test_stray_files_are_not_scripts(store: SieveStore, tmp_path: pathlib.Path) 
     (home / ".tmp.0123").write_bytes(b"half")
     (home / "notes.txt").write_bytes(b"x")
     assert store.list(ALICE) == [("a", False)]
+    tight = SieveStore(tmp_path, quota=SieveQuota(max_scripts=2, max_storage=len(SCRIPT) + 1))
+    tight.have_space(ALICE, "b", 1)  # neither counted as a script nor as storage
+
+
+def test_a_crashed_writers_temporary_files_go_at_the_next_change(
+    store: SieveStore, tmp_path: pathlib.Path
+) -> None:
+    store.put(ALICE, "a", SCRIPT)
+    home = user_dir(tmp_path)
+    (home / ".tmp.0123").write_bytes(b"half a script")
+    os.symlink("a.sieve", home / ".tmp.4567")  # half an activation
+    store.activate(ALICE, "a")
+    assert sorted(os.listdir(home)) == [ACTIVE_LINK, ".sieve.lock", "a.sieve"]
