@@ -81,6 +81,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Sequence
 from typing import Final
 
 from sansmail.mail.address import Address, AddressError
@@ -90,6 +91,7 @@ __all__ = [
     "MAX_AGE_DAYS",
     "SRSError",
     "forward",
+    "forward_sender",
     "is_srs",
     "reverse",
     "today",
@@ -199,6 +201,22 @@ def forward(sender: Address, *, domain: str, key: bytes, day: int) -> Address:
     stamp = _stamp(day)
     hash_ = _hash(key, stamp, host, local)
     return _rewritten(f"{_SRS0}{_SEP}{hash_}{_SEP}{stamp}{_SEP}{host}{_SEP}{local}", domain)
+
+
+def forward_sender(
+    reverse_path: Address | None, *, domains: Sequence[str], key: bytes, day: int
+) -> Address | None:
+    """The envelope sender of a copy we forward (an alias's outside target, a Sieve
+    redirect): `forward` at the first of our `domains`, so the next hop's SPF check
+    passes and bounces find their way back. The null sender stays null, a sender in our
+    `domains` needs no rewriting, and one too long to rewrite (RFC 5321 §4.5.3.1.1)
+    stays as it is, as a server without SRS would send it."""
+    if reverse_path is None or reverse_path.domain in domains:
+        return reverse_path
+    try:
+        return forward(reverse_path, domain=domains[0], key=key, day=day)
+    except SRSError:
+        return reverse_path
 
 
 def _check_stamp(stamp: str, today: int, max_age_days: int) -> None:

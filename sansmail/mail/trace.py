@@ -29,7 +29,7 @@ from typing import Final
 
 from sansmail.mail.address import Address
 
-__all__ = ["received", "return_path", "with_protocol"]
+__all__ = ["received", "received_by", "return_path", "with_protocol"]
 
 _WIDTH: Final = 78  # RFC 5322 §2.1.1: lines SHOULD stay within 78 characters
 _MAX_NAME: Final = 255  # RFC 1035 §2.3.4; longer HELO text is cut, not carried
@@ -118,6 +118,28 @@ def received(
         lines += [by_line, ["for", f"<{rcpt}>;", date]]
     text = "\r\n\t".join(_fill(words, 8 if i else 0) for i, words in enumerate(lines))
     return (text + "\r\n").encode()
+
+
+def received_by(
+    *, by: str, source: str, queue_id: str, recipient: Address | None, when: datetime.datetime
+) -> bytes:
+    """A Received field for a message that enters the queue from inside, with no client
+    (a Sieve redirect), as Postfix's pickup writes one: ``Received: by host (sansmail,
+    from SOURCE) id QUEUEID for <rcpt>; date``. It counts as a hop like any other, so a
+    redirect loop between two users ends at `sansmail.mail.delivery.HOP_LIMIT`."""
+    if when.utcoffset() is None:
+        raise ValueError("received_by() needs an aware datetime for the zone")
+    head = [
+        "Received: by",
+        _clean(by, _SAFE_NAME, utf8=False) or "unknown",
+        f"(sansmail, from {_clean(source, _SAFE_NAME, utf8=False) or 'unknown'})",
+    ]
+    rcpt = _path(recipient, utf8=False)
+    tail = ["id", _clean(queue_id, _SAFE_NAME, utf8=False) or "unknown"]
+    tail += [_date(when)] if rcpt is None else ["for", f"<{rcpt}>;", _date(when)]
+    if rcpt is None:
+        tail[1] += ";"
+    return ("\r\n\t".join((_fill(head, 0), _fill(tail, 8))) + "\r\n").encode()
 
 
 def _date(when: datetime.datetime) -> str:

@@ -30,10 +30,27 @@ def test_public_names() -> None:
         "MAX_AGE_DAYS",
         "SRSError",
         "forward",
+        "forward_sender",
         "is_srs",
         "reverse",
         "today",
     ]
+
+
+def test_forward_sender_rewrites_only_outside_senders() -> None:
+    def sender(text: str | None) -> str | None:
+        found = sansmail.mail.srs.forward_sender(
+            addr(text) if text else None, domains=(OURS, "two.example"), key=KEY, day=DAY
+        )
+        return None if found is None else str(found)
+
+    assert sender("alice@example.org") == str(
+        forward(addr("alice@example.org"), domain=OURS, key=KEY, day=DAY)
+    )
+    assert sender(None) is None  # the null sender stays null
+    assert sender("bob@two.example") == "bob@two.example"  # ours: no rewriting
+    long_local = "x" * 60
+    assert sender(f"{long_local}@example.org") == f"{long_local}@example.org"  # too long
 
 
 # -- known vectors -----------------------------------------------------------------------

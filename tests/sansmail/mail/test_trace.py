@@ -99,6 +99,25 @@ def test_received_no_recipient_no_name() -> None:
     )
 
 
+def test_received_by_has_no_client() -> None:
+    assert trace.received_by(
+        by="mx.example.test", source="sieve", queue_id="4ABC123", recipient=ALICE, when=WHEN
+    ) == (
+        b"Received: by mx.example.test (sansmail, from sieve)\r\n"
+        b"\tid 4ABC123 for <alice@example.test>; Tue, 03 Jun 2025 10:00:00 +0000\r\n"
+    )
+    assert trace.received_by(
+        by="mx.example.test", source="sieve", queue_id="4ABC123", recipient=None, when=WHEN_PARIS
+    ) == (
+        b"Received: by mx.example.test (sansmail, from sieve)\r\n"
+        b"\tid 4ABC123; Sun, 05 Jan 2025 08:07:06 +0100\r\n"
+    )
+    with pytest.raises(ValueError, match="aware"):
+        trace.received_by(
+            by="h", source="s", queue_id="q", recipient=None, when=datetime.datetime(2025, 1, 1)
+        )
+
+
 @pytest.mark.parametrize(
     ("ip", "literal"),
     [

@@ -1,0 +1,892 @@
+"""`LocalDelivery`: a message for one of our mailboxes, through the site's and the user's
+Sieve scripts, into the folders they name (the part of Dovecot's LDA with Pigeonhole).
+
+Theory of operation
+-------------------
+Who calls. The queue runner, for a local recipient whose mailbox has an active script or
+when ``[sieve] before`` is set (`wants`); everyone else keeps the direct path into INBOX.
+`deliver` is BLOCKING (scripts, mailboxes, the queue, the duplicate database): a worker
+thread runs it.
+
+The scripts, as Pigeonhole runs ``sieve_before`` and the personal script ("Executing
+Multiple Scripts Sequentially" in its configuration guide):
+
+- the site script (``[sieve] before``) first, then the user's active script;
+- a script's ``keep``, explicit or implicit, only says "go on": the next script runs only
+  while keep is in effect, and the message is stored into INBOX only by the keep of the
+  last script that ran. So ``discard; stop;`` (or ``fileinto "Junk";``) in the site
+  script ends the sequence, and the user's script never sees the message;
+- the other actions of each script stand, whatever a later script does; edits
+  (editheader) of one script are what the next one sees;
+- a runtime error (or a stored script that no longer parses) aborts that script: its
+  actions are dropped, no later script runs, and the message is kept in INBOX (RFC 5228
+  §2.10.6); earlier scripts' actions stay. One warning line says where (line, column);
+- a second vacation in a later script is dropped, not an error; one copy per folder
+  and one forward per address, whichever script asked; the redirect limit counts all
+  the scripts' redirects together. A reject in a later script, after an earlier one
+  stored, forwarded or answered the message, is a runtime error of that script.
+
+Scripts are parsed once and kept: the site script and global includes by (path,
+mtime, size), the user's by the hash of their text (which is read at each delivery
+anyway, and unlike a name is never shared by two users' different scripts).
+
+Carrying the actions out, in an order that loses nothing:
+
+1. ``reject``/``ereject``: the recipient fails permanently with 5.7.1 "rejected by the
+   recipient's Sieve filter: REASON" and the queue's DSN carries it back (RFC 5429 §2.1
+   allows a DSN); nothing is stored. (The evaluator refuses a reject beside a delivery.)
+2. A mailbox at or over its storage limit fails the recipient as the intake's RCPT check
+   would (552 5.2.2 "mailbox is full"), before anything is sent on. A mailbox under its
+   limit takes every copy whatever its size, as the direct path does (Dovecot's
+   quota_grace: it ends at most one message over).
+3. Redirects, then the vacation reply, each written to the queue durably, with their ids
+   in `LdaResult.queued`. A redirect is the message as edited so far without its
+   Return-Path, under a Received field of its own (so a loop between two users' scripts
+   ends at `delivery.HOP_LIMIT`, refused as `delivery.forwarding_loop` refuses it), from
+   the SRS form of the sender (`srs.forward_sender`, as the intake forwards for aliases;
+   the null sender stays null). Each forward is remembered in the user's duplicate
+   database (Pigeonhole's duplicate-forward check), so the same message forwarded to the
+   same address again, by a retry of this delivery or by a second copy arriving, is not.
+   The vacation reply (`sieve.vacation_reply` decides and writes it) goes from the null
+   sender to the envelope sender once per (handle, sender) and ``:days``; the queue
+   runner DKIM-signs it like any message whose From is ours.
+4. The mailbox copies: INBOX for keep, each folder for fileinto, through the account the
+   IMAP server uses (`ImapStore.account`), so UIDs, flags and keywords are right at
+   once, and an idler is told (IMAP IDLE watches ``new/`` and ``cur/``). Folder names
+   are Unicode, as the account takes them (modified UTF-7 is IMAP4rev1's wire form
+   only). A missing folder without ``:create`` gets the copy in INBOX instead, with a
+   log line (Pigeonhole does the same); ``:create`` makes and subscribes it.
+5. The RFC 7352 duplicate ids of the run, only once every copy is stored: a delivery
+   retried after a failure must not find its own message "seen" and discard it.
+
+The window: a crash (or a disk that fails) after a redirect or the vacation reply is
+queued and before the copies are stored repeats the delivery at the next attempt. The
+vacation reply and the forward are then not sent again (remembered), except when the crash
+fell between queueing one and remembering it; so the worst is one forward or reply more,
+never a message lost. A copy that fails half-way through the folders (a full disk) defers
+the recipient (`delivery.store_failed`, as the direct path does), and the retry may store
+the folders that did take the message a second time: a duplicate, not a loss.
+
+Log lines are Dovecot's, under the queue id and recipient:
+``QUEUEID: to=<u@d>: sieve: stored mail into mailbox 'Lists'``, ``sieve: redirected to
+<x> (queued as ID)``, ``sieve: sent vacation response to <s>``, ``sieve: discarded``,
+``sieve: rejected: REASON``, and a warning for each runtime error and failed action.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.header
+import email.utils
+import hashlib
+import os
+import pathlib
+import sqlite3
+from typing import Final, TypeVar
+
+import attrs
+
+from sansmail.config import Config
+from sansmail.mail import delivery, srs, trace
+from sansmail.mail.address import AddressError, MailboxId, parse_address
+from sansmail.mail.attempt import Outcome
+from sansmail.mail.delivery import LogLine
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.mail.headeredit import HeaderEdit, apply_edits, split_fields
+from sansmail.mail.logtext import printable
+from sansmail.mail.sieve import (
+    AddHeader,
+    DeleteHeader,
+    Discard,
+    FileInto,
+    Keep,
+    Limits,
+    Position,
+    Redirect,
+    Reject,
+    Script,
+    SieveContext,
+    SieveEnvelope,
+    SieveError,
+    SieveMessage,
+    Vacation,
+    evaluate,
+    parse,
+    vacation_reply,
+)
+from sansmail.smtp import encode_xtext
+from sansmail.storage.keys import load_or_create_srs_key
+from sansmail.storage.maildir import (
+    SYSTEM_FLAGS,
+    FolderExistsError,
+    ImapStore,
+    InvalidFolderNameError,
+    MailAccount,
+    MaildirAccount,
+    NoSuchFolderError,
+    OverQuotaError,
+    TooManyKeywordsError,
+)
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.sieve import (
+    SCRIPT_SUFFIX,
+    DuplicateStore,
+    NoSuchScriptError,
+    SieveStore,
+    SieveStoreError,
+    valid_script_name,
+)
+
+__all__ = ["LdaResult", "LocalDelivery"]
+
+INBOX: Final = "INBOX"
+#: Parsed scripts kept per process; past this the oldest go.
+_CACHE_SIZE: Final = 512
+_SYSTEM: Final = {flag.lower(): flag for flag in SYSTEM_FLAGS}
+_KEYWORD_BAD: Final = frozenset(' ()"{%*]\\')
+_MAX_REASON: Final = 900  # a reject reason on one DSN line
+_LIMITS: Final = Limits()  # the evaluator's, Pigeonhole's defaults
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+@attrs.frozen
+class LdaResult:
+    """How one delivery went: the recipient's verdict (`delivery.STORED`, a deferral
+    from `delivery.store_failed`, or a permanent failure: reject, mailbox full), the
+    mail-log lines, and the ids of the messages it queued (redirects, vacation reply)
+    for the runner to deliver."""
+
+    outcome: Outcome
+    log: tuple[LogLine, ...]
+    queued: tuple[str, ...] = ()
+
+
+class _BrokenIncludeError(Exception):
+    """An included script that does not parse: a runtime error of the includer."""
+
+    def __init__(self, name: str, error: SieveError) -> None:
+        super().__init__(f"included script {name!r} does not parse: {error.message}")
+        self.name = name
+        self.error = error
+
+
+class LocalDelivery:
+    """Delivery through Sieve for the mailboxes of one server (see the module
+    docstring). `srs_key` (None: read or made in ``data_dir/srs.key`` at the first
+    redirect) and `limits` may be given; the rest is the server's."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        scripts: SieveStore,
+        imap: ImapStore,
+        queue: QueueStore,
+        srs_key: bytes | None = None,
+        limits: Limits = _LIMITS,
+    ) -> None:
+        self.config = config
+        self.scripts = scripts
+        self.imap = imap
+        self.queue = queue
+        self.limits = limits
+        self._srs_key = srs_key
+        # Both caches are touched by several worker threads: each step is one dict
+        # operation (atomic under the GIL), and a lost race only parses twice.
+        self._by_text: dict[bytes, Script | SieveError] = {}
+        self._by_file: dict[str, tuple[tuple[int, int, int], Script | SieveError]] = {}
+
+    @property
+    def srs_key(self) -> bytes:
+        if self._srs_key is None:
+            self._srs_key = load_or_create_srs_key(self.config.data_dir / "srs.key")
+        return self._srs_key
+
+    def wants(self, mailbox: MailboxId) -> bool:
+        """BLOCKING (one stat). Whether mail for `mailbox` must go through `deliver`."""
+        return self.config.sieve.before is not None or self.scripts.has_active(mailbox)
+
+    def deliver(
+        self,
+        mailbox: MailboxId,
+        content: bytes,
+        *,
+        queue_id: str,
+        sender: str,
+        recipient: str,
+        original_recipient: str | None,
+        now: float,
+    ) -> LdaResult:
+        """BLOCKING. Run the scripts over `content` (the message as stored: Return-Path
+        and trace on top, CRLF) for `mailbox`, reached as `recipient` (its address as
+        given; `original_recipient` the RCPT TO, if another), from `sender` ("" for the
+        null sender), and carry their actions out."""
+        run = _Delivery(
+            self,
+            mailbox,
+            content,
+            queue_id=queue_id,
+            sender=sender,
+            recipient=recipient,
+            original_recipient=original_recipient,
+            now=now,
+        )
+        try:
+            return run.deliver()
+        finally:
+            run.close()
+
+    # -- scripts ----------------------------------------------------------------------
+
+    def parsed(self, raw: bytes) -> Script | SieveError:
+        """The tree of script text `raw`, or why it does not parse (cached by content)."""
+        key = hashlib.sha256(raw).digest()
+        found = self._by_text.get(key)
+        if found is None:
+            found = _parse(raw)
+            _remember(self._by_text, key, found)
+        return found
+
+    def parsed_file(self, path: pathlib.Path) -> Script | SieveError | None:
+        """The tree of the script file `path` (None: there is none), cached by (path,
+        mtime, size); OSError when it exists and cannot be read."""
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        name = os.fspath(path)
+        cached = self._by_file.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        with open(path, "rb") as file:
+            found = _parse(file.read())
+        _remember(self._by_file, name, (stamp, found))
+        return found
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(cache) >= _CACHE_SIZE:
+        # Dicts keep insertion order: the oldest entry goes first.
+        cache.pop(next(iter(cache)), None)
+    cache[key] = value
+
+
+def _parse(raw: bytes) -> Script | SieveError:
+    try:
+        text = raw.decode("utf-8")  # RFC 5228 §2.4.2.4
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8", "replace")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        return SieveError("the script is not valid UTF-8", Position(line, column))
+    try:
+        return parse(text)
+    except SieveError as exc:
+        return exc
+
+
+# -- one delivery ---------------------------------------------------------------------------
+
+
+@attrs.define
+class _Copy:
+    """One mailbox copy to store: the folder as the script named it, the message as it
+    was when the action was taken, and its flags."""
+
+    folder: str
+    content: bytes
+    flags: tuple[str, ...] = ()
+    create: bool = False
+    stored: bool = False
+
+
+@attrs.define
+class _Plan:
+    """What the scripts asked for, merged over the sequence."""
+
+    copies: dict[str, _Copy] = attrs.field(factory=dict)  # by folder key
+    redirects: dict[str, bytes] = attrs.field(factory=dict)  # address (folded) -> content
+    redirect_names: dict[str, str] = attrs.field(factory=dict)  # folded -> as written
+    vacation: tuple[Vacation, bytes] | None = None
+    reject: Reject | None = None
+    discarded: bool = False
+    seen: list[tuple[str, int]] = attrs.field(factory=list)
+
+    def store(self, folder: str, content: bytes, flags: tuple[str, ...], create: bool) -> None:
+        key = _folder_key(folder)
+        copy = self.copies.get(key)
+        if copy is None:
+            self.copies[key] = _Copy(folder, content, flags, create)
+        else:
+            # One copy per folder (RFC 5228 §2.10.3); the flags of both.
+            copy.flags = _merge(copy.flags, flags)
+            copy.create = copy.create or create
+
+    def delivers(self) -> bool:
+        return bool(self.copies or self.redirects or self.vacation)
+
+
+def _folder_key(folder: str) -> str:
+    return INBOX if folder.upper() == INBOX else folder
+
+
+def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
+    seen = {flag.lower() for flag in a}
+    return a + tuple(flag for flag in b if flag.lower() not in seen)
+
+
+class _Delivery:
+    """The state of one `LocalDelivery.deliver`: the account and the duplicate database
+    are opened when first needed, and closed at the end."""
+
+    def __init__(
+        self,
+        lda: LocalDelivery,
+        mailbox: MailboxId,
+        content: bytes,
+        *,
+        queue_id: str,
+        sender: str,
+        recipient: str,
+        original_recipient: str | None,
+        now: float,
+    ) -> None:
+        self.lda = lda
+        self.mailbox = mailbox
+        self.content = content
+        self.queue_id = queue_id
+        self.sender = sender
+        self.recipient = recipient
+        self.original_recipient = original_recipient
+        self.now = now
+        self.when = datetime.datetime.fromtimestamp(now).astimezone()
+        self.log: list[LogLine] = []
+        self.queued: list[str] = []
+        self._prefix = f"{queue_id}: to=<{printable(recipient)}>: sieve: "
+        self._account: MailAccount | None = None
+        self._folders: set[str] | None = None
+        self._duplicates: DuplicateStore | None = None
+        self._duplicates_failed = False
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def info(self, text: str) -> None:
+        self.log.append(LogLine(self._prefix + text))
+
+    def warn(self, text: str) -> None:
+        self.log.append(LogLine(self._prefix + text, level="warning"))
+
+    @property
+    def account(self) -> MailAccount:
+        if self._account is None:
+            self._account = self.lda.imap.account(self.mailbox)
+        return self._account
+
+    def duplicates(self) -> DuplicateStore | None:
+        """The user's duplicate database; None (with one warning) when it cannot open."""
+        if self._duplicates is None and not self._duplicates_failed:
+            try:
+                self._duplicates = self.lda.scripts.duplicates(self.mailbox)
+            except (SieveStoreError, OSError) as exc:
+                self._duplicates_failed = True
+                self.warn(f"duplicate database unavailable: {printable(str(exc))}")
+        return self._duplicates
+
+    def close(self) -> None:
+        if self._duplicates is not None:
+            self._duplicates.close()
+        if self._account is not None:
+            self._account.close()
+
+    def result(self, outcome: Outcome) -> LdaResult:
+        return LdaResult(outcome, tuple(self.log), tuple(self.queued))
+
+    # -- the context a script sees ----------------------------------------------------
+
+    def mailbox_exists(self, name: str) -> bool:
+        if name.upper() == INBOX:
+            return True
+        if self._folders is None:
+            self._folders = {info.name for info in self.account.list_folders() if info.exists}
+        return name in self._folders
+
+    def seen(self, key: str) -> bool:
+        store = self.duplicates()
+        if store is None:
+            return False
+        try:
+            return store.seen(key, now=self.now)
+        except SieveStoreError as exc:
+            self.warn(f"duplicate test: {printable(str(exc))}")
+            return False
+
+    def include(self, name: str, is_global: bool) -> Script | None:
+        if valid_script_name(name) is not None:
+            return None  # a name no store could hold
+        lda = self.lda
+        if is_global:
+            before = lda.config.sieve.before
+            if before is None:
+                return None  # no global directory configured
+            try:
+                found = lda.parsed_file(before.parent / (name + SCRIPT_SUFFIX))
+            except OSError:
+                return None
+        else:
+            try:
+                found = lda.parsed(lda.scripts.get(self.mailbox, name))
+            except (NoSuchScriptError, OSError):
+                return None
+        if isinstance(found, SieveError):
+            raise _BrokenIncludeError(name, found)
+        return found
+
+    # -- the run ----------------------------------------------------------------------
+
+    def scripts(self) -> list[tuple[str, Script | SieveError]]:
+        """The sequence to run: (label for the log, tree or why it does not parse)."""
+        out: list[tuple[str, Script | SieveError]] = []
+        lda = self.lda
+        before = lda.config.sieve.before
+        if before is not None:
+            try:
+                found = lda.parsed_file(before)
+            except OSError as exc:
+                found = None
+                self.warn(f"before script {printable(str(before))}: {printable(str(exc))}")
+            if found is None:
+                self.warn(f"before script {printable(str(before))} not found: skipped")
+            else:
+                out.append((str(before), found))
+        try:
+            active = lda.scripts.active(self.mailbox)
+        except (SieveStoreError, OSError) as exc:
+            # Unreadable scripts are like broken ones: the message is kept, and said so.
+            self.warn(f"cannot read the active script: {printable(str(exc))}")
+            out.append(("(active script)", SieveError(str(exc), Position(1, 1))))
+            return out
+        if active is not None:
+            name, text = active
+            out.append((name, lda.parsed(text)))
+        return out
+
+    def plan(self) -> _Plan:
+        """Run the scripts in sequence (see the module docstring) into one plan."""
+        plan = _Plan()
+        sequence = self.scripts()
+        current = self.content
+        envelope = SieveEnvelope(
+            from_=self.sender, to=self.recipient, original_to=self.original_recipient
+        )
+        context = SieveContext(
+            detail_separator=self.lda.config.recipient_delimiter[:1],
+            mailbox_exists=self.mailbox_exists,
+            seen=self.seen,
+            include=self.include,
+        )
+        redirects_left = self.lda.limits.max_redirects
+        if not sequence:
+            plan.store(INBOX, current, (), False)
+            return plan
+        for index, (label, script) in enumerate(sequence):
+            where = f"script {printable(label)!r}"
+            if isinstance(script, SieveError):
+                self.warn(
+                    f"{where} line {script.position.line}, column {script.position.column}:"
+                    f" {printable(script.message)}: the script does not parse; implicit keep"
+                )
+                plan.store(INBOX, current, (), False)
+                return plan
+            limits = attrs.evolve(self.lda.limits, max_redirects=max(0, redirects_left))
+            try:
+                result = evaluate(
+                    script,
+                    SieveMessage(current),
+                    envelope,
+                    now=self.when,
+                    limits=limits,
+                    context=context,
+                )
+            except _BrokenIncludeError as exc:
+                position = exc.error.position
+                self.warn(
+                    f"{where}: included script {printable(exc.name)!r} line {position.line},"
+                    f" column {position.column}: {printable(exc.error.message)}:"
+                    " the script does not parse; implicit keep"
+                )
+                plan.store(INBOX, current, (), False)
+                return plan
+            if result.errors:
+                error = result.errors[0]
+                self.warn(
+                    f"{where} line {error.line}, column {error.column}: runtime error:"
+                    f" {printable(error.message)}; implicit keep"
+                )
+                plan.store(INBOX, current, (), False)
+                return plan
+            if plan.delivers() and any(isinstance(a, Reject) for a in result.actions):
+                self.warn(
+                    f"{where}: runtime error: reject after an earlier script delivered the"
+                    " message; implicit keep"
+                )
+                plan.store(INBOX, current, (), False)
+                return plan
+            kept: tuple[bytes, tuple[str, ...]] | None = None
+            for action in result.actions:
+                if isinstance(action, AddHeader | DeleteHeader):
+                    current = self.edited(current, action)
+                elif isinstance(action, Keep):
+                    kept = (current, action.flags)
+                elif isinstance(action, FileInto):
+                    plan.store(action.mailbox, current, action.flags, action.create)
+                elif isinstance(action, Redirect):
+                    folded = action.address.lower()
+                    if folded not in plan.redirects:
+                        plan.redirects[folded] = current
+                        plan.redirect_names[folded] = action.address
+                        redirects_left -= 1
+                elif isinstance(action, Reject):
+                    plan.reject = action
+                elif isinstance(action, Discard):
+                    plan.discarded = True
+                elif isinstance(action, Vacation) and plan.vacation is None:
+                    plan.vacation = (action, current)
+            plan.seen.extend(result.seen)
+            if kept is None:
+                break  # keep is not in effect: the sequence ends here
+            if index == len(sequence) - 1:
+                plan.store(INBOX, kept[0], kept[1], False)
+        return plan
+
+    def edited(self, content: bytes, action: AddHeader | DeleteHeader) -> bytes:
+        """`content` with one editheader action done (RFC 5293)."""
+        if isinstance(action, DeleteHeader):
+            edit = HeaderEdit("change", action.name, "", action.occurrence)
+        else:
+            value = action.value
+            charset = "us-ascii" if value.isascii() else "utf-8"
+            # RFC 5293 §4: the value is encoded (RFC 2047) and folded as the header needs.
+            encoded = email.header.Header(value, charset, header_name=action.name).encode(
+                linesep="\n"
+            )
+            if action.last:
+                edit = HeaderEdit("add", action.name, encoded)
+            else:
+                # At the top, but below the Return-Path the delivery put there (RFC 5321
+                # §4.4: it is the first field of a delivered message).
+                first = content[:12].lower() == b"return-path:"
+                top = 1 if first and action.name.lower() != "return-path" else 0
+                edit = HeaderEdit("insert", action.name, encoded, top)
+        try:
+            return apply_edits(content, [edit])
+        except ValueError as exc:
+            self.warn(f"header edit not made: {printable(str(exc))}")
+            return content
+
+    # -- carrying it out ----------------------------------------------------------------
+
+    def deliver(self) -> LdaResult:
+        plan = self.plan()
+        if plan.reject is not None:
+            reason = " ".join(plan.reject.reason.split())[:_MAX_REASON] or "no reason given"
+            self.info(f"rejected: {printable(reason)}")
+            return self.result(
+                Outcome(
+                    status="bounced",
+                    reason=f"rejected by the recipient's Sieve filter: {reason}",
+                    dsn="5.7.1",
+                )
+            )
+        try:
+            if plan.copies and self.full():
+                self.warn("the mailbox is full: nothing stored or sent on")
+                return self.result(
+                    Outcome(
+                        status="bounced",
+                        reason=f"552 5.2.2 <{self.recipient}>: mailbox is full",
+                        dsn="5.2.2",
+                    )
+                )
+            for folded, content in plan.redirects.items():
+                if not self.redirect(plan.redirect_names[folded], content):
+                    plan.store(INBOX, content, (), False)  # a failed forward keeps the mail
+            if plan.vacation is not None:
+                self.vacation(*plan.vacation)
+            for copy in self.ordered(plan):
+                self.store(copy, plan)
+        except (OSError, sqlite3.Error, OverQuotaError) as exc:
+            # The direct path's answer to a disk that fails: try again later.
+            self.warn(f"cannot store the message: {printable(str(exc))}")
+            return self.result(delivery.store_failed(str(exc)))
+        if plan.discarded and not plan.copies:
+            self.info("discarded")
+        self.record_seen(plan.seen)
+        return self.result(delivery.STORED)
+
+    def full(self) -> bool:
+        """Whether the mailbox is at or over its limit; one under it takes every copy
+        of this message (the direct path's grace, see the module docstring)."""
+        account = self.account
+        storage = account.storage()
+        if storage is None:
+            return False
+        used, limit = storage
+        if used >= limit:
+            return True
+        if isinstance(account, MaildirAccount):
+            account.quota_limit = 0  # this delivery only: the account is ours alone
+        return False
+
+    @staticmethod
+    def ordered(plan: _Plan) -> list[_Copy]:
+        # INBOX last, so that a folder that turns out missing can still fall back to it.
+        return [c for k, c in plan.copies.items() if k != INBOX] + (
+            [plan.copies[INBOX]] if INBOX in plan.copies else []
+        )
+
+    def store(self, copy: _Copy, plan: _Plan) -> None:
+        flags = self.valid_flags(copy.flags)
+        folder = copy.folder
+        account = self.account
+        try:
+            try:
+                self.append(account, folder, copy.content, flags)
+            except NoSuchFolderError:
+                if not copy.create or _folder_key(folder) == INBOX:
+                    raise
+                try:
+                    account.create(folder)
+                    account.subscribe(folder)
+                    self.info(f"created mailbox {_quoted(folder)}")
+                except FolderExistsError:
+                    pass  # made meanwhile by someone else: as good
+                self.append(account, folder, copy.content, flags)
+        except (NoSuchFolderError, InvalidFolderNameError) as exc:
+            if _folder_key(folder) == INBOX:
+                raise OSError(f"INBOX: {exc}") from exc
+            self.warn(
+                f"failed to store into mailbox {_quoted(folder)}: {printable(str(exc))};"
+                " stored into INBOX instead"
+            )
+            inbox = plan.copies.get(INBOX)
+            if inbox is None:
+                plan.copies[INBOX] = _Copy(INBOX, copy.content, copy.flags)
+                self.store(plan.copies[INBOX], plan)
+            elif not inbox.stored:
+                inbox.flags = _merge(inbox.flags, copy.flags)  # stored last, with these
+            return
+        copy.stored = True
+        self.info(f"stored mail into mailbox {_quoted(folder)}")
+
+    def append(
+        self, account: MailAccount, folder: str, content: bytes, flags: tuple[str, ...]
+    ) -> None:
+        try:
+            account.append(folder, content, flags)
+        except TooManyKeywordsError as exc:
+            # A folder holds 26 keywords: the message matters more than its keywords.
+            self.warn(f"{_quoted(folder)}: {printable(str(exc))}: stored without keywords")
+            account.append(folder, content, tuple(f for f in flags if f.startswith("\\")))
+
+    def valid_flags(self, flags: tuple[str, ...]) -> tuple[str, ...]:
+        """System flags in their IMAP spelling and keywords that are IMAP atoms; the
+        rest dropped with a warning (Pigeonhole ignores them too)."""
+        out: list[str] = []
+        bad: list[str] = []
+        for flag in flags:
+            if flag.startswith("\\"):
+                system = _SYSTEM.get(flag.lower())
+                if system is None:
+                    if flag.lower() != "\\recent":
+                        bad.append(flag)
+                    continue
+                out.append(system)
+            elif flag.isprintable() and flag.isascii() and not _KEYWORD_BAD.intersection(flag):
+                out.append(flag)
+            else:
+                bad.append(flag)
+        if bad:
+            self.warn(f"flags ignored: {printable(' '.join(bad))}")
+        return tuple(out)
+
+    def redirect(self, address: str, content: bytes) -> bool:
+        """Queue the forward to `address`; False when it cannot go (the caller keeps
+        the message). OSError from the queue passes up: the delivery is retried."""
+        try:
+            target = parse_address(address, smtputf8=True)
+        except AddressError as exc:
+            self.warn(f"redirect to <{printable(address)}> failed: {printable(str(exc))}")
+            return False
+        key = self.forward_key(str(target))
+        store = self.duplicates()
+        try:
+            if store is not None and store.seen(key, now=self.now):
+                self.info(f"discarded duplicate forward to <{printable(str(target))}>")
+                return True
+        except SieveStoreError as exc:
+            self.warn(f"duplicate forward check: {printable(str(exc))}")
+        queue = self.lda.queue
+        queue_id = queue.new_id()
+        config = self.lda.config
+        received = trace.received_by(
+            by=config.hostname,
+            source="sieve",
+            queue_id=queue_id,
+            recipient=target,
+            when=self.when,
+        )
+        message = received + _without_return_path(content)
+        loop = delivery.forwarding_loop(message)
+        if loop is not None:
+            self.warn(f"redirect to <{printable(str(target))}> refused: {loop.reason}")
+            return False
+        sender = self.forward_sender()
+        envelope = QueuedMessage(
+            queue_id=queue_id,
+            sender=sender,
+            arrival=self.now,
+            size=0,
+            recipients=[
+                QueuedRecipient(
+                    address=str(target),
+                    # RFC 3461 §4.2, as the intake does for an alias: the address mail
+                    # was sent to, which also marks the copy as forwarded for signing.
+                    orcpt="rfc822;"
+                    + encode_xtext((self.original_recipient or self.recipient).encode()),
+                )
+            ],
+            smtputf8=target.needs_smtputf8 or not sender.isascii(),
+            body_8bit=not message.isascii(),
+        )
+        writer = queue.begin(queue_id)
+        writer.write(message)
+        writer.commit(envelope)
+        self.queued.append(queue_id)
+        if store is not None:
+            try:
+                store.record(key, config.delivery.max_queue_lifetime, now=self.now)
+            except SieveStoreError as exc:
+                self.warn(f"forward not remembered: {printable(str(exc))}")
+        self.info(f"redirected to <{printable(str(target))}> (queued as {queue_id})")
+        return True
+
+    def forward_key(self, target: str) -> str:
+        """The duplicate-forward key: this message (its Message-ID, or this queue
+        file), to this user, forwarded to `target`."""
+        message_id = _message_id(self.content) or f"queue:{self.queue_id}"
+        text = f"redirect\x00{message_id}\x00{self.recipient.lower()}\x00{target.lower()}"
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+    def forward_sender(self) -> str:
+        if not self.sender:
+            return ""
+        try:
+            original = parse_address(self.sender, smtputf8=True)
+        except AddressError:
+            return self.sender  # queued as it came: forwarded as it came
+        config = self.lda.config
+        rewritten = srs.forward_sender(
+            original, domains=config.domains, key=self.lda.srs_key, day=srs.today(self.now)
+        )
+        return str(rewritten) if rewritten is not None else ""
+
+    def vacation(self, action: Vacation, content: bytes) -> None:
+        """Answer, if RFC 3834 and the once-per-period rule allow; a reply that cannot
+        be queued is logged and dropped (the message itself matters more)."""
+        sender = printable(self.sender or "")
+        addresses = tuple(a for a in (self.original_recipient,) if a)
+        reply = vacation_reply(
+            action,
+            content,
+            self.sender,
+            self.recipient,
+            now=self.when,
+            message_id=email.utils.make_msgid(domain=self.lda.config.hostname),
+            user_addresses=addresses,
+        )
+        if isinstance(reply, str):
+            self.info(f"vacation response to <{sender}> not sent: {reply}")
+            return
+        store = self.duplicates()
+        if store is None:
+            # Unable to tell whether this sender was answered: silence beats a flood.
+            self.warn(f"vacation response to <{sender}> not sent: no duplicate database")
+            return
+        try:
+            if store.seen(reply.key, now=self.now):
+                self.info(
+                    f"vacation response to <{sender}> not sent: already answered within"
+                    f" {reply.seconds // 86400} days"
+                )
+                return
+            target = parse_address(reply.recipient, smtputf8=True)
+        except (SieveStoreError, AddressError) as exc:
+            self.warn(f"vacation response to <{sender}> not sent: {printable(str(exc))}")
+            return
+        queue = self.lda.queue
+        queue_id = queue.new_id()
+        envelope = QueuedMessage(
+            queue_id=queue_id,
+            sender="",  # RFC 3834 §3.3, RFC 5230 §5.1: replies go from the null sender
+            arrival=self.now,
+            size=0,
+            recipients=[QueuedRecipient(address=str(target))],
+            smtputf8=target.needs_smtputf8,
+            body_8bit=not reply.message.isascii(),
+        )
+        try:
+            writer = queue.begin(queue_id)
+            writer.write(reply.message)
+            writer.commit(envelope)
+        except OSError as exc:
+            self.warn(f"vacation response to <{sender}> not sent: {printable(str(exc))}")
+            return
+        self.queued.append(queue_id)
+        try:
+            store.record(reply.key, reply.seconds, now=self.now)
+        except SieveStoreError as exc:
+            self.warn(f"vacation response not remembered: {printable(str(exc))}")
+        self.info(f"sent vacation response to <{sender}> (queued as {queue_id})")
+
+    def record_seen(self, seen: list[tuple[str, int]]) -> None:
+        if not seen:
+            return
+        store = self.duplicates()
+        if store is None:
+            return
+        try:
+            for key, seconds in seen:
+                store.record(key, seconds, now=self.now)
+        except SieveStoreError as exc:
+            self.warn(f"duplicate ids not remembered: {printable(str(exc))}")
+
+
+def _quoted(folder: str) -> str:
+    return "'" + printable(folder).replace("'", "\\'") + "'"
+
+
+def _header(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def _without_return_path(content: bytes) -> bytes:
+    """`content` without its Return-Path fields: a forward is not a final delivery
+    (RFC 5321 §4.4), and the next one adds its own."""
+    header = _header(content)
+    if b"return-path:" not in header.lower():
+        return content
+    fields, _rest = split_fields(header)
+    kept = [f for f in fields if f[:12].lower() != b"return-path:"]
+    return b"".join(kept) + content[len(header) :]
+
+
+def _message_id(content: bytes) -> str | None:
+    for field in split_fields(_header(content))[0]:
+        name, _, value = field.partition(b":")
+        if name.strip().lower() == b"message-id":
+            text = " ".join(value.decode("utf-8", "replace").split())
+            return text or None
+    return None
