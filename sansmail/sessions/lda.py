@@ -8,23 +8,13 @@ when ``[sieve] before`` is set (`wants`); everyone else keeps the direct path in
 `deliver` is BLOCKING (scripts, mailboxes, the queue, the duplicate database): a worker
 thread runs it.
 
-The scripts, as Pigeonhole runs ``sieve_before`` and the personal script ("Executing
-Multiple Scripts Sequentially" in its configuration guide):
-
-- the site script (``[sieve] before``) first, then the user's active script;
-- a script's ``keep``, explicit or implicit, only says "go on": the next script runs only
-  while keep is in effect, and the message is stored into INBOX only by the keep of the
-  last script that ran. So ``discard; stop;`` (or ``fileinto "Junk";``) in the site
-  script ends the sequence, and the user's script never sees the message;
-- the other actions of each script stand, whatever a later script does; edits
-  (editheader) of one script are what the next one sees;
-- a runtime error (or a stored script that no longer parses) aborts that script: its
-  actions are dropped, no later script runs, and the message is kept in INBOX (RFC 5228
-  §2.10.6); earlier scripts' actions stay. One warning line says where (line, column);
-- a second vacation in a later script is dropped, not an error; one copy per folder
-  and one forward per address, whichever script asked; the redirect limit counts all
-  the scripts' redirects together. A reject in a later script, after an earlier one
-  stored, forwarded or answered the message, is a runtime error of that script.
+The scripts: the site script (``[sieve] before``) first, then the user's active one,
+with Pigeonhole's ``sieve_before`` semantics (`sieve.run_sequence` has them in full): the
+next script runs only while keep is in effect, and only the last one's keep stores into
+INBOX (``discard; stop;`` or a ``fileinto`` in the site script ends the sequence); each
+script's other actions stand; its edits are what the next one sees; a runtime error, or a
+stored script that no longer parses, drops that script's actions, ends the sequence and
+keeps the message in INBOX, with one warning line giving the line and column.
 
 Scripts are parsed once and kept: the site script and global includes by (path,
 mtime, size), the user's by the hash of their text (which is read at each delivery
@@ -76,7 +66,6 @@ Log lines are Dovecot's, under the queue id and recipient:
 from __future__ import annotations
 
 import datetime
-import email.header
 import email.utils
 import hashlib
 import os
@@ -92,26 +81,22 @@ from sansmail.mail.address import AddressError, MailboxId, parse_address
 from sansmail.mail.attempt import Outcome
 from sansmail.mail.delivery import LogLine
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
-from sansmail.mail.headeredit import HeaderEdit, apply_edits, split_fields
+from sansmail.mail.headeredit import split_fields
 from sansmail.mail.logtext import printable
 from sansmail.mail.sieve import (
-    AddHeader,
-    DeleteHeader,
-    Discard,
-    FileInto,
-    Keep,
+    Copy,
+    IncludeNotParsedError,
     Limits,
+    Plan,
     Position,
-    Redirect,
-    Reject,
     Script,
     SieveContext,
     SieveEnvelope,
     SieveError,
-    SieveMessage,
     Vacation,
-    evaluate,
+    folder_key,
     parse,
+    run_sequence,
     vacation_reply,
 )
 from sansmail.smtp import encode_xtext
@@ -160,15 +145,6 @@ class LdaResult:
     outcome: Outcome
     log: tuple[LogLine, ...]
     queued: tuple[str, ...] = ()
-
-
-class _BrokenIncludeError(Exception):
-    """An included script that does not parse: a runtime error of the includer."""
-
-    def __init__(self, name: str, error: SieveError) -> None:
-        super().__init__(f"included script {name!r} does not parse: {error.message}")
-        self.name = name
-        self.error = error
 
 
 class LocalDelivery:
@@ -290,53 +266,6 @@ def _parse(raw: bytes) -> Script | SieveError:
 # -- one delivery ---------------------------------------------------------------------------
 
 
-@attrs.define
-class _Copy:
-    """One mailbox copy to store: the folder as the script named it, the message as it
-    was when the action was taken, and its flags."""
-
-    folder: str
-    content: bytes
-    flags: tuple[str, ...] = ()
-    create: bool = False
-    stored: bool = False
-
-
-@attrs.define
-class _Plan:
-    """What the scripts asked for, merged over the sequence."""
-
-    copies: dict[str, _Copy] = attrs.field(factory=dict)  # by folder key
-    redirects: dict[str, bytes] = attrs.field(factory=dict)  # address (folded) -> content
-    redirect_names: dict[str, str] = attrs.field(factory=dict)  # folded -> as written
-    vacation: tuple[Vacation, bytes] | None = None
-    reject: Reject | None = None
-    discarded: bool = False
-    seen: list[tuple[str, int]] = attrs.field(factory=list)
-
-    def store(self, folder: str, content: bytes, flags: tuple[str, ...], create: bool) -> None:
-        key = _folder_key(folder)
-        copy = self.copies.get(key)
-        if copy is None:
-            self.copies[key] = _Copy(folder, content, flags, create)
-        else:
-            # One copy per folder (RFC 5228 §2.10.3); the flags of both.
-            copy.flags = _merge(copy.flags, flags)
-            copy.create = copy.create or create
-
-    def delivers(self) -> bool:
-        return bool(self.copies or self.redirects or self.vacation)
-
-
-def _folder_key(folder: str) -> str:
-    return INBOX if folder.upper() == INBOX else folder
-
-
-def _merge(a: tuple[str, ...], b: tuple[str, ...]) -> tuple[str, ...]:
-    seen = {flag.lower() for flag in a}
-    return a + tuple(flag for flag in b if flag.lower() not in seen)
-
-
 class _Delivery:
     """The state of one `LocalDelivery.deliver`: the account and the duplicate database
     are opened when first needed, and closed at the end."""
@@ -367,6 +296,8 @@ class _Delivery:
         self._prefix = f"{queue_id}: to=<{printable(recipient)}>: sieve: "
         self._account: MailAccount | None = None
         self._folders: set[str] | None = None
+        #: The folders (`folder_key`) that have their copy.
+        self.stored: set[str] = set()
         self._duplicates: DuplicateStore | None = None
         self._duplicates_failed = False
 
@@ -440,7 +371,7 @@ class _Delivery:
             except (NoSuchScriptError, OSError):
                 return None
         if isinstance(found, SieveError):
-            raise _BrokenIncludeError(name, found)
+            raise IncludeNotParsedError(name, found)
         return found
 
     # -- the run ----------------------------------------------------------------------
@@ -472,118 +403,27 @@ class _Delivery:
             out.append((name, lda.parsed(text)))
         return out
 
-    def plan(self) -> _Plan:
-        """Run the scripts in sequence (see the module docstring) into one plan."""
-        plan = _Plan()
-        sequence = self.scripts()
-        current = self.content
-        envelope = SieveEnvelope(
-            from_=self.sender, to=self.recipient, original_to=self.original_recipient
-        )
+    def plan(self) -> Plan:
+        """The scripts' plan (`sieve.run_sequence`), its warnings logged."""
         context = SieveContext(
             detail_separator=self.lda.config.recipient_delimiter[:1],
             mailbox_exists=self.mailbox_exists,
             seen=self.seen,
             include=self.include,
         )
-        redirects_left = self.lda.limits.max_redirects
-        if not sequence:
-            plan.store(INBOX, current, (), False)
-            return plan
-        for index, (label, script) in enumerate(sequence):
-            where = f"script {printable(label)!r}"
-            if isinstance(script, SieveError):
-                self.warn(
-                    f"{where} line {script.position.line}, column {script.position.column}:"
-                    f" {printable(script.message)}: the script does not parse; implicit keep"
-                )
-                plan.store(INBOX, current, (), False)
-                return plan
-            limits = attrs.evolve(self.lda.limits, max_redirects=max(0, redirects_left))
-            try:
-                result = evaluate(
-                    script,
-                    SieveMessage(current),
-                    envelope,
-                    now=self.when,
-                    limits=limits,
-                    context=context,
-                )
-            except _BrokenIncludeError as exc:
-                position = exc.error.position
-                self.warn(
-                    f"{where}: included script {printable(exc.name)!r} line {position.line},"
-                    f" column {position.column}: {printable(exc.error.message)}:"
-                    " the script does not parse; implicit keep"
-                )
-                plan.store(INBOX, current, (), False)
-                return plan
-            if result.errors:
-                error = result.errors[0]
-                self.warn(
-                    f"{where} line {error.line}, column {error.column}: runtime error:"
-                    f" {printable(error.message)}; implicit keep"
-                )
-                plan.store(INBOX, current, (), False)
-                return plan
-            if plan.delivers() and any(isinstance(a, Reject) for a in result.actions):
-                self.warn(
-                    f"{where}: runtime error: reject after an earlier script delivered the"
-                    " message; implicit keep"
-                )
-                plan.store(INBOX, current, (), False)
-                return plan
-            kept: tuple[bytes, tuple[str, ...]] | None = None
-            for action in result.actions:
-                if isinstance(action, AddHeader | DeleteHeader):
-                    current = self.edited(current, action)
-                elif isinstance(action, Keep):
-                    kept = (current, action.flags)
-                elif isinstance(action, FileInto):
-                    plan.store(action.mailbox, current, action.flags, action.create)
-                elif isinstance(action, Redirect):
-                    folded = action.address.lower()
-                    if folded not in plan.redirects:
-                        plan.redirects[folded] = current
-                        plan.redirect_names[folded] = action.address
-                        redirects_left -= 1
-                elif isinstance(action, Reject):
-                    plan.reject = action
-                elif isinstance(action, Discard):
-                    plan.discarded = True
-                elif isinstance(action, Vacation) and plan.vacation is None:
-                    plan.vacation = (action, current)
-            plan.seen.extend(result.seen)
-            if kept is None:
-                break  # keep is not in effect: the sequence ends here
-            if index == len(sequence) - 1:
-                plan.store(INBOX, kept[0], kept[1], False)
+        plan = run_sequence(
+            self.scripts(),
+            self.content,
+            SieveEnvelope(
+                from_=self.sender, to=self.recipient, original_to=self.original_recipient
+            ),
+            now=self.when,
+            limits=self.lda.limits,
+            context=context,
+        )
+        for warning in plan.warnings:
+            self.warn(printable(warning))
         return plan
-
-    def edited(self, content: bytes, action: AddHeader | DeleteHeader) -> bytes:
-        """`content` with one editheader action done (RFC 5293)."""
-        if isinstance(action, DeleteHeader):
-            edit = HeaderEdit("change", action.name, "", action.occurrence)
-        else:
-            value = action.value
-            charset = "us-ascii" if value.isascii() else "utf-8"
-            # RFC 5293 §4: the value is encoded (RFC 2047) and folded as the header needs.
-            encoded = email.header.Header(value, charset, header_name=action.name).encode(
-                linesep="\n"
-            )
-            if action.last:
-                edit = HeaderEdit("add", action.name, encoded)
-            else:
-                # At the top, but below the Return-Path the delivery put there (RFC 5321
-                # §4.4: it is the first field of a delivered message).
-                first = content[:12].lower() == b"return-path:"
-                top = 1 if first and action.name.lower() != "return-path" else 0
-                edit = HeaderEdit("insert", action.name, encoded, top)
-        try:
-            return apply_edits(content, [edit])
-        except ValueError as exc:
-            self.warn(f"header edit not made: {printable(str(exc))}")
-            return content
 
     # -- carrying it out ----------------------------------------------------------------
 
@@ -609,9 +449,9 @@ class _Delivery:
                         dsn="5.2.2",
                     )
                 )
-            for folded, content in plan.redirects.items():
-                if not self.redirect(plan.redirect_names[folded], content):
-                    plan.store(INBOX, content, (), False)  # a failed forward keeps the mail
+            for address, content in plan.redirects.values():
+                if not self.redirect(address, content):
+                    plan.store(INBOX, content)  # a failed forward keeps the message
             if plan.vacation is not None:
                 self.vacation(*plan.vacation)
             for copy in self.ordered(plan):
@@ -640,13 +480,13 @@ class _Delivery:
         return False
 
     @staticmethod
-    def ordered(plan: _Plan) -> list[_Copy]:
+    def ordered(plan: Plan) -> list[Copy]:
         # INBOX last, so that a folder that turns out missing can still fall back to it.
         return [c for k, c in plan.copies.items() if k != INBOX] + (
             [plan.copies[INBOX]] if INBOX in plan.copies else []
         )
 
-    def store(self, copy: _Copy, plan: _Plan) -> None:
+    def store(self, copy: Copy, plan: Plan) -> None:
         flags = self.valid_flags(copy.flags)
         folder = copy.folder
         account = self.account
@@ -654,7 +494,7 @@ class _Delivery:
             try:
                 self.append(account, folder, copy.content, flags)
             except NoSuchFolderError:
-                if not copy.create or _folder_key(folder) == INBOX:
+                if not copy.create or folder_key(folder) == INBOX:
                     raise
                 try:
                     account.create(folder)
@@ -664,20 +504,19 @@ class _Delivery:
                     pass  # made meanwhile by someone else: as good
                 self.append(account, folder, copy.content, flags)
         except (NoSuchFolderError, InvalidFolderNameError) as exc:
-            if _folder_key(folder) == INBOX:
+            if folder_key(folder) == INBOX:
                 raise OSError(f"INBOX: {exc}") from exc
             self.warn(
                 f"failed to store into mailbox {_quoted(folder)}: {printable(str(exc))};"
                 " stored into INBOX instead"
             )
-            inbox = plan.copies.get(INBOX)
-            if inbox is None:
-                plan.copies[INBOX] = _Copy(INBOX, copy.content, copy.flags)
-                self.store(plan.copies[INBOX], plan)
-            elif not inbox.stored:
-                inbox.flags = _merge(inbox.flags, copy.flags)  # stored last, with these
+            if INBOX not in self.stored:
+                planned = INBOX in plan.copies  # then stored last, with these flags too
+                plan.store(INBOX, copy.content, copy.flags)
+                if not planned:
+                    self.store(plan.copies[INBOX], plan)
             return
-        copy.stored = True
+        self.stored.add(folder_key(folder))
         self.info(f"stored mail into mailbox {_quoted(folder)}")
 
     def append(

@@ -2,8 +2,9 @@
 file, message or clock of its own and sends nothing: the caller does all of that.
 
 `_ast` is the tree; the parser (text to tree, errors with line and column) and the
-evaluator (a tree, a message and its envelope to a list of actions) build on it. No I/O:
-the caller reads scripts and messages and carries the actions out.
+evaluator (a tree, a message and its envelope to a list of actions) build on it;
+`run_sequence` runs a site script and the user's one after the other into one `Plan`. No
+I/O: the caller reads scripts and messages and carries the actions out.
 """
 
 from sansmail.mail.sieve._actions import (
@@ -32,6 +33,13 @@ from sansmail.mail.sieve._ast import (
 from sansmail.mail.sieve._eval import Limits, SieveContext, SieveEnvelope, SieveMessage, evaluate
 from sansmail.mail.sieve._lexer import SieveError
 from sansmail.mail.sieve._parser import parse
+from sansmail.mail.sieve._sequence import (
+    Copy,
+    IncludeNotParsedError,
+    Plan,
+    folder_key,
+    run_sequence,
+)
 from sansmail.mail.sieve._vacation import VacationReply, vacation_reply
 from sansmail.mail.sieve._validate import SUPPORTED
 
@@ -40,3 +48,4 @@ __all__ += ["SUPPORTED", "SieveError", "parse"]
 __all__ += ["Action", "AddHeader", "DeleteHeader", "Discard", "Error", "FileInto", "Keep"]
 __all__ += ["Limits", "Redirect", "Reject", "Result", "SieveContext", "SieveEnvelope"]
 __all__ += ["SieveMessage", "Vacation", "VacationReply", "evaluate", "vacation_reply"]
+__all__ += ["Copy", "IncludeNotParsedError", "Plan", "folder_key", "run_sequence"]

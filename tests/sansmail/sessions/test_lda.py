@@ -11,9 +11,10 @@ import pathlib
 import pytest
 from lda_helpers import ALICE, KEY, MESSAGE, NOW, Server, lines, message, warnings
 
-from sansmail.mail import delivery, srs
+from sansmail.mail import delivery, dkim, srs
 from sansmail.mail.address import parse_address
 from sansmail.mail.sieve import Script, parse
+from sansmail.sessions.lda import LdaResult
 
 
 @pytest.fixture
@@ -413,3 +414,30 @@ def test_scripts_are_parsed_once(server: Server, monkeypatch: pytest.MonkeyPatch
     server.script("discard;")
     server.deliver(queue_id="Q3")
     assert len(calls) == 2
+
+
+def test_the_runner_signs_the_vacation_reply_and_seals_the_redirect(server: Server) -> None:
+    # What `qmgr.Attempt._signed` does with a queued message on its way out.
+    private, _record = dkim.generate("ed25519")
+    domains = server.config.domains
+
+    def fields(result: LdaResult) -> bytes:
+        [(envelope, content)] = server.queued(result)
+        return dkim.outbound_fields(
+            content,
+            forwarded=delivery.forwarded(envelope, domains=domains),
+            own_sender=delivery.own_sender(envelope, domains=domains),
+            domains=domains,
+            hostname=server.config.hostname,
+            selector="sansmail",
+            key_for=lambda domain: private if domain == "example.test" else None,
+        )
+
+    server.script(VACATION)
+    signed = fields(server.deliver())
+    assert signed.startswith(b"DKIM-Signature:")
+    assert b"d=example.test" in signed
+    # A forward of an outside sender's mail is not signed as ours: sealed (ARC) only,
+    # and this key cannot seal (RSA only), so nothing is added.
+    server.script('redirect "carol@elsewhere.test";')
+    assert fields(server.deliver(message("Message-ID: <r@far.test>"), queue_id="Q2")) == b""
