@@ -37,6 +37,7 @@ class Family(enum.IntEnum):
     SMTP = 0  # smtp, submission, submissions: [smtp] max_connections(_per_ip)
     POP3 = 1  # pop3, pop3s: [limits] pop3_max_connections(_per_ip)
     IMAP = 2  # imap, imaps: [limits] imap_max_connections(_per_ip)
+    MANAGESIEVE = 3  # managesieve: _managesieve_server.MAX_CONNECTIONS(_PER_IP)
 
 
 _FAMILIES = {
@@ -47,6 +48,7 @@ _FAMILIES = {
     "pop3s": Family.POP3,
     "imap": Family.IMAP,
     "imaps": Family.IMAP,
+    "managesieve": Family.MANAGESIEVE,
 }
 
 

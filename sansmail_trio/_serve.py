@@ -7,10 +7,12 @@ Theory of operation:
   per listener. Each accepted connection gets its own task and its own nursery.
 * Connection caps are checked at accept, per service family (`_counts.Family`): SMTP
   (smtp, submission, submissions) against ``[smtp] max_connections(_per_ip)``, POP3 and
-  IMAP against their ``[limits]`` keys, each counted over every server process. A
+  IMAP against their ``[limits]`` keys, ManageSieve against its fixed caps
+  (`_managesieve_server.MAX_CONNECTIONS`), each counted over every server process. A
   connection over a cap is still answered, with its protocol's refusal as the greeting
   (SMTP's `421`, with no enhanced code since none may come before EHLO; POP3's
-  ``-ERR [SYS/TEMP]``; IMAP's ``* BYE [UNAVAILABLE]``), then closed (RFC 5321 §3.1
+  ``-ERR [SYS/TEMP]``; IMAP's ``* BYE [UNAVAILABLE]``; ManageSieve's
+  ``BYE (TRYLATER)``), then closed (RFC 5321 §3.1
   allows a 421 greeting; a silent close would look like a network fault).
 * Shutdown (first SIGINT/SIGTERM, or the `shutdown` event in tests) happens in three
   steps: stop accepting; interrupt every session that is waiting for a command outside a
@@ -46,6 +48,7 @@ from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.mail.authcache import AuthCache, AuthCacheSettings
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
+from sansmail.sessions.managesieved import ManageSieveService
 from sansmail.sessions.pop3d import Pop3Service
 from sansmail.sessions.smtpd import SmtpService, intake_checks, store_all
 from sansmail.storage.aliasfile import AliasSource
@@ -54,12 +57,20 @@ from sansmail.storage.keys import load_or_create_srs_key
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.repair import repair_at_start
+from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._commit import Committer
 from sansmail_trio._counts import Family, SharedCounts, family_of
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._log import get_logger, line_logger
+from sansmail_trio._managesieve_server import (
+    MAX_CONNECTIONS as MANAGESIEVE_MAX_CONNECTIONS,
+)
+from sansmail_trio._managesieve_server import (
+    MAX_CONNECTIONS_PER_IP as MANAGESIEVE_MAX_CONNECTIONS_PER_IP,
+)
+from sansmail_trio._managesieve_server import ManageSieveServer
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner, read_wakeups
 from sansmail_trio._session import Stoppable
@@ -79,7 +90,7 @@ __all__ = ["bind_listeners", "serve", "serve_queue"]
 log = get_logger("master")
 
 #: What a listener hands its connections to.
-Service = SMTPService | POP3Service | IMAPService
+Service = SMTPService | POP3Service | IMAPService | ManageSieveServer
 
 #: How often the user store, the aliases and the reload counter are checked for changes
 #: that no lookup has noticed yet, and for files edited by hand.
@@ -277,6 +288,16 @@ async def serve(
         services[name] = IMAPService(
             shared=imap_shared, log=imap_log, tls=tls, counts=shared_counts
         )
+    managesieve_shared = ManageSieveService(
+        config=config,
+        scripts=SieveStore(config.data_dir),
+        users=users,
+        auth=auth,
+        tls_available=tls is not None,
+    )
+    services["managesieve"] = ManageSieveServer(
+        shared=managesieve_shared, log=get_logger("managesieve"), tls=tls
+    )
 
     if process == 0:
         # The lines check-config prints: unbuilt listeners are skipped, keys accepted.
@@ -296,6 +317,7 @@ async def serve(
             Family.SMTP: (config.smtp.max_connections, config.smtp.max_connections_per_ip),
             Family.POP3: (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
             Family.IMAP: (limits.imap_max_connections, limits.imap_max_connections_per_ip),
+            Family.MANAGESIEVE: (MANAGESIEVE_MAX_CONNECTIONS, MANAGESIEVE_MAX_CONNECTIONS_PER_IP),
         },
         counts=shared_counts,
     )

@@ -46,7 +46,7 @@ SERVICES: Final = (
 #: The services this version can actually run; listeners for the others are accepted,
 #: reported and skipped.
 BUILT_SERVICES: Final = frozenset(
-    {"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps"}
+    {"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "managesieve"}
 )
 
 RESTRICTIONS: Final = (
@@ -86,6 +86,7 @@ pop3 = "127.0.0.1:2110"
 pop3s = "127.0.0.1:2995"
 imap = "127.0.0.1:2143"
 imaps = "127.0.0.1:2993"
+managesieve = "127.0.0.1:2190"          # RFC 5804; STARTTLS offered
 
 [smtp]
 max_message_size = 26214400

@@ -33,7 +33,6 @@ CONTRACT_EXAMPLE = pathlib.Path(__file__).parent / "contract_example.toml"
 
 #: The keys of the CONTRACT's example that ask for something not built yet.
 EXAMPLE_NOT_IN_FORCE = [
-    "listen.managesieve",
     "listen.metrics",
     "listen.http",
 ]
@@ -100,7 +99,7 @@ def test_the_example_warns_once_per_key_not_in_force(tmp_path: pathlib.Path) -> 
     assert keys_of(lines, where) == EXAMPLE_NOT_IN_FORCE
     for line in lines:
         assert "accepted but not in force yet" in line
-    assert "the listener on 127.0.0.1:2190 is skipped" in lines[0]
+    assert "the listener on 127.0.0.1:2980 is skipped" in lines[0]
     # check-config's warnings hold those lines, once each.
     found = warnings(config)
     for line in lines:
@@ -310,5 +309,5 @@ def test_a_dsn_without_its_backend_is_a_plain_warning(tmp_path: pathlib.Path) ->
 def test_the_embedded_default_reports_only_its_checks() -> None:
     config = parse_config(DEFAULT_CONFIG_TOML, source=None, default_hostname="h.example")
     assert keys_of(not_in_force(config), "<embedded default>") == []
-    # Its listeners are the built ones; managesieve and metrics join once built.
+    # Its listeners are the built ones; metrics joins once built.
     assert set(config.listen) == BUILT_SERVICES

@@ -347,7 +347,7 @@ def test_check_config_postmaster_user_silences_the_warning(run, config_file):
 def test_check_config_embedded_default(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run("check-config") == 0
-    assert run.out == "config OK: <embedded default>, 7 listeners, domains localhost\n"
+    assert run.out == "config OK: <embedded default>, 8 listeners, domains localhost\n"
     assert all(line.startswith("warning: ") for line in run.err_lines)
     # Every key of the embedded default is in force.
     assert not any("not built yet" in line for line in run.err_lines)
@@ -891,7 +891,6 @@ def test_check_config_of_the_contract_example(run, tmp_path):
     not_in_force = [line for line in run.err_lines if "accepted but not in force yet" in line]
     keys = [line.removeprefix(f"warning: {path}: ").split(":")[0] for line in not_in_force]
     assert keys == [
-        "listen.managesieve",
         "listen.metrics",
         "listen.http",
     ]
