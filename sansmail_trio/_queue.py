@@ -32,7 +32,10 @@ fsyncs per batch rather than per message:
    (`QueueManager.open_all`), after `LINGER` for more to fall due (a thread hop per
    message or two costs more CPU than the rest of the open) unless the runner is
    nearly full: draining a backlog, every wait would be a wait of the whole pipeline.
-2. *Deliver*: each message's local destinations in a worker thread; its remote ones
+2. *Deliver*: each message's local destinations in a worker thread (through the
+   mailboxes' Sieve scripts where the intake queued them for it, `sansmail.sessions.
+   lda.LocalDelivery`, made here as the IMAP server makes its store; what the scripts
+   queue, redirects and vacation replies, is due at once); its remote ones
    join their domain's line. A domain gets delivery agents as its line grows, never
    more than ``destination_concurrency_limit``; an agent takes up to `BATCH_SIZE`
    messages from the line and delivers them with one walk over the domain's next hops
@@ -83,11 +86,13 @@ from sansmail.mail.delivery import (
 from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.outbound import ClientTimeouts
 from sansmail.mail.retry import RetryPolicy
+from sansmail.sessions.lda import LocalDelivery
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
-from sansmail.storage.maildir import MailStore
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore, MailStore
 from sansmail.storage.queue import QueueStore
+from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import SMTPClient
@@ -217,6 +222,17 @@ class QueueRunner:
             aliases=aliases,
             policy=self.policy,
             dkim_keys=DkimKeys(config.data_dir, config.dkim.selector),
+            local_delivery=LocalDelivery(
+                config=config,
+                scripts=SieveStore(config.data_dir),
+                # As the IMAP server builds its store: what Sieve files appears there.
+                imap=MaildirImapStore(
+                    config.data_dir,
+                    hostname=config.hostname,
+                    quota=store.quota if isinstance(store, MaildirStore) else None,
+                ),
+                queue=queue,
+            ),
         )
         self._schedule = _Schedule()
         self._active: set[str] = set()
@@ -380,9 +396,10 @@ class QueueRunner:
 
     async def _deliver_local(self, flight: _InFlight, destination: Destination) -> None:
         start = self.clock()
+        deliver = functools.partial(flight.attempt.deliver_local, destination, now=start)
         try:
             with self._until_noted():
-                result = await trio.to_thread.run_sync(flight.attempt.deliver_local, destination)
+                result = await trio.to_thread.run_sync(deliver)
         except Exception:
             self.log.exception("%s: local delivery failed with an internal error", flight.queue_id)
             self._fail(flight)
@@ -471,6 +488,9 @@ class QueueRunner:
         now = self.clock()
         flight.attempt.record(destination, result, delay=now - start, now=now)
         self._write(flight.attempt.take_log())
+        # Redirects and vacation replies the recipients' Sieve scripts queued: due now.
+        for queue_id in flight.attempt.take_queued():
+            self.wake(queue_id)
         self._done_with(flight)
 
     def _fail(self, flight: _InFlight) -> None:

@@ -8,17 +8,19 @@ schedule, the DNS, the sockets, TLS and the connection cache. Everything else an
 decides or stores is here, so a runner for another loop repeats no rule:
 
     manager = QueueManager(config=config, queue=queue, store=store, users=users,
-                           aliases=aliases, policy=RetryPolicy.from_config(...))
+                           aliases=aliases, policy=RetryPolicy.from_config(...),
+                           local_delivery=LocalDelivery(...))
     attempt = manager.open(queue_id)                        # blocking; None: gone
     for destination in attempt.destinations:                # side by side
         if destination.local:
-            result = attempt.deliver_local(destination)     # blocking
+            result = attempt.deliver_local(destination, now=clock())  # blocking
         else:
             plan = attempt.remote(destination, shuffle=rng.shuffle)
             ...                                             # its lookups and connections
             result = plan.next_step().result                # once it is Done
         attempt.record(destination, result, delay=..., now=clock())
         write(attempt.take_log())
+        schedule_now(attempt.take_queued())                 # Sieve's redirects, replies
     finished = attempt.finish(now=clock(), jitter=rng.random())   # blocking
     write(attempt.take_log())                               # also when finish raised
 
@@ -43,6 +45,15 @@ complete before it is logged; and only then does a finished message leave the qu
 a crash in between may send a bounce twice but never loses one. A message deleted from
 the queue during the attempt (``queue delete``) is dropped without notifications.
 
+Sieve. A local recipient the SMTP intake queued for its mailbox's scripts (an active
+script, or ``[sieve] before``: `QueuedRecipient.mailbox`) is delivered by
+`sansmail.sessions.lda.LocalDelivery`, as Dovecot's LDA is by Postfix: the scripts file,
+flag, reject, redirect or answer it. So are the bounces and notices to our users whose
+mailbox wants Sieve; the others are stored in INBOX together, as before. A reject is the
+recipient's permanent failure, and the DSN below carries it to the sender. The messages
+the scripts queue (redirects, vacation replies) are queued before the mailbox copies are
+stored and are due at once (`take_queued`).
+
 Signing. What leaves for another host is signed (DKIM) and, for a forwarded copy,
 sealed (ARC) with the keys of `sansmail.storage.dkimkeys`, as
 `sansmail.mail.dkim.outbound_fields` decides, when the attempt is opened: in the same
@@ -59,7 +70,9 @@ step that raised halfway leaves the lines of what it did complete.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -78,6 +91,9 @@ from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore, UnknownQueueIdError
 from sansmail.storage.users import UserStore, UsersUnavailableError
+
+if TYPE_CHECKING:  # only its type: a runner without Sieve never loads the evaluator
+    from sansmail.sessions.lda import LocalDelivery
 
 __all__ = ["Attempt", "Finished", "Opened", "QueueManager"]
 
@@ -116,6 +132,7 @@ class QueueManager:
         aliases: AliasSource,
         policy: RetryPolicy,
         dkim_keys: DkimKeys | None = None,
+        local_delivery: LocalDelivery | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -125,6 +142,9 @@ class QueueManager:
         self.policy = policy
         #: The signing keys (None: nothing is signed).
         self.dkim_keys = dkim_keys
+        #: Delivery through the mailboxes' Sieve scripts (None: every copy is stored as
+        #: it is, in INBOX).
+        self.local_delivery = local_delivery
 
     @functools.cached_property
     def postmaster(self) -> Address:
@@ -247,6 +267,11 @@ class Attempt:
         self.content = content
         self._outcomes: dict[str, Outcome] = {}
         self._log: list[LogLine] = []
+        # What each local destination's Sieve deliveries logged and queued, kept from
+        # the worker thread of `deliver_local` (one key a destination, so threads for
+        # two local domains never share a list) until `record` takes it.
+        self._local: dict[Destination, tuple[Sequence[LogLine], Sequence[str]]] = {}
+        self._queued: list[str] = []
         pending = message.pending
         loop = delivery.forwarding_loop(content)
         if loop is not None:
@@ -281,6 +306,12 @@ class Attempt:
             return content
         return fields + content
 
+    def take_queued(self) -> list[str]:
+        """The messages the recorded destinations' Sieve scripts queued (redirects,
+        vacation replies), each once: due at once."""
+        queued, self._queued = self._queued, []
+        return queued
+
     def take_log(self) -> list[LogLine]:
         """The log lines owed so far, each once."""
         lines, self._log = self._log, []
@@ -300,17 +331,43 @@ class Attempt:
             shuffle=shuffle,
         )
 
-    def deliver_local(self, destination: Destination) -> DomainResult:
+    def deliver_local(self, destination: Destination, *, now: float) -> DomainResult:
         """BLOCKING. Store the message for `destination`'s recipients, in our domains,
-        where the aliases send them (include files may be read). They are the bounces and
-        notices we send our own senders, so an alias's outside targets are not forwarded
-        to: those are not the sender."""
+        ending at `now` (the wall clock Sieve's vacation and date tests read).
+
+        A recipient the SMTP intake queued for its Sieve scripts (`QueuedRecipient.
+        mailbox`) goes to that mailbox through `QueueManager.local_delivery`, as it was
+        expanded then. Any other recipient is a bounce or notice to our own senders,
+        expanded here where the aliases send it (include files may be read); an alias's
+        outside targets are not forwarded to, since those are not the sender. Its
+        mailboxes that want Sieve get it through their scripts too, the others in one
+        store. The scripts' log lines and the messages they queued (redirects, vacation
+        replies) are kept for `record` and `take_queued`."""
         manager = self._manager
         config = manager.config
+        lda = manager.local_delivery
         outcomes: dict[str, Outcome] = {}
-        mailboxes: list[MailboxId] = []
-        accepted: list[str] = []
+        direct: dict[str, list[MailboxId]] = {}
+        sieved: dict[str, list[Outcome]] = {}
+        log: list[LogLine] = []
+        queued: list[str] = []
         for recipient in destination.recipients:
+            if recipient.mailbox is not None:
+                if lda is None:  # a runner without Sieve: the mailbox as expanded
+                    direct[recipient.address] = [recipient.mailbox]
+                else:
+                    original = _original_recipient(recipient.orcpt)
+                    outcome = self._through_sieve(
+                        lda,
+                        recipient.mailbox,
+                        recipient=recipient.address,
+                        original=original,
+                        now=now,
+                        log=log,
+                        queued=queued,
+                    )
+                    sieved[recipient.address] = [outcome]
+                continue
             local, _, domain = recipient.address.rpartition("@")
             try:
                 expansion = expand(
@@ -332,15 +389,64 @@ class Attempt:
                     recipient.address, problems
                 )
                 continue
-            mailboxes.extend(expansion.local)
-            accepted.append(recipient.address)
-        if mailboxes:
-            sender = (
-                parse_address(self.message.sender, smtputf8=True) if self.message.sender else None
-            )
-            outcome = self._store(list(dict.fromkeys(mailboxes)), trace.return_path(sender))
-            outcomes.update(dict.fromkeys(accepted, outcome))
+            # An alias that leads only outside: nothing here to store, and nothing lost.
+            direct.setdefault(recipient.address, [])
+            for mailbox in expansion.local:
+                if lda is not None and lda.wants(mailbox):
+                    outcome = self._through_sieve(
+                        lda,
+                        mailbox,
+                        recipient=recipient.address,
+                        original=None,
+                        now=now,
+                        log=log,
+                        queued=queued,
+                    )
+                    sieved.setdefault(recipient.address, []).append(outcome)
+                else:
+                    direct[recipient.address].append(mailbox)
+        mailboxes = [m for found in direct.values() for m in found]
+        stored = (
+            self._store(list(dict.fromkeys(mailboxes)), self._return_path())
+            if mailboxes
+            else delivery.STORED
+        )
+        for address in {**direct, **sieved}:
+            found = [stored] if direct.get(address) else []
+            outcomes[address] = _worst([*found, *sieved.get(address, ())])
+        self._local[destination] = (log, queued)
         return DomainResult(outcomes=outcomes, relay="local")
+
+    def _return_path(self) -> bytes:
+        sender = self.message.sender
+        return trace.return_path(parse_address(sender, smtputf8=True) if sender else None)
+
+    def _through_sieve(
+        self,
+        lda: LocalDelivery,
+        mailbox: MailboxId,
+        *,
+        recipient: str,
+        original: str | None,
+        now: float,
+        log: list[LogLine],
+        queued: list[str],
+    ) -> Outcome:
+        try:
+            result = lda.deliver(
+                mailbox,
+                self._return_path() + self.content,
+                queue_id=self.message.queue_id,
+                sender=self.message.sender,
+                recipient=recipient,
+                original_recipient=original,
+                now=now,
+            )
+        except OSError as exc:
+            return delivery.store_failed(str(exc))
+        log.extend(result.log)
+        queued.extend(result.queued)
+        return result.outcome
 
     def _store(self, mailboxes: list[MailboxId], prefix: bytes) -> Outcome:
         try:
@@ -359,7 +465,10 @@ class Attempt:
         self, destination: Destination, result: DomainResult, *, delay: float, now: float
     ) -> None:
         """Keep the verdicts on `destination`'s recipients (delivered in `delay` seconds,
-        ending at `now`) and log them."""
+        ending at `now`) and log them, after the lines of its Sieve deliveries."""
+        lines, queued = self._local.pop(destination, ((), ()))
+        self._log.extend(lines)
+        self._queued.extend(queued)
         for recipient in destination.recipients:
             outcome = result.outcomes[recipient.address]
             self._outcomes[recipient.address] = outcome
@@ -418,3 +527,26 @@ class Attempt:
         writer = self._manager.queue.begin(notice.queue_id)
         writer.write(notice.content)
         writer.commit(notice.envelope(arrival=now))
+
+
+def _worst(outcomes: Sequence[Outcome]) -> Outcome:
+    """One verdict for a recipient whose copies went to several mailboxes: a deferral
+    (tried again: a later attempt may store them all), else a failure, else the first.
+    None at all (an alias that leads only outside, whose targets a notice does not
+    follow): nothing is left to do."""
+    for status in ("deferred", "bounced"):
+        for outcome in outcomes:
+            if outcome.status == status:
+                return outcome
+    return outcomes[0] if outcomes else delivery.STORED
+
+
+def _original_recipient(orcpt: str | None) -> str | None:
+    """The address of an RFC 3461 ORCPT (``rfc822;`` and xtext, §4.2), for Sieve's
+    envelope ``:original``; None when there is none or it is of another type."""
+    if orcpt is None:
+        return None
+    kind, _, value = orcpt.partition(";")
+    if kind.strip().lower() != "rfc822":
+        return None
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m[1], 16)), value.strip()) or None

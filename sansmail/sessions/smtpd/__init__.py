@@ -36,9 +36,20 @@ Log lines go to the `log` sink given at construction (level, text), from whichev
 runs the method.
 
 Durability (the one rule). `stored` (and `commit`) returns the ``250`` only after every
-copy is on disk: the queue copies (remote and forwarded recipients) first, then the local
-Maildir delivery; if the local delivery fails the queue copies are taken back before the
+copy is on disk: the queue copies (remote, forwarded and Sieve recipients) first, then the
+local Maildir delivery; if the local delivery fails the queue copies are taken back before the
 ``451``, so a client that retries never causes a second relay of the same message.
+
+Sieve. A local recipient whose mailbox has an active Sieve script, or every one when
+``[sieve] before`` is set (`SmtpService.through_sieve`), is not stored at once: its copy
+is one more queue file, its recipients marked with their mailbox
+(`QueuedRecipient.mailbox`), committed with the other queue copies before the ``250`` and
+announced to the queue runner like them (`Committed.queued`), whose local delivery runs
+the scripts (`sansmail.sessions.lda`), as Postfix hands mail to Dovecot's LDA. The
+question is one stat per mailbox, asked at RCPT (in `handle`, beside the quota file read
+of `SmtpService.resolve`): the one blocking look at the disk the session already makes
+there. Quarantined mail goes to Junk as for everyone, the scripts unasked; users without
+a script keep the direct path exactly.
 
 Group commit. `store_all` takes the jobs of several sessions whose messages ended at
 about the same time and commits their local deliveries together

@@ -15,11 +15,13 @@ from sansmail.mail import srs
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.recipients import Resolution, resolve_recipient
+from sansmail.sessions.lda import LocalDelivery
 from sansmail.sessions.smtpd._checks import Check, Inquiring
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
-from sansmail.storage.maildir import MailStore
+from sansmail.storage.maildir import MaildirImapStore, MailStore
 from sansmail.storage.queue import QueueStore
+from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore, UsersUnavailableError
 
 __all__ = ["SUBMISSION_SERVICES", "SmtpService"]
@@ -45,6 +47,10 @@ class SmtpService:
     checks: Sequence[Check] = ()
     #: Whether a mailbox is at its storage limit (`MaildirStore.full`); None: no quota.
     mailbox_full: Callable[[MailboxId], bool] | None = None
+    #: Whether a mailbox's mail goes through Sieve (`sansmail.sessions.lda.LocalDelivery.
+    #: wants`: an active script, or ``[sieve] before``); BLOCKING, one stat. None: made
+    #: from `config` on first use.
+    sieve_wants: Callable[[MailboxId], bool] | None = None
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
     _greeting: Reply | None = attrs.field(default=None, init=False)
@@ -146,6 +152,20 @@ class SmtpService:
             lines += ["ENHANCEDSTATUSCODES", "8BITMIME", "SMTPUTF8", "CHUNKING", "DSN"]
             cached = self._ehlo_cache[tls_active, auth] = Reply(code=250, lines=tuple(lines))
         return cached
+
+    def through_sieve(self, mailbox: MailboxId) -> bool:
+        """BLOCKING (one stat of the mailbox's active script link, made at RCPT beside
+        the quota file read of `resolve`): whether mail for `mailbox` is queued for the
+        queue runner's delivery through its Sieve scripts instead of stored at once."""
+        if self.sieve_wants is None:
+            # The intake never runs a script: the delivery is made for its question.
+            self.sieve_wants = LocalDelivery(
+                config=self.config,
+                scripts=SieveStore(self.config.data_dir),
+                imap=MaildirImapStore(self.config.data_dir, hostname=self.config.hostname),
+                queue=self.queue,
+            ).wants
+        return self.sieve_wants(mailbox)
 
     def resolve(
         self, rcpt: Address, *, sasl_authenticated: bool, client_ip: str, now: float

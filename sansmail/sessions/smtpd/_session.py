@@ -8,7 +8,7 @@ from typing import Any
 
 from sansmail import SERVER, smtp
 from sansmail.mail import trace
-from sansmail.mail.address import Address, AddressError, parse_address
+from sansmail.mail.address import Address, AddressError, MailboxId, parse_address
 from sansmail.mail.authres import remove_claiming_fields
 from sansmail.mail.envelope import QueuedRecipient
 from sansmail.mail.headeredit import apply_edits
@@ -386,7 +386,7 @@ class SmtpSession:
                 continue
             self.log(logging.INFO, f"{tx.queue_id}: recipient <{_path(address)}> added")
             kept.append((address, resolution, {}))
-        tx.taken, tx.rcpt, tx.recipients = [], [], []
+        tx.taken, tx.rcpt, tx.recipients, tx.sieved = [], [], [], []
         tx.relay = tx.forward = None
         for address, resolution, parameters in kept:
             tx.rcpt.append(address)
@@ -414,12 +414,18 @@ class SmtpSession:
         now: float,
     ) -> None:
         tx.taken.append((rcpt, resolution, {k: v for k, v in parameters.items() if v is not None}))
-        for mailbox in resolution.local:
-            tx.recipients.append((rcpt, mailbox))
-        if not (resolution.remote or resolution.forward):
-            return
         notify = notify_values(parameters.get("NOTIFY"))
         orcpt = parameters.get("ORCPT")
+        for mailbox in resolution.local:
+            if self.service.through_sieve(mailbox):  # BLOCKING: one stat
+                queued = _sieve_recipient(
+                    rcpt, mailbox, orcpt, notify, delimiters=self.config.recipient_delimiter
+                )
+                tx.sieved.append((rcpt, mailbox, queued))
+            else:
+                tx.recipients.append((rcpt, mailbox))
+        if not (resolution.remote or resolution.forward):
+            return
         if resolution.remote:
             if tx.relay is None:
                 tx.relay = Outgoing(sender=tx.reverse_path)
@@ -441,6 +447,8 @@ class SmtpSession:
         hint = event.reply_hint
         if tx is not None:
             for address, _mailbox in tx.recipients:
+                self._log_rejected(tx, address, hint)
+            for address, _mailbox, _queued in tx.sieved:
                 self._log_rejected(tx, address, hint)
         self._kill_transaction()
         return hint
@@ -735,7 +743,10 @@ class SmtpSession:
     def _start_files(self, tx: Transaction, now: float) -> None:
         """Start the copies with Return-Path (local only), the checks' fields and
         Received."""
-        single = tx.recipients[0][0] if len(tx.recipients) == 1 and not tx.outgoing else None
+        # A single local recipient is named in Received whether its copy is stored now or
+        # queued for its Sieve scripts.
+        local = [*tx.recipients, *((a, m) for a, m, _q in tx.sieved)]
+        single = local[0][0] if len(local) == 1 and not tx.outgoing else None
         fields = b"".join(f"{name}: {text}\r\n".encode() for name, text in tx.added_fields)
         received = fields + trace.received(
             helo=self.helo,
@@ -830,6 +841,34 @@ class SmtpSession:
 
     def _last_command(self) -> str:
         return next(reversed(self._counters), "CONNECT").upper()
+
+
+def _sieve_recipient(
+    rcpt: Address,
+    mailbox: MailboxId,
+    orcpt: str | None,
+    notify: tuple[str, ...],
+    *,
+    delimiters: str,
+) -> QueuedRecipient:
+    """The queued recipient for `mailbox`'s delivery through its scripts. The envelope
+    "to" the scripts see is the address as given when it names the mailbox itself
+    (``bob+lists@`` for ``bob``); an alias's target is the mailbox's own address, with
+    the address given as the original recipient (RFC 3461 §4.2), as Postfix hands an
+    expanded alias to Dovecot's LDA."""
+    local = rcpt.local_part.lower()
+    detail = local[len(mailbox.local) :] if local.startswith(mailbox.local) else None
+    own = rcpt.domain.lower() == mailbox.domain and (
+        detail == "" or (detail is not None and detail[0] in delimiters)
+    )
+    if own:
+        return QueuedRecipient(address=str(rcpt), orcpt=orcpt, notify=notify, mailbox=mailbox)
+    return QueuedRecipient(
+        address=f"{mailbox.local}@{mailbox.domain}",
+        orcpt=orcpt or "rfc822;" + xtext(str(rcpt)),
+        notify=notify,
+        mailbox=mailbox,
+    )
 
 
 def _milter_address(text: str) -> Address | None:

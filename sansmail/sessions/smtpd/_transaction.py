@@ -85,8 +85,13 @@ class Transaction:
     #: Local recipients as given, with the mailbox each reached (one per mailbox for an
     #: alias that fans out).
     recipients: list[tuple[Address, MailboxId]] = attrs.Factory(list)
+    #: Local recipients whose mailbox runs Sieve scripts (`SmtpService.through_sieve`):
+    #: as given, the mailbox, and the recipient of the queue copy the queue runner
+    #: delivers through the scripts; `start` makes that copy (`sieve`).
+    sieved: list[tuple[Address, MailboxId, QueuedRecipient]] = attrs.Factory(list)
     relay: Outgoing | None = None
     forward: Outgoing | None = None
+    sieve: Outgoing | None = None
     #: Header fields the checks asked for, in order.
     added_fields: list[tuple[str, str]] = attrs.Factory(list)
     #: A check refused the message at END_OF_HEADERS: the reply at its end.
@@ -127,11 +132,11 @@ class Transaction:
 
     @property
     def outgoing(self) -> list[Outgoing]:
-        return [o for o in (self.relay, self.forward) if o is not None and o.recipients]
+        return [o for o in (self.relay, self.forward, self.sieve) if o is not None and o.recipients]
 
     @property
     def empty(self) -> bool:
-        return not self.recipients and not self.outgoing
+        return not self.recipients and not self.sieved and not self.outgoing
 
     @property
     def size(self) -> int:
@@ -143,8 +148,19 @@ class Transaction:
     def start(self, store: MailStore, queue: QueueStore, trace_fields: bytes) -> None:
         """Start the copies: the local delivery with Return-Path (RFC 5321 §4.4: added
         at final delivery, never in transit) above `trace_fields`, and one queue file per
-        outgoing envelope. No I/O yet: the files are written from `flush` or `store`.
-        A quarantined message's local copies go to the recipients' Junk folder."""
+        outgoing envelope: relayed, forwarded, and the local recipients delivered through
+        their Sieve scripts (the queue runner adds their Return-Path). No I/O yet: the
+        files are written from `flush` or `store`. A quarantined message's local copies
+        go to the recipients' Junk folder, the scripts unasked."""
+        if self.sieved and self.quarantine is not None:
+            self.recipients.extend((address, mailbox) for address, mailbox, _q in self.sieved)
+            self.sieved = []
+        if self.sieved:
+            # One copy a mailbox, as the direct delivery stores one.
+            first: dict[MailboxId, tuple[Address, QueuedRecipient]] = {}
+            for address, mailbox, queued in self.sieved:
+                first.setdefault(mailbox, (address, queued))
+            self.sieve = Outgoing(sender=self.reverse_path, recipients=list(first.values()))
         if self.recipients:
             mailboxes = list(dict.fromkeys(mailbox for _addr, mailbox in self.recipients))
             prefix = trace.return_path(self.reverse_path) + trace_fields

@@ -223,7 +223,7 @@ def test_local_recipients_go_through_the_aliases_but_are_not_forwarded(server: S
     qid = server.enqueue("alice@example.test", "Info@example.test", "ghost@example.test")
     attempt = server.open(qid)
     (destination,) = attempt.destinations
-    result = attempt.deliver_local(destination)
+    result = attempt.deliver_local(destination, now=NOW)
     assert result.relay == "local"
     assert result.outcomes["alice@example.test"] == Outcome(
         status="sent", reason="delivered to maildir", dsn="2.0.0"
@@ -246,7 +246,7 @@ def test_local_recipient_the_aliases_lead_nowhere_says_why(server: Server) -> No
     qid = server.enqueue("nowhere@example.test")
     attempt = server.open(qid)
     (destination,) = attempt.destinations
-    outcome = attempt.deliver_local(destination).outcomes["nowhere@example.test"]
+    outcome = attempt.deliver_local(destination, now=NOW).outcomes["nowhere@example.test"]
     assert outcome.status == "bounced"
     assert outcome.reason.startswith("550 5.1.1 <nowhere@example.test>: ")
     assert "/nonexistent/list" in outcome.reason
@@ -256,7 +256,7 @@ def test_a_bounce_to_a_local_sender_is_stored_with_an_empty_return_path(server: 
     qid = server.enqueue("alice@example.test", sender="")
     attempt = server.open(qid)
     (destination,) = attempt.destinations
-    attempt.record(destination, attempt.deliver_local(destination), delay=0.04, now=NOW)
+    attempt.record(destination, attempt.deliver_local(destination, now=NOW), delay=0.04, now=NOW)
     assert texts(attempt.take_log()) == [
         f"{qid}: from=<>, to=<alice@example.test>, relay=local, size={len(CONTENT)}, "
         "delay=60.0, delays=0.0, dsn=2.0.0, status=sent (delivered to maildir)"
@@ -298,7 +298,7 @@ def test_a_store_that_fails_defers_the_local_recipients(server: Server) -> None:
     qid = server.enqueue("alice@example.test", "ghost@example.test")
     attempt = server.open(qid)
     (destination,) = attempt.destinations
-    outcomes = attempt.deliver_local(destination).outcomes
+    outcomes = attempt.deliver_local(destination, now=NOW).outcomes
     assert outcomes["alice@example.test"] == Outcome(
         status="deferred",
         reason="cannot store the message: [Errno 28] No space left on device",
@@ -320,7 +320,7 @@ def test_an_unreadable_users_file_defers_the_local_recipients(server: Server) ->
     qid = server.enqueue("alice@example.test", "ghost@example.test")
     attempt = server.open(qid)
     (destination,) = attempt.destinations
-    outcomes = attempt.deliver_local(destination).outcomes
+    outcomes = attempt.deliver_local(destination, now=NOW).outcomes
     for address in ("alice@example.test", "ghost@example.test"):
         assert outcomes[address].status == "deferred"
         assert outcomes[address].dsn == "4.3.0"
@@ -606,7 +606,7 @@ def test_one_attempt_end_to_end_without_sockets(server: Server) -> None:
     written: list[str] = []
     for destination in attempt.destinations:
         if destination.local:
-            result = attempt.deliver_local(destination)
+            result = attempt.deliver_local(destination, now=NOW)
         else:
             result = drive(attempt, destination)
         attempt.record(destination, result, delay=0.0, now=NOW)
