@@ -27,7 +27,6 @@ __all__ = ["UNBUILT", "not_in_force"]
 #: (key, what it asks for, what happens instead), in the order of CONTRACT.md.
 UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
     ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
-    ("sieve.before", lambda c: c.sieve.before is not None, "the script is not run"),
     (
         "storage.backend",
         lambda c: c.storage.backend != "maildir",

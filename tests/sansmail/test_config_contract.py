@@ -292,7 +292,6 @@ def test_each_key_asking_for_something_is_reported_once(tmp_path: pathlib.Path) 
     assert keys_of(not_in_force(config), where) == [
         "listen.metrics",
         "log_format",
-        "sieve.before",
         "storage.backend",
         "storage.dsn",
     ]

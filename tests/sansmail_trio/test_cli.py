@@ -915,14 +915,15 @@ def test_check_config_of_every_feature_not_built(run, tmp_path):
     path.write_text(text)
     assert run("check-config", "--config", str(path)) == 0
     assert all(line.startswith("warning: ") for line in run.err_lines), run.err
-    for key in ("log_format", "sieve.before", "storage.backend", "storage.dsn"):
+    for key in ("log_format", "storage.backend", "storage.dsn"):
         [line] = [line for line in run.err_lines if f"{path}: {key}: " in line]
         assert "accepted but not in force yet" in line
-    # The sender checks, milters and quota are built: in force, so not reported.
+    # The sender checks, milters, quota and the site Sieve script are built: in force,
+    # so not reported.
     assert not [
         line
         for line in run.err_lines
-        if ": antispam." in line or ": milter." in line or ": quota." in line
+        if ": antispam." in line or ": milter." in line or ": quota." in line or ": sieve." in line
     ]
 
 

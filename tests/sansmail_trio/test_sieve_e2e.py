@@ -1,0 +1,345 @@
+"""Sieve at delivery end to end: a real ``sansmail-trio serve`` (its own queue runner
+process), scripts uploaded with Debian's sieve-connect through STARTTLS and activated,
+mail sent with smtplib, the result read with imaplib and at an aiosmtpd sink on another
+loopback address where the tests' DNS server sends far.test's mail.
+
+Filed into a folder (IMAP shows it there), flagged (\\Flagged in FETCH FLAGS), rejected
+(the sender's DSN at the sink carries the reason), redirected (the sink receives it from
+an SRS sender), answered by vacation (one DKIM-signed reply with Auto-Submitted, none to
+a second message of the same sender); ``[sieve] before`` filing spam into Junk; and a
+user without a script still served straight into INBOX before the 250. Skipped without
+sieve-connect."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.policy
+import imaplib
+import os
+import pathlib
+import re
+import shutil
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import attrs
+import pytest
+import trustme
+from delivery_helpers import PEER, Received, Sink, free_port
+from dns_server import DNSServer
+from trio_helpers import FAST_HASHER, wait_until_started
+
+from sansmail.mail import dkim
+from sansmail.mail.address import parse_address
+from sansmail.storage.dkimkeys import write_key
+from sansmail.storage.queue import QueueStore
+from sansmail.storage.users import UserStore
+
+SIEVE_CONNECT = shutil.which("sieve-connect")
+pytestmark = pytest.mark.skipif(SIEVE_CONNECT is None, reason="sieve-connect not installed")
+
+USERS = ("alice@example.test", "bob@example.test", "carol@example.test")
+SCRIPT = b"""\
+require ["fileinto", "mailbox", "imap4flags", "reject", "vacation"];
+if header :contains "Subject" "[list]" {
+    fileinto :create "Lists";
+} elsif header :contains "Subject" "urgent" {
+    addflag "\\\\Flagged";
+} elsif header :contains "Subject" "offer" {
+    reject "no offers, thanks";
+} elsif header :contains "Subject" "pass on" {
+    redirect "dan@far.test";
+} elsif header :contains "Subject" "holiday" {
+    vacation :days 1 :subject "Away" "I am away until Monday.";
+}
+"""
+BEFORE = b"""\
+require ["fileinto", "mailbox"];
+if header :is "X-Spam-Flag" "YES" {
+    fileinto :create "Junk";
+    stop;
+}
+"""
+
+_T = TypeVar("_T")
+
+
+def wait_for(condition: Callable[[], _T], what: str, timeout: float = 30.0) -> _T:
+    """Poll `condition` until it is truthy; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@attrs.define
+class Mx:
+    """A running ``sansmail-trio serve`` and what the tests reach it by."""
+
+    folder: pathlib.Path
+    proc: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    ca: pathlib.Path
+    sink: Sink
+
+    @property
+    def data_dir(self) -> pathlib.Path:
+        return self.folder / "data"
+
+    @property
+    def log(self) -> str:
+        return (self.folder / "serve.log").read_text()
+
+    def send(self, sender: str, rcpt: str, subject: str, *, extra: str = "") -> str:
+        """One message over SMTP; the queue id of the 250."""
+        message = (
+            f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{time.monotonic_ns()}@far.test>\r\n{extra}\r\nHello {rcpt}\r\n"
+        )
+        with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=10) as client:
+            client.ehlo("client.far.test")
+            client.mail(sender)
+            client.rcpt(rcpt)
+            code, reply = client.data(message.encode())
+        assert code == 250, reply
+        return reply.decode().rsplit(" ", 1)[-1]
+
+    def queue_empty(self) -> bool:
+        return not QueueStore(self.data_dir / "queue").list()
+
+    def received(self, rcpt: str) -> list[Received]:
+        return [r for r in self.sink.received if rcpt in r.rcpt_tos]
+
+    def sieve_connect(self, user: str, *action: str) -> str:
+        assert SIEVE_CONNECT is not None
+        done = subprocess.run(
+            [
+                SIEVE_CONNECT,
+                *("-u", user, "--authmech", "PLAIN", "--passwordfd", "0"),
+                *("-s", "127.0.0.1", "-p", str(self.ports["managesieve"])),
+                *("--tlscafile", str(self.ca)),
+                *action,
+            ],
+            input="secret\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def imap(self, user: str) -> imaplib.IMAP4:
+        client = imaplib.IMAP4("127.0.0.1", self.ports["imap"], timeout=10)
+        client.login(user, "secret")
+        return client
+
+
+def fetch(client: imaplib.IMAP4, folder: str) -> list[tuple[str, bytes]]:
+    """(FLAGS, header) of every message in `folder`."""
+    typ, _ = client.select(f'"{folder}"', readonly=True)
+    assert typ == "OK", folder
+    typ, data = client.fetch("1:*", "(FLAGS BODY.PEEK[HEADER])")
+    if data == [None]:
+        return []
+    found = []
+    for item in data:
+        if isinstance(item, tuple):
+            flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
+            found.append(((flags[1] if flags else b"").decode(), item[1]))
+    return found
+
+
+def subjects(messages: list[tuple[str, bytes]]) -> list[str]:
+    return [email.message_from_bytes(header)["Subject"] for _flags, header in messages]
+
+
+@contextlib.contextmanager
+def running(folder: pathlib.Path, *, before: bytes | None = None) -> Iterator[Mx]:
+    """``sansmail-trio serve`` in `folder`: SMTP, IMAP and ManageSieve on loopback,
+    far.test's mail routed to a sink on PEER, a DKIM key for example.test, the users of
+    `USERS` (password "secret"), and `before` as ``[sieve] before`` if given."""
+    folder.mkdir(parents=True)
+    ca = trustme.CA()
+    # sieve-connect checks the name it connected to, here the address.
+    issued = ca.issue_cert("mx.example.test", "127.0.0.1")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    port = free_port(PEER)
+    site = ""
+    if before is not None:
+        (folder / "before.sieve").write_bytes(before)
+        site = '[sieve]\nbefore = "before.sieve"\n'
+    with DNSServer() as dns, Sink(PEER, port) as sink:
+        dns.add("far.test", "MX", "10 mx.far.test.")
+        dns.add("mx.far.test", "A", PEER)
+        (folder / "sansmail.toml").write_text(
+            f"""\
+hostname = "mx.example.test"
+domains = ["example.test"]
+data_dir = "data"
+[tls]
+cert = "{cert}"
+key = "{key}"
+[listen]
+smtp = "127.0.0.1:0"
+imap = "127.0.0.1:0"
+managesieve = "127.0.0.1:0"
+[dns]
+nameservers = ["{dns.host_port}"]
+[antispam]
+spf = "off"
+dkim = "off"
+dmarc = "off"
+[delivery]
+smtp_port = {port}
+{site}"""
+        )
+        data = folder / "data"
+        users = UserStore(data / "users.json", hasher=FAST_HASHER)
+        for address in USERS:
+            users.add(parse_address(address), "secret")
+        private, txt = dkim.generate("ed25519")
+        write_key(data, "example.test", "sansmail", private, txt)
+        script = shutil.which("sansmail-trio")
+        assert script is not None
+        env = dict(os.environ)
+        # The checkout under test, whatever the installed script's path says.
+        root = str(pathlib.Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        log = folder / "serve.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, script, "serve"], cwd=folder, stderr=out, env=env
+            )
+        try:
+            ports = wait_until_started(proc, log)
+            yield Mx(folder, proc, ports, folder / "ca.pem", sink)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def mx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mx]:
+    with running(tmp_path_factory.mktemp("sieve") / "mx") as server:
+        rules = server.folder / "rules.sieve"
+        rules.write_bytes(SCRIPT)
+        server.sieve_connect(
+            "alice@example.test", "--upload", "--localsieve", str(rules), "--remotesieve", "rules"
+        )
+        server.sieve_connect("alice@example.test", "--activate", "--remotesieve", "rules")
+        assert server.sieve_connect("alice@example.test", "--list") == '"rules" ACTIVE\n'
+        yield server
+
+
+def test_fileinto_files_the_message_into_a_folder_imap_shows(mx: Mx) -> None:
+    qid = mx.send("list@far.test", "alice@example.test", "[list] weekly digest")
+    with mx.imap("alice@example.test") as client:
+        lists = wait_for(lambda: fetch(client, "Lists"), "the message in Lists")
+        assert subjects(lists) == ["[list] weekly digest"]
+        assert "[list] weekly digest" not in subjects(fetch(client, "INBOX"))
+        typ, listed = client.list()
+        assert typ == "OK"
+        assert any(b'"Lists"' in line or b" Lists" in line for line in listed)
+        typ, subscribed = client.lsub()
+        assert any(b"Lists" in line for line in subscribed)
+    # Queued at the intake for the runner, which ran the script and logged it.
+    assert f"{qid}: from=<list@far.test>" in mx.log
+    wait_for(lambda: "stored mail into mailbox 'Lists'" in mx.log, "the sieve log line")
+    (header,) = [h for _f, h in lists]
+    assert header.startswith(b"Return-Path: <list@far.test>\r\n")
+
+
+def test_addflag_shows_as_flagged(mx: Mx) -> None:
+    mx.send("boss@far.test", "alice@example.test", "urgent: the report")
+    with mx.imap("alice@example.test") as client:
+
+        def flagged() -> list[str]:
+            return [f for f, h in fetch(client, "INBOX") if b"urgent: the report" in h]
+
+        (flags,) = wait_for(flagged, "the flagged message")
+        assert "\\Flagged" in flags.split()
+        assert "\\Seen" not in flags.split()
+
+
+def test_reject_sends_the_sender_a_dsn_with_the_reason(mx: Mx) -> None:
+    mx.send("seller@far.test", "alice@example.test", "a great offer")
+    (dsn,) = wait_for(lambda: mx.received("seller@far.test"), "the DSN at the sink")
+    assert dsn.mail_from in ("", "<>")
+    text = dsn.content.decode()
+    assert "Status: 5.7.1" in text
+    assert "rejected by the recipient's Sieve filter: no offers, thanks" in text
+    assert "Final-Recipient: rfc822; alice@example.test" in text
+    with mx.imap("alice@example.test") as client:
+        assert "a great offer" not in subjects(fetch(client, "INBOX"))
+
+
+def test_redirect_goes_to_the_sink_from_an_srs_sender(mx: Mx) -> None:
+    mx.send("friend@far.test", "alice@example.test", "please pass on")
+    (copy,) = wait_for(lambda: mx.received("dan@far.test"), "the redirected copy")
+    assert re.fullmatch(r"SRS0=[^@]+=far\.test=friend@example\.test", copy.mail_from)
+    parsed = email.message_from_bytes(copy.content)
+    assert parsed["Subject"] == "please pass on"
+    assert parsed["From"] == "friend@far.test"
+    # Redirect without :copy cancels the implicit keep.
+    wait_for(mx.queue_empty, "the queue to empty")
+    with mx.imap("alice@example.test") as client:
+        assert "please pass on" not in subjects(fetch(client, "INBOX"))
+
+
+def test_vacation_answers_once_signed_and_auto_submitted(mx: Mx) -> None:
+    mx.send("vic@far.test", "alice@example.test", "holiday plans?")
+    (reply,) = wait_for(lambda: mx.received("vic@far.test"), "the vacation reply")
+    assert reply.mail_from in ("", "<>")
+    parsed = email.message_from_bytes(reply.content, policy=email.policy.default)
+    assert parsed["Auto-Submitted"].startswith("auto-replied")
+    assert parsed["Subject"] == "Away"
+    assert parsed["DKIM-Signature"] is not None
+    assert "d=example.test" in parsed["DKIM-Signature"]
+    assert "I am away until Monday." in parsed.get_content()
+    # A second message from the same sender: stored, no second reply. The reply would
+    # be queued before the copy is stored, so once the copy shows and the queue is
+    # empty, none is coming.
+    mx.send("vic@far.test", "alice@example.test", "holiday again?")
+    with mx.imap("alice@example.test") as client:
+        wait_for(lambda: "holiday again?" in subjects(fetch(client, "INBOX")), "the second message")
+    wait_for(mx.queue_empty, "the queue to empty")
+    assert len(mx.received("vic@far.test")) == 1
+    assert "sent vacation response to <vic@far.test>" in mx.log
+
+
+def test_a_user_without_a_script_gets_mail_straight_into_inbox(mx: Mx) -> None:
+    qid = mx.send("someone@far.test", "bob@example.test", "plain mail")
+    # Stored before the 250, by the SMTP process, as before Sieve existed: no waiting.
+    new = mx.data_dir / "mail" / "example.test" / "bob" / "new"
+    assert len(list(new.iterdir())) == 1
+    assert re.search(
+        rf"{qid}: from=<someone@far.test>, to=<bob@example.test>,.* relay=local", mx.log
+    )
+    assert f"{qid}: from=<someone@far.test>, client=" not in mx.log  # never queued
+
+
+def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path) -> None:
+    with running(tmp_path / "mx", before=BEFORE) as server:
+        server.send("spammer@far.test", "carol@example.test", "cheap", extra="X-Spam-Flag: YES\r\n")
+        server.send("friend@far.test", "carol@example.test", "lunch?")
+        with server.imap("carol@example.test") as client:
+            junk = wait_for(lambda: fetch(client, "Junk"), "the spam in Junk")
+            assert subjects(junk) == ["cheap"]
+            inbox = wait_for(lambda: fetch(client, "INBOX"), "the other in INBOX")
+            assert subjects(inbox) == ["lunch?"]
+        # Users without scripts of their own: still through the queue, for the site's.
+        assert "sieve.before" not in server.log  # no "not in force" warning
