@@ -441,3 +441,23 @@ def test_the_runner_signs_the_vacation_reply_and_seals_the_redirect(server: Serv
     # and this key cannot seal (RSA only), so nothing is added.
     server.script('redirect "carol@elsewhere.test";')
     assert fields(server.deliver(message("Message-ID: <r@far.test>"), queue_id="Q2")) == b""
+
+
+def test_an_open_imap_view_sees_the_copy_with_its_flags_at_its_next_sync(server: Server) -> None:
+    # What an IDLE session does when inotify reports the new name in cur/ (watch_paths).
+    account = server.imap.account(ALICE)
+    view = account.select("INBOX")
+    try:
+        cur = pathlib.Path(view.watch_paths[1])
+        before = set(cur.iterdir())
+        server.script('require "imap4flags"; keep :flags "$Important";')
+        server.deliver()
+        assert len(set(cur.iterdir()) - before) == 1  # renamed into a watched directory
+        changes = view.sync()
+        assert changes.exists == 1
+        [added] = changes.added
+        assert added.flags == {"$Important"}
+        assert view.read(added.uid) == MESSAGE
+    finally:
+        view.close()
+        account.close()
