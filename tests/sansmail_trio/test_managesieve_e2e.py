@@ -21,12 +21,14 @@ from typing import Any
 import pytest
 import trio
 import trustme
-from trio_helpers import RunningServer, StartServer, logged
+from trio_helpers import FAST_HASHER, RunningServer, StartServer, logged, wait_until_started
 
 from sansmail import sasl
-from sansmail.mail.address import MailboxId
+from sansmail.mail.address import MailboxId, parse_address
 from sansmail.mail.auth import AuthSettings
+from sansmail.sessions import managesieved
 from sansmail.storage.sieve import SieveStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._managesieve_server import MAX_CONNECTIONS_PER_IP
 
 ALICE = "alice@example.test"
@@ -442,3 +444,114 @@ async def test_connections_over_the_cap_from_one_address(
         b'BYE (TRYLATER) "mx.example.test Error: too many connections from 127.0.0.1"'
     ]
     assert closed
+
+
+async def test_pipelined_commands_and_idle_timeout(
+    start_server: StartServer,
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="sansmail")
+    monkeypatch.setattr(managesieved, "IDLE_TIMEOUT", 0.3)
+    server = await sieve_server(start_server, tls_files)
+
+    def session() -> tuple[list[list[bytes]], list[bytes], bool]:
+        client = SieveClient(server.port_of("managesieve"))
+        client.response()
+        client.login()
+        # Sent ahead in one write: answered in order, each once the one before is.
+        client.sock.sendall(
+            b'PUTSCRIPT "a" {5+}\r\nkeep;\r\nSETACTIVE "a"\r\nLISTSCRIPTS\r\nGETSCRIPT "a"\r\n'
+        )
+        answers = [client.response() for _ in range(4)]
+        last = client.response()  # nothing sent: the server speaks last
+        closed = client.closed()
+        client.close()
+        return answers, last, closed
+
+    answers, last, closed = await trio.to_thread.run_sync(session)
+    assert answers == [[b"OK"], [b"OK"], [b'"a" ACTIVE', b"OK"], [b"{5}\r\nkeep;", b"OK"]]
+    assert last == [b'BYE "Disconnected for inactivity."']
+    assert closed
+    await logged(
+        caplog,
+        "sansmail.managesieve",
+        lambda lines: f"managesieve({ALICE}): Disconnected: Disconnected for inactivity" in lines,
+    )
+
+
+async def test_shutdown_says_bye(
+    start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
+) -> None:
+    server = await sieve_server(start_server, tls_files)
+    client = await trio.to_thread.run_sync(SieveClient, server.port_of("managesieve"))
+    await trio.to_thread.run_sync(client.response)
+    await server.stop()
+    assert await trio.to_thread.run_sync(client.response) == [
+        b'BYE (TRYLATER) "Server shutting down."'
+    ]
+    client.close()
+
+
+@needs_sieve_connect
+def test_sansmail_trio_serve_with_two_processes(
+    tmp_path: pathlib.Path, tls_files: tuple[pathlib.Path, pathlib.Path], tls_ca: trustme.CA
+) -> None:
+    # The real command: `sansmail-trio serve`, whose parent binds the listener and forks.
+    cert, key = tls_files
+    (tmp_path / "sansmail.toml").write_text(
+        'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
+        'processes = 2\n[listen]\nmanagesieve = "127.0.0.1:0"\n'
+        f'[tls]\ncert = "{cert}"\nkey = "{key}"\n[smtp]\nplaintext_auth = "never"\n'
+    )
+    UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
+        parse_address(ALICE), "secret"
+    )
+    ca = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca))
+    (tmp_path / "rules.sieve").write_bytes(SCRIPT)
+    script = shutil.which("sansmail-trio")
+    assert script is not None
+    assert SIEVE_CONNECT is not None
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        proc = subprocess.Popen([script, "serve"], cwd=tmp_path, stderr=stderr)
+    try:
+        port = wait_until_started(proc, log, processes=2)["managesieve"]
+        command = [
+            SIEVE_CONNECT,
+            *("-u", ALICE, "--authmech", "PLAIN", "--passwordfd", "0", "--tlscafile", str(ca)),
+            *("-s", "127.0.0.1", "-p", str(port)),
+        ]
+        for action in (
+            ["--upload", "--localsieve", str(tmp_path / "rules.sieve"), "--remotesieve", "r"],
+            ["--activate", "--remotesieve", "r"],
+        ):
+            done = subprocess.run(
+                [*command, *action],
+                input="secret\n",
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+        listed = subprocess.run(
+            [*command, "--list"],
+            input="secret\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert listed.stdout == '"r" ACTIVE\n', listed.stdout + listed.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    directory = tmp_path / "data" / "sieve" / "example.test" / "alice"
+    assert (directory / "r.sieve").read_bytes() == SCRIPT
+    assert os.readlink(directory / ".dovecot.sieve") == "r.sieve"
+    text = log.read_text()
+    assert "managesieve on 127.0.0.1:" in text
+    assert f"managesieve-login: Login: user=<{ALICE}>, method=PLAIN, rip=127.0.0.1" in text
