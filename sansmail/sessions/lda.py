@@ -105,11 +105,11 @@ from sansmail.storage.maildir import (
     SYSTEM_FLAGS,
     FolderExistsError,
     ImapStore,
+    ImapStoreError,
     InvalidFolderNameError,
     MailAccount,
     MaildirAccount,
     NoSuchFolderError,
-    OverQuotaError,
     TooManyKeywordsError,
 )
 from sansmail.storage.queue import QueueStore
@@ -433,42 +433,42 @@ class _Delivery:
     # -- carrying it out ----------------------------------------------------------------
 
     def deliver(self) -> LdaResult:
-        plan = self.plan()
+        try:
+            return self.result(self.carry_out(self.plan()))
+        except (OSError, sqlite3.Error, ImapStoreError) as exc:
+            # The direct path's answer to a disk that fails: try again later. What was
+            # queued before stays in `queued`, for the runner to send.
+            self.warn(f"cannot store the message: {printable(str(exc))}")
+            return self.result(delivery.store_failed(str(exc)))
+
+    def carry_out(self, plan: Plan) -> Outcome:
+        """Do what `plan` says, in the order of the module docstring; the outcome."""
         if plan.reject is not None:
             reason = " ".join(plan.reject.reason.split())[:_MAX_REASON] or "no reason given"
             self.info(f"rejected: {printable(reason)}")
-            return self.result(
-                Outcome(
-                    status="bounced",
-                    reason=f"rejected by the recipient's Sieve filter: {reason}",
-                    dsn="5.7.1",
-                )
+            return Outcome(
+                status="bounced",
+                reason=f"rejected by the recipient's Sieve filter: {reason}",
+                dsn="5.7.1",
             )
-        try:
-            if plan.copies and self.full():
-                self.warn("the mailbox is full: nothing stored or sent on")
-                return self.result(
-                    Outcome(
-                        status="bounced",
-                        reason=f"552 5.2.2 <{self.recipient}>: mailbox is full",
-                        dsn="5.2.2",
-                    )
-                )
-            for address, content in plan.redirects.values():
-                if not self.redirect(address, content):
-                    plan.store(INBOX, content)  # a failed forward keeps the message
-            if plan.vacation is not None:
-                self.vacation(*plan.vacation)
-            for copy in self.ordered(plan):
-                self.store(copy, plan)
-        except (OSError, sqlite3.Error, OverQuotaError) as exc:
-            # The direct path's answer to a disk that fails: try again later.
-            self.warn(f"cannot store the message: {printable(str(exc))}")
-            return self.result(delivery.store_failed(str(exc)))
+        if plan.copies and self.full():
+            self.warn("the mailbox is full: nothing stored or sent on")
+            return Outcome(
+                status="bounced",
+                reason=f"552 5.2.2 <{self.recipient}>: mailbox is full",
+                dsn="5.2.2",
+            )
+        for address, content in plan.redirects.values():
+            if not self.redirect(address, content):
+                plan.store(INBOX, content)  # a failed forward keeps the message
+        if plan.vacation is not None:
+            self.vacation(*plan.vacation)
+        for copy in self.ordered(plan):
+            self.store(copy, plan)
         if plan.discarded and not plan.copies:
             self.info("discarded")
         self.record_seen(plan.seen)
-        return self.result(delivery.STORED)
+        return delivery.STORED
 
     def full(self) -> bool:
         """Whether the mailbox is at or over its limit; one under it takes every copy

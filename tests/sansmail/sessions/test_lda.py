@@ -15,6 +15,7 @@ from sansmail.mail import delivery, dkim, srs
 from sansmail.mail.address import parse_address
 from sansmail.mail.sieve import Script, parse
 from sansmail.sessions.lda import LdaResult
+from sansmail.storage.maildir import MaildirAccount
 
 
 @pytest.fixture
@@ -397,6 +398,40 @@ def test_disk_failure_defers(server: Server, monkeypatch: pytest.MonkeyPatch) ->
     result = server.deliver()
     assert result.outcome.status == "deferred"
     assert result.outcome.reason == "cannot store the message: [Errno 28] No space left on device"
+
+
+def test_a_retry_after_a_failed_store_does_not_forward_again(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.script('require "copy"; redirect :copy "carol@elsewhere.test";')
+    real = MaildirAccount.append
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MaildirAccount, "append", fail)
+    failed = server.deliver()
+    assert failed.outcome.status == "deferred"
+    assert len(failed.queued) == 1  # queued first, and handed to the runner all the same
+    monkeypatch.setattr(MaildirAccount, "append", real)
+    retried = server.deliver()
+    assert retried.outcome == delivery.STORED
+    assert retried.queued == ()
+    assert server.folder() == [(MESSAGE, frozenset())]
+
+
+def test_a_failing_account_during_the_run_defers(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.script('require "mailbox"; if mailboxexists "X" { discard; }')
+
+    def fail(*_args: object, **_kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(MaildirAccount, "list_folders", fail)
+    result = server.deliver()
+    assert result.outcome.status == "deferred"
+    assert "Input/output error" in warnings(result)[0]
 
 
 def test_scripts_are_parsed_once(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
