@@ -203,19 +203,9 @@ class SmtpService:
         )
 
     def forward_sender(self, reverse_path: Address | None, now: float) -> Address | None:
-        """The envelope sender for copies an alias forwards outside: SRS at our first
-        domain, so the next hop's SPF check passes and bounces find their way back. The
-        null sender stays null, and our own senders need no rewriting."""
-        if reverse_path is None or reverse_path.domain in self.config.domains:
-            return reverse_path
-        try:
-            return srs.forward(
-                reverse_path,
-                domain=self.config.domains[0],
-                key=self.srs_key,
-                day=srs.today(now),
-            )
-        except srs.SRSError:
-            # Too long for a local part (RFC 5321 §4.5.3.1.1) once rewritten: forward
-            # with the original sender, as a server without SRS would.
-            return reverse_path
+        """The envelope sender for copies an alias forwards outside
+        (`srs.forward_sender`: SRS at our first domain; the null sender and our own
+        stay as they are), as a Sieve redirect's (`sansmail.sessions.lda`)."""
+        return srs.forward_sender(
+            reverse_path, domains=self.config.domains, key=self.srs_key, day=srs.today(now)
+        )
