@@ -90,7 +90,7 @@ from sansmail.sessions.lda import LocalDelivery
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore, MailStore
+from sansmail.storage.maildir import MaildirImapStore, MailStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
@@ -225,11 +225,13 @@ class QueueRunner:
             local_delivery=LocalDelivery(
                 config=config,
                 scripts=SieveStore(config.data_dir),
-                # As the IMAP server builds its store: what Sieve files appears there.
+                # As the IMAP server builds its store: what Sieve files appears there,
+                # counted against (and refused over) each user's storage limit, also in
+                # a runner process of its own, whose mail store counts no limit.
                 imap=MaildirImapStore(
                     config.data_dir,
                     hostname=config.hostname,
-                    quota=store.quota if isinstance(store, MaildirStore) else None,
+                    quota=QuotaLimits(config.quota.storage, functools.partial(_own_quota, users)),
                 ),
                 queue=queue,
             ),
@@ -603,6 +605,12 @@ class QueueRunner:
     def _write(self, lines: Iterable[LogLine]) -> None:
         for line in lines:
             self.log.log(logging.INFO if line.level == "info" else logging.WARNING, "%s", line.text)
+
+
+def _own_quota(users: UserStore, key: str) -> int | None:
+    """A user's own storage limit (None: ``[quota] storage``), as `serve` reads it."""
+    user = users.get(key)
+    return None if user is None else user.quota
 
 
 # -- waking a runner in another process -------------------------------------------------------
