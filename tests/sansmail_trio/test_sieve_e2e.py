@@ -145,9 +145,11 @@ class Mx:
 
 
 def fetch(client: imaplib.IMAP4, folder: str) -> list[tuple[str, bytes]]:
-    """(FLAGS, header) of every message in `folder`."""
+    """(FLAGS, header) of every message in `folder`; none while it does not exist (the
+    delivery that makes it may not have run yet)."""
     typ, _ = client.select(f'"{folder}"', readonly=True)
-    assert typ == "OK", folder
+    if typ != "OK":
+        return []
     typ, data = client.fetch("1:*", "(FLAGS BODY.PEEK[HEADER])")
     if data == [None]:
         return []
