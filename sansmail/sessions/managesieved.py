@@ -52,8 +52,9 @@ Log lines are Dovecot's shape: ``managesieve-login: Login: user=<...>, method=PL
 rip=..., lip=..., TLS`` when a login succeeds; a change to a user's scripts (they decide
 where mail goes) as ``managesieve(user): putscript "name" (N octets)``; at the end
 ``managesieve(user): Disconnected: Logged out`` or, without a login,
-``managesieve-login: Disconnected (no auth attempts): rip=..., lip=...``. A failed
-login is the shared fail2ban line.
+``managesieve-login: Disconnected (no auth attempts): rip=..., lip=..., reason=...``
+(``auth failed, N attempts`` after failed logins). Each failed login is also the
+shared fail2ban line.
 """
 
 from __future__ import annotations
