@@ -11,6 +11,7 @@ import os
 import pathlib
 
 import pytest
+from argon2 import PasswordHasher
 
 from sansmail import NEED_DATA, PAUSED, managesieve, sasl
 from sansmail.config import parse_config
@@ -31,6 +32,8 @@ ALICE = MailboxId(domain="example.test", local="alice")
 ADDRESS = "alice@example.test"
 TLS = "TLSv1.3 TLS_AES_256_GCM_SHA384"
 SCRIPT = b'require ["fileinto"];\r\nif header :contains "Subject" "x" {\r\n  fileinto "X";\r\n}\r\n'
+#: Cheap argon2 parameters (the cost itself is tested in tests/sansmail/storage).
+FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 SIEVE_LINE = b'"SIEVE" "' + " ".join(sorted(SUPPORTED)).encode() + b'"\r\n'
 
 
@@ -60,7 +63,7 @@ class Server:
         )
         self.config = parse_config(text, source=None, default_hostname="unused.example")
         self.scripts = SieveStore(self.config.data_dir, quota=quota or SieveQuota())
-        users = UserStore(tmp_path / "users.json")
+        users = UserStore(tmp_path / "users.json", hasher=FAST_HASHER)
         users.add(parse_address(ADDRESS), "secret")
         fast = AuthSettings(failure_delay=0.01, max_failure_delay=0.02, **settings)  # type: ignore[arg-type]
         self.service = ManageSieveService(
