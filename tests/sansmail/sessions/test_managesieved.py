@@ -12,6 +12,8 @@ import pathlib
 
 import pytest
 from argon2 import PasswordHasher
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sansmail import NEED_DATA, PAUSED, managesieve, sasl
 from sansmail.config import parse_config
@@ -473,3 +475,22 @@ def test_connection_closed_ends_the_session(server: Server) -> None:
     assert client.log_lines()[-1] == (
         "managesieve(alice@example.test): Disconnected: Connection closed"
     )
+
+
+def test_unicode_names_on_disk_and_in_the_log(server: Server) -> None:
+    client = logged_in(server)
+    name = "Caf\u00e9 \u200erules".encode()
+    assert client.line(b'PUTSCRIPT "' + name + b'" "keep;"') == b"OK"
+    assert (server.dir / "Caf\u00e9 \u200erules.sieve").read_bytes() == b"keep;"
+    assert client.send(b"LISTSCRIPTS\r\n") == b'"' + name + b'"\r\nOK\r\n'
+    # A format character is shown escaped: a name cannot hide text in the log.
+    assert client.log_lines()[-1] == (
+        'managesieve(alice@example.test): putscript "Caf\u00e9 \\u200erules" (5 octets)'
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
+def test_any_script_is_judged_never_raises(content: bytes) -> None:
+    problem = script_problem(content, max_size=1 << 20)
+    assert problem is None or problem.startswith("line ")
