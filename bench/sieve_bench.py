@@ -72,7 +72,15 @@ def one_run(
     deadline = time.monotonic() + timeout
     while delivered(server.maildir) < messages or queue.ids():
         if time.monotonic() > deadline:
-            raise SystemExit(f"not delivered within {timeout} s:\n{server.log_tail()}")
+            problems = [
+                line
+                for line in server.log_path.read_text(errors="replace").splitlines()
+                if "deferred" in line or "warning" in line.lower() or "error" in line.lower()
+            ]
+            raise SystemExit(
+                f"not delivered within {timeout} s:\n" + "\n".join(problems[-20:])
+                or server.log_tail()
+            )
         time.sleep(0.005)
     wall = time.perf_counter() - start
     after = proc_tree_cpu(server.pid)

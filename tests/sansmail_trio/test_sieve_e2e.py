@@ -69,15 +69,18 @@ if header :is "X-Spam-Flag" "YES" {
 _T = TypeVar("_T")
 
 
-def wait_for(condition: Callable[[], _T], what: str, timeout: float = 30.0) -> _T:
-    """Poll `condition` until it is truthy; the timeout only bounds a failing test."""
+def wait_for(
+    condition: Callable[[], _T], what: str, *, log: Callable[[], str], timeout: float = 30.0
+) -> _T:
+    """Poll `condition` until it is truthy; the timeout only bounds a failing test, which
+    then shows the server's log."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}; the server's log:\n{log()}")
         time.sleep(0.05)
 
 
@@ -112,6 +115,9 @@ class Mx:
             code, reply = client.data(message.encode())
         assert code == 250, reply
         return reply.decode().rsplit(" ", 1)[-1]
+
+    def wait(self, condition: Callable[[], _T], what: str) -> _T:
+        return wait_for(condition, what, log=lambda: self.log[-20000:])
 
     def queue_empty(self) -> bool:
         return not QueueStore(self.data_dir / "queue").list()
@@ -250,7 +256,7 @@ def mx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mx]:
 def test_fileinto_files_the_message_into_a_folder_imap_shows(mx: Mx) -> None:
     qid = mx.send("list@far.test", "alice@example.test", "[list] weekly digest")
     with mx.imap("alice@example.test") as client:
-        lists = wait_for(lambda: fetch(client, "Lists"), "the message in Lists")
+        lists = mx.wait(lambda: fetch(client, "Lists"), "the message in Lists")
         assert subjects(lists) == ["[list] weekly digest"]
         assert "[list] weekly digest" not in subjects(fetch(client, "INBOX"))
         typ, listed = client.list()
@@ -260,7 +266,7 @@ def test_fileinto_files_the_message_into_a_folder_imap_shows(mx: Mx) -> None:
         assert any(b"Lists" in line for line in subscribed)
     # Queued at the intake for the runner, which ran the script and logged it.
     assert f"{qid}: from=<list@far.test>" in mx.log
-    wait_for(lambda: "stored mail into mailbox 'Lists'" in mx.log, "the sieve log line")
+    mx.wait(lambda: "stored mail into mailbox 'Lists'" in mx.log, "the sieve log line")
     (header,) = [h for _f, h in lists]
     assert header.startswith(b"Return-Path: <list@far.test>\r\n")
 
@@ -272,14 +278,14 @@ def test_addflag_shows_as_flagged(mx: Mx) -> None:
         def flagged() -> list[str]:
             return [f for f, h in fetch(client, "INBOX") if b"urgent: the report" in h]
 
-        (flags,) = wait_for(flagged, "the flagged message")
+        (flags,) = mx.wait(flagged, "the flagged message")
         assert "\\Flagged" in flags.split()
         assert "\\Seen" not in flags.split()
 
 
 def test_reject_sends_the_sender_a_dsn_with_the_reason(mx: Mx) -> None:
     mx.send("seller@far.test", "alice@example.test", "a great offer")
-    (dsn,) = wait_for(lambda: mx.received("seller@far.test"), "the DSN at the sink")
+    (dsn,) = mx.wait(lambda: mx.received("seller@far.test"), "the DSN at the sink")
     assert dsn.mail_from in ("", "<>")
     text = dsn.content.decode()
     assert "Status: 5.7.1" in text
@@ -291,20 +297,20 @@ def test_reject_sends_the_sender_a_dsn_with_the_reason(mx: Mx) -> None:
 
 def test_redirect_goes_to_the_sink_from_an_srs_sender(mx: Mx) -> None:
     mx.send("friend@far.test", "alice@example.test", "please pass on")
-    (copy,) = wait_for(lambda: mx.received("dan@far.test"), "the redirected copy")
+    (copy,) = mx.wait(lambda: mx.received("dan@far.test"), "the redirected copy")
     assert re.fullmatch(r"SRS0=[^@]+=far\.test=friend@example\.test", copy.mail_from)
     parsed = email.message_from_bytes(copy.content)
     assert parsed["Subject"] == "please pass on"
     assert parsed["From"] == "friend@far.test"
     # Redirect without :copy cancels the implicit keep.
-    wait_for(mx.queue_empty, "the queue to empty")
+    mx.wait(mx.queue_empty, "the queue to empty")
     with mx.imap("alice@example.test") as client:
         assert "please pass on" not in subjects(fetch(client, "INBOX"))
 
 
 def test_vacation_answers_once_signed_and_auto_submitted(mx: Mx) -> None:
     mx.send("vic@far.test", "alice@example.test", "holiday plans?")
-    (reply,) = wait_for(lambda: mx.received("vic@far.test"), "the vacation reply")
+    (reply,) = mx.wait(lambda: mx.received("vic@far.test"), "the vacation reply")
     assert reply.mail_from in ("", "<>")
     parsed = email.message_from_bytes(reply.content, policy=email.policy.default)
     assert parsed["Auto-Submitted"].startswith("auto-replied")
@@ -317,8 +323,8 @@ def test_vacation_answers_once_signed_and_auto_submitted(mx: Mx) -> None:
     # empty, none is coming.
     mx.send("vic@far.test", "alice@example.test", "holiday again?")
     with mx.imap("alice@example.test") as client:
-        wait_for(lambda: "holiday again?" in subjects(fetch(client, "INBOX")), "the second message")
-    wait_for(mx.queue_empty, "the queue to empty")
+        mx.wait(lambda: "holiday again?" in subjects(fetch(client, "INBOX")), "the second message")
+    mx.wait(mx.queue_empty, "the queue to empty")
     assert len(mx.received("vic@far.test")) == 1
     assert "sent vacation response to <vic@far.test>" in mx.log
 
@@ -339,9 +345,9 @@ def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path) -> None:
         server.send("spammer@far.test", "carol@example.test", "cheap", extra="X-Spam-Flag: YES\r\n")
         server.send("friend@far.test", "carol@example.test", "lunch?")
         with server.imap("carol@example.test") as client:
-            junk = wait_for(lambda: fetch(client, "Junk"), "the spam in Junk")
+            junk = server.wait(lambda: fetch(client, "Junk"), "the spam in Junk")
             assert subjects(junk) == ["cheap"]
-            inbox = wait_for(lambda: fetch(client, "INBOX"), "the other in INBOX")
+            inbox = server.wait(lambda: fetch(client, "INBOX"), "the other in INBOX")
             assert subjects(inbox) == ["lunch?"]
         # Users without scripts of their own: still through the queue, for the site's.
         assert "sieve.before" not in server.log  # no "not in force" warning
