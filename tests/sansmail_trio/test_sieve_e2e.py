@@ -6,9 +6,9 @@ loopback address where the tests' DNS server sends far.test's mail.
 Filed into a folder (IMAP shows it there), flagged (\\Flagged in FETCH FLAGS), rejected
 (the sender's DSN at the sink carries the reason), redirected (the sink receives it from
 an SRS sender), answered by vacation (one DKIM-signed reply with Auto-Submitted, none to
-a second message of the same sender); ``[sieve] before`` filing spam into Junk; and a
-user without a script still served straight into INBOX before the 250. Skipped without
-sieve-connect."""
+a second message of the same sender); ``[sieve] before`` filing spam into Junk; a user
+without a script still served straight into INBOX before the 250; and mail queued for
+the scripts delivered after a ``kill -9``. Skipped without sieve-connect."""
 
 from __future__ import annotations
 
@@ -32,12 +32,13 @@ import pytest
 import trustme
 from delivery_helpers import PEER, Received, Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import FAST_HASHER, wait_until_started
+from trio_helpers import FAST_HASHER, started_lines, wait_until_started
 
 from sansmail.mail import dkim
-from sansmail.mail.address import parse_address
+from sansmail.mail.address import MailboxId, parse_address
 from sansmail.storage.dkimkeys import write_key
 from sansmail.storage.queue import QueueStore
+from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 
 SIEVE_CONNECT = shutil.which("sieve-connect")
@@ -89,10 +90,35 @@ class Mx:
     """A running ``sansmail-trio serve`` and what the tests reach it by."""
 
     folder: pathlib.Path
-    proc: subprocess.Popen[bytes]
-    ports: dict[str, int]
     ca: pathlib.Path
     sink: Sink
+    proc: subprocess.Popen[bytes] | None = None
+    ports: dict[str, int] = attrs.Factory(dict)
+
+    def start(self) -> None:
+        script = shutil.which("sansmail-trio")
+        assert script is not None
+        env = dict(os.environ)
+        # The checkout under test, whatever the installed script's path says.
+        root = str(pathlib.Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        log = self.folder / "serve.log"
+        seen = started_lines(log)
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, script, "serve"], cwd=self.folder, stderr=out, env=env
+            )
+        self.ports = wait_until_started(self.proc, log, seen=seen)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM, or SIGKILL (no cleanup at all) with `kill`."""
+        if self.proc is not None and self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+        if self.proc is not None:
+            self.proc.wait(30)
 
     @property
     def data_dir(self) -> pathlib.Path:
@@ -220,24 +246,12 @@ smtp_port = {port}
             users.add(parse_address(address), "secret")
         private, txt = dkim.generate("ed25519")
         write_key(data, "example.test", "sansmail", private, txt)
-        script = shutil.which("sansmail-trio")
-        assert script is not None
-        env = dict(os.environ)
-        # The checkout under test, whatever the installed script's path says.
-        root = str(pathlib.Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        log = folder / "serve.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                [sys.executable, script, "serve"], cwd=folder, stderr=out, env=env
-            )
+        server = Mx(folder, folder / "ca.pem", sink)
+        server.start()
         try:
-            ports = wait_until_started(proc, log)
-            yield Mx(folder, proc, ports, folder / "ca.pem", sink)
+            yield server
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-            proc.wait(30)
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -351,3 +365,30 @@ def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path) -> None:
             assert subjects(inbox) == ["lunch?"]
         # Users without scripts of their own: still through the queue, for the site's.
         assert "sieve.before" not in server.log  # no "not in force" warning
+
+
+def test_mail_queued_for_the_scripts_survives_kill_9(tmp_path: pathlib.Path) -> None:
+    # Acknowledged, then the whole server killed while the runner may be delivering:
+    # after the restart every message is in the folder the script names. (A kill between
+    # a copy stored and the queue's note of it may store that one twice, never none.)
+    count = 20
+    with running(tmp_path / "mx") as server:
+        alice = MailboxId(domain="example.test", local="alice")
+        scripts = SieveStore(server.data_dir)
+        scripts.put(
+            alice, "file", b'require ["fileinto", "mailbox"];\r\nfileinto :create "Kept";\r\n'
+        )
+        scripts.activate(alice, "file")
+        for n in range(count):
+            server.send("app@far.test", "alice@example.test", f"m{n}")
+        # Killed once the runner is at work: some copies stored, others queued or on
+        # their way to the folder.
+        server.wait(lambda: "stored mail into mailbox 'Kept'" in server.log, "a delivery")
+        server.stop(kill=True)
+        server.start()
+        wanted = {f"m{n}" for n in range(count)}
+        with server.imap("alice@example.test") as client:
+            server.wait(lambda: set(subjects(fetch(client, "Kept"))) >= wanted, "every message")
+            server.wait(server.queue_empty, "the queue to empty")
+            assert set(subjects(fetch(client, "Kept"))) == wanted
+            assert subjects(fetch(client, "INBOX")) == []
