@@ -9,8 +9,9 @@ left is what an adapter owns: bytes, time, worker threads for the blocking calls
 
 It serves the config's `smtp` and `pop3` listeners with its users, aliases, domains and
 `mynetworks`. Left out, to stay short: TLS (so POP3 logins work only where
-`plaintext_auth` allows them, loopback by default), the queue runner (relayed mail waits
-in ``<data_dir>/queue``; `sansmail-trio serve` on the same data_dir delivers it),
+`plaintext_auth` allows them, loopback by default), the queue runner (relayed mail, and
+mail for users with an active Sieve script, waits in ``<data_dir>/queue``; `sansmail-trio
+serve` on the same data_dir delivers it),
 connection caps, graceful shutdown and several processes.
 """
 
