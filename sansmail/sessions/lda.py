@@ -641,6 +641,14 @@ class _Delivery:
         be queued is logged and dropped (the message itself matters more)."""
         sender = printable(self.sender or "")
         addresses = tuple(a for a in (self.original_recipient,) if a)
+        if action.from_ is not None and not self.own_address(action.from_):
+            # The reply leaves DKIM-signed as ours: a script may not make it speak for a
+            # colleague or a stranger (Postfix's reject_sender_login_mismatch, for Sieve).
+            self.warn(
+                f"vacation :from {printable(action.from_)!r} is not the user's address;"
+                " the reply is from the user"
+            )
+            action = attrs.evolve(action, from_=None)
         reply = vacation_reply(
             action,
             content,
@@ -693,6 +701,24 @@ class _Delivery:
         except SieveStoreError as exc:
             self.warn(f"vacation response not remembered: {printable(str(exc))}")
         self.info(f"sent vacation response to <{sender}> (queued as {queue_id})")
+
+    def own_address(self, text: str) -> bool:
+        """Whether the address in `text` (``Name <a@b>`` or bare) is the recipient's, as
+        given or as first addressed, a ``+detail`` aside."""
+        _name, address = email.utils.parseaddr(text)
+        local, _, domain = address.rpartition("@")
+        if not local or not domain:
+            return False
+        delimiter = self.lda.config.recipient_delimiter[:1]
+
+        def base(addr: str) -> str:
+            user, _, host = addr.rpartition("@")
+            if delimiter:
+                user = user.partition(delimiter)[0]
+            return f"{user}@{host}".lower()
+
+        mine = {base(a) for a in (self.recipient, self.original_recipient) if a}
+        return base(address) in mine
 
     def record_seen(self, seen: list[tuple[str, int]]) -> None:
         if not seen:

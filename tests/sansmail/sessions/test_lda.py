@@ -323,6 +323,28 @@ def test_vacation_counts_the_original_recipient_as_the_users(server: Server) -> 
     assert len(result.queued) == 1
 
 
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ('"Alice Away <alice+away@example.test>"', "Alice Away <alice+away@example.test>"),
+        ('"ALICE@example.test"', "ALICE@example.test"),
+        ('"The CEO <ceo@example.test>"', "alice@example.test"),
+        ('"bob@far.test"', "alice@example.test"),
+    ],
+)
+def test_vacation_from_is_only_the_users_own_address(
+    server: Server, given: str, shown: str
+) -> None:
+    server.script(f'require "vacation"; vacation :from {given} "Away.";')
+    result = server.deliver()
+    [(_envelope, reply)] = server.queued(result)
+    parsed = email.message_from_bytes(reply, policy=email.policy.default)
+    assert parsed["From"] == shown
+    assert (shown == "alice@example.test") == any(
+        "is not the user's address" in line for line in warnings(result)
+    )
+
+
 def test_vacation_addresses_count_too(server: Server) -> None:
     server.script('require "vacation"; vacation :addresses "boss@example.test" "Away.";')
     content = message("From: bob@far.test", "To: boss@example.test")
