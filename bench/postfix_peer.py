@@ -44,8 +44,11 @@ from pathlib import Path
 import bench_procs as procs
 
 __all__ = [
+    "LDA_CONF",
     "MASTER_CF",
+    "PostfixLdaServer",
     "PostfixServer",
+    "dovecot_lda_conf",
     "main_cf",
     "master_cf",
     "queue_count",
@@ -225,10 +228,14 @@ class PostfixServer(procs.BenchServer):
         _require_traversable(self.maildir)
         (self.etc / "main.cf").write_text(main_cf(self.workdir))
         (self.etc / "master.cf").write_text(master_cf(self.port))
-        (self.etc / "aliases").write_text(f"{ALIAS} {self.maildir}/\n")
+        (self.etc / "aliases").write_text(f"{ALIAS} {self.alias_target()}\n")
         status, output = run_with_tty(["postfix", "-c", str(self.etc), "check"])
         if status != 0:
             raise procs.ServerError(f"postfix check failed ({status}):\n{output}")
+
+    def alias_target(self) -> str:
+        """Where local(8) sends the bench's recipient: the Maildir (a trailing slash)."""
+        return f"{self.maildir}/"
 
     def command(self) -> list[str]:
         return [str(_daemon_directory() / "master"), "-c", str(self.etc), "-s"]
@@ -261,3 +268,147 @@ def _require_traversable(path: Path) -> None:
                 f"{parent} is mode {stat.filemode(mode)}: Postfix's delivery agent runs as "
                 "nobody and cannot reach the Maildir below it (chmod o+x, or --tmpdir)"
             )
+
+
+# --- Postfix handing mail to Dovecot's LDA, Sieve included: the Sieve bench's peer ---------
+
+LDA = Path("/usr/lib/dovecot/dovecot-lda")
+SIEVE_PLUGIN = Path("/usr/lib/dovecot/modules/lib90_sieve_plugin.so")
+
+LDA_CONF = """\
+# Written by bench/postfix_peer.py: Dovecot's LDA for the Postfix benchmark instance.
+# No Dovecot daemon runs: local(8) starts the LDA for each message, which reads this file,
+# runs the user's active Sieve script (Pigeonhole) and stores into the Maildir itself.
+# There is no userdb lookup (no -d), so the paths are absolute instead of ~/.
+instance_name = dovecot-lda-{name}
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/lda.log
+mail_home = {home}
+mail_location = maildir:{home}/Maildir
+protocol lda {{
+  mail_plugins = $mail_plugins sieve
+}}
+plugin {{
+  sieve = file:{home}/sieve;active={home}/.dovecot.sieve
+}}
+"""
+
+# The mailbox_command a Postfix + Dovecot site sets (Dovecot's LDA documentation), as a
+# script that the bench's alias pipes to: the instance has no Unix account to deliver to,
+# which mailbox_command needs. local(8) exports SENDER and RECIPIENT to either.
+DELIVER = """\
+#!/bin/sh
+# Written by bench/postfix_peer.py: mailbox_command = {lda} -f "$SENDER" -a "$RECIPIENT"
+exec {lda} -c {conf} -f "$SENDER" -a "$RECIPIENT"
+"""
+
+
+def dovecot_lda_conf(root: Path, home: Path) -> str:
+    """The LDA's dovecot.conf: its state under ``root``, the mailbox and scripts in ``home``."""
+    return LDA_CONF.format(name=root.parent.name, root=root, home=home)
+
+
+class PostfixLdaServer(PostfixServer):
+    """Postfix whose local(8) pipes the bench's mail to Dovecot's LDA with Pigeonhole Sieve.
+
+    smtpd -> cleanup -> qmgr -> local -> ``/bin/sh`` -> ``dovecot-lda`` -> Sieve -> Maildir,
+    every process a descendant of Postfix's master, so that the process tree's CPU is the
+    whole delivery. Scripts live as Pigeonhole keeps them: ``home/sieve/NAME.sieve`` and
+    the active one the symlink ``home/.dovecot.sieve`` (its compiled form beside it).
+    """
+
+    name = "postfix-lda"
+
+    @property
+    def home(self) -> Path:
+        return self.workdir / "home"
+
+    @property
+    def maildir(self) -> Path:
+        return self.home / "Maildir"
+
+    @property
+    def dovecot_dir(self) -> Path:
+        return self.workdir / "dovecot"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        why = super().unavailable()
+        if why is not None:
+            return why
+        if not LDA.exists():
+            return f"no Dovecot LDA at {LDA} (Debian's dovecot-core)"
+        if not SIEVE_PLUGIN.exists():
+            return f"no Pigeonhole Sieve plugin at {SIEVE_PLUGIN} (Debian's dovecot-sieve)"
+        return None
+
+    def alias_target(self) -> str:
+        return f"|{self.etc / 'deliver'}"
+
+    def prepare(self) -> None:
+        nobody = pwd.getpwnam("nobody")
+        # The LDA runs as nobody (local(8)'s default_privs for a root-owned alias file): it
+        # writes the Maildir, the compiled script beside the active link, and its log.
+        for sub in (self.home, self.home / "sieve", self.dovecot_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+            os.chown(sub, nobody.pw_uid, nobody.pw_gid)
+        log = self.dovecot_dir / "lda.log"
+        log.touch()
+        os.chown(log, nobody.pw_uid, nobody.pw_gid)
+        self.etc.mkdir(parents=True, exist_ok=True)
+        conf = self.etc / "dovecot-lda.conf"
+        conf.write_text(dovecot_lda_conf(self.dovecot_dir, self.home))
+        conf.chmod(0o644)
+        deliver = self.etc / "deliver"
+        deliver.write_text(DELIVER.format(lda=LDA, conf=conf))
+        deliver.chmod(0o755)
+        super().prepare()
+        done = subprocess.run(
+            ["doveconf", "-c", str(conf), "-n"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise procs.ServerError(f"doveconf refused the LDA config:\n{done.stderr.strip()}")
+
+    def folder(self, name: str) -> Path:
+        """A folder's Maildir (Maildir++: ``.NAME`` in the INBOX's); INBOX for ``"INBOX"``."""
+        return self.maildir if name == "INBOX" else self.maildir / f".{name}"
+
+    def create_folder(self, name: str) -> None:
+        nobody = pwd.getpwnam("nobody")
+        for sub in ("", "new", "cur", "tmp"):
+            (self.folder(name) / sub).mkdir(parents=True, exist_ok=True)
+            os.chown(self.folder(name) / sub, nobody.pw_uid, nobody.pw_gid)
+
+    def put_script(self, name: str, text: bytes) -> None:
+        path = self.home / "sieve" / f"{name}.sieve"
+        path.write_bytes(text)
+        nobody = pwd.getpwnam("nobody")
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+
+    def activate(self, name: str | None) -> None:
+        """Make ``name`` the active script (None: none), as ManageSieve's SETACTIVE does."""
+        link = self.home / ".dovecot.sieve"
+        if name is None:
+            link.unlink(missing_ok=True)
+            return
+        script = self.home / "sieve" / f"{name}.sieve"
+        # Pigeonhole recompiles when the script is newer than .dovecot.svbin: touch it, so
+        # that a switch back to a script compiled before is never served the other's binary.
+        os.utime(script)
+        tmp = self.home / ".dovecot.sieve.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(f"sieve/{name}.sieve")
+        os.rename(tmp, link)
+
+    def log_tail(self, lines: int = 30) -> str:
+        own = super().log_tail(lines)
+        try:
+            tail = (self.dovecot_dir / "lda.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return own
+        return own + "\n" + "\n".join(f"    | {line}" for line in tail[-lines:])
