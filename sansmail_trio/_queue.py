@@ -90,7 +90,7 @@ from sansmail.sessions.lda import LocalDelivery
 from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
-from sansmail.storage.maildir import MaildirImapStore, MailStore, QuotaLimits
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore, MailStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
@@ -214,6 +214,7 @@ class QueueRunner:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.policy = RetryPolicy.from_config(config.delivery)
+        quota = QuotaLimits(config.quota.storage, functools.partial(_own_quota, users))
         self.manager = QueueManager(
             config=config,
             queue=queue,
@@ -228,11 +229,9 @@ class QueueRunner:
                 # As the IMAP server builds its store: what Sieve files appears there,
                 # counted against (and refused over) each user's storage limit, also in
                 # a runner process of its own, whose mail store counts no limit.
-                imap=MaildirImapStore(
-                    config.data_dir,
-                    hostname=config.hostname,
-                    quota=QuotaLimits(config.quota.storage, functools.partial(_own_quota, users)),
-                ),
+                imap=MaildirImapStore(config.data_dir, hostname=config.hostname, quota=quota),
+                # The copies without flags go the direct way, under the same limits.
+                store=MaildirStore(config.data_dir, hostname=config.hostname, quota=quota),
                 queue=queue,
             ),
         )

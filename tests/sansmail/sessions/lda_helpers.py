@@ -4,12 +4,13 @@ queue and Sieve script store, and ways to read back what a delivery did."""
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 from sansmail.config import Config, SieveConfig
 from sansmail.mail.address import MailboxId
 from sansmail.mail.envelope import QueuedMessage
 from sansmail.sessions.lda import LdaResult, LocalDelivery
-from sansmail.storage.maildir import MaildirImapStore
+from sansmail.storage.maildir import MaildirImapStore, MaildirStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import SieveStore
 
@@ -36,9 +37,18 @@ def message(*fields: str, body: str = "Body text.") -> bytes:
 
 
 class Server:
-    """The storage of one server under `root` and its `LocalDelivery`."""
+    """The storage of one server under `root` and its `LocalDelivery`, built as the
+    queue runner builds it: `quota` gives both stores the storage limits; `direct`
+    False leaves out the direct path's store (every copy through the IMAP account)."""
 
-    def __init__(self, root: pathlib.Path, *, before: str | None = None) -> None:
+    def __init__(
+        self,
+        root: pathlib.Path,
+        *,
+        before: str | None = None,
+        quota: Callable[[MailboxId], int] | None = None,
+        direct: bool = True,
+    ) -> None:
         self.root = root
         before_path = None
         if before is not None:
@@ -53,13 +63,15 @@ class Server:
             sieve=SieveConfig(before=before_path),
         )
         self.scripts = SieveStore(root)
-        self.imap = MaildirImapStore(root, hostname="mx.example.test")
+        self.imap = MaildirImapStore(root, hostname="mx.example.test", quota=quota)
+        self.store = MaildirStore(root, hostname="mx.example.test", quota=quota)
         self.queue = QueueStore(root / "queue")
         self.lda = LocalDelivery(
             config=self.config,
             scripts=self.scripts,
             imap=self.imap,
             queue=self.queue,
+            store=self.store if direct else None,
             srs_key=KEY,
         )
 

@@ -396,10 +396,19 @@ def test_mailboxexists_asks_the_account(server: Server) -> None:
     assert server.folder("Trash") == []
 
 
-def test_full_mailbox_fails_the_recipient_before_anything_is_sent(tmp_path: pathlib.Path) -> None:
-    server = Server(tmp_path)
-    server.imap = type(server.imap)(tmp_path, hostname="mx.example.test", quota=lambda _m: 1000)
-    server.lda.imap = server.imap
+# The direct path's store (a copy without flags), and the IMAP account alone.
+DIRECT = pytest.mark.parametrize("direct", [True, False], ids=["direct", "account"])
+FAIL_STORE = {
+    "direct": "sansmail.storage.maildir._maildir.MaildirStore.commit_many",
+    "account": "sansmail.storage.maildir._imapaccount.MaildirAccount.append",
+}
+
+
+@DIRECT
+def test_full_mailbox_fails_the_recipient_before_anything_is_sent(
+    tmp_path: pathlib.Path, direct: bool
+) -> None:
+    server = Server(tmp_path, quota=lambda _m: 1000, direct=direct)
     server.script('require "copy"; redirect :copy "carol@elsewhere.test";')
     big = MESSAGE + b"x" * 900 + b"\r\n"
     first = server.deliver(big)  # under the limit before: taken whatever its size
@@ -410,32 +419,36 @@ def test_full_mailbox_fails_the_recipient_before_anything_is_sent(tmp_path: path
     assert len(server.folder()) == 1
 
 
-def test_disk_failure_defers(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    server.script("keep;")
+@pytest.mark.parametrize("path", ["direct", "account"])
+def test_disk_failure_defers(server: Server, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    server.script("keep;" if path == "direct" else 'require "imap4flags"; addflag "\\\\Seen";')
 
     def fail(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("sansmail.storage.maildir._imapaccount.MaildirAccount.append", fail)
+    monkeypatch.setattr(FAIL_STORE[path], fail)
     result = server.deliver()
     assert result.outcome.status == "deferred"
     assert result.outcome.reason == "cannot store the message: [Errno 28] No space left on device"
+    maildir = server.store.maildir(ALICE)
+    assert [f for sub in ("tmp", "new", "cur") for f in maildir.glob(f"{sub}/*")] == []
 
 
+@DIRECT
 def test_a_retry_after_a_failed_store_does_not_forward_again(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, direct: bool
 ) -> None:
+    server = Server(tmp_path, direct=direct)
     server.script('require "copy"; redirect :copy "carol@elsewhere.test";')
-    real = MaildirAccount.append
 
     def fail(*_args: object, **_kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(MaildirAccount, "append", fail)
-    failed = server.deliver()
+    with monkeypatch.context() as patched:
+        patched.setattr(FAIL_STORE["direct" if direct else "account"], fail)
+        failed = server.deliver()
     assert failed.outcome.status == "deferred"
     assert len(failed.queued) == 1  # queued first, and handed to the runner all the same
-    monkeypatch.setattr(MaildirAccount, "append", real)
     retried = server.deliver()
     assert retried.outcome == delivery.STORED
     assert retried.queued == ()
@@ -443,8 +456,9 @@ def test_a_retry_after_a_failed_store_does_not_forward_again(
 
 
 def test_a_failing_account_during_the_run_defers(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    server = Server(tmp_path, direct=False)
     server.script('require "mailbox"; if mailboxexists "X" { discard; }')
 
     def fail(*_args: object, **_kwargs: object) -> None:
@@ -454,6 +468,18 @@ def test_a_failing_account_during_the_run_defers(
     result = server.deliver()
     assert result.outcome.status == "deferred"
     assert "Input/output error" in warnings(result)[0]
+
+
+@pytest.mark.parametrize("test", ['mailboxexists "X"', 'true { fileinto "X"; } if false'])
+def test_a_folder_that_cannot_be_looked_at_defers(server: Server, test: str) -> None:
+    # The direct path's stat of the folder: an error other than "not there" (here a
+    # symlink loop: ELOOP) is a disk failure, not a missing folder.
+    server.script(f'require ["mailbox", "fileinto"]; if {test} {{ discard; }}')
+    server.deliver(queue_id="Q0")  # makes the Maildir
+    (server.store.maildir(ALICE) / ".X").symlink_to(".X")
+    result = server.deliver()
+    assert result.outcome.status == "deferred"
+    assert "Too many levels of symbolic links" in warnings(result)[0]
 
 
 def test_scripts_are_parsed_once(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
