@@ -6,6 +6,7 @@ throwaway system user); elsewhere they skip."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import imaplib
 import logging
 import os
@@ -74,7 +75,23 @@ def system_user() -> Iterator[Account]:
 def traversable() -> Iterator[None]:
     """Lets other users pass through the folders above the Python installation and the
     checkout for these tests (pyenv puts them under a 0700 /root), then puts every mode
-    back. Root only, as these tests are; nothing is made readable, only passable."""
+    back. Root only, as these tests are; nothing is made readable, only passable.
+
+    Held under an exclusive lock for the module's life: another xdist worker's module
+    using this fixture would otherwise put /root back to 0700 under this one's servers,
+    which then fail to import (seen as "No module named 'dkim.util'")."""
+    lock = open(_TRAVERSABLE_LOCK, "a")  # noqa: SIM115 (held until the fixture ends)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield from _traversable()
+    finally:
+        lock.close()
+
+
+_TRAVERSABLE_LOCK = "/tmp/sansmail-tests-traversable.lock"
+
+
+def _traversable() -> Iterator[None]:
     changed: list[tuple[pathlib.Path, int]] = []
     places = {pathlib.Path(sys.executable).resolve(), pathlib.Path(__file__).resolve()}
     places |= {pathlib.Path(p).resolve() for p in sys.path if p}
