@@ -49,6 +49,7 @@ import dns.name
 import dns.nameserver
 import dns.rcode
 import dns.rdatatype
+import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.TXT
@@ -352,9 +353,9 @@ def _render(rtype: str, answer: dns.resolver.Answer) -> list[str]:
             records.append(b"".join(rdata.strings).decode("latin-1"))
         elif isinstance(rdata, dns.rdtypes.ANY.MX.MX):
             records.append(_host_text(rdata.exchange))
-        elif isinstance(rdata, dns.rdtypes.ANY.PTR.PTR):
+        elif isinstance(rdata, (dns.rdtypes.ANY.PTR.PTR, dns.rdtypes.ANY.CNAME.CNAME)):
             records.append(_host_text(rdata.target))
-        elif rtype in ("A", "AAAA"):
+        elif rtype in ("A", "AAAA", "SRV"):
             records.append(rdata.to_text())
     return records
 

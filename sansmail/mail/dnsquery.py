@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-RType = Literal["TXT", "A", "AAAA", "MX", "PTR"]
+RType = Literal["TXT", "A", "AAAA", "MX", "PTR", "SRV", "CNAME"]
 
 _T = TypeVar("_T")
 
@@ -64,7 +64,8 @@ class DnsAnswer:
     `records` hold, per type: TXT, each record's character-strings joined with nothing
     between them (RFC 7208 §3.3), decoded as latin-1 so that every octet stays one
     character and non-ASCII is seen as such; A and AAAA, the addresses as text; MX, the
-    exchange names ("." or "" is a null MX); PTR, the names."""
+    exchange names ("." or "" is a null MX); PTR and CNAME, the names; SRV, the records
+    in zone-file form ("0 1 993 mx.example.com.")."""
 
     status: DnsStatus = DnsStatus.OK
     records: tuple[str, ...] = attrs.field(default=(), converter=_records)
