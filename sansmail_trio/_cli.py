@@ -218,6 +218,23 @@ examples:
   {PROG} dkim keygen example.com --selector s2024 --algorithm ed25519
 """
 
+_DNS_RECORDS_HELP = f"""\
+Print, in zone-file form, the DNS records DOMAIN (one of the configured domains) needs
+for this server: MX, SPF, DKIM (from the keys of `{PROG} dkim keygen`), DMARC,
+MTA-STS (with the policy to serve), TLS-RPT, the SRV records mail clients look for
+(RFC 6186: the listeners configured, port 0 for the services not offered), the
+autoconfig and autodiscover names, and a reminder of the PTR record to ask for.
+
+With --check, ask the configured resolver ([dns] nameservers) for each record and
+print one line per record: ok, missing, different (with what is published) or failed
+(no answer). Exits 1 when a required record (MX, SPF, or the DKIM key of
+dkim.selector) is not published as printed.
+
+examples:
+  {PROG} dns-records example.com --config /etc/sansmail.toml >> example.com.zone
+  {PROG} dns-records example.com --check
+"""
+
 _SIEVE_CHECK_HELP = """\
 Check a Sieve script (RFC 5228 and the extensions sansmail runs) as ManageSieve's
 PUTSCRIPT will: prints nothing and exits 0 when it is good; else prints
@@ -450,11 +467,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="the DKIM selector (default: dkim.selector of the configuration)",
     )
 
-    records = not_built(
+    records = command(
         commands,
         "dns-records",
         "print the MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT and SRV/autoconfig records to "
         "publish for a domain",
+        _dns_records,
+        _DNS_RECORDS_HELP,
     )
     records.add_argument("domain", metavar="DOMAIN", help="one of the configured domains")
     records.add_argument(
@@ -798,6 +817,59 @@ def _dkim_keygen(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     print(dkim.dns_record(domain, selector, txt))
     print(f"; the private key is in {path}; publish the record above in the DNS of {domain}")
+    return 0
+
+
+def _dns_records(args: argparse.Namespace) -> int:
+    # Imported here: dkimpy's key code and the resolver are for this command alone.
+    import trio  # noqa: PLC0415
+
+    from sansmail.mail import dkim, dnsrecords  # noqa: PLC0415
+    from sansmail_trio._dns import Resolver, run_check  # noqa: PLC0415
+
+    config = _load(args)
+    try:
+        domain = canonical_domain(args.domain.rstrip(".").lower())
+    except AddressError as exc:
+        raise CommandError(f"{args.domain!r} is not a valid domain: {exc}") from None
+    if domain not in config.domains:
+        configured = ", ".join(config.domains) or "none"
+        raise CommandError(
+            f"{domain} is not one of the configured domains ({configured}) in {config.source_name}"
+        )
+    keys = []
+    folder = config.data_dir / "dkim" / domain
+    for path in sorted(folder.glob("*.key")) if folder.is_dir() else ():
+        try:
+            txt = dkim.txt_record(path.read_bytes())
+        except dkim.DkimError as exc:
+            raise CommandError(f"{path}: {exc}") from None
+        keys.append(dnsrecords.DkimKey(selector=path.stem, txt=txt))
+    found = dnsrecords.records(config, domain, keys)
+    if not args.check:
+        sys.stdout.write(dnsrecords.zone_text(config, domain, found))
+        return 0
+    resolver = Resolver.from_config(config.dns)
+    findings = trio.run(run_check, dnsrecords.check(found), resolver)
+    width = max(len(status.value) for status in dnsrecords.Status)
+    for finding in findings:
+        record = finding.record
+        print(f"{finding.status.value:<{width}} {record.kind:<10} {record.line}")
+        if finding.status is dnsrecords.Status.DIFFERENT:
+            for value in finding.published:
+                print(f"{'':<{width}} {'':<10} published: {value}")
+    failing = dnsrecords.failing(findings)
+    if not any(record.kind == "DKIM" and record.required for record in found):
+        print(
+            f"{PROG}: dns-records: no DKIM key for {domain} under selector "
+            f"{config.dkim.selector!r}: make one with `{PROG} dkim keygen {domain}`",
+            file=sys.stderr,
+        )
+        return 1
+    if failing:
+        shown = ", ".join(f"{f.record.kind} {f.status.value}" for f in failing)
+        print(f"{PROG}: dns-records: {domain}: not published as printed: {shown}", file=sys.stderr)
+        return 1
     return 0
 
 

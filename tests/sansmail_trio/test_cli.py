@@ -649,8 +649,6 @@ def test_queue_flush_without_a_queue(run, config_file):
 
 # Every command of CONTRACT.md not built yet, with arguments as the contract spells them.
 NOT_BUILT = [
-    ("dns-records", ["dns-records", "example.test"]),
-    ("dns-records", ["dns-records", "example.test", "--check", "--config", "x.toml"]),
     ("status", ["status"]),
     ("status", ["status", "--json", "--config", "x.toml"]),
     ("who", ["who", "--json"]),
