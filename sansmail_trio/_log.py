@@ -12,20 +12,58 @@ address) carry over. One message, as logged (timestamps and pid shortened)::
 
 (each entry is one line in the log; they are wrapped here.)
 `status` is one of sent, deferred, bounced, rejected (CONTRACT.md).
+
+With ``log_format = "json"`` each line is one JSON object instead (JSON Lines), for log
+shippers; the keys, always in this order:
+
+``time``
+    RFC 3339, UTC, microseconds: ``"2026-12-07T17:05:03.568123Z"``.
+``host``
+    the machine's host name (as syslog would put it), not the configured ``hostname``.
+``program``
+    the text line's tag: ``"sansmail/smtp"``, ``"sansmail/queue"``, ``"sansmail/master"``.
+``pid``
+    an integer.
+``level``
+    ``"debug"``, ``"info"``, ``"warning"``, ``"error"`` or ``"critical"``.
+``queue_id``
+    only on a line about one message: the queue id the text line starts with.
+``message``
+    the text the text format shows after ``program[pid]: ``, queue id included.
+``exception``
+    only when the line reports a failure with its traceback (the text format writes it
+    on the following lines).
+
+Non-ASCII text is kept as UTF-8; a line is never broken in two (newlines, and the
+separators some readers split on, U+0085, U+2028 and U+2029, are escaped). Sessions carry
+no id of their own yet: their lines are tied together by the client's address and port.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Final
+
+from sansmail.config import LogFormat
 
 __all__ = ["configure_logging", "get_logger", "line_logger"]
 
 
-class _Formatter(logging.Formatter):
+class _LineFormatter(logging.Formatter):
+    """A formatter that can also write a line from its parts alone (`line_logger`)."""
+
+    def line(self, logger: str, created: float, level: int, message: str) -> str:
+        raise NotImplementedError
+
+
+class _Formatter(_LineFormatter):
     def __init__(self) -> None:
         super().__init__()
         self._pid = os.getpid()
@@ -46,19 +84,92 @@ class _Formatter(logging.Formatter):
         return f"{stamp}.{int((created - second) * 1000):03d}{zone}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.line(record.name, record.created, record.getMessage())
+        line = self.line(record.name, record.created, record.levelno, record.getMessage())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
-    def line(self, logger: str, created: float, message: str) -> str:
+    def line(self, logger: str, created: float, level: int, message: str) -> str:
         # ISO 8601 with the local offset: sortable, and unambiguous across DST changes.
         name = logger.replace(".", "/")
         return f"{self._stamp(created)} {name}[{self._pid}]: {message}"
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Send sansmail's log to stderr, one line per record."""
+# The shape `QueueStore.new_id` gives ids (upper-case hex: microseconds, pid, counter; 22
+# digits today), at the start of a line as "ID: ". Nine digits at least, the shortest
+# id it can make, so that a prefix such as "TLS: " or "SIGHUP: " is never taken for one.
+_QUEUE_ID: Final = re.compile(r"([0-9A-F]{9,64}): ")
+
+_LEVELS: Final = {
+    logging.DEBUG: '"debug"',
+    logging.INFO: '"info"',
+    logging.WARNING: '"warning"',
+    logging.ERROR: '"error"',
+    logging.CRITICAL: '"critical"',
+}
+
+# json.dumps escapes the C0 controls (\n, \r among them) but not these, which
+# str.splitlines and some log readers take for line ends.
+_SEPARATORS: Final = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _json_string(text: str) -> str:
+    """`text` as a JSON string: UTF-8 kept, never a line end inside."""
+    if text.isascii():
+        return json.dumps(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (bytes decoded with surrogateescape) is no UTF-8: escaped as
+        # \udcXX, which json.loads reads back as the same string.
+        return json.dumps(text)
+    return json.dumps(text, ensure_ascii=False).translate(_SEPARATORS)
+
+
+class _JsonFormatter(_LineFormatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._pid = os.getpid()
+        self._host = _json_string(socket.gethostname())
+        self._second = -1
+        self._stamp_prefix = ""
+        self._programs: dict[str, str] = {}
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        return f"{self._stamp_prefix}.{int((created - second) * 1_000_000):06d}Z"
+
+    def _program(self, logger: str) -> str:
+        program = self._programs.get(logger)
+        if program is None:
+            program = _json_string(logger.replace(".", "/"))
+            if len(self._programs) < 1000:  # logger names are few; the cache stays small
+                self._programs[logger] = program
+        return program
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.line(record.name, record.created, record.levelno, record.getMessage())
+        if record.exc_info:
+            trace = self.formatException(record.exc_info)
+            line = f'{line[:-1]},"exception":{_json_string(trace)}}}'
+        return line
+
+    def line(self, logger: str, created: float, level: int, message: str) -> str:
+        name = _LEVELS.get(level) or _json_string(logging.getLevelName(level).lower())
+        found = _QUEUE_ID.match(message)
+        queue = f'"queue_id":"{found[1]}",' if found else ""
+        return (
+            f'{{"time":"{self._stamp(created)}","host":{self._host},'
+            f'"program":{self._program(logger)},"pid":{self._pid},'
+            f'"level":{name},{queue}"message":{_json_string(message)}}}'
+        )
+
+
+def configure_logging(level: int = logging.INFO, log_format: LogFormat = "text") -> None:
+    """Send sansmail's log to stderr, one line per record, as text or as JSON."""
     # The formatter never shows them; collecting them costs a getpid() and more per line.
     logging.logThreads = False
     logging.logProcesses = False
@@ -67,11 +178,25 @@ def configure_logging(level: int = logging.INFO) -> None:
     # record (the logging HOWTO's "Optimization" section documents this switch).
     logging._srcfile = None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _Formatter())
     root = logging.getLogger("sansmail")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Warnings from libraries (their loggers, or the warnings module) would otherwise
+    # reach stderr as bare text, lines a JSON reader cannot parse.
+    top = logging.getLogger()
+    top.handlers[:] = [h for h in top.handlers if not isinstance(h, _StrayHandler)]
+    if log_format == "json":
+        stray = _StrayHandler(sys.stderr)
+        stray.setLevel(logging.WARNING)
+        stray.setFormatter(_JsonFormatter())
+        top.addHandler(stray)
+    logging.captureWarnings(log_format == "json")
+
+
+class _StrayHandler(logging.StreamHandler):  # type: ignore[type-arg]  # of TextIO
+    """The JSON log's handler for records from outside sansmail."""
 
 
 def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
@@ -89,7 +214,7 @@ def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
         formatter = handler.formatter if handler is not None else None
         if (
             not isinstance(handler, logging.StreamHandler)
-            or not isinstance(formatter, _Formatter)
+            or not isinstance(formatter, _LineFormatter)
             or not logger.isEnabledFor(level)
             or level < handler.level
             or not logger.propagate
@@ -101,7 +226,7 @@ def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
         ):
             logger.log(level, "%s", message)
             return
-        text = formatter.line(name, time.time(), message) + "\n"
+        text = formatter.line(name, time.time(), level, message) + "\n"
         with handler.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             try:
                 handler.stream.write(text)

@@ -73,7 +73,7 @@ log = get_logger("master")
 
 def run(config: Config) -> int:
     """Serve until SIGINT/SIGTERM; returns the exit status."""
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, config.log_format)
     return _run_processes(config)
 
 
@@ -292,7 +292,7 @@ def _child(
     # Until the server's own SIGHUP watcher is up, a reload request must not kill us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _release_signals()
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, config.log_format)
     try:
         trio.run(_child_main, config, sockets, alive_read, counts, wake)
     except (OSError, TLSConfigError) as exc:
@@ -333,7 +333,7 @@ def _runner(config: Config, alive_read: int, wake_read: int) -> int:
     # It has no certificate to reload: SIGHUP, passed on to every child, changes nothing.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _release_signals()
-    configure_logging(logging.INFO)
+    configure_logging(logging.INFO, config.log_format)
     try:
         trio.run(_runner_main, config, alive_read, wake_read)
     except Exception:  # the parent exits through os._exit: say what happened first

@@ -26,7 +26,6 @@ __all__ = ["UNBUILT", "not_in_force"]
 
 #: (key, what it asks for, what happens instead), in the order of CONTRACT.md.
 UNBUILT: Final[tuple[tuple[str, Callable[[Config], bool], str], ...]] = (
-    ("log_format", lambda c: c.log_format != "text", "the log is written as text"),
     (
         "storage.backend",
         lambda c: c.storage.backend != "maildir",

@@ -291,7 +291,6 @@ def test_each_key_asking_for_something_is_reported_once(tmp_path: pathlib.Path) 
     where = str(tmp_path / "sansmail.toml")
     assert keys_of(not_in_force(config), where) == [
         "listen.metrics",
-        "log_format",
         "storage.backend",
         "storage.dsn",
     ]

@@ -913,16 +913,17 @@ def test_check_config_of_every_feature_not_built(run, tmp_path):
     path.write_text(text)
     assert run("check-config", "--config", str(path)) == 0
     assert all(line.startswith("warning: ") for line in run.err_lines), run.err
-    for key in ("log_format", "storage.backend", "storage.dsn"):
+    for key in ("storage.backend", "storage.dsn"):
         [line] = [line for line in run.err_lines if f"{path}: {key}: " in line]
         assert "accepted but not in force yet" in line
-    # The sender checks, milters, quota and the site Sieve script are built: in force,
-    # so not reported.
+    # The sender checks, milters, quota, the site Sieve script and the JSON log are
+    # built: in force, so not reported.
     assert not [
         line
         for line in run.err_lines
         if ": antispam." in line or ": milter." in line or ": quota." in line or ": sieve." in line
     ]
+    assert not [line for line in run.err_lines if f"{path}: log_format: " in line]
 
 
 def test_check_config_of_a_wrong_new_value(run, tmp_path):
