@@ -225,10 +225,11 @@ MTA-STS (with the policy to serve), TLS-RPT, the SRV records mail clients look f
 (RFC 6186: the listeners configured, port 0 for the services not offered), the
 autoconfig and autodiscover names, and a reminder of the PTR record to ask for.
 
-With --check, ask the configured resolver ([dns] nameservers) for each record and
-print one line per record: ok, missing, different (with what is published) or failed
-(no answer). Exits 1 when a required record (MX, SPF, or the DKIM key of
-dkim.selector) is not published as printed.
+With --check, ask the configured resolver ([dns] nameservers) for each record, and
+for the PTR record of each address of hostname, and print one line per record: ok,
+missing, different (with what is published) or failed (no answer). Exits 1 when a
+required record (MX, an address for hostname, SPF, or the DKIM key of dkim.selector)
+is not published as printed.
 
 examples:
   {PROG} dns-records example.com --config /etc/sansmail.toml >> example.com.zone
@@ -850,7 +851,7 @@ def _dns_records(args: argparse.Namespace) -> int:
         sys.stdout.write(dnsrecords.zone_text(config, domain, found))
         return 0
     resolver = Resolver.from_config(config.dns)
-    findings = trio.run(run_check, dnsrecords.check(found), resolver)
+    findings = trio.run(run_check, dnsrecords.check(found, hostname=config.hostname), resolver)
     width = max(len(status.value) for status in dnsrecords.Status)
     for finding in findings:
         record = finding.record

@@ -41,7 +41,7 @@ from typing import Final
 import attrs
 
 from sansmail.config import Config, HostPort, NextHop
-from sansmail.mail.dnsquery import DnsAnswer, DnsCheck, DnsQuery, RType, ask
+from sansmail.mail.dnsquery import DnsAnswer, DnsCheck, DnsQuery, RType, ask, reverse_name
 
 __all__ = [
     "MTA_STS_MAX_AGE",
@@ -320,10 +320,42 @@ _TXT_VERSION: Final[Mapping[str, str]] = {
 }
 
 
-def check(found: Sequence[Record]) -> DnsCheck[tuple[Finding, ...]]:
-    """Ask for each record in `found` at once; one `Finding` per record, in order."""
-    answers = yield from ask(*(DnsQuery(record.name, record.rtype) for record in found))
-    return tuple(_compare(record, answer) for record, answer in zip(found, answers, strict=True))
+def check(found: Sequence[Record], *, hostname: str | None = None) -> DnsCheck[tuple[Finding, ...]]:
+    """Ask for each record in `found` at once; one `Finding` per record, in order.
+
+    With `hostname` (this server, the MX), also ask for its addresses and then for the
+    PTR record of each (FCrDNS, which receivers check, RFC 8601 §3 "iprev"): one more
+    `Finding` per address, not required, or a required "MX" one when the name has no
+    address at all, since mail cannot arrive then."""
+    queries = [DnsQuery(record.name, record.rtype) for record in found]
+    host = hostname.rstrip(".").lower() if hostname is not None else None
+    if host is not None:
+        queries.extend((DnsQuery(host, "A"), DnsQuery(host, "AAAA")))
+    answers = yield from ask(*queries)
+    findings = [_compare(record, answer) for record, answer in zip(found, answers, strict=False)]
+    if host is None:
+        return tuple(findings)
+    a, aaaa = answers[len(found) :]
+    addresses = [*a.records, *aaaa.records]
+    if not addresses:
+        record = Record(
+            kind="MX", name=host, rtype="A", value="<its public address>", required=True
+        )
+        status = Status.FAILED if a.failed and aaaa.failed else Status.MISSING
+        findings.append(Finding(record=record, status=status))
+        return tuple(findings)
+    ptrs = [
+        Record(
+            kind="PTR",
+            name=reverse_name(ipaddress.ip_address(address)),
+            rtype="PTR",
+            value=f"{host}.",
+        )
+        for address in addresses
+    ]
+    answers = yield from ask(*(DnsQuery(record.name, "PTR") for record in ptrs))
+    findings.extend(_compare(record, answer) for record, answer in zip(ptrs, answers, strict=True))
+    return tuple(findings)
 
 
 def _compare(record: Record, answer: DnsAnswer) -> Finding:

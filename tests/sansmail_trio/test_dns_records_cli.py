@@ -79,18 +79,24 @@ def test_check_passes_when_what_was_printed_is_published(capsys, config_file, dn
     keygen(capsys, config_file)
     _, zone, _ = run(capsys, "dns-records", "example.test", "--config", str(config_file))
     published = publish(dns_server, zone)
+    dns_server.add("mx.example.test", "A", "192.0.2.10")
+    dns_server.add("10.2.0.192.in-addr.arpa", "PTR", "mx.example.test.")
     status, out, err = run(
         capsys, "dns-records", "example.test", "--check", "--config", str(config_file)
     )
     assert (status, err) == (0, [])
     lines = out.splitlines()
-    assert len(lines) == len(published)
+    assert len(lines) == len(published) + 1
+    assert lines[-1].startswith("ok        PTR        10.2.0.192.in-addr.arpa. IN PTR mx.example")
     assert all(line.startswith("ok ") for line in lines), out
     assert {(q.name, q.rdtype) for q in dns_server.queries} >= {
         ("example.test", "MX"),
         ("sansmail._domainkey.example.test", "TXT"),
         ("_imaps._tcp.example.test", "SRV"),
         ("autoconfig.example.test", "CNAME"),
+        ("mx.example.test", "A"),
+        ("mx.example.test", "AAAA"),
+        ("10.2.0.192.in-addr.arpa", "PTR"),
     }
 
 
@@ -103,6 +109,7 @@ def test_check_fails_on_a_missing_or_different_required_record(capsys, config_fi
     dns_server.remove("sansmail._domainkey.example.test")
     dns_server.add("sansmail._domainkey.example.test", "TXT", '"v=DKIM1; k=rsa; p=OLDKEY"')
     dns_server.remove("_dmarc.example.test")  # not required: reported, no failure of its own
+    dns_server.add("mx.example.test", "AAAA", "2001:db8::25")  # no PTR: not required either
     status, out, err = run(
         capsys, "dns-records", "example.test", "--check", "--config", str(config_file)
     )
@@ -112,10 +119,25 @@ def test_check_fails_on_a_missing_or_different_required_record(capsys, config_fi
     assert any(line.startswith("different DKIM ") for line in lines), out
     assert any(line.startswith("missing   DMARC ") for line in lines), out
     assert "published: v=DKIM1; k=rsa; p=OLDKEY" in [line.strip() for line in lines]
+    assert lines[-1].startswith("missing   PTR        5.2.0.0.0.0.0.0"), out
     assert err == [
         "sansmail-trio: dns-records: example.test: not published as printed: "
         "SPF missing, DKIM different"
     ]
+
+
+def test_check_fails_when_the_mx_host_has_no_address(capsys, config_file, dns_server):
+    keygen(capsys, config_file)
+    _, zone, _ = run(capsys, "dns-records", "example.test", "--config", str(config_file))
+    publish(dns_server, zone)
+    status, out, err = run(
+        capsys, "dns-records", "example.test", "--check", "--config", str(config_file)
+    )
+    assert status == 1
+    assert out.splitlines()[-1] == (
+        "missing   MX         mx.example.test. IN A <its public address>"
+    )
+    assert err == ["sansmail-trio: dns-records: example.test: not published as printed: MX missing"]
 
 
 def test_check_without_a_dkim_key_fails_and_says_how_to_make_one(capsys, config_file, dns_server):

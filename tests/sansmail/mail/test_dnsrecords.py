@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import pathlib
 import types
 
@@ -9,7 +10,7 @@ import pytest
 
 from sansmail.config import Config, DeliveryConfig, DKIMConfig, NextHop
 from sansmail.mail import dkim
-from sansmail.mail.dnsquery import DnsAnswer, DnsQuery, DnsStatus, drive
+from sansmail.mail.dnsquery import DnsAnswer, DnsQuery, DnsStatus, drive, reverse_name
 from sansmail.mail.dnsrecords import (
     DkimKey,
     Record,
@@ -238,3 +239,51 @@ def test_a_different_dkim_key_is_different():
         {("sansmail._domainkey.example.test", "TXT"): DnsAnswer.of("v=DKIM1; k=rsa; p=OTHER")}
     )
     assert findings["DKIM", "sansmail._domainkey.example.test"].status is Status.DIFFERENT
+
+
+def test_check_with_the_hostname_asks_its_addresses_then_their_ptr_records():
+    found = records(config(), "example.test", [KEY])
+    asked: list[list[DnsQuery]] = []
+    published = {
+        ("mx.example.test", "A"): DnsAnswer.of("192.0.2.10"),
+        ("mx.example.test", "AAAA"): DnsAnswer.of("2001:db8::25"),
+        ("10.2.0.192.in-addr.arpa", "PTR"): DnsAnswer.of("MX.example.test"),
+        (reverse_name(ipaddress.ip_address("2001:db8::25")), "PTR"): DnsAnswer.of("host.isp.test"),
+    }
+    batches = check(found, hostname="mx.example.test.")
+    queries = next(batches)
+    try:
+        while True:
+            asked.append(list(queries))
+            queries = batches.send(
+                [published.get((q.name, q.rtype), DnsAnswer(DnsStatus.NXDOMAIN)) for q in queries]
+            )
+    except StopIteration as done:
+        findings = done.value
+    assert [(q.name, q.rtype) for q in asked[0][-2:]] == [
+        ("mx.example.test", "A"),
+        ("mx.example.test", "AAAA"),
+    ]
+    assert [q.rtype for q in asked[1]] == ["PTR", "PTR"]
+    v4, v6 = findings[-2:]
+    assert (v4.record.line, v4.status) == (
+        "10.2.0.192.in-addr.arpa. IN PTR mx.example.test.",
+        Status.OK,
+    )
+    assert (v6.status, v6.published, v6.record.required) == (
+        Status.DIFFERENT,
+        ("host.isp.test",),
+        False,
+    )
+    assert len(findings) == len(found) + 2
+
+
+def test_check_with_a_hostname_without_address_fails_the_mx():
+    found = records(config(), "example.test", [KEY])
+    findings = drive(
+        check(found, hostname="mx.example.test"),
+        lambda query: DnsAnswer(DnsStatus.NXDOMAIN),
+    )
+    last = findings[-1]
+    assert (last.record.kind, last.record.rtype, last.status) == ("MX", "A", Status.MISSING)
+    assert last in failing(findings)
