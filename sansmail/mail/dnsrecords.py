@@ -181,7 +181,11 @@ def records(
                 rtype="TXT",
                 value=txt_strings(f"v=STSv1; id={_policy_id(policy)}"),
             ),
-            Record(kind="MTA-STS", name=f"mta-sts.{domain}", rtype="CNAME", value=f"{host}."),
+            *(
+                Record(kind="MTA-STS", name=name, rtype="CNAME", value=f"{host}.")
+                for name in (f"mta-sts.{domain}",)
+                if name != host  # a CNAME to itself would be a loop
+            ),
             Record(
                 kind="TLS-RPT",
                 name=f"_smtp._tls.{domain}",

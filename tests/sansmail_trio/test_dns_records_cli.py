@@ -149,8 +149,9 @@ def test_check_without_a_dkim_key_fails_and_says_how_to_make_one(capsys, config_
     )
     assert status == 1
     assert err == [
-        "sansmail-trio: dns-records: no DKIM key for example.test under selector 'sansmail': "
-        "make one with `sansmail-trio dkim keygen example.test`"
+        "sansmail-trio: dns-records: example.test: not published as printed: MX missing, "
+        "no DKIM key for selector 'sansmail' (make one with `sansmail-trio dkim keygen "
+        "example.test`)"
     ]
 
 
