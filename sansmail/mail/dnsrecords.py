@@ -36,7 +36,7 @@ import enum
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 
@@ -48,6 +48,7 @@ __all__ = [
     "SRV_SERVICES",
     "DkimKey",
     "Finding",
+    "MtaStsMode",
     "Record",
     "Status",
     "check",
@@ -71,6 +72,9 @@ SRV_SERVICES: Final = (
     ("_pop3s._tcp", "pop3s", 20),
     ("_pop3._tcp", "pop3", 30),
 )
+
+#: RFC 8461 §5: "enforce", "testing" (report, deliver anyway) or "none" (policy withdrawn).
+MtaStsMode = Literal["enforce", "testing", "none"]
 
 _TXT_CHUNK: Final = 255  # octets in one character-string (RFC 1035 §3.3)
 
@@ -124,7 +128,9 @@ class Finding:
 # --- what to publish ----------------------------------------------------------------------
 
 
-def mta_sts_policy(hostname: str, *, mode: str = "testing", max_age: int = MTA_STS_MAX_AGE) -> str:
+def mta_sts_policy(
+    hostname: str, *, mode: MtaStsMode = "testing", max_age: int = MTA_STS_MAX_AGE
+) -> str:
     """The MTA-STS policy text (RFC 8461 §3.2), CRLF line ends, to be served at
     ``https://mta-sts.<domain>/.well-known/mta-sts.txt``: this server is the one MX."""
     lines = ("version: STSv1", f"mode: {mode}", f"mx: {hostname}", f"max_age: {max_age}")
@@ -137,7 +143,11 @@ def _policy_id(policy: str) -> str:
 
 
 def records(
-    config: Config, domain: str, dkim_keys: Sequence[DkimKey], *, mta_sts_mode: str = "testing"
+    config: Config,
+    domain: str,
+    dkim_keys: Sequence[DkimKey],
+    *,
+    mta_sts_mode: MtaStsMode = "testing",
 ) -> tuple[Record, ...]:
     """Every record to publish for `domain` (one of `config.domains`), in the order
     `zone_text` prints them. The DKIM records are required only for the key of
@@ -256,19 +266,19 @@ def txt_strings(value: str) -> str:
 _COMMENTS: Final[Mapping[str, str]] = {
     "MX": "Mail for {domain} comes to this server (RFC 5321 §5.1)",
     "SPF": "SPF (RFC 7208): only the domain's MX hosts send its mail",
-    "DKIM": "DKIM (RFC 6376): the public keys mail from {domain} is signed with "
-    "([dkim] selector = {selector!r})",
+    "DKIM": "DKIM (RFC 6376): the public key of each selector with a key under data_dir; "
+    "mail is signed with {selector!r} ([dkim] selector)",
     "DMARC": "DMARC (RFC 7489): unaligned mail goes to the junk folder; reports to postmaster",
-    "MTA-STS": "MTA-STS (RFC 8461): senders require TLS to this server; the policy host "
-    "mta-sts.{domain} serves over HTTPS the policy below",
+    "MTA-STS": "MTA-STS (RFC 8461): senders require TLS to this server; "
+    "https://mta-sts.{domain}/.well-known/mta-sts.txt serves the policy below",
     "TLS-RPT": "TLS-RPT (RFC 8460): daily reports of TLS failures to postmaster",
-    "SRV": "Mail clients find the servers (RFC 6186); port 0 and . : not offered",
+    "SRV": "Mail clients find the servers (RFC 6186); port 0 and target . : not offered",
     "AUTOCONFIG": "Client autoconfiguration (Thunderbird's autoconfig, Outlook's autodiscover)",
 }
 
 
 def zone_text(
-    config: Config, domain: str, found: Sequence[Record], *, mta_sts_mode: str = "testing"
+    config: Config, domain: str, found: Sequence[Record], *, mta_sts_mode: MtaStsMode = "testing"
 ) -> str:
     """`found` in zone-file form: each kind under a comment saying what it is for, the
     MTA-STS policy to serve and the PTR to ask for as comments; ends with a newline."""
@@ -295,20 +305,19 @@ def zone_text(
             )
         if kind == "MTA-STS":
             policy = mta_sts_policy(host, mode=mta_sts_mode)
-            lines.append(f"; https://mta-sts.{domain}/.well-known/mta-sts.txt:")
             lines.extend(f";   {line}" for line in policy.splitlines())
             if mta_sts_mode == "testing":
                 lines.append(
-                    "; (once the TLS-RPT reports show no failures, serve mode: enforce "
-                    "and publish the id printed then)"
+                    "; (testing: senders report failures by TLS-RPT but still deliver; "
+                    "a policy in mode enforce has another id)"
                 )
         if kind == "SRV" and _loopback_only(config.listen):
             lines.append("; (a listener on a loopback address only is not reachable by clients)")
     lines.extend(
         (
             "",
-            f"; PTR (reverse DNS): each public address of {host} must point back to it, "
-            f"<address> IN PTR {host}. ; set by whoever owns the address, not in this zone",
+            f"; PTR (reverse DNS): each public address of {host} must point back to it,",
+            f"; <address> IN PTR {host}. (set by whoever owns the address, not in this zone)",
         )
     )
     return "\n".join(lines) + "\n"
