@@ -214,7 +214,7 @@ class QueueRunner:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.policy = RetryPolicy.from_config(config.delivery)
-        quota = QuotaLimits(config.quota.storage, functools.partial(_own_quota, users))
+        quota = QuotaLimits(config.quota.storage, users.own_quota)
         self.manager = QueueManager(
             config=config,
             queue=queue,
@@ -604,12 +604,6 @@ class QueueRunner:
     def _write(self, lines: Iterable[LogLine]) -> None:
         for line in lines:
             self.log.log(logging.INFO if line.level == "info" else logging.WARNING, "%s", line.text)
-
-
-def _own_quota(users: UserStore, key: str) -> int | None:
-    """A user's own storage limit (None: ``[quota] storage``), as `serve` reads it."""
-    user = users.get(key)
-    return None if user is None else user.quota
 
 
 # -- waking a runner in another process -------------------------------------------------------

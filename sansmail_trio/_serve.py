@@ -204,7 +204,7 @@ async def serve(
     )
     await trio.to_thread.run_sync(users.reload_if_changed)
     # Each user's storage limit: their own from users.json, else [quota] storage.
-    quota = store.quota = QuotaLimits(config.quota.storage, functools.partial(_own_quota, users))
+    quota = store.quota = QuotaLimits(config.quota.storage, users.own_quota)
     # Made or read once here, off the loop: SCRAM needs it for unknown users' fake salts.
     await trio.to_thread.run_sync(users.scram_secret)
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
@@ -630,9 +630,3 @@ async def serve_queue(
         await shutdown.wait()
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         nursery.cancel_scope.cancel()
-
-
-def _own_quota(users: UserStore, key: str) -> int | None:
-    """A user's own storage limit (None: ``[quota] storage``)."""
-    user = users.get(key)
-    return None if user is None else user.quota

@@ -138,7 +138,7 @@ from sansmail.storage.sieve import (
     valid_script_name,
 )
 
-__all__ = ["LdaResult", "LocalDelivery"]
+__all__ = ["LdaResult", "LocalDelivery", "wants_sieve"]
 
 INBOX: Final = "INBOX"
 #: Parsed scripts kept per process; past this the oldest go.
@@ -204,7 +204,7 @@ class LocalDelivery:
 
     def wants(self, mailbox: MailboxId) -> bool:
         """BLOCKING (one stat). Whether mail for `mailbox` must go through `deliver`."""
-        return self.config.sieve.before is not None or self.scripts.has_active(mailbox)
+        return wants_sieve(self.config, self.scripts, mailbox)
 
     def deliver(
         self,
@@ -287,6 +287,12 @@ def _parse(raw: bytes) -> Script | SieveError:
 
 
 # -- one delivery ---------------------------------------------------------------------------
+
+
+def wants_sieve(config: Config, scripts: SieveStore, mailbox: MailboxId) -> bool:
+    """BLOCKING (one stat): whether mail for `mailbox` goes through its scripts, an
+    active one or ``[sieve] before``. The SMTP intake asks it with no delivery to make."""
+    return config.sieve.before is not None or scripts.has_active(mailbox)
 
 
 class _Delivery:

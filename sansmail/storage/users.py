@@ -335,6 +335,12 @@ class UserStore:
     def get(self, key: str) -> User | None:
         return self._users().get(key)
 
+    def own_quota(self, key: str) -> int | None:
+        """User `key`'s own storage limit (0: none); None for ``[quota] storage``, also
+        for no such user. `QuotaLimits` takes it as its lookup."""
+        user = self.get(key)
+        return None if user is None else user.quota
+
     def __contains__(self, key: object) -> bool:
         """Whether `key` is a user; `UsersUnavailableError` when that cannot be told."""
         loaded = self._current()

@@ -5,6 +5,7 @@ offer, where a recipient goes, the sender of forwarded copies)."""
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Callable, Sequence
 
 import attrs
@@ -15,11 +16,11 @@ from sansmail.mail import srs
 from sansmail.mail.address import Address, MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.recipients import Resolution, resolve_recipient
-from sansmail.sessions.lda import LocalDelivery
+from sansmail.sessions.lda import wants_sieve
 from sansmail.sessions.smtpd._checks import Check, Inquiring
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
-from sansmail.storage.maildir import MaildirImapStore, MailStore
+from sansmail.storage.maildir import MailStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore, UsersUnavailableError
@@ -47,9 +48,9 @@ class SmtpService:
     checks: Sequence[Check] = ()
     #: Whether a mailbox is at its storage limit (`MaildirStore.full`); None: no quota.
     mailbox_full: Callable[[MailboxId], bool] | None = None
-    #: Whether a mailbox's mail goes through Sieve (`sansmail.sessions.lda.LocalDelivery.
-    #: wants`: an active script, or ``[sieve] before``); BLOCKING, one stat. None: made
-    #: from `config` on first use.
+    #: Whether a mailbox's mail goes through Sieve (`sansmail.sessions.lda.wants_sieve`:
+    #: an active script, or ``[sieve] before``); BLOCKING, one stat. None: made from
+    #: `config` on first use.
     sieve_wants: Callable[[MailboxId], bool] | None = None
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
@@ -158,13 +159,8 @@ class SmtpService:
         the quota file read of `resolve`): whether mail for `mailbox` is queued for the
         queue runner's delivery through its Sieve scripts instead of stored at once."""
         if self.sieve_wants is None:
-            # The intake never runs a script: the delivery is made for its question.
-            self.sieve_wants = LocalDelivery(
-                config=self.config,
-                scripts=SieveStore(self.config.data_dir),
-                imap=MaildirImapStore(self.config.data_dir, hostname=self.config.hostname),
-                queue=self.queue,
-            ).wants
+            scripts = SieveStore(self.config.data_dir)
+            self.sieve_wants = functools.partial(wants_sieve, self.config, scripts)
         return self.sieve_wants(mailbox)
 
     def resolve(
