@@ -47,8 +47,8 @@ from sansmail.mail.address import (
 )
 from sansmail.mail.aliases import role_account_problems
 from sansmail.mail.envelope import check_queue_id
-from sansmail.mail.sieve import Position, SieveError
-from sansmail.mail.sieve import parse as parse_sieve
+from sansmail.mail.sieve import SieveError
+from sansmail.mail.sieve import parse_bytes as parse_sieve
 from sansmail.mail.sieve._parser import DEFAULT_MAX_SIZE as SIEVE_MAX_SIZE
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
@@ -902,15 +902,7 @@ def _sieve_valid(name: str, raw: bytes) -> bool:
         print(f"{name}:1:1: script is too large (max {SIEVE_MAX_SIZE} bytes)", file=sys.stderr)
         return False
     try:
-        text = raw.decode("utf-8")  # RFC 5228 §2.4.2.4: a script is UTF-8
-    except UnicodeDecodeError as error:
-        before = raw[: error.start].decode("utf-8")
-        line = before.count("\n") + 1
-        column = len(before) - (before.rfind("\n") + 1) + 1
-        print(f"{name}:{Position(line, column)}: the script is not valid UTF-8", file=sys.stderr)
-        return False
-    try:
-        parse_sieve(text)
+        parse_sieve(raw)
     except SieveError as error:
         print(f"{name}:{error.position}: {error.message}", file=sys.stderr)
         return False

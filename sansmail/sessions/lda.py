@@ -107,7 +107,7 @@ from sansmail.mail.sieve import (
     SieveError,
     Vacation,
     folder_key,
-    parse,
+    parse_bytes,
     run_sequence,
     vacation_reply,
 )
@@ -274,14 +274,7 @@ def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
 
 def _parse(raw: bytes) -> Script | SieveError:
     try:
-        text = raw.decode("utf-8")  # RFC 5228 §2.4.2.4
-    except UnicodeDecodeError as exc:
-        before = raw[: exc.start].decode("utf-8", "replace")
-        line = before.count("\n") + 1
-        column = len(before) - (before.rfind("\n") + 1) + 1
-        return SieveError("the script is not valid UTF-8", Position(line, column))
-    try:
-        return parse(text)
+        return parse_bytes(raw)
     except SieveError as exc:
         return exc
 

@@ -70,7 +70,7 @@ from sansmail.mail.address import MailboxId
 from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.logtext import LogSink, command_for_log, show_ip
 from sansmail.mail.sieve import SUPPORTED, Limits, Position, SieveError
-from sansmail.mail.sieve import parse as parse_sieve
+from sansmail.mail.sieve import parse_bytes as parse_script
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.sieve import (
@@ -182,14 +182,7 @@ def script_problem(content: bytes, *, max_size: int) -> str | None:
     """Why `content` is not a Sieve script we run, as "line L: column C: message" (the
     first error, Pigeonhole's order), or None if it parses and validates."""
     try:
-        text = content.decode("utf-8")  # RFC 5228 §2.4.2.4: a script is UTF-8
-    except UnicodeDecodeError as error:
-        before = content[: error.start].decode("utf-8")
-        line = before.count("\n") + 1
-        column = len(before) - (before.rfind("\n") + 1) + 1
-        return _at(Position(line, column), "the script is not valid UTF-8")
-    try:
-        parse_sieve(text, max_size=max_size)
+        parse_script(content, max_size=max_size)
     except SieveError as error:
         return _at(error.position, error.message)
     return None

@@ -32,7 +32,7 @@ from sansmail.mail.sieve._ast import (
 )
 from sansmail.mail.sieve._eval import Limits, SieveContext, SieveEnvelope, SieveMessage, evaluate
 from sansmail.mail.sieve._lexer import SieveError
-from sansmail.mail.sieve._parser import parse
+from sansmail.mail.sieve._parser import parse, parse_bytes
 from sansmail.mail.sieve._sequence import (
     Copy,
     IncludeNotParsedError,
@@ -44,7 +44,7 @@ from sansmail.mail.sieve._vacation import VacationReply, vacation_reply
 from sansmail.mail.sieve._validate import SUPPORTED
 
 __all__ = ["Argument", "Command", "Number", "Position", "Script", "StringList", "Tag", "Test"]
-__all__ += ["SUPPORTED", "SieveError", "parse"]
+__all__ += ["SUPPORTED", "SieveError", "parse", "parse_bytes"]
 __all__ += ["Action", "AddHeader", "DeleteHeader", "Discard", "Error", "FileInto", "Keep"]
 __all__ += ["Limits", "Redirect", "Reject", "Result", "SieveContext", "SieveEnvelope"]
 __all__ += ["SieveMessage", "Vacation", "VacationReply", "evaluate", "vacation_reply"]

@@ -25,7 +25,7 @@ from sansmail.mail.sieve._ast import (
 from sansmail.mail.sieve._lexer import Kind, SieveError, Token, tokens
 from sansmail.mail.sieve._validate import validate
 
-__all__ = ["DEFAULT_MAX_SIZE", "MAX_NESTING", "parse", "parse_tree"]
+__all__ = ["DEFAULT_MAX_SIZE", "MAX_NESTING", "parse", "parse_bytes", "parse_tree"]
 
 # Pigeonhole's sieve_max_script_size defaults to 1M.
 DEFAULT_MAX_SIZE = 1 << 20
@@ -37,6 +37,19 @@ def parse(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Script:
     """The validated tree of ``text``; a SieveError for the first error found."""
     script = parse_tree(text, max_size=max_size)
     return validate(script)
+
+
+def parse_bytes(raw: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Script:
+    """`parse` of a script as uploaded or stored: UTF-8 octets (RFC 5228 §2.4.2.4). Octets
+    that are not UTF-8 are an error at the line and column where they start."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        before = raw[: error.start].decode("utf-8")
+        line = before.count("\n") + 1
+        column = len(before) - (before.rfind("\n") + 1) + 1
+        raise SieveError("the script is not valid UTF-8", Position(line, column)) from None
+    return parse(text, max_size=max_size)
 
 
 def parse_tree(text: str, *, max_size: int = DEFAULT_MAX_SIZE) -> Script:

@@ -13,7 +13,7 @@ from lda_helpers import ALICE, KEY, MESSAGE, NOW, Server, lines, message, warnin
 
 from sansmail.mail import delivery, dkim, srs
 from sansmail.mail.address import parse_address
-from sansmail.mail.sieve import Script, parse
+from sansmail.mail.sieve import Script, parse_bytes
 from sansmail.sessions.lda import LdaResult
 from sansmail.storage.maildir import MaildirAccount
 
@@ -483,13 +483,13 @@ def test_a_folder_that_cannot_be_looked_at_defers(server: Server, test: str) -> 
 
 
 def test_scripts_are_parsed_once(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
+    calls: list[bytes] = []
 
-    def counting(text: str) -> Script:
-        calls.append(text)
-        return parse(text)
+    def counting(raw: bytes) -> Script:
+        calls.append(raw)
+        return parse_bytes(raw)
 
-    monkeypatch.setattr("sansmail.sessions.lda.parse", counting)
+    monkeypatch.setattr("sansmail.sessions.lda.parse_bytes", counting)
     server.script("keep;")
     server.deliver()
     server.deliver(queue_id="Q2")
