@@ -159,7 +159,7 @@ async def test_poplib_over_stls_reads_tops_and_deletes_exactly_at_quit(
     await deliver(server, *MESSAGES)
     stored = _messages_in(server)
     assert len(stored) == 2
-    names = sorted(p.name for p in (server.maildir(ALICE) / "new").iterdir())
+    names = [p.name for p in sorted((server.maildir(ALICE) / "new").iterdir(), key=arrival)]
 
     def session() -> dict[str, Any]:
         client = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)
@@ -340,7 +340,7 @@ async def test_uidl_survives_a_flag_rename_by_an_imap_client(
 
     before = await trio.to_thread.run_sync(uidl)
     new = server.maildir(ALICE) / "new"
-    first = sorted(new.iterdir())[0]
+    first = min(new.iterdir(), key=arrival)
     first.rename(server.maildir(ALICE) / "cur" / (first.name + ":2,S"))
     after = await trio.to_thread.run_sync(uidl)
     assert before == after
@@ -427,7 +427,7 @@ async def test_retr_marks_seen_for_imap_at_quit(
     assert server.config.pop3.no_flag_updates is no_flag_updates
     await deliver(server, *MESSAGES)
     stored = _messages_in(server)
-    uids = sorted(p.name for p in (server.maildir(ALICE) / "new").iterdir())
+    uids = [p.name for p in sorted((server.maildir(ALICE) / "new").iterdir(), key=arrival)]
 
     def pop3_session() -> tuple[list[bytes], list[bytes]]:
         client = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)
