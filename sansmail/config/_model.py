@@ -127,6 +127,8 @@ maximal_backoff = "1h"
 destination_concurrency_limit = 20
 smtp_port = 25
 relayhost_username = ""
+mta_sts = true
+mta_sts_port = 443
 
 [dns]
 nameservers = []
@@ -272,6 +274,12 @@ class DeliveryConfig:
     relayhost_password_file: pathlib.Path | None = None
     # Trust anchors for tls = "verify" (Postfix: smtp_tls_CAfile); None: the system's.
     tls_ca_file: pathlib.Path | None = None
+    # MTA-STS (RFC 8461): mail to a domain whose policy is in enforce mode goes only to
+    # the MX hosts it lists, over TLS with a certificate valid for the host. Also the
+    # trust anchors of the policy fetch (https://mta-sts.<domain>/) are tls_ca_file.
+    mta_sts: bool = True
+    # The port of the policy host. Always 443 on the Internet; tests point it elsewhere.
+    mta_sts_port: int = 443
 
 
 @attrs.frozen(kw_only=True)

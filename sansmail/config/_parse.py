@@ -388,6 +388,8 @@ def _read_delivery(table: Table) -> DeliveryConfig:
         relayhost_username=username,
         relayhost_password_file=password_file,
         tls_ca_file=_existing(table, "tls_ca_file"),
+        mta_sts=table.get("mta_sts", _values.expect(bool, "true or false"), d.mta_sts),
+        mta_sts_port=_port(table, "mta_sts_port", d.mta_sts_port),
     )
 
 

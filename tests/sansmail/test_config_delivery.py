@@ -30,6 +30,8 @@ def test_defaults_are_postfix_like(tmp_path):
     assert d.delay_warning == 4 * 3600
     assert d.destination_concurrency_limit == 20
     assert d.smtp_port == 25
+    assert d.mta_sts is True
+    assert d.mta_sts_port == 443
     assert d.relayhost_username == ""
     assert d.relayhost_password_file is None
     policy = RetryPolicy.from_config(d)
@@ -53,6 +55,8 @@ def test_every_key(tmp_path):
         relayhost_username = "me@example.org"
         relayhost_password_file = "relay.secret"
         tls_ca_file = "ca.pem"
+        mta_sts = false
+        mta_sts_port = 8443
         """,
         tmp_path,
     ).delivery
@@ -62,6 +66,8 @@ def test_every_key(tmp_path):
     assert d.smtp_port == 2526
     assert d.relayhost_password_file == tmp_path / "relay.secret"
     assert d.tls_ca_file == tmp_path / "ca.pem"
+    assert d.mta_sts is False
+    assert d.mta_sts_port == 8443
     assert RetryPolicy.from_config(d).delay_warning is None
 
 
@@ -75,6 +81,9 @@ def test_every_key(tmp_path):
         ('relayhost = "[r.example]"\nrelayhost_username = "me"', "go together"),
         ('relayhost_username = "me"\nrelayhost_password_file = "pw"', "no such file"),
         ('tls_ca_file = "missing.pem"', "delivery.tls_ca_file"),
+        ('mta_sts = "yes"', "delivery.mta_sts"),
+        ("mta_sts_port = 0", "delivery.mta_sts_port"),
+        ("mta_sts_port = 65536", "delivery.mta_sts_port: must be at most 65535"),
         ('transport = { ".bad domain" = "h:25" }', "delivery.transport"),
     ],
 )
