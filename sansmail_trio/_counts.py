@@ -9,7 +9,7 @@ central service (anvil), Dovecot too; we share a small table instead.
 
 Theory of operation: the parent maps an anonymous shared memory block before it forks,
 so every child sees the same pages. Each process owns one row. A row holds, for each
-service family (`Family`: SMTP, POP3 and IMAP are capped apart), a count of its open
+service family (`Family`: SMTP, POP3, IMAP ... are capped apart), a count of its open
 connections and a count per hash bucket of client addresses; then a count per hash
 bucket of (protocol, user, client address) for the logged-in sessions. A process writes
 only its own row (one thread: no lock needed) and reads all rows to decide, so a count
@@ -38,6 +38,8 @@ class Family(enum.IntEnum):
     POP3 = 1  # pop3, pop3s: [limits] pop3_max_connections(_per_ip)
     IMAP = 2  # imap, imaps: [limits] imap_max_connections(_per_ip)
     MANAGESIEVE = 3  # managesieve: _managesieve_server.MAX_CONNECTIONS(_PER_IP)
+    HTTP = 4  # http: _http.MAX_CONNECTIONS(_PER_IP)
+    METRICS = 5  # metrics: apart from http, so clients at the caps cannot stop scrapes
 
 
 _FAMILIES = {
@@ -49,6 +51,8 @@ _FAMILIES = {
     "imap": Family.IMAP,
     "imaps": Family.IMAP,
     "managesieve": Family.MANAGESIEVE,
+    "http": Family.HTTP,
+    "metrics": Family.METRICS,
 }
 
 
