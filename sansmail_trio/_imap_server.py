@@ -69,6 +69,7 @@ from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import IDLE_KEEPALIVE, ImapConversation, ImapService
 from sansmail_trio._compress import DeflateStream, InflateError
 from sansmail_trio._counts import SharedCounts
+from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in
 from sansmail_trio._notify import FALLBACK_POLL, Subscription, watcher
 from sansmail_trio._session import (
@@ -76,6 +77,7 @@ from sansmail_trio._session import (
     SessionTime,
     UserSlot,
     carry,
+    new_session_id,
     send_all,
     upgrade,
 )
@@ -188,8 +190,10 @@ class IMAPService:
         """Run one session to its end: `refuse` (connection limits, shutdown) turns it
         away with a BYE; while it runs it is in `registry`, so shutdown can reach it.
         `tls` describes the TLS session when `stream` is already encrypted (imaps)."""
+        session_id = new_session_id()
+        log_line = line_logger(self.log, session_id)
         session = ImapConversation(
-            self.shared, client_ip=peer[0], client_port=peer[1], log=self.log.log, tls=tls
+            self.shared, client_ip=peer[0], client_port=peer[1], log=log_line, tls=tls
         )
         # Through `counted`: the logout line reports the octets of the conversation.
         wire = Wire(stream, session.counted)
@@ -203,6 +207,10 @@ class IMAPService:
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, slot),
                 pacer=connection_pacer(self.config, peer[0]),
+                session_id=session_id,
+                service=self.shared.service,
+                peer=peer,
+                log_line=log_line,
             )
         finally:
             slot.release()

@@ -3,15 +3,23 @@
 Modelled on Postfix's mail log so the habits (grep a queue id, fail2ban on the client
 address) carry over. One message, as logged (timestamps and pid shortened)::
 
-    ...T18:40:00.123+00:00 sansmail/smtp[812]: connect from [127.0.0.1]:50210
-    ... sansmail/smtp[812]: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>,
+    ...T18:40:00.123+00:00 sansmail/smtp[812]<Hx0Qe3mK1vT9>: connect from [127.0.0.1]:50210
+    ... sansmail/smtp[812]<Hx0Qe3mK1vT9>: 5F1C2A9B3E: from=<a@ex.org>, to=<b@ex.test>,
         client=[127.0.0.1]:50210, relay=local, size=1234,
         status=sent (250 2.0.0 Ok: queued as 5F1C2A9B3E)
-    ... sansmail/smtp[812]: disconnect from [127.0.0.1]:50210 ehlo=1 mail=1 rcpt=1
-        data=1 quit=1 commands=5
+    ... sansmail/smtp[812]<Hx0Qe3mK1vT9>: disconnect from [127.0.0.1]:50210 ehlo=1
+        mail=1 rcpt=1 data=1 quit=1 commands=5
 
 (each entry is one line in the log; they are wrapped here.)
 `status` is one of sent, deferred, bounced, rejected (CONTRACT.md).
+
+Every line of one connection carries its session id, a short random name given at
+accept (`_session.new_session_id`), between the pid and the colon, where Dovecot puts
+its own (``imap(alice)<812><Hx0Qe3mK1vT9>:``); `sansmail-trio who --json` shows it, so
+one session's lines are one grep away. After the colon the line keeps Postfix's shape:
+a line about one message still starts with its queue id, and the end of a line is left
+alone, so fail2ban's ``... rip=<HOST>$`` keeps matching. Lines of no connection (the
+queue runner's, the master's) have none.
 
 With ``log_format = "json"`` each line is one JSON object instead (JSON Lines), for log
 shippers; the keys, always in this order:
@@ -26,6 +34,8 @@ shippers; the keys, always in this order:
     an integer.
 ``level``
     ``"debug"``, ``"info"``, ``"warning"``, ``"error"`` or ``"critical"``.
+``session``
+    only on a line of one connection: its session id (the text format's ``<...>``).
 ``queue_id``
     only on a line about one message: the queue id the text line starts with.
 ``message``
@@ -35,8 +45,7 @@ shippers; the keys, always in this order:
     on the following lines).
 
 Non-ASCII text is kept as UTF-8; a line is never broken in two (newlines, and the
-separators some readers split on, U+0085, U+2028 and U+2029, are escaped). Sessions carry
-no id of their own yet: their lines are tied together by the client's address and port.
+separators some readers split on, U+0085, U+2028 and U+2029, are escaped).
 """
 
 from __future__ import annotations
@@ -62,8 +71,16 @@ __all__ = ["configure_logging", "get_logger", "line_logger"]
 class _LineFormatter(logging.Formatter):
     """A formatter that can also write a line from its parts alone (`line_logger`)."""
 
-    def line(self, logger: str, created: float, level: int, message: str) -> str:
+    def line(
+        self, logger: str, created: float, level: int, message: str, session: str | None = None
+    ) -> str:
         raise NotImplementedError
+
+
+def _session_of(record: logging.LogRecord) -> str | None:
+    """The session id a record carries (``extra={"session": ...}``), if any."""
+    session = record.__dict__.get("session")
+    return None if session is None else str(session)
 
 
 class _Formatter(_LineFormatter):
@@ -87,15 +104,21 @@ class _Formatter(_LineFormatter):
         return f"{stamp}.{int((created - second) * 1000):03d}{zone}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.line(record.name, record.created, record.levelno, record.getMessage())
+        line = self.line(
+            record.name, record.created, record.levelno, record.getMessage(), _session_of(record)
+        )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
-    def line(self, logger: str, created: float, level: int, message: str) -> str:
+    def line(
+        self, logger: str, created: float, level: int, message: str, session: str | None = None
+    ) -> str:
         # ISO 8601 with the local offset: sortable, and unambiguous across DST changes.
         name = logger.replace(".", "/")
-        return f"{self._stamp(created)} {name}[{self._pid}]: {message}"
+        if session is None:
+            return f"{self._stamp(created)} {name}[{self._pid}]: {message}"
+        return f"{self._stamp(created)} {name}[{self._pid}]<{session}>: {message}"
 
 
 # The shape `QueueStore.new_id` gives ids (upper-case hex: microseconds, pid, counter; 22
@@ -161,16 +184,24 @@ class _JsonFormatter(_LineFormatter):
         return program
 
     def format(self, record: logging.LogRecord) -> str:
-        line = self.line(record.name, record.created, record.levelno, record.getMessage())
+        line = self.line(
+            record.name, record.created, record.levelno, record.getMessage(), _session_of(record)
+        )
         if record.exc_info:
             trace = self.formatException(record.exc_info)
             line = f'{line[:-1]},"exception":{_json_string(trace)}}}'
         return line
 
-    def line(self, logger: str, created: float, level: int, message: str) -> str:
+    def line(
+        self, logger: str, created: float, level: int, message: str, session: str | None = None
+    ) -> str:
         name = _LEVELS.get(level) or _json_string(logging.getLevelName(level).lower())
         found = _QUEUE_ID.match(message)
         queue = f'"queue_id":"{found[1]}",' if found else ""
+        if session is not None:
+            # Ours (`_session.new_session_id`) need no escaping: a call saved per line.
+            shown = f'"{session}"' if session.isalnum() else _json_string(session)
+            queue = f'"session":{shown},{queue}'
         return (
             f'{{"time":"{self._stamp(created)}","host":{self._host},'
             f'"program":{self._program(logger)},"pid":{self._pid},'
@@ -209,14 +240,17 @@ class _StrayHandler(logging.StreamHandler):  # type: ignore[type-arg]  # of Text
     """The JSON log's handler for records from outside sansmail."""
 
 
-def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
+def line_logger(logger: logging.Logger, session: str | None = None) -> Callable[[int, str], None]:
     """``logger.log(level, message)`` for the sessions' log lines (a message without
-    arguments). While the log is the one `configure_logging` made (its handler alone,
+    arguments), each tagged with `session`, the connection's session id (None: no
+    connection's). While the log is the one `configure_logging` made (its handler alone,
     no filters), the line is written the way that handler would write it, without a
     LogRecord and the handler chain: three lines per message went through them, about a
-    twentieth of a small message's CPU in the profile."""
-    root = logging.getLogger("sansmail")
+    twentieth of a small message's CPU in the profile. Each connection makes its own;
+    the closure is all that costs."""
+    root = _ROOT
     name = logger.name
+    extra = None if session is None else {"session": session}
 
     def log(level: int, message: str) -> None:
         handlers = root.handlers
@@ -234,9 +268,9 @@ def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
             or root.filters
             or handler.filters
         ):
-            logger.log(level, "%s", message)
+            logger.log(level, "%s", message, extra=extra)
             return
-        text = formatter.line(name, time.time(), level, message) + "\n"
+        text = formatter.line(name, time.time(), level, message, session) + "\n"
         with handler.lock:  # type: ignore[union-attr]  # made by Handler.__init__
             try:
                 handler.stream.write(text)
@@ -245,6 +279,10 @@ def line_logger(logger: logging.Logger) -> Callable[[int, str], None]:
                 handler.handleError(logging.makeLogRecord({"msg": message}))
 
     return log
+
+
+#: Where `configure_logging` puts the handler (logging never replaces a logger it made).
+_ROOT: Final = logging.getLogger("sansmail")
 
 
 def get_logger(service: str) -> logging.Logger:

@@ -23,8 +23,16 @@ from sansmail.config import Config
 from sansmail.mail.pacing import connection_pacer
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.managesieved import ManageSieveService, ManageSieveSession
+from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in
-from sansmail_trio._session import SessionRegistry, SessionTime, carry, send_all, upgrade
+from sansmail_trio._session import (
+    SessionRegistry,
+    SessionTime,
+    carry,
+    new_session_id,
+    send_all,
+    upgrade,
+)
 from sansmail_trio._tls import TLSContextHolder
 from sansmail_trio._wire import Wire
 
@@ -65,12 +73,14 @@ class ManageSieveServer:
         """Run one session to its end: `refuse` (connection limits, shutdown) turns it
         away at the greeting with BYE; while it runs it is in `registry`, so shutdown can
         reach it."""
+        session_id = new_session_id()
+        log_line = line_logger(self.log, session_id)
         session = ManageSieveSession(
             self.shared,
             client_ip=peer[0],
             client_port=peer[1],
             local_ip=_local_ip(stream),
-            log=self.log.log,
+            log=log_line,
             tls=tls,
         )
         wire = Wire(stream, session.conn)
@@ -82,6 +92,10 @@ class ManageSieveServer:
             refusal=refuse,
             loop=lambda time: _loop(self, session, wire, time),
             pacer=connection_pacer(self.config, peer[0]),
+            session_id=session_id,
+            service=self.shared.service,
+            peer=peer,
+            log_line=log_line,
         )
 
 

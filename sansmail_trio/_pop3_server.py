@@ -42,12 +42,14 @@ from sansmail.mail.pacing import connection_pacer
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.pop3d import READ_AHEAD_BATCH, Pop3Service, Pop3Session, Transfer
 from sansmail_trio._counts import SharedCounts
+from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
     UserSlot,
     carry,
+    new_session_id,
     send_all,
     upgrade,
 )
@@ -93,11 +95,13 @@ class POP3Service:
         """Run one session to its end: `refuse` (connection limits, shutdown) turns it
         away at the greeting; while it runs it is in `registry`, so shutdown can reach
         it. `tls` describes the TLS session when `stream` is already encrypted (pop3s)."""
+        session_id = new_session_id()
+        log_line = line_logger(self.log, session_id)
         session = Pop3Session(
             self.shared,
             client_ip=peer[0],
             client_port=peer[1],
-            log=self.log.log,
+            log=log_line,
             tls=tls,
             read_ahead=READ_AHEAD_BATCH,
         )
@@ -112,6 +116,10 @@ class POP3Service:
                 refusal=refuse,
                 loop=lambda time: _loop(self, session, wire, time, slot),
                 pacer=connection_pacer(self.config, peer[0]),
+                session_id=session_id,
+                service=self.shared.service,
+                peer=peer,
+                log_line=log_line,
             )
         finally:
             slot.release()

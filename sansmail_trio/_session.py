@@ -33,14 +33,23 @@ One user's sessions per address (max_userip_connections): a `UserSlot` per POP3 
 IMAP connection is what `sansmail.sessions.login` asks for the count, and holds this
 connection's place in the shared table (`_counts.SharedCounts`) from the login that
 opened a mailbox to the end of the connection.
+
+Who is connected. Each connection gets a session id at accept (`new_session_id`), which
+every log line of it carries (the adapters bind it into the session's log callable,
+`_log.line_logger`). While it runs, the connection is in its process's registry as a
+`LiveSession` (id, service, client, since, the user once logged in), which is what
+`sansmail-trio who` lists and `kick` ends (`_control.py`), and what shutdown stops.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
+import os
+import time as wall
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import trio
 
@@ -59,12 +68,14 @@ from sansmail_trio._tls import (
 from sansmail_trio._wire import Wire
 
 __all__ = [
+    "LiveSession",
     "SessionRegistry",
     "SessionTime",
     "Stoppable",
     "UserSlot",
     "carry",
     "converse",
+    "new_session_id",
     "run_registered",
     "send_all",
     "upgrade",
@@ -76,17 +87,77 @@ class Stoppable(Protocol):
 
 
 class SessionRegistry(Protocol):
-    """Where sessions announce themselves so that shutdown can reach them."""
+    """Where sessions announce themselves so that shutdown, `who` and `kick` can reach
+    them."""
 
     shutting_down: bool
 
-    def add(self, session: Stoppable) -> None: ...
+    def add(self, session: LiveSession) -> None: ...
 
-    def discard(self, session: Stoppable) -> None: ...
+    def discard(self, session: LiveSession) -> None: ...
+
+
+def new_session_id() -> str:
+    """A connection's name in the log and in `who`: 12 characters of [A-Za-z0-9] from
+    72 random bits, as long as Dovecot's ``session=<...>``. Only the log's reader needs
+    them apart: two alike in a year of logs is a long shot, and harmless."""
+    # base64 of 9 octets is 12 characters; "+" and "/" made letters so that the id is
+    # one word for grep and for a double click (a few ids lose a little entropy).
+    return base64.b64encode(os.urandom(9), b"xz").decode("ascii")
+
+
+class _Seen(Protocol):
+    """What a session shows `who`: the client as logged, the user once logged in."""
+
+    client: str
+    user: str | None
+
+
+class LiveSession:
+    """One connection while it runs, as `who` and `kick` see it (`_control.py`) and as
+    shutdown reaches it (`request_stop`)."""
+
+    __slots__ = ("_log", "_seen", "_time", "client", "id", "service", "since")
+
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        service: str,
+        client: tuple[str, int],
+        seen: _Seen,
+        time: SessionTime,
+        log: Callable[[int, str], None],
+    ) -> None:
+        self.id = session_id
+        self.service = service
+        self.client = client
+        #: Wall-clock seconds since the epoch, for display.
+        self.since = wall.time()
+        self._seen = seen
+        self._time = time
+        self._log = log
+
+    @property
+    def user(self) -> str | None:
+        """Who is logged in now (the user store's key), or None."""
+        return self._seen.user
+
+    def request_stop(self) -> None:
+        self._time.request_stop()
+
+    def kick(self) -> None:
+        """End the session as shutdown does, with its protocol's closing words: at
+        once when it waits for the client, else after what it is doing (an SMTP
+        transaction in flight is let finish)."""
+        user = self._seen.user
+        who = f" user=<{user}>:" if user is not None else ""
+        self._log(logging.INFO, f"{self._seen.client}:{who} kicked by the administrator")
+        self._time.request_stop()
 
 
 async def run_registered(
-    session: Stoppable, registry: SessionRegistry | None, run: Callable[[], Awaitable[None]]
+    session: LiveSession, registry: SessionRegistry | None, run: Callable[[], Awaitable[None]]
 ) -> None:
     """`run()` the session while it is in `registry`, so shutdown can ask it to stop;
     one that starts during shutdown is asked at once."""
@@ -209,10 +280,11 @@ async def converse(
     refusal: Refusal | None,
     loop: Callable[[], Awaitable[None]],
     before_greeting: Callable[[], Awaitable[None]] | None = None,
+    session_id: str | None = None,
 ) -> None:
     """One connection from greeting to close (see the module docstring); `loop` is the
     protocol's part, run until the session has `ended`; `before_greeting` what must be
-    found out first (SMTP's CONNECT checks)."""
+    found out first (SMTP's CONNECT checks); `session_id` tags the traceback of a bug."""
     last_words = b""
     try:
         with time.scope:
@@ -230,7 +302,11 @@ async def converse(
     except Exception:  # LocalProtocolError, a disk error, or any other bug
         # A bug must cost one connection, never the server: its task would otherwise
         # take the whole nursery down.
-        log.exception("%s: internal error, closing", getattr(session, "client", "?"))
+        log.exception(
+            "%s: internal error, closing",
+            getattr(session, "client", "?"),
+            extra=None if session_id is None else {"session": session_id},
+        )
         last_words = session.last_words(session.internal_error())
     except trio.Cancelled:
         # The shutdown grace period ran out with this session still busy.
@@ -276,16 +352,22 @@ async def carry(
     loop: Callable[[SessionTime], Awaitable[None]],
     before_greeting: Callable[[], Awaitable[None]] | None = None,
     pacer: Pacer | None = None,
+    session_id: str,
+    service: str,
+    peer: tuple[str, int],
+    log_line: Callable[[int, str], None],
 ) -> None:
-    """Run one connection to its end: `converse`, with the session's time in `registry`
-    while it runs so that shutdown can reach it. `loop(time)` is the protocol's part;
-    `pacer` its command rate (None: not paced)."""
+    """Run one connection to its end: `converse`, with the session in `registry` (as a
+    `LiveSession` named `session_id`, of listener `service`, from `peer`) while it runs,
+    so that shutdown, `who` and `kick` can reach it. `loop(time)` is the protocol's
+    part; `pacer` its command rate (None: not paced); `log_line` the session's own log
+    callable (its lines tagged with `session_id`)."""
     time = SessionTime(
         pacer,
-        paced=lambda: log.info(
-            "%s: over %g commands a second: paced",
-            getattr(session, "client", "?"),
-            pacer.rate if pacer is not None else 0,
+        paced=lambda: log_line(
+            logging.INFO,
+            f"{getattr(session, 'client', '?')}: over "
+            f"{pacer.rate if pacer is not None else 0:g} commands a second: paced",
         ),
     )
 
@@ -298,6 +380,13 @@ async def carry(
             refusal=refusal,
             loop=lambda: loop(time),
             before_greeting=before_greeting,
+            session_id=session_id,
         )
 
-    await run_registered(time, registry, run)
+    if registry is None:
+        await run()
+        return
+    # Every session has `client` and `user` (ServerSession does not promise them).
+    seen = cast(_Seen, session)
+    live = LiveSession(session_id, service=service, client=peer, seen=seen, time=time, log=log_line)
+    await run_registered(live, registry, run)

@@ -37,6 +37,7 @@ from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
     carry,
+    new_session_id,
     upgrade,
 )
 from sansmail_trio._tls import TLSContextHolder
@@ -71,10 +72,6 @@ class SMTPService:
     committer: Committer[Storing] = attrs.Factory(lambda: Committer(store_all))
     #: Answers the sender checks' DNS questions (None: no check asks any).
     resolver: Resolver | None = None
-    _log_line: Callable[[int, str], None] = attrs.field(init=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._log_line = line_logger(self.log)
 
     @property
     def config(self) -> Config:
@@ -96,11 +93,13 @@ class SMTPService:
         """Run one session to its end: `refuse` (connection limits, shutdown) turns it
         away at the greeting; while it runs it is in `registry`, so shutdown can reach
         it. `tls` describes the TLS session when `stream` is already encrypted."""
+        session_id = new_session_id()
+        log_line = line_logger(self.log, session_id)
         session = SmtpSession(
-            self.shared, client_ip=peer[0], client_port=peer[1], log=self._log_line, tls=tls
+            self.shared, client_ip=peer[0], client_port=peer[1], log=log_line, tls=tls
         )
         wire = Wire(stream, session.conn)
-        inquirer = Inquirer(self.resolver, log=self._log_line)
+        inquirer = Inquirer(self.resolver, log=log_line)
         try:
             await carry(
                 session,
@@ -111,6 +110,10 @@ class SMTPService:
                 loop=lambda time: _loop(self, session, wire, time, inquirer),
                 before_greeting=lambda: _inquire(session, inquirer, Stage.CONNECT),
                 pacer=connection_pacer(self.config, peer[0]),
+                session_id=session_id,
+                service=self.shared.service,
+                peer=peer,
+                log_line=log_line,
             )
         finally:
             with trio.CancelScope(shield=True):

@@ -196,3 +196,19 @@ def _wait_for(path: pathlib.Path, text: str) -> None:
     while time.monotonic() < deadline and text not in path.read_text():
         time.sleep(0.05)
     assert text in path.read_text(), path.read_text()
+
+
+def test_a_session_line_has_its_id_before_the_queue_id(
+    stderr: io.StringIO, tmp_path: pathlib.Path
+) -> None:
+    queue_id = QueueStore(tmp_path / "queue").new_id()
+    log = line_logger(get_logger("smtp"), "Hx0Qe3mK1vT9")
+    log(logging.INFO, "connect from [192.0.2.1]:4000")
+    log(logging.INFO, f"{queue_id}: from=<a@example.org>, to=<b@example.test>, status=sent")
+    get_logger("smtp").info("%s", "odd", extra={"session": 'a "quoted" id'})
+    first, second, third = _lines(stderr)
+    assert list(first) == [*KEYS[:5], "session", "message"]
+    assert list(second) == [*KEYS[:5], "session", "queue_id", "message"]
+    assert first["session"] == second["session"] == "Hx0Qe3mK1vT9"
+    assert second["queue_id"] == queue_id
+    assert third["session"] == 'a "quoted" id'

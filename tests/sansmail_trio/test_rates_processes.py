@@ -72,5 +72,5 @@ def test_the_client_rate_holds_across_processes(tmp_path: pathlib.Path) -> None:
     text = log.read_text()
     assert text.count("mail refused by anvil") == 4
     # Which processes took the connections (for whoever reads a failure).
-    pids = set(re.findall(r"smtp\[(\d+)\]: connect from", text))
+    pids = set(re.findall(r"smtp\[(\d+)\]<\w+>: connect from", text))
     assert pids, text
