@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -81,7 +82,8 @@ _Batch = list[tuple[J, _Waiter]]
 
 class Committer(Generic[J]):
     """Runs `store_all` (blocking) on batches of jobs, up to `workers` batches at once,
-    a second one only once `spread` jobs wait; see the module docstring."""
+    a second one only once `spread` jobs wait; see the module docstring. `took` hears
+    how long each batch took."""
 
     def __init__(
         self,
@@ -89,10 +91,14 @@ class Committer(Generic[J]):
         *,
         workers: int = WORKERS,
         spread: int = SPREAD,
+        took: Callable[[float], None] | None = None,
     ) -> None:
         if workers < 1 or spread < 1:
             raise ValueError("a committer needs at least one worker, and spread >= 1")
         self._store_all = store_all
+        #: Told how many seconds each batch's `store_all` took, in the worker thread
+        #: (the metrics' store latency).
+        self._took = took
         self._workers = workers
         self._spread = spread
         self._pending: collections.deque[tuple[J, _Waiter]] = collections.deque()
@@ -162,10 +168,13 @@ class Committer(Generic[J]):
         # A worker thread: one batch at a time, until told to stop (None).
         while (batch := self._jobs.get()) is not None:
             failure: BaseException | None = None
+            start = time.perf_counter()
             try:
                 self._store_all([job for job, _waiter in batch])
             except BaseException as exc:  # noqa: BLE001 (every session of the batch hears it)
                 failure = exc
+            if self._took is not None:
+                self._took(time.perf_counter() - start)
             try:
                 token.run_sync_soon(self._finished, batch, failure)
             except trio.RunFinishedError:  # the loop is gone (interpreter shutdown)

@@ -13,6 +13,7 @@ import trio
 
 from sansmail.sessions.common import LoginSteps
 from sansmail.sessions.login import BLOCKING, FINISHED, Exchange, Login, Result, UserSessions
+from sansmail_trio._metrics import PROBE
 from sansmail_trio._session import SessionTime, send_all
 from sansmail_trio._wire import Wire
 
@@ -98,6 +99,11 @@ async def log_in(
         return session.answer(last)
 
     result = await drive(exchange, challenge)
+    if not result.interrupted:
+        # For the metrics: the listener is the connection's (set at accept).
+        probe = PROBE.get()
+        if probe is not None:
+            probe.auth(result.mechanism, success=result.user is not None and not result.refusal)
     # Blocking for POP3 and IMAP: a good login opens the mailbox.
     await send_all(wire, await trio.to_thread.run_sync(session.login_result, event, result, last))
 

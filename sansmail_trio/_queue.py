@@ -95,6 +95,7 @@ from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
+from sansmail_trio._metrics import Metrics
 from sansmail_trio._smtp_client import SMTPClient
 
 __all__ = [
@@ -206,8 +207,11 @@ class QueueRunner:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         timeouts: ClientTimeouts | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        #: Counts the verdicts and how long they took (None: not counted).
+        self.metrics = metrics
         self.queue = queue
         self.resolver = resolver
         self.log = log
@@ -400,7 +404,10 @@ class QueueRunner:
         deliver = functools.partial(flight.attempt.deliver_local, destination, now=start)
         try:
             with self._until_noted():
+                began = time.perf_counter()
                 result = await trio.to_thread.run_sync(deliver)
+                if self.metrics is not None:
+                    self.metrics.stored_locally(time.perf_counter() - began)
         except Exception:
             self.log.exception("%s: local delivery failed with an internal error", flight.queue_id)
             self._fail(flight)
@@ -488,6 +495,12 @@ class QueueRunner:
         flight, destination = item
         now = self.clock()
         flight.attempt.record(destination, result, delay=now - start, now=now)
+        if self.metrics is not None:
+            kind = "local" if destination.local else "relay"
+            arrival = flight.attempt.message.arrival
+            for recipient in destination.recipients:
+                status = result.outcomes[recipient.address].status
+                self.metrics.delivered(kind, status, 1, arrival)
         self._write(flight.attempt.take_log())
         # Redirects and vacation replies the recipients' Sieve scripts queued: due now.
         for queue_id in flight.attempt.take_queued():

@@ -71,6 +71,7 @@ from sansmail_trio._managesieve_server import (
     MAX_CONNECTIONS_PER_IP as MANAGESIEVE_MAX_CONNECTIONS_PER_IP,
 )
 from sansmail_trio._managesieve_server import ManageSieveServer
+from sansmail_trio._metrics import PROBE, Metrics, Probe
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner, read_wakeups
 from sansmail_trio._session import Stoppable
@@ -218,6 +219,9 @@ async def serve(
         if process == 0:
             log.warning("aliases: %s", problem)
     srs_key = await trio.to_thread.run_sync(load_or_create_srs_key, config.data_dir / "srs.key")
+    # Several processes share the listeners and, through this table, the caps.
+    shared_counts = counts if counts is not None else SharedCounts.create(1)
+    metrics = Metrics(shared_counts, queue)
     runner: QueueRunner | None = None
     if wake is None:
         runner = QueueRunner(
@@ -228,16 +232,15 @@ async def serve(
             aliases=aliases,
             resolver=Resolver.from_config(config.dns),
             log=get_logger("queue"),
+            metrics=metrics,
         )
     smtp_log = get_logger("smtp")
     # One group committer for the SMTP sessions of this process (_commit.py).
-    committer = Committer(store_all)
+    committer = Committer(store_all, took=metrics.commit_took)
     checks = await trio.to_thread.run_sync(
         functools.partial(intake_checks, config, log=line_logger(smtp_log))
     )
     check_resolver = Resolver.from_config(config.dns) if checks else None
-    # Several processes share the listeners and, through this table, the caps.
-    shared_counts = counts if counts is not None else SharedCounts.create(1)
     services: dict[str, Service] = {}
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
@@ -252,6 +255,7 @@ async def serve(
             tls_available=tls is not None,
             checks=checks,
             mailbox_full=store.full,
+            observer=metrics.smtp(name),
         )
         smtp_service = SMTPService(
             shared=shared, log=smtp_log, tls=tls, committer=committer, resolver=check_resolver
@@ -336,12 +340,15 @@ async def serve(
             await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
                 accept_nursery.start_soon(
-                    _accept_loop,
-                    listener,
-                    services[name],
-                    family_of(name),
-                    connections,
-                    connection_nursery,
+                    functools.partial(
+                        _accept_loop,
+                        listener,
+                        services[name],
+                        family_of(name),
+                        connections,
+                        connection_nursery,
+                        probe=metrics.probe(name),
+                    )
                 )
             # Logged once everything is listening, SIGHUP included: "started" means ready.
             _log_started(config, bound, process, config.processes)
@@ -455,12 +462,16 @@ async def _accept_loop(
     family: Family,
     connections: _Connections,
     nursery: trio.Nursery,
+    *,
+    probe: Probe | None = None,
 ) -> None:
     # The stdlib socket itself rather than trio.SocketListener: each connection costs an
     # accept(2) and no scheduler round after it, the peer's address comes with it (no
     # getpeername), and the connections waiting are taken in one go, up to ACCEPT_BATCH,
     # before the loop yields to their sessions.
     listener.setblocking(False)
+    # The listener's metrics: every connection's task starts with a copy of this context.
+    PROBE.set(probe)
     with listener:
         taken = 0
         while True:
@@ -504,6 +515,9 @@ async def _handle_connection(
     ip, port = str(peer[0]), int(peer[1])
     refuse = connections.admit(family, ip)
     connections.opened(family, ip)
+    probe = PROBE.get()
+    if probe is not None:
+        probe.accepted(None if refuse is None else refuse.name.lower())
     try:
         stream: trio.abc.Stream = PlainStream(sock)
         tls_text = None
@@ -618,6 +632,7 @@ async def serve_queue(
         aliases=aliases,
         resolver=Resolver.from_config(config.dns),
         log=get_logger("queue"),
+        metrics=Metrics(),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_reload_users, users, generations)

@@ -69,6 +69,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from sansmail.config import Config
 from sansmail.storage.durable import fsync_dir
+from sansmail_trio._metrics import PROBE
 from sansmail_trio._wire import Wire
 
 __all__ = [
@@ -452,6 +453,7 @@ async def start_tls(
         raise TLSHandshakeError(str(exc) or type(exc).__name__) from exc
     stream = wire.stream
     assert isinstance(stream, trio.SSLStream)
+    _count(stream)
     return stream
 
 
@@ -471,7 +473,15 @@ async def tls_handshake(
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         await trio.aclose_forcefully(stream)
         raise TLSHandshakeError(_handshake_failure(exc)) from exc
+    _count(tls)
     return tls
+
+
+def _count(stream: trio.SSLStream[Any]) -> None:
+    # For the metrics: the listener is the connection's (`_metrics.PROBE`, set at accept).
+    probe = PROBE.get()
+    if probe is not None:
+        probe.tls(stream.version())
 
 
 def _handshake_failure(exc: BaseException) -> str:

@@ -89,6 +89,7 @@ from sansmail.sessions.smtpd._checks import (
     Verdict,
 )
 from sansmail.sessions.smtpd._intake import intake_checks
+from sansmail.sessions.smtpd._observer import NO_OBSERVER, REASONS, SmtpObserver, reason_of
 from sansmail.sessions.smtpd._rates import RateCheck, RateTable, rate_check
 from sansmail.sessions.smtpd._replies import AUTH_THROTTLED, INTERNAL_ERROR
 from sansmail.sessions.smtpd._sender import SenderChecks, sender_checks
@@ -108,6 +109,8 @@ __all__ = [
     "CLIENT_NAME",
     "HEADER_LIMIT",
     "INTERNAL_ERROR",
+    "NO_OBSERVER",
+    "REASONS",
     "SPILL_THRESHOLD",
     "SUBMISSION_SERVICES",
     "Check",
@@ -122,6 +125,7 @@ __all__ = [
     "RateTable",
     "SenderChecks",
     "SessionView",
+    "SmtpObserver",
     "SmtpService",
     "SmtpSession",
     "Stage",
@@ -130,6 +134,7 @@ __all__ = [
     "Verdict",
     "intake_checks",
     "rate_check",
+    "reason_of",
     "sender_checks",
     "store_all",
 ]

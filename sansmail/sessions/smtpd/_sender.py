@@ -187,6 +187,10 @@ class SenderChecks:
                 findings[CLIENT_NAME] = iprev.name
             elif decision.client_name is not None:
                 findings[CLIENT_NAME] = decision.client_name
+            listed = findings.get(_DNSBL)
+            if isinstance(listed, DnsblResult):
+                # Once per connection, for the metrics; the refusal waits for RCPT.
+                return Verdict(source="dnsbl", results=(("dnsbl", _dnsbl_result(listed)),))
             return None
         if stage is Stage.MAIL:
             reply = decide_spf(self.spf, findings.get(_SPF))
@@ -249,7 +253,11 @@ class SenderChecks:
         if isinstance(iprev, IprevResult):
             methods.append(authres.iprev_method(iprev))
         value = authres.authentication_results(self.authserv_id, methods)
-        return Verdict(source=SOURCE, header_fields=[("Authentication-Results", value), *fields])
+        return Verdict(
+            source=SOURCE,
+            header_fields=[("Authentication-Results", value), *fields],
+            results=tuple((m.method, m.result) for m in methods),
+        )
 
 
 def sender_checks(config: Config) -> SenderChecks | None:
@@ -273,6 +281,14 @@ def sender_checks(config: Config) -> SenderChecks | None:
     ):
         return None
     return checks
+
+
+def _dnsbl_result(found: DnsblResult) -> str:
+    if found.allowed_by is not None:
+        return "allowed"
+    if found.listed_by is not None:
+        return "listed"
+    return "failed" if found.failed else "clean"
 
 
 def _dkim_methods(results: tuple[DkimResult, ...] | None) -> list[authres.MethodResult]:

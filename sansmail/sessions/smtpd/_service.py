@@ -18,6 +18,7 @@ from sansmail.mail.auth import AuthService, password_allowed
 from sansmail.mail.recipients import Resolution, resolve_recipient
 from sansmail.sessions.lda import wants_sieve
 from sansmail.sessions.smtpd._checks import Check, Inquiring
+from sansmail.sessions.smtpd._observer import NO_OBSERVER, SmtpObserver
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MailStore
@@ -52,6 +53,8 @@ class SmtpService:
     #: an active script, or ``[sieve] before``); BLOCKING, one stat. None: made from
     #: `config` on first use.
     sieve_wants: Callable[[MailboxId], bool] | None = None
+    #: Told what the sessions decide (the server's metrics); by default nobody.
+    observer: SmtpObserver = NO_OBSERVER
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
     _greeting: Reply | None = attrs.field(default=None, init=False)

@@ -17,7 +17,8 @@ from sansmail.mail.policy import check_sender_login, in_networks
 from sansmail.mail.recipients import Resolution
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
-from sansmail.sessions.smtpd._checks import CLIENT_NAME, Inquiry, Stage
+from sansmail.sessions.smtpd._checks import CLIENT_NAME, Inquiry, Stage, Verdict
+from sansmail.sessions.smtpd._observer import reason_of
 from sansmail.sessions.smtpd._replies import (
     AUTH_CANCELLED,
     AUTH_FAILED,
@@ -100,6 +101,7 @@ class SmtpSession:
         # Transactions that died with files started: `cleanup` removes them.
         self._dead: list[Transaction] = []
         self._inquiring = service.inquiring
+        self._observer = service.observer
         # The RCPT being inquired about, and its resolution (see `inquiries`).
         self._resolved: tuple[smtp.Rcpt, Resolution] | None = None
 
@@ -289,6 +291,7 @@ class SmtpSession:
         self._bump("mail")
         service = self.service
         if service.requires_auth and self.user is None:
+            self._observer.rejected(stage="mail", reason="auth_required", code=AUTH_REQUIRED.code)
             return AUTH_REQUIRED
         if (
             self.user is not None
@@ -308,6 +311,7 @@ class SmtpSession:
                     f"{self.client}: sender <{_path(event.reverse_path)}> refused"
                     f" for user <{self.user}>",
                 )
+                self._observer.rejected(stage="mail", reason="sender_mismatch", code=refusal.code)
                 return refusal
         self.transaction = Transaction(
             queue_id=service.queue.new_id(),
@@ -333,7 +337,9 @@ class SmtpSession:
         for problem in resolution.problems:
             self.log(logging.WARNING, f"{tx.queue_id}: to=<{_path(rcpt)}>: aliases: {problem}")
         reply = resolution.reply
-        if resolution.accepted:
+        if not resolution.accepted:
+            self._observer.rejected(stage="rcpt", reason=_rcpt_reason(reply), code=reply.code)
+        else:
             tx.rcpt.append(rcpt)
             refusal = self._check(Stage.RCPT)
             if refusal is not None:
@@ -445,6 +451,9 @@ class SmtpSession:
     def _invalid_message(self, event: smtp.InvalidMessage) -> Reply:
         tx = self.transaction
         hint = event.reply_hint
+        self._observer.rejected(
+            stage="data", reason="size" if hint.enhanced == "5.3.4" else "other", code=hint.code
+        )
         if tx is not None:
             for address, _mailbox in tx.recipients:
                 self._log_rejected(tx, address, hint)
@@ -686,6 +695,7 @@ class SmtpSession:
         size = tx.size
         if job.error is not None:
             return Committed(self._not_stored(tx, job.error))
+        self._observer.stored(local=len(tx.recipients), arrival=job.now)
         text = f"Ok: queued as {tx.queue_id}"
         for address, _mailbox in tx.recipients:
             self.log(
@@ -708,6 +718,7 @@ class SmtpSession:
 
     def _not_stored(self, tx: Transaction, error: OSError) -> Reply:
         reply = storage_reply(error)
+        self._observer.rejected(stage="end-of-data", reason="storage", code=reply.code)
         self.log(
             logging.ERROR,
             f"{tx.queue_id}: from=<{_path(tx.reverse_path)}>, client={self.client},"
@@ -778,6 +789,7 @@ class SmtpSession:
             verdict = check.check(stage, self)
             if verdict is None:
                 continue
+            self._observe(verdict, stage)
             late = stage is Stage.END_OF_DATA
             if verdict.header_fields:
                 if tx is None or (late and tx.message is None):
@@ -825,6 +837,25 @@ class SmtpSession:
                 return reply
         return None
 
+    def _observe(self, verdict: Verdict, stage: Stage) -> None:
+        observer = self._observer
+        for method, result in verdict.results:
+            observer.verdict(method, result)
+        source = verdict.source
+        reason = reason_of(source)
+        if verdict.reply is not None:
+            observer.rejected(stage=stage.value, reason=reason, code=verdict.reply.code)
+        # The filters' own actions (the sender checks report theirs in `results`).
+        if reason == "greylist":
+            observer.verdict(reason, "passed" if verdict.reply is None else "greylisted")
+        elif reason == "milter":
+            if verdict.reply is not None:
+                observer.verdict(reason, "tempfail" if verdict.reply.code < 500 else "reject")
+            elif verdict.discard:
+                observer.verdict(reason, "discard")
+            elif verdict.quarantine is not None:
+                observer.verdict(reason, "quarantine")
+
     def _log_rejected(self, tx: Transaction, rcpt: Address, reply: Reply) -> None:
         self.log(
             logging.INFO,
@@ -841,6 +872,18 @@ class SmtpSession:
 
     def _last_command(self) -> str:
         return next(reversed(self._counters), "CONNECT").upper()
+
+
+def _rcpt_reason(reply: Reply) -> str:
+    """The reason a recipient the resolution refused is counted under."""
+    enhanced = reply.enhanced or ""
+    if enhanced.endswith(".7.1"):  # relay access denied, access denied (restrictions)
+        return "relay_denied"
+    if enhanced.endswith(".1.1"):
+        return "unknown_user"
+    if enhanced.endswith(".2.2"):
+        return "mailbox_full"
+    return "other"
 
 
 def _sieve_recipient(
