@@ -16,7 +16,9 @@ Maildir's usage, kept current by every writer in its ``maildirsize`` file (`_quo
 `ImapStore` / `MailAccount` / `FolderView` are what IMAP sessions work through: folders,
 UIDs, flags and a per-folder index. `MaildirImapStore` implements them on the same
 Maildirs (Maildir++ folders, a SQLite index per folder); another back end would
-implement the same protocols.
+implement the same protocols. `MaildirAccount.folder_status`, `resync` and
+`expunge_before` are what ``sansmail-trio mailbox`` does beside the sessions
+(`FolderStatus`, `Resynced`).
 """
 
 from sansmail.storage.maildir._base import Delivery, MailStore
@@ -25,6 +27,7 @@ from sansmail.storage.maildir._imapaccount import (
     MaildirAccount,
     MaildirImapStore,
 )
+from sansmail.storage.maildir._imapadmin import FolderStatus, Resynced
 from sansmail.storage.maildir._imapbase import (
     SEPARATOR,
     STATUS_ITEMS,
@@ -89,6 +92,7 @@ __all__ += [
     "FolderGoneError",
     "FolderHasChildrenError",
     "FolderInfo",
+    "FolderStatus",
     "FolderView",
     "ImapMessage",
     "ImapStore",
@@ -103,6 +107,7 @@ __all__ += [
     "OverQuotaError",
     "QuotaLimits",
     "ReadOnlyError",
+    "Resynced",
     "SearchData",
     "StoreResult",
     "Structures",

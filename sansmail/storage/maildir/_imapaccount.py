@@ -52,6 +52,13 @@ from typing import Final, TypeVar
 
 from sansmail.mail.address import MailboxId
 from sansmail.storage.durable import fsync_dir, unlink_quietly
+from sansmail.storage.maildir._imapadmin import (
+    FolderStatus,
+    Resynced,
+    expunge_before,
+    folder_status,
+    resync,
+)
 from sansmail.storage.maildir._imapbase import (
     SEPARATOR,
     STATUS_ITEMS,
@@ -143,19 +150,23 @@ class MaildirImapStore(ImapStore):
         self._clock = clock
         self._special_use = dict(special_use)
 
-    def account(self, mailbox: MailboxId) -> MaildirAccount:
-        """Open `mailbox`'s folders (creating its Maildir if delivery has not yet)."""
+    def account(self, mailbox: MailboxId, *, open_inbox: bool = True) -> MaildirAccount:
+        """Open `mailbox`'s folders (creating its Maildir if delivery has not yet);
+        `open_inbox`: see `MaildirAccount`."""
         return MaildirAccount(
             self._paths.maildir(mailbox),
             namer=self._namer,
             clock=self._clock,
             special_use=self._special_use,
             quota=self._quota(mailbox) if self._quota is not None else 0,
+            open_inbox=open_inbox,
         )
 
 
 class MaildirAccount(MailAccount):
-    """One user's folders; see the module docstring."""
+    """One user's folders; see the module docstring. INBOX's index is opened at once
+    (made, or repaired, as needed) unless not `open_inbox`: `resync` wants to read a
+    damaged one before anything replaces it."""
 
     def __init__(
         self,
@@ -165,6 +176,7 @@ class MaildirAccount(MailAccount):
         clock: Callable[[], int] = time.time_ns,
         special_use: Mapping[str, str] = DEFAULT_SPECIAL_USE,
         quota: int = 0,
+        open_inbox: bool = True,
     ) -> None:
         self.root = os.fspath(root)
         #: The storage limit in octets, 0 for none (`_quota`).
@@ -186,7 +198,8 @@ class MaildirAccount(MailAccount):
                 with contextlib.suppress(FolderExistsError):
                     self.create(name)
             self._update_subscriptions(add=[INBOX, *self._special_use])
-        self.index_for(INBOX)
+        if open_inbox:
+            self.index_for(INBOX)
 
     # -- folders ----------------------------------------------------------------------
 
@@ -202,21 +215,25 @@ class MaildirAccount(MailAccount):
                 return index
             index.close()
             del self._indexes[name]
+        index = self._new_index(name)
+        index.open()
+        self._indexes[name] = index
+        return index
+
+    def _new_index(self, name: str) -> FolderIndex:
+        """A `FolderIndex` of existing folder `name`, not opened yet."""
         path = self._dir(name)
         if not os.path.isdir(path):
             raise NoSuchFolderError(f"no folder {name!r}")
         # A folder made by hand may lack a Maildir subdirectory.
         _make_maildir(path, parents=False)
-        index = FolderIndex(
+        return FolderIndex(
             path,
             uidvalidity=self._uidvalidity,
             lock=self._lock,
             clock=self._clock,
             note_uidvalidity=self._note_uidvalidity,
         )
-        index.open()
-        self._indexes[name] = index
-        return index
 
     def _forget(self, name: str, *, inferiors: bool = False) -> None:
         for cached in list(self._indexes):
@@ -366,6 +383,26 @@ class MaildirAccount(MailAccount):
         if unknown:
             raise ValueError(f"unknown STATUS items {sorted(unknown)}")
         return self._retry(name, lambda index: _status(index, items))
+
+    def folder_status(self, name: str) -> FolderStatus:
+        """Folder `name`'s counts, as IMAP STATUS gives them (`_imapadmin`)."""
+        return folder_status(self, normalize(name))
+
+    def resync(self, name: str) -> Resynced:
+        """Check folder `name`'s index against its Maildir, rebuilding it where it must
+        be, keeping every UID it can (`_imapadmin`, as ``doveadm force-resync``)."""
+        name = normalize(name)
+        self._forget(name)
+        index = self._new_index(name)
+        try:
+            return resync(index, name, self._lock)
+        finally:
+            index.close()
+
+    def expunge_before(self, name: str, before: int) -> list[int]:
+        """Expunge folder `name`'s messages whose INTERNALDATE is before `before`
+        (seconds since the epoch), durably; their UIDs (`_imapadmin`)."""
+        return self._retry(normalize(name), lambda index: expunge_before(index, before))
 
     def select(self, name: str, *, readonly: bool = False) -> MaildirFolderView:
         name = normalize(name)

@@ -76,7 +76,10 @@ caches). To tell a lost index from a folder never indexed, each index leaves
 ``sansmail.indexed`` beside it (its UIDVALIDITY, written when it is made): a new index
 made where one is found is a repair, and both kinds are logged at warning level on the
 ``sansmail.repair`` logger, with the UIDVALIDITY before and after; `rebuilt` tells the
-view it happened.
+view it happened. An admin's ``sansmail-trio mailbox resync`` (`_imapadmin`) does better
+with a damaged index whose folder row still reads: it keeps its UIDVALIDITY and every
+UID it can read, through the same ``adopted`` table as Dovecot's (the `seed` of
+`_create`).
 
 Connections. An open SQLite connection costs about 130 KiB (its page cache, schema and
 statements), which an idle IMAP session would hold all day. So a session gives its
@@ -335,7 +338,7 @@ class FolderIndex:
         assert self._conn is not None
         return self._conn
 
-    def _connect(self, *, adopt: bool = True) -> None:
+    def _connect(self, *, adopt: bool = True, seed: Uidlist | None = None) -> None:
         if not os.path.isdir(os.path.join(self.folder, "cur")):
             raise FolderGoneError(f"{self.folder} is gone")
         conn = sqlite3.connect(
@@ -353,7 +356,7 @@ class FolderIndex:
                 conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                self._create(conn, adopt=adopt)
+                self._create(conn, adopt=adopt, seed=seed)
             elif version != SCHEMA_VERSION:
                 migrate(conn, self.db_path)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
@@ -368,12 +371,17 @@ class FolderIndex:
         self._conn = conn
         self._ino = _inode(self.db_path)
 
-    def _create(self, conn: sqlite3.Connection, *, adopt: bool) -> None:
+    def _create(
+        self, conn: sqlite3.Connection, *, adopt: bool, seed: Uidlist | None = None
+    ) -> None:
         """Fill a new, empty index (`adopt`: from Dovecot's uidlist if this is the
-        folder's first); log it when the folder had one before (not for `rebuild`,
+        folder's first; `seed`: from these UIDs, what a resync read from a damaged
+        index, `_imapadmin`); log it when the folder had one before (not for `rebuild`,
         which logs its own line)."""
         lost = _read_marker(self.folder)
-        dovecot = self._dovecot_uidlist() if adopt and lost is None else None
+        dovecot = seed
+        if dovecot is None and adopt and lost is None:
+            dovecot = self._dovecot_uidlist()
         if dovecot is not None:
             self._note_uidvalidity(dovecot.uidvalidity)
             uidvalidity = dovecot.uidvalidity

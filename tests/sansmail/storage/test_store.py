@@ -48,6 +48,7 @@ def test_public_surface() -> None:
             *("MessageReader", "Expunged"),
             *sansmail.storage.maildir._imapbase.__all__,
             *("DEFAULT_SPECIAL_USE", "MaildirAccount", "MaildirFolderView", "MaildirImapStore"),
+            *("FolderStatus", "Resynced"),
             *("decode_mutf7", "encode_mutf7", "folder_dir"),
             *("OverQuotaError", "QuotaLimits", "Usage", "peek_usage", "recalculate_usage"),
         ]
