@@ -41,6 +41,10 @@ Theory of operation:
   (systemd) sees the failure, restarts the whole server, and gives up if that fails too.
 * The runner names itself ``sansmail-queue`` (``ps``, ``top``), as Postfix's processes
   carry their roles.
+* Metrics: every child counts into files of its own under ``<data_dir>/run/metrics``
+  (prometheus-client's multiprocess mode, `_metrics.py`), which the parent empties
+  before the first fork; a scrape in any server process sums them all, the files of
+  children that died included.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from sansmail.config import Config
 from sansmail.storage.keys import SRSKeyError, load_or_create_srs_key
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import configure_logging, get_logger
+from sansmail_trio._metrics import enable_multiprocess
 from sansmail_trio._privileges import PrivilegeError, drop_privileges
 from sansmail_trio._queue import pipe_waker
 from sansmail_trio._serve import bind_listeners, serve, serve_queue
@@ -103,6 +108,9 @@ def _run_processes(config: Config) -> int:
         load_or_create_srs_key(config.data_dir / "srs.key")
         # Root's work ends here: nothing after this line runs as root (_privileges.py).
         drop_privileges(config)
+        # Before any child counts: the metrics of every process, summed at a scrape, in
+        # files of the server's user, emptied at every start (_metrics.py).
+        enable_multiprocess(config.data_dir / "run" / "metrics")
     except (OSError, TLSConfigError, SRSKeyError, PrivilegeError) as exc:
         log.error("cannot start: %s", exc)
         return 1

@@ -1,0 +1,169 @@
+"""The metrics of one process (`sansmail_trio._metrics`), read back through
+prometheus-client's own text parser: what the hooks count, under which labels, and the
+live gauges (open connections, the queue's size and oldest message)."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.sessions.smtpd import REASONS, reason_of
+from sansmail.storage.queue import QueueStore
+from sansmail_trio._counts import Family, SharedCounts
+from sansmail_trio._metrics import Metrics
+
+
+def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a scrape: (name, labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            found[sample.name, frozenset(sample.labels.items())] = sample.value
+    return found
+
+
+def value(text: bytes, name: str, **labels: str) -> float:
+    return samples(text).get((name, frozenset(labels.items())), 0.0)
+
+
+def queue_message(queue: QueueStore, arrival: float) -> str:
+    queue_id = queue.new_id()
+    writer = queue.begin(queue_id)
+    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    envelope = QueuedMessage(
+        queue_id=queue_id,
+        sender="a@example.org",
+        arrival=arrival,
+        size=writer.size,
+        recipients=(QueuedRecipient(address="b@example.net"),),
+    )
+    writer.commit(envelope)
+    return queue_id
+
+
+def test_connections_sessions_and_refusals_per_listener() -> None:
+    metrics = Metrics()
+    smtp, imaps = metrics.probe("smtp"), metrics.probe("imaps")
+    smtp.accepted(None)
+    smtp.accepted(None)
+    smtp.accepted("too_many_connections")
+    imaps.accepted(None)
+    text = metrics.scrape()
+    assert value(text, "sansmail_connections_total", service="smtp") == 3
+    assert value(text, "sansmail_sessions_total", service="smtp") == 2
+    assert value(text, "sansmail_sessions_total", service="imaps") == 1
+    refused = {"service": "smtp", "reason": "too_many_connections"}
+    assert value(text, "sansmail_connections_refused_total", **refused) == 1
+
+
+def test_tls_versions_and_logins() -> None:
+    metrics = Metrics()
+    probe = metrics.probe("submission")
+    probe.tls("TLSv1.3")
+    probe.tls("TLSv1.3")
+    probe.tls("SSLv2-from-the-future")  # never a label value of its own
+    probe.auth("plain", success=True)
+    probe.auth("PLAIN", success=False)
+    probe.auth("X-MADE-UP", success=False)
+    text = metrics.scrape()
+    tls = "sansmail_tls_handshakes_total"
+    assert value(text, tls, service="submission", version="TLSv1.3") == 2
+    assert value(text, tls, service="submission", version="other") == 1
+    auth = "sansmail_auth_total"
+    assert value(text, auth, service="submission", mechanism="PLAIN", result="success") == 1
+    assert value(text, auth, service="submission", mechanism="PLAIN", result="failure") == 1
+    assert value(text, auth, service="submission", mechanism="other", result="failure") == 1
+
+
+def test_smtp_observer_counts_messages_refusals_and_verdicts() -> None:
+    metrics = Metrics()
+    observer = metrics.smtp("smtp")
+    observer.stored(local=2, arrival=time.time() - 0.2)
+    observer.stored(local=0, arrival=time.time())  # queued only: nothing delivered yet
+    observer.rejected(stage="rcpt", reason="relay_denied", code=554)
+    observer.rejected(stage="rcpt", reason="greylist", code=450)
+    observer.rejected(stage="rcpt", reason="greylist", code=450)
+    observer.verdict("spf", "pass")
+    text = metrics.scrape()
+    assert value(text, "sansmail_messages_received_total", service="smtp") == 2
+    assert value(text, "sansmail_deliveries_total", kind="local", status="delivered") == 2
+    latency = "sansmail_delivery_latency_seconds"
+    assert value(text, latency + "_count", kind="local") == 2
+    # Both copies waited about 0.2 s: under the 0.25 s bucket's bound, not the 0.1 s one.
+    assert value(text, latency + "_bucket", kind="local", le="0.1") == 0
+    assert value(text, latency + "_bucket", kind="local", le="2.5") == 2
+    rejections = "sansmail_smtp_rejections_total"
+    assert value(text, rejections, stage="rcpt", reason="relay_denied", status="5xx") == 1
+    assert value(text, rejections, stage="rcpt", reason="greylist", status="4xx") == 2
+    assert value(text, "sansmail_antispam_verdicts_total", check="spf", result="pass") == 1
+
+
+def test_deliveries_and_store_latency() -> None:
+    metrics = Metrics()
+    arrival = time.time() - 30
+    metrics.delivered("relay", "sent", 1, arrival)
+    metrics.delivered("relay", "deferred", 2, arrival)
+    metrics.delivered("relay", "bounced", 1, arrival)
+    metrics.commit_took(0.002)
+    metrics.stored_locally(0.3)
+    text = metrics.scrape()
+    deliveries = "sansmail_deliveries_total"
+    assert value(text, deliveries, kind="relay", status="delivered") == 1
+    assert value(text, deliveries, kind="relay", status="deferred") == 2
+    assert value(text, deliveries, kind="relay", status="bounced") == 1
+    # A deferral is no final status: only the delivered and the bounced copies.
+    latency = "sansmail_delivery_latency_seconds"
+    assert value(text, latency + "_count", kind="relay") == 2
+    assert value(text, latency + "_bucket", kind="relay", le="10.0") == 0
+    assert value(text, latency + "_bucket", kind="relay", le="60.0") == 2
+    store = "sansmail_store_latency_seconds_count"
+    assert value(text, store, operation="smtp_commit") == 1
+    assert value(text, store, operation="local_delivery") == 1
+
+
+def test_each_metrics_object_counts_alone() -> None:
+    # Two in-process servers (or two tests) must not see each other's counts.
+    first, second = Metrics(), Metrics()
+    first.probe("smtp").accepted(None)
+    assert value(first.scrape(), "sansmail_connections_total", service="smtp") == 1
+    assert value(second.scrape(), "sansmail_connections_total", service="smtp") == 0
+
+
+def test_live_gauges_read_the_shared_counts_and_the_queue(tmp_path: pathlib.Path) -> None:
+    counts = SharedCounts.create(2)
+    queue = QueueStore(tmp_path / "queue")
+    metrics = Metrics(counts, queue)
+    text = metrics.scrape()
+    assert value(text, "sansmail_queue_messages") == 0
+    assert value(text, "sansmail_queue_oldest_age_seconds") == 0
+    assert value(text, "sansmail_open_connections", family="smtp") == 0
+
+    # Two processes' rows: the gauge is their sum.
+    counts.opened(Family.SMTP, "192.0.2.1")
+    counts.for_process(1).opened(Family.SMTP, "192.0.2.2")
+    counts.for_process(1).opened(Family.IMAP, "192.0.2.2")
+    now = time.time()
+    old = queue_message(queue, now - 3600)
+    queue_message(queue, now - 60)
+    text = metrics.scrape()
+    assert value(text, "sansmail_open_connections", family="smtp") == 2
+    assert value(text, "sansmail_open_connections", family="imap") == 1
+    assert value(text, "sansmail_open_connections", family="pop3") == 0
+    assert value(text, "sansmail_queue_messages") == 2
+    assert 3600 <= value(text, "sansmail_queue_oldest_age_seconds") < 3600 + 60
+
+    # The oldest one delivered: the next oldest sets the age.
+    queue.delete(old)
+    text = metrics.scrape()
+    assert value(text, "sansmail_queue_messages") == 1
+    assert 60 <= value(text, "sansmail_queue_oldest_age_seconds") < 120
+
+
+def test_refusal_reasons_stay_in_the_closed_set() -> None:
+    for source in ("spf", "dnsbl", "reverse_dns", "greylist", "anvil", "antispam"):
+        assert reason_of(source) in REASONS
+    assert reason_of("milter inet:127.0.0.1:8891 (timeout)") == "milter"
+    assert reason_of("something new") == "other"
