@@ -40,9 +40,11 @@ from collections.abc import Callable
 import h11
 import trio
 
+from sansmail.config import Config
 from sansmail.mail import mtasts
 from sansmail.mail.dnsquery import DnsQuery
 from sansmail_trio._dns import DNSError, Resolver
+from sansmail_trio._smtp_client import client_tls_context
 
 __all__ = ["RETRY_FAILED", "TIMEOUT", "FetchError", "MtaSts", "fetch_policy"]
 
@@ -169,6 +171,18 @@ class MtaSts:
         self._memory: dict[str, mtasts.Cached | None] = {}
         self._failed: dict[str, tuple[str, float]] = {}
         self._locks: dict[str, trio.Lock] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, resolver: Resolver) -> MtaSts:
+        """The policies of the server `config` describes: its cache under ``data_dir``,
+        the policy hosts' certificates checked against ``[delivery] tls_ca_file``."""
+        delivery = config.delivery
+        return cls(
+            config.data_dir / "mta-sts",
+            resolver=resolver,
+            context=client_tls_context(verify=True, cafile=delivery.tls_ca_file),
+            port=delivery.mta_sts_port,
+        )
 
     async def policy(self, domain: str) -> mtasts.Policy | None:
         """The policy mail to `domain` is delivered under now; None: no MTA-STS."""

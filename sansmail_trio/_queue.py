@@ -82,6 +82,7 @@ from sansmail.mail.delivery import (
     Done,
     LogLine,
     LookupMX,
+    LookupPolicy,
 )
 from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.outbound import ClientTimeouts
@@ -96,6 +97,7 @@ from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._metrics import Metrics
+from sansmail_trio._mtasts import MtaSts
 from sansmail_trio._smtp_client import SMTPClient
 
 __all__ = [
@@ -255,6 +257,8 @@ class QueueRunner:
         self._client = SMTPClient(
             hostname=config.hostname, delivery=config.delivery, timeouts=timeouts
         )
+        #: MTA-STS policies (RFC 8461) of the domains delivered to their MX hosts.
+        self.mta_sts = MtaSts.from_config(config, resolver)
 
     # -- control -------------------------------------------------------------------
 
@@ -465,6 +469,8 @@ class QueueRunner:
                 try:
                     if isinstance(step, LookupMX):
                         plan.mx_found(await self.resolver.mx(step.domain))
+                    elif isinstance(step, LookupPolicy):
+                        plan.policy_found(await self.mta_sts.policy(step.domain))
                     else:
                         plan.addresses_found(await self.resolver.addresses(step.host))
                 except DNSError as exc:

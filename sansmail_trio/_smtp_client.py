@@ -29,6 +29,16 @@ sending end of data -- message may be sent more than once" (RFC 1047's window).
 A failed TLS handshake reads "Cannot start TLS: handshake failure (OpenSSL's reason)"
 or "... server certificate not verified (...)".
 
+MTA-STS (RFC 8461) is decided by the walk (`sansmail.mail.delivery`): under a policy in
+enforce mode its `Connect` steps are at level ``verify``. In testing mode (`Connect.
+mta_sts`) the client delivers as it would without a policy and logs what enforce would
+have refused: an MX host the policy does not list, no TLS, or a certificate not valid
+for the MX name. For the last, a connection whose level checks no certificate is first
+made checking it; when that handshake fails, the warning is logged and the delivery
+made again at once as the level says. The log lines go to the queue's log and read
+``MTA-STS policy of example.com (testing): mx.example.com[192.0.2.1]:25 would be
+refused in enforce mode: ...``.
+
 A connection is the server's `PlainStream` (`_wire`): the connected socket in
 non-blocking mode, written and read with the system call first and a wait only when the
 kernel says EAGAIN. Trio's `SocketStream` wraps each call in context managers and yields
@@ -39,6 +49,7 @@ top of it as on any `trio.abc.Stream`.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -84,6 +95,7 @@ DEADLINE_SLACK = 1.0
 #: Octets asked of one read: replies are small, and the few that are not (EHLO) come
 #: whole within this.
 RECEIVE_SIZE = 65536
+_log = logging.getLogger("sansmail.queue")
 _ERRNO_TEXT = re.compile(r"\[Errno \d+\] (.+)")
 
 
@@ -135,7 +147,7 @@ class SMTPClient:
         self._tls = client_tls_context(verify=False, cafile=None)
         self._tls_verify = (
             client_tls_context(verify=True, cafile=delivery.tls_ca_file)
-            if delivery.tls == "verify"
+            if delivery.tls == "verify" or delivery.mta_sts
             else None
         )
         self._username = delivery.relayhost_username
@@ -145,6 +157,25 @@ class SMTPClient:
 
     async def deliver(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
         """Deliver `message` as `step` says, in one transaction, and say how it ended."""
+        check = step.mta_sts
+        if check is None or check.mode != "testing":
+            return await self._deliver(message, step)
+        if not check.listed:
+            _would_refuse(step, "the policy does not list the MX host")
+        elif step.verify_name is None and step.tls != "none":
+            # What enforce would check: a certificate valid for the MX name.
+            ended = await self._deliver(message, attrs.evolve(step, verify_name=step.host))
+            if ended.tls_failure != "handshake":
+                if ended.outcomes is not None and ended.tls is None:
+                    _would_refuse(step, "TLS is not offered")
+                return ended
+            _would_refuse(step, ended.reason)
+        ended = await self._deliver(message, step)
+        if check.listed and ended.outcomes is not None and ended.tls is None:
+            _would_refuse(step, "TLS is not offered" if step.tls != "none" else "TLS not used")
+        return ended
+
+    async def _deliver(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
         ended = await self._talk(message, step)
         # Cached connections found dead are replaced at once; the cache is finite, and a
         # fresh connection never asks for another.
@@ -329,6 +360,17 @@ class SMTPClient:
                 return
             except RemoteProtocolError:
                 return
+
+
+def _would_refuse(step: Connect, why: str) -> None:
+    check = step.mta_sts
+    assert check is not None
+    _log.warning(
+        "MTA-STS policy of %s (testing): %s would be refused in enforce mode: %s",
+        check.domain,
+        step.relay,
+        why,
+    )
 
 
 def _move_deadline(scope: trio.CancelScope, timeout: float) -> None:

@@ -64,6 +64,19 @@ The first column is `sansmail.mail.outbound.OutboundSession`'s (it fails the ses
 under encrypt and verify); the other two are `Connect.tls`, `Connect.verify_name` and
 `handshake_failed`.
 
+MTA-STS (RFC 8461, ``[delivery] mta_sts``). For a domain delivered to its MX hosts (not
+through a transport entry or the relayhost: the operator chose those hops), after the MX
+lookup the walk asks for the domain's policy (`LookupPolicy`; the runner's cache
+answers, ``sansmail.mail.mtasts`` says how). Under a policy in ``enforce`` mode, MX
+hosts the policy does not list are skipped (§4.1), and every connection is at level
+``verify`` for the MX name (§4.2: STARTTLS and a certificate valid for it), whatever
+``[delivery] tls`` says. A walk that ends without a verdict because of that defers
+with 4.7.4 (TLS not offered) or 4.7.5 (no listed MX host, or a failed handshake or
+certificate), "MTA-STS" in the reason; a later attempt tries again, after asking for
+the policy again (§5.1: a new policy may allow it). In ``testing`` mode the walk goes as
+without a policy, and `Connect.mta_sts` lets the connection say in the log what enforce
+would have refused. No policy, or ``none`` mode: as without MTA-STS.
+
 A conversation ends in a `Conversation`: a verdict, or none and why. A connection the
 runner reused from its cache that fails before any verdict says nothing about the
 destination (it may simply have been closed by the server while idle): it asks for a
@@ -95,7 +108,7 @@ from typing import Final, Literal
 import attrs
 
 from sansmail.config import DeliveryConfig, OutboundTLS
-from sansmail.mail import outbound, srs
+from sansmail.mail import mtasts, outbound, srs
 from sansmail.mail.attempt import Outcome
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.mail.logtext import printable
@@ -114,6 +127,8 @@ __all__ = [
     "LogLine",
     "LookupAddresses",
     "LookupMX",
+    "LookupPolicy",
+    "MtaStsCheck",
     "RemoteDelivery",
     "Step",
     "connect_failed",
@@ -306,12 +321,15 @@ class Conversation:
     """How the conversation with one address ended: the verdicts (`outcomes`), or none
     and why (`reason`). `again` asks for a second try of the same address: "plaintext"
     (opportunistic TLS whose handshake failed) or "fresh" (a reused connection had died;
-    that is the runner's cache, not the destination)."""
+    that is the runner's cache, not the destination). `tls_failure` says the reason was
+    TLS's: "not-offered" (no STARTTLS, or it was refused) or "handshake" (which
+    includes a certificate not verified)."""
 
     outcomes: Mapping[str, Outcome] | None = None
     reason: str = ""
     tls: str | None = None
     again: Literal["plaintext", "fresh"] | None = None
+    tls_failure: Literal["not-offered", "handshake"] | None = None
 
 
 def delivered(done: outbound.MessageDone, *, host: str, tls: str | None) -> Conversation:
@@ -330,7 +348,9 @@ def handshake_failed(why: str, *, level: OutboundTLS, authenticate: bool = False
     levels try the next address. Not when we would AUTH there (Postfix: not with SASL
     credentials): a relay that wants them will not relay for a plaintext stranger."""
     plaintext = level == "may" and not authenticate
-    return Conversation(reason=why, again="plaintext" if plaintext else None)
+    return Conversation(
+        reason=why, again="plaintext" if plaintext else None, tls_failure="handshake"
+    )
 
 
 def session_failed(failed: outbound.SessionFailed, *, host: str, reused: bool) -> Conversation:
@@ -341,9 +361,10 @@ def session_failed(failed: outbound.SessionFailed, *, host: str, reused: bool) -
     in_window = failed.stage == "end-of-data" and failed.reply is None
     if reused and not in_window:
         return Conversation(reason="cached connection failed", again="fresh")
+    tls: Literal["not-offered"] | None = "not-offered" if failed.stage == "starttls" else None
     if failed.reply is None:
-        return Conversation(reason=failed.reason)
-    return Conversation(reason=f"{host} said: {reply_text(failed.reply)}")
+        return Conversation(reason=failed.reason, tls_failure=tls)
+    return Conversation(reason=f"{host} said: {reply_text(failed.reply)}", tls_failure=tls)
 
 
 def connection_closed(*, reused: bool) -> Conversation:
@@ -379,11 +400,30 @@ class LookupAddresses:
     host: str
 
 
+@attrs.frozen
+class LookupPolicy:
+    """Find the MTA-STS policy mail to `domain` goes under (None: none); answer
+    `policy_found`."""
+
+    domain: str
+
+
+@attrs.frozen(kw_only=True)
+class MtaStsCheck:
+    """The MTA-STS policy a `Connect` is made under: `domain`'s, in `mode`; `listed`:
+    whether the policy names the host (in enforce mode, always)."""
+
+    domain: str
+    mode: Literal["enforce", "testing"]
+    listed: bool
+
+
 @attrs.frozen(kw_only=True)
 class Connect:
     """Deliver `RemoteDelivery.message` to `ip`:`port` (the host `host`) at TLS level
     `tls`; answer `conversation_ended`. With `verify_name`, the certificate must be valid
-    for that name; `authenticate`: AUTH with the relayhost's credentials."""
+    for that name; `authenticate`: AUTH with the relayhost's credentials. `mta_sts`: the
+    policy in force (in testing mode, the connection logs what enforce would refuse)."""
 
     host: str
     ip: str
@@ -391,6 +431,7 @@ class Connect:
     tls: OutboundTLS
     verify_name: str | None
     authenticate: bool
+    mta_sts: MtaStsCheck | None = None
 
     @property
     def relay(self) -> str:
@@ -410,7 +451,7 @@ class Done:
         return self.results[0]
 
 
-Step = LookupMX | LookupAddresses | Connect | Done
+Step = LookupMX | LookupPolicy | LookupAddresses | Connect | Done
 
 
 @attrs.frozen
@@ -424,12 +465,17 @@ class _AddressesFound:
 
 
 @attrs.frozen
+class _PolicyFound:
+    policy: mtasts.Policy | None
+
+
+@attrs.frozen
 class _Failed:
     reason: str
     permanent: bool
 
 
-_Answer = _MXFound | _AddressesFound | _Failed | Conversation
+_Answer = _MXFound | _PolicyFound | _AddressesFound | _Failed | Conversation
 
 
 class RemoteDelivery:
@@ -483,6 +529,11 @@ class RemoteDelivery:
     def mx_found(self, records: Iterable[MXRecord]) -> None:
         """The MX records of `LookupMX.domain` (none: it has no MX)."""
         self._answer(LookupMX, _MXFound(tuple(records)))
+
+    def policy_found(self, policy: mtasts.Policy | None) -> None:
+        """The MTA-STS policy of `LookupPolicy.domain`: None when it has none (or none
+        could be had: then delivery goes on as without MTA-STS, RFC 8461 §5)."""
+        self._answer(LookupPolicy, _PolicyFound(policy))
 
     def addresses_found(self, addresses: Iterable[str]) -> None:
         """The addresses of `LookupAddresses.host`, in the order to try them."""
@@ -554,20 +605,45 @@ class RemoteDelivery:
                 return
         port = delivery.smtp_port if route.kind in ("mx", "literal") else route.port
         last = "no host to deliver to"
+        last_dsn = "4.4.1"
+        policy = None
+        if route.kind == "mx" and delivery.mta_sts:
+            found = yield LookupPolicy(route.host)
+            assert isinstance(found, _PolicyFound)
+            policy = found.policy
+        enforce = policy is not None and policy.mode == "enforce"
+        if policy is not None and enforce:
+            listed = [host for host in hosts if policy.allows(host)]
+            if not listed:
+                last = (
+                    f"MTA-STS policy of {route.host} (enforce): no MX host is listed "
+                    f"({', '.join(hosts)} not in {', '.join(policy.mx)})"
+                )
+                last_dsn = "4.7.5"
+            hosts = listed
         for host in hosts:
             answer = yield LookupAddresses(host)
             if isinstance(answer, _Failed):
-                last = answer.reason
+                last, last_dsn = answer.reason, "4.4.1"
                 continue
             assert isinstance(answer, _AddressesFound)
+            check = None
+            if policy is not None and policy.mode != "none":
+                check = MtaStsCheck(
+                    domain=route.host,
+                    mode="enforce" if enforce else "testing",
+                    listed=policy.allows(host),
+                )
             for ip in answer.addresses:
                 connect = Connect(
                     host=host,
                     ip=ip,
                     port=port,
-                    tls=delivery.tls,
-                    verify_name=host if delivery.tls == "verify" else None,
+                    # RFC 8461 §4.2: STARTTLS, and a certificate valid for the MX name.
+                    tls="verify" if enforce else delivery.tls,
+                    verify_name=host if enforce or delivery.tls == "verify" else None,
                     authenticate=route.kind == "relayhost",
+                    mta_sts=check,
                 )
                 while unsettled:
                     self.index = unsettled[0]
@@ -580,6 +656,10 @@ class RemoteDelivery:
                         assert isinstance(ended, Conversation)
                     if ended.outcomes is None:
                         last = f"{connect.relay}: {ended.reason}"
+                        last_dsn = "4.4.1"
+                        if enforce and ended.tls_failure is not None:
+                            last = f"MTA-STS policy of {route.host} (enforce): {last}"
+                            last_dsn = "4.7.4" if ended.tls_failure == "not-offered" else "4.7.5"
                         break  # this address is done for the whole batch
                     result = DomainResult(
                         outcomes=ended.outcomes, relay=connect.relay, tls=ended.tls
@@ -587,7 +667,7 @@ class RemoteDelivery:
                     self._settle(unsettled.pop(0), result)
                 if not unsettled:
                     return
-        self._everyone(unsettled, Outcome(status="deferred", reason=last, dsn="4.4.1"))
+        self._everyone(unsettled, Outcome(status="deferred", reason=last, dsn=last_dsn))
 
 
 # -- the log ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import sansmail.mail.delivery
 from sansmail.config import DeliveryConfig, NextHop
-from sansmail.mail import outbound
+from sansmail.mail import mtasts, outbound
 from sansmail.mail.attempt import Outcome
 from sansmail.mail.delivery import (
     HOP_LIMIT,
@@ -26,6 +26,8 @@ from sansmail.mail.delivery import (
     LogLine,
     LookupAddresses,
     LookupMX,
+    LookupPolicy,
+    MtaStsCheck,
     RemoteDelivery,
     connect_failed,
     connection_closed,
@@ -63,7 +65,8 @@ def keep(hosts: list[str]) -> None:
 
 
 def plan(domain: str = "far.test", **delivery: object) -> RemoteDelivery:
-    config = DeliveryConfig(**delivery)  # type: ignore[arg-type]
+    # MTA-STS off unless a test says: its step has tests of its own below.
+    config = DeliveryConfig(**{"mta_sts": False, **delivery})  # type: ignore[arg-type]
     return RemoteDelivery(
         MESSAGE, domain, delivery=config, hostname="mx.example.test", shuffle=keep
     )
@@ -90,6 +93,7 @@ def test_public_names_are_pinned() -> None:
         [
             *("HOP_LIMIT", "STORED", "TIMED_OUT", "Connect", "Conversation", "Destination"),
             *("Done", "DomainResult", "LogLine", "LookupAddresses", "LookupMX"),
+            *("LookupPolicy", "MtaStsCheck"),
             *("RemoteDelivery", "Step", "connect_failed", "connection_closed"),
             *("connection_lost", "delivered", "destinations", "disposition", "dns_failure"),
             *("forwarded", "forwarding_loop", "handshake_failed", "outbound_message", "own_sender"),
@@ -308,7 +312,9 @@ def test_a_reused_connection_lost_after_the_final_dot_is_not_retried_at_once() -
 
 def test_no_plaintext_fallback_where_we_would_authenticate() -> None:
     ended = handshake_failed("Cannot start TLS: handshake failure", level="may", authenticate=True)
-    assert ended == Conversation(reason="Cannot start TLS: handshake failure")
+    assert ended == Conversation(
+        reason="Cannot start TLS: handshake failure", tls_failure="handshake"
+    )
 
 
 @pytest.mark.parametrize(
@@ -316,7 +322,11 @@ def test_no_plaintext_fallback_where_we_would_authenticate() -> None:
 )
 def test_handshake_failure_falls_back_to_plaintext_only_at_may(level: str, again: str) -> None:
     ended = handshake_failed("TLS handshake failed: WRONG_VERSION", level=level)  # type: ignore[arg-type]
-    assert ended == Conversation(reason="TLS handshake failed: WRONG_VERSION", again=again)  # type: ignore[arg-type]
+    assert ended == Conversation(
+        reason="TLS handshake failed: WRONG_VERSION",
+        again=again,  # type: ignore[arg-type]
+        tls_failure="handshake",
+    )
 
 
 # -- the walk over the next hops ----------------------------------------------------------
@@ -358,7 +368,7 @@ def test_no_mx_means_the_domain_itself() -> None:
 
 
 def test_equal_preferences_go_through_shuffle() -> None:
-    config = DeliveryConfig()
+    config = DeliveryConfig(mta_sts=False)
     walk = RemoteDelivery(
         MESSAGE, "far.test", delivery=config, hostname="me.test", shuffle=lambda h: h.reverse()
     )
@@ -408,6 +418,117 @@ def test_mx_lookup_failure_ends_the_walk(permanent: bool, status: str, dsn: str)
     assert result.relay == "none"
     assert {o.status for o in result.outcomes.values()} == {status}
     assert {o.dsn for o in result.outcomes.values()} == {dsn}
+
+
+# -- MTA-STS (RFC 8461) --------------------------------------------------------------------
+
+ENFORCE = mtasts.Policy(mode="enforce", mx=("mx1.far.test", "*.backup.test"), max_age=86400)
+
+
+def sts_walk(policy: mtasts.Policy | None, hosts: list[str], **delivery: object) -> RemoteDelivery:
+    """A walk with MTA-STS on, past the MX lookup (`hosts` by preference) and the
+    policy lookup that follows it."""
+    walk = plan(mta_sts=True, **delivery)
+    assert walk.next_step() == LookupMX("far.test")
+    walk.mx_found([MXRecord(10 * n, host) for n, host in enumerate(hosts, 1)])
+    assert walk.next_step() == LookupPolicy("far.test")
+    walk.policy_found(policy)
+    return walk
+
+
+def test_enforce_skips_unlisted_mx_hosts_and_verifies_the_listed_ones() -> None:
+    walk = sts_walk(ENFORCE, ["mx0.far.test", "mx1.far.test", "a.backup.test"])
+    assert walk.next_step() == LookupAddresses("mx1.far.test")  # mx0 is not listed
+    walk.addresses_found(["192.0.2.1"])
+    assert walk.next_step() == Connect(
+        host="mx1.far.test",
+        ip="192.0.2.1",
+        port=25,
+        tls="verify",  # whatever [delivery] tls says
+        verify_name="mx1.far.test",
+        authenticate=False,
+        mta_sts=MtaStsCheck(domain="far.test", mode="enforce", listed=True),
+    )
+    walk.conversation_ended(connect_failed("Connection refused"))
+    assert walk.next_step() == LookupAddresses("a.backup.test")  # one label for the "*"
+
+
+@pytest.mark.parametrize(
+    ("ending", "dsn", "words"),
+    [
+        (handshake_failed("Cannot start TLS: server certificate not verified", level="verify"),
+         "4.7.5", "certificate not verified"),
+        (session_failed(
+            outbound.SessionFailed(
+                reply=None, reason="TLS required but not offered", permanent=False,
+                stage="starttls",
+            ), host="mx1.far.test", reused=False),
+         "4.7.4", "TLS required but not offered"),
+    ],
+)  # fmt: skip
+def test_enforce_defers_with_mta_sts_in_the_reason_when_tls_fails(
+    ending: Conversation, dsn: str, words: str
+) -> None:
+    walk = sts_walk(ENFORCE, ["mx1.far.test"])
+    walk.addresses_found(["192.0.2.1"])
+    walk.conversation_ended(ending)
+    outcome = result_of(walk).outcomes[BOB]
+    assert (outcome.status, outcome.dsn) == ("deferred", dsn)
+    assert outcome.reason.startswith("MTA-STS policy of far.test (enforce): mx1.far.test[")
+    assert words in outcome.reason
+
+
+def test_enforce_without_a_listed_mx_host_defers_without_connecting() -> None:
+    walk = sts_walk(ENFORCE, ["mx.elsewhere.test", "backup.test"])
+    outcome = result_of(walk).outcomes[BOB]
+    assert (outcome.status, outcome.dsn) == ("deferred", "4.7.5")
+    assert "MTA-STS" in outcome.reason
+    assert "mx.elsewhere.test, backup.test not in" in outcome.reason
+
+
+def test_enforce_failure_that_is_not_tls_defers_as_ever() -> None:
+    walk = sts_walk(ENFORCE, ["mx1.far.test"])
+    walk.addresses_found(["192.0.2.1"])
+    walk.conversation_ended(connect_failed("Connection refused"))
+    outcome = result_of(walk).outcomes[BOB]
+    assert outcome.dsn == "4.4.1"
+    assert "MTA-STS" not in outcome.reason
+
+
+def test_testing_mode_connects_as_configured_and_marks_the_policy() -> None:
+    testing = attrs.evolve(ENFORCE, mode="testing")
+    walk = sts_walk(testing, ["mx0.far.test", "mx1.far.test"])
+    assert walk.next_step() == LookupAddresses("mx0.far.test")  # not skipped
+    walk.addresses_found(["192.0.2.1"])
+    step = walk.next_step()
+    assert isinstance(step, Connect)
+    assert (step.tls, step.verify_name) == ("may", None)
+    assert step.mta_sts == MtaStsCheck(domain="far.test", mode="testing", listed=False)
+
+
+@pytest.mark.parametrize("policy", [None, mtasts.Policy(mode="none", max_age=60)])
+def test_no_policy_or_none_mode_is_as_without_mta_sts(policy: mtasts.Policy | None) -> None:
+    walk = sts_walk(policy, ["mx0.far.test"])
+    walk.addresses_found(["192.0.2.1"])
+    step = walk.next_step()
+    assert isinstance(step, Connect)
+    assert (step.tls, step.verify_name, step.mta_sts) == ("may", None, None)
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        {"relayhost": NextHop(host="relay.test", mx_lookup=True)},
+        {"transport": {"far.test": NextHop(host="hub.test", mx_lookup=True)}},
+        {"mta_sts": False},
+    ],
+)
+def test_no_policy_lookup_for_relayhost_transport_or_when_off(delivery: dict[str, object]) -> None:
+    walk = plan(**{"mta_sts": True, **delivery})
+    step = walk.next_step()
+    assert isinstance(step, LookupMX)
+    walk.mx_found([MXRecord(10, "mx1.far.test")])
+    assert isinstance(walk.next_step(), LookupAddresses)
 
 
 def test_null_mx_bounces_at_once() -> None:
@@ -500,7 +621,7 @@ def batch(count: int = 3, **delivery: object) -> RemoteDelivery:
         )
         for n in range(count)
     ]
-    config = DeliveryConfig(**delivery)  # type: ignore[arg-type]
+    config = DeliveryConfig(**{"mta_sts": False, **delivery})  # type: ignore[arg-type]
     return RemoteDelivery(
         messages, "far.test", delivery=config, hostname="mx.example.test", shuffle=keep
     )

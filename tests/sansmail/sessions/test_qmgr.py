@@ -24,6 +24,7 @@ from sansmail.mail.delivery import (
     Done,
     LogLine,
     LookupMX,
+    LookupPolicy,
     connect_failed,
 )
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
@@ -635,6 +636,8 @@ def drive(attempt: Attempt, destination: Destination) -> DomainResult:
             return step.result
         if isinstance(step, LookupMX):
             plan.mx_found([MXRecord(10, "mx.far.test")])
+        elif isinstance(step, LookupPolicy):
+            plan.policy_found(None)  # far.test publishes no MTA-STS policy
         elif isinstance(step, Connect):
             plan.conversation_ended(connect_failed("refused"))
         else:
