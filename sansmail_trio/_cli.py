@@ -63,6 +63,7 @@ from sansmail.storage.sieve import (
     valid_script_name,
 )
 from sansmail.storage.users import UserError, UserStore
+from sansmail_trio import _cli_mailbox
 from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
 
@@ -542,18 +543,7 @@ def _build_parser() -> argparse.ArgumentParser:
     kick = not_built(commands, "kick", "end a user's sessions")
     kick.add_argument("user", metavar="USER", help="the user's address")
 
-    mailbox = group("mailbox", f"look at and repair users' mailboxes ({_NOT_BUILT})")
-    for action, summary in (
-        ("list", "list a user's folders"),
-        ("status", "messages, unseen and size of a user's folders"),
-        ("resync", "rebuild a folder's index from its Maildir"),
-        ("expunge", "delete a folder's messages, those before --before DATE"),
-    ):
-        sub = not_built(mailbox, action, summary, parent="mailbox")
-        sub.add_argument("user", metavar="USER", help="the user's address")
-        sub.add_argument("folder", metavar="FOLDER", nargs="?", help="one folder (default: all)")
-        sub.add_argument("--before", metavar="DATE", help="only messages received before DATE")
-        sub.add_argument("--json", action="store_true", help="JSON output")
+    _cli_mailbox.add_commands(command, group)
 
     storage = group("storage", f"move mail between storage backends ({_NOT_BUILT})")
     for action, summary in (
