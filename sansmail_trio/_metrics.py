@@ -42,7 +42,9 @@ import pathlib
 import threading
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -50,8 +52,11 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sansmail import sasl
-from sansmail.storage.queue import QueueStore
+from sansmail.storage.queue import CorruptEnvelopeError, QueueStore, UnknownQueueIdError
 from sansmail_trio._counts import Family, SharedCounts
+
+if TYPE_CHECKING:
+    from sansmail_trio._http import Request, Response
 
 __all__ = [
     "CONTENT_TYPE",
@@ -222,6 +227,14 @@ class Metrics:
         scrape."""
         return generate_latest(self.registry)
 
+    async def handle_scrape(self, request: Request) -> Response:
+        """``GET /metrics`` on the ``metrics`` listener (`_http.HTTPService`)."""
+        # Here, not at the top: _http imports _tls, which counts with this module's PROBE.
+        from sansmail_trio._http import Response  # noqa: PLC0415
+
+        body = await trio.to_thread.run_sync(self.scrape)
+        return Response(status=200, body=body, content_type=CONTENT_TYPE)
+
     # -- what the adapters call -----------------------------------------------------------
 
     def probe(self, service: str) -> Probe:
@@ -369,7 +382,10 @@ class LiveCollector(Collector):
             for gone in arrivals.keys() - ids:
                 del arrivals[gone]
             for queue_id in itertools.islice(ids - arrivals.keys(), QUEUE_READS):
-                with contextlib.suppress(Exception):  # being written, or just removed
+                # Being written, just removed, or unreadable (`QueueStore.list` skips it too).
+                with contextlib.suppress(
+                    UnknownQueueIdError, CorruptEnvelopeError, ValueError, OSError
+                ):
                     arrivals[queue_id] = self._queue.load(queue_id).arrival
             known = [arrivals[i] for i in ids if i in arrivals]
             return len(ids), max(0.0, now - min(known)) if known else 0.0
