@@ -25,6 +25,9 @@ Theory of operation:
   Once a second a housekeeping task re-reads, in a worker thread, what changed without
   a lookup noticing yet and what was edited by hand, and reloads the TLS certificate
   when `reload` asked for it.
+* Every process answers `sansmail-trio who`, `kick` and `status` on a control socket
+  of its own under ``<data_dir>/run/`` (`_control.py`), from the registry of its live
+  sessions (`_Connections.sessions`, `_session.LiveSession`) that shutdown uses too.
 * The queue runner (`_queue.py`) delivers what every process queues. Under
   `sansmail-trio serve` it has a process of its own (`serve_queue`, started by
   `_run.py`), which the SMTP sessions announce each queued message to through `wake`;
@@ -37,6 +40,7 @@ import errno
 import functools
 import secrets
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 import attrs
@@ -60,6 +64,7 @@ from sansmail.storage.repair import repair_at_start
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._commit import Committer
+from sansmail_trio._control import QUEUE_SOCKET, ProcessInfo, serve_control, server_socket_name
 from sansmail_trio._counts import Family, SharedCounts, family_of
 from sansmail_trio._dns import Resolver
 from sansmail_trio._imap_server import IMAPService
@@ -74,7 +79,7 @@ from sansmail_trio._managesieve_server import ManageSieveServer
 from sansmail_trio._metrics import PROBE, Metrics, Probe
 from sansmail_trio._pop3_server import POP3Service
 from sansmail_trio._queue import QueueRunner, read_wakeups
-from sansmail_trio._session import Stoppable
+from sansmail_trio._session import LiveSession
 from sansmail_trio._smtp_server import SMTPService
 from sansmail_trio._tls import (
     TLS_HANDSHAKE_TIMEOUT,
@@ -110,15 +115,15 @@ _ACCEPT_GONE = frozenset(
 
 @attrs.define
 class _Connections:
-    """Connection accounting and the idle-session registry used at shutdown. The caps
-    (`caps`: family -> (total, per address)) are checked against the counts of every
-    server process (`SharedCounts`); `total` is this process's own, which is what
-    shutdown waits for."""
+    """Connection accounting and the registry of live sessions, which shutdown stops
+    and `who` and `kick` see (`_control.py`). The caps (`caps`: family -> (total, per
+    address)) are checked against the counts of every server process (`SharedCounts`);
+    `total` is this process's own, which is what shutdown waits for."""
 
     caps: Mapping[Family, tuple[int, int]]
     counts: SharedCounts
     total: int = 0
-    sessions: set[Stoppable] = attrs.Factory(set)
+    sessions: set[LiveSession] = attrs.Factory(set)
     shutting_down: bool = False
     all_gone: trio.Event = attrs.Factory(trio.Event)
 
@@ -144,11 +149,11 @@ class _Connections:
         if self.total == 0:
             self.all_gone.set()
 
-    # The SessionRegistry protocol: sessions announce themselves for shutdown.
-    def add(self, session: Stoppable) -> None:
+    # The SessionRegistry protocol: sessions announce themselves for shutdown and who.
+    def add(self, session: LiveSession) -> None:
         self.sessions.add(session)
 
-    def discard(self, session: Stoppable) -> None:
+    def discard(self, session: LiveSession) -> None:
         self.sessions.discard(session)
 
     def stop_sessions(self) -> None:
@@ -185,6 +190,7 @@ async def serve(
     actually bound (useful with port 0 in tests).
     """
     shutdown = trio.Event() if shutdown is None else shutdown
+    started = time.time()
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = MaildirStore(config.data_dir, hostname=config.hostname)
     # Before the users and aliases are first read: a change announced from now on is
@@ -328,6 +334,19 @@ async def serve(
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
         # Outlives the connections: a session's commit in flight always completes.
         await runner_nursery.start(committer.run)
+        # Outlives the listeners too: `status` and `who` answer during the shutdown grace.
+        control = ProcessInfo(
+            role="server",
+            number=process + 1,
+            started=started,
+            listeners=bound,
+            sessions=connections.sessions,
+            queue_size=(lambda: len(queue.ids())) if runner is not None else None,
+            supervised=wake is not None,
+        )
+        await runner_nursery.start(
+            serve_control, config.data_dir, server_socket_name(process + 1), control
+        )
         if process == 0:  # what a crash left in the Maildirs' tmp/ (storage/repair.py)
             repair = functools.partial(repair_at_start, config.data_dir, hostname=config.hostname)
             runner_nursery.start_soon(trio.to_thread.run_sync, repair)
@@ -613,6 +632,7 @@ async def serve_queue(
     set: what it needs of `serve` (the mailboxes and aliases for the notifications it
     delivers here, and their reloads), and the queue ids the SMTP processes announce on
     the pipe whose read end is `wakeups`."""
+    started = time.time()
     store = MaildirStore(config.data_dir, hostname=config.hostname)
     generations = await trio.to_thread.run_sync(Generations.open, config.data_dir)
     users = UserStore(
@@ -624,9 +644,10 @@ async def serve_queue(
     aliases = await trio.to_thread.run_sync(
         functools.partial(AliasSource, config.aliases, generations=generations)
     )
+    queue = QueueStore(config.data_dir / "queue")
     runner = QueueRunner(
         config=config,
-        queue=QueueStore(config.data_dir / "queue"),
+        queue=queue,
         store=store,
         users=users,
         aliases=aliases,
@@ -640,6 +661,15 @@ async def serve_queue(
         # Read from the start: what is announced while the runner waits for its lock
         # or recovers is kept in its schedule.
         nursery.start_soon(read_wakeups, wakeups, runner.wake)
+        control = ProcessInfo(
+            role="queue",
+            number=None,
+            started=started,
+            listeners={},
+            queue_size=lambda: len(queue.ids()),
+            supervised=True,
+        )
+        await nursery.start(serve_control, config.data_dir, QUEUE_SOCKET, control)
         await nursery.start(runner.run)
         task_status.started()
         await shutdown.wait()
