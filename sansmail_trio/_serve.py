@@ -67,6 +67,9 @@ from sansmail_trio._commit import Committer
 from sansmail_trio._control import QUEUE_SOCKET, ProcessInfo, serve_control, server_socket_name
 from sansmail_trio._counts import Family, SharedCounts, family_of
 from sansmail_trio._dns import Resolver
+from sansmail_trio._http import MAX_CONNECTIONS as HTTP_MAX_CONNECTIONS
+from sansmail_trio._http import MAX_CONNECTIONS_PER_IP as HTTP_MAX_CONNECTIONS_PER_IP
+from sansmail_trio._http import HTTPService
 from sansmail_trio._imap_server import IMAPService
 from sansmail_trio._log import get_logger, line_logger
 from sansmail_trio._managesieve_server import (
@@ -96,7 +99,7 @@ __all__ = ["bind_listeners", "serve", "serve_queue"]
 log = get_logger("master")
 
 #: What a listener hands its connections to.
-Service = SMTPService | POP3Service | IMAPService | ManageSieveServer
+Service = SMTPService | POP3Service | IMAPService | ManageSieveServer | HTTPService
 
 #: How often the user store, the aliases and the reload counter are checked for changes
 #: that no lookup has noticed yet, and for files edited by hand.
@@ -308,6 +311,11 @@ async def serve(
     services["managesieve"] = ManageSieveServer(
         shared=managesieve_shared, log=get_logger("managesieve"), tls=tls
     )
+    # Prometheus's text format, summed over every process (_metrics.py); plain HTTP: a
+    # scraper on the same host or network, as node_exporter's.
+    services["metrics"] = HTTPService(
+        {"/metrics": metrics.handle_scrape}, log=get_logger("metrics")
+    )
 
     if process == 0:
         # The lines check-config prints: unbuilt listeners are skipped, keys accepted.
@@ -328,6 +336,7 @@ async def serve(
             Family.POP3: (limits.pop3_max_connections, limits.pop3_max_connections_per_ip),
             Family.IMAP: (limits.imap_max_connections, limits.imap_max_connections_per_ip),
             Family.MANAGESIEVE: (MANAGESIEVE_MAX_CONNECTIONS, MANAGESIEVE_MAX_CONNECTIONS_PER_IP),
+            Family.METRICS: (HTTP_MAX_CONNECTIONS, HTTP_MAX_CONNECTIONS_PER_IP),
         },
         counts=shared_counts,
     )
