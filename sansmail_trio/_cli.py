@@ -63,7 +63,9 @@ from sansmail.storage.sieve import (
     valid_script_name,
 )
 from sansmail.storage.users import UserError, UserStore
+from sansmail_trio import _cli_admin as admin
 from sansmail_trio import _cli_mailbox
+from sansmail_trio._control import ControlError
 from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
 
@@ -527,8 +529,12 @@ def _build_parser() -> argparse.ArgumentParser:
                 help='one JSON array: [{"name": ..., "active": true|false}, ...]',
             )
 
-    status = not_built(
-        commands, "status", "version, uptime, listeners, processes and queue size of the server"
+    status = command(
+        commands,
+        "status",
+        "version, uptime, listeners, processes and queue size of the running server",
+        _status,
+        admin.STATUS_HELP,
     )
     status.add_argument("--json", action="store_true", help="one JSON object")
     command(
@@ -538,9 +544,17 @@ def _build_parser() -> argparse.ArgumentParser:
         _reload,
         _RELOAD_HELP,
     )
-    who = not_built(commands, "who", "live sessions: user, service, client address, since")
-    who.add_argument("--json", action="store_true", help="one JSON object per session")
-    kick = not_built(commands, "kick", "end a user's sessions")
+    who = command(
+        commands,
+        "who",
+        "live sessions by user: service, pids, client addresses, since (doveadm who)",
+        _who,
+        admin.WHO_HELP,
+    )
+    who.add_argument("--json", action="store_true", help="a JSON array: one object per session")
+    kick = command(
+        commands, "kick", "end every session of a user (doveadm kick)", _kick, admin.KICK_HELP
+    )
     kick.add_argument("user", metavar="USER", help="the user's address")
 
     _cli_mailbox.add_commands(command, group)
@@ -873,6 +887,18 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _who(args: argparse.Namespace) -> int:
+    return admin.who(_load(args), as_json=args.json)
+
+
+def _kick(args: argparse.Namespace) -> int:
+    return admin.kick(_load(args), args.user)
+
+
+def _status(args: argparse.Namespace) -> int:
+    return admin.status(_load(args), as_json=args.json)
+
+
 def _sieve_check(args: argparse.Namespace) -> int:
     # Only the script: no configuration is read, so it checks a file before it is put.
     name = args.file
@@ -1104,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    except (CommandError, UserError, PrivilegeError) as exc:
+    except (CommandError, UserError, PrivilegeError, ControlError) as exc:
         print(f"{PROG}: {name}: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
