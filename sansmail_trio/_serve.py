@@ -63,6 +63,7 @@ from sansmail.storage.queue import QueueStore
 from sansmail.storage.repair import repair_at_start
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
+from sansmail_trio._autoconfig import autoconfig_routes
 from sansmail_trio._commit import Committer
 from sansmail_trio._control import QUEUE_SOCKET, ProcessInfo, serve_control, server_socket_name
 from sansmail_trio._counts import Family, SharedCounts, family_of
@@ -316,6 +317,14 @@ async def serve(
     services["metrics"] = HTTPService(
         {"/metrics": metrics.handle_scrape}, log=get_logger("metrics")
     )
+    # Client autoconfiguration and the MTA-STS policy (_autoconfig.py): https when [tls]
+    # names a certificate (MTA-STS is fetched only over https, with a certificate valid
+    # for mta-sts.<domain>), plain http with the self-signed one no client would accept.
+    services["http"] = HTTPService(
+        autoconfig_routes(config),
+        log=get_logger("http"),
+        tls=tls if config.tls.cert is not None else None,
+    )
 
     if process == 0:
         # The lines check-config prints: unbuilt listeners are skipped, keys accepted.
@@ -337,6 +346,7 @@ async def serve(
             Family.IMAP: (limits.imap_max_connections, limits.imap_max_connections_per_ip),
             Family.MANAGESIEVE: (MANAGESIEVE_MAX_CONNECTIONS, MANAGESIEVE_MAX_CONNECTIONS_PER_IP),
             Family.METRICS: (HTTP_MAX_CONNECTIONS, HTTP_MAX_CONNECTIONS_PER_IP),
+            Family.HTTP: (HTTP_MAX_CONNECTIONS, HTTP_MAX_CONNECTIONS_PER_IP),
         },
         counts=shared_counts,
     )
