@@ -42,7 +42,7 @@ import trio
 
 from sansmail.config import Config
 from sansmail.mail import mtasts
-from sansmail.mail.dnsquery import DnsQuery
+from sansmail.mail.dnsquery import DnsAnswer, DnsQuery
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import client_tls_context
 
@@ -187,17 +187,25 @@ class MtaSts:
     async def policy(self, domain: str) -> mtasts.Policy | None:
         """The policy mail to `domain` is delivered under now; None: no MTA-STS."""
         domain = domain.rstrip(".").lower()
+        query = DnsQuery(f"_mta-sts.{domain}", "TXT")
+        # Most walks: the TXT answer within its TTL and the policy (or its absence) in
+        # memory, so no task, lock or resolver call (py-spy: the resolver's path was
+        # three quarters of a cached lookup's time).
+        answer = self.resolver.cached(query)
+        if answer is not None and domain in self._memory:
+            step = mtasts.plan(self._memory[domain], _record(answer), now=self.clock())
+            if isinstance(step, mtasts.Use):
+                return step.policy
         lock = self._locks.setdefault(domain, trio.Lock())
         try:
             async with lock:
-                return await self._policy(domain)
+                return await self._policy(domain, query)
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(domain, None)
 
-    async def _policy(self, domain: str) -> mtasts.Policy | None:
-        answer = await self.resolver.answer(DnsQuery(f"_mta-sts.{domain}", "TXT"))
-        record = None if answer.failed else mtasts.parse_record(answer.records)
+    async def _policy(self, domain: str, query: DnsQuery) -> mtasts.Policy | None:
+        record = _record(await self.resolver.answer(query))
         cached = await self._cached(domain)
         step = mtasts.plan(cached, record, now=self.clock())
         if isinstance(step, mtasts.Use):
@@ -273,6 +281,11 @@ class MtaSts:
         if not _FILE_NAME.fullmatch(domain) or ".." in domain:
             return None
         return self.directory / f"{domain}.json"
+
+
+def _record(answer: DnsAnswer) -> mtasts.Record | None:
+    # A failed lookup is no record: the cached policy, if good, still applies (§5.1).
+    return None if answer.failed else mtasts.parse_record(answer.records)
 
 
 def _read(path: pathlib.Path) -> mtasts.Cached | None:
