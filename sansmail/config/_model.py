@@ -46,7 +46,17 @@ SERVICES: Final = (
 #: The services this version can actually run; listeners for the others are accepted,
 #: reported and skipped.
 BUILT_SERVICES: Final = frozenset(
-    {"smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "managesieve"}
+    {
+        "smtp",
+        "submission",
+        "submissions",
+        "pop3",
+        "pop3s",
+        "imap",
+        "imaps",
+        "managesieve",
+        "metrics",
+    }
 )
 
 RESTRICTIONS: Final = (
@@ -87,6 +97,7 @@ pop3s = "127.0.0.1:2995"
 imap = "127.0.0.1:2143"
 imaps = "127.0.0.1:2993"
 managesieve = "127.0.0.1:2190"          # RFC 5804; STARTTLS offered
+metrics = "127.0.0.1:2980"              # Prometheus text format at GET /metrics
 
 [smtp]
 max_message_size = 26214400

@@ -347,7 +347,7 @@ def test_check_config_postmaster_user_silences_the_warning(run, config_file):
 def test_check_config_embedded_default(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run("check-config") == 0
-    assert run.out == "config OK: <embedded default>, 8 listeners, domains localhost\n"
+    assert run.out == "config OK: <embedded default>, 9 listeners, domains localhost\n"
     assert all(line.startswith("warning: ") for line in run.err_lines)
     # Every key of the embedded default is in force.
     assert not any("not built yet" in line for line in run.err_lines)
@@ -881,7 +881,6 @@ def test_check_config_of_the_contract_example(run, tmp_path):
     not_in_force = [line for line in run.err_lines if "accepted but not in force yet" in line]
     keys = [line.removeprefix(f"warning: {path}: ").split(":")[0] for line in not_in_force]
     assert keys == [
-        "listen.metrics",
         "listen.http",
     ]
 
@@ -928,13 +927,13 @@ def test_check_config_of_a_wrong_new_value(run, tmp_path):
 
 async def test_serve_logs_what_check_config_warns(start_server, caplog):
     caplog.set_level("WARNING", logger="sansmail")
-    server = await start_server(listen={"smtp": "127.0.0.1:0", "metrics": "127.0.0.1:0"})
+    server = await start_server(listen={"smtp": "127.0.0.1:0", "http": "127.0.0.1:0"})
     logged = [r.getMessage() for r in caplog.records if r.name == "sansmail.master"]
     expected = not_in_force(server.config)
-    assert any("listen.metrics" in line for line in expected)
+    assert any("listen.http" in line for line in expected)
     for line in expected:
         assert logged.count(line) == 1, (line, logged)
-    assert "metrics" not in server.bound  # skipped, not bound
+    assert "http" not in server.bound  # skipped, not bound
 
 
 # --- in force when the command exits: the counters the servers follow -------------------
