@@ -44,7 +44,7 @@ from sansmail.config import Config
 from sansmail.mail import mtasts
 from sansmail.mail.dnsquery import DnsAnswer, DnsQuery
 from sansmail_trio._dns import DNSError, Resolver
-from sansmail_trio._smtp_client import client_tls_context
+from sansmail_trio._smtp_client import _oserror, client_tls_context
 
 __all__ = ["RETRY_FAILED", "TIMEOUT", "FetchError", "MtaSts", "fetch_policy"]
 
@@ -88,7 +88,7 @@ async def fetch_policy(
                 stream = await trio.open_tcp_stream(ip, port)
             break
         except (OSError, trio.TooSlowError) as exc:
-            why = f"connect to {ip}:{port} failed: {exc or 'timed out'}"
+            why = f"connect to {ip}:{port} failed: {_oserror(exc)}"
     if stream is None:
         raise FetchError(why)
     tls = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
@@ -124,11 +124,16 @@ async def _exchange(
     )
     await stream.send_all(connection.send(request) + (connection.send(h11.EndOfMessage()) or b""))
     body = bytearray()
+    answered = False
     while True:
         event = connection.next_event()
         if event is h11.NEED_DATA:
-            connection.receive_data(bytes(await stream.receive_some(65536)))
+            data = bytes(await stream.receive_some(65536))
+            if not data and not answered:
+                raise FetchError("connection closed without an answer")
+            connection.receive_data(data)
         elif isinstance(event, h11.Response):
+            answered = True
             if 300 <= event.status_code < 400:
                 # §3.3: "HTTP 3xx redirects MUST NOT be followed".
                 raise FetchError(f"HTTP {event.status_code}: redirect not followed")

@@ -3,12 +3,16 @@ certificate), the TXT record from the loopback DNS server, and the cache on disk
 
 from __future__ import annotations
 
+import functools
 import logging
 import pathlib
+import ssl
 from collections.abc import Iterator
 
 import pytest
+import trio
 import trustme
+from delivery_helpers import free_port
 from dns_server import DNSServer
 from mtasts_helpers import PolicyServer, policy_text
 
@@ -169,3 +173,69 @@ async def test_a_failed_refetch_keeps_the_cached_policy_and_waits_before_the_nex
     assert (await sts.policy("peer.test")) == Policy(
         mode="testing", mx=("mx.peer.test",), max_age=86400
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (b"garbage\r\n\r\n", "bad HTTP answer"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 99\r\n\r\nversion",
+            "closed",
+        ),
+        (b"", "closed"),
+        (None, "no answer within"),
+    ],
+)
+async def test_a_broken_policy_host_is_no_policy_never_an_exception(
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    tls_ca: trustme.CA,
+    caplog: pytest.LogCaptureFixture,
+    nursery: trio.Nursery,
+    answer: bytes | None,
+    why: str,
+) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls_ca.issue_cert("mta-sts.peer.test").configure_cert(context)
+
+    async def handler(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            await stream.receive_some(65536)
+            if answer is None:
+                await trio.sleep_forever()
+            await stream.send_all(answer)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    (listener,) = await nursery.start(
+        functools.partial(trio.serve_ssl_over_tcp, handler, 0, context, host="127.0.0.1")
+    )
+    port = listener.transport_listener.socket.getsockname()[1]
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    sts = MtaSts(
+        tmp_path / "cache",
+        resolver=Resolver([dns.address]),
+        context=client_tls_context(verify=True, cafile=ca_file),
+        port=port,
+        timeout=1.0,
+    )
+    with caplog.at_level(logging.WARNING, logger="sansmail.queue"):
+        assert await sts.policy("peer.test") is None
+    assert why in caplog.text
+
+
+async def test_no_policy_host_listening_is_no_policy(
+    tmp_path: pathlib.Path, dns: DNSServer, tls_ca: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    sts = MtaSts(
+        tmp_path / "cache",
+        resolver=Resolver([dns.address]),
+        context=client_tls_context(verify=True, cafile=None),
+        port=free_port("127.0.0.1"),
+    )
+    with caplog.at_level(logging.WARNING, logger="sansmail.queue"):
+        assert await sts.policy("peer.test") is None
+    assert "connect to 127.0.0.1:" in caplog.text
+    assert "Connection refused" in caplog.text
