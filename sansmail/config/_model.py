@@ -56,6 +56,7 @@ BUILT_SERVICES: Final = frozenset(
         "imaps",
         "managesieve",
         "metrics",
+        "http",
     }
 )
 
