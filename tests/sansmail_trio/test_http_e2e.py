@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import trustme
 from trio_helpers import RunningServer, StartServer, logged, started_lines, wait_until_started
 
 from sansmail.mail.dnsrecords import mta_sts_policy
+from sansmail_trio._http import MAX_CONNECTIONS_PER_IP as HTTP_MAX_CONNECTIONS_PER_IP
 
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl not installed")
@@ -255,3 +257,50 @@ nameservers = ["127.0.0.1:9"]
     text = log.read_text()
     assert "Traceback" not in text
     assert "GET /.well-known/mta-sts.txt 200" in text
+
+
+async def test_connections_over_the_per_address_cap_get_503(start_server: StartServer) -> None:
+    server: RunningServer = await start_server(listen=LISTEN)
+    port = server.port_of("http")
+    request = b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: mta-sts.example.test\r\n\r\n"
+
+    def fill_then_one_more() -> bytes:
+        held = []
+        try:
+            # Each answered and kept alive, so each is counted before the next opens.
+            for _ in range(HTTP_MAX_CONNECTIONS_PER_IP):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                held.append(sock)
+                sock.sendall(request)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+                extra.sendall(request)
+                answer = b""
+                while chunk := extra.recv(65536):
+                    answer += chunk
+                return answer
+        finally:
+            for sock in held:
+                sock.close()
+
+    answer = await trio.to_thread.run_sync(fill_then_one_more)
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nRetry-After: 60\r\n" in answer
+    assert b"\r\nConnection: close\r\n" in answer
+
+
+async def test_shutdown_closes_idle_keep_alive_connections(start_server: StartServer) -> None:
+    server: RunningServer = await start_server(listen=LISTEN)
+    port = server.port_of("http")
+    request = b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: mta-sts.example.test\r\n\r\n"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    try:
+        sock.sendall(request)
+        assert (await trio.to_thread.run_sync(sock.recv, 65536)).startswith(b"HTTP/1.1 200 ")
+        # Idle and kept alive: shutdown does not wait for the client (nor for the
+        # keep-alive timeout, 30 s, nor the grace period) to end it.
+        with trio.fail_after(15):
+            await server.stop()
+        assert await trio.to_thread.run_sync(sock.recv, 65536) == b""
+    finally:
+        sock.close()
