@@ -21,7 +21,9 @@ Theory of operation:
   ever reaches the client as more than a status line and a short text.
 * ``Connection: close`` (or HTTP/1.0 without keep-alive) is honoured by h11; we also
   close after `max_requests` on one connection and at shutdown (the response in flight
-  is finished, an idle connection is closed at once).
+  is finished with ``Connection: close``; a connection idle between requests is closed
+  within `STOP_CHECK` seconds: it looks at the registry's ``shutting_down`` rather than
+  joining the registry, whose entries are the mail sessions `who` lists).
 * A connection over the listener's caps (`_serve.py`, family HTTP or METRICS) gets
   503 with ``Retry-After`` before its request is read, then the close.
 * Implicit TLS (https) is the listener's (`_serve._handle_connection` runs the

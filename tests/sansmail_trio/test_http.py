@@ -146,6 +146,18 @@ async def test_absolute_form_target_is_routed_by_path(port: Callable[..., int]) 
     assert statuses(answer) == [200]
 
 
+async def test_connect_upgrade_and_asterisk_are_plain_requests(port: Callable[..., int]) -> None:
+    # No tunnel and no protocol switch: h11 returns to the next request after a
+    # final answer that is not 2xx to CONNECT or 101 to Upgrade.
+    p = await port()
+    for first, status in (
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 404),
+        (b"GET /hello HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", 200),
+        (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    ):
+        assert statuses(await talk(p, first + GET)) == [status, 200]
+
+
 async def test_post_body_by_length_and_chunked(port: Callable[..., int]) -> None:
     p = await port()
     answer = await talk(p, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nabcde")
@@ -372,6 +384,10 @@ async def test_http_client_round_trips(port: Callable[..., int]) -> None:
                     b"3\r\nabc\r\n0\r\n\r\n",
                     b"Connection: close\r\n",
                     b"Expect: 100-continue\r\n",
+                    b"CONNECT x:443 HTTP/1.1\r\n",
+                    b"Upgrade: websocket\r\nConnection: Upgrade\r\n",
+                    b"OPTIONS * HTTP/1.1\r\n",
+                    b"GET http://x/hello?q HTTP/1.1\r\n",
                 ]
             ),
         ),
@@ -390,8 +406,10 @@ def test_any_bytes_get_an_answer_or_a_close(chunks: list[bytes]) -> None:
                 await client.send_eof()
             except trio.BrokenResourceError:
                 pass  # the server closed first
+            answer = b""
             with trio.fail_after(10):  # the server ends by itself: the close
-                while await client.receive_some(65536):
-                    pass
+                while chunk := await client.receive_some(65536):
+                    answer += chunk
+            assert not answer or answer.startswith(b"HTTP/1.1 ")
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
