@@ -9,6 +9,7 @@ deleted one the same messages and flags under a greater UIDVALIDITY."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import imaplib
 import json
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import imapclient
 import pytest
 from trio_helpers import FAST_HASHER, started_lines, wait_until_started
 
@@ -225,6 +227,26 @@ def test_expunge_before_is_heard_by_a_selected_session(server: Server) -> None:
     assert len(os.listdir(cur)) == 1
     after = server.json("mailbox", "expunge", USER, "Old", "--before", "30d")
     assert after["expunged"] == 1
+
+
+def test_an_idling_session_hears_the_expunge_at_once(server: Server) -> None:
+    # As --help says: a client idling on the folder is told without sending a command.
+    client = imapclient.IMAPClient("127.0.0.1", server.ports["imap"], ssl=False, timeout=10)
+    try:
+        client.login(USER, "secret")
+        client.create_folder("Idle")
+        client.append("Idle", b"Subject: old\r\n\r\nx\r\n", msg_time=datetime.datetime(2020, 1, 1))
+        client.append("Idle", b"Subject: new\r\n\r\nx\r\n")
+        client.select_folder("Idle")
+        client.idle()
+        done = server.cli("mailbox", "expunge", USER, "Idle", "--before", "2021-01-01")
+        assert done.returncode == 0, done.stderr
+        seen = client.idle_check(timeout=10)  # returns at the first response
+        client.idle_done()
+        assert (1, b"EXPUNGE") in seen
+        assert client.search(["ALL"]) == [2]  # UIDs: the new one is left
+    finally:
+        client.logout()
 
 
 # -- resync ------------------------------------------------------------------------------
