@@ -17,11 +17,11 @@ own `domains` is delivered locally (the bounces we send to our own senders, thro
 aliases); every other one remotely.
 
 Remote delivery. `RemoteDelivery` walks the next hops of one domain and tells the
-runner, one `Step` at a time, what to do: `LookupMX`, `LookupAddresses`, `Connect`,
-and finally `Done` with one `Outcome` per recipient. The route is
-`sansmail.mail.routing.route_for`'s; the MX hosts are in `order_mx`'s order; each host,
-and each address of each host, is tried in turn until one gives a verdict on the
-recipients (an SMTP reply to MAIL, RCPT or the content). Failures that end the walk:
+runner, one `Step` at a time, what to do: `LookupMX`, `LookupPolicy` (MTA-STS, below),
+`LookupAddresses`, `Connect`, and finally `Done` with one `Outcome` per recipient. The
+route is `sansmail.mail.routing.route_for`'s; the MX hosts are in `order_mx`'s order;
+each host, and each address of each host, is tried in turn until one gives a verdict on
+the recipients (an SMTP reply to MAIL, RCPT or the content). Failures that end the walk:
 
 =========================================  =======  ================================
 what                                       verdict  status (RFC 3463)
