@@ -208,6 +208,9 @@ async def _serve_one(stream: trio.SocketStream, info: ProcessInfo, limit: trio.S
 
 async def _exchange(stream: trio.SocketStream, info: ProcessInfo) -> dict[str, Any]:
     """The answer to the one request on `stream` (see the module docstring)."""
+    # Read first, even from a peer to be refused: closing on a request still unread
+    # would cut its sender off before it reads why (EPIPE, or a reset).
+    line = await _read_line(stream, REQUEST_MAX)
     pid, uid, _gid = _PEERCRED.unpack(
         stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     )
@@ -217,7 +220,6 @@ async def _exchange(stream: trio.SocketStream, info: ProcessInfo) -> dict[str, A
             "control socket: refused pid %d of uid %d: only root and uid %d", pid, uid, ours
         )
         return {"error": f"permission denied: only root and uid {ours} may ask this server"}
-    line = await _read_line(stream, REQUEST_MAX)
     if line is None:
         return {"error": f"a request is one JSON line of at most {REQUEST_MAX} octets"}
     try:
