@@ -26,8 +26,12 @@ Theory of operation:
   joining the registry, whose entries are the mail sessions `who` lists).
 * A connection over the listener's caps (`_serve.py`, family HTTP or METRICS) gets
   503 with ``Retry-After`` before its request is read, then the close.
-* Implicit TLS (https) is the listener's (`_serve._handle_connection` runs the
-  handshake when `implicit_tls`): this file only sees a stream.
+* http and https on the same port when the service has a certificate (`tls`): the
+  first octets decide, as a TLS record starts with 22 (a handshake record, RFC 8446
+  §5.1) and an HTTP request with a method's letter. One listener on ports 80 and 443
+  then answers both, as Thunderbird tries https and then http, and MTA-STS needs https
+  (RFC 8461 §3.3). The octets read to decide are given back (`_Replay`) to the TLS
+  handshake or to h11. A connection over a cap is told so over TLS too.
 
 One log line per request, in the mail log's manner: client, method, path, status and
 the body's size.
@@ -48,7 +52,12 @@ import trio
 from sansmail import __version__
 from sansmail.sessions.common import Refusal
 from sansmail_trio._session import SessionRegistry
-from sansmail_trio._tls import TLSContextHolder
+from sansmail_trio._tls import (
+    TLS_HANDSHAKE_TIMEOUT,
+    TLSContextHolder,
+    TLSHandshakeError,
+    tls_handshake,
+)
 
 __all__ = [
     "MAX_BODY",
@@ -82,6 +91,7 @@ MAX_CONNECTIONS_PER_IP = 20
 LINGER_TIME = 2.0
 LINGER_BYTES = 1024 * 1024
 _RECEIVE_SIZE = 16 * 1024
+_TLS_HANDSHAKE = 22  # the content type of a TLS handshake record (RFC 8446 §5.1)
 #: Seconds between two looks for shutdown while a connection waits for its next request.
 STOP_CHECK = 1.0
 _SERVER = f"sansmail/{__version__}".encode()
@@ -133,7 +143,7 @@ class HTTPService:
 
     routes: Mapping[str, Handler]
     log: logging.Logger
-    #: The certificate for https; None: plain http.
+    #: The certificate for https (http is answered too); None: plain http only.
     tls: TLSContextHolder | None = None
     timeout: float = TIMEOUT
     max_requests: int = MAX_REQUESTS
@@ -152,7 +162,9 @@ class HTTPService:
 
     @property
     def implicit_tls(self) -> bool:
-        return self.tls is not None
+        # The listener never runs the handshake itself: `handle` sees whether the
+        # client starts one.
+        return False
 
     async def handle(
         self,
@@ -167,6 +179,11 @@ class HTTPService:
         shutdown) answers 503 at once; `registry` says when shutdown has begun: the
         connection then ends after the response in flight, or at once when idle.
         `tls` is not used: a request is the same over https."""
+        if self.tls is not None:
+            detected = await self._detect_tls(stream, peer)
+            if detected is None:
+                return
+            stream = detected
         connection = _Connection(self, stream, peer, registry)
         try:
             if refuse is not None:
@@ -177,6 +194,53 @@ class HTTPService:
             self.log.error("%s: HTTP state error: %s", connection.client, exc)
         finally:
             await connection.close()
+
+    async def _detect_tls(
+        self, stream: trio.abc.Stream, peer: tuple[str, int]
+    ) -> trio.abc.Stream | None:
+        """`stream` as TLS when the client starts a handshake, else as it came (with
+        what was read to decide); None (and `stream` closed) when the client sent
+        nothing in time, left, or failed its handshake."""
+        first: bytes | bytearray = b""
+        with trio.move_on_after(self.timeout):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                first = await stream.receive_some(_RECEIVE_SIZE)
+        if not first:
+            await trio.aclose_forcefully(stream)
+            return None
+        replay = _Replay(stream, bytes(first))
+        if first[0] != _TLS_HANDSHAKE or self.tls is None:
+            return replay
+        try:
+            return await tls_handshake(replay, self.tls.context, TLS_HANDSHAKE_TIMEOUT)
+        except TLSHandshakeError as exc:
+            self.log.info("[%s]:%d: %s", peer[0], peer[1], exc)
+            return None
+
+
+class _Replay(trio.abc.Stream):
+    """A stream whose first octets, already read from it, are read again first."""
+
+    def __init__(self, stream: trio.abc.Stream, first: bytes) -> None:
+        self.stream = stream
+        self._first = first
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._first:
+            await trio.lowlevel.checkpoint()
+            size = len(self._first) if max_bytes is None else max_bytes
+            data, self._first = self._first[:size], self._first[size:]
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
 
 class _Connection:

@@ -317,14 +317,10 @@ async def serve(
     services["metrics"] = HTTPService(
         {"/metrics": metrics.handle_scrape}, log=get_logger("metrics")
     )
-    # Client autoconfiguration and the MTA-STS policy (_autoconfig.py): https when [tls]
-    # names a certificate (MTA-STS is fetched only over https, with a certificate valid
-    # for mta-sts.<domain>), plain http with the self-signed one no client would accept.
-    services["http"] = HTTPService(
-        autoconfig_routes(config),
-        log=get_logger("http"),
-        tls=tls if config.tls.cert is not None else None,
-    )
+    # Client autoconfiguration and the MTA-STS policy (_autoconfig.py), over http and
+    # https on the same port (the client's first octet tells): MTA-STS is fetched only
+    # over https, with a certificate valid for mta-sts.<domain>.
+    services["http"] = HTTPService(autoconfig_routes(config), log=get_logger("http"), tls=tls)
 
     if process == 0:
         # The lines check-config prints: unbuilt listeners are skipped, keys accepted.

@@ -10,8 +10,10 @@ from __future__ import annotations
 import functools
 import http.client
 import logging
+import pathlib
 import re
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,7 @@ from hypothesis import strategies as st
 
 from sansmail.sessions.common import Refusal
 from sansmail_trio._http import MAX_BODY, MAX_HEAD, HTTPService, Request, Response
+from sansmail_trio._tls import TLSContextHolder
 
 log = logging.getLogger("test.http")
 seen: list[Request] = []
@@ -413,3 +416,37 @@ def test_any_bytes_get_an_answer_or_a_close(chunks: list[bytes]) -> None:
             assert not answer or answer.startswith(b"HTTP/1.1 ")
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_http_and_https_on_one_port(
+    port: Callable[..., int],
+    tls_files: tuple[pathlib.Path, pathlib.Path],
+    client_tls: ssl.SSLContext,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="test.http")
+    p = await port(tls=TLSContextHolder.for_files(*tls_files))
+
+    def over_tls() -> bytes:
+        with (
+            socket.create_connection(("127.0.0.1", p), timeout=10) as raw,
+            client_tls.wrap_socket(raw, server_hostname="localhost") as sock,
+        ):
+            sock.sendall(GET + b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    assert statuses(await trio.to_thread.run_sync(over_tls)) == [200, 200]
+    # The same port, plain: the first octet is a method's letter, not a TLS record's 22.
+    assert statuses(await talk(p, GET)) == [200]
+    # A handshake that fails (not TLS after its first octet) is logged, not answered.
+    assert await talk(p, b"\x16garbage\r\n\r\n" + GET) == b""
+    # (logged after the close the client saw)
+    with trio.fail_after(10):
+        while not any("TLS" in r.getMessage() for r in caplog.records if r.name == "test.http"):
+            await trio.sleep(0.01)
+    # A client that connects and says nothing is closed after the timeout.
+    p = await port(tls=TLSContextHolder.for_files(*tls_files), timeout=0.3)
+    assert await talk(p, b"", shut=False) == b""

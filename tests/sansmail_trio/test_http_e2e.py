@@ -2,7 +2,8 @@
 Thunderbird's autoconfig and the MTA-STS policy over https (a trustme certificate for
 the autoconfig and mta-sts names, checked by curl against the test CA), Python's
 http.client posts autodiscover requests (and a billion-laughs one, refused); without
-``[tls]`` the listener speaks plain http; a real ``sansmail-trio serve`` subprocess with
+``[tls]`` the listener still answers plain http, as it does beside https on the same
+port; a real ``sansmail-trio serve`` subprocess with
 ``[listen] http`` answers curl. The XML is parsed back with xml.etree and compared with
 the configuration."""
 
@@ -120,6 +121,11 @@ async def test_https_autoconfig_and_mta_sts_with_curl(
     # A certificate curl does not trust is refused by curl: the test CA is what it checks.
     done = await curl("--resolve", resolve("mta-sts.example.test", port), url)
     assert done.returncode != 0
+    # Plain http on the same port: Thunderbird's second try.
+    url = f"http://autoconfig.example.test:{port}/mail/config-v1.1.xml?emailaddress=a@example.test"
+    done = await curl("--resolve", resolve("autoconfig.example.test", port), url)
+    assert done.returncode == 0, done.stderr
+    assert ET.fromstring(done.stdout).findtext("emailProvider/domain") == "example.test"
     lines = await logged(
         caplog, "sansmail.http", lambda ls: any("mta-sts.txt 200" in x for x in ls)
     )
