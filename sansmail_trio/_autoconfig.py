@@ -7,11 +7,12 @@ header (``autoconfig.<domain>`` or the domain itself); autodiscover's ``EMailAdd
 MTA-STS's Host (``mta-sts.<domain>``). A domain that is not in ``domains`` is 404 (POX:
 its error response), so the listener tells nothing about other names.
 
-The http listener speaks TLS (https) when ``[tls]`` names a certificate: MTA-STS
-policies are fetched only over https with a certificate valid for ``mta-sts.<domain>``
-(RFC 8461 §3.3), and clients try https first. With the generated self-signed
-certificate no client would accept, it speaks plain http (for a reverse proxy that
-terminates TLS in front of it, or autoconfig over http, which Thunderbird also tries).
+The listener answers http and https on the same port (`_http`, the client's first
+octet tells): MTA-STS policies are fetched only over https with a certificate valid for
+``mta-sts.<domain>`` (RFC 8461 §3.3), and Thunderbird tries https before http. The
+certificate is the server's (``[tls]``), so it must name ``autoconfig.<domain>``,
+``autodiscover.<domain>`` and ``mta-sts.<domain>`` beside the host name; a reverse
+proxy that terminates TLS in front of it can forward plain http instead.
 """
 
 from __future__ import annotations

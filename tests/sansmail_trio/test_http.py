@@ -14,6 +14,7 @@ import pathlib
 import re
 import socket
 import ssl
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ import hypothesis
 import pytest
 import trio
 import trio.testing
+import trustme
 from hypothesis import strategies as st
 
 from sansmail.sessions.common import Refusal
@@ -369,6 +371,17 @@ async def test_http_client_round_trips(port: Callable[..., int]) -> None:
     ]
 
 
+@functools.cache
+def fuzz_tls() -> TLSContextHolder:
+    # One certificate for every example (a fixture's would be per test, not per example).
+    issued = trustme.CA().issue_cert("localhost")
+    with tempfile.TemporaryDirectory() as name:  # read once, by the holder
+        cert, key = pathlib.Path(name) / "cert.pem", pathlib.Path(name) / "key.pem"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        return TLSContextHolder.for_files(cert, key)
+
+
 @hypothesis.settings(max_examples=300, deadline=None)
 @hypothesis.given(
     chunks=st.lists(
@@ -397,10 +410,13 @@ async def test_http_client_round_trips(port: Callable[..., int]) -> None:
         max_size=12,
     )
 )
+@hypothesis.example(chunks=[b"\x16", GET])
+@hypothesis.example(chunks=[b"\x16\x03\x01\x00\x05hello", GET])
 def test_any_bytes_get_an_answer_or_a_close(chunks: list[bytes]) -> None:
+    # With a certificate, so that the first octet's TLS-or-not decision is fuzzed too.
     async def main() -> None:
         client, server = trio.testing.memory_stream_pair()
-        svc = service(timeout=5.0)
+        svc = service(timeout=5.0, tls=fuzz_tls())
         async with trio.open_nursery() as nursery:
             nursery.start_soon(svc.handle, server, ("192.0.2.1", 1))
             try:
