@@ -349,6 +349,7 @@ async def serve(
     async with trio.open_nursery() as runner_nursery, trio.open_nursery() as connection_nursery:
         # Outlives the connections: a session's commit in flight always completes.
         await runner_nursery.start(committer.run)
+        runner_nursery.start_soon(metrics.run)  # counts to the files a scrape reads
         # Outlives the listeners too: `status` and `who` answer during the shutdown grace.
         control = ProcessInfo(
             role="server",
@@ -399,6 +400,7 @@ async def serve(
             connection_nursery.cancel_scope.cancel()
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         runner_nursery.cancel_scope.cancel()
+    metrics.flush()  # what the last sessions and deliveries counted
     log.info("stopped")
 
 
@@ -660,6 +662,7 @@ async def serve_queue(
         functools.partial(AliasSource, config.aliases, generations=generations)
     )
     queue = QueueStore(config.data_dir / "queue")
+    metrics = Metrics()
     runner = QueueRunner(
         config=config,
         queue=queue,
@@ -668,9 +671,10 @@ async def serve_queue(
         aliases=aliases,
         resolver=Resolver.from_config(config.dns),
         log=get_logger("queue"),
-        metrics=Metrics(),
+        metrics=metrics,
     )
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(metrics.run)  # counts to the files a scrape reads
         nursery.start_soon(_reload_users, users, generations)
         nursery.start_soon(_reload_aliases, aliases)
         # Read from the start: what is announced while the runner waits for its lock
@@ -690,3 +694,4 @@ async def serve_queue(
         await shutdown.wait()
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         nursery.cancel_scope.cancel()
+    metrics.flush()  # what the runner noted while it stopped

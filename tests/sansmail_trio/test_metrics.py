@@ -7,13 +7,14 @@ from __future__ import annotations
 import pathlib
 import time
 
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.sessions.smtpd import REASONS, reason_of
 from sansmail.storage.queue import QueueStore
 from sansmail_trio._counts import Family, SharedCounts
-from sansmail_trio._metrics import Metrics
+from sansmail_trio._metrics import FLUSH_INTERVAL, Metrics
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -23,6 +24,12 @@ def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         for sample in family.samples:
             found[sample.name, frozenset(sample.labels.items())] = sample.value
     return found
+
+
+def scraped(metrics: Metrics) -> bytes:
+    """A scrape, after what was counted is flushed (as `Metrics.handle_scrape` does)."""
+    metrics.flush()
+    return metrics.scrape()
 
 
 def value(text: bytes, name: str, **labels: str) -> float:
@@ -51,7 +58,7 @@ def test_connections_sessions_and_refusals_per_listener() -> None:
     smtp.accepted(None)
     smtp.accepted("too_many_connections")
     imaps.accepted(None)
-    text = metrics.scrape()
+    text = scraped(metrics)
     assert value(text, "sansmail_connections_total", service="smtp") == 3
     assert value(text, "sansmail_sessions_total", service="smtp") == 2
     assert value(text, "sansmail_sessions_total", service="imaps") == 1
@@ -68,7 +75,7 @@ def test_tls_versions_and_logins() -> None:
     probe.auth("plain", success=True)
     probe.auth("PLAIN", success=False)
     probe.auth("X-MADE-UP", success=False)
-    text = metrics.scrape()
+    text = scraped(metrics)
     tls = "sansmail_tls_handshakes_total"
     assert value(text, tls, service="submission", version="TLSv1.3") == 2
     assert value(text, tls, service="submission", version="other") == 1
@@ -87,7 +94,7 @@ def test_smtp_observer_counts_messages_refusals_and_verdicts() -> None:
     observer.rejected(stage="rcpt", reason="greylist", code=450)
     observer.rejected(stage="rcpt", reason="greylist", code=450)
     observer.verdict("spf", "pass")
-    text = metrics.scrape()
+    text = scraped(metrics)
     assert value(text, "sansmail_messages_received_total", service="smtp") == 2
     assert value(text, "sansmail_deliveries_total", kind="local", status="delivered") == 2
     latency = "sansmail_delivery_latency_seconds"
@@ -109,7 +116,7 @@ def test_deliveries_and_store_latency() -> None:
     metrics.delivered("relay", "bounced", 1, arrival)
     metrics.commit_took(0.002)
     metrics.stored_locally(0.3)
-    text = metrics.scrape()
+    text = scraped(metrics)
     deliveries = "sansmail_deliveries_total"
     assert value(text, deliveries, kind="relay", status="delivered") == 1
     assert value(text, deliveries, kind="relay", status="deferred") == 2
@@ -124,19 +131,42 @@ def test_deliveries_and_store_latency() -> None:
     assert value(text, store, operation="local_delivery") == 1
 
 
+def test_counts_reach_the_scrape_at_the_flush() -> None:
+    metrics = Metrics()
+    metrics.probe("smtp").accepted(None)
+    assert value(metrics.scrape(), "sansmail_connections_total", service="smtp") == 0
+    metrics.flush()
+    assert value(metrics.scrape(), "sansmail_connections_total", service="smtp") == 1
+    metrics.flush()  # nothing new: nothing counted twice
+    assert value(metrics.scrape(), "sansmail_connections_total", service="smtp") == 1
+
+
+async def test_run_flushes_periodically_and_when_stopped() -> None:
+    metrics = Metrics()
+    probe = metrics.probe("smtp")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(metrics.run)
+        probe.accepted(None)
+        await trio.sleep(FLUSH_INTERVAL * 1.5)
+        assert value(metrics.scrape(), "sansmail_connections_total", service="smtp") == 1
+        probe.accepted(None)
+        nursery.cancel_scope.cancel()
+    assert value(metrics.scrape(), "sansmail_connections_total", service="smtp") == 2
+
+
 def test_each_metrics_object_counts_alone() -> None:
     # Two in-process servers (or two tests) must not see each other's counts.
     first, second = Metrics(), Metrics()
     first.probe("smtp").accepted(None)
-    assert value(first.scrape(), "sansmail_connections_total", service="smtp") == 1
-    assert value(second.scrape(), "sansmail_connections_total", service="smtp") == 0
+    assert value(scraped(first), "sansmail_connections_total", service="smtp") == 1
+    assert value(scraped(second), "sansmail_connections_total", service="smtp") == 0
 
 
 def test_live_gauges_read_the_shared_counts_and_the_queue(tmp_path: pathlib.Path) -> None:
     counts = SharedCounts.create(2)
     queue = QueueStore(tmp_path / "queue")
     metrics = Metrics(counts, queue)
-    text = metrics.scrape()
+    text = scraped(metrics)
     assert value(text, "sansmail_queue_messages") == 0
     assert value(text, "sansmail_queue_oldest_age_seconds") == 0
     assert value(text, "sansmail_open_connections", family="smtp") == 0
@@ -148,7 +178,7 @@ def test_live_gauges_read_the_shared_counts_and_the_queue(tmp_path: pathlib.Path
     now = time.time()
     old = queue_message(queue, now - 3600)
     queue_message(queue, now - 60)
-    text = metrics.scrape()
+    text = scraped(metrics)
     assert value(text, "sansmail_open_connections", family="smtp") == 2
     assert value(text, "sansmail_open_connections", family="imap") == 1
     assert value(text, "sansmail_open_connections", family="pop3") == 0
@@ -157,7 +187,7 @@ def test_live_gauges_read_the_shared_counts_and_the_queue(tmp_path: pathlib.Path
 
     # The oldest one delivered: the next oldest sets the age.
     queue.delete(old)
-    text = metrics.scrape()
+    text = scraped(metrics)
     assert value(text, "sansmail_queue_messages") == 1
     assert 60 <= value(text, "sansmail_queue_oldest_age_seconds") < 120
 

@@ -48,7 +48,8 @@ def get(samples: Samples, name: str, **labels: str) -> float:
 
 def smtp_connections_in(path: pathlib.Path) -> float:
     """What one process's file (``counter_<pid>.db``) counted of smtp connections."""
-    for metric in MultiProcessCollector.merge([str(path)], accumulate=True):
+    merged = MultiProcessCollector.merge([str(path)], accumulate=True)  # type: ignore[no-untyped-call]
+    for metric in merged:
         for sample in metric.samples:
             if sample.name == "sansmail_connections_total" and sample.labels == {"service": "smtp"}:
                 return float(sample.value)
@@ -127,20 +128,20 @@ def run(
     assert len(pids) == 2
 
     # Messages to a local user, one connection each, until each server process took
-    # some: the kernel, not we, picks the process that accepts.
+    # some: the kernel, not we, picks the process that accepts. Each process writes its
+    # counts to its file within a second (FLUSH_INTERVAL).
     sent = 0
 
-    def both_counted() -> bool:
-        return all(
-            (files / f"counter_{pid}.db").exists()
-            and smtp_connections_in(files / f"counter_{pid}.db") > 0
-            for pid in pids
-        )
+    def in_files() -> list[float]:
+        paths = [files / f"counter_{pid}.db" for pid in pids]
+        return [smtp_connections_in(p) if p.exists() else 0.0 for p in paths]
 
-    while not both_counted():
-        assert sent < 300, "every connection went to the same process"
-        send(ports["smtp"])
-        sent += 1
+    while sent == 0 or not all(in_files()):
+        assert sent < 200, f"every connection went to the same process: {in_files()}"
+        for _ in range(10):
+            send(ports["smtp"])
+        sent += 10
+        wait_until(lambda n=sent: sum(in_files()) == n, "the counts in the files")
 
     # Two recipients refused: an unknown user, and a relay for an untrusted client.
     with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=20) as client:
@@ -170,15 +171,19 @@ def run(
     imap.login("alice@example.test", "pw")
     imap.logout()
 
-    # The queue runner, a process of its own, counts the relayed verdicts.
-    def relayed() -> Samples:
+    # The queue runner, a process of its own, counts the relayed verdicts; every
+    # process's counts are in its file within a second.
+    def complete() -> Samples:
         found = scrape(ports["metrics"])
         relay = get(found, "sansmail_deliveries_total", kind="relay", status="delivered")
         deferred = get(found, "sansmail_deliveries_total", kind="relay", status="deferred")
-        return found if relay and deferred else {}
+        login = {"service": "imap", "mechanism": "LOGIN", "result": "success"}
+        imap = get(found, "sansmail_auth_total", **login)
+        smtp = get(found, "sansmail_connections_total", service="smtp")
+        return found if relay and deferred and imap and smtp == sent + 1 else {}
 
-    wait_until(relayed, "the relayed verdicts")
-    first = relayed()
+    wait_until(complete, "the counts of every process")
+    first = complete()
     assert len(sink.received) == 1
 
     smtp, submission = {"service": "smtp"}, {"service": "submission"}
