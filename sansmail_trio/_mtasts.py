@@ -252,6 +252,8 @@ class MtaSts:
                 )
                 return fetched
             why = f"invalid policy: {fetched.why}"
+        if len(self._failed) >= MEMORY_SIZE:
+            self._failed.clear()  # bounded: at worst a broken host is asked again sooner
         self._failed[domain] = (step.id, self.clock() + RETRY_FAILED)
         _log.warning("MTA-STS policy of %s: cannot fetch %s: %s", domain, url, why)
         return None
