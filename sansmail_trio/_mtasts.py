@@ -43,6 +43,7 @@ import trio
 from sansmail.config import Config
 from sansmail.mail import mtasts
 from sansmail.mail.dnsquery import DnsAnswer, DnsQuery
+from sansmail.mail.logtext import printable
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import _oserror, client_tls_context
 
@@ -255,7 +256,8 @@ class MtaSts:
         if len(self._failed) >= MEMORY_SIZE:
             self._failed.clear()  # bounded: at worst a broken host is asked again sooner
         self._failed[domain] = (step.id, self.clock() + RETRY_FAILED)
-        _log.warning("MTA-STS policy of %s: cannot fetch %s: %s", domain, url, why)
+        # The reason may quote the policy host (a header, an HTTP error): escaped.
+        _log.warning("MTA-STS policy of %s: cannot fetch %s: %s", domain, url, printable(why))
         return None
 
     async def _cached(self, domain: str) -> mtasts.Cached | None:

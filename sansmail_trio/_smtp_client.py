@@ -72,6 +72,7 @@ from sansmail.mail.delivery import (
     handshake_failed,
     session_failed,
 )
+from sansmail.mail.logtext import printable
 from sansmail_trio._tls import describe
 from sansmail_trio._wire import PlainStream
 
@@ -369,7 +370,7 @@ def _would_refuse(step: Connect, why: str) -> None:
         "MTA-STS policy of %s (testing): %s would be refused in enforce mode: %s",
         check.domain,
         step.relay,
-        why,
+        printable(why),
     )
 
 
