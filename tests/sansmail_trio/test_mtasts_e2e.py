@@ -2,7 +2,8 @@
 domain whose ``_mta-sts`` TXT and MX records the loopback DNS server publishes, whose
 policy Python's http.server serves over HTTPS from 127.0.0.1 (a trustme certificate for
 mta-sts.peer.test), and whose MX is a second sansmail (STARTTLS with a certificate for a
-name the test picks, or none) or aiosmtpd (no STARTTLS)."""
+name the test picks, or none) or aiosmtpd (no STARTTLS). Last, a sansmail peer serves
+its own policy on its http listener."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from delivery_helpers import (
     free_port,
     start_ours,
     start_peer,
+    start_sansmail,
     submit,
     wait_for,
 )
@@ -265,3 +267,59 @@ async def test_a_transport_entry_is_not_subject_to_the_policy(
     await wait_for(lambda: peer.messages("bob@peer.test"), what="delivery through transport")
     assert not [q for q in dns.queries if q.name == "_mta-sts.peer.test"]
     assert not https.requests
+
+
+async def test_the_policy_a_sansmail_http_listener_serves_is_applied(
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    # The peer publishes its own policy (testing mode, itself the one MX) on its http
+    # listener, with one certificate for its MX name and its policy host.
+    folder = tmp_path / "peer"
+    folder.mkdir()
+    cert = tls_ca.issue_cert("mx.peer.test", "mta-sts.peer.test")
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    peer = await start_sansmail(
+        nursery,
+        folder,
+        f"""\
+hostname = "mx.peer.test"
+domains = ["peer.test"]
+data_dir = "data"
+mynetworks = ["192.0.2.0/24"]
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+[listen]
+smtp = "{PEER}:{port}"
+http = "127.0.0.1:0"
+[dns]
+nameservers = ["127.0.0.1:9"]
+[antispam]
+spf = "off"
+dkim = "off"
+dmarc = "off"
+""",
+        users=("bob@peer.test",),
+    )
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    ours = await start_ours(
+        nursery,
+        tmp_path,
+        dns,
+        port,
+        tls_ca,
+        delivery=f'tls_ca_file = "{ca_file}"\nmta_sts_port = {peer.port("http")}',
+    )
+    await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["bob@peer.test"])
+    (message,) = await wait_for(lambda: peer.messages("bob@peer.test"), what="delivery")
+    assert b"with ESMTPS" in message
+    assert "MTA-STS policy of peer.test: id=one, mode=testing" in logs.text
+    assert "mx=mx.peer.test" in logs.text
+    assert "would be refused" not in logs.text
