@@ -31,10 +31,13 @@ once, about 0.05 us) and written to prometheus-client's by `Metrics.flush`: ever
 `FLUSH_INTERVAL` seconds (`Metrics.run`, a task of each process), before a scrape in the
 process that answers it, and when the process stops. A scrape may therefore miss what
 the other processes counted in the last second, and a process killed outright loses at
-most its last second of counts; what was flushed stays in its file. Histograms are
-observed at once (an observation's value cannot be summed ahead without the library's
-internals). Everything counts in the event loop's thread, but `commit_took`, which the
-group commit's worker threads call, and which observes a histogram (thread-safe).
+most its last second of counts; what was flushed stays in its file. The delivery
+latency, observed per recipient, is bucketed here too (`Spread`: a bisect and two
+additions) and added to the histogram's bucket and sum at the flush; that reaches into
+prometheus-client's histogram child (its bounds, buckets and sum, unchanged since
+0.4), and observes each value as it comes should those ever be missing. Everything
+counts in the event loop's thread but `commit_took`, which the group commit's worker
+threads call, and which observes its histogram at once (the library's lock).
 
 Labels are from small closed sets (services, stages, reasons, check results, TLS
 versions, SASL mechanisms); never an address or a user, which would grow a series per
@@ -43,6 +46,7 @@ client.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import itertools
@@ -51,7 +55,7 @@ import pathlib
 import threading
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
@@ -76,6 +80,7 @@ __all__ = [
     "Metrics",
     "Probe",
     "SmtpCounts",
+    "Spread",
     "Tally",
     "enable_multiprocess",
     "multiprocess_dir",
@@ -233,7 +238,7 @@ class Metrics:
         self._local_store = self.store_latency.labels("local_delivery")
         self._tallies: list[Tally] = []
         self._delivered: dict[tuple[str, str], Tally] = {}
-        self._latency = {k: self.delivery_latency.labels(k) for k in ("local", "relay")}
+        self._latency = {k: Spread(self.delivery_latency.labels(k)) for k in ("local", "relay")}
 
     def tally(self, counter: Counter, *labels: str) -> Tally:
         """`counter`'s child for `labels`, counted here until the next `flush`."""
@@ -248,6 +253,8 @@ class Metrics:
             if tally.n:
                 n, tally.n = tally.n, 0
                 tally.child.inc(n)
+        for spread in self._latency.values():
+            spread.flush()
 
     async def run(self) -> None:
         """Flush every `FLUSH_INTERVAL` seconds, and once more when cancelled."""
@@ -298,10 +305,7 @@ class Metrics:
             tally = self._delivered[kind, shown] = self.tally(self.deliveries, kind, shown)
         tally.n += recipients
         if shown != "deferred":
-            latency = self._latency[kind]
-            waited = max(0.0, time.time() - arrival)
-            for _ in range(recipients):
-                latency.observe(waited)
+            self._latency[kind].observe(max(0.0, time.time() - arrival), recipients)
 
     def stored_locally(self, seconds: float) -> None:
         """One local delivery of the queue runner took `seconds`."""
@@ -397,6 +401,44 @@ class Tally:
     def __init__(self, child: Counter) -> None:
         self.child = child
         self.n = 0
+
+
+class Spread:
+    """One histogram child's observations since the last flush, bucketed here (see the
+    module docstring)."""
+
+    __slots__ = ("_bounds", "_counts", "_sum", "child")
+
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        bounds = getattr(child, "_upper_bounds", None)
+        fits = hasattr(child, "_buckets") and hasattr(child, "_sum")
+        # None: observed at once, through the library's own observe.
+        self._bounds: list[float] | None = list(bounds) if bounds and fits else None
+        self._counts = [0] * len(self._bounds or ())
+        self._sum = 0.0
+
+    def observe(self, value: float, times: int = 1) -> None:
+        """`times` observations of `value`."""
+        if self._bounds is None:
+            for _ in range(times):
+                self.child.observe(value)
+            return
+        # The first bucket whose bound is at least `value`, as Histogram.observe picks.
+        self._counts[bisect.bisect_left(self._bounds, value)] += times
+        self._sum += value * times
+
+    def flush(self) -> None:
+        counts = self._counts
+        if not any(counts):
+            return
+        child: Any = self.child
+        child._sum.inc(self._sum)
+        for index, count in enumerate(counts):
+            if count:
+                child._buckets[index].inc(count)
+                counts[index] = 0
+        self._sum = 0.0
 
 
 class LiveCollector(Collector):

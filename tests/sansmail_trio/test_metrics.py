@@ -7,14 +7,16 @@ from __future__ import annotations
 import pathlib
 import time
 
+import pytest
 import trio
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
 from sansmail.sessions.smtpd import REASONS, reason_of
 from sansmail.storage.queue import QueueStore
 from sansmail_trio._counts import Family, SharedCounts
-from sansmail_trio._metrics import FLUSH_INTERVAL, Metrics
+from sansmail_trio._metrics import FLUSH_INTERVAL, Metrics, Spread
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -197,3 +199,41 @@ def test_refusal_reasons_stay_in_the_closed_set() -> None:
         assert reason_of(source) in REASONS
     assert reason_of("milter inet:127.0.0.1:8891 (timeout)") == "milter"
     assert reason_of("something new") == "other"
+
+
+def test_a_spread_adds_up_to_what_the_histogram_observes_itself() -> None:
+    values = [0.0, 0.01, 0.010001, 0.5, 1, 2.5, 3, 14400, 14400.5, 1e9]
+    registries = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.01, 0.5, 1, 2.5, 14400)
+    ours, theirs = (Histogram("h", "h", buckets=buckets, registry=r) for r in registries)
+    spread = Spread(ours)
+    for value in values:
+        spread.observe(value, 2)
+        theirs.observe(value)
+        theirs.observe(value)
+    spread.flush()
+    spread.flush()  # nothing twice
+    got, want = (
+        [s for s in next(iter(r.collect())).samples if not s.name.endswith("_created")]
+        for r in registries
+    )
+    assert [(s.name, s.labels) for s in got] == [(s.name, s.labels) for s in want]
+    # Equal, but for the rounding of a sum added up in another order.
+    for ours_sample, their_sample in zip(got, want, strict=True):
+        assert ours_sample.value == pytest.approx(their_sample.value, rel=1e-12)
+
+
+def test_a_spread_without_the_histograms_insides_observes_at_once() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    plain = Plain()
+    spread = Spread(plain)  # type: ignore[arg-type]
+    spread.observe(1.5, 3)
+    assert plain.seen == [1.5, 1.5, 1.5]
+    spread.flush()
+    assert plain.seen == [1.5, 1.5, 1.5]
