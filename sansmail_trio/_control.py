@@ -126,7 +126,7 @@ async def serve_control(
     server runs on without `who`, `kick` and `status` reaching this process)."""
     directory = run_dir(data_dir)
     try:
-        sock, path = await trio.to_thread.run_sync(_listen, directory, name)
+        sock, path, identity = await trio.to_thread.run_sync(_listen, directory, name)
     except OSError as exc:
         log.warning(
             "control socket %s: %s: who, kick and status will not reach this process",
@@ -135,7 +135,6 @@ async def serve_control(
         )
         task_status.started(None)
         return
-    identity = os.stat(path, follow_symlinks=False).st_ino if os.path.exists(path) else None
     limit = trio.Semaphore(MAX_CLIENTS)
     try:
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -148,13 +147,14 @@ async def serve_control(
     finally:
         # Ours alone: a replacement that bound the name anew keeps its own file.
         with contextlib.suppress(OSError):
-            if identity is not None and os.stat(path, follow_symlinks=False).st_ino == identity:
+            if os.stat(path, follow_symlinks=False).st_ino == identity:
                 os.unlink(path)
 
 
-def _listen(directory: pathlib.Path, name: str) -> tuple[socket.socket, str]:
+def _listen(directory: pathlib.Path, name: str) -> tuple[socket.socket, str, int]:
     """Blocking: make the directory (0700) and bind the socket, replacing a stale file;
-    the listening socket and the path it was bound at."""
+    the listening socket, the file's path and its inode (to remove it at the end only
+    if it is still ours)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = directory.lstat()
     if info.st_uid != os.geteuid():
@@ -168,8 +168,8 @@ def _listen(directory: pathlib.Path, name: str) -> tuple[socket.socket, str]:
                 os.unlink(path)  # left by a process that died, or by its predecessor
             sock.bind(path)
             sock.listen(MAX_CLIENTS)
-            # The file as named in the directory, for its removal at the end.
-            return sock, str(directory / name)
+            named = directory / name
+            return sock, str(named), named.lstat().st_ino
     except OSError:
         sock.close()
         raise
