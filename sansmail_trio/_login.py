@@ -99,13 +99,17 @@ async def log_in(
         return session.answer(last)
 
     result = await drive(exchange, challenge)
-    if not result.interrupted:
-        # For the metrics: the listener is the connection's (set at accept).
-        probe = PROBE.get()
-        if probe is not None:
-            probe.auth(result.mechanism, success=result.user is not None and not result.refusal)
+    # For the metrics: the listener is the connection's (set at accept).
+    probe = PROBE.get()
+    success = result.user is not None and not result.refusal
+    if probe is not None and not result.interrupted:
+        probe.auth(result.mechanism, success=success)
     # Blocking for POP3 and IMAP: a good login opens the mailbox.
-    await send_all(wire, await trio.to_thread.run_sync(session.login_result, event, result, last))
+    began = trio.current_time()
+    answer = await trio.to_thread.run_sync(session.login_result, event, result, last)
+    if probe is not None and success:
+        probe.logged_in(trio.current_time() - began)
+    await send_all(wire, answer)
 
 
 def nonce() -> str:

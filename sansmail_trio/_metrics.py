@@ -122,6 +122,8 @@ _STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 #: The login methods counted by name (SASL's, POP3's USER); anything else is "other".
 _MECHANISMS = frozenset({*sasl.MECHANISM_NAMES, "USER"})
+#: The listeners whose logins open a mailbox.
+_MAILBOX_SERVICES = frozenset({"pop3", "pop3s", "imap", "imaps"})
 _TLS_VERSIONS = frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"})
 
 
@@ -229,13 +231,15 @@ class Metrics:
         self.store_latency = Histogram(
             "sansmail_store_latency_seconds",
             "Seconds a store operation took: smtp_commit (one group commit of the SMTP"
-            " intake, all its messages durable), local_delivery (the queue runner's).",
+            " intake, all its messages durable), local_delivery (the queue runner's),"
+            " mailbox_open (a POP3 or IMAP login's).",
             ["operation"],
             buckets=_STORE_BUCKETS,
             registry=own,
         )
         self._smtp_commit = self.store_latency.labels("smtp_commit")
         self._local_store = self.store_latency.labels("local_delivery")
+        self.mailbox_open = self.store_latency.labels("mailbox_open")
         self._tallies: list[Tally] = []
         self._delivered: dict[tuple[str, str], Tally] = {}
         self._latency = {k: Spread(self.delivery_latency.labels(k)) for k in ("local", "relay")}
@@ -341,6 +345,12 @@ class Probe:
         if tally is None:
             tally = self._tls[shown] = self._metrics.tally(self._metrics.tls, self.service, shown)
         tally.n += 1
+
+    def logged_in(self, seconds: float) -> None:
+        """A login's mailbox took `seconds` to open (POP3, IMAP; the store's
+        ``mailbox_open`` latency). Once per login: observed at once."""
+        if self.service in _MAILBOX_SERVICES:
+            self._metrics.mailbox_open.observe(seconds)
 
     def auth(self, mechanism: str, *, success: bool) -> None:
         """A login with `mechanism` ended, accepted or not."""

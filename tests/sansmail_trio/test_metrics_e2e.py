@@ -206,6 +206,7 @@ def run(
     tls = "sansmail_tls_handshakes_total"
     assert get(first, tls, service="submission", version="TLSv1.3") == 1
     assert get(first, "sansmail_store_latency_seconds_count", operation="smtp_commit") >= 1
+    assert get(first, "sansmail_store_latency_seconds_count", operation="mailbox_open") == 1
     # The deferred message waits in the queue.
     assert get(first, "sansmail_queue_messages") == 1
     assert get(first, "sansmail_queue_oldest_age_seconds") >= 0
