@@ -20,9 +20,10 @@ from sansmail.storage.maildir import (
     NoSuchFolderError,
     QuotaLimits,
     Resynced,
+    _imapadmin,
 )
 from sansmail.storage.maildir._imapbase import FlagMode
-from sansmail.storage.maildir._imapindex import INDEX_NAME
+from sansmail.storage.maildir._imapindex import INDEX_NAME, FolderIndex
 from sansmail.storage.maildir._imapschema import SCHEMA_VERSION
 
 FLAGS = [set(), {"\\Seen"}, {"\\Seen", "\\Flagged"}, {"\\Answered", "Work"}, {"\\Deleted"}]
@@ -122,6 +123,30 @@ def test_expunge_before_a_date(tmp_path: pathlib.Path) -> None:
     assert sorted(seen(tmp_path)) == uids[2:]
     assert [x for x, _ in seen(tmp_path).values()] == [3, 4]
     assert acc.expunge_before("INBOX", midnight(3)) == []  # nothing left that old
+
+
+def test_files_are_gone_before_the_rows_and_a_sync_between_is_no_harm(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unlinks happen outside the folder's lock: a session syncing between them and
+    # the rows' removal expunges the rows itself, and the expunge still says all.
+    uids = appended(tmp_path, [1, 2, 3])
+    view = account(tmp_path).select("INBOX")
+    unlink = _imapadmin._unlink
+    between: list[tuple[int, ...]] = []
+
+    def unlink_then_sync(index: FolderIndex, files: list[tuple[str, str]]) -> None:
+        unlink(index, files)
+        assert not any(os.path.exists(os.path.join(index.folder, rel)) for _, rel in files)
+        view._index.refresh(force=True)
+        between.append(view.sync().expunged_uids)
+
+    monkeypatch.setattr(_imapadmin, "_unlink", unlink_then_sync)
+    acc = account(tmp_path)
+    assert acc.expunge_before("INBOX", midnight(3)) == uids[:2]
+    assert between == [tuple(uids[:2])]
+    assert view.sync().expunged == ()  # not twice
+    assert sorted(seen(tmp_path)) == uids[2:]
 
 
 def test_an_open_view_hears_the_expunge(tmp_path: pathlib.Path) -> None:
