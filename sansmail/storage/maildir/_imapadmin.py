@@ -304,11 +304,12 @@ def _rebuild(index: FolderIndex, name: str, found: _Found) -> Resynced:
                 for uid, base, _date, _tz, size in found.rows
             },
         )
-        index._connect(adopt=False, seed=seed)
-        with index.write() as conn:
-            # Past every mod-sequence given out, and no tombstones: views compare in full.
-            modseq = old.highestmodseq + 1
-            conn.execute("UPDATE folder SET highestmodseq = ?, expunge_floor = ?", (modseq, modseq))
+        # Past every mod-sequence given out, and no tombstones: views compare in full.
+        index._connect(adopt=False, seed=seed, modseq=old.highestmodseq + 1)
+        if index.header().uidvalidity != old.uidvalidity:
+            # A session made an index of its own in the moment between the old one's
+            # removal and this one (as it would after any loss): it numbered afresh.
+            found = _Found(sound=False, header=None, rows=[])
         index.refresh(force=True)
         with index.write() as conn:
             # The INTERNALDATE and its zone as the old rows had them (a sync would take
@@ -319,7 +320,7 @@ def _rebuild(index: FolderIndex, name: str, found: _Found) -> Resynced:
             )
             kept = {uid for (uid,) in conn.execute("SELECT uid FROM messages")}
         known = {row[0] for row in found.rows}
-        outcome = "rebuilt"
+        outcome = "rebuilt" if found.header is not None else "renumbered"
         messages, expunged, added = len(kept), len(known - kept), len(kept - known)
     uidvalidity = index.header().uidvalidity
     _invalidate_quota(account_root(index.folder))

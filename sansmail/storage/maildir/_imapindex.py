@@ -338,7 +338,7 @@ class FolderIndex:
         assert self._conn is not None
         return self._conn
 
-    def _connect(self, *, adopt: bool = True, seed: Uidlist | None = None) -> None:
+    def _connect(self, *, adopt: bool = True, seed: Uidlist | None = None, modseq: int = 1) -> None:
         if not os.path.isdir(os.path.join(self.folder, "cur")):
             raise FolderGoneError(f"{self.folder} is gone")
         conn = sqlite3.connect(
@@ -356,7 +356,7 @@ class FolderIndex:
                 conn.execute("PRAGMA journal_mode=WAL")
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
-                self._create(conn, adopt=adopt, seed=seed)
+                self._create(conn, adopt=adopt, seed=seed, modseq=modseq)
             elif version != SCHEMA_VERSION:
                 migrate(conn, self.db_path)
             if conn.execute("SELECT count(*) FROM folder").fetchone()[0] != 1:
@@ -372,12 +372,17 @@ class FolderIndex:
         self._ino = _inode(self.db_path)
 
     def _create(
-        self, conn: sqlite3.Connection, *, adopt: bool, seed: Uidlist | None = None
+        self,
+        conn: sqlite3.Connection,
+        *,
+        adopt: bool,
+        seed: Uidlist | None = None,
+        modseq: int = 1,
     ) -> None:
         """Fill a new, empty index (`adopt`: from Dovecot's uidlist if this is the
-        folder's first; `seed`: from these UIDs, what a resync read from a damaged
-        index, `_imapadmin`); log it when the folder had one before (not for `rebuild`,
-        which logs its own line)."""
+        folder's first; `seed` and `modseq`: from these UIDs, past this mod-sequence,
+        what a resync read from a damaged index, `_imapadmin`); log it when the folder
+        had one before (not for `rebuild`, which logs its own line)."""
         lost = _read_marker(self.folder)
         dovecot = seed
         if dovecot is None and adopt and lost is None:
@@ -388,7 +393,7 @@ class FolderIndex:
         else:
             # Taken before the write lock: the account's counter is a file of its own.
             uidvalidity = self._new_uidvalidity()
-        if not create(conn, self.db_path, uidvalidity, dovecot):
+        if not create(conn, self.db_path, uidvalidity, dovecot, modseq=modseq):
             return  # another process made it meanwhile (and said so)
         _write_marker(self.folder, uidvalidity)
         if lost is not None and adopt:

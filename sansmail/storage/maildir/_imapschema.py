@@ -102,10 +102,17 @@ UPSERT_STRUCTURES: Final = (
 
 
 def create(
-    conn: sqlite3.Connection, path: str, uidvalidity: int, dovecot: Uidlist | None = None
+    conn: sqlite3.Connection,
+    path: str,
+    uidvalidity: int,
+    dovecot: Uidlist | None = None,
+    *,
+    modseq: int = 1,
 ) -> bool:
     """Make the tables of an empty index (`path`, for messages): a new folder, or one
-    Dovecot served (its UIDs go into ``adopted`` for the first sync). False when another
+    Dovecot served (its UIDs go into ``adopted`` for the first sync). `modseq` above 1
+    starts HIGHESTMODSEQ and the tombstones' floor there (a resync's rebuild, past the
+    old index's: every view then compares its whole UID list). False when another
     process made them first."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -120,8 +127,8 @@ def create(
             # Dovecot listed is not \Recent: recent_uid starts at its next UID.
             uidnext = dovecot.next_uid if dovecot is not None else 1
             conn.execute(
-                "INSERT INTO folder VALUES (0, ?, ?, 1, ?, 0, -1, -1, 0, 0)",
-                (uidvalidity, uidnext, uidnext),
+                "INSERT INTO folder VALUES (0, ?, ?, ?, ?, ?, -1, -1, 0, 0)",
+                (uidvalidity, uidnext, modseq, uidnext, modseq if modseq > 1 else 0),
             )
             if dovecot is not None:
                 conn.executemany(
