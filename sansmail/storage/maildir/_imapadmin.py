@@ -175,7 +175,8 @@ def _unlink(index: FolderIndex, files: list[tuple[str, str]]) -> None:
 class _Found:
     """What could be read of an index file."""
 
-    #: Opened, passed the integrity check, one folder row, a schema this code reads.
+    #: Opened, passed the integrity check, one folder row, a schema this code reads
+    #: (maybe after migrating it).
     sound: bool
     #: The folder row, when it could be read and agrees with the message rows.
     header: Header | None
@@ -232,7 +233,8 @@ def _read_found(conn: sqlite3.Connection, path: str) -> _Found:
         complete = False
     if header is not None and not _agrees(header, rows):
         header = None
-    sound = checked and complete and header is not None and version == SCHEMA_VERSION
+    # An older schema is sound too: opening it migrates it in place, UIDs and all.
+    sound = checked and complete and header is not None and 0 < version <= SCHEMA_VERSION
     return _Found(sound=sound, header=header, rows=rows)
 
 

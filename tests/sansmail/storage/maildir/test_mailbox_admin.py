@@ -349,3 +349,14 @@ def test_resync_refuses_an_index_of_a_newer_version(tmp_path: pathlib.Path) -> N
 def test_resync_of_an_unknown_folder(tmp_path: pathlib.Path) -> None:
     with pytest.raises(NoSuchFolderError):
         _resync(tmp_path, "Nowhere")
+
+
+def test_resync_of_an_index_of_an_older_version_migrates_it(tmp_path: pathlib.Path) -> None:
+    before = populated(tmp_path)
+    old = uidvalidity(tmp_path)
+    with sqlite3.connect(root(tmp_path) / INDEX_NAME) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION - 1}")
+    conn.close()
+    done = _resync(tmp_path)
+    assert (done.outcome, done.uidvalidity) == ("checked", old)
+    assert seen(tmp_path) == before
