@@ -130,9 +130,11 @@ _TLS_VERSIONS = frozenset({"TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"})
 def enable_multiprocess(directory: pathlib.Path) -> None:
     """Count in files under `directory`, summed over every process at scrape time (see
     the module docstring). Call once, in the parent, before forking and before any
-    metric exists; the directory is emptied (what a previous start counted is gone, as
-    a restarted exporter's counters are)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    metric exists; the directory (in an existing folder) is emptied: what a previous
+    start counted is gone, as a restarted exporter's counters are."""
+    # Only the server's user reads them (the run/ folder is the control sockets' too).
+    for folder in (directory.parent, directory):
+        folder.mkdir(mode=0o700, exist_ok=True)
     for entry in directory.iterdir():
         if entry.suffix == ".db":
             entry.unlink(missing_ok=True)

@@ -5,6 +5,8 @@ live gauges (open connections, the queue's size and oldest message)."""
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import time
 
 import pytest
@@ -237,3 +239,34 @@ def test_a_spread_without_the_histograms_insides_observes_at_once() -> None:
     assert plain.seen == [1.5, 1.5, 1.5]
     spread.flush()
     assert plain.seen == [1.5, 1.5, 1.5]
+
+
+def test_enable_multiprocess_empties_the_folder_and_counts_in_files(
+    tmp_path: pathlib.Path,
+) -> None:
+    # In a process of its own: the mode is the whole interpreter's.
+    folder = tmp_path / "run" / "metrics"
+    folder.mkdir(parents=True)
+    (folder / "counter_1.db").write_bytes(b"what a previous start counted")
+    (folder / "keep.txt").write_text("not ours")
+    script = (
+        "import pathlib, sys\n"
+        "from sansmail_trio._metrics import Metrics, enable_multiprocess, multiprocess_dir\n"
+        "folder = pathlib.Path(sys.argv[1])\n"
+        "enable_multiprocess(folder)\n"
+        "assert multiprocess_dir() == str(folder)\n"
+        "metrics = Metrics()\n"
+        "metrics.probe('smtp').accepted(None)\n"
+        "metrics.flush()\n"
+        "sys.stdout.write(metrics.scrape().decode())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], capture_output=True, check=True, timeout=60
+    )
+    assert value(done.stdout, "sansmail_connections_total", service="smtp") == 1
+    # The stale file is gone; the new process's file holds the count.
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[-1] == "keep.txt"
+    assert "counter_1.db" not in names
+    assert len({name.split("_")[-1] for name in names[:-1]}) == 1  # one pid's files
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o700
