@@ -269,4 +269,3 @@ def test_enable_multiprocess_empties_the_folder_and_counts_in_files(
     assert names[-1] == "keep.txt"
     assert "counter_1.db" not in names
     assert len({name.split("_")[-1] for name in names[:-1]}) == 1  # one pid's files
-    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o700
