@@ -86,7 +86,7 @@ __all__ = [
     "multiprocess_dir",
 ]
 
-#: What a scrape's answer is (the Prometheus text format, version 0.0.4).
+#: What a scrape's answer is: the Prometheus text format, as prometheus-client writes it.
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Envelopes a scrape reads at most for the age of the oldest message (the rest at the
 #: next scrapes): a scrape of a huge queue stays short.
