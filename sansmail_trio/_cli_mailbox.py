@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import re
 import sqlite3
 import time
@@ -282,6 +283,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _resync(args: argparse.Namespace) -> int:
+    # The store logs each repair for a server's log; here the line printed says it.
+    logging.getLogger("sansmail.repair").addHandler(logging.NullHandler())
     address, account = _account(args)
     done: list[Resynced] = []
     with _errors(address):
