@@ -201,8 +201,8 @@ def usage(root: str, limit: int, *, now: int | None = None) -> tuple[Usage, bool
 
 def recalculate(root: str, limit: int) -> Usage:
     """Blocking: measure `root` (every folder's ``new/`` and ``cur/``) and write a new
-    quota file saying so (``sansmail-trio mailbox resync`` in CONTRACT.md would call
-    this)."""
+    quota file saying so (after ``sansmail-trio mailbox resync`` rebuilt an index, the
+    next reader does: the resync drops the file, `invalidate`)."""
     octets = messages = 0
     for folder in _folders(root):
         for sub in ("new", "cur"):
