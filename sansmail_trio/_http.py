@@ -147,6 +147,9 @@ class HTTPService:
     tls: TLSContextHolder | None = None
     timeout: float = TIMEOUT
     max_requests: int = MAX_REQUESTS
+    #: Answered requests are logged at info; False: at debug, errors still at info (a
+    #: Prometheus scrape every 15 s would be 5760 lines a day in the mail log).
+    log_answers: bool = True
     _table: dict[str, dict[str, Handler]] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
@@ -447,7 +450,8 @@ class _Connection:
                 await self.stream.aclose()
 
     def _log(self, method: str, path: str, status: int, size: int) -> None:
-        self.service.log.info("%s: %s %s %d %d", self.client, method, path, status, size)
+        level = logging.INFO if self.service.log_answers or status >= 400 else logging.DEBUG
+        self.service.log.log(level, "%s: %s %s %d %d", self.client, method, path, status, size)
 
 
 def _text(status: int, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:

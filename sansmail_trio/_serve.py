@@ -315,7 +315,7 @@ async def serve(
     # Prometheus's text format, summed over every process (_metrics.py); plain HTTP: a
     # scraper on the same host or network, as node_exporter's.
     services["metrics"] = HTTPService(
-        {"/metrics": metrics.handle_scrape}, log=get_logger("metrics")
+        {"/metrics": metrics.handle_scrape}, log=get_logger("metrics"), log_answers=False
     )
     # Client autoconfiguration and the MTA-STS policy (_autoconfig.py), over http and
     # https on the same port (the client's first octet tells): MTA-STS is fetched only

@@ -63,8 +63,7 @@ Choices of ours where CONTRACT.md is silent:
 - ``storage.backend = "postgresql"`` needs ``storage.dsn``, a ``postgresql://`` URI; a
   dsn is never quoted in a message, since it may hold a password.
 
-Keys for features not built yet (``[storage]``, the ``metrics``
-and ``http`` listeners) are read and checked like the others, and
+Keys for features not built yet (``[storage]``) are read and checked like the others, and
 `not_in_force` lists, one line each, those that ask for something this version does not
 do yet (see `_unbuilt`).
 

@@ -37,7 +37,7 @@ import attrs
 
 from sansmail.config import Config, HostPort
 from sansmail.mail.address import AddressError, parse_address
-from sansmail.mail.dnsrecords import _public_port, mta_sts_policy
+from sansmail.mail.dnsrecords import mta_sts_policy, public_port
 
 __all__ = [
     "AUTODISCOVER_RESPONSE_SCHEMA",
@@ -102,7 +102,7 @@ def servers(config: Config) -> tuple[Server, ...]:
     found: list[Server] = []
     listen: Mapping[str, Sequence[HostPort]] = config.listen
     for listener, kind, socket in _CLIENT_LISTENERS:
-        port = _public_port(listen.get(listener, ()))
+        port = public_port(listen.get(listener, ()))
         if port is not None:
             found.append(Server(kind, host, port, socket))
     return tuple(found)

@@ -54,6 +54,7 @@ __all__ = [
     "check",
     "failing",
     "mta_sts_policy",
+    "public_port",
     "records",
     "txt_strings",
     "zone_text",
@@ -205,7 +206,7 @@ def records(
         )
     )
     for service, listener, priority in SRV_SERVICES:
-        port = _public_port(config.listen.get(listener, ()))
+        port = public_port(config.listen.get(listener, ()))
         value = "0 0 0 ." if port is None else f"{priority} 1 {port} {host}."
         found.append(Record(kind="SRV", name=f"{service}.{domain}", rtype="SRV", value=value))
     found.extend(
@@ -228,7 +229,7 @@ def _spf(relayhost: NextHop | None) -> str:
     return f"v=spf1 mx {sender} -all"
 
 
-def _public_port(addresses: Iterable[HostPort]) -> int | None:
+def public_port(addresses: Iterable[HostPort]) -> int | None:
     """The port to announce for a listener's addresses: of the first one that is not
     loopback (the one clients reach), else of the first; None when there is none."""
     addresses = list(addresses)

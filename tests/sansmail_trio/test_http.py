@@ -295,6 +295,19 @@ async def test_one_log_line_per_request(
     assert lines[1].endswith(": GET /nothing 404 14")  # the query is not logged
 
 
+async def test_quiet_service_logs_answers_at_debug_and_errors_at_info(
+    port: Callable[..., int], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The metrics listener's setting: a scrape every 15 s is no mail-log line.
+    caplog.set_level(logging.DEBUG, logger="test.http")
+    await talk(await port(log_answers=False), GET + b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    levels = [(r.levelno, r.getMessage()[-16:]) for r in caplog.records if r.name == "test.http"]
+    assert levels == [
+        (logging.DEBUG, ": GET /hello 200 6"[-16:]),
+        (logging.INFO, ": GET /nothing 404 14"[-16:]),
+    ]
+
+
 async def test_refusal_is_503_with_retry_after() -> None:
     client, server = trio.testing.memory_stream_pair()
     answer = b""
