@@ -54,7 +54,12 @@ from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
 from sansmail.storage.maildir import MaildirStore, recalculate_usage
-from sansmail.storage.queue import QueueStore, UnknownQueueIdError, format_mailq
+from sansmail.storage.queue import (
+    QueueStore,
+    UnknownQueueIdError,
+    format_mailq,
+    mailq_json_lines,
+)
 from sansmail.storage.sieve import (
     SieveQuota,
     SieveQuotaError,
@@ -179,7 +184,9 @@ The outbound queue, <data_dir>/queue/: messages waiting for delivery to other ho
 
   queue list            every queued message, like mailq: queue id, size, arrival
                         time (UTC) and sender, then each recipient still pending,
-                        with the reason of its last failure
+                        with the reason of its last failure; --json: one
+                        JSON object per message and line, with the keys of
+                        Postfix's postqueue -j
   queue flush           ask the running server to retry every deferred message now,
                         like postqueue -f
   queue delete ID...    delete messages, like postsuper -d; queue delete ALL
@@ -187,6 +194,7 @@ The outbound queue, <data_dir>/queue/: messages waiting for delivery to other ho
 
 examples:
   {PROG} queue list
+  {PROG} queue list --json | jq -r 'select(.queue_name == "deferred") | .queue_id'
   {PROG} queue delete 18BD5E1A2C8F0004A001
   {PROG} queue flush --config /etc/sansmail.toml
 """
@@ -417,13 +425,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     queue = group("queue", "list the outbound queue, retry it now, delete from it", _QUEUE_HELP)
-    command(
+    queue_list = command(
         queue,
         "list",
         "list queued messages, like mailq",
         _queue_list,
         _QUEUE_HELP,
         parent="queue",
+    )
+    queue_list.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per message and line, as Postfix's postqueue -j: queue_name, "
+        "queue_id, arrival_time, message_size, sender, recipients [{address, delay_reason}]",
     )
     command(
         queue,
@@ -743,7 +757,8 @@ def _role_warnings(config: Config, source: AliasSource) -> list[str]:
 
 def _queue_list(args: argparse.Namespace) -> int:
     store = _queue_store(_load(args))
-    sys.stdout.write(format_mailq(store.list(), now=time.time()))
+    show = mailq_json_lines if args.json else format_mailq
+    sys.stdout.write(show(store.list(), now=time.time()))
     return 0
 
 

@@ -44,21 +44,9 @@ SERVICES: Final = (
     "http",
 )
 #: The services this version can actually run; listeners for the others are accepted,
-#: reported and skipped.
-BUILT_SERVICES: Final = frozenset(
-    {
-        "smtp",
-        "submission",
-        "submissions",
-        "pop3",
-        "pop3s",
-        "imap",
-        "imaps",
-        "managesieve",
-        "metrics",
-        "http",
-    }
-)
+#: reported and skipped. Every one of CONTRACT.md's is built now; a service the contract
+#: names before it is built leaves this set until then.
+BUILT_SERVICES: Final = frozenset(SERVICES)
 
 RESTRICTIONS: Final = (
     "permit_sasl_authenticated",

@@ -4,6 +4,7 @@ check-config, run in-process; plus real runs of the installed console script."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pathlib
 import shutil
@@ -588,6 +589,29 @@ def test_queue_list(run, config_file):
     assert lines[5].startswith("C3D4 ")
     assert lines[5].endswith("MAILER-DAEMON")
     assert lines[-1] == "-- 1 Kbytes in 2 Requests."
+
+
+def test_queue_list_json_has_postqueue_j_keys(run, config_file):
+    _queue(config_file, "A1B2")
+    _queue(config_file, "C3D4", sender="")
+    assert run("queue", "list", "--json", "--config", str(config_file)) == 0
+    first, second = (json.loads(line) for line in run.out.splitlines())
+    assert first["queue_id"] == "A1B2"
+    assert first["queue_name"] == "deferred"  # tried once, 451
+    assert first["sender"] == "alice@example.test"
+    assert isinstance(first["arrival_time"], int)
+    assert first["message_size"] == 22
+    (recipient,) = first["recipients"]
+    assert recipient["address"] == "bob@remote.test"
+    assert recipient["delay_reason"] == "451 4.3.0 try later"
+    assert recipient["attempts"] == 1
+    assert second["queue_id"] == "C3D4"
+    assert second["sender"] == ""
+
+
+def test_queue_list_json_of_an_empty_queue_prints_nothing(run, config_file):
+    assert run("queue", "list", "--json", "--config", str(config_file)) == 0
+    assert run.out == ""
 
 
 def test_queue_delete(run, config_file):

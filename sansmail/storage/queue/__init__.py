@@ -19,7 +19,7 @@ from sansmail.mail.envelope import (
     RecipientState,
     check_queue_id,
 )
-from sansmail.storage.queue._mailq import format_mailq
+from sansmail.storage.queue._mailq import format_mailq, mailq_json_lines
 from sansmail.storage.queue._store import QueueStore, QueueWriter, UnknownQueueIdError
 
 __all__ = [
@@ -35,5 +35,6 @@ __all__ = [
     "check_queue_id",
     "dsn_status",
     "format_mailq",
+    "mailq_json_lines",
     "record_attempt",
 ]

@@ -30,6 +30,7 @@ from sansmail.storage.queue import (
     _format,
     _store,
     format_mailq,
+    mailq_json_lines,
 )
 
 CONTENT = b"Subject: hi\r\n\r\nline one\r\nline two\r\n"
@@ -85,6 +86,7 @@ def test_public_names() -> None:
         "check_queue_id",
         "dsn_status",
         "format_mailq",
+        "mailq_json_lines",
         "record_attempt",
     ]
 
@@ -938,6 +940,48 @@ def test_mailq_several_messages() -> None:
     assert "(retry due)" in text
     assert text.count("bob@remote.test") == 1
     assert text.endswith("-- 3 Kbytes in 2 Requests.\n")
+
+
+def test_mailq_json_lines_one_object_per_message_with_postqueue_keys() -> None:
+    first = envelope(
+        "AAA1",
+        size=100,
+        arrival=1_000.5,
+        sender="",
+        recipients=(
+            QueuedRecipient(
+                address="bob@remote.test",
+                attempts=2,
+                next_attempt=400.0,
+                last_reason="421 4.7.0\r\n try later",
+            ),
+            QueuedRecipient(address="done@remote.test", state="sent"),
+        ),
+    )
+    second = envelope("BBB2", size=7, arrival=2_000.0, sender="ä@example.test")
+    text = mailq_json_lines([first, second], now=100.0)
+    assert text.endswith("\n")
+    assert text.count("\n") == 2
+    one, two = (json.loads(line) for line in text.splitlines())
+    assert one == {
+        "queue_name": "deferred",
+        "queue_id": "AAA1",
+        "arrival_time": 1000,
+        "message_size": 100,
+        "sender": "",
+        "recipients": [
+            {
+                "address": "bob@remote.test",
+                "delay_reason": "421 4.7.0 try later",
+                "attempts": 2,
+                "next_attempt_in": 300,
+            }
+        ],
+    }
+    assert two["queue_name"] == "active"
+    assert two["sender"] == "ä@example.test"
+    assert "ä" in text  # UTF-8 kept, as the log's JSON keeps it
+    assert mailq_json_lines([], now=0.0) == ""
 
 
 def test_ids_lists_every_envelope_with_one_listing(tmp_path: pathlib.Path) -> None:
