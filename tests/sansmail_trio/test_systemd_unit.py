@@ -133,7 +133,10 @@ def test_the_example_configuration(tmp_path: pathlib.Path) -> None:
         "pop3s",
         "imap",
         "imaps",
+        "managesieve",
+        "metrics",
     }
+    assert config.listen["metrics"] == (("127.0.0.1", 2980),)  # never on a public address
     assert not_in_force(config) == []
 
 
