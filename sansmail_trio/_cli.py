@@ -88,13 +88,15 @@ class CommandError(Exception):
 # --- help texts -------------------------------------------------------------------------
 
 _MAIN_HELP = f"""\
-sansmail: a mail server: SMTP, submission, POP3 and IMAP. Commands marked "not built
-yet" are accepted, say so and exit 1.
+sansmail: a mail server: SMTP, submission, POP3, IMAP and ManageSieve, with metrics
+and client autoconfiguration. Commands marked "not built yet" are accepted, say so and
+exit 1.
 
 Configuration: --config FILE, else ./sansmail.toml when it exists, else the embedded
 default (domain "localhost", data in ./sansmail-data, listeners on 127.0.0.1 ports
 2525 smtp, 2587 submission, 2465 submissions, 2110 pop3, 2995 pop3s, 2143 imap,
-2993 imaps). --config may come before or after the command.
+2993 imaps, 2190 managesieve, 2980 metrics). --config may come before or after the
+command.
 
 Where mail lives: each user's mailbox is a Maildir at
 <data_dir>/mail/<domain>/<local-part>/ (new/, cur/, tmp/); users are kept in
