@@ -28,7 +28,12 @@ until the commit has checked that the file is still linked; `recover` and `set_a
 skip a file they cannot lock, so a server process still finishing a transaction while a
 new server starts (the old one was killed) never sees its file removed under it, and
 the link check catches anything else that removed it (``queue delete``): such a commit
-fails, so no ``250`` is sent for mail that is gone.
+fails, so no ``250`` is sent for mail that is gone. Creating a file and locking it are
+two system calls, and a queue runner starting (or replacing a dead one) beside live
+server processes may look at the file between them: `recover` then finds it unlocked
+and empty. So it removes a file that was never committed only when the process that
+named it (the pid inside every queue id, `new_id`) is gone; and a writer that finds its
+new file locked waits for the lock, which `recover` holds only to read the file.
 
 **After an attempt** (`update`), the new envelope is appended as one more record and
 the file ``fdatasync``'d: one write, no rename, no directory fsync. A record cut short
@@ -139,6 +144,29 @@ def _pread_all(fd: int, size: int, offset: int) -> bytes:
         size -= len(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+def _writer_alive(queue_id: str) -> bool:
+    """Whether the process that named `queue_id` (`QueueStore.new_id`: the pid is the
+    five hex digits before the counter's three) still runs, ourselves excepted: the
+    caller of `recover` writes nothing before it returns. A pid reused since, or one
+    above 0xFFFFF, can only keep a leftover until the next start, never remove a file
+    being written."""
+    if len(queue_id) < 16:
+        return False  # not of new_id's making (tests', format 1's)
+    try:
+        pid = int(queue_id[-8:-3], 16)
+    except ValueError:
+        return False
+    if pid in (0, os.getpid() & 0xFFFFF):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists, under another user
+    return True
 
 
 def _try_lock(fd: int) -> bool:
@@ -557,6 +585,8 @@ class QueueStore:
             try:
                 self._read(queue_id, content=False)
             except UnknownQueueIdError:
+                if _writer_alive(queue_id):
+                    return  # created a moment ago, not locked yet (module docstring)
                 # Cut short before its commit's fsync: no 250 was ever sent for it.
                 os.unlink(path)
                 names.discard(name)
@@ -734,7 +764,8 @@ class QueueWriter:
         fd = os.open(self._path, _O_CREATE, _FILE_MODE)
         self._fd = fd
         self._created = True
-        # A new file: no one else can hold its lock, unless `recover` raced us to it.
-        if not _try_lock(fd):
-            raise OSError(errno.EBUSY, f"queue file {self.queue_id} is locked")
+        # A new file: no one else holds its lock, unless `recover` or `queue delete`
+        # opened it between our open and this flock. `recover` only reads it (our pid
+        # is alive) and lets go; a delete removes it, which the commit's link check sees.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         _write_all(fd, first)

@@ -3,9 +3,11 @@ the queue sansmail 0.1 left (format 1) read, deleted and converted."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import subprocess
 import threading
 from typing import Any
 
@@ -445,6 +447,60 @@ def test_recover_and_set_aside_leave_a_file_being_written_alone(store: QueueStor
     assert not store.set_aside("LIVE1")
     stored = writer.commit(envelope("LIVE1"))
     assert store.list() == [stored]
+
+
+def _id_of(pid: int) -> str:
+    """A queue id as `new_id` makes them in process `pid`."""
+    return f"{1_796_000_000_000_000:X}{pid & 0xFFFFF:05X}001"
+
+
+def test_recover_leaves_a_new_unlocked_file_of_a_live_writer(store: QueueStore) -> None:
+    # A runner starting beside live server processes, between one's open(2) of a new
+    # file and its flock (the CI run of 2026-12-07 answered 451 to a client so): the
+    # file is empty and unlocked, but its writer is alive and about to lock it.
+    with subprocess.Popen(["sleep", "30"]) as writer_process:
+        try:
+            live, dead = _id_of(writer_process.pid), _id_of(_dead_pid())
+            store.root.mkdir(exist_ok=True)
+            for queue_id in (live, dead):
+                (store.root / f"{queue_id}.q").touch()
+            assert store.recover() == [f"{dead}.q: removed (half-written, never committed)"]
+            assert files(store) == [f"{live}.q"]
+        finally:
+            writer_process.kill()
+    assert store.recover() == [f"{live}.q: removed (half-written, never committed)"]
+
+
+def test_a_writer_waits_for_a_lock_recover_holds_on_its_new_file(
+    store: QueueStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same race seen from the writer: it finds its new file locked by `recover`
+    # (reading it), waits, then writes and commits; before, it failed with EBUSY.
+    real_flock = fcntl.flock
+    held: list[int] = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not held and operation == fcntl.LOCK_EX:
+            other = os.open(store.root / f"{queue_id}.q", os.O_RDONLY)
+            real_flock(other, fcntl.LOCK_EX)
+            held.append(other)
+            threading.Timer(0.2, os.close, (other,)).start()
+        real_flock(fd, operation)
+
+    queue_id = _id_of(os.getpid())
+    writer = store.begin(queue_id)
+    writer.write(CONTENT)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    stored = writer.commit(envelope(queue_id))
+    monkeypatch.undo()
+    assert held
+    assert store.list() == [stored]
+
+
+def _dead_pid() -> int:
+    with subprocess.Popen(["true"]) as gone:
+        gone.wait()
+    return gone.pid
 
 
 def test_update_of_a_deleted_message_does_not_resurrect_it(store: QueueStore) -> None:
