@@ -224,7 +224,7 @@ async def _exchange(stream: trio.SocketStream, info: ProcessInfo) -> dict[str, A
         return {"error": f"a request is one JSON line of at most {REQUEST_MAX} octets"}
     try:
         request = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json goes
         return {"error": "a request is one JSON object"}
     if not isinstance(request, dict):
         return {"error": "a request is one JSON object"}
