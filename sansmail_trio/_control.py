@@ -297,10 +297,11 @@ def _row(live: LiveSession) -> dict[str, Any]:
 
 def _kick(sessions: Collection[LiveSession], user: str) -> list[dict[str, Any]]:
     """End `user`'s sessions (the user store's key); their rows."""
-    wanted = user.casefold()
+    # As keys are made (`Address.key`): casefold() would also take straße for strasse.
+    wanted = user.lower()
     kicked = []
     for live in list(sessions):
-        if live.user is not None and live.user.casefold() == wanted:
+        if live.user is not None and live.user.lower() == wanted:
             kicked.append(_row(live))
             live.kick()
     return kicked

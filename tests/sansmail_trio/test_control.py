@@ -105,6 +105,24 @@ async def test_status_who_and_kick(tmp_path: pathlib.Path) -> None:
     assert not path.exists()  # removed at the end
 
 
+async def test_kick_matches_the_user_key_as_it_is_lower_cased_only(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Keys lower-case the local part (Address.key) and no more: straße and strasse are
+    # two users, whom casefold() would take for one.
+    lines: list[str] = []
+    sessions = {_live("aaaaaaaaaaaa", "straße@example.test", lines)}
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(serve_control, tmp_path, "control-1.sock", _info(sessions))
+        assert await _ask(path, {"command": "kick", "user": "strasse@example.test"}) == {
+            "kicked": []
+        }
+        kicked = await _ask(path, {"command": "kick", "user": "STRAßE@example.test"})
+        assert kicked is not None
+        assert [row["session"] for row in kicked["kicked"]] == ["aaaaaaaaaaaa"]
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize(
     ("request_line", "error"),
     [
