@@ -151,6 +151,7 @@ output:
 _AGE: Final = re.compile(r"([0-9]{1,9})([smhdw])\Z")
 _UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_EARLIEST: Final = int(datetime.datetime(1, 1, 1, tzinfo=datetime.UTC).timestamp())
 
 
 def add_commands(
@@ -366,7 +367,12 @@ def _cutoff(text: str, now: float) -> int:
     """Seconds since the epoch of --before: a date (midnight UTC) or an age."""
     age = _AGE.match(text)
     if age is not None:
-        return int(now) - int(age[1]) * _UNIT[age[2]]
+        cutoff = int(now) - int(age[1]) * _UNIT[age[2]]
+        # The line printed after the expunge shows it as a date: one before year 1
+        # (999999999w) would fail there, with the command's work already done.
+        if cutoff >= _EARLIEST:
+            return cutoff
+        raise _cli.CommandError(f"--before {text!r}: an age reaching back before year 1")
     if _DATE.match(text):
         try:
             day = datetime.date.fromisoformat(text)
