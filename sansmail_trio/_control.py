@@ -156,7 +156,9 @@ def _listen(directory: pathlib.Path, name: str) -> tuple[socket.socket, str, int
     the listening socket, the file's path and its inode (to remove it at the end only
     if it is still ours)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = directory.lstat()
+    # Through a link (run -> /run/sansmail, say): the directory the sockets go in is the
+    # one that must be ours, and the one chmod() tightens.
+    info = directory.stat()
     if info.st_uid != os.geteuid():
         raise OSError(errno.EPERM, f"{directory} belongs to uid {info.st_uid}, not to us")
     if info.st_mode & 0o077:

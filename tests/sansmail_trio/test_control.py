@@ -200,6 +200,24 @@ async def test_a_run_directory_of_another_user_is_logged_not_fatal(
     assert "who, kick and status will not reach this process" in record.getMessage()
 
 
+async def test_a_run_link_to_a_directory_of_another_user_is_refused(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The owner checked is the directory's the sockets go in, not the link's.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the directory away")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chown(elsewhere, 65534, 65534)
+    elsewhere.chmod(0o777)
+    (tmp_path / "run").symlink_to(elsewhere)
+    caplog.set_level(logging.WARNING, logger="sansmail.master")
+    async with trio.open_nursery() as nursery:
+        assert await nursery.start(serve_control, tmp_path, "control-1.sock", _info(set())) is None
+    assert list(elsewhere.iterdir()) == []
+    assert elsewhere.stat().st_mode & 0o777 == 0o777
+
+
 def test_control_sockets_lists_servers_by_number_then_the_runner(tmp_path: pathlib.Path) -> None:
     assert control_sockets(tmp_path) == []  # no run directory: never started
     run = tmp_path / "run"
