@@ -119,8 +119,10 @@ def client_tls_context(*, verify: bool, cafile: os.PathLike[str] | str | None) -
     return context
 
 
-#: What a cached connection can be reused for: address, port, TLS level, with AUTH.
-_CacheKey = tuple[str, int, str, bool]
+#: What a cached connection can be reused for: address, port, TLS level, with AUTH, and
+#: the name its certificate was verified for (one address may be the MX of several
+#: names, and DNS may lie: each name's certificate check is its own).
+_CacheKey = tuple[str, int, str, bool, str | None]
 
 
 @attrs.define
@@ -189,7 +191,13 @@ class SMTPClient:
     async def _talk(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
         """One SMTP transaction with `step.ip`, on a cached connection when there is one."""
         credentials = self._credentials if step.authenticate else None
-        key: _CacheKey = (step.ip, step.port, step.tls, credentials is not None)
+        key: _CacheKey = (
+            step.ip,
+            step.port,
+            step.tls,
+            credentials is not None,
+            step.verify_name,
+        )
         cached = self._take_cached(key)
         if cached is not None:
             session, stream, tls_text = cached.session, cached.stream, cached.tls

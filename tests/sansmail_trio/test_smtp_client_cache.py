@@ -1,0 +1,61 @@
+"""The outbound SMTP client's connection cache (`sansmail_trio._smtp_client`): what a
+cached connection may be reused for, and what becomes of a connection whose
+conversation ends after the client has stopped (the queue runner's shutdown grace)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import trio
+import trustme
+from delivery_helpers import PEER, free_port, start_peer
+
+from sansmail.config import DeliveryConfig
+from sansmail.mail import outbound
+from sansmail.mail.delivery import Connect
+from sansmail_trio import _smtp_client
+from sansmail_trio._smtp_client import SMTPClient
+
+MESSAGE = outbound.OutboundMessage(
+    sender="alice@example.test",
+    recipients=(outbound.OutboundRecipient(address="bob@peer.test"),),
+    content=b"Subject: test\r\n\r\nHello\r\n",
+)
+
+
+def connect(port: int, name: str) -> Connect:
+    return Connect(
+        host=name, ip=PEER, port=port, tls="verify", verify_name=name, authenticate=False
+    )
+
+
+def client_for(tls_ca: trustme.CA, tmp_path: pathlib.Path) -> SMTPClient:
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    delivery = DeliveryConfig(tls="verify", tls_ca_file=ca_file)
+    return SMTPClient(hostname="mx.example.test", delivery=delivery)
+
+
+async def test_a_connection_verified_for_one_name_is_not_reused_for_another(
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    tls_ca: trustme.CA,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two MX names at one address (DNS says so, and DNS may lie): the certificate is
+    # checked for each name, never taken on trust from a connection made for the other.
+    monkeypatch.setattr(_smtp_client, "CACHE_TIME_LIMIT", 3600.0)
+    port = free_port(PEER)
+    await start_peer(nursery, tmp_path, port, tls_ca, cert_name="mx.peer.test")
+    client = client_for(tls_ca, tmp_path)
+    await nursery.start(client.run)
+    first = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
+    assert first.outcomes is not None
+    assert first.tls is not None
+    second = await client.deliver(MESSAGE, connect(port, "mx.impostor.test"))
+    assert second.outcomes is None
+    assert "certificate not verified" in second.reason
+    # The connection made for the right name is still reused for it.
+    third = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
+    assert third.outcomes is not None
