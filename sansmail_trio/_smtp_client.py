@@ -157,6 +157,9 @@ class SMTPClient:
         self._password_file: pathlib.Path | None = delivery.relayhost_password_file
         self._credentials: tuple[str, str] | None = None
         self._cache: dict[_CacheKey, list[_Cached]] = {}
+        # Set when `run` has closed the cache: the runner lets conversations end after
+        # that (its stop's grace), and a connection cached then would never be closed.
+        self._stopped = False
 
     async def deliver(self, message: outbound.OutboundMessage, step: Connect) -> Conversation:
         """Deliver `message` as `step` says, in one transaction, and say how it ended."""
@@ -305,7 +308,7 @@ class SMTPClient:
         return cached
 
     def _put_cached(self, key: _CacheKey, cached: _Cached) -> bool:
-        if sum(len(pool) for pool in self._cache.values()) >= CACHE_SIZE:
+        if self._stopped or sum(len(pool) for pool in self._cache.values()) >= CACHE_SIZE:
             return False
         cached.since = trio.current_time()
         self._cache.setdefault(key, []).append(cached)
@@ -337,6 +340,7 @@ class SMTPClient:
                     for cached in old:
                         nursery.start_soon(self._close_cached, cached)
         finally:
+            self._stopped = True
             with trio.CancelScope(shield=True):
                 for pool in self._cache.values():
                     for cached in pool:

@@ -59,3 +59,20 @@ async def test_a_connection_verified_for_one_name_is_not_reused_for_another(
     # The connection made for the right name is still reused for it.
     third = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
     assert third.outcomes is not None
+
+
+async def test_a_conversation_ending_after_the_client_stopped_closes_its_connection(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, tls_ca: trustme.CA
+) -> None:
+    # At a stop, the runner lets conversations end under a shield after the client's
+    # run (which closes the cached connections) is over: a connection cached then would
+    # never be closed (a ResourceWarning for its socket at garbage collection).
+    port = free_port(PEER)
+    await start_peer(nursery, tmp_path, port, tls_ca, cert_name="mx.peer.test")
+    client = client_for(tls_ca, tmp_path)
+    async with trio.open_nursery() as inner:
+        await inner.start(client.run)
+        inner.cancel_scope.cancel()
+    ended = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
+    assert ended.outcomes is not None
+    assert not client._cache
