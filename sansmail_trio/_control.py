@@ -75,6 +75,7 @@ QUEUE_SOCKET: Final = "control-queue.sock"
 #: A sockaddr_un's path holds 108 octets with its NUL (unix(7)).
 _SUN_PATH_MAX: Final = 107
 _PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 class ControlError(Exception):
@@ -141,7 +142,18 @@ async def serve_control(
         async with listener, trio.open_nursery() as nursery:
             task_status.started(directory / name)
             while True:
-                stream = await listener.accept()
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    # trio passes these on; out of serve_control they would take the
+                    # process, and its sessions, down. Out of file descriptors: wait for
+                    # some to be released, as the listeners do (`_serve.py`).
+                    if exc.errno in _RESOURCE_ERRNOS:
+                        log.error("control socket: accept failed (%s); sleeping", exc)
+                        await trio.sleep(0.1)
+                        continue
+                    log.error("control socket: accept failed (%s): no longer served", exc)
+                    return
                 await limit.acquire()
                 nursery.start_soon(_serve_one, stream, info, limit)
     finally:

@@ -4,6 +4,7 @@ side's reading of the directory."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -160,6 +161,41 @@ async def test_a_silent_client_is_dropped_after_the_timeout(
         assert trio.current_time() - started >= CONTROL_TIMEOUT
         client.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_running_out_of_file_descriptors_does_not_end_the_process(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # trio's accept() passes EMFILE on: out of serve_control it would take the server
+    # process's nursery, and every session in it, down.
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+    _fail_accept(monkeypatch, failures)
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(serve_control, tmp_path, "control-1.sock", _info(set()))
+        assert await _ask(path, {"command": "who"}) == {"sessions": []}
+        assert not failures
+        nursery.cancel_scope.cancel()
+
+
+async def test_another_accept_error_ends_the_control_socket_alone(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fail_accept(monkeypatch, [OSError(errno.EINVAL, "Invalid argument")])
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(serve_control, tmp_path, "control-1.sock", _info(set()))
+    assert not path.exists()
+
+
+def _fail_accept(monkeypatch: pytest.MonkeyPatch, failures: list[OSError]) -> None:
+    """SocketListener.accept raises `failures` first, one per call."""
+    accept = trio.SocketListener.accept
+
+    async def failing(self: trio.SocketListener) -> trio.SocketStream:
+        if failures:
+            raise failures.pop()
+        return await accept(self)
+
+    monkeypatch.setattr(trio.SocketListener, "accept", failing)
 
 
 async def test_a_stale_socket_file_is_replaced(tmp_path: pathlib.Path) -> None:
