@@ -66,6 +66,19 @@ _log = logging.getLogger("sansmail.repair")
 
 _UID_MAX: Final = 0xFFFFFFFF
 _SIDE_FILES: Final = ("", "-wal", "-shm")
+#: SQLite's errors that say nothing of the file's contents (busy past the wait, a full
+#: disk, an I/O or permission error): a resync meeting one stops, as taking it for
+#: damage would delete a sound index (and, its folder row unread, renumber the folder).
+_NOT_DAMAGE: Final = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PERM",
+    "SQLITE_NOMEM",
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -189,7 +202,8 @@ def _inspect(path: str) -> _Found:
         return _Found(sound=False, header=None, rows=[])
     try:
         conn = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-    except sqlite3.DatabaseError:
+    except sqlite3.DatabaseError as exc:
+        _raise_unless_damage(exc)
         return _Found(sound=False, header=None, rows=[])
     try:
         return _read_found(conn, path)
@@ -201,16 +215,21 @@ def _read_found(conn: sqlite3.Connection, path: str) -> _Found:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         checked = conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    except sqlite3.DatabaseError:
+    except sqlite3.DatabaseError as exc:
+        _raise_unless_damage(exc)
         version, checked = 0, False
     if version > SCHEMA_VERSION:
         # Rebuilding would renumber every message for nothing (`_imapschema`).
         raise ImapStoreError(f"{path} was made by a newer sansmail (index version {version})")
     header = None
-    with contextlib.suppress(sqlite3.DatabaseError, TypeError, ValueError):
+    try:
         folder = conn.execute("SELECT * FROM folder").fetchall()
         if len(folder) == 1:
             header = Header(*(int(value) for value in folder[0][1:]))
+    except sqlite3.DatabaseError as exc:
+        _raise_unless_damage(exc)
+    except (TypeError, ValueError):
+        pass
     rows: list[tuple[int, str, int, int, int]] = []
     complete = True
     try:
@@ -229,13 +248,21 @@ def _read_found(conn: sqlite3.Connection, path: str) -> _Found:
                 rows.append((uid, base, internaldate, tz, size))
             else:
                 complete = False
-    except (sqlite3.DatabaseError, ValueError):
+    except sqlite3.DatabaseError as exc:
+        _raise_unless_damage(exc)
+        complete = False
+    except ValueError:
         complete = False
     if header is not None and not _agrees(header, rows):
         header = None
     # An older schema is sound too: opening it migrates it in place, UIDs and all.
     sound = checked and complete and header is not None and 0 < version <= SCHEMA_VERSION
     return _Found(sound=sound, header=header, rows=rows)
+
+
+def _raise_unless_damage(exc: sqlite3.DatabaseError) -> None:
+    if getattr(exc, "sqlite_errorname", "").startswith(_NOT_DAMAGE):
+        raise exc
 
 
 def _agrees(header: Header, rows: list[tuple[int, str, int, int, int]]) -> bool:
