@@ -150,10 +150,15 @@ def thunderbird_xml(config: Config, domain: str) -> bytes:
 
 def autodiscover_address(body: bytes) -> str:
     """The ``EMailAddress`` of an autodiscover POX request. Raises `AutodiscoverError`
-    for a request over `MAX_AUTODISCOVER_REQUEST`, with a DOCTYPE, not well-formed, or
-    without an address."""
+    for a request over `MAX_AUTODISCOVER_REQUEST`, in UTF-16, with a DOCTYPE, not
+    well-formed, or without an address."""
     if len(body) > MAX_AUTODISCOVER_REQUEST:
         raise AutodiscoverError(f"request over {MAX_AUTODISCOVER_REQUEST} octets")
+    if b"\0" in body:
+        # UTF-16 (expat reads it, by its byte order mark or declaration) would hide a
+        # DOCTYPE from the check below; its XML always has NUL octets ("<" is 00 3C),
+        # and NUL is no character of XML in an encoding the check can read.
+        raise AutodiscoverError("not UTF-8 XML (a NUL octet)")
     if _DOCTYPE.search(body):
         raise AutodiscoverError("a DOCTYPE is not accepted")
     try:

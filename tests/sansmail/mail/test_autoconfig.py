@@ -183,6 +183,15 @@ def test_autodiscover_request_address() -> None:
         (BILLION_LAUGHS, "DOCTYPE"),
         (b'<!DOCTYPE a SYSTEM "file:///etc/passwd"><a>&x;</a>', "DOCTYPE"),
         (b"<!doctype a><a/>", "DOCTYPE"),
+        # In UTF-16 the DOCTYPE's octets are not those the check looks for.
+        pytest.param(
+            BILLION_LAUGHS.replace(b'"1.0"', b'"1.0" encoding="UTF-16"').decode().encode("utf-16"),
+            "NUL",
+            id="utf-16-declared",
+        ),
+        pytest.param(
+            b"\xff\xfe" + b"<!DOCTYPE a><a/>".decode().encode("utf-16-le"), "NUL", id="utf-16-bom"
+        ),
         (b"<Autodiscover><Request/></Autodiscover>", "no EMailAddress"),
         (b"<Autodiscover><EMailAddress>", "not well-formed"),
         (b"", "not well-formed"),
