@@ -209,12 +209,20 @@ async def _serve_one(stream: trio.SocketStream, info: ProcessInfo, limit: trio.S
     try:
         with trio.move_on_after(CONTROL_TIMEOUT):
             async with stream:
-                answer = await _exchange(stream, info)
+                try:
+                    answer = await _exchange(stream, info)
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the client went away: nothing to answer
+                except Exception:  # a bug here must never take the server's nursery down
+                    log.exception("control socket: internal error")
+                    # Said, not just closed on: `ask` takes a close without a word for a
+                    # process on its way out, and the commands would skip this one.
+                    answer = {"error": "internal error (see the server's log)"}
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await stream.send_all(_dump(answer))
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the client went away: nothing to answer
-    except Exception:  # a bug here must never take the server's nursery down
+    except Exception:
         log.exception("control socket: internal error")
     finally:
         limit.release()

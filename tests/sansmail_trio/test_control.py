@@ -124,6 +124,26 @@ async def test_kick_matches_the_user_key_as_it_is_lower_cased_only(
         nursery.cancel_scope.cancel()
 
 
+async def test_an_internal_error_is_answered_not_taken_for_a_process_gone(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A close without a word is how `ask` knows a process on its way out (None), which
+    # the commands skip: a bug would hide a live process from `status`.
+    def broken() -> int:
+        raise ValueError("a bug")
+
+    info = _info(set())
+    info.queue_size = broken
+    caplog.set_level(logging.ERROR, logger="sansmail.master")
+    async with trio.open_nursery() as nursery:
+        path = await nursery.start(serve_control, tmp_path, "control-1.sock", info)
+        with pytest.raises(ControlError, match="internal error"):
+            await _ask(path, {"command": "status"})
+        assert await _ask(path, {"command": "who"}) == {"sessions": []}
+        nursery.cancel_scope.cancel()
+    assert "control socket: internal error" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("request_line", "error"),
     [
