@@ -134,9 +134,9 @@ output:
 _EXPUNGE_HELP: Final = f"""\
 Delete the messages of FOLDER received before DATE (their IMAP INTERNALDATE: when the
 message arrived, or the date an IMAP client gave with APPEND), like
-doveadm expunge mailbox FOLDER savedbefore DATE. Whatever their flags. The files are
-removed and the removal is on disk before the command prints; the user's quota usage
-drops with them.
+doveadm expunge mailbox FOLDER before DATE (not savedbefore: APPENDed mail
+carries its own date), whatever their flags. The files are removed and the removal
+is on disk before the command prints; the user's quota usage drops with them.
 
 DATE is YYYY-MM-DD (midnight UTC starting that day), or an age: a number and a unit,
 s, m, h, d or w (30d: received more than 30 days ago).

@@ -1,6 +1,6 @@
 """What ``sansmail-trio mailbox`` does to a user's folders, beside the IMAP sessions:
 status, resync (as ``doveadm force-resync``) and expunge by date (as ``doveadm expunge
-... savedbefore``). Blocking file and SQLite I/O; the CLI calls it directly.
+... before``, by INTERNALDATE). Blocking file and SQLite I/O; the CLI calls it directly.
 
 Theory of operation
 -------------------
