@@ -341,11 +341,14 @@ class SMTPClient:
                         nursery.start_soon(self._close_cached, cached)
         finally:
             self._stopped = True
+            # Emptied before the first close yields: a conversation the stop lets end
+            # may start meanwhile, and must neither take one of these nor change the
+            # table under this loop.
+            closing = [cached for pool in self._cache.values() for cached in pool]
+            self._cache.clear()
             with trio.CancelScope(shield=True):
-                for pool in self._cache.values():
-                    for cached in pool:
-                        await trio.aclose_forcefully(cached.stream)
-                self._cache.clear()
+                for cached in closing:
+                    await trio.aclose_forcefully(cached.stream)
 
     async def _close_cached(self, cached: _Cached) -> None:
         try:

@@ -5,6 +5,7 @@ conversation ends after the client has stopped (the queue runner's shutdown grac
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -15,7 +16,7 @@ from sansmail.config import DeliveryConfig
 from sansmail.mail import outbound
 from sansmail.mail.delivery import Connect
 from sansmail_trio import _smtp_client
-from sansmail_trio._smtp_client import SMTPClient
+from sansmail_trio._smtp_client import SMTPClient, _Cached
 
 MESSAGE = outbound.OutboundMessage(
     sender="alice@example.test",
@@ -76,3 +77,40 @@ async def test_a_conversation_ending_after_the_client_stopped_closes_its_connect
     ended = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
     assert ended.outcomes is not None
     assert not client._cache
+
+
+class _TakingStream(trio.abc.Stream):
+    """A cached connection whose close, as it yields, lets another conversation start."""
+
+    def __init__(self, on_close: Callable[[], None]) -> None:
+        self.on_close = on_close
+        self.closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise NotImplementedError
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        self.on_close()
+        self.closed = True
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_conversation_starting_while_the_stop_closes_the_cache_takes_nothing() -> None:
+    client = SMTPClient(hostname="mx.example.test", delivery=DeliveryConfig())
+    keys = [(f"192.0.2.{n}", 25, "may", False, None) for n in range(2)]
+    taken: list[object] = []
+    streams = [_TakingStream(lambda: taken.append(client._take_cached(keys[1]))) for _ in keys]
+    for key, stream in zip(keys, streams, strict=True):
+        session = outbound.OutboundSession(helo_name="mx.example.test", tls="may", nonce="n")
+        client._cache[key] = [_Cached(session, stream, None, 0.0)]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(client.run)
+        nursery.cancel_scope.cancel()
+    assert taken == [None, None]
+    assert all(stream.closed for stream in streams)
