@@ -148,8 +148,9 @@ class SMTPClient:
         #: How long each step may take (RFC 5321 §4.5.3.2's minimums by default).
         self.timeouts = timeouts or outbound.ClientTimeouts()
         self._tls = client_tls_context(verify=False, cafile=None)
+        self._ca_file = delivery.tls_ca_file
         self._tls_verify = (
-            client_tls_context(verify=True, cafile=delivery.tls_ca_file)
+            client_tls_context(verify=True, cafile=self._ca_file)
             if delivery.tls == "verify" or delivery.mta_sts
             else None
         )
@@ -244,7 +245,16 @@ class SMTPClient:
                         session.receive_data(data)
                     elif isinstance(action, outbound.StartTLS):
                         limit.deadline = math.inf  # the handshake has its own
-                        context = (self._tls_verify if step.verify_name else None) or self._tls
+                        context = self._tls
+                        if step.verify_name:
+                            # Made at start for the settings that ask for it; made here
+                            # for any other step that does, so a check asked for is never
+                            # silently skipped.
+                            if self._tls_verify is None:
+                                self._tls_verify = client_tls_context(
+                                    verify=True, cafile=self._ca_file
+                                )
+                            context = self._tls_verify
                         tls_stream = trio.SSLStream(
                             stream, context, server_hostname=step.verify_name
                         )

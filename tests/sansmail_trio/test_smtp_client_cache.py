@@ -114,3 +114,23 @@ async def test_a_conversation_starting_while_the_stop_closes_the_cache_takes_not
         nursery.cancel_scope.cancel()
     assert taken == [None, None]
     assert all(stream.closed for stream in streams)
+
+
+async def test_a_step_asking_for_a_check_gets_it_whatever_the_settings(
+    nursery: trio.Nursery, tmp_path: pathlib.Path, tls_ca: trustme.CA
+) -> None:
+    # With tls = "may" and MTA-STS off no verifying context is made at start; a step
+    # that names a certificate to check must still have it checked (fail closed), not
+    # fall back to the context that checks nothing.
+    port = free_port(PEER)
+    await start_peer(nursery, tmp_path, port, tls_ca, cert_name="mx.peer.test")
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    delivery = DeliveryConfig(tls="may", mta_sts=False, tls_ca_file=ca_file)
+    client = SMTPClient(hostname="mx.example.test", delivery=delivery)
+    await nursery.start(client.run)
+    refused = await client.deliver(MESSAGE, connect(port, "mx.impostor.test"))
+    assert refused.outcomes is None
+    assert "certificate not verified" in refused.reason
+    accepted = await client.deliver(MESSAGE, connect(port, "mx.peer.test"))
+    assert accepted.outcomes is not None
