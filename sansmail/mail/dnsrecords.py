@@ -36,11 +36,12 @@ import enum
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final, Literal
+from typing import Final
 
 import attrs
 
 from sansmail.config import Config, HostPort, NextHop
+from sansmail.mail import mtasts
 from sansmail.mail.dnsquery import DnsAnswer, DnsCheck, DnsQuery, RType, ask, reverse_name
 
 __all__ = [
@@ -74,8 +75,9 @@ SRV_SERVICES: Final = (
     ("_pop3._tcp", "pop3", 30),
 )
 
-#: RFC 8461 §5: "enforce", "testing" (report, deliver anyway) or "none" (policy withdrawn).
-MtaStsMode = Literal["enforce", "testing", "none"]
+#: RFC 8461 §5: "enforce", "testing" (report, deliver anyway) or "none" (policy withdrawn);
+#: the policy reader's own type, so what we publish is what we enforce.
+MtaStsMode = mtasts.Mode
 
 _TXT_CHUNK: Final = 255  # octets in one character-string (RFC 1035 §3.3)
 
@@ -134,8 +136,7 @@ def mta_sts_policy(
 ) -> str:
     """The MTA-STS policy text (RFC 8461 §3.2), CRLF line ends, to be served at
     ``https://mta-sts.<domain>/.well-known/mta-sts.txt``: this server is the one MX."""
-    lines = ("version: STSv1", f"mode: {mode}", f"mx: {hostname}", f"max_age: {max_age}")
-    return "".join(f"{line}\r\n" for line in lines)
+    return mtasts.Policy(mode=mode, mx=(hostname,), max_age=max_age).text()
 
 
 def _policy_id(policy: str) -> str:

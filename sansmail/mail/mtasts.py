@@ -105,6 +105,14 @@ class Policy:
         """Whether the MX host `host` matches one of the patterns (§4.1)."""
         return mx_matches(host, self.mx)
 
+    def text(self) -> str:
+        """The policy file (§3.2) that `parse_policy` reads back as this policy, CRLF
+        line ends: what a domain of ours serves (`dnsrecords.mta_sts_policy`)."""
+        lines = ["version: STSv1", f"mode: {self.mode}"]
+        lines.extend(f"mx: {pattern}" for pattern in self.mx)
+        lines.append(f"max_age: {self.max_age}")
+        return "".join(f"{line}\r\n" for line in lines)
+
 
 @attrs.frozen
 class Invalid:
