@@ -81,6 +81,7 @@ __all__ = [
     "Probe",
     "SmtpCounts",
     "Spread",
+    "Tallies",
     "Tally",
     "enable_multiprocess",
     "multiprocess_dir",
@@ -243,7 +244,7 @@ class Metrics:
         self._local_store = self.store_latency.labels("local_delivery")
         self.mailbox_open = self.store_latency.labels("mailbox_open")
         self._tallies: list[Tally] = []
-        self._delivered: dict[tuple[str, str], Tally] = {}
+        self._delivered = Tallies(self, self.deliveries)
         self._latency = {k: Spread(self.delivery_latency.labels(k)) for k in ("local", "relay")}
 
     def tally(self, counter: Counter, *labels: str) -> Tally:
@@ -306,10 +307,7 @@ class Metrics:
         """`recipients` of a message that arrived at `arrival` got `status` ("sent",
         "deferred", "bounced") by a `kind` ("local", "relay") delivery."""
         shown = "delivered" if status == "sent" else status
-        tally = self._delivered.get((kind, shown))
-        if tally is None:
-            tally = self._delivered[kind, shown] = self.tally(self.deliveries, kind, shown)
-        tally.n += recipients
+        self._delivered[kind, shown].n += recipients
         if shown != "deferred":
             self._latency[kind].observe(max(0.0, time.time() - arrival), recipients)
 
@@ -329,8 +327,8 @@ class Probe:
         self.service = service
         self.connections = metrics.tally(metrics.connections, service)
         self.sessions = metrics.tally(metrics.sessions, service)
-        self._tls: dict[str, Tally] = {}
-        self._auth: dict[tuple[str, str], Tally] = {}
+        self._tls = Tallies(metrics, metrics.tls, service)
+        self._auth = Tallies(metrics, metrics.auth, service)
 
     def accepted(self, refused: str | None) -> None:
         """A connection was accepted; `refused` names why it is turned away, if it is."""
@@ -342,11 +340,7 @@ class Probe:
 
     def tls(self, version: str | None) -> None:
         """A TLS handshake completed with `version` (``TLSv1.3`` ...)."""
-        shown = version if version in _TLS_VERSIONS else "other"
-        tally = self._tls.get(shown)
-        if tally is None:
-            tally = self._tls[shown] = self._metrics.tally(self._metrics.tls, self.service, shown)
-        tally.n += 1
+        self._tls[version if version in _TLS_VERSIONS else "other",].n += 1
 
     def logged_in(self, seconds: float) -> None:
         """A login's mailbox took `seconds` to open (POP3, IMAP; the store's
@@ -357,11 +351,7 @@ class Probe:
     def auth(self, mechanism: str, *, success: bool) -> None:
         """A login with `mechanism` ended, accepted or not."""
         shown = mechanism.upper() if mechanism.upper() in _MECHANISMS else "other"
-        key = (shown, "success" if success else "failure")
-        tally = self._auth.get(key)
-        if tally is None:
-            tally = self._auth[key] = self._metrics.tally(self._metrics.auth, self.service, *key)
-        tally.n += 1
+        self._auth[shown, "success" if success else "failure"].n += 1
 
 
 #: The listener of the connection this task serves (set by the listener's accepting task,
@@ -378,8 +368,8 @@ class SmtpCounts:
     def __init__(self, metrics: Metrics, service: str) -> None:
         self._metrics = metrics
         self._received = metrics.tally(metrics.received, service)
-        self._rejections: dict[tuple[str, str, int], Tally] = {}
-        self._verdicts: dict[tuple[str, str], Tally] = {}
+        self._rejections = Tallies(metrics, metrics.rejections)
+        self._verdicts = Tallies(metrics, metrics.verdicts)
 
     def stored(self, *, local: int, arrival: float) -> None:
         self._received.n += 1
@@ -387,21 +377,10 @@ class SmtpCounts:
             self._metrics.delivered("local", "sent", local, arrival)
 
     def rejected(self, *, stage: str, reason: str, code: int) -> None:
-        key = (stage, reason, code // 100)
-        tally = self._rejections.get(key)
-        if tally is None:
-            status = "4xx" if code < 500 else "5xx"
-            metrics = self._metrics
-            tally = self._rejections[key] = metrics.tally(metrics.rejections, stage, reason, status)
-        tally.n += 1
+        self._rejections[stage, reason, "4xx" if code < 500 else "5xx"].n += 1
 
     def verdict(self, check: str, result: str) -> None:
-        key = (check, result)
-        tally = self._verdicts.get(key)
-        if tally is None:
-            metrics = self._metrics
-            tally = self._verdicts[key] = metrics.tally(metrics.verdicts, check, result)
-        tally.n += 1
+        self._verdicts[check, result].n += 1
 
 
 class Tally:
@@ -413,6 +392,21 @@ class Tally:
     def __init__(self, child: Counter) -> None:
         self.child = child
         self.n = 0
+
+
+class Tallies(dict[tuple[str, ...], Tally]):
+    """The tallies of one counter by the values of its last labels (the first ones,
+    `fixed`, bound once), each made on first use."""
+
+    def __init__(self, metrics: Metrics, counter: Counter, *fixed: str) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._counter = counter
+        self._fixed = fixed
+
+    def __missing__(self, labels: tuple[str, ...]) -> Tally:
+        tally = self[labels] = self._metrics.tally(self._counter, *self._fixed, *labels)
+        return tally
 
 
 class Spread:
