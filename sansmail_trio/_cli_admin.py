@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from typing import Any
 
 from sansmail.config import Config
 from sansmail.mail.address import AddressError, parse_address
 from sansmail_trio._control import ControlError, ask, control_sockets, rfc3339, run_dir
 
-__all__ = ["KICK_HELP", "STATUS_HELP", "WHO_HELP", "kick", "status", "who"]
+__all__ = ["KICK_HELP", "STATUS_HELP", "WHO_HELP", "kick", "print_table", "status", "who"]
 
 _PROG = "sansmail-trio"
 
@@ -96,7 +96,7 @@ def who(config: Config, *, as_json: bool) -> int:
                 _local(since),
             )
         )
-    _print_table(table)
+    print_table(table)
     return failed
 
 
@@ -234,9 +234,13 @@ def _span(seconds: int) -> str:
     return f"{minutes}m {seconds:02d}s"
 
 
-def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+def print_table(rows: Sequence[tuple[str, ...]], *, numeric: Container[int] = ()) -> None:
+    """`rows` (the first one the heading) in aligned columns two spaces apart, the
+    columns in `numeric` to the right, as doveadm prints its tables."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+        cells = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())

@@ -17,7 +17,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Container, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
@@ -36,6 +36,7 @@ from sansmail.storage.maildir import (
 
 # A module import, not its names: _cli imports this module while it is being made.
 from sansmail_trio import _cli
+from sansmail_trio._cli_admin import print_table
 
 __all__ = ["add_commands"]
 
@@ -252,7 +253,7 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     rows: list[tuple[str, ...]] = [("FOLDER", "SUBSCRIBED", "SPECIAL-USE")]
     rows += [(f.name, "yes" if f.subscribed else "no", f.special_use or "") for f in folders]
-    _table(rows, numeric=())
+    print_table(rows)
     return 0
 
 
@@ -279,7 +280,7 @@ def _status(args: argparse.Namespace) -> int:
     for f in found:
         numbers = (f.messages, f.unseen, f.recent, f.vsize, f.uidvalidity, f.uidnext)
         rows.append((f.name, *(str(n) for n in (*numbers, f.highestmodseq))))
-    _table(rows, numeric=range(1, 8))
+    print_table(rows, numeric=range(1, 8))
     return 0
 
 
@@ -421,13 +422,3 @@ def _errors(address: str) -> Iterator[None]:
         raise error(f"{address}: {exc}") from None
     except sqlite3.Error as exc:
         raise error(f"{address}: the folder index failed: {exc}") from None
-
-
-def _table(rows: Sequence[tuple[str, ...]], *, numeric: Container[int]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [
-            cell.rjust(width) if i in numeric else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
