@@ -23,6 +23,7 @@ from typing import Final
 
 import attrs
 
+from sansmail.config._values import duration as parse_duration
 from sansmail.mail.address import MailboxId
 from sansmail.storage.maildir import (
     ImapStoreError,
@@ -149,8 +150,9 @@ output:
 
 {_EXAMPLES}"""
 
-_AGE: Final = re.compile(r"([0-9]{1,9})([smhdw])\Z")
-_UNIT: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: An age for --before: a duration of the config's units, the unit required (a bare
+#: number would read as seconds).
+_AGE: Final = re.compile(r"[0-9]{1,9}[smhdw]\Z")
 _DATE: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 _EARLIEST: Final = int(datetime.datetime(1, 1, 1, tzinfo=datetime.UTC).timestamp())
 
@@ -366,9 +368,8 @@ def _expunge(args: argparse.Namespace) -> int:
 
 def _cutoff(text: str, now: float) -> int:
     """Seconds since the epoch of --before: a date (midnight UTC) or an age."""
-    age = _AGE.match(text)
-    if age is not None:
-        cutoff = int(now) - int(age[1]) * _UNIT[age[2]]
+    if _AGE.match(text):
+        cutoff = int(now) - parse_duration(text)
         # The line printed after the expunge shows it as a date: one before year 1
         # (999999999w) would fail there, with the command's work already done.
         if cutoff >= _EARLIEST:
