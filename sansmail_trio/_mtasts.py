@@ -30,7 +30,6 @@ fetch that failed, with the reason.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import re
 import ssl
@@ -44,6 +43,7 @@ from sansmail.config import Config
 from sansmail.mail import mtasts
 from sansmail.mail.dnsquery import DnsAnswer, DnsQuery
 from sansmail.mail.logtext import printable
+from sansmail.storage.durable import write_file_atomically
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._smtp_client import _oserror, client_tls_context
 
@@ -310,14 +310,4 @@ def _write(path: pathlib.Path, text: str | None) -> None:
         path.unlink(missing_ok=True)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", encoding="utf-8") as file:
-        file.write(text + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_file_atomically(path, (text + "\n").encode("utf-8"))

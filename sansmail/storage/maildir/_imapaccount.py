@@ -51,7 +51,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Final, TypeVar
 
 from sansmail.mail.address import MailboxId
-from sansmail.storage.durable import fsync_dir, unlink_quietly
+from sansmail.storage.durable import fsync_dir, unlink_quietly, write_file_atomically
 from sansmail.storage.maildir._imapadmin import (
     FolderStatus,
     Resynced,
@@ -96,7 +96,6 @@ from sansmail.storage.maildir._imapnames import (
     folder_name,
     normalize,
     read_subscriptions,
-    write_file_atomically,
     write_subscriptions,
 )
 from sansmail.storage.maildir._imapview import MaildirFolderView

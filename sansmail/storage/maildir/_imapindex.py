@@ -111,7 +111,7 @@ from typing import Any, Final
 
 import attrs
 
-from sansmail.storage.durable import unlink_quietly
+from sansmail.storage.durable import unlink_quietly, write_file_atomically
 from sansmail.storage.maildir._imapbase import FolderGoneError, Structures, TooManyKeywordsError
 from sansmail.storage.maildir._imapmaildir import (
     arrival_key,
@@ -123,7 +123,6 @@ from sansmail.storage.maildir._imapmaildir import (
 from sansmail.storage.maildir._imapnames import (
     KEYWORD_LETTERS,
     read_keywords,
-    write_file_atomically,
     write_keywords,
 )
 from sansmail.storage.maildir._imapschema import (

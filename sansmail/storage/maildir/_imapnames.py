@@ -34,14 +34,13 @@ Also here, in the formats Dovecot writes so that both servers can share a Maildi
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 from sansmail import _mutf7
-from sansmail.storage.durable import fsync_dir, unlink_quietly, write_all
+from sansmail.storage.durable import write_file_atomically
 from sansmail.storage.maildir._imapbase import SEPARATOR, InvalidFolderNameError
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "normalize",
     "read_keywords",
     "read_subscriptions",
-    "write_file_atomically",
     "write_keywords",
     "write_subscriptions",
 ]
@@ -70,7 +68,6 @@ _NAME_MAX: Final = 255
 _FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f*%]")
 _UNESCAPE: Final = re.compile(r"\\([0-9a-fA-F]{2})")
 _SUBS_HEADER: Final = "V\t2\n\n"
-_TMP_COUNTER: Final = itertools.count()
 _TAB_ESCAPES: Final = {
     "\x01": "\x011",
     "\t": "\x01t",
@@ -179,25 +176,6 @@ def folder_name(entry: str) -> str | None:
 
 
 # -- small files -----------------------------------------------------------------------
-
-
-def write_file_atomically(path: str, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old or the new file, never a
-    part (write a sibling, fsync, rename, fsync the directory)."""
-    directory = os.path.dirname(path)
-    # Unique per writer, so two threads of one process never share a temporary file.
-    tmp = f"{path}.tmp.{os.getpid()}.{next(_TMP_COUNTER)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_quietly(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
 
 
 def _read_text(path: str) -> str | None:
