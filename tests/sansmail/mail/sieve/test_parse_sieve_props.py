@@ -98,7 +98,10 @@ def _commands(draw: st.DrawFn, depth: int = 0) -> str:
         if kind == "fileinto":
             folder = draw(_STRINGS)
             if draw(st.booleans()) and folder.strip("\n") == folder:
-                lines.append("fileinto text:\n" + folder.replace("\n.", "\n..") + "\n.\n;")
+                # RFC 5228 §2.4.2: every line of the string that starts with "." is
+                # dot-stuffed, the first one too ("." alone would end the string).
+                stuffed = ("\n" + folder).replace("\n.", "\n..")[1:]
+                lines.append("fileinto text:\n" + stuffed + "\n.\n;")
             else:
                 lines.append(f"fileinto {_quote(folder)};")
         elif kind == "if":
