@@ -1,0 +1,137 @@
+"""Connections to the database, kept open between uses.
+
+Why not psycopg_pool: its pool keeps its bookkeeping in threads of its own, and this
+package starts none (the layering rule of `sansmail/`). What a mail server needs of a
+pool is small: reuse an idle connection, drop one that broke (a primary that failed
+over), open a new one when none is idle. A `collections.deque` does that without a lock
+(its ``append`` and ``pop`` are atomic), and the caller bounds how many are in use at
+once: the Trio adapter runs every storage call in its worker threads, whose number is
+capped (`trio.to_thread` with a `CapacityLimiter`), so the connections are too.
+
+Every connection runs in psycopg's non-autocommit mode; `Database.transaction` is the
+one way in: it commits when the block ends and rolls back when it raises, so a
+``250`` given after it returned is backed by a committed transaction.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Final
+
+import psycopg
+import psycopg.errors
+
+__all__ = ["Database", "DatabaseError", "DatabaseUnavailableError"]
+
+#: Idle connections kept per process beyond what is in use.
+DEFAULT_IDLE: Final = 8
+#: Seconds to wait for the server when connecting.
+CONNECT_TIMEOUT: Final = 10
+
+
+class DatabaseError(Exception):
+    """The database refused or failed an operation (the store's callers answer with a
+    temporary failure: 451 / NO [UNAVAILABLE] / -ERR [SYS/TEMP])."""
+
+
+class DatabaseUnavailableError(DatabaseError):
+    """No connection to the database could be made."""
+
+
+Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
+
+
+class Database:
+    """A connection source for one database (see the module docstring).
+
+    `dsn` is a libpq connection string or ``postgresql://`` URI. Safe to share between
+    threads: each call takes a connection of its own.
+    """
+
+    def __init__(
+        self, dsn: str, *, idle: int = DEFAULT_IDLE, application_name: str = "sansmail"
+    ) -> None:
+        self.dsn = dsn
+        self._idle_max = idle
+        self._idle: collections.deque[Connection] = collections.deque()
+        self._application_name = application_name
+        self._closed = False
+
+    def connect(self, *, autocommit: bool = False) -> Connection:
+        """Blocking: a new connection of the caller's own (LISTEN, long reads); the
+        caller closes it."""
+        try:
+            return psycopg.connect(
+                self.dsn,
+                autocommit=autocommit,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name=self._application_name,
+            )
+        except psycopg.OperationalError as exc:
+            raise DatabaseUnavailableError(
+                f"cannot connect to the database: {_first_line(exc)}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Blocking: an idle connection (or a new one) for the block's length, given back
+        after unless it broke."""
+        try:
+            conn = self._idle.pop()
+        except IndexError:
+            conn = self.connect()
+        try:
+            yield conn
+        finally:
+            self._give_back(conn)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        """Blocking: one transaction on one connection, committed when the block ends
+        normally (and durable when this returns: ``synchronous_commit`` is the server's,
+        ``on`` unless its administrator said otherwise), rolled back when it raises.
+        A psycopg error leaves as `DatabaseError` (`DatabaseUnavailableError` for a lost
+        connection), so callers need not know psycopg."""
+        with self.connection() as conn:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    yield cur
+            except psycopg.OperationalError as exc:
+                raise DatabaseUnavailableError(f"database: {_first_line(exc)}") from exc
+            except psycopg.Error as exc:
+                raise DatabaseError(f"database: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        """Close the idle connections (those in use close when given back)."""
+        self._closed = True
+        while True:
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                return
+            conn.close()
+
+    def _give_back(self, conn: Connection) -> None:
+        if conn.closed or conn.broken or self._closed:
+            conn.close()
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            # A block left inside a transaction (a bare `connection()` user that did
+            # not finish): never hand that state to the next caller.
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                conn.close()
+                return
+        if len(self._idle) >= self._idle_max:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

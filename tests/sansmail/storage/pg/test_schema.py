@@ -1,0 +1,88 @@
+"""The schema's versions: `migrate` from nothing, again (a no-op), from two nodes at
+once, and what a node says of a database at another version."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from pgcluster import Cluster
+
+from sansmail.storage.pg import (
+    SCHEMA_VERSION,
+    Database,
+    DatabaseError,
+    DatabaseUnavailableError,
+    SchemaError,
+    migrate,
+    require_current,
+    schema_version,
+)
+
+
+def test_migrate_from_nothing_then_again(pg_cluster: Cluster) -> None:
+    with pg_cluster.database() as dsn:
+        db = Database(dsn)
+        try:
+            assert schema_version(db) == 0
+            with pytest.raises(SchemaError, match="storage migrate"):
+                require_current(db)
+            assert migrate(db) == (0, SCHEMA_VERSION)
+            assert migrate(db) == (SCHEMA_VERSION, SCHEMA_VERSION)
+            require_current(db)
+            with db.transaction() as cur:
+                cur.execute("SELECT count(*) FROM sansmail_schema")
+                assert cur.fetchone() == (1,)
+        finally:
+            db.close()
+
+
+def test_two_nodes_migrating_at_once_both_succeed(pg_cluster: Cluster) -> None:
+    with pg_cluster.database() as dsn:
+        results: list[tuple[int, int]] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            db = Database(dsn)
+            try:
+                results.append(migrate(db))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                db.close()
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert sorted(results) == [(0, SCHEMA_VERSION), (SCHEMA_VERSION, SCHEMA_VERSION)]
+
+
+def test_a_newer_schema_is_refused(pg_db: Database) -> None:
+    with pg_db.transaction() as cur:
+        cur.execute("UPDATE sansmail_schema SET version = %s", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaError, match="upgrade this node"):
+        require_current(pg_db)
+    with pytest.raises(SchemaError, match="newer"):
+        migrate(pg_db)
+
+
+def test_no_server_is_a_clear_error(pg_cluster: Cluster) -> None:
+    db = Database(f"postgresql://sansmail@127.0.0.1:{pg_cluster.port}/no_such_database")
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect"):
+        schema_version(db)
+
+
+def test_a_failed_transaction_is_rolled_back_and_the_connection_reused(pg_db: Database) -> None:
+    def fail() -> None:
+        with pg_db.transaction() as cur:
+            cur.execute("INSERT INTO mail_usage (mailbox, octets) VALUES ('a@b', 1)")
+            cur.execute("SELECT no_such_column FROM mail_usage")
+
+    with pytest.raises(DatabaseError, match="no_such_column"):
+        fail()
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_usage")
+        assert cur.fetchone() == (0,)
