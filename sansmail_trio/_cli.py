@@ -69,7 +69,7 @@ from sansmail.storage.sieve import (
 )
 from sansmail.storage.users import UserError, UserStore
 from sansmail_trio import _cli_admin as admin
-from sansmail_trio import _cli_mailbox
+from sansmail_trio import _cli_mailbox, _cli_storage
 from sansmail_trio._control import ControlError
 from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
@@ -575,16 +575,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _cli_mailbox.add_commands(command, group)
 
-    storage = group("storage", f"move mail between storage backends ({_NOT_BUILT})")
-    for action, summary in (
-        ("migrate", "move every mailbox to the configured storage backend"),
-        ("export", "copy every mailbox out, as Maildirs"),
-        ("import", "copy Maildirs in"),
-    ):
-        sub = not_built(storage, action, summary, parent="storage")
-        where = sub.add_mutually_exclusive_group()
-        where.add_argument("--to", nargs=2, metavar=("maildir", "DIR"), help="into Maildirs")
-        where.add_argument("--from", nargs=2, metavar=("maildir", "DIR"), help="from Maildirs")
+    _cli_storage.add_commands(command, group, not_built)
     return parser
 
 

@@ -673,7 +673,6 @@ def test_queue_flush_without_a_queue(run, config_file):
 
 # Every command of CONTRACT.md not built yet, with arguments as the contract spells them.
 NOT_BUILT = [
-    ("storage migrate", ["storage", "migrate"]),
     ("storage export", ["storage", "export", "--to", "maildir", "/tmp/out"]),
     ("storage import", ["storage", "import", "--from", "maildir", "/tmp/in", "--config", "x"]),
 ]
