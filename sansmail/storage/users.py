@@ -108,7 +108,7 @@ import os
 import pathlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 from argon2 import PasswordHasher
@@ -135,8 +135,14 @@ __all__ = [
     "User",
     "UserError",
     "UserStore",
+    "Users",
     "UsersUnavailableError",
     "check_password",
+    "new_record",
+    "password_fields",
+    "replace_password",
+    "replace_quota",
+    "user_of",
 ]
 
 FORMAT_VERSION: Final = 2
@@ -227,6 +233,98 @@ def check_password(password: str) -> None:
         ) from None
     if not prepared:
         raise UserError("the password is empty once invisible characters are removed")
+
+
+def password_fields(
+    password: str, hasher: PasswordHasher, *, cram_md5: bool, iterations: int
+) -> dict[str, Any]:
+    """The record fields a password yields (see the module docstring): the argon2id
+    hash, fresh SCRAM keys for every hash in `SCRAM_HASHES`, and the CRAM-MD5 half-states
+    when `cram_md5`. CPU-bound: argon2 and two PBKDF2 runs of `iterations`."""
+    fields: dict[str, Any] = {"password_hash": hasher.hash(password)}
+    for hash_name, field in _SCRAM_FIELDS.items():
+        salt = secrets.token_bytes(_SALT_OCTETS)
+        keys = derive_scram_credentials(password, salt, iterations, hash_name)
+        fields[field] = _scram_to_json(keys)
+    if cram_md5:
+        fields[_CRAM_MD5_FIELD] = derive_cram_md5_credentials(password).to_hex()
+    return fields
+
+
+def replace_password(record: dict[str, Any], fields: Mapping[str, Any]) -> None:
+    """Put a new password's `fields` in `record`: fields we do not know stay; every one
+    derived from the password is replaced or removed, or the old password would still
+    open that door."""
+    record.update(fields)
+    if _CRAM_MD5_FIELD not in fields:
+        record.pop(_CRAM_MD5_FIELD, None)
+
+
+def replace_quota(record: dict[str, Any], octets: int | None) -> None:
+    """Give `record` its own storage limit `octets`, or with None none of its own."""
+    _check_quota(octets)
+    if octets is None:
+        record.pop(_QUOTA_FIELD, None)
+    else:
+        record[_QUOTA_FIELD] = octets
+
+
+def new_record(address: Address, fields: Mapping[str, Any], quota: int | None) -> dict[str, Any]:
+    """The record of a user added with the password `fields` and `quota`."""
+    _check_quota(quota)
+    record = {"address": str(address), **fields}
+    if quota is not None:
+        record[_QUOTA_FIELD] = quota
+    return record
+
+
+def user_of(key: str, record: dict[str, Any], where: str) -> User:
+    """The `User` of `record`; UserError (naming `where`) for a malformed one."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: user {key!r}: expected an object")
+    for field in ("address", "password_hash"):
+        if not isinstance(record.get(field), str):
+            raise UserError(f"{where}: user {key!r}: {field!r} must be a string")
+    return _user_of(key, record, where)
+
+
+class Users(Protocol):
+    """What the sessions, the queue runner and the CLI need of a user store: `UserStore`
+    (``users.json``) and `sansmail.storage.pg._users.PgUserStore` (the database) are
+    both. The lookups (`get`, `own_quota`, ``in``, `get_scram`, `get_cram_md5`,
+    `unavailable`) may be called on the event loop; the rest block (a worker thread)."""
+
+    def get(self, key: str) -> User | None: ...
+
+    def own_quota(self, key: str) -> int | None: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def list(self) -> list[User]: ...
+
+    def verify_password(self, key: str, password: str) -> bool: ...
+
+    def get_scram(self, key: str, hash_name: str) -> ScramCredentials | None: ...
+
+    def get_cram_md5(self, key: str) -> CramMD5Credentials | None: ...
+
+    @property
+    def scram_iterations(self) -> int: ...
+
+    @property
+    def unavailable(self) -> str | None: ...
+
+    def scram_secret(self) -> bytes: ...
+
+    def reload_if_changed(self) -> bool: ...
+
+    def add(self, address: Address, password: str, *, quota: int | None = None) -> User: ...
+
+    def set_password(self, key: str, password: str) -> None: ...
+
+    def set_quota(self, key: str, octets: int | None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
 
 
 class UserStore:
@@ -405,10 +503,7 @@ class UserStore:
         check_password(password)
         _check_quota(quota)
         key = address.key
-        fields = self._password_fields(password)
-        record = {"address": str(address), **fields}
-        if quota is not None:
-            record[_QUOTA_FIELD] = quota
+        record = new_record(address, self._password_fields(password), quota)
 
         def change(users: dict[str, Any]) -> None:
             if key in users:
@@ -428,11 +523,7 @@ class UserStore:
             record = users.get(key)
             if record is None:
                 raise UserError(f"{key}: no such user")
-            # Fields we do not know stay; every one derived from the password is
-            # replaced or removed, or the old password would still open that door.
-            record.update(fields)
-            if _CRAM_MD5_FIELD not in fields:
-                record.pop(_CRAM_MD5_FIELD, None)
+            replace_password(record, fields)
 
         self._modify(change)
 
@@ -445,10 +536,7 @@ class UserStore:
             record = users.get(key)
             if record is None:
                 raise UserError(f"{key}: no such user")
-            if octets is None:
-                record.pop(_QUOTA_FIELD, None)
-            else:
-                record[_QUOTA_FIELD] = octets
+            replace_quota(record, octets)
 
         self._modify(change)
 
@@ -466,14 +554,9 @@ class UserStore:
     def _password_fields(self, password: str) -> dict[str, Any]:
         # CPU-bound (argon2, two PBKDF2 runs): done before taking the file lock, so a
         # concurrent writer waits for one file update, not for our hashing.
-        fields: dict[str, Any] = {"password_hash": self._hasher.hash(password)}
-        for hash_name, field in _SCRAM_FIELDS.items():
-            salt = secrets.token_bytes(_SALT_OCTETS)
-            keys = derive_scram_credentials(password, salt, self._scram_iterations, hash_name)
-            fields[field] = _scram_to_json(keys)
-        if self._cram_md5:
-            fields[_CRAM_MD5_FIELD] = derive_cram_md5_credentials(password).to_hex()
-        return fields
+        return password_fields(
+            password, self._hasher, cram_md5=self._cram_md5, iterations=self._scram_iterations
+        )
 
     def _read_or_make_secret(self) -> bytes:
         try:
@@ -745,7 +828,7 @@ def _stat_signature(path: pathlib.Path) -> _Signature | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _user_of(key: str, record: dict[str, Any], path: pathlib.Path) -> User:
+def _user_of(key: str, record: dict[str, Any], path: pathlib.Path | str) -> User:
     scram = {
         hash_name: _scram_from_json(record[field], hash_name, f"{path}: user {key!r}: {field!r}")
         for hash_name, field in _SCRAM_FIELDS.items()

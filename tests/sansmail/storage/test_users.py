@@ -9,7 +9,7 @@ import pathlib
 import stat
 import tempfile
 import threading
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pytest
 from argon2 import PasswordHasher
@@ -34,7 +34,9 @@ from sansmail.sasl import (
     server_mechanism,
 )
 from sansmail.storage.generations import Counter, Generations, bump
-from sansmail.storage.users import User, UserError, UserStore, check_password
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._users import PgUserStore
+from sansmail.storage.users import User, UserError, Users, UserStore, check_password
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 CREDENTIALS = ("scram-sha-1", "scram-sha-256", "cram-md5")
@@ -50,6 +52,40 @@ def path(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "data" / "users.json"
 
 
+class Make(Protocol):
+    """Makes a store of the backend under test (all on the same users)."""
+
+    def __call__(
+        self,
+        *,
+        hasher: PasswordHasher = ...,
+        cram_md5: bool = ...,
+        scram_iterations: int = ...,
+    ) -> Users: ...
+
+
+@pytest.fixture(params=["maildir", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def new_store(backend: str, path: pathlib.Path, request: pytest.FixtureRequest) -> Make:
+    """The tests that do not look at users.json run against both stores."""
+    if backend == "maildir":
+
+        def file_store(*, hasher: PasswordHasher = FAST, **options: Any) -> Users:
+            return UserStore(path, hasher=hasher, **options)
+
+        return file_store
+    db: Database = request.getfixturevalue("pg_db")
+
+    def table_store(*, hasher: PasswordHasher = FAST, **options: Any) -> Users:
+        return PgUserStore(db, hasher=hasher, **options)
+
+    return table_store
+
+
 def test_public_surface() -> None:
     assert sorted(sansmail.storage.users.__all__) == [
         "MAX_PASSWORD_OCTETS",
@@ -57,13 +93,19 @@ def test_public_surface() -> None:
         "User",
         "UserError",
         "UserStore",
+        "Users",
         "UsersUnavailableError",
         "check_password",
+        "new_record",
+        "password_fields",
+        "replace_password",
+        "replace_quota",
+        "user_of",
     ]
 
 
-def test_add_get_list(path: pathlib.Path) -> None:
-    users = make(path)
+def test_add_get_list(new_store: Make) -> None:
+    users = new_store()
     assert users.list() == []
     user = users.add(ALICE, "correct horse")
     assert user.address == "Alice@example.test"
@@ -76,16 +118,16 @@ def test_add_get_list(path: pathlib.Path) -> None:
     assert [u.key for u in users.list()] == ["alice@example.test", "bob@example.test"]
 
 
-def test_add_twice_fails(path: pathlib.Path) -> None:
-    users = make(path)
+def test_add_twice_fails(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "one")
     with pytest.raises(UserError, match="already exists"):
         users.add(Address(local_part="ALICE", domain="example.test"), "two")
     assert users.verify_password("alice@example.test", "one")
 
 
-def test_verify_password(path: pathlib.Path) -> None:
-    users = make(path)
+def test_verify_password(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "s3cret")
     assert users.verify_password("alice@example.test", "s3cret")
     assert not users.verify_password("alice@example.test", "S3cret")
@@ -103,9 +145,9 @@ class SpyHasher(PasswordHasher):
         return super().verify(hash, password)
 
 
-def test_unknown_user_costs_one_verification(path: pathlib.Path) -> None:
+def test_unknown_user_costs_one_verification(new_store: Make) -> None:
     hasher = SpyHasher()
-    users = UserStore(path, hasher=hasher)
+    users = new_store(hasher=hasher)
     users.add(ALICE, "pw")
     assert not users.verify_password("nobody@example.test", "pw")
     assert not users.verify_password("nobody@example.test", "pw")
@@ -117,19 +159,20 @@ def test_unknown_user_costs_one_verification(path: pathlib.Path) -> None:
     assert hasher.checked[2] == users.get("alice@example.test").password_hash  # type: ignore[union-attr]
 
 
-def test_bad_passwords_are_refused(path: pathlib.Path) -> None:
-    users = make(path)
+def test_bad_passwords_are_refused(new_store: Make, path: pathlib.Path) -> None:
+    users = new_store()
     for password in ("", "a\nb", "a\rb", "a\x00b"):
         with pytest.raises(UserError, match="password"):
             users.add(ALICE, password)
     assert not path.exists()
+    assert users.list() == []
     users.add(ALICE, "good")
     with pytest.raises(UserError, match="password"):
         users.set_password("alice@example.test", "")
 
 
-def test_set_password(path: pathlib.Path) -> None:
-    users = make(path)
+def test_set_password(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "old")
     users.set_password("alice@example.test", "new")
     assert users.verify_password("alice@example.test", "new")
@@ -138,8 +181,8 @@ def test_set_password(path: pathlib.Path) -> None:
         users.set_password("nobody@example.test", "pw")
 
 
-def test_delete(path: pathlib.Path) -> None:
-    users = make(path)
+def test_delete(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "pw")
     users.delete("alice@example.test")
     assert "alice@example.test" not in users
@@ -434,7 +477,7 @@ def test_any_extra_fields_round_trip(top: dict[str, Any], extra: dict[str, Any])
 # -- SCRAM and CRAM-MD5 credentials ---------------------------------------------------------
 
 
-def run_sasl(users: UserStore, mechanism: str, authcid: str, password: str) -> Step:
+def run_sasl(users: Users, mechanism: str, authcid: str, password: str) -> Step:
     """One exchange between a real client mechanism and a server mechanism fed from the
     store, the way the adapter will do it: `login_key` of the name, then the store."""
     server = server_mechanism(
@@ -464,8 +507,8 @@ def run_sasl(users: UserStore, mechanism: str, authcid: str, password: str) -> S
             return step
 
 
-def test_add_stores_scram_keys_for_both_hashes(path: pathlib.Path) -> None:
-    users = make(path)
+def test_add_stores_scram_keys_for_both_hashes(new_store: Make) -> None:
+    users = new_store()
     user = users.add(ALICE, "correct horse")
     for hash_name, size in (("sha1", 20), ("sha256", 32)):
         keys = users.get_scram("alice@example.test", hash_name)
@@ -488,30 +531,33 @@ def test_add_stores_scram_keys_for_both_hashes(path: pathlib.Path) -> None:
     assert users.get_cram_md5("alice@example.test") is None
 
 
-def test_get_scram_refuses_unknown_hash(path: pathlib.Path) -> None:
-    users = make(path)
+def test_get_scram_refuses_unknown_hash(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "pw")
     with pytest.raises(ValueError, match="hash_name"):
         users.get_scram("alice@example.test", "SCRAM-SHA-256")
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "SCRAM-SHA-256"])
-def test_scram_logins_against_the_store(path: pathlib.Path, mechanism: str) -> None:
-    users = make(path)
+def test_scram_logins_against_the_store(new_store: Make, mechanism: str) -> None:
+    users = new_store()
     users.add(ALICE, "correct horse")
     assert isinstance(run_sasl(users, mechanism, "Alice@Example.test", "correct horse"), Success)
     assert isinstance(run_sasl(users, mechanism, "alice@example.test", "wrong"), Failure)
     assert isinstance(run_sasl(users, mechanism, "nobody@example.test", "correct horse"), Failure)
     # A reloading server sees a password change made by another process (the CLI).
-    server = make(path)
-    make(path).set_password("alice@example.test", "battery staple")
+    server = new_store()
+    assert server.get("alice@example.test") is not None
+    new_store().set_password("alice@example.test", "battery staple")
+    if isinstance(server, PgUserStore):
+        server.changed()  # what the listener does when the notification arrives
     assert server.reload_if_changed()
     assert isinstance(run_sasl(server, mechanism, "alice@example.test", "correct horse"), Failure)
     assert isinstance(run_sasl(server, mechanism, "alice@example.test", "battery staple"), Success)
 
 
-def test_set_password_replaces_every_credential(path: pathlib.Path) -> None:
-    users = UserStore(path, hasher=FAST, cram_md5=True)
+def test_set_password_replaces_every_credential(new_store: Make) -> None:
+    users = new_store(cram_md5=True)
     users.add(ALICE, "old")
     before = users.get("alice@example.test")
     assert before is not None
@@ -588,20 +634,21 @@ def test_adding_to_a_version_1_file_upgrades_it(path: pathlib.Path) -> None:
     ],
 )
 def test_passwords_scram_cannot_use_are_refused(
-    path: pathlib.Path, password: str, message: str
+    new_store: Make, path: pathlib.Path, password: str, message: str
 ) -> None:
-    users = make(path)
+    users = new_store()
     with pytest.raises(UserError, match=message):
         users.add(ALICE, password)
     assert not path.exists()
+    assert users.list() == []
     users.add(ALICE, "good")
     with pytest.raises(UserError, match=message):
         users.set_password("alice@example.test", password)
     assert users.verify_password("alice@example.test", "good")
 
 
-def test_longest_password_and_non_ascii(path: pathlib.Path) -> None:
-    users = make(path)
+def test_longest_password_and_non_ascii(new_store: Make) -> None:
+    users = new_store()
     users.add(ALICE, "x" * 1024)
     assert users.verify_password("alice@example.test", "x" * 1024)
     users.set_password("alice@example.test", "pässwörd\u00a0ünïcode")  # NBSP maps to space
@@ -623,10 +670,10 @@ def test_check_password_accepts_only_what_every_mechanism_can_use(password: str)
     PlainClient(authcid="a@b.test", password=password)
 
 
-def test_scram_iterations(path: pathlib.Path) -> None:
+def test_scram_iterations(new_store: Make) -> None:
     with pytest.raises(ValueError, match="4096"):
-        UserStore(path, hasher=FAST, scram_iterations=4095)
-    users = UserStore(path, hasher=FAST, scram_iterations=5000)
+        new_store(scram_iterations=4095)
+    users = new_store(scram_iterations=5000)
     assert users.scram_iterations == 5000
     users.add(ALICE, "pw")
     keys = users.get_scram("alice@example.test", "sha1")
