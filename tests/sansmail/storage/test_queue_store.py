@@ -15,6 +15,12 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from queue_helpers import (  # noqa: F401  (fixtures)
+    MakeQueue,
+    any_store_fixture,
+    backend_fixture,
+    make_queue_fixture,
+)
 
 import sansmail.storage.queue
 from sansmail.mail.address import MailboxId
@@ -26,6 +32,7 @@ from sansmail.mail.envelope import (
     encode_envelope,
 )
 from sansmail.storage.queue import (
+    Queue,
     QueueStore,
     QueueWriter,
     UnknownQueueIdError,
@@ -58,7 +65,7 @@ def envelope(queue_id: str = "ABC123", **changes: Any) -> QueuedMessage:
 
 
 def queue(
-    store: QueueStore, queue_id: str = "ABC123", content: bytes = CONTENT, **changes: Any
+    store: Queue, queue_id: str = "ABC123", content: bytes = CONTENT, **changes: Any
 ) -> QueuedMessage:
     writer = store.begin(queue_id)
     writer.write(content)
@@ -77,13 +84,17 @@ def files(store: QueueStore) -> list[str]:
 def test_public_names() -> None:
     assert sorted(sansmail.storage.queue.__all__) == [
         "AttemptResult",
+        "Claimed",
         "CorruptEnvelopeError",
         "Outcome",
+        "Queue",
+        "QueueEntryWriter",
         "QueueStore",
         "QueueWriter",
         "QueuedMessage",
         "QueuedRecipient",
         "RecipientState",
+        "SharedQueue",
         "UnknownQueueIdError",
         "check_queue_id",
         "dsn_status",
@@ -96,7 +107,8 @@ def test_public_names() -> None:
 # -- round trip ----------------------------------------------------------------------
 
 
-def test_round_trip(store: QueueStore) -> None:
+def test_round_trip(any_store: Queue) -> None:
+    store = any_store
     writer = store.begin("ABC123")
     writer.write(CONTENT[:10])
     assert writer.pending == 10
@@ -113,7 +125,12 @@ def test_round_trip(store: QueueStore) -> None:
     assert store.read_message("ABC123") == CONTENT
     assert store.read("ABC123") == (stored, CONTENT)
     assert store.list() == [stored]
-    assert files(store) == ["ABC123.q"]  # one file per message
+    assert store.ids() == {"ABC123"}
+
+
+def test_one_private_file_per_message(store: QueueStore) -> None:
+    queue(store, "ABC123")
+    assert files(store) == ["ABC123.q"]
     assert os.stat(store.root / "ABC123.q").st_mode & 0o777 == 0o600
 
 
@@ -125,14 +142,16 @@ def test_a_message_buffered_whole_round_trips(store: QueueStore) -> None:
     assert data[_format.PREFIX :].startswith(CONTENT)
 
 
-def test_empty_content_round_trips(store: QueueStore) -> None:
+def test_empty_content_round_trips(any_store: Queue) -> None:
+    store = any_store
     writer = store.begin("E1")
     stored = writer.commit(envelope("E1"))
     assert stored.size == 0
     assert store.read_message("E1") == b""
 
 
-def test_writer_refuses_use_after_commit_and_abort(store: QueueStore) -> None:
+def test_writer_refuses_use_after_commit_and_abort(any_store: Queue) -> None:
+    store = any_store
     writer = store.begin("A1")
     writer.commit(envelope("A1"))
     with pytest.raises(RuntimeError):
@@ -158,7 +177,8 @@ def test_abort_leaves_nothing(store: QueueStore) -> None:
         writer.flush()
 
 
-def test_commit_checks_the_queue_id(store: QueueStore) -> None:
+def test_commit_checks_the_queue_id(any_store: Queue) -> None:
+    store = any_store
     writer = store.begin("A3")
     with pytest.raises(ValueError):
         writer.commit(envelope("A4"))
@@ -199,7 +219,8 @@ def test_a_queue_without_format_1_pairs_is_listed_once(
     assert looked == []
 
 
-def test_commit_refuses_an_id_taken_meanwhile(store: QueueStore) -> None:
+def test_commit_refuses_an_id_taken_meanwhile(any_store: Queue) -> None:
+    store = any_store
     first, second = store.begin("RACE2"), store.begin("RACE2")
     stored = first.commit(envelope("RACE2"))
     with pytest.raises(FileExistsError):
@@ -207,9 +228,9 @@ def test_commit_refuses_an_id_taken_meanwhile(store: QueueStore) -> None:
     assert store.load("RACE2") == stored  # the loser took nothing away
 
 
-def test_new_id_is_valid_unique_and_ordered(tmp_path: pathlib.Path) -> None:
+def test_new_id_is_valid_unique_and_ordered(make_queue: MakeQueue) -> None:
     now = [1_700_000_000.0]
-    store = QueueStore(tmp_path, clock=lambda: now[0])
+    store = make_queue(clock=lambda: now[0])
     first = store.new_id()
     now[0] += 1
     ids = [first] + [store.new_id() for _ in range(50)]
@@ -503,12 +524,15 @@ def _dead_pid() -> int:
     return gone.pid
 
 
-def test_update_of_a_deleted_message_does_not_resurrect_it(store: QueueStore) -> None:
+def test_update_of_a_deleted_message_does_not_resurrect_it(any_store: Queue) -> None:
+    store = any_store
     stored = queue(store, "GONE1")
     store.delete("GONE1")
     with pytest.raises(UnknownQueueIdError):
         store.update(stored)
-    assert files(store) == []
+    assert store.ids() == set()
+    if isinstance(store, QueueStore):
+        assert files(store) == []
 
 
 def test_update_racing_a_delete_says_so(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -578,6 +602,14 @@ def test_list_is_oldest_first(store: QueueStore) -> None:
     tie = queue(store, "A1", arrival=200.0)
     old = write_pair(store, "C3", arrival=150.0)
     assert store.list() == [early, old, tie, late]
+
+
+def test_list_is_oldest_first_in_any_store(any_store: Queue) -> None:
+    late = queue(any_store, "B2", arrival=200.0)
+    early = queue(any_store, "Z9", arrival=100.0)
+    tie = queue(any_store, "A1", arrival=200.0)
+    assert any_store.list() == [early, tie, late]
+    assert any_store.ids() == {"A1", "B2", "Z9"}
 
 
 def test_list_of_a_missing_directory_is_empty(tmp_path: pathlib.Path) -> None:
@@ -652,7 +684,8 @@ def test_recover_cleans_and_sets_aside(store: QueueStore) -> None:
     assert files(store) == ["OK1.q", "README", "corrupt", "lower.msg"]
 
 
-def test_delete(store: QueueStore) -> None:
+def test_delete(any_store: Queue) -> None:
+    store = any_store
     queue(store, "DEL1")
     keep = queue(store, "KEEP1")
     store.delete("DEL1")
@@ -695,13 +728,16 @@ def test_load_refuses_an_envelope_under_another_name(store: QueueStore) -> None:
 @pytest.mark.parametrize(
     "bad", ["", "abc123", "../ETC", "A/B", "A.B", "A B", "A" * 65, "ÄBC", "A\x00", "-A"]
 )
-def test_bad_queue_ids_are_refused(store: QueueStore, bad: str) -> None:
+def test_bad_queue_ids_are_refused(any_store: Queue, bad: str) -> None:
+    store = any_store
     for call in (store.begin, store.load, store.read_message, store.read, store.delete):
         with pytest.raises(ValueError):
             call(bad)
     with pytest.raises(ValueError):
         envelope(bad)
-    assert not store.root.exists() or files(store) == []
+    assert store.ids() == set()
+    if isinstance(store, QueueStore):
+        assert not store.root.exists() or files(store) == []
 
 
 def test_one_runner_lock_at_a_time(store: QueueStore) -> None:
@@ -846,7 +882,8 @@ def test_decode_refuses_what_it_did_not_write() -> None:
             decode_envelope(junk)
 
 
-def test_a_recipient_expanded_at_intake_keeps_its_mailbox(store: QueueStore) -> None:
+def test_a_recipient_expanded_at_intake_keeps_its_mailbox(any_store: Queue) -> None:
+    store = any_store
     marked = QueuedRecipient(
         address="bob+lists@example.test",
         orcpt="rfc822;info@example.test",
@@ -929,13 +966,16 @@ messages = st.builds(
     deadline=None, max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(messages)
-def test_update_load_round_trip(store: QueueStore, message: QueuedMessage) -> None:
-    if not (store.root / "HYPO1.q").exists():
+def test_update_load_round_trip(any_store: Queue, message: QueuedMessage) -> None:
+    store = any_store
+    if "HYPO1" not in store.ids():
         queue(store, "HYPO1")
     store.update(message)
     assert store.load("HYPO1") == message
     assert store.list() == [message]
-    assert files(store) == ["HYPO1.q"]
+    assert store.read("HYPO1") == (message, CONTENT)
+    if isinstance(store, QueueStore):
+        assert files(store) == ["HYPO1.q"]
 
 
 @settings(deadline=None, max_examples=200)
