@@ -118,6 +118,7 @@ from sansmail.storage.maildir import (
     NoSuchFolderError,
     SyncChanges,
 )
+from sansmail.storage.maildir._imapbase import StoreUnavailableError
 
 __all__ = ["ENABLE_EXTENSIONS", "ImapSession"]
 
@@ -247,6 +248,10 @@ class ImapSession:
                     responses[-1:-1] = [self._highestmodseq(self.view)]
         except FolderGoneError:
             return self._gone()
+        except StoreUnavailableError as exc:
+            # The database is out of reach (a failover): NO [UNAVAILABLE], and the
+            # session stays; the next command tries again.
+            return [_folders.no(command.tag, exc)]
         except BadSetError:
             return [_tagged(command.tag, "BAD", "Invalid message sequence number")]
         finally:
@@ -267,6 +272,8 @@ class ImapSession:
             return self._updates(rev2, changed_before)
         except FolderGoneError:
             return self._gone()
+        except StoreUnavailableError:
+            return []  # the news waits for the database to come back
         finally:
             self.account.release()
 

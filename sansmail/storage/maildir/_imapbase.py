@@ -54,6 +54,7 @@ __all__ = [
     "ReadOnlyError",
     "SearchData",
     "StoreResult",
+    "StoreUnavailableError",
     "Structures",
     "SyncChanges",
     "TooManyKeywordsError",
@@ -130,6 +131,13 @@ class TooManyKeywordsError(ImapStoreError):
     """A folder holds at most 26 keywords (the letters a-z of the Maildir file names)."""
 
     code = "LIMIT"
+
+
+class StoreUnavailableError(ImapStoreError):
+    """The storage cannot be reached now (a database connection lost, a failover under
+    way): the command may work when tried again (RFC 5530)."""
+
+    code = "UNAVAILABLE"
 
 
 class FolderGoneError(ImapStoreError):
@@ -376,6 +384,13 @@ class FolderView(Protocol):
         """The directories whose changes (entries created, renamed, removed) are the
         changes `sync` could report: an IDLE adapter watches them (inotify) and syncs
         when they change, rather than polling. Empty: nothing to watch, poll."""
+        return ()
+
+    @property
+    def watch_keys(self) -> tuple[str, ...]:
+        """The notification keys (PostgreSQL NOTIFY payloads on the store's channel)
+        that announce the changes `sync` could report, for an IDLE adapter that listens
+        rather than watching directories. Empty: none (watch `watch_paths`, or poll)."""
         return ()
 
     def sync(self, *, listed_since: int | None = None) -> SyncChanges:

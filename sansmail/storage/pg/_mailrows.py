@@ -30,8 +30,10 @@ __all__ = [
     "Added",
     "add_message",
     "collect_contents",
+    "count_usage",
     "find_folder",
     "folder_key",
+    "lock_folders",
     "mailbox_key",
     "make_folder",
     "notify",
@@ -162,6 +164,8 @@ def remove_messages(cur: Cursor, folder_id: int, mailbox: str, uids: Iterable[in
     wanted = sorted(set(uids))
     if not wanted:
         return []
+    # The folder row first (the lock order: a STORE holds it while it updates rows).
+    lock_folders(cur, [folder_id])
     cur.execute(
         "DELETE FROM mail_messages WHERE folder_id = %s AND uid = ANY(%s)"
         " RETURNING uid, digest, size",
@@ -189,6 +193,28 @@ def remove_messages(cur: Cursor, folder_id: int, mailbox: str, uids: Iterable[in
     collect_contents(cur, {bytes(digest) for _uid, digest, _size in gone})
     notify(cur, folder_key(folder_id))
     return removed
+
+
+def lock_folders(
+    cur: Cursor, folder_ids: Iterable[int]
+) -> dict[int, tuple[int, int, int, list[str]]]:
+    """Lock the folder rows `folder_ids` in ascending id order (the one order every
+    writer takes them in); id -> (uidvalidity, uidnext, highestmodseq, keywords) of
+    those that exist."""
+    cur.execute(
+        "SELECT id, uidvalidity, uidnext, highestmodseq, keywords FROM mail_folders"
+        " WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+        (sorted(set(folder_ids)),),
+    )
+    return {
+        int(fid): (int(validity), int(uidnext), int(modseq), list(keywords))
+        for fid, validity, uidnext, modseq, keywords in cur.fetchall()
+    }
+
+
+def count_usage(cur: Cursor, mailbox: str, octets: int, messages: int) -> None:
+    """Add `octets` and `messages` (negative: taken away) to `mailbox`'s usage."""
+    _count(cur, mailbox, octets, messages)
 
 
 def collect_contents(cur: Cursor, digests: Collection[bytes]) -> None:

@@ -16,6 +16,13 @@
 - ``mail_subscriptions``: LSUB names, which need not exist.
 - ``mail_usage``: octets and messages per mailbox, for the storage quota, kept by every
   writer in the transaction that changes them.
+- ``mail_imap_accounts``: the mailboxes IMAP has opened once; the first opening makes
+  the special-use folders (RFC 6154) and subscribes them, and only the first, so that
+  folders the user deleted do not come back (delivery may have made INBOX before).
+- ``mail_search``: what SEARCH compares of a message (the IMAP session's ``SearchData``),
+  a cache that goes with its message: the top-level header fields as two parallel arrays
+  (lower-case names, case-folded values), the day of its Date: field, and the texts as
+  one string per kind, each entry after a separator (see `_imapsearch`).
 """
 
 from __future__ import annotations
@@ -74,4 +81,16 @@ MAIL_TABLES: Final[tuple[str, ...]] = (
         mailbox text PRIMARY KEY,
         octets bigint NOT NULL DEFAULT 0,
         messages bigint NOT NULL DEFAULT 0)""",
+    """CREATE TABLE mail_imap_accounts (
+        mailbox text PRIMARY KEY)""",
+    """CREATE TABLE mail_search (
+        folder_id bigint NOT NULL,
+        uid bigint NOT NULL,
+        sent integer,
+        names text[] NOT NULL,
+        vals text[] NOT NULL,
+        headers text,
+        bodies text,
+        PRIMARY KEY (folder_id, uid),
+        FOREIGN KEY (folder_id, uid) REFERENCES mail_messages ON DELETE CASCADE)""",
 )

@@ -1,0 +1,214 @@
+"""`PgImapStore` as several nodes see it: two store objects on one database stand for two
+sansmail nodes, and everything one view learns comes from the rows the other wrote."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from sansmail import SERVER
+from sansmail.imap import Command, Connection, Tagged, UntaggedStatus
+from sansmail.mail.address import MailboxId
+from sansmail.sessions.imapd import ImapSession, capabilities
+from sansmail.storage.maildir._imapbase import (
+    FlagMode,
+    FolderGoneError,
+    StoreUnavailableError,
+    TooManyKeywordsError,
+)
+from sansmail.storage.pg._db import Database
+from sansmail.storage.pg._imapstore import PgImapStore
+from sansmail.storage.pg._mailrows import folder_key
+
+ALICE = MailboxId(domain="example.test", local="alice")
+
+
+def message(n: int) -> bytes:
+    return b"Subject: message %d\r\nX-Id: %d\r\n\r\nbody\r\n" % (n, n)
+
+
+@pytest.fixture
+def nodes(pg_dsn: str) -> Iterator[tuple[PgImapStore, PgImapStore]]:
+    # Two databases objects: two nodes share no connection, only the tables.
+    a = Database(pg_dsn)
+    b = Database(pg_dsn)
+    yield PgImapStore(a, hostname="a.example.test"), PgImapStore(b, hostname="b.example.test")
+    a.close()
+    b.close()
+
+
+def test_a_view_on_one_node_hears_of_appends_flags_and_expunges_through_the_other(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    on_a = a.account(ALICE)
+    on_b = b.account(ALICE)
+    for n in range(3):
+        on_a.append("INBOX", message(n))
+    view = on_b.select("INBOX")
+    assert list(view.uids) == [1, 2, 3]
+    assert view.watch_keys == (folder_key(view.folder_id),)
+    assert view.watch_paths == ()
+    assert not view.sync()  # nothing changed: nothing to report
+
+    other = on_a.select("INBOX")
+    on_a.append("INBOX", message(3), ["\\Flagged"])
+    other.store([2], ["\\Deleted", "$Important"], FlagMode.ADD)
+    other.store([1], ["\\Seen"], FlagMode.ADD)
+    other.expunge()
+
+    changes = view.sync()
+    assert changes.expunged == (2,)
+    assert changes.expunged_uids == (2,)
+    assert [m.uid for m in changes.added] == [4]
+    assert changes.exists == 3
+    assert changes.flags == ((1, 1, frozenset({"\\Seen"})),)
+    assert changes.keywords == ("$Important",)
+    assert [m.uid for m in view.messages] == [1, 3, 4]
+    assert view.messages[2].flags == {"\\Flagged"}
+    assert view.highestmodseq == on_a.status("INBOX", ["HIGHESTMODSEQ"])["HIGHESTMODSEQ"]
+    assert view.vanished_since(1, [range(1, 10)]) == [2]
+
+
+def test_recent_goes_to_the_first_session_to_see_it_on_either_node(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    on_a = a.account(ALICE)
+    first = b.account(ALICE).select("INBOX")
+    second = a.account(ALICE).select("INBOX")
+    on_a.append("INBOX", message(1))
+    assert first.sync().recent == 1
+    assert second.sync().recent is None
+    assert first.recent == {1}
+    assert second.recent == frozenset()
+
+
+def test_uids_are_never_given_twice_across_threads_and_after_expunge(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    accounts = [a.account(ALICE), b.account(ALICE)]
+
+    def append(n: int) -> int:
+        return accounts[n % 2].append("INBOX", message(n)).uid
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        uids = list(pool.map(append, range(40)))
+    assert sorted(uids) == list(range(1, 41))
+
+    view = accounts[0].select("INBOX")
+    view.store(range(1, 41), ["\\Deleted"], FlagMode.ADD)
+    assert view.expunge() == list(range(1, 41))
+    assert accounts[1].append("INBOX", message(99)).uid == 41
+    assert accounts[1].status("INBOX", ["UIDNEXT", "MESSAGES"]) == {"UIDNEXT": 42, "MESSAGES": 1}
+
+
+def test_copy_shares_the_content_row_and_move_leaves_one_copy(
+    nodes: tuple[PgImapStore, PgImapStore], pg_db: Database
+) -> None:
+    a, _b = nodes
+    account = a.account(ALICE)
+    account.append("INBOX", message(1), ["\\Seen", "Work"])
+    view = account.select("INBOX")
+    copied = view.copy([1], "Archive")
+    assert copied.uids == [(1, 1)]
+    moved = view.move([1], "Trash")
+    assert moved.uids == [(1, 1)]
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_contents")
+        assert cur.fetchone() == (1,)
+        cur.execute(
+            "SELECT f.name, m.flags FROM mail_messages m JOIN mail_folders f ON f.id = m.folder_id"
+            " ORDER BY f.name"
+        )
+        assert cur.fetchall() == [("Archive", ["Work", "\\Seen"]), ("Trash", ["Work", "\\Seen"])]
+        cur.execute("SELECT octets, messages FROM mail_usage")
+        assert cur.fetchone() == (2 * len(message(1)), 2)
+    archive = account.select("Archive")
+    assert archive.read(1) == message(1)
+    assert archive.keywords == ("Work",)
+
+
+def test_a_folder_deleted_through_one_node_is_gone_for_the_other(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    a.account(ALICE).create("Lists")
+    a.account(ALICE).append("Lists", message(1))
+    view = b.account(ALICE).select("Lists")
+    a.account(ALICE).delete("Lists")
+    assert view.sync().uidvalidity_changed
+    with pytest.raises(FolderGoneError):
+        view.read(1)
+
+
+def test_keywords_are_limited_per_folder(nodes: tuple[PgImapStore, PgImapStore]) -> None:
+    a, _b = nodes
+    account = a.account(ALICE)
+    account.append("INBOX", message(1))
+    view = account.select("INBOX")
+    view.store([1], [f"k{n}" for n in range(26)], FlagMode.ADD)
+    assert not view.can_create_keywords
+    with pytest.raises(TooManyKeywordsError):
+        view.store([1], ["one-more"], FlagMode.ADD)
+    # A known keyword, in another case, is the same one.
+    assert "k1" in view.store([1], ["K1"], FlagMode.REPLACE).flags[1]
+
+
+def test_a_lost_connection_is_a_no_unavailable_and_the_session_goes_on(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, _b = nodes
+    account = a.account(ALICE)
+    account.append("INBOX", message(1))
+    view = account.select("INBOX")
+    _kill_connections(pg_dsn)
+    with pytest.raises(StoreUnavailableError) as caught:
+        view.sync()
+    assert caught.value.code == "UNAVAILABLE"
+    # The broken connection was dropped: the next call takes a new one.
+    assert view.read(1) == message(1)
+
+
+def test_the_session_answers_a_database_failure_with_no_unavailable(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, _b = nodes
+    session = ImapSession(
+        a,
+        ALICE,
+        append_limit=1000,
+        capabilities=capabilities(append_limit=1000, authenticated=True),
+    )
+    conn = Connection(SERVER)
+    conn.send(UntaggedStatus(status="OK", text="ready"))
+    conn.receive_data(b"a0 LOGIN alice secret\r\n")
+    conn.next_event()
+    conn.send(Tagged(tag="a0", status="OK", text="logged in"))
+
+    def run(line: bytes) -> bytes:
+        conn.receive_data(line + b"\r\n")
+        command = conn.next_event()
+        assert isinstance(command, Command)
+        responses = session.handle(command, rev2=False, utf8=False)
+        return b"".join(conn.send(r) for r in responses)
+
+    assert b"a1 OK" in run(b"a1 SELECT INBOX")
+    _kill_connections(pg_dsn)
+    assert b"a2 NO [UNAVAILABLE]" in run(b"a2 STATUS Trash (MESSAGES)")
+    assert b"a3 OK" in run(b"a3 NOOP")
+    session.close()
+
+
+def _kill_connections(dsn: str) -> None:
+    """End every other connection to the test's database (a failover, as the
+    sessions' connections see it)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
