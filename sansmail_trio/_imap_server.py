@@ -11,7 +11,9 @@ conversation hands over.
 
 IDLE. After "+ idling" the session waits for the client as between commands (the
 autologout timer and shutdown cut that wait, as any other), while a second task
-subscribes to the selected folder's directories (`ImapConversation.watch_paths`) and,
+subscribes to the selected folder's directories (`ImapConversation.watch_paths`), or on
+the PostgreSQL backend to its notification keys (``watch_keys``, heard by the process's
+database listener, `_pgnotify`, so a change made through any node wakes it), and,
 each time they change, has the conversation sync the view in a worker thread and sends
 its news at once. A change is seen by every server process (the kernel tells each
 watcher), whichever process, queue runner or outside tool made it. Every
@@ -52,11 +54,13 @@ it is free, and objects that outlive the sessions made beside theirs (Trio keeps
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from time import time_ns
 
 import attrs
@@ -71,7 +75,7 @@ from sansmail_trio._compress import DeflateStream, InflateError
 from sansmail_trio._counts import SharedCounts
 from sansmail_trio._log import line_logger
 from sansmail_trio._login import log_in
-from sansmail_trio._notify import FALLBACK_POLL, Subscription, watcher
+from sansmail_trio._notify import FALLBACK_POLL, Subscription, key_watcher, watcher
 from sansmail_trio._session import (
     SessionRegistry,
     SessionTime,
@@ -329,7 +333,7 @@ async def _idle(
         return None
     done: object = None
     failure: RemoteProtocolError | None = None
-    with watcher().subscribe(session.watch_paths) as changes:
+    with _subscribe(session) as changes:
         # The first round syncs at once: what changed since the last command (a FETCH
         # or STORE by number reports nothing, RFC 9051 §7.5.1) woke no watch of ours,
         # and would otherwise wait for the next change or keep-alive.
@@ -347,6 +351,28 @@ async def _idle(
     if failure is not None:
         raise failure
     return done
+
+
+def _subscribe(session: ImapConversation) -> AbstractContextManager[Subscription]:
+    """What tells of changes to the selected folder: the keys the database notifies for
+    it on the PostgreSQL backend (the process's listener), else its directories."""
+    keys = _watch_keys(session)
+    if not keys:
+        return watcher().subscribe(session.watch_paths)
+    listening = key_watcher()
+    if listening is None:
+        # Keys but nobody listening (a bug in the wiring): poll rather than never hear.
+        return contextlib.nullcontext(Subscription(False))
+    return listening.subscribe(keys)
+
+
+def _watch_keys(session: ImapConversation) -> tuple[str, ...]:
+    # Read through getattr while the conversation and the Maildir views do not all have
+    # the property: a view without it has no keys (it is watched by its directories).
+    keys: tuple[str, ...] | None = getattr(session, "watch_keys", None)
+    if keys is None:
+        keys = getattr(session.mailbox, "watch_keys", ())
+    return tuple(keys or ())
 
 
 class _Stopped:

@@ -23,6 +23,11 @@ Where inotify is missing (not Linux, a libc without it, ``max_user_watches`` rea
 on file systems whose remote changes it does not see (NFS, and other machines' writes),
 `Watcher.available` is False for that subscription and the caller polls at a long
 interval instead (``FALLBACK_POLL``).
+
+A node on the PostgreSQL backend has no files to watch: its folders say what to listen
+for as keys (``FolderView.watch_keys``), and the process's `KeyWatcher`, the database
+listener of `_pgnotify` (set by `_pgnotify.run_listener`, found with `key_watcher`),
+gives the same `Subscription` for them.
 """
 
 from __future__ import annotations
@@ -35,11 +40,20 @@ import logging
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import Final
+from contextlib import AbstractContextManager
+from typing import Final, Protocol
 
 import trio
 
-__all__ = ["FALLBACK_POLL", "Subscription", "Watcher", "watcher"]
+__all__ = [
+    "FALLBACK_POLL",
+    "KeyWatcher",
+    "Subscription",
+    "Watcher",
+    "key_watcher",
+    "set_key_watcher",
+    "watcher",
+]
 
 log = logging.getLogger("sansmail.notify")
 
@@ -240,3 +254,24 @@ def watcher(make: Callable[[], Watcher] = lambda: Watcher(_libc())) -> Watcher:
         made = make()
         _WATCHERS.set(made)
         return made
+
+
+class KeyWatcher(Protocol):
+    """Word of changes named by keys rather than directories (`_pgnotify.Listener`)."""
+
+    def subscribe(self, keys: Iterable[str]) -> AbstractContextManager[Subscription]: ...
+
+
+_KEY_WATCHERS: trio.lowlevel.RunVar[KeyWatcher | None] = trio.lowlevel.RunVar(
+    "sansmail_key_watcher", default=None
+)
+
+
+def key_watcher() -> KeyWatcher | None:
+    """The event loop's `KeyWatcher`, or None (a node on Maildir)."""
+    return _KEY_WATCHERS.get()
+
+
+def set_key_watcher(keys: KeyWatcher | None) -> None:
+    """Make `keys` the event loop's `KeyWatcher` (None: no more)."""
+    _KEY_WATCHERS.set(keys)

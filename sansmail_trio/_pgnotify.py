@@ -1,0 +1,250 @@
+"""Word from the other nodes: PostgreSQL ``LISTEN``/``NOTIFY`` for a node on the
+PostgreSQL backend, the counterpart of `_notify`'s inotify on Maildir.
+
+Why one connection per process. Every writer sends ``pg_notify('sansmail', payload)`` in
+its transaction (`sansmail.storage.pg._mailrows.notify`), which PostgreSQL delivers at
+commit to every connection listening on the channel: one per process is enough, and a
+connection per idler would cost the database a backend each. The payload says what
+changed: ``mail:<folder id>`` (a delivery, a flag, an expunge), ``users``, ``aliases``,
+``sieve:<mailbox>``, ``queue``.
+
+`Listener.run` holds that connection (`sansmail.storage.pg._listen`) and reads it in a
+worker thread, in calls of at most `POLL` seconds each, so that cancelling the task
+(shutdown) waits for one short call rather than abandoning a thread. Each payload goes
+to:
+
+- the subscriptions to it: `subscribe(keys)` gives a `_notify.Subscription`, the very
+  object IMAP IDLE waits on for inotify, woken (not queued to: a burst of flag changes
+  wakes an idler once) when one of its keys arrives;
+- the handlers registered with `on`, for a key or a prefix (``"sieve:"``): plain
+  callables run on the event loop, which must not block (the stores' ``changed`` marks
+  a snapshot stale; the reload runs in a worker thread, see `run_listener`).
+
+A lost connection. PostgreSQL keeps a notification only for the connections listening
+when it commits, so whatever was sent while this node was not listening is lost. After
+every (re)connection therefore every subscription is woken and every handler called
+with its own key, as if everything had changed: idlers sync their views, stores re-read.
+The first connection does the same: a change committed between a store's first read and
+the ``LISTEN`` would otherwise go unheard. Reconnecting is retried every `RETRY` seconds
+while the database is away, with a warning the first time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Final, Protocol
+
+import trio
+
+from sansmail.storage.pg._db import Database, DatabaseError
+from sansmail.storage.pg._listen import NotificationConnection
+from sansmail.storage.users import UserError
+from sansmail_trio._notify import Subscription, set_key_watcher
+
+__all__ = ["POLL", "RETRY", "Listener", "Reloadable", "run_listener"]
+
+log = logging.getLogger("sansmail.notify")
+
+#: Seconds one read of the connection waits at most (how long shutdown may wait for it).
+POLL: Final = 1.0
+#: Seconds between attempts to connect again after the connection was lost.
+RETRY: Final = 1.0
+
+Handler = Callable[[str], None]
+
+
+class Listener:
+    """One process's ``LISTEN`` connection and who waits on it (see the module
+    docstring). Subscribe and register handlers from the event loop; `run` it in a
+    task."""
+
+    def __init__(self, db: Database, *, poll: float = POLL, retry: float = RETRY) -> None:
+        self._db = db
+        self._poll = poll
+        self._retry = retry
+        self._subscribers: dict[str, set[Subscription]] = {}
+        # keys -> the turn their subscribers share, and how many hold it (as `_notify`).
+        self._turns: dict[tuple[str, ...], tuple[trio.Lock, int]] = {}
+        self._handlers: dict[str, list[Handler]] = {}
+        self._prefix_handlers: list[tuple[str, Handler]] = []
+        #: Connections made so far (1 after the first, +1 after each reconnection).
+        self.connections = 0
+        #: The server process of the current connection, or None while there is none.
+        self.backend_pid: int | None = None
+
+    @contextlib.contextmanager
+    def subscribe(self, keys: Iterable[str]) -> Iterator[Subscription]:
+        """A `Subscription` woken when any of `keys` (payloads) is notified, and after a
+        reconnection. Idlers subscribing to the same keys share one turn."""
+        wanted = tuple(dict.fromkeys(keys))
+        turn, holders = self._turns.get(wanted, (trio.Lock(), 0))
+        self._turns[wanted] = (turn, holders + 1)
+        subscription = Subscription(True, turn)
+        for key in wanted:
+            self._subscribers.setdefault(key, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            for key in wanted:
+                subscribers = self._subscribers.get(key)
+                if subscribers is not None:
+                    subscribers.discard(subscription)
+                    if not subscribers:
+                        del self._subscribers[key]
+            turn, holders = self._turns[wanted]
+            if holders == 1:
+                del self._turns[wanted]
+            else:
+                self._turns[wanted] = (turn, holders - 1)
+
+    def on(self, key: str, handler: Handler) -> None:
+        """Call `handler(payload)` on the event loop for each notification of `key`, or,
+        when `key` ends with ":", of every payload starting with it. After a
+        reconnection it is called with `key` itself (everything may have changed)."""
+        if key.endswith(":"):
+            self._prefix_handlers.append((key, handler))
+        else:
+            self._handlers.setdefault(key, []).append(handler)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen until cancelled, reconnecting as needed. Started (`nursery.start`) once
+        the first attempt to connect is over, whether it succeeded or not: a node whose
+        database is away starts all the same, and hears again when it is back."""
+        started = False
+        warned = False
+        while True:
+            try:
+                connection = await trio.to_thread.run_sync(NotificationConnection, self._db)
+            except DatabaseError as exc:
+                if not warned:
+                    log.warning("cannot listen for other nodes' changes (%s); retrying", exc)
+                    warned = True
+                if not started:
+                    task_status.started(self)
+                    started = True
+                await trio.sleep(self._retry)
+                continue
+            try:
+                self.connections += 1
+                self.backend_pid = connection.backend_pid
+                if warned:
+                    log.warning("listening for other nodes' changes again")
+                    warned = False
+                self._everything_changed()
+                if not started:
+                    task_status.started(self)
+                    started = True
+                while True:
+                    payloads = await trio.to_thread.run_sync(connection.wait, self._poll)
+                    for payload in payloads:
+                        self._dispatch(payload)
+            except DatabaseError as exc:
+                log.warning("%s; listening again (every change is taken as made)", exc)
+                warned = True
+            finally:
+                self.backend_pid = None
+                connection.close()
+
+    def _dispatch(self, payload: str) -> None:
+        for subscription in self._subscribers.get(payload, ()):
+            subscription.wake()
+        for handler in self._handlers.get(payload, ()):
+            _call(handler, payload)
+        for prefix, handler in self._prefix_handlers:
+            if payload.startswith(prefix):
+                _call(handler, payload)
+
+    def _everything_changed(self) -> None:
+        for subscribers in self._subscribers.values():
+            for subscription in subscribers:
+                subscription.wake()
+        for key, handlers in self._handlers.items():
+            for handler in handlers:
+                _call(handler, key)
+        for prefix, handler in self._prefix_handlers:
+            _call(handler, prefix)
+
+
+def _call(handler: Handler, payload: str) -> None:
+    # A handler's bug must not stop the node from hearing the rest.
+    try:
+        handler(payload)
+    except Exception:
+        log.exception("handling the notification %r failed", payload)
+
+
+class Reloadable(Protocol):
+    """A store kept in memory and re-read when told (`PgUserStore`, `PgAliasSource`)."""
+
+    def changed(self) -> None: ...
+
+    def reload_if_changed(self) -> bool: ...
+
+
+async def run_listener(
+    db: Database,
+    *,
+    reload: Mapping[str, Reloadable] | None = None,
+    reloaded: Callable[[str], None] | None = None,
+    poll: float = POLL,
+    retry: float = RETRY,
+    task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The node's `Listener`, run until cancelled, made the event loop's `KeyWatcher`
+    (`_notify.key_watcher`, which IMAP IDLE subscribes on). `reload` maps a payload
+    (``"users"``, ``"aliases"``) to the store it concerns: when it is notified the store
+    is marked stale at once and re-read in a worker thread (one re-read at a time per
+    store; notifications arriving during one make one more), then `reloaded(payload)` is
+    called. Started with the `Listener` once its first connection attempt is over."""
+    pg_listener = Listener(db, poll=poll, retry=retry)
+    followers = [_Follower(key, store, reloaded) for key, store in (reload or {}).items()]
+    for follower in followers:
+        pg_listener.on(follower.key, follower.heard)
+    set_key_watcher(pg_listener)
+    try:
+        async with trio.open_nursery() as nursery:
+            for follower in followers:
+                nursery.start_soon(follower.run)
+            await nursery.start(pg_listener.run)
+            task_status.started(pg_listener)
+    finally:
+        set_key_watcher(None)
+
+
+class _Follower:
+    """Re-reads one store each time its key is heard, in a worker thread."""
+
+    def __init__(self, key: str, store: Reloadable, reloaded: Callable[[str], None] | None) -> None:
+        self.key = key
+        self._store = store
+        self._reloaded = reloaded
+        self._pending = trio.Event()
+
+    def heard(self, _payload: str) -> None:
+        self._store.changed()
+        self._pending.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._pending.wait()
+            self._pending = trio.Event()
+            try:
+                changed = await trio.to_thread.run_sync(self._store.reload_if_changed)
+            except (UserError, DatabaseError) as exc:
+                # The database away: the store keeps what it read, stays stale, and the
+                # reconnection's "everything changed" brings us back here.
+                log.warning(
+                    "cannot re-read %s after a change (%s); keeping what was read", self.key, exc
+                )
+                continue
+            except Exception:
+                log.exception("cannot re-read %s after a change; keeping what was read", self.key)
+                continue
+            if changed:
+                log.info("%s reloaded (changed on a node)", self.key)
+            if self._reloaded is not None:
+                self._reloaded(self.key)
