@@ -36,7 +36,7 @@ from sansmail.sessions.pop3d import Pop3Service, Pop3Session
 from sansmail.sessions.smtpd import SmtpService, SmtpSession
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.keys import load_or_create_srs_key
-from sansmail.storage.maildir import MaildirStore
+from sansmail.storage.maildir import MaildirMaildrops, MaildirStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 
@@ -221,7 +221,11 @@ async def serve(config: Config, *, started: asyncio.Event | None = None) -> None
         tls_available=False,
     )
     pop3_service = Pop3Service(
-        config=config, store=store, users=users, auth=auth, tls_available=False
+        config=config,
+        maildrops=MaildirMaildrops(store),
+        users=users,
+        auth=auth,
+        tls_available=False,
     )
     servers = []
     for host, port in config.listen.get("smtp", ()):

@@ -58,7 +58,7 @@ from sansmail.sessions.smtpd import SmtpService, intake_checks, store_all
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore, QuotaLimits
+from sansmail.storage.maildir import MaildirImapStore, MaildirMaildrops, MaildirStore, QuotaLimits
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.repair import repair_at_start
 from sansmail.storage.sieve import SieveStore
@@ -279,7 +279,7 @@ async def serve(
     for name in ("pop3", "pop3s"):
         pop3_shared = Pop3Service(
             config=config,
-            store=store,
+            maildrops=MaildirMaildrops(store),
             users=users,
             auth=auth,
             service=name,

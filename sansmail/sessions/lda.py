@@ -82,7 +82,6 @@ import hashlib
 import os
 import pathlib
 import sqlite3
-import stat
 from typing import Final, TypeVar
 
 import attrs
@@ -121,12 +120,9 @@ from sansmail.storage.maildir import (
     InvalidFolderNameError,
     MailAccount,
     MaildirAccount,
-    MaildirStore,
+    MailStore,
     NoSuchFolderError,
     TooManyKeywordsError,
-    folder_dir,
-    peek_usage,
-    recalculate_usage,
 )
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import (
@@ -165,8 +161,9 @@ class LdaResult:
 
 class LocalDelivery:
     """Delivery through Sieve for the mailboxes of one server (see the module
-    docstring). `store` is the direct path's Maildir store, with the storage limits
-    `imap` has (None: every copy goes through the IMAP account). `srs_key` (None: read
+    docstring). `store` is the direct path's mail store (Maildir or PostgreSQL, as
+    `imap`), with the storage limits `imap` has (None: every copy goes through the IMAP
+    account). `srs_key` (None: read
     or made in ``data_dir/srs.key`` at the first redirect) and `limits` may be given;
     the rest is the server's."""
 
@@ -177,7 +174,7 @@ class LocalDelivery:
         scripts: SieveStore,
         imap: ImapStore,
         queue: QueueStore,
-        store: MaildirStore | None = None,
+        store: MailStore | None = None,
         srs_key: bytes | None = None,
         limits: Limits = _LIMITS,
     ) -> None:
@@ -510,12 +507,7 @@ class _Delivery:
             storage = self.account.storage()
         else:
             # Without opening the account (its INBOX index) for a copy that needs none.
-            limit = store.quota(self.mailbox) if store.quota is not None else 0
-            storage = None
-            if limit:
-                root = os.fspath(store.maildir(self.mailbox))
-                found = peek_usage(root, limit) or recalculate_usage(root, limit)
-                storage = (found.octets, limit)
+            storage = store.storage(self.mailbox)
         if storage is not None and storage[0] >= storage[1]:
             return True
         self._grace = True
@@ -527,11 +519,7 @@ class _Delivery:
         """BLOCKING (one stat): whether `folder` (not INBOX) exists, found where the
         store names it; InvalidFolderNameError for a name no folder can have."""
         assert self.lda.store is not None
-        path = folder_dir(self.lda.store.maildir(self.mailbox), folder)
-        try:
-            return stat.S_ISDIR(os.stat(path).st_mode)
-        except (FileNotFoundError, NotADirectoryError):
-            return False  # any other error (EIO) defers the delivery
+        return self.lda.store.folder_exists(self.mailbox, folder)  # an error defers it
 
     def folder_found(self, folder: str) -> bool:
         """`folder_exists`, asked again after opening the account when it says no: an

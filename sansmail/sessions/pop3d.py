@@ -5,8 +5,9 @@ answers to STAT, LIST, UIDL, RETR and TOP, the QUIT commit, and the mail log's l
 Theory of operation
 -------------------
 The protocol core (`sansmail.pop3.Connection`, owned by the session as `conn`) parses
-commands and enforces RFC 1939's states; the maildrop (`sansmail.storage.maildir.Maildrop`)
-takes the lock and the snapshot, reads, deletes and marks; this object decides what each
+commands and enforces RFC 1939's states; the maildrop (a `Pop3Maildrop` from the service's
+`MaildropSource`: a Maildir's `Maildrop`, or PostgreSQL's `PgMaildrop`) takes the lock and
+the snapshot, reads, deletes and marks; this object decides what each
 command means and answers it. An adapter moves bytes between the client and `conn`, and
 for each event calls the session (a sketch; `sansmail_trio._pop3_server` is the real
 one; the life cycle and logging in are the same for every session, see
@@ -82,12 +83,12 @@ from sansmail.mail.logtext import LogSink, command_for_log, show_ip
 from sansmail.sessions.common import Refusal, refusal_text
 from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import (
-    Maildrop,
     MaildropInUseError,
-    MailStore,
+    MaildropSource,
     MessageGoneError,
     MessageInfo,
     MessageReader,
+    Pop3Maildrop,
 )
 from sansmail.storage.users import UserStore
 
@@ -143,7 +144,8 @@ class Pop3Service:
     """Everything the sessions of one `pop3` or `pop3s` listener share."""
 
     config: Config
-    store: MailStore
+    #: Where each session's maildrop is opened (`MaildirMaildrops`, `PgMaildrops`).
+    maildrops: MaildropSource
     users: UserStore
     #: Password checks, failure delays and throttling, shared with SMTP and IMAP.
     auth: AuthService
@@ -255,7 +257,7 @@ class Pop3Session:
         self.tls = tls
         #: The user-store key of the logged-in user.
         self.user: str | None = None
-        self.maildrop: Maildrop | None = None
+        self.maildrop: Pop3Maildrop | None = None
         #: Message numbers marked by DELE.
         self.deleted: set[int] = set()
         #: Message numbers RETR sent in full: marked \Seen at QUIT.
@@ -500,9 +502,10 @@ class Pop3Session:
     def _open(self, key: str, method: str) -> pop3.Ok | pop3.Err:
         """Lock the maildrop and take the snapshot, then +OK (RFC 1939 §4)."""
         local, _, domain = key.rpartition("@")
-        root = self.service.store.maildir(MailboxId(domain=domain, local=local))
         try:
-            self.maildrop = Maildrop.open(root)
+            self.maildrop = self.service.maildrops.open_maildrop(
+                MailboxId(domain=domain, local=local)
+            )
         except MaildropInUseError:
             self.log(
                 logging.INFO,

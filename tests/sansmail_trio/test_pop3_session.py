@@ -22,7 +22,7 @@ from sansmail.mail.address import MailboxId, parse_address
 from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.sessions import pop3d
 from sansmail.sessions.pop3d import Pop3Service
-from sansmail.storage.maildir import MaildirStore, Maildrop
+from sansmail.storage.maildir import MaildirMaildrops, MaildirStore, Maildrop
 from sansmail.storage.users import UserStore
 from sansmail_trio import _pop3_server
 
@@ -429,7 +429,10 @@ async def test_a_client_that_stops_reading_a_retr_is_cut_off(
         delivery.write(b"Subject: big\r\n\r\n" + b"line\r\n" * size)
         delivery.commit()
     shared = Pop3Service(
-        config=config, store=store, users=users, auth=AuthService(users, secret=b"k" * 32)
+        config=config,
+        maildrops=MaildirMaildrops(store),
+        users=users,
+        auth=AuthService(users, secret=b"k" * 32),
     )
     service = _pop3_server.POP3Service(shared=shared, log=logging.getLogger("sansmail.pop3"))
     server_end, client_end = trio.testing.lockstep_stream_pair()

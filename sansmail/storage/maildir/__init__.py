@@ -8,7 +8,8 @@ The store does blocking file I/O (and stamps file names with the clock); the ada
 `Delivery.flush`, `Delivery.commit` and `Delivery.abort` from worker threads.
 
 `Maildrop` is the other side of a Maildir INBOX: the snapshot, reading and deleting that a
-POP3 session does, with its exclusive lock; it blocks too (worker threads).
+POP3 session does, with its exclusive lock (the `Pop3Maildrop` protocol, opened through a
+`MaildropSource`: `MaildirMaildrops`); it blocks too (worker threads).
 
 `QuotaLimits`, `peek_usage` and `recalculate_usage` are the storage quota: each
 Maildir's usage, kept current by every writer in its ``maildirsize`` file (`_quota`).
@@ -21,7 +22,7 @@ implement the same protocols. `MaildirAccount.folder_status`, `resync` and
 (`FolderStatus`, `Resynced`).
 """
 
-from sansmail.storage.maildir._base import Delivery, MailStore
+from sansmail.storage.maildir._base import BackendUnavailableError, Delivery, MailStore
 from sansmail.storage.maildir._imapaccount import (
     DEFAULT_SPECIAL_USE,
     MaildirAccount,
@@ -51,6 +52,7 @@ from sansmail.storage.maildir._imapbase import (
     ReadOnlyError,
     SearchData,
     StoreResult,
+    StoreUnavailableError,
     Structures,
     SyncChanges,
     TooManyKeywordsError,
@@ -59,25 +61,31 @@ from sansmail.storage.maildir._imapnames import decode_mutf7, encode_mutf7, fold
 from sansmail.storage.maildir._imapview import MaildirFolderView
 from sansmail.storage.maildir._mailbox import (
     Expunged,
+    MaildirMaildrops,
     Maildrop,
     MaildropInUseError,
+    MaildropSource,
     MessageGoneError,
     MessageInfo,
     MessageReader,
+    Pop3Maildrop,
 )
 from sansmail.storage.maildir._maildir import MaildirStore
 from sansmail.storage.maildir._quota import OverQuotaError, QuotaLimits, Usage
 from sansmail.storage.maildir._quota import peek as peek_usage
 from sansmail.storage.maildir._quota import recalculate as recalculate_usage
 
-__all__ = ["Delivery", "MailStore", "MaildirStore"]
+__all__ = ["BackendUnavailableError", "Delivery", "MailStore", "MaildirStore"]
 __all__ += [
     "Expunged",
+    "MaildirMaildrops",
     "Maildrop",
     "MaildropInUseError",
+    "MaildropSource",
     "MessageGoneError",
     "MessageInfo",
     "MessageReader",
+    "Pop3Maildrop",
 ]
 __all__ += [
     "DEFAULT_SPECIAL_USE",
@@ -110,6 +118,7 @@ __all__ += [
     "Resynced",
     "SearchData",
     "StoreResult",
+    "StoreUnavailableError",
     "Structures",
     "SyncChanges",
     "TooManyKeywordsError",

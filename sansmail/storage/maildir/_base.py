@@ -11,13 +11,24 @@ other back ends can provide their own.
 
 from __future__ import annotations
 
-import pathlib
+import errno
 from collections.abc import Sequence
 from typing import Protocol
 
 from sansmail.mail.address import MailboxId
 
-__all__ = ["Delivery", "MailStore"]
+__all__ = ["BackendUnavailableError", "Delivery", "MailStore"]
+
+
+class BackendUnavailableError(OSError):
+    """The service under a store (a database) failed or could not be reached: a
+    temporary failure, answered as a failing disk is (451 4.3.0, -ERR [SYS/TEMP])."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(errno.EIO, text)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Delivery(Protocol):
@@ -79,12 +90,19 @@ class MailStore(Protocol):
         fail the others, unless it is the sync of a directory they share."""
         ...
 
-    def maildir(self, mailbox: MailboxId) -> pathlib.Path:
-        """The directory that holds `mailbox` (it may not exist yet)."""
-        ...
-
     def full(self, mailbox: MailboxId) -> bool:
         """Whether `mailbox` is at or over its storage limit, as far as one small read
         tells (never a walk of the mailbox: fit for an event loop); False when it has
         no limit or its usage is not known yet."""
+        ...
+
+    def storage(self, mailbox: MailboxId) -> tuple[int, int] | None:
+        """Blocking: `mailbox`'s usage in octets and its limit, measured when due (a
+        walk for a Maildir whose quota file is stale); None when it has no limit."""
+        ...
+
+    def folder_exists(self, mailbox: MailboxId, folder: str) -> bool:
+        """Blocking, cheap: whether `folder` (not INBOX) of `mailbox` exists, as
+        `begin(..., folder=)` would find it; InvalidFolderNameError for a name no
+        folder can have."""
         ...

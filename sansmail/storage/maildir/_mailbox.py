@@ -1,4 +1,5 @@
-"""`Maildrop`: the read-and-delete side of one user's INBOX Maildir, as POP3 uses it.
+"""`Maildrop`: the read-and-delete side of one user's INBOX Maildir, as POP3 uses it
+(the `Pop3Maildrop` protocol; `MaildirMaildrops` opens them, the `MaildropSource`).
 
 Theory of operation
 -------------------
@@ -86,23 +87,28 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 
+from sansmail.mail.address import MailboxId
 from sansmail.storage.durable import fsync_dir
 from sansmail.storage.maildir._imapindex import INDEX_NAME, FolderIndex
 from sansmail.storage.maildir._imapmaildir import crlf_chunks, crlf_size, split_name
+from sansmail.storage.maildir._maildir import MaildirStore
 from sansmail.storage.maildir._quota import record as record_quota
 
 __all__ = [
     "LOCK_NAME",
     "Expunged",
+    "MaildirMaildrops",
     "Maildrop",
     "MaildropInUseError",
+    "MaildropSource",
     "MessageGoneError",
     "MessageInfo",
     "MessageReader",
+    "Pop3Maildrop",
     "crlf_chunks",
     "unique_id",
 ]
@@ -133,9 +139,11 @@ class MessageGoneError(Exception):
 
 @attrs.frozen(kw_only=True)
 class MessageInfo:
-    """One message of the snapshot."""
+    """One message of the snapshot (of any `Pop3Maildrop`; what the fields hold for a
+    Maildir is said here, for a database its store says)."""
 
-    #: The file name, without its info part: stable across flag changes.
+    #: The file name, without its info part: stable across flag changes (the name the
+    #: log lines give the message).
     base: str
     #: The unique-id listing's id (RFC 1939 §7): `base`, or its hash when it does not fit.
     uid: str
@@ -191,7 +199,54 @@ def _seen_name(name: str) -> str | None:
     return f"{base}:2,{''.join(sorted({*letters, 'S'}))}"
 
 
-class Maildrop:
+class Pop3Maildrop(Protocol):
+    """One POP3 session's hold on an INBOX (RFC 1939): the exclusive lock, taken when
+    it was opened and kept until `close`, and the snapshot `messages`, fixed for the
+    session. Blocking (worker threads), one thread at a time."""
+
+    @property
+    def messages(self) -> tuple[MessageInfo, ...]:
+        """The snapshot, in arrival order: message number n is ``messages[n - 1]``."""
+        ...
+
+    def reader(self, message: MessageInfo, *, lines: int | None = None) -> MessageReader:
+        """`message` in wire form for RETR, or with `lines` for TOP (RFC 1939 §7).
+        `MessageGoneError` when another client removed it, OSError on failure."""
+        ...
+
+    def expunge(
+        self, messages: Iterable[MessageInfo], *, seen: Iterable[MessageInfo] = ()
+    ) -> Expunged:
+        """QUIT in the UPDATE state (RFC 1939 §6): remove `messages` and mark `seen`
+        \\Seen, durably before it returns; OSError when that could not be done."""
+        ...
+
+    def close(self) -> None:
+        """Release the lock. Idempotent."""
+        ...
+
+
+class MaildropSource(Protocol):
+    """Where POP3 sessions open maildrops."""
+
+    def open_maildrop(self, mailbox: MailboxId) -> Pop3Maildrop:
+        """Blocking: lock `mailbox`'s INBOX for one POP3 session and take the snapshot.
+        `MaildropInUseError` when another session holds it, on any node; OSError when
+        it cannot be opened."""
+        ...
+
+
+class MaildirMaildrops(MaildropSource):
+    """Opens the Maildir INBOXes of `store` for POP3 sessions (`Maildrop.open`)."""
+
+    def __init__(self, store: MaildirStore) -> None:
+        self.store = store
+
+    def open_maildrop(self, mailbox: MailboxId) -> Maildrop:
+        return Maildrop.open(self.store.maildir(mailbox))
+
+
+class Maildrop(Pop3Maildrop):
     """One POP3 session's view of a Maildir INBOX; see the module docstring.
 
     Use `Maildrop.open`; `close` (or the ``with`` block) releases the lock.
@@ -200,8 +255,12 @@ class Maildrop:
     def __init__(self, root: str, lock_fd: int, messages: tuple[MessageInfo, ...]) -> None:
         self.root = root
         self._lock_fd = lock_fd
-        #: The snapshot, in arrival order: message number n is ``messages[n - 1]``.
-        self.messages = messages
+        self._messages = messages
+
+    @property
+    def messages(self) -> tuple[MessageInfo, ...]:
+        """The snapshot, in arrival order: message number n is ``messages[n - 1]``."""
+        return self._messages
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> Maildrop:
@@ -356,14 +415,25 @@ class Maildrop:
 
 
 class MessageReader:
-    """One message being read for RETR or TOP, in wire form, chunk by chunk."""
+    """One message being read for RETR or TOP, in wire form, chunk by chunk: from the
+    open file `fd`, or from `content` already in memory (a database's; `fd` -1)."""
 
-    def __init__(self, fd: int, *, lines: int | None, read_size: int) -> None:
+    def __init__(
+        self, fd: int, *, lines: int | None, read_size: int, content: bytes | None = None
+    ) -> None:
         self._fd = fd
         self._read_size = read_size
-        self._chunks = crlf_chunks(self._raw())
+        raw = self._raw() if content is None else _slices(content, read_size)
+        self._chunks = crlf_chunks(raw)
         self._top = _TopFilter(lines) if lines is not None else None
         self._done = False
+
+    @classmethod
+    def of_content(
+        cls, content: bytes, *, lines: int | None, read_size: int = READ_SIZE
+    ) -> MessageReader:
+        """A reader of `content` (the message's octets) instead of a file."""
+        return cls(-1, lines=lines, read_size=read_size, content=content)
 
     def _raw(self) -> Iterator[bytes]:
         while data := os.read(self._fd, self._read_size):
@@ -413,6 +483,12 @@ class MessageReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _slices(content: bytes, size: int) -> Iterator[bytes]:
+    view = memoryview(content)
+    for start in range(0, len(content), size):
+        yield bytes(view[start : start + size])
 
 
 class _TopFilter:

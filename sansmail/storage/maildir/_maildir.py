@@ -73,6 +73,7 @@ import fcntl
 import itertools
 import os
 import pathlib
+import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
@@ -94,6 +95,7 @@ from sansmail.storage.maildir._imapnames import (
 )
 from sansmail.storage.maildir._quota import count_delivery as _count_delivery
 from sansmail.storage.maildir._quota import peek as _quota_peek
+from sansmail.storage.maildir._quota import usage as _quota_usage
 
 __all__ = ["MaildirStore"]
 
@@ -171,7 +173,22 @@ class MaildirStore(MailStore):
         self._durable_dirs: set[str] = set()
 
     def maildir(self, mailbox: MailboxId) -> pathlib.Path:
+        """The directory that holds `mailbox` (it may not exist yet)."""
         return pathlib.Path(self._root(mailbox))
+
+    def storage(self, mailbox: MailboxId) -> tuple[int, int] | None:
+        limit = self.quota(mailbox) if self.quota is not None else 0
+        if not limit:
+            return None
+        found, _measured = _quota_usage(self._root(mailbox), limit)
+        return found.octets, limit
+
+    def folder_exists(self, mailbox: MailboxId, folder: str) -> bool:
+        path = folder_dir(self._root(mailbox), folder)
+        try:
+            return stat.S_ISDIR(os.stat(path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False  # any other error (EIO) is the caller's
 
     def full(self, mailbox: MailboxId) -> bool:
         limit = self.quota(mailbox) if self.quota is not None else 0

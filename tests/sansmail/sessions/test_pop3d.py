@@ -20,7 +20,7 @@ from sansmail.sessions import pop3d
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.login import BLOCKING, FINISHED
 from sansmail.sessions.pop3d import Pop3Service, Pop3Session, Transfer
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore
+from sansmail.storage.maildir import MaildirImapStore, MaildirMaildrops, MaildirStore
 from sansmail.storage.users import UserStore
 
 ALICE = MailboxId(domain="example.test", local="alice")
@@ -57,7 +57,7 @@ class Server:
         fast = AuthSettings(failure_delay=0.01, max_failure_delay=0.02, **settings)  # type: ignore[arg-type]
         self.service = Pop3Service(
             config=self.config,
-            store=self.store,
+            maildrops=MaildirMaildrops(self.store),
             users=users,
             auth=AuthService(users, secret=b"k" * 32, settings=fast),
         )
