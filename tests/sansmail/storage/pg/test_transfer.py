@@ -1,0 +1,232 @@
+"""Maildir -> PostgreSQL -> Maildir (`sansmail.storage.pg._transfer`): a mailbox with
+several folders, flags, keywords, INTERNALDATEs in several zones, UIDs with gaps and
+tombstones (expunged messages), a non-trivial UIDVALIDITY and subscriptions is imported,
+found the same in the tables, exported to a new data directory, and found the same by
+the Maildir IMAP store there; and the refusals that keep either side from being
+overwritten."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import time
+from typing import Any
+
+import pytest
+
+from sansmail.mail.address import MailboxId
+from sansmail.storage.maildir import FlagMode, MailAccount, MaildirImapStore
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._imapstore import PgImapStore
+from sansmail.storage.pg._transfer import (
+    FolderMoved,
+    TransferError,
+    export_maildir,
+    import_maildir,
+)
+
+HOST = "mx.example.test"
+ALICE = MailboxId(domain="example.test", local="alice")
+BOB = MailboxId(domain="example.test", local="bob.smith")
+# Four years back: UIDVALIDITYs well below the database's sequence (started at its
+# migration), so keeping them is not the sequence's doing.
+_PAST_NS = 4 * 365 * 86400 * 10**9
+
+
+def _clock() -> int:
+    return time.time_ns() - _PAST_NS
+
+
+def _zone(minutes: int) -> datetime.timezone:
+    return datetime.timezone(datetime.timedelta(minutes=minutes))
+
+
+def _message(n: int) -> bytes:
+    body = "".join(f"line {i} of message {n}\r\n" for i in range(n % 7 + 1))
+    return f"From: a@example.test\r\nSubject: message {n}\r\n\r\n{body}".encode()
+
+
+def _make_source(data: pathlib.Path) -> None:
+    store = MaildirImapStore(data, hostname=HOST, clock=_clock)
+    account = store.account(ALICE)
+    account.create("Work")
+    account.create("Work/Deep")
+    account.create("Ünïcode")
+    account.unsubscribe("Junk")
+    account.subscribe("Work/Deep")
+    account.subscribe("Gone/Never")  # subscribed, never made
+    zones = [0, 120, -300, 330]
+    for folder, count in (("INBOX", 12), ("Work", 5), ("Work/Deep", 3), ("Ünïcode", 2)):
+        for n in range(count):
+            flags: list[str] = []
+            if n % 2:
+                flags.append("\\Seen")
+            if n % 3 == 0:
+                flags.append("\\Flagged")
+            if n % 4 == 1:
+                flags += ["$Label1", "Project-X"]
+            when = datetime.datetime(2023, 1 + n % 12, 1 + n, 8, n, 7, tzinfo=_zone(zones[n % 4]))
+            account.append(folder, _message(n), flags, when)
+    view = account.select("INBOX")
+    # Gaps: UIDs 3, 4 and 9 expunged (tombstones), a flag change (a newer modseq).
+    view.store_flags([3, 4, 9], ["\\Deleted"], FlagMode.ADD)
+    view.expunge()
+    view.store_flags([5], ["\\Answered", "Later"], FlagMode.ADD)
+    view.sync()
+    view.close()
+    account.close()
+    # A message delivered but never seen by IMAP: the import's sync gives it its UID.
+    inbox = data / "mail" / "example.test" / "alice"
+    (inbox / "new" / "1500000000.M1P1Q1.mx.example.test").write_bytes(b"Subject: late\n\nhi\n")
+    bob = store.account(BOB)
+    bob.append("INBOX", _message(99), ["\\Draft"])
+    bob.close()
+
+
+def _snapshot(account: MailAccount) -> dict[str, Any]:
+    """Everything IMAP shows of a mailbox: folders, counters, messages, tombstones."""
+    try:
+        folders: dict[str, Any] = {}
+        for info in account.list_folders():
+            entry: dict[str, Any] = {
+                "exists": info.exists,
+                "subscribed": info.subscribed,
+                "special_use": info.special_use,
+            }
+            if info.exists:
+                view = account.select(info.name, readonly=True)
+                uids = list(view.uids)
+                states = view.flag_states(uids)
+                contents = dict(view.contents(uids))
+                entry.update(
+                    uidvalidity=view.uidvalidity,
+                    uidnext=view.uidnext,
+                    highestmodseq=view.highestmodseq,
+                    keywords=set(view.keywords),
+                    messages=[
+                        (
+                            m.uid,
+                            m.flags,
+                            m.internaldate,
+                            m.internaldate.utcoffset(),
+                            m.size,
+                            states[m.uid][0],
+                            contents[m.uid],
+                        )
+                        for m in view.messages
+                    ],
+                    vanished=view.vanished_since(0, [range(1, view.uidnext)]),
+                )
+                view.close()
+            folders[info.name] = entry
+        return folders
+    finally:
+        account.close()
+
+
+def _maildir_snapshot(data: pathlib.Path, mailbox: MailboxId) -> dict[str, Any]:
+    return _snapshot(MaildirImapStore(data, hostname=HOST).account(mailbox))
+
+
+def _pg_snapshot(db: Database, mailbox: MailboxId) -> dict[str, Any]:
+    return _snapshot(PgImapStore(db, hostname=HOST).account(mailbox))
+
+
+def test_round_trip_keeps_uids_flags_dates_and_contents(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    before = {m: _maildir_snapshot(source, m) for m in (ALICE, BOB)}
+    inbox = before[ALICE]["INBOX"]
+    # The source is what the test claims: gaps, tombstones, a late delivery, zones.
+    assert [m[0] for m in inbox["messages"]] == [1, 2, 5, 6, 7, 8, 10, 11, 12, 13]
+    assert inbox["vanished"] == [3, 4, 9]
+    assert inbox["uidnext"] == 14
+    assert {m[3] for m in inbox["messages"]} >= {
+        datetime.timedelta(0),
+        datetime.timedelta(minutes=120),
+        datetime.timedelta(minutes=-300),
+    }
+    assert inbox["keywords"] >= {"$Label1", "Project-X", "Later"}
+    assert inbox["uidvalidity"] < (time.time_ns() - _PAST_NS // 2) // 10**9
+
+    seen: list[FolderMoved] = []
+    moved = import_maildir(pg_db, source, hostname=HOST, progress=seen.append)
+    assert (moved.mailboxes, moved.folders) == (2, 15)
+    assert moved.messages == 10 + 5 + 3 + 2 + 1
+    assert {(f.mailbox, f.name) for f in seen} >= {("alice@example.test", "Work/Deep")}
+    for mailbox in (ALICE, BOB):
+        assert _pg_snapshot(pg_db, mailbox) == before[mailbox], mailbox
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT octets, messages FROM mail_usage WHERE mailbox = 'alice@example.test'")
+        octets, count = cur.fetchone()
+    assert count == 20
+    assert octets == sum(m[4] for f in before[ALICE].values() for m in f.get("messages", ()))
+
+    target = tmp_path / "target"
+    exported = export_maildir(pg_db, target, hostname=HOST)
+    assert (exported.mailboxes, exported.folders, exported.messages) == (2, 15, 21)
+    for mailbox in (ALICE, BOB):
+        assert _maildir_snapshot(target, mailbox) == before[mailbox]
+    # No staging directory left behind, and files only where the Maildir store puts them.
+    assert sorted(os.listdir(target / "mail" / "example.test")) == ["alice", "bob.smith"]
+
+
+def test_import_refuses_a_folder_with_messages_and_writes_nothing(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    import_maildir(pg_db, source, hostname=HOST)
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_messages")
+        (count,) = cur.fetchone()
+        cur.execute("DELETE FROM mail_messages USING mail_folders f WHERE folder_id = f.id"
+                    " AND f.mailbox = 'bob.smith@example.test'")  # fmt: skip
+        cur.execute("UPDATE mail_usage SET octets = 0, messages = 0")
+    # Bob's folders are empty now, Alice's are not: the whole import is refused.
+    with pytest.raises(TransferError, match=r"already hold messages .*alice@example.test INBOX"):
+        import_maildir(pg_db, source, hostname=HOST)
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_messages")
+        assert cur.fetchone() == (count - 1,)
+
+
+def test_import_takes_over_an_empty_folder(pg_db: Database, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    with pg_db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO mail_folders (mailbox, name, uidnext) VALUES"
+            " ('bob.smith@example.test', 'INBOX', 40)"
+        )
+    import_maildir(pg_db, source, hostname=HOST)
+    before = _maildir_snapshot(source, BOB)
+    assert _pg_snapshot(pg_db, BOB) == before
+
+
+def test_export_refuses_a_non_empty_target_and_writes_nothing(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    import_maildir(pg_db, source, hostname=HOST)
+    target = tmp_path / "target"
+    (target / "mail" / "example.test" / "bob.smith").mkdir(parents=True)
+    (target / "mail" / "example.test" / "bob.smith" / "cur").mkdir()
+    with pytest.raises(TransferError, match=r"bob\.smith: exists and is not empty"):
+        export_maildir(pg_db, target, hostname=HOST)
+    assert sorted(os.listdir(target / "mail" / "example.test")) == ["bob.smith"]
+    # An empty target directory is fine: it is replaced.
+    (target / "mail" / "example.test" / "bob.smith" / "cur").rmdir()
+    export_maildir(pg_db, target, hostname=HOST)
+    assert _maildir_snapshot(target, BOB) == _maildir_snapshot(source, BOB)
+
+
+def test_import_of_a_directory_without_mail_is_refused(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    with pytest.raises(TransferError, match="not a sansmail data directory"):
+        import_maildir(pg_db, tmp_path, hostname=HOST)
