@@ -56,6 +56,21 @@ fsyncs per batch rather than per message:
 
 Limits: at most `MAX_ACTIVE` messages between open and finish, and at most
 ``destination_concurrency_limit`` agents (connections) per destination domain.
+
+**A queue every node shares** (`sansmail.storage.queue.SharedQueue`, on PostgreSQL):
+every node runs a runner, and the queue keeps the schedule. Instead of the lock, the
+recovery, the in-memory schedule and the listings, the runner *claims* due messages
+(`QueueManager.claim`: ``FOR UPDATE SKIP LOCKED`` and a lease for this node, opened in
+the same worker-thread call), as many as it has room for, whenever it is woken (a
+message this node's SMTP processes queued, `wake`; one queued on another node, announced
+by NOTIFY "queue", for which the adapter calls `wake` too; a settled attempt making
+room), when the queue's soonest message falls due (`SharedQueue.soonest`), and at least
+every `POLL_INTERVAL`. Steps 2 and 3 are the same; `finish` writing the outcome lets go
+of the lease. While attempts run, their leases are renewed (every third of the lease);
+an attempt that ended without an outcome (an internal error, a database that failed) is
+given back due after the minimal backoff, and at a stop the messages still in flight are
+given back due at once, for another node to take. A node that dies gives back nothing:
+its leases end, and the other nodes' claims take its messages over.
 """
 
 from __future__ import annotations
@@ -70,6 +85,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 
 import attrs
 import trio
@@ -88,11 +104,11 @@ from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.outbound import ClientTimeouts
 from sansmail.mail.retry import RetryPolicy
 from sansmail.sessions.lda import LocalDelivery
-from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
+from sansmail.sessions.qmgr import Attempt, Finished, Opened, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore, MailStore, QuotaLimits
-from sansmail.storage.queue import QueueStore
+from sansmail.storage.queue import Queue, QueueStore, SharedQueue
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._dns import DNSError, Resolver
@@ -105,6 +121,7 @@ __all__ = [
     "LINGER",
     "MAX_ACTIVE",
     "OPEN_BATCH",
+    "POLL_INTERVAL",
     "REMOVAL_SYNC_INTERVAL",
     "RESCAN_INTERVAL",
     "QueueRunner",
@@ -126,6 +143,11 @@ RESCAN_INTERVAL = 10.0
 #: worker-thread call: at a few hundred messages a second, batches of about ten. Not
 #: when the runner holds more than `MAX_ACTIVE` - `OPEN_BATCH` messages (a backlog).
 LINGER = 0.02
+#: A runner on a shared queue claims at least this often: what another node queued
+#: without a NOTIFY reaching us, and what a flush made due.
+POLL_INTERVAL = 1.0
+#: After a claim failed (the database is down): wait this long before the next.
+CLAIM_RETRY = 5.0
 #: At most this long between a message's removal and the directory fsync that makes it
 #: durable (Postfix never syncs its queue directory on removal).
 REMOVAL_SYNC_INTERVAL = 1.0
@@ -200,7 +222,7 @@ class QueueRunner:
         self,
         *,
         config: Config,
-        queue: QueueStore,
+        queue: Queue,
         store: MailStore,
         users: UserStore,
         aliases: AliasSource,
@@ -210,6 +232,7 @@ class QueueRunner:
         rng: random.Random | None = None,
         timeouts: ClientTimeouts | None = None,
         metrics: Metrics | None = None,
+        local_delivery: LocalDelivery | None = None,
     ) -> None:
         self.config = config
         #: Counts the verdicts and how long they took (None: not counted).
@@ -220,16 +243,9 @@ class QueueRunner:
         self.clock = clock
         self.rng = rng or random.SystemRandom()
         self.policy = RetryPolicy.from_config(config.delivery)
-        quota = QuotaLimits(config.quota.storage, users.own_quota)
-        self.manager = QueueManager(
-            config=config,
-            queue=queue,
-            store=store,
-            users=users,
-            aliases=aliases,
-            policy=self.policy,
-            dkim_keys=DkimKeys(config.data_dir, config.dkim.selector),
-            local_delivery=LocalDelivery(
+        if local_delivery is None:
+            quota = QuotaLimits(config.quota.storage, users.own_quota)
+            local_delivery = LocalDelivery(
                 config=config,
                 scripts=SieveStore(config.data_dir),
                 # As the IMAP server builds its store: what Sieve files appears there,
@@ -238,9 +254,21 @@ class QueueRunner:
                 imap=MaildirImapStore(config.data_dir, hostname=config.hostname, quota=quota),
                 # The copies without flags go the direct way, under the same limits.
                 store=MaildirStore(config.data_dir, hostname=config.hostname, quota=quota),
-                queue=queue,
-            ),
+                # Only new_id and begin are used: any Queue does (lda.py names the class).
+                queue=cast("QueueStore", queue),
+            )
+        self.manager = QueueManager(
+            config=config,
+            queue=queue,
+            store=store,
+            users=users,
+            aliases=aliases,
+            policy=self.policy,
+            dkim_keys=DkimKeys(config.data_dir, config.dkim.selector),
+            local_delivery=local_delivery,
         )
+        #: The queue, when every node delivers from it (None: one runner, the file one).
+        self._shared = queue if isinstance(queue, SharedQueue) else None
         self._schedule = _Schedule()
         self._active: set[str] = set()
         self._wake = trio.Event()
@@ -265,7 +293,7 @@ class QueueRunner:
     def wake(self, queue_id: str | None = None) -> None:
         """Look at the queue now. A session names the message it just queued, which is
         then due at once without listing the directory."""
-        if queue_id is not None and queue_id not in self._active:
+        if queue_id is not None and queue_id not in self._active and self._shared is None:
             self._schedule.set(queue_id, 0.0)
         self._wake.set()
 
@@ -280,14 +308,20 @@ class QueueRunner:
         deliver. At cancellation the conversations under way end first (within
         ``[smtp] shutdown_grace``) and what they settled is written down; the other
         messages in flight keep their envelope as it was, and are tried again at the
-        next start."""
-        lock = await trio.to_thread.run_sync(functools.partial(self.queue.lock, wait=False))
+        next start (on a shared queue: given back, for any node to take at once)."""
+        if self._shared is not None:
+            await self._run_shared(self._shared, task_status)
+            return
+        queue = self.queue
+        if not isinstance(queue, QueueStore):
+            raise TypeError(f"no runner for a queue of type {type(queue).__name__}")
+        lock = await trio.to_thread.run_sync(functools.partial(queue.lock, wait=False))
         if lock is None:
             self.log.warning("waiting for the queue runner of an earlier start to exit")
-            lock = await trio.to_thread.run_sync(self.queue.lock, abandon_on_cancel=True)
+            lock = await trio.to_thread.run_sync(queue.lock, abandon_on_cancel=True)
         assert lock is not None
         try:
-            for name in await trio.to_thread.run_sync(self.queue.recover):
+            for name in await trio.to_thread.run_sync(queue.recover):
                 self.log.warning("queue recovery: %s", name)
             await self._run(task_status)
         finally:
@@ -323,6 +357,69 @@ class QueueRunner:
                     await self._wake.wait()
                 self._wake = trio.Event()
 
+    async def _run_shared(self, queue: SharedQueue, task_status: trio.TaskStatus[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._client.run)
+            nursery.start_soon(self._finisher)
+            nursery.start_soon(self._renewer, queue)
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                if not self._backlog():
+                    # As the opener: what else falls due meanwhile shares the claim.
+                    await trio.sleep(LINGER)
+                if self._flush:
+                    self._flush = False
+                    try:
+                        await trio.to_thread.run_sync(queue.request_flush)
+                    except OSError as exc:
+                        self.log.warning("cannot flush the queue: %s", exc)
+                wait = await self._claim(nursery)
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+
+    async def _claim(self, nursery: trio.Nursery) -> float:
+        """Claim what is due, as much as there is room for; how long to wait before
+        looking again, unless woken."""
+        assert self._shared is not None
+        queue = self._shared
+        while (room := min(OPEN_BATCH, MAX_ACTIVE - len(self._active))) > 0:
+            claim = functools.partial(self.manager.claim, room, now=self.clock())
+            try:
+                opened = await trio.to_thread.run_sync(claim)
+            except OSError as exc:
+                self.log.warning("cannot claim from the queue: %s", exc)
+                return CLAIM_RETRY
+            self._active.update(attempt.message.queue_id for attempt in opened.attempts)
+            self._start(opened, nursery)
+            if len(opened.attempts) < room:
+                try:
+                    soonest = await trio.to_thread.run_sync(queue.soonest)
+                except OSError:
+                    return POLL_INTERVAL
+                # The soonest row may be one another node's claim locks right now:
+                # never spin on it.
+                until = POLL_INTERVAL if soonest is None else soonest - self.clock()
+                return min(POLL_INTERVAL, max(LINGER, until))
+        return POLL_INTERVAL  # full: a settled attempt wakes us
+
+    async def _renewer(self, queue: SharedQueue) -> None:
+        """Renew the leases of the messages in flight, three times per lease."""
+        while True:
+            await trio.sleep(queue.lease / 3)
+            ids = set(self._active)
+            if not ids:
+                continue
+            renew = functools.partial(queue.renew, ids, now=self.clock())
+            try:
+                held = await trio.to_thread.run_sync(renew)
+            except OSError as exc:
+                self.log.warning("cannot renew the leases of the queue's claims: %s", exc)
+                continue
+            # Those settled meanwhile let go of their leases themselves.
+            for qid in sorted((ids - held) & self._active):
+                self.log.warning("%s: claim lost (another node may be delivering it too)", qid)
+
     async def _scan(self) -> None:
         known = self._schedule.ids()
         names = await trio.to_thread.run_sync(self.manager.queue_ids)
@@ -348,6 +445,28 @@ class QueueRunner:
         if due is not None:
             self._schedule.set(queue_id, due)
         self._wake.set()
+
+    async def _retry(self, queue_ids: list[str]) -> None:
+        """Attempts on `queue_ids` ended without an outcome written: each is due again
+        after the minimal backoff (given back to the shared queue, if it is one)."""
+        if not queue_ids:
+            return
+        due = self._retry_later()
+        if self._shared is not None:
+            await self._give_back(dict.fromkeys(queue_ids, due))
+            for qid in queue_ids:
+                self._settle(qid, None)
+            return
+        for qid in queue_ids:
+            self._settle(qid, due)
+
+    async def _give_back(self, due: dict[str, float]) -> None:
+        assert self._shared is not None
+        try:
+            await trio.to_thread.run_sync(self._shared.release, due)
+        except OSError as exc:
+            # Their leases end on their own, and then any node takes them.
+            self.log.warning("cannot give back %d queue claims: %s", len(due), exc)
 
     def _backlog(self) -> bool:
         """Nearly `MAX_ACTIVE` in flight: every wait would hold up the whole pipeline."""
@@ -380,9 +499,11 @@ class QueueRunner:
             opened = await trio.to_thread.run_sync(self.manager.open_all, ids)
         except Exception:
             self.log.exception("%s: cannot open for delivery", ", ".join(ids))
-            for qid in ids:
-                self._settle(qid, self._retry_later())
+            await self._retry(ids)
             return
+        self._start(opened, nursery)
+
+    def _start(self, opened: Opened, nursery: trio.Nursery) -> None:
         self._write(opened.log)
         for qid in opened.gone:
             self._settle(qid, None)
@@ -549,12 +670,14 @@ class QueueRunner:
                 await self._finish_gathered()
                 if self._unsynced.is_set():
                     await self._sync_removals()
+                if self._shared is not None and self._active:
+                    # For another node to take at once, not when their leases end.
+                    with trio.move_on_after(self.config.smtp.shutdown_grace + 1):
+                        await self._give_back(dict.fromkeys(self._active, self.clock()))
 
     async def _finish_gathered(self) -> None:
         batch, self._finishing = self._finishing, []
-        for flight in batch:
-            if flight.failed:
-                self._settle(flight.queue_id, self._retry_later())
+        await self._retry([flight.queue_id for flight in batch if flight.failed])
         batch = [flight for flight in batch if not flight.failed]
         if batch:
             await self._finish(batch)
@@ -573,6 +696,7 @@ class QueueRunner:
         except Exception as exc:  # finish_all hands back each attempt's own failure
             self.log.exception("cannot finish delivery attempts")
             outcomes = [exc] * len(batch)
+        again: list[str] = []
         for attempt, outcome in zip(attempts, outcomes, strict=True):
             qid = attempt.message.queue_id
             self._write(attempt.take_log())
@@ -589,13 +713,19 @@ class QueueRunner:
                     self.log.error(
                         "%s: delivery attempt failed with an internal error", qid, exc_info=outcome
                     )
-                self._settle(qid, self._retry_later())
+                again.append(qid)
+                continue
+            if self._shared is not None:
+                # The outcome is written and the lease let go: the queue has the
+                # schedule, and the notifications are due there at once.
+                self._settle(qid, None)
                 continue
             for notice in outcome.queued:
                 self._schedule.set(notice, 0.0)
             if outcome.next_due is None:
                 self._unsynced.set()
             self._settle(qid, outcome.next_due)
+        await self._retry(again)
 
     async def _syncer(self) -> None:
         """Make removals durable, one directory fsync per `REMOVAL_SYNC_INTERVAL` at

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-The queue (`sansmail.storage.queue.QueueStore`) holds messages with their envelopes; a
-runner with an event loop (`sansmail_trio._queue`, or any other loop's) keeps the
-schedule, the DNS, the sockets, TLS and the connection cache. Everything else an attempt
+The queue (`sansmail.storage.queue.Queue`: the directory of one machine, or the table
+every node shares) holds messages with their envelopes; a runner with an event loop
+(`sansmail_trio._queue`, or any other loop's) keeps the schedule, the DNS, the sockets,
+TLS and the connection cache. Everything else an attempt
 decides or stores is here, so a runner for another loop repeats no rule:
 
     manager = QueueManager(config=config, queue=queue, store=store, users=users,
@@ -23,6 +24,11 @@ decides or stores is here, so a runner for another loop repeats no rule:
         schedule_now(attempt.take_queued())                 # Sieve's redirects, replies
     finished = attempt.finish(now=clock(), jitter=rng.random())   # blocking
     write(attempt.take_log())                               # also when finish raised
+
+On a queue every node delivers from (`sansmail.storage.queue.SharedQueue`), the runner
+takes its messages with `claim` instead of `open_all`: due messages no other node holds,
+opened in the same call and leased to this node until `finish` writes their outcome
+(which lets go of the lease) or the runner gives them back.
 
 A busy runner does the same for many messages at once, which costs fewer worker-thread
 hops, fewer fsyncs and fewer connections: `open_all` opens a batch of due messages in
@@ -89,7 +95,7 @@ from sansmail.mail.retry import RetryPolicy
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
-from sansmail.storage.queue import QueueStore, UnknownQueueIdError
+from sansmail.storage.queue import Queue, SharedQueue, UnknownQueueIdError
 from sansmail.storage.users import UserStore, UsersUnavailableError
 
 if TYPE_CHECKING:  # only its type: a runner without Sieve never loads the evaluator
@@ -126,7 +132,7 @@ class QueueManager:
         self,
         *,
         config: Config,
-        queue: QueueStore,
+        queue: Queue,
         store: MailStore,
         users: UserStore,
         aliases: AliasSource,
@@ -199,6 +205,21 @@ class QueueManager:
                 continue
             attempts.append(Attempt(self, message, content))
         return Opened(tuple(attempts), tuple(gone), tuple(log))
+
+    def claim(self, limit: int, *, now: float) -> Opened:
+        """BLOCKING. For a `SharedQueue`: up to `limit` messages due at `now`, claimed
+        for this node (`SharedQueue.claim`) and opened, in one call; the damaged ones
+        the claim set aside are logged."""
+        queue = self.queue
+        if not isinstance(queue, SharedQueue):
+            raise TypeError("only a shared queue is claimed from; open_all reads the others")
+        claimed = queue.claim(limit, now=now)
+        log = tuple(
+            LogLine(f"{qid}: damaged queue entry set aside: {printable(why)}", level="warning")
+            for qid, why in claimed.damaged
+        )
+        attempts = tuple(Attempt(self, message, content) for message, content in claimed.messages)
+        return Opened(attempts, (), log)
 
     def remote(
         self,

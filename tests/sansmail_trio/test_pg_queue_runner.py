@@ -1,0 +1,175 @@
+"""Queue runners of several nodes on one PostgreSQL queue: together they drain it with
+each message delivered once (to aiosmtpd on 127.0.0.2), and the messages a node that
+died had claimed are finished by another once its leases end."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import pathlib
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+from delivery_helpers import PEER, Sink, free_port, wait_for
+from dns_server import DNSServer
+
+from sansmail.config import Config, load_config
+from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.maildir import MaildirStore
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._queue import PgQueueStore
+from sansmail.storage.users import UserStore
+from sansmail_trio._dns import Resolver
+from sansmail_trio._queue import QueueRunner
+
+COUNT = 40
+
+
+@pytest.fixture
+def dns() -> Iterator[DNSServer]:
+    with DNSServer() as server:
+        server.add("peer.test", "MX", "10 mx.peer.test.")
+        server.add("mx.peer.test", "A", PEER)
+        yield server
+
+
+def configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int) -> Config:
+    # No grace at a stop: the runner gives back what is in flight at once.
+    (tmp_path / "sansmail.toml").write_text(
+        f"""\
+hostname = "mx.example.test"
+domains = ["example.test"]
+data_dir = "data"
+[smtp]
+shutdown_grace = "0s"
+[dns]
+nameservers = ["{dns.host_port}"]
+[delivery]
+smtp_port = {peer_port}
+"""
+    )
+    return load_config(tmp_path / "sansmail.toml", default_hostname="unused.test")
+
+
+def runner(config: Config, queue: PgQueueStore, dns: DNSServer, name: str) -> QueueRunner:
+    return QueueRunner(
+        config=config,
+        queue=queue,
+        store=MaildirStore(config.data_dir, hostname=config.hostname),
+        users=UserStore(config.data_dir / "users.json"),
+        aliases=AliasSource(None),
+        resolver=Resolver([dns.address], timeout=5),
+        log=logging.getLogger(f"sansmail.test.{name}"),
+    )
+
+
+def enqueue(queue: PgQueueStore, count: int) -> list[str]:
+    ids = []
+    for n in range(count):
+        qid = queue.new_id()
+        writer = queue.begin(qid)
+        writer.write(f"Subject: m{n}\r\n\r\nhello\r\n".encode())
+        writer.commit(
+            QueuedMessage(
+                queue_id=qid,
+                sender="app@example.test",
+                arrival=time.time(),
+                size=0,
+                recipients=(QueuedRecipient(address=f"user{n}@peer.test"),),
+            )
+        )
+        ids.append(qid)
+    return ids
+
+
+def subjects(sink: Sink) -> list[str]:
+    return sorted(
+        line[9:].decode()
+        for received in sink.received
+        for line in received.content.split(b"\r\n")
+        if line.startswith(b"Subject: ")
+    )
+
+
+def delivered_by(caplog: pytest.LogCaptureFixture) -> collections.Counter[str]:
+    """How many "status=sent" lines each runner's log has."""
+    return collections.Counter(
+        record.name.rpartition(".")[2]
+        for record in caplog.records
+        if "status=sent" in record.getMessage()
+    )
+
+
+async def test_two_runners_drain_one_queue_each_message_once(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    peer_port = free_port(PEER)
+    config = configure(tmp_path, dns, peer_port)
+    a = runner(config, PgQueueStore(pg_db, node="a:1"), dns, "a")
+    b = runner(config, PgQueueStore(pg_db, node="b:1"), dns, "b")
+    smtp_side = PgQueueStore(pg_db, node="smtp:1")
+    with Sink(PEER, peer_port) as sink:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            # Queued while both run, half announced to each (as the SMTP processes of
+            # two nodes do); what one is not told of, the claims find all the same.
+            ids = await trio.to_thread.run_sync(enqueue, smtp_side, COUNT)
+            for index, qid in enumerate(ids):
+                (a if index % 2 else b).wake(qid)
+            await wait_for(lambda: len(sink.received) >= COUNT, what="every delivery")
+            await wait_for(lambda: not smtp_side.ids(), what="the queue to empty")
+            nursery.cancel_scope.cancel()
+    assert subjects(sink) == sorted(f"m{n}" for n in range(COUNT))  # each exactly once
+    assert sum(delivered_by(caplog).values()) == COUNT
+
+
+async def test_the_messages_of_a_node_that_died_are_finished_by_another(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    peer_port = free_port(PEER)
+    config = configure(tmp_path, dns, peer_port)
+    dead = PgQueueStore(pg_db, node="dead:1", lease=1.0)
+    ids = await trio.to_thread.run_sync(enqueue, dead, 10)
+    # The dead node claimed them all and was killed before any outcome: its claims stay
+    # until their leases end.
+    claimed = await trio.to_thread.run_sync(lambda: dead.claim(100, now=time.time()))
+    assert sorted(m.queue_id for m, _c in claimed.messages) == sorted(ids)
+    survivor = runner(config, PgQueueStore(pg_db, node="alive:1", lease=30), dns, "alive")
+    with Sink(PEER, peer_port) as sink:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(survivor.run)
+            await wait_for(lambda: len(sink.received) >= len(ids), what="the take-over")
+            await wait_for(lambda: not dead.ids(), what="the queue to empty")
+            nursery.cancel_scope.cancel()
+    assert subjects(sink) == sorted(f"m{n}" for n in range(len(ids)))
+    assert delivered_by(caplog) == {"alive": len(ids)}
+    # Back from the dead, the node finds its claims gone: nothing of its is written.
+    assert await trio.to_thread.run_sync(lambda: dead.renew(ids, now=time.time())) == set()
+
+
+async def test_a_stopping_runner_gives_back_what_it_holds(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database
+) -> None:
+    config = configure(tmp_path, dns, free_port(PEER))
+    store = PgQueueStore(pg_db, node="a:1")  # a lease of minutes
+    a = runner(config, store, dns, "a")
+
+    async def conversation_without_end(*_args: object) -> None:
+        await trio.sleep_forever()
+
+    a._client.deliver = conversation_without_end  # type: ignore[method-assign]
+    ids = await trio.to_thread.run_sync(enqueue, store, 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        a.wake(ids[0])
+        await wait_for(lambda: a._active, what="the claim")
+        nursery.cancel_scope.cancel()  # SIGTERM, not SIGKILL
+    other = PgQueueStore(pg_db, node="b:1")
+    claimed = await trio.to_thread.run_sync(lambda: other.claim(10, now=time.time()))
+    assert [m.queue_id for m, _c in claimed.messages] == ids  # at once: no lease to wait out
