@@ -59,8 +59,8 @@ from __future__ import annotations
 import os
 import pathlib
 import stat
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
 
 import attrs
 
@@ -74,7 +74,7 @@ from sansmail.mail.aliases import (
 )
 from sansmail.storage.generations import Counter, Generations
 
-__all__ = ["DEFAULT_MAX_SIZE", "AliasSource"]
+__all__ = ["DEFAULT_MAX_SIZE", "AliasSource", "Aliases", "IncludeWalk"]
 
 #: The largest aliases or include file read, in octets. Big sites' /etc/aliases run to
 #: a few thousand lines; 16 MiB is far beyond that and still safe to hold in memory.
@@ -136,13 +136,35 @@ def _read_text(path: str, max_size: int) -> tuple[str, _Signature]:
 @attrs.frozen
 class _Loaded:
     """One consistent load: the aliases counter seen before it, the table, the include
-    cache, what was read, the problems."""
+    cache, what was read, the problems, and the aliases file's text (None when it could
+    not be read)."""
 
     generation: int
     table: AliasTable
     includes: dict[str, str]
     signatures: dict[str, _Signature | None]
     problems: tuple[str, ...]
+    text: str | None = None
+
+
+class Aliases(Protocol):
+    """What delivery and ``newaliases`` read of the aliases: `AliasSource` (the file)
+    and `sansmail.storage.pg._aliases.PgAliasSource` (the database) are both. `table`,
+    `problems`, `include_files` and `read_include` may be used on the event loop;
+    `reload_if_changed` blocks."""
+
+    @property
+    def table(self) -> AliasTable: ...
+
+    @property
+    def problems(self) -> tuple[str, ...]: ...
+
+    @property
+    def include_files(self) -> tuple[str, ...]: ...
+
+    def read_include(self, path: str) -> str: ...
+
+    def reload_if_changed(self) -> bool: ...
 
 
 def _include_targets(targets: tuple[Target, ...]) -> Iterator[IncludeTarget]:
@@ -194,6 +216,11 @@ class AliasSource:
     def include_files(self) -> tuple[str, ...]:
         """The include files read, in the order they were found."""
         return tuple(self._current().includes)
+
+    @property
+    def text(self) -> str | None:
+        """The aliases file's text as last read (None: it could not be, or no file)."""
+        return self._current().text
 
     def read_include(self, path: str) -> str:
         """The text of include file `path`, as `aliases.expand` wants it: from the cache
@@ -265,9 +292,8 @@ class AliasSource:
                 problems=(problem,),
             )
         table = parse_aliases(text, source=name)
-        walk = _IncludeWalk(self.max_size)
-        for entry in table.entries.values():
-            walk.targets(entry.targets, ())
+        walk = IncludeWalk(lambda path: _read_text(path, self.max_size))
+        walk.table(table)
         problems = (*map(str, table.problems), *walk.problems)
         return _Loaded(
             generation=generation,
@@ -275,18 +301,27 @@ class AliasSource:
             includes=walk.includes,
             signatures={name: signature, **walk.signatures},
             problems=problems,
+            text=text,
         )
 
 
-class _IncludeWalk:
-    """Reads every include file reachable from a table, each once, depth first."""
+class IncludeWalk:
+    """Reads every include file reachable from a table, each once, depth first, with
+    `read` (the text of a path and its signature, or OSError/ValueError): the files
+    here, the rows of the database for `PgAliasSource`. Afterwards `includes` holds the
+    texts read, in the order found, and `problems` every problem met."""
 
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
+    def __init__(self, read: Callable[[str], tuple[str, _Signature | None]]) -> None:
+        self._read = read
         self.includes: dict[str, str] = {}
         self.signatures: dict[str, _Signature | None] = {}
         self.problems: list[str] = []
         self.done: set[str] = set()
+
+    def table(self, table: AliasTable) -> None:
+        """Walk every include `table` names."""
+        for entry in table.entries.values():
+            self.targets(entry.targets, ())
 
     def targets(self, targets: tuple[Target, ...], chain: tuple[str, ...]) -> None:
         for target in _include_targets(targets):
@@ -306,7 +341,7 @@ class _IncludeWalk:
             self.problems.append(f"{where}: include files nested deeper than {MAX_DEPTH}")
             return
         try:
-            text, signature = _read_text(path, self.max_size)
+            text, signature = self._read(path)
         except (OSError, ValueError) as exc:
             self.signatures[path] = _stat(path)
             self.problems.append(f"{where}: cannot read {_INCLUDE}{path}: {_reason(exc)}")

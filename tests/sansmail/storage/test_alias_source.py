@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable
 
 import pytest
 
 import sansmail.storage.aliasfile
 from sansmail.mail.address import MailboxId
 from sansmail.mail.aliases import expand
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases, AliasSource
 from sansmail.storage.generations import Counter, Generations, bump
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._aliases import PgAliasSource, import_aliases
 
 DOMAINS = ("example.test",)
 
@@ -21,7 +24,7 @@ def users(*names: str):
     return keys.__contains__
 
 
-def deliver(source: AliasSource, recipient: str, *known: str):
+def deliver(source: Aliases, recipient: str, *known: str):
     return expand(
         source.table,
         recipient,
@@ -38,8 +41,36 @@ def replace(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+Load = Callable[[pathlib.Path], Aliases]
+
+
+@pytest.fixture(params=["maildir", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def load(backend: str, request: pytest.FixtureRequest) -> Load:
+    """The aliases file at a path as a server reads it: straight from the file, or
+    from the database after ``newaliases`` imported it."""
+    if backend == "maildir":
+        return AliasSource
+    db: Database = request.getfixturevalue("pg_db")
+
+    def imported(path: pathlib.Path) -> Aliases:
+        import_aliases(db, AliasSource(path))
+        return PgAliasSource(db)
+
+    return imported
+
+
 def test_public_names() -> None:
-    assert sorted(sansmail.storage.aliasfile.__all__) == ["AliasSource", "DEFAULT_MAX_SIZE"]
+    assert sorted(sansmail.storage.aliasfile.__all__) == [
+        "AliasSource",
+        "Aliases",
+        "DEFAULT_MAX_SIZE",
+        "IncludeWalk",
+    ]
 
 
 def test_no_path_is_an_empty_table() -> None:
@@ -50,10 +81,10 @@ def test_no_path_is_an_empty_table() -> None:
     assert source.reload_if_changed() is False
 
 
-def test_reads_the_file(tmp_path: pathlib.Path) -> None:
+def test_reads_the_file(tmp_path: pathlib.Path, load: Load) -> None:
     path = tmp_path / "aliases"
     path.write_text("postmaster: alice\nsales: bob, carol@elsewhere.test\n")
-    source = AliasSource(path)
+    source = load(path)
     assert sorted(source.table) == ["postmaster", "sales"]
     assert source.problems == ()
     assert source.reload_if_changed() is False
@@ -62,10 +93,10 @@ def test_reads_the_file(tmp_path: pathlib.Path) -> None:
     assert [str(a) for a in found.remote] == ["carol@elsewhere.test"]
 
 
-def test_syntax_problems_keep_the_valid_entries(tmp_path: pathlib.Path) -> None:
+def test_syntax_problems_keep_the_valid_entries(tmp_path: pathlib.Path, load: Load) -> None:
     path = tmp_path / "aliases"
     path.write_text("good: alice\nbad: |/bin/sh\nno colon here\n")
-    source = AliasSource(path)
+    source = load(path)
     assert list(source.table) == ["good"]
     assert len(source.problems) == 2
     assert source.problems[0].startswith(f"{path}:2: '|command' targets are not supported")
@@ -75,12 +106,12 @@ def test_syntax_problems_keep_the_valid_entries(tmp_path: pathlib.Path) -> None:
 # -- include files -------------------------------------------------------------------------
 
 
-def test_include_files_are_read_and_cached(tmp_path: pathlib.Path) -> None:
+def test_include_files_are_read_and_cached(tmp_path: pathlib.Path, load: Load) -> None:
     staff = tmp_path / "staff"
     staff.write_text("# the staff\nalice\nbob, carol\n")
     path = tmp_path / "aliases"
     path.write_text(f"all: :include:{staff}\n")
-    source = AliasSource(path)
+    source = load(path)
     assert source.problems == ()
     assert source.include_files == (str(staff),)
     # Served from the cache: expansion does not touch the disk, even if the file goes.
@@ -90,29 +121,33 @@ def test_include_files_are_read_and_cached(tmp_path: pathlib.Path) -> None:
     assert found.problems == ()
 
 
-def test_nested_includes_and_their_problems(tmp_path: pathlib.Path) -> None:
+def test_nested_includes_and_their_problems(
+    tmp_path: pathlib.Path, load: Load, backend: str
+) -> None:
     inner = tmp_path / "inner"
     inner.write_text("dave\nx y\n")  # line 2: two values without a comma
     outer = tmp_path / "outer"
     outer.write_text(f"alice\n:include:{inner}\n:include:{tmp_path / 'missing'}\n")
     path = tmp_path / "aliases"
     path.write_text(f"list: :include:{outer}\nother: :include:{inner}\n")
-    source = AliasSource(path)
+    source = load(path)
+    # What newaliases could not read is not in the database either.
+    why = "No such file or directory" if backend == "maildir" else "not imported (run newaliases)"
     assert source.include_files == (str(outer), str(inner))
     assert source.problems == (
         f"{inner}:2: 'x y': space outside quotes; separate addresses with commas, "
         "or quote a local part that holds spaces",
-        f"{outer}:3: cannot read :include:{tmp_path / 'missing'}: No such file or directory",
+        f"{outer}:3: cannot read :include:{tmp_path / 'missing'}: {why}",
     )
 
 
-def test_include_loop_is_a_problem(tmp_path: pathlib.Path) -> None:
+def test_include_loop_is_a_problem(tmp_path: pathlib.Path, load: Load) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.write_text(f"alice\n:include:{b}\n")
     b.write_text(f":include:{a}\n")
     path = tmp_path / "aliases"
     path.write_text(f"loop: :include:{a}\n")
-    source = AliasSource(path)
+    source = load(path)
     assert source.problems == (f"{b}:1: include loop :include:{a} -> :include:{b} -> :include:{a}",)
 
 
