@@ -1,25 +1,37 @@
 """Shared pieces of the IMAP store tests: a store in a temporary data_dir, deliveries
-through the SMTP side's `MaildirStore`, and looks at the Maildir as other tools see it."""
+through the SMTP side's `MaildirStore`, and looks at the Maildir as other tools see it.
+
+The tests that do not look at files run on both backends: they take the `where` fixture
+(`imap_backends`) instead of ``tmp_path``, and `store`, `account` and `deliver` do the
+same on either."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
+
+from imap_backends import Where, deliver_to, make_imap_store
 
 from sansmail.mail.address import MailboxId
-from sansmail.storage.maildir import MaildirStore
-from sansmail.storage.maildir._imapaccount import MaildirAccount, MaildirImapStore
+from sansmail.storage.maildir._imapaccount import MaildirAccount
+from sansmail.storage.maildir._imapbase import ImapStore, MailAccount
+
+__all__ = ["ALICE", "HOST", "Where", "account", "deliver", "store"]
 
 HOST = "mx.example.test"
 ALICE = MailboxId(domain="example.test", local="alice")
 
 
-def store(data_dir: pathlib.Path) -> MaildirImapStore:
-    return MaildirImapStore(data_dir, hostname=HOST)
+def store(data_dir: Where, **kwargs: Any) -> ImapStore:
+    return make_imap_store(data_dir, hostname=HOST, **kwargs)
 
 
-def account(data_dir: pathlib.Path) -> MaildirAccount:
-    return store(data_dir).account(ALICE)
+def account(data_dir: Where) -> MaildirAccount:
+    # Typed as the Maildir account, which the Maildir-only tests use; the PostgreSQL one
+    # has the same Protocol.
+    made: MailAccount = store(data_dir).account(ALICE)
+    return made  # type: ignore[return-value]
 
 
 def root(data_dir: pathlib.Path) -> pathlib.Path:
@@ -31,12 +43,9 @@ def message(n: int, body: bytes = b"body\r\n") -> bytes:
     return b"Subject: message %d\r\nX-Id: %d\r\n\r\n" % (n, n) + body
 
 
-def deliver(data_dir: pathlib.Path, content: bytes) -> str:
-    """Deliver like the SMTP server does; returns the file name in new/."""
-    delivery = MaildirStore(data_dir, hostname=HOST).begin([ALICE], prefix=b"")
-    delivery.write(content)
-    (name,) = delivery.commit()
-    return name
+def deliver(data_dir: Where, content: bytes) -> str:
+    """Deliver like the SMTP server does; returns the file name in new/ (Maildir)."""
+    return deliver_to(data_dir, ALICE, content, hostname=HOST)
 
 
 def files(folder: pathlib.Path) -> dict[str, str]:

@@ -127,6 +127,7 @@ _CHILD = textwrap.dedent(
     """
     import pathlib, sys
     sys.path.insert(0, {helpers!r})
+    sys.path.insert(0, str(pathlib.Path({helpers!r}).parents[2]))  # imap_backends
     from imapstore_helpers import account, message
     acc = account(pathlib.Path({data!r}))
     n = {start}
@@ -170,6 +171,7 @@ _TXN_CHILD = textwrap.dedent(
     """
     import os, pathlib, signal, sys
     sys.path.insert(0, {helpers!r})
+    sys.path.insert(0, str(pathlib.Path({helpers!r}).parents[2]))  # imap_backends
     from imapstore_helpers import account
     acc = account(pathlib.Path({data!r}))
     index = acc.index_for("INBOX")

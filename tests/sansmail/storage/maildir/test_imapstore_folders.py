@@ -7,7 +7,7 @@ import os
 import pathlib
 
 import pytest
-from imapstore_helpers import account, deliver, message, root
+from imapstore_helpers import Where, account, deliver, message, root
 
 from sansmail.storage.maildir._imapaccount import MaildirAccount
 from sansmail.storage.maildir._imapbase import (
@@ -60,9 +60,9 @@ def test_special_folders_only_on_first_open(tmp_path: pathlib.Path) -> None:
     assert "Junk" not in {i.name for i in again.list_folders() if i.exists}
 
 
-def test_existing_maildir_from_delivery(tmp_path: pathlib.Path) -> None:
-    deliver(tmp_path, message(1))
-    acc = account(tmp_path)
+def test_existing_maildir_from_delivery(where: Where) -> None:
+    deliver(where, message(1))
+    acc = account(where)
     assert acc.status("INBOX", ["MESSAGES", "RECENT", "UNSEEN"]) == {
         "MESSAGES": 1,
         "RECENT": 1,
@@ -142,8 +142,8 @@ def test_delete_rules(tmp_path: pathlib.Path) -> None:
     assert not os.listdir(root(tmp_path) / "tmp")  # nothing left behind
 
 
-def test_recreated_folder_gets_a_greater_uidvalidity(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
+def test_recreated_folder_gets_a_greater_uidvalidity(where: Where) -> None:
+    acc = account(where)
     acc.create("Box")
     first = acc.status("Box", ["UIDVALIDITY"])["UIDVALIDITY"]
     acc.delete("Box")
@@ -160,8 +160,8 @@ def test_leftover_of_an_interrupted_delete_is_removed(tmp_path: pathlib.Path) ->
     assert not (root(tmp_path) / "tmp" / "sansmail-deleted.123").exists()
 
 
-def test_rename_moves_children_and_subscriptions(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
+def test_rename_moves_children_and_subscriptions(where: Where) -> None:
+    acc = account(where)
     acc.create("Work")
     acc.create("Work/2024")
     acc.append("Work/2024", message(7))
@@ -177,8 +177,8 @@ def test_rename_moves_children_and_subscriptions(tmp_path: pathlib.Path) -> None
     assert acc.status("Job/2024", ["MESSAGES", "UIDVALIDITY"]) == {"MESSAGES": 1, **validity}
 
 
-def test_rename_rules(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
+def test_rename_rules(where: Where) -> None:
+    acc = account(where)
     with pytest.raises(NoSuchFolderError):
         acc.rename("Nothing", "Else")
     with pytest.raises(FolderExistsError):
@@ -194,10 +194,10 @@ def test_rename_rules(tmp_path: pathlib.Path) -> None:
     assert listing(acc)["A/B"].exists
 
 
-def test_rename_inbox_moves_its_messages(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
-    deliver(tmp_path, message(1))
-    deliver(tmp_path, message(2))
+def test_rename_inbox_moves_its_messages(where: Where) -> None:
+    acc = account(where)
+    deliver(where, message(1))
+    deliver(where, message(2))
     acc.create("INBOX/Child")
     view = acc.select("INBOX")
     view.store_flags([2], ["\\Flagged"], FlagMode.ADD)
@@ -210,7 +210,7 @@ def test_rename_inbox_moves_its_messages(tmp_path: pathlib.Path) -> None:
     assert listing(acc)["INBOX/Child"].exists  # INBOX's inferiors stay (RFC 9051 §6.3.6)
     with pytest.raises(FolderExistsError):
         acc.rename("INBOX", "Old Mail")
-    deliver(tmp_path, message(3))
+    deliver(where, message(3))
     acc.rename("inbox", "INBOX/Older")  # below INBOX is fine: only the messages move
     assert acc.status("INBOX/Older", ["MESSAGES"]) == {"MESSAGES": 1}
     assert acc.status("INBOX", ["MESSAGES"]) == {"MESSAGES": 0}
@@ -245,8 +245,8 @@ def test_folder_made_by_mkdir(tmp_path: pathlib.Path) -> None:
     assert (root(tmp_path) / ".Made By Hand" / "cur").is_dir()
 
 
-def test_status(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
+def test_status(where: Where) -> None:
+    acc = account(where)
     acc.append("Sent", message(1), ["\\Seen"])
     acc.append("Sent", message(2), ["\\Deleted"])
     acc.append("Sent", message(3, b"x" * 10 + b"\n"))

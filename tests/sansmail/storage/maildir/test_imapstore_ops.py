@@ -7,7 +7,16 @@ import os
 import pathlib
 
 import pytest
-from imapstore_helpers import account, deliver, files, letters, message, root, x_id
+from imapstore_helpers import (
+    Where,
+    account,
+    deliver,
+    files,
+    letters,
+    message,
+    root,
+    x_id,
+)
 
 from sansmail.storage.maildir._imapbase import (
     ExpungeIssuedError,
@@ -19,11 +28,11 @@ from sansmail.storage.maildir._imapbase import (
 )
 
 
-def test_read_and_stream(tmp_path: pathlib.Path) -> None:
+def test_read_and_stream(where: Where) -> None:
     # Big enough for several chunks, with a CRLF split across the 128 KiB boundary.
     body = b"a" * (128 * 1024 - 20) + b"\r\n" + b"line\r\n" * 50_000
-    deliver(tmp_path, message(1, body))
-    view = account(tmp_path).select("INBOX")
+    deliver(where, message(1, body))
+    view = account(where).select("INBOX")
     whole = view.read(1)
     assert whole == message(1, body)
     assert view.messages[0].size == len(whole)
@@ -98,9 +107,9 @@ def test_store_on_a_file_renamed_by_another_tool(tmp_path: pathlib.Path) -> None
     assert view.sync().expunged == (1,)
 
 
-def test_keyword_limit(tmp_path: pathlib.Path) -> None:
-    deliver(tmp_path, message(1))
-    view = account(tmp_path).select("INBOX")
+def test_keyword_limit(where: Where) -> None:
+    deliver(where, message(1))
+    view = account(where).select("INBOX")
     assert view.can_create_keywords
     view.store_flags([1], [f"k{n}" for n in range(26)], FlagMode.ADD)
     assert not view.can_create_keywords
@@ -111,9 +120,9 @@ def test_keyword_limit(tmp_path: pathlib.Path) -> None:
     }
 
 
-def test_read_only_view(tmp_path: pathlib.Path) -> None:
-    deliver(tmp_path, message(1))
-    view = account(tmp_path).select("INBOX", readonly=True)
+def test_read_only_view(where: Where) -> None:
+    deliver(where, message(1))
+    view = account(where).select("INBOX", readonly=True)
     with pytest.raises(ReadOnlyError):
         view.store_flags([1], ["\\Seen"], FlagMode.ADD)
     with pytest.raises(ReadOnlyError):
@@ -220,9 +229,9 @@ def test_move(tmp_path: pathlib.Path) -> None:
     ]
 
 
-def test_move_within_one_folder(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
-    deliver(tmp_path, message(1))
+def test_move_within_one_folder(where: Where) -> None:
+    acc = account(where)
+    deliver(where, message(1))
     view = acc.select("INBOX")
     assert view.move([1], "INBOX").uids == [(1, 2)]
     changes = view.sync()
@@ -245,13 +254,13 @@ def test_expunge(tmp_path: pathlib.Path) -> None:
     assert [x_id(view.read(m.uid) or b"") for m in view.messages] == [3]
 
 
-def test_cache(tmp_path: pathlib.Path) -> None:
-    deliver(tmp_path, message(1))
-    view = account(tmp_path).select("INBOX")
+def test_cache(where: Where) -> None:
+    deliver(where, message(1))
+    view = account(where).select("INBOX")
     assert view.get_cache(1) is None
     view.set_cache(1, b"\x00blob")
     view.store_flags([1], ["\\Seen"], FlagMode.ADD)
-    other = account(tmp_path).select("INBOX")
+    other = account(where).select("INBOX")
     assert other.get_cache(1) == b"\x00blob"
     assert other.get_cache(2) is None
     assert not view.sync()  # caching is not a change clients hear of

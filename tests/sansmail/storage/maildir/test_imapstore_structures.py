@@ -10,16 +10,16 @@ import pathlib
 import sqlite3
 
 import pytest
-from imapstore_helpers import account, deliver, message, root, x_id
+from imapstore_helpers import Where, account, deliver, message, root, x_id
 
 from sansmail.storage.maildir import FlagMode, Structures
 from sansmail.storage.maildir._imapindex import INDEX_NAME
 
 
-def test_structures_in_one_read_and_one_write(tmp_path: pathlib.Path) -> None:
+def test_structures_in_one_read_and_one_write(where: Where) -> None:
     for n in (1, 2, 3):
-        deliver(tmp_path, message(n))
-    view = account(tmp_path).select("INBOX")
+        deliver(where, message(n))
+    view = account(where).select("INBOX")
     assert view.structures([1, 2, 3, 9]) == {uid: Structures() for uid in (1, 2, 3)}
     view.set_structures(
         {
@@ -29,7 +29,7 @@ def test_structures_in_one_read_and_one_write(tmp_path: pathlib.Path) -> None:
         }
     )
     view.set_structures({2: Structures(body=b"(b2)")})  # None members keep what is there
-    other = account(tmp_path).select("INBOX")
+    other = account(where).select("INBOX")
     assert other.structures([1, 2, 3, 9]) == {
         1: Structures(b"(env1)", b"(bs1)", b"(b1)"),  # the blob only when asked for
         2: Structures(b"(env2)", None, b"(b2)"),

@@ -8,7 +8,17 @@ import pathlib
 
 import attrs
 import pytest
-from imapstore_helpers import ALICE, HOST, account, deliver, files, letters, message, root
+from imapstore_helpers import (
+    ALICE,
+    HOST,
+    Where,
+    account,
+    deliver,
+    files,
+    letters,
+    message,
+    root,
+)
 
 import sansmail.storage.maildir._imapindex as index_module
 import sansmail.storage.maildir._imaplist as list_module
@@ -49,18 +59,18 @@ def test_read_only_view_neither_moves_nor_claims(tmp_path: pathlib.Path) -> None
     assert files(root(tmp_path)) == {name: f"cur/{name}:2,"}
 
 
-def test_recent_goes_to_exactly_one_session(tmp_path: pathlib.Path) -> None:
-    first = account(tmp_path).select("INBOX")
-    second = account(tmp_path).select("INBOX")
-    deliver(tmp_path, message(1))
-    deliver(tmp_path, message(2))
+def test_recent_goes_to_exactly_one_session(where: Where) -> None:
+    first = account(where).select("INBOX")
+    second = account(where).select("INBOX")
+    deliver(where, message(1))
+    deliver(where, message(2))
     a = first.sync()
     b = second.sync()
     assert a.recent == 2
     assert b.recent is None
     assert second.recent == frozenset()
     assert [m.uid for m in b.added] == [1, 2]
-    deliver(tmp_path, message(3))
+    deliver(where, message(3))
     assert second.sync().recent == 1
     assert first.sync().recent is None
     assert first.recent == {1, 2}
@@ -188,11 +198,11 @@ def test_new_folder_made_by_mkdir_and_filled_by_hand(tmp_path: pathlib.Path) -> 
     assert [(m.uid, m.flags) for m in view.messages] == [(1, {"\\Answered", "\\Seen"})]
 
 
-def test_two_views_see_each_others_changes(tmp_path: pathlib.Path) -> None:
+def test_two_views_see_each_others_changes(where: Where) -> None:
     for n in range(1, 5):
-        deliver(tmp_path, message(n))
-    a = account(tmp_path).select("INBOX")
-    b = account(tmp_path).select("INBOX")
+        deliver(where, message(n))
+    a = account(where).select("INBOX")
+    b = account(where).select("INBOX")
     a.store_flags([2, 3], ["\\Deleted"], FlagMode.ADD)
     assert a.expunge() == [2, 3]
     a.store_flags([4], ["\\Seen"], FlagMode.ADD)
@@ -337,16 +347,14 @@ def test_a_listing_that_misses_a_renamed_file(
     assert len(calls) == 2
 
 
-def test_sync_survives_many_tombstones(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sync_survives_many_tombstones(where: Where, monkeypatch: pytest.MonkeyPatch) -> None:
     # Past the tombstone bound a lagging view compares whole UID lists.
     monkeypatch.setattr(index_module, "_TOMBSTONES_MAX", 3)
     monkeypatch.setattr(index_module, "_TOMBSTONES_KEEP", 1)
-    acc = account(tmp_path)
+    acc = account(where)
     for n in range(8):
         acc.append("INBOX", message(n))
-    lagging = account(tmp_path).select("INBOX")
+    lagging = account(where).select("INBOX")
     busy = acc.select("INBOX")
     for uid in range(1, 7):
         busy.store_flags([uid], ["\\Deleted"], FlagMode.ADD)
@@ -356,10 +364,10 @@ def test_sync_survives_many_tombstones(
     assert [m.uid for m in lagging.messages] == [7, 8]
 
 
-def test_deleted_folder_under_a_view(tmp_path: pathlib.Path) -> None:
-    acc = account(tmp_path)
+def test_deleted_folder_under_a_view(where: Where) -> None:
+    acc = account(where)
     acc.append("Trash", message(1))
-    view = account(tmp_path).select("Trash")
+    view = account(where).select("Trash")
     acc.delete("Trash")
     assert view.sync().uidvalidity_changed
     with pytest.raises(FolderGoneError):
