@@ -5,10 +5,6 @@ else the embedded default), so `user add` writes to the same data_dir that `serv
 Bad input of any kind ends in one clear line on stderr and exit status 1, never a
 traceback; argparse's usage errors keep their exit status 2.
 
-Every command of CONTRACT.md is here with its arguments, built or not: one not built yet
-says so in one line on stderr and exits 1 (`_not_built`), so scripts written against the
-contract fail cleanly today and work unchanged once it is built.
-
 `user add/passwd/del`, `newaliases` and `reload` are in force in every process of a
 running server when they exit 0: each announces its change through
 ``<data_dir>/generations`` (`sansmail.storage.generations`) after writing it, and the
@@ -89,8 +85,7 @@ class CommandError(Exception):
 
 _MAIN_HELP = f"""\
 sansmail: a mail server: SMTP, submission, POP3, IMAP and ManageSieve, with metrics
-and client autoconfiguration. Commands marked "not built yet" are accepted, say so and
-exit 1.
+and client autoconfiguration.
 
 Configuration: --config FILE, else ./sansmail.toml when it exists, else the embedded
 default (domain "localhost", data in ./sansmail-data, listeners on 127.0.0.1 ports
@@ -312,9 +307,6 @@ activate another, first.
 """,
 }
 
-_NOT_BUILT = "not built yet"
-_NOT_BUILT_HELP = "Not built yet in this version: prints one line saying so and exits 1."
-
 # A string: argparse's class cannot be subscripted at run time.
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -373,14 +365,6 @@ def _build_parser() -> argparse.ArgumentParser:
             formatter_class=raw,
         )
         return sub.add_subparsers(dest=f"{name}_action", metavar="ACTION", required=True)
-
-    def not_built(
-        group: Subcommands, name: str, summary: str, *, parent: str = ""
-    ) -> argparse.ArgumentParser:
-        description = f"{summary}.\n\n{_NOT_BUILT_HELP}"
-        return command(
-            group, name, f"{summary} ({_NOT_BUILT})", _not_built, description, parent=parent
-        )
 
     command(commands, "serve", "run the mail server until SIGINT/SIGTERM", _serve, _SERVE_HELP)
     command(commands, "check-config", "validate the configuration", _check_config, _CHECK_HELP)
@@ -575,7 +559,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _cli_mailbox.add_commands(command, group)
 
-    _cli_storage.add_commands(command, group, not_built)
+    _cli_storage.add_commands(command, group)
     return parser
 
 
@@ -1032,12 +1016,6 @@ def _sieve_name(name: str) -> str:
     if why is not None:
         raise CommandError(f"{name!r}: {why}")
     return name
-
-
-def _not_built(args: argparse.Namespace) -> int:
-    # Before loading the configuration: one line, whatever else is wrong.
-    print(f"{PROG} {args.command_name}: not built yet; see README", file=sys.stderr)
-    return 1
 
 
 def _plural(count: int, singular: str, plural: str | None = None) -> str:

@@ -4,13 +4,20 @@ configuration that names no usable database."""
 
 from __future__ import annotations
 
+import datetime
+import os
 import pathlib
+import subprocess
 import sys
+from typing import Any
 
 import pytest
 from pgcluster import Cluster
 
+from sansmail.mail.address import MailboxId
+from sansmail.storage.maildir import FlagMode, MailAccount, MaildirImapStore
 from sansmail.storage.pg import SCHEMA_VERSION, Database, schema_version
+from sansmail.storage.pg._imapstore import PgImapStore
 from sansmail_trio._cli import main
 
 PROG = "sansmail-trio"
@@ -97,4 +104,132 @@ def test_migrate_without_psycopg_says_what_to_install(
     assert err.splitlines() == [
         f"{PROG}: storage migrate: PostgreSQL support is not installed:"
         " install sansmail[postgresql] (psycopg)"
+    ]
+
+
+# --- import and export, end to end -----------------------------------------------------
+
+
+def _mailbox_view(account: MailAccount) -> dict[str, Any]:
+    """Folder -> (UIDVALIDITY, UIDNEXT, [(UID, flags, INTERNALDATE, content)]), and the
+    subscriptions: what an IMAP client caches by."""
+    try:
+        out: dict[str, Any] = {}
+        for info in account.list_folders():
+            if not info.exists:
+                out[info.name] = info.subscribed
+                continue
+            view = account.select(info.name, readonly=True)
+            contents = dict(view.contents(list(view.uids)))
+            out[info.name] = (
+                info.subscribed,
+                view.uidvalidity,
+                view.uidnext,
+                [(m.uid, m.flags, m.internaldate, contents[m.uid]) for m in view.messages],
+            )
+            view.close()
+        return out
+    finally:
+        account.close()
+
+
+def _source(data: pathlib.Path) -> MailboxId:
+    mailbox = MailboxId(domain="example.test", local="alice")
+    account = MaildirImapStore(data, hostname="mx.example.test").account(mailbox)
+    account.create("Lists/Python")
+    for n in range(6):
+        when = datetime.datetime(2024, 5, 1 + n, 9, 30, tzinfo=datetime.timezone(
+            datetime.timedelta(hours=n - 2)))  # fmt: skip
+        flags = ["\\Seen", "NonJunk"] if n % 2 else ["\\Flagged"]
+        account.append("INBOX" if n < 4 else "Lists/Python", b"Subject: %d\r\n\r\nhi\r\n" % n,
+                       flags, when)  # fmt: skip
+    view = account.select("INBOX")
+    view.store_flags([2], ["\\Deleted"], FlagMode.ADD)
+    view.expunge()
+    view.close()
+    account.close()
+    return mailbox
+
+
+def _cli(cwd: pathlib.Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    # The checkout under test, whatever the installed package's path says.
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "sansmail_trio", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_import_then_export_from_the_command_line(pg_dsn: str, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "old"
+    mailbox = _source(source)
+    before = _mailbox_view(MaildirImapStore(source, hostname="mx.example.test").account(mailbox))
+    conf = str(_config(tmp_path, f'backend = "postgresql"\ndsn = "{pg_dsn}"'))
+
+    done = _cli(tmp_path, "storage", "import", "--from", "maildir", str(source), "--config", conf)
+    assert (done.returncode, done.stderr) == (0, "")
+    lines = done.stdout.splitlines()
+    assert "alice@example.test INBOX: 3 messages, UIDVALIDITY " in lines[0]
+    assert "alice@example.test Lists/Python: 2 messages, UIDVALIDITY " in done.stdout
+    assert lines[-1].startswith("imported 1 mailbox, 7 folders, 5 messages (")
+    assert lines[-1].endswith(f" octets) from {source}")
+    db = Database(pg_dsn)
+    try:
+        assert _mailbox_view(PgImapStore(db, hostname="mx.example.test").account(mailbox)) == before
+    finally:
+        db.close()
+
+    # Again: INBOX holds messages now, so nothing is written.
+    again = _cli(tmp_path, "storage", "import", "--from", "maildir", str(source), "--config", conf)
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.splitlines() == [
+        f"{PROG}: storage import: 2 folders to import already hold messages in the database"
+        " (alice@example.test INBOX, alice@example.test Lists/Python): nothing imported"
+    ]
+
+    target = tmp_path / "new"
+    done = _cli(tmp_path, "storage", "export", "--to", "maildir", str(target), "--config", conf)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines()[-1].startswith("exported 1 mailbox, 7 folders, 5 messages (")
+    assert (
+        _mailbox_view(MaildirImapStore(target, hostname="mx.example.test").account(mailbox))
+        == before
+    )
+
+    again = _cli(tmp_path, "storage", "export", "--to", "maildir", str(target), "--config", conf)
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.splitlines() == [
+        f"{PROG}: storage export: {target}/mail/example.test/alice: exists and is not empty:"
+        " nothing exported"
+    ]
+
+
+def test_only_maildir_is_a_kind(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conf = str(_config(tmp_path, 'backend = "postgresql"\ndsn = "postgresql://x@127.0.0.1/y"'))
+    status, out, err = _run(capsys, "storage", "import", "--from", "mbox", "x", "--config", conf)
+    assert (status, out) == (1, "")
+    assert err.splitlines() == [
+        f"{PROG}: storage import: --from mbox: the only kind is maildir: --from maildir DIR"
+    ]
+
+
+def test_import_of_a_directory_without_mail(
+    pg_dsn: str, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    conf = str(_config(tmp_path, f'backend = "postgresql"\ndsn = "{pg_dsn}"'))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, out, err = _run(
+        capsys, "storage", "import", "--from", "maildir", str(empty), "--config", conf
+    )
+    assert (status, out) == (1, "")
+    assert err.splitlines() == [
+        f"{PROG}: storage import: {empty}: no mail/ directory: not a sansmail data directory"
     ]
