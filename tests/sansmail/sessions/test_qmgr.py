@@ -1,6 +1,6 @@
-"""sansmail.sessions.qmgr: one delivery attempt without sockets, over a real queue,
-Maildir, users file and aliases file in tmp_path: verdicts in, envelope, notifications
-and log lines out."""
+"""sansmail.sessions.qmgr: one delivery attempt without sockets, over a real queue
+(the directory, or the PostgreSQL table every node shares), Maildir, users file and
+aliases file in tmp_path: verdicts in, envelope, notifications and log lines out."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import email
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import pytest
@@ -34,7 +35,9 @@ from sansmail.sessions.qmgr import Attempt, Finished, QueueManager
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.generations import Generations
 from sansmail.storage.maildir import Delivery, MaildirStore
-from sansmail.storage.queue import QueueStore, QueueWriter
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._queue import PgQueueStore
+from sansmail.storage.queue import Queue, QueueEntryWriter, QueueStore
 from sansmail.storage.queue._format import PREFIX
 from sansmail.storage.users import UserStore
 
@@ -63,9 +66,10 @@ REFUSED = Outcome(
 
 
 class Server:
-    """The storage of one server in `root`, and its queue manager."""
+    """The storage of one server in `root`, and its queue manager; the queue in
+    ``root/queue``, or `queue` when given."""
 
-    def __init__(self, root: pathlib.Path) -> None:
+    def __init__(self, root: pathlib.Path, queue: Queue | None = None) -> None:
         (root / "aliases").write_text(ALIASES)
         self.config = Config(
             source=None,
@@ -74,7 +78,7 @@ class Server:
             data_dir=root,
             aliases=root / "aliases",
         )
-        self.queue = QueueStore(root / "queue")
+        self.queue = queue if queue is not None else QueueStore(root / "queue")
         self.store = MaildirStore(root, hostname="mx.example.test")
         users = UserStore(root / "users.json", hasher=FAST)
         users.add(parse_address("alice@example.test"), "secret")
@@ -125,9 +129,27 @@ class Server:
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
 
 
+@pytest.fixture(params=["maildir", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def server(tmp_path: pathlib.Path) -> Server:
+def server(tmp_path: pathlib.Path, backend: str, request: pytest.FixtureRequest) -> Server:
+    if backend == "postgresql":
+        db: Database = request.getfixturevalue("pg_db")
+        return Server(tmp_path, PgQueueStore(db, node="test:1"))
     return Server(tmp_path)
+
+
+def queue_dir(server: Server) -> pathlib.Path:
+    """The queue directory of a server on the file queue (the tests of its files)."""
+    assert isinstance(server.queue, QueueStore)
+    return server.queue.root
+
+
+#: For the tests of the queue directory's files and fsyncs.
+files_only = pytest.mark.parametrize("backend", ["maildir"])
 
 
 def remote(attempt: Attempt, outcomes: dict[str, Outcome]) -> None:
@@ -154,7 +176,7 @@ def test_public_names_are_pinned() -> None:
 
 
 def test_queue_ids_and_due_times(server: Server) -> None:
-    assert server.manager.queue_ids() == set()  # no queue directory yet
+    assert server.manager.queue_ids() == set()  # nothing queued yet
     first = server.enqueue("x@far.test")
     later = server.enqueue(
         QueuedRecipient(address="y@far.test", next_attempt=NOW + 600),
@@ -165,13 +187,14 @@ def test_queue_ids_and_due_times(server: Server) -> None:
     assert server.manager.due([first, later, "F00D"]) == {first: 0.0, later: NOW + 300}
 
 
+@files_only
 def test_open_reads_afresh_and_skips_what_is_gone_or_damaged(server: Server) -> None:
     qid = server.enqueue("x@far.test")
     attempt = server.open(qid)
     assert attempt.content == CONTENT
     assert attempt.message.sender == "bob@far.test"
     assert server.manager.open("F00D") is None
-    (server.queue.root / f"{qid}.q").write_bytes(b"{not json")
+    (queue_dir(server) / f"{qid}.q").write_bytes(b"{not json")
     assert server.manager.open(qid) is None
     assert server.manager.due([qid]) == {}
 
@@ -432,13 +455,16 @@ def test_a_message_deleted_during_delivery_owes_nothing(server: Server) -> None:
     assert server.queued() == {}
 
 
-class Recording(QueueStore):
-    """A queue that remembers the order of its writes, and can fail one of them."""
+class Recording:
+    """A queue (any) that remembers the order of its writes, and can fail one of them."""
 
-    def __init__(self, root: pathlib.Path, fail: str = "") -> None:
-        super().__init__(root)
+    def __init__(self, queue: Queue, fail: str = "") -> None:
+        self.queue = queue
         self.calls: list[str] = []
         self.fail = fail
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
 
     def _note(self, what: str) -> None:
         self.calls.append(what)
@@ -447,15 +473,15 @@ class Recording(QueueStore):
 
     def update(self, message: QueuedMessage) -> None:
         self._note("update")
-        super().update(message)
+        self.queue.update(message)
 
-    def begin(self, queue_id: str) -> QueueWriter:
+    def begin(self, queue_id: str) -> QueueEntryWriter:
         self._note("notice")
-        return super().begin(queue_id)
+        return self.queue.begin(queue_id)
 
     def delete(self, queue_id: str, *, sync: bool = True) -> None:
         self._note("delete")
-        super().delete(queue_id, sync=sync)
+        self.queue.delete(queue_id, sync=sync)
 
 
 @pytest.mark.parametrize(
@@ -469,8 +495,8 @@ def test_envelope_then_notifications_then_removal(
     server: Server, outcome: Outcome, calls: list[str]
 ) -> None:
     qid = server.enqueue("x@far.test", "y@far.test")
-    recording = Recording(server.queue.root)
-    server.manager.queue = recording
+    recording = Recording(server.queue)
+    server.manager.queue = recording  # type: ignore[assignment]
     attempt = server.open(qid)
     remote(attempt, {"x@far.test": outcome, "y@far.test": outcome})
     attempt.finish(now=NOW, jitter=0.0)
@@ -479,7 +505,7 @@ def test_envelope_then_notifications_then_removal(
 
 def test_partial_failure_still_hands_over_the_lines_of_what_was_done(server: Server) -> None:
     qid = server.enqueue("x@far.test")
-    server.manager.queue = Recording(server.queue.root, fail="delete")
+    server.manager.queue = Recording(server.queue, fail="delete")  # type: ignore[assignment]
     attempt = server.open(qid)
     remote(attempt, {"x@far.test": REFUSED})
     attempt.take_log()
@@ -510,11 +536,12 @@ def test_a_sender_that_no_longer_parses_is_logged_as_a_warning(server: Server) -
 # -- batches ------------------------------------------------------------------------------------
 
 
+@files_only
 def test_open_all_opens_what_it_can_and_sets_aside_what_is_damaged(server: Server) -> None:
     first = server.enqueue("x@far.test")
     second = server.enqueue("y@far.test")
     torn = server.enqueue("z@far.test")
-    path = server.queue.root / f"{torn}.q"
+    path = queue_dir(server) / f"{torn}.q"
     data = bytearray(path.read_bytes())
     data[PREFIX + 3] ^= 0xFF  # inside the content: its checksum no longer matches
     path.write_bytes(bytes(data))
@@ -527,7 +554,35 @@ def test_open_all_opens_what_it_can_and_sets_aside_what_is_damaged(server: Serve
     assert line.text.startswith(f"{torn}: damaged queue file moved to corrupt/: ")
     assert "checksum" in line.text
     assert set(server.queued()) == {first, second}
-    assert os.listdir(server.queue.root / "corrupt") == [f"{torn}.q"]
+    assert os.listdir(queue_dir(server) / "corrupt") == [f"{torn}.q"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_claim_opens_what_is_due_for_this_node_and_sets_aside_what_is_damaged(
+    server: Server, pg_db: Database
+) -> None:
+    first = server.enqueue("x@far.test")
+    later = server.enqueue(QueuedRecipient(address="y@far.test", next_attempt=NOW + 600))
+    damaged = server.enqueue("z@far.test")
+    with pg_db.transaction() as cur:
+        cur.execute("UPDATE queue_messages SET envelope = '[]' WHERE queue_id = %s", (damaged,))
+    opened = server.manager.claim(10, now=NOW)
+    assert [(a.message.queue_id, a.content) for a in opened.attempts] == [(first, CONTENT)]
+    assert opened.gone == ()
+    (line,) = opened.log
+    assert line.level == "warning"
+    assert line.text == f"{damaged}: damaged queue entry set aside: envelope is not a JSON object"
+    assert server.manager.claim(10, now=NOW + 299).attempts == ()  # held by this node now
+    # Its lease ended (the node died), and the other one fell due.
+    again = server.manager.claim(10, now=NOW + 600).attempts
+    assert {a.message.queue_id for a in again} == {first, later}
+    assert set(server.queued()) == {first, later}
+
+
+@files_only
+def test_only_a_shared_queue_is_claimed_from(server: Server) -> None:
+    with pytest.raises(TypeError):
+        server.manager.claim(10, now=NOW)
 
 
 def test_one_walk_for_several_messages_to_one_domain(server: Server) -> None:
@@ -545,6 +600,7 @@ def test_one_walk_for_several_messages_to_one_domain(server: Server) -> None:
         )
 
 
+@files_only
 def test_finish_all_removes_a_batch_with_one_directory_fsync(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -560,11 +616,12 @@ def test_finish_all_removes_a_batch_with_one_directory_fsync(
     )
     finished = server.manager.finish_all(attempts, now=NOW, jitters=[0.0] * 4)
     assert finished == [Finished(None)] * 3 + [Finished(NOW + 300)]
-    assert synced == [str(server.queue.root)]  # one, for the three removals
+    assert synced == [str(queue_dir(server))]  # one, for the three removals
     assert set(server.queued()) == {ids[3]}
     assert [texts(a.take_log())[-1] for a in attempts[:3]] == [f"{q}: removed" for q in ids[:3]]
 
 
+@files_only
 def test_finish_all_can_leave_the_directory_fsync_to_a_later_sync(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -583,12 +640,12 @@ def test_finish_all_can_leave_the_directory_fsync_to_a_later_sync(
     assert synced == []  # removed, not yet durably
     assert not server.queued()
     server.manager.sync()
-    assert synced == [str(server.queue.root)]  # one, for both batches
+    assert synced == [str(queue_dir(server))]  # one, for both batches
 
 
 def test_finish_all_hands_back_each_failure_in_its_place(server: Server) -> None:
     ids = [server.enqueue("x@far.test") for _ in range(2)]
-    server.manager.queue = Recording(server.queue.root, fail="update")
+    server.manager.queue = Recording(server.queue, fail="update")  # type: ignore[assignment]
     attempts = server.manager.open_all(ids).attempts
     remote(attempts[0], {"x@far.test": LATER})  # its update fails
     remote(attempts[1], {"x@far.test": SENT})

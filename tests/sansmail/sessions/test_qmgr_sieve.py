@@ -17,6 +17,7 @@ from sansmail.mail.attempt import Outcome
 from sansmail.mail.delivery import LogLine
 from sansmail.mail.envelope import QueuedRecipient
 from sansmail.sessions.qmgr import _original_recipient
+from sansmail.storage.pg._queue import PgQueueStore
 from tests.sansmail.sessions.test_qmgr import CONTENT, NOW, Server, texts
 
 ALICE = MailboxId(domain="example.test", local="alice")
@@ -55,9 +56,12 @@ class Recording:
         return self.results.get(mailbox, Result(delivery.STORED))
 
 
-@pytest.fixture
-def server(tmp_path: pathlib.Path) -> Server:
-    server = Server(tmp_path)
+@pytest.fixture(params=["maildir", "postgresql"])
+def server(tmp_path: pathlib.Path, request: pytest.FixtureRequest) -> Server:
+    queue = None
+    if request.param == "postgresql":
+        queue = PgQueueStore(request.getfixturevalue("pg_db"), node="test:1")
+    server = Server(tmp_path, queue)
     server.manager.users.add(parse_address("carol@example.test"), "secret")
     return server
 
