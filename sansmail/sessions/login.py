@@ -5,9 +5,9 @@ act as the identity it names, how long a failure waits, and the lines the log ge
 Theory of operation
 -------------------
 One `Login` per connection, over the shared `AuthService` (throttle and failure delays)
-and `UserStore` (credentials). Each protocol frames an exchange its own way (SMTP's 334
-lines, POP3's and IMAP's ``+`` continuations); everything else is here, as a sans-I/O
-`Exchange` an adapter drives::
+and the user store (credentials, `sansmail.storage.users.Users`). Each protocol frames an
+exchange its own way (SMTP's 334 lines, POP3's and IMAP's ``+`` continuations);
+everything else is here, as a sans-I/O `Exchange` an adapter drives::
 
     verdict = login.gate(now)                   # throttled? then a temporary failure
     wait verdict.delay
@@ -80,7 +80,7 @@ from sansmail.mail.auth import (
     throttle_log_line,
 )
 from sansmail.mail.logtext import LogSink, show_ip
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import Users
 
 __all__ = [
     "BLOCKING",
@@ -153,8 +153,12 @@ class Listener(Protocol):
 
     service: str
     auth: AuthService
-    users: UserStore
     config: Config
+
+    # Read-only, so that a service holding either store (`UserStore`, `PgUserStore`)
+    # is a Listener.
+    @property
+    def users(self) -> Users: ...
 
 
 class Login:
@@ -178,7 +182,7 @@ class Login:
         *,
         service: str,
         auth: AuthService,
-        users: UserStore,
+        users: Users,
         hostname: str,
         client_ip: str,
         log: LogSink,

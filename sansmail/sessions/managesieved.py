@@ -78,10 +78,11 @@ from sansmail.storage.sieve import (
     NoSuchScriptError,
     ScriptExistsError,
     SieveQuotaError,
-    SieveStore,
+    SieveScripts,
     SieveStoreError,
+    SieveStoreUnavailableError,
 )
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import Users
 
 __all__ = [
     "AUTH_THROTTLED",
@@ -146,8 +147,8 @@ class ManageSieveService:
     """Everything the sessions of one `managesieve` listener share."""
 
     config: Config
-    scripts: SieveStore
-    users: UserStore
+    scripts: SieveScripts
+    users: Users
     #: Password checks, failure delays and throttling, shared with SMTP, POP3 and IMAP.
     auth: AuthService
     service: str = "managesieve"
@@ -469,6 +470,10 @@ class ManageSieveSession:
             return managesieve.No(code="ALREADYEXISTS", text=str(error))
         except ActiveScriptError as error:
             return managesieve.No(code="ACTIVE", text=str(error))
+        except SieveStoreUnavailableError as error:
+            # The database away: the client may try again, and the operator reads why.
+            self.log(logging.ERROR, f"managesieve({self.user}): {_name_of(event)}: {error}")
+            return _STORE_ERROR
         except SieveStoreError as error:  # InvalidScriptNameError: the store's name rules
             return managesieve.No(text=str(error))
         except OSError as error:

@@ -65,8 +65,8 @@ import secrets
 import sqlite3
 import stat
 import unicodedata
-from collections.abc import Callable, Iterator
-from typing import Final, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol, TypeVar
 
 import attrs
 
@@ -83,13 +83,17 @@ __all__ = [
     "SIEVE_DIR",
     "ActiveScriptError",
     "DuplicateStore",
+    "Duplicates",
     "InvalidScriptNameError",
     "NoSuchScriptError",
     "ScriptExistsError",
     "SieveQuota",
     "SieveQuotaError",
+    "SieveScripts",
     "SieveStore",
     "SieveStoreError",
+    "SieveStoreUnavailableError",
+    "check_space",
     "valid_script_name",
 ]
 
@@ -127,6 +131,11 @@ class ActiveScriptError(SieveStoreError):
 
 class InvalidScriptNameError(SieveStoreError):
     """The name cannot be a script's (`valid_script_name` says why)."""
+
+
+class SieveStoreUnavailableError(SieveStoreError):
+    """The store cannot be reached for now (its database is away): a temporary failure
+    (ManageSieve's TRYLATER)."""
 
 
 class SieveQuotaError(SieveStoreError):
@@ -171,6 +180,74 @@ def valid_script_name(name: str) -> str | None:
     if not unicodedata.is_normalized("NFC", name):
         return "a script name must be in Unicode NFC"
     return None
+
+
+def check_space(
+    quota: SieveQuota, name: str, size: int, scripts: Iterable[tuple[str, int]]
+) -> None:
+    """Raise SieveQuotaError if a script of `size` octets named `name` would not fit
+    beside a user's `scripts` (name, size), one of which it may replace."""
+    if size > quota.max_script_size:
+        raise SieveQuotaError(
+            "maxsize", f"a script may have at most {quota.max_script_size} octets"
+        )
+    count = 0
+    storage = 0
+    replaced = False
+    for other, other_size in scripts:
+        if other == name:
+            replaced = True
+            continue
+        count += 1
+        storage += other_size
+    if not replaced and count >= quota.max_scripts:
+        raise SieveQuotaError("maxscripts", f"a user may have at most {quota.max_scripts} scripts")
+    if storage + size > quota.max_storage:
+        raise SieveQuotaError(
+            "maxstorage", f"a user's scripts may have at most {quota.max_storage} octets in all"
+        )
+
+
+class Duplicates(Protocol):
+    """One user's remembered keys (`DuplicateStore`, or the database's); blocking."""
+
+    def seen(self, key: str, *, now: float) -> bool: ...
+
+    def record(self, key: str, seconds: int, *, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Duplicates: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+class SieveScripts(Protocol):
+    """What ManageSieve, the CLI and local delivery need of a script store: `SieveStore`
+    (files) and `sansmail.storage.pg._sieve.PgSieveStore` (the database) are both.
+    Blocking; failures are `SieveStoreError` (`SieveStoreUnavailableError`: try later)."""
+
+    quota: SieveQuota
+
+    def list(self, mailbox: MailboxId) -> list[tuple[str, bool]]: ...
+
+    def get(self, mailbox: MailboxId, name: str) -> bytes: ...
+
+    def active(self, mailbox: MailboxId) -> tuple[str, bytes] | None: ...
+
+    def has_active(self, mailbox: MailboxId) -> bool: ...
+
+    def have_space(self, mailbox: MailboxId, name: str, size: int) -> None: ...
+
+    def put(self, mailbox: MailboxId, name: str, text: bytes) -> None: ...
+
+    def activate(self, mailbox: MailboxId, name: str | None) -> None: ...
+
+    def delete(self, mailbox: MailboxId, name: str) -> None: ...
+
+    def rename(self, mailbox: MailboxId, old: str, new: str) -> None: ...
+
+    def duplicates(self, mailbox: MailboxId) -> Duplicates: ...
 
 
 class SieveStore:
@@ -241,28 +318,7 @@ class SieveStore:
         """Raise SieveQuotaError if a script of `size` octets named `name` (replacing
         one of that name) would not fit; InvalidScriptNameError for a bad name."""
         self._check_name(name)
-        if size > self.quota.max_script_size:
-            raise SieveQuotaError(
-                "maxsize", f"a script may have at most {self.quota.max_script_size} octets"
-            )
-        count = 0
-        storage = 0
-        replaced = False
-        for other, other_size in self._sizes(self.directory(mailbox)):
-            if other == name:
-                replaced = True
-                continue
-            count += 1
-            storage += other_size
-        if not replaced and count >= self.quota.max_scripts:
-            raise SieveQuotaError(
-                "maxscripts", f"a user may have at most {self.quota.max_scripts} scripts"
-            )
-        if storage + size > self.quota.max_storage:
-            raise SieveQuotaError(
-                "maxstorage",
-                f"a user's scripts may have at most {self.quota.max_storage} octets in all",
-            )
+        check_space(self.quota, name, size, self._sizes(self.directory(mailbox)))
 
     # -- changing ---------------------------------------------------------------------
 

@@ -12,7 +12,9 @@ import stat
 import pytest
 
 from sansmail.mail.address import MailboxId
-from sansmail.storage.sieve import DUPLICATES_NAME, SieveStore, SieveStoreError
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._sieve import PgSieveStore
+from sansmail.storage.sieve import DUPLICATES_NAME, SieveScripts, SieveStore, SieveStoreError
 
 ALICE = MailboxId(domain="example.org", local="alice")
 T0 = 1_800_000_000.0
@@ -24,11 +26,21 @@ def store(tmp_path: pathlib.Path) -> SieveStore:
     return SieveStore(tmp_path)
 
 
+@pytest.fixture(params=["maildir", "postgresql"])
+def scripts(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> SieveScripts:
+    """A store of either backend, for the tests that do not look at the file."""
+    if request.param == "maildir":
+        return SieveStore(tmp_path)
+    db: Database = request.getfixturevalue("pg_db")
+    return PgSieveStore(db)
+
+
 def db_path(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "sieve" / "example.org" / "alice" / DUPLICATES_NAME
 
 
-def test_seen_until_it_expires(store: SieveStore) -> None:
+def test_seen_until_it_expires(scripts: SieveScripts) -> None:
+    store = scripts
     with store.duplicates(ALICE) as dups:
         assert not dups.seen("vacation:bob@example.net", now=T0)
         dups.record("vacation:bob@example.net", 7 * DAY, now=T0)
@@ -38,21 +50,24 @@ def test_seen_until_it_expires(store: SieveStore) -> None:
         assert not dups.seen("vacation:carol@example.net", now=T0)
 
 
-def test_record_again_moves_the_expiry(store: SieveStore) -> None:
+def test_record_again_moves_the_expiry(scripts: SieveScripts) -> None:
+    store = scripts
     with store.duplicates(ALICE) as dups:
         dups.record("k", DAY, now=T0)
         dups.record("k", DAY, now=T0 + DAY // 2)
         assert dups.seen("k", now=T0 + DAY)
 
 
-def test_kept_across_opens_and_per_user(store: SieveStore, tmp_path: pathlib.Path) -> None:
+def test_kept_across_opens_and_per_user(scripts: SieveScripts, tmp_path: pathlib.Path) -> None:
+    store = scripts
     with store.duplicates(ALICE) as dups:
         dups.record("k", DAY, now=T0)
     with store.duplicates(ALICE) as dups:
         assert dups.seen("k", now=T0 + 1)
     with store.duplicates(MailboxId(domain="example.org", local="bob")) as dups:
         assert not dups.seen("k", now=T0 + 1)
-    assert stat.S_IMODE(db_path(tmp_path).stat().st_mode) == 0o600
+    if isinstance(store, SieveStore):
+        assert stat.S_IMODE(db_path(tmp_path).stat().st_mode) == 0o600
 
 
 def test_expired_rows_are_purged(store: SieveStore, tmp_path: pathlib.Path) -> None:

@@ -8,12 +8,15 @@ import os
 import pathlib
 import stat
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from sansmail.mail.address import MailboxId
 from sansmail.storage import durable
 from sansmail.storage import sieve as sieve_module
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._sieve import PgSieveStore
 from sansmail.storage.sieve import (
     ACTIVE_LINK,
     ActiveScriptError,
@@ -22,6 +25,7 @@ from sansmail.storage.sieve import (
     ScriptExistsError,
     SieveQuota,
     SieveQuotaError,
+    SieveScripts,
     SieveStore,
     SieveStoreError,
     valid_script_name,
@@ -34,6 +38,31 @@ SCRIPT = b'require "fileinto";\r\nfileinto "Lists";\r\n'
 @pytest.fixture
 def store(tmp_path: pathlib.Path) -> SieveStore:
     return SieveStore(tmp_path)
+
+
+MakeScripts = Callable[..., SieveScripts]
+
+
+@pytest.fixture(params=["maildir", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def make_scripts(
+    backend: str, tmp_path: pathlib.Path, request: pytest.FixtureRequest
+) -> MakeScripts:
+    """Makes a store of the backend under test (`quota=` as the stores take it); the
+    tests that do not look at files run against both."""
+    if backend == "maildir":
+        return lambda **options: SieveStore(tmp_path, **options)
+    db: Database = request.getfixturevalue("pg_db")
+    return lambda **options: PgSieveStore(db, **options)
+
+
+@pytest.fixture
+def scripts(make_scripts: MakeScripts) -> SieveScripts:
+    return make_scripts()
 
 
 def user_dir(tmp_path: pathlib.Path, mailbox: MailboxId = ALICE) -> pathlib.Path:
@@ -64,7 +93,8 @@ def test_components_are_escaped_as_the_maildir_store_does(
     assert store.list(ALICE) == []
 
 
-def test_no_directory_means_no_scripts(store: SieveStore, tmp_path: pathlib.Path) -> None:
+def test_no_directory_means_no_scripts(scripts: SieveScripts, tmp_path: pathlib.Path) -> None:
+    store = scripts
     assert store.list(ALICE) == []
     assert store.active(ALICE) is None
     assert not store.has_active(ALICE)
@@ -80,7 +110,8 @@ def test_no_directory_means_no_scripts(store: SieveStore, tmp_path: pathlib.Path
     assert not (tmp_path / "sieve").exists()
 
 
-def test_list_is_sorted_and_marks_the_active_one(store: SieveStore) -> None:
+def test_list_is_sorted_and_marks_the_active_one(scripts: SieveScripts) -> None:
+    store = scripts
     for name in ("zeta", "alpha", "vacation"):
         store.put(ALICE, name, SCRIPT)
     store.activate(ALICE, "vacation")
@@ -89,7 +120,8 @@ def test_list_is_sorted_and_marks_the_active_one(store: SieveStore) -> None:
     assert store.has_active(ALICE)
 
 
-def test_put_replaces_and_get_reads(store: SieveStore) -> None:
+def test_put_replaces_and_get_reads(scripts: SieveScripts) -> None:
+    store = scripts
     store.put(ALICE, "main", b"keep;")
     store.put(ALICE, "main", SCRIPT)
     assert store.get(ALICE, "main") == SCRIPT
@@ -112,7 +144,8 @@ def test_no_temporary_file_is_left_behind(store: SieveStore, tmp_path: pathlib.P
     ["", ".hidden", "a/b", "tab\there", "nul\x00", "del\x7f", "c1\x85", "ls\u2028",
      "x" * 201, "e\u0301", "\udc80"],
 )  # fmt: skip
-def test_invalid_names_are_refused_everywhere(store: SieveStore, name: str) -> None:
+def test_invalid_names_are_refused_everywhere(scripts: SieveScripts, name: str) -> None:
+    store = scripts
     assert valid_script_name(name) is not None
     store.put(ALICE, "good", SCRIPT)
     for call in (
@@ -132,7 +165,8 @@ def test_invalid_names_are_refused_everywhere(store: SieveStore, name: str) -> N
 @pytest.mark.parametrize(
     "name", ["main", "Vacation 2026", "\u00e9t\u00e9", "a.b", "x" * 200, "\u00e9" * 100, "-"]
 )
-def test_valid_names(store: SieveStore, name: str) -> None:
+def test_valid_names(scripts: SieveScripts, name: str) -> None:
+    store = scripts
     assert valid_script_name(name) is None
     store.put(ALICE, name, SCRIPT)
     assert store.list(ALICE) == [(name, False)]
@@ -146,8 +180,8 @@ def test_an_invalid_name_is_a_store_error() -> None:
 # -- quota --------------------------------------------------------------------------------
 
 
-def test_quota_maxsize(tmp_path: pathlib.Path) -> None:
-    store = SieveStore(tmp_path, quota=SieveQuota(max_script_size=10))
+def test_quota_maxsize(make_scripts: MakeScripts) -> None:
+    store = make_scripts(quota=SieveQuota(max_script_size=10))
     store.have_space(ALICE, "a", 10)
     with pytest.raises(SieveQuotaError) as caught:
         store.put(ALICE, "a", b"x" * 11)
@@ -155,8 +189,8 @@ def test_quota_maxsize(tmp_path: pathlib.Path) -> None:
     assert store.list(ALICE) == []
 
 
-def test_quota_maxscripts_counts_a_replacement_once(tmp_path: pathlib.Path) -> None:
-    store = SieveStore(tmp_path, quota=SieveQuota(max_scripts=2))
+def test_quota_maxscripts_counts_a_replacement_once(make_scripts: MakeScripts) -> None:
+    store = make_scripts(quota=SieveQuota(max_scripts=2))
     store.put(ALICE, "a", SCRIPT)
     store.put(ALICE, "b", SCRIPT)
     store.put(ALICE, "b", SCRIPT + b"#")  # a replacement, not a third
@@ -169,8 +203,8 @@ def test_quota_maxscripts_counts_a_replacement_once(tmp_path: pathlib.Path) -> N
     store.put(ALICE, "c", SCRIPT)
 
 
-def test_quota_maxstorage_leaves_out_the_script_replaced(tmp_path: pathlib.Path) -> None:
-    store = SieveStore(tmp_path, quota=SieveQuota(max_storage=100))
+def test_quota_maxstorage_leaves_out_the_script_replaced(make_scripts: MakeScripts) -> None:
+    store = make_scripts(quota=SieveQuota(max_storage=100))
     store.put(ALICE, "a", b"x" * 60)
     store.put(ALICE, "a", b"x" * 100)  # the 60 it replaces do not count
     with pytest.raises(SieveQuotaError) as caught:
@@ -181,16 +215,16 @@ def test_quota_maxstorage_leaves_out_the_script_replaced(tmp_path: pathlib.Path)
     assert store.get(ALICE, "b") == b"x" * 60
 
 
-def test_quota_is_per_user(tmp_path: pathlib.Path) -> None:
-    store = SieveStore(tmp_path, quota=SieveQuota(max_scripts=1))
+def test_quota_is_per_user(make_scripts: MakeScripts) -> None:
+    store = make_scripts(quota=SieveQuota(max_scripts=1))
     store.put(ALICE, "a", SCRIPT)
     store.put(MailboxId(domain="example.org", local="bob"), "a", SCRIPT)
 
 
-def test_concurrent_puts_cannot_both_pass_the_quota_check(tmp_path: pathlib.Path) -> None:
+def test_concurrent_puts_cannot_both_pass_the_quota_check(make_scripts: MakeScripts) -> None:
     # Each thread's check and write are under the user's lock, so of many racing puts of
     # new names with room for one more script, exactly one lands.
-    store = SieveStore(tmp_path, quota=SieveQuota(max_scripts=1))
+    store = make_scripts(quota=SieveQuota(max_scripts=1))
     barrier = threading.Barrier(8)
     outcomes: list[str] = []
 
@@ -215,7 +249,10 @@ def test_concurrent_puts_cannot_both_pass_the_quota_check(tmp_path: pathlib.Path
 # -- activation, delete, rename -----------------------------------------------------------
 
 
-def test_activate_switches_and_deactivate_clears(store: SieveStore, tmp_path: pathlib.Path) -> None:
+def test_activate_switches_and_deactivate_clears(
+    scripts: SieveScripts, tmp_path: pathlib.Path
+) -> None:
+    store = scripts
     store.put(ALICE, "a", b"keep;")
     store.put(ALICE, "b", SCRIPT)
     store.activate(ALICE, "a")
@@ -230,7 +267,8 @@ def test_activate_switches_and_deactivate_clears(store: SieveStore, tmp_path: pa
     assert store.list(ALICE) == [("a", False), ("b", False)]
 
 
-def test_activate_a_missing_script(store: SieveStore) -> None:
+def test_activate_a_missing_script(scripts: SieveScripts) -> None:
+    store = scripts
     store.put(ALICE, "a", SCRIPT)
     store.activate(ALICE, "a")
     with pytest.raises(NoSuchScriptError):
@@ -238,7 +276,8 @@ def test_activate_a_missing_script(store: SieveStore) -> None:
     assert store.active(ALICE) == ("a", SCRIPT)
 
 
-def test_delete_of_the_active_script_is_refused(store: SieveStore) -> None:
+def test_delete_of_the_active_script_is_refused(scripts: SieveScripts) -> None:
+    store = scripts
     store.put(ALICE, "a", SCRIPT)
     store.put(ALICE, "b", SCRIPT)
     store.activate(ALICE, "a")
@@ -254,17 +293,20 @@ def test_delete_of_the_active_script_is_refused(store: SieveStore) -> None:
 
 
 def test_rename_of_the_active_script_keeps_it_active(
-    store: SieveStore, tmp_path: pathlib.Path
+    scripts: SieveScripts, tmp_path: pathlib.Path
 ) -> None:
+    store = scripts
     store.put(ALICE, "a", SCRIPT)
     store.activate(ALICE, "a")
     store.rename(ALICE, "a", "b")
     assert store.list(ALICE) == [("b", True)]
-    assert os.readlink(user_dir(tmp_path) / ACTIVE_LINK) == "b.sieve"
+    if isinstance(store, SieveStore):
+        assert os.readlink(user_dir(tmp_path) / ACTIVE_LINK) == "b.sieve"
     assert store.active(ALICE) == ("b", SCRIPT)
 
 
-def test_rename_of_an_inactive_script(store: SieveStore) -> None:
+def test_rename_of_an_inactive_script(scripts: SieveScripts) -> None:
+    store = scripts
     store.put(ALICE, "a", b"keep;")
     store.put(ALICE, "b", SCRIPT)
     store.activate(ALICE, "b")
@@ -273,7 +315,8 @@ def test_rename_of_an_inactive_script(store: SieveStore) -> None:
     assert store.get(ALICE, "c") == b"keep;"
 
 
-def test_rename_onto_an_existing_name_is_refused(store: SieveStore) -> None:
+def test_rename_onto_an_existing_name_is_refused(scripts: SieveScripts) -> None:
+    store = scripts
     store.put(ALICE, "a", b"keep;")
     store.put(ALICE, "b", SCRIPT)
     with pytest.raises(ScriptExistsError):
