@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+import trio.testing
 from delivery_helpers import PEER, Sink, free_port, wait_for
 from dns_server import DNSServer
 
@@ -22,7 +23,9 @@ from sansmail.storage.maildir import MaildirStore
 from sansmail.storage.pg import Database
 from sansmail.storage.pg._queue import PgQueueStore
 from sansmail.storage.users import UserStore
+from sansmail_trio import _queue
 from sansmail_trio._dns import Resolver
+from sansmail_trio._pgnotify import Listener
 from sansmail_trio._queue import QueueRunner
 
 COUNT = 40
@@ -126,6 +129,39 @@ async def test_two_runners_drain_one_queue_each_message_once(
             nursery.cancel_scope.cancel()
     assert subjects(sink) == sorted(f"m{n}" for n in range(COUNT))  # each exactly once
     assert sum(delivered_by(caplog).values()) == COUNT
+
+
+async def test_a_message_queued_on_another_node_wakes_the_runner_by_notify(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_queue, "POLL_INTERVAL", 3600.0)  # only a NOTIFY can wake it
+    peer_port = free_port(PEER)
+    config = configure(tmp_path, dns, peer_port)
+    store = PgQueueStore(pg_db, node="a:1")
+    looked: list[float | None] = []
+    real_soonest = store.soonest
+
+    def soonest() -> float | None:
+        looked.append(real_soonest())
+        return looked[-1]
+
+    store.soonest = soonest  # type: ignore[method-assign]
+    a = runner(config, store, dns, "a")
+    other_node = PgQueueStore(pg_db, node="b:1")
+    with Sink(PEER, peer_port) as sink:
+        async with trio.open_nursery() as nursery:
+            listener: Listener = await nursery.start(Listener(pg_db).run)
+            # The wiring a node's runner process needs.
+            listener.on("queue", lambda _payload: a.wake())
+            await nursery.start(a.run)
+            # Idle: it found the queue empty, and waits to be woken.
+            await wait_for(lambda: looked, what="the first look at the queue")
+            await trio.testing.wait_all_tasks_blocked()
+            assert looked == [None]
+            await trio.to_thread.run_sync(enqueue, other_node, 3)
+            await wait_for(lambda: len(sink.received) >= 3, what="the deliveries")
+            nursery.cancel_scope.cancel()
+    assert subjects(sink) == ["m0", "m1", "m2"]
 
 
 async def test_the_messages_of_a_node_that_died_are_finished_by_another(

@@ -40,9 +40,9 @@ Damaged rows (an envelope that does not read: edited by hand, or written by a ne
 release) are set aside (``damaged`` says why), never sent and never deleted.
 ``queue flush`` is an ``UPDATE`` making every unleased message due now, and a NOTIFY.
 
-Blocking calls for worker threads. Database errors leave as `QueueUnavailableError`, an
-OSError, so every caller answers them as it answers a failing disk: ``451`` at the SMTP
-side, "tried again later" at the runner's.
+Blocking calls for worker threads. Database errors leave as `QueueUnavailableError`, a
+`BackendUnavailableError` (an OSError), so every caller answers them as it answers a
+failing disk: ``451`` at the SMTP side, "tried again later" at the runner's.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from sansmail.mail.envelope import (
     decode_envelope,
     encode_envelope,
 )
+from sansmail.storage.maildir import BackendUnavailableError
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
 from sansmail.storage.pg._mailrows import CHANNEL
 from sansmail.storage.queue._base import Claimed
@@ -85,7 +86,7 @@ DEFAULT_LEASE: Final = 300.0
 NOTIFY_KEY: Final = "queue"
 
 
-class QueueUnavailableError(OSError):
+class QueueUnavailableError(BackendUnavailableError):
     """The database failed or could not be reached: a temporary failure."""
 
 
@@ -152,7 +153,7 @@ class PgQueueStore:
             with self.db.transaction() as cur:
                 yield cur
         except DatabaseError as exc:
-            raise QueueUnavailableError(errno.EIO, str(exc)) from exc
+            raise QueueUnavailableError(str(exc)) from exc
 
     # -- writing and reading messages --------------------------------------------------
 
