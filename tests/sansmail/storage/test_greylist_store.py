@@ -7,6 +7,8 @@ import os
 import pathlib
 import sqlite3
 import stat
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,8 @@ from sansmail.mail.greylist import (
     Triplet,
 )
 from sansmail.storage.greylist import FILE_NAME, GreylistStoreError, SqliteGreylistStore
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._greylist import PgGreylistStore
 
 S = GreylistSettings()
 T0 = 1_800_000_000.0
@@ -38,9 +42,27 @@ def path(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "data" / FILE_NAME
 
 
-def test_first_greylisted_then_passed_then_remembered(path: pathlib.Path) -> None:
+Store = SqliteGreylistStore | PgGreylistStore
+Make = Callable[..., Store]
+
+
+@pytest.fixture(params=["maildir", "postgresql"])
+def make(request: pytest.FixtureRequest, path: pathlib.Path) -> Make:
+    """Makes a store of the backend under test, all on the same records: the tests that
+    do not look at the SQLite file run against both."""
+    if request.param == "maildir":
+        return lambda **options: SqliteGreylistStore(path, **options)
+    db: Database = request.getfixturevalue("pg_db")
+
+    def table_store(**options: Any) -> Store:
+        return PgGreylistStore(db, **options)
+
+    return table_store
+
+
+def test_first_greylisted_then_passed_then_remembered(make: Make) -> None:
     clock = Clock()
-    store = SqliteGreylistStore(path, clock=clock)
+    store = make(clock=clock)
     assert store.consult(KEY, S).action is Action.GREYLIST
     clock.now += 10
     early = store.consult(KEY, S)
@@ -54,13 +76,13 @@ def test_first_greylisted_then_passed_then_remembered(path: pathlib.Path) -> Non
     store.close()
 
 
-def test_state_survives_reopening(path: pathlib.Path) -> None:
+def test_state_survives_reopening(make: Make) -> None:
     clock = Clock()
-    first = SqliteGreylistStore(path, clock=clock)
+    first = make(clock=clock)
     first.consult(KEY, S)
     first.close()
     clock.now += DELAY
-    second = SqliteGreylistStore(path, clock=clock)
+    second = make(clock=clock)
     assert second.consult(KEY, S).action is Action.PASS
     assert second.counts() == (1, 1)  # the triplet, and one pass for its client network
     second.close()
@@ -75,10 +97,10 @@ def test_file_is_private_and_in_wal_mode(path: pathlib.Path) -> None:
     store.close()
 
 
-def test_two_connections_see_each_other(path: pathlib.Path) -> None:
+def test_two_connections_see_each_other(make: Make) -> None:
     clock = Clock()
-    one = SqliteGreylistStore(path, clock=clock)
-    two = SqliteGreylistStore(path, clock=clock)
+    one = make(clock=clock)
+    two = make(clock=clock)
     assert one.consult(KEY, S).action is Action.GREYLIST
     clock.now += DELAY
     assert two.consult(KEY, S).action is Action.PASS
@@ -158,9 +180,9 @@ def test_store_made_before_a_fork_opens_its_own_connections(path: pathlib.Path) 
     store.close()
 
 
-def test_expired_rows_are_swept_a_bounded_number_at_a_time(path: pathlib.Path) -> None:
+def test_expired_rows_are_swept_a_bounded_number_at_a_time(make: Make) -> None:
     clock = Clock()
-    store = SqliteGreylistStore(path, clock=clock, sweep_every=1, sweep_rows=3)
+    store = make(clock=clock, sweep_every=1, sweep_rows=3)
     for n in range(10):
         store.consult(Triplet("192.0.2.0/24", f"s{n}@example.org", "r@example.net"), S)
     assert store.counts() == (10, 0)
@@ -175,9 +197,9 @@ def test_expired_rows_are_swept_a_bounded_number_at_a_time(path: pathlib.Path) -
     store.close()
 
 
-def test_remembered_rows_expire_after_max_age(path: pathlib.Path) -> None:
+def test_remembered_rows_expire_after_max_age(make: Make) -> None:
     clock = Clock()
-    store = SqliteGreylistStore(path, clock=clock)
+    store = make(clock=clock)
     store.consult(KEY, S)
     clock.now += DELAY
     store.consult(KEY, S)
