@@ -85,8 +85,8 @@ _CHANGED: Final = (
 # row when it is not.
 _CHECK: Final = (
     "SELECT q.* FROM mail_folders viewed LEFT JOIN LATERAL ({}) q ON true"
-    " WHERE viewed.id = %(folder)s AND viewed.uidvalidity = %(validity)s"
-    " AND viewed.name = %(name)s"
+    " WHERE viewed.id = %(folder)s AND viewed.uidvalidity = %(view_validity)s"
+    " AND viewed.name = %(view_name)s"
 )
 
 
@@ -308,7 +308,12 @@ class PgFolderView(FolderView):
         self._check()
         cur.execute(
             _CHECK.format(query),
-            {**params, "folder": self._id, "validity": self._uidvalidity, "name": self._name},
+            {
+                **params,
+                "folder": self._id,
+                "view_validity": self._uidvalidity,
+                "view_name": self._name,
+            },
         )
         rows = cur.fetchall()
         if not rows:

@@ -5,7 +5,8 @@ client would read."""
 from __future__ import annotations
 
 import itertools
-import pathlib
+
+from imap_backends import Where, make_imap_store
 
 from sansmail import SERVER
 from sansmail.imap import (
@@ -19,7 +20,7 @@ from sansmail.imap import (
 )
 from sansmail.mail.address import MailboxId
 from sansmail.sessions.imapd import ImapSession, capabilities
-from sansmail.storage.maildir import MaildirImapStore
+from sansmail.storage.maildir import ImapStore
 
 ALICE = MailboxId(domain="example.test", local="alice")
 APPEND_LIMIT = 1_000_000
@@ -31,9 +32,10 @@ def fixed_clock() -> itertools.count[int]:
     return itertools.count(START_NS, 10**9)
 
 
-def make_store(data_dir: pathlib.Path) -> MaildirImapStore:
+def make_store(data_dir: Where) -> ImapStore:
+    """The store of `data_dir`'s backend (a Maildir data_dir, or `imap_backends.PgWhere`)."""
     clock = fixed_clock()
-    return MaildirImapStore(data_dir, hostname="mx.example.test", clock=lambda: next(clock))
+    return make_imap_store(data_dir, hostname="mx.example.test", clock=lambda: next(clock))
 
 
 class Client:
@@ -41,9 +43,9 @@ class Client:
 
     def __init__(
         self,
-        data_dir: pathlib.Path,
+        data_dir: Where,
         *,
-        store: MaildirImapStore | None = None,
+        store: ImapStore | None = None,
         rev2: bool = False,
         mailbox: MailboxId = ALICE,
     ) -> None:

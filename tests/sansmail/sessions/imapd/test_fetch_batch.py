@@ -11,7 +11,7 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from session_helpers import Client
+from session_helpers import Client, Where
 
 from sansmail.imap import (
     BinarySection,
@@ -22,7 +22,8 @@ from sansmail.imap import (
     SequenceSet,
 )
 from sansmail.sessions.imapd import _messages
-from sansmail.storage.maildir import MaildirFolderView
+from sansmail.storage.maildir import FolderView, MaildirFolderView
+from sansmail.storage.pg._imapview import PgFolderView
 
 CORPUS = pathlib.Path(__file__).parents[2] / "mime" / "corpus"
 MESSAGES = [
@@ -95,10 +96,10 @@ def test_the_batch_answers_what_fetch_answers(
 
 
 def test_eight_bit_headers_are_quoted_utf8_in_a_utf8_session(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+    monkeypatch: pytest.MonkeyPatch, where: Where
 ) -> None:
     eight_bit = [raw for raw in MESSAGES if not raw.isascii()]
-    client = Client(tmp_path, rev2=True)
+    client = Client(where, rev2=True)
     append_all(client, [MESSAGES[0], *eight_bit, MESSAGES[0]])
     client.run(b"s SELECT INBOX")
     line = b"f FETCH 1:* (UID ENVELOPE FLAGS)"
@@ -118,7 +119,7 @@ def test_eight_bit_headers_are_quoted_utf8_in_a_utf8_session(
     assert answer == per_message(monkeypatch, client, line)
     # What a UTF-8 session may get: the 8-bit header quoted, not a literal.
     assert re.search(rb'"[^"\r\n]*[\x80-\xff]', answer)
-    rev1 = Client(tmp_path)
+    rev1 = Client(where)
     rev1.run(b"s SELECT INBOX")
     assert not re.search(rb'"[^"\r\n]*[\x80-\xff]', rev1.run(line))
     rev1.close()
@@ -131,27 +132,31 @@ class Counting:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.writes: list[int] = []
         self.contents: list[int] = []
-        real_set = MaildirFolderView.set_structures
-        real_contents = MaildirFolderView.contents
+        for kind in (MaildirFolderView, PgFolderView):
+            self._patch(monkeypatch, kind)
 
-        def set_structures(view: MaildirFolderView, values: dict[int, object]) -> None:
+    def _patch(self, monkeypatch: pytest.MonkeyPatch, kind: type[FolderView]) -> None:
+        real_set = kind.set_structures
+        real_contents = kind.contents
+
+        def set_structures(view: FolderView, values: dict[int, object]) -> None:
             self.writes.append(len(values))
             real_set(view, values)  # type: ignore[arg-type]
 
-        def contents(view: MaildirFolderView, uids: object) -> object:
+        def contents(view: FolderView, uids: object) -> object:
             wanted = list(uids)  # type: ignore[call-overload]
             self.contents += wanted
             return real_contents(view, wanted)
 
-        monkeypatch.setattr(MaildirFolderView, "set_structures", set_structures)
-        monkeypatch.setattr(MaildirFolderView, "contents", contents)
+        monkeypatch.setattr(kind, "set_structures", set_structures)
+        monkeypatch.setattr(kind, "contents", contents)
 
 
 def test_structures_are_derived_once_and_kept_one_write_per_batch(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+    monkeypatch: pytest.MonkeyPatch, where: Where
 ) -> None:
     monkeypatch.setattr(_messages, "_KEEP_EVERY", 4)
-    client = Client(tmp_path)
+    client = Client(where)
     append_all(client, MESSAGES[:10])
     client.run(b"s SELECT INBOX")
     count = Counting(monkeypatch)
@@ -166,9 +171,9 @@ def test_structures_are_derived_once_and_kept_one_write_per_batch(
 
 
 def test_a_blob_the_per_message_path_kept_spares_the_file(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+    monkeypatch: pytest.MonkeyPatch, where: Where
 ) -> None:
-    client = Client(tmp_path)
+    client = Client(where)
     append_all(client, MESSAGES[:3])
     client.run(b"s SELECT INBOX")
     # A FETCH the batch does not answer keeps the trees' blob (and no wire forms) ...
@@ -183,13 +188,13 @@ def test_a_blob_the_per_message_path_kept_spares_the_file(
 
 
 def test_messages_expunged_meanwhile_keep_their_metadata_and_get_nil(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+    monkeypatch: pytest.MonkeyPatch, where: Where
 ) -> None:
-    client = Client(tmp_path)
+    client = Client(where)
     append_all(client, MESSAGES[:3])
     client.run(b"s SELECT INBOX")
     client.run(b"f FETCH 1 ENVELOPE")  # the first one's structures are kept
-    other = Client(tmp_path)
+    other = Client(where)
     other.run(b"s SELECT INBOX")
     other.run(b"t STORE 1:2 +FLAGS.SILENT (\\Deleted)")
     other.run(b"x EXPUNGE")

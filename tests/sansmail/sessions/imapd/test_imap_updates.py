@@ -12,21 +12,22 @@ import pathlib
 import time
 
 import pytest
+from imap_backends import Where, deliver_to
 from session_helpers import ALICE, Client
 
 from sansmail import SERVER, LocalProtocolError
 from sansmail.imap import Connection, Fetch, Tagged, Untagged, UntaggedStatus
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore, Maildrop
+from sansmail.storage.maildir import MaildirImapStore, Maildrop
 from sansmail.storage.maildir._imapindex import FolderIndex
 
 HELLO = b"Subject: hello\r\n\r\nHello.\r\n"
 
 
-def two(tmp_path: pathlib.Path, messages: int, *, rev2: bool = False) -> tuple[Client, Client]:
-    one = Client(tmp_path, rev2=rev2)
+def two(where: Where, messages: int, *, rev2: bool = False) -> tuple[Client, Client]:
+    one = Client(where, rev2=rev2)
     for n in range(messages):
         one.run(b"x%d APPEND INBOX {%d}" % (n, len(HELLO)), HELLO)
-    other = Client(tmp_path, store=one.store, rev2=rev2)
+    other = Client(where, store=one.store, rev2=rev2)
     one.run(b"s1 SELECT INBOX")
     other.run(b"s2 SELECT INBOX")
     return one, other
@@ -43,16 +44,13 @@ def inbox(tmp_path: pathlib.Path) -> pathlib.Path:
     return tmp_path / "mail" / ALICE.domain / ALICE.local
 
 
-def deliver(tmp_path: pathlib.Path, content: bytes = HELLO) -> str:
+def deliver(where: Where, content: bytes = HELLO) -> str:
     """Deliver as the SMTP session and the queue runner do (into new/)."""
-    delivery = MaildirStore(tmp_path, hostname="mx.example.test").begin([ALICE], prefix=b"")
-    delivery.write(content)
-    (name,) = delivery.commit()
-    return name
+    return deliver_to(where, ALICE, content, hostname="mx.example.test")
 
 
-def test_store_in_one_session_is_a_fetch_flags_in_the_other(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 2)
+def test_store_in_one_session_is_a_fetch_flags_in_the_other(where: Where) -> None:
+    one, other = two(where, 2)
     one.run(b"a1 STORE 2 +FLAGS (\\Flagged)")
     assert other.run(b"b1 NOOP") == (
         b"* 2 FETCH (FLAGS (\\Flagged) UID 2)\r\nb1 OK NOOP completed\r\n"
@@ -67,8 +65,8 @@ def test_store_in_one_session_is_a_fetch_flags_in_the_other(tmp_path: pathlib.Pa
     other.close()
 
 
-def test_expunge_waits_for_noop_never_inside_a_fetch(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 4)
+def test_expunge_waits_for_noop_never_inside_a_fetch(where: Where) -> None:
+    one, other = two(where, 4)
     one.run(b"a1 STORE 2:3 +FLAGS.SILENT (\\Deleted)")
     one.run(b"a2 EXPUNGE")
     # The other session's numbers do not move inside FETCH, STORE or SEARCH: message 4
@@ -87,8 +85,8 @@ def test_expunge_waits_for_noop_never_inside_a_fetch(tmp_path: pathlib.Path) -> 
     other.close()
 
 
-def test_an_idler_hears_expunges_and_flags_numbered_after_them(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 5)
+def test_an_idler_hears_expunges_and_flags_numbered_after_them(where: Where) -> None:
+    one, other = two(where, 5)
     one.run(b"a1 STORE 1,3 +FLAGS.SILENT (\\Deleted)")
     one.run(b"a2 EXPUNGE")
     one.run(b"a3 STORE 3 +FLAGS (\\Flagged)")  # UID 5, number 3 after the expunges
@@ -102,14 +100,14 @@ def test_an_idler_hears_expunges_and_flags_numbered_after_them(tmp_path: pathlib
     other.close()
 
 
-def test_a_delivery_is_an_exists(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 1)
-    deliver(tmp_path)
+def test_a_delivery_is_an_exists(where: Where) -> None:
+    one, other = two(where, 1)
+    deliver(where)
     # rev1: the first read-write session to see it claims \Recent.
     assert pushed(other) == b"* 2 EXISTS\r\n* 1 RECENT\r\n"
     assert one.run(b"a1 NOOP") == b"* 2 EXISTS\r\na1 OK NOOP completed\r\n"
-    deliver(tmp_path)
-    deliver(tmp_path)
+    deliver(where)
+    deliver(where)
     assert other.run(b"b1 UID FETCH 1:* (UID)") == (
         # \Recent stays with the session that claimed it: 2, 3 and 4 are its own.
         b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2)\r\n* 4 EXISTS\r\n* 3 RECENT\r\n"
@@ -119,12 +117,12 @@ def test_a_delivery_is_an_exists(tmp_path: pathlib.Path) -> None:
     other.close()
 
 
-def test_a_delivery_is_an_exists_in_rev2_and_in_a_fetch(tmp_path: pathlib.Path) -> None:
+def test_a_delivery_is_an_exists_in_rev2_and_in_a_fetch(where: Where) -> None:
     # EXISTS may come with any response (RFC 9051 §7.5.1 forbids only EXPUNGE), but the
     # session reports news after commands other than FETCH, STORE and SEARCH: a client
     # learns of the new message at its next NOOP or IDLE.
-    one, other = two(tmp_path, 1, rev2=True)
-    deliver(tmp_path)
+    one, other = two(where, 1, rev2=True)
+    deliver(where)
     assert other.run(b"b1 FETCH 1 (UID)") == b"* 1 FETCH (UID 1)\r\nb1 OK FETCH completed\r\n"
     assert pushed(other) == b"* 2 EXISTS\r\n"
     one.close()
@@ -159,8 +157,8 @@ def test_outside_tools_are_noticed(tmp_path: pathlib.Path) -> None:
     other.close()
 
 
-def test_nothing_changed_is_nothing_said(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 3)
+def test_nothing_changed_is_nothing_said(where: Where) -> None:
+    one, other = two(where, 3)
     assert pushed(other) == b""
     assert other.run(b"b1 NOOP") == b"b1 OK NOOP completed\r\n"
     one.close()
@@ -180,10 +178,10 @@ def test_watch_paths_are_the_selected_folders_directories(tmp_path: pathlib.Path
     one.close()
 
 
-def test_a_deleted_folder_ends_an_idler_with_bye(tmp_path: pathlib.Path) -> None:
-    one = Client(tmp_path)
+def test_a_deleted_folder_ends_an_idler_with_bye(where: Where) -> None:
+    one = Client(where)
     one.run(b"c1 CREATE Lists")
-    other = Client(tmp_path, store=one.store)
+    other = Client(where, store=one.store)
     other.run(b"s1 SELECT Lists")
     one.run(b"d1 DELETE Lists")
     assert pushed(other).startswith(b"* BYE ")

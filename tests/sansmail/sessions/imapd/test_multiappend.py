@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 import pytest
-from session_helpers import Client
+from session_helpers import Client, Where
 
 from sansmail.storage.maildir import ImapStoreError, QuotaLimits
 from sansmail.storage.maildir._imapaccount import MaildirAccount, MaildirImapStore
@@ -36,8 +36,8 @@ def uids_and_subjects(client: Client) -> list[bytes]:
     return [line for line in answer.split(b"\r\n") if line.startswith((b"* ", b"Subject"))]
 
 
-def test_multiappend_keeps_every_message_and_reports_their_uids(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path)
+def test_multiappend_keeps_every_message_and_reports_their_uids(where: Where) -> None:
+    client = Client(where)
     answer = multiappend(client, b"a1")
     assert answer.count(b"+ go ahead") == 3
     assert re.fullmatch(

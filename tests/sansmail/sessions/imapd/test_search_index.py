@@ -17,7 +17,7 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from session_helpers import ALICE, make_store
+from session_helpers import ALICE, Where, make_store
 from test_search_eval import MAILBOX
 
 from sansmail.imap import (
@@ -107,19 +107,20 @@ def test_the_hand_made_cases_agree(mailbox_view: MaildirFolderView, key: SearchK
 
 
 def test_the_index_is_filled_once_and_then_reads_no_file(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    where: Where, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    view = store_all(tmp_path, [(flags, when, raw) for _uid, flags, when, raw in MAILBOX])
+    view = store_all(where, [(flags, when, raw) for _uid, flags, when, raw in MAILBOX])
     read: list[int] = []
-    real = MaildirFolderView.contents
+    kind = type(view)
+    real = kind.contents
 
     def contents(self: MaildirFolderView, uids: object) -> object:
         wanted = list(uids)  # type: ignore[call-overload]
         read.extend(wanted)
         return real(self, wanted)
 
-    monkeypatch.setattr(MaildirFolderView, "contents", contents)
-    monkeypatch.setattr(MaildirFolderView, "read", lambda self, uid: pytest.fail("a file read"))
+    monkeypatch.setattr(kind, "contents", contents)
+    monkeypatch.setattr(kind, "read", lambda self, uid: pytest.fail("a file read"))
     index = ViewIndex(view)
     ctx = SearchContext(view.messages, view.read, index=index, uids=view.uids)
     assert search(text("FROM", "example"), ctx) == [1, 2, 3, 4, 5]
@@ -168,12 +169,12 @@ def test_a_damaged_index_is_rebuilt_and_searched_again(tmp_path: pathlib.Path) -
     assert both_ways(fresh, text("BODY", "lunch")) == ([1], [1])
 
 
-def test_text_after_a_nul_is_found(tmp_path: pathlib.Path) -> None:
+def test_text_after_a_nul_is_found(where: Where) -> None:
     raw = (
         b"Subject: nul\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
         b"before=00the budget after\r\n"
     )
-    view = store_all(tmp_path, [(set(), _WHEN, raw)])
+    view = store_all(where, [(set(), _WHEN, raw)])
     for needle in ("the budget", "budget after", "before"):
         assert both_ways(view, text("BODY", needle)) == ([1], [1])
 

@@ -4,11 +4,10 @@ orders over a small mailbox whose fields the index keeps."""
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterator
 
 import pytest
-from session_helpers import Client
+from session_helpers import Client, Where
 
 MESSAGES = [
     b"Subject: Re: plans\r\nFrom: Zed <z@x.org>\r\nTo: b@x.org\r\nMessage-ID: <b@x>\r\n"
@@ -23,8 +22,8 @@ MESSAGES = [
 
 
 @pytest.fixture
-def client(tmp_path: pathlib.Path) -> Iterator[Client]:
-    c = Client(tmp_path)
+def client(where: Where) -> Iterator[Client]:
+    c = Client(where)
     for n, message in enumerate(MESSAGES):
         # Arrival in the opposite order of the sequence numbers.
         head = b'a%d APPEND INBOX "%02d-Jan-2025 10:00:00 +0000"' % (n, 20 - n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from session_helpers import APPEND_LIMIT, Client
+from session_helpers import APPEND_LIMIT, Client, Where
 
 import sansmail.sessions.imapd as imapd
 from sansmail import __version__
@@ -24,8 +24,8 @@ def append(
 
 
 @pytest.fixture
-def client(tmp_path: pathlib.Path) -> Client:
-    c = Client(tmp_path)
+def client(where: Where) -> Client:
+    c = Client(where)
     yield c
     c.close()
 
@@ -85,8 +85,8 @@ def test_select_empty_inbox_rev1(client: Client) -> None:
     )
 
 
-def test_select_rev2_has_no_recent_nor_unseen_and_a_list_line(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path, rev2=True)
+def test_select_rev2_has_no_recent_nor_unseen_and_a_list_line(where: Where) -> None:
+    client = Client(where, rev2=True)
     append(client, b"a0", HELLO)
     answer = client.run(b"a1 EXAMINE inbox")
     validity = client.session.view.uidvalidity  # type: ignore[union-attr]
@@ -198,8 +198,8 @@ def test_store_forms(client: Client) -> None:
     )
 
 
-def test_search_rev1_and_esearch(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path)
+def test_search_rev1_and_esearch(where: Where) -> None:
+    client = Client(where)
     for n in range(3):
         append(client, b"a%d" % n, HELLO, flags=b"\\Seen" if n == 1 else b"")
     client.run(b"s0 SELECT INBOX")
@@ -348,8 +348,8 @@ def test_id_namespace_enable_noop_logout(client: Client) -> None:
     assert client.session.ended
 
 
-def test_utf8_names_after_enable(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path)
+def test_utf8_names_after_enable(where: Where) -> None:
+    client = Client(where)
     assert client.run(b"a1 CREATE &ZeVnLIqe-") == b"a1 OK CREATE completed\r\n"
     assert client.run(b'a2 LIST "" &ZeVnLIqe-') == (
         b'* LIST (\\HasNoChildren) "/" "&ZeVnLIqe-"\r\na2 OK LIST completed\r\n'
@@ -361,14 +361,14 @@ def test_utf8_names_after_enable(tmp_path: pathlib.Path) -> None:
     client.close()
 
 
-def test_unknown_command_type_is_bad(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path)
+def test_unknown_command_type_is_bad(where: Where) -> None:
+    client = Client(where)
     assert [r.status for r in client.session.handle(Idle(tag="x"), rev2=False)] == ["BAD"]  # type: ignore[attr-defined]
     client.close()
 
 
-def test_session_object_api(tmp_path: pathlib.Path) -> None:
-    client = Client(tmp_path)
+def test_session_object_api(where: Where) -> None:
+    client = Client(where)
     session: ImapSession = client.session
     assert session.selected is None
     assert session.updates(rev2=False) == []

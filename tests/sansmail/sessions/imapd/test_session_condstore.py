@@ -14,9 +14,10 @@ import sqlite3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from imap_backends import Where, deliver_to
 from session_helpers import ALICE, Client, make_store
 
-from sansmail.storage.maildir import MaildirStore, Maildrop, _imapindex
+from sansmail.storage.maildir import Maildrop, _imapindex
 
 HELLO = b"Subject: hello\r\n\r\nHello.\r\n"
 
@@ -56,10 +57,8 @@ def base_of(tmp_path: pathlib.Path, uid: int) -> str:
     return str(base)
 
 
-def deliver(tmp_path: pathlib.Path) -> None:
-    delivery = MaildirStore(tmp_path, hostname="mx.example.test").begin([ALICE], prefix=b"")
-    delivery.write(HELLO)
-    delivery.commit()
+def deliver(where: Where) -> None:
+    deliver_to(where, ALICE, HELLO, hostname="mx.example.test")
 
 
 def pushed(client: Client) -> bytes:
@@ -68,8 +67,8 @@ def pushed(client: Client) -> bytes:
     return b"".join(client.conn.send(r) for r in responses)
 
 
-def test_select_condstore_fetch_store_search_status(tmp_path: pathlib.Path) -> None:
-    c = filled(tmp_path, 4)
+def test_select_condstore_fetch_store_search_status(where: Where) -> None:
+    c = filled(where, 4)
     out = c.run(b"s1 SELECT INBOX (CONDSTORE)")
     assert b"* OK [UIDNEXT 5] Predicted next UID\r\n* OK [HIGHESTMODSEQ 5] Highest\r\n" in out
     assert c.run(b"f1 FETCH 1:* (FLAGS)") == (
@@ -126,9 +125,9 @@ def test_select_condstore_fetch_store_search_status(tmp_path: pathlib.Path) -> N
 
 
 def test_condstore_enabled_in_the_selected_state_says_where_modseqs_stand(
-    tmp_path: pathlib.Path,
+    where: Where,
 ) -> None:
-    c = filled(tmp_path, 2)
+    c = filled(where, 2)
     out = c.run(b"s1 SELECT INBOX")
     assert b"HIGHESTMODSEQ" not in out
     assert (
@@ -146,10 +145,10 @@ def test_condstore_enabled_in_the_selected_state_says_where_modseqs_stand(
 
 
 def test_other_sessions_changes_come_with_modseq_and_the_pair_stays_together(
-    tmp_path: pathlib.Path,
+    where: Where,
 ) -> None:
-    one = filled(tmp_path, 2)
-    other = Client(tmp_path, store=one.store)
+    one = filled(where, 2)
+    other = Client(where, store=one.store)
     one.run(b"s1 SELECT INBOX")
     other.run(b"s2 SELECT INBOX (CONDSTORE)")
     one.run(b"a1 STORE 2 +FLAGS (\\Flagged)")
@@ -278,8 +277,8 @@ BAD = [
 
 
 @pytest.mark.parametrize(("command", "why"), BAD)
-def test_refusals(tmp_path: pathlib.Path, command: bytes, why: bytes) -> None:
-    c = filled(tmp_path, 1)
+def test_refusals(where: Where, command: bytes, why: bytes) -> None:
+    c = filled(where, 1)
     c.run(b"s1 SELECT INBOX")
     out = c.run(b"z " + command)
     assert out.startswith(b"z BAD " + why), out
@@ -298,13 +297,13 @@ def test_enable_names_each_once_and_qresync_implies_condstore(tmp_path: pathlib.
     c.close()
 
 
-def test_modseqs_survive_a_restart_and_never_go_back(tmp_path: pathlib.Path) -> None:
-    c = filled(tmp_path, 3)
+def test_modseqs_survive_a_restart_and_never_go_back(where: Where) -> None:
+    c = filled(where, 3)
     c.run(b"s1 SELECT INBOX (CONDSTORE)")
     c.run(b"a1 STORE 1 +FLAGS (\\Seen)")
     before = highest(c)
     c.close()
-    again = Client(tmp_path, store=make_store(tmp_path))
+    again = Client(where, store=make_store(where))
     assert highest(again) == before
     again.run(b"s2 SELECT INBOX (CONDSTORE)")
     assert again.run(b"f1 FETCH 1 (MODSEQ)") == (

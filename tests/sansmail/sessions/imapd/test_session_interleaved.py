@@ -4,13 +4,12 @@ test_imap_interleaved*.py) found, each pinned down here through the session alon
 
 from __future__ import annotations
 
-import pathlib
-
+from imap_backends import Where
 from test_session_sync import two
 
 
-def test_store_silent_tells_of_flags_another_session_set(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 2)
+def test_store_silent_tells_of_flags_another_session_set(where: Where) -> None:
+    one, other = two(where, 2)
     one.run(b"a1 STORE 1 +FLAGS.SILENT (\\Flagged)")
     # `other` has not heard of \Flagged: after its .SILENT it would believe (\Seen) alone,
     # so the server says what is stored; a NOOP afterwards has nothing left to say.
@@ -29,8 +28,8 @@ def test_store_silent_tells_of_flags_another_session_set(tmp_path: pathlib.Path)
     other.close()
 
 
-def test_a_body_fetch_sets_seen_that_another_session_took_away(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 1)
+def test_a_body_fetch_sets_seen_that_another_session_took_away(where: Where) -> None:
+    one, other = two(where, 1)
     one.run(b"a1 STORE 1 +FLAGS.SILENT (\\Seen)")
     assert other.run(b"b1 NOOP").startswith(b"* 1 FETCH (FLAGS (\\Seen")
     one.run(b"a2 STORE 1 -FLAGS.SILENT (\\Seen)")

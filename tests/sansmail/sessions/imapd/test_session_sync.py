@@ -4,29 +4,27 @@ LIST pattern matcher against a reference implementation."""
 
 from __future__ import annotations
 
-import pathlib
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from session_helpers import Client
+from session_helpers import Client, Where
 
 from sansmail.sessions.imapd._folders import match_pattern
 
 HELLO = b"Subject: hello\r\n\r\nHello.\r\n"
 
 
-def two(tmp_path: pathlib.Path, messages: int) -> tuple[Client, Client]:
-    one = Client(tmp_path)
+def two(where: Where, messages: int) -> tuple[Client, Client]:
+    one = Client(where)
     for n in range(messages):
         one.run(b"x%d APPEND INBOX {%d}" % (n, len(HELLO)), HELLO)
-    other = Client(tmp_path, store=one.store)
+    other = Client(where, store=one.store)
     one.run(b"s1 SELECT INBOX")
     other.run(b"s2 SELECT INBOX")
     return one, other
 
 
-def test_expunge_reaches_the_other_session_at_noop_not_at_fetch(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 3)
+def test_expunge_reaches_the_other_session_at_noop_not_at_fetch(where: Where) -> None:
+    one, other = two(where, 3)
     one.run(b"a1 STORE 2 +FLAGS.SILENT (\\Deleted)")
     assert one.run(b"a2 EXPUNGE") == (b"* 2 EXPUNGE\r\n* 2 RECENT\r\na2 OK EXPUNGE completed\r\n")
     # FETCH, STORE and SEARCH may not announce it; message 3 is still number 3 there.
@@ -42,8 +40,8 @@ def test_expunge_reaches_the_other_session_at_noop_not_at_fetch(tmp_path: pathli
     other.close()
 
 
-def test_flag_changes_and_new_mail_reach_the_other_session(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 2)
+def test_flag_changes_and_new_mail_reach_the_other_session(where: Where) -> None:
+    one, other = two(where, 2)
     one.run(b"a1 STORE 1 +FLAGS (\\Flagged)")
     one.run(b"a2 APPEND INBOX {%d}" % len(HELLO), HELLO)
     assert other.run(b"b1 CHECK") == (
@@ -60,11 +58,11 @@ def test_flag_changes_and_new_mail_reach_the_other_session(tmp_path: pathlib.Pat
     other.close()
 
 
-def test_a_deleted_selected_folder_ends_the_session(tmp_path: pathlib.Path) -> None:
-    one = Client(tmp_path)
+def test_a_deleted_selected_folder_ends_the_session(where: Where) -> None:
+    one = Client(where)
     one.run(b"a1 CREATE Work")
     one.run(b"a2 APPEND Work {%d}" % len(HELLO), HELLO)
-    other = Client(tmp_path, store=one.store)
+    other = Client(where, store=one.store)
     other.run(b"b1 SELECT Work")
     assert one.run(b"a3 DELETE Work") == b"a3 OK DELETE completed\r\n"
     assert other.run(b"b2 NOOP") == (
@@ -76,8 +74,8 @@ def test_a_deleted_selected_folder_ends_the_session(tmp_path: pathlib.Path) -> N
     other.close()
 
 
-def test_close_expunges_silently_and_move_expunges_loudly(tmp_path: pathlib.Path) -> None:
-    one, other = two(tmp_path, 2)
+def test_close_expunges_silently_and_move_expunges_loudly(where: Where) -> None:
+    one, other = two(where, 2)
     assert one.run(b"a1 MOVE 1 Archive").split(b"\r\n")[1:3] == [b"* 1 EXPUNGE", b"* 1 RECENT"]
     one.run(b"a2 STORE 1 +FLAGS.SILENT (\\Deleted)")
     assert one.run(b"a3 CLOSE") == b"a3 OK CLOSE completed\r\n"
