@@ -72,33 +72,39 @@ examples:
 _EXPORT_HELP: Final = f"""\
 Write every mailbox of the database out as Maildirs, laid out as the Maildir backend
 keeps them: DIR/mail/<domain>/<local>/ with a Maildir++ folder per IMAP folder and each
-folder's index. Every folder keeps its UIDVALIDITY and every message its UID, flags,
-keywords and INTERNALDATE, so `serve` with backend = "maildir" and data_dir = DIR
-shows IMAP clients the very mailboxes they knew. Each mailbox is written beside its
-place, every file on disk, then moved into place in one step; a mailbox directory
-that exists and is not empty is refused before anything is written. Special use
-follows the folder's name, as the Maildir backend gives it.
+folder's index, and the users (DIR/users.json, their password hashes and SCRAM keys
+as they are) and Sieve scripts (DIR/sieve/). Every folder keeps its UIDVALIDITY and
+every message its UID, flags, keywords and INTERNALDATE, so `serve` with backend =
+"maildir" and data_dir = DIR shows IMAP clients the very mailboxes they knew. Each
+mailbox is written beside its place, every file on disk, then moved into place in one
+step. A mailbox or Sieve directory that exists and is not empty, or a users.json, is
+refused before anything is written. Special use follows the folder's name, as the
+Maildir backend gives it. The aliases stay in the aliases file of the configuration.
 
 Run it while no server writes to the database, or what arrives meanwhile may be left
 out.
 
 output (one line per folder, then a total):
   alice@example.test INBOX: 1204 messages, UIDVALIDITY 1765090800
-  exported 2 mailboxes, 12 folders, 1311 messages (85012993 octets) to /srv/backup
+  exported 2 users, 1 Sieve script, 2 mailboxes, 12 folders, 1311 messages
+  (85012993 octets) to /srv/backup
 
 examples:
   {_PROG} storage export --to maildir /srv/backup/sansmail --config /etc/sansmail.toml
 """
 
 _IMPORT_HELP: Final = f"""\
-Bring every mailbox of a Maildir data directory (DIR/mail/<domain>/<local>/, as the
-Maildir backend keeps it, or as Dovecot left it: its dovecot-uidlist UIDs are kept)
-to the database. Each folder keeps its UIDVALIDITY and every message its UID, flags,
-keywords and INTERNALDATE, so IMAP clients keep their caches when the site moves to
-PostgreSQL; subscriptions go too. Each folder is copied in one transaction: it is in
-the database whole or not at all. A folder that already holds messages in the
-database refuses the whole import before anything is written; an empty one (an INBOX
-a delivery made) takes the imported folder's numbers.
+Bring the users (DIR/users.json), Sieve scripts (DIR/sieve/) and every mailbox
+(DIR/mail/<domain>/<local>/, as the Maildir backend keeps it, or as Dovecot left it:
+its dovecot-uidlist UIDs are kept) of a Maildir data directory to the database. Each
+folder keeps its UIDVALIDITY and every message its UID, flags, keywords and
+INTERNALDATE, so IMAP clients keep their caches when the site moves to PostgreSQL;
+subscriptions go too, and passwords work as before. Each folder is copied in one
+transaction: it is in the database whole or not at all. A folder that already holds
+messages in the database, or a user or script it holds otherwise, refuses the whole
+import before anything is written; an empty folder (an INBOX a delivery made) takes
+the imported folder's numbers. The aliases come from the configuration's aliases file:
+run `newaliases` for them.
 
 Each folder's index is brought up to date with its files first (mail delivered and not
 yet seen by IMAP gets its UID), as when IMAP opens it. Stop the Maildir server first:
@@ -106,7 +112,8 @@ mail delivered after its folder was copied would stay behind.
 
 output (one line per folder, then a total):
   alice@example.test INBOX: 1204 messages, UIDVALIDITY 1765090800
-  imported 2 mailboxes, 12 folders, 1311 messages (85012993 octets) from /var/lib/sansmail
+  imported 2 users, 1 Sieve script, 2 mailboxes, 12 folders, 1311 messages
+  (85012993 octets) from /var/lib/sansmail
 
 examples:
   {_PROG} storage migrate --config /etc/sansmail.toml
@@ -256,7 +263,8 @@ def _show(moved: FolderMoved) -> None:
 
 def _counts(moved: Moved) -> str:
     return (
-        f"{_plural(moved.mailboxes, 'mailbox', 'mailboxes')},"
+        f"{_plural(moved.users, 'user')}, {_plural(moved.scripts, 'Sieve script')},"
+        f" {_plural(moved.mailboxes, 'mailbox', 'mailboxes')},"
         f" {_plural(moved.folders, 'folder')}, {_plural(moved.messages, 'message')}"
         f" ({moved.octets} octets)"
     )

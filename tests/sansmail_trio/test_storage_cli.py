@@ -178,7 +178,9 @@ def test_import_then_export_from_the_command_line(pg_dsn: str, tmp_path: pathlib
     lines = done.stdout.splitlines()
     assert "alice@example.test INBOX: 3 messages, UIDVALIDITY " in lines[0]
     assert "alice@example.test Lists/Python: 2 messages, UIDVALIDITY " in done.stdout
-    assert lines[-1].startswith("imported 1 mailbox, 7 folders, 5 messages (")
+    assert lines[-1].startswith(
+        "imported 0 users, 0 Sieve scripts, 1 mailbox, 7 folders, 5 messages ("
+    )
     assert lines[-1].endswith(f" octets) from {source}")
     db = Database(pg_dsn)
     try:
@@ -197,7 +199,9 @@ def test_import_then_export_from_the_command_line(pg_dsn: str, tmp_path: pathlib
     target = tmp_path / "new"
     done = _cli(tmp_path, "storage", "export", "--to", "maildir", str(target), "--config", conf)
     assert (done.returncode, done.stderr) == (0, "")
-    assert done.stdout.splitlines()[-1].startswith("exported 1 mailbox, 7 folders, 5 messages (")
+    assert done.stdout.splitlines()[-1].startswith(
+        "exported 0 users, 0 Sieve scripts, 1 mailbox, 7 folders, 5 messages ("
+    )
     assert (
         _mailbox_view(MaildirImapStore(target, hostname="mx.example.test").account(mailbox))
         == before
@@ -206,7 +210,7 @@ def test_import_then_export_from_the_command_line(pg_dsn: str, tmp_path: pathlib
     again = _cli(tmp_path, "storage", "export", "--to", "maildir", str(target), "--config", conf)
     assert (again.returncode, again.stdout) == (1, "")
     assert again.stderr.splitlines() == [
-        f"{PROG}: storage export: {target}/mail/example.test/alice: exists and is not empty:"
+        f"{PROG}: storage export: {target}/mail/example.test/alice exists and is not empty:"
         " nothing exported"
     ]
 
@@ -231,5 +235,6 @@ def test_import_of_a_directory_without_mail(
     )
     assert (status, out) == (1, "")
     assert err.splitlines() == [
-        f"{PROG}: storage import: {empty}: no mail/ directory: not a sansmail data directory"
+        f"{PROG}: storage import: {empty}: neither mail/ nor users.json: not a sansmail data"
+        " directory"
     ]

@@ -48,7 +48,6 @@ import hashlib
 import os
 import pathlib
 import shutil
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -72,6 +71,18 @@ from sansmail.storage.maildir._maildir import _escape_hostname
 from sansmail.storage.pg._db import Cursor, Database
 from sansmail.storage.pg._mailrows import folder_key, mailbox_key, notify
 from sansmail.storage.pg._schema import require_current
+from sansmail.storage.pg._transfer_accounts import (
+    Accounts,
+    export_accounts,
+    export_refusals,
+    mailbox_dirs,
+    mailbox_id,
+    read_accounts,
+    read_database_accounts,
+    refuse_taken,
+    write_accounts,
+)
+from sansmail.storage.users import UserError
 
 __all__ = ["FolderMoved", "Moved", "TransferError", "export_maildir", "import_maildir"]
 
@@ -113,6 +124,8 @@ class Moved:
     folders: int = 0
     messages: int = 0
     octets: int = 0
+    users: int = 0
+    scripts: int = 0
 
 
 # --- import --------------------------------------------------------------------------
@@ -131,14 +144,22 @@ def import_maildir(
     `TransferError` before anything is written when a folder to import exists in the
     database with messages; `DatabaseError` from the database."""
     require_current(db)
-    mailboxes = maildir_mailboxes(data_dir)
+    try:
+        accounts = read_accounts(data_dir)
+    except UserError as exc:
+        raise TransferError(str(exc)) from None
+    if not (data_dir / "mail").is_dir() and not accounts.users:
+        raise TransferError(
+            f"{data_dir}: neither mail/ nor users.json: not a sansmail data directory"
+        )
     store = MaildirImapStore(data_dir, hostname=hostname, special_use=special_use)
     plans: list[tuple[MailboxId, list[FolderInfo]]] = []
-    for mailbox in mailboxes:
+    for mailbox in mailbox_dirs(data_dir / "mail"):
         with _closing(store.account(mailbox)) as account:
             plans.append((mailbox, account.list_folders()))
-    _refuse_taken(db, plans)
-    total = Moved()
+    _refuse_taken(db, plans, accounts)
+    write_accounts(db, accounts)
+    total = Moved(users=len(accounts.users), scripts=accounts.script_count)
     for mailbox, infos in plans:
         key = mailbox_key(mailbox)
         with _closing(store.account(mailbox)) as account:
@@ -158,24 +179,9 @@ def import_maildir(
     return total
 
 
-def maildir_mailboxes(data_dir: pathlib.Path) -> list[MailboxId]:
-    """The mailboxes under ``data_dir/mail/<domain>/<local>/``, sorted (directory names
-    unescaped as `MaildirStore` escapes them; dot entries are never mailboxes)."""
-    root = data_dir / "mail"
-    if not root.is_dir():
-        raise TransferError(f"{data_dir}: no mail/ directory: not a sansmail data directory")
-    found = []
-    for domain in sorted(os.listdir(root)):
-        if domain.startswith(".") or not (root / domain).is_dir():
-            continue
-        for local in sorted(os.listdir(root / domain)):
-            if local.startswith(".") or not (root / domain / local).is_dir():
-                continue
-            found.append(MailboxId(domain=_unescape(domain), local=_unescape(local)))
-    return found
-
-
-def _refuse_taken(db: Database, plans: Sequence[tuple[MailboxId, list[FolderInfo]]]) -> None:
+def _refuse_taken(
+    db: Database, plans: Sequence[tuple[MailboxId, list[FolderInfo]]], accounts: Accounts
+) -> None:
     keys = [mailbox_key(m) for m, infos in plans for info in infos if info.exists]
     names = [info.name for _m, infos in plans for info in infos if info.exists]
     with db.transaction() as cur:
@@ -188,13 +194,23 @@ def _refuse_taken(db: Database, plans: Sequence[tuple[MailboxId, list[FolderInfo
             (keys, names),
         )
         taken = cur.fetchall()
+        otherwise = refuse_taken(cur, accounts)
+    problems = []
     if taken:
-        shown = ", ".join(f"{mailbox} {name}" for mailbox, name in taken[:3])
-        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
-        raise TransferError(
+        shown = _some([f"{mailbox} {name}" for mailbox, name in taken])
+        problems.append(
             f"{len(taken)} folder{'s' if len(taken) > 1 else ''} to import already hold"
-            f" messages in the database ({shown}{more}): nothing imported"
+            f" messages in the database ({shown})"
         )
+    if otherwise:
+        problems.append(f"the database holds otherwise {_some(otherwise)}")
+    if problems:
+        raise TransferError("; ".join(problems) + ": nothing imported")
+
+
+def _some(items: Sequence[str]) -> str:
+    more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+    return ", ".join(items[:3]) + more
 
 
 def _import_folder(
@@ -414,13 +430,15 @@ def export_maildir(
     by_mailbox: dict[str, list[_Folder]] = {}
     for folder in folders:
         by_mailbox.setdefault(folder.mailbox, []).append(folder)
+    accounts = read_database_accounts(db)
     paths = MaildirStore(data_dir, hostname=hostname)
-    targets = {key: paths.maildir(_mailbox_id(key)) for key in by_mailbox}
-    busy = [str(path) for path in targets.values() if _not_empty(path)]
+    targets = {key: paths.maildir(mailbox_id(key)) for key in by_mailbox}
+    busy = [f"{path} exists and is not empty" for path in targets.values() if _not_empty(path)]
+    busy += export_refusals(data_dir, accounts)
     if busy:
-        more = f" and {len(busy) - 1} more" if len(busy) > 1 else ""
-        raise TransferError(f"{busy[0]}{more}: exists and is not empty: nothing exported")
-    total = Moved()
+        raise TransferError(f"{_some(busy)}: nothing exported")
+    export_accounts(data_dir, accounts)
+    total = Moved(users=len(accounts.users), scripts=accounts.script_count)
     for key, mailbox_folders in by_mailbox.items():
         done = _export_mailbox(
             db,
@@ -431,7 +449,8 @@ def export_maildir(
             hostname=hostname,
             progress=progress,
         )
-        total = Moved(
+        total = attrs.evolve(
+            total,
             mailboxes=total.mailboxes + 1,
             folders=total.folders + len(done),
             messages=total.messages + sum(f.messages for f in done),
@@ -590,17 +609,6 @@ def _not_empty(path: pathlib.Path) -> bool:
         return False
     except NotADirectoryError:
         return True
-
-
-def _mailbox_id(key: str) -> MailboxId:
-    local, _, domain = key.rpartition("@")
-    return MailboxId(domain=domain, local=local)
-
-
-def _unescape(component: str) -> str:
-    # `MaildirStore` escapes "%" as %25, "/" as %2F and a leading "." as %2E: every "%"
-    # in a name it made starts an escape.
-    return urllib.parse.unquote(component)
 
 
 @contextlib.contextmanager

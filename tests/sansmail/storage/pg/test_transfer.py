@@ -11,24 +11,32 @@ import datetime
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from argon2 import PasswordHasher
+from psycopg.types.json import Jsonb
 
-from sansmail.mail.address import MailboxId
+from sansmail.mail.address import MailboxId, parse_address
 from sansmail.storage.maildir import FlagMode, MailAccount, MaildirImapStore
 from sansmail.storage.pg import Database
 from sansmail.storage.pg._imapstore import PgImapStore
+from sansmail.storage.pg._mailrows import mailbox_key
 from sansmail.storage.pg._transfer import (
     FolderMoved,
     TransferError,
     export_maildir,
     import_maildir,
 )
+from sansmail.storage.pg._users import PgUserStore
+from sansmail.storage.sieve import SieveStore
+from sansmail.storage.users import Users, UserStore
 
 HOST = "mx.example.test"
+PASSWORDS = {"alice@example.test": "alice's secret", "bob.smith@example.test": "bob's secret"}
 ALICE = MailboxId(domain="example.test", local="alice")
 BOB = MailboxId(domain="example.test", local="bob.smith")
+_FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 # Four years back: UIDVALIDITYs well below the database's sequence (started at its
 # migration), so keeping them is not the sequence's doing.
 _PAST_NS = 4 * 365 * 86400 * 10**9
@@ -82,6 +90,74 @@ def _make_source(data: pathlib.Path) -> None:
     bob = store.account(BOB)
     bob.append("INBOX", _message(99), ["\\Draft"])
     bob.close()
+    users = UserStore(data / "users.json", hasher=_FAST, cram_md5=True)
+    users.add(parse_address("Alice@example.test"), "alice's secret", quota=10**9)
+    users.add(parse_address("bob.smith@example.test"), "bob's secret")
+    users.scram_secret()  # made on first use: users.json.scram-secret
+    scripts = SieveStore(data)
+    scripts.put(ALICE, "vacation", b'require "vacation";\r\nvacation "away";\r\n')
+    scripts.put(ALICE, "plain", b"keep;\r\n")
+    scripts.activate(ALICE, "vacation")
+    scripts.put(BOB, "draft", b"discard;\r\n")
+
+
+class _TableScripts:
+    """The ``sieve_scripts`` rows, read as a script store reads them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def list(self, mailbox: MailboxId) -> list[tuple[str, bool]]:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT name, active FROM sieve_scripts WHERE mailbox = %s ORDER BY name",
+                (mailbox_key(mailbox),),
+            )
+            return [(name, active) for name, active in cur.fetchall()]
+
+    def get(self, mailbox: MailboxId, name: str) -> bytes:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT script FROM sieve_scripts WHERE mailbox = %s AND name = %s",
+                (mailbox_key(mailbox), name),
+            )
+            row = cur.fetchone()
+            assert row is not None
+            return bytes(row[0])
+
+
+class _Scripts(Protocol):
+    def list(self, mailbox: MailboxId) -> list[tuple[str, bool]]: ...
+
+    def get(self, mailbox: MailboxId, name: str) -> bytes: ...
+
+
+def _accounts(users: Users, scripts: _Scripts) -> dict[str, Any]:
+    """Users (address, quota, SCRAM keys, passwords that work) and Sieve scripts."""
+    found: dict[str, Any] = {}
+    for user in users.list():
+        found[user.key] = (
+            str(user.address),
+            users.own_quota(user.key),
+            users.get_scram(user.key, "sha256"),
+            users.get_cram_md5(user.key),
+            users.verify_password(user.key, PASSWORDS[user.key]),
+        )
+    found["scram secret"] = users.scram_secret()
+    for mailbox in (ALICE, BOB):
+        found[f"{mailbox_key(mailbox)} scripts"] = [
+            (n, a, scripts.get(mailbox, n)) for n, a in scripts.list(mailbox)
+        ]
+    return found
+
+
+def _file_accounts(data: pathlib.Path) -> dict[str, Any]:
+    return _accounts(UserStore(data / "users.json", hasher=_FAST, cram_md5=True), SieveStore(data))
+
+
+def _pg_accounts(db: Database) -> dict[str, Any]:
+    # Until PgSieveStore lands: the rows it reads.
+    return _accounts(PgUserStore(db, hasher=_FAST, cram_md5=True), _TableScripts(db))
 
 
 def _snapshot(account: MailAccount) -> dict[str, Any]:
@@ -139,6 +215,12 @@ def test_round_trip_keeps_uids_flags_dates_and_contents(
     source = tmp_path / "source"
     _make_source(source)
     before = {m: _maildir_snapshot(source, m) for m in (ALICE, BOB)}
+    accounts = _file_accounts(source)
+    assert [accounts[key][4] for key in PASSWORDS] == [True, True]  # the passwords work
+    assert [name for name, _a, _t in accounts["alice@example.test scripts"]] == [
+        "plain",
+        "vacation",
+    ]
     inbox = before[ALICE]["INBOX"]
     # The source is what the test claims: gaps, tombstones, a late delivery, zones.
     assert [m[0] for m in inbox["messages"]] == [1, 2, 5, 6, 7, 8, 10, 11, 12, 13]
@@ -159,6 +241,8 @@ def test_round_trip_keeps_uids_flags_dates_and_contents(
     assert {(f.mailbox, f.name) for f in seen} >= {("alice@example.test", "Work/Deep")}
     for mailbox in (ALICE, BOB):
         assert _pg_snapshot(pg_db, mailbox) == before[mailbox], mailbox
+    assert (moved.users, moved.scripts) == (2, 3)
+    assert _pg_accounts(pg_db) == accounts
     with pg_db.transaction() as cur:
         cur.execute("SELECT octets, messages FROM mail_usage WHERE mailbox = 'alice@example.test'")
         octets, count = cur.fetchone()
@@ -170,8 +254,16 @@ def test_round_trip_keeps_uids_flags_dates_and_contents(
     assert (exported.mailboxes, exported.folders, exported.messages) == (2, 15, 21)
     for mailbox in (ALICE, BOB):
         assert _maildir_snapshot(target, mailbox) == before[mailbox]
+    assert (exported.users, exported.scripts) == (2, 3)
+    assert _file_accounts(target) == accounts
     # No staging directory left behind, and files only where the Maildir store puts them.
     assert sorted(os.listdir(target / "mail" / "example.test")) == ["alice", "bob.smith"]
+    assert sorted(os.listdir(target)) == [
+        "mail",
+        "sieve",
+        "users.json",
+        "users.json.scram-secret",
+    ]
 
 
 def test_import_refuses_a_folder_with_messages_and_writes_nothing(
@@ -216,7 +308,9 @@ def test_export_refuses_a_non_empty_target_and_writes_nothing(
     target = tmp_path / "target"
     (target / "mail" / "example.test" / "bob.smith").mkdir(parents=True)
     (target / "mail" / "example.test" / "bob.smith" / "cur").mkdir()
-    with pytest.raises(TransferError, match=r"bob\.smith: exists and is not empty"):
+    with pytest.raises(
+        TransferError, match=r"bob\.smith exists and is not empty: nothing exported"
+    ):
         export_maildir(pg_db, target, hostname=HOST)
     assert sorted(os.listdir(target / "mail" / "example.test")) == ["bob.smith"]
     # An empty target directory is fine: it is replaced.
@@ -228,5 +322,42 @@ def test_export_refuses_a_non_empty_target_and_writes_nothing(
 def test_import_of_a_directory_without_mail_is_refused(
     pg_db: Database, tmp_path: pathlib.Path
 ) -> None:
-    with pytest.raises(TransferError, match="not a sansmail data directory"):
+    with pytest.raises(TransferError, match=r"neither mail/ nor users\.json: not a sansmail"):
         import_maildir(pg_db, tmp_path, hostname=HOST)
+
+
+def test_import_refuses_a_user_the_database_holds_otherwise(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    other = {"address": "alice@example.test", "password_hash": "$argon2id$other"}
+    with pg_db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO users (key, record) VALUES ('alice@example.test', %s)", (Jsonb(other),)
+        )
+        cur.execute(
+            "INSERT INTO sieve_scripts (mailbox, name, script, active)"
+            " VALUES ('alice@example.test', 'other', 'keep;', true)"
+        )
+    with pytest.raises(
+        TransferError,
+        match=r"^the database holds otherwise user alice@example\.test \(another record\),"
+        r" Sieve scripts of alice@example\.test \(another one active\): nothing imported$",
+    ):
+        import_maildir(pg_db, source, hostname=HOST)
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT (SELECT count(*) FROM mail_folders), (SELECT count(*) FROM users)")
+        assert cur.fetchone() == (0, 1)
+
+
+def test_export_refuses_an_existing_users_file(pg_db: Database, tmp_path: pathlib.Path) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    import_maildir(pg_db, source, hostname=HOST)
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "users.json").write_text("{}")
+    with pytest.raises(TransferError, match=r"users\.json exists: nothing exported"):
+        export_maildir(pg_db, target, hostname=HOST)
+    assert os.listdir(target) == ["users.json"]
