@@ -3,10 +3,14 @@
 
 Theory of operation
 -------------------
+Every operation is one SQL statement run as its own transaction (autocommit on the
+pooled connection for its length): one round trip, where BEGIN, statement and COMMIT
+would be three, and nothing that needs two statements to agree.
+
 **Queueing** (`PgQueueWriter.commit`, before the ``250``): the content is buffered in
 memory while the client sends it (the SMTP session's message size limit bounds it) and
 the row is written with one statement, which also tells every node's idle runner
-(``NOTIFY`` "queue", sent by PostgreSQL when the transaction commits), and the commit.
+(``NOTIFY`` "queue", sent by PostgreSQL when the statement's transaction commits).
 The commit returns once the row is durable, so ``250`` is never sent for mail a crash
 could lose. An id another writer took meanwhile fails the insert (FileExistsError, as
 the file store's ``O_EXCL``).
@@ -53,10 +57,11 @@ import errno
 import itertools
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping
-from typing import Final
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Final, NamedTuple
 
 import attrs
+import psycopg
 
 from sansmail.mail.envelope import (
     CorruptEnvelopeError,
@@ -66,7 +71,7 @@ from sansmail.mail.envelope import (
     encode_envelope,
 )
 from sansmail.storage.maildir import BackendUnavailableError
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
+from sansmail.storage.pg._db import Database, DatabaseError
 from sansmail.storage.pg._mailrows import CHANNEL
 from sansmail.storage.queue._base import Claimed
 from sansmail.storage.queue._store import UnknownQueueIdError
@@ -93,6 +98,16 @@ class QueueUnavailableError(BackendUnavailableError):
 class LeaseLostError(UnknownQueueIdError):
     """Another node holds the message now: this node's lease ran out and it took the
     message over, so this node's verdicts are not written."""
+
+
+class _Result(NamedTuple):
+    rows: builtins.list[tuple[Any, ...]]
+    rowcount: int
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _due(message: QueuedMessage) -> float:
@@ -147,12 +162,24 @@ class PgQueueStore:
     def lease(self) -> float:
         return self._lease
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Cursor]:
+    def _run(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> _Result:
+        """One statement, which is its own transaction: committed (and durable, and its
+        NOTIFY sent) when this returns. One round trip, where `Database.transaction`
+        takes three (BEGIN, the statement, COMMIT): every change here is one statement,
+        so none needs more."""
         try:
-            with self.db.transaction() as cur:
-                yield cur
-        except DatabaseError as exc:
+            with self.db.connection() as conn:
+                conn.autocommit = True
+                try:
+                    cur = conn.execute(sql, params)
+                    rows = cur.fetchall() if cur.description is not None else []
+                    return _Result(rows, cur.rowcount)
+                finally:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.autocommit = False  # as the pool hands it out
+        except psycopg.Error as exc:
+            raise QueueUnavailableError(f"database: {_first_line(exc)}") from exc
+        except DatabaseError as exc:  # could not connect
             raise QueueUnavailableError(str(exc)) from exc
 
     # -- writing and reading messages --------------------------------------------------
@@ -172,29 +199,24 @@ class PgQueueStore:
         """The envelope of `queue_id`; UnknownQueueIdError if it is not queued (or set
         aside), CorruptEnvelopeError if it does not read."""
         check_queue_id(queue_id)
-        with self._transaction() as cur:
-            cur.execute(
-                "SELECT envelope FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
-                (queue_id,),
-            )
-            row = cur.fetchone()
-        if row is None:
+        rows = self._run(
+            "SELECT envelope FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
+            (queue_id,),
+        ).rows
+        if not rows:
             raise UnknownQueueIdError(queue_id)
-        return _decode(queue_id, row[0])
+        return _decode(queue_id, rows[0][0])
 
     def read(self, queue_id: str) -> tuple[QueuedMessage, bytes]:
         """The envelope and the content of `queue_id`, with one query."""
         check_queue_id(queue_id)
-        with self._transaction() as cur:
-            cur.execute(
-                "SELECT envelope, content FROM queue_messages"
-                " WHERE queue_id = %s AND damaged IS NULL",
-                (queue_id,),
-            )
-            row = cur.fetchone()
-        if row is None:
+        rows = self._run(
+            "SELECT envelope, content FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
+            (queue_id,),
+        ).rows
+        if not rows:
             raise UnknownQueueIdError(queue_id)
-        return _decode(queue_id, row[0]), bytes(row[1])
+        return _decode(queue_id, rows[0][0]), bytes(rows[0][1])
 
     def read_message(self, queue_id: str) -> bytes:
         """The content of `queue_id`, CRLF line ends, as received."""
@@ -207,32 +229,29 @@ class PgQueueStore:
         queue_id = message.queue_id
         check_queue_id(queue_id)
         envelope = encode_envelope(message).decode("ascii")
-        with self._transaction() as cur:
-            cur.execute(
-                "UPDATE queue_messages SET envelope = %s, next_attempt = %s,"
-                " lease_holder = NULL WHERE queue_id = %s AND damaged IS NULL"
-                " AND (lease_holder IS NULL OR lease_holder = %s)",
-                (envelope, _due(message), queue_id, self._node),
-            )
-            if cur.rowcount == 1:
-                return
-            cur.execute(
-                "SELECT lease_holder FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
-                (queue_id,),
-            )
-            row = cur.fetchone()
-        if row is None:
+        done = self._run(
+            "UPDATE queue_messages SET envelope = %s, next_attempt = %s, lease_holder = NULL"
+            " WHERE queue_id = %s AND damaged IS NULL"
+            " AND (lease_holder IS NULL OR lease_holder = %s)",
+            (envelope, _due(message), queue_id, self._node),
+        )
+        if done.rowcount == 1:
+            return
+        # Not written: say why (a second look, for the log's sake only).
+        rows = self._run(
+            "SELECT lease_holder FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
+            (queue_id,),
+        ).rows
+        if not rows:
             raise UnknownQueueIdError(queue_id)
-        raise LeaseLostError(f"{queue_id}: taken over by {row[0]}")
+        raise LeaseLostError(f"{queue_id}: taken over by {rows[0][0] or 'another node'}")
 
     def delete(self, queue_id: str, *, sync: bool = True) -> None:
         """Remove a message, whoever holds it. `sync` is for the file store's sake:
         the removal is durable when this returns."""
         check_queue_id(queue_id)
-        with self._transaction() as cur:
-            cur.execute("DELETE FROM queue_messages WHERE queue_id = %s", (queue_id,))
-            if cur.rowcount == 0:
-                raise UnknownQueueIdError(queue_id)
+        if self._run("DELETE FROM queue_messages WHERE queue_id = %s", (queue_id,)).rowcount == 0:
+            raise UnknownQueueIdError(queue_id)
 
     def sync(self) -> None:
         """Nothing to do: every commit and removal was durable when it returned."""
@@ -240,28 +259,24 @@ class PgQueueStore:
     def set_aside(self, queue_id: str, why: str = "set aside") -> bool:
         """Take a damaged message out of delivery; it stays in the table, with `why`."""
         check_queue_id(queue_id)
-        with self._transaction() as cur:
-            cur.execute(
-                "UPDATE queue_messages SET damaged = %s, lease_holder = NULL"
-                " WHERE queue_id = %s AND damaged IS NULL",
-                (why, queue_id),
-            )
-            return cur.rowcount == 1
+        done = self._run(
+            "UPDATE queue_messages SET damaged = %s, lease_holder = NULL"
+            " WHERE queue_id = %s AND damaged IS NULL",
+            (why, queue_id),
+        )
+        return done.rowcount == 1
 
     def ids(self) -> set[str]:
         """The ids of every message in the queue (not set aside)."""
-        with self._transaction() as cur:
-            cur.execute("SELECT queue_id FROM queue_messages WHERE damaged IS NULL")
-            return {row[0] for row in cur.fetchall()}
+        rows = self._run("SELECT queue_id FROM queue_messages WHERE damaged IS NULL").rows
+        return {row[0] for row in rows}
 
     def list(self) -> builtins.list[QueuedMessage]:
         """Every readable message, oldest first (by arrival, then id)."""
-        with self._transaction() as cur:
-            cur.execute(
-                "SELECT queue_id, envelope FROM queue_messages WHERE damaged IS NULL"
-                " ORDER BY arrival, queue_id"
-            )
-            rows = cur.fetchall()
+        rows = self._run(
+            "SELECT queue_id, envelope FROM queue_messages WHERE damaged IS NULL"
+            " ORDER BY arrival, queue_id"
+        ).rows
         found = []
         for queue_id, envelope in rows:
             try:
@@ -274,13 +289,13 @@ class PgQueueStore:
 
     def request_flush(self) -> None:
         """Make every message that no node holds due now, and wake every runner."""
-        with self._transaction() as cur:
-            cur.execute(
-                "UPDATE queue_messages SET next_attempt = %s"
-                " WHERE damaged IS NULL AND lease_holder IS NULL AND next_attempt > %s",
-                (now := self._clock(), now),
-            )
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, NOTIFY_KEY))
+        now = self._clock()
+        self._run(
+            "WITH flushed AS (UPDATE queue_messages SET next_attempt = %s"
+            " WHERE damaged IS NULL AND lease_holder IS NULL AND next_attempt > %s)"
+            " SELECT pg_notify(%s, %s)",
+            (now, now, CHANNEL, NOTIFY_KEY),
+        )
 
     def take_flush_request(self) -> bool:
         """False: `request_flush` did the flush itself."""
@@ -293,34 +308,33 @@ class PgQueueStore:
         until ``now + lease`` (see the module docstring)."""
         if limit <= 0:
             return Claimed(())
-        with self._transaction() as cur:
-            cur.execute(
-                "WITH due AS (SELECT queue_id FROM queue_messages"
-                "  WHERE next_attempt <= %(now)s AND damaged IS NULL"
-                "  ORDER BY next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-                " UPDATE queue_messages AS m SET lease_holder = %(node)s,"
-                "  next_attempt = %(until)s"
-                " FROM due WHERE m.queue_id = due.queue_id"
-                " RETURNING m.queue_id, m.envelope, m.content, m.arrival",
-                {"now": now, "limit": limit, "node": self._node, "until": now + self._lease},
+        rows = self._run(
+            "WITH due AS (SELECT queue_id FROM queue_messages"
+            "  WHERE next_attempt <= %(now)s AND damaged IS NULL"
+            "  ORDER BY next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            " UPDATE queue_messages AS m SET lease_holder = %(node)s, next_attempt = %(until)s"
+            " FROM due WHERE m.queue_id = due.queue_id"
+            " RETURNING m.queue_id, m.envelope, m.content, m.arrival",
+            {"now": now, "limit": limit, "node": self._node, "until": now + self._lease},
+        ).rows
+        rows.sort(key=lambda row: (row[3], row[0]))
+        messages: list[tuple[QueuedMessage, bytes]] = []
+        damaged: list[tuple[str, str]] = []
+        for queue_id, envelope, content, _arrival in rows:
+            try:
+                messages.append((_decode(queue_id, envelope), bytes(content)))
+            except ValueError as exc:
+                why = str(exc).removeprefix(f"{queue_id}: ") or type(exc).__name__
+                damaged.append((queue_id, why))
+        if damaged:
+            # Claimed by us meanwhile: should we die first, the next claim sets them
+            # aside once the lease ends.
+            self._run(
+                "UPDATE queue_messages AS m SET damaged = u.why, lease_holder = NULL"
+                " FROM unnest(%s::text[], %s::text[]) AS u(queue_id, why)"
+                " WHERE m.queue_id = u.queue_id",
+                ([qid for qid, _ in damaged], [why for _, why in damaged]),
             )
-            rows = cur.fetchall()
-            rows.sort(key=lambda row: (row[3], row[0]))
-            messages: list[tuple[QueuedMessage, bytes]] = []
-            damaged: list[tuple[str, str]] = []
-            for queue_id, envelope, content, _arrival in rows:
-                try:
-                    messages.append((_decode(queue_id, envelope), bytes(content)))
-                except ValueError as exc:
-                    why = str(exc).removeprefix(f"{queue_id}: ") or type(exc).__name__
-                    damaged.append((queue_id, why))
-            if damaged:
-                cur.execute(
-                    "UPDATE queue_messages AS m SET damaged = u.why, lease_holder = NULL"
-                    " FROM unnest(%s::text[], %s::text[]) AS u(queue_id, why)"
-                    " WHERE m.queue_id = u.queue_id",
-                    ([qid for qid, _ in damaged], [why for _, why in damaged]),
-                )
         return Claimed(tuple(messages), tuple(damaged))
 
     def renew(self, queue_ids: Collection[str], *, now: float) -> set[str]:
@@ -328,34 +342,31 @@ class PgQueueStore:
         still holds."""
         if not queue_ids:
             return set()
-        with self._transaction() as cur:
-            cur.execute(
-                "UPDATE queue_messages SET next_attempt = %s"
-                " WHERE queue_id = ANY(%s) AND lease_holder = %s RETURNING queue_id",
-                (now + self._lease, builtins.list(queue_ids), self._node),
-            )
-            return {row[0] for row in cur.fetchall()}
+        rows = self._run(
+            "UPDATE queue_messages SET next_attempt = %s"
+            " WHERE queue_id = ANY(%s) AND lease_holder = %s RETURNING queue_id",
+            (now + self._lease, builtins.list(queue_ids), self._node),
+        ).rows
+        return {row[0] for row in rows}
 
     def release(self, due: Mapping[str, float]) -> None:
         """Give back this node's claims on the ids of `due`, each due again at its
         time, and wake the other nodes' runners."""
         if not due:
             return
-        with self._transaction() as cur:
-            cur.execute(
-                "UPDATE queue_messages AS m SET next_attempt = u.due, lease_holder = NULL"
-                " FROM unnest(%s::text[], %s::float8[]) AS u(queue_id, due)"
-                " WHERE m.queue_id = u.queue_id AND m.lease_holder = %s",
-                (builtins.list(due), builtins.list(due.values()), self._node),
-            )
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, NOTIFY_KEY))
+        self._run(
+            "WITH released AS (UPDATE queue_messages AS m"
+            "  SET next_attempt = u.due, lease_holder = NULL"
+            "  FROM unnest(%s::text[], %s::float8[]) AS u(queue_id, due)"
+            "  WHERE m.queue_id = u.queue_id AND m.lease_holder = %s)"
+            " SELECT pg_notify(%s, %s)",
+            (builtins.list(due), builtins.list(due.values()), self._node, CHANNEL, NOTIFY_KEY),
+        )
 
     def soonest(self) -> float | None:
         """When the next message falls due (or a lease ends); None when none is queued."""
-        with self._transaction() as cur:
-            cur.execute("SELECT min(next_attempt) FROM queue_messages WHERE damaged IS NULL")
-            row = cur.fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        rows = self._run("SELECT min(next_attempt) FROM queue_messages WHERE damaged IS NULL").rows
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
 
 class PgQueueWriter:
@@ -413,29 +424,27 @@ class PgQueueWriter:
         self._done = True
         self._chunks = []
         self._pending = 0
-        with self._store._transaction() as cur:
-            # One statement: the row, and the word to the runners (pg_notify is sent
-            # at commit, and dropped with the transaction if the insert fails).
-            cur.execute(
-                "WITH added AS (INSERT INTO queue_messages"
-                " (queue_id, arrival, size, envelope, content, next_attempt)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (queue_id) DO NOTHING"
-                " RETURNING 1)"
-                " SELECT (SELECT count(*) FROM added), pg_notify(%s, %s)",
-                (
-                    self.queue_id,
-                    stored.arrival,
-                    stored.size,
-                    encode_envelope(stored).decode("ascii"),
-                    content,
-                    _due(stored),
-                    CHANNEL,
-                    NOTIFY_KEY,
-                ),
-            )
-            row = cur.fetchone()
-            if row is None or row[0] != 1:
-                raise FileExistsError(errno.EEXIST, f"queue id {self.queue_id} is in use")
+        # One statement, one transaction: the row, and the word to the runners (sent at
+        # its commit), once per row added: none for an id another writer took.
+        rows = self._store._run(
+            "WITH added AS (INSERT INTO queue_messages"
+            " (queue_id, arrival, size, envelope, content, next_attempt)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (queue_id) DO NOTHING"
+            " RETURNING 1)"
+            " SELECT pg_notify(%s, %s) FROM added",
+            (
+                self.queue_id,
+                stored.arrival,
+                stored.size,
+                encode_envelope(stored).decode("ascii"),
+                content,
+                _due(stored),
+                CHANNEL,
+                NOTIFY_KEY,
+            ),
+        ).rows
+        if not rows:
+            raise FileExistsError(errno.EEXIST, f"queue id {self.queue_id} is in use")
         return stored
 
     def abort(self) -> None:
