@@ -367,12 +367,16 @@ def _subscribe(session: ImapConversation) -> AbstractContextManager[Subscription
 
 
 def _watch_keys(session: ImapConversation) -> tuple[str, ...]:
-    # Read through getattr while the conversation and the Maildir views do not all have
-    # the property: a view without it has no keys (it is watched by its directories).
-    keys: tuple[str, ...] | None = getattr(session, "watch_keys", None)
-    if keys is None:
-        keys = getattr(session.mailbox, "watch_keys", ())
-    return tuple(keys or ())
+    # Read through getattr while the conversation and its selected-folder session do
+    # not both have the property yet: conversation -> selected folder -> its view. A
+    # view without it has no keys (it is watched by its directories).
+    holder: object = session
+    for step in ("mailbox", "view", None):
+        keys: tuple[str, ...] | None = getattr(holder, "watch_keys", None)
+        if keys is not None or step is None:
+            return tuple(keys or ())
+        holder = getattr(holder, step, None)
+    return ()
 
 
 class _Stopped:
