@@ -92,7 +92,8 @@ from sansmail.sessions.imapd._folders import is_storage_failure, storage_failure
 from sansmail.sessions.imapd._session import ImapSession
 from sansmail.sessions.login import Exchange, Login, Result
 from sansmail.storage.maildir import ImapStore
-from sansmail.storage.users import UserStore
+from sansmail.storage.maildir._imapbase import StoreUnavailableError
+from sansmail.storage.users import Users
 
 __all__ = ["AUTOLOGOUT", "IDLE_KEEPALIVE", "INTERNAL_ERROR", "ImapConversation", "ImapService"]
 
@@ -132,7 +133,7 @@ class ImapService:
 
     config: Config
     store: ImapStore
-    users: UserStore
+    users: Users
     #: Password checks, failure delays and throttling, shared with SMTP and POP3.
     auth: AuthService
     service: str = "imap"
@@ -346,6 +347,12 @@ class ImapConversation:
         selected, nothing to watch)."""
         return () if self.mailbox is None else self.mailbox.watch_paths
 
+    @property
+    def watch_keys(self) -> tuple[str, ...]:
+        """The notification keys whose news may be news for an idler (PostgreSQL
+        NOTIFY payloads; none: nothing selected, or a store that sends none)."""
+        return () if self.mailbox is None else self.mailbox.watch_keys
+
     def idle_updates(self, changed_before: int | None = None) -> list[imap.Response]:
         """Blocking: the selected folder's news since the last report, for an idler
         (a BYE, and the conversation ends, when the folder is gone). `changed_before`:
@@ -544,7 +551,8 @@ class ImapConversation:
                 append_limit=self.service.append_limit,
                 capabilities=caps,
             )
-        except OSError as exc:
+        except (OSError, StoreUnavailableError) as exc:
+            # A disk that fails, or a database out of reach: the client may try again.
             self.user = None
             self.log(logging.ERROR, f"{self.client}: cannot open the mailbox of <{key}>: {exc}")
             return _no(tag, "UNAVAILABLE", "Cannot open the mailbox, try again later")

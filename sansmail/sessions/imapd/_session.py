@@ -283,6 +283,12 @@ class ImapSession:
         `FolderView.watch_paths`); empty when none is selected."""
         return () if self.view is None else self.view.watch_paths
 
+    @property
+    def watch_keys(self) -> tuple[str, ...]:
+        """What an idling adapter listens for (see `FolderView.watch_keys`: the store's
+        notification payloads); empty when none is selected or the store has none."""
+        return () if self.view is None else self.view.watch_keys
+
     def close(self) -> None:
         """Release the selected folder and the account (idempotent)."""
         self._release()

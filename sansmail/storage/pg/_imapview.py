@@ -34,7 +34,7 @@ import bisect
 import datetime
 import io
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, Final
+from typing import Any, BinaryIO, Final, Protocol
 
 from sansmail.storage.maildir._imapbase import (
     AppendResult,
@@ -66,10 +66,25 @@ from sansmail.storage.pg._imapsql import (
     split_flags,
 )
 
-if TYPE_CHECKING:
-    from sansmail.storage.pg._imapstore import PgMailAccount
+__all__ = ["Account", "PgFolderView"]
 
-__all__ = ["PgFolderView"]
+
+class Account(Protocol):
+    """What a view needs of the account that opened it (`PgMailAccount`)."""
+
+    db: Database
+    mailbox: str
+
+    def folder_id(self, cur: Cursor, name: str) -> int: ...
+
+    def append(
+        self,
+        name: str,
+        content: bytes,
+        flags: Collection[str] = (),
+        internaldate: datetime.datetime | None = None,
+    ) -> AppendResult: ...
+
 
 #: Messages read per query by `contents` (a FETCH of many bodies).
 CONTENTS_BATCH: Final = 64
@@ -93,9 +108,7 @@ _CHECK: Final = (
 class PgFolderView(FolderView):
     """See the module docstring; made by `PgMailAccount.select`."""
 
-    def __init__(
-        self, account: PgMailAccount, name: str, folder_id: int, *, readonly: bool
-    ) -> None:
+    def __init__(self, account: Account, name: str, folder_id: int, *, readonly: bool) -> None:
         self._account = account
         self._db: Database = account.db
         self._name = name
