@@ -1,4 +1,5 @@
-"""MaildirStore: layout, content, names, durability order, concurrency."""
+"""MaildirStore: layout, content, names, durability order, concurrency; and at the end
+what every mail store does, on both backends (`store_helpers.backend`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import tempfile
 import threading
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from store_helpers import Backend, backend_fixture  # noqa: F401 (the fixture)
 
 import sansmail.storage.maildir
 from sansmail.mail.address import MailboxId
-from sansmail.storage.maildir import MaildirStore, _maildir
+from sansmail.storage.maildir import MaildirStore, MailStore, _maildir
+from sansmail.storage.maildir._imapmaildir import to_crlf
 
 ALICE = MailboxId(domain="example.test", local="alice")
 BOB = MailboxId(domain="example.test", local="bob")
@@ -31,7 +34,7 @@ NAME = re.compile(
 )
 
 
-def deliver(store: MaildirStore, boxes: list[MailboxId], *chunks: bytes) -> list[str]:
+def deliver(store: MailStore, boxes: list[MailboxId], *chunks: bytes) -> list[str]:
     delivery = store.begin(boxes, prefix=PREFIX)
     for chunk in chunks:
         delivery.write(chunk)
@@ -627,3 +630,164 @@ def test_commit_many_outcomes(
 def _counter(name: str) -> int:
     # The Q<n> counter of a Maildir name: the latest file made has the highest.
     return int(name.split("Q", 1)[1].split(".", 1)[0])
+
+
+# --- on both backends (no look at Maildir files) ----------------------------------------
+
+
+def test_each_mailbox_gets_the_message_once(backend: Backend) -> None:
+    names = deliver(backend.store, [ALICE, BOB, ALICE], b"Subject: hi\r\n\r\nline 1\r\n")
+    assert len(names) == 3
+    assert len(set(names)) == (2 if backend.pg else 1)  # a name per mailbox, or one file
+    for box in (ALICE, BOB):
+        assert backend.messages(box) == [PREFIX + b"Subject: hi\r\n\r\nline 1\r\n"]
+    assert backend.messages(CAROL) == []
+
+
+@settings(
+    deadline=None, max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    # Wire form has no bare CR (a Maildir would keep one only as part of a line end).
+    content=st.binary(max_size=300).map(
+        lambda b: b.replace(b"\r", b"").replace(b"\n", b"\r\n") + b"\r\n"
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+    flush_after=st.sets(st.integers(min_value=0, max_value=8)),
+)
+def test_size_and_content_across_any_chunking(
+    backend: Backend, content: bytes, cuts: list[int], flush_after: set[int]
+) -> None:
+    delivery = backend.store.begin([ALICE], prefix=PREFIX)
+    bounds = [0, *sorted(c for c in cuts if c <= len(content)), len(content)]
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+        delivery.write(content[start:end])
+        if i in flush_after:
+            delivery.flush()
+            assert delivery.pending == 0
+    # Counted as stored in a Maildir (LF line ends): the same size limits on both.
+    assert delivery.size == len(content.replace(b"\r\n", b"\n"))
+    delivery.commit()
+    stored = backend.messages(ALICE)[-1]
+    assert stored == to_crlf(PREFIX + content)
+
+
+def test_size_with_a_crlf_split_between_writes(backend: Backend) -> None:
+    delivery = backend.store.begin([ALICE], prefix=b"")
+    delivery.write(b"abc\r\n")
+    assert delivery.size == 4
+    delivery.flush()
+    assert (delivery.pending, delivery.size) == (0, 4)
+    delivery.write(b"de\r")
+    delivery.write(b"\nf\r\n")
+    assert delivery.size == 9
+    delivery.commit()
+    assert backend.messages(ALICE) == [b"abc\r\nde\r\nf\r\n"]
+
+
+def test_abort_leaves_nothing_on_either_backend(backend: Backend) -> None:
+    delivery = backend.store.begin([ALICE, BOB], prefix=PREFIX)
+    delivery.write(b"x" * 1000)
+    delivery.flush()
+    delivery.abort()
+    delivery.abort()  # twice is harmless
+    assert backend.messages(ALICE) == backend.messages(BOB) == []
+    with pytest.raises(RuntimeError):
+        delivery.write(b"more")
+    kept = backend.store.begin([ALICE], prefix=b"")
+    kept.write(b"kept\r\n")
+    kept.commit()
+    kept.abort()  # after commit: a no-op
+    assert backend.messages(ALICE) == [b"kept\r\n"]
+    with pytest.raises(RuntimeError):
+        kept.commit()
+
+
+def test_begin_refuses_no_mailbox_and_bad_folder_names(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="mailbox"):
+        backend.store.begin([], prefix=b"")
+    with pytest.raises(ValueError):
+        backend.store.begin([ALICE], prefix=b"", folder="a//b")
+
+
+def test_folder_made_on_first_use(backend: Backend) -> None:
+    assert not backend.store.folder_exists(ALICE, "Junk")
+    delivery = backend.store.begin([ALICE, BOB], prefix=b"", folder="Junk")
+    delivery.write(b"spam\r\n")
+    delivery.commit()
+    deliver(backend.store, [ALICE], b"ham\r\n")
+    for box in (ALICE, BOB):
+        assert backend.store.folder_exists(box, "Junk")
+        assert backend.messages(box, "Junk") == [b"spam\r\n"]
+    assert backend.messages(ALICE) == [PREFIX + b"ham\r\n"]
+    assert not backend.store.folder_exists(ALICE, "Lists")
+
+
+def test_storage_and_full_follow_the_quota(backend: Backend) -> None:
+    store = backend.make(quota=lambda mailbox: 100 if mailbox == ALICE else 0)
+    assert store.storage(BOB) is None
+    assert not store.full(ALICE)
+    deliver(store, [ALICE, BOB], b"x" * 30 + b"\r\n")
+    size = len(PREFIX) + 32
+    assert store.storage(ALICE) == (size, 100)
+    assert not store.full(ALICE)
+    deliver(store, [ALICE], b"y" * 30 + b"\r\n")
+    assert store.storage(ALICE) == (2 * size, 100)
+    assert store.full(ALICE)  # at or over: the next RCPT is refused
+    assert not store.full(BOB)  # no limit
+
+
+def test_concurrent_commits_on_either_backend(backend: Backend) -> None:
+    results: dict[tuple[int, int], list[str]] = {}
+    errors: list[BaseException] = []
+    other = backend.make()  # a second process, or a second node
+
+    def worker(t: int) -> None:
+        store = backend.store if t % 2 else other
+        try:
+            for i in range(10):
+                boxes = [ALICE] if i % 3 else [ALICE, BOB]
+                results[t, i] = deliver(store, boxes, f"thread {t} message {i}\r\n".encode())
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({names[0] for names in results.values()}) == 60
+    expected = {PREFIX + f"thread {t} message {i}\r\n".encode() for t, i in results}
+    alice = backend.messages(ALICE)
+    assert len(alice) == 60
+    assert set(alice) == expected
+    assert len(backend.messages(BOB)) == 6 * 4
+
+
+def test_commit_many_with_other_stores_deliveries_and_twice(backend: Backend) -> None:
+    other = backend.make()
+    foreign = other.begin([ALICE], prefix=b"")
+    with pytest.raises(TypeError, match="store that began it"):
+        backend.store.commit_many([foreign])
+    assert backend.store.commit_many([]) == []
+    delivery = backend.store.begin([ALICE], prefix=b"")
+    delivery.write(b"x\r\n")
+    (names,) = backend.store.commit_many([delivery])
+    assert isinstance(names, list)
+    with pytest.raises(RuntimeError):
+        backend.store.commit_many([delivery])
+    assert backend.messages(ALICE) == [b"x\r\n"]
+
+
+def test_commit_many_stores_each_of_a_batch(backend: Backend) -> None:
+    deliveries = []
+    for n, boxes in enumerate([[ALICE], [ALICE, BOB], [CAROL, ALICE, CAROL]]):
+        delivery = backend.store.begin(boxes, prefix=b"")
+        delivery.write(b"message %d\r\n" % n)
+        deliveries.append(delivery)
+    results = backend.store.commit_many(deliveries)
+    assert [len(r) for r in results if isinstance(r, list)] == [1, 2, 3]
+    assert backend.messages(ALICE) == [b"message 0\r\n", b"message 1\r\n", b"message 2\r\n"]
+    assert backend.messages(BOB) == [b"message 1\r\n"]
+    assert backend.messages(CAROL) == [b"message 2\r\n"]
