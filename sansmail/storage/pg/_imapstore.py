@@ -395,15 +395,19 @@ class PgMailAccount(MailAccount):
                     cur.execute(
                         "UPDATE mail_folders SET keywords = %s WHERE id = %s", (updated, folder)
                     )
-            added = _mailrows.add_message(
-                cur,
-                folder,
-                self.mailbox,
-                digest,
-                len(data),
-                flags=[*system, *spelled],
-                internaldate=internaldate,
-            )
+            try:
+                added = _mailrows.add_message(
+                    cur,
+                    folder,
+                    self.mailbox,
+                    digest,
+                    len(data),
+                    flags=[*system, *spelled],
+                    internaldate=internaldate,
+                )
+            except LookupError:
+                # Deleted by another session between the look-up and the UID.
+                raise NoSuchFolderError(f"no folder {name!r}") from None
         return AppendResult(added.uidvalidity, added.uid)
 
     def release(self) -> None:

@@ -16,9 +16,11 @@ from sansmail.sessions.imapd import ImapSession, capabilities
 from sansmail.storage.maildir._imapbase import (
     FlagMode,
     FolderGoneError,
+    NoSuchFolderError,
     StoreUnavailableError,
     TooManyKeywordsError,
 )
+from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg._db import Database
 from sansmail.storage.pg._imapstore import PgImapStore
 from sansmail.storage.pg._mailrows import folder_key
@@ -212,3 +214,34 @@ def _kill_connections(dsn: str) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+def test_the_quota_counts_every_folder_and_refuses_what_would_go_over(pg_db: Database) -> None:
+    limit = 3 * len(message(1))
+    store = PgImapStore(pg_db, hostname="a.example.test", quota=lambda mailbox: limit)
+    account = store.account(ALICE)
+    assert account.storage() == (0, limit)
+    account.append("INBOX", message(1))
+    account.select("INBOX").copy([1], "Archive")
+    assert account.storage() == (2 * len(message(1)), limit)
+    account.check_quota(len(message(1)))
+    with pytest.raises(OverQuotaError):
+        account.check_quota(len(message(1)) + 1)
+    account.append("Trash", message(2))
+    with pytest.raises(OverQuotaError):
+        account.append("INBOX", message(3))
+    view = account.select("Archive")
+    view.store([1], ["\\Deleted"], FlagMode.ADD)
+    view.expunge()
+    assert account.storage() == (2 * len(message(1)), limit)
+    assert PgImapStore(pg_db, hostname="b").account(ALICE).storage() is None
+
+
+def test_an_append_to_a_folder_deleted_meanwhile_is_no_such_folder(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    a.account(ALICE).create("Gone")
+    b.account(ALICE).delete("Gone")
+    with pytest.raises(NoSuchFolderError):
+        a.account(ALICE).append("Gone", message(1))
