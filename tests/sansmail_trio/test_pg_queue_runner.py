@@ -1,12 +1,17 @@
 """Queue runners of several nodes on one PostgreSQL queue: together they drain it with
 each message delivered once (to aiosmtpd on 127.0.0.2), and the messages a node that
-died had claimed are finished by another once its leases end."""
+died had claimed (a claim never given back; a runner process killed with SIGKILL in
+the middle of its conversations) are finished by another once its leases end."""
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import pathlib
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -29,6 +34,8 @@ from sansmail_trio._pgnotify import Listener
 from sansmail_trio._queue import QueueRunner
 
 COUNT = 40
+NODE = pathlib.Path(__file__).with_name("pg_queue_node.py")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -41,6 +48,7 @@ def dns() -> Iterator[DNSServer]:
 
 def configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int) -> Config:
     # No grace at a stop: the runner gives back what is in flight at once.
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "sansmail.toml").write_text(
         f"""\
 hostname = "mx.example.test"
@@ -209,3 +217,50 @@ async def test_a_stopping_runner_gives_back_what_it_holds(
     other = PgQueueStore(pg_db, node="b:1")
     claimed = await trio.to_thread.run_sync(lambda: other.claim(10, now=time.time()))
     assert [m.queue_id for m, _c in claimed.messages] == ids  # at once: no lease to wait out
+
+
+def held_by(db: Database, node: str) -> int:
+    with db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM queue_messages WHERE lease_holder = %s", (node,))
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def test_a_node_killed_mid_delivery_has_its_messages_finished_by_another(
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    pg_dsn: str,
+    pg_db: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    # The victim's next hop accepts the connection and never greets: its attempts hang
+    # there, holding their claims (renewed every third of its 2 s lease) until it dies.
+    with socket.create_server((PEER, 0)) as silent:
+        configure(tmp_path / "victim", dns, silent.getsockname()[1])
+        ids = await trio.to_thread.run_sync(enqueue, PgQueueStore(pg_db, node="smtp:1"), 5)
+        config_path = tmp_path / "victim" / "sansmail.toml"
+        with (tmp_path / "victim.log").open("wb") as log:
+            victim = subprocess.Popen(
+                [sys.executable, str(NODE), pg_dsn, str(config_path), "victim:1", "2"],
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                stderr=log,
+            )
+        try:
+            await wait_for(lambda: held_by(pg_db, "victim:1") == len(ids), what="its claims")
+        finally:
+            victim.kill()
+            victim.wait(30)
+        assert held_by(pg_db, "victim:1") == len(ids)  # killed holding them all
+    sink_port = free_port(PEER)
+    config = configure(tmp_path / "survivor", dns, sink_port)
+    survivor = runner(config, PgQueueStore(pg_db, node="survivor:1"), dns, "survivor")
+    with Sink(PEER, sink_port) as sink:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(survivor.run)
+            await wait_for(lambda: len(sink.received) >= len(ids), what="the take-over")
+            await wait_for(lambda: not survivor.queue.ids(), what="the queue to empty")
+            nursery.cancel_scope.cancel()
+    assert subjects(sink) == sorted(f"m{n}" for n in range(len(ids)))
+    assert delivered_by(caplog) == {"survivor": len(ids)}
+    assert b"status=sent" not in (tmp_path / "victim.log").read_bytes()

@@ -389,7 +389,7 @@ class PgQueueWriter:
     @property
     def pending(self) -> int:
         """Octets written since the last `flush` (which the SMTP side calls when this
-        grows: here it only joins the chunks, so their count stays small)."""
+        grows, and which here only starts the count again)."""
         return self._pending
 
     def write(self, data: bytes) -> None:
@@ -407,8 +407,8 @@ class PgQueueWriter:
         to send the message."""
         if self._done:
             raise RuntimeError("flush after commit or abort")
-        if len(self._chunks) > 1:
-            self._chunks = [b"".join(self._chunks)]
+        # The chunks stay as they are: joining them at every flush would copy a big
+        # message over and over, once at the commit is enough.
         self._pending = 0
 
     def commit(self, envelope: QueuedMessage, *, sync: bool = True) -> QueuedMessage:
