@@ -65,7 +65,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from sansmail import sasl
-from sansmail.storage.queue import CorruptEnvelopeError, QueueStore, UnknownQueueIdError
+from sansmail.storage.queue import CorruptEnvelopeError, Queue, UnknownQueueIdError
 from sansmail_trio._counts import Family, SharedCounts
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class Metrics:
     `counts` and `queue` feed the live gauges (`LiveCollector`); without them (the queue
     runner's process, which no scrape reaches) there are none."""
 
-    def __init__(self, counts: SharedCounts | None = None, queue: QueueStore | None = None) -> None:
+    def __init__(self, counts: SharedCounts | None = None, queue: Queue | None = None) -> None:
         directory = multiprocess_dir()
         # Multiprocess: the metrics write their files and register nowhere; a scrape
         # reads every process's files. Otherwise: a registry of this process alone.
@@ -452,7 +452,7 @@ class LiveCollector(Collector):
     process, the queue's size and the age of its oldest message (see the module
     docstring)."""
 
-    def __init__(self, counts: SharedCounts, queue: QueueStore) -> None:
+    def __init__(self, counts: SharedCounts, queue: Queue) -> None:
         self._counts = counts
         self._queue = queue
         self._lock = threading.Lock()  # scrapes may overlap, each in a thread

@@ -105,12 +105,12 @@ from sansmail.mail.outbound import ClientTimeouts
 from sansmail.mail.retry import RetryPolicy
 from sansmail.sessions.lda import LocalDelivery
 from sansmail.sessions.qmgr import Attempt, Finished, Opened, QueueManager
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases
 from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MaildirImapStore, MaildirStore, MailStore, QuotaLimits
 from sansmail.storage.queue import Queue, QueueStore, SharedQueue
 from sansmail.storage.sieve import SieveStore
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import Users
 from sansmail_trio._dns import DNSError, Resolver
 from sansmail_trio._metrics import Metrics
 from sansmail_trio._mtasts import MtaSts
@@ -224,8 +224,8 @@ class QueueRunner:
         config: Config,
         queue: Queue,
         store: MailStore,
-        users: UserStore,
-        aliases: AliasSource,
+        users: Users,
+        aliases: Aliases,
         resolver: Resolver,
         log: logging.Logger,
         clock: Callable[[], float] = time.time,

@@ -52,18 +52,17 @@ from sansmail.mail.auth import AuthService, AuthSettings
 from sansmail.mail.authcache import AuthCache, AuthCacheSettings
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.imapd import ImapService
+from sansmail.sessions.lda import wants_sieve
 from sansmail.sessions.managesieved import ManageSieveService
 from sansmail.sessions.pop3d import Pop3Service
 from sansmail.sessions.smtpd import SmtpService, intake_checks, store_all
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases
 from sansmail.storage.generations import Counter, Generations
 from sansmail.storage.keys import load_or_create_srs_key
-from sansmail.storage.maildir import MaildirImapStore, MaildirMaildrops, MaildirStore, QuotaLimits
-from sansmail.storage.queue import QueueStore
 from sansmail.storage.repair import repair_at_start
-from sansmail.storage.sieve import SieveStore
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import Users
 from sansmail_trio._autoconfig import autoconfig_routes
+from sansmail_trio._backend import Stores, open_stores
 from sansmail_trio._commit import Committer
 from sansmail_trio._control import QUEUE_SOCKET, ProcessInfo, serve_control, server_socket_name
 from sansmail_trio._counts import Family, SharedCounts, family_of
@@ -196,15 +195,9 @@ async def serve(
     shutdown = trio.Event() if shutdown is None else shutdown
     started = time.time()
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store = MaildirStore(config.data_dir, hostname=config.hostname)
-    # Before the users and aliases are first read: a change announced from now on is
-    # seen, and one made before is in the files read next (storage/generations.py).
-    generations = await trio.to_thread.run_sync(Generations.open, config.data_dir)
-    users = UserStore(
-        config.data_dir / "users.json",
-        cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms,
-        generations=generations,
-    )
+    stores = await open_stores(config)
+    store, users, queue, aliases = stores.mail, stores.users, stores.queue, stores.aliases
+    generations = stores.generations
     # One auth service for every protocol, as Dovecot's auth serves Postfix. Trusted
     # networks are never locked out (they still get the failure delay).
     auth = AuthService(
@@ -213,18 +206,13 @@ async def serve(
         settings=auth_settings or AuthSettings.from_config(config),
         cache=_auth_cache(config, generations),
     )
-    await trio.to_thread.run_sync(users.reload_if_changed)
-    # Each user's storage limit: their own from users.json, else [quota] storage.
-    quota = store.quota = QuotaLimits(config.quota.storage, users.own_quota)
+    # Each user's storage limit: their own, else [quota] storage.
+    quota = stores.quota
     # Made or read once here, off the loop: SCRAM needs it for unknown users' fake salts.
     await trio.to_thread.run_sync(users.scram_secret)
     # Every SMTP listener offers TLS: a configured certificate, or one generated into
     # data_dir on first start (CONTRACT.md).
     tls = await trio.to_thread.run_sync(TLSContextHolder.from_config, config)
-    queue = QueueStore(config.data_dir / "queue")
-    aliases = await trio.to_thread.run_sync(
-        functools.partial(AliasSource, config.aliases, generations=generations)
-    )
     for problem in aliases.problems:
         if process == 0:
             log.warning("aliases: %s", problem)
@@ -243,6 +231,7 @@ async def serve(
             resolver=Resolver.from_config(config.dns),
             log=get_logger("queue"),
             metrics=metrics,
+            local_delivery=stores.local_delivery(),
         )
     smtp_log = get_logger("smtp")
     # One group committer for the SMTP sessions of this process (_commit.py).
@@ -252,6 +241,8 @@ async def serve(
     )
     check_resolver = Resolver.from_config(config.dns) if checks else None
     services: dict[str, Service] = {}
+    # Whether a recipient's mail goes through Sieve (the queue runner) or straight in.
+    sieve_wants = functools.partial(wants_sieve, config, stores.scripts())
     for name in ("smtp", "submission", "submissions"):
         shared = SmtpService(
             config=config,
@@ -265,6 +256,7 @@ async def serve(
             tls_available=tls is not None,
             checks=checks,
             mailbox_full=store.full,
+            sieve_wants=sieve_wants,
             observer=metrics.smtp(name),
         )
         smtp_service = SMTPService(
@@ -279,7 +271,7 @@ async def serve(
     for name in ("pop3", "pop3s"):
         pop3_shared = Pop3Service(
             config=config,
-            maildrops=MaildirMaildrops(store),
+            maildrops=stores.maildrops,
             users=users,
             auth=auth,
             service=name,
@@ -289,7 +281,7 @@ async def serve(
             shared=pop3_shared, log=pop3_log, tls=tls, counts=shared_counts
         )
     imap_log = get_logger("imap")
-    imap_store = MaildirImapStore(config.data_dir, hostname=config.hostname, quota=quota)
+    imap_store = stores.imap(quota=quota)
     for name in ("imap", "imaps"):
         imap_shared = ImapService(
             config=config,
@@ -304,7 +296,7 @@ async def serve(
         )
     managesieve_shared = ManageSieveService(
         config=config,
-        scripts=SieveStore(config.data_dir),
+        scripts=stores.scripts(),
         users=users,
         auth=auth,
         tls_available=tls is not None,
@@ -363,14 +355,20 @@ async def serve(
         await runner_nursery.start(
             serve_control, config.data_dir, server_socket_name(process + 1), control
         )
-        if process == 0:  # what a crash left in the Maildirs' tmp/ (storage/repair.py)
+        if process == 0 and not stores.postgresql:
+            # What a crash left in the Maildirs' tmp/ (storage/repair.py).
             repair = functools.partial(repair_at_start, config.data_dir, hostname=config.hostname)
             runner_nursery.start_soon(trio.to_thread.run_sync, repair)
         if runner is not None:
             await runner_nursery.start(runner.run)
         async with trio.open_nursery() as accept_nursery:
-            accept_nursery.start_soon(_reload_users, users, generations)
-            accept_nursery.start_soon(_reload_aliases, aliases)
+            if stores.db is not None:
+                # Other nodes' changes (and the CLI's): LISTEN/NOTIFY, which IMAP IDLE
+                # follows too; the queue runner, if here, looks at the queue at once.
+                await runner_nursery.start(_follow_database, stores, runner)
+            else:
+                accept_nursery.start_soon(_reload_users, users, generations)
+                accept_nursery.start_soon(_reload_aliases, aliases)
             accept_nursery.start_soon(_reload_tls_on_request, tls, generations)
             await accept_nursery.start(watch_sighup, tls)
             for name, listener in listeners:
@@ -401,6 +399,7 @@ async def serve(
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         runner_nursery.cancel_scope.cancel()
     metrics.flush()  # what the last sessions and deliveries counted
+    stores.close()
     log.info("stopped")
 
 
@@ -593,7 +592,7 @@ async def _handle_connection(
         sock.close()
 
 
-async def _reload_users(users: UserStore, generations: Generations) -> None:
+async def _reload_users(users: Users, generations: Generations) -> None:
     def housekeeping() -> bool:
         # A generations file deleted or restored under us would go unheard.
         if generations.reopen_if_replaced():
@@ -609,6 +608,38 @@ async def _reload_users(users: UserStore, generations: Generations) -> None:
             log.exception("cannot reload the user store; keeping the previous one")
 
 
+async def _follow_database(
+    stores: Stores,
+    runner: QueueRunner | None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The PostgreSQL backend's counterpart of `_reload_users` and `_reload_aliases`:
+    the users and aliases are re-read when a node (or the CLI) says they changed, and
+    this process's queue runner looks at the queue when any node queued a message."""
+
+    def reloaded(key: str) -> None:
+        if key == "aliases":
+            for problem in stores.aliases.problems:
+                log.warning("aliases: %s", problem)
+
+    # Imported here: psycopg is there only with the postgresql extra.
+    from sansmail_trio._pgnotify import run_listener  # noqa: PLC0415
+
+    async with trio.open_nursery() as nursery:
+        listener = await nursery.start(
+            functools.partial(
+                run_listener,
+                stores.db,
+                reload={"users": stores.users, "aliases": stores.aliases},  # type: ignore[dict-item]
+                reloaded=reloaded,
+            )
+        )
+        if runner is not None:
+            listener.on("queue", lambda _payload: runner.wake())
+        task_status.started()
+
+
 async def _reload_tls_on_request(tls: TLSContextHolder, generations: Generations) -> None:
     # `sansmail-trio reload` cannot signal us (there is no pid file); it bumps a counter.
     seen = generations[Counter.TLS]
@@ -620,7 +651,7 @@ async def _reload_tls_on_request(tls: TLSContextHolder, generations: Generations
             await trio.to_thread.run_sync(tls.reload)
 
 
-async def _reload_aliases(aliases: AliasSource) -> None:
+async def _reload_aliases(aliases: Aliases) -> None:
     reported: tuple[str, ...] = tuple(str(p) for p in aliases.problems)
     while True:
         await trio.sleep(USERS_RELOAD_INTERVAL)
@@ -650,18 +681,8 @@ async def serve_queue(
     delivers here, and their reloads), and the queue ids the SMTP processes announce on
     the pipe whose read end is `wakeups`."""
     started = time.time()
-    store = MaildirStore(config.data_dir, hostname=config.hostname)
-    generations = await trio.to_thread.run_sync(Generations.open, config.data_dir)
-    users = UserStore(
-        config.data_dir / "users.json",
-        cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms,
-        generations=generations,
-    )
-    await trio.to_thread.run_sync(users.reload_if_changed)
-    aliases = await trio.to_thread.run_sync(
-        functools.partial(AliasSource, config.aliases, generations=generations)
-    )
-    queue = QueueStore(config.data_dir / "queue")
+    stores = await open_stores(config, role="queue")
+    store, users, queue, aliases = stores.mail, stores.users, stores.queue, stores.aliases
     metrics = Metrics()
     runner = QueueRunner(
         config=config,
@@ -672,11 +693,15 @@ async def serve_queue(
         resolver=Resolver.from_config(config.dns),
         log=get_logger("queue"),
         metrics=metrics,
+        local_delivery=stores.local_delivery(),
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(metrics.run)  # counts to the files a scrape reads
-        nursery.start_soon(_reload_users, users, generations)
-        nursery.start_soon(_reload_aliases, aliases)
+        if stores.db is not None:
+            await nursery.start(_follow_database, stores, runner)
+        else:
+            nursery.start_soon(_reload_users, users, stores.generations)
+            nursery.start_soon(_reload_aliases, aliases)
         # Read from the start: what is announced while the runner waits for its lock
         # or recovers is kept in its schedule.
         nursery.start_soon(read_wakeups, wakeups, runner.wake)
@@ -695,3 +720,4 @@ async def serve_queue(
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         nursery.cancel_scope.cancel()
     metrics.flush()  # what the runner noted while it stopped
+    stores.close()

@@ -127,9 +127,9 @@ from sansmail.storage.maildir import (
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.sieve import (
     SCRIPT_SUFFIX,
-    DuplicateStore,
+    Duplicates,
     NoSuchScriptError,
-    SieveStore,
+    SieveScripts,
     SieveStoreError,
     valid_script_name,
 )
@@ -171,7 +171,7 @@ class LocalDelivery:
         self,
         *,
         config: Config,
-        scripts: SieveStore,
+        scripts: SieveScripts,
         imap: ImapStore,
         queue: QueueStore,
         store: MailStore | None = None,
@@ -279,7 +279,7 @@ def _parse(raw: bytes) -> Script | SieveError:
 # -- one delivery ---------------------------------------------------------------------------
 
 
-def wants_sieve(config: Config, scripts: SieveStore, mailbox: MailboxId) -> bool:
+def wants_sieve(config: Config, scripts: SieveScripts, mailbox: MailboxId) -> bool:
     """BLOCKING (one stat): whether mail for `mailbox` goes through its scripts, an
     active one or ``[sieve] before``. The SMTP intake asks it with no delivery to make."""
     return config.sieve.before is not None or scripts.has_active(mailbox)
@@ -319,7 +319,7 @@ class _Delivery:
         self._grace = False
         #: The folders (`folder_key`) that have their copy.
         self.stored: set[str] = set()
-        self._duplicates: DuplicateStore | None = None
+        self._duplicates: Duplicates | None = None
         self._duplicates_failed = False
 
     # -- plumbing ---------------------------------------------------------------------
@@ -338,7 +338,7 @@ class _Delivery:
                 account.quota_limit = 0  # this delivery only: the account is ours alone
         return self._account
 
-    def duplicates(self) -> DuplicateStore | None:
+    def duplicates(self) -> Duplicates | None:
         """The user's duplicate database; None (with one warning) when it cannot open."""
         if self._duplicates is None and not self._duplicates_failed:
             try:

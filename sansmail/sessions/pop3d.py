@@ -90,7 +90,7 @@ from sansmail.storage.maildir import (
     MessageReader,
     Pop3Maildrop,
 )
-from sansmail.storage.users import UserStore
+from sansmail.storage.users import Users
 
 __all__ = [
     "AUTH_THROTTLED",
@@ -146,7 +146,7 @@ class Pop3Service:
     config: Config
     #: Where each session's maildrop is opened (`MaildirMaildrops`, `PgMaildrops`).
     maildrops: MaildropSource
-    users: UserStore
+    users: Users
     #: Password checks, failure delays and throttling, shared with SMTP and IMAP.
     auth: AuthService
     service: str = "pop3"

@@ -92,11 +92,11 @@ from sansmail.mail.envelope import CorruptEnvelopeError, QueuedMessage
 from sansmail.mail.logtext import printable
 from sansmail.mail.notices import Notice, notices, postmaster_address
 from sansmail.mail.retry import RetryPolicy
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases
 from sansmail.storage.dkimkeys import DkimKeys
 from sansmail.storage.maildir import MailStore
-from sansmail.storage.queue import Queue, SharedQueue, UnknownQueueIdError
-from sansmail.storage.users import UserStore, UsersUnavailableError
+from sansmail.storage.queue import ClaimLostError, Queue, SharedQueue, UnknownQueueIdError
+from sansmail.storage.users import Users, UsersUnavailableError
 
 if TYPE_CHECKING:  # only its type: a runner without Sieve never loads the evaluator
     from sansmail.sessions.lda import LocalDelivery
@@ -134,8 +134,8 @@ class QueueManager:
         config: Config,
         queue: Queue,
         store: MailStore,
-        users: UserStore,
-        aliases: AliasSource,
+        users: Users,
+        aliases: Aliases,
         policy: RetryPolicy,
         dkim_keys: DkimKeys | None = None,
         local_delivery: LocalDelivery | None = None,
@@ -535,6 +535,12 @@ class Attempt:
             if result.finished:
                 queue.delete(message.queue_id, sync=sync)
                 self._log.append(LogLine(f"{message.queue_id}: removed"))
+        except ClaimLostError:
+            # Its lease ended while we delivered (a node stalled for minutes): the node
+            # that holds it now decides; what it was sent here is logged above.
+            text = f"{message.queue_id}: taken over by another node during delivery"
+            self._log.append(LogLine(text, level="warning"))
+            return Finished(None, tuple(queued))
         except UnknownQueueIdError:
             text = f"{message.queue_id}: deleted from the queue during delivery"
             self._log.append(LogLine(text))

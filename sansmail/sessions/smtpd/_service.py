@@ -20,11 +20,11 @@ from sansmail.sessions.lda import wants_sieve
 from sansmail.sessions.smtpd._checks import Check, Inquiring
 from sansmail.sessions.smtpd._observer import NO_OBSERVER, SmtpObserver
 from sansmail.smtp import Reply
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases
 from sansmail.storage.maildir import MailStore
-from sansmail.storage.queue import QueueStore
+from sansmail.storage.queue import Queue
 from sansmail.storage.sieve import SieveStore
-from sansmail.storage.users import UserStore, UsersUnavailableError
+from sansmail.storage.users import Users, UsersUnavailableError
 
 __all__ = ["SUBMISSION_SERVICES", "SmtpService"]
 
@@ -38,9 +38,9 @@ class SmtpService:
 
     config: Config
     store: MailStore
-    users: UserStore
-    queue: QueueStore
-    aliases: AliasSource
+    users: Users
+    queue: Queue
+    aliases: Aliases
     auth: AuthService
     srs_key: bytes
     service: str = "smtp"

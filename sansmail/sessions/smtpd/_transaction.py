@@ -21,7 +21,7 @@ from sansmail.mail.recipients import Resolution
 from sansmail.sessions.smtpd._replies import NOT_STORED
 from sansmail.smtp import Reply
 from sansmail.storage.maildir import Delivery, MailStore
-from sansmail.storage.queue import QueueStore, QueueWriter
+from sansmail.storage.queue import Queue, QueueEntryWriter
 
 __all__ = [
     "NO_STORAGE",
@@ -67,7 +67,7 @@ class Outgoing:
 
     sender: Address | None
     recipients: list[tuple[Address, QueuedRecipient]] = attrs.Factory(list)
-    writer: QueueWriter | None = None
+    writer: QueueEntryWriter | None = None
 
 
 @attrs.define
@@ -121,7 +121,7 @@ class Transaction:
     headers_done: bool = False
     delivery: Delivery | None = None
     #: The queue writers of `outgoing`, made when the files start.
-    writers: list[QueueWriter] = attrs.Factory(list)
+    writers: list[QueueEntryWriter] = attrs.Factory(list)
     #: The queue copies committed so far (`commit_queue_copies`).
     queued: list[QueuedMessage] = attrs.Factory(list)
     chunk_size: int = 0
@@ -145,7 +145,7 @@ class Transaction:
             return self.delivery.size
         return sum(w.size for w in self.writers[:1])
 
-    def start(self, store: MailStore, queue: QueueStore, trace_fields: bytes) -> None:
+    def start(self, store: MailStore, queue: Queue, trace_fields: bytes) -> None:
         """Start the copies: the local delivery with Return-Path (RFC 5321 §4.4: added
         at final delivery, never in transit) above `trace_fields`, and one queue file per
         outgoing envelope: relayed, forwarded, and the local recipients delivered through
@@ -201,7 +201,7 @@ class Transaction:
         """Blocking: make the queue copies durable (the first half of the commit, see
         `store_all`). On failure the error propagates, and `queued` holds the copies
         already committed, for `take_back`. With `sync=False` their names are durable
-        only after the queue's next `QueueStore.sync` (shared by a batch)."""
+        only after the queue's next `Queue.sync` (shared by a batch)."""
         queued: list[QueuedMessage] = []
         try:
             for outgoing in self.outgoing:
@@ -224,7 +224,7 @@ class Transaction:
         self.queued = queued
         return queued
 
-    def take_back(self, queue: QueueStore, log: LogSink) -> None:
+    def take_back(self, queue: Queue, log: LogSink) -> None:
         """Blocking: delete the queue copies `commit_queue_copies` made, so a 451 never
         leaves one behind that the client's retry would relay a second time."""
         queued, self.queued = self.queued, []
@@ -239,7 +239,7 @@ class Transaction:
         partial `store`, and more than once. Every copy is tried even when one fails
         (a close(2) may report EIO): a tmp file left behind is never delivered, and the
         next start removes it."""
-        copies: list[Delivery | QueueWriter] = [*self.writers]
+        copies: list[Delivery | QueueEntryWriter] = [*self.writers]
         if self.delivery is not None:
             copies.insert(0, self.delivery)
         for copy in copies:
@@ -256,7 +256,7 @@ class Storing:
 
     transaction: Transaction
     store: MailStore
-    queue: QueueStore
+    queue: Queue
     now: float
     log: LogSink
     error: OSError | None = None
