@@ -73,7 +73,7 @@ from sansmail.mail.envelope import (
 from sansmail.storage.maildir import BackendUnavailableError
 from sansmail.storage.pg._db import Database, DatabaseError
 from sansmail.storage.pg._mailrows import CHANNEL
-from sansmail.storage.queue._base import Claimed
+from sansmail.storage.queue._base import Claimed, ClaimLostError
 from sansmail.storage.queue._store import UnknownQueueIdError
 
 __all__ = [
@@ -95,7 +95,7 @@ class QueueUnavailableError(BackendUnavailableError):
     """The database failed or could not be reached: a temporary failure."""
 
 
-class LeaseLostError(UnknownQueueIdError):
+class LeaseLostError(ClaimLostError):
     """Another node holds the message now: this node's lease ran out and it took the
     message over, so this node's verdicts are not written."""
 

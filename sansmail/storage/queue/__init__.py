@@ -21,12 +21,19 @@ from sansmail.mail.envelope import (
     RecipientState,
     check_queue_id,
 )
-from sansmail.storage.queue._base import Claimed, Queue, QueueEntryWriter, SharedQueue
+from sansmail.storage.queue._base import (
+    Claimed,
+    ClaimLostError,
+    Queue,
+    QueueEntryWriter,
+    SharedQueue,
+)
 from sansmail.storage.queue._mailq import format_mailq, mailq_json_lines
 from sansmail.storage.queue._store import QueueStore, QueueWriter, UnknownQueueIdError
 
 __all__ = [
     "AttemptResult",
+    "ClaimLostError",
     "Claimed",
     "CorruptEnvelopeError",
     "Outcome",

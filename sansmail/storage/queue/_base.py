@@ -22,8 +22,14 @@ from typing import Protocol, runtime_checkable
 import attrs
 
 from sansmail.mail.envelope import QueuedMessage
+from sansmail.storage.queue._store import UnknownQueueIdError
 
-__all__ = ["Claimed", "Queue", "QueueEntryWriter", "SharedQueue"]
+__all__ = ["ClaimLostError", "Claimed", "Queue", "QueueEntryWriter", "SharedQueue"]
+
+
+class ClaimLostError(UnknownQueueIdError):
+    """A `SharedQueue`'s message another node holds now (this node's lease ran out, and
+    it took the message over): this node's verdicts are not written."""
 
 
 class QueueEntryWriter(Protocol):

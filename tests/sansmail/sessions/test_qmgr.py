@@ -579,6 +579,25 @@ def test_claim_opens_what_is_due_for_this_node_and_sets_aside_what_is_damaged(
     assert set(server.queued()) == {first, later}
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_attempt_whose_claim_was_taken_over_writes_nothing(
+    server: Server, pg_db: Database
+) -> None:
+    qid = server.enqueue("x@far.test", "y@far.test")
+    (attempt,) = server.manager.claim(10, now=NOW).attempts
+    # This node stalled past its lease; another took the message over.
+    other = PgQueueStore(pg_db, node="other:1")
+    assert [m.queue_id for m, _c in other.claim(10, now=NOW + 301).messages] == [qid]
+    remote(attempt, {"x@far.test": LATER, "y@far.test": REFUSED})
+    attempt.take_log()
+    assert attempt.finish(now=NOW, jitter=0.0) == Finished(None)
+    assert attempt.take_log() == [
+        LogLine(f"{qid}: taken over by another node during delivery", level="warning")
+    ]
+    assert [r.attempts for r in server.queued()[qid].recipients] == [0, 0]  # not written
+    assert set(server.queued()) == {qid}  # and no bounce queued
+
+
 @files_only
 def test_only_a_shared_queue_is_claimed_from(server: Server) -> None:
     with pytest.raises(TypeError):

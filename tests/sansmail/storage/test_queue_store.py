@@ -84,6 +84,7 @@ def files(store: QueueStore) -> list[str]:
 def test_public_names() -> None:
     assert sorted(sansmail.storage.queue.__all__) == [
         "AttemptResult",
+        "ClaimLostError",
         "Claimed",
         "CorruptEnvelopeError",
         "Outcome",
