@@ -49,7 +49,7 @@ async def open_stores(
         db.close()
         raise
     quota = QuotaLimits(config.quota.storage, users.own_quota)
-    queue = PgQueueStore(db, node=node_name(config))
+    queue = PgQueueStore(db, node=node_name(config), lease=config.storage.queue_lease)
 
     def make_imap(limits: Callable[[MailboxId], int] | None) -> ImapStore:
         return PgImapStore(db, hostname=config.hostname, quota=limits)

@@ -155,6 +155,7 @@ before = ""
 [storage]
 backend = "maildir"
 dsn = ""
+queue_lease = "1m"
 
 [quota]
 storage = 0
@@ -321,6 +322,10 @@ class StorageConfig:
     backend: StorageBackend = "maildir"
     # backend = "postgresql": a libpq URI. It may hold a password: never print it.
     dsn: str = attrs.field(default="", repr=False)
+    # backend = "postgresql": how long a node's claim on a queued message lasts unless
+    # renewed (every third of it, while the attempt runs); a node that died gives its
+    # messages up to the other nodes when its claims end.
+    queue_lease: float = 60.0
 
 
 @attrs.frozen(kw_only=True)

@@ -438,4 +438,5 @@ def _read_storage(table: Table) -> StorageConfig:
     dsn = table.get("dsn", _values.dsn, "")
     if backend == "postgresql" and not dsn:
         table.problem("backend", '"postgresql" needs a dsn: postgresql://user@host:5432/sansmail')
-    return StorageConfig(backend=backend, dsn=dsn)
+    lease = table.duration("queue_lease", StorageConfig().queue_lease, 1)
+    return StorageConfig(backend=backend, dsn=dsn, queue_lease=lease)
