@@ -325,7 +325,7 @@ class StorageConfig:
     # backend = "postgresql": how long a node's claim on a queued message lasts unless
     # renewed (every third of it, while the attempt runs); a node that died gives its
     # messages up to the other nodes when its claims end.
-    queue_lease: float = 60.0
+    queue_lease: int = 60  # seconds
 
 
 @attrs.frozen(kw_only=True)
