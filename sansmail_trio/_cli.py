@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from sansmail import __version__
 from sansmail.config import (
@@ -46,7 +46,7 @@ from sansmail.mail.envelope import check_queue_id
 from sansmail.mail.sieve import SieveError
 from sansmail.mail.sieve import parse_bytes as parse_sieve
 from sansmail.mail.sieve._parser import DEFAULT_MAX_SIZE as SIEVE_MAX_SIZE
-from sansmail.storage.aliasfile import AliasSource
+from sansmail.storage.aliasfile import Aliases, AliasSource
 from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
 from sansmail.storage.maildir import MaildirStore, recalculate_usage
@@ -59,16 +59,20 @@ from sansmail.storage.queue import (
 from sansmail.storage.sieve import (
     SieveQuota,
     SieveQuotaError,
+    SieveScripts,
     SieveStore,
     SieveStoreError,
     valid_script_name,
 )
-from sansmail.storage.users import UserError, UserStore
+from sansmail.storage.users import UserError, Users, UserStore
 from sansmail_trio import _cli_admin as admin
 from sansmail_trio import _cli_mailbox, _cli_storage
 from sansmail_trio._control import ControlError
 from sansmail_trio._privileges import PrivilegeError, become, claim, resolve, resolve_uid
 from sansmail_trio._tls import tls_files_problem
+
+if TYPE_CHECKING:
+    from sansmail.storage.pg import Database
 
 __all__ = ["main"]
 
@@ -171,6 +175,12 @@ all the same, without the entries that have them (and the exit status is 1).
 An edit made without newaliases, to the aliases file or to an include file (which,
 as in Postfix, needs no newaliases), is picked up by a running server within about a
 second; run newaliases after it to have it in force at once.
+
+With [storage] backend = "postgresql", every node delivers with the aliases in the
+database, and newaliases is how they get there: it reads the aliases file and its
+include files on this machine and stores their text in the database, in one
+transaction, and every node takes them at once. There, an edit to the aliases file or
+to an include file is in force only after newaliases.
 
 examples:
   {PROG} newaliases --config /etc/sansmail.toml
@@ -658,14 +668,35 @@ def _user_quota(args: argparse.Namespace) -> int:
     limit = config.quota.storage if user.quota is None else user.quota
     whose = "[quota] storage" if user.quota is None else "own"
     mailbox = MailboxId(domain=address.domain, local=address.local_part.lower())
-    root = MaildirStore(config.data_dir, hostname=config.hostname).maildir(mailbox)
     shown = f"{limit} octets ({whose})" if limit else f"none ({whose})"
+    if config.storage.backend == "postgresql":
+        octets, messages = _database_usage(config, mailbox)
+        print(f"{user.address}: limit {shown}, used {octets} octets in {messages} messages")
+        return 0
+    root = MaildirStore(config.data_dir, hostname=config.hostname).maildir(mailbox)
     if not root.is_dir():
         print(f"{user.address}: limit {shown}, used 0 octets (no mail yet)")
         return 0
     used = recalculate_usage(str(root), limit)
     print(f"{user.address}: limit {shown}, used {used.octets} octets in {used.messages} messages")
     return 0
+
+
+def _database_usage(config: Config, mailbox: MailboxId) -> tuple[int, int]:
+    """(octets, messages) the database counts for `mailbox` (the writers keep it)."""
+    from sansmail.storage.pg import DatabaseError  # noqa: PLC0415 (psycopg)
+    from sansmail.storage.pg._mailrows import mailbox_key  # noqa: PLC0415
+
+    try:
+        with _database(config).transaction() as cur:
+            cur.execute(
+                "SELECT octets, messages FROM mail_usage WHERE mailbox = %s",
+                (mailbox_key(mailbox),),
+            )
+            row = cur.fetchone()
+    except DatabaseError as exc:
+        raise CommandError(str(exc)) from None
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _quota_size(text: str) -> int | None:
@@ -703,7 +734,9 @@ def _newaliases(args: argparse.Namespace) -> int:
     # The file as just read is what every server process uses for its next RCPT, even
     # with problems: a server would take it within a second anyway, without the
     # entries that have them. No data_dir: no server has ever run, nothing to tell.
-    if config.data_dir.is_dir():
+    if config.storage.backend == "postgresql":
+        _import_aliases(config, source)
+    elif config.data_dir.is_dir():
         bump(config.data_dir, Counter.ALIASES)
     for problem in source.problems:
         print(problem, file=sys.stderr)
@@ -721,7 +754,23 @@ def _newaliases(args: argparse.Namespace) -> int:
     return 0
 
 
-def _role_warnings(config: Config, source: AliasSource) -> list[str]:
+def _import_aliases(config: Config, source: AliasSource) -> None:
+    """On the PostgreSQL backend every node delivers with the aliases in the database:
+    put the file and its include files there, and tell the nodes (`PgAliasSource`)."""
+    from sansmail.storage.pg import DatabaseError  # noqa: PLC0415 (psycopg)
+    from sansmail.storage.pg._aliases import import_aliases  # noqa: PLC0415
+
+    if source.text is None:
+        for problem in source.problems:
+            print(problem, file=sys.stderr)
+        raise CommandError(f"{config.aliases}: cannot be read; the aliases in force are kept")
+    try:
+        import_aliases(_database(config), source)
+    except DatabaseError as exc:
+        raise CommandError(f"{exc}; the aliases in force are kept") from None
+
+
+def _role_warnings(config: Config, source: Aliases) -> list[str]:
     store = _user_store(config)
     return role_account_problems(
         source.table,
@@ -919,7 +968,7 @@ def _sieve_valid(name: str, raw: bytes) -> bool:
 
 def _sieve_put(args: argparse.Namespace) -> int:
     config, address, mailbox = _sieve_user(args)
-    scripts = SieveStore(config.data_dir)
+    scripts = _sieve_store(config)
     name = _sieve_name(args.name)
     limit = scripts.quota.max_script_size
     try:
@@ -949,7 +998,7 @@ def _sieve_put(args: argparse.Namespace) -> int:
 def _sieve_get(args: argparse.Namespace) -> int:
     config, address, mailbox = _sieve_user(args)
     try:
-        text = SieveStore(config.data_dir).get(mailbox, _sieve_name(args.name))
+        text = _sieve_store(config).get(mailbox, _sieve_name(args.name))
     except SieveStoreError as error:
         raise CommandError(f"{address}: {error}") from None
     sys.stdout.buffer.write(text)
@@ -958,8 +1007,11 @@ def _sieve_get(args: argparse.Namespace) -> int:
 
 
 def _sieve_list(args: argparse.Namespace) -> int:
-    config, _address, mailbox = _sieve_user(args)
-    listed = SieveStore(config.data_dir).list(mailbox)
+    config, address, mailbox = _sieve_user(args)
+    try:
+        listed = _sieve_store(config).list(mailbox)
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
     if args.json:
         print(json.dumps([{"name": name, "active": active} for name, active in listed]))
         return 0
@@ -972,7 +1024,7 @@ def _sieve_activate(args: argparse.Namespace) -> int:
     config, address, mailbox = _sieve_user(args)
     name = _sieve_name(args.name)
     try:
-        SieveStore(config.data_dir).activate(mailbox, name)
+        _sieve_store(config).activate(mailbox, name)
     except SieveStoreError as error:
         raise CommandError(f"{address}: {error}") from None
     print(f"script {name!r} is active for {address}")
@@ -981,9 +1033,12 @@ def _sieve_activate(args: argparse.Namespace) -> int:
 
 def _sieve_deactivate(args: argparse.Namespace) -> int:
     config, address, mailbox = _sieve_user(args)
-    scripts = SieveStore(config.data_dir)
-    was = scripts.active(mailbox)
-    scripts.activate(mailbox, None)
+    scripts = _sieve_store(config)
+    try:
+        was = scripts.active(mailbox)
+        scripts.activate(mailbox, None)
+    except SieveStoreError as error:
+        raise CommandError(f"{address}: {error}") from None
     if was is None:
         print(f"{address} had no active script")
     else:
@@ -995,7 +1050,7 @@ def _sieve_delete(args: argparse.Namespace) -> int:
     config, address, mailbox = _sieve_user(args)
     name = _sieve_name(args.name)
     try:
-        SieveStore(config.data_dir).delete(mailbox, name)
+        _sieve_store(config).delete(mailbox, name)
     except SieveStoreError as error:
         raise CommandError(f"{address}: {error}") from None
     print(f"deleted script {name!r} of {address}")
@@ -1058,11 +1113,35 @@ def _default_hostname() -> str:
     return name if _LDH_NAME.match(name) and len(name) <= 253 else "localhost"
 
 
-def _user_store(config: Config) -> UserStore:
+def _user_store(config: Config) -> Users:
     # CRAM-MD5 keys are password-equivalent: made only where the mechanism is enabled.
-    return UserStore(
-        config.data_dir / "users.json", cram_md5="CRAM-MD5" in config.smtp.auth_mechanisms
-    )
+    cram_md5 = "CRAM-MD5" in config.smtp.auth_mechanisms
+    if config.storage.backend == "postgresql":
+        from sansmail.storage.pg._users import PgUserStore  # noqa: PLC0415 (psycopg)
+
+        return PgUserStore(_database(config), cram_md5=cram_md5)
+    return UserStore(config.data_dir / "users.json", cram_md5=cram_md5)
+
+
+def _sieve_store(config: Config) -> SieveScripts:
+    if config.storage.backend == "postgresql":
+        from sansmail.storage.pg._sieve import PgSieveStore  # noqa: PLC0415 (psycopg)
+
+        return PgSieveStore(_database(config))
+    return SieveStore(config.data_dir)
+
+
+# The databases this command opened (the backend's stores on one `Database` each), for
+# `main` to close when the command ends.
+_DATABASES: list[Database] = []
+
+
+def _database(config: Config) -> Database:
+    """The ``[storage] dsn`` database (the accounts commands on the PostgreSQL backend);
+    closed by `main` when the command ends."""
+    db = _cli_storage._database(config)
+    _DATABASES.append(db)
+    return db
 
 
 def _queue_store(config: Config) -> QueueStore:
@@ -1105,13 +1184,22 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
+def _run_closing(args: argparse.Namespace) -> int:
+    try:
+        status: int = args.run(args)
+    finally:
+        while _DATABASES:
+            _DATABASES.pop().close()
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script `sansmail-trio`; returns the exit status."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     name: str = args.command_name
     try:
-        status: int = args.run(args)
+        status: int = _run_closing(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
