@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import trio
 from argon2 import PasswordHasher
+from psycopg.conninfo import make_conninfo
 
 from sansmail.mail.address import Address
 from sansmail.storage.pg import Database
@@ -181,3 +182,15 @@ async def test_idle_on_keys_subscribes_on_the_listener(
 async def test_idle_on_keys_without_a_listener_polls() -> None:
     with _subscribe(_Session(("mail:5",))) as changes:  # type: ignore[arg-type]
         assert not changes.available
+
+
+def test_the_listening_connection_asks_for_keepalives(pg_db: Database, pg_dsn: str) -> None:
+    # A peer gone silent (no FIN, no RST) must end the connection, or the node would
+    # take it for a quiet one and hear nothing more.
+    with NotificationConnection(pg_db) as connection:
+        assert connection.settings["keepalives_idle"] == "30"
+        assert connection.settings["tcp_user_timeout"] == "60000"
+    # What the DSN says is kept.
+    with NotificationConnection(Database(make_conninfo(pg_dsn, keepalives_idle=5))) as connection:
+        assert connection.settings["keepalives_idle"] == "5"
+        assert connection.settings["keepalives_count"] == "3"
