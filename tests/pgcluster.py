@@ -10,6 +10,8 @@ migrating again), dropped when the test ends.
 power, which no test does; every commit is still a commit (``synchronous_commit`` stays
 on), so what a test sees after a commit is what a node would. Root cannot run the
 server: as root the cluster belongs to the ``postgres`` user the Debian package makes.
+`Cluster`'s ``settings`` override those (``bench/pg_bench.py`` measures with ``fsync =
+on``, the durability a node's figures must include).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import psycopg
 
@@ -55,8 +57,9 @@ class Cluster:
 
     user = "sansmail"
 
-    def __init__(self, bindir: pathlib.Path) -> None:
+    def __init__(self, bindir: pathlib.Path, settings: Mapping[str, str] | None = None) -> None:
         self.bindir = bindir
+        self.settings = dict(settings or {})
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="sansmail-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -122,6 +125,8 @@ class Cluster:
                     "max_connections=200",
                     "-c",
                     "shared_buffers=32MB",
+                    # Later -c options win: the caller's replace the defaults above.
+                    *(f"-c{name}={value}" for name, value in self.settings.items()),
                 ]
             ),
             stdout=log,
