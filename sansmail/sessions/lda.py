@@ -163,9 +163,8 @@ class LocalDelivery:
     """Delivery through Sieve for the mailboxes of one server (see the module
     docstring). `store` is the direct path's mail store (Maildir or PostgreSQL, as
     `imap`), with the storage limits `imap` has (None: every copy goes through the IMAP
-    account). `srs_key` (None: read
-    or made in ``data_dir/srs.key`` at the first redirect) and `limits` may be given;
-    the rest is the server's."""
+    account). `srs_key` (None: read or made in ``data_dir/srs.key`` at the first
+    redirect) and `limits` may be given; the rest is the server's."""
 
     def __init__(
         self,

@@ -1,6 +1,8 @@
 """`Pop3Session` without sockets: client bytes go into the real POP3 core, the session
 answers each event as an adapter would (its blocking calls run inline), and the tests
-compare the octets a client would read, the log lines and the Maildir on disk."""
+compare the octets a client would read, the log lines and the Maildir on disk. The tests
+that look at the maildrop only through the session run on both backends (the `server`
+fixture's param: "maildir", "postgresql")."""
 
 from __future__ import annotations
 
@@ -20,7 +22,13 @@ from sansmail.sessions import pop3d
 from sansmail.sessions.common import Refusal
 from sansmail.sessions.login import BLOCKING, FINISHED
 from sansmail.sessions.pop3d import Pop3Service, Pop3Session, Transfer
-from sansmail.storage.maildir import MaildirImapStore, MaildirMaildrops, MaildirStore
+from sansmail.storage.maildir import MaildirImapStore, MaildirMaildrops, MaildirStore, MailStore
+from sansmail.storage.maildir._imapmaildir import split_name
+from sansmail.storage.maildir._mailbox import _listed_snapshot
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._delivery import PgMailStore
+from sansmail.storage.pg._maildrop import PgMaildrops, unique_id
+from sansmail.storage.pg._mailrows import remove_messages
 from sansmail.storage.users import UserStore
 
 ALICE = MailboxId(domain="example.test", local="alice")
@@ -31,6 +39,8 @@ MESSAGES = [
     b"Subject: third\n\nbye\n",
 ]
 TLS = "TLSv1.3 TLS_AES_256_GCM_SHA384"
+BACKENDS = ("maildir", "postgresql")
+_LETTERS = {"S": "\\Seen", "F": "\\Flagged", "R": "\\Answered"}
 
 
 def wire(stored: bytes) -> bytes:
@@ -42,26 +52,41 @@ def b64(data: bytes) -> bytes:
 
 
 class Server:
-    """A `Pop3Service` over a temporary data dir, with alice (password "secret")."""
+    """A `Pop3Service` over a temporary data dir, with alice (password "secret"); the
+    mailboxes in Maildirs, or in the database `db`."""
 
-    def __init__(self, tmp_path: pathlib.Path, extra: str = "", **settings: object) -> None:
+    def __init__(
+        self,
+        tmp_path: pathlib.Path,
+        extra: str = "",
+        *,
+        db: Database | None = None,
+        **settings: object,
+    ) -> None:
         text = (
             'hostname = "mx.example.test"\n'
             'domains = ["example.test"]\n'
             f'data_dir = "{tmp_path / "data"}"\n' + extra
         )
         self.config = parse_config(text, source=None, default_hostname="unused.example")
-        self.store = MaildirStore(self.config.data_dir, hostname="mx.example.test")
+        self.db = db
+        self.store: MailStore
+        if db is None:
+            self.store = MaildirStore(self.config.data_dir, hostname="mx.example.test")
+            maildrops = MaildirMaildrops(self.store)
+            self.root = self.store.maildir(ALICE)
+        else:
+            self.store = PgMailStore(db, hostname="mx.example.test")
+            maildrops = PgMaildrops(db)
         users = UserStore(tmp_path / "users.json")
         users.add(parse_address(ADDRESS), "secret")
         fast = AuthSettings(failure_delay=0.01, max_failure_delay=0.02, **settings)  # type: ignore[arg-type]
         self.service = Pop3Service(
             config=self.config,
-            maildrops=MaildirMaildrops(self.store),
+            maildrops=maildrops,
             users=users,
             auth=AuthService(users, secret=b"k" * 32, settings=fast),
         )
-        self.root = self.store.maildir(ALICE)
 
     def deliver(self, *messages: bytes) -> list[str]:
         names = []
@@ -73,6 +98,38 @@ class Server:
 
     def files(self) -> dict[str, list[str]]:
         return {sub: sorted(os.listdir(self.root / sub)) for sub in ("new", "cur")}
+
+    def uidl(self, name: str) -> str:
+        """The UIDL of the message `deliver` named `name`."""
+        if self.db is None:
+            return name
+        uidvalidity, uid = name.split(".")
+        return unique_id(int(uidvalidity), int(uid))
+
+    def remove(self, name: str) -> None:
+        """Another client (IMAP, another tool) removes the message named `name`."""
+        if self.db is None:
+            (self.root / "new" / name).unlink()
+            return
+        with self.db.transaction() as cur:
+            cur.execute("SELECT id FROM mail_folders WHERE name = 'INBOX'")
+            ((folder_id,),) = cur.fetchall()
+            remove_messages(cur, folder_id, "alice@example.test", [int(name.split(".")[1])])
+
+    def flags(self) -> list[tuple[str, frozenset[str]]]:
+        """(UIDL, flags) of each message in the INBOX, in arrival order."""
+        if self.db is None:
+            out = []
+            for info in _listed_snapshot(str(self.root)):
+                letters = split_name(info.name)[1] or ""
+                out.append((info.uid, frozenset(_LETTERS[c] for c in letters if c in _LETTERS)))
+            return out
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT f.uidvalidity, m.uid, m.flags FROM mail_messages m"
+                " JOIN mail_folders f ON f.id = m.folder_id ORDER BY m.uid"
+            )
+            return [(unique_id(v, u), frozenset(flags)) for v, u, flags in cur.fetchall()]
 
 
 class Client:
@@ -193,8 +250,21 @@ class Client:
 
 
 @pytest.fixture
-def server(tmp_path: pathlib.Path) -> Server:
-    return Server(tmp_path)
+def server_extra() -> str:
+    """More configuration for `server` (a test parametrizes it)."""
+    return ""
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: pathlib.Path, server_extra: str) -> Server:
+    """The Maildir server, or with ``parametrize("server", BACKENDS, indirect=True)``
+    each backend in turn."""
+    backend = getattr(request, "param", "maildir")
+    db = request.getfixturevalue("pg_db") if backend == "postgresql" else None
+    return Server(tmp_path, server_extra, db=db)
+
+
+both_backends = pytest.mark.parametrize("server", BACKENDS, indirect=True)
 
 
 @pytest.fixture
@@ -358,6 +428,7 @@ def test_client_gone_mid_exchange_ends_the_session(server: Server) -> None:
     assert client.log_lines()[-1] == "disconnect: rip=127.0.0.1, no login, reason=connection closed"
 
 
+@both_backends
 def test_maildrop_in_use(server: Server, clients: list[Client]) -> None:
     server.deliver(MESSAGES[0])
     first = connect(server, clients)
@@ -375,6 +446,7 @@ def test_maildrop_in_use(server: Server, clients: list[Client]) -> None:
 # --- TRANSACTION ----------------------------------------------------------------------------
 
 
+@both_backends
 def test_numbering_list_uidl_stat_dele_rset(server: Server, clients: list[Client]) -> None:
     names = server.deliver(*MESSAGES)
     sizes = [len(wire(m)) for m in MESSAGES]
@@ -386,7 +458,9 @@ def test_numbering_list_uidl_stat_dele_rset(server: Server, clients: list[Client
     )
     assert client.send(b"UIDL\r\n") == (
         b"+OK\r\n"
-        + b"".join(b"%d %s\r\n" % (n, name.encode()) for n, name in enumerate(names, 1))
+        + b"".join(
+            b"%d %s\r\n" % (n, server.uidl(name).encode()) for n, name in enumerate(names, 1)
+        )
         + b".\r\n"
     )
     assert client.line(b"DELE 2") == b"+OK Message 2 deleted"
@@ -394,7 +468,7 @@ def test_numbering_list_uidl_stat_dele_rset(server: Server, clients: list[Client
         assert client.line(command) == b"-ERR Message 2 already deleted"
     assert client.line(b"LIST 4") == b"-ERR No such message, only 3 messages in maildrop"
     assert client.line(b"LIST 3") == b"+OK 3 %d" % sizes[2]
-    assert client.line(b"UIDL 3") == b"+OK 3 " + names[2].encode()
+    assert client.line(b"UIDL 3") == b"+OK 3 " + server.uidl(names[2]).encode()
     assert client.line(b"STAT") == b"+OK 2 %d" % (sizes[0] + sizes[2])
     assert client.send(b"LIST\r\n") == (
         b"+OK 2 messages (%d octets)\r\n1 %d\r\n3 %d\r\n.\r\n"
@@ -403,9 +477,10 @@ def test_numbering_list_uidl_stat_dele_rset(server: Server, clients: list[Client
     assert client.line(b"RSET") == b"+OK Maildrop has 3 messages (%d octets)" % sum(sizes)
     assert client.line(b"NOOP") == b"+OK"
     assert client.line(b"QUIT") == b"+OK Logging out, 0 messages deleted"
-    assert len(server.files()["new"]) == 3
+    assert len(server.flags()) == 3
 
 
+@both_backends
 def test_retr_and_top_exact_octets_and_stuffing(server: Server, clients: list[Client]) -> None:
     server.deliver(*MESSAGES[:2])
     client = connect(server, clients)
@@ -427,6 +502,7 @@ BIG = b"Subject: big\n\n" + b"".join(
 )
 
 
+@both_backends
 def test_big_retr_is_read_in_chunks(server: Server, clients: list[Client]) -> None:
     server.deliver(BIG)
     client = connect(server, clients)
@@ -454,6 +530,7 @@ def test_big_retr_is_read_in_chunks(server: Server, clients: list[Client]) -> No
     assert f"retr=1/{answer.octets}" in client.log_lines()[-1]
 
 
+@both_backends
 def test_retr_in_order_is_read_ahead(server: Server, clients: list[Client]) -> None:
     contents = [b"Subject: %d\n\n.dot %d\n" % (n, n) + b"x" * (n * 40) + b"\n" for n in range(12)]
     server.deliver(*contents)
@@ -480,6 +557,7 @@ def test_retr_in_order_is_read_ahead(server: Server, clients: list[Client]) -> N
     assert ahead.log_lines()[-1] == plain.log_lines()[-1]
 
 
+@both_backends
 def test_read_ahead_leaves_deleted_messages_and_top_to_retrieve(
     server: Server, clients: list[Client]
 ) -> None:
@@ -494,7 +572,7 @@ def test_read_ahead_leaves_deleted_messages_and_top_to_retrieve(
     assert (client.ready, client.retrieved) == (0, 3)
     # Read ahead, then removed by another client: sent as it was read, as a RETR under
     # way would be (files never change, so it is the message the client asked for).
-    os.unlink(server.root / "new" / names[2])
+    server.remove(names[2])
     assert (
         client.send(b"RETR 3\r\n")
         == b"+OK %d octets\r\n" % len(wire(MESSAGES[2])) + wire(MESSAGES[2]) + b".\r\n"
@@ -503,6 +581,7 @@ def test_read_ahead_leaves_deleted_messages_and_top_to_retrieve(
     assert client.line(b"RETR 4") == b"-ERR No such message, only 3 messages in maildrop"
 
 
+@both_backends
 def test_a_message_bigger_than_the_budget_is_not_read_ahead(
     server: Server, clients: list[Client]
 ) -> None:
@@ -516,14 +595,16 @@ def test_a_message_bigger_than_the_budget_is_not_read_ahead(
     assert (client.ready, client.retrieved) == (1, 2)
 
 
+@both_backends
 def test_message_removed_by_another_client(server: Server, clients: list[Client]) -> None:
     names = server.deliver(*MESSAGES[:2])
     client = connect(server, clients)
     client.login()
-    (server.root / "new" / names[1]).unlink()
+    server.remove(names[1])
     assert client.line(b"RETR 2") == b"-ERR Message 2 was removed by another client"
     assert (
-        f"[127.0.0.1]:40000: message 2 ({names[1]}) removed by another client" in client.log_lines()
+        f"[127.0.0.1]:40000: message 2 ({server.uidl(names[1])}) removed by another client"
+        in client.log_lines()
     )
     assert client.line(b"DELE 2") == b"+OK Message 2 deleted"
     assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
@@ -596,26 +677,91 @@ def test_seen_follows_a_file_renamed_during_the_session(
     assert server.files() == {"new": [], "cur": [name + ":2,FS"]}
 
 
+@both_backends
+def test_quit_expunges_and_marks_seen_on_either_backend(
+    server: Server, clients: list[Client]
+) -> None:
+    names = server.deliver(*MESSAGES)
+    uidls = [server.uidl(name) for name in names]
+    client = connect(server, clients)
+    client.login()
+    client.send(b"RETR 1\r\nTOP 2 0\r\nRETR 3\r\nDELE 3\r\n")
+    assert server.flags() == [(u, frozenset()) for u in uidls]  # nothing before QUIT
+    assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
+    # RETR marks \Seen; TOP does not; a deleted message is just gone.
+    assert server.flags() == [(uidls[0], frozenset({"\\Seen"})), (uidls[1], frozenset())]
+    client.close()
+    again = connect(server, clients)
+    assert again.login().startswith(b"+OK Logged in, 2 messages")
+    assert again.send(b"UIDL\r\n") == b"+OK\r\n1 %s\r\n2 %s\r\n.\r\n" % (
+        uidls[0].encode(),
+        uidls[1].encode(),
+    )
+
+
+@pytest.mark.parametrize("server", ["postgresql"], indirect=True)
+def test_a_lost_database_connection_is_a_temporary_failure(
+    server: Server, clients: list[Client]
+) -> None:
+    server.deliver(*MESSAGES)
+    client = connect(server, clients)
+    client.login()
+    assert client.send(b"RETR 1\r\n").startswith(b"+OK")
+    assert server.db is not None
+    with server.db.connect(autocommit=True) as conn:  # a failover, or a killed backend
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    assert client.line(b"RETR 2") == b"-ERR [SYS/TEMP] Cannot read the message"
+    assert client.line(b"DELE 3") == b"+OK Message 3 deleted"
+    assert client.line(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed"
+    assert client.session.ended
+    client.close()
+    errors = [text for level, text in client.logs if level == logging.ERROR]
+    assert len(errors) == 2
+    assert "database" in errors[0]
+    # Nothing changed, and the lock went with the connection: the next session opens.
+    again = connect(server, clients)
+    assert again.login().startswith(b"+OK Logged in, 3 messages")
+    assert [flags for _uidl, flags in server.flags()] == [frozenset()] * 3
+
+
+def test_an_unreachable_database_refuses_the_login_for_now(tmp_path: pathlib.Path) -> None:
+    down = Database("postgresql://nobody@127.0.0.1:1/none?connect_timeout=1")
+    server = Server(tmp_path, db=down)
+    client = Client(server)
+    assert client.login() == b"-ERR [SYS/TEMP] Cannot open the maildrop, try again later"
+    assert not client.session.ended  # still in AUTHORIZATION: the client may try again
+    client.close()
+
+
+@both_backends
 def test_rset_forgets_the_seen_marks(server: Server, clients: list[Client]) -> None:
     names = server.deliver(*MESSAGES[:2])
     client = connect(server, clients)
     client.login()
     client.send(b"RETR 1\r\nRSET\r\nRETR 2\r\n")
     assert client.line(b"QUIT").startswith(b"+OK")
-    assert server.files() == {"new": [names[0]], "cur": [names[1] + ":2,S"]}
+    assert server.flags() == [
+        (server.uidl(names[0]), frozenset()),
+        (server.uidl(names[1]), frozenset({"\\Seen"})),
+    ]
 
 
-def test_no_flag_updates_marks_nothing(tmp_path: pathlib.Path) -> None:
-    server = Server(tmp_path, "[pop3]\nno_flag_updates = true\n")
+@both_backends
+@pytest.mark.parametrize("server_extra", ["[pop3]\nno_flag_updates = true\n"])
+def test_no_flag_updates_marks_nothing(server: Server) -> None:
     names = server.deliver(*MESSAGES[:2])
     client = Client(server)
     client.login()
     client.send(b"RETR 1\r\nRETR 2\r\nDELE 2\r\n")
     assert client.line(b"QUIT") == b"+OK Logging out, 1 messages deleted"
-    assert server.files() == {"new": [names[0]], "cur": []}
+    assert server.flags() == [(server.uidl(names[0]), frozenset())]
     client.close()
 
 
+@both_backends
 def test_dropped_connection_changes_nothing(server: Server) -> None:
     names = server.deliver(*MESSAGES[:2])
     client = Client(server)
@@ -624,7 +770,7 @@ def test_dropped_connection_changes_nothing(server: Server) -> None:
     assert client.send(b"") == b""
     assert client.session.ended
     client.close()
-    assert server.files() == {"new": sorted(names), "cur": []}
+    assert server.flags() == [(server.uidl(name), frozenset()) for name in names]
     size = len(wire(MESSAGES[0])) + len(wire(MESSAGES[1]))
     assert client.log_lines()[-1].endswith(f", del=0/2, size={size}, reason=connection closed")
 
