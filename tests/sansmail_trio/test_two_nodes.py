@@ -1,0 +1,250 @@
+"""Two sansmail nodes sharing one PostgreSQL database (issue 17's two-node test): real
+``sansmail-trio serve`` processes, node A on 127.0.0.1 and node B on 127.0.0.2, each
+with its own data_dir and the same dsn (a fresh migrated database per test), driven by
+smtplib, imaplib and poplib.
+
+1. Mail delivered through A is read through B over IMAP and POP3, and what POP3 deleted
+   on B is gone from IMAP on A.
+2. An IMAP client idling on B hears a delivery accepted by A and a flag change made
+   through A (PostgreSQL's NOTIFY is all that connects them).
+3. A user added with the CLI logs in on both nodes at once; deleted, on neither.
+4. Both nodes' queue runners drain one queue: each message relayed exactly once.
+5. Node A killed with SIGKILL (its whole process group) while it holds conversations at
+   the next hop: node B delivers those messages, once each, when A's leases end.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import pathlib
+import poplib
+import re
+import smtplib
+from collections.abc import Iterator
+from email.message import EmailMessage
+from functools import partial
+from typing import cast
+
+import attrs
+import pytest
+from trio_helpers import FAST_HASHER
+from two_nodes import DOMAIN, GUARD, Node, Sink, free_port, running, wait_for
+
+from sansmail.mail.address import parse_address
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._users import PgUserStore
+
+ALICE = f"alice@{DOMAIN}"
+PASSWORD = "pw"
+
+
+@attrs.define
+class Cluster:
+    a: Node
+    b: Node
+    sink: Sink
+
+
+@pytest.fixture
+def cluster(tmp_path: pathlib.Path, pg_dsn: str) -> Iterator[Cluster]:
+    db = Database(pg_dsn)
+    try:
+        PgUserStore(db, hasher=FAST_HASHER).add(parse_address(ALICE), PASSWORD)
+    finally:
+        db.close()
+    with Sink(free_port()) as sink:
+        a = Node("a", tmp_path / "a", "127.0.0.1", pg_dsn, sink.port)
+        b = Node("b", tmp_path / "b", "127.0.0.2", pg_dsn, sink.port)
+        with running(a, b):
+            yield Cluster(a, b, sink)
+
+
+def message(mid: str, to: str, body: str = "hello\r\n") -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "someone@example.org"
+    msg["To"] = to
+    msg["Subject"] = f"test {mid}"
+    msg["Message-ID"] = f"<{mid}@two-nodes.test>"
+    msg.set_content(body)
+    return msg
+
+
+def send(node: Node, *messages: EmailMessage) -> None:
+    """Through `node`'s SMTP port, each message answered 250 (an error otherwise)."""
+    with smtplib.SMTP(node.host, node.port("smtp"), timeout=GUARD) as smtp:
+        smtp.ehlo("client.example.org")
+        for msg in messages:
+            refused = smtp.send_message(msg)
+            assert refused == {}, refused
+
+
+def imap(node: Node, user: str = ALICE, password: str = PASSWORD) -> imaplib.IMAP4:
+    client = imaplib.IMAP4(node.host, node.port("imap"), timeout=GUARD)
+    client.login(user, password)
+    return client
+
+
+def select_count(client: imaplib.IMAP4) -> int:
+    typ, data = client.select("INBOX")
+    assert typ == "OK", data
+    return int(data[0] or b"0")
+
+
+def idle_until(client: imaplib.IMAP4, pattern: bytes) -> bytes:
+    """Read untagged lines while idling until one matches `pattern` (the socket's
+    timeout bounds a hang)."""
+    while True:
+        line = client.readline()
+        assert line, "the server closed the connection"
+        if re.search(pattern, line):
+            return line
+
+
+# -- 1. deliver through A, read through B ------------------------------------------------
+
+
+def test_delivered_through_a_read_through_b_over_imap_and_pop3(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    send(a, message("one", ALICE, "first message\r\n"))
+
+    on_b = imap(b)
+    try:
+        # 250 came after the commit: B's first SELECT sees it.
+        assert select_count(on_b) == 1
+        typ, data = on_b.fetch("1", "(UID FLAGS BODY.PEEK[])")
+        assert typ == "OK", data
+        head, content = cast(tuple[bytes, bytes], data[0])
+        assert b"<one@two-nodes.test>" in content
+        assert content.endswith(b"first message\r\n")
+        assert b"\\Seen" not in head
+        typ, data = on_b.store("1", "+FLAGS", "(\\Flagged)")
+        assert typ == "OK", data
+    finally:
+        on_b.logout()
+
+    # The flag set on B is what A shows.
+    on_a = imap(a)
+    try:
+        assert select_count(on_a) == 1
+        typ, data = on_a.fetch("1", "(FLAGS)")
+        assert typ == "OK", data
+        assert b"\\Flagged" in data[0], data  # type: ignore[operator]
+    finally:
+        on_a.logout()
+
+    pop = poplib.POP3(b.host, b.port("pop3"), timeout=GUARD)
+    try:
+        pop.user(ALICE)
+        pop.pass_(PASSWORD)
+        count, size = pop.stat()
+        assert count == 1
+        uidl = pop.uidl(1)
+        assert re.fullmatch(rb"\+OK 1 [0-9A-F]{16}", uidl), uidl
+        _, lines, octets = pop.retr(1)
+        retrieved = b"\r\n".join(lines) + b"\r\n"
+        assert retrieved == content
+        assert octets == size == len(content)
+        pop.dele(1)
+        assert pop.quit().startswith(b"+OK")
+    finally:
+        pop.close()
+
+    # Deleted through B's POP3: A's IMAP no longer lists it.
+    on_a = imap(a)
+    try:
+        assert select_count(on_a) == 0
+        typ, data = on_a.search(None, "ALL")
+        assert (typ, data) == ("OK", [b""])
+    finally:
+        on_a.logout()
+
+
+# -- 2. IDLE on B woken by A ---------------------------------------------------------------
+
+
+def test_idle_on_b_hears_a_delivery_and_a_flag_change_through_a(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    on_b = imap(b)
+    try:
+        assert select_count(on_b) == 0
+        on_b.send(b"i1 IDLE\r\n")
+        assert on_b.readline().startswith(b"+ ")
+        send(a, message("idle", ALICE))
+        assert idle_until(on_b, rb"^\* \d+ (EXISTS|FETCH)").startswith(b"* 1 EXISTS")
+
+        on_a = imap(a)
+        try:
+            assert select_count(on_a) == 1
+            typ, data = on_a.store("1", "+FLAGS", "(\\Flagged)")
+            assert typ == "OK", data
+        finally:
+            on_a.logout()
+        heard = idle_until(on_b, rb"^\* 1 FETCH ")
+        assert b"\\Flagged" in heard, heard
+        on_b.send(b"DONE\r\n")
+        assert idle_until(on_b, rb"^i1 ").startswith(b"i1 OK")
+    finally:
+        on_b.logout()
+
+
+# -- 3. users changed once, in force on both -----------------------------------------------
+
+
+def _logs_in(node: Node, user: str, password: str) -> bool:
+    client = imaplib.IMAP4(node.host, node.port("imap"), timeout=GUARD)
+    try:
+        client.login(user, password)
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        client.shutdown()
+    return True
+
+
+def test_a_user_added_logs_in_on_both_nodes_and_deleted_on_neither(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    carol = f"carol@{DOMAIN}"
+    done = a.cli("user", "add", carol, "--password-stdin", stdin="carol-pw\n")
+    assert done.returncode == 0, done.stderr
+
+    # Both at once: a session on each node, logged in, side by side.
+    sessions = [
+        wait_for(partial(_open_session, node, carol, "carol-pw"), what=f"login on {node.name}")
+        for node in (a, b)
+    ]
+    try:
+        for client in sessions:
+            assert select_count(client) == 0
+    finally:
+        for client in sessions:
+            client.logout()
+    # Mail for her is accepted on either node too (RCPT asks the users).
+    send(b, message("carol", carol))
+
+    done = b.cli("user", "del", carol)
+    assert done.returncode == 0, done.stderr
+    for node in (a, b):
+        wait_for(partial(_refused, node, carol, "carol-pw"), what=f"refusal on {node.name}")
+    # ... and a recipient no longer.
+    with smtplib.SMTP(a.host, a.port("smtp"), timeout=GUARD) as smtp:
+        smtp.ehlo("client.example.org")
+        smtp.mail("someone@example.org")
+        code, _ = smtp.rcpt(carol)
+        assert code == 550
+    # Alice, untouched, still logs in on both.
+    assert _logs_in(a, ALICE, PASSWORD)
+    assert _logs_in(b, ALICE, PASSWORD)
+
+
+def _refused(node: Node, user: str, password: str) -> bool:
+    return not _logs_in(node, user, password)
+
+
+def _open_session(node: Node, user: str, password: str) -> imaplib.IMAP4 | None:
+    client = imaplib.IMAP4(node.host, node.port("imap"), timeout=GUARD)
+    try:
+        client.login(user, password)
+    except imaplib.IMAP4.error:
+        client.shutdown()
+        return None
+    return client
