@@ -82,7 +82,7 @@ import hashlib
 import os
 import pathlib
 import sqlite3
-from typing import Final, TypeVar
+from typing import Final, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -119,7 +119,6 @@ from sansmail.storage.maildir import (
     ImapStoreError,
     InvalidFolderNameError,
     MailAccount,
-    MaildirAccount,
     MailStore,
     NoSuchFolderError,
     TooManyKeywordsError,
@@ -145,6 +144,14 @@ _MAX_REASON: Final = 900  # a reject reason on one DSN line
 _LIMITS: Final = Limits()  # the evaluator's, Pigeonhole's defaults
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+
+
+@runtime_checkable
+class _Limited(Protocol):
+    """An account whose storage limit a delivery may lift for itself (the Maildir and
+    the PostgreSQL accounts: each delivery opens its own)."""
+
+    quota_limit: int
 
 
 @attrs.frozen
@@ -333,7 +340,7 @@ class _Delivery:
     def account(self) -> MailAccount:
         if self._account is None:
             account = self._account = self.lda.imap.account(self.mailbox)
-            if self._grace and isinstance(account, MaildirAccount):
+            if self._grace and isinstance(account, _Limited):
                 account.quota_limit = 0  # this delivery only: the account is ours alone
         return self._account
 
@@ -510,8 +517,9 @@ class _Delivery:
         if storage is not None and storage[0] >= storage[1]:
             return True
         self._grace = True
-        if isinstance(self._account, MaildirAccount):
-            self._account.quota_limit = 0
+        account: object = self._account
+        if isinstance(account, _Limited):
+            account.quota_limit = 0
         return False
 
     def folder_exists(self, folder: str) -> bool:

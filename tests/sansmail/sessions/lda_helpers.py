@@ -1,5 +1,6 @@
-"""A server's storage in a tmp dir for `LocalDelivery` tests: a real Maildir IMAP store,
-queue and Sieve script store, and ways to read back what a delivery did."""
+"""A server's storage for `LocalDelivery` tests: a real Maildir IMAP store, queue and
+Sieve script store in a tmp dir, or the PostgreSQL ones (mail and scripts in the
+database, the queue in files), and ways to read back what a delivery did."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from sansmail.config import Config, SieveConfig
 from sansmail.mail.address import MailboxId
 from sansmail.mail.envelope import QueuedMessage
 from sansmail.sessions.lda import LdaResult, LocalDelivery
-from sansmail.storage.maildir import MaildirImapStore, MaildirStore
+from sansmail.storage.maildir import ImapStore, MaildirImapStore, MaildirStore, MailStore
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._delivery import PgMailStore
+from sansmail.storage.pg._imapstore import PgImapStore
+from sansmail.storage.pg._sieve import PgSieveStore
 from sansmail.storage.queue import QueueStore
-from sansmail.storage.sieve import SieveStore
+from sansmail.storage.sieve import SieveScripts, SieveStore
 
 NOW = 1_700_000_000.0
 ALICE = MailboxId(domain="example.test", local="alice")
@@ -39,7 +44,8 @@ def message(*fields: str, body: str = "Body text.") -> bytes:
 class Server:
     """The storage of one server under `root` and its `LocalDelivery`, built as the
     queue runner builds it: `quota` gives both stores the storage limits; `direct`
-    False leaves out the direct path's store (every copy through the IMAP account)."""
+    False leaves out the direct path's store (every copy through the IMAP account);
+    `db` puts the mailboxes and scripts in that database instead of files."""
 
     def __init__(
         self,
@@ -48,6 +54,7 @@ class Server:
         before: str | None = None,
         quota: Callable[[MailboxId], int] | None = None,
         direct: bool = True,
+        db: Database | None = None,
     ) -> None:
         self.root = root
         before_path = None
@@ -62,9 +69,18 @@ class Server:
             data_dir=root,
             sieve=SieveConfig(before=before_path),
         )
-        self.scripts = SieveStore(root)
-        self.imap = MaildirImapStore(root, hostname="mx.example.test", quota=quota)
-        self.store = MaildirStore(root, hostname="mx.example.test", quota=quota)
+        self.db = db
+        self.scripts: SieveScripts
+        self.imap: ImapStore
+        self.store: MailStore
+        if db is None:
+            self.scripts = SieveStore(root)
+            self.imap = MaildirImapStore(root, hostname="mx.example.test", quota=quota)
+            self.store = MaildirStore(root, hostname="mx.example.test", quota=quota)
+        else:
+            self.scripts = PgSieveStore(db)
+            self.imap = PgImapStore(db, hostname="mx.example.test", quota=quota)
+            self.store = PgMailStore(db, hostname="mx.example.test", quota=quota)
         self.queue = QueueStore(root / "queue")
         self.lda = LocalDelivery(
             config=self.config,
@@ -137,4 +153,27 @@ def warnings(result: LdaResult) -> list[str]:
     return [line.text for line in result.log if line.level == "warning"]
 
 
-__all__ = ["ALICE", "KEY", "MESSAGE", "NOW", "Server", "lines", "message", "warnings"]
+BACKENDS = ("maildir", "postgresql")
+
+
+def make_server(
+    request: object, root: pathlib.Path, backend: str = "maildir", **kw: object
+) -> Server:
+    """A `Server` on `backend`, the database from the `pg_db` fixture of `request` (a
+    `pytest.FixtureRequest`)."""
+    db = request.getfixturevalue("pg_db") if backend == "postgresql" else None  # type: ignore[attr-defined]
+    return Server(root, db=db, **kw)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ALICE",
+    "BACKENDS",
+    "KEY",
+    "MESSAGE",
+    "NOW",
+    "Server",
+    "lines",
+    "make_server",
+    "message",
+    "warnings",
+]
