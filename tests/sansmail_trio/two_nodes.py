@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -287,21 +287,20 @@ class Sink:
             self.stalled.clear()
 
 
-@contextlib.contextmanager
-def running(*nodes: Node) -> Iterator[None]:
-    """Start `nodes` side by side, and stop them all at the end, whatever happened
-    (SIGKILL to what remains)."""
-    try:
-        for node in nodes:
-            node.launch()
-        for node in nodes:
-            node.wait_started()
-        yield
-    finally:
-        for node in nodes:
-            node.terminate()
-        for node in nodes:
-            node.stop()
+def start_all(*nodes: Node) -> None:
+    """Start `nodes` side by side (each start is mostly CPU: imports, TLS files)."""
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        node.wait_started()
+
+
+def stop_all(*nodes: Node) -> None:
+    """Stop every node, side by side; SIGKILL to what remains of each."""
+    for node in nodes:
+        node.terminate()
+    for node in nodes:
+        node.stop()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
