@@ -1,7 +1,8 @@
 """sansmail.sessions.smtpd without sockets: the session over a real Maildir, queue, users
 file and aliases file in tmp_path, driven by a synchronous loop that feeds the core bytes
 and calls the session as an adapter does (blocking calls inline). Bytes in; replies, files
-and log lines out."""
+and log lines out. The tests of local delivery run on both backends too (`backend_db`:
+None for Maildir, else the `pg_db` database)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from sansmail.sessions.smtpd import (
 from sansmail.smtp import Reply
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import Delivery, MaildirStore, MailStore, _maildir
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._delivery import PgMailStore
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 
@@ -60,9 +63,13 @@ class Server:
         service: str = "smtp",
         checks: Sequence[Check] = (),
         store: MailStore | None = None,
+        db: Database | None = None,
     ) -> None:
         (root / "aliases").write_text("info: alice, outside@far.test\n")
         self.root = root
+        self.db = db
+        if store is None and db is not None:
+            store = PgMailStore(db, hostname="mx.example.test")
         self.config = Config(
             source=None,
             hostname="mx.example.test",
@@ -105,6 +112,17 @@ class Server:
         return Client(session, resolve=resolve)
 
     def messages(self, local: str) -> list[bytes]:
+        """What `local`'s INBOX holds, with LF line ends (as a Maildir keeps it)."""
+        if self.db is not None:
+            with self.db.transaction() as cur:
+                cur.execute(
+                    "SELECT c.content FROM mail_messages m"
+                    " JOIN mail_folders f ON f.id = m.folder_id"
+                    " JOIN mail_contents c ON c.digest = m.digest"
+                    " WHERE f.mailbox = %s AND f.name = 'INBOX' ORDER BY m.uid",
+                    (f"{local}@example.test",),
+                )
+                return [bytes(c).replace(b"\r\n", b"\n") for (c,) in cur.fetchall()]
         new = self.root / "mail" / "example.test" / local / "new"
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.exists() else []
 
@@ -113,6 +131,12 @@ class Server:
 
     def lines(self) -> list[str]:
         return [text for _level, text in self.log]
+
+
+@pytest.fixture(params=["maildir", "postgresql"])
+def backend_db(request: pytest.FixtureRequest) -> Database | None:
+    """None (Maildir), or the database of the PostgreSQL store."""
+    return request.getfixturevalue("pg_db") if request.param == "postgresql" else None  # type: ignore[no-any-return]
 
 
 class Client:
@@ -224,8 +248,10 @@ def codes(answer: bytes) -> list[bytes]:
     return [line[:3] for line in answer.split(b"\r\n") if line and line[3:4] == b" "]
 
 
-def test_local_delivery_is_stored_before_the_250(tmp_path: pathlib.Path) -> None:
-    server = Server(tmp_path)
+def test_local_delivery_is_stored_before_the_250(
+    tmp_path: pathlib.Path, backend_db: Database | None
+) -> None:
+    server = Server(tmp_path, db=backend_db)
     client = server.session()
     assert client.greeting.startswith(b"220 mx.example.test ESMTP")
     answer = client.transaction("a@example.org", "alice@example.test")
@@ -304,9 +330,11 @@ def test_wrong_password_is_logged_for_fail2ban(tmp_path: pathlib.Path) -> None:
     )
 
 
-def test_smtputf8_return_path_keeps_the_address_as_given(tmp_path: pathlib.Path) -> None:
+def test_smtputf8_return_path_keeps_the_address_as_given(
+    tmp_path: pathlib.Path, backend_db: Database | None
+) -> None:
     # RFC 6531 §3.7, as Postfix does: no conversion to A-labels in Return-Path.
-    server = Server(tmp_path)
+    server = Server(tmp_path, db=backend_db)
     client = server.session()
     client.say("EHLO client.example")
     assert client.say("MAIL FROM:<jörg@bücher.example> SMTPUTF8").startswith(b"250")
@@ -317,8 +345,10 @@ def test_smtputf8_return_path_keeps_the_address_as_given(tmp_path: pathlib.Path)
     assert stored.startswith("Return-Path: <jörg@bücher.example>\n".encode())
 
 
-def test_headers_split_anywhere_are_stored_exactly(tmp_path: pathlib.Path) -> None:
-    server = Server(tmp_path)
+def test_headers_split_anywhere_are_stored_exactly(
+    tmp_path: pathlib.Path, backend_db: Database | None
+) -> None:
+    server = Server(tmp_path, db=backend_db)
     client = server.session()
     client.say("EHLO client.example")
     client.say("MAIL FROM:<a@example.org>")
@@ -399,10 +429,10 @@ def test_a_check_refuses_the_connection(tmp_path: pathlib.Path) -> None:
 
 @pytest.mark.parametrize("stage", [Stage.END_OF_HEADERS, Stage.END_OF_DATA])
 def test_a_check_refuses_the_message_and_nothing_is_kept(
-    tmp_path: pathlib.Path, stage: Stage
+    tmp_path: pathlib.Path, stage: Stage, backend_db: Database | None
 ) -> None:
     check = Refuse(stage)
-    server = Server(tmp_path, checks=[check])
+    server = Server(tmp_path, checks=[check], db=backend_db)
     client = server.session(TRUSTED)
     answer = client.transaction("a@example.org", "alice@example.test", "x@far.test")
     assert answer.startswith(b"550 5.7.1 refused by policy")
@@ -415,9 +445,11 @@ def test_a_check_refuses_the_message_and_nothing_is_kept(
     assert len(rejected) == 2
 
 
-def test_header_fields_from_checks_are_stored_above_received(tmp_path: pathlib.Path) -> None:
+def test_header_fields_from_checks_are_stored_above_received(
+    tmp_path: pathlib.Path, backend_db: Database | None
+) -> None:
     fields = (("Authentication-Results", "mx.example.test; spf=pass"),)
-    server = Server(tmp_path, checks=[Refuse(None, fields=fields)])
+    server = Server(tmp_path, db=backend_db, checks=[Refuse(None, fields=fields)])
     client = server.session(TRUSTED)
     assert client.transaction("a@example.org", "alice@example.test", "x@far.test").startswith(
         b"250"
@@ -499,8 +531,8 @@ def test_timeout_and_shutdown_replies(tmp_path: pathlib.Path) -> None:
     assert "timeout after CONNECT from [192.0.2.7]:40000" in server.lines()
 
 
-def test_email_parses_what_was_stored(tmp_path: pathlib.Path) -> None:
-    server = Server(tmp_path)
+def test_email_parses_what_was_stored(tmp_path: pathlib.Path, backend_db: Database | None) -> None:
+    server = Server(tmp_path, db=backend_db)
     client = server.session()
     client.transaction("a@example.org", "alice@example.test")
     [stored] = server.messages("alice")
@@ -591,9 +623,9 @@ def test_relayed_messages_that_end_together_share_the_queue_directory_sync(
 
 
 def test_a_failed_queue_directory_sync_fails_every_message_of_the_batch(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: pathlib.Path, backend_db: Database | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    server = Server(tmp_path)
+    server = Server(tmp_path, db=backend_db)
     clients = [server.session(TRUSTED) for _ in range(2)]
     for client in clients:
         client.holding = True
@@ -649,3 +681,82 @@ def test_a_failure_in_a_group_commit_stays_with_its_own_transaction(
         level == logging.ERROR and "status=deferred (cannot store: [Errno 28]" in text
         for level, text in server.log
     )
+
+
+def test_messages_that_end_together_are_all_stored(
+    tmp_path: pathlib.Path, backend_db: Database | None
+) -> None:
+    server = Server(tmp_path, db=backend_db)
+    clients = [server.session(TRUSTED) for _ in range(3)]
+    for n, client in enumerate(clients):
+        client.holding = True
+        content = b"Subject: %d\r\n\r\nbody\r\n" % n
+        assert client.transaction("a@example.org", "alice@example.test", content=content) == b""
+    jobs = [job for client in clients for job in client.held]
+    assert server.messages("alice") == []  # nothing is stored before store_all
+    store_all(jobs)
+    for client, job in zip(clients, jobs, strict=True):
+        assert client.answer(job).startswith(b"250 2.0.0 Ok: queued as ")
+    subjects = [m.partition(b"\nSubject: ")[2][:1] for m in server.messages("alice")]
+    assert sorted(subjects) == [b"0", b"1", b"2"]
+
+
+def _poison(db: Database, marker: bytes) -> None:
+    # The database refuses any content holding `marker`, as a constraint would.
+    with db.transaction() as cur:
+        cur.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF position('\\x{marker.hex()}'::bytea IN NEW.content) > 0 THEN"
+            " RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$"
+        )
+        cur.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON mail_contents"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+
+
+def test_a_database_failure_in_a_group_commit_stays_with_its_own_transaction(
+    tmp_path: pathlib.Path, pg_db: Database
+) -> None:
+    server = Server(tmp_path, db=pg_db)
+    _poison(pg_db, b"Subject: bad")
+    good, bad = server.session(TRUSTED), server.session(TRUSTED)
+    for client, subject in ((good, b"good"), (bad, b"bad")):
+        client.holding = True
+        client.transaction(
+            "a@example.org",
+            "alice@example.test",
+            "x@far.test",
+            content=b"Subject: " + subject + b"\r\n\r\nbody\r\n",
+        )
+    (good_job,), (bad_job,) = good.held, bad.held
+    store_all([good_job, bad_job])
+    assert good.answer(good_job).startswith(b"250 2.0.0")
+    assert bad.answer(bad_job).startswith(b"451 4.3.0")
+    [stored] = server.messages("alice")
+    assert b"Subject: good" in stored
+    # The good transaction's queue copy stays; the bad one's was taken back.
+    assert server.queued() == [good_job.transaction.queue_id]
+    assert any(
+        level == logging.ERROR and "status=deferred (cannot store: database:" in text
+        for level, text in server.log
+    )
+
+
+def test_a_lost_database_connection_is_a_451_and_nothing_is_kept(
+    tmp_path: pathlib.Path, pg_db: Database
+) -> None:
+    server = Server(tmp_path, db=pg_db)
+    client = server.session(TRUSTED)
+    assert client.transaction("a@example.org", "alice@example.test").startswith(b"250")
+    with pg_db.connect(autocommit=True) as conn:  # a failover: every connection drops
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    answer = client.transaction("a@example.org", "alice@example.test", "x@far.test")
+    assert answer.startswith(b"451 4.3.0")
+    assert server.queued() == []  # the relayed copy was taken back: the client retries
+    assert len(server.messages("alice")) == 1
+    assert client.transaction("a@example.org", "alice@example.test").startswith(b"250")
+    assert len(server.messages("alice")) == 2
