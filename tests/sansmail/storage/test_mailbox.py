@@ -1,5 +1,6 @@
 """Maildrop: the POP3 side of a Maildir INBOX (snapshot, UIDL, sizes, reading, TOP,
-deleting, the lock), against real files written by MaildirStore and by hand."""
+deleting, the lock), against real files written by MaildirStore and by hand; at the end
+what every maildrop does, on both backends."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from store_helpers import Backend, backend_fixture  # noqa: F401 (the fixture)
 
 from sansmail.mail.address import MailboxId
 from sansmail.storage.maildir import (
@@ -558,3 +560,87 @@ def test_message_info_is_frozen() -> None:
     info = MessageInfo(base="b", uid="b", size=1, folder="new", name="b")
     with pytest.raises(AttributeError):
         info.size = 2  # type: ignore[misc]
+
+
+# --- on both backends (`store_helpers.backend`: the maildrop through its source) ---------
+
+TOP_CASES = [
+    (b"A: 1\nB: 2\n\nl1\nl2\nl3\n", 0, b"A: 1\r\nB: 2\r\n\r\n"),
+    (b"A: 1\nB: 2\n\nl1\nl2\nl3\n", 2, b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\r\n"),
+    (b"A: 1\n\nl1\n", 9, b"A: 1\r\n\r\nl1\r\n"),
+    (b"A: 1\nno body at all\n", 3, b"A: 1\r\nno body at all\r\n"),
+    (b"\nbody first\nmore\n", 1, b"\r\nbody first\r\n"),
+    (b"A: 1\n\n\n\nx\n", 2, b"A: 1\r\n\r\n\r\n\r\n"),
+]
+
+
+def put(backend: Backend, content: bytes) -> None:
+    delivery = backend.store.begin([ALICE], prefix=b"")
+    delivery.write(content)
+    delivery.commit()
+
+
+def test_snapshot_reading_and_top_on_either_backend(backend: Backend) -> None:
+    for stored, _lines, _expected in TOP_CASES:
+        put(backend, stored)
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        messages = drop.messages
+        assert [m.size for m in messages] == [len(wire(s)) for s, _l, _e in TOP_CASES]
+        assert len({m.uid for m in messages}) == len(TOP_CASES)
+        for message, (stored, lines, expected) in zip(messages, TOP_CASES, strict=True):
+            assert read_all(drop.reader(message)) == wire(stored)
+            assert read_all(drop.reader(message, lines=lines)) == expected
+
+
+def test_a_big_message_is_read_in_chunks_on_either_backend(backend: Backend) -> None:
+    body = b"".join(b"line %05d\r\n" % n for n in range(50_000))
+    put(backend, b"Subject: big\r\n\r\n" + body)
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        (message,) = drop.messages
+        reader = drop.reader(message)
+        chunks = []
+        while chunk := reader.read():
+            chunks.append(chunk)
+    assert b"".join(chunks) == b"Subject: big\r\n\r\n" + body
+    assert message.size == len(b"".join(chunks))
+    assert max(len(c) for c in chunks) <= 2 * _mailbox.READ_SIZE  # never all at once
+    assert len(chunks) > 2
+
+
+def test_uidl_is_stable_and_new_mail_waits_on_either_backend(backend: Backend) -> None:
+    put(backend, b"one\r\n")
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        first = drop.messages
+        put(backend, b"two\r\n")
+        assert len(drop.messages) == 1
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        assert len(drop.messages) == 2
+        assert drop.messages[0].uid == first[0].uid
+        assert drop.messages[1].uid != first[0].uid
+
+
+def test_expunge_and_seen_on_either_backend(backend: Backend) -> None:
+    for n in range(4):
+        put(backend, b"m%d\r\n" % n)
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        m = drop.messages
+        result = drop.expunge([m[0], m[2]], seen=[m[1]])
+    assert (result.removed, result.gone, result.failed, result.seen) == (2, 0, (), 1)
+    assert backend.rows(ALICE) == [
+        (b"m1\r\n", frozenset({"\\Seen"})),
+        (b"m3\r\n", frozenset()),
+    ]
+    with backend.maildrops.open_maildrop(ALICE) as drop:
+        assert [m.uid for m in drop.messages] == [m[1].uid, m[3].uid]
+
+
+def test_one_session_at_a_time_on_either_backend(backend: Backend) -> None:
+    put(backend, b"m\r\n")
+    first = backend.maildrops.open_maildrop(ALICE)
+    with pytest.raises(MaildropInUseError):
+        backend.maildrops.open_maildrop(ALICE)
+    put(backend, b"delivered meanwhile\r\n")  # deliveries are not blocked by the lock
+    first.close()
+    first.close()  # idempotent
+    with backend.maildrops.open_maildrop(ALICE) as second:
+        assert len(second.messages) == 2
