@@ -5,22 +5,28 @@ configuration that names no usable database."""
 from __future__ import annotations
 
 import datetime
+import imaplib
 import os
 import pathlib
+import re
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from pgcluster import Cluster
+from two_nodes import Node
 
-from sansmail.mail.address import MailboxId
+from sansmail.mail.address import MailboxId, parse_address
 from sansmail.storage.maildir import FlagMode, MailAccount, MaildirImapStore
 from sansmail.storage.pg import SCHEMA_VERSION, Database, schema_version
 from sansmail.storage.pg._imapstore import PgImapStore
+from sansmail.storage.users import UserStore
 from sansmail_trio._cli import main
 
 PROG = "sansmail-trio"
+_FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
 
 def _config(tmp_path: pathlib.Path, storage: str) -> pathlib.Path:
@@ -238,3 +244,68 @@ def test_import_of_a_directory_without_mail(
         f"{PROG}: storage import: {empty}: neither mail/ nor users.json: not a sansmail data"
         " directory"
     ]
+
+
+def test_a_node_serves_the_imported_mailbox_to_imaplib(pg_dsn: str, tmp_path: pathlib.Path) -> None:
+    """The import as a client sees it: a `serve` on the database answers imaplib's SELECT
+    and UID FETCH with the Maildir's UIDVALIDITY, UIDs, flags, INTERNALDATEs (zones
+    too) and contents, and the password of users.json logs in."""
+    source = tmp_path / "old"
+    mailbox = _source(source)
+    UserStore(source / "users.json", hasher=_FAST).add(
+        parse_address("alice@example.test"), "sesame"
+    )
+    before = _mailbox_view(MaildirImapStore(source, hostname="mx.example.test").account(mailbox))
+    node = Node("a", tmp_path / "node", "127.0.0.1", pg_dsn, sink_port=9)
+    done = node.cli("storage", "import", "--from", "maildir", str(source))
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith("alice@example.test INBOX: 3 messages")
+    node.start()
+    try:
+        client = imaplib.IMAP4(node.host, node.port("imap"), timeout=60)
+        try:
+            client.login("alice@example.test", "sesame")
+            for name in ("INBOX", "Lists/Python"):
+                _subscribed, uidvalidity, uidnext, messages = before[name]
+                status, _ = client.select(f'"{name}"', readonly=True)
+                assert status == "OK"
+                assert client.response("UIDVALIDITY")[1] == [str(uidvalidity).encode()]
+                assert client.response("UIDNEXT")[1] == [str(uidnext).encode()]
+                # The zone too: datetimes in different zones compare equal.
+                assert _fetch(client) == [
+                    (uid, flags, when, when.utcoffset(), content)
+                    for uid, flags, when, content in messages
+                ]
+        finally:
+            client.logout()
+    finally:
+        node.terminate()
+        node.stop()
+
+
+def _fetch(client: imaplib.IMAP4) -> list[tuple[Any, ...]]:
+    """UID, FLAGS, INTERNALDATE and its zone, and content of every message, by UID."""
+    status, data = client.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE BODY.PEEK[])")
+    assert status == "OK"
+    found = []
+    for item in data:
+        if not isinstance(item, tuple):
+            continue  # the closing ")" of a response with a literal
+        head, content = item
+        uid = re.search(rb"UID (\d+)", head)
+        flags = re.search(rb"FLAGS \(([^)]*)\)", head)
+        when = re.search(rb'INTERNALDATE "([^"]+)"', head)
+        assert uid, head
+        assert flags, head
+        assert when, head
+        date = datetime.datetime.strptime(when[1].decode().strip(), "%d-%b-%Y %H:%M:%S %z")
+        found.append(
+            (
+                int(uid[1]),
+                frozenset(flags[1].decode().split()),
+                date,
+                date.utcoffset(),
+                content,
+            )
+        )
+    return sorted(found)
