@@ -196,6 +196,39 @@ async def serve(
     started = time.time()
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     stores = await open_stores(config)
+    # Closed however serve ends (a port in use, a cancelled serve in a test): a database
+    # connection left open is a ResourceWarning and a backend held until the GC runs.
+    try:
+        await _serve_stores(
+            config,
+            stores,
+            shutdown=shutdown,
+            started=started,
+            sockets=sockets,
+            process=process,
+            auth_settings=auth_settings,
+            counts=counts,
+            wake=wake,
+            task_status=task_status,
+        )
+    finally:
+        stores.close()
+
+
+async def _serve_stores(
+    config: Config,
+    stores: Stores,
+    *,
+    shutdown: trio.Event,
+    started: float,
+    sockets: Mapping[str, list[socket.socket]] | None,
+    process: int,
+    auth_settings: AuthSettings | None,
+    counts: SharedCounts | None,
+    wake: Callable[[str], None] | None,
+    task_status: trio.TaskStatus[Mapping[str, list[tuple[str, int]]]],
+) -> None:
+    """`serve` on the stores it opened."""
     store, users, queue, aliases = stores.mail, stores.users, stores.queue, stores.aliases
     generations = stores.generations
     # One auth service for every protocol, as Dovecot's auth serves Postfix. Trusted
@@ -399,7 +432,6 @@ async def serve(
         # Deliveries in flight keep their envelopes as they were: tried again at start.
         runner_nursery.cancel_scope.cancel()
     metrics.flush()  # what the last sessions and deliveries counted
-    stores.close()
     log.info("stopped")
 
 
