@@ -233,7 +233,15 @@ def _import_folder(
                 info.name,
                 uidvalidity=view.uidvalidity,
                 uidnext=view.uidnext,
-                highestmodseq=view.highestmodseq,
+                # The flags and tombstones were read after the view's sync: a change
+                # made since carries a greater mod-sequence than the view's.
+                highestmodseq=max(
+                    (
+                        view.highestmodseq,
+                        *(modseq for modseq, _flags in states.values()),
+                        *(modseq for _uid, modseq in tombstones),
+                    )
+                ),
                 recent_uid=min(header.recent_uid, view.uidnext),
                 keywords=list(view.keywords),
                 special_use=info.special_use,
@@ -477,7 +485,8 @@ def _export_mailbox(
     try:
         for folder in folders:
             moved = _export_folder(db, staging, folder, hostname)
-            done.append(moved)
+            if moved is not None:
+                done.append(moved)
         last = max((f.uidvalidity for f in folders), default=0)
         if last:
             write_file_atomically(str(staging / _UIDVALIDITY_NAME), f"{last}\n".encode())
@@ -494,8 +503,36 @@ def _export_mailbox(
     return done
 
 
-def _export_folder(db: Database, root: pathlib.Path, folder: _Folder, hostname: str) -> FolderMoved:
-    path = folder_dir(root, folder.name)
+def _export_folder(
+    db: Database, root: pathlib.Path, listed: _Folder, hostname: str
+) -> FolderMoved | None:
+    """Write folder `listed` under the Maildir `root`; None if it is gone meanwhile."""
+    with db.transaction() as cur:
+        # One snapshot for the folder's row, its messages and its tombstones: a message
+        # a node adds meanwhile is in none of them, so no exported UID reaches UIDNEXT
+        # and HIGHESTMODSEQ is above every exported mod-sequence.
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute(
+            "SELECT uidvalidity, uidnext, highestmodseq, recent_uid, keywords"
+            " FROM mail_folders WHERE id = %s",
+            (listed.id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        validity, uidnext, modseq, recent, keywords = row
+        folder = attrs.evolve(
+            listed,
+            uidvalidity=int(validity),
+            uidnext=int(uidnext),
+            highestmodseq=int(modseq),
+            recent_uid=int(recent),
+            keywords=tuple(keywords),
+        )
+        return _write_folder(cur, folder_dir(root, folder.name), folder, hostname)
+
+
+def _write_folder(cur: Cursor, path: str, folder: _Folder, hostname: str) -> FolderMoved:
     if folder.name != INBOX:
         _make_maildir(pathlib.Path(path), folder=True)
     messages = octets = 0
@@ -510,7 +547,7 @@ def _export_folder(db: Database, root: pathlib.Path, folder: _Folder, hostname: 
         host = _escape_hostname(hostname)
         pid = os.getpid()
         cur_dir = os.path.join(path, "cur")
-        with db.transaction() as cur, index.write() as conn:
+        with index.write() as conn:
             cur.execute(
                 "SELECT DISTINCT k FROM mail_messages, unnest(flags) AS k"
                 " WHERE folder_id = %s AND left(k, 1) <> '\\'",
