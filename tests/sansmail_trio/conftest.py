@@ -12,6 +12,22 @@ from realfilters import (  # noqa: F401  (fixtures, shared by the modules that u
 from trio_helpers import client_tls, start_server, tls_ca, tls_files  # noqa: F401  (fixtures)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "server_backends(*backends, reason=''): run the test's servers on these storage "
+        "backends (trio_helpers.BOTH_BACKENDS, maildir_only, postgresql_xfail)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `server_backend` with the closest ``server_backends`` mark: a test's
+    own mark replaces its module's."""
+    mark = metafunc.definition.get_closest_marker("server_backends")
+    if mark is not None and "server_backend" in metafunc.fixturenames:
+        metafunc.parametrize("server_backend", mark.args)
+
+
 @pytest.fixture(autouse=True)
 def _umask_restored() -> Iterator[None]:
     """`sansmail-trio serve` sets umask 077 for the server's files; run in-process (the

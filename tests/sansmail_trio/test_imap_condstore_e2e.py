@@ -15,7 +15,9 @@ from typing import Any
 
 import imapclient
 from test_imap_e2e import ALICE, connect_imaps, deliver, imap_server, in_thread, ok
-from trio_helpers import RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RunningServer, StartServer
+
+pytestmark = BOTH_BACKENDS
 
 
 def _message(n: int) -> bytes:

@@ -12,7 +12,9 @@ import ssl
 import imapclient
 import trio
 from test_imap_e2e import ALICE, MESSAGE_1, MESSAGE_2, deliver, imap_server
-from trio_helpers import StartServer
+from trio_helpers import BOTH_BACKENDS, StartServer
+
+pytestmark = BOTH_BACKENDS
 
 
 def _search(client: imapclient.IMAPClient, criteria: list[object], *, rev2: bool) -> list[int]:

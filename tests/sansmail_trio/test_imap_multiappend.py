@@ -11,7 +11,9 @@ from typing import Any
 import imapclient
 import trio
 from test_imap_e2e import ALICE, MESSAGE_1, MESSAGE_2, imap_server
-from trio_helpers import StartServer
+from trio_helpers import BOTH_BACKENDS, StartServer
+
+pytestmark = BOTH_BACKENDS
 
 THIRD = b"Subject: third\r\n\r\nthe third\r\n"
 

@@ -11,7 +11,9 @@ import ssl
 import imapclient
 import trio
 from test_imap_e2e import ALICE, imap_server
-from trio_helpers import StartServer
+from trio_helpers import BOTH_BACKENDS, StartServer
+
+pytestmark = BOTH_BACKENDS
 
 # (Subject, From, Message-ID, References, Date)
 MESSAGES = [

@@ -15,7 +15,9 @@ import ssl
 from typing import Any
 
 import trio
-from trio_helpers import RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RunningServer, StartServer
+
+pytestmark = BOTH_BACKENDS
 
 ALICE = "alice@example.test"
 MESSAGE = "From: Jörg <jörg@example.org>\r\nSubject: Grüße\r\n\r\nHallo!\r\n".encode()
