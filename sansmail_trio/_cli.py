@@ -51,6 +51,7 @@ from sansmail.storage.dkimkeys import KeyExistsError, key_path, write_key
 from sansmail.storage.generations import Counter, bump
 from sansmail.storage.maildir import MaildirStore, recalculate_usage
 from sansmail.storage.queue import (
+    Queue,
     QueueStore,
     UnknownQueueIdError,
     format_mailq,
@@ -1144,7 +1145,12 @@ def _database(config: Config) -> Database:
     return db
 
 
-def _queue_store(config: Config) -> QueueStore:
+def _queue_store(config: Config) -> Queue:
+    if config.storage.backend == "postgresql":
+        from sansmail.storage.pg._queue import PgQueueStore  # noqa: PLC0415 (psycopg)
+
+        # The command claims nothing; the name is only the holder it would be.
+        return PgQueueStore(_database(config), node=f"{config.hostname}:cli:{os.getpid()}")
     return QueueStore(config.data_dir / "queue")
 
 
