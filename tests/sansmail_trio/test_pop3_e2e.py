@@ -1,5 +1,6 @@
 """The pop3 and pop3s services end to end: mail delivered by real SMTP, then read and
-deleted with poplib over STLS and over implicit TLS, and with Debian's curl.
+deleted with poplib over STLS and over implicit TLS, and with Debian's curl; on both
+storage backends, but for the tests that rename Maildir files under a session.
 
 The helpers at the top (a server with smtp, pop3 and pop3s; delivery through smtplib; a
 byte-level POP3 client) are shared with test_pop3_session.py.
@@ -22,10 +23,12 @@ import pytest
 import trio
 import trio_helpers
 import trustme
-from trio_helpers import RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RunningServer, StartServer, maildir_only
 
 from sansmail.config import Config
 from sansmail.mail.auth import AuthSettings
+
+pytestmark = BOTH_BACKENDS
 
 POP3_LISTEN = {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"}
 ALICE = "alice@example.test"
@@ -63,6 +66,8 @@ def arrival(path: pathlib.Path) -> tuple[int, int, str]:
 
 def stored_messages(server: RunningServer, address: str = ALICE) -> list[bytes]:
     """Every message in the INBOX, new/ and cur/, in arrival order (POP3's numbering)."""
+    if server.backend == "postgresql":
+        return server.new_messages(address)  # every INBOX row, by UID
     root = server.maildir(address)
     paths = [p for sub in ("new", "cur") if (root / sub).exists() for p in (root / sub).iterdir()]
     return [p.read_bytes() for p in sorted(paths, key=arrival)]
@@ -147,6 +152,20 @@ def _messages_in(server: RunningServer) -> list[bytes]:
     return stored_messages(server)
 
 
+def uidls(server: RunningServer, address: str = ALICE) -> list[str]:
+    """The UIDLs the INBOX's messages should have, in POP3's order: the Maildir file's
+    base name, or Dovecot's ``%08Xu%08Xv`` of the row's UID and folder's UIDVALIDITY."""
+    if server.backend == "postgresql":
+        rows = server.query(
+            "SELECT m.uid, f.uidvalidity FROM mail_messages m"
+            " JOIN mail_folders f ON f.id = m.folder_id"
+            " WHERE f.mailbox = %s AND f.name = 'INBOX' ORDER BY m.uid",
+            (address,),
+        )
+        return [f"{uid:08X}{uidvalidity:08X}" for uid, uidvalidity in rows]
+    return [p.name for p in sorted((server.maildir(address) / "new").iterdir(), key=arrival)]
+
+
 # --- the "done when" of issue 5 -------------------------------------------------------------
 
 
@@ -159,7 +178,7 @@ async def test_poplib_over_stls_reads_tops_and_deletes_exactly_at_quit(
     await deliver(server, *MESSAGES)
     stored = _messages_in(server)
     assert len(stored) == 2
-    names = [p.name for p in sorted((server.maildir(ALICE) / "new").iterdir(), key=arrival)]
+    names = uidls(server)
 
     def session() -> dict[str, Any]:
         client = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)
@@ -323,6 +342,7 @@ async def test_mail_delivered_during_a_session_waits_for_the_next(
     assert [m.split(b"\n")[-3:] for m in _messages_in(server)] == [[b"line", b"line", b""]]
 
 
+@maildir_only("renames the Maildir file under the session")
 async def test_uidl_survives_a_flag_rename_by_an_imap_client(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:
@@ -347,6 +367,7 @@ async def test_uidl_survives_a_flag_rename_by_an_imap_client(
     assert before[0] == b"1 " + first.name.encode()
 
 
+@maildir_only("renames and unlinks Maildir files under the session")
 async def test_renamed_during_the_session_is_still_read_and_deleted(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:
@@ -427,7 +448,7 @@ async def test_retr_marks_seen_for_imap_at_quit(
     assert server.config.pop3.no_flag_updates is no_flag_updates
     await deliver(server, *MESSAGES)
     stored = _messages_in(server)
-    uids = [p.name for p in sorted((server.maildir(ALICE) / "new").iterdir(), key=arrival)]
+    uids = uidls(server)
 
     def pop3_session() -> tuple[list[bytes], list[bytes]]:
         client = poplib.POP3("127.0.0.1", server.port_of("pop3"), timeout=10)

@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 from test_pop3_e2e import ALICE, MESSAGES, PopClient, deliver, pop3_server, stored_messages
-from trio_helpers import StartServer, logged
+from trio_helpers import BOTH_BACKENDS, StartServer, logged
 
 from sansmail import sasl
 from sansmail.config import parse_config
@@ -25,6 +25,9 @@ from sansmail.sessions.pop3d import Pop3Service
 from sansmail.storage.maildir import MaildirMaildrops, MaildirStore, Maildrop
 from sansmail.storage.users import UserStore
 from sansmail_trio import _pop3_server
+
+# The tests of a running server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 OUTSIDE = ["192.0.2.0/24"]  # mynetworks that do not contain the test client
 FAST = AuthSettings(failure_delay=0.01, max_failure_delay=0.02)
