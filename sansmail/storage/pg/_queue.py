@@ -7,9 +7,11 @@ Every operation is one SQL statement run as its own transaction (autocommit on t
 pooled connection for its length): one round trip, where BEGIN, statement and COMMIT
 would be three, and nothing that needs two statements to agree.
 
-**Queueing** (`PgQueueWriter.commit`, before the ``250``): the content is buffered in
-memory while the client sends it (the SMTP session's message size limit bounds it) and
-the row is written with one statement, which also tells every node's idle runner
+**Queueing** (`PgQueueWriter.commit`, before the ``250``): what the client sends is
+buffered, and each `flush` moves it to a `tempfile.SpooledTemporaryFile` (memory up to
+`SPOOL_MEMORY`, then an unlinked file: a big message is not held in memory once per
+queue copy while it arrives, as `PgMailStore` does); at commit the row is written
+whole with one statement, which also tells every node's idle runner
 (``NOTIFY`` "queue", sent by PostgreSQL when the statement's transaction commits).
 The commit returns once the row is durable, so ``250`` is never sent for mail a crash
 could lose. An id another writer took meanwhile fails the insert (FileExistsError, as
@@ -55,6 +57,7 @@ import builtins
 import contextlib
 import errno
 import itertools
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -79,6 +82,7 @@ from sansmail.storage.queue._store import UnknownQueueIdError
 __all__ = [
     "DEFAULT_LEASE",
     "NOTIFY_KEY",
+    "SPOOL_MEMORY",
     "LeaseLostError",
     "PgQueueStore",
     "PgQueueWriter",
@@ -89,6 +93,8 @@ __all__ = [
 DEFAULT_LEASE: Final = 300.0
 #: The NOTIFY payload of a change in the queue (a message queued, released, flushed).
 NOTIFY_KEY: Final = "queue"
+#: Octets of a message kept in memory while it arrives; the rest goes to a file.
+SPOOL_MEMORY: Final = 1024 * 1024
 
 
 class QueueUnavailableError(BackendUnavailableError):
@@ -370,7 +376,7 @@ class PgQueueStore:
 
 
 class PgQueueWriter:
-    """One message being written into the queue; the content stays in memory until
+    """One message being written into the queue; nothing reaches the database before
     `commit` writes the row (see the module docstring)."""
 
     def __init__(self, store: PgQueueStore, queue_id: str) -> None:
@@ -379,6 +385,7 @@ class PgQueueWriter:
         self._chunks: list[bytes] = []
         self._pending = 0
         self._size = 0
+        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self._done = False
 
     @property
@@ -388,8 +395,7 @@ class PgQueueWriter:
 
     @property
     def pending(self) -> int:
-        """Octets written since the last `flush` (which the SMTP side calls when this
-        grows, and which here only starts the count again)."""
+        """Octets buffered since the last `flush`."""
         return self._pending
 
     def write(self, data: bytes) -> None:
@@ -402,13 +408,18 @@ class PgQueueWriter:
             self._size += len(data)
 
     def flush(self) -> None:
-        """Nothing reaches the database before `commit`: a row written in pieces
-        would hold a connection (and its transaction) for as long as the client takes
-        to send the message."""
+        """Move the buffered content to the spool (BLOCKING once it is a file). Not to
+        the database: a row written in pieces would hold a connection, and its
+        transaction, for as long as the client takes to send the message."""
         if self._done:
             raise RuntimeError("flush after commit or abort")
-        # The chunks stay as they are: joining them at every flush would copy a big
-        # message over and over, once at the commit is enough.
+        if not self._chunks:
+            return
+        if self._spool is None:
+            # Closed by `commit` or `abort`, not by a block: it outlives this call.
+            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
+        self._spool.write(b"".join(self._chunks))
+        self._chunks = []
         self._pending = 0
 
     def commit(self, envelope: QueuedMessage, *, sync: bool = True) -> QueuedMessage:
@@ -421,9 +432,10 @@ class PgQueueWriter:
             raise ValueError(f"envelope for {envelope.queue_id} given to {self.queue_id}")
         stored = attrs.evolve(envelope, size=self._size)
         content = b"".join(self._chunks)
-        self._done = True
-        self._chunks = []
-        self._pending = 0
+        if self._spool is not None:
+            self._spool.seek(0)
+            content = self._spool.read() + content
+        self.abort()
         # One statement, one transaction: the row, and the word to the runners (sent at
         # its commit), once per row added: none for an id another writer took.
         rows = self._store._run(
@@ -452,3 +464,6 @@ class PgQueueWriter:
         self._done = True
         self._chunks = []
         self._pending = 0
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()

@@ -11,7 +11,7 @@ import attrs
 import pytest
 
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
-from sansmail.storage.pg import Database
+from sansmail.storage.pg import Database, _queue
 from sansmail.storage.pg._mailrows import CHANNEL
 from sansmail.storage.pg._queue import LeaseLostError, PgQueueStore, QueueUnavailableError
 from sansmail.storage.queue import SharedQueue, UnknownQueueIdError
@@ -228,3 +228,24 @@ def test_new_ids_of_two_nodes_differ(pg_db: Database) -> None:
     b = PgQueueStore(pg_db, node="host-b:7", clock=lambda: NOW)
     assert a.new_id() != b.new_id()
     assert len(a.new_id()) == len(b.new_id())
+
+
+def test_a_big_message_arrives_through_a_file(
+    pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_queue, "SPOOL_MEMORY", 64)
+    a = PgQueueStore(pg_db, node="a:1")
+    writer = a.begin("BIG1")
+    parts = [b"Subject: big\r\n\r\n", b"x" * 100 + b"\r\n", b"y" * 100 + b"\r\n", b"end\r\n"]
+    for part in parts:
+        writer.write(part)
+        writer.flush()
+        assert writer.pending == 0
+    writer.write(b"tail\r\n")  # still buffered at the commit
+    assert writer._spool is not None
+    assert writer._spool._rolled  # type: ignore[attr-defined]  # a file by now
+    stored = writer.commit(envelope("BIG1"))
+    content = b"".join(parts) + b"tail\r\n"
+    assert stored.size == len(content)
+    assert a.read("BIG1") == (stored, content)
+    assert writer._spool is None  # closed
