@@ -390,6 +390,13 @@ class QueueRunner:
             except OSError as exc:
                 self.log.warning("cannot claim from the queue: %s", exc)
                 return CLAIM_RETRY
+            if trio.current_effective_deadline() == -math.inf and opened.attempts:
+                # Stopped while the claim ran (the thread is not abandoned): give them
+                # back for another node now, rather than when their leases end.
+                with trio.CancelScope(shield=True):
+                    now = self.clock()
+                    await self._give_back({a.message.queue_id: now for a in opened.attempts})
+                await trio.lowlevel.checkpoint()  # the Cancelled
             self._active.update(attempt.message.queue_id for attempt in opened.attempts)
             self._start(opened, nursery)
             if len(opened.attempts) < room:

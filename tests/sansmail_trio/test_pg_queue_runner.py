@@ -12,6 +12,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -23,6 +24,7 @@ from dns_server import DNSServer
 
 from sansmail.config import Config, load_config
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient
+from sansmail.sessions.qmgr import Opened
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MaildirStore
 from sansmail.storage.pg import Database
@@ -264,3 +266,29 @@ async def test_a_node_killed_mid_delivery_has_its_messages_finished_by_another(
     assert subjects(sink) == sorted(f"m{n}" for n in range(len(ids)))
     assert delivered_by(caplog) == {"survivor": len(ids)}
     assert b"status=sent" not in (tmp_path / "victim.log").read_bytes()
+
+
+async def test_a_claim_that_returns_after_the_stop_is_given_back(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database
+) -> None:
+    config = configure(tmp_path, dns, free_port(PEER))
+    store = PgQueueStore(pg_db, node="a:1")  # a lease of minutes
+    a = runner(config, store, dns, "a")
+    ids = await trio.to_thread.run_sync(enqueue, store, 2)
+    entered, go_on = threading.Event(), threading.Event()
+    real_claim = a.manager.claim
+
+    def claim_slowly(limit: int, *, now: float) -> Opened:
+        entered.set()
+        go_on.wait(30)
+        return real_claim(limit, now=now)
+
+    a.manager.claim = claim_slowly  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await trio.to_thread.run_sync(entered.wait, 30)
+        nursery.cancel_scope.cancel()  # stopping while the claim is in its thread
+        go_on.set()
+    other = PgQueueStore(pg_db, node="b:1")
+    claimed = await trio.to_thread.run_sync(lambda: other.claim(10, now=time.time()))
+    assert sorted(m.queue_id for m, _c in claimed.messages) == sorted(ids)
