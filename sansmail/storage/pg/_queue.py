@@ -159,6 +159,10 @@ class PgQueueStore:
         # In place of the file store's pid: ids made on two machines (whose server
         # processes may well have the same pid, in containers) differ here.
         self._tag = zlib.crc32(node.encode("utf-8", "surrogatepass")) & 0xFFFFF
+        # The ids this store claimed and has not settled: their outcome is written only
+        # while this node still holds them (`update`). A set's add and discard are
+        # atomic, and each id is settled by one worker thread at a time.
+        self._claimed: set[str] = set()
 
     @property
     def node(self) -> str:
@@ -231,15 +235,19 @@ class PgQueueStore:
     def update(self, message: QueuedMessage) -> None:
         """Record the envelope after an attempt and let go of this node's lease, in one
         transaction; UnknownQueueIdError if the message is gone, `LeaseLostError` if
-        another node holds it now."""
+        another node holds it now, or held it since this node's claim (its outcome
+        stands: a stalled node must not write over it). A message this store did not
+        claim is written if no node holds it (an administrator's change)."""
         queue_id = message.queue_id
         check_queue_id(queue_id)
         envelope = encode_envelope(message).decode("ascii")
+        claimed = queue_id in self._claimed
+        self._claimed.discard(queue_id)
         done = self._run(
             "UPDATE queue_messages SET envelope = %s, next_attempt = %s, lease_holder = NULL"
             " WHERE queue_id = %s AND damaged IS NULL"
-            " AND (lease_holder IS NULL OR lease_holder = %s)",
-            (envelope, _due(message), queue_id, self._node),
+            " AND (lease_holder = %s OR (lease_holder IS NULL AND NOT %s))",
+            (envelope, _due(message), queue_id, self._node, claimed),
         )
         if done.rowcount == 1:
             return
@@ -256,6 +264,7 @@ class PgQueueStore:
         """Remove a message, whoever holds it. `sync` is for the file store's sake:
         the removal is durable when this returns."""
         check_queue_id(queue_id)
+        self._claimed.discard(queue_id)
         if self._run("DELETE FROM queue_messages WHERE queue_id = %s", (queue_id,)).rowcount == 0:
             raise UnknownQueueIdError(queue_id)
 
@@ -265,6 +274,7 @@ class PgQueueStore:
     def set_aside(self, queue_id: str, why: str = "set aside") -> bool:
         """Take a damaged message out of delivery; it stays in the table, with `why`."""
         check_queue_id(queue_id)
+        self._claimed.discard(queue_id)
         done = self._run(
             "UPDATE queue_messages SET damaged = %s, lease_holder = NULL"
             " WHERE queue_id = %s AND damaged IS NULL",
@@ -324,6 +334,7 @@ class PgQueueStore:
             {"now": now, "limit": limit, "node": self._node, "until": now + self._lease},
         ).rows
         rows.sort(key=lambda row: (row[3], row[0]))
+        self._claimed.update(row[0] for row in rows)
         messages: list[tuple[QueuedMessage, bytes]] = []
         damaged: list[tuple[str, str]] = []
         for queue_id, envelope, content, _arrival in rows:
@@ -332,6 +343,7 @@ class PgQueueStore:
             except ValueError as exc:
                 why = str(exc).removeprefix(f"{queue_id}: ") or type(exc).__name__
                 damaged.append((queue_id, why))
+        self._claimed.difference_update(qid for qid, _why in damaged)
         if damaged:
             # Claimed by us meanwhile: should we die first, the next claim sets them
             # aside once the lease ends.
@@ -353,13 +365,16 @@ class PgQueueStore:
             " WHERE queue_id = ANY(%s) AND lease_holder = %s RETURNING queue_id",
             (now + self._lease, builtins.list(queue_ids), self._node),
         ).rows
-        return {row[0] for row in rows}
+        held = {row[0] for row in rows}
+        self._claimed.difference_update(set(queue_ids) - held)
+        return held
 
     def release(self, due: Mapping[str, float]) -> None:
         """Give back this node's claims on the ids of `due`, each due again at its
         time, and wake the other nodes' runners."""
         if not due:
             return
+        self._claimed.difference_update(due)
         self._run(
             "WITH released AS (UPDATE queue_messages AS m"
             "  SET next_attempt = u.due, lease_holder = NULL"

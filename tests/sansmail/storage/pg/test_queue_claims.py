@@ -89,6 +89,24 @@ def test_a_held_lease_is_not_taken_and_an_ended_one_is(pg_db: Database) -> None:
     assert claimed_ids(a, now=NOW + 120) == ["HELD1"]  # b let go with its update
 
 
+def test_a_stalled_node_does_not_write_over_the_outcome_of_the_one_that_took_over(
+    pg_db: Database,
+) -> None:
+    a = PgQueueStore(pg_db, node="a:1", lease=60)
+    b = PgQueueStore(pg_db, node="b:1", lease=60)
+    stored = queue(a, "STALL1")
+    assert claimed_ids(a) == ["STALL1"]
+    assert claimed_ids(b, now=NOW + 60) == ["STALL1"]  # a stalled past its lease
+    deferred = attrs.evolve(stored, recipients=[attrs.evolve(stored.recipients[0], attempts=1)])
+    b.update(deferred)  # b's attempt ends first, and lets go
+    with pytest.raises(LeaseLostError):
+        a.update(attrs.evolve(stored, warned=True))  # no holder now, but not a's claim
+    assert a.load("STALL1") == deferred
+    # An update of a message this store never claimed (no node holds it) is written.
+    a.update(attrs.evolve(deferred, warned=True))
+    assert a.load("STALL1").warned
+
+
 def test_update_lets_go_and_makes_the_message_due_at_its_next_retry(pg_db: Database) -> None:
     a = PgQueueStore(pg_db, node="a:1")
     stored = queue(a, "RETRY1")
