@@ -28,11 +28,14 @@ import imapclient
 import pytest
 import trio
 from test_imap_e2e import ALICE, MESSAGE_1, deliver, imap_server
-from trio_helpers import FAST_HASHER, RunningServer
+from trio_helpers import BOTH_BACKENDS, FAST_HASHER, RunningServer
 
 import sansmail_trio._imap_server as imap_server_module
 from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
+
+# The tests of an in-process server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 WAIT = 5.0
 

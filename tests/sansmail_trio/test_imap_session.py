@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from argon2 import PasswordHasher
 from test_imap_e2e import ALICE, MESSAGE_1, deliver, imap_server
-from trio_helpers import StartServer, logged
+from trio_helpers import BOTH_BACKENDS, StartServer, logged
 
 from sansmail import sasl
 from sansmail.config import Config
@@ -28,6 +28,9 @@ from sansmail.sessions.imapd import AUTOLOGOUT, ImapService
 from sansmail.storage.maildir import MaildirImapStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._imap_server import IMAPService
+
+# The tests of a running server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 
@@ -164,7 +167,7 @@ async def test_plaintext_pipelined_after_starttls_is_never_executed(
     got = await trio.to_thread.run_sync(attack)
     assert got[0] == b"a1 OK Begin TLS negotiation now"
     assert b"OK" not in b"".join(got[1:])
-    assert len(list((server.maildir(ALICE) / "new").iterdir())) == 1
+    assert len(server.new_messages(ALICE)) == 1
 
 
 async def test_authenticate_scram_and_cancel(

@@ -13,10 +13,12 @@ import ssl
 import aiosmtplib
 import pytest
 import trio
-from trio_helpers import RawClient, RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RawClient, RunningServer, StartServer
 
 from sansmail import sasl
 from sansmail.mail.auth import AuthSettings
+
+pytestmark = BOTH_BACKENDS
 
 MESSAGE = b"Subject: submitted\r\n\r\nhello\r\n"
 SUBMISSION = {"smtp": "127.0.0.1:0", "submission": "127.0.0.1:0", "submissions": "127.0.0.1:0"}
