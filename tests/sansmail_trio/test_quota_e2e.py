@@ -9,21 +9,32 @@ in the test's Trio loop."""
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import pathlib
 import smtplib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
 import trio
-from trio_helpers import FAST_HASHER, RunningServer, quick_auth, write_config
+from trio_helpers import (
+    BOTH_BACKENDS,
+    FAST_HASHER,
+    RunningServer,
+    add_users,
+    logged,
+    quick_auth,
+    write_config,
+)
 
 from sansmail.config import load_config
 from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
 from sansmail_trio import serve
+
+pytestmark = BOTH_BACKENDS
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -37,20 +48,41 @@ def message(subject: str, size: int = 1000) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b"\r\n"
 
 
+@pytest.fixture
+def dsn(server_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The database of a postgresql server (a fresh one), None for Maildir."""
+    return request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def user_store(server: RunningServer) -> Iterator[Any]:
+    """The server's users as the CLI changes them: users.json, or the users table."""
+    if server.dsn is None:
+        yield UserStore(server.data_dir / "users.json", hasher=FAST_HASHER)
+        return
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._users import PgUserStore  # noqa: PLC0415
+
+    db = Database(server.dsn)
+    try:
+        yield PgUserStore(db, hasher=FAST_HASHER)
+    finally:
+        db.close()
+
+
 async def start(
     tmp_path: pathlib.Path,
     nursery: trio.Nursery,
     tls_files: tuple[pathlib.Path, pathlib.Path],
     storage: str | int,
+    dsn: str | None,
 ) -> RunningServer:
-    path = write_config(tmp_path, tls=tls_files, listen=LISTEN)
+    path = write_config(tmp_path, tls=tls_files, listen=LISTEN, dsn=dsn)
     with path.open("a") as f:
         f.write(f"[quota]\nstorage = {storage!r}\n".replace("'", '"'))
     config = load_config(path, default_hostname="unused.test")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    users = UserStore(config.data_dir / "users.json", hasher=FAST_HASHER)
-    for address in (ALICE, BOB):
-        users.add(parse_address(address), "secret")
+    add_users(config, dsn, (ALICE, BOB))
     shutdown, done = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -64,7 +96,7 @@ async def start(
     bound = await nursery.start(run)
     host, port = bound["smtp"][0]
     return RunningServer(
-        config=config, host=host, port=port, shutdown=shutdown, done=done, bound=bound
+        config=config, host=host, port=port, shutdown=shutdown, done=done, bound=bound, dsn=dsn
     )
 
 
@@ -104,8 +136,9 @@ async def test_getquotaroot_getquota_and_overquota(
     nursery: trio.Nursery,
     tls_files: tuple[pathlib.Path, pathlib.Path],
     client_tls: ssl.SSLContext,
+    dsn: str | None,
 ) -> None:
-    server = await start(tmp_path, nursery, tls_files, LIMIT)
+    server = await start(tmp_path, nursery, tls_files, LIMIT, dsn)
     assert await in_thread(lambda: send(server, message("one"), message("two"))) == [{}, {}]
 
     def imap() -> None:
@@ -172,31 +205,50 @@ async def test_a_users_own_limit(
     nursery: trio.Nursery,
     tls_files: tuple[pathlib.Path, pathlib.Path],
     client_tls: ssl.SSLContext,
+    dsn: str | None,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = await start(tmp_path, nursery, tls_files, "1G")
-    users = UserStore(server.data_dir / "users.json", hasher=FAST_HASHER)
+    caplog.set_level("INFO", logger="sansmail.notify")
+    server = await start(tmp_path, nursery, tls_files, "1G", dsn)
 
-    def storage() -> list[Any]:
-        client = login(server, client_tls)
-        roots, quotas = quota_of(client)
-        client.logout()
-        return [*roots, *quotas]
+    def reloads() -> int:
+        return sum(
+            r.getMessage() == "users reloaded (changed on a node)"
+            for r in caplog.records
+            if r.name == "sansmail.notify"
+        )
 
-    assert await in_thread(storage) == [b'"INBOX" ""', b'"" (STORAGE 0 1048576)']
-    await in_thread(lambda: users.set_quota(parse_address(ALICE).key, 2048))
-    assert await in_thread(storage) == [b'"INBOX" ""', b'"" (STORAGE 0 2)']
-    # A user with no limit of their own ("none"): no quota root at all.
-    await in_thread(lambda: users.set_quota(parse_address(ALICE).key, 0))
-    assert await in_thread(storage) == [b'"INBOX"', None]
-    many = [message(str(n)) for n in range(4)]
-    assert await in_thread(lambda: send(server, *many)) == [{}] * 4
-    # Back to 2 KiB: 4 KiB stored is over it, and SMTP says so at RCPT.
-    await in_thread(lambda: users.set_quota(parse_address(ALICE).key, 2048))
-    [refused] = await in_thread(lambda: send(server, message("late")))
-    assert refused[0] == 552
-    # The configured limit again: room.
-    await in_thread(lambda: users.set_quota(parse_address(ALICE).key, None))
-    assert await in_thread(lambda: send(server, message("later"))) == [{}]
+    async def set_quota(octets: int | None) -> None:
+        """`user quota`: in force when it returns on Maildir (the generations counter);
+        on PostgreSQL once the server heard the NOTIFY and re-read the users."""
+        before = reloads()
+        await in_thread(lambda: users.set_quota(parse_address(ALICE).key, octets))
+        if server.dsn is not None:
+            await logged(caplog, "sansmail.notify", lambda _lines: reloads() > before)
+
+    with user_store(server) as users:
+
+        def storage() -> list[Any]:
+            client = login(server, client_tls)
+            roots, quotas = quota_of(client)
+            client.logout()
+            return [*roots, *quotas]
+
+        assert await in_thread(storage) == [b'"INBOX" ""', b'"" (STORAGE 0 1048576)']
+        await set_quota(2048)
+        assert await in_thread(storage) == [b'"INBOX" ""', b'"" (STORAGE 0 2)']
+        # A user with no limit of their own ("none"): no quota root at all.
+        await set_quota(0)
+        assert await in_thread(storage) == [b'"INBOX"', None]
+        many = [message(str(n)) for n in range(4)]
+        assert await in_thread(lambda: send(server, *many)) == [{}] * 4
+        # Back to 2 KiB: 4 KiB stored is over it, and SMTP says so at RCPT.
+        await set_quota(2048)
+        [refused] = await in_thread(lambda: send(server, message("late")))
+        assert refused[0] == 552
+        # The configured limit again: room.
+        await set_quota(None)
+        assert await in_thread(lambda: send(server, message("later"))) == [{}]
     await server.stop()
 
 
@@ -207,8 +259,9 @@ async def test_no_limit_no_quota_root(
     tls_files: tuple[pathlib.Path, pathlib.Path],
     client_tls: ssl.SSLContext,
     storage: int,
+    dsn: str | None,
 ) -> None:
-    server = await start(tmp_path, nursery, tls_files, storage)
+    server = await start(tmp_path, nursery, tls_files, storage, dsn)
     assert await in_thread(lambda: send(server, message("one"))) == [{}]
 
     def imap() -> None:
@@ -221,5 +274,5 @@ async def test_no_limit_no_quota_root(
 
     await in_thread(imap)
     # Nobody reads usage: no quota file is kept.
-    assert not (server.maildir(ALICE) / "maildirsize").exists()
+    assert server.backend != "maildir" or not (server.maildir(ALICE) / "maildirsize").exists()
     await server.stop()
