@@ -363,7 +363,7 @@ class PgFolderView(FolderView):
     def _contents(self, uids: list[int]) -> dict[int, bytes]:
         rows = self._read_rows(
             "SELECT m.uid, c.content FROM mail_messages m JOIN mail_contents c USING (digest)"
-            " WHERE m.folder_id = %(folder)s AND m.uid = ANY(%(uids)s)",
+            " WHERE m.folder_id = %(folder)s AND m.uid IN (SELECT unnest(%(uids)s::bigint[]))",
             uids=uids,
         )
         return {int(uid): bytes(content) for uid, content in rows}
@@ -384,7 +384,7 @@ class PgFolderView(FolderView):
         blob = "cache" if cache else "NULL::bytea"
         rows = self._read_rows(
             f"SELECT uid, envelope, bodystructure, body, {blob} FROM mail_messages"  # noqa: S608
-            " WHERE folder_id = %(folder)s AND uid = ANY(%(uids)s)",
+            " WHERE folder_id = %(folder)s AND uid IN (SELECT unnest(%(uids)s::bigint[]))",
             uids=sorted(set(uids)),
         )
         return {
@@ -424,7 +424,8 @@ class PgFolderView(FolderView):
         rows = self._read_rows(
             "SELECT m.uid FROM mail_messages m LEFT JOIN mail_search s"  # noqa: S608
             " ON s.folder_id = m.folder_id AND s.uid = m.uid"
-            f" WHERE m.folder_id = %(folder)s AND m.uid = ANY(%(uids)s) AND ({condition})"
+            " WHERE m.folder_id = %(folder)s AND m.uid IN (SELECT unnest(%(uids)s::bigint[]))"
+            f" AND ({condition})"
             " ORDER BY m.uid",
             uids=sorted(set(uids)),
         )
@@ -510,7 +511,7 @@ class PgFolderView(FolderView):
     def flag_states(self, uids: Iterable[int]) -> dict[int, tuple[int, frozenset[str]]]:
         rows = self._read_rows(
             "SELECT uid, modseq, flags FROM mail_messages"
-            " WHERE folder_id = %(folder)s AND uid = ANY(%(uids)s)",
+            " WHERE folder_id = %(folder)s AND uid IN (SELECT unnest(%(uids)s::bigint[]))",
             uids=sorted(set(uids)),
         )
         return {int(uid): (int(modseq), flag_set(flags)) for uid, modseq, flags in rows}
@@ -581,7 +582,7 @@ class PgFolderView(FolderView):
             given = system | spelled
             cur.execute(
                 "SELECT uid, flags, modseq FROM mail_messages"
-                " WHERE folder_id = %s AND uid = ANY(%s) ORDER BY uid",
+                " WHERE folder_id = %s AND uid IN (SELECT unnest(%s::bigint[])) ORDER BY uid",
                 (self._id, wanted),
             )
             rows = cur.fetchall()
@@ -668,8 +669,8 @@ class PgFolderView(FolderView):
         with self._db.transaction() as cur:
             self._lock(cur)
             cur.execute(
-                "SELECT uid FROM mail_messages WHERE folder_id = %s AND uid = ANY(%s)"
-                " AND '\\Deleted' = ANY(flags)",
+                "SELECT uid FROM mail_messages WHERE folder_id = %s"
+                " AND uid IN (SELECT unnest(%s::bigint[])) AND '\\Deleted' = ANY(flags)",
                 (self._id, scope),
             )
             deleted = [int(uid) for (uid,) in cur.fetchall()]
@@ -714,7 +715,7 @@ class PgFolderView(FolderView):
                 return CopyResult(target_row[0], [])
             cur.execute(
                 "SELECT uid, flags, size FROM mail_messages"
-                " WHERE folder_id = %s AND uid = ANY(%s) ORDER BY uid",
+                " WHERE folder_id = %s AND uid IN (SELECT unnest(%s::bigint[])) ORDER BY uid",
                 (self._id, uids),
             )
             rows = cur.fetchall()

@@ -167,7 +167,7 @@ def remove_messages(cur: Cursor, folder_id: int, mailbox: str, uids: Iterable[in
     # The folder row first (the lock order: a STORE holds it while it updates rows).
     lock_folders(cur, [folder_id])
     cur.execute(
-        "DELETE FROM mail_messages WHERE folder_id = %s AND uid = ANY(%s)"
+        "DELETE FROM mail_messages WHERE folder_id = %s AND uid IN (SELECT unnest(%s::bigint[]))"
         " RETURNING uid, digest, size",
         (folder_id, wanted),
     )
