@@ -93,6 +93,13 @@ from mailbox_bench import SEED, _message
 SETUPS = ("maildir", "pg1", "pg2")
 LABELS = {"maildir": "Maildir, 1 node", "pg1": "PostgreSQL, 1 node", "pg2": "PostgreSQL, 2 nodes"}
 DELIVER_USER = "bench@example.test"
+
+
+def deliver_users(mailboxes: int) -> list[str]:
+    """The delivery mailboxes: bench@, then bench2@, bench3@..."""
+    return [DELIVER_USER] + [f"bench{i}@example.test" for i in range(2, mailboxes + 1)]
+
+
 READER = "reader@example.test"
 PASSWORD = "bench-password"
 DBNAME = "sansmail_bench"
@@ -187,7 +194,7 @@ class Postgres:
         self.cluster = pgcluster.Cluster(bindir, settings=PG_SETTINGS)
         self.dsn = ""
 
-    def start(self) -> None:
+    def start(self, users: Sequence[str]) -> None:
         _repo_imports()
         from sansmail.mail.address import parse_address  # noqa: PLC0415
         from sansmail.storage.pg import Database, migrate  # noqa: PLC0415
@@ -200,9 +207,9 @@ class Postgres:
         db = Database(self.dsn)
         try:
             migrate(db)
-            users = PgUserStore(db)
-            for user in (DELIVER_USER, READER):
-                users.add(parse_address(user), PASSWORD)
+            users_store = PgUserStore(db)
+            for user in users:
+                users_store.add(parse_address(user), PASSWORD)
         finally:
             db.close()
 
@@ -392,25 +399,34 @@ def _load_child(
 
 
 def split_load(
-    nodes: Sequence[Node], *, messages: int, concurrency: int, size: int, gen_processes: int
+    nodes: Sequence[Node],
+    users: Sequence[str],
+    *,
+    messages: int,
+    concurrency: int,
+    size: int,
+    gen_processes: int,
 ) -> loadgen.LoadResult:
-    """N messages over C connections, split evenly over `nodes`, each share driven by a
+    """N messages over C connections, split evenly over `nodes` and the mailboxes of
+    `users` (share i: node i mod nodes, mailbox i mod users), each share driven by a
     `loadgen.run_load` of its own started at the same moment (see the module docstring);
     the result's wall is the longest share's."""
     ctx = multiprocessing.get_context("fork")
-    shares = loadgen.split_slots(messages, len(nodes))
-    conns = loadgen.split_slots(concurrency, len(nodes))
-    gens = loadgen.split_slots(max(gen_processes, len(nodes)), len(nodes))
-    barrier = ctx.Barrier(len(nodes))
+    parts = max(len(nodes), len(users))
+    shares = loadgen.split_slots(messages, parts)
+    conns = loadgen.split_slots(concurrency, parts)
+    gens = loadgen.split_slots(max(gen_processes, parts), parts)
+    barrier = ctx.Barrier(parts)
     children = []
-    for node, share, conc, gen in zip(nodes, shares, conns, gens, strict=True):
+    for i, (share, conc, gen) in enumerate(zip(shares, conns, gens, strict=True)):
+        node = nodes[i % len(nodes)]
         spec = loadgen.LoadSpec(
             host=node.host,
             port=node.smtp_port,
             messages=share,
             concurrency=conc,
             size=size,
-            recipient=DELIVER_USER,
+            recipient=users[i % len(users)],
             processes=gen,
             deadline=240.0,
         )
@@ -808,6 +824,7 @@ class Bench:
         self.fills: dict[str, float] = {}
         self.profiles: dict[str, dict[str, Any]] = {}
         self.failures: list[str] = []
+        self.users = deliver_users(args.mailboxes)
         #: Where py-spy's raw stacks go (beside the JSON, so they outlive the data dirs).
         self.profile_dir = tmp
 
@@ -828,10 +845,10 @@ class Bench:
             )
             maildir.configure()
             # Meanwhile PostgreSQL starts: the CLI's start-up is a second each.
-            adders = [maildir.add_users_command(u) for u in (DELIVER_USER, READER)]
+            adders = [maildir.add_users_command(u) for u in (*self.users, READER)]
         if {"pg1", "pg2"} & set(setups):
             self.pg = Postgres()
-            self.pg.start()
+            self.pg.start([*self.users, READER])
             wanted.append(("node-a", HOSTS[0], self.pg.dsn))
         if "pg2" in setups:
             assert self.pg is not None
@@ -876,10 +893,11 @@ class Bench:
         nodes = self.setup_nodes(setup)
         rec = Pass(setup, rep, conc, args.messages, args.size, profiled=profile)
         pg = self.pg if nodes[0].dsn else None
-        if pg is not None:
-            pg.clear(DELIVER_USER)
-        else:
-            procs.clear_maildir(nodes[0].inbox(DELIVER_USER))
+        for user in self.users:
+            if pg is not None:
+                pg.clear(user)
+            else:
+                procs.clear_maildir(nodes[0].inbox(user))
         os.sync()
         time.sleep(args.idle)
         rec.load1 = os.getloadavg()[0]
@@ -894,20 +912,26 @@ class Bench:
         ):
             result = split_load(
                 nodes,
+                self.users,
                 messages=args.messages,
                 concurrency=conc,
                 size=args.size,
                 gen_processes=args.gen_processes,
             )
         ticks1 = procs.machine_ticks()
-        if pg is not None:
-            count = pg.count(DELIVER_USER)
-            if count != args.messages:
-                rec.problems.append(f"{count} rows in the INBOX, expected {args.messages}")
-        else:
-            new = nodes[0].inbox(DELIVER_USER) / "new"
-            procs.wait_for_count(new, args.messages, 60)
-            rec.problems += procs.verify_maildir(new, args.messages, args.size)
+        parts = max(len(nodes), len(self.users))
+        expected = Counter[str]()
+        for i, share in enumerate(loadgen.split_slots(args.messages, parts)):
+            expected[self.users[i % len(self.users)]] += share
+        for user, wanted in expected.items():
+            if pg is not None:
+                count = pg.count(user)
+                if count != wanted:
+                    rec.problems.append(f"{count} rows in {user}'s INBOX, expected {wanted}")
+            else:
+                new = nodes[0].inbox(user) / "new"
+                procs.wait_for_count(new, wanted, 60)
+                rec.problems += procs.verify_maildir(new, wanted, args.size)
         cpu1 = self.server_cpu(nodes)
         if pg is not None:
             after = pg.counters()
@@ -1064,7 +1088,8 @@ def imap_ratios(reps: Sequence[ImapRep]) -> dict[str, dict[str, list[float]]]:
 def report(bench: Bench) -> str:
     args = bench.args
     lines = [
-        f"Delivery: {args.messages} messages of {size_label(args.size)}, "
+        f"Delivery: {args.messages} messages of {size_label(args.size)} "
+        f"into {args.mailboxes} mailbox(es), "
         f"{args.processes} process(es) per node, medians of {args.reps} rep(s)"
     ]
     header = f"{'setup':22} {'c':>4}" + "".join(f" {n:>22}" for n, _ in DELIVERY_METRICS)
@@ -1283,6 +1308,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="delivery reps (default 2)")
     parser.add_argument("--setups", type=_setups, default=list(SETUPS), help=",".join(SETUPS))
     parser.add_argument("--processes", type=int, default=1, help="per node (default 1)")
+    parser.add_argument(
+        "--mailboxes", type=int, default=1, help="delivery mailboxes the load is split over"
+    )
+    parser.add_argument("--no-imap", action="store_true", help="delivery only")
     parser.add_argument("--gen-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--imap-messages", type=int, default=None, help="default 3000")
     parser.add_argument("--imap-reps", type=int, default=None, help="warm reps (default 2)")
@@ -1302,12 +1331,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.imap_messages = args.imap_messages or (100 if quick else 3000)
     args.imap_reps = args.imap_reps if args.imap_reps is not None else (1 if quick else 2)
     args.idle = args.idle if args.idle is not None else (0.2 if quick else 1.0)
-    if min(args.messages, args.reps, args.imap_messages, args.processes, args.clients) < 1:
+    counts = (args.messages, args.reps, args.imap_messages, args.processes, args.clients)
+    if min(*counts, args.mailboxes) < 1:
         parser.error("counts must be >= 1")
     if "pg2" in args.setups and args.clients < 2:
         parser.error("pg2 needs --clients 2 or more (a client on each node)")
-    if "pg2" in args.setups and min(args.concurrency) < 2:
-        parser.error("pg2 needs a concurrency of 2 or more (a connection to each node)")
+    parts = max(args.mailboxes, 2 if "pg2" in args.setups else 1)
+    if min(args.concurrency) < parts:
+        parser.error(f"the concurrency must be {parts} or more (a connection to each share)")
     return args
 
 
@@ -1335,7 +1366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"; PostgreSQL pid {bench.pg.pid}" if bench.pg else "")
         )
         bench.run_delivery()
-        bench.run_imap()
+        if not args.no_imap:
+            bench.run_imap()
         if args.profile:
             bench.run_profile()
     except KeyboardInterrupt:
