@@ -30,7 +30,8 @@ mailbox, the message's IMAP identity) exist only once COMMIT returned, so no 250
 given before the transaction is durable (``synchronous_commit`` as the server has it).
 
 Round trips per message, however many recipients: the content row, then one statement
-(`_DELIVER`) that locks the target folders in ascending id (the lock order every writer
+(`_DELIVER`; in a batch, after every content row, so that the folder locks are held as
+briefly as can be) that locks the target folders in ascending id (the lock order every writer
 keeps: content, folders, usage), takes a UID and a mod-sequence in each, inserts the
 message rows, adds to each mailbox's usage and sends ``NOTIFY mail:<folder id>`` for
 IMAP IDLE on every node. Folder ids are remembered per process; a folder deleted since
@@ -157,16 +158,20 @@ class PgMailStore(MailStore, MaildropSource):
         alone = len(contents) == 1
         try:
             with self.db.transaction() as cur:
+                # Every content first, the folder rows after: the folder's row lock,
+                # which every node's deliveries into that folder wait for, is then held
+                # for the row statements and the COMMIT only, not across the content
+                # inserts too (pg_bench.py: two nodes on one INBOX spent most of their
+                # time in Lock:transactionid).
+                stored: dict[int, tuple[bytes, int]] = {}
                 for index, content in contents.items():
-                    try:
-                        with _savepoint(cur, skip=alone):
-                            results[index] = self._deliver(cur, mine[index], content)
-                    except psycopg.OperationalError:
-                        raise  # the connection is gone: the whole batch with it
-                    except psycopg.Error as exc:
-                        if alone:
-                            raise
-                        results[index] = BackendUnavailableError(f"database: {_first_line(exc)}")
+                    with _one(results, index, alone=alone), _savepoint(cur, skip=alone):
+                        stored[index] = (_mailrows.store_content(cur, content), len(content))
+                if len(stored) > 1:
+                    self._lock_batch(cur, results, [mine[index] for index in stored], stored)
+                for index, (digest, size) in stored.items():
+                    with _one(results, index, alone=alone), _savepoint(cur, skip=alone):
+                        results[index] = self._deliver(cur, mine[index], digest, size)
         except DatabaseError as exc:
             failure = BackendUnavailableError(str(exc))
             for index in contents:
@@ -214,10 +219,9 @@ class PgMailStore(MailStore, MaildropSource):
 
     # -- inside the transaction -----------------------------------------------------------
 
-    def _deliver(self, cur: Cursor, delivery: PgDelivery, content: bytes) -> list[str]:
-        """The rows of one message (see "Round trips" in the module docstring); the
-        name per mailbox given to `begin`, in order."""
-        digest = _mailrows.store_content(cur, content)
+    def _deliver(self, cur: Cursor, delivery: PgDelivery, digest: bytes, size: int) -> list[str]:
+        """The rows of one message whose content is stored (see "Round trips" in the
+        module docstring); the name per mailbox given to `begin`, in order."""
         keys = list(dict.fromkeys(_mailrows.mailbox_key(m) for m in delivery.mailboxes))
         folder = delivery.folder
         when = datetime.datetime.fromtimestamp(self._clock() / 1e9).astimezone()
@@ -225,7 +229,7 @@ class PgMailStore(MailStore, MaildropSource):
         assert offset is not None
         params = {
             "digest": digest,
-            "size": len(content),
+            "size": size,
             "date": when,
             "zone": int(offset.total_seconds()) // 60,
             "channel": _mailrows.CHANNEL,
@@ -245,6 +249,31 @@ class PgMailStore(MailStore, MaildropSource):
         else:
             raise psycopg.errors.SerializationFailure(f"folder {folder!r} keeps vanishing")
         return [names[_mailrows.mailbox_key(m)] for m in delivery.mailboxes]
+
+    def _lock_batch(
+        self,
+        cur: Cursor,
+        results: list[list[str] | OSError | None],
+        deliveries: list[PgDelivery],
+        stored: dict[int, tuple[bytes, int]],
+    ) -> None:
+        """Lock every folder of a batch at once, in ascending id: each `_DELIVER` locks
+        its own folders in that order, but a batch runs them delivery after delivery, so
+        two batches (of one node or two) with folders in common could each hold one the
+        other wants: a deadlock, which PostgreSQL breaks after a second by failing a
+        whole batch (pg_bench.py --mailboxes 2). A delivery whose folders cannot be found
+        or made fails alone and leaves the batch."""
+        ids: set[int] = set()
+        for index, delivery in zip(list(stored), deliveries, strict=True):
+            keys = list(dict.fromkeys(_mailrows.mailbox_key(m) for m in delivery.mailboxes))
+            with _one(results, index, alone=False), _savepoint(cur, skip=False):
+                ids.update(self._folder_ids(cur, keys, delivery.folder, fresh=False).values())
+            if results[index] is not None:
+                del stored[index]
+        cur.execute(
+            "SELECT id FROM mail_folders WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (sorted(ids),),
+        )
 
     def _folder_ids(
         self, cur: Cursor, keys: list[str], folder: str, *, fresh: bool
@@ -300,6 +329,20 @@ class PgMailStore(MailStore, MaildropSource):
         if not isinstance(delivery, PgDelivery) or delivery.store is not self:
             raise TypeError("a delivery can only be committed by the store that began it")
         return delivery
+
+
+@contextlib.contextmanager
+def _one(results: list[list[str] | OSError | None], index: int, *, alone: bool) -> Iterator[None]:
+    """A failed statement of one delivery of a batch fails that delivery alone (its
+    savepoint rolled back); a lost connection, or the only delivery, fails the batch."""
+    try:
+        yield
+    except psycopg.OperationalError:
+        raise  # the connection is gone: the whole batch with it
+    except psycopg.Error as exc:
+        if alone:
+            raise
+        results[index] = BackendUnavailableError(f"database: {_first_line(exc)}")
 
 
 @contextlib.contextmanager
