@@ -10,18 +10,27 @@ layout (``sieve/<domain>/<local>/NAME.sieve``, the active one linked from
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import pathlib
 import shutil
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import trio
 import trustme
-from trio_helpers import FAST_HASHER, RunningServer, StartServer, logged, wait_until_started
+from trio_helpers import (
+    BOTH_BACKENDS,
+    FAST_HASHER,
+    RunningServer,
+    StartServer,
+    logged,
+    wait_until_started,
+)
 
 from sansmail import sasl
 from sansmail.mail.address import MailboxId, parse_address
@@ -30,6 +39,9 @@ from sansmail.sessions import managesieved
 from sansmail.storage.sieve import SieveStore
 from sansmail.storage.users import UserStore
 from sansmail_trio._managesieve_server import MAX_CONNECTIONS_PER_IP
+
+# The tests of an in-process server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 ALICE = "alice@example.test"
 ALICE_BOX = MailboxId(domain="example.test", local="alice")
@@ -51,6 +63,28 @@ async def sieve_server(
 
 def script_dir(server: RunningServer, box: MailboxId = ALICE_BOX) -> pathlib.Path:
     return pathlib.Path(SieveStore(server.data_dir).directory(box))
+
+
+@contextlib.contextmanager
+def sieve_scripts(server: RunningServer) -> Iterator[Any]:
+    """The server's Sieve scripts store: the directories, or the database's table."""
+    if server.dsn is None:
+        yield SieveStore(server.data_dir)
+        return
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._sieve import PgSieveStore  # noqa: PLC0415
+
+    db = Database(server.dsn)
+    try:
+        yield PgSieveStore(db)
+    finally:
+        db.close()
+
+
+def scripts_of(server: RunningServer, box: MailboxId = ALICE_BOX) -> dict[str, tuple[bytes, bool]]:
+    """`box`'s scripts as the store has them: name -> (text, active)."""
+    with sieve_scripts(server) as store:
+        return {name: (store.get(box, name), active) for name, active in store.list(box)}
 
 
 def b64(data: bytes) -> bytes:
@@ -162,13 +196,14 @@ async def test_sieve_connect_over_starttls(
     async def step(*action: str) -> tuple[int, str]:
         return await trio.to_thread.run_sync(lambda: run(*action))
 
-    directory = script_dir(server)
     code, out = await step("--upload", "--localsieve", str(local), "--remotesieve", "rules")
     assert code == 0, out
-    assert (directory / "rules.sieve").read_bytes() == SCRIPT
+    assert scripts_of(server) == {"rules": (SCRIPT, False)}
     code, out = await step("--activate", "--remotesieve", "rules")
     assert code == 0, out
-    assert os.readlink(directory / ".dovecot.sieve") == "rules.sieve"
+    assert scripts_of(server) == {"rules": (SCRIPT, True)}
+    if server.backend == "maildir":  # Dovecot's layout
+        assert os.readlink(script_dir(server) / ".dovecot.sieve") == "rules.sieve"
     code, out = await step("--list")
     assert (code, out) == (0, '"rules" ACTIVE\n')
     code, out = await step("--download", "--remotesieve", "rules", "--localsieve", str(fetched))
@@ -178,14 +213,14 @@ async def test_sieve_connect_over_starttls(
     code, out = await step("--upload", "--localsieve", str(broken), "--remotesieve", "broken")
     assert code != 0
     assert "line 3: column 1: " in out, out
-    assert not (directory / "broken.sieve").exists()
+    assert "broken" not in scripts_of(server)
     code, out = await step("--delete", "--remotesieve", "rules")
     assert code != 0
     assert "NO (ACTIVE) \"script 'rules' is active" in out, out
     assert (await step("--deactivate"))[0] == 0
-    assert not os.path.lexists(directory / ".dovecot.sieve")
+    assert scripts_of(server) == {"rules": (SCRIPT, False)}
     assert (await step("--delete", "--remotesieve", "rules"))[0] == 0
-    assert not (directory / "rules.sieve").exists()
+    assert scripts_of(server) == {}
     assert (await step("--list")) == (0, "")
     lines = await logged(
         caplog,
@@ -255,10 +290,7 @@ async def test_the_managesieve_library(
     assert got["delete"] == got["put2"] == got["active2"] == "OK"
     assert got["list2"] == ("OK", [("kept", True)])
     assert got["logout"] == "OK"
-    directory = script_dir(server)
-    assert (directory / "kept.sieve").read_bytes() == b"keep;"
-    assert os.readlink(directory / ".dovecot.sieve") == "kept.sieve"
-    assert sorted(p.name for p in directory.glob("[!.]*.sieve")) == ["kept.sieve"]
+    assert scripts_of(server) == {"kept": (b"keep;", True)}
 
 
 # --- what the clients above cannot show, byte for byte --------------------------------------
@@ -268,12 +300,11 @@ async def test_syntax_error_position_and_quota(
     start_server: StartServer, tls_files: tuple[pathlib.Path, pathlib.Path]
 ) -> None:
     server = await sieve_server(start_server, tls_files)
-    directory = script_dir(server)
     # A user at the storage quota: filled straight into the store (no parse).
-    store = SieveStore(server.data_dir)
-    for n in range(9):
-        store.put(ALICE_BOX, f"big{n}", b"#" * (1 << 20))
-    store.put(ALICE_BOX, "rest", b"#" * ((1 << 20) - 10))
+    with sieve_scripts(server) as store:
+        for n in range(9):
+            store.put(ALICE_BOX, f"big{n}", b"#" * (1 << 20))
+        store.put(ALICE_BOX, "rest", b"#" * ((1 << 20) - 10))
 
     def session() -> list[bytes]:
         bob = SieveClient(server.port_of("managesieve"))
@@ -306,8 +337,8 @@ async def test_syntax_error_position_and_quota(
         b'OK "Logout completed."',
     ]
     assert answers[5].startswith(b"NO (QUOTA/MAXSIZE)")
-    assert not script_dir(server, BOB_BOX).exists()
-    assert not (directory / "new.sieve").exists()
+    assert scripts_of(server, BOB_BOX) == {}
+    assert "new" not in scripts_of(server)
 
 
 async def test_too_many_scripts(
@@ -332,7 +363,7 @@ async def test_too_many_scripts(
         b'NO (QUOTA/MAXSCRIPTS) "a user may have at most 100 scripts"',
         b"OK",
     ]
-    assert len(list(script_dir(server).glob("[!.]*.sieve"))) == 100
+    assert len(scripts_of(server)) == 100
 
 
 async def test_plain_refused_before_starttls(
