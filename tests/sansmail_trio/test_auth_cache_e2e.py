@@ -25,7 +25,7 @@ import trio
 import trio.testing
 from argon2 import PasswordHasher
 from test_live_changes import MAX_ROUNDS, BothProcesses, Serve, cli, expect, login, server
-from trio_helpers import RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RunningServer, StartServer
 
 from sansmail import sasl
 from sansmail.config import parse_config
@@ -39,6 +39,9 @@ from sansmail_trio._login import drive
 from sansmail_trio._serve import _auth_cache
 
 __all__ = ["server"]  # the fixture, from test_live_changes
+
+# The tests of an in-process server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 ALICE = "alice@example.test"
 LISTEN = {

@@ -19,6 +19,7 @@ Quirks of the clients, and what the tests do about them, are noted where they ar
 
 from __future__ import annotations
 
+import datetime
 import email
 import email.parser
 import email.policy
@@ -43,7 +44,14 @@ import pytest
 import trio
 import trustme
 from test_imap_e2e import ALICE, deliver, imap_server, in_thread, ok
-from trio_helpers import RunningServer, StartServer
+from trio_helpers import BOTH_BACKENDS, RunningServer, StartServer
+
+from sansmail.mail.address import MailboxId
+
+ALICE_BOX = MailboxId(domain="example.test", local="alice")
+
+# The tests of an in-process server (start_server) run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 MBSYNC = shutil.which("mbsync")
 OFFLINEIMAP = shutil.which("offlineimap")
@@ -116,7 +124,10 @@ def fill_server_folder(
     """Write `count` messages straight into the server's Maildir, as a delivery agent or
     a migration would: thousands of SMTP transactions or APPENDs would cost most of the
     test's time, and the server's index takes files it finds (that is how it meets mail
-    other tools wrote). Every fifth is read, every eleventh flagged."""
+    other tools wrote). Every fifth is read, every eleventh flagged. On PostgreSQL: the
+    IMAP store's own APPEND, one transaction each, with no client round trips."""
+    if server.dsn is not None:
+        return _fill_pg_folder(server.dsn, folder, count, first)
     path = server_folder_path(server, folder)
     for sub in ("tmp", "new", "cur"):
         (path / sub).mkdir(parents=True, exist_ok=True)
@@ -129,6 +140,33 @@ def fill_server_folder(
         (path / "cur" / f"1767600000.M{number}P1Q{number}.fill:2,{letters}").write_bytes(data)
         written.append(data)
     return written
+
+
+def _fill_pg_folder(dsn: str, folder: str, count: int, first: int) -> list[bytes]:
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._imapstore import PgImapStore  # noqa: PLC0415
+
+    db = Database(dsn)
+    try:
+        account = PgImapStore(db, hostname="mx.example.test").account(ALICE_BOX)
+        try:
+            if folder != "INBOX" and folder not in {
+                f.name for f in account.list_folders() if f.exists
+            }:
+                account.create(folder)
+            written = []
+            when = datetime.datetime.fromtimestamp(1767600000, datetime.UTC)
+            for number in range(first, first + count):
+                data = message(number, folder)
+                flags = ["\\Flagged"] if number % 11 == 0 else []
+                flags += ["\\Seen"] if number % 5 == 0 else []
+                account.append(folder, data, flags, when)
+                written.append(data)
+            return written
+        finally:
+            account.close()
+    finally:
+        db.close()
 
 
 # --- reading both sides ----------------------------------------------------------------------
