@@ -18,6 +18,12 @@ Every node runs ``processes = --processes`` (1 by default: a node's CPU is then 
 process, and two nodes are two), with SMTP and IMAP listeners and the sender checks off
 (no DNS), as ``smtp_bench.py`` runs sansmail.
 
+Mailboxes. By default every message goes to one INBOX, the worst case for the
+PostgreSQL backend: each delivery locks that folder's row (its next UID) until its
+transaction commits, on every node. ``--mailboxes K`` splits the load over K mailboxes
+(share i of the load goes to node i mod nodes and mailbox i mod K; with K = 2 on two
+nodes, each node delivers into a mailbox of its own).
+
 PostgreSQL is a private cluster of Debian's server binaries (``tests/pgcluster.py``'s
 `Cluster`) with ``fsync = on`` and ``full_page_writes = on``: the durability a node's
 ``250`` stands on, as the Maildir store's file and directory fsyncs are. It also loads
@@ -1207,6 +1213,33 @@ def write_json(bench: Bench, path: Path, started: float) -> None:
     path.write_text(json.dumps(data, indent=1))
 
 
+def _draw_imap(
+    imap_ax: Any,
+    data: dict[str, Any],
+    setups: Sequence[str],
+    colors: dict[str, str],
+    width: float,
+) -> None:
+    phases = [p for p in IMAP_PHASES if p not in ("login",)]
+    for i, setup in enumerate(setups):
+        walls = []
+        for phase in phases:
+            mine = [r for r in data["imap"] if r["setup"] == setup]
+            warm = [r["walls"][phase] for r in mine if r["rep"]]
+            warm = warm or [r["walls"][phase] for r in mine]  # no warm rep: the cold one
+            walls.append(statistics.median(warm) * 1000 if warm else float("nan"))
+        ys = [j + (i - (len(setups) - 1) / 2) * width for j in range(len(phases))]
+        imap_ax.barh(ys, walls, width, color=colors[setup], label=LABELS[setup])
+    imap_ax.set_yticks(range(len(phases)), phases, fontsize=8)
+    imap_ax.invert_yaxis()
+    imap_ax.set_xscale("log")
+    imap_ax.set_title(
+        f"IMAP wall ms, warm median ({data['options']['clients']} clients)", fontsize=10
+    )
+    imap_ax.grid(axis="x", alpha=0.3)
+    imap_ax.legend(fontsize=8)
+
+
 def draw(json_path: Path, png_path: Path) -> None:
     """Three panels: msgs/s by concurrency, CPU per 1000 messages (sansmail and
     PostgreSQL stacked), IMAP warm walls by phase."""
@@ -1220,7 +1253,9 @@ def draw(json_path: Path, png_path: Path) -> None:
     concs: list[int] = data["options"]["concurrency"]
     passes = [p for p in data["passes"] if p["ok"] and not p["profiled"]]
     colors = {"maildir": "#1f77b4", "pg1": "#ff7f0e", "pg2": "#2ca02c"}
-    fig, (rate_ax, cpu_ax, imap_ax) = plt.subplots(1, 3, figsize=(17, 5.2))
+    panels = 3 if data["imap"] else 2  # --no-imap: no third panel
+    fig, axes = plt.subplots(1, panels, figsize=(5.7 * panels, 5.2))
+    rate_ax, cpu_ax = axes[0], axes[1]
     width = 0.8 / len(setups)
 
     def cell(setup: str, conc: int, key: Callable[[dict[str, Any]], float]) -> float:
@@ -1248,27 +1283,12 @@ def draw(json_path: Path, png_path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     rate_ax.legend(fontsize=8)
     cpu_ax.legend(fontsize=7)
-    phases = [p for p in IMAP_PHASES if p not in ("login",)]
-    for i, setup in enumerate(setups):
-        walls = []
-        for phase in phases:
-            mine = [r for r in data["imap"] if r["setup"] == setup]
-            warm = [r["walls"][phase] for r in mine if r["rep"]]
-            warm = warm or [r["walls"][phase] for r in mine]  # no warm rep: the cold one
-            walls.append(statistics.median(warm) * 1000 if warm else float("nan"))
-        ys = [j + (i - (len(setups) - 1) / 2) * width for j in range(len(phases))]
-        imap_ax.barh(ys, walls, width, color=colors[setup], label=LABELS[setup])
-    imap_ax.set_yticks(range(len(phases)), phases, fontsize=8)
-    imap_ax.invert_yaxis()
-    imap_ax.set_xscale("log")
-    imap_ax.set_title(
-        f"IMAP wall ms, warm median ({data['options']['clients']} clients)", fontsize=10
-    )
-    imap_ax.grid(axis="x", alpha=0.3)
-    imap_ax.legend(fontsize=8)
+    if data["imap"]:
+        _draw_imap(axes[2], data, setups, colors, width)
     opts = data["options"]
     fig.suptitle(
-        f"pg_bench: {opts['messages']} x {size_label(opts['size'])}, "
+        f"pg_bench: {opts['messages']} x {size_label(opts['size'])} into "
+        f"{opts.get('mailboxes', 1)} mailbox(es), "
         f"{opts['processes']} process(es)/node, fsync on; IMAP {opts['imap_messages']} messages",
         fontsize=11,
     )
