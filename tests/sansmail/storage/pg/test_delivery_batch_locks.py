@@ -67,3 +67,35 @@ def test_batches_in_opposite_orders_do_not_deadlock(
         assert all(isinstance(result, list) for result in outcome), outcome
     uids = sorted(int(r[0].split(".")[1]) for out in results.values() for r in out)  # type: ignore[index]
     assert uids == [2, 2, 3, 3]  # each folder: its warm-up, then one from each batch
+
+
+def test_a_row_refused_in_the_batch_fails_its_delivery_alone(pg_db: Database) -> None:
+    store = PgMailStore(pg_db, hostname="mx.example.test")
+    for box in (ALICE, BOB):
+        warm = store.begin([box], prefix=b"")
+        warm.write(b"warm up\r\n")
+        warm.commit()
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT id FROM mail_folders WHERE mailbox = 'bob@example.test'")
+        (bob_folder,) = cur.fetchone()
+        cur.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN"
+            f" IF NEW.folder_id = {int(bob_folder)} THEN RAISE EXCEPTION 'refused by the test';"
+            " END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cur.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON mail_messages"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    deliveries = []
+    for box in (ALICE, BOB, ALICE):
+        delivery = store.begin([box], prefix=b"")
+        delivery.write(f"to {box.local}\r\n".encode())
+        deliveries.append(delivery)
+    first, refused, third = store.commit_many(deliveries)
+    assert isinstance(refused, OSError)
+    assert "refused by the test" in str(refused)
+    assert isinstance(first, list)
+    assert isinstance(third, list)
+    assert [first[0].split(".")[1], third[0].split(".")[1]] == ["2", "3"]
+    deliveries[1].abort()
