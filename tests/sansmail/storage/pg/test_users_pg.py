@@ -147,3 +147,28 @@ def test_a_failed_reload_keeps_the_users(pg_db: Database, pg_dsn: str) -> None:
     assert KEY in users
     assert users.unavailable is None
     assert users.stale  # tried again at the next call
+
+
+def test_a_re_read_decodes_only_the_rows_that_changed(pg_db: Database) -> None:
+    writer, node = make(pg_db), make(pg_db)
+    writer.add(ALICE, "pw")
+    writer.add(Address(local_part="bob", domain="example.test"), "pw")
+    alice, bob = node.get(KEY), node.get("bob@example.test")
+    # An UPDATE by hand, not through a store: its row's version changes all the same.
+    with pg_db.transaction() as cur:
+        cur.execute(
+            "UPDATE users SET record = record || %s WHERE key = %s", (Jsonb({"quota": 7}), KEY)
+        )
+    writer.delete("bob@example.test")
+    writer.add(Address(local_part="carol", domain="example.test"), "pw")
+    node.changed()
+    assert node.reload_if_changed()
+    assert node.own_quota(KEY) == 7
+    assert node.get(KEY) is not alice
+    assert bob is not None
+    assert node.get("bob@example.test") is None
+    assert [user.key for user in node.list()] == [KEY, "carol@example.test"]
+    carol = node.get("carol@example.test")
+    node.changed()
+    assert node.reload_if_changed()
+    assert node.get("carol@example.test") is carol  # unchanged: the same object
