@@ -25,7 +25,7 @@ the snapshot stale, and the next reload reads again. A re-read fetches every row
 version (its ``xmin``, which any write changes) and the records of the rows whose
 version moved only: users whose row did not change keep their `User` objects, and
 their JSON is not decoded again (10,000 users: 20 ms instead of 171 ms after one
-change, /tmp/a_users_bench2.py in the commit message).
+change).
 
 The database down. A reload that fails keeps the users read before (stale, so retried
 at the next call) and raises UserError once per failure, which the server logs. A store
