@@ -13,6 +13,7 @@ from sansmail import smtp
 from sansmail.config import AntispamConfig, Config
 from sansmail.mail.address import Address
 from sansmail.mail.greylist import Decision, GreylistSettings, Triplet
+from sansmail.sessions.smtpd import intake_checks
 from sansmail.sessions.smtpd._checks import Check, Errand, Inquiring, Stage
 from sansmail.sessions.smtpd._greylist import (
     FINDINGS_KEY,
@@ -20,7 +21,14 @@ from sansmail.sessions.smtpd._greylist import (
     greylist_check,
 )
 from sansmail.sessions.smtpd._transaction import Transaction
-from sansmail.storage.greylist import FILE_NAME, GreylistStoreError, SqliteGreylistStore
+from sansmail.storage.greylist import (
+    FILE_NAME,
+    GreylistStore,
+    GreylistStoreError,
+    SqliteGreylistStore,
+)
+from sansmail.storage.pg import Database
+from sansmail.storage.pg._greylist import PgGreylistStore
 
 T0 = 1_800_000_000.0
 SENDER = Address(local_part="alice", domain="example.org")
@@ -68,9 +76,17 @@ def log() -> Log:
     return Log()
 
 
-@pytest.fixture
-def check(tmp_path: pathlib.Path, clock: Clock, log: Log) -> GreylistCheck:
-    store = SqliteGreylistStore(tmp_path / FILE_NAME, clock=clock)
+@pytest.fixture(params=["maildir", "postgresql"])
+def check(
+    request: pytest.FixtureRequest, tmp_path: pathlib.Path, clock: Clock, log: Log
+) -> GreylistCheck:
+    """The check on either backend's store: SQLite in data_dir, or the database every
+    node shares."""
+    store: GreylistStore
+    if request.param == "maildir":
+        store = SqliteGreylistStore(tmp_path / FILE_NAME, clock=clock)
+    else:
+        store = PgGreylistStore(request.getfixturevalue("pg_db"), clock=clock)
     return GreylistCheck(store=store, hostname="mx.example.net", log=log)
 
 
@@ -252,3 +268,18 @@ def test_findings_no_check_took_are_bounded(check: GreylistCheck) -> None:
         for inquiry in check.inquiries(Stage.RCPT, view, command):
             inquiry.run()
     assert 0 < len(view.findings[FINDINGS_KEY]) <= 256
+
+
+def test_the_intake_takes_the_backends_store(tmp_path: pathlib.Path, pg_db: Database) -> None:
+    config = Config(
+        source=None,
+        hostname="mx.example.net",
+        data_dir=tmp_path,
+        antispam=AntispamConfig(greylisting=True, spf="off", dkim="off", dmarc="off"),
+    )
+    shared = PgGreylistStore(pg_db)
+    checks = intake_checks(config, log=Log(), greylist_store=shared)
+    found = [c for c in checks if isinstance(c, GreylistCheck)]
+    assert len(found) == 1
+    assert found[0].store is shared
+    assert not (tmp_path / FILE_NAME).exists()
