@@ -32,7 +32,12 @@ import pytest
 import trio
 import trustme
 from test_imap_e2e import ALICE, connect_imaps, deliver, imap_server, in_thread, ok
-from trio_helpers import RunningServer, logged
+from trio_helpers import BOTH_BACKENDS, RunningServer, logged
+
+from sansmail.mail.address import MailboxId
+
+# The tests of an in-process server run on both storage backends.
+pytestmark = BOTH_BACKENDS
 
 MBSYNC = shutil.which("mbsync")
 OFFLINEIMAP = shutil.which("offlineimap")
@@ -55,7 +60,10 @@ def message(number: int) -> bytes:
 
 
 def fill_inbox(server: RunningServer, count: int) -> list[bytes]:
-    """`count` messages written into the INBOX's Maildir, as a delivery agent would."""
+    """`count` messages written into the INBOX's Maildir, as a delivery agent would; on
+    PostgreSQL appended through the IMAP store itself (no client round trips)."""
+    if server.dsn is not None:
+        return _append_pg(server.dsn, [message(number) for number in range(count)])
     root = server.maildir(ALICE)
     for sub in ("tmp", "new", "cur"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -65,6 +73,27 @@ def fill_inbox(server: RunningServer, count: int) -> list[bytes]:
         (root / "cur" / f"1767600000.M{number}P1Q{number}.fill:2,S").write_bytes(data)
         written.append(data)
     return written
+
+
+def _append_pg(dsn: str, messages: list[bytes]) -> list[bytes]:
+    """`messages` appended, \\Seen, to ALICE's INBOX in the database `dsn`."""
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._imapstore import PgImapStore  # noqa: PLC0415
+
+    local, _, domain = ALICE.partition("@")
+    db = Database(dsn)
+    try:
+        account = PgImapStore(db, hostname="mx.example.test").account(
+            MailboxId(domain=domain, local=local)
+        )
+        try:
+            for data in messages:
+                account.append("INBOX", data, ["\\Seen"])
+        finally:
+            account.close()
+    finally:
+        db.close()
+    return messages
 
 
 class DeflatingIMAP(imaplib.IMAP4):

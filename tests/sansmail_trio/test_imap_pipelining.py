@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from test_imap_compress_e2e import RawTLS, fill_inbox
 from test_imap_e2e import imap_server, in_thread
-from trio_helpers import BOTH_BACKENDS, RunningServer, maildir_only
+from trio_helpers import BOTH_BACKENDS, RunningServer
 
 from sansmail_trio import _imap_server
 from sansmail_trio._idle import IdleWatch
@@ -143,7 +143,6 @@ def runs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return trips
 
 
-@maildir_only("fill_inbox writes the messages as Maildir files")
 @pytest.mark.parametrize("compress", [False, True], ids=["tls", "tls+deflate"])
 async def test_pipelined_commands_are_answered_in_order_without_a_timer_each(
     start_server, tls_files, client_tls, arms, runs, compress
