@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import io
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO, Final, Protocol
 
 from sansmail.storage.maildir._imapbase import (
@@ -54,7 +54,7 @@ from sansmail.storage.maildir._imapbase import (
 from sansmail.storage.maildir._imapnames import normalize
 from sansmail.storage.maildir._imapsearch import TEXT_SEPARATOR
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Cursor, Database
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError
 from sansmail.storage.pg._imapsql import (
     KEYWORDS_MAX,
     allocate_keywords,
@@ -402,8 +402,8 @@ class PgFolderView(FolderView):
             return
         self._check()
         uids = sorted(kept)
-        with self._db.transaction() as cur:
-            cur.execute(
+        self._cache_write(
+            lambda cur: cur.execute(
                 "UPDATE mail_messages m SET envelope = coalesce(v.e, m.envelope),"
                 " bodystructure = coalesce(v.bs, m.bodystructure),"
                 " body = coalesce(v.b, m.body), cache = coalesce(v.c, m.cache)"
@@ -418,6 +418,19 @@ class PgFolderView(FolderView):
                     self._id,
                 ),
             )
+        )
+
+    def _cache_write(self, write: Callable[[Cursor], object]) -> None:
+        """Run `write` in a transaction, for what is only a cache of the contents
+        (structures, search data): one the database refuses (two sessions caching the
+        same rows in another order, a deadlock PostgreSQL breaks; a lost connection) is
+        given up, and worked out again next time, as the session gives it up on a full
+        disk. A lost connection shows at the command's next read."""
+        try:
+            with self._db.transaction() as cur:
+                write(cur)
+        except DatabaseError:
+            return
 
     # -- search data ------------------------------------------------------------------
 
@@ -439,8 +452,8 @@ class PgFolderView(FolderView):
         if not values:
             return
         self._check()
-        with self._db.transaction() as cur:
-            cur.executemany(
+        self._cache_write(
+            lambda cur: cur.executemany(
                 "INSERT INTO mail_search (folder_id, uid, sent, names, vals, headers, bodies)"
                 " SELECT %(folder)s, %(uid)s, %(sent)s, %(names)s, %(vals)s, %(headers)s,"
                 " %(bodies)s WHERE EXISTS (SELECT 1 FROM mail_messages"
@@ -462,6 +475,7 @@ class PgFolderView(FolderView):
                     for uid, data in sorted(values.items())
                 ],
             )
+        )
 
     @guarded
     def find_in_header(self, name: str, needle: str) -> set[int]:

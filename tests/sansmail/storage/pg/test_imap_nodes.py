@@ -17,7 +17,9 @@ from sansmail.storage.maildir._imapbase import (
     FlagMode,
     FolderGoneError,
     NoSuchFolderError,
+    SearchData,
     StoreUnavailableError,
+    Structures,
     TooManyKeywordsError,
 )
 from sansmail.storage.maildir._quota import OverQuotaError
@@ -245,3 +247,22 @@ def test_an_append_to_a_folder_deleted_meanwhile_is_no_such_folder(
     b.account(ALICE).delete("Gone")
     with pytest.raises(NoSuchFolderError):
         a.account(ALICE).append("Gone", message(1))
+
+
+def test_a_cache_write_the_database_refuses_is_given_up(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, _b = nodes
+    account = a.account(ALICE)
+    account.append("INBOX", message(1))
+    view = account.select("INBOX")
+    _kill_connections(pg_dsn)
+    # Only a cache: the FETCH that made it is answered all the same (the connection
+    # that broke is dropped, and the next operation takes a new one).
+    view.set_structures({1: Structures(envelope=b"(NIL)")})
+    assert view.structures([1]) == {1: Structures()}
+    _kill_connections(pg_dsn)
+    view.keep_search_data({1: SearchData(fields=(("subject", "message 1"),), sent=None)})
+    assert view.search_missing([1], texts=False) == [1]
+    view.set_structures({1: Structures(envelope=b"(NIL)")})
+    assert view.structures([1]) == {1: Structures(envelope=b"(NIL)")}
