@@ -14,6 +14,7 @@ from sansmail.imap import Command, Connection, Tagged, UntaggedStatus
 from sansmail.mail.address import MailboxId
 from sansmail.sessions.imapd import ImapSession, capabilities
 from sansmail.storage.maildir._imapbase import (
+    ExpungeIssuedError,
     FlagMode,
     FolderGoneError,
     NoSuchFolderError,
@@ -266,3 +267,49 @@ def test_a_cache_write_the_database_refuses_is_given_up(
     assert view.search_missing([1], texts=False) == [1]
     view.set_structures({1: Structures(envelope=b"(NIL)")})
     assert view.structures([1]) == {1: Structures(envelope=b"(NIL)")}
+
+
+def test_copy_of_a_message_expunged_through_the_other_node_changes_nothing(
+    nodes: tuple[PgImapStore, PgImapStore],
+) -> None:
+    a, b = nodes
+    account = a.account(ALICE)
+    for n in (1, 2):
+        account.append("INBOX", message(n))
+    view = account.select("INBOX")
+    other = b.account(ALICE).select("INBOX")
+    other.store([2], ["\\Deleted"], FlagMode.ADD)
+    other.expunge()
+    with pytest.raises(ExpungeIssuedError) as caught:
+        view.copy([1, 2], "Archive")
+    assert caught.value.uids == (2,)
+    with pytest.raises(ExpungeIssuedError):
+        view.move([1, 2], "Archive")
+    assert account.status("Archive", ["MESSAGES", "UIDNEXT"]) == {"MESSAGES": 0, "UIDNEXT": 1}
+    assert account.status("INBOX", ["MESSAGES"]) == {"MESSAGES": 1}
+
+
+def test_a_sync_that_finds_nothing_is_one_statement_and_a_fetch_one_per_batch(
+    nodes: tuple[PgImapStore, PgImapStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _b = nodes
+    account = a.account(ALICE)
+    for n in range(100):
+        account.append("INBOX", message(n))
+    view = account.select("INBOX")
+    view.sync()
+    statements: list[str] = []
+    real = psycopg.Cursor.execute
+
+    def execute(self: psycopg.Cursor[object], query: object, *args: object, **kw: object) -> object:
+        statements.append(str(query))
+        return real(self, query, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+    assert not view.sync()
+    assert len(statements) == 1
+    statements.clear()
+    assert len(view.structures(view.uids)) == 100
+    assert len(dict(view.contents(view.uids))) == 100
+    assert len(view.flag_states(view.uids)) == 100
+    assert len(statements) == 1 + 2 + 1  # contents: batches of 64
