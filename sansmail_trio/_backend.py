@@ -31,6 +31,7 @@ from sansmail.mail.address import MailboxId
 from sansmail.sessions.lda import LocalDelivery
 from sansmail.storage.aliasfile import Aliases, AliasSource
 from sansmail.storage.generations import Generations
+from sansmail.storage.greylist import GreylistStore
 from sansmail.storage.maildir import (
     ImapStore,
     MaildirImapStore,
@@ -69,6 +70,8 @@ class Stores:
     #: Makes the queue runner's local delivery; None: the runner makes its own, on the
     #: Maildirs (`QueueRunner`).
     make_local_delivery: Callable[[], LocalDelivery | None] = lambda: None
+    #: The greylist's records; None: ``<data_dir>/greylist.sqlite`` (`intake_checks`).
+    greylist: GreylistStore | None = None
     #: The database (`sansmail.storage.pg.Database`, PostgreSQL backend), else None.
     db: Any = None
 

@@ -20,6 +20,7 @@ from sansmail.storage.maildir import ImapStore, QuotaLimits
 from sansmail.storage.pg import Database, require_current
 from sansmail.storage.pg._aliases import PgAliasSource
 from sansmail.storage.pg._delivery import PgMailStore
+from sansmail.storage.pg._greylist import PgGreylistStore
 from sansmail.storage.pg._imapstore import PgImapStore
 from sansmail.storage.pg._maildrop import PgMaildrops
 from sansmail.storage.pg._queue import PgQueueStore
@@ -75,5 +76,7 @@ async def open_stores(
         make_imap=make_imap,
         make_scripts=functools.partial(PgSieveStore, db),
         make_local_delivery=make_local_delivery,
+        # Every node counts a sender's retries in one table: the retry may reach another.
+        greylist=PgGreylistStore(db),
         db=db,
     )

@@ -270,7 +270,9 @@ async def _serve_stores(
     # One group committer for the SMTP sessions of this process (_commit.py).
     committer = Committer(store_all, took=metrics.commit_took)
     checks = await trio.to_thread.run_sync(
-        functools.partial(intake_checks, config, log=line_logger(smtp_log))
+        functools.partial(
+            intake_checks, config, log=line_logger(smtp_log), greylist_store=stores.greylist
+        )
     )
     check_resolver = Resolver.from_config(config.dns) if checks else None
     services: dict[str, Service] = {}
