@@ -225,8 +225,18 @@ def test_idle_on_b_hears_a_delivery_and_a_flag_change_through_a(cluster: Cluster
         idle_until(on_b, rb"^\* 1 FETCH \(.*\\Flagged")
         on_b.send(b"DONE\r\n")
         assert idle_until(on_b, rb"^i1 ").startswith(b"i1 OK")
+
+        # Not idling, B's NOOP tells of the next delivery through A.
+        send(a, message("noop", ALICE))
+        wait_for(partial(_noop_exists, on_b, b"2"), what="EXISTS 2 at a NOOP on B")
     finally:
         on_b.logout()
+
+
+def _noop_exists(client: imaplib.IMAP4, count: bytes) -> bool:
+    typ, data = client.noop()
+    assert typ == "OK", data
+    return count in client.untagged_responses.pop("EXISTS", [])
 
 
 # -- 3. users changed once, in force on both -----------------------------------------------
