@@ -34,6 +34,7 @@ from two_nodes import (
     DOMAIN,
     GUARD,
     REMOTE,
+    STEADY_LEASE,
     Node,
     Sink,
     free_port,
@@ -96,7 +97,8 @@ def nodes(tmp_path: pathlib.Path, pg_dsn: str) -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster(nodes: Cluster) -> Cluster:
-    """Both nodes running."""
+    """Both nodes running, neither to be killed."""
+    nodes.a.lease = nodes.b.lease = STEADY_LEASE
     start_all(nodes.a, nodes.b)
     return nodes
 

@@ -32,7 +32,13 @@ from aiosmtpd.controller import Controller
 
 REMOTE = "remote.test"
 DOMAIN = "example.test"
-LEASE = 2  # seconds: [storage] queue_lease, so a dead node's claims end soon
+#: Seconds of [storage] queue_lease: short, so that a dead node's claims end soon.
+LEASE = 2
+#: ... and where no node dies: long enough that a node starved of CPU by a loaded
+#: machine (its leases renewed every third of one) does not lose a claim it still works
+#: on, which would let a second node deliver the message again (RFC 5321's duplicate,
+#: allowed after a takeover but not what the steady-state test counts).
+STEADY_LEASE = 10
 GUARD = 30.0  # seconds: a bound on a hang only, never a timing assertion
 
 CONFIG = """\
@@ -91,21 +97,25 @@ class Node:
         self.log = base / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.ports: dict[str, int] = {}
+        self.dsn = dsn
+        self.sink_port = sink_port
+        #: [storage] queue_lease in seconds, written at `launch`.
+        self.lease = LEASE
         base.mkdir(parents=True, exist_ok=True)
-        (base / "sansmail.toml").write_text(
-            CONFIG.format(
-                hostname=self.hostname,
-                domain=DOMAIN,
-                host=host,
-                dsn=dsn,
-                lease=LEASE,
-                remote=REMOTE,
-                sink_port=sink_port,
-            )
-        )
 
     def launch(self) -> None:
         """Start the node; `wait_started` waits for it (two nodes start side by side)."""
+        (self.base / "sansmail.toml").write_text(
+            CONFIG.format(
+                hostname=self.hostname,
+                domain=DOMAIN,
+                host=self.host,
+                dsn=self.dsn,
+                lease=self.lease,
+                remote=REMOTE,
+                sink_port=self.sink_port,
+            )
+        )
         # Not the sansmail-trio script: a wrapper (pyenv's shim) costs seconds of CPU.
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
