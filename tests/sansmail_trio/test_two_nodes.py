@@ -3,10 +3,12 @@
 with its own data_dir and the same dsn (a fresh migrated database per test), driven by
 smtplib, imaplib and poplib.
 
-1. Mail delivered through A is read through B over IMAP and POP3, and what POP3 deleted
-   on B is gone from IMAP on A.
+1. Mail delivered through A is read through B over IMAP and POP3 (while B's POP3
+   session lasts, A refuses another: [IN-USE]), and what POP3 deleted on B is gone from
+   IMAP on A.
 2. An IMAP client idling on B hears a delivery accepted by A and a flag change made
-   through A (PostgreSQL's NOTIFY is all that connects them).
+   through A (PostgreSQL's NOTIFY is all that connects them); a NOOP on B, the next
+   delivery.
 3. A user added with the CLI logs in on both nodes at once; deleted, on neither.
 4. Both nodes' queue runners drain one queue: each message relayed exactly once.
 5. Node A killed with SIGKILL (its whole process group) while it holds conversations at
@@ -182,6 +184,14 @@ def test_delivered_through_a_read_through_b_over_imap_and_pop3(cluster: Cluster)
         pop.pass_(PASSWORD)
         count, size = pop.stat()
         assert count == 1
+        # One POP3 session per maildrop across the nodes: A refuses a second one.
+        other = poplib.POP3(a.host, a.port("pop3"), timeout=GUARD)
+        try:
+            other.user(ALICE)
+            with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+                other.pass_(PASSWORD)
+        finally:
+            other.close()
         uidl = pop.uidl(1)
         assert re.fullmatch(rb"\+OK 1 [0-9A-F]{16}", uidl), uidl
         _, lines, octets = pop.retr(1)
