@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from sansmail.mail.address import MailboxId, parse_address
 from sansmail.storage.maildir import FlagMode, MailAccount, MaildirImapStore
-from sansmail.storage.pg import Database
+from sansmail.storage.pg import Database, _transfer
 from sansmail.storage.pg._imapstore import PgImapStore
 from sansmail.storage.pg._mailrows import mailbox_key
 from sansmail.storage.pg._transfer import (
@@ -361,3 +361,28 @@ def test_export_refuses_an_existing_users_file(pg_db: Database, tmp_path: pathli
     with pytest.raises(TransferError, match=r"users\.json exists: nothing exported"):
         export_maildir(pg_db, target, hostname=HOST)
     assert os.listdir(target) == ["users.json"]
+
+
+def test_export_without_syncfs_fsyncs_each_file_and_clears_a_crashed_staging(
+    pg_db: Database, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "source"
+    _make_source(source)
+    import_maildir(pg_db, source, hostname=HOST)
+    target = tmp_path / "target"
+    crashed = target / "mail" / "example.test" / ".sansmail-export.alice.1"
+    (crashed / "cur").mkdir(parents=True)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    # A syncfs that fails (as one that is missing): every message file is fsync'd.
+    monkeypatch.setattr(_transfer, "_SYNCFS", lambda fd: -1)
+    monkeypatch.setattr(os, "fsync", fsync)
+    moved = export_maildir(pg_db, target, hostname=HOST)
+    assert len([path for path in synced if "/cur/" in path]) == moved.messages == 21
+    assert sorted(os.listdir(target / "mail" / "example.test")) == ["alice", "bob.smith"]
+    assert _maildir_snapshot(target, ALICE) == _maildir_snapshot(source, ALICE)
