@@ -19,16 +19,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, Protocol
 
 import attrs
 
 from sansmail.config._values import duration as parse_duration
 from sansmail.mail.address import MailboxId
 from sansmail.storage.maildir import (
+    FolderInfo,
+    FolderStatus,
     ImapStoreError,
     InvalidFolderNameError,
-    MaildirAccount,
     MaildirImapStore,
     NoSuchFolderError,
     QuotaLimits,
@@ -59,7 +60,9 @@ _LIVE: Final = """\
 These work on the user's Maildir directly, as doveadm does, taking the locks the IMAP
 sessions take, so they are safe while the server runs. A running session sees what they
 change as it sees another client's changes: an IMAP client idling on the folder at once,
-any other at its next command (NOOP, FETCH, ...).
+any other at its next command (NOOP, FETCH, ...). With [storage] backend = "postgresql"
+they work on the database, and every node's sessions see the change the same way; resync
+there only checks (the rows are the index: there is nothing to rebuild).
 """
 
 _MAILBOX_HELP: Final = f"""\
@@ -387,7 +390,20 @@ def _cutoff(text: str, now: float) -> int:
     raise _cli.CommandError(f"--before {text!r}: expected YYYY-MM-DD or an age such as 30d")
 
 
-def _account(args: argparse.Namespace) -> tuple[str, MaildirAccount]:
+class _Admin(Protocol):
+    """What these commands use of an account: `MaildirAccount`, or
+    `sansmail.storage.pg._admin.PgAccountAdmin` on the PostgreSQL backend."""
+
+    def list_folders(self) -> list[FolderInfo]: ...
+
+    def folder_status(self, name: str) -> FolderStatus: ...
+
+    def resync(self, name: str) -> Resynced: ...
+
+    def expunge_before(self, name: str, before: int) -> list[int]: ...
+
+
+def _account(args: argparse.Namespace) -> tuple[str, _Admin]:
     """USER (who must be a user) and their account, opened as IMAP opens it, but
     without touching INBOX's index (a resync reads a damaged one before anything
     replaces it)."""
@@ -397,6 +413,13 @@ def _account(args: argparse.Namespace) -> tuple[str, MaildirAccount]:
     if address.key not in users:
         raise _cli.CommandError(f"no such user: {address}")
     mailbox = MailboxId(domain=address.domain, local=address.local_part.lower())
+    if config.storage.backend == "postgresql":
+        # Imported here: psycopg is there only with the postgresql extra.
+        from sansmail.storage.pg._admin import PgAccountAdmin  # noqa: PLC0415
+        from sansmail.storage.pg._imapstore import PgImapStore  # noqa: PLC0415
+
+        pg_store = PgImapStore(_cli._database(config), hostname=config.hostname)
+        return str(address), PgAccountAdmin(pg_store.account(mailbox))
     store = MaildirImapStore(
         config.data_dir,
         hostname=config.hostname,
@@ -405,7 +428,7 @@ def _account(args: argparse.Namespace) -> tuple[str, MaildirAccount]:
     return str(address), store.account(mailbox, open_inbox=False)
 
 
-def _folders(account: MaildirAccount) -> list[str]:
+def _folders(account: _Admin) -> list[str]:
     return [info.name for info in account.list_folders() if info.exists]
 
 
