@@ -278,12 +278,12 @@ def _plural(count: int, singular: str, plural: str | None = None) -> str:
 def _failures(after: str) -> Iterator[None]:
     """A refusal or a failure half-way as one line (a `_cli.CommandError`)."""
     from sansmail.storage.maildir import ImapStoreError  # noqa: PLC0415
-    from sansmail.storage.pg import DatabaseError  # noqa: PLC0415
+    from sansmail.storage.pg import DatabaseError, SchemaError  # noqa: PLC0415
     from sansmail.storage.pg._transfer import TransferError  # noqa: PLC0415
 
     try:
         yield
-    except TransferError as exc:
+    except (TransferError, SchemaError) as exc:  # before anything was written
         raise _cli.CommandError(str(exc)) from None
     except DatabaseError as exc:
         raise _cli.CommandError(f"{_first_line(exc)} ({after})") from None

@@ -256,10 +256,11 @@ def test_a_node_serves_the_imported_mailbox_to_imaplib(pg_dsn: str, tmp_path: pa
         parse_address("alice@example.test"), "sesame"
     )
     before = _mailbox_view(MaildirImapStore(source, hostname="mx.example.test").account(mailbox))
-    node = Node("a", tmp_path / "node", "127.0.0.1", pg_dsn, sink_port=9)
-    done = node.cli("storage", "import", "--from", "maildir", str(source))
+    conf = str(_config(tmp_path, f'backend = "postgresql"\ndsn = "{pg_dsn}"'))
+    done = _cli(tmp_path, "storage", "import", "--from", "maildir", str(source), "--config", conf)
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("alice@example.test INBOX: 3 messages")
+    node = Node("a", tmp_path / "node", "127.0.0.1", pg_dsn, sink_port=9)
     node.start()
     try:
         client = imaplib.IMAP4(node.host, node.port("imap"), timeout=60)
@@ -309,3 +310,20 @@ def _fetch(client: imaplib.IMAP4) -> list[tuple[Any, ...]]:
             )
         )
     return sorted(found)
+
+
+def test_import_into_a_database_never_migrated_says_to_migrate(
+    pg_cluster: Cluster, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "old"
+    _source(source)
+    with pg_cluster.database() as dsn:
+        conf = str(_config(tmp_path, f'backend = "postgresql"\ndsn = "{dsn}"'))
+        status, out, err = _run(
+            capsys, "storage", "import", "--from", "maildir", str(source), "--config", conf
+        )
+    assert (status, out) == (1, "")
+    assert err.splitlines() == [
+        f"{PROG}: storage import: the database holds schema version 0, this sansmail needs"
+        f" {SCHEMA_VERSION}: run `sansmail-trio storage migrate`"
+    ]
