@@ -28,6 +28,14 @@ same string (what the log names), ``folder`` "INBOX", ``name`` the decimal UID.
 
 Reading: the content row, whole, converted chunk by chunk as a file would be
 (`MessageReader.of_content`); a row expunged meanwhile by IMAP is `MessageGoneError`.
+A client downloading its maildrop asks RETR 1, RETR 2, ... and the session reads ahead
+(`Pop3Session`'s "Reading ahead"), so a read also fetches the messages that follow it in
+the snapshot, up to `PREFETCH_OCTETS` and `PREFETCH_COUNT`, in the same query
+(``uid = ANY(...)``), kept for the reads that ask for them next: one round trip per few
+dozen small messages instead of one each (py-spy of a 4000-message download: 74% of the
+session's time was the per-message read, two thirds of it BEGIN and COMMIT). Reads run
+outside any transaction (the connection is in autocommit while the maildrop holds it,
+and back in transaction mode when it returns to the pool); the QUIT commit is one.
 
 QUIT (RFC 1939 §6), one transaction committed before the +OK: the messages RETR sent get
 \\Seen under one new mod-sequence (so IMAP clients on every node see them read: the
@@ -62,9 +70,19 @@ from sansmail.storage.maildir._mailbox import (
 from sansmail.storage.pg import _mailrows
 from sansmail.storage.pg._db import Connection, Cursor, Database
 
-__all__ = ["PgMaildrop", "PgMaildrops", "lock_key", "unique_id"]
+__all__ = [
+    "PREFETCH_COUNT",
+    "PREFETCH_OCTETS",
+    "PgMaildrop",
+    "PgMaildrops",
+    "lock_key",
+    "unique_id",
+]
 
 _SEEN: Final = "\\Seen"
+#: What one read fetches of the messages after the one asked for (see "Reading").
+PREFETCH_OCTETS: Final = 256 * 1024
+PREFETCH_COUNT: Final = 64
 # \Seen for the messages RETR sent that lack it, under one new mod-sequence taken only
 # when one does (the folder row locked before the message rows, as every writer does);
 # flags kept sorted by code point, as the IMAP store writes them.
@@ -125,6 +143,9 @@ class PgMaildrop(Pop3Maildrop):
         self._conn: Connection | None = conn
         self._folder_id = folder_id
         self._messages = messages
+        self._position = {m.name: n for n, m in enumerate(messages)}
+        #: Contents fetched ahead by name (the UID), for the reads that follow.
+        self._ahead: dict[str, bytes] = {}
 
     @classmethod
     def open(cls, db: Database, mailbox: MailboxId) -> PgMaildrop:
@@ -146,6 +167,8 @@ class PgMaildrop(Pop3Maildrop):
                 if not locked:
                     raise MaildropInUseError(f"{key} is in use by another POP3 session")
                 folder_id, messages = _snapshot(cur, key)
+            with _errors():
+                conn.autocommit = True  # reads need no transaction (see "Reading")
         except BaseException:
             if locked:
                 conn.close()  # unlocks; never handed on holding the lock
@@ -167,9 +190,10 @@ class PgMaildrop(Pop3Maildrop):
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        self._ahead = {}
         try:
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (lock_key(self.mailbox),))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(self.mailbox),))
+            conn.autocommit = False  # as the pool hands connections out
         except psycopg.Error:
             conn.close()
         with contextlib.suppress(Exception):
@@ -182,16 +206,38 @@ class PgMaildrop(Pop3Maildrop):
         self.close()
 
     def reader(self, message: MessageInfo, *, lines: int | None = None) -> MessageReader:
-        with self._cursor() as cur:
+        content = self._ahead.pop(message.name, None)
+        if content is None:
+            content = self._fetch(message)
+        return MessageReader.of_content(content, lines=lines)
+
+    def _fetch(self, message: MessageInfo) -> bytes:
+        """`message`'s content, and those of the messages after it that fit the budget
+        into `_ahead` (see "Reading")."""
+        wanted = [int(message.name)]
+        budget = PREFETCH_OCTETS
+        start = self._position.get(message.name, len(self._messages)) + 1
+        for following in self._messages[start : start + PREFETCH_COUNT]:
+            if following.size > budget:
+                break
+            wanted.append(int(following.name))
+            budget -= following.size
+        conn = self._conn
+        if conn is None:
+            raise BackendUnavailableError("the maildrop is closed")
+        with _errors(), conn.cursor() as cur:
             cur.execute(
-                "SELECT c.content FROM mail_messages m JOIN mail_contents c ON c.digest = m.digest"
-                " WHERE m.folder_id = %s AND m.uid = %s",
-                (self._folder_id, int(message.name)),
+                "SELECT m.uid, c.content FROM mail_messages m"
+                " JOIN mail_contents c ON c.digest = m.digest"
+                " WHERE m.folder_id = %s AND m.uid = ANY(%s)",
+                (self._folder_id, wanted),
             )
-            row = cur.fetchone()
-        if row is None:
+            found = {str(int(uid)): bytes(content) for uid, content in cur.fetchall()}
+        content = found.pop(message.name, None)
+        self._ahead = found  # replaces what was fetched before: bounded by the budget
+        if content is None:
             raise MessageGoneError(f"message {message.base} is no longer in {self.mailbox}")
-        return MessageReader.of_content(bytes(row[0]), lines=lines)
+        return content
 
     def expunge(
         self, messages: Iterable[MessageInfo], *, seen: Iterable[MessageInfo] = ()
@@ -214,7 +260,7 @@ class PgMaildrop(Pop3Maildrop):
     @contextlib.contextmanager
     def _cursor(self) -> Iterator[Cursor]:
         """A transaction on the maildrop's own connection (the lock's), committed at the
-        end of the block."""
+        end of the block (BEGIN and COMMIT explicit: the connection is in autocommit)."""
         conn = self._conn
         if conn is None:
             raise BackendUnavailableError("the maildrop is closed")

@@ -705,8 +705,7 @@ def test_a_lost_database_connection_is_a_temporary_failure(
 ) -> None:
     server.deliver(*MESSAGES)
     client = connect(server, clients)
-    client.login()
-    assert client.send(b"RETR 1\r\n").startswith(b"+OK")
+    assert client.login().startswith(b"+OK Logged in, 3 messages")
     assert server.db is not None
     with server.db.connect(autocommit=True) as conn:  # a failover, or a killed backend
         conn.execute(
@@ -714,12 +713,13 @@ def test_a_lost_database_connection_is_a_temporary_failure(
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     assert client.line(b"RETR 2") == b"-ERR [SYS/TEMP] Cannot read the message"
+    assert client.line(b"TOP 1 0") == b"-ERR [SYS/TEMP] Cannot read the message"
     assert client.line(b"DELE 3") == b"+OK Message 3 deleted"
     assert client.line(b"QUIT") == b"-ERR [SYS/TEMP] Some deleted messages not removed"
     assert client.session.ended
     client.close()
     errors = [text for level, text in client.logs if level == logging.ERROR]
-    assert len(errors) == 2
+    assert len(errors) == 3
     assert "database" in errors[0]
     # Nothing changed, and the lock went with the connection: the next session opens.
     again = connect(server, clients)

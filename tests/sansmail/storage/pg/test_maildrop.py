@@ -19,7 +19,7 @@ from sansmail.storage.maildir import (
 )
 from sansmail.storage.pg import Database
 from sansmail.storage.pg._delivery import PgMailStore
-from sansmail.storage.pg._maildrop import PgMaildrop, PgMaildrops, unique_id
+from sansmail.storage.pg._maildrop import PREFETCH_OCTETS, PgMaildrop, PgMaildrops, unique_id
 from sansmail.storage.pg._mailrows import remove_messages
 
 ALICE = MailboxId(domain="example.test", local="alice")
@@ -154,3 +154,33 @@ def test_nothing_to_do_changes_nothing(pg_db: Database) -> None:
         assert drop.expunge([], seen=drop.messages).seen == 0  # already \Seen
     assert marked == modseq + 1
     assert query(pg_db, "SELECT highestmodseq FROM mail_folders") == [(marked,)]
+
+
+def test_reads_fetch_the_following_messages_within_the_budget(pg_db: Database) -> None:
+    store = PgMailStore(pg_db, hostname="mx.example.test")
+    big = b"Subject: big\r\n\r\n" + b"x" * PREFETCH_OCTETS + b"\r\n"
+    for content in (b"one\r\n", b"two\r\n", b"three\r\n", big, b"five\r\n"):
+        deliver(store, [ALICE], content)
+    with PgMaildrops(pg_db).open_maildrop(ALICE) as drop:
+        m = drop.messages
+        assert read_all(drop.reader(m[0])) == PREFIX + b"one\r\n"
+        ((folder_id,),) = query(pg_db, "SELECT id FROM mail_folders")
+        with pg_db.transaction() as cur:  # another client expunges the rest meanwhile
+            remove_messages(cur, int(folder_id), "alice@example.test", [2, 3, 4, 5])
+        # Fetched with the first read, as a read ahead of the session's would be.
+        assert read_all(drop.reader(m[1])) == PREFIX + b"two\r\n"
+        assert read_all(drop.reader(m[2], lines=0)) == PREFIX + b"three\r\n"
+        # The big one did not fit the budget, and stopped the fetch there.
+        with pytest.raises(MessageGoneError):
+            drop.reader(m[3])
+        with pytest.raises(MessageGoneError):
+            drop.reader(m[4])
+
+
+def test_the_connection_goes_back_to_the_pool_as_it_came(pg_db: Database) -> None:
+    with PgMaildrops(pg_db).open_maildrop(ALICE):
+        pass
+    with pg_db.connection() as conn:  # the one the maildrop held (the last given back)
+        assert not conn.autocommit
+        locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        assert locks.fetchone() == (0,)
