@@ -47,7 +47,7 @@ class SmtpService:
     #: A certificate exists, so STARTTLS may be offered on a plaintext link.
     tls_available: bool = True
     checks: Sequence[Check] = ()
-    #: Whether a mailbox is at its storage limit (`MaildirStore.full`); None: no quota.
+    #: Whether a mailbox is at its storage limit (`MailStore.full`); None: no quota.
     mailbox_full: Callable[[MailboxId], bool] | None = None
     #: Whether a mailbox's mail goes through Sieve (`sansmail.sessions.lda.wants_sieve`:
     #: an active script, or ``[sieve] before``); BLOCKING, one stat. None: made from
