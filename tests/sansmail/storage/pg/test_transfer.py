@@ -386,3 +386,38 @@ def test_export_without_syncfs_fsyncs_each_file_and_clears_a_crashed_staging(
     assert len([path for path in synced if "/cur/" in path]) == moved.messages == 21
     assert sorted(os.listdir(target / "mail" / "example.test")) == ["alice", "bob.smith"]
     assert _maildir_snapshot(target, ALICE) == _maildir_snapshot(source, ALICE)
+
+
+def test_import_of_a_maildir_dovecot_served_keeps_its_uids(
+    pg_db: Database, tmp_path: pathlib.Path
+) -> None:
+    """A Maildir never opened by sansmail, with Dovecot's dovecot-uidlist: the import
+    goes through the Maildir store's first sync, which adopts Dovecot's UIDVALIDITY and
+    UIDs, so the database holds those."""
+    inbox = tmp_path / "mail" / "example.test" / "carol"
+    for sub in ("tmp", "new", "cur"):
+        (inbox / sub).mkdir(parents=True)
+    names = {
+        40: "1276528487.M364837P9451.kurkku,S=22,W=25:2,S",
+        47: "1276533073.M242911P3632.kurkku:2,F",
+    }
+    for name in names.values():
+        (inbox / "cur" / name).write_bytes(b"Subject: hello\n\nthere\n")
+    (inbox / "dovecot-uidlist").write_text(
+        "3 V1275660208 N52 G3085f01b7f11094c501100008c4a11c1\n"
+        + "".join(f"{uid} :{name}\n" for uid, name in names.items())
+    )
+    import_maildir(pg_db, tmp_path, hostname=HOST)
+    view = (
+        PgImapStore(pg_db, hostname=HOST)
+        .account(MailboxId(domain="example.test", local="carol"))
+        .select("INBOX", readonly=True)
+    )
+    try:
+        assert (view.uidvalidity, view.uidnext) == (1275660208, 52)
+        assert [(m.uid, m.flags) for m in view.messages] == [
+            (40, frozenset({"\\Seen"})),
+            (47, frozenset({"\\Flagged"})),
+        ]
+    finally:
+        view.close()
