@@ -12,14 +12,6 @@ from realfilters import (  # noqa: F401  (fixtures, shared by the modules that u
 from trio_helpers import client_tls, start_server, tls_ca, tls_files  # noqa: F401  (fixtures)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "server_backends(*backends, reason=''): run the test's servers on these storage "
-        "backends (trio_helpers.BOTH_BACKENDS, maildir_only, postgresql_xfail)",
-    )
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize `server_backend` with the closest ``server_backends`` mark: a test's
     own mark replaces its module's."""
