@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_delivery import deliver, query, terminate_others
+from test_delivery_pg import deliver, query, terminate_others
 
 from sansmail.mail.address import MailboxId
 from sansmail.storage.maildir import (
