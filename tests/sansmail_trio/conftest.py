@@ -9,7 +9,13 @@ from realfilters import (  # noqa: F401  (fixtures, shared by the modules that u
     spamass_milter_tag_fixture,
     spamd_fixture,
 )
-from trio_helpers import client_tls, start_server, tls_ca, tls_files  # noqa: F401  (fixtures)
+from trio_helpers import (  # noqa: F401  (fixtures)
+    client_tls,
+    server_backend,
+    start_server,
+    tls_ca,
+    tls_files,
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
