@@ -146,6 +146,11 @@ Manage the users who receive mail and may log in. Users live in <data_dir>/users
 configured domains. A change is in force in a running server, in every one of its
 processes, by the time the command exits: the next RCPT or login sees it.
 
+With [storage] backend = "postgresql" the users (and their mail) are in the database
+every node shares instead: the command writes it, and every node takes the change as
+soon as its listener re-reads the users, which a NOTIFY asks for at the commit
+(milliseconds after the command exits).
+
 examples:
   {PROG} user add alice@example.test              # prompts for the password twice
   printf '%s\\n' 'secret' | {PROG} user add bob@example.test --password-stdin
