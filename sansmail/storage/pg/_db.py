@@ -22,13 +22,19 @@ from typing import Any, Final
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict
 
-__all__ = ["Database", "DatabaseError", "DatabaseUnavailableError"]
+__all__ = ["DSN_INVALID", "Database", "DatabaseError", "DatabaseUnavailableError"]
 
 #: Idle connections kept per process beyond what is in use.
 DEFAULT_IDLE: Final = 8
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT: Final = 10
+#: What a DSN libpq cannot parse is called (its text is never quoted: the password).
+DSN_INVALID: Final = (
+    "cannot connect to the database: [storage] dsn is not a valid PostgreSQL connection"
+    " URI (not quoted here: it may hold a password)"
+)
 
 
 class DatabaseError(Exception):
@@ -72,8 +78,24 @@ class Database:
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(
-                f"cannot connect to the database: {_first_line(exc)}"
-            ) from exc
+                f"cannot connect to the database: {self.scrub(_first_line(exc))}"
+            ) from None
+        except psycopg.ProgrammingError:
+            # libpq's parse errors quote the piece they choke on, which may be the
+            # password: say which setting is wrong, never what it holds. (`from None`: a
+            # traceback would print the psycopg error's text all the same.)
+            raise DatabaseUnavailableError(DSN_INVALID) from None
+
+    def scrub(self, text: str) -> str:
+        """`text` with the DSN's password, if any, masked: for messages that quote what
+        libpq or the server said about a connection."""
+        try:
+            password = conninfo_to_dict(self.dsn).get("password")
+        except psycopg.Error:
+            return text
+        if not password:
+            return text
+        return text.replace(str(password), "***")
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Connection]:

@@ -26,7 +26,7 @@ from typing import Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from sansmail.storage.pg._db import Connection, Database, DatabaseUnavailableError
+from sansmail.storage.pg._db import DSN_INVALID, Connection, Database, DatabaseUnavailableError
 from sansmail.storage.pg._mailrows import CHANNEL
 
 __all__ = ["KEEPALIVE", "NotificationConnection"]
@@ -49,8 +49,9 @@ class NotificationConnection:
     def __init__(self, db: Database) -> None:
         try:
             given = conninfo_to_dict(db.dsn)
-        except psycopg.ProgrammingError as exc:
-            raise DatabaseUnavailableError(f"cannot listen: {_first_line(exc)}") from exc
+        except psycopg.ProgrammingError:
+            # Its text may quote the password (see `Database.connect`).
+            raise DatabaseUnavailableError(DSN_INVALID) from None
         settings = {name: value for name, value in KEEPALIVE.items() if name not in given}
         own = Database(
             make_conninfo(db.dsn, **settings), idle=0, application_name="sansmail listen"

@@ -18,6 +18,7 @@ from sansmail.storage.pg import (
     require_current,
     schema_version,
 )
+from sansmail.storage.pg._listen import NotificationConnection
 
 
 def test_migrate_from_nothing_then_again(pg_cluster: Cluster) -> None:
@@ -86,3 +87,36 @@ def test_a_failed_transaction_is_rolled_back_and_the_connection_reused(pg_db: Da
     with pg_db.transaction() as cur:
         cur.execute("SELECT count(*) FROM mail_usage")
         assert cur.fetchone() == (0,)
+
+
+@pytest.mark.parametrize(
+    ("dsn", "secret"),
+    [
+        # libpq's parse errors quote the piece they stop at: here pieces of the password.
+        ("postgresql://sansmail:s3cr%zzet@127.0.0.1:1/db", "s3cr%zzet"),
+        ("host=127.0.0.1 port=1 password=sec ret-part dbname=db", "ret-part"),
+    ],
+)
+def test_a_dsn_libpq_cannot_parse_is_named_never_quoted(dsn: str, secret: str) -> None:
+    db = Database(dsn)
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        schema_version(db)
+    assert "dsn is not a valid" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        migrate(db)
+    assert secret not in str(caught.value)
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        NotificationConnection(db)
+    assert secret not in str(caught.value)
+
+
+def test_a_connection_failure_never_quotes_the_password() -> None:
+    # A password libpq's message happens to hold (here the host's address itself).
+    db = Database("postgresql://sansmail:127.0.0.1@127.0.0.1:1/db")
+    with pytest.raises(DatabaseUnavailableError, match="cannot connect") as caught:
+        schema_version(db)
+    assert "127.0.0.1" not in str(caught.value)
+    assert "***" in str(caught.value)
