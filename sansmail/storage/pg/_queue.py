@@ -365,9 +365,10 @@ class PgQueueStore:
             " WHERE queue_id = ANY(%s) AND lease_holder = %s RETURNING queue_id",
             (now + self._lease, builtins.list(queue_ids), self._node),
         ).rows
-        held = {row[0] for row in rows}
-        self._claimed.difference_update(set(queue_ids) - held)
-        return held
+        # The lost ones stay in `_claimed` until their attempt settles: forgetting them
+        # here would let a stalled attempt's `update` pass as an administrator's change
+        # and write over the verdicts of the node that took the message over.
+        return {row[0] for row in rows}
 
     def release(self, due: Mapping[str, float]) -> None:
         """Give back this node's claims on the ids of `due`, each due again at its

@@ -267,3 +267,21 @@ def test_a_big_message_arrives_through_a_file(
     assert stored.size == len(content)
     assert a.read("BIG1") == (stored, content)
     assert writer._spool is None  # closed
+
+
+def test_a_stalled_node_that_learnt_of_its_lost_lease_still_does_not_write_over(
+    pg_db: Database,
+) -> None:
+    # The runner's renewer finds the claim lost before the stalled attempt ends: the
+    # store must still know the message was claimed here, and fence its outcome.
+    a = PgQueueStore(pg_db, node="a:1", lease=60)
+    b = PgQueueStore(pg_db, node="b:1", lease=60)
+    stored = queue(a, "STALL2")
+    assert claimed_ids(a) == ["STALL2"]
+    assert claimed_ids(b, now=NOW + 60) == ["STALL2"]
+    assert a.renew({"STALL2"}, now=NOW + 61) == set()
+    deferred = attrs.evolve(stored, recipients=[attrs.evolve(stored.recipients[0], attempts=1)])
+    b.update(deferred)
+    with pytest.raises(LeaseLostError):
+        a.update(attrs.evolve(stored, warned=True))
+    assert a.load("STALL2") == deferred
