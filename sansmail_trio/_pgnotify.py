@@ -27,6 +27,16 @@ with its own key, as if everything had changed: idlers sync their views, stores 
 The first connection does the same: a change committed between a store's first read and
 the ``LISTEN`` would otherwise go unheard. Reconnecting is retried every `RETRY` seconds
 while the database is away, with a warning the first time.
+
+While this node cannot listen, it cannot know what the others change: a password
+changed or a user deleted on another node would stay in force here for as long as the
+listener is away (the database may well answer the other connections: its
+``max_connections`` reached, a LISTEN refused). So the handlers are called at once when
+the connection is lost, and again every `RESYNC` seconds until it is back: the stores
+re-read, and what they hold is never more than `RESYNC` seconds behind the database
+while it answers. A re-read that fails is tried again every `RESYNC` seconds (the store
+stays stale meanwhile, so `verify_password` tries it too), not left until the next
+notification.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from sansmail.storage.pg._listen import NotificationConnection
 from sansmail.storage.users import UserError
 from sansmail_trio._notify import Subscription, set_key_watcher
 
-__all__ = ["POLL", "RETRY", "Listener", "Reloadable", "run_listener"]
+__all__ = ["POLL", "RESYNC", "RETRY", "Listener", "Reloadable", "run_listener"]
 
 log = logging.getLogger("sansmail.notify")
 
@@ -51,6 +61,9 @@ log = logging.getLogger("sansmail.notify")
 POLL: Final = 1.0
 #: Seconds between attempts to connect again after the connection was lost.
 RETRY: Final = 1.0
+#: Seconds between the stores' re-reads while the node cannot listen, and between
+#: attempts of a re-read that failed (see the module docstring).
+RESYNC: Final = 10.0
 
 Handler = Callable[[str], None]
 
@@ -60,10 +73,13 @@ class Listener:
     docstring). Subscribe and register handlers from the event loop; `run` it in a
     task."""
 
-    def __init__(self, db: Database, *, poll: float = POLL, retry: float = RETRY) -> None:
+    def __init__(
+        self, db: Database, *, poll: float = POLL, retry: float = RETRY, resync: float = RESYNC
+    ) -> None:
         self._db = db
         self._poll = poll
         self._retry = retry
+        self._resync = resync
         self._subscribers: dict[str, set[Subscription]] = {}
         # keys -> the turn their subscribers share, and how many hold it (as `_notify`).
         self._turns: dict[tuple[str, ...], tuple[trio.Lock, int]] = {}
@@ -116,6 +132,7 @@ class Listener:
         database is away starts all the same, and hears again when it is back."""
         started = False
         warned = False
+        resync_at = trio.current_time()
         while True:
             try:
                 connection = await trio.to_thread.run_sync(NotificationConnection, self._db)
@@ -126,6 +143,10 @@ class Listener:
                 if not started:
                     task_status.started(self)
                     started = True
+                if trio.current_time() >= resync_at:
+                    # Deaf: the stores re-read on a clock instead (module docstring).
+                    self._handlers_changed()
+                    resync_at = trio.current_time() + self._resync
                 await trio.sleep(self._retry)
                 continue
             try:
@@ -145,6 +166,10 @@ class Listener:
             except DatabaseError as exc:
                 log.warning("%s; listening again (every change is taken as made)", exc)
                 warned = True
+                # What the others change from now on goes unheard: the stores re-read at
+                # once (the idlers are woken once listening again, as the docstring says).
+                self._handlers_changed()
+                resync_at = trio.current_time() + self._resync
             finally:
                 self.backend_pid = None
                 connection.close()
@@ -162,6 +187,9 @@ class Listener:
         for subscribers in self._subscribers.values():
             for subscription in subscribers:
                 subscription.wake()
+        self._handlers_changed()
+
+    def _handlers_changed(self) -> None:
         for key, handlers in self._handlers.items():
             for handler in handlers:
                 _call(handler, key)
@@ -192,6 +220,7 @@ async def run_listener(
     reloaded: Callable[[str], None] | None = None,
     poll: float = POLL,
     retry: float = RETRY,
+    resync: float = RESYNC,
     task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """The node's `Listener`, run until cancelled, made the event loop's `KeyWatcher`
@@ -200,8 +229,8 @@ async def run_listener(
     is marked stale at once and re-read in a worker thread (one re-read at a time per
     store; notifications arriving during one make one more), then `reloaded(payload)` is
     called. Started with the `Listener` once its first connection attempt is over."""
-    pg_listener = Listener(db, poll=poll, retry=retry)
-    followers = [_Follower(key, store, reloaded) for key, store in (reload or {}).items()]
+    pg_listener = Listener(db, poll=poll, retry=retry, resync=resync)
+    followers = [_Follower(key, store, reloaded, resync) for key, store in (reload or {}).items()]
     for follower in followers:
         pg_listener.on(follower.key, follower.heard)
     set_key_watcher(pg_listener)
@@ -216,12 +245,20 @@ async def run_listener(
 
 
 class _Follower:
-    """Re-reads one store each time its key is heard, in a worker thread."""
+    """Re-reads one store each time its key is heard, in a worker thread; a re-read that
+    failed is tried again every `resync` seconds until one succeeds."""
 
-    def __init__(self, key: str, store: Reloadable, reloaded: Callable[[str], None] | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        store: Reloadable,
+        reloaded: Callable[[str], None] | None,
+        resync: float = RESYNC,
+    ) -> None:
         self.key = key
         self._store = store
         self._reloaded = reloaded
+        self._resync = resync
         self._pending = trio.Event()
 
     def heard(self, _payload: str) -> None:
@@ -229,21 +266,38 @@ class _Follower:
         self._pending.set()
 
     async def run(self) -> None:
+        failing = False
         while True:
-            await self._pending.wait()
+            if failing:
+                # Not only the next notification: with the listener connected there may
+                # be none for long, and the snapshot stays stale meanwhile.
+                with trio.move_on_after(self._resync):
+                    await self._pending.wait()
+            else:
+                await self._pending.wait()
             self._pending = trio.Event()
             try:
                 changed = await trio.to_thread.run_sync(self._store.reload_if_changed)
-            except (UserError, DatabaseError) as exc:
-                # The database away: the store keeps what it read, stays stale, and the
-                # reconnection's "everything changed" brings us back here.
-                log.warning(
-                    "cannot re-read %s after a change (%s); keeping what was read", self.key, exc
-                )
+            except Exception as exc:
+                # The database away: the store keeps what it read and stays stale.
+                if not failing:
+                    if isinstance(exc, UserError | DatabaseError):
+                        log.warning(
+                            "cannot re-read %s after a change (%s); keeping what was read,"
+                            " retrying",
+                            self.key,
+                            exc,
+                        )
+                    else:
+                        log.exception(
+                            "cannot re-read %s after a change; keeping what was read, retrying",
+                            self.key,
+                        )
+                failing = True
                 continue
-            except Exception:
-                log.exception("cannot re-read %s after a change; keeping what was read", self.key)
-                continue
+            if failing:
+                log.warning("re-read %s again", self.key)
+                failing = False
             if changed:
                 log.info("%s reloaded (changed on a node)", self.key)
             if self._reloaded is not None:

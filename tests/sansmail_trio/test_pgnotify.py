@@ -17,6 +17,7 @@ from sansmail.storage.pg import Database
 from sansmail.storage.pg._listen import NotificationConnection
 from sansmail.storage.pg._mailrows import notify
 from sansmail.storage.pg._users import PgUserStore
+from sansmail.storage.users import UserError
 from sansmail_trio._imap_server import _subscribe
 from sansmail_trio._notify import key_watcher
 from sansmail_trio._pgnotify import Listener, run_listener
@@ -194,3 +195,53 @@ def test_the_listening_connection_asks_for_keepalives(pg_db: Database, pg_dsn: s
     with NotificationConnection(Database(make_conninfo(pg_dsn, keepalives_idle=5))) as connection:
         assert connection.settings["keepalives_idle"] == "5"
         assert connection.settings["keepalives_count"] == "3"
+
+
+async def test_while_it_cannot_listen_the_stores_re_read_on_a_clock() -> None:
+    # The listener away (here: for good) hears nothing the other nodes change, so the
+    # stores must not trust their snapshot for ever: their handlers keep being called.
+    down = Database("host=127.0.0.1 port=1 dbname=nothing connect_timeout=2")
+    calls = Reloads()
+    pg_listener = Listener(down, retry=0.001, resync=0.001)
+    pg_listener.on("users", calls)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pg_listener.run)
+        for _ in range(3):
+            assert await calls.next() == "users"
+        nursery.cancel_scope.cancel()
+
+
+class _FailingOnce:
+    """A store whose first re-read fails (the database briefly away)."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def changed(self) -> None:
+        pass
+
+    def reload_if_changed(self) -> bool:
+        self.reads += 1
+        if self.reads == 1:
+            raise UserError("database: the server closed the connection")
+        return True
+
+
+async def test_a_failed_re_read_is_tried_again_without_a_notification(pg_db: Database) -> None:
+    # The listener stays connected, so no reconnection calls the store again: before,
+    # it stayed on its stale snapshot until the next change of the users.
+    store = _FailingOnce()
+    reloads = Reloads()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_listener(
+                pg_db,
+                reload={"users": store},
+                reloaded=reloads,
+                resync=0.001,
+                task_status=task_status,
+            )
+        )
+        assert await reloads.next() == "users"
+        assert store.reads == 2
+        nursery.cancel_scope.cancel()
