@@ -28,7 +28,11 @@ decides or stores is here, so a runner for another loop repeats no rule:
 On a queue every node delivers from (`sansmail.storage.queue.SharedQueue`), the runner
 takes its messages with `claim` instead of `open_all`: due messages no other node holds,
 opened in the same call and leased to this node until `finish` writes their outcome
-(which lets go of the lease) or the runner gives them back.
+(which lets go of the lease) or the runner gives them back. An outcome is written only
+while the claim holds: a node that stalled past its lease while another took the message
+over writes no envelope, queues no notification and removes nothing (the other node's
+attempt does), which for a message leaving the queue `finish` checks, renewing the
+claim, before the notifications.
 
 A busy runner does the same for many messages at once, which costs fewer worker-thread
 hops, fewer fsyncs and fewer connections: `open_all` opens a batch of due messages in
@@ -75,6 +79,7 @@ step that raised halfway leaves the lines of what it did complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -218,7 +223,9 @@ class QueueManager:
             LogLine(f"{qid}: damaged queue entry set aside: {printable(why)}", level="warning")
             for qid, why in claimed.damaged
         )
-        attempts = tuple(Attempt(self, message, content) for message, content in claimed.messages)
+        attempts = tuple(
+            Attempt(self, message, content, claimed=True) for message, content in claimed.messages
+        )
         return Opened(attempts, (), log)
 
     def remote(
@@ -282,10 +289,20 @@ class QueueManager:
 class Attempt:
     """One try of every pending recipient of one message (see the module docstring)."""
 
-    def __init__(self, manager: QueueManager, message: QueuedMessage, content: bytes) -> None:
+    def __init__(
+        self,
+        manager: QueueManager,
+        message: QueuedMessage,
+        content: bytes,
+        *,
+        claimed: bool = False,
+    ) -> None:
         self._manager = manager
         self.message = message
         self.content = content
+        # Taken by a claim on a shared queue: its outcome is this node's to write only
+        # while the claim holds (`finish`).
+        self._claimed = claimed
         self._outcomes: dict[str, Outcome] = {}
         self._log: list[LogLine] = []
         # What each local destination's Sieve deliveries logged and queued, kept from
@@ -515,6 +532,8 @@ class Attempt:
         try:
             if not result.finished:
                 queue.update(result.message)
+            elif self._claimed:
+                self._still_held(now)
             owed = notices(
                 message,
                 self.content,
@@ -549,6 +568,20 @@ class Attempt:
             address = printable(recipient.address)
             self._log.append(LogLine(f"{message.queue_id}: to=<{address}>: expired in the queue"))
         return Finished(result.next_due, tuple(queued))
+
+    def _still_held(self, now: float) -> None:
+        """Before the notifications of a claimed message that leaves the queue: renew
+        the claim (so the removal that follows them still finds it this node's), or
+        raise ClaimLostError if another node took the message over (its attempt sends
+        the bounces), UnknownQueueIdError if it was deleted."""
+        queue = self._manager.queue
+        assert isinstance(queue, SharedQueue)
+        queue_id = self.message.queue_id
+        if queue_id in queue.renew((queue_id,), now=now):
+            return
+        with contextlib.suppress(ValueError):  # a damaged envelope: still there
+            queue.load(queue_id)  # UnknownQueueIdError: deleted
+        raise ClaimLostError(f"{queue_id}: taken over by another node")
 
     def _enqueue(self, notice: Notice, now: float) -> None:
         writer = self._manager.queue.begin(notice.queue_id)

@@ -31,8 +31,10 @@ the envelope and content too, so an attempt costs one round trip to open.
 **The outcome** of an attempt is one transaction: `update` writes the new envelope,
 the message's next due time, and lets go of the lease, only while this node still holds
 it (a node whose lease ran out and was taken over must not overwrite the newer owner's
-verdicts: `LeaseLostError`); `delete` removes the row whoever holds it (a delivered
-message is gone for everyone); `release` gives claims back unfinished (a runner that
+verdicts: `LeaseLostError`); `delete` removes the row, under the same condition for a
+message this node claimed (the attempt renews the claim first, before the bounces it
+queues: `sansmail.sessions.qmgr`), whoever holds it otherwise (``queue delete``);
+`release` gives claims back unfinished (a runner that
 stops, an attempt cut short by an internal error) with the time they are due again.
 
 What a crash between the next hop's ``250`` and the outcome's commit does is the file
@@ -261,12 +263,25 @@ class PgQueueStore:
         raise LeaseLostError(f"{queue_id}: taken over by {rows[0][0] or 'another node'}")
 
     def delete(self, queue_id: str, *, sync: bool = True) -> None:
-        """Remove a message, whoever holds it. `sync` is for the file store's sake:
-        the removal is durable when this returns."""
+        """Remove a message: one this store claimed only while this node still holds it
+        (`LeaseLostError` otherwise, as `update`), any other whoever holds it (``queue
+        delete``). `sync` is for the file store's sake: the removal is durable when this
+        returns."""
         check_queue_id(queue_id)
+        claimed = queue_id in self._claimed
         self._claimed.discard(queue_id)
-        if self._run("DELETE FROM queue_messages WHERE queue_id = %s", (queue_id,)).rowcount == 0:
+        done = self._run(
+            "DELETE FROM queue_messages WHERE queue_id = %s AND (NOT %s OR lease_holder = %s)",
+            (queue_id, claimed, self._node),
+        )
+        if done.rowcount == 1:
+            return
+        rows = self._run(
+            "SELECT lease_holder FROM queue_messages WHERE queue_id = %s", (queue_id,)
+        ).rows
+        if not rows or not claimed:
             raise UnknownQueueIdError(queue_id)
+        raise LeaseLostError(f"{queue_id}: taken over by {rows[0][0] or 'another node'}")
 
     def sync(self) -> None:
         """Nothing to do: every commit and removal was durable when it returned."""

@@ -598,6 +598,39 @@ def test_an_attempt_whose_claim_was_taken_over_writes_nothing(
     assert set(server.queued()) == {qid}  # and no bounce queued
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_finished_attempt_whose_claim_was_taken_over_bounces_and_deletes_nothing(
+    server: Server, pg_db: Database
+) -> None:
+    # The node that holds the message now decides: a bounce from here would be the
+    # second one, and the removal would pull the message from under its attempt.
+    qid = server.enqueue("x@far.test", "y@far.test")
+    (attempt,) = server.manager.claim(10, now=NOW).attempts
+    other = PgQueueStore(pg_db, node="other:1")
+    assert [m.queue_id for m, _c in other.claim(10, now=NOW + 301).messages] == [qid]
+    remote(attempt, {"x@far.test": SENT, "y@far.test": REFUSED})
+    attempt.take_log()
+    assert attempt.finish(now=NOW + 302, jitter=0.0) == Finished(None)
+    assert attempt.take_log() == [
+        LogLine(f"{qid}: taken over by another node during delivery", level="warning")
+    ]
+    assert set(server.queued()) == {qid}  # still there, and no bounce queued
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_a_finished_attempt_on_a_message_deleted_meanwhile_bounces_nothing(
+    server: Server, pg_db: Database
+) -> None:
+    qid = server.enqueue("x@far.test", "y@far.test")
+    (attempt,) = server.manager.claim(10, now=NOW).attempts
+    PgQueueStore(pg_db, node="cli:1").delete(qid)  # `queue delete`
+    remote(attempt, {"x@far.test": SENT, "y@far.test": REFUSED})
+    attempt.take_log()
+    assert attempt.finish(now=NOW, jitter=0.0) == Finished(None)
+    assert attempt.take_log() == [LogLine(f"{qid}: deleted from the queue during delivery")]
+    assert server.queued() == {}
+
+
 @files_only
 def test_only_a_shared_queue_is_claimed_from(server: Server) -> None:
     with pytest.raises(TypeError):

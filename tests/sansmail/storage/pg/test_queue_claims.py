@@ -285,3 +285,16 @@ def test_a_stalled_node_that_learnt_of_its_lost_lease_still_does_not_write_over(
     with pytest.raises(LeaseLostError):
         a.update(attrs.evolve(stored, warned=True))
     assert a.load("STALL2") == deferred
+
+
+def test_a_stalled_node_does_not_delete_the_message_another_took_over(pg_db: Database) -> None:
+    a = PgQueueStore(pg_db, node="a:1", lease=60)
+    b = PgQueueStore(pg_db, node="b:1", lease=60)
+    queue(a, "STALL3")
+    assert claimed_ids(a) == ["STALL3"]
+    assert claimed_ids(b, now=NOW + 60) == ["STALL3"]
+    with pytest.raises(LeaseLostError, match="b:1"):
+        a.delete("STALL3")
+    assert a.ids() == {"STALL3"}
+    b.delete("STALL3")  # the holder's own outcome
+    assert a.ids() == set()
