@@ -192,8 +192,15 @@ class PgMailAccount(MailAccount):
         if name == INBOX:
             raise NotAllowedError("INBOX cannot be deleted")
         with self.db.transaction() as cur:
-            folder = _mailrows.find_folder(cur, self.mailbox, name)
-            if folder is None:
+            # Looked up and locked in one statement: after waiting for another
+            # session's RENAME of the row, PostgreSQL tests the name again, so the folder
+            # deleted is the one of that name, never the one it was renamed to.
+            cur.execute(
+                "SELECT id FROM mail_folders WHERE mailbox = %s AND name = %s FOR UPDATE",
+                (self.mailbox, name),
+            )
+            row = cur.fetchone()
+            if row is None:
                 cur.execute(
                     "SELECT 1 FROM mail_folders WHERE mailbox = %s AND starts_with(name, %s)"
                     " LIMIT 1",
@@ -202,7 +209,7 @@ class PgMailAccount(MailAccount):
                 if cur.fetchone() is not None:
                     raise FolderHasChildrenError(f"{name!r} has children; delete them first")
                 raise NoSuchFolderError(f"no folder {name!r}")
-            _mailrows.lock_folders(cur, [folder])
+            folder = int(row[0])
             cur.execute(
                 "DELETE FROM mail_messages WHERE folder_id = %s RETURNING digest, size",
                 (folder,),

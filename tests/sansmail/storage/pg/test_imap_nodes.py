@@ -313,3 +313,35 @@ def test_a_sync_that_finds_nothing_is_one_statement_and_a_fetch_one_per_batch(
     assert len(dict(view.contents(view.uids))) == 100
     assert len(view.flag_states(view.uids)) == 100
     assert len(statements) == 1 + 2 + 1  # contents: batches of 64
+
+
+def _wait_for_a_lock_wait(dsn: str) -> None:
+    # Until another connection of this database waits on a row lock (a state, polled:
+    # no timing is asserted).
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()[0]:  # type: ignore[index]
+            conn.execute("SELECT pg_sleep(0.01)")
+
+
+def test_a_delete_waiting_on_a_rename_of_its_folder_does_not_delete_the_renamed_one(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, b = nodes
+    account = a.account(ALICE)
+    account.create("Old")
+    account.append("Old", message(1))
+    # Node B's RENAME Old New holds the folder row, not yet committed, when node A's
+    # DELETE Old looks the name up: the DELETE must find no Old once the rename commits.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, b.db.transaction() as cur:
+        cur.execute(
+            "UPDATE mail_folders SET name = 'New' WHERE mailbox = %s AND name = 'Old'",
+            ("alice@example.test",),
+        )
+        deleting = pool.submit(account.delete, "Old")
+        _wait_for_a_lock_wait(pg_dsn)
+    with pytest.raises(NoSuchFolderError):
+        deleting.result()
+    assert account.status("New", ["MESSAGES"]) == {"MESSAGES": 1}
