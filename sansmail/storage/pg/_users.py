@@ -151,6 +151,10 @@ class PgUserStore:
         except (DatabaseError, UserError) as exc:
             self._error = exc if isinstance(exc, UserError) else UserError(str(exc))
             return previous
+        if self._snapshot.notices > notices:
+            # Another thread's re-read, begun after ours, landed first: it may have
+            # seen a change ours did not (a deleted user), so it stays.
+            return self._snapshot
         snapshot = _Snapshot(notices, versions, users)
         self._snapshot = snapshot
         self._reloaded = self._reloaded or report

@@ -172,3 +172,34 @@ def test_a_re_read_decodes_only_the_rows_that_changed(pg_db: Database) -> None:
     node.changed()
     assert node.reload_if_changed()
     assert node.get("carol@example.test") is carol  # unchanged: the same object
+
+
+def test_a_slow_re_read_never_replaces_a_newer_one(
+    pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two worker threads re-read at once (the listener's reload and a login's): the one
+    # whose query ran before a deletion must not land after the one that saw it, or the
+    # deleted user's SCRAM keys answer logins again until the next notification.
+    from sansmail.storage.pg import _users  # noqa: PLC0415
+
+    node_a, node_b = make(pg_db), make(pg_db)
+    node_a.add(ALICE, "pw")
+    assert KEY in node_b
+    real = _users._read_changed
+    overtaken: list[bool] = []
+
+    def slow(cur: object, previous: object) -> object:
+        result = real(cur, previous)  # type: ignore[arg-type]
+        if not overtaken:
+            overtaken.append(True)
+            node_a.delete(KEY)
+            node_b.changed()
+            node_b.reload_if_changed()  # the other thread's re-read, done first
+            assert KEY not in node_b
+        return result
+
+    monkeypatch.setattr(_users, "_read_changed", slow)
+    node_b.changed()
+    node_b.reload_if_changed()
+    assert KEY not in node_b
+    assert node_b.get_scram(KEY, "sha256") is None
