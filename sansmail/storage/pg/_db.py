@@ -148,6 +148,15 @@ class Database:
             except psycopg.Error:
                 conn.close()
                 return
+        if conn.autocommit:
+            # A user that switched it on for reads (`_imapsql.reading`, the maildrop,
+            # the queue) and could not switch it back: the module's promise is
+            # non-autocommit connections, which a bare `connection()` user relies on.
+            try:
+                conn.autocommit = False
+            except psycopg.Error:
+                conn.close()
+                return
         if len(self._idle) >= self._idle_max:
             conn.close()
         else:

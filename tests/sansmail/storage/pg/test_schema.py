@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 from pgcluster import Cluster
 
@@ -120,3 +121,19 @@ def test_a_connection_failure_never_quotes_the_password() -> None:
         schema_version(db)
     assert "127.0.0.1" not in str(caught.value)
     assert "***" in str(caught.value)
+
+
+def test_a_connection_goes_back_idle_and_out_of_autocommit(pg_db: Database) -> None:
+    # A user left it in autocommit with a transaction begun by hand (the way a reader
+    # switching autocommit back fails): the next user gets neither.
+    with pg_db.connection() as conn:
+        conn.autocommit = True
+        conn.execute("BEGIN")
+        conn.execute("CREATE TABLE half_done (n int)")
+    with pg_db.connection() as again:
+        assert again is conn
+        assert not again.autocommit
+        assert again.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT to_regclass('half_done') IS NULL")
+        assert cur.fetchone() == (True,)
