@@ -35,6 +35,8 @@ import datetime
 import time
 from collections.abc import Callable, Collection, Mapping
 
+import psycopg.errors
+
 from sansmail.mail.address import MailboxId
 from sansmail.storage.maildir._imapaccount import DEFAULT_SPECIAL_USE
 from sansmail.storage.maildir._imapbase import (
@@ -54,7 +56,7 @@ from sansmail.storage.maildir._imapmaildir import to_crlf
 from sansmail.storage.maildir._imapnames import INBOX, disk_name, normalize
 from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Cursor, Database
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError
 from sansmail.storage.pg._imapsql import allocate_keywords, guarded, reading, split_flags
 from sansmail.storage.pg._imapview import PgFolderView
 
@@ -236,6 +238,16 @@ class PgMailAccount(MailAccount):
             return
         if new.startswith(old + SEPARATOR):
             raise InvalidFolderNameError("a folder cannot move below itself")
+        try:
+            self._rename(old, new)
+        except DatabaseError as exc:
+            # A target another session made after the clash test below (its row not
+            # yet committed then) is the same answer as one found by it.
+            if isinstance(exc.__cause__, psycopg.errors.UniqueViolation):
+                raise FolderExistsError(f"{new!r} or a folder below it exists") from None
+            raise
+
+    def _rename(self, old: str, new: str) -> None:
         with self.db.transaction() as cur:
             cur.execute(
                 "SELECT id, name FROM mail_folders WHERE mailbox = %s"

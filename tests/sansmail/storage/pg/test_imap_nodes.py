@@ -16,6 +16,7 @@ from sansmail.sessions.imapd import ImapSession, capabilities
 from sansmail.storage.maildir._imapbase import (
     ExpungeIssuedError,
     FlagMode,
+    FolderExistsError,
     FolderGoneError,
     NoSuchFolderError,
     SearchData,
@@ -345,3 +346,26 @@ def test_a_delete_waiting_on_a_rename_of_its_folder_does_not_delete_the_renamed_
     with pytest.raises(NoSuchFolderError):
         deleting.result()
     assert account.status("New", ["MESSAGES"]) == {"MESSAGES": 1}
+
+
+def test_a_rename_onto_a_name_another_node_creates_meanwhile_is_already_exists(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, b = nodes
+    account = a.account(ALICE)
+    account.create("Old/Child")
+    account.create("Old")
+    # Node B's CREATE New is not committed when node A's RENAME Old New checks for a
+    # clash: the rename then waits on B's new row and must answer that New exists.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, b.db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO mail_folders (mailbox, name) VALUES (%s, 'New')",
+            ("alice@example.test",),
+        )
+        renaming = pool.submit(account.rename, "Old", "New")
+        _wait_for_a_lock_wait(pg_dsn)
+    with pytest.raises(FolderExistsError):
+        renaming.result()
+    names = {info.name for info in account.list_folders() if info.exists}
+    assert {"Old", "Old/Child", "New"} <= names
+    assert "New/Child" not in names
