@@ -390,6 +390,11 @@ class QueueRunner:
             except OSError as exc:
                 self.log.warning("cannot claim from the queue: %s", exc)
                 return CLAIM_RETRY
+            if any(a.message.queue_id in self._active for a in opened.attempts):
+                # Our own attempts, whose leases ended unrenewed (the database was away
+                # for a lease): the claim renewed them, and they are under way here.
+                fresh = tuple(a for a in opened.attempts if a.message.queue_id not in self._active)
+                opened = attrs.evolve(opened, attempts=fresh)
             if trio.current_effective_deadline() == -math.inf and opened.attempts:
                 # Stopped while the claim ran (the thread is not abandoned): give them
                 # back for another node now, rather than when their leases end.

@@ -292,3 +292,40 @@ async def test_a_claim_that_returns_after_the_stop_is_given_back(
     other = PgQueueStore(pg_db, node="b:1")
     claimed = await trio.to_thread.run_sync(lambda: other.claim(10, now=time.time()))
     assert sorted(m.queue_id for m, _c in claimed.messages) == sorted(ids)
+
+
+async def test_a_claim_does_not_take_again_what_the_runner_has_in_flight(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database
+) -> None:
+    # The database was away for longer than the lease, so no renewal reached it: the
+    # runner's next claim finds its own attempt's lease ended, and must not start a
+    # second attempt on the message beside the one still under way.
+    config = configure(tmp_path, dns, free_port(PEER))
+    store = PgQueueStore(pg_db, node="a:1")
+    a = runner(config, store, dns, "a")
+    skew = [0.0]
+    a.clock = lambda: time.time() + skew[0]
+
+    async def conversation_without_end(*_args: object) -> None:
+        await trio.sleep_forever()
+
+    a._client.deliver = conversation_without_end  # type: ignore[method-assign]
+    started: list[list[str]] = []
+    real_start = a._start
+
+    def start(opened: Opened, nursery: trio.Nursery) -> None:
+        started.append([attempt.message.queue_id for attempt in opened.attempts])
+        real_start(opened, nursery)
+
+    a._start = start  # type: ignore[method-assign]
+    ids = await trio.to_thread.run_sync(enqueue, store, 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        a.wake(ids[0])
+        await wait_for(lambda: ids[0] in a._active, what="the claim")
+        count = len(started)
+        skew[0] = store.lease + 1
+        a.wake()
+        await wait_for(lambda: len(started) > count, what="a claim after the lease")
+        nursery.cancel_scope.cancel()
+    assert [qid for batch in started for qid in batch] == ids  # one attempt
