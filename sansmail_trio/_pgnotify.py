@@ -149,6 +149,7 @@ class Listener:
                     resync_at = trio.current_time() + self._resync
                 await trio.sleep(self._retry)
                 continue
+            connected_at = trio.current_time()
             try:
                 self.connections += 1
                 self.backend_pid = connection.backend_pid
@@ -173,6 +174,10 @@ class Listener:
             finally:
                 self.backend_pid = None
                 connection.close()
+            if trio.current_time() - connected_at < self._retry:
+                # A connection the server ends at once (a pooler refusing LISTEN, a
+                # session timeout) must not become a loop of connections and re-reads.
+                await trio.sleep(self._retry)
 
     def _dispatch(self, payload: str) -> None:
         for subscription in self._subscribers.get(payload, ()):

@@ -13,11 +13,12 @@ from argon2 import PasswordHasher
 from psycopg.conninfo import make_conninfo
 
 from sansmail.mail.address import Address
-from sansmail.storage.pg import Database
+from sansmail.storage.pg import Database, DatabaseUnavailableError
 from sansmail.storage.pg._listen import NotificationConnection
 from sansmail.storage.pg._mailrows import notify
 from sansmail.storage.pg._users import PgUserStore
 from sansmail.storage.users import UserError
+from sansmail_trio import _pgnotify
 from sansmail_trio._imap_server import _subscribe
 from sansmail_trio._notify import key_watcher
 from sansmail_trio._pgnotify import Listener, run_listener
@@ -245,3 +246,45 @@ async def test_a_failed_re_read_is_tried_again_without_a_notification(pg_db: Dat
         assert await reloads.next() == "users"
         assert store.reads == 2
         nursery.cancel_scope.cancel()
+
+
+class _DyingConnection:
+    """A listening connection the server ends at once, each time."""
+
+    made = 0
+
+    def __init__(self, _db: Database) -> None:
+        type(self).made += 1
+        self.backend_pid = 1
+
+    def wait(self, _timeout: float) -> list[str]:
+        raise DatabaseUnavailableError("lost the listening connection: terminated")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_connection_lost_at_once_is_made_again_after_a_pause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, reconnecting after each loss never slept: a loop of connections as fast
+    # as the server ends them (and of the stores' re-reads). The pauses are counted,
+    # not timed: each is the listener's trio.sleep(retry).
+    real_sleep = trio.sleep
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(_pgnotify, "NotificationConnection", _DyingConnection)
+    monkeypatch.setattr(trio, "sleep", pause)
+    _DyingConnection.made = 0
+    pg_listener = Listener(Database("host=127.0.0.1 port=1"), retry=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pg_listener.run)
+        while _DyingConnection.made < 4:
+            await real_sleep(0)
+        nursery.cancel_scope.cancel()
+    assert len(pauses) >= 3
+    assert set(pauses) == {5.0}
