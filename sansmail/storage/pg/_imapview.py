@@ -425,9 +425,16 @@ class PgFolderView(FolderView):
         (structures, search data): one the database refuses (two sessions caching the
         same rows in another order, a deadlock PostgreSQL breaks; a lost connection) is
         given up, and worked out again next time, as the session gives it up on a full
-        disk. A lost connection shows at the command's next read."""
+        disk. A lost connection shows at the command's next read.
+
+        The folder row is taken first (shared: cache writes do not wait for each
+        other's), as every writer of the messages takes it before their rows: without
+        it a cache write and a STORE or EXPUNGE locking the same rows in another order
+        made a cycle, which PostgreSQL breaks by failing either, the user's command
+        perhaps."""
         try:
             with self._db.transaction() as cur:
+                cur.execute("SELECT 1 FROM mail_folders WHERE id = %s FOR SHARE", (self._id,))
                 write(cur)
         except DatabaseError:
             return

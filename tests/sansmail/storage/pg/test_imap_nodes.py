@@ -369,3 +369,30 @@ def test_a_rename_onto_a_name_another_node_creates_meanwhile_is_already_exists(
     names = {info.name for info in account.list_folders() if info.exists}
     assert {"Old", "Old/Child", "New"} <= names
     assert "New/Child" not in names
+
+
+def test_a_cache_write_takes_the_folder_row_before_the_message_rows_as_writers_do(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str
+) -> None:
+    a, b = nodes
+    a.account(ALICE).append("INBOX", message(1))
+    view = a.account(ALICE).select("INBOX")
+    # Node B's STORE holds the folder row and is about to update message rows: a cache
+    # write that locked message rows first could make a cycle with it, which PostgreSQL
+    # breaks by failing either, the STORE perhaps. It waits for the row instead.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, b.db.transaction() as cur:
+        cur.execute("SELECT 1 FROM mail_folders WHERE id = %s FOR UPDATE", (view.folder_id,))
+        writing = pool.submit(view.set_structures, {1: Structures(envelope=b"(NIL)")})
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            while (
+                not writing.done()
+                and not watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+            ):  # type: ignore[index]
+                watcher.execute("SELECT pg_sleep(0.01)")
+        waited = not writing.done()
+    writing.result()
+    assert waited
+    assert view.structures([1]) == {1: Structures(envelope=b"(NIL)")}
