@@ -360,14 +360,18 @@ class PgQueueStore:
                 damaged.append((queue_id, why))
         self._claimed.difference_update(qid for qid, _why in damaged)
         if damaged:
-            # Claimed by us meanwhile: should we die first, the next claim sets them
-            # aside once the lease ends.
-            self._run(
-                "UPDATE queue_messages AS m SET damaged = u.why, lease_holder = NULL"
-                " FROM unnest(%s::text[], %s::text[]) AS u(queue_id, why)"
-                " WHERE m.queue_id = u.queue_id",
-                ([qid for qid, _ in damaged], [why for _, why in damaged]),
-            )
+            # Claimed by us meanwhile: should we die first, or this fail, the next claim
+            # sets them aside once the lease ends. Not raised: the good messages are
+            # leased to us now, and would wait out the lease unattempted.
+            try:
+                self._run(
+                    "UPDATE queue_messages AS m SET damaged = u.why, lease_holder = NULL"
+                    " FROM unnest(%s::text[], %s::text[]) AS u(queue_id, why)"
+                    " WHERE m.queue_id = u.queue_id",
+                    ([qid for qid, _ in damaged], [why for _, why in damaged]),
+                )
+            except QueueUnavailableError:
+                damaged = []
         return Claimed(tuple(messages), tuple(damaged))
 
     def renew(self, queue_ids: Collection[str], *, now: float) -> set[str]:

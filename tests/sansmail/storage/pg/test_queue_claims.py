@@ -298,3 +298,29 @@ def test_a_stalled_node_does_not_delete_the_message_another_took_over(pg_db: Dat
     assert a.ids() == {"STALL3"}
     b.delete("STALL3")  # the holder's own outcome
     assert a.ids() == set()
+
+
+def test_a_claim_whose_setting_aside_fails_still_hands_over_the_good_messages(
+    pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The good rows are leased to this node by then: raising would leave them to wait
+    # out the lease unattempted.
+    a = PgQueueStore(pg_db, node="a:1", lease=60)
+    queue(a, "GOOD2")
+    queue(a, "BAD2")
+    with pg_db.transaction() as cur:
+        cur.execute("UPDATE queue_messages SET envelope = '[]' WHERE queue_id = 'BAD2'")
+    real_run = a._run
+
+    def run(sql: str, params: Any = ()) -> Any:
+        if "damaged = u.why" in sql:
+            raise QueueUnavailableError("database: the connection was lost")
+        return real_run(sql, params)
+
+    monkeypatch.setattr(a, "_run", run)
+    claim = a.claim(10, now=NOW)
+    assert [m.queue_id for m, _c in claim.messages] == ["GOOD2"]
+    assert claim.damaged == ()
+    monkeypatch.undo()
+    # Set aside by a later claim, once the lease ends.
+    assert a.claim(10, now=NOW + 60).damaged == (("BAD2", "envelope is not a JSON object"),)
