@@ -292,6 +292,7 @@ async def _serve_stores(
             checks=checks,
             mailbox_full=store.full,
             sieve_wants=sieve_wants,
+            lookups_block=stores.postgresql,
             observer=metrics.smtp(name),
         )
         smtp_service = SMTPService(

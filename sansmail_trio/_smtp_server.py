@@ -164,6 +164,8 @@ async def _loop(
         else:
             assert isinstance(event, smtp.Event)
             stage = _STAGES.get(type(event))
+            if isinstance(event, smtp.Rcpt) and service.shared.lookups_block:
+                await trio.to_thread.run_sync(session.look_up, event, wall_clock())
             if stage is not None:
                 await _inquire(session, inquirer, stage, event)
             reply = session.handle(event, wall_clock())

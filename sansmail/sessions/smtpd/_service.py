@@ -55,6 +55,11 @@ class SmtpService:
     sieve_wants: Callable[[MailboxId], bool] | None = None
     #: Told what the sessions decide (the server's metrics); by default nobody.
     observer: SmtpObserver = NO_OBSERVER
+    #: The users, aliases, quota and Sieve lookups of a RCPT make network round trips
+    #: (the PostgreSQL backend), so the adapter makes them in a worker thread
+    #: (`SmtpSession.look_up`) rather than on its event loop; the Maildir backend's
+    #: are memory reads and one stat, made where they are needed.
+    lookups_block: bool = False
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
     _greeting: Reply | None = attrs.field(default=None, init=False)

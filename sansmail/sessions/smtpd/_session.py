@@ -104,6 +104,8 @@ class SmtpSession:
         self._observer = service.observer
         # The RCPT being inquired about, and its resolution (see `inquiries`).
         self._resolved: tuple[smtp.Rcpt, Resolution] | None = None
+        # Whether each local mailbox of that RCPT goes through Sieve, asked by `look_up`.
+        self._sieve_known: dict[MailboxId, bool] = {}
 
     # -- what the adapter asks ------------------------------------------------------------
 
@@ -327,13 +329,22 @@ class SmtpSession:
             return refusal
         return MAIL_OK
 
+    def look_up(self, event: smtp.Rcpt, now: float) -> None:
+        """BLOCKING: what RCPT `event` needs of the stores (the recipient's resolution,
+        and whether its mailboxes' mail goes through Sieve), kept for `inquiries` and
+        `handle` of the same event, so that those then block on nothing. An adapter
+        whose stores answer over the network (`SmtpService.lookups_block`) calls it in
+        a worker thread before them; without it they ask as they go."""
+        resolution = self._resolve(event, now)
+        self._sieve_known = {m: self.service.through_sieve(m) for m in resolution.local}
+
     def _rcpt(self, event: smtp.Rcpt, now: float) -> Reply:
         self._bump("rcpt")
         tx = self.transaction
         assert tx is not None, "the core only passes RCPT inside a transaction"
         rcpt = event.forward_path
         resolution = self._resolve(event, now)
-        self._resolved = None
+        sieve_known, self._resolved, self._sieve_known = self._sieve_known, None, {}
         for problem in resolution.problems:
             self.log(logging.WARNING, f"{tx.queue_id}: to=<{_path(rcpt)}>: aliases: {problem}")
         reply = resolution.reply
@@ -346,7 +357,7 @@ class SmtpSession:
                 tx.rcpt.pop()
                 reply = refusal
             else:
-                self._take(tx, rcpt, resolution, event.parameters, now)
+                self._take(tx, rcpt, resolution, event.parameters, now, sieve_known=sieve_known)
         if not reply.is_positive:
             self._log_rejected(tx, rcpt, reply)
         return reply
@@ -418,12 +429,20 @@ class SmtpSession:
         resolution: Resolution,
         parameters: Mapping[str, str | None],
         now: float,
+        *,
+        sieve_known: Mapping[MailboxId, bool] | None = None,
     ) -> None:
+        """Take `rcpt` into `tx`; `sieve_known` (from `look_up`) says for some of its
+        mailboxes whether their mail goes through Sieve, the others are asked now."""
+        sieve_known = sieve_known or {}
         tx.taken.append((rcpt, resolution, {k: v for k, v in parameters.items() if v is not None}))
         notify = notify_values(parameters.get("NOTIFY"))
         orcpt = parameters.get("ORCPT")
         for mailbox in resolution.local:
-            if self.service.through_sieve(mailbox):  # BLOCKING: one stat
+            sieved = sieve_known.get(mailbox)
+            if sieved is None:
+                sieved = self.service.through_sieve(mailbox)  # BLOCKING: one stat
+            if sieved:
                 queued = _sieve_recipient(
                     rcpt, mailbox, orcpt, notify, delimiters=self.config.recipient_delimiter
                 )

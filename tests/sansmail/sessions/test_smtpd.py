@@ -760,3 +760,69 @@ def test_a_lost_database_connection_is_a_451_and_nothing_is_kept(
     assert len(server.messages("alice")) == 1
     assert client.transaction("a@example.org", "alice@example.test").startswith(b"250")
     assert len(server.messages("alice")) == 2
+
+
+class _Guarded:
+    """A user store that counts its lookups and refuses them while `closed`."""
+
+    def __init__(self, users: Any) -> None:
+        self._users = users
+        self.closed = False
+        self.calls = 0
+
+    def __contains__(self, key: object) -> bool:
+        assert not self.closed, "a user lookup after look_up"
+        self.calls += 1
+        return key in self._users
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._users, name)
+
+
+def test_look_up_makes_the_rcpt_lookups_so_that_handle_blocks_on_nothing(
+    tmp_path: pathlib.Path,
+) -> None:
+    # What the PostgreSQL backend's adapter relies on: after `look_up` (run in a worker
+    # thread), RCPT's inquiries and handling ask no store again.
+    server = Server(tmp_path)
+    users = _Guarded(server.shared.users)
+    asked: list[str] = []
+
+    def store_call(what: str) -> Callable[[MailboxId], bool]:
+        def call(mailbox: MailboxId) -> bool:
+            assert not users.closed, f"{what} asked after look_up"
+            asked.append(what)
+            return False
+
+        return call
+
+    server.shared = attrs.evolve(
+        server.shared,
+        users=users,
+        sieve_wants=store_call("sieve"),
+        mailbox_full=store_call("quota"),
+    )
+    client = server.session(TRUSTED)
+    client.say("EHLO client.example")
+    client.say("MAIL FROM:<someone@far.test>")
+    session = client.session
+    for rcpt, expected in [("alice@example.test", b"250"), ("nobody@example.test", b"550")]:
+        session.conn.receive_data(f"RCPT TO:<{rcpt}>\r\n".encode())
+        event = session.conn.next_event()
+        assert isinstance(event, smtp.Rcpt)
+        session.look_up(event, NOW)
+        users.closed = True
+        client.inquire(Stage.RCPT, event)
+        reply = session.handle(event, NOW)
+        users.closed = False
+        assert reply is not None
+        assert session.conn.send(reply).startswith(expected)
+    assert users.calls >= 2
+    assert asked == ["quota", "sieve"]  # alice's; nobody has no mailbox to ask about
+    # Without look_up, handle asks as it goes (the Maildir backend's way).
+    session.conn.receive_data(b"RCPT TO:<alice@example.test>\r\n")
+    event = session.conn.next_event()
+    assert isinstance(event, smtp.Rcpt)
+    reply = session.handle(event, NOW)
+    assert reply is not None
+    assert asked == ["quota", "sieve", "quota", "sieve"]
