@@ -421,3 +421,32 @@ def test_import_of_a_maildir_dovecot_served_keeps_its_uids(
         ]
     finally:
         view.close()
+
+
+def test_a_folder_made_after_an_import_gets_a_greater_uidvalidity(pg_db: Database) -> None:
+    # An imported UIDVALIDITY ahead of the database's sequence (a Maildir whose clock
+    # ran ahead): a folder made later must not be given one at or below it, or a folder
+    # deleted and made again could repeat a UIDVALIDITY a client has cached.
+    from sansmail.storage.pg._mailrows import make_folder  # noqa: PLC0415
+
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT last_value FROM mail_uidvalidity")
+        row = cur.fetchone()
+        assert row is not None
+        ahead = int(row[0]) + 100_000
+        _transfer._claim_folder(
+            cur,
+            "alice@example.test",
+            "Archive",
+            uidvalidity=ahead,
+            uidnext=1,
+            highestmodseq=1,
+            recent_uid=1,
+            keywords=[],
+            special_use=None,
+        )
+        made = make_folder(cur, "bob@example.test", "INBOX")
+        cur.execute("SELECT uidvalidity FROM mail_folders WHERE id = %s", (made,))
+        row = cur.fetchone()
+        assert row is not None
+        assert int(row[0]) > ahead
