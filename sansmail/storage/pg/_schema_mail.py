@@ -73,6 +73,9 @@ MAIL_TABLES: Final[tuple[str, ...]] = (
         uid bigint NOT NULL,
         modseq bigint NOT NULL,
         PRIMARY KEY (folder_id, uid))""",
+    # Syncs and VANISHED read the tombstones above a mod-sequence: without this index
+    # each read walked every tombstone the folder ever had (they are kept for good).
+    "CREATE INDEX mail_expunged_modseq ON mail_expunged (folder_id, modseq)",
     """CREATE TABLE mail_subscriptions (
         mailbox text NOT NULL,
         name text NOT NULL,

@@ -396,3 +396,16 @@ def test_a_cache_write_takes_the_folder_row_before_the_message_rows_as_writers_d
     writing.result()
     assert waited
     assert view.structures([1]) == {1: Structures(envelope=b"(NIL)")}
+
+
+def test_the_tombstones_after_a_mod_sequence_are_read_by_an_index_on_it(pg_db: Database) -> None:
+    # Tombstones are kept for good: a sync must not walk a folder's whole history.
+    with pg_db.transaction() as cur:
+        cur.execute("SET LOCAL enable_seqscan = off")
+        cur.execute(
+            "EXPLAIN SELECT uid FROM mail_expunged WHERE folder_id = 1"
+            " AND modseq > 10 AND modseq <= 20"
+        )
+        plan = "\n".join(line for (line,) in cur.fetchall())
+    assert "mail_expunged_modseq" in plan, plan
+    assert "Filter" not in plan, plan
