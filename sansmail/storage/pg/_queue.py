@@ -82,6 +82,7 @@ from sansmail.storage.queue._base import Claimed, ClaimLostError
 from sansmail.storage.queue._store import UnknownQueueIdError
 
 __all__ = [
+    "CLAIM_OCTETS",
     "DEFAULT_LEASE",
     "NOTIFY_KEY",
     "SPOOL_MEMORY",
@@ -97,6 +98,9 @@ DEFAULT_LEASE: Final = 300.0
 NOTIFY_KEY: Final = "queue"
 #: Octets of a message kept in memory while it arrives; the rest goes to a file.
 SPOOL_MEMORY: Final = 1024 * 1024
+#: Octets of content one claim hands over at most (and always its first message,
+#: whatever its size): a batch of big messages is not held in memory whole at once.
+CLAIM_OCTETS: Final = 64 * 1024 * 1024
 
 
 class QueueUnavailableError(BackendUnavailableError):
@@ -174,16 +178,23 @@ class PgQueueStore:
     def lease(self) -> float:
         return self._lease
 
-    def _run(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> _Result:
+    def _run(
+        self,
+        sql: str,
+        params: Sequence[object] | Mapping[str, object] = (),
+        *,
+        binary: bool = False,
+    ) -> _Result:
         """One statement, which is its own transaction: committed (and durable, and its
         NOTIFY sent) when this returns. One round trip, where `Database.transaction`
         takes three (BEGIN, the statement, COMMIT): every change here is one statement,
-        so none needs more."""
+        so none needs more. `binary`: the rows in binary format (contents as they are,
+        not as hex text twice their size)."""
         try:
             with self.db.connection() as conn:
                 conn.autocommit = True
                 try:
-                    cur = conn.execute(sql, params)
+                    cur = conn.execute(sql, params, binary=binary)
                     rows = cur.fetchall() if cur.description is not None else []
                     return _Result(rows, cur.rowcount)
                 finally:
@@ -225,6 +236,7 @@ class PgQueueStore:
         rows = self._run(
             "SELECT envelope, content FROM queue_messages WHERE queue_id = %s AND damaged IS NULL",
             (queue_id,),
+            binary=True,
         ).rows
         if not rows:
             raise UnknownQueueIdError(queue_id)
@@ -336,17 +348,28 @@ class PgQueueStore:
 
     def claim(self, limit: int, *, now: float) -> Claimed:
         """Up to `limit` due messages that no live lease holds, leased to this node
-        until ``now + lease`` (see the module docstring)."""
+        until ``now + lease`` (see the module docstring), and no more of them than
+        `CLAIM_OCTETS` of content (the rows locked beyond it are left as they were)."""
         if limit <= 0:
             return Claimed(())
         rows = self._run(
-            "WITH due AS (SELECT queue_id FROM queue_messages"
+            "WITH due AS (SELECT queue_id, size, next_attempt FROM queue_messages"
             "  WHERE next_attempt <= %(now)s AND damaged IS NULL"
-            "  ORDER BY next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+            "  ORDER BY next_attempt LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+            " taken AS (SELECT queue_id FROM (SELECT queue_id, sum(size) OVER"
+            "   (ORDER BY next_attempt, queue_id) - size AS before FROM due) AS d"
+            "  WHERE before < %(octets)s)"
             " UPDATE queue_messages AS m SET lease_holder = %(node)s, next_attempt = %(until)s"
-            " FROM due WHERE m.queue_id = due.queue_id"
+            " FROM taken WHERE m.queue_id = taken.queue_id"
             " RETURNING m.queue_id, m.envelope, m.content, m.arrival",
-            {"now": now, "limit": limit, "node": self._node, "until": now + self._lease},
+            {
+                "now": now,
+                "limit": limit,
+                "octets": CLAIM_OCTETS,
+                "node": self._node,
+                "until": now + self._lease,
+            },
+            binary=True,
         ).rows
         rows.sort(key=lambda row: (row[3], row[0]))
         self._claimed.update(row[0] for row in rows)

@@ -312,10 +312,10 @@ def test_a_claim_whose_setting_aside_fails_still_hands_over_the_good_messages(
         cur.execute("UPDATE queue_messages SET envelope = '[]' WHERE queue_id = 'BAD2'")
     real_run = a._run
 
-    def run(sql: str, params: Any = ()) -> Any:
+    def run(sql: str, params: Any = (), **options: Any) -> Any:
         if "damaged = u.why" in sql:
             raise QueueUnavailableError("database: the connection was lost")
-        return real_run(sql, params)
+        return real_run(sql, params, **options)
 
     monkeypatch.setattr(a, "_run", run)
     claim = a.claim(10, now=NOW)
@@ -324,3 +324,16 @@ def test_a_claim_whose_setting_aside_fails_still_hands_over_the_good_messages(
     monkeypatch.undo()
     # Set aside by a later claim, once the lease ends.
     assert a.claim(10, now=NOW + 60).damaged == (("BAD2", "envelope is not a JSON object"),)
+
+
+def test_a_claim_takes_no_more_content_than_its_limit_but_always_one_message(
+    pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_queue, "CLAIM_OCTETS", 2 * len(CONTENT))
+    a = PgQueueStore(pg_db, node="a:1")
+    for index in range(5):
+        queue(a, f"SIZE{index}", arrival=NOW - 10 + index)
+    assert claimed_ids(a) == ["SIZE0", "SIZE1"]
+    assert claimed_ids(a) == ["SIZE2", "SIZE3"]  # the rest was left due
+    monkeypatch.setattr(_queue, "CLAIM_OCTETS", 1)
+    assert claimed_ids(a) == ["SIZE4"]
