@@ -215,6 +215,12 @@ class Reloadable(Protocol):
 
     def changed(self) -> None: ...
 
+    @property
+    def stale(self) -> bool:
+        """Whether a re-read is still owed (one failed: `PgAliasSource` says so here,
+        not by raising)."""
+        ...
+
     def reload_if_changed(self) -> bool: ...
 
 
@@ -300,10 +306,13 @@ class _Follower:
                         )
                 failing = True
                 continue
-            if failing:
-                log.warning("re-read %s again", self.key)
-                failing = False
             if changed:
                 log.info("%s reloaded (changed on a node)", self.key)
             if self._reloaded is not None:
                 self._reloaded(self.key)
+            # Stale still: the re-read failed without raising (the aliases keep their
+            # table and say why in their problems), so it is tried again.
+            still = self._store.stale
+            if failing and not still:
+                log.warning("re-read %s again", self.key)
+            failing = still

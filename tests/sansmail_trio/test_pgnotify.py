@@ -14,6 +14,7 @@ from psycopg.conninfo import make_conninfo
 
 from sansmail.mail.address import Address
 from sansmail.storage.pg import Database, DatabaseUnavailableError
+from sansmail.storage.pg._aliases import PgAliasSource
 from sansmail.storage.pg._listen import NotificationConnection
 from sansmail.storage.pg._mailrows import notify
 from sansmail.storage.pg._users import PgUserStore
@@ -215,6 +216,8 @@ async def test_while_it_cannot_listen_the_stores_re_read_on_a_clock() -> None:
 class _FailingOnce:
     """A store whose first re-read fails (the database briefly away)."""
 
+    stale = False
+
     def __init__(self) -> None:
         self.reads = 0
 
@@ -288,3 +291,49 @@ async def test_a_connection_lost_at_once_is_made_again_after_a_pause(
         nursery.cancel_scope.cancel()
     assert len(pauses) >= 3
     assert set(pauses) == {5.0}
+
+
+class _QuietlyFailingOnce(_FailingOnce):
+    """A store whose first re-read fails without raising, as `PgAliasSource`'s does:
+    it keeps its table, says why in its problems, and stays stale."""
+
+    def reload_if_changed(self) -> bool:
+        self.reads += 1
+        self.stale = self.reads == 1
+        return not self.stale
+
+
+async def test_a_re_read_failed_without_raising_is_tried_again(pg_db: Database) -> None:
+    store = _QuietlyFailingOnce()
+    reloads = Reloads()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_listener(
+                pg_db,
+                reload={"aliases": store},
+                reloaded=reloads,
+                resync=0.001,
+                task_status=task_status,
+            )
+        )
+        # The failed one is reported too (serve logs the aliases' problems then).
+        assert await reloads.next() == "aliases"
+        assert await reloads.next() == "aliases"
+        assert store.reads == 2
+        assert not store.stale
+        nursery.cancel_scope.cancel()
+
+
+def test_the_aliases_say_they_are_stale_until_a_re_read_succeeds(pg_db: Database) -> None:
+    aliases = PgAliasSource(pg_db)
+    assert not aliases.stale
+    aliases.changed()
+    assert aliases.stale
+    with pg_db.transaction() as cur:  # the next read fails
+        cur.execute("ALTER TABLE aliases_files RENAME TO aliases_away")
+    assert not aliases.reload_if_changed()
+    assert aliases.stale
+    with pg_db.transaction() as cur:
+        cur.execute("ALTER TABLE aliases_away RENAME TO aliases_files")
+    assert aliases.reload_if_changed()
+    assert not aliases.stale

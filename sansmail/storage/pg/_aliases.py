@@ -108,10 +108,16 @@ class PgAliasSource:
         """Mark the table stale (cheap, for the event loop)."""
         self._notices += 1
 
+    @property
+    def stale(self) -> bool:
+        """Whether the table is older than the last `changed` (a re-read failed, or
+        none ran yet)."""
+        return self._loaded.notices != self._notices
+
     def reload_if_changed(self) -> bool:
         """Blocking: read the aliases again if `changed` was called since the last read;
         True when they were read since the last call (and `problems` may be new)."""
-        if self._loaded.notices != self._notices:
+        if self.stale:
             self._loaded = self._load()
         reloaded, self._reloaded = self._reloaded, False
         return reloaded
