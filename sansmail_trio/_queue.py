@@ -390,6 +390,11 @@ class QueueRunner:
             except OSError as exc:
                 self.log.warning("cannot claim from the queue: %s", exc)
                 return CLAIM_RETRY
+            except Exception:
+                # A bug: logged, and the runner goes on (what the claim leased, if it
+                # did, falls due again when the lease ends).
+                self.log.exception("cannot claim from the queue")
+                return CLAIM_RETRY
             if any(a.message.queue_id in self._active for a in opened.attempts):
                 # Our own attempts, whose leases ended unrenewed (the database was away
                 # for a lease): the claim renewed them, and they are under way here.

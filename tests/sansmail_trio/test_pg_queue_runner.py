@@ -329,3 +329,28 @@ async def test_a_claim_does_not_take_again_what_the_runner_has_in_flight(
         await wait_for(lambda: len(started) > count, what="a claim after the lease")
         nursery.cancel_scope.cancel()
     assert [qid for batch in started for qid in batch] == ids  # one attempt
+
+
+async def test_a_claim_that_fails_with_an_internal_error_does_not_stop_the_runner(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = configure(tmp_path, dns, free_port(PEER))
+    store = PgQueueStore(pg_db, node="a:1")
+    a = runner(config, store, dns, "a")
+    calls: list[int] = []
+    real_claim = a.manager.claim
+
+    def claim(limit: int, *, now: float) -> Opened:
+        calls.append(limit)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real_claim(limit, now=now)
+
+    a.manager.claim = claim  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await wait_for(lambda: calls, what="the first claim")
+        a.wake()
+        await wait_for(lambda: len(calls) > 1, what="a claim after the failed one")
+        nursery.cancel_scope.cancel()
+    assert any("cannot claim" in r.getMessage() and r.exc_info for r in caplog.records)
