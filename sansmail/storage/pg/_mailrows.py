@@ -223,9 +223,23 @@ def collect_contents(cur: Cursor, digests: Collection[bytes]) -> None:
     Best effort, inside a savepoint: a content another transaction holds (its
     `store_content` lock) is skipped, and one that a message committed meanwhile still
     points at makes the foreign key refuse the delete, which is rolled back to the
-    savepoint; either way it stays, and costs only space until a later collection."""
+    savepoint; either way it stays, and costs only space until a later collection.
+
+    Two transactions removing the last two holders of a content (two mailboxes' copies
+    of one delivery) would each see the other's message, not yet committed, and keep
+    it for good. So a collector first takes a transaction-level advisory lock per
+    content (sorted: collectors never wait in a cycle), waiting for the other's commit;
+    its statement then sees that message gone. Call it last in the transaction: it
+    waits only for other collectors, which wait for nothing after it."""
     if not digests:
         return
+    keys = sorted({_content_lock(digest) for digest in digests})
+    cur.execute(
+        "SELECT count(pg_advisory_xact_lock(k.a, k.b)) FROM"
+        " (SELECT a, b FROM unnest(%s::integer[], %s::integer[]) AS u(a, b)"
+        "  ORDER BY a, b OFFSET 0) AS k",
+        ([a for a, _b in keys], [b for _a, b in keys]),
+    )
     try:
         with cur.connection.transaction():
             cur.execute(
@@ -237,6 +251,15 @@ def collect_contents(cur: Cursor, digests: Collection[bytes]) -> None:
             )
     except psycopg.errors.ForeignKeyViolation:
         pass
+
+
+def _content_lock(digest: bytes) -> tuple[int, int]:
+    # The two-key form of advisory locks: a key space apart from the one-key locks
+    # (POP3's maildrops, the greylist, sieve, migrations).
+    return (
+        int.from_bytes(digest[:4], "big", signed=True),
+        int.from_bytes(digest[4:8], "big", signed=True),
+    )
 
 
 def _count(cur: Cursor, mailbox: str, octets: int, messages: int) -> None:

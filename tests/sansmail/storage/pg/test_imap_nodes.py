@@ -27,7 +27,7 @@ from sansmail.storage.maildir._imapbase import (
 from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg._db import Database
 from sansmail.storage.pg._imapstore import PgImapStore
-from sansmail.storage.pg._mailrows import folder_key
+from sansmail.storage.pg._mailrows import find_folder, folder_key, remove_messages
 
 ALICE = MailboxId(domain="example.test", local="alice")
 
@@ -409,3 +409,42 @@ def test_the_tombstones_after_a_mod_sequence_are_read_by_an_index_on_it(pg_db: D
         plan = "\n".join(line for (line,) in cur.fetchall())
     assert "mail_expunged_modseq" in plan, plan
     assert "Filter" not in plan, plan
+
+
+def test_two_nodes_expunging_the_last_two_holders_of_a_content_drop_it(
+    nodes: tuple[PgImapStore, PgImapStore], pg_dsn: str, pg_db: Database
+) -> None:
+    a, b = nodes
+    bob = MailboxId(domain="example.test", local="bob")
+    a.account(ALICE).append("INBOX", message(1))
+    b.account(bob).append("INBOX", message(1))  # the same content, kept once
+    with pg_db.transaction() as cur:
+        inbox = find_folder(cur, "alice@example.test", "INBOX")
+        archive = find_folder(cur, "bob@example.test", "INBOX")
+        cur.execute("SELECT count(*) FROM mail_contents")
+        assert cur.fetchone() == (1,)
+    assert inbox is not None
+    assert archive is not None
+    # Node A's expunge of alice's copy is not committed when node B expunges bob's:
+    # each saw the other's message still there, and the content was kept for good.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, a.db.transaction() as cur:
+        assert remove_messages(cur, inbox, "alice@example.test", [1]) == [1]
+
+        def expunge_on_b() -> list[int]:
+            with b.db.transaction() as other:
+                return remove_messages(other, archive, "bob@example.test", [1])
+
+        removing = pool.submit(expunge_on_b)
+        with psycopg.connect(pg_dsn, autocommit=True) as watcher:
+            while (
+                not removing.done()
+                and not watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                ).fetchone()[0]
+            ):  # type: ignore[index]
+                watcher.execute("SELECT pg_sleep(0.01)")
+    assert removing.result() == [1]
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_contents")
+        assert cur.fetchone() == (0,)
