@@ -375,12 +375,18 @@ class QueueRunner:
                     except OSError as exc:
                         self.log.warning("cannot flush the queue: %s", exc)
                 wait = await self._claim(nursery)
+                if wait is None:
+                    # The claim failed: every message queued on any node, every attempt
+                    # settled here would wake us to fail again, at a database refusing
+                    # connections (too many clients) as much as at one away.
+                    await trio.sleep(CLAIM_RETRY)
+                    continue
                 with trio.move_on_after(wait):
                     await self._wake.wait()
 
-    async def _claim(self, nursery: trio.Nursery) -> float:
+    async def _claim(self, nursery: trio.Nursery) -> float | None:
         """Claim what is due, as much as there is room for; how long to wait before
-        looking again, unless woken."""
+        looking again, unless woken (None: the claim failed)."""
         assert self._shared is not None
         queue = self._shared
         while (room := min(OPEN_BATCH, MAX_ACTIVE - len(self._active))) > 0:
@@ -389,12 +395,12 @@ class QueueRunner:
                 opened = await trio.to_thread.run_sync(claim)
             except OSError as exc:
                 self.log.warning("cannot claim from the queue: %s", exc)
-                return CLAIM_RETRY
+                return None
             except Exception:
                 # A bug: logged, and the runner goes on (what the claim leased, if it
                 # did, falls due again when the lease ends).
                 self.log.exception("cannot claim from the queue")
-                return CLAIM_RETRY
+                return None
             if any(a.message.queue_id in self._active for a in opened.attempts):
                 # Our own attempts, whose leases ended unrenewed (the database was away
                 # for a lease): the claim renewed them, and they are under way here.

@@ -28,7 +28,7 @@ from sansmail.sessions.qmgr import Opened
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MaildirStore
 from sansmail.storage.pg import Database
-from sansmail.storage.pg._queue import PgQueueStore
+from sansmail.storage.pg._queue import PgQueueStore, QueueUnavailableError
 from sansmail.storage.users import UserStore
 from sansmail_trio import _queue
 from sansmail_trio._dns import Resolver
@@ -354,3 +354,28 @@ async def test_a_claim_that_fails_with_an_internal_error_does_not_stop_the_runne
         await wait_for(lambda: len(calls) > 1, what="a claim after the failed one")
         nursery.cancel_scope.cancel()
     assert any("cannot claim" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_after_a_failed_claim_wakes_do_not_bring_the_next_one_sooner(
+    tmp_path: pathlib.Path, dns: DNSServer, pg_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Messages queued on other nodes, attempts settling here: each would otherwise try
+    # a database that refuses connections again at once.
+    monkeypatch.setattr(_queue, "CLAIM_RETRY", 60.0)
+    config = configure(tmp_path, dns, free_port(PEER))
+    a = runner(config, PgQueueStore(pg_db, node="a:1"), dns, "a")
+    calls: list[int] = []
+
+    def claim(limit: int, *, now: float) -> Opened:
+        calls.append(limit)
+        raise QueueUnavailableError("database: too many clients already")
+
+    a.manager.claim = claim  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await wait_for(lambda: calls, what="the first claim")
+        for _ in range(10):
+            a.wake()
+            await trio.sleep(_queue.LINGER * 2)
+        nursery.cancel_scope.cancel()
+    assert len(calls) == 1
