@@ -45,6 +45,11 @@ __all__ = [
 CHANNEL: Final = "sansmail"
 #: How INBOX is spelt in ``mail_folders.name`` (IMAP matches it without regard to case).
 INBOX: Final = "INBOX"
+#: The advisory locks of `collect_contents`: the two-key form, a key space apart from
+#: the one-key locks (POP3's maildrops, the greylist, sieve, migrations), this class
+#: first ("MC"), then the bucket.
+_CONTENT_LOCKS: Final = 0x4D43
+_CONTENT_BUCKETS: Final = 32
 
 
 class Added(NamedTuple):
@@ -227,18 +232,19 @@ def collect_contents(cur: Cursor, digests: Collection[bytes]) -> None:
 
     Two transactions removing the last two holders of a content (two mailboxes' copies
     of one delivery) would each see the other's message, not yet committed, and keep
-    it for good. So a collector first takes a transaction-level advisory lock per
-    content (sorted: collectors never wait in a cycle), waiting for the other's commit;
-    its statement then sees that message gone. Call it last in the transaction: it
-    waits only for other collectors, which wait for nothing after it."""
+    it for good. So a collector first takes transaction-level advisory locks on the
+    contents' buckets (`_CONTENT_BUCKETS` of them, sorted: collectors never wait in a
+    cycle), waiting for the other's commit; its statement then sees that message gone.
+    Buckets, not one lock per content: an expunge of 100,000 messages would overflow
+    the server's lock table. Call it last in the transaction: it waits only for other
+    collectors, which wait for nothing after it."""
     if not digests:
         return
-    keys = sorted({_content_lock(digest) for digest in digests})
+    buckets = sorted({digest[0] % _CONTENT_BUCKETS for digest in digests})
     cur.execute(
-        "SELECT count(pg_advisory_xact_lock(k.a, k.b)) FROM"
-        " (SELECT a, b FROM unnest(%s::integer[], %s::integer[]) AS u(a, b)"
-        "  ORDER BY a, b OFFSET 0) AS k",
-        ([a for a, _b in keys], [b for _a, b in keys]),
+        "SELECT count(pg_advisory_xact_lock(%s, k.b)) FROM"
+        " (SELECT b FROM unnest(%s::integer[]) AS u(b) ORDER BY b OFFSET 0) AS k",
+        (_CONTENT_LOCKS, buckets),
     )
     try:
         with cur.connection.transaction():
@@ -251,15 +257,6 @@ def collect_contents(cur: Cursor, digests: Collection[bytes]) -> None:
             )
     except psycopg.errors.ForeignKeyViolation:
         pass
-
-
-def _content_lock(digest: bytes) -> tuple[int, int]:
-    # The two-key form of advisory locks: a key space apart from the one-key locks
-    # (POP3's maildrops, the greylist, sieve, migrations).
-    return (
-        int.from_bytes(digest[:4], "big", signed=True),
-        int.from_bytes(digest[4:8], "big", signed=True),
-    )
 
 
 def _count(cur: Cursor, mailbox: str, octets: int, messages: int) -> None:

@@ -27,7 +27,7 @@ from sansmail.storage.maildir._imapbase import (
 from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg._db import Database
 from sansmail.storage.pg._imapstore import PgImapStore
-from sansmail.storage.pg._mailrows import find_folder, folder_key, remove_messages
+from sansmail.storage.pg._mailrows import find_folder, folder_key, make_folder, remove_messages
 
 ALICE = MailboxId(domain="example.test", local="alice")
 
@@ -445,6 +445,34 @@ def test_two_nodes_expunging_the_last_two_holders_of_a_content_drop_it(
             ):  # type: ignore[index]
                 watcher.execute("SELECT pg_sleep(0.01)")
     assert removing.result() == [1]
+    with pg_db.transaction() as cur:
+        cur.execute("SELECT count(*) FROM mail_contents")
+        assert cur.fetchone() == (0,)
+
+
+def test_an_expunge_of_more_contents_than_the_lock_table_holds_works(pg_db: Database) -> None:
+    # The collection's advisory locks are a few buckets, not one per content: the
+    # server's lock table (max_locks_per_transaction x connections) would overflow.
+    count = 100_000
+    with pg_db.transaction() as cur:
+        cur.execute("SHOW max_locks_per_transaction")
+        per = int(cur.fetchone()[0])  # type: ignore[index]
+        cur.execute("SHOW max_connections")
+        assert count > per * int(cur.fetchone()[0])  # type: ignore[index]
+        folder = make_folder(cur, "alice@example.test", "INBOX")
+        cur.execute(
+            "INSERT INTO mail_contents (digest, size, content)"
+            " SELECT sha256(i::text::bytea), 1, 'x' FROM generate_series(1, %s) AS i",
+            (count,),
+        )
+        cur.execute(
+            "INSERT INTO mail_messages (folder_id, uid, digest, size, internaldate, modseq)"
+            " SELECT %s, i, sha256(i::text::bytea), 1, now(), 1"
+            " FROM generate_series(1, %s) AS i",
+            (folder, count),
+        )
+    with pg_db.transaction() as cur:
+        assert len(remove_messages(cur, folder, "alice@example.test", range(1, count + 1))) == count
     with pg_db.transaction() as cur:
         cur.execute("SELECT count(*) FROM mail_contents")
         assert cur.fetchone() == (0,)
