@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import psycopg
 import psycopg.errors
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 __all__ = ["DSN_INVALID", "Database", "DatabaseError", "DatabaseUnavailableError"]
 
@@ -30,6 +30,18 @@ __all__ = ["DSN_INVALID", "Database", "DatabaseError", "DatabaseUnavailableError
 DEFAULT_IDLE: Final = 8
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT: Final = 10
+#: libpq parameters of every connection unless the DSN sets them: probes after 30 s of
+#: silence, every 10 s, 3 unanswered ones end it; 60 s for unacknowledged data. A
+#: primary that vanished (power lost, a network split) is then noticed in about a
+#: minute, and the call waiting on it fails (a temporary failure, and the listener
+#: reconnects) instead of hanging until the kernel gives up, a quarter of an hour.
+KEEPALIVE: Final = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "60000",
+}
 #: What a DSN libpq cannot parse is called (its text is never quoted: the password).
 DSN_INVALID: Final = (
     "cannot connect to the database: [storage] dsn is not a valid PostgreSQL connection"
@@ -70,8 +82,10 @@ class Database:
         """Blocking: a new connection of the caller's own (LISTEN, long reads); the
         caller closes it."""
         try:
+            given = conninfo_to_dict(self.dsn)
+            settings = {key: value for key, value in KEEPALIVE.items() if key not in given}
             return psycopg.connect(
-                self.dsn,
+                make_conninfo(self.dsn, **settings),
                 autocommit=autocommit,
                 connect_timeout=CONNECT_TIMEOUT,
                 application_name=self._application_name,

@@ -21,25 +21,13 @@ about a minute, and `wait` raises as for any lost connection.
 
 from __future__ import annotations
 
-from typing import Final
-
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
-from sansmail.storage.pg._db import DSN_INVALID, Connection, Database, DatabaseUnavailableError
+from sansmail.storage.pg._db import Connection, Database, DatabaseUnavailableError
 from sansmail.storage.pg._mailrows import CHANNEL
 
-__all__ = ["KEEPALIVE", "NotificationConnection"]
-
-#: libpq parameters of the listening connection unless the DSN sets them: probes after
-#: 30 s of silence, every 10 s, 3 unanswered ones end it; 60 s for unacknowledged data.
-KEEPALIVE: Final = {
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "60000",
-}
+__all__ = ["NotificationConnection"]
 
 
 class NotificationConnection:
@@ -47,15 +35,9 @@ class NotificationConnection:
     `DatabaseUnavailableError` when it cannot be made."""
 
     def __init__(self, db: Database) -> None:
-        try:
-            given = conninfo_to_dict(db.dsn)
-        except psycopg.ProgrammingError:
-            # Its text may quote the password (see `Database.connect`).
-            raise DatabaseUnavailableError(DSN_INVALID) from None
-        settings = {name: value for name, value in KEEPALIVE.items() if name not in given}
-        own = Database(
-            make_conninfo(db.dsn, **settings), idle=0, application_name="sansmail listen"
-        )
+        # Every connection asks for TCP keepalives (`_db.KEEPALIVE`): without them a
+        # silent network would leave this one waiting for notifications forever.
+        own = Database(db.dsn, idle=0, application_name="sansmail listen")
         self._conn: Connection = own.connect(autocommit=True)
         try:
             # CHANNEL is a constant identifier, not input: it cannot be a parameter.

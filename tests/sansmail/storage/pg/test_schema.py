@@ -137,3 +137,16 @@ def test_a_connection_goes_back_idle_and_out_of_autocommit(pg_db: Database) -> N
     with pg_db.transaction() as cur:
         cur.execute("SELECT to_regclass('half_done') IS NULL")
         assert cur.fetchone() == (True,)
+
+
+def test_every_connection_asks_for_keepalives_unless_the_dsn_says(pg_dsn: str) -> None:
+    # A primary that vanished must end a waiting call in about a minute, not hang.
+    for dsn, idle in [(pg_dsn, "30"), (pg_dsn + "?keepalives_idle=5", "5")]:
+        db = Database(dsn)
+        try:
+            with db.connection() as conn:
+                given = conn.info.get_parameters()
+                assert given["keepalives_idle"] == idle
+                assert given["tcp_user_timeout"] == "60000"
+        finally:
+            db.close()
