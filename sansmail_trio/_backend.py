@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -95,8 +97,11 @@ class Stores:
 
 
 def node_name(config: Config) -> str:
-    """This process's name among the nodes of one database: the queue's lease holder."""
-    return f"{config.hostname}:{os.getpid()}"
+    """This process's name among the nodes of one database: the queue's lease holder
+    (and the tag in its queue ids). Unique per process start: nodes of one cluster
+    share `hostname` (the mail name), and containers repeat machine names and pids, so
+    a random part is added; two holders of one name would defeat the lease's fencing."""
+    return f"{config.hostname}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 async def open_stores(config: Config, *, role: str = "server") -> Stores:

@@ -72,7 +72,7 @@ class Cluster:
 
     def held_by(self, node: Node) -> int:
         """How many queued messages `node` has claimed (a lease holder is named
-        "<hostname>:<pid>")."""
+        "<hostname>:<machine>:<pid>:<random>")."""
         return sum(1 for h in self.holders() if h is not None and h.startswith(node.hostname + ":"))
 
     def queued(self) -> int:
