@@ -58,7 +58,7 @@ __all__ = ["POLL", "RESYNC", "RETRY", "Listener", "Reloadable", "run_listener"]
 log = logging.getLogger("sansmail.notify")
 
 #: Seconds one read of the connection waits at most (how long shutdown may wait for it).
-POLL: Final = 1.0
+POLL: Final = 0.2
 #: Seconds between attempts to connect again after the connection was lost.
 RETRY: Final = 1.0
 #: Seconds between the stores' re-reads while the node cannot listen, and between
