@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
@@ -69,6 +68,7 @@ from sansmail.storage.maildir._mailbox import MaildropSource
 from sansmail.storage.pg import _mailrows
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
 from sansmail.storage.pg._maildrop import PgMaildrop, PgMaildrops
+from sansmail.storage.pg._spool import Spool
 
 __all__ = ["SPOOL_MEMORY", "PgMailStore"]
 
@@ -380,11 +380,9 @@ class PgDelivery:
         self.mailboxes = mailboxes
         self.folder = folder
         self._prefix = prefix
-        self._chunks: list[bytes] = []
-        self._pending = 0
+        self._spool = Spool(SPOOL_MEMORY)
         self._size = 0  # LF form, as the Maildir store counts
         self._last_cr = False  # the last chunk ended with a CR (a CRLF may straddle)
-        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self._done = False
 
     @property
@@ -393,7 +391,7 @@ class PgDelivery:
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self._spool.pending
 
     def write(self, data: bytes) -> None:
         if self._done:
@@ -403,30 +401,18 @@ class PgDelivery:
         crlf = data.count(b"\r\n") + (self._last_cr and data[:1] == b"\n")
         self._last_cr = data[-1:] == b"\r"
         self._size += len(data) - crlf
-        self._chunks.append(data)
-        self._pending += len(data)
+        self._spool.add(data)
 
     def flush(self) -> None:
         if self._done:
             raise RuntimeError("flush after commit or abort")
-        if not self._chunks:
-            return
-        if self._spool is None:
-            # Closed by `abort` (or `done`), not by a block: it outlives this call.
-            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
-        self._spool.write(b"".join(self._chunks))
-        self._chunks = []
-        self._pending = 0
+        self._spool.flush()
 
     def content(self) -> bytes:
         """Blocking: the message as it will be stored (see "Content")."""
         if self._done:
             raise RuntimeError("commit after commit or abort")
-        body = b"".join(self._chunks)
-        if self._spool is not None:
-            self._spool.seek(0)
-            body = self._spool.read() + body
-        return to_crlf(self._prefix + body)
+        return to_crlf(self._prefix + self._spool.read())
 
     def commit(self) -> list[str]:
         (result,) = self.store.commit_many([self])
@@ -442,11 +428,7 @@ class PgDelivery:
         if self._done:
             return
         self._done = True
-        self._chunks = []
-        self._pending = 0
-        spool, self._spool = self._spool, None
-        if spool is not None:
-            spool.close()
+        self._spool.close()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -59,7 +59,6 @@ import builtins
 import contextlib
 import errno
 import itertools
-import tempfile
 import time
 import zlib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -78,6 +77,7 @@ from sansmail.mail.envelope import (
 from sansmail.storage.maildir import BackendUnavailableError
 from sansmail.storage.pg._db import Database, DatabaseError
 from sansmail.storage.pg._mailrows import CHANNEL
+from sansmail.storage.pg._spool import Spool
 from sansmail.storage.queue._base import Claimed, ClaimLostError
 from sansmail.storage.queue._store import UnknownQueueIdError
 
@@ -440,10 +440,8 @@ class PgQueueWriter:
     def __init__(self, store: PgQueueStore, queue_id: str) -> None:
         self.queue_id = queue_id
         self._store = store
-        self._chunks: list[bytes] = []
-        self._pending = 0
+        self._spool = Spool(SPOOL_MEMORY)
         self._size = 0
-        self._spool: tempfile.SpooledTemporaryFile[bytes] | None = None
         self._done = False
 
     @property
@@ -454,15 +452,14 @@ class PgQueueWriter:
     @property
     def pending(self) -> int:
         """Octets buffered since the last `flush`."""
-        return self._pending
+        return self._spool.pending
 
     def write(self, data: bytes) -> None:
         """Append content (CRLF line ends, as it will be sent on)."""
         if self._done:
             raise RuntimeError("write after commit or abort")
         if data:
-            self._chunks.append(bytes(data))
-            self._pending += len(data)
+            self._spool.add(bytes(data))
             self._size += len(data)
 
     def flush(self) -> None:
@@ -471,14 +468,7 @@ class PgQueueWriter:
         transaction, for as long as the client takes to send the message."""
         if self._done:
             raise RuntimeError("flush after commit or abort")
-        if not self._chunks:
-            return
-        if self._spool is None:
-            # Closed by `commit` or `abort`, not by a block: it outlives this call.
-            self._spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY)  # noqa: SIM115
-        self._spool.write(b"".join(self._chunks))
-        self._chunks = []
-        self._pending = 0
+        self._spool.flush()
 
     def commit(self, envelope: QueuedMessage, *, sync: bool = True) -> QueuedMessage:
         """Write the message and wake every node's runner, in one transaction; return
@@ -489,10 +479,7 @@ class PgQueueWriter:
         if envelope.queue_id != self.queue_id:
             raise ValueError(f"envelope for {envelope.queue_id} given to {self.queue_id}")
         stored = attrs.evolve(envelope, size=self._size)
-        content = b"".join(self._chunks)
-        if self._spool is not None:
-            self._spool.seek(0)
-            content = self._spool.read() + content
+        content = self._spool.read()
         self.abort()
         # One statement, one transaction: the row, and the word to the runners (sent at
         # its commit), once per row added: none for an id another writer took.
@@ -520,8 +507,4 @@ class PgQueueWriter:
     def abort(self) -> None:
         """Forget the message; safe at any time, more than once."""
         self._done = True
-        self._chunks = []
-        self._pending = 0
-        spool, self._spool = self._spool, None
-        if spool is not None:
-            spool.close()
+        self._spool.close()

@@ -260,13 +260,13 @@ def test_a_big_message_arrives_through_a_file(
         writer.flush()
         assert writer.pending == 0
     writer.write(b"tail\r\n")  # still buffered at the commit
-    assert writer._spool is not None
-    assert writer._spool._rolled  # type: ignore[attr-defined]  # a file by now
+    assert writer._spool._file is not None
+    assert writer._spool._file._rolled  # type: ignore[attr-defined]  # a file by now
     stored = writer.commit(envelope("BIG1"))
     content = b"".join(parts) + b"tail\r\n"
     assert stored.size == len(content)
     assert a.read("BIG1") == (stored, content)
-    assert writer._spool is None  # closed
+    assert writer._spool._file is None  # closed
 
 
 def test_a_stalled_node_that_learnt_of_its_lost_lease_still_does_not_write_over(
