@@ -96,6 +96,7 @@ from sansmail.storage.maildir._imapnames import (
     folder_name,
     normalize,
     read_subscriptions,
+    rename_names,
     write_subscriptions,
 )
 from sansmail.storage.maildir._imapview import MaildirFolderView
@@ -310,16 +311,10 @@ class MaildirAccount(MailAccount):
         return [entry for entry in os.listdir(self.root) if entry.startswith(prefix)]
 
     def rename(self, old: str, new: str) -> None:
-        old = normalize(old)
-        new = normalize(new)
-        if new in (INBOX, old):
-            raise FolderExistsError(f"{new!r} exists")
+        old, new = rename_names(old, new)
         if old == INBOX:
-            # Only the messages move (RFC 9051 §6.3.6), so INBOX/Old is a fine target.
-            self._rename_inbox(new)
+            self._rename_inbox(new)  # only the messages move (RFC 9051 §6.3.6)
             return
-        if new.startswith(old + SEPARATOR):
-            raise InvalidFolderNameError("a folder cannot move below itself")
         source = disk_name(old)
         target = disk_name(new)
         with self._lock():

@@ -41,7 +41,11 @@ from typing import Final
 
 from sansmail import _mutf7
 from sansmail.storage.durable import write_file_atomically
-from sansmail.storage.maildir._imapbase import SEPARATOR, InvalidFolderNameError
+from sansmail.storage.maildir._imapbase import (
+    SEPARATOR,
+    FolderExistsError,
+    InvalidFolderNameError,
+)
 
 __all__ = [
     "INBOX",
@@ -55,6 +59,7 @@ __all__ = [
     "normalize",
     "read_keywords",
     "read_subscriptions",
+    "rename_names",
     "write_keywords",
     "write_subscriptions",
 ]
@@ -118,6 +123,19 @@ def normalize(name: str, *, trailing_separator: bool = False) -> str:
     if out != INBOX and len(os.fsencode(disk_name(out))) > _NAME_MAX:
         raise InvalidFolderNameError("folder name too long")
     return out
+
+
+def rename_names(old: str, new: str) -> tuple[str, str]:
+    """RENAME's two names, normalized, with the rules every store keeps (RFC 9051
+    §6.3.6): `FolderExistsError` for INBOX or the folder itself as the target, and
+    `InvalidFolderNameError` for a folder moved below itself (INBOX excepted: only its
+    messages move, so INBOX/Old is a fine target)."""
+    old, new = normalize(old), normalize(new)
+    if new in (INBOX, old):
+        raise FolderExistsError(f"{new!r} exists")
+    if old != INBOX and new.startswith(old + SEPARATOR):
+        raise InvalidFolderNameError("a folder cannot move below itself")
+    return old, new
 
 
 def _escape_level(level: str, first: bool) -> str:

@@ -53,7 +53,7 @@ from sansmail.storage.maildir._imapbase import (
     NotAllowedError,
 )
 from sansmail.storage.maildir._imapmaildir import to_crlf
-from sansmail.storage.maildir._imapnames import INBOX, disk_name, normalize
+from sansmail.storage.maildir._imapnames import INBOX, disk_name, normalize, rename_names
 from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg import _mailrows
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
@@ -228,16 +228,10 @@ class PgMailAccount(MailAccount):
 
     @guarded
     def rename(self, old: str, new: str) -> None:
-        old = normalize(old)
-        new = normalize(new)
-        if new in (INBOX, old):
-            raise FolderExistsError(f"{new!r} exists")
+        old, new = rename_names(old, new)
         if old == INBOX:
-            # Only the messages move (RFC 9051 §6.3.6), so INBOX/Old is a fine target.
-            self._rename_inbox(new)
+            self._rename_inbox(new)  # only the messages move (RFC 9051 §6.3.6)
             return
-        if new.startswith(old + SEPARATOR):
-            raise InvalidFolderNameError("a folder cannot move below itself")
         try:
             self._rename(old, new)
         except DatabaseError as exc:
