@@ -106,6 +106,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
 
@@ -163,6 +164,11 @@ _MARKER_COUNTER: Final = itertools.count()
 
 _BUSY_TIMEOUT: Final = 60.0
 _WAL_LIMIT: Final = 4 * 1024 * 1024
+# SQLite does not call the busy handler for the switch to WAL: while another process
+# opening the same new index holds a lock, the switch fails at once with "database is
+# locked". It is tried again after these pauses (about 6 s in all), only ever for an
+# index's first opens, since the mode is kept in the file.
+_WAL_PAUSES: Final = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5, 3.0)
 _FRESH_MARGIN_NS: Final = 1_000_000_000
 _TOMBSTONES_MAX: Final = 10_000
 _TOMBSTONES_KEEP: Final = 2_000
@@ -351,8 +357,7 @@ class FolderIndex:
             # The first SEARCH of a big folder writes tens of MiB of texts through the
             # WAL: once checkpointed, the file is cut back instead of staying that big.
             conn.execute(f"PRAGMA journal_size_limit={_WAL_LIMIT}")
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(conn)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self._create(conn, adopt=adopt, seed=seed, modseq=modseq)
@@ -892,3 +897,15 @@ def _write_marker(folder: str, uidvalidity: int) -> None:
         os.replace(tmp, path)
     except OSError:
         unlink_quietly(tmp)
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    for pause in (*_WAL_PAUSES, None):
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if pause is None or "locked" not in str(exc):
+                raise
+        time.sleep(pause)
