@@ -76,6 +76,9 @@ class Stores:
     greylist: GreylistStore | None = None
     #: The database (`sansmail.storage.pg.Database`, PostgreSQL backend), else None.
     db: Any = None
+    #: Blocking: catches the users and aliases up with changes committed on any node
+    #: (`SmtpService.catch_up`); None on Maildir, whose stores follow their files.
+    catch_up: Callable[[], None] | None = None
 
     @property
     def postgresql(self) -> bool:

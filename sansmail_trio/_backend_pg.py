@@ -18,14 +18,15 @@ from sansmail.sessions.lda import LocalDelivery
 from sansmail.storage.generations import Generations
 from sansmail.storage.maildir import ImapStore, QuotaLimits
 from sansmail.storage.pg import Database, require_current
-from sansmail.storage.pg._aliases import PgAliasSource
+from sansmail.storage.pg._aliases import ALIASES_KEY, PgAliasSource
+from sansmail.storage.pg._changes import catch_up
 from sansmail.storage.pg._delivery import PgMailStore
 from sansmail.storage.pg._greylist import PgGreylistStore
 from sansmail.storage.pg._imapstore import PgImapStore
 from sansmail.storage.pg._maildrop import PgMaildrops
 from sansmail.storage.pg._queue import PgQueueStore
 from sansmail.storage.pg._sieve import PgSieveStore
-from sansmail.storage.pg._users import PgUserStore
+from sansmail.storage.pg._users import USERS_KEY, PgUserStore
 
 if TYPE_CHECKING:
     from sansmail_trio._backend import Stores
@@ -79,4 +80,5 @@ async def open_stores(
         # Every node counts a sender's retries in one table: the retry may reach another.
         greylist=PgGreylistStore(db),
         db=db,
+        catch_up=functools.partial(catch_up, db, {USERS_KEY: users, ALIASES_KEY: aliases}),
     )

@@ -147,9 +147,10 @@ configured domains. A change is in force in a running server, in every one of it
 processes, by the time the command exits: the next RCPT or login sees it.
 
 With [storage] backend = "postgresql" the users (and their mail) are in the database
-every node shares instead: the command writes it, and every node takes the change as
-soon as its listener re-reads the users, which a NOTIFY asks for at the commit
-(milliseconds after the command exits).
+every node shares instead: the command writes it, and the next RCPT or password login
+on any node sees the change (the node asks the database whether the users changed
+since it read them); the rest (SCRAM logins) take it when the node re-reads the users,
+which a NOTIFY asks for at the commit, milliseconds after the command exits.
 
 examples:
   {PROG} user add alice@example.test              # prompts for the password twice

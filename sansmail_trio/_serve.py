@@ -293,6 +293,7 @@ async def _serve_stores(
             mailbox_full=store.full,
             sieve_wants=sieve_wants,
             lookups_block=stores.postgresql,
+            catch_up=stores.catch_up,
             observer=metrics.smtp(name),
         )
         smtp_service = SMTPService(

@@ -316,16 +316,6 @@ def test_reload_without_a_server_says_so(tmp_path: pathlib.Path) -> None:
     )
 
 
-# Not strict: a race the server mostly loses (5 runs in 6 here).
-_NOTIFY_RACE = pytest.mark.xfail(
-    strict=False,
-    reason="PostgreSQL: a user added through another connection is in force once the node "
-    "heard the NOTIFY and re-read the users table in a worker thread (storage/pg/_users.py: "
-    "lookups read the snapshot on the event loop); the RCPT right after the commit comes first",
-)
-
-
-@pytest.mark.server_backends("maildir", pytest.param("postgresql", marks=_NOTIFY_RACE))
 async def test_user_added_while_running_takes_effect(start_server: StartServer) -> None:
     # Moved from test_smtp_e2e.py, where it slept two seconds: now the next RCPT sees it.
     server = await start_server()

@@ -60,6 +60,12 @@ class SmtpService:
     #: (`SmtpSession.look_up`) rather than on its event loop; the Maildir backend's
     #: are memory reads and one stat, made where they are needed.
     lookups_block: bool = False
+    #: BLOCKING, called first by `look_up`: brings the users and aliases up to date with
+    #: changes committed elsewhere whose notice has not arrived yet (the PostgreSQL
+    #: backend's `account_changes` serials, one query), so that a change made before the
+    #: RCPT is in force for it on every node. None: the stores follow their changes
+    #: themselves (the Maildir backend's generations counter).
+    catch_up: Callable[[], None] | None = None
     _ehlo_cache: dict[tuple[bool, bool], Reply] = attrs.field(factory=dict, init=False)
     _core_config: smtp.Config | None = attrs.field(default=None, init=False)
     _greeting: Reply | None = attrs.field(default=None, init=False)

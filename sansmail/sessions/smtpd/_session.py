@@ -335,6 +335,8 @@ class SmtpSession:
         `handle` of the same event, so that those then block on nothing. An adapter
         whose stores answer over the network (`SmtpService.lookups_block`) calls it in
         a worker thread before them; without it they ask as they go."""
+        if self.service.catch_up is not None:
+            self.service.catch_up()
         resolution = self._resolve(event, now)
         self._sieve_known = {m: self.service.through_sieve(m) for m in resolution.local}
 

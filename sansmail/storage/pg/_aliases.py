@@ -21,8 +21,9 @@ disk.
 Each node holds the parsed table in memory (delivery asks for it on the event loop):
 read at construction, and again by `reload_if_changed` (blocking, a worker thread)
 after `changed`, which the node's listener calls when ``aliases`` is notified or its
-connection was lost. A read that fails keeps the table in force and says so in
-`problems`, and the next `reload_if_changed` tries again.
+connection was lost, and by `catch_up` when a lookup made in a worker thread finds
+that a change committed since the read (`_changes`). A read that fails keeps the table
+in force and says so in `problems`, and the next `reload_if_changed` tries again.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import attrs
 
 from sansmail.mail.aliases import AliasTable, parse_aliases
 from sansmail.storage.aliasfile import AliasSource, IncludeWalk
+from sansmail.storage.pg._changes import announce, read_serial
 from sansmail.storage.pg._db import Database, DatabaseError
-from sansmail.storage.pg._mailrows import notify
 
 __all__ = ["ALIASES_KEY", "PgAliasSource", "import_aliases"]
 
@@ -46,6 +47,8 @@ ALIASES_KEY: Final = "aliases"
 @attrs.frozen
 class _Loaded:
     notices: int
+    #: The ``account_changes`` serial the read was tagged with (`_changes`).
+    serial: int
     table: AliasTable
     includes: dict[str, str]
     problems: tuple[str, ...]
@@ -69,7 +72,7 @@ def import_aliases(db: Database, source: AliasSource) -> None:
         cur.executemany(
             "INSERT INTO aliases_files (path, position, text) VALUES (%s, %s, %s)", rows
         )
-        notify(cur, ALIASES_KEY)
+        announce(cur, ALIASES_KEY)
 
 
 class PgAliasSource:
@@ -80,7 +83,7 @@ class PgAliasSource:
         self._db = db
         self._notices = 1
         self._reloaded = False
-        self._loaded = _Loaded(0, AliasTable(source=""), {}, ())
+        self._loaded = _Loaded(0, -1, AliasTable(source=""), {}, ())
         self._loaded = self._load()
         self._reloaded = False  # the first read is no reload
 
@@ -122,11 +125,22 @@ class PgAliasSource:
         reloaded, self._reloaded = self._reloaded, False
         return reloaded
 
+    def catch_up(self, serial: int) -> bool:
+        """Blocking: read the aliases again if the database's `serial` is not the one the
+        table was read at (`_changes`: a change whose notice has not arrived yet); True
+        when they were."""
+        if serial == self._loaded.serial:
+            return False
+        self.changed()
+        self._loaded = self._load()
+        return True
+
     def _load(self) -> _Loaded:
         notices = self._notices  # before the query: a change meanwhile leaves us stale
         previous = self._loaded
         try:
             with self._db.transaction() as cur:
+                serial = read_serial(cur, ALIASES_KEY)
                 cur.execute("SELECT path, text FROM aliases_files ORDER BY position")
                 rows = [(str(path), str(text)) for path, text in cur.fetchall()]
         except DatabaseError as exc:
@@ -137,7 +151,7 @@ class PgAliasSource:
             return attrs.evolve(previous, problems=(problem,))
         self._reloaded = True
         if not rows:
-            return _Loaded(notices, AliasTable(source=""), {}, ())
+            return _Loaded(notices, serial, AliasTable(source=""), {}, ())
         (name, text), stored = rows[0], dict(rows[1:])
 
         def read(path: str) -> tuple[str, None]:
@@ -150,4 +164,4 @@ class PgAliasSource:
         walk = IncludeWalk(read)
         walk.table(table)
         problems = (*map(str, table.problems), *walk.problems)
-        return _Loaded(notices, table, walk.includes, problems)
+        return _Loaded(notices, serial, table, walk.includes, problems)

@@ -11,6 +11,9 @@
 - ``aliases_files``: the aliases file and the include files it names, as text, put
   there by ``newaliases`` (every node reads the same aliases; no node reads a file of
   its own). ``position`` 0 is the aliases file itself.
+- ``account_changes``: one row per store (``users``, ``aliases``): a serial its
+  writers bump, so that a lookup can tell it missed a change whose notice has not
+  arrived yet (`_changes`).
 - ``sieve_scripts``: one row per script of a mailbox; at most one of a mailbox's rows
   is active (a partial unique index says so).
 - ``sieve_duplicates``: what vacation and the duplicate test remember per mailbox, until
@@ -36,6 +39,9 @@ ACCOUNT_TABLES: Final[tuple[str, ...]] = (
         path text PRIMARY KEY,
         position integer NOT NULL UNIQUE,
         text text NOT NULL)""",
+    """CREATE TABLE account_changes (
+        what text PRIMARY KEY,
+        serial bigint NOT NULL)""",
     """CREATE TABLE sieve_scripts (
         mailbox text NOT NULL,
         name text NOT NULL,

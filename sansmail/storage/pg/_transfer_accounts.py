@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from sansmail.mail.address import MailboxId
 from sansmail.storage.durable import write_file_atomically
+from sansmail.storage.pg._changes import announce
 from sansmail.storage.pg._db import Cursor, Database
 from sansmail.storage.pg._mailrows import mailbox_key, notify
 from sansmail.storage.pg._users import USERS_KEY
@@ -175,7 +176,7 @@ def write_accounts(db: Database, accounts: Accounts) -> None:
             rows,
         )
         if accounts.users:
-            notify(cur, USERS_KEY)
+            announce(cur, USERS_KEY)
         for mailbox in accounts.scripts:
             notify(cur, f"sieve:{mailbox}")
 

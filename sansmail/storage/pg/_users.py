@@ -18,6 +18,10 @@ once, in a worker thread; and after a lost listener connection, when notificatio
 have been missed. `verify_password` runs in a worker thread already and re-reads a
 stale snapshot first, so a password changed on another node is in force for the next
 login that reaches it after the notification, even before the listener's reload ran.
+A change whose notice has not arrived yet is caught by the serial in
+``account_changes`` (`_changes`): `verify_password` and `catch_up` (a RCPT's lookups in
+a worker thread) read it first, one primary-key query, and re-read the users when it
+moved, so a change committed before they began is in force for them on every node.
 
 A snapshot is tagged with the number of `changed` calls seen before its query, as the
 file store tags its table with the generation: a notice arriving during a read leaves
@@ -51,8 +55,8 @@ from psycopg.types.json import Jsonb
 
 from sansmail.mail.address import Address
 from sansmail.sasl import SCRAM_MIN_ITERATIONS, CramMD5Credentials, ScramCredentials
+from sansmail.storage.pg._changes import announce, read_serial
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
-from sansmail.storage.pg._mailrows import notify
 from sansmail.storage.users import (
     SCRAM_HASHES,
     User,
@@ -79,11 +83,12 @@ _WHERE: Final = "database table users"
 class _Snapshot:
     """One read of the table: the notices seen before it, each row's version (its
     ``xmin``: a row's next read fetches and decodes its record only if it changed), the
-    users."""
+    users, and the ``account_changes`` serial it was tagged with (`_changes`)."""
 
     notices: int
     versions: Mapping[str, str]
     users: dict[str, User]
+    serial: int = -1
     #: Why no users are known (never read: the database is down), or None.
     unavailable: str | None = None
 
@@ -147,6 +152,7 @@ class PgUserStore:
         previous = self._snapshot
         try:
             with self._db.transaction() as cur:
+                serial = read_serial(cur, USERS_KEY)
                 versions, users = _read_changed(cur, previous)
         except (DatabaseError, UserError) as exc:
             self._error = exc if isinstance(exc, UserError) else UserError(str(exc))
@@ -155,7 +161,7 @@ class PgUserStore:
             # Another thread's re-read, begun after ours, landed first: it may have
             # seen a change ours did not (a deleted user), so it stays.
             return self._snapshot
-        snapshot = _Snapshot(notices, versions, users)
+        snapshot = _Snapshot(notices, versions, users, serial)
         self._snapshot = snapshot
         self._reloaded = self._reloaded or report
         return snapshot
@@ -173,6 +179,27 @@ class PgUserStore:
         if self.stale:
             return self._reload()
         return self._snapshot
+
+    def catch_up(self, serial: int) -> bool:
+        """Blocking: re-read the users if the database's `serial` is not the one the
+        snapshot was read at (`_changes`: a change whose notice has not arrived yet);
+        True when they were."""
+        if serial == self._snapshot.serial:
+            return False
+        self.changed()
+        self._reload()
+        return True
+
+    def _latest(self) -> _Snapshot:
+        """The snapshot, caught up with every change committed before the call (one
+        query, `_changes`): for calls made in a worker thread."""
+        try:
+            with self._db.transaction() as cur:
+                serial = read_serial(cur, USERS_KEY)
+        except DatabaseError:
+            return self._fresh()  # its reload, if due, reports the database's state
+        self.catch_up(serial)
+        return self._fresh()
 
     # -- lookups --------------------------------------------------------------------
 
@@ -205,7 +232,7 @@ class PgUserStore:
     def verify_password(self, key: str, password: str) -> bool:
         """Blocking: argon2id verification; an unknown user costs the same and yields
         False."""
-        user = self._fresh().users.get(key)
+        user = self._latest().users.get(key)
         encoded = self._dummy() if user is None else user.password_hash
         try:
             ok = self._hasher.verify(encoded, password)
@@ -304,7 +331,7 @@ class PgUserStore:
         try:
             with self._db.transaction() as cur:
                 change(cur)
-                notify(cur, USERS_KEY)
+                announce(cur, USERS_KEY)
         except DatabaseError as exc:
             raise UserError(str(exc)) from exc
         self.changed()

@@ -826,3 +826,35 @@ def test_look_up_makes_the_rcpt_lookups_so_that_handle_blocks_on_nothing(
     reply = session.handle(event, NOW)
     assert reply is not None
     assert asked == ["quota", "sieve", "quota", "sieve"]
+
+
+class _Behind(_Guarded):
+    """A user store that knows of carol only once caught up."""
+
+    caught_up = False
+
+    def __contains__(self, key: object) -> bool:
+        return (key == "carol@example.test" and self.caught_up) or super().__contains__(key)
+
+
+def test_look_up_catches_the_stores_up_before_it_resolves(tmp_path: pathlib.Path) -> None:
+    # The PostgreSQL backend's catch_up re-reads a store that changed on another node
+    # before its notice came: a RCPT right after `user add` there must see the user.
+    server = Server(tmp_path)
+    users = _Behind(server.shared.users)
+
+    def catch_up() -> None:
+        users.caught_up = True
+
+    server.shared = attrs.evolve(server.shared, users=users, catch_up=catch_up)
+    client = server.session(TRUSTED)
+    client.say("EHLO client.example")
+    client.say("MAIL FROM:<someone@far.test>")
+    session = client.session
+    session.conn.receive_data(b"RCPT TO:<carol@example.test>\r\n")
+    event = session.conn.next_event()
+    assert isinstance(event, smtp.Rcpt)
+    session.look_up(event, NOW)
+    reply = session.handle(event, NOW)
+    assert reply is not None
+    assert session.conn.send(reply).startswith(b"250")

@@ -12,6 +12,7 @@ from sansmail.mail.aliases import expand
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.pg import Database
 from sansmail.storage.pg._aliases import PgAliasSource, import_aliases
+from sansmail.storage.pg._changes import catch_up, read_serial
 
 
 def _aliases(tmp_path: pathlib.Path, text: str, staff: str = "alice\nbob\n") -> pathlib.Path:
@@ -68,6 +69,19 @@ def test_a_new_import_replaces_and_notifies(tmp_path: pathlib.Path, pg_db: Datab
     assert list(node.table) == ["b"]
     assert node.include_files == ()
     assert node.reload_if_changed() is False
+
+
+def test_catch_up_sees_an_import_before_its_notice(tmp_path: pathlib.Path, pg_db: Database) -> None:
+    node = PgAliasSource(pg_db)
+    catch_up(pg_db, {"aliases": node})
+    assert len(node.table) == 0
+    import_aliases(pg_db, AliasSource(_aliases(tmp_path, "a: alice\n")))
+    assert not node.stale  # nothing heard
+    catch_up(pg_db, {"aliases": node})
+    assert list(node.table) == ["a"]
+    with pg_db.transaction() as cur:
+        serial = read_serial(cur, "aliases")
+    assert node.catch_up(serial) is False
 
 
 def test_nothing_imported_is_no_aliases(pg_db: Database) -> None:
