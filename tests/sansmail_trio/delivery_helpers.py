@@ -3,7 +3,9 @@
 * `Sink`: aiosmtpd (a server nobody here wrote) on 127.0.0.x, whose answers a test
   scripts per recipient and per attempt, recording what it received.
 * `start_sansmail`: a sansmail server in the test's Trio loop from a TOML text, so a
-  test can run two of them (ours and the "remote" one).
+  test can run two of them (ours and the "remote" one). Its storage is the TOML's: a
+  ``[storage] backend = "postgresql"`` table (`start_ours`'s `dsn`) puts its users,
+  aliases, mailboxes and queue in that database, and `Server` reads them there.
 
 Every remote host of a test listens on the same port at a different 127.0.0.x address,
 because an MX record has no port: `[delivery] smtp_port` points our server at it.
@@ -25,11 +27,12 @@ import trio
 import trustme
 from aiosmtpd.controller import Controller
 from dns_server import DNSServer
-from trio_helpers import FAST_HASHER, quick_auth
+from trio_helpers import FAST_HASHER, add_users, inbox_rows, quick_auth
 
 from sansmail.config import Config, load_config
 from sansmail.mail.address import parse_address
 from sansmail.mail.envelope import QueuedMessage
+from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.queue import QueueStore
 from sansmail.storage.users import UserStore
 from sansmail_trio import serve
@@ -148,7 +151,20 @@ class Server:
     def data_dir(self) -> pathlib.Path:
         return self.config.data_dir
 
+    @property
+    def dsn(self) -> str | None:
+        """The database of ``[storage] backend = "postgresql"``; None: Maildir files."""
+        return _dsn(self.config)
+
+    @property
+    def backend(self) -> str:
+        return self.config.storage.backend
+
     def messages(self, address: str) -> list[bytes]:
+        """`address`'s INBOX (on Maildir: new/, not yet seen by IMAP), in the order
+        stored, with LF line ends as Maildir files have."""
+        if self.dsn is not None:
+            return [m.replace(b"\r\n", b"\n") for m in inbox_rows(self.dsn, address)]
         local, _, domain = address.rpartition("@")
         new = self.data_dir / "mail" / domain / local.lower() / "new"
         if not new.exists():
@@ -156,26 +172,63 @@ class Server:
         return [p.read_bytes() for p in sorted(new.iterdir())]
 
     def queued(self) -> list[QueuedMessage]:
-        return QueueStore(self.data_dir / "queue").list()
+        if self.dsn is None:
+            return QueueStore(self.data_dir / "queue").list()
+        # Imported here: psycopg is there only with the postgresql extra.
+        from sansmail.storage.pg import Database  # noqa: PLC0415
+        from sansmail.storage.pg._queue import PgQueueStore  # noqa: PLC0415
+
+        # A look, not a node: list() claims nothing, so the node name is arbitrary.
+        db = Database(self.dsn)
+        try:
+            return PgQueueStore(db, node="test").list()
+        finally:
+            db.close()
 
     async def stop(self) -> None:
         self.shutdown.set()
         await self.done.wait()
 
 
+def _dsn(config: Config) -> str | None:
+    return config.storage.dsn if config.storage.backend == "postgresql" else None
+
+
+def import_aliases(config: Config) -> None:
+    """On PostgreSQL, what ``newaliases`` does: every node delivers with the aliases in
+    the database, not with its aliases file (nothing to do on Maildir, where the server
+    reads the file itself)."""
+    dsn = _dsn(config)
+    if dsn is None or config.aliases is None:
+        return
+    # Imported here: psycopg is there only with the postgresql extra.
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._aliases import import_aliases as store  # noqa: PLC0415
+
+    db = Database(dsn)
+    try:
+        store(db, AliasSource(config.aliases))
+    finally:
+        db.close()
+
+
 async def start_sansmail(
     nursery: trio.Nursery, folder: pathlib.Path, toml: str, users: tuple[str, ...] = ()
 ) -> Server:
     """Start a server from `toml` in `folder`, with `users` (password "secret") made
-    before it starts."""
+    before it starts; on PostgreSQL, its aliases file is imported first too."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sansmail.toml"
     path.write_text(toml)
     config = load_config(path, default_hostname="unused.test")
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    store = UserStore(config.data_dir / "users.json", hasher=FAST_HASHER)
-    for address in users:
-        store.add(parse_address(address), "secret")
+    if _dsn(config) is None:
+        store = UserStore(config.data_dir / "users.json", hasher=FAST_HASHER)
+        for address in users:
+            store.add(parse_address(address), "secret")
+    else:
+        add_users(config, _dsn(config), users)
+        import_aliases(config)
     shutdown, done = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
@@ -229,13 +282,16 @@ async def start_ours(
     aliases: str = "",
     delivery: str = "",
     mynetworks: str = '["127.0.0.0/8"]',
+    dsn: str | None = None,
 ) -> Server:
+    """Our server, on Maildir files, or with `dsn` on that PostgreSQL database."""
     folder = tmp_path / "ours"
     cert, key = tls_pair(tls_ca, folder, "mx.example.test")
     # Retries a second apart unless the test sets its own schedule.
     for name in ("minimal_backoff", "maximal_backoff"):
         if name not in delivery:
             delivery += f'\n{name} = "1s"'
+    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
 
     (folder / "aliases").write_text(aliases)
     return await start_sansmail(
@@ -258,7 +314,7 @@ nameservers = ["{dns.host_port}"]
 [delivery]
 smtp_port = {port}
 {delivery}
-""",
+{storage}""",
         users=("alice@example.test",),
     )
 

@@ -1,6 +1,10 @@
 """Outbound delivery end to end: our server queues, finds the MX through the tests' own
 DNS server, delivers to a second sansmail or to aiosmtpd on another loopback address,
-retries, bounces, expands aliases. Real sockets, real resolver path, real smtplib."""
+retries, bounces, expands aliases. Real sockets, real resolver path, real smtplib.
+
+On both storage backends of our server: Maildir files, or PostgreSQL (its mailboxes,
+queue, users and aliases in the database). The remote ends stay on Maildir: they stand
+for someone else's server."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from delivery_helpers import (
     PEER,
     Sink,
     free_port,
+    import_aliases,
     send,
     start_ours,
     start_peer,
@@ -27,6 +32,17 @@ from delivery_helpers import (
     wait_for,
 )
 from dns_server import DNSServer
+from trio_helpers import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
+
+
+@pytest.fixture
+def database(server_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """Our server's database: a fresh one on PostgreSQL, None on Maildir."""
+    if server_backend == "postgresql":
+        return str(request.getfixturevalue("pg_dsn"))
+    return None
 
 
 @pytest.fixture
@@ -51,10 +67,15 @@ def dns() -> Iterator[DNSServer]:
 
 
 async def test_authenticated_mail_goes_to_the_mx_over_starttls(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     await trio.to_thread.run_sync(
         submit, ours, "alice@example.test", ["bob@peer.test"], "over the wire"
     )
@@ -69,10 +90,15 @@ async def test_authenticated_mail_goes_to_the_mx_over_starttls(
 
 
 async def test_mx_preference_falls_back_to_the_next_host(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@backup.test"])
     # backup.test's best MX refuses connections; the mail goes to the second.
     await wait_for(lambda: peer.messages("bob@backup.test"), what="delivery via MX 20")
@@ -80,18 +106,28 @@ async def test_mx_preference_falls_back_to_the_next_host(
 
 
 async def test_implicit_mx(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["carol@implicit.test"])
     await wait_for(lambda: peer.messages("carol@implicit.test"), what="delivery by A record")
 
 
 async def test_permanent_failure_bounces_to_sender_with_postmaster_copy(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user here"]}):
         await trio.to_thread.run_sync(
             submit, ours, "alice@example.test", ["nobody@fail.test"], "bounce me"
@@ -119,18 +155,28 @@ async def test_permanent_failure_bounces_to_sender_with_postmaster_copy(
 
 
 async def test_null_mx_bounces_at_once(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["x@nullmx.test"])
     (dsn,) = await wait_for(lambda: ours.messages("alice@example.test"), what="the bounce")
     assert b"Status: 5.1.10" in dsn
 
 
 async def test_temporary_failure_is_retried_then_delivered(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     answers = ["451 4.3.0 Greylisted, try again", "250 2.1.5 OK"]
     with Sink(FAILING, port, rcpt={"grey@fail.test": answers}) as sink:
         await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["grey@fail.test"])
@@ -145,10 +191,15 @@ async def test_temporary_failure_is_retried_then_delivered(
 
 
 async def test_temporary_failure_expires_into_a_bounce(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
     ours = await start_ours(
-        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "1s"'
+        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "1s"', dsn=database
     )
     with Sink(FAILING, port, rcpt={"slow@fail.test": ["451 4.3.0 Try later"]}):
         await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["slow@fail.test"])
@@ -159,9 +210,14 @@ async def test_temporary_failure_expires_into_a_bounce(
 
 
 async def test_bounce_of_a_bounce_is_dropped(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user"]}):
         await trio.to_thread.run_sync(send, ours, "", ["nobody@fail.test"])
         await wait_for(lambda: not ours.queued(), what="a verdict")
@@ -169,7 +225,12 @@ async def test_bounce_of_a_bounce_is_dropped(
 
 
 async def test_alias_fans_out_locally_and_remotely_with_srs(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
     include = tmp_path / "ours" / "team.list"
@@ -182,6 +243,7 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
         port,
         tls_ca,
         aliases=f"team: alice, :include:{include}\nroot: alice\n",
+        dsn=database,
     )
     # From outside mynetworks? smtplib connects from 127.0.0.1, which is trusted here;
     # the alias works for anyone, the relay policy is tested elsewhere.
@@ -197,13 +259,20 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
 
 
 async def test_alias_changes_are_picked_up_without_restart(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, aliases="")
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, aliases="", dsn=database)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await trio.to_thread.run_sync(send, ours, "eve@far.example", ["sales@example.test"])
     path = tmp_path / "ours" / "aliases"
     path.write_text("sales: alice\n")
+    # On PostgreSQL the file is read by newaliases, not by the server.
+    await trio.to_thread.run_sync(import_aliases, ours.config)
 
     def accepted() -> bool:
         try:
@@ -217,9 +286,14 @@ async def test_alias_changes_are_picked_up_without_restart(
 
 
 async def test_queue_survives_restart_and_delivers_once(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     # The peer is down: the message waits in the queue.
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@peer.test"])
     await wait_for(
@@ -238,9 +312,14 @@ async def test_queue_survives_restart_and_delivers_once(
 
 
 async def test_dsn_parameters_are_passed_to_a_next_hop_that_offers_dsn(
-    nursery: trio.Nursery, tmp_path: pathlib.Path, dns: DNSServer, port: int, tls_ca: trustme.CA
+    nursery: trio.Nursery,
+    tmp_path: pathlib.Path,
+    dns: DNSServer,
+    port: int,
+    tls_ca: trustme.CA,
+    database: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
     with Sink(FAILING, port) as sink:
 
         def send() -> None:
