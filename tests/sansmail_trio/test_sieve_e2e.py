@@ -8,7 +8,11 @@ Filed into a folder (IMAP shows it there), flagged (\\Flagged in FETCH FLAGS), r
 an SRS sender), answered by vacation (one DKIM-signed reply with Auto-Submitted, none to
 a second message of the same sender); ``[sieve] before`` filing spam into Junk; a user
 without a script still served straight into INBOX before the 250; and mail queued for
-the scripts delivered after a ``kill -9``. Skipped without sieve-connect."""
+the scripts delivered after a ``kill -9``. Skipped without sieve-connect.
+
+On both storage backends: Maildir files, or ``[storage] backend = "postgresql"`` on a
+database of the test's own (where a test looks at the queue, the scripts or a mailbox
+itself, it reads the database's tables instead of the files)."""
 
 from __future__ import annotations
 
@@ -25,24 +29,41 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 import pytest
 import trustme
 from delivery_helpers import PEER, Received, Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import FAST_HASHER, started_lines, wait_until_started
+from trio_helpers import FAST_HASHER, inbox_rows, started_lines, wait_until_started
 
 from sansmail.mail import dkim
 from sansmail.mail.address import MailboxId, parse_address
 from sansmail.storage.dkimkeys import write_key
 from sansmail.storage.queue import QueueStore
-from sansmail.storage.sieve import SieveStore
+from sansmail.storage.sieve import SieveScripts, SieveStore
 from sansmail.storage.users import UserStore
+
+if TYPE_CHECKING:
+    from pgcluster import Cluster
+
+    from sansmail.storage.pg import Database
+    from sansmail.storage.pg._users import PgUserStore
 
 SIEVE_CONNECT = shutil.which("sieve-connect")
 pytestmark = pytest.mark.skipif(SIEVE_CONNECT is None, reason="sieve-connect not installed")
+
+#: tests/conftest.py's template database (at the current schema), which `pg_dsn` copies;
+#: the module's server makes its own copy from it (see `mx`).
+PG_TEMPLATE = "sansmail_template"
+#: [storage] queue_lease, in seconds, of the server a test kills. Its runner, seeing
+#: its parent gone, gives its claims back as it stops; one it fails to give back (an
+#: attempt still running at the end of the grace) ends only with its lease, and the
+#: default (a minute) is longer than the test waits. Only there: a server that lives
+#: keeps the default, so that a loaded machine cannot make it lose a claim it still
+#: works on (and deliver twice).
+KILLED_LEASE = 2
 
 USERS = ("alice@example.test", "bob@example.test", "carol@example.test")
 SCRIPT = b"""\
@@ -92,8 +113,13 @@ class Mx:
     folder: pathlib.Path
     ca: pathlib.Path
     sink: Sink
+    #: The database of ``[storage] backend = "postgresql"``; None: Maildir files.
+    dsn: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = attrs.Factory(dict)
+    #: A connection source for the tests' own looks at `dsn`, opened on first use: the
+    #: queue is polled every 50 ms, which should not cost a new connection each time.
+    _db: Database | None = None
 
     def start(self) -> None:
         script = shutil.which("sansmail-trio")
@@ -145,8 +171,38 @@ class Mx:
     def wait(self, condition: Callable[[], _T], what: str) -> _T:
         return wait_for(condition, what, log=lambda: self.log[-20000:])
 
+    @property
+    def db(self) -> Database:
+        """The server's database (PostgreSQL backend)."""
+        assert self.dsn is not None, "a database needs the postgresql backend"
+        if self._db is None:
+            # Imported here: psycopg is there only with the postgresql extra.
+            from sansmail.storage.pg import Database  # noqa: PLC0415
+
+            self._db = Database(self.dsn)
+        return self._db
+
+    def close(self) -> None:
+        """Let go of the tests' connections to the database (before it is dropped)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
     def queue_empty(self) -> bool:
-        return not QueueStore(self.data_dir / "queue").list()
+        if self.dsn is None:
+            return not QueueStore(self.data_dir / "queue").list()
+        from sansmail.storage.pg._queue import PgQueueStore  # noqa: PLC0415
+
+        # `list` reads every node's rows; the node name is only the claims' holder.
+        return not PgQueueStore(self.db, node="test").list()
+
+    def scripts(self) -> SieveScripts:
+        """The users' Sieve scripts, where the server keeps them."""
+        if self.dsn is None:
+            return SieveStore(self.data_dir)
+        from sansmail.storage.pg._sieve import PgSieveStore  # noqa: PLC0415
+
+        return PgSieveStore(self.db)
 
     def received(self, rcpt: str) -> list[Received]:
         return [r for r in self.sink.received if rcpt in r.rcpt_tos]
@@ -198,10 +254,17 @@ def subjects(messages: list[tuple[str, bytes]]) -> list[str]:
 
 
 @contextlib.contextmanager
-def running(folder: pathlib.Path, *, before: bytes | None = None) -> Iterator[Mx]:
+def running(
+    folder: pathlib.Path,
+    *,
+    before: bytes | None = None,
+    dsn: str | None = None,
+    lease: int | None = None,
+) -> Iterator[Mx]:
     """``sansmail-trio serve`` in `folder`: SMTP, IMAP and ManageSieve on loopback,
     far.test's mail routed to a sink on PEER, a DKIM key for example.test, the users of
-    `USERS` (password "secret"), and `before` as ``[sieve] before`` if given."""
+    `USERS` (password "secret"), and `before` as ``[sieve] before`` if given. With
+    `dsn`, on PostgreSQL (the users in its tables), with `lease` as its queue_lease."""
     folder.mkdir(parents=True)
     ca = trustme.CA()
     # sieve-connect checks the name it connected to, here the address.
@@ -215,6 +278,10 @@ def running(folder: pathlib.Path, *, before: bytes | None = None) -> Iterator[Mx
     if before is not None:
         (folder / "before.sieve").write_bytes(before)
         site = '[sieve]\nbefore = "before.sieve"\n'
+    if dsn is not None:
+        site += f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+        if lease is not None:
+            site += f'queue_lease = "{lease}s"\n'
     with DNSServer() as dns, Sink(PEER, port) as sink:
         dns.add("far.test", "MX", "10 mx.far.test.")
         dns.add("mx.far.test", "A", PEER)
@@ -241,22 +308,66 @@ smtp_port = {port}
 {site}"""
         )
         data = folder / "data"
-        users = UserStore(data / "users.json", hasher=FAST_HASHER)
+        server = Mx(folder, folder / "ca.pem", sink, dsn)
+        users: UserStore | PgUserStore
+        if dsn is None:
+            users = UserStore(data / "users.json", hasher=FAST_HASHER)
+        else:
+            from sansmail.storage.pg._users import PgUserStore  # noqa: PLC0415
+
+            users = PgUserStore(server.db, hasher=FAST_HASHER)
         for address in USERS:
             users.add(parse_address(address), "secret")
+        # The DKIM keys are files in data_dir on either backend.
         private, txt = dkim.generate("ed25519")
         write_key(data, "example.test", "sansmail", private, txt)
-        server = Mx(folder, folder / "ca.pem", sink)
-        server.start()
         try:
+            server.start()
             yield server
         finally:
             server.stop()
+            server.close()
+
+
+# The storage backend of every test here. Not trio_helpers' `BOTH_BACKENDS` mark: conftest
+# parametrizes `server_backend` directly, which makes it function-scoped, and `mx`, one
+# server for the module's tests, cannot depend on it. This module-scoped, parametrized
+# override of `server_backend` gives the same test ids ([maildir], [postgresql]), and
+# pytest runs the tests of one `mx` in a row, so each backend's server starts once.
+@pytest.fixture(scope="module", params=["maildir", "postgresql"])
+def server_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def dsn(server_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """A fresh database for a test's own server on PostgreSQL (None: Maildir)."""
+    if server_backend != "postgresql":
+        return None
+    value: str = request.getfixturevalue("pg_dsn")
+    return value
 
 
 @pytest.fixture(scope="module")
-def mx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mx]:
-    with running(tmp_path_factory.mktemp("sieve") / "mx") as server:
+def mx(
+    tmp_path_factory: pytest.TempPathFactory, server_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Mx]:
+    with contextlib.ExitStack() as stack:
+        dsn = None
+        if server_backend == "postgresql":
+            # `pg_dsn` is per test; the module's server needs a database as long-lived
+            # as itself, copied from the same template.
+            cluster: Cluster = request.getfixturevalue("pg_cluster")
+            dsn = stack.enter_context(cluster.database(template=PG_TEMPLATE))
+        folder = tmp_path_factory.mktemp(f"sieve-{server_backend}") / "mx"
+        yield stack.enter_context(_with_script(folder, dsn))
+
+
+@contextlib.contextmanager
+def _with_script(folder: pathlib.Path, dsn: str | None) -> Iterator[Mx]:
+    """`running`, with alice's `SCRIPT` uploaded and activated over ManageSieve."""
+    with running(folder, dsn=dsn) as server:
         rules = server.folder / "rules.sieve"
         rules.write_bytes(SCRIPT)
         server.sieve_connect(
@@ -346,16 +457,19 @@ def test_vacation_answers_once_signed_and_auto_submitted(mx: Mx) -> None:
 def test_a_user_without_a_script_gets_mail_straight_into_inbox(mx: Mx) -> None:
     qid = mx.send("someone@far.test", "bob@example.test", "plain mail")
     # Stored before the 250, by the SMTP process, as before Sieve existed: no waiting.
-    new = mx.data_dir / "mail" / "example.test" / "bob" / "new"
-    assert len(list(new.iterdir())) == 1
+    if mx.dsn is None:
+        new = mx.data_dir / "mail" / "example.test" / "bob" / "new"
+        assert len(list(new.iterdir())) == 1
+    else:
+        assert len(inbox_rows(mx.dsn, "bob@example.test")) == 1
     assert re.search(
         rf"{qid}: from=<someone@far.test>, to=<bob@example.test>,.* relay=local", mx.log
     )
     assert f"{qid}: from=<someone@far.test>, client=" not in mx.log  # never queued
 
 
-def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path) -> None:
-    with running(tmp_path / "mx", before=BEFORE) as server:
+def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path, dsn: str | None) -> None:
+    with running(tmp_path / "mx", before=BEFORE, dsn=dsn) as server:
         server.send("spammer@far.test", "carol@example.test", "cheap", extra="X-Spam-Flag: YES\r\n")
         server.send("friend@far.test", "carol@example.test", "lunch?")
         with server.imap("carol@example.test") as client:
@@ -367,14 +481,18 @@ def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path) -> None:
         assert "sieve.before" not in server.log  # no "not in force" warning
 
 
-def test_mail_queued_for_the_scripts_survives_kill_9(tmp_path: pathlib.Path) -> None:
+def test_mail_queued_for_the_scripts_survives_kill_9(
+    tmp_path: pathlib.Path, dsn: str | None
+) -> None:
     # Acknowledged, then the whole server killed while the runner may be delivering:
     # after the restart every message is in the folder the script names. (A kill between
     # a copy stored and the queue's note of it may store that one twice, never none.)
     count = 20
-    with running(tmp_path / "mx") as server:
+    # On PostgreSQL the restarted server is another node: a claim the killed one kept
+    # is delivered once its lease ends (KILLED_LEASE).
+    with running(tmp_path / "mx", dsn=dsn, lease=KILLED_LEASE) as server:
         alice = MailboxId(domain="example.test", local="alice")
-        scripts = SieveStore(server.data_dir)
+        scripts = server.scripts()
         scripts.put(
             alice, "file", b'require ["fileinto", "mailbox"];\r\nfileinto :create "Kept";\r\n'
         )
