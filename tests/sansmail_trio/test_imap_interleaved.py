@@ -7,11 +7,14 @@ responses the session was sent (see imap_interleave.py).
 Each script runs twice: once with a NOOP of every session after each step (the change
 must show at once: the server notices its own changes synchronously), once with the
 sessions that take no part in a step IDLE-ing through it (they must hear of it while
-idling, through inotify). Some steps act on stale views on purpose: a FETCH, SEARCH or
-STORE by sequence number after another session expunged must see the old numbers and
-no EXPUNGE (RFC 9051 §7.5.1), a STORE .SILENT on a message another session reflagged
-must be corrected at the next NOOP, a MOVE of a message expunged elsewhere is all or
-nothing.
+idling, through inotify, or PostgreSQL's NOTIFY). Some steps act on stale views on
+purpose: a FETCH, SEARCH or STORE by sequence number after another session expunged
+must see the old numbers and no EXPUNGE (RFC 9051 §7.5.1), a STORE .SILENT on a
+message another session reflagged must be corrected at the next NOOP, a MOVE of a
+message expunged elsewhere is all or nothing.
+
+Every test runs on both storage backends; on PostgreSQL the model's look at the store
+is the database's (imap_interleave_pg.py).
 """
 
 from __future__ import annotations
@@ -24,17 +27,22 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
 import trio
 from imap_interleave import ALICE, Session, World
+from imap_interleave_pg import database, make_world
 from test_imap_e2e import imap_server
-from test_imap_idle import _serving_process
-from trio_helpers import FAST_HASHER, RunningServer, wait_until_started
+from trio_helpers import BOTH_BACKENDS, RunningServer, add_users, wait_until_started
 
-from sansmail.mail.address import parse_address
-from sansmail.storage.users import UserStore
+from sansmail.config import load_config
+
+if TYPE_CHECKING:
+    from sansmail.storage.pg import Database
+
+pytestmark = BOTH_BACKENDS
 
 Body = Callable[[World, list[Session]], None]
 
@@ -230,13 +238,15 @@ async def test_sessions_agree_with_the_model(
     server = await imap_server(start_server, tls_files)
 
     def run() -> None:
-        world = World(
-            sessions_of(server, count, client_tls),
-            inbox=str(server.maildir(ALICE)),
-            smtp_port=server.port_of("smtp"),
-            pop3_port=server.port_of("pop3"),
-        )
-        run_script(world, idle=idle)
+        with database(server.dsn) as db:
+            world = make_world(
+                sessions_of(server, count, client_tls),
+                inbox=str(server.maildir(ALICE)),
+                db=db,
+                smtp_port=server.port_of("smtp"),
+                pop3_port=server.port_of("pop3"),
+            )
+            run_script(world, idle=idle)
         if count == 3:
             # C enabled QRESYNC: it heard of expunges as VANISHED, never as EXPUNGE.
             heard = world.sessions[2].transcript
@@ -255,18 +265,22 @@ async def test_idle_reports_what_changed_before_it_began(
 
     def run() -> None:
         idler, other = sessions_of(server, 2, client_tls)
-        world = World(
-            [idler, other], inbox=str(server.maildir(ALICE)), smtp_port=server.port_of("smtp")
-        )
-        world.deliver(2)
-        world.noop_all()
-        world.store(other, [_uid(world, 0)], "+", ["\\Flagged"], uid=True)
-        world.deliver(1)
-        # A FETCH by number (which may carry no EXPUNGE and carries no news here).
-        world.fetch_all(idler, uid=False)
-        idler.idle()
-        world.idle_until([idler])
-        world.noop_all()
+        with database(server.dsn) as db:
+            world = make_world(
+                [idler, other],
+                inbox=str(server.maildir(ALICE)),
+                db=db,
+                smtp_port=server.port_of("smtp"),
+            )
+            world.deliver(2)
+            world.noop_all()
+            world.store(other, [_uid(world, 0)], "+", ["\\Flagged"], uid=True)
+            world.deliver(1)
+            # A FETCH by number (which may carry no EXPUNGE and carries no news here).
+            world.fetch_all(idler, uid=False)
+            idler.idle()
+            world.idle_until([idler])
+            world.noop_all()
 
     await trio.to_thread.run_sync(run)
 
@@ -274,24 +288,49 @@ async def test_idle_reports_what_changed_before_it_began(
 # --- processes = 2 ----------------------------------------------------------------------
 
 
+@attrs.frozen
+class TwoProcesses:
+    """A running `sansmail-trio serve` with ``processes = 2``: the port of each service,
+    the pids of the two server processes, and where ALICE's mail is (`inbox`, her
+    Maildir INBOX; `db`: the database, on PostgreSQL)."""
+
+    ports: dict[str, int]
+    pids: list[int]
+    inbox: str
+    db: Database | None
+
+    def world(self, sessions: list[Session], archive_watcher: Session | None = None) -> World:
+        return make_world(
+            sessions,
+            inbox=self.inbox,
+            db=self.db,
+            smtp_port=self.ports["smtp"],
+            pop3_port=self.ports["pop3"],
+            archive_watcher=archive_watcher,
+        )
+
+
 @pytest.fixture
-def two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, int], list[int]]]:
-    with serving_two_processes(tmp_path) as running:
+def two_processes(
+    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+) -> Iterator[TwoProcesses]:
+    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
+    with serving_two_processes(tmp_path, dsn) as running:
         yield running
 
 
 @contextlib.contextmanager
-def serving_two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, int], list[int]]]:
-    """`sansmail-trio serve` with ``processes = 2``: (port by service, the pids of the two
-    server processes)."""
-    (tmp_path / "sansmail.toml").write_text(
+def serving_two_processes(tmp_path: pathlib.Path, dsn: str | None) -> Iterator[TwoProcesses]:
+    """`sansmail-trio serve` with ``processes = 2``, on Maildir files or, with `dsn`, on
+    that PostgreSQL database."""
+    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    config = tmp_path / "sansmail.toml"
+    config.write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
         'processes = 2\n[listen]\nsmtp = "127.0.0.1:0"\nimap = "127.0.0.1:0"\n'
-        'pop3 = "127.0.0.1:0"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+        'pop3 = "127.0.0.1:0"\n[dns]\nnameservers = ["127.0.0.1:9"]\n' + storage
     )
-    UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
-        parse_address(ALICE), "secret"
-    )
+    add_users(load_config(config, default_hostname="unused.test"), dsn, (ALICE,))
     script = shutil.which("sansmail-trio")
     assert script is not None
     log = tmp_path / "serve.log"
@@ -306,7 +345,9 @@ def serving_two_processes(tmp_path: pathlib.Path) -> Iterator[tuple[dict[str, in
             if pathlib.Path(f"/proc/{pid}/comm").read_text().strip() != "sansmail-queue"
         ]
         assert len(servers) == 2
-        yield ports, servers
+        inbox = tmp_path / "data" / "mail" / "example.test" / "alice"
+        with database(dsn) as db:
+            yield TwoProcesses(ports, servers, str(inbox), db)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -332,17 +373,20 @@ def spread_sessions(
     made: dict[int, Session] = {}
     try:
         for _attempt in range(20):
-            burst = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
-            for sock in burst:
+            burst = [
+                Session("?", socket.create_connection(("127.0.0.1", port), timeout=10))
+                for _ in range(6)
+            ]
+            for session in burst:
                 # Accepted once the greeting comes: only then does a process hold it.
-                session = Session("?", sock)
                 greeting = session.read_response()
                 assert greeting.startswith(b"* OK"), greeting
-                process = _serving_process(pids, (port,), sock)
+            processes = _serving_processes(pids, port, [session.sock for session in burst])
+            for session, process in zip(burst, processes, strict=True):
                 open_slots = (i for i in range(count) if i not in made)
                 slot = next((i for i in open_slots if wanted[i] == process), None)
                 if slot is None:
-                    sock.close()
+                    session.sock.close()
                     continue
                 session.name, session.process = "ABC"[slot], process
                 session.log_in(enable=modes[slot])
@@ -356,35 +400,55 @@ def spread_sessions(
         raise
 
 
+def _serving_processes(pids: list[int], port: int, socks: list[socket.socket]) -> list[int]:
+    """The server process holding the other end of each of `socks`, connected to `port`
+    (through /proc: the server side's socket inode in /proc/net/tcp, then the process
+    with that fd). Each file is read once for the burst, not once a socket as
+    test_imap_idle's `_serving_process` does: /proc/net/tcp lists every connection of
+    the machine, thousands while other tests run, and reading it for each socket was
+    most of the two-process tests' time."""
+    index = {sock.getsockname()[1]: i for i, sock in enumerate(socks)}
+    inodes: dict[str, int] = {}
+    listening = f":{port:04X} "
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        if listening not in line:
+            continue  # the cheap test first: most lines are other tests' connections
+        fields = line.split()
+        ours = int(fields[1].split(":")[1], 16)
+        theirs = int(fields[2].split(":")[1], 16)
+        # Established only: an earlier connection from the same port may linger in
+        # TIME_WAIT (state 06), with no inode.
+        if fields[3] == "01" and ours == port and theirs in index:
+            inodes[f"socket:[{fields[9]}]"] = index[theirs]
+    found: dict[int, int] = {}
+    for pid in pids:
+        for fd in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                held = inodes.get(os.readlink(fd))
+                if held is not None:
+                    found[held] = pid
+    assert len(found) == len(socks), (found, inodes)
+    return [found[i] for i in range(len(socks))]
+
+
 @pytest.mark.parametrize("count", [2, 3])
 @pytest.mark.parametrize("idle", [False, True], ids=["noop", "idle"])
 def test_sessions_in_two_processes_agree_with_the_model(
-    tmp_path: pathlib.Path,
-    two_processes: tuple[dict[str, int], list[int]],
-    count: int,
-    idle: bool,
+    two_processes: TwoProcesses, count: int, idle: bool
 ) -> None:
     # The NOOPs are not polled: a change made in the other process shows at the next
-    # NOOP as one made in this one does (the index is shared, the directories listed).
-    ports, pids = two_processes
-    sessions = spread_sessions(ports["imap"], pids, count)
+    # NOOP as one made in this one does (the index is shared, the directories listed;
+    # on PostgreSQL, the rows are read).
+    sessions = spread_sessions(two_processes.ports["imap"], two_processes.pids, count)
     try:
-        world = World(
-            sessions,
-            inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
-            smtp_port=ports["smtp"],
-            pop3_port=ports["pop3"],
-        )
-        run_script(world, idle=idle)
+        run_script(two_processes.world(sessions), idle=idle)
     finally:
         for session in sessions:
             session.close()
 
 
-def test_shutdown_ends_idlers_in_both_processes_with_bye(
-    two_processes: tuple[dict[str, int], list[int]],
-) -> None:
-    ports, pids = two_processes
+def test_shutdown_ends_idlers_in_both_processes_with_bye(two_processes: TwoProcesses) -> None:
+    ports, pids = two_processes.ports, two_processes.pids
     idlers = spread_sessions(ports["imap"], pids, 2)
     try:
         for session in idlers:

@@ -12,7 +12,12 @@ changed (before it began to idle, and while it idles).
 One server serves every example; each example's sessions start from whatever the INBOX
 holds and empty it as they leave. Few, short examples, so the whole stays well under a
 minute (SANSMAIL_INTERLEAVINGS=1000 for a longer hunt); the fixed scripts of
-test_imap_interleaved.py cover the named cases."""
+test_imap_interleaved.py cover the named cases.
+
+Both tests run on both storage backends (on PostgreSQL the model looks at the database
+where it looks at the Maildir index, imap_interleave_pg.py), with every rule but the
+other tool's on PostgreSQL: it renames and removes Maildir files, and no other tool
+writes a PostgreSQL mailbox."""
 
 from __future__ import annotations
 
@@ -20,13 +25,24 @@ import os
 import pathlib
 from collections.abc import Callable
 
+import pytest
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 from imap_interleave import ALICE, FLAGS, Session, World
+from imap_interleave_pg import PgWorld, database, make_world
 from test_imap_e2e import imap_server
 from test_imap_interleaved import serving_two_processes, spread_sessions
+from trio_helpers import BOTH_BACKENDS
+
+pytestmark = BOTH_BACKENDS
 
 EXAMPLES = int(os.environ.get("SANSMAIL_INTERLEAVINGS", "100"))
 
@@ -126,6 +142,7 @@ class Interleaving(RuleBasedStateMachine):
         uids = sorted(self.w.model)
         self.w.pop3_delete(sorted({uids[p] for p in chosen if p < len(uids)}))
 
+    @precondition(lambda self: not isinstance(self.world, PgWorld))
     @rule(chosen=picks, unlink=st.booleans())
     def outside_tool(self, chosen: list[int], unlink: bool) -> None:
         uids = sorted(self.w.model)
@@ -222,35 +239,41 @@ async def test_random_interleavings_agree_with_the_model(
 ) -> None:
     server = await imap_server(start_server, tls_files)
 
-    def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
-        port = server.port_of("imaps")
-        return World(
-            [Session.connect("ABC"[i], port, client_tls, enable=modes[i]) for i in range(count)],
-            inbox=str(server.maildir(ALICE)),
-            smtp_port=server.port_of("smtp"),
-            pop3_port=server.port_of("pop3"),
-            archive_watcher=Session.connect("W", port, client_tls) if watch else None,
-        )
+    def run() -> None:
+        with database(server.dsn) as db:
 
-    await trio.to_thread.run_sync(run_machine, make)
+            def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
+                port = server.port_of("imaps")
+                return make_world(
+                    [
+                        Session.connect("ABC"[i], port, client_tls, enable=modes[i])
+                        for i in range(count)
+                    ],
+                    inbox=str(server.maildir(ALICE)),
+                    db=db,
+                    smtp_port=server.port_of("smtp"),
+                    pop3_port=server.port_of("pop3"),
+                    archive_watcher=Session.connect("W", port, client_tls) if watch else None,
+                )
+
+            run_machine(make)
+
+    await trio.to_thread.run_sync(run)
 
 
-def test_random_interleavings_in_two_processes(tmp_path: pathlib.Path) -> None:
+def test_random_interleavings_in_two_processes(
+    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+) -> None:
     # Sessions A and B in different server processes; a third beside one of them.
-    with serving_two_processes(tmp_path) as (ports, pids):
-        _in_two_processes(tmp_path, ports, pids)
+    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
+    with serving_two_processes(tmp_path, dsn) as running:
 
+        def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
+            port = running.ports["imap"]
+            return running.world(
+                spread_sessions(port, running.pids, count, modes),
+                archive_watcher=Session.connect("W", port) if watch else None,
+            )
 
-def _in_two_processes(tmp_path: pathlib.Path, ports: dict[str, int], pids: list[int]) -> None:
-
-    def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
-        return World(
-            spread_sessions(ports["imap"], pids, count, modes),
-            inbox=str(tmp_path / "data" / "mail" / "example.test" / "alice"),
-            smtp_port=ports["smtp"],
-            pop3_port=ports["pop3"],
-            archive_watcher=Session.connect("W", ports["imap"]) if watch else None,
-        )
-
-    # Half as many: the in-process test covers the same rules, these the processes.
-    run_machine(make, EXAMPLES // 2)
+        # Half as many: the in-process test covers the same rules, these the processes.
+        run_machine(make, EXAMPLES // 2)
