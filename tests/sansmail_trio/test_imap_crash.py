@@ -1,6 +1,9 @@
 """`sansmail-trio serve` killed with SIGKILL while a client APPENDs: every message whose
 APPEND was acknowledged is there after a restart, under the UID it was given, and no
-UID is handed out twice (the next ones are above every UID seen before)."""
+UID is handed out twice (the next ones are above every UID seen before).
+
+On both storage backends: on PostgreSQL the transaction's commit before the tagged OK
+is what fsync is to Maildir, and the UIDs come from the folder's row."""
 
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ import subprocess
 import threading
 import time
 
-from trio_helpers import FAST_HASHER, started_lines, wait_until_started
+import pytest
+from trio_helpers import BOTH_BACKENDS, add_users, started_lines, wait_until_started
 
-from sansmail.mail.address import parse_address
-from sansmail.storage.users import UserStore
+from sansmail.config import load_config
+
+pytestmark = BOTH_BACKENDS
 
 
 def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -44,15 +49,23 @@ def _appenduid(data: list[bytes]) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def test_sigkill_during_appends_loses_no_acknowledged_message(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "sansmail.toml").write_text(
+def test_sigkill_during_appends_loses_no_acknowledged_message(
+    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+) -> None:
+    dsn: str | None = None
+    storage = ""
+    if server_backend == "postgresql":
+        dsn = request.getfixturevalue("pg_dsn")
+        storage = f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    path = tmp_path / "sansmail.toml"
+    path.write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        '[listen]\nimap = "127.0.0.1:0"\n'
+        '[listen]\nimap = "127.0.0.1:0"\n' + storage
     )
-    # Cheap argon2 parameters: every login checks the hash (`user add` is in test_cli.py).
-    UserStore(tmp_path / "data" / "users.json", hasher=FAST_HASHER).add(
-        parse_address("alice@example.test"), "pw"
-    )
+    # Cheap argon2 parameters (add_users): every login checks the hash (`user add` is in
+    # test_cli.py). In users.json, or in the database's users table.
+    config = load_config(path, default_hostname="unused.test")
+    add_users(config, dsn, ("alice@example.test",), "pw")
     proc, port = _serve(tmp_path)
     acknowledged: dict[int, bytes] = {}
     validity: set[int] = set()
