@@ -1,7 +1,12 @@
 """The queue runner in a process of its own: the SMTP processes announce what they queue
 over a pipe, the runner process (``sansmail-queue``) delivers it in batches, one
 connection carrying several transactions; and a queue left by sansmail 0.1 (format 1)
-is delivered after the upgrade."""
+is delivered after the upgrade.
+
+The tests of storage run on both storage backends: the queue in its directory, or on
+PostgreSQL in the database (read with `PgQueueStore.list`), where there is no runner
+lock (every node runs a runner and claims messages under a lease) and no 0.1 queue to
+recover: the tests of those are Maildir-only."""
 
 from __future__ import annotations
 
@@ -21,9 +26,9 @@ import trio
 import trio.testing
 from delivery_helpers import PEER, Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import quick_auth, wait_until_started
+from trio_helpers import BOTH_BACKENDS, maildir_only, pg_query, quick_auth, wait_until_started
 
-from sansmail.config import load_config
+from sansmail.config import Config, load_config
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient, encode_envelope
 from sansmail.storage.aliasfile import AliasSource
 from sansmail.storage.maildir import MaildirStore
@@ -34,6 +39,33 @@ from sansmail_trio._dns import Resolver
 from sansmail_trio._queue import BATCH_SIZE, QueueRunner, pipe_waker, read_wakeups
 
 COUNT = 20
+
+#: The tests that use `server_backend` run on both storage backends.
+pytestmark = BOTH_BACKENDS
+
+
+def _storage(server_backend: str, request: pytest.FixtureRequest) -> str:
+    """The TOML's ``[storage]`` table for `server_backend` (a fresh database, `pg_dsn`)."""
+    if server_backend != "postgresql":
+        return ""
+    dsn = request.getfixturevalue("pg_dsn")
+    return f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+
+
+def _queued(config: Config) -> list[QueuedMessage]:
+    """What the queue of `config`'s server holds: its directory, or its table."""
+    if config.storage.backend != "postgresql":
+        return QueueStore(config.data_dir / "queue").list()
+    # Imported here: psycopg is there only with the postgresql extra.
+    from sansmail.storage.pg import Database  # noqa: PLC0415
+    from sansmail.storage.pg._queue import PgQueueStore  # noqa: PLC0415
+
+    # A look, not a node: list() claims nothing, so the node name is arbitrary.
+    db = Database(config.storage.dsn)
+    try:
+        return PgQueueStore(db, node="test").list()
+    finally:
+        db.close()
 
 
 @pytest.fixture
@@ -79,12 +111,12 @@ def test_a_full_or_broken_pipe_never_stops_a_session() -> None:
 
 
 async def test_serve_with_wake_announces_and_leaves_delivery_to_the_runner(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
 ) -> None:
     (tmp_path / "sansmail.toml").write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
         'mynetworks = ["127.0.0.0/8"]\n[listen]\nsmtp = "127.0.0.1:0"\n'
-        '[dns]\nnameservers = ["127.0.0.1:9"]\n'
+        '[dns]\nnameservers = ["127.0.0.1:9"]\n' + _storage(server_backend, request)
     )
     config = load_config(tmp_path / "sansmail.toml", default_hostname="unused.test")
     woken: list[str] = []
@@ -108,16 +140,23 @@ async def test_serve_with_wake_announces_and_leaves_delivery_to_the_runner(
                 client.sendmail("a@example.org", ["b@far.test"], b"Subject: x\r\n\r\nhi\r\n")
 
         await trio.to_thread.run_sync(relay)
-        queue = QueueStore(config.data_dir / "queue")
-        (message,) = queue.list()
+        (message,) = _queued(config)
         assert woken == [message.queue_id]
-        # No runner here: the runner's lock is free for the runner process to take.
-        lock = queue.lock(wait=False)
-        assert lock is not None
-        os.close(lock)
+        if config.storage.backend == "postgresql":
+            # No runner here: no node's lease holds the message, which a runner (the
+            # runner process's, or any node's) claims as soon as it looks.
+            held = "SELECT lease_holder FROM queue_messages WHERE queue_id = %s"
+            assert pg_query(config.storage.dsn, held, (message.queue_id,)) == [(None,)]
+        else:
+            # No runner here: the runner's lock is free for the runner process to take.
+            lock = QueueStore(config.data_dir / "queue").lock(wait=False)
+            assert lock is not None
+            os.close(lock)
         shutdown.set()
 
 
+@maildir_only("the file queue's runner lock and recovery; on PostgreSQL every node runs a runner")
+@pytest.mark.usefixtures("server_backend")
 async def test_a_runner_waits_for_the_runner_of_an_earlier_start(
     tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -164,7 +203,9 @@ async def test_a_runner_waits_for_the_runner_of_an_earlier_start(
 # -- sansmail-trio serve ------------------------------------------------------------------------
 
 
-def _configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int, processes: int) -> None:
+def _configure(
+    tmp_path: pathlib.Path, dns: DNSServer, peer_port: int, processes: int, storage: str = ""
+) -> Config:
     (tmp_path / "sansmail.toml").write_text(
         f"""\
 hostname = "mx.example.test"
@@ -180,8 +221,9 @@ nameservers = ["{dns.host_port}"]
 smtp_port = {peer_port}
 minimal_backoff = "1s"
 maximal_backoff = "1s"
-"""
+{storage}"""
     )
+    return load_config(tmp_path / "sansmail.toml", default_hostname="unused.test")
 
 
 def _serve(tmp_path: pathlib.Path, processes: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -218,12 +260,12 @@ def _subjects(sink: Sink) -> list[str]:
 
 
 def test_the_runner_process_delivers_what_every_server_process_queues(
-    tmp_path: pathlib.Path, dns: DNSServer
+    tmp_path: pathlib.Path, dns: DNSServer, server_backend: str, request: pytest.FixtureRequest
 ) -> None:
     peer_port = free_port(PEER)
-    _configure(tmp_path, dns, peer_port, processes=2)
+    storage = _storage(server_backend, request)
+    config = _configure(tmp_path, dns, peer_port, processes=2, storage=storage)
     log = tmp_path / "serve.log"
-    queue = QueueStore(tmp_path / "data" / "queue")
     with Sink(PEER, peer_port) as sink:
         proc, port = _serve(tmp_path, processes=2)
         try:
@@ -237,7 +279,7 @@ def test_the_runner_process_delivers_what_every_server_process_queues(
                         "app@example.test", ["bob@peer.test"], f"Subject: m{n}\r\n\r\n."
                     )
             _wait(lambda: len(sink.received) >= COUNT, "every delivery", log)
-            _wait(lambda: not queue.list(), "the queue to empty", log)
+            _wait(lambda: not _queued(config), "the queue to empty", log)
         finally:
             _stop(proc)
     assert _subjects(sink) == sorted(f"m{n}" for n in range(COUNT))
@@ -261,6 +303,8 @@ def _write_format_1(queue: pathlib.Path, queue_id: str, subject: str) -> None:
     (queue / f"{queue_id}.env").write_text(json.dumps(doc, indent=1) + "\n")
 
 
+@maildir_only("a queue directory left by sansmail 0.1; a database has no such past")
+@pytest.mark.usefixtures("server_backend")
 def test_a_format_1_queue_is_delivered_after_the_upgrade_in_batches(
     tmp_path: pathlib.Path, dns: DNSServer
 ) -> None:

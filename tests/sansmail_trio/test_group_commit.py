@@ -1,7 +1,10 @@
 """Group commit end to end: many smtplib clients at once against a real server, so that
 messages ending together share their directory syncs, and still no ``250`` leaves
 before its own message's file and directory are synced; and ``kill -9`` in the middle
-of such deliveries loses no acknowledged message and shows no half-written one."""
+of such deliveries loses no acknowledged message and shows no half-written one.
+
+The syncs are Maildir's (its files and directories); the ``kill -9`` test runs on both
+storage backends, reading alice's INBOX rows on PostgreSQL where it reads her files."""
 
 from __future__ import annotations
 
@@ -19,7 +22,14 @@ from collections.abc import Callable
 
 import pytest
 import trio
-from trio_helpers import StartServer, started_lines, wait_until_started
+from trio_helpers import (
+    BOTH_BACKENDS,
+    StartServer,
+    maildir_only,
+    pg_query,
+    started_lines,
+    wait_until_started,
+)
 
 from sansmail.sessions.smtpd import SmtpSession, Storing
 from sansmail.storage.maildir import _maildir
@@ -29,6 +39,8 @@ CLIENTS = 12
 PER_CLIENT = 4
 _QUEUED_AS = re.compile(r"queued as (\w+)")
 _ID = re.compile(rb"\bid\s+(\w+)")
+
+pytestmark = BOTH_BACKENDS
 
 
 def _message(tag: str) -> bytes:
@@ -52,6 +64,7 @@ async def _clients(port: int, tags_of: Callable[[int], list[str]]) -> list[str]:
     return acked
 
 
+@maildir_only("the order of a Maildir's file syncs, renames and directory syncs")
 async def test_no_250_before_its_own_file_and_directory_sync(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -105,6 +118,7 @@ async def test_no_250_before_its_own_file_and_directory_sync(
     assert sum(renames_per_sync) == CLIENTS * PER_CLIENT
 
 
+@maildir_only("holds a Maildir's directory syncs")
 async def test_held_directory_syncs_hold_every_250(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,7 +152,8 @@ async def test_held_directory_syncs_hold_every_250(
 # --- kill -9 during group commits -----------------------------------------------------
 
 
-def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
+def _serve(tmp_path: pathlib.Path, dsn: str | None) -> tuple[subprocess.Popen[bytes], int]:
+    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
     (tmp_path / "sansmail.toml").write_text(
         'hostname = "mx.example.test"\n'
         'domains = ["example.test"]\n'
@@ -147,7 +162,7 @@ def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
         "[listen]\n"
         'smtp = "127.0.0.1:0"\n'
         "[dns]\n"
-        'nameservers = ["127.0.0.1:9"]\n'
+        'nameservers = ["127.0.0.1:9"]\n' + storage
     )
     script = shutil.which("sansmail-trio")
     assert script is not None
@@ -167,10 +182,36 @@ def _serve(tmp_path: pathlib.Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, wait_until_started(proc, log, processes=2, seen=seen)["smtp"]
 
 
+def _inbox(tmp_path: pathlib.Path, dsn: str | None) -> list[tuple[str, bytes, int]]:
+    """Alice's INBOX as stored: each message's name (its file's; its UID), its content
+    and the size recorded for it (its name's S=; its row's and its content's)."""
+    if dsn is None:
+        maildir = tmp_path / "data" / "mail" / "example.test" / "alice"
+        stored: list[tuple[str, bytes, int]] = []
+        for path in (maildir / "new").iterdir():
+            content = path.read_bytes()
+            # Whole: its name gives its exact size (asserted by the caller).
+            recorded = re.search(r",S=(\d+),", path.name)
+            stored.append((path.name, content, int(recorded[1]) if recorded else -1))
+        return stored
+    rows = pg_query(
+        dsn,
+        "SELECT m.uid, c.content, m.size, c.size FROM mail_messages m"
+        " JOIN mail_folders f ON f.id = m.folder_id"
+        " JOIN mail_contents c ON c.digest = m.digest"
+        " WHERE f.mailbox = 'alice@example.test' AND f.name = 'INBOX'",
+    )
+    return [
+        (f"UID {uid}", bytes(content), size if size == content_size else -1)
+        for uid, content, size, content_size in rows
+    ]
+
+
 def test_kill_9_during_group_commits_loses_no_acknowledged_message(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
 ) -> None:
-    proc, port = _serve(tmp_path)
+    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
+    proc, port = _serve(tmp_path, dsn)
     acked: list[str] = []
     stop = threading.Event()
 
@@ -201,14 +242,14 @@ def test_kill_9_during_group_commits_loses_no_acknowledged_message(
         for thread in threads:
             thread.join(30)
     assert len(acked) >= 40, (tmp_path / "serve.log").read_text()[-3000:]
-    maildir = tmp_path / "data" / "mail" / "example.test" / "alice"
     found: dict[str, int] = {}
-    for path in (maildir / "new").iterdir():
-        content = path.read_bytes()
-        [tag] = re.findall(rb"^Subject: (\S+)$", content, re.MULTILINE)
-        # Whole: it ends as the message did, and its name gives its exact size.
-        assert content.endswith(b"\nend of " + tag + b"\n"), path.name
-        assert f",S={len(content)}," in path.name
+    for name, content, size in _inbox(tmp_path, dsn):
+        # Maildir files have LF line ends, the database's contents CRLF as received.
+        text = content.replace(b"\r\n", b"\n")
+        [tag] = re.findall(rb"^Subject: (\S+)$", text, re.MULTILINE)
+        # Whole: it ends as the message did, and the size recorded is its exact size.
+        assert text.endswith(b"\nend of " + tag + b"\n"), name
+        assert size == len(content), name
         found[tag.decode()] = found.get(tag.decode(), 0) + 1
     assert all(count == 1 for count in found.values())
     missing = set(acked) - set(found)
