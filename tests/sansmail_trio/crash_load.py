@@ -23,7 +23,8 @@ Theory of operation:
   down on their own when they see their parent gone); a killed child is the master's
   to replace. A master that stops by itself (its crash-loop guard) is started again too.
 * At the end the clients stop, the queue drains, the server's own view (IMAP, with its
-  UIDs and flags) and the files on disk are compared with what was acknowledged: lost
+  UIDs and flags) and what it stored (the Maildir files, or on PostgreSQL the mailbox
+  rows and their contents) are compared with what was acknowledged: lost
   (acknowledged, absent), duplicated (more than once: at the sink, within RFC 5321
   §6.1's window only if a runner or master kill fell between the two arrivals), files
   that are not what was sent (half-written), UIDs reused, UIDVALIDITY changes, flags
@@ -51,15 +52,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiosmtpd.controller import Controller
 from trio_helpers import FAST_HASHER, started_lines, wait_until_started
 
 from sansmail.mail.address import parse_address
-from sansmail.storage.queue import QueueStore
+from sansmail.storage.queue import QueuedMessage, QueueStore
 from sansmail.storage.users import UserStore
+
+if TYPE_CHECKING:
+    from sansmail.storage.pg import Database
 
 DOMAIN = "example.test"
 REMOTE = "remote.test"
@@ -217,8 +221,12 @@ class Harness:
         smtp_clients: int = 2,
         imap_clients: int = 1,
         log: Callable[[str], None] | None = None,
+        dsn: str | None = None,
     ) -> None:
         self.folder = folder
+        #: The server's storage: Maildir files in `folder`, or with `dsn` this database.
+        self.dsn = dsn
+        self._db: Database | None = None
         self.sink = sink
         self.processes = processes
         self.rng = random.Random(seed)
@@ -285,11 +293,48 @@ client_recipient_rate = 0
 user_message_rate = 0
 user_recipient_rate = 0
 commands_per_second = 0
-"""
+{self._storage()}"""
         )
-        users = UserStore(self.folder / "data" / "users.json", hasher=FAST_HASHER)
+        users: Any
+        if self.dsn is None:
+            users = UserStore(self.folder / "data" / "users.json", hasher=FAST_HASHER)
+        else:
+            # Imported here: psycopg is there only with the postgresql extra.
+            from sansmail.storage.pg._users import PgUserStore  # noqa: PLC0415
+
+            users = PgUserStore(self.db, hasher=FAST_HASHER)
         for address in (POP_USER, IMAP_USER):
             users.add(parse_address(address), PASSWORD)
+
+    def _storage(self) -> str:
+        """The config's [storage] table: none for Maildir."""
+        if self.dsn is None:
+            return ""
+        # queue_lease: a runner killed with SIGKILL cannot give its claims back, and
+        # they are taken again only when their lease ends; the default (a minute) is
+        # longer than `drain` waits for a short run. A live runner renews its leases
+        # while it works on them, so a short one does not make it lose a claim.
+        return f'[storage]\nbackend = "postgresql"\ndsn = "{self.dsn}"\nqueue_lease = "2s"\n'
+
+    @property
+    def db(self) -> Database:
+        """The harness's own connection to the server's database (with `dsn`)."""
+        assert self.dsn is not None
+        if self._db is None:
+            # Imported here: psycopg is there only with the postgresql extra.
+            from sansmail.storage.pg import Database  # noqa: PLC0415
+
+            self._db = Database(self.dsn)
+        return self._db
+
+    def queued(self) -> list[QueuedMessage]:
+        """The messages in the server's queue (on PostgreSQL every node's)."""
+        if self.dsn is None:
+            return QueueStore(self.folder / "data" / "queue").list()
+        from sansmail.storage.pg._queue import PgQueueStore  # noqa: PLC0415
+
+        # `list` reads every node's rows; the node name is only the claims' holder.
+        return PgQueueStore(self.db, node="crash-load").list()
 
     def _verify(self, mid: str | None, content: bytes) -> bool:
         with self.lock:
@@ -380,6 +425,10 @@ commands_per_second = 0
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
+        if self._db is not None:
+            # Before the database is dropped (the test's pg_dsn fixture).
+            self._db.close()
+            self._db = None
 
     # -- clients -------------------------------------------------------------------------
 
@@ -590,18 +639,17 @@ commands_per_second = 0
 
     def drain(self, timeout: float = 120.0) -> None:
         """Wait until the queue is empty and the old masters' children are gone."""
-        queue = QueueStore(self.folder / "data" / "queue")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.ensure_running()
-            if not queue.list() and not _orphans(self.folder, self.proc):
+            if not self.queued() and not _orphans(self.folder, self.proc):
                 # A relayed copy accepted by the sink just before a kill may be sent
                 # again after a backoff; a moment more lets such a copy arrive.
                 time.sleep(0.5)
-                if not queue.list():
+                if not self.queued():
                     return
             time.sleep(0.2)
-        raise TimeoutError(f"the queue did not drain: {len(queue.list())} left")
+        raise TimeoutError(f"the queue did not drain: {len(self.queued())} left")
 
     # -- the count -----------------------------------------------------------------------
 
@@ -614,11 +662,12 @@ commands_per_second = 0
             sent = dict(self.sent)
             found.problems.extend(self.uid_problems[:20])
             found.uid_reuse += len(self.uid_problems)
-        on_disk = {user: self._files(user, sent, found) for user in ("alice", "bob")}
+        stored = self._files if self.dsn is None else self._rows
+        on_disk = {user: stored(user, sent, found) for user in ("alice", "bob")}
         for folder, ids in imap_view.items():
             files = on_disk["bob"].get(folder, collections.Counter())
             if collections.Counter(ids.values()) != files:
-                found.problem(f"IMAP {folder} and its files disagree")
+                found.problem(f"IMAP {folder} and its stored messages disagree")
         counts = {
             "alice": sum(on_disk["alice"].values(), collections.Counter()),
             "bob": sum(on_disk["bob"].values(), collections.Counter()),
@@ -710,6 +759,32 @@ commands_per_second = 0
                     found.problem(f"{path / name}: not a message as sent ({mid})")
                     continue
                 counts[mid] += 1
+        return folders
+
+    def _rows(
+        self, user: str, sent: dict[str, Sent], found: Findings
+    ) -> dict[str, collections.Counter[str]]:
+        """`_files` on PostgreSQL: {folder: Message-ID counts} of `user`'s message rows,
+        each one's content checked to be the whole message sent."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT f.name, m.uid, c.content FROM mail_folders f"
+                " JOIN mail_messages m ON m.folder_id = f.id"
+                " JOIN mail_contents c ON c.digest = m.digest"
+                " WHERE f.mailbox = %s",
+                (parse_address(f"{user}@{DOMAIN}").key,),
+            )
+            rows = cur.fetchall()
+        folders: dict[str, collections.Counter[str]] = {}
+        for name, uid, content in rows:
+            counts = folders.setdefault(name, collections.Counter())
+            data = bytes(content)
+            mid = message_id(data)
+            if mid is None or mid not in sent or not sent[mid].whole(data):
+                found.half_written += 1
+                found.problem(f"{user} {name} UID {uid}: not a message as sent ({mid})")
+                continue
+            counts[mid] += 1
         return folders
 
     def _relayed(self, sent: dict[str, Sent], found: Findings) -> collections.Counter[str]:

@@ -2,7 +2,9 @@
 under SMTP (local and relayed), IMAP (APPEND, MOVE, STORE) and POP3 (DELE, QUIT)
 clients, killed with SIGKILL (the master, single server processes, the queue runner)
 at random moments; then a count of what was acknowledged against what is there
-(crash_load.py says how). The long version with its figures is bench/crash_soak.py."""
+(crash_load.py says how). The long version with its figures is bench/crash_soak.py.
+On both storage backends: on PostgreSQL the count reads the mailbox rows and the queue
+table where on Maildir it reads the files and the queue folder."""
 
 from __future__ import annotations
 
@@ -15,8 +17,11 @@ from collections.abc import Iterator
 
 import pytest
 from crash_load import Findings, Harness, Sink
+from trio_helpers import BOTH_BACKENDS
 
 from sansmail_trio._run import MAX_DEATHS
+
+pytestmark = BOTH_BACKENDS
 
 SEED = int(os.environ.get("SANSMAIL_CRASH_SEED", "14"))
 
@@ -28,8 +33,12 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def harness(tmp_path: pathlib.Path, sink: Sink) -> Iterator[Harness]:
-    running = Harness(tmp_path, sink, processes=2, seed=SEED)
+def harness(
+    tmp_path: pathlib.Path, sink: Sink, server_backend: str, request: pytest.FixtureRequest
+) -> Iterator[Harness]:
+    # pg_dsn before the harness: its database is dropped after the harness has closed.
+    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
+    running = Harness(tmp_path, sink, processes=2, seed=SEED, dsn=dsn)
     try:
         yield running
     finally:
