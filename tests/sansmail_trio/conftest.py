@@ -10,6 +10,7 @@ from realfilters import (  # noqa: F401  (fixtures, shared by the modules that u
     spamd_fixture,
 )
 from trio_helpers import (  # noqa: F401  (fixtures)
+    backend_dsn,
     client_tls,
     server_backend,
     start_server,

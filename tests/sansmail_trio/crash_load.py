@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 from aiosmtpd.controller import Controller
-from trio_helpers import FAST_HASHER, started_lines, wait_until_started
+from trio_helpers import FAST_HASHER, started_lines, storage_table, wait_until_started
 
 from sansmail.mail.address import parse_address
 from sansmail.storage.queue import QueuedMessage, QueueStore
@@ -308,13 +308,11 @@ commands_per_second = 0
 
     def _storage(self) -> str:
         """The config's [storage] table: none for Maildir."""
-        if self.dsn is None:
-            return ""
         # queue_lease: a runner killed with SIGKILL cannot give its claims back, and
         # they are taken again only when their lease ends; the default (a minute) is
         # longer than `drain` waits for a short run. A live runner renews its leases
         # while it works on them, so a short one does not make it lose a claim.
-        return f'[storage]\nbackend = "postgresql"\ndsn = "{self.dsn}"\nqueue_lease = "2s"\n'
+        return storage_table(self.dsn, queue_lease="2s")
 
     @property
     def db(self) -> Database:

@@ -27,7 +27,7 @@ import trio
 import trustme
 from aiosmtpd.controller import Controller
 from dns_server import DNSServer
-from trio_helpers import FAST_HASHER, add_users, inbox_rows, quick_auth
+from trio_helpers import FAST_HASHER, add_users, inbox_rows, quick_auth, storage_table
 
 from sansmail.config import Config, load_config
 from sansmail.mail.address import parse_address
@@ -291,7 +291,7 @@ async def start_ours(
     for name in ("minimal_backoff", "maximal_backoff"):
         if name not in delivery:
             delivery += f'\n{name} = "1s"'
-    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    storage = storage_table(dsn)
 
     (folder / "aliases").write_text(aliases)
     return await start_sansmail(

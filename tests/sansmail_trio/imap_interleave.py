@@ -585,19 +585,23 @@ class World:
                 smtp.sendmail("bob@example.org", [ALICE], message(self.delivered))
                 self.pending += 1
 
-    def pop3_delete(self, uids: Sequence[int]) -> None:
-        """POP3 DELE of the messages of `uids`, found by their UIDL (the file's base)."""
-        self.log.append(f"POP3 DELE {uids}")
-        assert self.pop3_port is not None
+    def uidls(self, uids: Sequence[int]) -> dict[str, int]:
+        """UIDL -> UID of the messages of `uids` (here the file's base, from the index)."""
         conn = sqlite3.connect(f"file:{os.path.join(self.inbox, INDEX_NAME)}?mode=ro", uri=True)
         try:
-            bases = {
+            return {
                 base: uid
                 for uid in uids
                 for (base,) in conn.execute("SELECT base FROM messages WHERE uid = ?", (uid,))
             }
         finally:
             conn.close()
+
+    def pop3_delete(self, uids: Sequence[int]) -> None:
+        """POP3 DELE of the messages of `uids`, found by their UIDL (`uidls`)."""
+        self.log.append(f"POP3 DELE {uids}")
+        assert self.pop3_port is not None
+        bases = self.uidls(uids)
         pop = poplib.POP3("127.0.0.1", self.pop3_port, timeout=WAIT)
         try:
             pop.user(ALICE)

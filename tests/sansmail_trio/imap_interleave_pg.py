@@ -5,8 +5,8 @@ so that test_imap_interleaved*.py make the same assertions on both backends.
 - `stored`: UID -> flags of the INBOX's rows, after checking that the mailbox's usage
   counters (what the quota reads) agree with its rows, as `World.stored` checks that
   the index's rows and the folder's files agree.
-- `pop3_delete`: the UIDL of a UID is the server's ``%08X%08X`` of UID and UIDVALIDITY
-  (the Maildir's is the file's base, read from the index).
+- `uidls` (for `pop3_delete`): the UIDL of a UID is the server's ``%08X%08X`` of UID
+  and UIDVALIDITY (the Maildir's is the file's base, read from the index).
 - ``outside_flag``/``outside_unlink`` rename or remove a Maildir file behind the
   server's back; no other tool writes a PostgreSQL mailbox, so there is none here.
 """
@@ -14,11 +14,10 @@ so that test_imap_interleaved*.py make the same assertions on both backends.
 from __future__ import annotations
 
 import contextlib
-import poplib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imap_interleave import ALICE, WAIT, Session, World
+from imap_interleave import ALICE, Session, World
 
 from sansmail.mail.address import parse_address
 
@@ -89,31 +88,17 @@ class PgWorld(World):
         # (\\Recent is no stored flag here, unlike a Maildir file's place in new/.)
         return {int(uid): frozenset(flags) for uid, flags, *_totals in rows if uid is not None}
 
-    def pop3_delete(self, uids: Sequence[int]) -> None:
-        """POP3 DELE of the messages of `uids`, found by their UIDL."""
+    def uidls(self, uids: Sequence[int]) -> dict[str, int]:
+        """UIDL -> UID of the messages of `uids`: the server's form of UID and the
+        INBOX's UIDVALIDITY."""
         # Imported here: psycopg is there only with the postgresql extra.
         from sansmail.storage.pg._maildrop import unique_id  # noqa: PLC0415
 
-        self.log.append(f"POP3 DELE {uids}")
-        assert self.pop3_port is not None
         ((validity,),) = self._query(
             "SELECT uidvalidity FROM mail_folders WHERE mailbox = %s AND name = 'INBOX'",
             (_MAILBOX,),
         )
-        bases = {unique_id(int(validity), uid): uid for uid in uids}
-        # The rest as `World.pop3_delete`, whose look-up of the UIDLs is the index's.
-        pop = poplib.POP3("127.0.0.1", self.pop3_port, timeout=WAIT)
-        try:
-            pop.user(ALICE)
-            pop.pass_("secret")
-            _resp, listing, _octets = pop.uidl()
-            for line in listing:
-                number, unique = line.decode().split()
-                if unique in bases:
-                    pop.dele(int(number))
-                    del self.model[bases[unique]]
-        finally:
-            pop.quit()
+        return {unique_id(int(validity), uid): uid for uid in uids}
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         with self.db.transaction() as cur:

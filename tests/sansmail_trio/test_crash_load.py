@@ -33,12 +33,9 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def harness(
-    tmp_path: pathlib.Path, sink: Sink, server_backend: str, request: pytest.FixtureRequest
-) -> Iterator[Harness]:
-    # pg_dsn before the harness: its database is dropped after the harness has closed.
-    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
-    running = Harness(tmp_path, sink, processes=2, seed=SEED, dsn=dsn)
+def harness(tmp_path: pathlib.Path, sink: Sink, backend_dsn: str | None) -> Iterator[Harness]:
+    # The database (a fixture before this one) is dropped after the harness has closed.
+    running = Harness(tmp_path, sink, processes=2, seed=SEED, dsn=backend_dsn)
     try:
         yield running
     finally:

@@ -38,14 +38,6 @@ pytestmark = BOTH_BACKENDS
 
 
 @pytest.fixture
-def database(server_backend: str, request: pytest.FixtureRequest) -> str | None:
-    """Our server's database: a fresh one on PostgreSQL, None on Maildir."""
-    if server_backend == "postgresql":
-        return str(request.getfixturevalue("pg_dsn"))
-    return None
-
-
-@pytest.fixture
 def port() -> int:
     # One port for every remote host: MX records carry none.
     return free_port(PEER)
@@ -72,10 +64,10 @@ async def test_authenticated_mail_goes_to_the_mx_over_starttls(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     await trio.to_thread.run_sync(
         submit, ours, "alice@example.test", ["bob@peer.test"], "over the wire"
     )
@@ -95,10 +87,10 @@ async def test_mx_preference_falls_back_to_the_next_host(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@backup.test"])
     # backup.test's best MX refuses connections; the mail goes to the second.
     await wait_for(lambda: peer.messages("bob@backup.test"), what="delivery via MX 20")
@@ -111,10 +103,10 @@ async def test_implicit_mx(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["carol@implicit.test"])
     await wait_for(lambda: peer.messages("carol@implicit.test"), what="delivery by A record")
 
@@ -125,9 +117,9 @@ async def test_permanent_failure_bounces_to_sender_with_postmaster_copy(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user here"]}):
         await trio.to_thread.run_sync(
             submit, ours, "alice@example.test", ["nobody@fail.test"], "bounce me"
@@ -160,9 +152,9 @@ async def test_null_mx_bounces_at_once(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["x@nullmx.test"])
     (dsn,) = await wait_for(lambda: ours.messages("alice@example.test"), what="the bounce")
     assert b"Status: 5.1.10" in dsn
@@ -174,9 +166,9 @@ async def test_temporary_failure_is_retried_then_delivered(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     answers = ["451 4.3.0 Greylisted, try again", "250 2.1.5 OK"]
     with Sink(FAILING, port, rcpt={"grey@fail.test": answers}) as sink:
         await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["grey@fail.test"])
@@ -196,10 +188,10 @@ async def test_temporary_failure_expires_into_a_bounce(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
     ours = await start_ours(
-        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "1s"', dsn=database
+        nursery, tmp_path, dns, port, tls_ca, delivery='max_queue_lifetime = "1s"', dsn=backend_dsn
     )
     with Sink(FAILING, port, rcpt={"slow@fail.test": ["451 4.3.0 Try later"]}):
         await trio.to_thread.run_sync(submit, ours, "alice@example.test", ["slow@fail.test"])
@@ -215,9 +207,9 @@ async def test_bounce_of_a_bounce_is_dropped(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     with Sink(FAILING, port, rcpt={"nobody@fail.test": ["550 5.1.1 No such user"]}):
         await trio.to_thread.run_sync(send, ours, "", ["nobody@fail.test"])
         await wait_for(lambda: not ours.queued(), what="a verdict")
@@ -230,7 +222,7 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
     peer = await start_peer(nursery, tmp_path, port, tls_ca)
     include = tmp_path / "ours" / "team.list"
@@ -243,7 +235,7 @@ async def test_alias_fans_out_locally_and_remotely_with_srs(
         port,
         tls_ca,
         aliases=f"team: alice, :include:{include}\nroot: alice\n",
-        dsn=database,
+        dsn=backend_dsn,
     )
     # From outside mynetworks? smtplib connects from 127.0.0.1, which is trusted here;
     # the alias works for anyone, the relay policy is tested elsewhere.
@@ -264,9 +256,9 @@ async def test_alias_changes_are_picked_up_without_restart(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, aliases="", dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, aliases="", dsn=backend_dsn)
     with pytest.raises(smtplib.SMTPRecipientsRefused):
         await trio.to_thread.run_sync(send, ours, "eve@far.example", ["sales@example.test"])
     path = tmp_path / "ours" / "aliases"
@@ -291,9 +283,9 @@ async def test_queue_survives_restart_and_delivers_once(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     # The peer is down: the message waits in the queue.
     await trio.to_thread.run_sync(send, ours, "someone@example.test", ["bob@peer.test"])
     await wait_for(
@@ -317,9 +309,9 @@ async def test_dsn_parameters_are_passed_to_a_next_hop_that_offers_dsn(
     dns: DNSServer,
     port: int,
     tls_ca: trustme.CA,
-    database: str | None,
+    backend_dsn: str | None,
 ) -> None:
-    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=database)
+    ours = await start_ours(nursery, tmp_path, dns, port, tls_ca, dsn=backend_dsn)
     with Sink(FAILING, port) as sink:
 
         def send() -> None:

@@ -26,7 +26,14 @@ import trio
 import trio.testing
 from delivery_helpers import PEER, Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import BOTH_BACKENDS, maildir_only, pg_query, quick_auth, wait_until_started
+from trio_helpers import (
+    BOTH_BACKENDS,
+    maildir_only,
+    pg_query,
+    quick_auth,
+    storage_table,
+    wait_until_started,
+)
 
 from sansmail.config import Config, load_config
 from sansmail.mail.envelope import QueuedMessage, QueuedRecipient, encode_envelope
@@ -42,14 +49,6 @@ COUNT = 20
 
 #: The tests that use `server_backend` run on both storage backends.
 pytestmark = BOTH_BACKENDS
-
-
-def _storage(server_backend: str, request: pytest.FixtureRequest) -> str:
-    """The TOML's ``[storage]`` table for `server_backend` (a fresh database, `pg_dsn`)."""
-    if server_backend != "postgresql":
-        return ""
-    dsn = request.getfixturevalue("pg_dsn")
-    return f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
 
 
 def _queued(config: Config) -> list[QueuedMessage]:
@@ -111,12 +110,12 @@ def test_a_full_or_broken_pipe_never_stops_a_session() -> None:
 
 
 async def test_serve_with_wake_announces_and_leaves_delivery_to_the_runner(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, backend_dsn: str | None
 ) -> None:
     (tmp_path / "sansmail.toml").write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
         'mynetworks = ["127.0.0.0/8"]\n[listen]\nsmtp = "127.0.0.1:0"\n'
-        '[dns]\nnameservers = ["127.0.0.1:9"]\n' + _storage(server_backend, request)
+        '[dns]\nnameservers = ["127.0.0.1:9"]\n' + storage_table(backend_dsn)
     )
     config = load_config(tmp_path / "sansmail.toml", default_hostname="unused.test")
     woken: list[str] = []
@@ -260,10 +259,10 @@ def _subjects(sink: Sink) -> list[str]:
 
 
 def test_the_runner_process_delivers_what_every_server_process_queues(
-    tmp_path: pathlib.Path, dns: DNSServer, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, dns: DNSServer, backend_dsn: str | None
 ) -> None:
     peer_port = free_port(PEER)
-    storage = _storage(server_backend, request)
+    storage = storage_table(backend_dsn)
     config = _configure(tmp_path, dns, peer_port, processes=2, storage=storage)
     log = tmp_path / "serve.log"
     with Sink(PEER, peer_port) as sink:

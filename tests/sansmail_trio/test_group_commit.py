@@ -28,6 +28,7 @@ from trio_helpers import (
     maildir_only,
     pg_query,
     started_lines,
+    storage_table,
     wait_until_started,
 )
 
@@ -153,7 +154,7 @@ async def test_held_directory_syncs_hold_every_250(
 
 
 def _serve(tmp_path: pathlib.Path, dsn: str | None) -> tuple[subprocess.Popen[bytes], int]:
-    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    storage = storage_table(dsn)
     (tmp_path / "sansmail.toml").write_text(
         'hostname = "mx.example.test"\n'
         'domains = ["example.test"]\n'
@@ -208,10 +209,9 @@ def _inbox(tmp_path: pathlib.Path, dsn: str | None) -> list[tuple[str, bytes, in
 
 
 def test_kill_9_during_group_commits_loses_no_acknowledged_message(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, backend_dsn: str | None
 ) -> None:
-    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
-    proc, port = _serve(tmp_path, dsn)
+    proc, port = _serve(tmp_path, backend_dsn)
     acked: list[str] = []
     stop = threading.Event()
 
@@ -243,7 +243,7 @@ def test_kill_9_during_group_commits_loses_no_acknowledged_message(
             thread.join(30)
     assert len(acked) >= 40, (tmp_path / "serve.log").read_text()[-3000:]
     found: dict[str, int] = {}
-    for name, content, size in _inbox(tmp_path, dsn):
+    for name, content, size in _inbox(tmp_path, backend_dsn):
         # Maildir files have LF line ends, the database's contents CRLF as received.
         text = content.replace(b"\r\n", b"\n")
         [tag] = re.findall(rb"^Subject: (\S+)$", text, re.MULTILINE)

@@ -17,8 +17,13 @@ import subprocess
 import threading
 import time
 
-import pytest
-from trio_helpers import BOTH_BACKENDS, add_users, started_lines, wait_until_started
+from trio_helpers import (
+    BOTH_BACKENDS,
+    add_users,
+    started_lines,
+    storage_table,
+    wait_until_started,
+)
 
 from sansmail.config import load_config
 
@@ -50,22 +55,17 @@ def _appenduid(data: list[bytes]) -> tuple[int, int]:
 
 
 def test_sigkill_during_appends_loses_no_acknowledged_message(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, backend_dsn: str | None
 ) -> None:
-    dsn: str | None = None
-    storage = ""
-    if server_backend == "postgresql":
-        dsn = request.getfixturevalue("pg_dsn")
-        storage = f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
     path = tmp_path / "sansmail.toml"
     path.write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'
-        '[listen]\nimap = "127.0.0.1:0"\n' + storage
+        '[listen]\nimap = "127.0.0.1:0"\n' + storage_table(backend_dsn)
     )
     # Cheap argon2 parameters (add_users): every login checks the hash (`user add` is in
     # test_cli.py). In users.json, or in the database's users table.
     config = load_config(path, default_hostname="unused.test")
-    add_users(config, dsn, ("alice@example.test",), "pw")
+    add_users(config, backend_dsn, ("alice@example.test",), "pw")
     proc, port = _serve(tmp_path)
     acknowledged: dict[int, bytes] = {}
     validity: set[int] = set()

@@ -35,7 +35,13 @@ import trio
 from imap_interleave import ALICE, Session, World
 from imap_interleave_pg import database, make_world
 from test_imap_e2e import imap_server
-from trio_helpers import BOTH_BACKENDS, RunningServer, add_users, wait_until_started
+from trio_helpers import (
+    BOTH_BACKENDS,
+    RunningServer,
+    add_users,
+    storage_table,
+    wait_until_started,
+)
 
 from sansmail.config import load_config
 
@@ -311,11 +317,8 @@ class TwoProcesses:
 
 
 @pytest.fixture
-def two_processes(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
-) -> Iterator[TwoProcesses]:
-    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
-    with serving_two_processes(tmp_path, dsn) as running:
+def two_processes(tmp_path: pathlib.Path, backend_dsn: str | None) -> Iterator[TwoProcesses]:
+    with serving_two_processes(tmp_path, backend_dsn) as running:
         yield running
 
 
@@ -323,7 +326,7 @@ def two_processes(
 def serving_two_processes(tmp_path: pathlib.Path, dsn: str | None) -> Iterator[TwoProcesses]:
     """`sansmail-trio serve` with ``processes = 2``, on Maildir files or, with `dsn`, on
     that PostgreSQL database."""
-    storage = "" if dsn is None else f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+    storage = storage_table(dsn)
     config = tmp_path / "sansmail.toml"
     config.write_text(
         'hostname = "mx.example.test"\ndomains = ["example.test"]\ndata_dir = "data"\n'

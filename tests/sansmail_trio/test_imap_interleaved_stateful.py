@@ -25,7 +25,6 @@ import os
 import pathlib
 from collections.abc import Callable
 
-import pytest
 import trio
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -262,11 +261,10 @@ async def test_random_interleavings_agree_with_the_model(
 
 
 def test_random_interleavings_in_two_processes(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
+    tmp_path: pathlib.Path, backend_dsn: str | None
 ) -> None:
     # Sessions A and B in different server processes; a third beside one of them.
-    dsn = request.getfixturevalue("pg_dsn") if server_backend == "postgresql" else None
-    with serving_two_processes(tmp_path, dsn) as running:
+    with serving_two_processes(tmp_path, backend_dsn) as running:
 
         def make(count: int, modes: tuple[str, ...], watch: bool) -> World:
             port = running.ports["imap"]

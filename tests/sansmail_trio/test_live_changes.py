@@ -28,7 +28,7 @@ import attrs
 import pytest
 import trio
 from argon2 import PasswordHasher
-from trio_helpers import BOTH_BACKENDS, StartServer, maildir_only
+from trio_helpers import BOTH_BACKENDS, StartServer, maildir_only, storage_table
 
 from sansmail.mail.address import parse_address
 from sansmail.storage.users import UserStore
@@ -84,13 +84,8 @@ def cli(server: Serve, *argv: str, stdin: str = "") -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def server(
-    tmp_path: pathlib.Path, server_backend: str, request: pytest.FixtureRequest
-) -> Iterator[Serve]:
-    storage = ""
-    if server_backend == "postgresql":
-        dsn = request.getfixturevalue("pg_dsn")
-        storage = f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
+def server(tmp_path: pathlib.Path, backend_dsn: str | None) -> Iterator[Serve]:
+    storage = storage_table(backend_dsn)
     smtp, imap = _free_port(), _free_port()
     (tmp_path / "aliases").write_text("postmaster: nobody@elsewhere.test\n")
     (tmp_path / "sansmail.toml").write_text(

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from delivery_helpers import Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import BOTH_BACKENDS, started_lines, wait_until_started
+from trio_helpers import BOTH_BACKENDS, started_lines, storage_table, wait_until_started
 
 from sansmail.mail.envelope import QueuedMessage
 from sansmail.storage.queue import QueueStore
@@ -45,15 +45,6 @@ def dns() -> Iterator[DNSServer]:
         yield server
 
 
-@pytest.fixture
-def dsn(server_backend: str, request: pytest.FixtureRequest) -> str | None:
-    """The database of the PostgreSQL run (None: the Maildir run's files)."""
-    if server_backend != "postgresql":
-        return None
-    value: str = request.getfixturevalue("pg_dsn")
-    return value
-
-
 def _queue(tmp_path: pathlib.Path, dsn: str | None) -> Callable[[], list[QueuedMessage]]:
     """What the queue holds now, read as the test needs it: the queue directory's
     files, or the queue_messages rows."""
@@ -76,9 +67,7 @@ def _queue(tmp_path: pathlib.Path, dsn: str | None) -> Callable[[], list[QueuedM
 
 
 def _configure(tmp_path: pathlib.Path, dns: DNSServer, peer_port: int, dsn: str | None) -> None:
-    storage = ""
-    if dsn is not None:
-        storage = f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\nqueue_lease = "{LEASE}s"\n'
+    storage = storage_table(dsn, queue_lease=f"{LEASE}s")
     # Port 0: each start listens where the system says, read back from the log.
     (tmp_path / "sansmail.toml").write_text(
         f"""\
@@ -142,17 +131,17 @@ def _wait(condition: object, timeout: float, what: str, log: pathlib.Path) -> No
 
 
 def test_queued_mail_survives_kill_9(
-    tmp_path: pathlib.Path, dns: DNSServer, dsn: str | None
+    tmp_path: pathlib.Path, dns: DNSServer, backend_dsn: str | None
 ) -> None:
     peer_port = free_port(PEER)
-    _configure(tmp_path, dns, peer_port, dsn)
+    _configure(tmp_path, dns, peer_port, backend_dsn)
     log = tmp_path / "serve.log"
     proc, port = _serve(tmp_path)
     try:
         _send_all(port)  # the peer is down: everything is deferred
     finally:
         _kill(proc)
-    queued = _queue(tmp_path, dsn)
+    queued = _queue(tmp_path, backend_dsn)
     assert len(queued()) == COUNT
     with Sink(PEER, peer_port) as sink:
         proc, _ = _serve(tmp_path)
@@ -168,12 +157,12 @@ def test_queued_mail_survives_kill_9(
 
 
 def test_kill_9_during_delivery_loses_nothing(
-    tmp_path: pathlib.Path, dns: DNSServer, dsn: str | None
+    tmp_path: pathlib.Path, dns: DNSServer, backend_dsn: str | None
 ) -> None:
     peer_port = free_port(PEER)
-    _configure(tmp_path, dns, peer_port, dsn)
+    _configure(tmp_path, dns, peer_port, backend_dsn)
     log = tmp_path / "serve.log"
-    queued = _queue(tmp_path, dsn)
+    queued = _queue(tmp_path, backend_dsn)
     with Sink(PEER, peer_port) as sink:
         proc, port = _serve(tmp_path)
         try:

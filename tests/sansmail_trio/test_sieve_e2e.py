@@ -36,7 +36,13 @@ import pytest
 import trustme
 from delivery_helpers import PEER, Received, Sink, free_port
 from dns_server import DNSServer
-from trio_helpers import FAST_HASHER, inbox_rows, started_lines, wait_until_started
+from trio_helpers import (
+    FAST_HASHER,
+    inbox_rows,
+    started_lines,
+    storage_table,
+    wait_until_started,
+)
 
 from sansmail.mail import dkim
 from sansmail.mail.address import MailboxId, parse_address
@@ -278,10 +284,7 @@ def running(
     if before is not None:
         (folder / "before.sieve").write_bytes(before)
         site = '[sieve]\nbefore = "before.sieve"\n'
-    if dsn is not None:
-        site += f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n'
-        if lease is not None:
-            site += f'queue_lease = "{lease}s"\n'
+    site += storage_table(dsn, queue_lease=None if lease is None else f"{lease}s")
     with DNSServer() as dns, Sink(PEER, port) as sink:
         dns.add("far.test", "MX", "10 mx.far.test.")
         dns.add("mx.far.test", "A", PEER)
@@ -338,15 +341,6 @@ smtp_port = {port}
 def server_backend(request: pytest.FixtureRequest) -> str:
     backend: str = request.param
     return backend
-
-
-@pytest.fixture
-def dsn(server_backend: str, request: pytest.FixtureRequest) -> str | None:
-    """A fresh database for a test's own server on PostgreSQL (None: Maildir)."""
-    if server_backend != "postgresql":
-        return None
-    value: str = request.getfixturevalue("pg_dsn")
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -468,8 +462,8 @@ def test_a_user_without_a_script_gets_mail_straight_into_inbox(mx: Mx) -> None:
     assert f"{qid}: from=<someone@far.test>, client=" not in mx.log  # never queued
 
 
-def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path, dsn: str | None) -> None:
-    with running(tmp_path / "mx", before=BEFORE, dsn=dsn) as server:
+def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path, backend_dsn: str | None) -> None:
+    with running(tmp_path / "mx", before=BEFORE, dsn=backend_dsn) as server:
         server.send("spammer@far.test", "carol@example.test", "cheap", extra="X-Spam-Flag: YES\r\n")
         server.send("friend@far.test", "carol@example.test", "lunch?")
         with server.imap("carol@example.test") as client:
@@ -482,7 +476,7 @@ def test_sieve_before_files_spam_into_junk(tmp_path: pathlib.Path, dsn: str | No
 
 
 def test_mail_queued_for_the_scripts_survives_kill_9(
-    tmp_path: pathlib.Path, dsn: str | None
+    tmp_path: pathlib.Path, backend_dsn: str | None
 ) -> None:
     # Acknowledged, then the whole server killed while the runner may be delivering:
     # after the restart every message is in the folder the script names. (A kill between
@@ -490,7 +484,7 @@ def test_mail_queued_for_the_scripts_survives_kill_9(
     count = 20
     # On PostgreSQL the restarted server is another node: a claim the killed one kept
     # is delivered once its lease ends (KILLED_LEASE).
-    with running(tmp_path / "mx", dsn=dsn, lease=KILLED_LEASE) as server:
+    with running(tmp_path / "mx", dsn=backend_dsn, lease=KILLED_LEASE) as server:
         alice = MailboxId(domain="example.test", local="alice")
         scripts = server.scripts()
         scripts.put(

@@ -126,10 +126,8 @@ def write_config(
         lines.append(f"{key} = {_toml(value)}")
     lines.append("[limits]")
     lines += [f"{key} = {_toml(value)}" for key, value in (limits or {}).items()]
-    if dsn is not None:
-        lines += ["[storage]", 'backend = "postgresql"', f"dsn = {_toml(dsn)}"]
     path = tmp_path / "sansmail.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + storage_table(dsn))
     return path
 
 
@@ -251,6 +249,26 @@ def server_backend() -> str:
     """The storage backend of `start_server`'s servers: Maildir files, unless the test
     is parametrized (`BOTH_BACKENDS`)."""
     return "maildir"
+
+
+@pytest.fixture
+def backend_dsn(server_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """The database of a server a test starts itself on `server_backend`: a fresh one
+    (`pg_dsn`) on PostgreSQL, None on Maildir files."""
+    if server_backend != "postgresql":
+        return None
+    return str(request.getfixturevalue("pg_dsn"))
+
+
+def storage_table(dsn: str | None, *, queue_lease: str | None = None) -> str:
+    """The config's ``[storage]`` table of a server on the database `dsn`, with its
+    `queue_lease` if given; "" for Maildir files (None)."""
+    if dsn is None:
+        return ""
+    table = f'[storage]\nbackend = "postgresql"\ndsn = {_toml(dsn)}\n'
+    if queue_lease is not None:
+        table += f"queue_lease = {_toml(queue_lease)}\n"
+    return table
 
 
 @pytest.fixture
