@@ -32,6 +32,9 @@ import mailbox_bench as mb
 
 __all__ = ["DovecotServer", "dovecot_conf", "passwd_line"]
 
+#: Where Debian's packages put the master's service binaries (imap, pop3, ...).
+_SERVICES = Path("/usr/lib/dovecot")
+
 DOVECOT_CONF = """\
 # Written by bench/dovecot_peer.py: a loopback-only benchmark instance.
 instance_name = {instance}
@@ -124,6 +127,11 @@ class DovecotServer(mb.MailServer):
             return "Dovecot is not installed (see bench/README.md, 'Installing the peers')"
         if os.geteuid() != 0:
             return "Dovecot's master must run as root here (it switches to the mail user)"
+        # dovecot-core alone (pulled in by dovecot-sieve, say) has no IMAP or POP3
+        # service, and the master would die at start naming the missing binary.
+        for service, package in (("imap", "dovecot-imapd"), ("pop3", "dovecot-pop3d")):
+            if not (_SERVICES / service).exists():
+                return f"no {_SERVICES / service} (Debian's {package} is not installed)"
         for user in ("dovecot", "dovenull", "nobody"):
             try:
                 pwd.getpwnam(user)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib.util
 import json
 import os
 import pwd
@@ -402,7 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(runs, indent=2))
     if args.png is not None:
-        plot(runs, args.png)
+        if importlib.util.find_spec("matplotlib") is None:
+            # The figures are in the JSON and the report; a traceback would hide them.
+            print("no picture: matplotlib is not installed (pip install -e '.[bench]')")
+        else:
+            plot(runs, args.png)
     return 0
 
 

@@ -70,6 +70,7 @@ import argparse
 import contextlib
 import functools
 import imaplib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -1407,8 +1408,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nJSON: {json_path}")
     if not args.no_png:
         png = args.png or json_path.with_suffix(".png")
-        draw(json_path, png)
-        print(f"PNG: {png}")
+        if importlib.util.find_spec("matplotlib") is None:
+            # The figures are in the JSON and the report; a traceback would hide them.
+            print("PNG: none, matplotlib is not installed (pip install -e '.[bench]')")
+        else:
+            draw(json_path, png)
+            print(f"PNG: {png}")
     for failure in bench.failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if bench.failures else 0

@@ -5,6 +5,7 @@ without them the bench says so and runs sansmail alone, as checked here too."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def test_only_sansmail_with_a_picture(tmp_path: Path) -> None:
     assert main([*TINY, "--only", "sansmail", "--json", str(out), "--png", str(png)]) == 0
     [run] = json.loads(out.read_text())
     assert set(run) == {"rep", "sansmail"}
-    assert png.read_bytes().startswith(b"\x89PNG")
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert png.read_bytes().startswith(b"\x89PNG")
+    else:
+        assert not png.exists()
 
 
 def test_the_script_is_one_both_servers_accept() -> None:
