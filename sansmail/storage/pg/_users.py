@@ -57,6 +57,7 @@ from sansmail.mail.address import Address
 from sansmail.sasl import SCRAM_MIN_ITERATIONS, CramMD5Credentials, ScramCredentials
 from sansmail.storage.pg._changes import announce, read_serial
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
+from sansmail.storage.pg._imapsql import reading
 from sansmail.storage.users import (
     SCRAM_HASHES,
     User,
@@ -194,7 +195,7 @@ class PgUserStore:
         """The snapshot, caught up with every change committed before the call (one
         query, `_changes`): for calls made in a worker thread."""
         try:
-            with self._db.transaction() as cur:
+            with reading(self._db) as cur:  # one round trip (`_changes.catch_up`)
                 serial = read_serial(cur, USERS_KEY)
         except DatabaseError:
             return self._fresh()  # its reload, if due, reports the database's state
