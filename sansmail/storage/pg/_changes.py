@@ -16,8 +16,8 @@ across machines this does the same with a row per store in ``account_changes``:
   under read committed every later statement sees at least the commits the serial
   counted, so the rows are at least as new as the serial they are tagged with.
 - A **lookup made in a worker thread** (a RCPT on this backend, `catch_up`; a password
-  check, `PgUserStore.verify_password`) first reads the serials, one primary-key query,
-  and re-reads a store whose serial is not the one its read was tagged with. A change
+  check, `PgUserStore.verify_password`) first reads the serials, one statement in one
+  round trip, and re-reads a store whose serial is not the one its read was tagged with. A change
   committed before the lookup began is therefore in force for it, on every node, even
   before the notice arrives; the notice still makes the re-read happen off the path of
   the next lookups.

@@ -20,8 +20,9 @@ stale snapshot first, so a password changed on another node is in force for the 
 login that reaches it after the notification, even before the listener's reload ran.
 A change whose notice has not arrived yet is caught by the serial in
 ``account_changes`` (`_changes`): `verify_password` and `catch_up` (a RCPT's lookups in
-a worker thread) read it first, one primary-key query, and re-read the users when it
-moved, so a change committed before they began is in force for them on every node.
+a worker thread) read it first, one statement in one round trip, and re-read the users
+when it moved, so a change committed before they began is in force for them on every
+node.
 
 A snapshot is tagged with the number of `changed` calls seen before its query, as the
 file store tags its table with the generation: a notice arriving during a read leaves
