@@ -200,10 +200,12 @@ def fetch_messages(
     rev2: bool,
     utf8: bool = False,
     condstore: bool = False,
+    told: int = 0,
 ) -> list[Response]:
     """[UID] FETCH (RFC 9051 §6.4.5, §6.4.9). `utf8`: the session writes strings in
     their UTF-8 form (IMAP4rev2 or UTF8=ACCEPT). `condstore`: the client enabled
-    CONDSTORE (RFC 7162), so FLAGS come with their MODSEQ.
+    CONDSTORE (RFC 7162), so FLAGS come with their MODSEQ. `told`: the highest MODSEQ
+    the session's FETCHes have told the client in this folder.
 
     With MODSEQ (asked for, implied by CHANGEDSINCE, or going with FLAGS under
     CONDSTORE) the flags and mod-sequence are read from the store together, so the
@@ -234,7 +236,7 @@ def fetch_messages(
             selected, states = _changed(
                 view, command.sequence_set, options.changedsince, command.uid
             )
-        selected, modseqs = _with_states(view, selected, states, asked)
+        selected, modseqs = _with_states(view, selected, states, asked, told=told)
     if len(asked) != len(command.items):
         command = attrs.evolve(command, items=tuple(asked))
     names = _batch_names(command)
@@ -374,17 +376,22 @@ def _with_states(
     selected: list[tuple[int, ImapMessage]],
     states: dict[int, tuple[int, frozenset[str]]],
     asked: list[FetchItem],
+    *,
+    told: int = 0,
 ) -> tuple[list[tuple[int, ImapMessage]], dict[int, int]]:
     """The messages of `selected` with the flags of `states` (the store's now), and UID
     -> mod-sequence. A message whose flags are not the view's gets FLAGS in `asked` (so
-    the pair goes out together); one expunged meanwhile keeps the view's flags, with
-    the view's HIGHESTMODSEQ (no reported change of it is newer)."""
+    the pair goes out together). One expunged meanwhile keeps the view's flags, with
+    the view's HIGHESTMODSEQ, or the highest MODSEQ a FETCH has `told` the client when
+    that is higher: the session's own STORE (or body fetch's \\Seen) may have given the
+    message a mod-sequence above the view's, and none may go down (RFC 7162 §3.1.3)."""
     out: list[tuple[int, ImapMessage]] = []
     modseqs: dict[int, int] = {}
+    gone_modseq = max(view.highestmodseq, told)
     for number, message in selected:
         state = states.get(message.uid)
         if state is None:
-            modseqs[message.uid] = view.highestmodseq
+            modseqs[message.uid] = gone_modseq
             out.append((number, message))
             continue
         modseq, flags = state

@@ -171,6 +171,10 @@ class ImapSession:
         self.condstore = False
         #: QRESYNC was ENABLEd (RFC 7162 §3.2.3): VANISHED instead of EXPUNGE.
         self.qresync = False
+        # The highest MODSEQ a FETCH told the client in the selected folder, and the view
+        # it was told of: a message expunged elsewhere that a FETCH may not yet report as
+        # gone is given no lower one (a mod-sequence never goes down, RFC 7162 §3.1.3).
+        self._told: tuple[FolderView | None, int] = (None, 0)
         # Each handler takes the command (of its key's type) and the session's rev2 flag.
         self._handlers: dict[type[Command], Callable[[Any, bool], list[Response]]] = {
             Capability: self._capability,
@@ -195,7 +199,12 @@ class ImapSession:
             Expunge: self._expunge,
             UidExpunge: self._expunge,
             Fetch: lambda c, rev2: _messages.fetch_messages(
-                self._view(), c, rev2=rev2, utf8=self._utf8, condstore=self.condstore
+                self._view(),
+                c,
+                rev2=rev2,
+                utf8=self._utf8,
+                condstore=self.condstore,
+                told=self._told_in(self._view()),
             ),
             Store: lambda c, rev2: _messages.store(
                 self._view(), c, rev2=rev2, condstore=self.condstore
@@ -234,6 +243,9 @@ class ImapSession:
             self.condstore = True
         try:
             responses = handler(command, rev2)
+            sent = _modseq_sent(responses) if self.condstore and self.view is not None else 0
+            if self.view is not None and sent > self._told_in(self.view):
+                self._told = (self.view, sent)
             if enabling and self.view is not None and not isinstance(command, Select):
                 # RFC 7162 §3.1: the first CONDSTORE command in a selected mailbox
                 # tells the client where the mod-sequences stand.
@@ -244,7 +256,7 @@ class ImapSession:
                 # Expunges wait for a later command, and their mod-sequences may be
                 # below a MODSEQ just sent: RFC 7162 §3.2 wants the client told a
                 # HIGHESTMODSEQ below them, lest it resync from past them.
-                if _modseq_sent(responses) > self.view.highestmodseq:
+                if sent > self.view.highestmodseq:
                     responses[-1:-1] = [self._highestmodseq(self.view)]
         except FolderGoneError:
             return self._gone()
@@ -260,6 +272,11 @@ class ImapSession:
         if self.ended and self.view is not None:
             self._release()
         return responses
+
+    def _told_in(self, view: FolderView) -> int:
+        """The highest MODSEQ a FETCH told the client in `view` (0: none)."""
+        told_view, told = self._told
+        return told if told_view is view else 0
 
     def updates(self, *, rev2: bool, changed_before: int | None = None) -> list[Response]:
         """What changed in the selected folder since the last report (for IDLE, or an

@@ -170,6 +170,34 @@ def test_other_sessions_changes_come_with_modseq_and_the_pair_stays_together(
     other.close()
 
 
+def test_a_message_expunged_elsewhere_keeps_the_modseq_this_session_gave_it(
+    where: Where,
+) -> None:
+    # The body fetch sets \Seen and reports its new MODSEQ; another session then
+    # expunges the message, which this one may not report inside a FETCH. Its next FETCH
+    # of the message must not give a MODSEQ below the one just reported (RFC 7162 §3.1.3:
+    # a message's mod-sequence never goes down), as the PostgreSQL store once did (the
+    # view's HIGHESTMODSEQ, from before its own change). Found by
+    # test_imap_interleaved_stateful on PostgreSQL.
+    one = filled(where, 1)
+    other = Client(where, store=one.store)
+    one.run(b"s1 SELECT INBOX (CONDSTORE)")
+    out = one.run(b"f1 FETCH 1 (BODY[])")
+    found = re.search(rb"MODSEQ \((\d+)\)", out)
+    assert found is not None, out
+    reported = int(found.group(1))
+    other.run(b"s2 SELECT INBOX")
+    other.run(b"a1 STORE 1 +FLAGS.SILENT (\\Deleted)")
+    other.run(b"a2 EXPUNGE")
+    out = one.run(b"f2 FETCH 1 (FLAGS MODSEQ)")
+    found = re.search(rb"\* 1 FETCH \(.*MODSEQ \((\d+)\)", out)
+    assert found is not None, out
+    assert int(found.group(1)) >= reported, out
+    assert b"EXPUNGE" not in out
+    one.close()
+    other.close()
+
+
 def test_qresync_reports_vanished_for_every_expunge(tmp_path: pathlib.Path) -> None:
     one = filled(tmp_path, 6, qresync=True)
     other = Client(tmp_path, store=one.store)
