@@ -112,7 +112,7 @@ async def test_a_lost_connection_is_made_again_and_wakes_everyone(
 
 def _terminate(db: Database, pid: int) -> None:
     with db.transaction() as cur:
-        cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        cur.execute("SELECT pg_terminate_backend(%s, 30000)", (pid,))
         row = cur.fetchone()
         assert row == (True,)
 

@@ -709,7 +709,7 @@ def test_a_lost_database_connection_is_a_temporary_failure(
     assert server.db is not None
     with server.db.connect(autocommit=True) as conn:  # a failover, or a killed backend
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     assert client.line(b"RETR 2") == b"-ERR [SYS/TEMP] Cannot read the message"

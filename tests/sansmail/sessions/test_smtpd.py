@@ -751,7 +751,7 @@ def test_a_lost_database_connection_is_a_451_and_nothing_is_kept(
     assert client.transaction("a@example.org", "alice@example.test").startswith(b"250")
     with pg_db.connect(autocommit=True) as conn:  # a failover: every connection drops
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     answer = client.transaction("a@example.org", "alice@example.test", "x@far.test")

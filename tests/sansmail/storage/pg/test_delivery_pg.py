@@ -64,10 +64,13 @@ def refuse_content(db: Database, marker: bytes) -> None:
 
 
 def terminate_others(db: Database) -> int:
-    """Kill every other connection to the test's database, as a failover would."""
+    """Kill every other connection to the test's database, as a failover would, and
+    return once they are gone: with a timeout, pg_terminate_backend waits for the
+    backend's exit, after which its locks are released (without, a test that looked
+    for a released lock at once could still find it held on a loaded machine)."""
     with db.connect(autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         ).fetchall()
     return len(rows)

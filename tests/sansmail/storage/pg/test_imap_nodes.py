@@ -215,7 +215,7 @@ def _kill_connections(dsn: str) -> None:
     sessions' connections see it)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            "SELECT pg_terminate_backend(pid, 30000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
 
