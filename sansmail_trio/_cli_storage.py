@@ -182,11 +182,12 @@ def _migrate(args: argparse.Namespace) -> int:
     config = _cli._load(args, as_owner=False)
     db = _database(config)
     from sansmail.storage.pg import DatabaseError, migrate  # noqa: PLC0415
+    from sansmail.storage.pg._db import first_line  # noqa: PLC0415
 
     try:
         before, after = migrate(db)
     except DatabaseError as exc:
-        raise _cli.CommandError(_first_line(exc)) from None
+        raise _cli.CommandError(first_line(exc)) from None
     finally:
         db.close()
     if before == after:
@@ -279,6 +280,7 @@ def _failures(after: str) -> Iterator[None]:
     """A refusal or a failure half-way as one line (a `_cli.CommandError`)."""
     from sansmail.storage.maildir import ImapStoreError  # noqa: PLC0415
     from sansmail.storage.pg import DatabaseError, SchemaError  # noqa: PLC0415
+    from sansmail.storage.pg._db import first_line  # noqa: PLC0415
     from sansmail.storage.pg._transfer import TransferError  # noqa: PLC0415
 
     try:
@@ -286,13 +288,8 @@ def _failures(after: str) -> Iterator[None]:
     except (TransferError, SchemaError) as exc:  # before anything was written
         raise _cli.CommandError(str(exc)) from None
     except DatabaseError as exc:
-        raise _cli.CommandError(f"{_first_line(exc)} ({after})") from None
+        raise _cli.CommandError(f"{first_line(exc)} ({after})") from None
     except ImapStoreError as exc:
         raise _cli.CommandError(f"{exc} ({after})") from None
     except sqlite3.Error as exc:
         raise _cli.CommandError(f"a folder index failed: {exc} ({after})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

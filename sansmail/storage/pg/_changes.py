@@ -31,8 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
-from sansmail.storage.pg._imapsql import reading
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError, reading
 from sansmail.storage.pg._mailrows import notify
 
 __all__ = ["Follower", "announce", "catch_up", "read_serial"]

@@ -9,8 +9,10 @@ once: the Trio adapter runs every storage call in its worker threads, whose numb
 capped (`trio.to_thread` with a `CapacityLimiter`), so the connections are too.
 
 Every connection runs in psycopg's non-autocommit mode; `Database.transaction` is the
-one way in: it commits when the block ends and rolls back when it raises, so a
-``250`` given after it returned is backed by a committed transaction.
+way in for writes: it commits when the block ends and rolls back when it raises, so a
+``250`` given after it returned is backed by a committed transaction. `reading` is the
+other: each statement its own transaction, in one round trip instead of three (BEGIN,
+the statement, COMMIT), for reads and for changes that are one statement.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import psycopg
 import psycopg.errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["DSN_INVALID", "Database", "DatabaseError", "DatabaseUnavailableError"]
+__all__ = [
+    "DSN_INVALID",
+    "Database",
+    "DatabaseError",
+    "DatabaseUnavailableError",
+    "first_line",
+    "reading",
+]
 
 #: Idle connections kept per process beyond what is in use.
 DEFAULT_IDLE: Final = 8
@@ -92,7 +101,7 @@ class Database:
             )
         except psycopg.OperationalError as exc:
             raise DatabaseUnavailableError(
-                f"cannot connect to the database: {self.scrub(_first_line(exc))}"
+                f"cannot connect to the database: {self.scrub(first_line(exc))}"
             ) from None
         except psycopg.ProgrammingError:
             # libpq's parse errors quote the piece they choke on, which may be the
@@ -136,9 +145,9 @@ class Database:
                 with conn.transaction(), conn.cursor() as cur:
                     yield cur
             except psycopg.OperationalError as exc:
-                raise DatabaseUnavailableError(f"database: {_first_line(exc)}") from exc
+                raise DatabaseUnavailableError(f"database: {first_line(exc)}") from exc
             except psycopg.Error as exc:
-                raise DatabaseError(f"database: {_first_line(exc)}") from exc
+                raise DatabaseError(f"database: {first_line(exc)}") from exc
 
     def close(self) -> None:
         """Close the idle connections (those in use close when given back)."""
@@ -177,6 +186,27 @@ class Database:
             self._idle.append(conn)
 
 
-def _first_line(exc: BaseException) -> str:
+@contextlib.contextmanager
+def reading(db: Database) -> Iterator[Cursor]:
+    """Blocking: a cursor whose every statement is its own transaction (autocommit),
+    committed when it returns; a psycopg error leaves as `DatabaseError`."""
+    try:
+        with db.connection() as conn:
+            conn.autocommit = True
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+            finally:
+                # A connection that broke meanwhile cannot be switched back; `_give_back`
+                # drops it, and the error that broke it is the one to report.
+                with contextlib.suppress(psycopg.Error):
+                    conn.autocommit = False  # as the pool hands it out
+    except psycopg.Error as exc:
+        raise DatabaseError(f"database: {first_line(exc)}") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s text (psycopg's errors add detail lines), or its
+    type's name when it has none."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -66,7 +66,7 @@ from sansmail.storage.maildir._imapmaildir import to_crlf
 from sansmail.storage.maildir._imapnames import INBOX, normalize
 from sansmail.storage.maildir._mailbox import MaildropSource
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError, first_line
 from sansmail.storage.pg._maildrop import PgMaildrop, PgMaildrops
 from sansmail.storage.pg._spool import Spool
 
@@ -357,7 +357,7 @@ def _one(results: list[list[str] | OSError | None], index: int, *, alone: bool) 
     except psycopg.Error as exc:
         if alone:
             raise
-        results[index] = BackendUnavailableError(f"database: {_first_line(exc)}")
+        results[index] = BackendUnavailableError(f"database: {first_line(exc)}")
 
 
 @contextlib.contextmanager
@@ -429,8 +429,3 @@ class PgDelivery:
             return
         self._done = True
         self._spool.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

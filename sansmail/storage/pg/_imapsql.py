@@ -8,10 +8,9 @@ COMMIT. Writers use `Database.transaction`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import functools
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable
 from typing import Concatenate, Final, ParamSpec, TypeVar
 
 import psycopg
@@ -22,7 +21,7 @@ from sansmail.storage.maildir._imapbase import (
     TooManyKeywordsError,
 )
 from sansmail.storage.maildir._imapmaildir import bits_of, flags_of
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
+from sansmail.storage.pg._db import DatabaseError, first_line
 
 __all__ = [
     "KEYWORDS_MAX",
@@ -31,7 +30,6 @@ __all__ = [
     "flag_set",
     "guarded",
     "make_message",
-    "reading",
     "split_flags",
     "zone",
 ]
@@ -43,22 +41,6 @@ KEYWORDS_MAX: Final = 26
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _S = TypeVar("_S")
-
-
-@contextlib.contextmanager
-def reading(db: Database) -> Iterator[Cursor]:
-    """A cursor for reads, each statement its own snapshot (autocommit)."""
-    try:
-        with db.connection() as conn:
-            conn.autocommit = True
-            try:
-                with conn.cursor() as cur:
-                    yield cur
-            finally:
-                if not conn.closed:
-                    conn.autocommit = False
-    except psycopg.Error as exc:
-        raise DatabaseError(f"database: {_first_line(exc)}") from exc
 
 
 def guarded(
@@ -75,7 +57,7 @@ def guarded(
         except DatabaseError as exc:
             raise StoreUnavailableError(str(exc)) from exc
         except psycopg.Error as exc:
-            raise StoreUnavailableError(f"database: {_first_line(exc)}") from exc
+            raise StoreUnavailableError(f"database: {first_line(exc)}") from exc
 
     return wrapper
 
@@ -140,8 +122,3 @@ def make_message(
         internaldate=internaldate.astimezone(zone(minutes)),
         size=int(size),
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -56,8 +56,8 @@ from sansmail.storage.maildir._imapmaildir import to_crlf
 from sansmail.storage.maildir._imapnames import INBOX, disk_name, normalize, rename_names
 from sansmail.storage.maildir._quota import OverQuotaError
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
-from sansmail.storage.pg._imapsql import allocate_keywords, guarded, reading, split_flags
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError, reading
+from sansmail.storage.pg._imapsql import allocate_keywords, guarded, split_flags
 from sansmail.storage.pg._imapview import PgFolderView
 
 __all__ = ["PgImapStore", "PgMailAccount"]

@@ -54,7 +54,7 @@ from sansmail.storage.maildir._imapbase import (
 from sansmail.storage.maildir._imapnames import normalize
 from sansmail.storage.maildir._imapsearch import TEXT_SEPARATOR
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Cursor, Database, DatabaseError
+from sansmail.storage.pg._db import Cursor, Database, DatabaseError, reading
 from sansmail.storage.pg._imapsql import (
     KEYWORDS_MAX,
     allocate_keywords,
@@ -62,7 +62,6 @@ from sansmail.storage.pg._imapsql import (
     flag_set,
     guarded,
     make_message,
-    reading,
     split_flags,
 )
 

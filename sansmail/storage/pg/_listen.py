@@ -24,7 +24,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from sansmail.storage.pg._db import Connection, Database, DatabaseUnavailableError
+from sansmail.storage.pg._db import Connection, Database, DatabaseUnavailableError, first_line
 from sansmail.storage.pg._mailrows import CHANNEL
 
 __all__ = ["NotificationConnection"]
@@ -44,7 +44,7 @@ class NotificationConnection:
             self._conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
             self._conn.close()
-            raise DatabaseUnavailableError(f"cannot listen: {_first_line(exc)}") from exc
+            raise DatabaseUnavailableError(f"cannot listen: {first_line(exc)}") from exc
 
     @property
     def settings(self) -> dict[str, str]:
@@ -67,7 +67,7 @@ class NotificationConnection:
         except psycopg.Error as exc:
             self.close()
             raise DatabaseUnavailableError(
-                f"lost the listening connection: {_first_line(exc)}"
+                f"lost the listening connection: {first_line(exc)}"
             ) from exc
 
     def close(self) -> None:
@@ -78,8 +78,3 @@ class NotificationConnection:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -68,7 +68,7 @@ from sansmail.storage.maildir._mailbox import (
     Pop3Maildrop,
 )
 from sansmail.storage.pg import _mailrows
-from sansmail.storage.pg._db import Connection, Cursor, Database
+from sansmail.storage.pg._db import Connection, Cursor, Database, first_line
 
 __all__ = [
     "PREFETCH_COUNT",
@@ -274,7 +274,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise BackendUnavailableError(f"database: {_first_line(exc)}") from exc
+        raise BackendUnavailableError(f"database: {first_line(exc)}") from exc
 
 
 def _snapshot(cur: Cursor, mailbox: str) -> tuple[int | None, tuple[MessageInfo, ...]]:
@@ -297,8 +297,3 @@ def _snapshot(cur: Cursor, mailbox: str) -> tuple[int | None, tuple[MessageInfo,
             MessageInfo(base=uidl, uid=uidl, size=int(size), folder=_INBOX, name=str(int(uid)))
         )
     return folder_id, tuple(messages)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -56,7 +56,6 @@ failing disk: ``451`` at the SMTP side, "tried again later" at the runner's.
 from __future__ import annotations
 
 import builtins
-import contextlib
 import errno
 import itertools
 import time
@@ -65,7 +64,6 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 import attrs
-import psycopg
 
 from sansmail.mail.envelope import (
     CorruptEnvelopeError,
@@ -75,7 +73,7 @@ from sansmail.mail.envelope import (
     encode_envelope,
 )
 from sansmail.storage.maildir import BackendUnavailableError
-from sansmail.storage.pg._db import Database, DatabaseError
+from sansmail.storage.pg._db import Database, DatabaseError, reading
 from sansmail.storage.pg._mailrows import CHANNEL
 from sansmail.storage.pg._spool import Spool
 from sansmail.storage.queue._base import Claimed, ClaimLostError
@@ -115,11 +113,6 @@ class LeaseLostError(ClaimLostError):
 class _Result(NamedTuple):
     rows: builtins.list[tuple[Any, ...]]
     rowcount: int
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _due(message: QueuedMessage) -> float:
@@ -191,18 +184,11 @@ class PgQueueStore:
         so none needs more. `binary`: the rows in binary format (contents as they are,
         not as hex text twice their size)."""
         try:
-            with self.db.connection() as conn:
-                conn.autocommit = True
-                try:
-                    cur = conn.execute(sql, params, binary=binary)
-                    rows = cur.fetchall() if cur.description is not None else []
-                    return _Result(rows, cur.rowcount)
-                finally:
-                    with contextlib.suppress(psycopg.Error):
-                        conn.autocommit = False  # as the pool hands it out
-        except psycopg.Error as exc:
-            raise QueueUnavailableError(f"database: {_first_line(exc)}") from exc
-        except DatabaseError as exc:  # could not connect
+            with reading(self.db) as cur:
+                cur.execute(sql, params, binary=binary)
+                rows = cur.fetchall() if cur.description is not None else []
+                return _Result(rows, cur.rowcount)
+        except DatabaseError as exc:  # the statement failed, or could not connect
             raise QueueUnavailableError(str(exc)) from exc
 
     # -- writing and reading messages --------------------------------------------------

@@ -56,9 +56,8 @@ from psycopg.types.json import Jsonb
 
 from sansmail.mail.address import Address
 from sansmail.sasl import SCRAM_MIN_ITERATIONS, CramMD5Credentials, ScramCredentials
-from sansmail.storage.pg._changes import announce, read_serial
+from sansmail.storage.pg._changes import announce, catch_up, read_serial
 from sansmail.storage.pg._db import Cursor, Database, DatabaseError
-from sansmail.storage.pg._imapsql import reading
 from sansmail.storage.users import (
     SCRAM_HASHES,
     User,
@@ -195,12 +194,7 @@ class PgUserStore:
     def _latest(self) -> _Snapshot:
         """The snapshot, caught up with every change committed before the call (one
         query, `_changes`): for calls made in a worker thread."""
-        try:
-            with reading(self._db) as cur:  # one round trip (`_changes.catch_up`)
-                serial = read_serial(cur, USERS_KEY)
-        except DatabaseError:
-            return self._fresh()  # its reload, if due, reports the database's state
-        self.catch_up(serial)
+        catch_up(self._db, {USERS_KEY: self})
         return self._fresh()
 
     # -- lookups --------------------------------------------------------------------
