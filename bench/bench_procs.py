@@ -57,6 +57,16 @@ _PR_SET_PDEATHSIG = 1
 RECIPIENT = "bench@example.test"
 
 
+def checkout_env() -> dict[str, str]:
+    """This process's environment with the checkout this bench lives in first on
+    PYTHONPATH: a server started with it runs that sansmail, whatever is installed (an
+    editable install made before sansmail/__init__.py existed resolves "sansmail" to a
+    namespace package everywhere but the repository root)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 class ServerError(Exception):
     """A server did not start, or died; the message carries the tail of its log."""
 
@@ -449,14 +459,7 @@ class SansmailServer(BenchServer):
         return self.workdir / "data" / "mail" / "example.test" / "bench"
 
     def env(self) -> dict[str, str]:
-        # Measure the sansmail of the checkout this bench lives in, whatever is installed:
-        # an editable install made before sansmail/__init__.py existed resolves
-        # "sansmail" to a namespace package everywhere but the repository root.
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        return env
+        return checkout_env()
 
     def prepare(self) -> None:
         self.config_path.write_text(

@@ -255,12 +255,7 @@ class Sansmail(Target):
         self.config = workdir / "sansmail.toml"
 
     def env(self) -> dict[str, str]:
-        # The checkout this bench lives in, whatever is installed.
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(procs.REPO_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        return env
+        return procs.checkout_env()
 
     def write_config(self) -> None:
         if not self.imap:

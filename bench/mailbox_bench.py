@@ -297,11 +297,7 @@ class MailServer:
         return self.workdir.joinpath(*INBOX_PARTS)
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(procs.REPO_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        return env
+        return procs.checkout_env()
 
     def prepare(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -302,11 +302,7 @@ class Node:
         return self.workdir / "data" / "mail" / domain / local
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(procs.REPO_DIR), env.get("PYTHONPATH", "")) if p
-        )
-        return env
+        return procs.checkout_env()
 
     def configure(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
